@@ -1,0 +1,77 @@
+//! Durations written the way operators write them in configuration files: a whole number followed by
+//! `ms`, `s`, `m`, `h` or `d` (`"250ms"`, `"10m"`, `"30d"`).
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input:?} is not a duration; write a whole number followed by ms, s, m, h or d (\"10m\", \"30d\")")]
+pub struct DurationError {
+    pub input: String,
+}
+
+pub fn parse(input: &str) -> Result<Duration, DurationError> {
+    let error = || DurationError {
+        input: input.to_owned(),
+    };
+    let trimmed = input.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(error)?;
+    let (digits, suffix) = trimmed.split_at(split);
+    let amount: u64 = digits.parse().map_err(|_| error())?;
+    let unit_ms: u64 = match suffix {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(error()),
+    };
+    amount
+        .checked_mul(unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(error)
+}
+
+/// Serde adapter: `#[serde(with = "tidemark_model::duration::serde_str")]`.
+pub mod serde_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        super::parse(&raw).map_err(serde::de::Error::custom)
+    }
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{}ms", value.as_millis()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        let cases = [
+            ("250ms", Some(250)),
+            ("10s", Some(10_000)),
+            ("10m", Some(600_000)),
+            ("2h", Some(7_200_000)),
+            ("30d", Some(2_592_000_000)),
+            ("10", None),
+            ("m", None),
+            ("1.5h", None),
+            ("-1s", None),
+            ("99999999999999999999d", None),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                parse(input).ok(),
+                expected.map(Duration::from_millis),
+                "{input}"
+            );
+        }
+    }
+}

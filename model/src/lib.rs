@@ -1,0 +1,27 @@
+//! The shared vocabulary of Tidemark. No I/O: nothing here opens a socket, a file or a database.
+//!
+//! # Layout
+//!
+//! - [`id`]: [`DeviceId`] and [`SensorKey`], the identifiers devices use on the wire.
+//! - [`unit`]: [`Unit`], parsed from Tidemark and SenML spellings, and conversion within a [`Dimension`].
+//! - [`quantity`]: [`Quantity`], what a sensor measures, with its canonical unit and physical range.
+//! - [`reading`]: [`Reading`], a validated value in canonical units, and its [`Quality`] flags.
+//! - [`wire`]: the wire formats (Tidemark JSON v1, SenML JSON per RFC 8428) and their total decoder.
+//! - [`topic`]: MQTT topic names for readings.
+//! - [`validate`]: the rules that turn a decoded [`wire::WireReading`] into a [`Reading`] or a [`Rejection`].
+//! - [`duration`]: human-friendly durations (`"10m"`, `"30d"`) for configuration files.
+
+pub mod duration;
+pub mod id;
+pub mod quantity;
+pub mod reading;
+pub mod topic;
+pub mod unit;
+pub mod validate;
+pub mod wire;
+
+pub use id::{DeviceId, SensorKey};
+pub use quantity::Quantity;
+pub use reading::{Quality, Reading};
+pub use unit::{Dimension, Unit};
+pub use validate::{RejectReason, Rejection};
