@@ -1,1 +1,125 @@
-fn main() {}
+//! `tidemark`: a thin CLI over the stages' `run` functions.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tidemark::config::Config;
+use tokio_util::sync::CancellationToken;
+
+/// Tidemark: MQTT sensor readings into PostgreSQL/TimescaleDB, flood warnings and open data.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Base configuration file. Keys may be overridden by config/<env>.toml and by
+    /// TIDEMARK__SECTION__KEY environment variables.
+    #[arg(
+        long,
+        global = true,
+        default_value = "config/default.toml",
+        env = "TIDEMARK_CONFIG"
+    )]
+    config: PathBuf,
+    /// Environment file to layer over the base file: config/<ENV>.toml.
+    #[arg(long, global = true, env = "TIDEMARK_ENV")]
+    env: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every stage in one process (migrates first).
+    Run,
+    /// Run the ingest stage alone (serves /metrics on ingest.metrics_listen).
+    Ingest,
+    /// Create or upgrade the database schema and load the reference data, then exit.
+    Migrate,
+    /// Measure throughput and latency.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Publish readings through a private broker into a fresh database and report readings/s,
+    /// publish-to-commit latency and ingest RSS, beside the broker's and the database's ceilings.
+    Ingest(tidemark::bench::IngestBenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::load(&cli.config, cli.env.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("tidemark: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tidemark: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli.command, config, &cli.config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tidemark: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(
+    command: Command,
+    config: Config,
+    config_file: &std::path::Path,
+) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    match command {
+        Command::Run => tidemark::app::run(&config, shutdown).await,
+        Command::Ingest => tidemark::app::ingest(&config, shutdown).await,
+        Command::Migrate => {
+            let mode = tidemark::app::migrate(&config)
+                .await
+                .with_context(|| format!("migrating {}", config.database.url))?;
+            println!("database {} migrated; storage: {mode}", config.database.url);
+            Ok(())
+        }
+        Command::Bench {
+            what: BenchCommand::Ingest(args),
+        } => tidemark::bench::ingest(&config, config_file, args).await,
+    }
+}
+
+/// Cancels on Ctrl-C or SIGTERM.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM");
+            let _ = ctrl_c.await;
+            shutdown.cancel();
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

@@ -1,1 +1,21 @@
-//! placeholder
+//! MQTT ingest: subscribe, decode, validate, batch, write once, acknowledge after commit.
+//!
+//! # Layout
+//!
+//! - [`config`]: [`IngestConfig`], the `[ingest]` section.
+//! - [`message`]: one message to rows and rejections (pure).
+//! - [`metrics`]: [`Metrics`], what ingest counts.
+//! - [`service`]: [`run`], the MQTT session and the batch writer.
+//!
+//! **Invariant:** a message is acknowledged to the broker only after the transaction holding its
+//! readings (or its rejection) has committed. Anything not yet acknowledged is redelivered by the
+//! broker after a crash or reconnect, and the unique key of `readings` absorbs the copy.
+
+pub mod config;
+pub mod message;
+pub mod metrics;
+pub mod service;
+
+pub use config::IngestConfig;
+pub use metrics::Metrics;
+pub use service::{run, Error, Settings};

@@ -12,7 +12,9 @@ pub enum IdError {
     Empty,
     #[error("identifier is {len} bytes long; at most {MAX_ID_LEN} are allowed")]
     TooLong { len: usize },
-    #[error("identifier contains {found:?}; only ASCII letters, digits, '-', '_' and '.' are allowed")]
+    #[error(
+        "identifier contains {found:?}; only ASCII letters, digits, '-', '_' and '.' are allowed"
+    )]
     BadCharacter { found: char },
 }
 

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //!
+//! - [`broker`]: [`broker::BrokerConfig`], where the MQTT broker is.
 //! - [`id`]: [`DeviceId`] and [`SensorKey`], the identifiers devices use on the wire.
 //! - [`unit`]: [`Unit`], parsed from Tidemark and SenML spellings, and conversion within a [`Dimension`].
 //! - [`quantity`]: [`Quantity`], what a sensor measures, with its canonical unit and physical range.
@@ -10,11 +11,14 @@
 //! - [`topic`]: MQTT topic names for readings.
 //! - [`validate`]: the rules that turn a decoded [`wire::WireReading`] into a [`Reading`] or a [`Rejection`].
 //! - [`duration`]: human-friendly durations (`"10m"`, `"30d"`) for configuration files.
+//! - [`secret`]: [`Secret`], a value from the environment that never prints.
 
+pub mod broker;
 pub mod duration;
 pub mod id;
 pub mod quantity;
 pub mod reading;
+pub mod secret;
 pub mod topic;
 pub mod unit;
 pub mod validate;
@@ -23,5 +27,6 @@ pub mod wire;
 pub use id::{DeviceId, SensorKey};
 pub use quantity::Quantity;
 pub use reading::{Quality, Reading};
+pub use secret::Secret;
 pub use unit::{Dimension, Unit};
 pub use validate::{RejectReason, Rejection};

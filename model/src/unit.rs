@@ -208,7 +208,12 @@ mod tests {
             (Unit::MegawattHour, 1.2, Unit::KilowattHour, Some(1200.0)),
             (Unit::Gigajoule, 3.6, Unit::KilowattHour, Some(1000.0)),
             (Unit::Megawatt, 3.424, Unit::Kilowatt, Some(3424.0)),
-            (Unit::CubicMetrePerHour, 3.6, Unit::LitrePerSecond, Some(1.0)),
+            (
+                Unit::CubicMetrePerHour,
+                3.6,
+                Unit::LitrePerSecond,
+                Some(1.0),
+            ),
             (Unit::Fraction, 0.5, Unit::Percent, Some(50.0)),
             (Unit::Tonne, 0.25, Unit::Kilogram, Some(250.0)),
             (Unit::Kelvin, 273.15, Unit::Celsius, Some(0.0)),

@@ -197,6 +197,16 @@ mod tests {
         }
     }
 
+    /// (sensor spec, value, unit, ts, publishing device, expected canonical value or reason code)
+    type Case<'a> = (
+        Option<&'a SensorSpec>,
+        f64,
+        Unit,
+        DateTime<Utc>,
+        &'a DeviceId,
+        Result<f64, &'static str>,
+    );
+
     #[test]
     fn table() {
         let now = DateTime::parse_from_rfc3339("2026-01-01T12:00:00Z")
@@ -213,23 +223,73 @@ mod tests {
             quantity: Quantity::WaterLevel,
         };
         let minutes = |m: i64| now + chrono::Duration::minutes(m);
-        // (sensor spec, value, unit, ts, publishing device, expected code or canonical value)
-        let cases: Vec<(Option<&SensorSpec>, f64, Unit, DateTime<Utc>, &DeviceId, Result<f64, &str>)> = vec![
+        let cases: Vec<Case> = vec![
             (Some(&level), 123.0, Unit::Centimetre, now, &gauge, Ok(1.23)),
             (Some(&level), 1.5, Unit::Metre, minutes(10), &gauge, Ok(1.5)),
             (None, 1.0, Unit::Metre, now, &gauge, Err("unknown_sensor")),
-            (Some(&level), 1.0, Unit::Metre, now, &other, Err("wrong_device")),
-            (Some(&level), 1.0, Unit::Kilogram, now, &gauge, Err("unit_mismatch")),
-            (Some(&level), 1e308, Unit::Metre, now, &gauge, Err("out_of_range")),
-            (Some(&level), 101.0, Unit::Metre, now, &gauge, Err("out_of_range")),
-            (Some(&level), -20.5, Unit::Metre, now, &gauge, Err("out_of_range")),
-            (Some(&level), 1.0, Unit::Metre, minutes(11), &gauge, Err("future")),
-            (Some(&level), 1.0, Unit::Metre, minutes(-30 * 1440 - 1), &gauge, Err("too_old")),
+            (
+                Some(&level),
+                1.0,
+                Unit::Metre,
+                now,
+                &other,
+                Err("wrong_device"),
+            ),
+            (
+                Some(&level),
+                1.0,
+                Unit::Kilogram,
+                now,
+                &gauge,
+                Err("unit_mismatch"),
+            ),
+            (
+                Some(&level),
+                1e308,
+                Unit::Metre,
+                now,
+                &gauge,
+                Err("out_of_range"),
+            ),
+            (
+                Some(&level),
+                101.0,
+                Unit::Metre,
+                now,
+                &gauge,
+                Err("out_of_range"),
+            ),
+            (
+                Some(&level),
+                -20.5,
+                Unit::Metre,
+                now,
+                &gauge,
+                Err("out_of_range"),
+            ),
+            (
+                Some(&level),
+                1.0,
+                Unit::Metre,
+                minutes(11),
+                &gauge,
+                Err("future"),
+            ),
+            (
+                Some(&level),
+                1.0,
+                Unit::Metre,
+                minutes(-30 * 1440 - 1),
+                &gauge,
+                Err("too_old"),
+            ),
         ];
         for (spec, value, unit, ts, device, expected) in cases {
             let got = validate(wire("s", value, unit, ts), device, spec, now, rules);
             match (got, expected) {
-                (Ok(reading), Ok(v)) => assert!((reading.value - v).abs() < 1e-12, "{value} {unit}"),
+                (Ok(reading), Ok(v)) => {
+                    assert!((reading.value - v).abs() < 1e-12, "{value} {unit}")
+                }
                 (Err(reason), Err(code)) => assert_eq!(reason.code(), code, "{reason}"),
                 (got, expected) => panic!("{value} {unit}: got {got:?}, expected {expected:?}"),
             }
@@ -238,7 +298,13 @@ mod tests {
             device: gauge.clone(),
             quantity: Quantity::EnergyImport,
         };
-        let overflow = validate(wire("e", 1e308, Unit::MegawattHour, now), &gauge, Some(&energy), now, rules);
+        let overflow = validate(
+            wire("e", 1e308, Unit::MegawattHour, now),
+            &gauge,
+            Some(&energy),
+            now,
+            rules,
+        );
         assert_eq!(overflow.unwrap_err().code(), "not_finite");
     }
 }

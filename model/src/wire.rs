@@ -77,7 +77,9 @@ pub enum DecodeError {
     UnknownField { field: String },
     #[error("bad sensor name {name:?}: {error}")]
     BadSensorKey { name: String, error: IdError },
-    #[error("bad timestamp {value:?}: expected RFC 3339 with an offset, e.g. 2023-10-20T21:40:00Z")]
+    #[error(
+        "bad timestamp {value:?}: expected RFC 3339 with an offset, e.g. 2023-10-20T21:40:00Z"
+    )]
     BadTimestamp { value: String },
     #[error("unknown unit {0:?}")]
     UnknownUnit(String),
@@ -85,7 +87,9 @@ pub enum DecodeError {
     BadQuality(String),
     #[error("SenML field {field:?} must be understood and is not supported")]
     SenmlMustUnderstand { field: String },
-    #[error("SenML time {time} is relative to receipt; send an absolute time (seconds since 1970)")]
+    #[error(
+        "SenML time {time} is relative to receipt; send an absolute time (seconds since 1970)"
+    )]
     SenmlRelativeTime { time: f64 },
     #[error("SenML record has no numeric value \"v\"")]
     SenmlNoNumericValue,
@@ -145,7 +149,9 @@ pub fn decode(payload: &[u8], limits: Limits) -> Result<Entries, DecodeError> {
                 })
                 .collect())
         }
-        Value::Object(object) if object.contains_key("sensor") => Ok(vec![decode_tidemark(&object)]),
+        Value::Object(object) if object.contains_key("sensor") => {
+            Ok(vec![decode_tidemark(&object)])
+        }
         _ => Err(DecodeError::UnexpectedShape),
     }
 }
@@ -177,7 +183,10 @@ fn string_field<'a>(
     }
 }
 
-fn number_field(object: &Map<String, Value>, field: &'static str) -> Result<Option<f64>, DecodeError> {
+fn number_field(
+    object: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<f64>, DecodeError> {
     match object.get(field) {
         None => Ok(None),
         Some(Value::Number(n)) => n.as_f64().map(Some).ok_or(DecodeError::WrongType {
@@ -344,7 +353,9 @@ mod tests {
     }
 
     fn ts(raw: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(raw).unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(raw)
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     #[test]
@@ -372,7 +383,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(entries.len(), 3);
-        assert_eq!(entries[0].as_ref().unwrap().quality, Quality::DEVICE_SUSPECT);
+        assert_eq!(
+            entries[0].as_ref().unwrap().quality,
+            Quality::DEVICE_SUSPECT
+        );
         assert!(matches!(entries[1], Err(DecodeError::BadTimestamp { .. })));
         assert_eq!(entries[2].as_ref().unwrap().value, 2.5);
     }
@@ -405,11 +419,16 @@ mod tests {
             (r#"{"readings": []}"#, DecodeError::NoReadings),
             (
                 r#"{"readings": {}}"#,
-                DecodeError::WrongType { field: "readings", expected: "an array" },
+                DecodeError::WrongType {
+                    field: "readings",
+                    expected: "an array",
+                },
             ),
             (
                 r#"{"readings": [], "extra": 1}"#,
-                DecodeError::UnknownField { field: "extra".into() },
+                DecodeError::UnknownField {
+                    field: "extra".into(),
+                },
             ),
         ];
         for (payload, expected) in cases {
@@ -423,7 +442,10 @@ mod tests {
             decode(b"{not json", Limits::default()),
             Err(DecodeError::InvalidJson { line: 1, .. })
         ));
-        let limits = Limits { max_bytes: 12, max_readings: 2 };
+        let limits = Limits {
+            max_bytes: 12,
+            max_readings: 2,
+        };
         assert_eq!(
             decode(b"[{}, {}, {}]", limits),
             Err(DecodeError::TooManyReadings { count: 3, max: 2 })
@@ -438,7 +460,10 @@ mod tests {
     fn entry_faults_map_to_their_errors() {
         let good = r#""sensor": "s", "ts": "2023-10-20T21:40:00Z", "value": 1, "unit": "m""#;
         let cases: Vec<(String, DecodeError)> = vec![
-            (r#"{"sensor": "s"}"#.into(), DecodeError::MissingField { field: "ts" }),
+            (
+                r#"{"sensor": "s"}"#.into(),
+                DecodeError::MissingField { field: "ts" },
+            ),
             (
                 r#"{"sensor": "s", "ts": "2023-10-20T21:40:00Z", "unit": "m"}"#.into(),
                 DecodeError::MissingField { field: "value" },
@@ -448,40 +473,83 @@ mod tests {
                 DecodeError::MissingField { field: "unit" },
             ),
             (
-                r#"{"sensor": "s", "ts": "2023-10-20T21:40:00Z", "value": "1", "unit": "m"}"#.into(),
-                DecodeError::WrongType { field: "value", expected: "a number" },
+                r#"{"sensor": "s", "ts": "2023-10-20T21:40:00Z", "value": "1", "unit": "m"}"#
+                    .into(),
+                DecodeError::WrongType {
+                    field: "value",
+                    expected: "a number",
+                },
             ),
             (
                 r#"{"sensor": 7, "ts": "2023-10-20T21:40:00Z", "value": 1, "unit": "m"}"#.into(),
-                DecodeError::WrongType { field: "sensor", expected: "a string" },
+                DecodeError::WrongType {
+                    field: "sensor",
+                    expected: "a string",
+                },
             ),
             (
                 r#"{"sensor": "s", "ts": "2023-10-20 21:40", "value": 1, "unit": "m"}"#.into(),
-                DecodeError::BadTimestamp { value: "2023-10-20 21:40".into() },
+                DecodeError::BadTimestamp {
+                    value: "2023-10-20 21:40".into(),
+                },
             ),
             (
                 r#"{"sensor": "s", "ts": "2023-10-20T21:40:00Z", "value": 1, "unit": "ft"}"#.into(),
                 DecodeError::UnknownUnit("ft".into()),
             ),
-            (format!(r#"{{{good}, "quality": "great"}}"#), DecodeError::BadQuality("great".into())),
-            (format!(r#"{{{good}, "colour": "blue"}}"#), DecodeError::UnknownField { field: "colour".into() }),
             (
-                r#"{"sensor": "a/b", "ts": "2023-10-20T21:40:00Z", "value": 1, "unit": "m"}"#.into(),
-                DecodeError::BadSensorKey { name: "a/b".into(), error: IdError::BadCharacter { found: '/' } },
+                format!(r#"{{{good}, "quality": "great"}}"#),
+                DecodeError::BadQuality("great".into()),
             ),
-            (r#"[{"n": "s", "t": 1.7e9, "u": "m"}]"#.into(), DecodeError::SenmlNoNumericValue),
-            (r#"[{"n": "s", "t": 1.7e9, "vs": "x", "u": "m"}]"#.into(), DecodeError::SenmlNoNumericValue),
-            (r#"[{"n": "s", "t": -5, "v": 1, "u": "m"}]"#.into(), DecodeError::SenmlRelativeTime { time: -5.0 }),
-            (r#"[{"n": "s", "v": 1, "u": "m"}]"#.into(), DecodeError::SenmlRelativeTime { time: 0.0 }),
-            (r#"[{"t": 1.7e9, "v": 1, "u": "m"}]"#.into(), DecodeError::MissingField { field: "n" }),
-            (r#"[{"n": "s", "t": 1.7e9, "v": 1}]"#.into(), DecodeError::MissingField { field: "u" }),
+            (
+                format!(r#"{{{good}, "colour": "blue"}}"#),
+                DecodeError::UnknownField {
+                    field: "colour".into(),
+                },
+            ),
+            (
+                r#"{"sensor": "a/b", "ts": "2023-10-20T21:40:00Z", "value": 1, "unit": "m"}"#
+                    .into(),
+                DecodeError::BadSensorKey {
+                    name: "a/b".into(),
+                    error: IdError::BadCharacter { found: '/' },
+                },
+            ),
+            (
+                r#"[{"n": "s", "t": 1.7e9, "u": "m"}]"#.into(),
+                DecodeError::SenmlNoNumericValue,
+            ),
+            (
+                r#"[{"n": "s", "t": 1.7e9, "vs": "x", "u": "m"}]"#.into(),
+                DecodeError::SenmlNoNumericValue,
+            ),
+            (
+                r#"[{"n": "s", "t": -5, "v": 1, "u": "m"}]"#.into(),
+                DecodeError::SenmlRelativeTime { time: -5.0 },
+            ),
+            (
+                r#"[{"n": "s", "v": 1, "u": "m"}]"#.into(),
+                DecodeError::SenmlRelativeTime { time: 0.0 },
+            ),
+            (
+                r#"[{"t": 1.7e9, "v": 1, "u": "m"}]"#.into(),
+                DecodeError::MissingField { field: "n" },
+            ),
+            (
+                r#"[{"n": "s", "t": 1.7e9, "v": 1}]"#.into(),
+                DecodeError::MissingField { field: "u" },
+            ),
             (
                 r#"[{"n": "s", "t": 1.7e9, "v": 1, "u": "m", "ttl_": 5}]"#.into(),
-                DecodeError::SenmlMustUnderstand { field: "ttl_".into() },
+                DecodeError::SenmlMustUnderstand {
+                    field: "ttl_".into(),
+                },
             ),
             (
                 r#"[{"n": "s", "t": 1e300, "v": 1, "u": "m"}]"#.into(),
-                DecodeError::BadTimestamp { value: 1e300.to_string() },
+                DecodeError::BadTimestamp {
+                    value: 1e300.to_string(),
+                },
             ),
         ];
         for (payload, expected) in cases {

@@ -1,1 +1,125 @@
-//! placeholder
+//! PostgreSQL / TimescaleDB storage. The only crate in the workspace that contains SQL.
+//!
+//! # Layout
+//!
+//! - [`admin`]: creating and dropping whole databases (tests, benchmarks).
+//! - [`config`]: [`DatabaseConfig`], the `[database]` section of the configuration.
+//! - [`schema`]: migrations, capability detection ([`StorageMode`]), TimescaleDB policies and the
+//!   partitions of plain PostgreSQL.
+//! - [`reference`]: devices, stations and sensors, loaded from `config/` files and looked up by ingest.
+//! - [`notify`]: LISTEN on a dedicated connection.
+//! - [`readings`]: the idempotent batch write of readings and rejections, with its notification.
+//!
+//! [`Store`] holds the connection pool and is cheap to clone.
+//!
+//! **Invariant:** the relations `readings`, `devices`, `stations`, `sensors` and `rejected_messages`
+//! have the same names and columns in both storage modes; nothing outside this crate knows which
+//! mode is active.
+
+pub mod admin;
+pub mod config;
+pub mod notify;
+pub mod readings;
+pub mod reference;
+pub mod schema;
+
+pub use config::{DatabaseConfig, TimescaleSetting};
+pub use schema::StorageMode;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::sync::Arc;
+use tokio_postgres::NoTls;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid database URL {url:?}: {source}")]
+    BadUrl {
+        url: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("cannot connect to the database at {url}: {source}")]
+    Connect {
+        url: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("cannot build the connection pool: {0}")]
+    PoolBuild(String),
+    #[error("no database connection available: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] refinery::Error),
+    #[error("TimescaleDB is required by the configuration but {0}")]
+    TimescaleUnavailable(String),
+    #[error("the database has no readings table; run `tidemark migrate` first")]
+    NotMigrated,
+    #[error("{context}: {source}")]
+    Query {
+        context: &'static str,
+        source: tokio_postgres::Error,
+    },
+    #[error("reference data: {0}")]
+    Reference(#[from] reference::ReferenceError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attaches what was being done to a database error.
+pub(crate) trait Context<T> {
+    fn context(self, context: &'static str) -> Result<T>;
+}
+
+impl<T> Context<T> for std::result::Result<T, tokio_postgres::Error> {
+    fn context(self, context: &'static str) -> Result<T> {
+        self.map_err(|source| Error::Query { context, source })
+    }
+}
+
+/// The storage handle: a connection pool plus what was learned about the database.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    mode: StorageMode,
+    partitions: Arc<schema::PartitionCache>,
+}
+
+impl Store {
+    /// Connects, checks the connection, and detects the storage mode of an already migrated database.
+    pub async fn connect(config: &DatabaseConfig) -> Result<Store> {
+        let pg_config = config.pg_config()?;
+        let probe = config::connect_one(config).await?;
+        let mode = schema::detect_mode(&probe).await?;
+        drop(probe);
+        let manager = Manager::from_config(
+            pg_config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .build()
+            .map_err(|e| Error::PoolBuild(e.to_string()))?;
+        Ok(Store {
+            pool,
+            mode,
+            partitions: Arc::default(),
+        })
+    }
+
+    pub fn mode(&self) -> StorageMode {
+        self.mode
+    }
+
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// True when a query round-trips, for readiness checks.
+    pub async fn ping(&self) -> bool {
+        match self.client().await {
+            Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+            Err(_) => false,
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! From one MQTT message to rows: decoding, validation and the rejection records. Pure: no I/O.
+
+use chrono::{DateTime, Utc};
+use tidemark_model::topic::ReadingsTopics;
+use tidemark_model::validate::{self, TimeRules};
+use tidemark_model::wire::{self, Limits};
+use tidemark_model::{RejectReason, Rejection};
+use tidemark_store::readings::{ReadingRow, RejectionRow};
+use tidemark_store::reference::Directory;
+
+/// The rules a message is judged by.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    pub time: TimeRules,
+    pub limits: Limits,
+}
+
+/// What one message turned into.
+#[derive(Debug, Default, PartialEq)]
+pub struct Processed {
+    pub readings: Vec<ReadingRow>,
+    pub rejections: Vec<RejectionRow>,
+    /// Some rejection depended on the directory (unknown device or sensor, wrong device), so a
+    /// fresher directory might judge the message differently.
+    pub depends_on_directory: bool,
+}
+
+/// Decodes and validates one message received on `topic` at `received_at`.
+pub fn process(
+    topic: &str,
+    payload: &[u8],
+    received_at: DateTime<Utc>,
+    topics: &ReadingsTopics,
+    directory: &Directory,
+    rules: Rules,
+) -> Processed {
+    let mut out = Processed::default();
+    let mut reject = |device: Option<&str>, rejection: Rejection| {
+        out.depends_on_directory |= matches!(
+            rejection.reason,
+            RejectReason::UnknownDevice(_)
+                | RejectReason::UnknownSensor(_)
+                | RejectReason::WrongDevice { .. }
+        );
+        out.rejections.push(RejectionRow {
+            received_at,
+            topic: topic.to_owned(),
+            device: device.map(str::to_owned),
+            payload: payload.to_vec(),
+            entry: rejection.entry,
+            reason_code: rejection.reason.code(),
+            reason: rejection.to_string(),
+        });
+    };
+    let whole = |reason| Rejection {
+        reason,
+        entry: None,
+    };
+
+    let device = match topics.device_of(topic) {
+        Ok(device) => device,
+        Err(error) => {
+            reject(None, whole(RejectReason::BadTopic(error)));
+            return out;
+        }
+    };
+    if !directory.devices.contains(&device) {
+        reject(
+            Some(device.as_str()),
+            whole(RejectReason::UnknownDevice(device.clone())),
+        );
+        return out;
+    }
+    let entries = match wire::decode(payload, rules.limits) {
+        Ok(entries) => entries,
+        Err(error) => {
+            reject(Some(device.as_str()), whole(RejectReason::Malformed(error)));
+            return out;
+        }
+    };
+    let mut readings = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.into_iter().enumerate() {
+        let checked = entry.map_err(RejectReason::Malformed).and_then(|wire| {
+            let known = directory.sensors.get(&wire.sensor);
+            let spec = known.map(|(_, spec)| spec);
+            let id = known.map(|(id, _)| *id);
+            validate::validate(wire, &device, spec, received_at, rules.time)
+                .map(|reading| (id.expect("validate accepts only known sensors"), reading))
+        });
+        match checked {
+            Ok((sensor_id, reading)) => readings.push(ReadingRow {
+                sensor_id,
+                ts: reading.ts,
+                value: reading.value,
+                quality: reading.quality.0,
+            }),
+            Err(reason) => reject(
+                Some(device.as_str()),
+                Rejection {
+                    reason,
+                    entry: Some(index),
+                },
+            ),
+        }
+    }
+    out.readings = readings;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tidemark_model::validate::SensorSpec;
+    use tidemark_model::{DeviceId, Quantity, SensorKey};
+
+    fn directory() -> Directory {
+        let mut directory = Directory::default();
+        for device in ["gauge-a", "gauge-b"] {
+            directory.devices.insert(DeviceId::parse(device).unwrap());
+        }
+        let spec = |device: &str| SensorSpec {
+            device: DeviceId::parse(device).unwrap(),
+            quantity: Quantity::WaterLevel,
+        };
+        directory
+            .sensors
+            .insert(SensorKey::parse("a.level").unwrap(), (1, spec("gauge-a")));
+        directory
+            .sensors
+            .insert(SensorKey::parse("b.level").unwrap(), (2, spec("gauge-b")));
+        directory
+    }
+
+    fn rules() -> Rules {
+        Rules {
+            time: TimeRules {
+                future_tolerance: Duration::from_secs(600),
+                max_age: Duration::from_secs(86_400),
+            },
+            limits: Limits::default(),
+        }
+    }
+
+    /// (topic, payload, stored readings, rejection codes with entries, depends on the directory)
+    type Case<'a> = (&'a str, &'a str, usize, Vec<(&'static str, Option<usize>)>, bool);
+
+    #[test]
+    fn table() {
+        let topics = ReadingsTopics::new("tidemark/v1").unwrap();
+        let now = DateTime::parse_from_rfc3339("2026-01-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let good =
+            r#"{"sensor": "a.level", "ts": "2026-01-01T11:50:00Z", "value": 150, "unit": "cm"}"#;
+        let mixed = r#"{"readings": [
+            {"sensor": "a.level", "ts": "2026-01-01T11:50:00Z", "value": 1.5, "unit": "m"},
+            {"sensor": "b.level", "ts": "2026-01-01T11:50:00Z", "value": 1.5, "unit": "m"},
+            {"sensor": "a.level", "ts": "2026-01-01T13:00:00Z", "value": 1.5, "unit": "m"},
+            {"sensor": "a.level", "ts": "2026-01-01T11:40:00Z", "value": 1.5, "unit": "kg"},
+            {"sensor": "nope", "ts": "2026-01-01T11:40:00Z", "value": 1.5, "unit": "m"}
+        ]}"#;
+        let cases: Vec<Case> = vec![
+            ("tidemark/v1/readings/gauge-a", good, 1, vec![], false),
+            (
+                "tidemark/v1/readings/gauge-z",
+                good,
+                0,
+                vec![("unknown_device", None)],
+                true,
+            ),
+            (
+                "tidemark/v1/readings/a/b",
+                good,
+                0,
+                vec![("bad_topic", None)],
+                false,
+            ),
+            (
+                "tidemark/v1/readings/gauge-a",
+                "{",
+                0,
+                vec![("malformed", None)],
+                false,
+            ),
+            (
+                "tidemark/v1/readings/gauge-a",
+                mixed,
+                1,
+                vec![
+                    ("wrong_device", Some(1)),
+                    ("future", Some(2)),
+                    ("unit_mismatch", Some(3)),
+                    ("unknown_sensor", Some(4)),
+                ],
+                true,
+            ),
+        ];
+        for (topic, payload, stored, codes, depends) in cases {
+            let out = process(
+                topic,
+                payload.as_bytes(),
+                now,
+                &topics,
+                &directory(),
+                rules(),
+            );
+            assert_eq!(out.readings.len(), stored, "{topic} {payload}");
+            let got: Vec<(&str, Option<usize>)> = out
+                .rejections
+                .iter()
+                .map(|r| (r.reason_code, r.entry))
+                .collect();
+            assert_eq!(got, codes, "{topic} {payload}");
+            assert_eq!(out.depends_on_directory, depends, "{topic} {payload}");
+            assert!(out
+                .rejections
+                .iter()
+                .all(|r| r.payload == payload.as_bytes()));
+        }
+        let out = process(
+            "tidemark/v1/readings/gauge-a",
+            good.as_bytes(),
+            now,
+            &topics,
+            &directory(),
+            rules(),
+        );
+        assert_eq!(out.readings[0].value, 1.5);
+        assert_eq!(out.readings[0].sensor_id, 1);
+    }
+}

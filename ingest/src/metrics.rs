@@ -1,0 +1,97 @@
+//! What ingest counts, exposed in the Prometheus text format.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tidemark_model::RejectReason;
+
+pub type ReasonLabels = Vec<(&'static str, &'static str)>;
+
+pub struct Metrics {
+    /// MQTT messages received (including redeliveries).
+    pub messages_received: Counter,
+    /// Readings newly stored.
+    pub readings_stored: Counter,
+    /// Readings already stored, absorbed by the unique key (redeliveries).
+    pub readings_duplicate: Counter,
+    /// Rejected messages or entries, by reason code.
+    pub rejected: Family<ReasonLabels, Counter>,
+    /// Committed batches.
+    pub batches: Counter,
+    /// Time to write and commit one batch.
+    pub batch_seconds: Histogram,
+    /// Failed database writes that were retried.
+    pub write_retries: Counter,
+    /// Payload bytes received and not yet committed.
+    pub buffered_bytes: Gauge,
+    /// MQTT connection errors (each followed by a reconnect).
+    pub mqtt_errors: Counter,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let metrics = Metrics {
+            messages_received: Counter::default(),
+            readings_stored: Counter::default(),
+            readings_duplicate: Counter::default(),
+            rejected: Family::default(),
+            batches: Counter::default(),
+            batch_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
+            write_retries: Counter::default(),
+            buffered_bytes: Gauge::default(),
+            mqtt_errors: Counter::default(),
+        };
+        for code in RejectReason::CODES {
+            let _ = metrics.rejected.get_or_create(&vec![("reason", code)]);
+        }
+        let ingest = registry.sub_registry_with_prefix("tidemark_ingest");
+        ingest.register(
+            "messages_received",
+            "MQTT messages received",
+            metrics.messages_received.clone(),
+        );
+        ingest.register(
+            "readings_stored",
+            "Readings newly stored",
+            metrics.readings_stored.clone(),
+        );
+        ingest.register(
+            "readings_duplicate",
+            "Readings already stored, absorbed by the unique key",
+            metrics.readings_duplicate.clone(),
+        );
+        ingest.register(
+            "rejected",
+            "Rejected messages or entries by reason",
+            metrics.rejected.clone(),
+        );
+        ingest.register("batches", "Committed batches", metrics.batches.clone());
+        ingest.register(
+            "batch_seconds",
+            "Time to write and commit one batch",
+            metrics.batch_seconds.clone(),
+        );
+        ingest.register(
+            "write_retries",
+            "Database writes retried",
+            metrics.write_retries.clone(),
+        );
+        ingest.register(
+            "buffered_bytes",
+            "Payload bytes received and not yet committed",
+            metrics.buffered_bytes.clone(),
+        );
+        ingest.register(
+            "mqtt_errors",
+            "MQTT connection errors",
+            metrics.mqtt_errors.clone(),
+        );
+        metrics
+    }
+
+    pub fn rejected_count(&self, code: &'static str) -> u64 {
+        self.rejected.get_or_create(&vec![("reason", code)]).get()
+    }
+}

@@ -1,0 +1,261 @@
+//! A load generator: devices publishing readings at QoS 1 as fast as the broker acknowledges them.
+//!
+//! Every reading is unique: a sensor's timestamps strictly increase, and each is the wall-clock time
+//! of its publication, so that a consumer can measure publish-to-commit latency from the stored row.
+
+use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use std::collections::HashMap;
+use std::time::Duration;
+use tidemark_model::broker::BrokerConfig;
+use tidemark_model::topic::ReadingsTopics;
+use tidemark_model::{DeviceId, SensorKey};
+
+/// A device and the sensors it publishes for.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub id: DeviceId,
+    pub sensors: Vec<SensorKey>,
+}
+
+/// What to publish.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub devices: Vec<Device>,
+    /// Total readings.
+    pub readings: usize,
+    /// Readings per message: 1 publishes single-reading objects, more publish batches.
+    pub per_message: usize,
+    /// Concurrent MQTT connections sharing the devices.
+    pub connections: usize,
+    /// Client ids are `<client_prefix>-<n>`.
+    pub client_prefix: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the plan has no devices, no sensors or nothing to publish")]
+    EmptyPlan,
+    #[error("invalid topic prefix: {0}")]
+    Topic(#[from] tidemark_model::topic::TopicError),
+    #[error("publishing failed: {0}")]
+    Client(#[from] rumqttc::ClientError),
+    #[error("mqtt connection failed: {0}")]
+    Connection(#[from] rumqttc::ConnectionError),
+    #[error("publisher task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// What was published.
+#[derive(Debug, Clone, Copy)]
+pub struct Report {
+    pub messages: usize,
+    pub readings: usize,
+    pub first_publish: DateTime<Utc>,
+    /// When the broker had acknowledged the last message.
+    pub last_ack: DateTime<Utc>,
+}
+
+/// Publishes the plan and returns once the broker has acknowledged every message.
+pub async fn publish(broker: &BrokerConfig, plan: &Plan) -> Result<Report, Error> {
+    let topics = ReadingsTopics::new(&broker.topic_prefix)?;
+    let with_sensors: Vec<&Device> = plan
+        .devices
+        .iter()
+        .filter(|d| !d.sensors.is_empty())
+        .collect();
+    if with_sensors.is_empty() || plan.readings == 0 || plan.per_message == 0 {
+        return Err(Error::EmptyPlan);
+    }
+    let connections = plan.connections.clamp(1, with_sensors.len());
+    // Messages per connection, spread as evenly as the per-message size allows.
+    let total_messages = plan.readings.div_ceil(plan.per_message);
+    let mut tasks = Vec::new();
+    let first_publish = Utc::now();
+    for n in 0..connections {
+        let devices: Vec<Device> = with_sensors
+            .iter()
+            .skip(n)
+            .step_by(connections)
+            .map(|d| (*d).clone())
+            .collect();
+        let messages = total_messages / connections + usize::from(n < total_messages % connections);
+        let readings_before: usize = (0..n)
+            .map(|k| total_messages / connections + usize::from(k < total_messages % connections))
+            .sum::<usize>()
+            * plan.per_message;
+        let readings =
+            (messages * plan.per_message).min(plan.readings.saturating_sub(readings_before));
+        let options = options(broker, &format!("{}-{n}", plan.client_prefix));
+        let topics = topics.clone();
+        let per_message = plan.per_message;
+        tasks.push(tokio::spawn(async move {
+            publish_connection(options, topics, devices, readings, per_message).await
+        }));
+    }
+    let mut messages = 0;
+    let mut readings = 0;
+    let mut last_ack = first_publish;
+    for task in tasks {
+        let (m, r, ack) = task.await??;
+        messages += m;
+        readings += r;
+        last_ack = last_ack.max(ack);
+    }
+    Ok(Report {
+        messages,
+        readings,
+        first_publish,
+        last_ack,
+    })
+}
+
+fn options(broker: &BrokerConfig, client_id: &str) -> MqttOptions {
+    let mut options = MqttOptions::new(client_id, &broker.host, broker.port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(true)
+        .set_inflight(1000)
+        .set_request_channel_capacity(1000)
+        .set_max_packet_size(broker.max_packet_bytes, broker.max_packet_bytes);
+    if let Some(username) = &broker.username {
+        options.set_credentials(
+            username,
+            broker.password.as_ref().map_or("", |p| p.expose()),
+        );
+    }
+    options
+}
+
+/// Publishes `readings` from `devices` on one connection; returns (messages, readings, last ack).
+async fn publish_connection(
+    options: MqttOptions,
+    topics: ReadingsTopics,
+    devices: Vec<Device>,
+    readings: usize,
+    per_message: usize,
+) -> Result<(usize, usize, DateTime<Utc>), Error> {
+    let (client, mut eventloop) = AsyncClient::new(options, 1000);
+    let messages = readings.div_ceil(per_message);
+    // The event loop runs beside the publisher and counts acknowledgements.
+    let acks = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < messages {
+            match eventloop.poll().await? {
+                Event::Incoming(Packet::PubAck(_)) => acked += 1,
+                Event::Outgoing(Outgoing::Disconnect) => break,
+                _ => {}
+            }
+        }
+        let last_ack = Utc::now();
+        Ok::<_, rumqttc::ConnectionError>((eventloop, last_ack))
+    });
+    let mut clock = SensorClock::default();
+    let mut remaining = readings;
+    let mut device_index = 0;
+    let mut sent = 0;
+    while remaining > 0 {
+        let device = &devices[device_index % devices.len()];
+        device_index += 1;
+        let count = remaining.min(per_message);
+        let payload = payload(device, count, per_message == 1, &mut clock);
+        client
+            .publish(
+                topics.for_device(&device.id),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await?;
+        remaining -= count;
+        sent += 1;
+    }
+    let (mut eventloop, last_ack) = acks.await??;
+    client.disconnect().await?;
+    // Let the disconnect go out; the broker would otherwise log a dropped client.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Ok(event) = eventloop.poll().await {
+            if matches!(event, Event::Outgoing(Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
+    Ok((sent, readings, last_ack))
+}
+
+/// Strictly increasing per-sensor timestamps at (or just after) the wall-clock time.
+#[derive(Default)]
+struct SensorClock(HashMap<SensorKey, DateTime<Utc>>);
+
+impl SensorClock {
+    fn next(&mut self, sensor: &SensorKey) -> DateTime<Utc> {
+        let now = Utc::now();
+        let ts = match self.0.get(sensor) {
+            Some(last) if *last >= now => *last + ChronoDuration::microseconds(1),
+            _ => now,
+        };
+        // Whole microseconds, as PostgreSQL stores them.
+        let ts = DateTime::from_timestamp_micros(ts.timestamp_micros()).unwrap_or(ts);
+        let ts = match self.0.get(sensor) {
+            Some(last) if ts <= *last => *last + ChronoDuration::microseconds(1),
+            _ => ts,
+        };
+        self.0.insert(sensor.clone(), ts);
+        ts
+    }
+}
+
+fn payload(device: &Device, count: usize, single: bool, clock: &mut SensorClock) -> Vec<u8> {
+    let mut readings = Vec::with_capacity(count);
+    for k in 0..count {
+        let sensor = &device.sensors[k % device.sensors.len()];
+        let ts = clock.next(sensor);
+        let value = 0.5 + (ts.timestamp_subsec_micros() % 1000) as f64 / 1000.0;
+        readings.push(format!(
+            r#"{{"sensor":"{sensor}","ts":"{}","value":{value},"unit":"m"}}"#,
+            ts.to_rfc3339_opts(SecondsFormat::Micros, true)
+        ));
+    }
+    if single && count == 1 {
+        readings.remove(0).into_bytes()
+    } else {
+        format!(r#"{{"readings":[{}]}}"#, readings.join(",")).into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_strictly_increase_per_sensor() {
+        let mut clock = SensorClock::default();
+        let sensor = SensorKey::parse("s").unwrap();
+        let mut last = clock.next(&sensor);
+        for _ in 0..10_000 {
+            let next = clock.next(&sensor);
+            assert!(next > last);
+            assert_eq!(next.timestamp_subsec_nanos() % 1000, 0);
+            last = next;
+        }
+    }
+
+    #[test]
+    fn payloads_decode_as_tidemark_json() {
+        let device = Device {
+            id: DeviceId::parse("d").unwrap(),
+            sensors: vec![
+                SensorKey::parse("a").unwrap(),
+                SensorKey::parse("b").unwrap(),
+            ],
+        };
+        let mut clock = SensorClock::default();
+        for (count, single) in [(1, true), (50, false)] {
+            let bytes = payload(&device, count, single, &mut clock);
+            let entries = tidemark_model::wire::decode(&bytes, Default::default()).unwrap();
+            assert_eq!(entries.len(), count);
+            assert!(entries.iter().all(Result::is_ok));
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The CLI's commands as functions, so that tests start the stages exactly as `main` does.
+
+use crate::config::Config;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use tidemark_api::OpsState;
+use tidemark_ingest::Metrics;
+use tidemark_store::reference::ReferenceData;
+use tidemark_store::{StorageMode, Store};
+use tokio_util::sync::CancellationToken;
+
+/// Migrates the database (creating it if needed) and loads the reference files.
+pub async fn migrate(config: &Config) -> anyhow::Result<StorageMode> {
+    let mode = tidemark_store::schema::migrate(&config.database).await?;
+    load_reference(config).await?;
+    Ok(mode)
+}
+
+/// Loads every configured reference file into the database.
+pub async fn load_reference(config: &Config) -> anyhow::Result<()> {
+    if config.reference.files.is_empty() {
+        return Ok(());
+    }
+    let store = Store::connect(&config.database).await?;
+    for file in &config.reference.files {
+        let path = file.display().to_string();
+        let data = ReferenceData::from_file(&path)?;
+        store.apply_reference(&data).await?;
+        tracing::info!(
+            file = %path,
+            devices = data.devices.len(),
+            stations = data.stations.len(),
+            sensors = data.sensors.len(),
+            "reference data loaded"
+        );
+    }
+    Ok(())
+}
+
+/// The ingest stage alone, with its own `/metrics`, `/healthz` and `/readyz`.
+pub async fn ingest(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let store = Store::connect(&config.database).await?;
+    let ops = tidemark_api::ops_router(OpsState {
+        store,
+        broker: config.mqtt.clone(),
+        registry: Arc::new(registry),
+    });
+    let listen = tidemark_api::ApiConfig {
+        listen: config.ingest.metrics_listen.clone(),
+    };
+    let http = tokio::spawn(tidemark_api::run(listen, ops, shutdown.clone()));
+    let result = tidemark_ingest::run(config.ingest_settings(), metrics, shutdown.clone()).await;
+    shutdown.cancel();
+    http.await??;
+    Ok(result?)
+}
+
+/// Every stage in one process: migrate, then ingest and the API side by side.
+pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mode = migrate(config).await?;
+    tracing::info!(%mode, "storage ready");
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let store = Store::connect(&config.database).await?;
+    let router = tidemark_api::ops_router(OpsState {
+        store,
+        broker: config.mqtt.clone(),
+        registry: Arc::new(registry),
+    });
+    let http = tokio::spawn(tidemark_api::run(
+        config.api.clone(),
+        router,
+        shutdown.clone(),
+    ));
+    let ingest = tokio::spawn(tidemark_ingest::run(
+        config.ingest_settings(),
+        metrics,
+        shutdown.clone(),
+    ));
+    // Whichever stage ends first (an error, or shutdown) brings the other down.
+    let outcome: anyhow::Result<()> = tokio::select! {
+        r = ingest => r.map_err(anyhow::Error::from).and_then(|r| r.map_err(anyhow::Error::from)),
+        r = http => r.map_err(anyhow::Error::from).and_then(|r| r.map_err(anyhow::Error::from)),
+    };
+    shutdown.cancel();
+    outcome
+}

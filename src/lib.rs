@@ -1,0 +1,14 @@
+//! The `tidemark` binary's library: configuration layering, the wiring of the stages into one
+//! process, the benchmarks, and the test kit that starts real services.
+//!
+//! # Layout
+//!
+//! - [`config`]: [`config::Config`], the layered configuration of every stage.
+//! - [`app`]: `migrate`, `ingest` and `run` as the CLI calls them.
+//! - [`bench`]: `tidemark bench ingest`.
+//! - [`testkit`]: a private Mosquitto and fresh databases, for tests and benchmarks.
+
+pub mod app;
+pub mod bench;
+pub mod config;
+pub mod testkit;

@@ -1,0 +1,42 @@
+//! Server administration for tests and benchmarks: creating and dropping whole databases.
+
+use crate::config::{connect_one, DatabaseConfig};
+use crate::{Context, Result};
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Creates database `name` on `server`'s server.
+pub async fn create_database(server: &DatabaseConfig, name: &str) -> Result<()> {
+    let admin = connect_one(&server.with_database("postgres")).await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {}", quote(name)))
+        .await
+        .context("creating a database")
+}
+
+/// Drops database `name`, disconnecting its sessions.
+pub async fn drop_database(server: &DatabaseConfig, name: &str) -> Result<()> {
+    let admin = connect_one(&server.with_database("postgres")).await?;
+    admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote(name)
+        ))
+        .await
+        .context("dropping a database")
+}
+
+/// Names of the databases whose name starts with `prefix`.
+pub async fn list_databases(server: &DatabaseConfig, prefix: &str) -> Result<Vec<String>> {
+    let admin = connect_one(&server.with_database("postgres")).await?;
+    let rows = admin
+        .query(
+            "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1)",
+            &[&prefix],
+        )
+        .await
+        .context("listing databases")?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}

@@ -1,0 +1,167 @@
+//! The `[database]` section of the configuration.
+
+use crate::{Error, Result};
+use serde::Deserialize;
+use std::str::FromStr;
+use std::time::Duration;
+use tidemark_model::{duration, Secret};
+
+/// Whether to use TimescaleDB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TimescaleSetting {
+    /// Use TimescaleDB when the server offers the extension, plain PostgreSQL otherwise.
+    #[default]
+    Auto,
+    /// Fail at start-up unless TimescaleDB can be used.
+    Required,
+    /// Never use TimescaleDB.
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Connection URL without a password: `postgres://user@host:port/database`.
+    #[serde(default = "default_url")]
+    pub url: String,
+    /// The password, if the server asks for one. Only from the environment:
+    /// `TIDEMARK__DATABASE__PASSWORD`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Connections in the pool.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// `auto`, `required` or `off`.
+    #[serde(default)]
+    pub timescaledb: TimescaleSetting,
+    /// TimescaleDB: compress chunks once their data is older than this.
+    #[serde(default = "default_compress_after", with = "duration::serde_str")]
+    pub compress_after: Duration,
+    /// Drop readings older than this (a TimescaleDB retention policy, or whole monthly partitions on
+    /// plain PostgreSQL). Unset keeps everything.
+    #[serde(default, with = "duration::option_str")]
+    pub retention: Option<Duration>,
+    /// Plain PostgreSQL: how many monthly partitions to keep created ahead of the current month.
+    #[serde(default = "default_partitions_ahead")]
+    pub partitions_ahead: u32,
+    /// How long to wait for a connection before giving up.
+    #[serde(default = "default_connect_timeout", with = "duration::serde_str")]
+    pub connect_timeout: Duration,
+}
+
+fn default_url() -> String {
+    "postgres://postgres@127.0.0.1:5432/tidemark".to_owned()
+}
+const fn default_pool_size() -> usize {
+    8
+}
+const fn default_compress_after() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+const fn default_partitions_ahead() -> u32 {
+    3
+}
+const fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: default_url(),
+            password: None,
+            pool_size: default_pool_size(),
+            timescaledb: TimescaleSetting::default(),
+            compress_after: default_compress_after(),
+            retention: None,
+            partitions_ahead: default_partitions_ahead(),
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// The same configuration pointed at another database on the same server.
+    pub fn with_database(&self, name: &str) -> DatabaseConfig {
+        let mut copy = self.clone();
+        let base = match self.url.rfind('/') {
+            Some(slash) if slash > "postgres://".len() => &self.url[..slash],
+            _ => self.url.as_str(),
+        };
+        copy.url = format!("{base}/{name}");
+        copy
+    }
+
+    pub(crate) fn pg_config(&self) -> Result<tokio_postgres::Config> {
+        let mut config =
+            tokio_postgres::Config::from_str(&self.url).map_err(|source| Error::BadUrl {
+                url: self.url.clone(),
+                source,
+            })?;
+        if let Some(password) = &self.password {
+            config.password(password.expose());
+        }
+        config.connect_timeout(self.connect_timeout);
+        config.application_name("tidemark");
+        Ok(config)
+    }
+
+    /// Pure checks, before any connection is made.
+    pub fn validate(&self) -> Result<(), String> {
+        let config = tokio_postgres::Config::from_str(&self.url)
+            .map_err(|e| format!("database.url {:?} is not a PostgreSQL URL: {e}", self.url))?;
+        if config.get_password().is_some() {
+            return Err(
+                "database.url must not contain a password; set TIDEMARK__DATABASE__PASSWORD instead"
+                    .to_owned(),
+            );
+        }
+        if self.pool_size == 0 {
+            return Err("database.pool_size must be at least 1".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// One connection outside the pool, with its driver task spawned.
+pub(crate) async fn connect_one(config: &DatabaseConfig) -> Result<tokio_postgres::Client> {
+    let (client, connection) = config
+        .pg_config()?
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|source| Error::Connect {
+            url: config.url.clone(),
+            source,
+        })?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "database connection closed");
+        }
+    });
+    Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_refuses_passwords_and_bad_urls() {
+        let mut config = DatabaseConfig::default();
+        assert!(config.validate().is_ok());
+        config.url = "postgres://u:hunter2@localhost/db".into();
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .contains("TIDEMARK__DATABASE__PASSWORD"));
+        config.url = "postgres://localhost:notaport/db".into();
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn with_database_swaps_the_name() {
+        let config = DatabaseConfig::default().with_database("other");
+        assert_eq!(config.url, "postgres://postgres@127.0.0.1:5432/other");
+    }
+}

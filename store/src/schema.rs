@@ -1,0 +1,391 @@
+//! Migrations, capability detection and the physical layout of `readings` in each storage mode.
+
+use crate::config::{connect_one, DatabaseConfig, TimescaleSetting};
+use crate::{Context, Error, Result, Store};
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+refinery::embed_migrations!("migrations");
+
+/// How `readings` is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageMode {
+    /// Plain PostgreSQL: range partitions by month, created by Tidemark.
+    Plain,
+    /// A TimescaleDB hypertable with compression and retention policies.
+    TimescaleDb,
+}
+
+impl std::fmt::Display for StorageMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StorageMode::Plain => "plain PostgreSQL (monthly partitions)",
+            StorageMode::TimescaleDb => "TimescaleDB (hypertable)",
+        })
+    }
+}
+
+/// Key of the advisory lock that serialises migrations between processes.
+const MIGRATION_LOCK: i64 = 0x7469_6465_6d61_726b; // "tidemark"
+/// Key of the advisory lock that serialises partition DDL between processes.
+const PARTITION_LOCK: i64 = 0x7469_6465_7061_7274;
+
+/// Whether the server offers TimescaleDB (`pg_available_extensions`).
+pub async fn timescaledb_available(client: &Client) -> Result<bool> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')",
+            &[],
+        )
+        .await
+        .context("checking for TimescaleDB")?;
+    Ok(row.get(0))
+}
+
+/// Creates the database if it does not exist, runs the migrations, and brings the storage layout
+/// (TimescaleDB policies or plain partitions) in line with the configuration. Safe to run from
+/// several processes at once, and again at every start.
+pub async fn migrate(config: &DatabaseConfig) -> Result<StorageMode> {
+    let mut client = match connect_one(config).await {
+        Err(Error::Connect { source, .. })
+            if source.code() == Some(&SqlState::INVALID_CATALOG_NAME) =>
+        {
+            create_database(config).await?;
+            connect_one(config).await?
+        }
+        other => other?,
+    };
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .context("taking the migration lock")?;
+    let outcome = migrate_locked(&mut client, config).await;
+    // The lock also goes with the session; unlocking early lets a waiting process on in.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    let mode = outcome?;
+    let store = Store::connect(config).await?;
+    store.maintain(Utc::now(), config).await?;
+    Ok(mode)
+}
+
+async fn create_database(config: &DatabaseConfig) -> Result<()> {
+    let pg_config = config.pg_config()?;
+    let name = pg_config
+        .get_dbname()
+        .ok_or_else(|| Error::NotMigrated)?
+        .to_owned();
+    let admin = connect_one(&config.with_database("postgres")).await?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    match admin
+        .batch_execute(&format!("CREATE DATABASE {quoted}"))
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(database = %name, "created database");
+            Ok(())
+        }
+        // Another process created it first.
+        Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => Ok(()),
+        Err(source) => Err(Error::Query {
+            context: "creating the database",
+            source,
+        }),
+    }
+}
+
+async fn migrate_locked(client: &mut Client, config: &DatabaseConfig) -> Result<StorageMode> {
+    let readings_exist = relkind(client).await?.is_some();
+    if !readings_exist && config.timescaledb != TimescaleSetting::Off {
+        enable_timescaledb(client, config.timescaledb).await?;
+    }
+    migrations::runner().run_async(client).await?;
+    let mode = detect_mode(client).await?;
+    if config.timescaledb == TimescaleSetting::Required && mode != StorageMode::TimescaleDb {
+        return Err(Error::TimescaleUnavailable(
+            "readings was created earlier as a plain PostgreSQL table".to_owned(),
+        ));
+    }
+    if mode == StorageMode::TimescaleDb {
+        apply_timescale_policies(client, config).await?;
+    }
+    tracing::info!(%mode, "database migrated");
+    Ok(mode)
+}
+
+async fn enable_timescaledb(client: &Client, setting: TimescaleSetting) -> Result<()> {
+    if !timescaledb_available(client).await? {
+        if setting == TimescaleSetting::Required {
+            return Err(Error::TimescaleUnavailable(
+                "the server does not offer the extension (pg_available_extensions)".to_owned(),
+            ));
+        }
+        tracing::info!("TimescaleDB is not available; using plain PostgreSQL partitions");
+        return Ok(());
+    }
+    match client
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(error) if setting == TimescaleSetting::Auto => {
+            // Typically: the library is installed but not in shared_preload_libraries.
+            tracing::warn!(%error, "TimescaleDB is offered but cannot be created; using plain PostgreSQL");
+            Ok(())
+        }
+        Err(error) => Err(Error::TimescaleUnavailable(format!(
+            "CREATE EXTENSION failed: {error}"
+        ))),
+    }
+}
+
+async fn relkind(client: &Client) -> Result<Option<i8>> {
+    let row = client
+        .query_opt(
+            "SELECT relkind::\"char\" FROM pg_class WHERE oid = to_regclass('readings')",
+            &[],
+        )
+        .await
+        .context("inspecting the readings relation")?;
+    Ok(row.map(|r| r.get::<_, i8>(0)))
+}
+
+/// Which mode an already migrated database is in.
+pub async fn detect_mode(client: &Client) -> Result<StorageMode> {
+    match relkind(client).await?.map(|k| k as u8) {
+        Some(b'p') => Ok(StorageMode::Plain),
+        Some(_) => Ok(StorageMode::TimescaleDb),
+        None => Err(Error::NotMigrated),
+    }
+}
+
+fn interval_literal(duration: Duration) -> String {
+    format!("{} seconds", duration.as_secs())
+}
+
+/// Compression segmented by sensor and a retention policy, as the TimescaleDB documentation
+/// describes them (`ALTER TABLE ... SET (timescaledb.compress ...)`, `add_compression_policy`,
+/// `add_retention_policy`). Re-applied at every migrate so that changed intervals take effect.
+async fn apply_timescale_policies(client: &Client, config: &DatabaseConfig) -> Result<()> {
+    client
+        .batch_execute(
+            "ALTER TABLE readings SET (timescaledb.compress, \
+             timescaledb.compress_segmentby = 'sensor_id', timescaledb.compress_orderby = 'ts DESC')",
+        )
+        .await
+        .context("enabling compression on readings")?;
+    client
+        .batch_execute("SELECT remove_compression_policy('readings', if_exists => true)")
+        .await
+        .context("removing the old compression policy")?;
+    client
+        .execute(
+            "SELECT add_compression_policy('readings', compress_after => $1::text::interval)",
+            &[&interval_literal(config.compress_after)],
+        )
+        .await
+        .context("adding the compression policy")?;
+    client
+        .batch_execute("SELECT remove_retention_policy('readings', if_exists => true)")
+        .await
+        .context("removing the old retention policy")?;
+    if let Some(retention) = config.retention {
+        client
+            .execute(
+                "SELECT add_retention_policy('readings', drop_after => $1::text::interval)",
+                &[&interval_literal(retention)],
+            )
+            .await
+            .context("adding the retention policy")?;
+    }
+    Ok(())
+}
+
+/// A calendar month, the unit of plain-mode partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Month {
+    year: i32,
+    month: u32,
+}
+
+impl Month {
+    pub(crate) fn of(ts: DateTime<Utc>) -> Month {
+        Month {
+            year: ts.year(),
+            month: ts.month(),
+        }
+    }
+
+    fn next(self) -> Month {
+        if self.month == 12 {
+            Month {
+                year: self.year + 1,
+                month: 1,
+            }
+        } else {
+            Month {
+                year: self.year,
+                month: self.month + 1,
+            }
+        }
+    }
+
+    fn start(self) -> DateTime<Utc> {
+        let date = NaiveDate::from_ymd_opt(self.year, self.month, 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .expect("the first of a month from a valid timestamp is a valid date");
+        Utc.from_utc_datetime(&date)
+    }
+
+    fn table(self) -> String {
+        format!("readings_p{:04}{:02}", self.year, self.month)
+    }
+
+    fn parse_table(name: &str) -> Option<Month> {
+        let digits = name.strip_prefix("readings_p")?;
+        if digits.len() != 6 {
+            return None;
+        }
+        Some(Month {
+            year: digits[..4].parse().ok()?,
+            month: digits[4..].parse().ok()?,
+        })
+    }
+
+    /// Months from `first` to `last` inclusive.
+    pub(crate) fn span(first: Month, last: Month) -> impl Iterator<Item = Month> {
+        std::iter::successors(Some(first), move |m| (*m < last).then(|| m.next()))
+    }
+}
+
+/// Partitions known to exist, so that the write path asks the database only about new months.
+#[derive(Default)]
+pub(crate) struct PartitionCache(Mutex<HashSet<Month>>);
+
+impl Store {
+    /// Plain mode: makes sure a partition exists for every month from `from` to `to`.
+    pub async fn ensure_partitions(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<()> {
+        if self.mode != StorageMode::Plain {
+            return Ok(());
+        }
+        let missing: Vec<Month> = {
+            let known = self
+                .partitions
+                .0
+                .lock()
+                .expect("partition cache lock poisoned");
+            Month::span(Month::of(from), Month::of(to))
+                .filter(|m| !known.contains(m))
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.context("begin partition DDL")?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
+            .await
+            .context("taking the partition lock")?;
+        for month in &missing {
+            let sql = format!(
+                "CREATE TABLE IF NOT EXISTS {} PARTITION OF readings FOR VALUES FROM ('{}') TO ('{}')",
+                month.table(),
+                month.start().to_rfc3339(),
+                month.next().start().to_rfc3339(),
+            );
+            tx.batch_execute(&sql)
+                .await
+                .context("creating a partition")?;
+        }
+        tx.commit().await.context("commit partition DDL")?;
+        self.partitions
+            .0
+            .lock()
+            .expect("partition cache lock poisoned")
+            .extend(missing);
+        Ok(())
+    }
+
+    /// Periodic upkeep. Plain mode: partitions for this month and `partitions_ahead` more, and
+    /// retention by dropping whole months older than the retention period. TimescaleDB runs its own
+    /// policies in the background.
+    pub async fn maintain(&self, now: DateTime<Utc>, config: &DatabaseConfig) -> Result<()> {
+        if self.mode != StorageMode::Plain {
+            return Ok(());
+        }
+        let mut last = Month::of(now);
+        for _ in 0..config.partitions_ahead {
+            last = last.next();
+        }
+        self.ensure_partitions(now, last.start()).await?;
+        let Some(retention) = config.retention else {
+            return Ok(());
+        };
+        let cutoff = now - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+                 WHERE i.inhparent = 'readings'::regclass",
+                &[],
+            )
+            .await
+            .context("listing partitions")?;
+        for row in rows {
+            let name: String = row.get(0);
+            let Some(month) = Month::parse_table(&name) else {
+                continue;
+            };
+            if month.next().start() <= cutoff {
+                client
+                    .batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
+                    .await
+                    .context("dropping an expired partition")?;
+                self.partitions
+                    .0
+                    .lock()
+                    .expect("partition cache lock poisoned")
+                    .remove(&month);
+                tracing::info!(partition = %name, "dropped partition past retention");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months() {
+        let ts = DateTime::parse_from_rfc3339("2023-12-31T23:59:59Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let december = Month::of(ts);
+        assert_eq!(december.table(), "readings_p202312");
+        assert_eq!(december.next().table(), "readings_p202401");
+        assert_eq!(
+            december.next().start().to_rfc3339(),
+            "2024-01-01T00:00:00+00:00"
+        );
+        assert_eq!(
+            Month::parse_table("readings_p202401"),
+            Some(december.next())
+        );
+        assert_eq!(Month::parse_table("readings_staging"), None);
+        let span: Vec<String> = Month::span(december, december.next().next())
+            .map(Month::table)
+            .collect();
+        assert_eq!(
+            span,
+            ["readings_p202312", "readings_p202401", "readings_p202402"]
+        );
+        assert_eq!(Month::span(december, december).count(), 1);
+    }
+}
