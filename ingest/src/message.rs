@@ -143,7 +143,13 @@ mod tests {
     }
 
     /// (topic, payload, stored readings, rejection codes with entries, depends on the directory)
-    type Case<'a> = (&'a str, &'a str, usize, Vec<(&'static str, Option<usize>)>, bool);
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        usize,
+        Vec<(&'static str, Option<usize>)>,
+        bool,
+    );
 
     #[test]
     fn table() {

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub buffered_bytes: Gauge,
     /// MQTT connection errors (each followed by a reconnect).
     pub mqtt_errors: Counter,
+    /// 1 while the broker has confirmed the readings subscription on the current connection.
+    pub subscribed: Gauge,
 }
 
 impl Metrics {
@@ -42,6 +44,7 @@ impl Metrics {
             write_retries: Counter::default(),
             buffered_bytes: Gauge::default(),
             mqtt_errors: Counter::default(),
+            subscribed: Gauge::default(),
         };
         for code in RejectReason::CODES {
             let _ = metrics.rejected.get_or_create(&vec![("reason", code)]);

@@ -52,6 +52,22 @@ struct Received {
     _buffer: OwnedSemaphorePermit,
 }
 
+/// A task that dies with its owner: if `run` is dropped (its task aborted, as in a crash), the
+/// MQTT session goes with it instead of living on unowned.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) {
+        let _ = (&mut self.0).await;
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How often plain-mode partitions and retention are looked after.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -80,7 +96,7 @@ pub async fn run(
     let (tx, rx) = mpsc::unbounded_channel();
     let buffer = Arc::new(Semaphore::new(config.max_buffered_bytes));
     let session_stop = CancellationToken::new();
-    let session = tokio::spawn(session_loop(
+    let session = AbortOnDrop(tokio::spawn(session_loop(
         eventloop,
         client.clone(),
         filter,
@@ -90,8 +106,12 @@ pub async fn run(
         connection.clone(),
         metrics.clone(),
         session_stop.clone(),
-    ));
-    let maintenance = tokio::spawn(maintenance_loop(store.clone(), database, shutdown.clone()));
+    )));
+    let _maintenance = AbortOnDrop(tokio::spawn(maintenance_loop(
+        store.clone(),
+        database,
+        shutdown.clone(),
+    )));
     tracing::info!(client_id = %config.client_id, mode = %store.mode(), "ingest started");
 
     let writer = Writer {
@@ -118,14 +138,13 @@ pub async fn run(
 
     // Acknowledgements queued by the writer go out before the disconnect, in request order.
     let _ = client.disconnect().await;
-    if tokio::time::timeout(Duration::from_secs(5), session)
+    if tokio::time::timeout(Duration::from_secs(5), session.join())
         .await
         .is_err()
     {
         tracing::warn!("mqtt session did not close within 5s");
     }
     session_stop.cancel();
-    maintenance.abort();
     tracing::info!("ingest stopped");
     Ok(())
 }
@@ -165,6 +184,7 @@ async fn session_loop(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = Duration::from_millis(100);
+                metrics.subscribed.set(0);
                 let id = connection.fetch_add(1, Ordering::SeqCst) + 1;
                 tracing::info!(
                     connection = id,
@@ -196,10 +216,22 @@ async fn session_loop(
                     return;
                 }
             }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let granted = ack
+                    .return_codes
+                    .iter()
+                    .all(|code| matches!(code, rumqttc::SubscribeReasonCode::Success(_)));
+                if granted {
+                    metrics.subscribed.set(1);
+                } else {
+                    tracing::error!(filter = %filter, "the broker refused the readings subscription");
+                }
+            }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
             Ok(_) => {}
             Err(error) => {
                 metrics.mqtt_errors.inc();
+                metrics.subscribed.set(0);
                 tracing::warn!(%error, retry_in = ?backoff, "mqtt connection error");
                 tokio::select! {
                     _ = stop.cancelled() => return,

@@ -135,40 +135,62 @@ async fn publish_connection(
     readings: usize,
     per_message: usize,
 ) -> Result<(usize, usize, DateTime<Utc>), Error> {
-    let (client, mut eventloop) = AsyncClient::new(options, 1000);
     let messages = readings.div_ceil(per_message);
-    // The event loop runs beside the publisher and counts acknowledgements.
-    let acks = tokio::spawn(async move {
-        let mut acked = 0;
-        while acked < messages {
-            match eventloop.poll().await? {
-                Event::Incoming(Packet::PubAck(_)) => acked += 1,
-                Event::Outgoing(Outgoing::Disconnect) => break,
-                _ => {}
-            }
-        }
-        let last_ack = Utc::now();
-        Ok::<_, rumqttc::ConnectionError>((eventloop, last_ack))
-    });
     let mut clock = SensorClock::default();
     let mut remaining = readings;
     let mut device_index = 0;
-    let mut sent = 0;
-    while remaining > 0 {
+    let last_ack = publish_generated(options, messages, || {
         let device = &devices[device_index % devices.len()];
         device_index += 1;
         let count = remaining.min(per_message);
-        let payload = payload(device, count, per_message == 1, &mut clock);
-        client
-            .publish(
-                topics.for_device(&device.id),
-                QoS::AtLeastOnce,
-                false,
-                payload,
-            )
-            .await?;
         remaining -= count;
-        sent += 1;
+        let payload = payload(device, count, per_message == 1, &mut clock);
+        (topics.for_device(&device.id), payload)
+    })
+    .await?;
+    Ok((messages, readings, last_ack))
+}
+
+/// Publishes the given messages at QoS 1 on one connection with client id `client_id`, in order,
+/// and returns once the broker has acknowledged them all.
+pub async fn publish_messages(
+    broker: &BrokerConfig,
+    client_id: &str,
+    messages: Vec<(String, Vec<u8>)>,
+) -> Result<DateTime<Utc>, Error> {
+    let count = messages.len();
+    let mut messages = messages.into_iter();
+    publish_generated(options(broker, client_id), count, || {
+        messages
+            .next()
+            .expect("asked for no more messages than given")
+    })
+    .await
+}
+
+/// Publishes `count` messages made by `next` and waits for every acknowledgement; returns when the
+/// last one arrived.
+async fn publish_generated(
+    options: MqttOptions,
+    count: usize,
+    mut next: impl FnMut() -> (String, Vec<u8>),
+) -> Result<DateTime<Utc>, Error> {
+    let (client, mut eventloop) = AsyncClient::new(options, 1000);
+    // The event loop runs beside the publisher and counts acknowledgements.
+    let acks = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < count {
+            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await? {
+                acked += 1;
+            }
+        }
+        Ok::<_, rumqttc::ConnectionError>((eventloop, Utc::now()))
+    });
+    for _ in 0..count {
+        let (topic, payload) = next();
+        client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await?;
     }
     let (mut eventloop, last_ack) = acks.await??;
     client.disconnect().await?;
@@ -181,7 +203,7 @@ async fn publish_connection(
         }
     })
     .await;
-    Ok((sent, readings, last_ack))
+    Ok(last_ack)
 }
 
 /// Strictly increasing per-sensor timestamps at (or just after) the wall-clock time.

@@ -46,6 +46,12 @@ pub async fn timescaledb_available(client: &Client) -> Result<bool> {
     Ok(row.get(0))
 }
 
+/// Whether the server `config` points at offers TimescaleDB, asked through its maintenance database.
+pub async fn server_offers_timescaledb(config: &DatabaseConfig) -> Result<bool> {
+    let client = connect_one(&config.with_database("postgres")).await?;
+    timescaledb_available(&client).await
+}
+
 /// Creates the database if it does not exist, runs the migrations, and brings the storage layout
 /// (TimescaleDB policies or plain partitions) in line with the configuration. Safe to run from
 /// several processes at once, and again at every start.
@@ -355,6 +361,74 @@ impl Store {
             }
         }
         Ok(())
+    }
+}
+
+/// What TimescaleDB reports about `readings`, read from its information views.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TimescaleStatus {
+    pub hypertable: bool,
+    pub compression_enabled: bool,
+    /// `compress_segmentby` columns of the hypertable.
+    pub segment_by: Vec<String>,
+    pub compression_policy: bool,
+    pub retention_policy: bool,
+}
+
+impl Store {
+    /// Plain mode: the names of `readings`' partitions, in order.
+    pub async fn partition_names(&self) -> Result<Vec<String>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+                 WHERE i.inhparent = to_regclass('readings') ORDER BY 1",
+                &[],
+            )
+            .await
+            .context("listing partitions")?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// TimescaleDB mode: the hypertable, compression and policies of `readings`.
+    pub async fn timescale_status(&self) -> Result<TimescaleStatus> {
+        if self.mode != StorageMode::TimescaleDb {
+            return Ok(TimescaleStatus::default());
+        }
+        let client = self.client().await?;
+        let hypertable = client
+            .query_opt(
+                "SELECT compression_enabled FROM timescaledb_information.hypertables \
+                 WHERE hypertable_name = 'readings'",
+                &[],
+            )
+            .await
+            .context("reading timescaledb_information.hypertables")?;
+        let segment_by = client
+            .query(
+                "SELECT attname::text FROM timescaledb_information.compression_settings \
+                 WHERE hypertable_name = 'readings' AND segmentby_column_index IS NOT NULL \
+                 ORDER BY segmentby_column_index",
+                &[],
+            )
+            .await
+            .context("reading timescaledb_information.compression_settings")?;
+        let jobs = client
+            .query(
+                "SELECT proc_name::text FROM timescaledb_information.jobs \
+                 WHERE hypertable_name = 'readings'",
+                &[],
+            )
+            .await
+            .context("reading timescaledb_information.jobs")?;
+        let procs: Vec<String> = jobs.iter().map(|r| r.get(0)).collect();
+        Ok(TimescaleStatus {
+            hypertable: hypertable.is_some(),
+            compression_enabled: hypertable.is_some_and(|r| r.get(0)),
+            segment_by: segment_by.iter().map(|r| r.get(0)).collect(),
+            compression_policy: procs.iter().any(|p| p == "policy_compression"),
+            retention_policy: procs.iter().any(|p| p == "policy_retention"),
+        })
     }
 }
 

@@ -1,0 +1,14 @@
+//! End-to-end tests against a real PostgreSQL and a private Mosquitto. Each test gets its own fresh
+//! database and its own broker on a free loopback port.
+
+// Shared harness: broker, database, reference data, ingest tasks, waiting for conditions.
+mod support;
+
+// Ingest through the broker: exactly once, rejections, restarts, shared subscriptions.
+mod ingest;
+
+// Storage in both modes: plain PostgreSQL always, TimescaleDB where the server offers it.
+mod storage;
+
+// The `tidemark` binary: configuration and error messages a person can act on.
+mod cli;

@@ -1,0 +1,211 @@
+//! Storage in both modes against the real server.
+
+use chrono::{DateTime, TimeZone, Utc};
+use std::time::Duration;
+use tidemark::testkit::{test_server, TestDatabase};
+use tidemark_store::readings::{ReadingRow, RejectionRow};
+use tidemark_store::reference::{DeviceRecord, ReferenceData, SensorRecord};
+use tidemark_store::schema::{migrate, server_offers_timescaledb};
+use tidemark_store::{DatabaseConfig, Error, StorageMode, Store, TimescaleSetting};
+
+fn utc(y: i32, m: u32, d: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(y, m, d, 12, 0, 0).unwrap()
+}
+
+async fn one_sensor(store: &Store) -> i32 {
+    let data = ReferenceData {
+        devices: vec![DeviceRecord {
+            key: "d1".into(),
+            name: String::new(),
+        }],
+        stations: vec![],
+        sensors: vec![SensorRecord {
+            key: "d1.level".into(),
+            device: "d1".into(),
+            station: None,
+            quantity: "water_level".into(),
+            name: String::new(),
+            expected_interval: Duration::from_secs(600),
+        }],
+    };
+    store.apply_reference(&data).await.unwrap();
+    // Loading the same file again changes nothing.
+    store.apply_reference(&data).await.unwrap();
+    let directory = store.directory().await.unwrap();
+    assert_eq!(directory.sensors.len(), 1);
+    directory.sensors.values().next().unwrap().0
+}
+
+fn rows(sensor_id: i32, times: &[DateTime<Utc>]) -> Vec<ReadingRow> {
+    times
+        .iter()
+        .enumerate()
+        .map(|(i, ts)| ReadingRow {
+            sensor_id,
+            ts: *ts,
+            value: 1.0 + i as f64,
+            quality: 0,
+        })
+        .collect()
+}
+
+/// Writes, reads back and rewrites readings: the checks both modes must pass.
+async fn round_trip(store: &Store, sensor_id: i32, times: &[DateTime<Utc>]) {
+    let batch = rows(sensor_id, times);
+    let first = store.write_batch(&batch, &[], Utc::now()).await.unwrap();
+    assert_eq!((first.stored, first.duplicates), (times.len() as u64, 0));
+    let stored = store.sensor_readings("d1.level").await.unwrap();
+    let got: Vec<(DateTime<Utc>, f64)> = stored.iter().map(|r| (r.0, r.1)).collect();
+    let want: Vec<(DateTime<Utc>, f64)> = batch.iter().map(|r| (r.ts, r.value)).collect();
+    assert_eq!(got, want);
+
+    // A redelivered batch lands once; a batch mixing old and new keeps only the new.
+    let again = store.write_batch(&batch, &[], Utc::now()).await.unwrap();
+    assert_eq!((again.stored, again.duplicates), (0, times.len() as u64));
+    let mut mixed = batch.clone();
+    mixed.push(ReadingRow {
+        sensor_id,
+        ts: times[0] + chrono::Duration::seconds(1),
+        value: 9.0,
+        quality: 0,
+    });
+    let partial = store.write_batch(&mixed, &[], Utc::now()).await.unwrap();
+    assert_eq!(
+        (partial.stored, partial.duplicates),
+        (1, times.len() as u64)
+    );
+    assert_eq!(
+        store.count_readings().await.unwrap(),
+        times.len() as u64 + 1
+    );
+
+    // A rejection redelivered is kept once.
+    let rejection = RejectionRow {
+        received_at: Utc::now(),
+        topic: "tidemark/v1/readings/d1".into(),
+        device: Some("d1".into()),
+        payload: b"\xff\x00not json".to_vec(),
+        entry: None,
+        reason_code: "malformed",
+        reason: "malformed payload".into(),
+    };
+    let once = store
+        .write_batch(&[], std::slice::from_ref(&rejection), Utc::now())
+        .await
+        .unwrap();
+    let twice = store
+        .write_batch(&[], std::slice::from_ref(&rejection), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!((once.rejections_stored, twice.rejections_stored), (1, 0));
+    let kept = store.recent_rejections(10).await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].payload, rejection.payload);
+}
+
+#[tokio::test]
+async fn plain_postgresql_partitions_round_trip_and_retention() {
+    let database = TestDatabase::create(&test_server()).await.unwrap();
+    let config = DatabaseConfig {
+        timescaledb: TimescaleSetting::Off,
+        ..database.config.clone()
+    };
+    assert_eq!(migrate(&config).await.unwrap(), StorageMode::Plain);
+    // Migrating again (every start does) is harmless.
+    assert_eq!(migrate(&config).await.unwrap(), StorageMode::Plain);
+    let store = Store::connect(&config).await.unwrap();
+    assert_eq!(store.mode(), StorageMode::Plain);
+    let sensor_id = one_sensor(&store).await;
+
+    // Partitions for this month and the configured months ahead exist after migrate.
+    let partitions = store.partition_names().await.unwrap();
+    let this_month = format!("readings_p{}", Utc::now().format("%Y%m"));
+    assert!(partitions.contains(&this_month), "{partitions:?}");
+    assert_eq!(partitions.len() as u32, 1 + config.partitions_ahead);
+
+    // Writing into past months creates their partitions on demand.
+    let times = [utc(2024, 1, 15), utc(2024, 2, 15), utc(2024, 3, 15)];
+    round_trip(&store, sensor_id, &times).await;
+    let partitions = store.partition_names().await.unwrap();
+    for month in ["readings_p202401", "readings_p202402", "readings_p202403"] {
+        assert!(
+            partitions.contains(&month.to_owned()),
+            "{month} in {partitions:?}"
+        );
+    }
+
+    // Retention drops whole months past the cutoff and keeps the rest.
+    let recent = Utc::now() - chrono::Duration::days(1);
+    store
+        .write_batch(&rows(sensor_id, &[recent]), &[], Utc::now())
+        .await
+        .unwrap();
+    let retained = DatabaseConfig {
+        retention: Some(Duration::from_secs(90 * 86_400)),
+        ..config.clone()
+    };
+    store.maintain(Utc::now(), &retained).await.unwrap();
+    let partitions = store.partition_names().await.unwrap();
+    assert!(
+        !partitions.iter().any(|p| p.starts_with("readings_p2024")),
+        "{partitions:?}"
+    );
+    assert_eq!(store.count_readings().await.unwrap(), 1);
+
+    drop(store);
+    database.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn timescaledb_hypertable_compression_retention_round_trip() {
+    if !server_offers_timescaledb(&test_server()).await.unwrap() {
+        eprintln!("TimescaleDB is not offered by this server (pg_available_extensions): skipped");
+        return;
+    }
+    let database = TestDatabase::create(&test_server()).await.unwrap();
+    let config = DatabaseConfig {
+        timescaledb: TimescaleSetting::Required,
+        retention: Some(Duration::from_secs(3650 * 86_400)),
+        ..database.config.clone()
+    };
+    assert_eq!(migrate(&config).await.unwrap(), StorageMode::TimescaleDb);
+    assert_eq!(migrate(&config).await.unwrap(), StorageMode::TimescaleDb);
+    let store = Store::connect(&config).await.unwrap();
+    let status = store.timescale_status().await.unwrap();
+    assert!(status.hypertable, "{status:?}");
+    assert!(status.compression_enabled, "{status:?}");
+    assert_eq!(status.segment_by, ["sensor_id"]);
+    assert!(status.compression_policy, "{status:?}");
+    assert!(status.retention_policy, "{status:?}");
+    let sensor_id = one_sensor(&store).await;
+    round_trip(
+        &store,
+        sensor_id,
+        &[utc(2024, 1, 15), utc(2024, 2, 15), utc(2024, 3, 15)],
+    )
+    .await;
+    drop(store);
+    database.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn requiring_timescaledb_where_it_is_missing_fails_with_a_clear_error() {
+    if server_offers_timescaledb(&test_server()).await.unwrap() {
+        eprintln!(
+            "TimescaleDB is offered by this server: the missing-extension path is not reachable"
+        );
+        return;
+    }
+    let database = TestDatabase::create(&test_server()).await.unwrap();
+    let config = DatabaseConfig {
+        timescaledb: TimescaleSetting::Required,
+        ..database.config.clone()
+    };
+    let error = migrate(&config).await.unwrap_err();
+    assert!(matches!(error, Error::TimescaleUnavailable(_)), "{error}");
+    assert!(
+        error.to_string().contains("pg_available_extensions"),
+        "{error}"
+    );
+    database.drop_database().await.unwrap();
+}
