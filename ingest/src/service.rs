@@ -18,6 +18,7 @@ use tidemark_model::broker::BrokerConfig;
 use tidemark_model::topic::{ReadingsTopics, TopicError};
 use tidemark_model::validate::TimeRules;
 use tidemark_model::wire::Limits;
+use tidemark_store::readings::{ReadingRow, RejectionRow};
 use tidemark_store::reference::Directory;
 use tidemark_store::{DatabaseConfig, Store};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -114,9 +115,8 @@ pub async fn run(
     )));
     tracing::info!(client_id = %config.client_id, mode = %store.mode(), "ingest started");
 
-    let writer = Writer {
-        store,
-        client: client.clone(),
+    let preparer = Preparer {
+        store: store.clone(),
         topics,
         directory,
         directory_loaded: Utc::now(),
@@ -130,11 +130,21 @@ pub async fn run(
                 max_readings: config.max_readings_per_message,
             },
         },
+        config: config.clone(),
+    };
+    let committer = Committer {
+        store,
+        client: client.clone(),
         connection,
         metrics,
         config,
     };
-    writer.run(rx, &shutdown).await;
+    // Two stages, so that decoding the next batch overlaps committing this one. The channel holds
+    // one prepared batch: at most two batches wait on the database at any time.
+    let (prepared_tx, prepared_rx) = mpsc::channel(1);
+    let committing = AbortOnDrop(tokio::spawn(committer.run(prepared_rx, shutdown.clone())));
+    preparer.run(rx, prepared_tx, &shutdown).await;
+    committing.join().await;
 
     // Acknowledgements queued by the writer go out before the disconnect, in request order.
     let _ = client.disconnect().await;
@@ -255,32 +265,37 @@ async fn maintenance_loop(store: Store, database: DatabaseConfig, shutdown: Canc
     }
 }
 
-struct Writer {
+/// A batch decoded and validated, waiting to be committed.
+struct Prepared {
+    messages: Vec<Received>,
+    readings: Vec<ReadingRow>,
+    rejections: Vec<RejectionRow>,
+}
+
+/// First stage: gathers messages into batches and turns them into rows.
+struct Preparer {
     store: Store,
-    client: AsyncClient,
     topics: ReadingsTopics,
     directory: Directory,
     directory_loaded: DateTime<Utc>,
     rules: Rules,
-    connection: Arc<AtomicU64>,
-    metrics: Arc<Metrics>,
     config: IngestConfig,
 }
 
-impl Writer {
+impl Preparer {
     async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<Received>,
+        prepared: mpsc::Sender<Prepared>,
         shutdown: &CancellationToken,
     ) {
         while let Some(batch) = self.gather(&mut rx, shutdown).await {
-            if !self.commit(&batch, shutdown).await {
-                // Shut down before the batch could be committed: leave it unacknowledged so the
-                // broker delivers it again to the next session.
+            let batch = self.prepare(batch).await;
+            if prepared.send(batch).await.is_err() {
                 return;
             }
-            self.acknowledge(batch).await;
         }
+        // Returning drops the sender: the committer finishes what it holds and stops.
     }
 
     /// Waits for a first message, then takes more until the batch is full or has lingered.
@@ -295,9 +310,11 @@ impl Writer {
         };
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + self.config.batch_linger;
-        let max_bytes_estimate = self.config.batch_max_readings * 64;
+        // Payload bytes stand in for readings (a reading takes about 64 bytes of JSON), so that a
+        // batch is bounded before anything is decoded.
+        let max_bytes = self.config.batch_max_readings * 64;
         let mut bytes = batch[0].publish.payload.len();
-        while batch.len() < self.config.batch_max_messages && bytes < max_bytes_estimate {
+        while batch.len() < self.config.batch_max_messages && bytes < max_bytes {
             let next = match rx.try_recv() {
                 Ok(next) => next,
                 Err(_) => tokio::select! {
@@ -329,42 +346,70 @@ impl Writer {
             .collect()
     }
 
+    async fn prepare(&mut self, messages: Vec<Received>) -> Prepared {
+        let mut processed = self.process_all(&messages);
+        // A rejection for an unknown device or sensor is final only if judged by a directory
+        // loaded after the message arrived: reference data may have been added since.
+        let stale = messages
+            .iter()
+            .zip(&processed)
+            .any(|(m, p)| p.depends_on_directory && m.received_at >= self.directory_loaded);
+        if stale {
+            let loaded_at = Utc::now();
+            match self.store.directory().await {
+                Ok(directory) => {
+                    self.directory = directory;
+                    self.directory_loaded = loaded_at;
+                    processed = self.process_all(&messages);
+                }
+                Err(error) => tracing::warn!(%error, "cannot reload the device directory"),
+            }
+        }
+        let mut readings = Vec::new();
+        let mut rejections = Vec::new();
+        for p in processed {
+            readings.extend(p.readings);
+            rejections.extend(p.rejections);
+        }
+        Prepared {
+            messages,
+            readings,
+            rejections,
+        }
+    }
+}
+
+/// Second stage: commits each prepared batch, then acknowledges its messages.
+struct Committer {
+    store: Store,
+    client: AsyncClient,
+    connection: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+    config: IngestConfig,
+}
+
+impl Committer {
+    async fn run(self, mut prepared: mpsc::Receiver<Prepared>, shutdown: CancellationToken) {
+        while let Some(batch) = prepared.recv().await {
+            if !self.commit(&batch, &shutdown).await {
+                // Shut down before the batch could be committed: leave it unacknowledged so the
+                // broker delivers it again to the next session.
+                return;
+            }
+            self.acknowledge(batch.messages).await;
+        }
+    }
+
     /// Writes the batch, retrying with backoff until it commits. Returns false if shut down first.
-    async fn commit(&mut self, batch: &[Received], shutdown: &CancellationToken) -> bool {
+    async fn commit(&self, batch: &Prepared, shutdown: &CancellationToken) -> bool {
         let mut backoff = self.config.retry_initial;
         loop {
-            let mut processed = self.process_all(batch);
-            // A rejection for an unknown device or sensor is final only if judged by a directory
-            // loaded after the message arrived: reference data may have been added since.
-            let stale = batch
-                .iter()
-                .zip(&processed)
-                .any(|(m, p)| p.depends_on_directory && m.received_at >= self.directory_loaded);
-            if stale {
-                let loaded_at = Utc::now();
-                match self.store.directory().await {
-                    Ok(directory) => {
-                        self.directory = directory;
-                        self.directory_loaded = loaded_at;
-                        processed = self.process_all(batch);
-                    }
-                    Err(error) => tracing::warn!(%error, "cannot reload the device directory"),
-                }
-            }
-            let readings: Vec<_> = processed
-                .iter()
-                .flat_map(|p| p.readings.iter().cloned())
-                .collect();
-            let rejections: Vec<_> = processed
-                .iter()
-                .flat_map(|p| p.rejections.iter().cloned())
-                .collect();
             let started = Instant::now();
-            match self
+            let written = self
                 .store
-                .write_batch(&readings, &rejections, Utc::now())
-                .await
-            {
+                .write_batch(&batch.readings, &batch.rejections, Utc::now())
+                .await;
+            match written {
                 Ok(outcome) => {
                     self.metrics
                         .batch_seconds
@@ -372,7 +417,7 @@ impl Writer {
                     self.metrics.batches.inc();
                     self.metrics.readings_stored.inc_by(outcome.stored);
                     self.metrics.readings_duplicate.inc_by(outcome.duplicates);
-                    for rejection in &rejections {
+                    for rejection in &batch.rejections {
                         self.metrics
                             .rejected
                             .get_or_create(&vec![("reason", rejection.reason_code)])
@@ -400,9 +445,9 @@ impl Writer {
         }
     }
 
-    async fn acknowledge(&self, batch: Vec<Received>) {
+    async fn acknowledge(&self, messages: Vec<Received>) {
         let current = self.connection.load(Ordering::SeqCst);
-        for message in batch {
+        for message in messages {
             self.metrics.buffered_bytes.dec_by(message.buffered as i64);
             // A message from an earlier connection will be (or has been) redelivered with the same
             // packet id; acking the old copy could acknowledge a different message.

@@ -18,6 +18,7 @@ use crate::reading::Quality;
 use crate::unit::Unit;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// A reading as the device sent it: named, timed and in the device's unit.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,6 +119,12 @@ pub fn decode(payload: &[u8], limits: Limits) -> Result<Entries, DecodeError> {
             size: payload.len(),
             max: limits.max_bytes,
         });
+    }
+    let first = payload.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'{') {
+        if let Some(entries) = decode_tidemark_fast(payload, limits) {
+            return Ok(entries);
+        }
     }
     let document: Value = serde_json::from_slice(payload).map_err(DecodeError::from_json)?;
     match document {
@@ -226,16 +233,29 @@ fn decode_tidemark(object: &Map<String, Value>) -> Result<WireReading, DecodeErr
             field: field.clone(),
         });
     }
-    let sensor = sensor_key(required(string_field(object, "sensor")?, "sensor")?)?;
-    let raw_ts = required(string_field(object, "ts")?, "ts")?;
+    let sensor = required(string_field(object, "sensor")?, "sensor")?;
+    let ts = required(string_field(object, "ts")?, "ts")?;
+    let value = required(number_field(object, "value")?, "value")?;
+    let unit = required(string_field(object, "unit")?, "unit")?;
+    let quality = string_field(object, "quality")?;
+    build_tidemark(sensor, ts, value, unit, quality)
+}
+
+fn build_tidemark(
+    sensor: &str,
+    raw_ts: &str,
+    value: f64,
+    unit_symbol: &str,
+    quality: Option<&str>,
+) -> Result<WireReading, DecodeError> {
+    let sensor = sensor_key(sensor)?;
     let ts = DateTime::parse_from_rfc3339(raw_ts)
         .map_err(|_| DecodeError::BadTimestamp {
             value: raw_ts.to_owned(),
         })?
         .with_timezone(&Utc);
-    let value = required(number_field(object, "value")?, "value")?;
-    let unit = unit(required(string_field(object, "unit")?, "unit")?)?;
-    let quality = match string_field(object, "quality")? {
+    let unit = unit(unit_symbol)?;
+    let quality = match quality {
         None | Some("good") => Quality::GOOD,
         Some("suspect") => Quality::DEVICE_SUSPECT,
         Some("bad") => Quality::DEVICE_BAD,
@@ -248,6 +268,57 @@ fn decode_tidemark(object: &Map<String, Value>) -> Result<WireReading, DecodeErr
         unit,
         quality,
     })
+}
+
+/// One Tidemark JSON reading exactly as the format defines it, borrowed from the payload.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TidemarkFields<'a> {
+    #[serde(borrow)]
+    sensor: Cow<'a, str>,
+    #[serde(borrow)]
+    ts: Cow<'a, str>,
+    value: f64,
+    #[serde(borrow)]
+    unit: Cow<'a, str>,
+    #[serde(borrow, default)]
+    quality: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TidemarkBatch<'a> {
+    #[serde(borrow)]
+    readings: Vec<TidemarkFields<'a>>,
+}
+
+impl TidemarkFields<'_> {
+    fn build(&self) -> Result<WireReading, DecodeError> {
+        build_tidemark(
+            &self.sensor,
+            &self.ts,
+            self.value,
+            &self.unit,
+            self.quality.as_deref(),
+        )
+    }
+}
+
+/// The fast path for well-formed Tidemark JSON: typed deserialisation without building a JSON tree.
+/// `None` sends the payload down the general path, which names the fault precisely.
+fn decode_tidemark_fast(payload: &[u8], limits: Limits) -> Option<Entries> {
+    let is_batch = payload.windows(10).any(|w| w == b"\"readings\"");
+    if is_batch {
+        let batch: TidemarkBatch = serde_json::from_slice(payload).ok()?;
+        let count = batch.readings.len();
+        if count == 0 || count > limits.max_readings {
+            return None;
+        }
+        Some(batch.readings.iter().map(TidemarkFields::build).collect())
+    } else {
+        let single: TidemarkFields = serde_json::from_slice(payload).ok()?;
+        Some(vec![single.build()])
+    }
 }
 
 /// Base fields carried from one SenML record to the next.
@@ -554,6 +625,50 @@ mod tests {
         ];
         for (payload, expected) in cases {
             assert_eq!(decode_one(&payload), Err(expected), "{payload}");
+        }
+    }
+
+    /// The general path alone, for comparison with the fast path.
+    fn decode_general(payload: &str) -> Entries {
+        let Value::Object(object) = serde_json::from_str(payload).unwrap() else {
+            panic!("an object")
+        };
+        match object.get("readings") {
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| decode_tidemark(item.as_object().unwrap()))
+                .collect(),
+            _ => vec![decode_tidemark(&object)],
+        }
+    }
+
+    #[test]
+    fn fast_and_general_paths_agree() {
+        let payloads = [
+            r#"{"sensor": "a", "ts": "2023-10-20T21:40:00Z", "value": 1, "unit": "m"}"#,
+            r#"{"sensor": "a", "ts": "2023-10-20T21:40:00+02:00", "value": -1.5e2, "unit": "cm", "quality": "bad"}"#,
+            r#"{"sensor": "a\u002eb", "ts": "2023-10-20T21:40:00.123456Z", "value": 0.1, "unit": "mm"}"#,
+            r#"{"sensor": "a/b", "ts": "2023-10-20T21:40:00Z", "value": 1, "unit": "m"}"#,
+            r#"{"sensor": "a", "ts": "noon", "value": 1, "unit": "m"}"#,
+            r#"{"sensor": "a", "ts": "2023-10-20T21:40:00Z", "value": 1, "unit": "ft"}"#,
+            r#"{"readings": [{"sensor": "a", "ts": "2023-10-20T21:40:00Z", "value": 1, "unit": "m"},
+                             {"sensor": "b", "ts": "2023-10-20T21:50:00Z", "value": 2, "unit": "m", "quality": "suspect"}]}"#,
+        ];
+        for payload in payloads {
+            let fast = decode_tidemark_fast(payload.as_bytes(), Limits::default())
+                .unwrap_or_else(|| panic!("fast path takes {payload}"));
+            assert_eq!(fast, decode_general(payload), "{payload}");
+        }
+        // Anything the typed path cannot read goes to the general path, which names the fault.
+        for payload in [
+            r#"{"sensor": "a", "ts": "2023-10-20T21:40:00Z", "value": "1", "unit": "m"}"#,
+            r#"{"sensor": "a", "ts": "2023-10-20T21:40:00Z", "value": 1, "unit": "m", "x": 1}"#,
+            r#"{"readings": []}"#,
+        ] {
+            assert!(
+                decode_tidemark_fast(payload.as_bytes(), Limits::default()).is_none(),
+                "{payload}"
+            );
         }
     }
 
