@@ -212,3 +212,75 @@ async fn drop_orphans(server: &DatabaseConfig) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// A TCP proxy on a free loopback port, for cutting a connection the way a network or server
+/// outage would: [`TcpProxy::cut`] drops every open connection and refuses new ones until
+/// [`TcpProxy::restore`].
+pub struct TcpProxy {
+    pub port: u16,
+    state: std::sync::Arc<ProxyState>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    down: std::sync::atomic::AtomicBool,
+    connections: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl TcpProxy {
+    /// Forwards connections to `target` (a loopback address).
+    pub async fn start(target: std::net::SocketAddr) -> Result<TcpProxy, Error> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(io("binding the proxy"))?;
+        let port = listener
+            .local_addr()
+            .map_err(io("reading the proxy port"))?
+            .port();
+        let state = std::sync::Arc::new(ProxyState::default());
+        let accept_state = state.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if accept_state.down.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                accept_state
+                    .connections
+                    .lock()
+                    .expect("proxy lock")
+                    .push(task.abort_handle());
+            }
+        });
+        Ok(TcpProxy {
+            port,
+            state,
+            accept,
+        })
+    }
+
+    /// Drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.state.down.store(true, Ordering::SeqCst);
+        for connection in self.state.connections.lock().expect("proxy lock").drain(..) {
+            connection.abort();
+        }
+    }
+
+    /// Accepts and forwards connections again.
+    pub fn restore(&self) {
+        self.state.down.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}

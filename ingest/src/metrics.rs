@@ -91,6 +91,11 @@ impl Metrics {
             "MQTT connection errors",
             metrics.mqtt_errors.clone(),
         );
+        ingest.register(
+            "subscribed",
+            "1 while the readings subscription is confirmed",
+            metrics.subscribed.clone(),
+        );
         metrics
     }
 

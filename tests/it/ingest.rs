@@ -168,26 +168,10 @@ async fn bad_messages_are_kept_with_their_reason_and_good_ones_around_them_store
 async fn a_crash_mid_stream_loses_and_duplicates_nothing() {
     let harness = Harness::start().await;
     let first = harness.ingest_ready("ingest-crash", None).await;
-    // 10,000 single-reading messages, paced so that the stream outlasts the crash.
-    let base = Utc::now() - chrono::Duration::days(30);
-    let messages: Vec<(String, Vec<u8>)> = (0..TEN_THOUSAND as i64)
-        .map(|i| {
-            let (d, s) = ((i % 9) as usize, ((i / 9) % 10) as usize);
-            let ts = rfc3339(base + chrono::Duration::seconds(i));
-            let payload = format!(
-                r#"{{"sensor":"{}","ts":"{ts}","value":1.5,"unit":"m"}}"#,
-                sensor(d, s)
-            );
-            (topic(&device(d)), payload.into_bytes())
-        })
-        .collect();
-    let broker = harness.broker_config();
-    let publisher = tokio::spawn(async move {
-        for chunk in messages.chunks(100) {
-            publish(&broker, chunk.to_vec()).await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
+    let publisher = paced_publisher(
+        harness.broker_config(),
+        single_messages(Utc::now() - chrono::Duration::days(30)),
+    );
     let midway = wait_for(Duration::from_secs(60), || async {
         harness.count().await >= 2_000
     })
@@ -238,5 +222,94 @@ async fn two_instances_on_a_shared_subscription_store_everything_once() {
     );
     one.stop().await;
     two.stop().await;
+    harness.finish().await;
+}
+
+/// 10,000 single-reading messages over the test sensors, one second apart from `base`.
+fn single_messages(base: chrono::DateTime<Utc>) -> Vec<(String, Vec<u8>)> {
+    (0..TEN_THOUSAND as i64)
+        .map(|i| {
+            let (d, s) = ((i % 9) as usize, ((i / 9) % 10) as usize);
+            let ts = rfc3339(base + chrono::Duration::seconds(i));
+            let payload = format!(
+                r#"{{"sensor":"{}","ts":"{ts}","value":1.5,"unit":"m"}}"#,
+                sensor(d, s)
+            );
+            (topic(&device(d)), payload.into_bytes())
+        })
+        .collect()
+}
+
+/// Publishes in chunks of 100 with short pauses, so that a stream outlasts a fault injected into it.
+fn paced_publisher(
+    broker: tidemark_model::broker::BrokerConfig,
+    messages: Vec<(String, Vec<u8>)>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for chunk in messages.chunks(100) {
+            publish(&broker, chunk.to_vec()).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_holds_acknowledgements_and_loses_nothing() {
+    let harness = Harness::start().await;
+    let database = harness.settings(Default::default()).database;
+    let proxy = tidemark::testkit::TcpProxy::start("127.0.0.1:5432".parse().unwrap())
+        .await
+        .unwrap();
+    let proxied = tidemark_store::DatabaseConfig {
+        url: database
+            .url
+            .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port)),
+        ..database
+    };
+    assert_ne!(
+        proxied.url,
+        harness.settings(Default::default()).database.url
+    );
+    let mut settings = harness.settings(tidemark_ingest::IngestConfig {
+        client_id: "ingest-outage".into(),
+        ..Default::default()
+    });
+    settings.database = proxied;
+    let ingest = harness.ingest_with(settings);
+    ingest.subscribed("ingest-outage").await;
+
+    let publisher = paced_publisher(
+        harness.broker_config(),
+        single_messages(Utc::now() - chrono::Duration::days(30)),
+    );
+    let midway = wait_for(Duration::from_secs(60), || async {
+        harness.count().await >= 2_000
+    })
+    .await;
+    assert!(midway, "ingest stored part of the stream before the outage");
+    proxy.cut();
+    let failing = wait_for(Duration::from_secs(20), || async {
+        ingest.metrics.write_retries.get() > 0
+    })
+    .await;
+    assert!(failing, "ingest noticed the outage");
+    let during = harness.count().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        harness.count().await,
+        during,
+        "nothing is written while the database is unreachable"
+    );
+    proxy.restore();
+    publisher.await.unwrap();
+    assert_eq!(
+        harness.settle(TEN_THOUSAND, Duration::from_secs(60)).await,
+        TEN_THOUSAND
+    );
+    assert!(
+        during < TEN_THOUSAND,
+        "the outage happened mid-stream ({during})"
+    );
+    ingest.stop().await;
     harness.finish().await;
 }

@@ -10,5 +10,8 @@ mod ingest;
 // Storage in both modes: plain PostgreSQL always, TimescaleDB where the server offers it.
 mod storage;
 
+// Health, readiness and metrics over HTTP.
+mod ops;
+
 // The `tidemark` binary: configuration and error messages a person can act on.
 mod cli;

@@ -87,10 +87,15 @@ impl Harness {
             shared_group: shared_group.map(str::to_owned),
             ..IngestConfig::default()
         };
+        self.ingest_with(self.settings(config))
+    }
+
+    /// Starts an ingest instance with these settings.
+    pub fn ingest_with(&self, settings: Settings) -> IngestHandle {
         let metrics = Arc::new(Metrics::register(&mut Registry::default()));
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(tidemark_ingest::run(
-            self.settings(config),
+            settings,
             metrics.clone(),
             shutdown.clone(),
         ));
@@ -104,14 +109,7 @@ impl Harness {
     /// Starts an ingest instance and waits until the broker has confirmed its subscription.
     pub async fn ingest_ready(&self, client_id: &str, shared_group: Option<&str>) -> IngestHandle {
         let handle = self.ingest(client_id, shared_group);
-        let subscribed = wait_for(Duration::from_secs(20), || async {
-            handle.metrics.subscribed.get() == 1
-        })
-        .await;
-        assert!(
-            subscribed,
-            "ingest {client_id} did not subscribe within 20 s"
-        );
+        handle.subscribed(client_id).await;
         handle
     }
 
@@ -140,6 +138,15 @@ impl Harness {
 }
 
 impl IngestHandle {
+    /// Waits until the broker has confirmed this instance's subscription.
+    pub async fn subscribed(&self, name: &str) {
+        let subscribed = wait_for(Duration::from_secs(20), || async {
+            self.metrics.subscribed.get() == 1
+        })
+        .await;
+        assert!(subscribed, "ingest {name} did not subscribe within 20 s");
+    }
+
     /// Graceful stop: the batch in hand is committed and acknowledged.
     pub async fn stop(self) {
         self.shutdown.cancel();
