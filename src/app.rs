@@ -69,21 +69,21 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result
         broker: config.mqtt.clone(),
         registry: Arc::new(registry),
     });
-    let http = tokio::spawn(tidemark_api::run(
-        config.api.clone(),
-        router,
-        shutdown.clone(),
-    ));
-    let ingest = tokio::spawn(tidemark_ingest::run(
-        config.ingest_settings(),
-        metrics,
-        shutdown.clone(),
-    ));
-    // Whichever stage ends first (an error, or shutdown) brings the other down.
-    let outcome: anyhow::Result<()> = tokio::select! {
-        r = ingest => r.map_err(anyhow::Error::from).and_then(|r| r.map_err(anyhow::Error::from)),
-        r = http => r.map_err(anyhow::Error::from).and_then(|r| r.map_err(anyhow::Error::from)),
+    // Whichever stage ends first (an error, or shutdown) brings the other down, and both are
+    // awaited, so that ingest always finishes the batches in hand.
+    let http = async {
+        let result = tidemark_api::run(config.api.clone(), router, shutdown.clone()).await;
+        shutdown.cancel();
+        result
     };
-    shutdown.cancel();
-    outcome
+    let ingest = async {
+        let result =
+            tidemark_ingest::run(config.ingest_settings(), metrics, shutdown.clone()).await;
+        shutdown.cancel();
+        result
+    };
+    let (http, ingest) = tokio::join!(http, ingest);
+    ingest?;
+    http?;
+    Ok(())
 }

@@ -61,3 +61,78 @@ fn an_unreachable_database_names_the_url_and_the_failure() {
     assert!(text.contains(url), "{text}");
     assert!(text.contains("cannot connect"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tidemark_run_ingests_serves_and_stops_cleanly_on_sigterm() {
+    use crate::support::*;
+    let harness = Harness::start().await;
+    let database = harness.settings(Default::default()).database;
+    let http_port = tidemark::testkit::free_port().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .arg("run")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("TIDEMARK_ENV")
+        .env("TIDEMARK__DATABASE__URL", &database.url)
+        .env("TIDEMARK__MQTT__PORT", harness.broker.port.to_string())
+        .env("TIDEMARK__API__LISTEN", format!("127.0.0.1:{http_port}"))
+        .env("TIDEMARK__INGEST__CLIENT_ID", "ingest-run")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The reference data of config/reference/ is loaded by `run`.
+    let loaded = wait_for(std::time::Duration::from_secs(30), || async {
+        harness
+            .store
+            .directory()
+            .await
+            .unwrap()
+            .devices
+            .iter()
+            .any(|d| d.as_str() == "flensburg-gauge")
+    })
+    .await;
+    assert!(loaded, "tidemark run loaded config/reference/stations.toml");
+    let ts = rfc3339(chrono::Utc::now());
+    let payload =
+        format!(r#"{{"sensor":"flensburg.sea_level","ts":"{ts}","value":227,"unit":"cm"}}"#);
+    let stored = wait_for(std::time::Duration::from_secs(30), || async {
+        // Published until the subscription exists; the unique key absorbs the repeats.
+        publish(
+            &harness.broker_config(),
+            vec![(topic("flensburg-gauge"), payload.clone().into_bytes())],
+        )
+        .await;
+        !harness
+            .store
+            .sensor_readings("flensburg.sea_level")
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    assert!(stored, "a reading published to the broker was stored");
+    let readings = harness
+        .store
+        .sensor_readings("flensburg.sea_level")
+        .await
+        .unwrap();
+    assert_eq!(readings.len(), 1);
+    assert!((readings[0].1 - 2.27).abs() < 1e-12);
+    let healthy = tokio::net::TcpStream::connect(("127.0.0.1", http_port))
+        .await
+        .is_ok();
+    assert!(healthy, "the HTTP API listens on api.listen");
+
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
+        .await
+        .expect("tidemark run stops within 20 s of SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit}");
+    harness.finish().await;
+}
