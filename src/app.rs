@@ -37,30 +37,28 @@ pub async fn load_reference(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The ingest stage alone, with its own `/metrics`, `/healthz` and `/readyz`.
+/// The ingest stage alone, with its own `/metrics`, `/healthz` and `/readyz` on
+/// `ingest.metrics_listen`.
 pub async fn ingest(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut registry = Registry::default();
-    let metrics = Arc::new(Metrics::register(&mut registry));
-    let store = Store::connect(&config.database).await?;
-    let ops = tidemark_api::ops_router(OpsState {
-        store,
-        broker: config.mqtt.clone(),
-        registry: Arc::new(registry),
-    });
     let listen = tidemark_api::ApiConfig {
         listen: config.ingest.metrics_listen.clone(),
     };
-    let http = tokio::spawn(tidemark_api::run(listen, ops, shutdown.clone()));
-    let result = tidemark_ingest::run(config.ingest_settings(), metrics, shutdown.clone()).await;
-    shutdown.cancel();
-    http.await??;
-    Ok(result?)
+    ingest_and_serve(config, listen, shutdown).await
 }
 
 /// Every stage in one process: migrate, then ingest and the API side by side.
 pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mode = migrate(config).await?;
     tracing::info!(%mode, "storage ready");
+    ingest_and_serve(config, config.api.clone(), shutdown).await
+}
+
+/// Ingest beside an HTTP server on `listen` that serves the shared metrics registry.
+async fn ingest_and_serve(
+    config: &Config,
+    listen: tidemark_api::ApiConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let store = Store::connect(&config.database).await?;
@@ -72,7 +70,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result
     // Whichever stage ends first (an error, or shutdown) brings the other down, and both are
     // awaited, so that ingest always finishes the batches in hand.
     let http = async {
-        let result = tidemark_api::run(config.api.clone(), router, shutdown.clone()).await;
+        let result = tidemark_api::run(listen, router, shutdown.clone()).await;
         shutdown.cancel();
         result
     };

@@ -124,16 +124,26 @@ impl DatabaseConfig {
     }
 }
 
-/// One connection outside the pool, with its driver task spawned.
-pub(crate) async fn connect_one(config: &DatabaseConfig) -> Result<tokio_postgres::Client> {
-    let (client, connection) = config
+/// One connection outside the pool; the caller drives the connection.
+pub(crate) async fn connect_raw(
+    config: &DatabaseConfig,
+) -> Result<(
+    tokio_postgres::Client,
+    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+)> {
+    config
         .pg_config()?
         .connect(tokio_postgres::NoTls)
         .await
         .map_err(|source| Error::Connect {
             url: config.url.clone(),
             source,
-        })?;
+        })
+}
+
+/// One connection outside the pool, with its driver task spawned.
+pub(crate) async fn connect_one(config: &DatabaseConfig) -> Result<tokio_postgres::Client> {
+    let (client, connection) = connect_raw(config).await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "database connection closed");

@@ -1,7 +1,7 @@
 //! LISTEN on a dedicated connection: how stages learn what other stages committed.
 
-use crate::config::DatabaseConfig;
-use crate::{Context, Error, Result};
+use crate::config::{connect_raw, DatabaseConfig};
+use crate::{Context, Result};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
@@ -28,14 +28,7 @@ impl Listener {
 
 /// Opens a connection and LISTENs on `channels`.
 pub async fn listen(config: &DatabaseConfig, channels: &[&str]) -> Result<Listener> {
-    let (client, mut connection) = config
-        .pg_config()?
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|source| Error::Connect {
-            url: config.url.clone(),
-            source,
-        })?;
+    let (client, mut connection) = connect_raw(config).await?;
     let (sender, receiver) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
