@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, and integration tests against a real PostgreSQL and private
-# Mosquitto brokers. Sets up what is missing first.
+# Mosquitto brokers. Sets up what is missing first, and closes with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
-cargo test --workspace --locked
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+sum() { grep -E '^test result:' "$log" | grep -oE "[0-9]+ $1" | awk '{s += $1} END {print s + 0}'; }
+echo "tests: $(sum passed) passed, $(sum failed) failed"
+exit "$status"
