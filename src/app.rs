@@ -5,7 +5,6 @@ use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use tidemark_api::OpsState;
 use tidemark_ingest::Metrics;
-use tidemark_store::reference::ReferenceData;
 use tidemark_store::{StorageMode, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +23,7 @@ pub async fn load_reference(config: &Config) -> anyhow::Result<()> {
     let store = Store::connect(&config.database).await?;
     for file in &config.reference.files {
         let path = file.display().to_string();
-        let data = ReferenceData::from_file(&path)?;
+        let data = tidemark_store::reference::read_file(&path)?;
         store.apply_reference(&data).await?;
         tracing::info!(
             file = %path,

@@ -9,6 +9,7 @@
 //! - [`reading`]: [`Reading`], a validated value in canonical units, and its [`Quality`] flags.
 //! - [`wire`]: the wire formats (Tidemark JSON v1, SenML JSON per RFC 8428) and their total decoder.
 //! - [`topic`]: MQTT topic names for readings.
+//! - [`reference`]: devices, stations and sensors as reference files write them.
 //! - [`validate`]: the rules that turn a decoded [`wire::WireReading`] into a [`Reading`] or a [`Rejection`].
 //! - [`duration`]: human-friendly durations (`"10m"`, `"30d"`) for configuration files.
 //! - [`secret`]: [`Secret`], a value from the environment that never prints.
@@ -18,6 +19,7 @@ pub mod duration;
 pub mod id;
 pub mod quantity;
 pub mod reading;
+pub mod reference;
 pub mod secret;
 pub mod topic;
 pub mod unit;

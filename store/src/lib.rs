@@ -59,6 +59,11 @@ pub enum Error {
     },
     #[error("reference data: {0}")]
     Reference(#[from] reference::ReferenceError),
+    #[error("cannot read {path}: {source}")]
+    ReadFile {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
