@@ -8,6 +8,7 @@
 //! - [`quantity`]: [`Quantity`], what a sensor measures, with its canonical unit and physical range.
 //! - [`reading`]: [`Reading`], a validated value in canonical units, and its [`Quality`] flags.
 //! - [`wire`]: the wire formats (Tidemark JSON v1, SenML JSON per RFC 8428) and their total decoder.
+//! - [`time`]: European civil time (summer-time rule) without a time-zone database.
 //! - [`topic`]: MQTT topic names for readings.
 //! - [`reference`]: devices, stations and sensors as reference files write them.
 //! - [`validate`]: the rules that turn a decoded [`wire::WireReading`] into a [`Reading`] or a [`Rejection`].
@@ -21,6 +22,7 @@ pub mod quantity;
 pub mod reading;
 pub mod reference;
 pub mod secret;
+pub mod time;
 pub mod topic;
 pub mod unit;
 pub mod validate;

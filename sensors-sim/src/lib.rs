@@ -1,8 +1,18 @@
-//! Simulated devices that publish over MQTT like real ones.
+//! Simulated devices that publish over MQTT like real ones, and replay of recorded data.
 //!
 //! # Layout
 //!
-//! - [`load`]: a load generator: many devices publishing Tidemark JSON readings at QoS 1 as fast as
-//!   the broker takes them, for benchmarks and loss tests.
+//! - [`scenario`]: scenario files: stations, devices, sensors and the process behind each.
+//! - [`process`]: the physical processes (rain cells, linear reservoirs, tides and surges, load
+//!   profiles, solar output, heat meters, water demand, waste containers). Pure.
+//! - [`engine`]: steps a scenario through simulated time into messages, with faults. Deterministic.
+//! - [`replay`]: the recorded data sets in `../shared/data` as readings with their reference data.
+//! - [`publish`]: one MQTT connection per device; paces simulated time against the wall clock.
+//! - [`load`]: a load generator for benchmarks and loss tests.
 
+pub mod engine;
 pub mod load;
+pub mod process;
+pub mod publish;
+pub mod replay;
+pub mod scenario;
