@@ -6,9 +6,11 @@
 //! - [`config`]: [`config::Config`], the layered configuration of every stage.
 //! - [`app`]: `migrate`, `ingest` and `run` as the CLI calls them.
 //! - [`bench`]: `tidemark bench ingest`.
+//! - [`sim`]: `tidemark sim` and `tidemark replay`.
 //! - [`testkit`]: a private Mosquitto and fresh databases, for tests and benchmarks.
 
 pub mod app;
 pub mod bench;
 pub mod config;
+pub mod sim;
 pub mod testkit;

@@ -35,6 +35,10 @@ enum Command {
     Ingest,
     /// Create or upgrade the database schema and load the reference data, then exit.
     Migrate,
+    /// Run simulated devices from a scenario file, publishing over MQTT.
+    Sim(tidemark::sim::SimArgs),
+    /// Publish a recorded data set over MQTT as its devices would have.
+    Replay(tidemark::sim::ReplayArgs),
     /// Measure throughput and latency.
     Bench {
         #[command(subcommand)]
@@ -96,6 +100,47 @@ async fn execute(
                 .await
                 .with_context(|| format!("migrating {}", config.database.url))?;
             println!("database {} migrated; storage: {mode}", config.database.url);
+            Ok(())
+        }
+        Command::Sim(args) => {
+            let path = tidemark::sim::scenario_path(config_file, &args.scenario);
+            let scenario = tidemark_sensors_sim::scenario::Scenario::from_file(&path)
+                .with_context(|| {
+                    format!(
+                        "scenarios beside the configuration: {}",
+                        tidemark::sim::scenario_names(config_file).join(", ")
+                    )
+                })?;
+            let report = tidemark::sim::simulate(
+                &config.database,
+                &config.mqtt,
+                &scenario,
+                &args,
+                &shutdown,
+            )
+            .await?;
+            println!(
+                "scenario {}: {} messages, {} readings, {} malformed, {} duplicates, {} readings dropped, {} spikes, {} stuck",
+                scenario.name, report.messages, report.readings, report.malformed, report.duplicates,
+                report.dropped, report.spikes, report.stuck
+            );
+            Ok(())
+        }
+        Command::Replay(args) => {
+            let format = tidemark_sensors_sim::replay::Format::parse(&args.format)
+                .map_err(anyhow::Error::msg)?;
+            let recording = tidemark_sensors_sim::replay::read(format, &args.file)?;
+            let report =
+                tidemark::sim::replay(&config.database, &config.mqtt, &recording, &args, &shutdown)
+                    .await?;
+            println!(
+                "replayed {}: {} messages, {} readings, timestamps shifted by {} s, {} rows without a value skipped",
+                args.file.display(),
+                report.messages,
+                report.readings,
+                report.shift.num_seconds(),
+                recording.skipped
+            );
             Ok(())
         }
         Command::Bench {

@@ -13,10 +13,10 @@ use tokio::process::{Child, Command};
 pub enum Error {
     #[error("mosquitto not found (looked for {0}); install it with `apt-get install mosquitto`")]
     NoMosquitto(String),
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Io {
         context: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("mosquitto did not accept connections on port {port} within 10s; its log: {log}")]
     BrokerNotReady { port: u16, log: String },
@@ -26,7 +26,7 @@ pub enum Error {
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let context = context.into();
-    move |source| Error::Io { context, source }
+    move |cause| Error::Io { context, cause }
 }
 
 /// The folder holding `default.toml`, `mosquitto-test.conf` and the reference files.

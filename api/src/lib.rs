@@ -43,11 +43,8 @@ impl Default for ApiConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error("cannot listen on {addr}: {cause}")]
+    Bind { addr: String, cause: std::io::Error },
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -117,9 +114,9 @@ pub async fn run(
 ) -> Result<(), Error> {
     let listener = TcpListener::bind(&config.listen)
         .await
-        .map_err(|source| Error::Bind {
+        .map_err(|cause| Error::Bind {
             addr: config.listen.clone(),
-            source,
+            cause,
         })?;
     serve(listener, router, shutdown).await
 }

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReferenceError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Parse {
         path: String,
-        source: toml::de::Error,
+        cause: toml::de::Error,
     },
     #[error("{0}")]
     Invalid(String),
@@ -84,9 +84,9 @@ impl ReferenceData {
     }
 
     pub fn from_toml(path: &str, text: &str) -> Result<ReferenceData, ReferenceError> {
-        let data: ReferenceData = toml::from_str(text).map_err(|source| ReferenceError::Parse {
+        let data: ReferenceData = toml::from_str(text).map_err(|cause| ReferenceError::Parse {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         data.validate()
             .map_err(|e| ReferenceError::Invalid(format!("{path}: {e}")))?;

@@ -18,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 pub enum Error {
     #[error("invalid topic prefix: {0}")]
     Topic(#[from] tidemark_model::topic::TopicError),
-    #[error("publishing for device {device} failed: {source}")]
+    #[error("publishing for device {device} failed: {cause}")]
     Publish {
         device: String,
-        source: rumqttc::ClientError,
+        cause: rumqttc::ClientError,
     },
     #[error("the broker acknowledged {acked} of {published} messages within {seconds} s")]
     Unacknowledged {
@@ -29,19 +29,16 @@ pub enum Error {
         published: u64,
         seconds: u64,
     },
-    #[error("cannot read the password file {path}: {source}")]
-    Passwords {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read the password file {path}: {cause}")]
+    Passwords { path: String, cause: std::io::Error },
 }
 
 /// Passwords per device, from a file of `device:password` lines (the plain-text input format of
 /// `mosquitto_passwd -U`). Blank lines and lines starting with `#` are skipped.
 pub fn read_passwords(path: &str) -> Result<HashMap<String, String>, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Passwords {
+    let text = std::fs::read_to_string(path).map_err(|cause| Error::Passwords {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
     Ok(text
         .lines()
@@ -124,9 +121,9 @@ impl Fleet {
             .client
             .publish(device.topic.clone(), QoS::AtLeastOnce, false, payload)
             .await
-            .map_err(|source| Error::Publish {
+            .map_err(|cause| Error::Publish {
                 device: device.topic.clone(),
-                source,
+                cause,
             })?;
         device.published += 1;
         Ok(())

@@ -12,13 +12,10 @@ use tidemark_model::{DeviceId, Unit};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Csv { path: String, source: csv::Error },
+    #[error("cannot read {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
+    #[error("{path}: {cause}")]
+    Csv { path: String, cause: csv::Error },
     #[error("{path} line {line}: {problem}")]
     Row {
         path: String,
@@ -169,7 +166,8 @@ impl Recording {
 
 /// The shift that makes a replay end now: with `speed` recorded seconds per wall second (0: as
 /// fast as possible), every reading is stamped no later than the moment it is published, and at
-/// speed 1 exactly then.
+/// speed 1 exactly then. Whole seconds (rounded down), so that timestamps keep the recording's
+/// own resolution.
 pub fn align_end(
     first: DateTime<Utc>,
     last: DateTime<Utc>,
@@ -181,7 +179,8 @@ pub fn align_end(
     } else {
         chrono::Duration::zero()
     };
-    now + wall_span - last
+    let exact = now + wall_span - last;
+    chrono::Duration::seconds(exact.num_milliseconds().div_euclid(1000))
 }
 
 /// Reads a recording.
@@ -192,7 +191,7 @@ pub fn read(format: Format, path: &Path) -> Result<Recording, ReplayError> {
         Format::Calder => {
             let files: Vec<PathBuf> = if path.is_dir() {
                 let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-                    .map_err(|source| read_error(path, source))?
+                    .map_err(|cause| read_error(path, cause))?
                     .flatten()
                     .map(|e| e.path())
                     .filter(|p| p.extension().is_some_and(|e| e == "csv"))
@@ -213,15 +212,15 @@ pub fn read(format: Format, path: &Path) -> Result<Recording, ReplayError> {
     Ok(recording)
 }
 
-fn read_error(path: &Path, source: std::io::Error) -> ReplayError {
+fn read_error(path: &Path, cause: std::io::Error) -> ReplayError {
     ReplayError::Read {
         path: path.display().to_string(),
-        source,
+        cause,
     }
 }
 
 fn reader(path: &Path) -> Result<csv::Reader<std::fs::File>, ReplayError> {
-    let file = std::fs::File::open(path).map_err(|source| read_error(path, source))?;
+    let file = std::fs::File::open(path).map_err(|cause| read_error(path, cause))?;
     Ok(csv::Reader::from_reader(file))
 }
 
@@ -231,9 +230,9 @@ type Row = (u64, BTreeMap<String, String>);
 
 fn rows(path: &Path) -> Result<Vec<Row>, ReplayError> {
     let mut reader = reader(path)?;
-    let csv_error = |source| ReplayError::Csv {
+    let csv_error = |cause| ReplayError::Csv {
         path: path.display().to_string(),
-        source,
+        cause,
     };
     let headers = reader.headers().map_err(csv_error)?.clone();
     let mut out = Vec::new();

@@ -9,15 +9,12 @@ use tidemark_model::{duration, DeviceId, Quantity, SensorKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    #[error("cannot read scenario {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("scenario {path}: {source}")]
+    #[error("cannot read scenario {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
+    #[error("scenario {path}: {cause}")]
     Parse {
         path: String,
-        source: toml::de::Error,
+        cause: toml::de::Error,
     },
     #[error("scenario {name}: {problem}")]
     Invalid { name: String, problem: String },
@@ -267,14 +264,14 @@ const fn m2_period() -> Duration {
 impl Scenario {
     pub fn from_file(path: &std::path::Path) -> Result<Scenario, ScenarioError> {
         let display = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ScenarioError::Read {
             path: display.clone(),
-            source,
+            cause,
         })?;
         let mut scenario: Scenario =
-            toml::from_str(&text).map_err(|source| ScenarioError::Parse {
+            toml::from_str(&text).map_err(|cause| ScenarioError::Parse {
                 path: display,
-                source,
+                cause,
             })?;
         scenario.name = path
             .file_stem()

@@ -80,9 +80,13 @@ fn messages_group_by_device_and_time_and_shift() {
     )
     .unwrap();
     let (first, last) = recording.span().unwrap();
-    let now = utc(2026, 11, 25, 12, 0);
+    let now = utc(2026, 11, 25, 12, 0) + chrono::Duration::milliseconds(750);
     let shift = align_end(first, last, 0.0, now);
-    assert_eq!(last + shift, now);
+    assert_eq!(
+        last + shift,
+        now - chrono::Duration::milliseconds(750),
+        "whole seconds, rounded down"
+    );
     let messages = recording.messages(shift);
     assert_eq!(messages.len(), 10_687, "one gauge per message");
     let readings: Vec<_> = messages
@@ -99,7 +103,10 @@ fn messages_group_by_device_and_time_and_shift() {
     assert_eq!(peak.ts, utc(2023, 10, 20, 21, 40) + shift);
     // At speed 1 the last reading is stamped when it is published, and none earlier is late.
     let live = align_end(first, last, 1.0, now);
-    assert_eq!(last + live, now + (last - first));
+    assert_eq!(
+        last + live,
+        now - chrono::Duration::milliseconds(750) + (last - first)
+    );
 }
 
 #[test]

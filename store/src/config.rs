@@ -95,9 +95,9 @@ impl DatabaseConfig {
 
     pub(crate) fn pg_config(&self) -> Result<tokio_postgres::Config> {
         let mut config =
-            tokio_postgres::Config::from_str(&self.url).map_err(|source| Error::BadUrl {
+            tokio_postgres::Config::from_str(&self.url).map_err(|cause| Error::BadUrl {
                 url: self.url.clone(),
-                source,
+                cause,
             })?;
         if let Some(password) = &self.password {
             config.password(password.expose());
@@ -135,9 +135,9 @@ pub(crate) async fn connect_raw(
         .pg_config()?
         .connect(tokio_postgres::NoTls)
         .await
-        .map_err(|source| Error::Connect {
+        .map_err(|cause| Error::Connect {
             url: config.url.clone(),
-            source,
+            cause,
         })
 }
 

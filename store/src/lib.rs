@@ -32,15 +32,15 @@ use tokio_postgres::NoTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid database URL {url:?}: {source}")]
+    #[error("invalid database URL {url:?}: {}", chain(cause))]
     BadUrl {
         url: String,
-        source: tokio_postgres::Error,
+        cause: tokio_postgres::Error,
     },
-    #[error("cannot connect to the database at {url}: {source}")]
+    #[error("cannot connect to the database at {url}: {}", chain(cause))]
     Connect {
         url: String,
-        source: tokio_postgres::Error,
+        cause: tokio_postgres::Error,
     },
     #[error("cannot build the connection pool: {0}")]
     PoolBuild(String),
@@ -52,21 +52,34 @@ pub enum Error {
     TimescaleUnavailable(String),
     #[error("the database has no readings table; run `tidemark migrate` first")]
     NotMigrated,
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", chain(cause))]
     Query {
         context: &'static str,
-        source: tokio_postgres::Error,
+        cause: tokio_postgres::Error,
     },
     #[error("reference data: {0}")]
     Reference(#[from] reference::ReferenceError),
-    #[error("cannot read {path}: {source}")]
-    ReadFile {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read {path}: {cause}")]
+    ReadFile { path: String, cause: std::io::Error },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A database error with the causes it carries ("error connecting to server: Connection refused").
+/// The driver's own message often leaves the useful part to its source.
+fn chain(error: &tokio_postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut next = std::error::Error::source(error);
+    while let Some(cause) = next {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        next = cause.source();
+    }
+    text
+}
 
 /// Attaches what was being done to a database error.
 pub(crate) trait Context<T> {
@@ -75,7 +88,7 @@ pub(crate) trait Context<T> {
 
 impl<T> Context<T> for std::result::Result<T, tokio_postgres::Error> {
     fn context(self, context: &'static str) -> Result<T> {
-        self.map_err(|source| Error::Query { context, source })
+        self.map_err(|cause| Error::Query { context, cause })
     }
 }
 

@@ -128,10 +128,10 @@ async fn write_readings(
                 .await
                 .context("rollback to savepoint")?;
         }
-        Err(source) => {
+        Err(cause) => {
             return Err(crate::Error::Query {
                 context: "copying readings",
-                source,
+                cause,
             })
         }
     }

@@ -12,9 +12,9 @@ pub use tidemark_model::reference::{
 
 /// Reads and checks a reference file.
 pub fn read_file(path: &str) -> Result<ReferenceData, crate::Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| crate::Error::ReadFile {
+    let text = std::fs::read_to_string(path).map_err(|cause| crate::Error::ReadFile {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
     Ok(ReferenceData::from_toml(path, &text)?)
 }

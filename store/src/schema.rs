@@ -57,8 +57,8 @@ pub async fn server_offers_timescaledb(config: &DatabaseConfig) -> Result<bool> 
 /// several processes at once, and again at every start.
 pub async fn migrate(config: &DatabaseConfig) -> Result<StorageMode> {
     let mut client = match connect_one(config).await {
-        Err(Error::Connect { source, .. })
-            if source.code() == Some(&SqlState::INVALID_CATALOG_NAME) =>
+        Err(Error::Connect { cause, .. })
+            if cause.code() == Some(&SqlState::INVALID_CATALOG_NAME) =>
         {
             create_database(config).await?;
             connect_one(config).await?
@@ -98,9 +98,9 @@ async fn create_database(config: &DatabaseConfig) -> Result<()> {
         }
         // Another process created it first.
         Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => Ok(()),
-        Err(source) => Err(Error::Query {
+        Err(cause) => Err(Error::Query {
             context: "creating the database",
-            source,
+            cause,
         }),
     }
 }

@@ -10,6 +10,9 @@ mod ingest;
 // Storage in both modes: plain PostgreSQL always, TimescaleDB where the server offers it.
 mod storage;
 
+// Simulated scenarios and replays of recorded data through broker and ingest.
+mod sim;
+
 // Health, readiness and metrics over HTTP.
 mod ops;
 
