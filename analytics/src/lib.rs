@@ -2,7 +2,26 @@
 //!
 //! # Layout
 //!
-//! Nothing yet: this crate is where the flood risk engine (a pure numerical core over arrays, and a
-//! runner that LISTENs for `readings_committed`) will live. It is in the workspace now so that the
-//! crate graph of ARCHITECTURE.md holds from the start: it may depend on `model` and `store`, and no
-//! crate depends on it.
+//! The numerical core, pure functions over series, tested without a database:
+//!
+//! - [`series`]: [`Sample`], a reading as the analytics see it.
+//! - [`quality`]: data-quality checks run before anything else: spikes (a Hampel filter), stuck
+//!   values, the sensor's own plausible range, and the device's flags.
+//! - [`level`]: threshold severities with persistence and hysteresis, as a state machine.
+//! - [`trend`]: rate of rise by least squares, and the projected time to a threshold.
+//! - [`rain`]: rainfall accumulation over windows, against DMI's definitions.
+//! - [`freshness`]: staleness of a station that has gone silent.
+//! - [`upstream`]: when an upstream crossing reaches a downstream area.
+//!
+//! The runner that LISTENs for `readings_committed` and writes warnings will sit on top of these.
+//!
+//! **Invariant:** nothing in the numerical core does I/O or reads the clock; time is always an
+//! argument.
+
+pub mod freshness;
+pub mod level;
+pub mod quality;
+pub mod rain;
+pub mod series;
+pub mod trend;
+pub mod upstream;

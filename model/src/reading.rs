@@ -15,6 +15,17 @@ impl Quality {
     pub const DEVICE_SUSPECT: Quality = Quality(1);
     /// The device marked the value as bad. It is stored, never used to raise a warning.
     pub const DEVICE_BAD: Quality = Quality(1 << 1);
+    /// Tidemark's data-quality checks: an isolated value far from its neighbours.
+    pub const SPIKE: Quality = Quality(1 << 8);
+    /// Tidemark's data-quality checks: the same value repeated for too long.
+    pub const STUCK: Quality = Quality(1 << 9);
+    /// Tidemark's data-quality checks: outside the sensor's own plausible range.
+    pub const OUT_OF_RANGE: Quality = Quality(1 << 10);
+
+    /// Whether a value with these flags may be used to raise a warning: good or merely suspect.
+    pub fn is_usable(self) -> bool {
+        self.0 & !Self::DEVICE_SUSPECT.0 == 0
+    }
 
     pub fn contains(self, other: Quality) -> bool {
         self.0 & other.0 == other.0

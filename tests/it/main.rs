@@ -13,6 +13,9 @@ mod storage;
 // Simulated scenarios and replays of recorded data through broker and ingest.
 mod sim;
 
+// The flood-risk core on the recorded Baltic storm surge.
+mod flood;
+
 // Health, readiness and metrics over HTTP.
 mod ops;
 

@@ -1,0 +1,235 @@
+//! Threshold severities with persistence and hysteresis, modelled on the UK Environment Agency
+//! scheme: Flood Alert, Flood Warning, Severe Flood Warning, and "no longer in force" when lifted.
+//!
+//! Raising to a severity needs the value at or above its threshold for `persistence` (and for at
+//! least `min_readings` consecutive usable readings). Lowering needs the value below the current
+//! severity's threshold minus `hysteresis` for `hold`; it then drops to the highest severity whose
+//! threshold minus hysteresis the value still reaches, or is lifted. A gap in the data changes
+//! nothing: only readings move the state.
+
+use chrono::{DateTime, Duration, Utc};
+
+/// Severities in rising order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    /// Flood Alert: flooding is possible, be prepared.
+    Alert = 1,
+    /// Flood Warning: flooding is expected, immediate action required.
+    Warning = 2,
+    /// Severe Flood Warning: severe flooding, danger to life.
+    Severe = 3,
+}
+
+impl Severity {
+    pub const ALL: [Severity; 3] = [Severity::Alert, Severity::Warning, Severity::Severe];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Alert => "alert",
+            Severity::Warning => "warning",
+            Severity::Severe => "severe",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize - 1
+    }
+}
+
+/// One sensor's level thresholds.
+#[derive(Debug, Clone, Copy)]
+pub struct LevelRule {
+    /// Alert, Warning and Severe thresholds, rising.
+    pub thresholds: [f64; 3],
+    pub persistence: Duration,
+    pub min_readings: u32,
+    pub hysteresis: f64,
+    pub hold: Duration,
+}
+
+impl LevelRule {
+    pub fn threshold(&self, severity: Severity) -> f64 {
+        self.thresholds[severity.index()]
+    }
+
+    /// The highest severity whose threshold (less `margin`) `value` reaches.
+    fn reached(&self, value: f64, margin: f64) -> Option<Severity> {
+        Severity::ALL
+            .into_iter()
+            .rev()
+            .find(|s| value >= self.threshold(*s) - margin)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let [a, w, s] = self.thresholds;
+        let rising = a.is_finite() && s.is_finite() && a < w && w < s;
+        if !rising {
+            return Err(format!(
+                "thresholds must rise: alert {a} < warning {w} < severe {s}"
+            ));
+        }
+        if self.hysteresis < 0.0
+            || self.persistence < Duration::zero()
+            || self.hold < Duration::zero()
+        {
+            return Err("persistence, hold and hysteresis must not be negative".into());
+        }
+        Ok(())
+    }
+}
+
+/// A change of severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    pub from: Option<Severity>,
+    pub to: Option<Severity>,
+    pub at: DateTime<Utc>,
+}
+
+/// The state of one sensor's severity.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LevelState {
+    pub severity: Option<Severity>,
+    /// Per severity: when the current run at or above its threshold began, and its length.
+    above: [Option<(DateTime<Utc>, u32)>; 3],
+    /// When the value last went below the current severity's threshold less hysteresis.
+    below_since: Option<DateTime<Utc>>,
+}
+
+impl LevelState {
+    /// Takes one usable reading, in time order, and returns the change it causes, if any.
+    pub fn observe(&mut self, rule: &LevelRule, ts: DateTime<Utc>, value: f64) -> Option<Change> {
+        for severity in Severity::ALL {
+            let run = &mut self.above[severity.index()];
+            *run = if value >= rule.threshold(severity) {
+                Some(run.map_or((ts, 1), |(since, n)| (since, n + 1)))
+            } else {
+                None
+            };
+        }
+        let persistent = Severity::ALL.into_iter().rev().find(|s| {
+            self.above[s.index()].is_some_and(|(since, n)| {
+                ts - since >= rule.persistence && n >= rule.min_readings.max(1)
+            })
+        });
+        if persistent > self.severity {
+            self.below_since = None;
+            return self.change(persistent, ts);
+        }
+        let current = self.severity?;
+        if value >= rule.threshold(current) - rule.hysteresis {
+            self.below_since = None;
+            return None;
+        }
+        let since = *self.below_since.get_or_insert(ts);
+        if ts - since < rule.hold {
+            return None;
+        }
+        self.below_since = None;
+        let lower = rule
+            .reached(value, rule.hysteresis)
+            .filter(|s| *s < current);
+        self.change(lower, ts)
+    }
+
+    fn change(&mut self, to: Option<Severity>, at: DateTime<Utc>) -> Option<Change> {
+        let from = std::mem::replace(&mut self.severity, to);
+        (from != to).then_some(Change { from, to, at })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn rule() -> LevelRule {
+        LevelRule {
+            thresholds: [1.0, 1.5, 2.0],
+            persistence: Duration::minutes(20),
+            min_readings: 1,
+            hysteresis: 0.1,
+            hold: Duration::minutes(30),
+        }
+    }
+
+    /// Runs 10-minute samples through the machine; returns (sample index, new severity).
+    fn run(rule: &LevelRule, values: &[f64]) -> Vec<(usize, Option<Severity>)> {
+        let start = Utc.with_ymd_and_hms(2023, 10, 20, 0, 0, 0).unwrap();
+        let mut state = LevelState::default();
+        values
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| {
+                state
+                    .observe(rule, start + Duration::minutes(10 * i as i64), *v)
+                    .map(|c| (i, c.to))
+            })
+            .collect()
+    }
+
+    use Severity::*;
+
+    /// (values every 10 minutes, expected changes as (sample index, new severity))
+    type Case = (Vec<f64>, Vec<(usize, Option<Severity>)>);
+
+    #[test]
+    fn table() {
+        let cases: Vec<Case> = vec![
+            // Persistence: 20 minutes at or above 1.0 (three samples) before the alert.
+            (vec![0.9, 1.0, 1.05, 1.1, 1.2], vec![(3, Some(Alert))]),
+            // A brief excursion does not persist.
+            (vec![0.9, 1.1, 1.2, 0.9, 1.1, 0.9], vec![]),
+            // Escalation through all three, each after its own persistence.
+            (
+                vec![1.0, 1.1, 1.2, 1.5, 1.6, 1.7, 2.0, 2.1, 2.2, 2.1],
+                vec![(2, Some(Alert)), (5, Some(Warning)), (8, Some(Severe))],
+            ),
+            // A jump straight past two thresholds raises the highest persistent one.
+            (vec![2.1, 2.2, 2.3], vec![(2, Some(Severe))]),
+            // Hysteresis: 0.95 is below 1.0 but not below 0.9; no lowering.
+            (
+                vec![1.0, 1.1, 1.2, 0.95, 0.95, 0.95, 0.95, 0.95],
+                vec![(2, Some(Alert))],
+            ),
+            // Lowering needs 30 minutes below 0.9: lifted at the fourth low sample.
+            (
+                vec![1.0, 1.1, 1.2, 0.8, 0.8, 0.8, 0.8, 0.8],
+                vec![(2, Some(Alert)), (6, None)],
+            ),
+            // A rebound during the hold restarts it.
+            (
+                vec![1.0, 1.1, 1.2, 0.8, 0.8, 1.0, 0.8, 0.8, 0.8, 0.8],
+                vec![(2, Some(Alert)), (9, None)],
+            ),
+            // From severe down to warning, then lifted.
+            (
+                vec![2.0, 2.1, 2.2, 1.6, 1.6, 1.6, 1.6, 0.5, 0.5, 0.5, 0.5],
+                vec![(2, Some(Severe)), (6, Some(Warning)), (10, None)],
+            ),
+        ];
+        for (values, expected) in cases {
+            assert_eq!(run(&rule(), &values), expected, "{values:?}");
+        }
+    }
+
+    #[test]
+    fn a_reading_count_can_be_required_as_well() {
+        let counted = LevelRule {
+            persistence: Duration::zero(),
+            min_readings: 4,
+            ..rule()
+        };
+        assert_eq!(run(&counted, &[1.1, 1.1, 1.1, 1.1]), vec![(3, Some(Alert))]);
+    }
+
+    #[test]
+    fn thresholds_must_rise() {
+        assert!(rule().validate().is_ok());
+        let bad = LevelRule {
+            thresholds: [1.5, 1.0, 2.0],
+            ..rule()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

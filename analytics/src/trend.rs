@@ -1,0 +1,93 @@
+//! Rate of rise by least squares, and the projected time to a threshold.
+
+use crate::series::{hours_between, Sample};
+use chrono::{DateTime, Duration, Utc};
+use ndarray::Array1;
+
+/// The least-squares slope of the samples in `(now - window, now]`, in units per hour. `None` with
+/// fewer than three samples or no spread in time.
+pub fn rate_of_rise(samples: &[Sample], now: DateTime<Utc>, window: Duration) -> Option<f64> {
+    let from = now - window;
+    let (times, values): (Vec<f64>, Vec<f64>) = samples
+        .iter()
+        .filter(|s| s.ts > from && s.ts <= now)
+        .map(|s| (hours_between(from, s.ts), s.value))
+        .unzip();
+    if times.len() < 3 {
+        return None;
+    }
+    let t = Array1::from(times);
+    let y = Array1::from(values);
+    let t_mean = t.mean()?;
+    let y_mean = y.mean()?;
+    let dt = &t - t_mean;
+    let spread = dt.dot(&dt);
+    if spread <= f64::EPSILON {
+        return None;
+    }
+    Some(dt.dot(&(&y - y_mean)) / spread)
+}
+
+/// When a value rising at `rate` per hour from `value` at `now` reaches `threshold`; `None` if it
+/// is not rising or is already there.
+pub fn time_to(threshold: f64, value: f64, rate: f64, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    if rate <= 0.0 || value >= threshold || !rate.is_finite() {
+        return None;
+    }
+    let hours = (threshold - value) / rate;
+    Some(now + Duration::milliseconds((hours * 3.6e6) as i64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(minutes: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2023, 10, 20, 12, 0, 0).unwrap() + Duration::minutes(minutes)
+    }
+
+    #[test]
+    fn least_squares_slopes() {
+        let line: Vec<Sample> = (0..7)
+            .map(|i| Sample::good(at(10 * i), 1.0 + 0.05 * i as f64))
+            .collect();
+        let rate = rate_of_rise(&line, at(60), Duration::hours(1)).unwrap();
+        assert!(
+            (rate - 0.3).abs() < 1e-9,
+            "5 cm per 10 min is 30 cm/h: {rate}"
+        );
+        // Noise around a line leaves the slope near it.
+        let noisy: Vec<Sample> = (0..13)
+            .map(|i| {
+                Sample::good(
+                    at(5 * i),
+                    2.0 - 0.01 * i as f64 + if i % 2 == 0 { 0.004 } else { -0.004 },
+                )
+            })
+            .collect();
+        let rate = rate_of_rise(&noisy, at(60), Duration::hours(1)).unwrap();
+        assert!((rate + 0.12).abs() < 0.01, "{rate}");
+        // Too few samples in the window.
+        assert_eq!(rate_of_rise(&line, at(60), Duration::minutes(15)), None);
+    }
+
+    #[test]
+    fn projections() {
+        let cases = [
+            // (threshold, value, rate per hour, expected minutes from now)
+            (1.5, 1.2, 0.3, Some(60)),
+            (2.0, 1.2, 0.4, Some(120)),
+            (1.5, 1.6, 0.3, None),
+            (1.5, 1.2, 0.0, None),
+            (1.5, 1.2, -0.1, None),
+        ];
+        for (threshold, value, rate, minutes) in cases {
+            assert_eq!(
+                time_to(threshold, value, rate, at(0)),
+                minutes.map(at),
+                "{threshold} {value} {rate}"
+            );
+        }
+    }
+}
