@@ -18,7 +18,9 @@
 //! **Invariant:** nothing in the numerical core does I/O or reads the clock; time is always an
 //! argument.
 
+pub mod area;
 pub mod freshness;
+pub mod geography;
 pub mod level;
 pub mod quality;
 pub mod rain;

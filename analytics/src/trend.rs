@@ -35,6 +35,10 @@ pub fn time_to(threshold: f64, value: f64, rate: f64, now: DateTime<Utc>) -> Opt
         return None;
     }
     let hours = (threshold - value) / rate;
+    // Beyond a century a projection means nothing (and would overflow the calendar).
+    if !hours.is_finite() || hours > 876_600.0 {
+        return None;
+    }
     Some(now + Duration::milliseconds((hours * 3.6e6) as i64))
 }
 
@@ -81,6 +85,8 @@ mod tests {
             (1.5, 1.6, 0.3, None),
             (1.5, 1.2, 0.0, None),
             (1.5, 1.2, -0.1, None),
+            (1.5, 1.2, 1e-300, None),
+            (1.5, 1.2, f64::MIN_POSITIVE, None),
         ];
         for (threshold, value, rate, minutes) in cases {
             assert_eq!(

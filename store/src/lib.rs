@@ -6,6 +6,7 @@
 //! - [`config`]: [`DatabaseConfig`], the `[database]` section of the configuration.
 //! - [`schema`]: migrations, capability detection ([`StorageMode`]), TimescaleDB policies and the
 //!   partitions of plain PostgreSQL.
+//! - [`flood`]: flood geography, thresholds, warnings, their events and the outbox.
 //! - [`reference`]: devices, stations and sensors, loaded from `config/` files and looked up by ingest.
 //! - [`notify`]: LISTEN on a dedicated connection.
 //! - [`readings`]: the idempotent batch write of readings and rejections, with its notification.
@@ -18,6 +19,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod flood;
 pub mod notify;
 pub mod readings;
 pub mod reference;
@@ -50,6 +52,8 @@ pub enum Error {
     Migrate(#[from] refinery::Error),
     #[error("TimescaleDB is required by the configuration but {0}")]
     TimescaleUnavailable(String),
+    #[error("inconsistent warning state: {0}")]
+    Inconsistent(String),
     #[error("the database has no readings table; run `tidemark migrate` first")]
     NotMigrated,
     #[error("{context}: {}", chain(cause))]

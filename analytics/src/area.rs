@@ -1,0 +1,587 @@
+//! A flood area's warning timeline: the highest severity among its stations and rules at every
+//! moment the data changes it, when it is stale, and the events that take a recorded warning state
+//! to the evaluated one. Evaluation starts from the readings every time, so late and out-of-order
+//! readings are simply part of the window they fall into.
+
+use crate::level::{LevelRule, LevelState, Severity};
+use crate::quality::{self, QcRules};
+use crate::rain::{self, RainRule};
+use crate::series::Sample;
+use crate::trend;
+use chrono::{DateTime, Duration, Utc};
+
+/// Measured, or projected (a rising trend, or water on its way from upstream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WarningKind {
+    Expected,
+    Observed,
+}
+
+impl WarningKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            WarningKind::Expected => "expected",
+            WarningKind::Observed => "observed",
+        }
+    }
+}
+
+/// A severity and how it is known. Orders by severity, then observed above expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Level {
+    pub severity: Severity,
+    pub kind: WarningKind,
+}
+
+/// What drove a level.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trigger {
+    pub sensor: String,
+    /// level, projection, rain or upstream.
+    pub cause: &'static str,
+    pub value: f64,
+    pub threshold: f64,
+    /// Units per hour, where a trend was measured.
+    pub rate: Option<f64>,
+    /// For a projection: when the threshold will be reached.
+    pub expected_at: Option<DateTime<Utc>>,
+}
+
+/// One source's (or the area's) state: each entry holds from its time until the next.
+pub type Steps = Vec<(DateTime<Utc>, Option<Level>, Option<Trigger>)>;
+
+pub struct LevelSensor {
+    pub key: String,
+    pub rule: LevelRule,
+    pub qc: QcRules,
+    pub rate_window: Duration,
+    pub lead_time: Duration,
+    pub expected_interval: Duration,
+    pub samples: Vec<Sample>,
+}
+
+pub struct RainSensor {
+    pub key: String,
+    pub rules: Vec<RainRule>,
+    /// How long a rainfall alert stays after the accumulation last exceeded a rule.
+    pub hold: Duration,
+    pub samples: Vec<Sample>,
+}
+
+pub struct Upstream {
+    pub sensor: LevelSensor,
+    pub travel_time: Duration,
+}
+
+pub struct AreaInput {
+    pub key: String,
+    pub levels: Vec<LevelSensor>,
+    pub rains: Vec<RainSensor>,
+    pub upstream: Vec<Upstream>,
+    /// A station is stale after this many expected intervals without a reading.
+    pub stale_after_intervals: i32,
+}
+
+/// A threshold crossing, for verification.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Crossing {
+    pub sensor: String,
+    pub severity: Severity,
+    pub up: bool,
+    pub at: DateTime<Utc>,
+    pub value: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Evaluation {
+    pub steps: Steps,
+    /// When the area's stations became stale (true) or fresh again (false).
+    pub stale: Vec<(DateTime<Utc>, bool)>,
+    pub crossings: Vec<Crossing>,
+}
+
+fn level_steps(sensor: &LevelSensor, observed_only: bool, crossings: &mut Vec<Crossing>) -> Steps {
+    let usable = quality::usable(&sensor.samples, &sensor.qc);
+    let mut state = LevelState::default();
+    let mut expected: Option<(Level, DateTime<Utc>, Trigger)> = None;
+    let mut out = Steps::new();
+    for (i, sample) in usable.iter().enumerate() {
+        if let Some(change) = state.observe(&sensor.rule, sample.ts, sample.value) {
+            let (low, high, up) = if change.to > change.from {
+                (change.from, change.to, true)
+            } else {
+                (change.to, change.from, false)
+            };
+            for severity in Severity::ALL
+                .into_iter()
+                .filter(|s| Some(*s) > low && Some(*s) <= high)
+            {
+                crossings.push(Crossing {
+                    sensor: sensor.key.clone(),
+                    severity,
+                    up,
+                    at: sample.ts,
+                    value: sample.value,
+                });
+            }
+        }
+        let observed = state.severity.map(|severity| {
+            (
+                Level {
+                    severity,
+                    kind: WarningKind::Observed,
+                },
+                Trigger {
+                    sensor: sensor.key.clone(),
+                    cause: "level",
+                    value: sample.value,
+                    threshold: sensor.rule.threshold(severity),
+                    rate: None,
+                    expected_at: None,
+                },
+            )
+        });
+        let mut best = observed;
+        if !observed_only {
+            let rate = trend::rate_of_rise(&usable[..=i], sample.ts, sensor.rate_window);
+            let projected = rate.and_then(|rate| {
+                Severity::ALL.into_iter().rev().find_map(|severity| {
+                    if Some(severity) <= state.severity {
+                        return None;
+                    }
+                    let threshold = sensor.rule.threshold(severity);
+                    let at = trend::time_to(threshold, sample.value, rate, sample.ts)?;
+                    (at <= sample.ts + sensor.lead_time).then(|| {
+                        (
+                            Level {
+                                severity,
+                                kind: WarningKind::Expected,
+                            },
+                            Trigger {
+                                sensor: sensor.key.clone(),
+                                cause: "projection",
+                                value: sample.value,
+                                threshold,
+                                rate: Some(rate),
+                                expected_at: Some(at),
+                            },
+                        )
+                    })
+                })
+            });
+            // A projection holds like a crossing does, so that a wobbling trend does not flap.
+            if let Some((level, trigger)) = projected {
+                if expected
+                    .as_ref()
+                    .is_none_or(|(l, until, _)| level >= *l || sample.ts >= *until)
+                {
+                    expected = Some((level, sample.ts + sensor.rule.hold, trigger));
+                }
+            }
+            if let Some((level, until, trigger)) = &expected {
+                if sample.ts < *until && best.as_ref().is_none_or(|(b, _)| level > b) {
+                    best = Some((*level, trigger.clone()));
+                }
+            }
+        }
+        let (level, trigger) = match best {
+            Some((level, trigger)) => (Some(level), Some(trigger)),
+            None => (None, None),
+        };
+        out.push((sample.ts, level, trigger));
+    }
+    out
+}
+
+fn rain_steps(sensor: &RainSensor) -> Steps {
+    let mut out = Steps::new();
+    let mut last: Option<(DateTime<Utc>, Level, Trigger)> = None;
+    for (i, sample) in sensor.samples.iter().enumerate() {
+        if let Some((rule, mm)) = rain::exceeded(&sensor.samples[..=i], sample.ts, &sensor.rules) {
+            let level = Level {
+                severity: rule.severity,
+                kind: WarningKind::Observed,
+            };
+            let trigger = Trigger {
+                sensor: sensor.key.clone(),
+                cause: "rain",
+                value: mm,
+                threshold: rule.more_than_mm,
+                rate: None,
+                expected_at: None,
+            };
+            last = Some((sample.ts, level, trigger));
+        }
+        let held = last
+            .as_ref()
+            .filter(|(at, _, _)| sample.ts < *at + sensor.hold)
+            .map(|(_, level, trigger)| (*level, trigger.clone()));
+        match held {
+            Some((level, trigger)) => out.push((sample.ts, Some(level), Some(trigger))),
+            None => out.push((sample.ts, None, None)),
+        }
+    }
+    out
+}
+
+fn upstream_steps(upstream: &Upstream) -> Steps {
+    let mut ignored = Vec::new();
+    level_steps(&upstream.sensor, true, &mut ignored)
+        .into_iter()
+        .map(|(at, level, trigger)| {
+            let level = level.map(|_| Level {
+                severity: Severity::Alert,
+                kind: WarningKind::Expected,
+            });
+            let trigger = trigger.map(|t| Trigger {
+                cause: "upstream",
+                expected_at: Some(at + upstream.travel_time),
+                ..t
+            });
+            (at + upstream.travel_time, level, trigger)
+        })
+        .collect()
+}
+
+fn value_at(steps: &Steps, t: DateTime<Utc>) -> Option<(Level, Trigger)> {
+    let index = steps.partition_point(|(at, _, _)| *at <= t);
+    let (_, level, trigger) = steps.get(index.checked_sub(1)?)?;
+    Some(((*level)?, trigger.clone()?))
+}
+
+fn stale_changes(area: &AreaInput, now: DateTime<Utc>) -> Vec<(DateTime<Utc>, bool)> {
+    // Per sensor, the periods without data; the area is stale while any sensor is.
+    let mut marks: Vec<(DateTime<Utc>, i32)> = Vec::new();
+    for sensor in &area.levels {
+        let limit = sensor.expected_interval * area.stale_after_intervals.max(1);
+        let mut previous: Option<DateTime<Utc>> = None;
+        for sample in &sensor.samples {
+            if let Some(prev) = previous {
+                if sample.ts - prev > limit {
+                    marks.push((prev + limit, 1));
+                    marks.push((sample.ts, -1));
+                }
+            }
+            previous = Some(sample.ts);
+        }
+        if let Some(last) = previous {
+            if now - last > limit {
+                marks.push((last + limit, 1));
+            }
+        }
+    }
+    marks.sort();
+    let mut count = 0;
+    let mut out: Vec<(DateTime<Utc>, bool)> = Vec::new();
+    for (at, delta) in marks {
+        let was = count > 0;
+        count += delta;
+        let is = count > 0;
+        if was != is {
+            out.push((at, is));
+        }
+    }
+    out
+}
+
+/// Evaluates an area at `now` from its readings.
+pub fn evaluate(area: &AreaInput, now: DateTime<Utc>) -> Evaluation {
+    let mut crossings = Vec::new();
+    let mut sources: Vec<Steps> = area
+        .levels
+        .iter()
+        .map(|s| level_steps(s, false, &mut crossings))
+        .collect();
+    sources.extend(area.rains.iter().map(rain_steps));
+    sources.extend(area.upstream.iter().map(upstream_steps));
+    let mut times: Vec<DateTime<Utc>> = sources
+        .iter()
+        .flat_map(|s| s.iter().map(|(at, _, _)| *at))
+        .filter(|at| *at <= now)
+        .collect();
+    times.sort();
+    times.dedup();
+    let mut steps = Steps::new();
+    let mut current: Option<Level> = None;
+    for t in times {
+        let best = sources
+            .iter()
+            .filter_map(|s| value_at(s, t))
+            .max_by(|a, b| a.0.cmp(&b.0));
+        let level = best.as_ref().map(|(l, _)| *l);
+        if level != current || steps.is_empty() {
+            steps.push((t, level, best.map(|(_, trigger)| trigger)));
+            current = level;
+        }
+    }
+    Evaluation {
+        steps,
+        stale: stale_changes(area, now),
+        crossings,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Raised,
+    Changed,
+    Lifted,
+    Stale,
+    Fresh,
+}
+
+impl EventKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Raised => "raised",
+            EventKind::Changed => "changed",
+            EventKind::Lifted => "lifted",
+            EventKind::Stale => "stale",
+            EventKind::Fresh => "fresh",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AreaEvent {
+    pub kind: EventKind,
+    pub at: DateTime<Utc>,
+    /// The level in force after the event (the lifted one's for a lift).
+    pub level: Option<Level>,
+    pub trigger: Option<Trigger>,
+}
+
+/// The events after `after` that take the recorded state (`in_force`, `stale`) to the evaluated
+/// one, in time order.
+pub fn events(
+    evaluation: &Evaluation,
+    after: Option<DateTime<Utc>>,
+    mut in_force: Option<Level>,
+    mut stale: bool,
+) -> Vec<AreaEvent> {
+    let is_new = |at: DateTime<Utc>| after.is_none_or(|after| at > after);
+    enum Change<'a> {
+        Level(&'a (DateTime<Utc>, Option<Level>, Option<Trigger>)),
+        Stale(DateTime<Utc>, bool),
+    }
+    let mut changes: Vec<(DateTime<Utc>, u8, Change)> = evaluation
+        .steps
+        .iter()
+        .filter(|(at, _, _)| is_new(*at))
+        .map(|step| (step.0, 0, Change::Level(step)))
+        .chain(
+            evaluation
+                .stale
+                .iter()
+                .filter(|(at, _)| is_new(*at))
+                .map(|(at, s)| (*at, 1, Change::Stale(*at, *s))),
+        )
+        .collect();
+    changes.sort_by_key(|(at, order, _)| (*at, *order));
+    let mut out = Vec::new();
+    for (_, _, change) in changes {
+        match change {
+            Change::Level((at, level, trigger)) => {
+                let kind = match (in_force, level) {
+                    (None, Some(_)) => EventKind::Raised,
+                    (Some(old), Some(new)) if old != *new => EventKind::Changed,
+                    (Some(_), None) => EventKind::Lifted,
+                    _ => continue,
+                };
+                out.push(AreaEvent {
+                    kind,
+                    at: *at,
+                    level: if kind == EventKind::Lifted {
+                        in_force
+                    } else {
+                        *level
+                    },
+                    trigger: trigger.clone(),
+                });
+                in_force = *level;
+                if in_force.is_none() {
+                    stale = false;
+                }
+            }
+            Change::Stale(at, now_stale) => {
+                if in_force.is_none() || now_stale == stale {
+                    continue;
+                }
+                stale = now_stale;
+                out.push(AreaEvent {
+                    kind: if now_stale {
+                        EventKind::Stale
+                    } else {
+                        EventKind::Fresh
+                    },
+                    at,
+                    level: in_force,
+                    trigger: None,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn start() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 7, 2, 12, 0, 0).unwrap()
+    }
+
+    fn samples(values: &[f64], every_minutes: i64) -> Vec<Sample> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Sample::good(start() + Duration::minutes(every_minutes * i as i64), *v))
+            .collect()
+    }
+
+    fn gauge(key: &str, values: &[f64]) -> LevelSensor {
+        LevelSensor {
+            key: key.into(),
+            rule: LevelRule {
+                thresholds: [1.0, 1.5, 2.0],
+                persistence: Duration::minutes(20),
+                min_readings: 1,
+                hysteresis: 0.1,
+                hold: Duration::minutes(30),
+            },
+            qc: QcRules::default(),
+            rate_window: Duration::hours(1),
+            lead_time: Duration::minutes(30),
+            expected_interval: Duration::minutes(10),
+            samples: samples(values, 10),
+        }
+    }
+
+    fn area(levels: Vec<LevelSensor>) -> AreaInput {
+        AreaInput {
+            key: "a".into(),
+            levels,
+            rains: vec![],
+            upstream: vec![],
+            stale_after_intervals: 3,
+        }
+    }
+
+    fn kinds(events: &[AreaEvent]) -> Vec<(EventKind, Option<Severity>, Option<WarningKind>)> {
+        events
+            .iter()
+            .map(|e| (e.kind, e.level.map(|l| l.severity), e.level.map(|l| l.kind)))
+            .collect()
+    }
+
+    use EventKind::*;
+    use Severity::*;
+    use WarningKind::*;
+
+    #[test]
+    fn a_steady_rise_is_expected_before_it_is_observed() {
+        // 10 cm per 10 minutes from 0.5 m to 1.3 m, then level. At 0.7 m, rising 0.6 m/h, the
+        // alert at 1.0 m is 30 minutes away: within the lead time.
+        let values: Vec<f64> = (0..24).map(|i| (0.5 + 0.1 * i as f64).min(1.3)).collect();
+        let evaluation = evaluate(
+            &area(vec![gauge("g", &values)]),
+            start() + Duration::minutes(235),
+        );
+        let events = events(&evaluation, None, None, false);
+        assert_eq!(events[0].kind, Raised);
+        assert_eq!(events[0].at, start() + Duration::minutes(20));
+        assert_eq!(events[0].level.unwrap().kind, Expected);
+        let first_observed = events
+            .iter()
+            .find(|e| e.level.is_some_and(|l| l.kind == Observed))
+            .unwrap();
+        assert!(events[0].at < first_observed.at, "projection raises early");
+        assert_eq!(events[0].trigger.as_ref().unwrap().cause, "projection");
+    }
+
+    #[test]
+    fn the_highest_station_rules_the_area_and_silence_is_stale_not_clear() {
+        let high = gauge("high", &[1.6, 1.6, 1.6, 1.6, 1.6, 1.6]);
+        let low = gauge("low", &[1.1, 1.1, 1.1, 1.1, 1.1, 1.1, 1.1, 1.1, 1.1, 1.1]);
+        let evaluation = evaluate(&area(vec![high, low]), start() + Duration::hours(2));
+        let got = kinds(&events(&evaluation, None, None, false));
+        assert_eq!(
+            got,
+            vec![
+                (Raised, Some(Warning), Some(Observed)),
+                // "high" stops reporting after 50 minutes; stale after three missed intervals.
+                (Stale, Some(Warning), Some(Observed)),
+            ]
+        );
+        let stale_at = events(&evaluation, None, None, false)[1].at;
+        assert_eq!(stale_at, start() + Duration::minutes(50 + 30));
+    }
+
+    #[test]
+    fn only_events_after_the_recorded_ones_are_new() {
+        let values = [1.1, 1.1, 1.1, 1.1, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5];
+        let evaluation = evaluate(
+            &area(vec![gauge("g", &values)]),
+            start() + Duration::minutes(95),
+        );
+        let all = events(&evaluation, None, None, false);
+        assert_eq!(
+            kinds(&all).iter().map(|k| k.0).collect::<Vec<_>>(),
+            [Raised, Lifted]
+        );
+        let raised = all[0].clone();
+        let rest = events(&evaluation, Some(raised.at), raised.level, false);
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].kind, Lifted);
+        assert!(events(&evaluation, Some(all[1].at), None, false).is_empty());
+    }
+
+    #[test]
+    fn rain_and_upstream_raise_alerts() {
+        let rain = RainSensor {
+            key: "r".into(),
+            rules: rain::dmi_rules(),
+            hold: Duration::hours(1),
+            samples: samples(
+                &[[0.0, 3.0, 6.0, 6.0, 2.0].as_slice(), &[0.0; 36]].concat(),
+                5,
+            ),
+        };
+        let upstream = Upstream {
+            sensor: gauge("up", &[1.2, 1.2, 1.2, 1.2]),
+            travel_time: Duration::hours(2),
+        };
+        let input = AreaInput {
+            key: "a".into(),
+            levels: vec![],
+            rains: vec![rain],
+            upstream: vec![upstream],
+            stale_after_intervals: 3,
+        };
+        let evaluation = evaluate(&input, start() + Duration::hours(3));
+        let events = events(&evaluation, None, None, false);
+        assert_eq!(
+            kinds(&events).iter().map(|k| k.0).collect::<Vec<_>>(),
+            [Raised, Lifted, Raised]
+        );
+        assert_eq!(events[0].trigger.as_ref().unwrap().cause, "rain");
+        // 17 mm lies in the 30-minute window until 12:30; the alert holds an hour past that.
+        assert_eq!(events[1].at, start() + Duration::minutes(90));
+        assert_eq!(
+            events[0].at,
+            start() + Duration::minutes(20),
+            "17 mm in 30 minutes"
+        );
+        let from_upstream = events
+            .iter()
+            .find(|e| e.trigger.as_ref().is_some_and(|t| t.cause == "upstream"))
+            .unwrap();
+        assert_eq!(
+            from_upstream.at,
+            start() + Duration::minutes(20) + Duration::hours(2)
+        );
+        assert_eq!(from_upstream.level.unwrap().kind, Expected);
+    }
+}

@@ -1,0 +1,576 @@
+//! Flood geography, thresholds, and the warning lifecycle: warnings, their append-only events, and
+//! the outbox rows that delivery drains, written in one transaction.
+
+use crate::{Context, Error, Result, Store};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MunicipalityRow {
+    pub code: String,
+    pub name: String,
+    /// GeoJSON MultiPolygon.
+    pub boundary: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AreaRow {
+    pub key: String,
+    pub name: String,
+    /// GeoJSON Polygon.
+    pub polygon: serde_json::Value,
+    pub municipality_codes: Vec<String>,
+    pub sensors: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkRow {
+    pub upstream_sensor: String,
+    pub downstream_area: String,
+    pub travel_time: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThresholdRow {
+    pub sensor_key: String,
+    pub alert: f64,
+    pub warning: f64,
+    pub severe: f64,
+    pub persistence: Duration,
+    pub min_readings: i32,
+    pub hysteresis: f64,
+    pub hold: Duration,
+    pub rate_window: Duration,
+    pub lead_time: Duration,
+    pub plausible_low: f64,
+    pub plausible_high: f64,
+    pub spike_floor: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RainRuleRow {
+    pub sensor_key: String,
+    pub window: Duration,
+    pub more_than_mm: f64,
+    pub severity: i16,
+}
+
+/// Everything the flood-risk runner evaluates against.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FloodSetup {
+    pub areas: Vec<AreaRow>,
+    pub links: Vec<LinkRow>,
+    pub thresholds: Vec<ThresholdRow>,
+    pub rain_rules: Vec<RainRuleRow>,
+}
+
+/// An area's warning as it stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WarningRow {
+    pub id: i64,
+    pub area_key: String,
+    pub severity: i16,
+    pub kind: String,
+    pub state: String,
+    pub raised_at: DateTime<Utc>,
+    pub changed_at: DateTime<Utc>,
+    pub lifted_at: Option<DateTime<Utc>>,
+    pub stale: bool,
+    pub municipalities: Vec<String>,
+    pub message_en: String,
+    pub message_da: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    pub id: i64,
+    pub warning_id: i64,
+    pub area_key: String,
+    pub kind: String,
+    pub severity: Option<i16>,
+    pub at: DateTime<Utc>,
+    pub message_en: String,
+    pub message_da: String,
+}
+
+/// An event to record. `kind` is raised, changed, lifted, stale or fresh.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub kind: &'static str,
+    pub severity: Option<i16>,
+    /// observed or expected.
+    pub warning_kind: &'static str,
+    pub at: DateTime<Utc>,
+    pub message_en: String,
+    pub message_da: String,
+    pub trigger: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrossingRow {
+    pub sensor_key: String,
+    pub severity: i16,
+    pub up: bool,
+    pub at: DateTime<Utc>,
+    pub value: f64,
+}
+
+/// The notification channel for warning events; the payload is the event id.
+pub const WARNINGS_CHANGED: &str = "warnings_changed";
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn duration(seconds: f64) -> Duration {
+    Duration::from_secs_f64(seconds.max(0.0))
+}
+
+impl Store {
+    /// Replaces the municipality layer.
+    pub async fn replace_municipalities(&self, rows: &[MunicipalityRow]) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.context("begin municipalities")?;
+        for row in rows {
+            tx.execute(
+                "INSERT INTO municipalities (code, name, boundary) VALUES ($1, $2, $3) \
+                 ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, boundary = EXCLUDED.boundary",
+                &[&row.code, &row.name, &row.boundary],
+            )
+            .await
+            .context("upserting a municipality")?;
+        }
+        tx.commit().await.context("commit municipalities")
+    }
+
+    /// Upserts flood areas (replacing each area's sensors and links), thresholds and rain rules.
+    pub async fn apply_flood_setup(&self, setup: &FloodSetup) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.context("begin flood setup")?;
+        for area in &setup.areas {
+            tx.execute(
+                "INSERT INTO flood_areas (key, name, polygon, municipality_codes) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (key) DO UPDATE SET name = EXCLUDED.name, polygon = EXCLUDED.polygon, \
+                 municipality_codes = EXCLUDED.municipality_codes, updated_at = now()",
+                &[&area.key, &area.name, &area.polygon, &area.municipality_codes],
+            )
+            .await
+            .context("upserting a flood area")?;
+            tx.execute(
+                "DELETE FROM flood_area_sensors WHERE area_key = $1",
+                &[&area.key],
+            )
+            .await
+            .context("clearing an area's sensors")?;
+            tx.execute(
+                "DELETE FROM river_links WHERE downstream_area = $1",
+                &[&area.key],
+            )
+            .await
+            .context("clearing an area's links")?;
+            for sensor in &area.sensors {
+                tx.execute(
+                    "INSERT INTO flood_area_sensors (area_key, sensor_key) VALUES ($1, $2)",
+                    &[&area.key, sensor],
+                )
+                .await
+                .context("adding a sensor to an area")?;
+            }
+        }
+        for link in &setup.links {
+            tx.execute(
+                "INSERT INTO river_links (upstream_sensor, downstream_area, travel_time) \
+                 VALUES ($1, $2, make_interval(secs => $3)) \
+                 ON CONFLICT (upstream_sensor, downstream_area) DO UPDATE SET travel_time = EXCLUDED.travel_time",
+                &[&link.upstream_sensor, &link.downstream_area, &secs(link.travel_time)],
+            )
+            .await
+            .context("upserting a river link")?;
+        }
+        for t in &setup.thresholds {
+            tx.execute(
+                "INSERT INTO level_thresholds (sensor_key, alert, warning, severe, persistence, min_readings, \
+                 hysteresis, hold, rate_window, lead_time, plausible_low, plausible_high, spike_floor) \
+                 VALUES ($1, $2, $3, $4, make_interval(secs => $5), $6, $7, make_interval(secs => $8), \
+                 make_interval(secs => $9), make_interval(secs => $10), $11, $12, $13) \
+                 ON CONFLICT (sensor_key) DO UPDATE SET alert = EXCLUDED.alert, warning = EXCLUDED.warning, \
+                 severe = EXCLUDED.severe, persistence = EXCLUDED.persistence, min_readings = EXCLUDED.min_readings, \
+                 hysteresis = EXCLUDED.hysteresis, hold = EXCLUDED.hold, rate_window = EXCLUDED.rate_window, \
+                 lead_time = EXCLUDED.lead_time, plausible_low = EXCLUDED.plausible_low, \
+                 plausible_high = EXCLUDED.plausible_high, spike_floor = EXCLUDED.spike_floor",
+                &[
+                    &t.sensor_key,
+                    &t.alert,
+                    &t.warning,
+                    &t.severe,
+                    &secs(t.persistence),
+                    &t.min_readings,
+                    &t.hysteresis,
+                    &secs(t.hold),
+                    &secs(t.rate_window),
+                    &secs(t.lead_time),
+                    &t.plausible_low,
+                    &t.plausible_high,
+                    &t.spike_floor,
+                ],
+            )
+            .await
+            .context("upserting a threshold")?;
+        }
+        for r in &setup.rain_rules {
+            tx.execute(
+                "INSERT INTO rain_rules (sensor_key, window_length, more_than_mm, severity) \
+                 VALUES ($1, make_interval(secs => $2), $3, $4) \
+                 ON CONFLICT (sensor_key, window_length) DO UPDATE SET more_than_mm = EXCLUDED.more_than_mm, \
+                 severity = EXCLUDED.severity",
+                &[&r.sensor_key, &secs(r.window), &r.more_than_mm, &r.severity],
+            )
+            .await
+            .context("upserting a rain rule")?;
+        }
+        tx.commit().await.context("commit flood setup")
+    }
+
+    pub async fn flood_setup(&self) -> Result<FloodSetup> {
+        let client = self.client().await?;
+        let mut sensors: HashMap<String, Vec<String>> = HashMap::new();
+        for row in client
+            .query(
+                "SELECT area_key, sensor_key FROM flood_area_sensors ORDER BY 1, 2",
+                &[],
+            )
+            .await
+            .context("loading area sensors")?
+        {
+            sensors.entry(row.get(0)).or_default().push(row.get(1));
+        }
+        let areas = client
+            .query(
+                "SELECT key, name, polygon, municipality_codes FROM flood_areas ORDER BY key",
+                &[],
+            )
+            .await
+            .context("loading flood areas")?
+            .iter()
+            .map(|r| AreaRow {
+                key: r.get(0),
+                name: r.get(1),
+                polygon: r.get(2),
+                municipality_codes: r.get(3),
+                sensors: sensors.remove(r.get::<_, &str>(0)).unwrap_or_default(),
+            })
+            .collect();
+        let links = client
+            .query(
+                "SELECT upstream_sensor, downstream_area, extract(epoch FROM travel_time)::float8 FROM river_links",
+                &[],
+            )
+            .await
+            .context("loading river links")?
+            .iter()
+            .map(|r| LinkRow {
+                upstream_sensor: r.get(0),
+                downstream_area: r.get(1),
+                travel_time: duration(r.get(2)),
+            })
+            .collect();
+        let thresholds = client
+            .query(
+                "SELECT sensor_key, alert, warning, severe, extract(epoch FROM persistence)::float8, min_readings, \
+                 hysteresis, extract(epoch FROM hold)::float8, extract(epoch FROM rate_window)::float8, \
+                 extract(epoch FROM lead_time)::float8, plausible_low, plausible_high, spike_floor \
+                 FROM level_thresholds",
+                &[],
+            )
+            .await
+            .context("loading thresholds")?
+            .iter()
+            .map(|r| ThresholdRow {
+                sensor_key: r.get(0),
+                alert: r.get(1),
+                warning: r.get(2),
+                severe: r.get(3),
+                persistence: duration(r.get(4)),
+                min_readings: r.get(5),
+                hysteresis: r.get(6),
+                hold: duration(r.get(7)),
+                rate_window: duration(r.get(8)),
+                lead_time: duration(r.get(9)),
+                plausible_low: r.get(10),
+                plausible_high: r.get(11),
+                spike_floor: r.get(12),
+            })
+            .collect();
+        let rain_rules = client
+            .query(
+                "SELECT sensor_key, extract(epoch FROM window_length)::float8, more_than_mm, severity FROM rain_rules",
+                &[],
+            )
+            .await
+            .context("loading rain rules")?
+            .iter()
+            .map(|r| RainRuleRow {
+                sensor_key: r.get(0),
+                window: duration(r.get(1)),
+                more_than_mm: r.get(2),
+                severity: r.get(3),
+            })
+            .collect();
+        Ok(FloodSetup {
+            areas,
+            links,
+            thresholds,
+            rain_rules,
+        })
+    }
+
+    /// Readings `(ts, value, quality)` of each sensor from `from` on, in time order.
+    pub async fn series(
+        &self,
+        sensor_keys: &[String],
+        from: DateTime<Utc>,
+    ) -> Result<HashMap<String, Vec<(DateTime<Utc>, f64, i16)>>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT s.key, r.ts, r.value, r.quality FROM readings r JOIN sensors s ON s.id = r.sensor_id \
+                 WHERE s.key = ANY($1) AND r.ts >= $2 ORDER BY s.key, r.ts",
+                &[&sensor_keys, &from],
+            )
+            .await
+            .context("loading series")?;
+        let mut out: HashMap<String, Vec<(DateTime<Utc>, f64, i16)>> = HashMap::new();
+        for row in rows {
+            out.entry(row.get(0))
+                .or_default()
+                .push((row.get(1), row.get(2), row.get(3)));
+        }
+        Ok(out)
+    }
+
+    /// The time of the area's latest event, and its warning in force if any.
+    pub async fn area_status(
+        &self,
+        area_key: &str,
+    ) -> Result<(Option<DateTime<Utc>>, Option<WarningRow>)> {
+        let client = self.client().await?;
+        let last: Option<DateTime<Utc>> = client
+            .query_one(
+                "SELECT max(at) FROM warning_events WHERE area_key = $1",
+                &[&area_key],
+            )
+            .await
+            .context("reading the last event")?
+            .get(0);
+        let current = self
+            .warnings(Some(area_key))
+            .await?
+            .into_iter()
+            .find(|w| w.state == "in_force");
+        Ok((last, current))
+    }
+
+    /// Records an area's events in order, with their outbox rows (`(channel, target)` for each), the
+    /// warning rows they change, and the crossings behind them, in one transaction, under the
+    /// area's advisory lock so that one writer at a time owns an area.
+    pub async fn record_area_events(
+        &self,
+        area_key: &str,
+        municipalities: &[String],
+        events: &[NewEvent],
+        deliveries: &[(String, String)],
+        crossings: &[CrossingRow],
+    ) -> Result<Vec<i64>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.context("begin warning events")?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('tidemark.area:' || $1))",
+            &[&area_key],
+        )
+        .await
+        .context("taking the area lock")?;
+        let mut ids = Vec::new();
+        for event in events {
+            let warning_id: Option<i64> = match event.kind {
+                "raised" => tx
+                    .query_opt(
+                        "INSERT INTO warnings (area_key, severity, kind, state, raised_at, changed_at, \
+                         municipalities, trigger, message_en, message_da) \
+                         VALUES ($1, $2, $3, 'in_force', $4, $4, $5, $6, $7, $8) RETURNING id",
+                        &[
+                            &area_key,
+                            &event.severity,
+                            &event.warning_kind,
+                            &event.at,
+                            &municipalities,
+                            &event.trigger,
+                            &event.message_en,
+                            &event.message_da,
+                        ],
+                    )
+                    .await
+                    .context("raising a warning")?,
+                "changed" => tx
+                    .query_opt(
+                        "UPDATE warnings SET severity = $2, kind = $3, changed_at = $4, trigger = $5, \
+                         message_en = $6, message_da = $7 WHERE area_key = $1 AND state = 'in_force' RETURNING id",
+                        &[
+                            &area_key,
+                            &event.severity,
+                            &event.warning_kind,
+                            &event.at,
+                            &event.trigger,
+                            &event.message_en,
+                            &event.message_da,
+                        ],
+                    )
+                    .await
+                    .context("changing a warning")?,
+                "lifted" => tx
+                    .query_opt(
+                        "UPDATE warnings SET state = 'lifted', lifted_at = $2, changed_at = $2, stale = false, \
+                         message_en = $3, message_da = $4 WHERE area_key = $1 AND state = 'in_force' RETURNING id",
+                        &[&area_key, &event.at, &event.message_en, &event.message_da],
+                    )
+                    .await
+                    .context("lifting a warning")?,
+                "stale" | "fresh" => tx
+                    .query_opt(
+                        "UPDATE warnings SET stale = $2 WHERE area_key = $1 AND state = 'in_force' RETURNING id",
+                        &[&area_key, &(event.kind == "stale")],
+                    )
+                    .await
+                    .context("marking a warning stale or fresh")?,
+                other => return Err(Error::Inconsistent(format!("unknown event kind {other}"))),
+            }
+            .map(|r| r.get(0));
+            let warning_id = warning_id.ok_or_else(|| {
+                Error::Inconsistent(format!(
+                    "area {area_key}: a {} event needs a warning in force",
+                    event.kind
+                ))
+            })?;
+            let event_id: i64 = tx
+                .query_one(
+                    "INSERT INTO warning_events (warning_id, area_key, kind, severity, at, message_en, message_da, detail) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                    &[
+                        &warning_id,
+                        &area_key,
+                        &event.kind,
+                        &event.severity,
+                        &event.at,
+                        &event.message_en,
+                        &event.message_da,
+                        &event.trigger,
+                    ],
+                )
+                .await
+                .context("recording a warning event")?
+                .get(0);
+            for (channel, target) in deliveries {
+                tx.execute(
+                    "INSERT INTO outbox (event_id, channel, target) VALUES ($1, $2, $3)",
+                    &[&event_id, channel, target],
+                )
+                .await
+                .context("queueing a delivery")?;
+            }
+            tx.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&WARNINGS_CHANGED, &event_id.to_string()],
+            )
+            .await
+            .context("notifying warnings_changed")?;
+            ids.push(event_id);
+        }
+        for c in crossings {
+            tx.execute(
+                "INSERT INTO threshold_crossings (sensor_key, severity, direction, at, value) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[
+                    &c.sensor_key,
+                    &c.severity,
+                    &if c.up { "up" } else { "down" },
+                    &c.at,
+                    &c.value,
+                ],
+            )
+            .await
+            .context("recording a crossing")?;
+        }
+        tx.commit().await.context("commit warning events")?;
+        Ok(ids)
+    }
+
+    /// Warnings, newest first; all areas or one.
+    pub async fn warnings(&self, area_key: Option<&str>) -> Result<Vec<WarningRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, area_key, severity, kind, state, raised_at, changed_at, lifted_at, stale, \
+                 municipalities, message_en, message_da FROM warnings \
+                 WHERE $1::text IS NULL OR area_key = $1 ORDER BY raised_at DESC, id DESC",
+                &[&area_key],
+            )
+            .await
+            .context("reading warnings")?;
+        Ok(rows
+            .iter()
+            .map(|r| WarningRow {
+                id: r.get(0),
+                area_key: r.get(1),
+                severity: r.get(2),
+                kind: r.get(3),
+                state: r.get(4),
+                raised_at: r.get(5),
+                changed_at: r.get(6),
+                lifted_at: r.get(7),
+                stale: r.get(8),
+                municipalities: r.get(9),
+                message_en: r.get(10),
+                message_da: r.get(11),
+            })
+            .collect())
+    }
+
+    /// An area's events in order.
+    pub async fn warning_events(&self, area_key: &str) -> Result<Vec<EventRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, warning_id, area_key, kind, severity, at, message_en, message_da FROM warning_events \
+                 WHERE area_key = $1 ORDER BY at, id",
+                &[&area_key],
+            )
+            .await
+            .context("reading warning events")?;
+        Ok(rows
+            .iter()
+            .map(|r| EventRow {
+                id: r.get(0),
+                warning_id: r.get(1),
+                area_key: r.get(2),
+                kind: r.get(3),
+                severity: r.get(4),
+                at: r.get(5),
+                message_en: r.get(6),
+                message_da: r.get(7),
+            })
+            .collect())
+    }
+
+    /// Outbox rows `(channel, target)` queued for an event.
+    pub async fn outbox_for(&self, event_id: i64) -> Result<Vec<(String, String)>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT channel, target FROM outbox WHERE event_id = $1 ORDER BY id",
+                &[&event_id],
+            )
+            .await
+            .context("reading the outbox")?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
