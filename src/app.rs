@@ -1,18 +1,61 @@
 //! The CLI's commands as functions, so that tests start the stages exactly as `main` does.
 
 use crate::config::Config;
+use anyhow::Context;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
+use tidemark_analytics::geography::Municipalities;
+use tidemark_analytics::setup;
 use tidemark_api::OpsState;
 use tidemark_ingest::Metrics;
 use tidemark_store::{StorageMode, Store};
 use tokio_util::sync::CancellationToken;
 
-/// Migrates the database (creating it if needed) and loads the reference files.
+/// Migrates the database (creating it if needed) and loads the reference and flood files.
 pub async fn migrate(config: &Config) -> anyhow::Result<StorageMode> {
     let mode = tidemark_store::schema::migrate(&config.database).await?;
     load_reference(config).await?;
+    load_flood(config).await?;
     Ok(mode)
+}
+
+/// Loads the municipality layer and the flood files, working out each area's municipalities.
+pub async fn load_flood(config: &Config) -> anyhow::Result<()> {
+    let analytics = &config.analytics;
+    let path = analytics.municipalities.display().to_string();
+    let text = tokio::fs::read_to_string(&analytics.municipalities)
+        .await
+        .with_context(|| format!("reading the municipality layer {path}"))?;
+    let layer = Municipalities::from_geojson(&text).with_context(|| format!("reading {path}"))?;
+    let store = Store::connect(&config.database).await?;
+    store
+        .replace_municipalities(&setup::municipality_rows(&layer))
+        .await?;
+    let positions = store
+        .sensor_catalog()
+        .await?
+        .into_iter()
+        .filter_map(|s| Some((s.key, s.position?)))
+        .collect();
+    let files: Vec<String> = analytics
+        .flood_files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect();
+    let flood = setup::load(
+        &files,
+        &layer,
+        analytics.nearest_municipality_km,
+        &positions,
+    )?;
+    store.apply_flood_setup(&flood).await?;
+    tracing::info!(
+        municipalities = layer.by_code.len(),
+        areas = flood.areas.len(),
+        thresholds = flood.thresholds.len(),
+        "flood setup loaded"
+    );
+    Ok(())
 }
 
 /// Loads every configured reference file into the database.
@@ -42,24 +85,27 @@ pub async fn ingest(config: &Config, shutdown: CancellationToken) -> anyhow::Res
     let listen = tidemark_api::ApiConfig {
         listen: config.ingest.metrics_listen.clone(),
     };
-    ingest_and_serve(config, listen, shutdown).await
+    ingest_and_serve(config, listen, false, shutdown).await
 }
 
-/// Every stage in one process: migrate, then ingest and the API side by side.
+/// Every stage in one process: migrate, then ingest, analytics and the API side by side.
 pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mode = migrate(config).await?;
     tracing::info!(%mode, "storage ready");
-    ingest_and_serve(config, config.api.clone(), shutdown).await
+    ingest_and_serve(config, config.api.clone(), true, shutdown).await
 }
 
-/// Ingest beside an HTTP server on `listen` that serves the shared metrics registry.
+/// Ingest (and analytics, if asked) beside an HTTP server on `listen` that serves the shared
+/// metrics registry.
 async fn ingest_and_serve(
     config: &Config,
     listen: tidemark_api::ApiConfig,
+    with_analytics: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
+    let analytics_metrics = Arc::new(tidemark_analytics::runner::Metrics::register(&mut registry));
     let store = Store::connect(&config.database).await?;
     let router = tidemark_api::ops_router(OpsState {
         store,
@@ -79,8 +125,22 @@ async fn ingest_and_serve(
         shutdown.cancel();
         result
     };
-    let (http, ingest) = tokio::join!(http, ingest);
+    let analytics = async {
+        if !with_analytics {
+            return Ok(());
+        }
+        let result = tidemark_analytics::runner::run(
+            config.analytics_settings(),
+            analytics_metrics,
+            shutdown.clone(),
+        )
+        .await;
+        shutdown.cancel();
+        result
+    };
+    let (http, ingest, analytics) = tokio::join!(http, ingest, analytics);
     ingest?;
+    analytics?;
     http?;
     Ok(())
 }

@@ -30,6 +30,9 @@ pub struct Config {
     /// Reference data files.
     #[serde(default)]
     pub reference: ReferenceConfig,
+    /// Flood risk.
+    #[serde(default)]
+    pub analytics: tidemark_analytics::runner::AnalyticsConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -85,7 +88,13 @@ impl Config {
         let figment = figment.merge(Env::prefixed("TIDEMARK__").split("__"));
         let mut config: Config = figment.extract().map_err(Box::new)?;
         let folder = base.parent().unwrap_or(Path::new("."));
-        for file in &mut config.reference.files {
+        let paths = config
+            .reference
+            .files
+            .iter_mut()
+            .chain(config.analytics.flood_files.iter_mut())
+            .chain(std::iter::once(&mut config.analytics.municipalities));
+        for file in paths {
             if file.is_relative() {
                 *file = folder.join(&*file);
             }
@@ -107,6 +116,14 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    pub fn analytics_settings(&self) -> tidemark_analytics::runner::Settings {
+        tidemark_analytics::runner::Settings {
+            analytics: self.analytics.clone(),
+            database: self.database.clone(),
+            topic_prefix: self.mqtt.topic_prefix.clone(),
+        }
     }
 
     pub fn ingest_settings(&self) -> tidemark_ingest::Settings {

@@ -58,6 +58,9 @@ pub struct LevelSensor {
     pub lead_time: Duration,
     pub expected_interval: Duration,
     pub samples: Vec<Sample>,
+    /// When the newest reading arrived. A station whose readings are still arriving is not
+    /// silent, however old their timestamps (a replay, a back-fill).
+    pub last_received: Option<DateTime<Utc>>,
 }
 
 pub struct RainSensor {
@@ -94,6 +97,8 @@ pub struct Crossing {
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Evaluation {
+    /// The newest reading of any of the area's sensors.
+    pub latest: Option<DateTime<Utc>>,
     pub steps: Steps,
     /// When the area's stations became stale (true) or fresh again (false).
     pub stale: Vec<(DateTime<Utc>, bool)>,
@@ -265,7 +270,10 @@ fn stale_changes(area: &AreaInput, now: DateTime<Utc>) -> Vec<(DateTime<Utc>, bo
             previous = Some(sample.ts);
         }
         if let Some(last) = previous {
-            if now - last > limit {
+            let silent = sensor
+                .last_received
+                .is_none_or(|received| now - received > limit);
+            if now - last > limit && silent {
                 marks.push((last + limit, 1));
             }
         }
@@ -314,7 +322,15 @@ pub fn evaluate(area: &AreaInput, now: DateTime<Utc>) -> Evaluation {
             current = level;
         }
     }
+    let latest = area
+        .levels
+        .iter()
+        .map(|s| &s.samples)
+        .chain(area.rains.iter().map(|s| &s.samples))
+        .filter_map(|samples| samples.last().map(|s| s.ts))
+        .max();
     Evaluation {
+        latest,
         steps,
         stale: stale_changes(area, now),
         crossings,
@@ -421,6 +437,28 @@ pub fn events(
             }
         }
     }
+    // A stale report made while readings were still on their way (a burst, a back-fill) is
+    // corrected once they have arrived: the evaluated state at the end is what counts.
+    let stale_at_end = evaluation.stale.last().is_some_and(|(_, s)| *s);
+    if in_force.is_some() && stale != stale_at_end {
+        let last_event = out.last().map(|e| e.at).or(after);
+        let at = match (evaluation.latest, last_event) {
+            (Some(latest), Some(last)) if latest <= last => last + Duration::milliseconds(1),
+            (Some(latest), _) => latest,
+            (None, Some(last)) => last + Duration::milliseconds(1),
+            (None, None) => return out,
+        };
+        out.push(AreaEvent {
+            kind: if stale_at_end {
+                EventKind::Stale
+            } else {
+                EventKind::Fresh
+            },
+            at,
+            level: in_force,
+            trigger: None,
+        });
+    }
     out
 }
 
@@ -456,6 +494,7 @@ mod tests {
             lead_time: Duration::minutes(30),
             expected_interval: Duration::minutes(10),
             samples: samples(values, 10),
+            last_received: None,
         }
     }
 
@@ -536,6 +575,29 @@ mod tests {
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].kind, Lifted);
         assert!(events(&evaluation, Some(all[1].at), None, false).is_empty());
+    }
+
+    #[test]
+    fn a_stale_report_made_before_a_burst_arrived_is_corrected() {
+        let values = [1.1; 12];
+        let evaluation = evaluate(
+            &area(vec![gauge("g", &values)]),
+            start() + Duration::minutes(115),
+        );
+        assert!(evaluation.stale.is_empty());
+        // Recorded earlier, from the first half: raised, then stale at 12:50 + 30 min.
+        let recorded_stale_at = start() + Duration::minutes(80);
+        let warning = Some(Level {
+            severity: Alert,
+            kind: Observed,
+        });
+        let events = events(&evaluation, Some(recorded_stale_at), warning, true);
+        assert_eq!(kinds(&events), vec![(Fresh, Some(Alert), Some(Observed))]);
+        assert_eq!(
+            events[0].at,
+            start() + Duration::minutes(110),
+            "at the newest reading"
+        );
     }
 
     #[test]

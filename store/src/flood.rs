@@ -349,6 +349,26 @@ impl Store {
         Ok(out)
     }
 
+    /// When each sensor's newest reading (by timestamp) arrived.
+    pub async fn last_received(
+        &self,
+        sensor_keys: &[String],
+    ) -> Result<HashMap<String, DateTime<Utc>>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT s.key, (SELECT r.received_at FROM readings r WHERE r.sensor_id = s.id \
+                 ORDER BY r.ts DESC LIMIT 1) FROM sensors s WHERE s.key = ANY($1)",
+                &[&sensor_keys],
+            )
+            .await
+            .context("reading arrival times")?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| Some((r.get(0), r.get::<_, Option<DateTime<Utc>>>(1)?)))
+            .collect())
+    }
+
     /// The time of the area's latest event, and its warning in force if any.
     pub async fn area_status(
         &self,

@@ -145,3 +145,45 @@ impl Store {
         Ok(directory)
     }
 }
+
+/// A sensor with what analytics needs to know about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SensorInfo {
+    pub id: i32,
+    pub key: String,
+    pub quantity: String,
+    pub expected_interval: std::time::Duration,
+    /// `(lon, lat)` of its station, if it has one.
+    pub position: Option<(f64, f64)>,
+}
+
+impl Store {
+    /// Every sensor with its quantity, reporting interval and position.
+    pub async fn sensor_catalog(&self) -> Result<Vec<SensorInfo>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT s.id, s.key, s.quantity, extract(epoch FROM s.expected_interval)::float8, st.lon, st.lat \
+                 FROM sensors s LEFT JOIN stations st ON st.id = s.station_id",
+                &[],
+            )
+            .await
+            .context("loading the sensor catalog")?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let lon: Option<f64> = r.get(4);
+                let lat: Option<f64> = r.get(5);
+                SensorInfo {
+                    id: r.get(0),
+                    key: r.get(1),
+                    quantity: r.get(2),
+                    expected_interval: std::time::Duration::from_secs_f64(
+                        r.get::<_, f64>(3).max(1.0),
+                    ),
+                    position: lon.zip(lat),
+                }
+            })
+            .collect())
+    }
+}

@@ -16,6 +16,9 @@ mod sim;
 // The flood-risk core on the recorded Baltic storm surge.
 mod flood;
 
+// Flood warnings from replayed recordings through broker, ingest and analytics.
+mod warnings;
+
 // Health, readiness and metrics over HTTP.
 mod ops;
 

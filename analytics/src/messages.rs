@@ -1,0 +1,168 @@
+//! The human-readable text of a warning event, in English and Danish: what, where, how high, the
+//! trend, since when.
+
+use crate::area::{AreaEvent, EventKind, Trigger};
+use crate::level::Severity;
+use chrono::{DateTime, Utc};
+
+fn when(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+fn title_en(severity: Severity) -> &'static str {
+    match severity {
+        Severity::Alert => "Flood Alert",
+        Severity::Warning => "Flood Warning",
+        Severity::Severe => "Severe Flood Warning",
+    }
+}
+
+fn title_da(severity: Severity) -> &'static str {
+    match severity {
+        Severity::Alert => "Varsel om mulig oversvømmelse",
+        Severity::Warning => "Oversvømmelsesvarsel",
+        Severity::Severe => "Alvorligt oversvømmelsesvarsel",
+    }
+}
+
+fn cause_en(t: &Trigger) -> String {
+    match t.cause {
+        "projection" => format!(
+            "{} reads {:.2} m and is rising {:.2} m/h; it is expected to reach {:.2} m by {}",
+            t.sensor,
+            t.value,
+            t.rate.unwrap_or_default(),
+            t.threshold,
+            t.expected_at.map(when).unwrap_or_default()
+        ),
+        "rain" => format!(
+            "{:.1} mm of rain at {}, more than {:.0} mm",
+            t.value, t.sensor, t.threshold
+        ),
+        "upstream" => format!(
+            "water at upstream gauge {} ({:.2} m) is expected to arrive by {}",
+            t.sensor,
+            t.value,
+            t.expected_at.map(when).unwrap_or_default()
+        ),
+        _ => format!(
+            "{} reads {:.2} m, at or above the {:.2} m threshold",
+            t.sensor, t.value, t.threshold
+        ),
+    }
+}
+
+fn cause_da(t: &Trigger) -> String {
+    match t.cause {
+        "projection" => format!(
+            "{} måler {:.2} m og stiger {:.2} m/t; ventes at nå {:.2} m senest {}",
+            t.sensor,
+            t.value,
+            t.rate.unwrap_or_default(),
+            t.threshold,
+            t.expected_at.map(when).unwrap_or_default()
+        ),
+        "rain" => format!(
+            "{:.1} mm regn ved {}, mere end {:.0} mm",
+            t.value, t.sensor, t.threshold
+        ),
+        "upstream" => format!(
+            "vandet ved {} opstrøms ({:.2} m) ventes at nå frem senest {}",
+            t.sensor,
+            t.value,
+            t.expected_at.map(when).unwrap_or_default()
+        ),
+        _ => format!(
+            "{} måler {:.2} m, på eller over tærsklen på {:.2} m",
+            t.sensor, t.value, t.threshold
+        ),
+    }
+}
+
+/// `(english, danish)` for an event in `area`.
+pub fn compose(area: &str, event: &AreaEvent) -> (String, String) {
+    let severity = event.level.map(|l| l.severity).unwrap_or(Severity::Alert);
+    let at = when(event.at);
+    match event.kind {
+        EventKind::Raised | EventKind::Changed => {
+            let (en, da) = match &event.trigger {
+                Some(trigger) => (cause_en(trigger), cause_da(trigger)),
+                None => (String::new(), String::new()),
+            };
+            (
+                format!("{} for {area}: {en}. Since {at}.", title_en(severity)),
+                format!("{} for {area}: {da}. Siden {at}.", title_da(severity)),
+            )
+        }
+        EventKind::Lifted => (
+            format!(
+                "{} for {area} is no longer in force ({at}).",
+                title_en(severity)
+            ),
+            format!(
+                "{} for {area} er ikke længere gældende ({at}).",
+                title_da(severity)
+            ),
+        ),
+        EventKind::Stale => (
+            format!(
+                "{area}: the stations have stopped reporting (stale as of {at}); the {} stays in force.",
+                title_en(severity)
+            ),
+            format!(
+                "{area}: målestationerne har stoppet med at sende data (forældet fra {at}); {} gælder fortsat.",
+                title_da(severity).to_lowercase()
+            ),
+        ),
+        EventKind::Fresh => (
+            format!("{area}: data is arriving again ({at})."),
+            format!("{area}: der kommer data igen ({at})."),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::area::{Level, WarningKind};
+    use chrono::TimeZone;
+
+    #[test]
+    fn both_languages_say_what_where_how_high_and_since_when() {
+        let event = AreaEvent {
+            kind: EventKind::Raised,
+            at: Utc.with_ymd_and_hms(2023, 10, 20, 21, 40, 0).unwrap(),
+            level: Some(Level {
+                severity: Severity::Severe,
+                kind: WarningKind::Observed,
+            }),
+            trigger: Some(Trigger {
+                sensor: "flensburg.sea_level".into(),
+                cause: "level",
+                value: 2.27,
+                threshold: 2.0,
+                rate: None,
+                expected_at: None,
+            }),
+        };
+        let (en, da) = compose("Flensburg Fjord", &event);
+        assert_eq!(
+            en,
+            "Severe Flood Warning for Flensburg Fjord: flensburg.sea_level reads 2.27 m, at or above the 2.00 m threshold. Since 2023-10-20 21:40 UTC."
+        );
+        assert_eq!(
+            da,
+            "Alvorligt oversvømmelsesvarsel for Flensburg Fjord: flensburg.sea_level måler 2.27 m, på eller over tærsklen på 2.00 m. Siden 2023-10-20 21:40 UTC."
+        );
+        let lifted = AreaEvent {
+            kind: EventKind::Lifted,
+            ..event
+        };
+        assert!(compose("Flensburg Fjord", &lifted)
+            .0
+            .contains("no longer in force"));
+        assert!(compose("Flensburg Fjord", &lifted)
+            .1
+            .contains("ikke længere gældende"));
+    }
+}

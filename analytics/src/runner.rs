@@ -1,0 +1,475 @@
+//! The flood-risk runner: LISTENs for `readings_committed`, evaluates the flood areas the new
+//! readings touch, sweeps every area periodically (for staleness and holds that end without new
+//! readings), and records the resulting warning events with their outbox rows.
+
+use crate::area::{self, AreaInput, Level, LevelSensor, RainSensor, Upstream, WarningKind};
+use crate::level::{LevelRule, Severity};
+use crate::messages;
+use crate::quality::QcRules;
+use crate::rain::{self, RainRule};
+use crate::series::Sample;
+use chrono::{DateTime, Utc};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tidemark_model::{duration, Quality};
+use tidemark_store::flood::{CrossingRow, FloodSetup, NewEvent};
+use tidemark_store::readings::READINGS_COMMITTED;
+use tidemark_store::reference::SensorInfo;
+use tidemark_store::{notify, DatabaseConfig, Store};
+use tokio_util::sync::CancellationToken;
+
+/// The `[analytics]` section of the configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalyticsConfig {
+    /// Flood files (areas, links, thresholds, rain rules), relative to the base configuration
+    /// file's folder.
+    #[serde(default)]
+    pub flood_files: Vec<PathBuf>,
+    /// The municipality layer (GeoJSON with KOMKODE and KOMNAVN), relative likewise.
+    #[serde(default = "default_municipalities")]
+    pub municipalities: PathBuf,
+    /// An area outside every municipality goes to the nearest one within this distance, km.
+    #[serde(default = "default_nearest_km")]
+    pub nearest_municipality_km: f64,
+    /// How far back an evaluation reads.
+    #[serde(default = "default_lookback", with = "duration::serde_str")]
+    pub lookback: Duration,
+    /// How often every area is evaluated, new readings or not.
+    #[serde(default = "default_sweep", with = "duration::serde_str")]
+    pub sweep_interval: Duration,
+    /// A station is stale after this many expected intervals without a reading.
+    #[serde(default = "default_stale_after")]
+    pub stale_after_intervals: i32,
+    /// How long notifications are gathered before evaluating.
+    #[serde(default = "default_debounce", with = "duration::serde_str")]
+    pub debounce: Duration,
+    /// How long a rainfall alert stays after the rain last exceeded a rule.
+    #[serde(default = "default_rain_hold", with = "duration::serde_str")]
+    pub rain_hold: Duration,
+}
+
+fn default_municipalities() -> PathBuf {
+    PathBuf::from("reference/dk-kommuner/kommuner.geojson")
+}
+const fn default_nearest_km() -> f64 {
+    25.0
+}
+const fn default_lookback() -> Duration {
+    Duration::from_secs(14 * 86_400)
+}
+const fn default_sweep() -> Duration {
+    Duration::from_secs(60)
+}
+const fn default_stale_after() -> i32 {
+    3
+}
+const fn default_debounce() -> Duration {
+    Duration::from_millis(100)
+}
+const fn default_rain_hold() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        AnalyticsConfig {
+            flood_files: Vec::new(),
+            municipalities: default_municipalities(),
+            nearest_municipality_km: default_nearest_km(),
+            lookback: default_lookback(),
+            sweep_interval: default_sweep(),
+            stale_after_intervals: default_stale_after(),
+            debounce: default_debounce(),
+            rain_hold: default_rain_hold(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("analytics cannot start: {0}")]
+    Store(#[from] tidemark_store::Error),
+}
+
+pub struct Metrics {
+    pub evaluations: Counter,
+    pub events: Counter,
+    pub failures: Counter,
+    pub evaluation_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let metrics = Metrics {
+            evaluations: Counter::default(),
+            events: Counter::default(),
+            failures: Counter::default(),
+            evaluation_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
+        };
+        let sub = registry.sub_registry_with_prefix("tidemark_analytics");
+        sub.register(
+            "evaluations",
+            "Flood area evaluations",
+            metrics.evaluations.clone(),
+        );
+        sub.register("events", "Warning events recorded", metrics.events.clone());
+        sub.register(
+            "failures",
+            "Evaluations that failed",
+            metrics.failures.clone(),
+        );
+        sub.register(
+            "evaluation_seconds",
+            "Time to evaluate an area and record its events",
+            metrics.evaluation_seconds.clone(),
+        );
+        metrics
+    }
+}
+
+/// Everything the runner needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub analytics: AnalyticsConfig,
+    pub database: DatabaseConfig,
+    /// The MQTT topic prefix alerts are published under (by delivery, from the outbox).
+    pub topic_prefix: String,
+}
+
+/// What the runner knows of the configuration, reloaded when an unknown sensor shows up.
+struct Model {
+    setup: FloodSetup,
+    sensors: HashMap<String, SensorInfo>,
+    by_id: HashMap<i32, String>,
+}
+
+impl Model {
+    async fn load(store: &Store) -> Result<Model, tidemark_store::Error> {
+        let setup = store.flood_setup().await?;
+        let catalog = store.sensor_catalog().await?;
+        Ok(Model {
+            setup,
+            by_id: catalog.iter().map(|s| (s.id, s.key.clone())).collect(),
+            sensors: catalog.into_iter().map(|s| (s.key.clone(), s)).collect(),
+        })
+    }
+
+    /// The areas a sensor's readings affect: those holding it, and those downstream of it.
+    fn areas_of(&self, sensor: &str) -> Vec<String> {
+        self.setup
+            .areas
+            .iter()
+            .filter(|a| a.sensors.iter().any(|s| s == sensor))
+            .map(|a| a.key.clone())
+            .chain(
+                self.setup
+                    .links
+                    .iter()
+                    .filter(|l| l.upstream_sensor == sensor)
+                    .map(|l| l.downstream_area.clone()),
+            )
+            .collect()
+    }
+}
+
+/// Runs until `shutdown`.
+pub async fn run(
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let store = Store::connect(&settings.database).await?;
+    let mut model = Model::load(&store).await?;
+    let mut listener = notify::listen(&settings.database, &[READINGS_COMMITTED]).await?;
+    tracing::info!(areas = model.setup.areas.len(), "analytics started");
+    let mut pending: BTreeSet<String> = model.setup.areas.iter().map(|a| a.key.clone()).collect();
+    let mut sweep = tokio::time::interval(settings.analytics.sweep_interval);
+    sweep.tick().await;
+    loop {
+        for area in std::mem::take(&mut pending) {
+            evaluate_area(&store, &model, &settings, &area, &metrics).await;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = sweep.tick() => {
+                pending.extend(model.setup.areas.iter().map(|a| a.key.clone()));
+            }
+            notification = listener.recv() => {
+                let Some(first) = notification else {
+                    tracing::warn!("the readings listener closed; reconnecting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    match notify::listen(&settings.database, &[READINGS_COMMITTED]).await {
+                        Ok(fresh) => listener = fresh,
+                        Err(error) => tracing::warn!(%error, "cannot listen for readings"),
+                    }
+                    // Readings may have been missed meanwhile: look at everything.
+                    pending.extend(model.setup.areas.iter().map(|a| a.key.clone()));
+                    continue;
+                };
+                let mut payloads = vec![first.payload];
+                let deadline = tokio::time::Instant::now() + settings.analytics.debounce;
+                while let Ok(Some(more)) = tokio::time::timeout_at(deadline, listener.recv()).await {
+                    payloads.push(more.payload);
+                }
+                let ids: BTreeSet<i32> = payloads
+                    .iter()
+                    .filter_map(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+                    .flat_map(|v| {
+                        v["sensors"]
+                            .as_array()
+                            .map(|a| a.iter().filter_map(|i| i.as_i64()).map(|i| i as i32).collect::<Vec<_>>())
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                if ids.iter().any(|id| !model.by_id.contains_key(id)) {
+                    match Model::load(&store).await {
+                        Ok(fresh) => model = fresh,
+                        Err(error) => tracing::warn!(%error, "cannot reload the flood setup"),
+                    }
+                }
+                for id in ids {
+                    if let Some(key) = model.by_id.get(&id) {
+                        pending.extend(model.areas_of(key));
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!("analytics stopped");
+    Ok(())
+}
+
+fn samples(series: Option<&Vec<(DateTime<Utc>, f64, i16)>>) -> Vec<Sample> {
+    series
+        .map(|rows| {
+            rows.iter()
+                .map(|(ts, value, quality)| Sample {
+                    ts: *ts,
+                    value: *value,
+                    quality: Quality(*quality),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn chrono(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+async fn evaluate_area(
+    store: &Store,
+    model: &Model,
+    settings: &Settings,
+    key: &str,
+    metrics: &Metrics,
+) {
+    let started = Instant::now();
+    match try_evaluate_area(store, model, settings, key).await {
+        Ok(recorded) => {
+            metrics.evaluations.inc();
+            metrics.events.inc_by(recorded);
+            metrics
+                .evaluation_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        Err(error) => {
+            metrics.failures.inc();
+            tracing::warn!(stage = "analytics", area = %key, %error, "evaluation failed");
+        }
+    }
+}
+
+async fn try_evaluate_area(
+    store: &Store,
+    model: &Model,
+    settings: &Settings,
+    key: &str,
+) -> Result<u64, tidemark_store::Error> {
+    let Some(area) = model.setup.areas.iter().find(|a| a.key == key) else {
+        return Ok(0);
+    };
+    let now = Utc::now();
+    let links: Vec<_> = model
+        .setup
+        .links
+        .iter()
+        .filter(|l| l.downstream_area == key)
+        .collect();
+    let keys: Vec<String> = area
+        .sensors
+        .iter()
+        .cloned()
+        .chain(links.iter().map(|l| l.upstream_sensor.clone()))
+        .collect();
+    let series = store
+        .series(&keys, now - chrono(settings.analytics.lookback))
+        .await?;
+    let received = store.last_received(&keys).await?;
+    let level_sensor = |sensor: &str| -> Option<LevelSensor> {
+        let t = model
+            .setup
+            .thresholds
+            .iter()
+            .find(|t| t.sensor_key == sensor)?;
+        Some(LevelSensor {
+            key: sensor.to_owned(),
+            rule: LevelRule {
+                thresholds: [t.alert, t.warning, t.severe],
+                persistence: chrono(t.persistence),
+                min_readings: t.min_readings.max(1) as u32,
+                hysteresis: t.hysteresis,
+                hold: chrono(t.hold),
+            },
+            qc: QcRules {
+                spike_floor: t.spike_floor,
+                plausible: (t.plausible_low, t.plausible_high),
+                ..QcRules::default()
+            },
+            rate_window: chrono(t.rate_window),
+            lead_time: chrono(t.lead_time),
+            expected_interval: model
+                .sensors
+                .get(sensor)
+                .map(|s| chrono(s.expected_interval))
+                .unwrap_or(chrono::Duration::minutes(15)),
+            samples: samples(series.get(sensor)),
+            last_received: received.get(sensor).copied(),
+        })
+    };
+    let mut input = AreaInput {
+        key: key.to_owned(),
+        levels: Vec::new(),
+        rains: Vec::new(),
+        upstream: Vec::new(),
+        stale_after_intervals: settings.analytics.stale_after_intervals,
+    };
+    for sensor in &area.sensors {
+        let is_rain = model
+            .sensors
+            .get(sensor)
+            .is_some_and(|s| s.quantity == "rainfall");
+        if is_rain {
+            let configured: Vec<RainRule> = model
+                .setup
+                .rain_rules
+                .iter()
+                .filter(|r| &r.sensor_key == sensor)
+                .map(|r| RainRule {
+                    window: chrono(r.window),
+                    more_than_mm: r.more_than_mm,
+                    severity: match r.severity {
+                        3 => Severity::Severe,
+                        2 => Severity::Warning,
+                        _ => Severity::Alert,
+                    },
+                })
+                .collect();
+            input.rains.push(RainSensor {
+                key: sensor.clone(),
+                rules: if configured.is_empty() {
+                    rain::dmi_rules()
+                } else {
+                    configured
+                },
+                hold: chrono(settings.analytics.rain_hold),
+                samples: samples(series.get(sensor)),
+            });
+        } else if let Some(level) = level_sensor(sensor) {
+            input.levels.push(level);
+        }
+    }
+    for link in links {
+        if let Some(sensor) = level_sensor(&link.upstream_sensor) {
+            input.upstream.push(Upstream {
+                sensor,
+                travel_time: chrono(link.travel_time),
+            });
+        }
+    }
+    let evaluation = area::evaluate(&input, now);
+    let (last_at, current) = store.area_status(key).await?;
+    let in_force = current.as_ref().map(|w| Level {
+        severity: match w.severity {
+            3 => Severity::Severe,
+            2 => Severity::Warning,
+            _ => Severity::Alert,
+        },
+        kind: if w.kind == "observed" {
+            WarningKind::Observed
+        } else {
+            WarningKind::Expected
+        },
+    });
+    let events = area::events(
+        &evaluation,
+        last_at,
+        in_force,
+        current.as_ref().is_some_and(|w| w.stale),
+    );
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let new_events: Vec<NewEvent> = events
+        .iter()
+        .map(|event| {
+            let (message_en, message_da) = messages::compose(&area.name, event);
+            NewEvent {
+                kind: event.kind.name(),
+                severity: event.level.map(|l| l.severity as i16),
+                warning_kind: event.level.map_or("observed", |l| l.kind.name()),
+                at: event.at,
+                message_en,
+                message_da,
+                trigger: event.trigger.as_ref().map_or(serde_json::json!({}), |t| {
+                    serde_json::json!({
+                        "sensor": t.sensor, "cause": t.cause, "value": t.value, "threshold": t.threshold,
+                        "rate": t.rate, "expected_at": t.expected_at,
+                    })
+                }),
+            }
+        })
+        .collect();
+    let deliveries: Vec<(String, String)> = area
+        .municipality_codes
+        .iter()
+        .map(|code| {
+            (
+                "mqtt".to_owned(),
+                format!("{}/alerts/{code}/{key}", settings.topic_prefix),
+            )
+        })
+        .collect();
+    let crossings: Vec<CrossingRow> = evaluation
+        .crossings
+        .iter()
+        .filter(|c| last_at.is_none_or(|last| c.at > last))
+        .map(|c| CrossingRow {
+            sensor_key: c.sensor.clone(),
+            severity: c.severity as i16,
+            up: c.up,
+            at: c.at,
+            value: c.value,
+        })
+        .collect();
+    store
+        .record_area_events(
+            key,
+            &area.municipality_codes,
+            &new_events,
+            &deliveries,
+            &crossings,
+        )
+        .await?;
+    for event in &new_events {
+        tracing::info!(area = %key, kind = event.kind, severity = ?event.severity, at = %event.at, "warning event");
+    }
+    Ok(new_events.len() as u64)
+}
