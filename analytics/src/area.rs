@@ -9,6 +9,7 @@ use crate::rain::{self, RainRule};
 use crate::series::Sample;
 use crate::trend;
 use chrono::{DateTime, Duration, Utc};
+use tidemark_model::Quality;
 
 /// Measured, or projected (a rising trend, or water on its way from upstream).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -103,6 +104,8 @@ pub struct Evaluation {
     /// When the area's stations became stale (true) or fresh again (false).
     pub stale: Vec<(DateTime<Utc>, bool)>,
     pub crossings: Vec<Crossing>,
+    /// Readings whose data-quality flags differ from what is stored: `(sensor, ts, new flags)`.
+    pub flags: Vec<(String, DateTime<Utc>, Quality)>,
 }
 
 fn level_steps(sensor: &LevelSensor, observed_only: bool, crossings: &mut Vec<Crossing>) -> Steps {
@@ -329,11 +332,25 @@ pub fn evaluate(area: &AreaInput, now: DateTime<Utc>) -> Evaluation {
         .chain(area.rains.iter().map(|s| &s.samples))
         .filter_map(|samples| samples.last().map(|s| s.ts))
         .max();
+    let flags = area
+        .levels
+        .iter()
+        .chain(area.upstream.iter().map(|u| &u.sensor))
+        .flat_map(|sensor| {
+            quality::check(&sensor.samples, &sensor.qc)
+                .into_iter()
+                .zip(&sensor.samples)
+                .filter(|(flag, sample)| *flag != sample.quality)
+                .map(|(flag, sample)| (sensor.key.clone(), sample.ts, flag))
+                .collect::<Vec<_>>()
+        })
+        .collect();
     Evaluation {
         latest,
         steps,
         stale: stale_changes(area, now),
         crossings,
+        flags,
     }
 }
 
@@ -556,6 +573,24 @@ mod tests {
         );
         let stale_at = events(&evaluation, None, None, false)[1].at;
         assert_eq!(stale_at, start() + Duration::minutes(50 + 30));
+    }
+
+    #[test]
+    fn a_spike_is_flagged_for_storage_and_raises_nothing() {
+        let values = [0.5, 0.52, 0.51, 16.71, 0.53, 0.52, 0.54];
+        let evaluation = evaluate(
+            &area(vec![gauge("g", &values)]),
+            start() + Duration::minutes(60),
+        );
+        assert!(evaluation.steps.iter().all(|(_, level, _)| level.is_none()));
+        assert_eq!(
+            evaluation.flags,
+            vec![(
+                "g".to_owned(),
+                start() + Duration::minutes(30),
+                Quality::SPIKE
+            )]
+        );
     }
 
     #[test]

@@ -395,6 +395,22 @@ async fn try_evaluate_area(
         }
     }
     let evaluation = area::evaluate(&input, now);
+    let mut flags: HashMap<&str, Vec<(DateTime<Utc>, i16)>> = HashMap::new();
+    for (sensor, ts, quality) in &evaluation.flags {
+        flags
+            .entry(sensor.as_str())
+            .or_default()
+            .push((*ts, quality.0));
+    }
+    for (sensor, flags) in flags {
+        let flagged = store.set_quality(sensor, &flags).await?;
+        tracing::info!(
+            stage = "analytics",
+            sensor,
+            flagged,
+            "readings flagged by data-quality checks"
+        );
+    }
     let (last_at, current) = store.area_status(key).await?;
     let in_force = current.as_ref().map(|w| Level {
         severity: match w.severity {

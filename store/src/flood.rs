@@ -349,6 +349,26 @@ impl Store {
         Ok(out)
     }
 
+    /// Sets the quality flags of one sensor's readings (data-quality findings from analytics).
+    pub async fn set_quality(
+        &self,
+        sensor_key: &str,
+        flags: &[(DateTime<Utc>, i16)],
+    ) -> Result<u64> {
+        let client = self.client().await?;
+        let times: Vec<DateTime<Utc>> = flags.iter().map(|f| f.0).collect();
+        let qualities: Vec<i16> = flags.iter().map(|f| f.1).collect();
+        client
+            .execute(
+                "UPDATE readings r SET quality = f.quality FROM sensors s, \
+                 unnest($2::timestamptz[], $3::int2[]) AS f(ts, quality) \
+                 WHERE s.key = $1 AND r.sensor_id = s.id AND r.ts = f.ts",
+                &[&sensor_key, &times, &qualities],
+            )
+            .await
+            .context("flagging readings")
+    }
+
     /// When each sensor's newest reading (by timestamp) arrived.
     pub async fn last_received(
         &self,

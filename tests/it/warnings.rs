@@ -25,6 +25,7 @@ fn config(harness: &Harness) -> Config {
             flood_files: vec![
                 repo("config/flood/baltic-2023.toml"),
                 repo("config/flood/calder-2025.toml"),
+                repo("config/flood/aarhus.toml"),
             ],
             municipalities: repo("config/reference/dk-kommuner/kommuner.geojson"),
             sweep_interval: Duration::from_secs(2),
@@ -261,6 +262,151 @@ async fn the_calder_valley_in_late_summer_raises_nothing() {
         harness.store.warnings(None).await.unwrap().is_empty(),
         "no warning is ever raised"
     );
+    analytics.stop().await;
+    ingest.stop().await;
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_cloudburst_raises_a_rain_alert_then_a_river_warning_downstream() {
+    let harness = Harness::start().await;
+    let ingest = harness.ingest_ready("ingest-cloudburst", None).await;
+    let config = config(&harness);
+    let analytics = start_analytics(&config).await;
+    let scenario = tidemark_sensors_sim::scenario::Scenario::from_file(&repo(
+        "config/scenarios/cloudburst.toml",
+    ))
+    .unwrap();
+    let args = tidemark::sim::SimArgs {
+        scenario: "cloudburst".into(),
+        seed: None,
+        speed: 0.0,
+        duration: Some("12h".into()),
+        passwords: None,
+    };
+    let database = harness.settings(Default::default()).database;
+    let report = tidemark::sim::simulate(
+        &database,
+        &harness.broker_config(),
+        &scenario,
+        &args,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    harness
+        .settle(report.readings, Duration::from_secs(60))
+        .await;
+    quiet(&analytics).await;
+    let events = harness
+        .store
+        .warning_events("aarhus-aa-city")
+        .await
+        .unwrap();
+    let first = events.first().expect("the cloudburst raises a warning");
+    assert_eq!(first.kind, "raised");
+    assert!(
+        first.message_en.contains("mm of rain"),
+        "a rainfall alert first: {}",
+        first.message_en
+    );
+    let river = events
+        .iter()
+        .find(|e| e.severity == Some(2) && e.message_en.contains("aarhus-aa-city.level"))
+        .expect("a river warning downstream");
+    assert!(
+        river.at - first.at >= ChronoDuration::hours(1),
+        "after the lag: {} then {}",
+        first.at,
+        river.at
+    );
+    let sewer = harness
+        .store
+        .warning_events("aarhus-c-sewer")
+        .await
+        .unwrap();
+    assert!(
+        sewer.first().is_some_and(|e| e.at < river.at),
+        "the sewer answers first"
+    );
+    analytics.stop().await;
+    ingest.stop().await;
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spike_flagged_good_by_the_device_is_flagged_on_the_reading_and_raises_nothing() {
+    let harness = Harness::start().await;
+    let ingest = harness.ingest_ready("ingest-spike", None).await;
+    let flood_file =
+        std::env::temp_dir().join(format!("tidemark-spike-{}.toml", std::process::id()));
+    let sensor = sensor(0, 0);
+    std::fs::write(
+        &flood_file,
+        format!(
+            r#"
+[[areas]]
+key = "harbour"
+name = "Harbour"
+polygon = [[9.40, 54.78], [9.47, 54.78], [9.47, 54.82], [9.40, 54.82], [9.40, 54.78]]
+sensors = ["{sensor}"]
+
+[[thresholds]]
+sensor = "{sensor}"
+alert = 1.0
+warning = 1.5
+severe = 2.0
+persistence = "20m"
+hysteresis = 0.1
+hold = "1h"
+"#
+        ),
+    )
+    .unwrap();
+    let mut config = config(&harness);
+    config.analytics.flood_files = vec![flood_file.clone()];
+    let analytics = start_analytics(&config).await;
+    let start = Utc::now() - ChronoDuration::hours(3);
+    let messages: Vec<(String, Vec<u8>)> = (0..18)
+        .map(|i| {
+            let value = if i == 9 {
+                16.71
+            } else {
+                0.40 + 0.01 * (i % 3) as f64
+            };
+            let ts = rfc3339(start + ChronoDuration::minutes(10 * i));
+            let payload = format!(
+                r#"{{"sensor":"{sensor}","ts":"{ts}","value":{value},"unit":"m","quality":"good"}}"#
+            );
+            (topic(&device(0)), payload.into_bytes())
+        })
+        .collect();
+    publish(&harness.broker_config(), messages).await;
+    harness.settle(18, Duration::from_secs(30)).await;
+    let flagged = wait_for(Duration::from_secs(30), || async {
+        harness
+            .store
+            .sensor_readings(&sensor)
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.2 & tidemark_model::Quality::SPIKE.0 != 0)
+    })
+    .await;
+    assert!(flagged, "the spike is flagged on the stored reading");
+    quiet(&analytics).await;
+    let readings = harness.store.sensor_readings(&sensor).await.unwrap();
+    let spikes: Vec<f64> = readings
+        .iter()
+        .filter(|r| r.2 & tidemark_model::Quality::SPIKE.0 != 0)
+        .map(|r| r.1)
+        .collect();
+    assert_eq!(spikes, [16.71]);
+    assert!(
+        harness.store.warnings(None).await.unwrap().is_empty(),
+        "the spike raises nothing"
+    );
+    let _ = std::fs::remove_file(flood_file);
     analytics.stop().await;
     ingest.stop().await;
     harness.finish().await;
