@@ -7,6 +7,7 @@
 //! - [`app`]: `migrate`, `ingest` and `run` as the CLI calls them.
 //! - [`bench`]: `tidemark bench ingest`.
 //! - [`sim`]: `tidemark sim` and `tidemark replay`.
+//! - [`verify`]: `tidemark verify`, warning verification for a period.
 //! - [`testkit`]: a private Mosquitto and fresh databases, for tests and benchmarks.
 
 pub mod app;
@@ -14,3 +15,4 @@ pub mod bench;
 pub mod config;
 pub mod sim;
 pub mod testkit;
+pub mod verify;

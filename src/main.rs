@@ -39,6 +39,8 @@ enum Command {
     Sim(tidemark::sim::SimArgs),
     /// Publish a recorded data set over MQTT as its devices would have.
     Replay(tidemark::sim::ReplayArgs),
+    /// Score the warnings of a period against the threshold crossings the gauges measured.
+    Verify(tidemark::verify::VerifyArgs),
     /// Measure throughput and latency.
     Bench {
         #[command(subcommand)]
@@ -143,6 +145,7 @@ async fn execute(
             );
             Ok(())
         }
+        Command::Verify(args) => tidemark::verify::run(&config.database, &args).await,
         Command::Bench {
             what: BenchCommand::Ingest(args),
         } => tidemark::bench::ingest(&config, config_file, args).await,

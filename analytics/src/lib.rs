@@ -12,6 +12,7 @@
 //! - [`rain`]: rainfall accumulation over windows, against DMI's definitions.
 //! - [`freshness`]: staleness of a station that has gone silent.
 //! - [`upstream`]: when an upstream crossing reaches a downstream area.
+//! - [`verification`]: hit rate, misses, false alarms and lead time of the warnings.
 //!
 //! The runner that LISTENs for `readings_committed` and writes warnings will sit on top of these.
 //!
@@ -30,3 +31,4 @@ pub mod series;
 pub mod setup;
 pub mod trend;
 pub mod upstream;
+pub mod verification;

@@ -601,6 +601,57 @@ impl Store {
             .collect())
     }
 
+    /// Up-crossings `(sensor, severity, at)` between two instants, for verification.
+    pub async fn up_crossings(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<(String, i16, DateTime<Utc>)>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT sensor_key, severity, at FROM threshold_crossings \
+                 WHERE direction = 'up' AND at >= $1 AND at < $2 ORDER BY at",
+                &[&from, &to],
+            )
+            .await
+            .context("reading crossings")?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    /// Every area's events between two instants, in order.
+    pub async fn events_between(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<EventRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, warning_id, area_key, kind, severity, at, message_en, message_da FROM warning_events \
+                 WHERE at >= $1 AND at < $2 ORDER BY area_key, at, id",
+                &[&from, &to],
+            )
+            .await
+            .context("reading warning events")?;
+        Ok(rows
+            .iter()
+            .map(|r| EventRow {
+                id: r.get(0),
+                warning_id: r.get(1),
+                area_key: r.get(2),
+                kind: r.get(3),
+                severity: r.get(4),
+                at: r.get(5),
+                message_en: r.get(6),
+                message_da: r.get(7),
+            })
+            .collect())
+    }
+
     /// Outbox rows `(channel, target)` queued for an event.
     pub async fn outbox_for(&self, event_id: i64) -> Result<Vec<(String, String)>> {
         let client = self.client().await?;

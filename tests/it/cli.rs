@@ -136,3 +136,10 @@ async fn tidemark_run_ingests_serves_and_stops_cleanly_on_sigterm() {
     assert!(exit.success(), "{exit}");
     harness.finish().await;
 }
+
+#[test]
+fn verify_names_a_bad_period() {
+    let output = tidemark(&["verify", "--from", "yesterday"], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("--from \"yesterday\""), "{}", stderr(&output));
+}

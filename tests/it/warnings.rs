@@ -236,6 +236,28 @@ async fn the_baltic_surge_raises_escalates_and_lifts_flensburg_and_reports_kappe
         "nothing lifts it while the gauge is silent"
     );
 
+    // Verification over the replayed period: every Flensburg crossing was warned of.
+    let scores = tidemark::verify::scores(
+        &config.database,
+        utc(15, 0, 0) + shift,
+        utc(26, 0, 0) + shift,
+        ChronoDuration::hours(1),
+    )
+    .await
+    .unwrap();
+    for severity in 1..=3 {
+        let score = &scores[&("flensburg-fjord".to_owned(), severity)];
+        assert!(
+            score.hits >= 1 && score.misses == 0,
+            "severity {severity}: {score:?}"
+        );
+    }
+    let kiel_severe = scores.get(&("kiel-fjord".to_owned(), 3));
+    assert!(
+        kiel_severe.is_none(),
+        "no Severe crossing and no Severe warning at Kiel: {kiel_severe:?}"
+    );
+
     assert_eq!(analytics.metrics.failures.get(), 0);
     analytics.stop().await;
     ingest.stop().await;
