@@ -6,12 +6,14 @@
 //! - [`config`]: [`config::Config`], the layered configuration of every stage.
 //! - [`app`]: `migrate`, `ingest` and `run` as the CLI calls them.
 //! - [`bench`]: `tidemark bench ingest`.
+//! - [`bench_analytics`]: `tidemark bench analytics`.
 //! - [`sim`]: `tidemark sim` and `tidemark replay`.
 //! - [`verify`]: `tidemark verify`, warning verification for a period.
 //! - [`testkit`]: a private Mosquitto and fresh databases, for tests and benchmarks.
 
 pub mod app;
 pub mod bench;
+pub mod bench_analytics;
 pub mod config;
 pub mod sim;
 pub mod testkit;

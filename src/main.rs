@@ -53,6 +53,9 @@ enum BenchCommand {
     /// Publish readings through a private broker into a fresh database and report readings/s,
     /// publish-to-commit latency and ingest RSS, beside the broker's and the database's ceilings.
     Ingest(tidemark::bench::IngestBenchArgs),
+    /// Time from the commit of a threshold-crossing reading to the commit of its warning event,
+    /// with ingest loaded at full speed.
+    Analytics(tidemark::bench_analytics::AnalyticsBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -149,6 +152,9 @@ async fn execute(
         Command::Bench {
             what: BenchCommand::Ingest(args),
         } => tidemark::bench::ingest(&config, config_file, args).await,
+        Command::Bench {
+            what: BenchCommand::Analytics(args),
+        } => tidemark::bench_analytics::analytics(&config, args).await,
     }
 }
 

@@ -9,6 +9,7 @@ use crate::quality::QcRules;
 use crate::rain::{self, RainRule};
 use crate::series::Sample;
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -71,7 +72,7 @@ const fn default_stale_after() -> i32 {
     3
 }
 const fn default_debounce() -> Duration {
-    Duration::from_millis(100)
+    Duration::from_millis(20)
 }
 const fn default_rain_hold() -> Duration {
     Duration::from_secs(3600)
@@ -179,6 +180,9 @@ impl Model {
     }
 }
 
+/// Areas evaluated at the same time; each takes a pooled connection.
+const CONCURRENT_EVALUATIONS: usize = 4;
+
 /// Runs until `shutdown`.
 pub async fn run(
     settings: Settings,
@@ -193,9 +197,13 @@ pub async fn run(
     let mut sweep = tokio::time::interval(settings.analytics.sweep_interval);
     sweep.tick().await;
     loop {
-        for area in std::mem::take(&mut pending) {
-            evaluate_area(&store, &model, &settings, &area, &metrics).await;
-        }
+        // Areas are independent (each has its own advisory lock), so a few are evaluated at once.
+        futures_util::stream::iter(std::mem::take(&mut pending))
+            .for_each_concurrent(CONCURRENT_EVALUATIONS, |area| {
+                let (store, model, settings, metrics) = (&store, &model, &settings, &metrics);
+                async move { evaluate_area(store, model, settings, &area, metrics).await }
+            })
+            .await;
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = sweep.tick() => {

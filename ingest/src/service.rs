@@ -1,16 +1,17 @@
 //! The ingest service: an MQTT session task that only moves packets, and a writer task that
 //! batches, commits and then acknowledges.
 //!
-//! The session task never waits on the database, so keep-alives flow while the database is slow or
-//! down. Memory is bounded twice: the broker sends at most its in-flight window of unacknowledged
-//! messages, and the session task stops reading once `max_buffered_bytes` of payload wait for a
-//! commit.
+//! The session task never waits on the database or on buffer space, so keep-alives and
+//! acknowledgements flow while the database is slow or down. What is received but not yet committed
+//! is bounded by the broker's in-flight window of unacknowledged messages; of it, at most
+//! `max_buffered_bytes` are handed to the batcher, and the rest wait in the session task.
 
 use crate::config::IngestConfig;
 use crate::message::{self, Processed, Rules};
 use crate::metrics::Metrics;
 use chrono::{DateTime, Utc};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -186,10 +187,37 @@ async fn session_loop(
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
+    // Messages that arrived while the buffer was full. The event loop must go on being polled
+    // regardless, or the acknowledgements of committed batches could never leave and nothing would
+    // free the buffer; so instead of waiting for room, newcomers wait here, bounded by the broker's
+    // in-flight window.
+    let mut overflow: VecDeque<(Publish, DateTime<Utc>, u64, usize)> = VecDeque::new();
     loop {
+        while let Some((_, _, _, size)) = overflow.front() {
+            let Ok(permit) = buffer.clone().try_acquire_many_owned(*size as u32) else {
+                break;
+            };
+            let (publish, received_at, on, size) = overflow.pop_front().expect("front exists");
+            let received = Received {
+                publish,
+                received_at,
+                connection: on,
+                buffered: size,
+                _buffer: permit,
+            };
+            if tx.send(received).is_err() {
+                return;
+            }
+        }
+        let waiting_for = overflow.front().map_or(0, |o| o.3 as u32);
         let event = tokio::select! {
             _ = stop.cancelled() => return,
             event = eventloop.poll() => event,
+            room = buffer.acquire_many(waiting_for), if waiting_for > 0 => {
+                // Room again: released at once and taken in order at the top of the loop.
+                drop(room);
+                continue;
+            }
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -209,22 +237,9 @@ async fn session_loop(
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 metrics.messages_received.inc();
                 let size = publish.payload.len().clamp(1, max_payload.max(1));
-                let permit = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    permit = buffer.clone().acquire_many_owned(size as u32) => permit,
-                };
-                let Ok(permit) = permit else { return };
                 metrics.buffered_bytes.inc_by(size as i64);
-                let received = Received {
-                    publish,
-                    received_at: Utc::now(),
-                    connection: connection.load(Ordering::SeqCst),
-                    buffered: size,
-                    _buffer: permit,
-                };
-                if tx.send(received).is_err() {
-                    return;
-                }
+                // Queued behind any earlier overflow, so that messages keep their order.
+                overflow.push_back((publish, Utc::now(), connection.load(Ordering::SeqCst), size));
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 let granted = ack

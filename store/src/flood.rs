@@ -403,6 +403,9 @@ impl Store {
             .await
             .context("reading the last event")?
             .get(0);
+        // The pooled connection goes back before warnings() takes one: holding one while waiting
+        // for another deadlocks a pool that concurrent callers have drained.
+        drop(client);
         let current = self
             .warnings(Some(area_key))
             .await?
@@ -650,6 +653,24 @@ impl Store {
                 message_da: r.get(7),
             })
             .collect())
+    }
+
+    /// When a sensor's reading at `ts` arrived.
+    pub async fn received_at(
+        &self,
+        sensor_key: &str,
+        ts: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT r.received_at FROM readings r JOIN sensors s ON s.id = r.sensor_id \
+                 WHERE s.key = $1 AND r.ts = $2",
+                &[&sensor_key, &ts],
+            )
+            .await
+            .context("reading an arrival time")?;
+        Ok(row.map(|r| r.get(0)))
     }
 
     /// Outbox rows `(channel, target)` queued for an event.

@@ -96,6 +96,9 @@ impl<T> Context<T> for std::result::Result<T, tokio_postgres::Error> {
     }
 }
 
+/// How long a caller waits for a pooled connection before giving up with an error.
+const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The storage handle: a connection pool plus what was learned about the database.
 #[derive(Clone)]
 pub struct Store {
@@ -118,8 +121,12 @@ impl Store {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        // A bounded wait turns an exhausted pool into an error that is logged and retried,
+        // never a silent hang.
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
             .build()
             .map_err(|e| Error::PoolBuild(e.to_string()))?;
         Ok(Store {

@@ -141,5 +141,9 @@ async fn tidemark_run_ingests_serves_and_stops_cleanly_on_sigterm() {
 fn verify_names_a_bad_period() {
     let output = tidemark(&["verify", "--from", "yesterday"], &[]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("--from \"yesterday\""), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("--from \"yesterday\""),
+        "{}",
+        stderr(&output)
+    );
 }

@@ -313,3 +313,29 @@ async fn a_database_outage_holds_acknowledgements_and_loses_nothing() {
     ingest.stop().await;
     harness.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_buffer_holds_messages_back_without_stalling() {
+    // A buffer of two payloads: nearly every message waits for room in the session task, which
+    // goes on polling the broker meanwhile, and every reading still lands once.
+    let harness = Harness::start().await;
+    let config = tidemark_ingest::IngestConfig {
+        client_id: "ingest-small-buffer".into(),
+        max_payload_bytes: 8 * 1024,
+        max_buffered_bytes: 16 * 1024,
+        ..Default::default()
+    };
+    let ingest = harness.ingest_with(harness.settings(config));
+    ingest.subscribed("ingest-small-buffer").await;
+    publish(
+        &harness.broker_config(),
+        mixed_messages(Utc::now() - chrono::Duration::days(30)),
+    )
+    .await;
+    assert_eq!(
+        harness.settle(TEN_THOUSAND, Duration::from_secs(60)).await,
+        TEN_THOUSAND
+    );
+    ingest.stop().await;
+    harness.finish().await;
+}

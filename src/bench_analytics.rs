@@ -1,0 +1,330 @@
+//! `tidemark bench analytics`: the time from the commit of a reading that crosses a threshold to
+//! the commit of the warning event it causes, while ingest runs at full speed on other sensors.
+//!
+//! Ingest and the analytics runner run in this process against a private Mosquitto and a fresh
+//! database. Flood areas each hold one gauge whose thresholds switch on every reading (no
+//! persistence, hysteresis or hold), so alternating high and low readings raise and lift a warning
+//! each time. One connection listens to both `readings_committed` and `warnings_changed`: a
+//! reading's commit is the arrival of the notification naming its batch's `received_at`, the
+//! warning's commit the arrival of the notification naming its event.
+
+use crate::bench::percentile;
+use crate::config::Config;
+use crate::testkit::{Broker, TestDatabase};
+use anyhow::Context;
+use chrono::{DateTime, SecondsFormat, Utc};
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tidemark_model::broker::BrokerConfig;
+use tidemark_model::{DeviceId, SensorKey};
+use tidemark_sensors_sim::load::{self, Device, Plan};
+use tidemark_store::flood::{AreaRow, FloodSetup, ThresholdRow, WARNINGS_CHANGED};
+use tidemark_store::readings::READINGS_COMMITTED;
+use tidemark_store::reference::{DeviceRecord, ReferenceData, SensorRecord};
+use tidemark_store::{notify, Store};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AnalyticsBenchArgs {
+    /// Flood areas, each with one gauge.
+    #[arg(long, default_value_t = 20)]
+    pub areas: usize,
+    /// Background readings published in messages of 50 while the triggers run.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub load: usize,
+    /// Pause between two triggering readings.
+    #[arg(long, default_value = "20ms")]
+    pub interval: String,
+}
+
+pub async fn analytics(config: &Config, args: AnalyticsBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.areas > 0, "--areas must be positive");
+    let interval = tidemark_model::duration::parse(&args.interval)?;
+    let broker = Broker::start().await?;
+    let database = TestDatabase::create(&config.database).await?;
+    let outcome = measure(config, &args, interval, &broker, &database.config).await;
+    database.drop_database().await?;
+    outcome
+}
+
+async fn measure(
+    config: &Config,
+    args: &AnalyticsBenchArgs,
+    interval: Duration,
+    broker: &Broker,
+    database: &tidemark_store::DatabaseConfig,
+) -> anyhow::Result<()> {
+    let mqtt = BrokerConfig {
+        topic_prefix: config.mqtt.topic_prefix.clone(),
+        ..broker.config()
+    };
+    tidemark_store::schema::migrate(database).await?;
+    let store = Store::connect(database).await?;
+    let (gauges, background) = register(&store, args.areas).await?;
+
+    let shutdown = CancellationToken::new();
+    let mut registry = Registry::default();
+    let ingest_metrics = Arc::new(tidemark_ingest::Metrics::register(&mut registry));
+    let analytics_metrics = Arc::new(tidemark_analytics::runner::Metrics::register(&mut registry));
+    let ingest = tokio::spawn(tidemark_ingest::run(
+        tidemark_ingest::Settings {
+            ingest: tidemark_ingest::IngestConfig {
+                client_id: "bench-analytics-ingest".into(),
+                ..config.ingest.clone()
+            },
+            mqtt: mqtt.clone(),
+            database: database.clone(),
+        },
+        ingest_metrics.clone(),
+        shutdown.clone(),
+    ));
+    let analytics = tokio::spawn(tidemark_analytics::runner::run(
+        tidemark_analytics::runner::Settings {
+            analytics: config.analytics.clone(),
+            database: database.clone(),
+            topic_prefix: mqtt.topic_prefix.clone(),
+        },
+        analytics_metrics.clone(),
+        shutdown.clone(),
+    ));
+    let mut listener = notify::listen(database, &[READINGS_COMMITTED, WARNINGS_CHANGED]).await?;
+    for _ in 0..200 {
+        if ingest_metrics.subscribed.get() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::ensure!(
+        ingest_metrics.subscribed.get() == 1,
+        "ingest did not subscribe"
+    );
+
+    let stop_listening = CancellationToken::new();
+    let stop = stop_listening.clone();
+    let collector = tokio::spawn(async move {
+        let mut commits: HashMap<i64, DateTime<Utc>> = HashMap::new();
+        let mut events: HashMap<i64, DateTime<Utc>> = HashMap::new();
+        loop {
+            let notification = tokio::select! {
+                _ = stop.cancelled() => break,
+                n = listener.recv() => match n { Some(n) => n, None => break },
+            };
+            let arrived = Utc::now();
+            if notification.channel == WARNINGS_CHANGED {
+                if let Ok(id) = notification.payload.parse() {
+                    events.insert(id, arrived);
+                }
+            } else if let Some(received) =
+                serde_json::from_str::<serde_json::Value>(&notification.payload)
+                    .ok()
+                    .and_then(|v| {
+                        v["received_at"]
+                            .as_str()
+                            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                    })
+            {
+                commits
+                    .entry(received.timestamp_micros())
+                    .or_insert(arrived);
+            }
+        }
+        (commits, events)
+    });
+
+    let load_plan = Plan {
+        devices: background,
+        readings: args.load,
+        per_message: 50,
+        connections: 2,
+        client_prefix: "bench-analytics-load".into(),
+    };
+    let background_mqtt = mqtt.clone();
+    let started = std::time::Instant::now();
+    let loading = tokio::spawn(async move { load::publish(&background_mqtt, &load_plan).await });
+    let mut triggers: Vec<(usize, DateTime<Utc>)> = Vec::new();
+    let mut round = 0usize;
+    // Triggers run for as long as ingest is still working through the background load.
+    while !loading.is_finished() || ingest_metrics.readings_stored.get() < args.load as u64 {
+        let area = round % gauges.len();
+        let high = (round / gauges.len()) % 2 == 0;
+        let now = Utc::now();
+        let ts = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        let payload = format!(
+            r#"{{"sensor":"{}","ts":"{}","value":{},"unit":"m"}}"#,
+            gauges[area].1,
+            ts.to_rfc3339_opts(SecondsFormat::Micros, true),
+            if high { 2.5 } else { 0.2 }
+        );
+        let topic = format!("{}/readings/{}", mqtt.topic_prefix, gauges[area].0);
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            load::publish_messages(&mqtt, "bench-trigger", vec![(topic, payload.into_bytes())]),
+        )
+        .await
+        .context("a triggering reading was not acknowledged within 10 s")??;
+        triggers.push((area, ts));
+        round += 1;
+        if round % 250 == 0 {
+            eprintln!(
+                "bench analytics: {:.0} s, {} triggers, ingest stored {} of {}, {} bytes buffered",
+                started.elapsed().as_secs_f64(),
+                round,
+                ingest_metrics.readings_stored.get(),
+                args.load,
+                ingest_metrics.buffered_bytes.get()
+            );
+        }
+        tokio::time::sleep(interval).await;
+    }
+    let load_report = loading.await??;
+    let load_seconds = started.elapsed().as_secs_f64();
+    // Let the last triggers' events land before counting.
+    let expected_events = triggers.len() as u64;
+    for _ in 0..100 {
+        if analytics_metrics.events.get() >= expected_events {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    let _ = ingest.await;
+    let _ = analytics.await;
+    stop_listening.cancel();
+    let (commits, event_arrivals) = collector.await.context("the listener task failed")?;
+
+    let mut latencies = Vec::new();
+    let mut unmatched = 0;
+    let mut events_by_area: HashMap<usize, Vec<tidemark_store::flood::EventRow>> = HashMap::new();
+    for area in 0..gauges.len() {
+        events_by_area.insert(
+            area,
+            store.warning_events(&format!("bench-area-{area}")).await?,
+        );
+    }
+    for (area, ts) in &triggers {
+        let committed = store
+            .received_at(&gauges[*area].1, *ts)
+            .await?
+            .and_then(|received| commits.get(&received.timestamp_micros()).copied());
+        let warned = events_by_area[area]
+            .iter()
+            .find(|e| e.at == *ts)
+            .and_then(|e| event_arrivals.get(&e.id).copied());
+        match (committed, warned) {
+            (Some(c), Some(w)) => {
+                latencies.push((w - c).num_microseconds().unwrap_or(0) as f64 / 1000.0)
+            }
+            _ => unmatched += 1,
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "tidemark bench analytics: {} areas, {} triggering readings every {} while {} background readings were ingested ({:.0} readings/s published)",
+        gauges.len(),
+        triggers.len(),
+        args.interval,
+        load_report.readings,
+        load_report.readings as f64 / load_seconds,
+    );
+    println!(
+        "machine: {} cores",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "reading commit to warning commit: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} events ({} unmatched)",
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(f64::NAN),
+        latencies.len(),
+        unmatched
+    );
+    println!(
+        "ingest stored {} readings; analytics ran {} evaluations, {} failed",
+        ingest_metrics.readings_stored.get(),
+        analytics_metrics.evaluations.get(),
+        analytics_metrics.failures.get()
+    );
+    Ok(())
+}
+
+async fn register(
+    store: &Store,
+    areas: usize,
+) -> anyhow::Result<(Vec<(String, String)>, Vec<Device>)> {
+    let mut reference = ReferenceData::default();
+    let mut setup = FloodSetup::default();
+    let mut gauges = Vec::new();
+    for a in 0..areas {
+        let device = format!("bench-gauge-{a}");
+        let sensor = format!("bench-gauge-{a}.level");
+        reference.devices.push(DeviceRecord {
+            key: device.clone(),
+            name: String::new(),
+        });
+        reference.sensors.push(SensorRecord {
+            key: sensor.clone(),
+            device: device.clone(),
+            station: None,
+            quantity: "water_level".into(),
+            name: String::new(),
+            expected_interval: Duration::from_secs(3600),
+        });
+        let lon = 10.0 + a as f64 * 0.01;
+        setup.areas.push(AreaRow {
+            key: format!("bench-area-{a}"),
+            name: format!("bench area {a}"),
+            polygon: serde_json::json!({"type": "Polygon", "coordinates": [[[lon, 56.0], [lon + 0.005, 56.0], [lon + 0.005, 56.005], [lon, 56.005], [lon, 56.0]]]}),
+            municipality_codes: vec![],
+            sensors: vec![sensor.clone()],
+        });
+        setup.thresholds.push(ThresholdRow {
+            sensor_key: sensor.clone(),
+            alert: 1.0,
+            warning: 1.5,
+            severe: 2.0,
+            persistence: Duration::ZERO,
+            min_readings: 1,
+            hysteresis: 0.0,
+            hold: Duration::ZERO,
+            rate_window: Duration::from_secs(3600),
+            lead_time: Duration::ZERO,
+            plausible_low: -10.0,
+            plausible_high: 10.0,
+            spike_floor: 100.0,
+        });
+        gauges.push((device, sensor));
+    }
+    let mut background = Vec::new();
+    for d in 0..20 {
+        let device = format!("bench-load-{d}");
+        reference.devices.push(DeviceRecord {
+            key: device.clone(),
+            name: String::new(),
+        });
+        let mut sensors = Vec::new();
+        for s in 0..10 {
+            let sensor = format!("bench-load-{d}.level-{s}");
+            reference.sensors.push(SensorRecord {
+                key: sensor.clone(),
+                device: device.clone(),
+                station: None,
+                quantity: "water_level".into(),
+                name: String::new(),
+                expected_interval: Duration::from_secs(60),
+            });
+            sensors.push(SensorKey::parse(&sensor)?);
+        }
+        background.push(Device {
+            id: DeviceId::parse(&device)?,
+            sensors,
+        });
+    }
+    store.apply_reference(&reference).await?;
+    store
+        .apply_flood_setup(&setup)
+        .await
+        .context("registering the bench areas")?;
+    Ok((gauges, background))
+}
