@@ -293,6 +293,7 @@ async fn register(
             plausible_low: -10.0,
             plausible_high: 10.0,
             spike_floor: 100.0,
+            rate_alert: None,
         });
         gauges.push((device, sensor));
     }

@@ -57,6 +57,8 @@ pub struct LevelSensor {
     pub qc: QcRules,
     pub rate_window: Duration,
     pub lead_time: Duration,
+    /// Rising at least this fast (units per hour) raises an expected alert whatever the level.
+    pub rate_alert: Option<f64>,
     pub expected_interval: Duration,
     pub samples: Vec<Sample>,
     /// When the newest reading arrived. A station whose readings are still arriving is not
@@ -106,6 +108,12 @@ pub struct Evaluation {
     pub crossings: Vec<Crossing>,
     /// Readings whose data-quality flags differ from what is stored: `(sensor, ts, new flags)`.
     pub flags: Vec<(String, DateTime<Utc>, Quality)>,
+}
+
+impl LevelSensor {
+    fn rule_rate_alert(&self) -> Option<f64> {
+        self.rate_alert.filter(|r| r.is_finite() && *r > 0.0)
+    }
 }
 
 fn level_steps(sensor: &LevelSensor, observed_only: bool, crossings: &mut Vec<Crossing>) -> Steps {
@@ -177,6 +185,30 @@ fn level_steps(sensor: &LevelSensor, observed_only: bool, crossings: &mut Vec<Cr
                     })
                 })
             });
+            let fast_rise = rate
+                .zip(sensor.rule_rate_alert())
+                .filter(|(rate, limit)| rate >= limit)
+                .filter(|_| state.severity.is_none())
+                .map(|(rate, limit)| {
+                    (
+                        Level {
+                            severity: Severity::Alert,
+                            kind: WarningKind::Expected,
+                        },
+                        Trigger {
+                            sensor: sensor.key.clone(),
+                            cause: "rate",
+                            value: sample.value,
+                            threshold: limit,
+                            rate: Some(rate),
+                            expected_at: None,
+                        },
+                    )
+                });
+            let projected = match (projected, fast_rise) {
+                (Some(p), Some(f)) => Some(if f.0 > p.0 { f } else { p }),
+                (p, f) => p.or(f),
+            };
             // A projection holds like a crossing does, so that a wobbling trend does not flap.
             if let Some((level, trigger)) = projected {
                 if expected
@@ -509,6 +541,7 @@ mod tests {
             qc: QcRules::default(),
             rate_window: Duration::hours(1),
             lead_time: Duration::minutes(30),
+            rate_alert: None,
             expected_interval: Duration::minutes(10),
             samples: samples(values, 10),
             last_received: None,
@@ -555,6 +588,32 @@ mod tests {
             .unwrap();
         assert!(events[0].at < first_observed.at, "projection raises early");
         assert_eq!(events[0].trigger.as_ref().unwrap().cause, "projection");
+    }
+
+    #[test]
+    fn a_fast_rise_raises_an_expected_alert_below_every_threshold() {
+        // 6 cm per 10 minutes (0.36 m/h) from 0.2 m: far below the 1.0 m alert, but fast.
+        let values: Vec<f64> = (0..8).map(|i| 0.2 + 0.06 * i as f64).collect();
+        let mut sensor = gauge("g", &values);
+        sensor.lead_time = Duration::zero();
+        let quiet = evaluate(
+            &area(vec![gauge("g", &values)]),
+            start() + Duration::minutes(75),
+        );
+        assert!(
+            quiet.steps.iter().all(|(_, level, _)| level.is_none()),
+            "no rate threshold, no alert"
+        );
+        sensor.rate_alert = Some(0.3);
+        let evaluation = evaluate(&area(vec![sensor]), start() + Duration::minutes(75));
+        let events = events(&evaluation, None, None, false);
+        assert_eq!(kinds(&events)[0], (Raised, Some(Alert), Some(Expected)));
+        assert_eq!(events[0].trigger.as_ref().unwrap().cause, "rate");
+        assert_eq!(
+            events[0].at,
+            start() + Duration::minutes(20),
+            "three readings make a trend"
+        );
     }
 
     #[test]

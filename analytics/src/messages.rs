@@ -39,6 +39,13 @@ fn cause_en(t: &Trigger) -> String {
             "{:.1} mm of rain at {}, more than {:.0} mm",
             t.value, t.sensor, t.threshold
         ),
+        "rate" => format!(
+            "{} reads {:.2} m and is rising {:.2} m/h, faster than {:.2} m/h",
+            t.sensor,
+            t.value,
+            t.rate.unwrap_or_default(),
+            t.threshold
+        ),
         "upstream" => format!(
             "water at upstream gauge {} ({:.2} m) is expected to arrive by {}",
             t.sensor,
@@ -65,6 +72,13 @@ fn cause_da(t: &Trigger) -> String {
         "rain" => format!(
             "{:.1} mm regn ved {}, mere end {:.0} mm",
             t.value, t.sensor, t.threshold
+        ),
+        "rate" => format!(
+            "{} måler {:.2} m og stiger {:.2} m/t, hurtigere end {:.2} m/t",
+            t.sensor,
+            t.value,
+            t.rate.unwrap_or_default(),
+            t.threshold
         ),
         "upstream" => format!(
             "vandet ved {} opstrøms ({:.2} m) ventes at nå frem senest {}",

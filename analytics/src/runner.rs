@@ -343,6 +343,7 @@ async fn try_evaluate_area(
             },
             rate_window: chrono(t.rate_window),
             lead_time: chrono(t.lead_time),
+            rate_alert: t.rate_alert,
             expected_interval: model
                 .sensors
                 .get(sensor)

@@ -81,6 +81,9 @@ pub struct ThresholdSpec {
     /// The smallest deviation called a spike.
     #[serde(default = "spike_floor")]
     pub spike_floor: f64,
+    /// Rising at least this fast (units per hour) raises an expected alert whatever the level.
+    #[serde(default)]
+    pub rate_of_rise_alert: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,6 +179,7 @@ pub fn load(
                 plausible_low: t.plausible[0],
                 plausible_high: t.plausible[1],
                 spike_floor: t.spike_floor,
+                rate_alert: t.rate_of_rise_alert,
             });
         }
         for link in &file.links {

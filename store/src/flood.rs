@@ -46,6 +46,8 @@ pub struct ThresholdRow {
     pub plausible_low: f64,
     pub plausible_high: f64,
     pub spike_floor: f64,
+    /// Rising at least this fast (units per hour) raises an expected alert.
+    pub rate_alert: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -191,14 +193,15 @@ impl Store {
         for t in &setup.thresholds {
             tx.execute(
                 "INSERT INTO level_thresholds (sensor_key, alert, warning, severe, persistence, min_readings, \
-                 hysteresis, hold, rate_window, lead_time, plausible_low, plausible_high, spike_floor) \
+                 hysteresis, hold, rate_window, lead_time, plausible_low, plausible_high, spike_floor, rate_alert) \
                  VALUES ($1, $2, $3, $4, make_interval(secs => $5), $6, $7, make_interval(secs => $8), \
-                 make_interval(secs => $9), make_interval(secs => $10), $11, $12, $13) \
+                 make_interval(secs => $9), make_interval(secs => $10), $11, $12, $13, $14) \
                  ON CONFLICT (sensor_key) DO UPDATE SET alert = EXCLUDED.alert, warning = EXCLUDED.warning, \
                  severe = EXCLUDED.severe, persistence = EXCLUDED.persistence, min_readings = EXCLUDED.min_readings, \
                  hysteresis = EXCLUDED.hysteresis, hold = EXCLUDED.hold, rate_window = EXCLUDED.rate_window, \
                  lead_time = EXCLUDED.lead_time, plausible_low = EXCLUDED.plausible_low, \
-                 plausible_high = EXCLUDED.plausible_high, spike_floor = EXCLUDED.spike_floor",
+                 plausible_high = EXCLUDED.plausible_high, spike_floor = EXCLUDED.spike_floor, \
+                 rate_alert = EXCLUDED.rate_alert",
                 &[
                     &t.sensor_key,
                     &t.alert,
@@ -213,6 +216,7 @@ impl Store {
                     &t.plausible_low,
                     &t.plausible_high,
                     &t.spike_floor,
+                    &t.rate_alert,
                 ],
             )
             .await
@@ -279,7 +283,7 @@ impl Store {
             .query(
                 "SELECT sensor_key, alert, warning, severe, extract(epoch FROM persistence)::float8, min_readings, \
                  hysteresis, extract(epoch FROM hold)::float8, extract(epoch FROM rate_window)::float8, \
-                 extract(epoch FROM lead_time)::float8, plausible_low, plausible_high, spike_floor \
+                 extract(epoch FROM lead_time)::float8, plausible_low, plausible_high, spike_floor, rate_alert \
                  FROM level_thresholds",
                 &[],
             )
@@ -300,6 +304,7 @@ impl Store {
                 plausible_low: r.get(10),
                 plausible_high: r.get(11),
                 spike_floor: r.get(12),
+                rate_alert: r.get(13),
             })
             .collect();
         let rain_rules = client
