@@ -76,6 +76,11 @@ impl Broker {
         let dir =
             std::env::temp_dir().join(format!("tidemark-mosquitto-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        // Mosquitto started as root drops to its own user, which must be able to write its
+        // persistence file here.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+            .map_err(io(format!("opening {} to the broker", dir.display())))?;
         let mut broker = Broker {
             child: None,
             port,

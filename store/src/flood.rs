@@ -121,6 +121,22 @@ pub struct CrossingRow {
 /// The notification channel for warning events; the payload is the event id.
 pub const WARNINGS_CHANGED: &str = "warnings_changed";
 
+/// The columns of warning_events every event query selects, in this order.
+const EVENT_COLUMNS: &str = "id, warning_id, area_key, kind, severity, at, message_en, message_da";
+
+fn event_row(r: &tokio_postgres::Row) -> EventRow {
+    EventRow {
+        id: r.get(0),
+        warning_id: r.get(1),
+        area_key: r.get(2),
+        kind: r.get(3),
+        severity: r.get(4),
+        at: r.get(5),
+        message_en: r.get(6),
+        message_da: r.get(7),
+    }
+}
+
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -588,25 +604,12 @@ impl Store {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT id, warning_id, area_key, kind, severity, at, message_en, message_da FROM warning_events \
-                 WHERE area_key = $1 ORDER BY at, id",
+                &format!("SELECT {EVENT_COLUMNS} FROM warning_events WHERE area_key = $1 ORDER BY at, id"),
                 &[&area_key],
             )
             .await
             .context("reading warning events")?;
-        Ok(rows
-            .iter()
-            .map(|r| EventRow {
-                id: r.get(0),
-                warning_id: r.get(1),
-                area_key: r.get(2),
-                kind: r.get(3),
-                severity: r.get(4),
-                at: r.get(5),
-                message_en: r.get(6),
-                message_da: r.get(7),
-            })
-            .collect())
+        Ok(rows.iter().map(event_row).collect())
     }
 
     /// Up-crossings `(sensor, severity, at)` between two instants, for verification.
@@ -639,25 +642,15 @@ impl Store {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT id, warning_id, area_key, kind, severity, at, message_en, message_da FROM warning_events \
-                 WHERE at >= $1 AND at < $2 ORDER BY area_key, at, id",
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM warning_events WHERE at >= $1 AND at < $2 \
+                     ORDER BY area_key, at, id"
+                ),
                 &[&from, &to],
             )
             .await
             .context("reading warning events")?;
-        Ok(rows
-            .iter()
-            .map(|r| EventRow {
-                id: r.get(0),
-                warning_id: r.get(1),
-                area_key: r.get(2),
-                kind: r.get(3),
-                severity: r.get(4),
-                at: r.get(5),
-                message_en: r.get(6),
-                message_da: r.get(7),
-            })
-            .collect())
+        Ok(rows.iter().map(event_row).collect())
     }
 
     /// When a sensor's reading at `ts` arrived.

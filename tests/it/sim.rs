@@ -4,8 +4,8 @@ use crate::support::*;
 use chrono::TimeZone;
 use std::path::PathBuf;
 use std::time::Duration;
-use tidemark::sim::{replay, simulate, ReplayArgs, SimArgs};
-use tidemark_sensors_sim::replay::{read, Format};
+use tidemark::sim::{simulate, SimArgs};
+use tidemark_sensors_sim::replay::Format;
 use tidemark_sensors_sim::scenario::Scenario;
 use tokio_util::sync::CancellationToken;
 
@@ -72,30 +72,15 @@ async fn a_simulated_cloudburst_is_stored_except_exactly_the_malformed_messages(
 async fn replaying_the_baltic_surge_stores_every_flensburg_value_and_its_peak() {
     let harness = Harness::start().await;
     let ingest = harness.ingest_ready("ingest-replay", None).await;
-    let file = repo("tests/fixtures/baltic-surge-2023/sea_level_10min.csv");
-    let recording = read(Format::BalticSurge, &file).unwrap();
-    let args = ReplayArgs {
-        file,
-        format: "baltic-surge".into(),
-        speed: 0.0,
-        no_shift: false,
-        passwords: None,
-    };
-    let database = harness.settings(Default::default()).database;
-    let report = replay(
-        &database,
-        &harness.broker_config(),
-        &recording,
-        &args,
-        &CancellationToken::new(),
+    let report = replay_all(
+        &harness,
+        Format::BalticSurge,
+        "baltic-surge",
+        "tests/fixtures/baltic-surge-2023/sea_level_10min.csv",
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(report.readings, 10_687);
-    assert_eq!(
-        harness.settle(10_687, Duration::from_secs(60)).await,
-        10_687
-    );
+    assert_eq!(harness.count().await, 10_687);
     let flensburg = harness
         .store
         .sensor_readings("flensburg.sea_level")

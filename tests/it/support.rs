@@ -279,3 +279,39 @@ pub fn mixed_messages(base: DateTime<Utc>) -> Vec<(String, Vec<u8>)> {
     assert_eq!(total, 10_000, "the mix adds up to exactly 10,000 readings");
     messages
 }
+
+/// Replays a recorded file from the repository at full speed, shifted to end now, and waits until
+/// ingest has stored every reading. Returns the replay's report.
+pub async fn replay_all(
+    harness: &Harness,
+    format: tidemark_sensors_sim::replay::Format,
+    name: &str,
+    path: &str,
+) -> tidemark::sim::ReplayReport {
+    let file = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path);
+    let recording = tidemark_sensors_sim::replay::read(format, &file).unwrap();
+    let args = tidemark::sim::ReplayArgs {
+        file,
+        format: name.into(),
+        speed: 0.0,
+        no_shift: false,
+        passwords: None,
+    };
+    let database = harness.settings(Default::default()).database;
+    let report = tidemark::sim::replay(
+        &database,
+        &harness.broker_config(),
+        &recording,
+        &args,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        harness
+            .settle(report.readings, Duration::from_secs(60))
+            .await,
+        report.readings
+    );
+    report
+}

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tidemark::config::Config;
-use tidemark::sim::{replay, ReplayArgs};
 use tidemark_analytics::runner::{AnalyticsConfig, Metrics};
 use tidemark_sensors_sim::replay::{read, Format};
 use tidemark_store::flood::EventRow;
@@ -64,40 +63,6 @@ impl Running {
     }
 }
 
-async fn replay_file(
-    harness: &Harness,
-    format: Format,
-    name: &str,
-    path: &str,
-) -> chrono::Duration {
-    let file = repo(path);
-    let recording = read(format, &file).unwrap();
-    let args = ReplayArgs {
-        file,
-        format: name.into(),
-        speed: 0.0,
-        no_shift: false,
-        passwords: None,
-    };
-    let database = harness.settings(Default::default()).database;
-    let report = replay(
-        &database,
-        &harness.broker_config(),
-        &recording,
-        &args,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        harness
-            .settle(report.readings, Duration::from_secs(60))
-            .await,
-        report.readings
-    );
-    report.shift
-}
-
 /// Waits until the analytics runner has been idle (no new events) for two sweeps.
 async fn quiet(running: &Running) {
     let mut last = u64::MAX;
@@ -137,13 +102,14 @@ async fn the_baltic_surge_raises_escalates_and_lifts_flensburg_and_reports_kappe
     let ingest = harness.ingest_ready("ingest-warnings", None).await;
     let config = config(&harness);
     let analytics = start_analytics(&config).await;
-    let shift = replay_file(
+    let shift = replay_all(
         &harness,
         Format::BalticSurge,
         "baltic-surge",
         "tests/fixtures/baltic-surge-2023/sea_level_10min.csv",
     )
-    .await;
+    .await
+    .shift;
     quiet(&analytics).await;
 
     let store = &harness.store;
@@ -270,7 +236,7 @@ async fn the_calder_valley_in_late_summer_raises_nothing() {
     let ingest = harness.ingest_ready("ingest-calder", None).await;
     let config = config(&harness);
     let analytics = start_analytics(&config).await;
-    replay_file(
+    replay_all(
         &harness,
         Format::Calder,
         "calder",
