@@ -473,16 +473,7 @@ pub fn events(
                     continue;
                 }
                 stale = now_stale;
-                out.push(AreaEvent {
-                    kind: if now_stale {
-                        EventKind::Stale
-                    } else {
-                        EventKind::Fresh
-                    },
-                    at,
-                    level: in_force,
-                    trigger: None,
-                });
+                out.push(staleness_event(now_stale, at, in_force));
             }
         }
     }
@@ -497,18 +488,23 @@ pub fn events(
             (None, Some(last)) => last + Duration::milliseconds(1),
             (None, None) => return out,
         };
-        out.push(AreaEvent {
-            kind: if stale_at_end {
-                EventKind::Stale
-            } else {
-                EventKind::Fresh
-            },
-            at,
-            level: in_force,
-            trigger: None,
-        });
+        out.push(staleness_event(stale_at_end, at, in_force));
     }
     out
+}
+
+/// A stale (or fresh again) report on the warning in force.
+fn staleness_event(stale: bool, at: DateTime<Utc>, in_force: Option<Level>) -> AreaEvent {
+    AreaEvent {
+        kind: if stale {
+            EventKind::Stale
+        } else {
+            EventKind::Fresh
+        },
+        at,
+        level: in_force,
+        trigger: None,
+    }
 }
 
 #[cfg(test)]
