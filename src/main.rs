@@ -33,7 +33,7 @@ enum Command {
     Run,
     /// Run the ingest stage alone (serves /metrics on ingest.metrics_listen).
     Ingest,
-    /// Create or upgrade the database schema and load the reference data, then exit.
+    /// Create or upgrade the database schema and load the reference and flood data, then exit.
     Migrate,
     /// Run simulated devices from a scenario file, publishing over MQTT.
     Sim(tidemark::sim::SimArgs),
