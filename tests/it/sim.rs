@@ -2,48 +2,17 @@
 
 use crate::support::*;
 use chrono::TimeZone;
-use std::path::PathBuf;
 use std::time::Duration;
-use tidemark::sim::{simulate, SimArgs};
 use tidemark_sensors_sim::replay::Format;
-use tidemark_sensors_sim::scenario::Scenario;
-use tokio_util::sync::CancellationToken;
-
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_cloudburst_is_stored_except_exactly_the_malformed_messages() {
     let harness = Harness::start().await;
     let ingest = harness.ingest_ready("ingest-sim", None).await;
-    let scenario = Scenario::from_file(&repo("config/scenarios/cloudburst.toml")).unwrap();
-    let args = SimArgs {
-        scenario: "cloudburst".into(),
-        seed: None,
-        speed: 0.0,
-        duration: Some("24h".into()),
-        passwords: None,
-    };
-    let database = harness.settings(Default::default()).database;
-    let report = simulate(
-        &database,
-        &harness.broker_config(),
-        &scenario,
-        &args,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let report = simulate_all(&harness, "cloudburst", "24h").await;
     assert!(
         report.malformed > 0 && report.duplicates > 0,
         "the run injected faults: {report:?}"
-    );
-    assert_eq!(
-        harness
-            .settle(report.readings, Duration::from_secs(60))
-            .await,
-        report.readings
     );
     let rejections = wait_for(Duration::from_secs(20), || async {
         harness.store.recent_rejections(1000).await.unwrap().len() as u64 >= report.malformed

@@ -315,3 +315,39 @@ pub async fn replay_all(
     );
     report
 }
+
+/// Runs a shipped scenario at full speed for `duration` (e.g. "12h"), registering it first, and
+/// waits until ingest has stored every well-formed reading it reports. Returns its report.
+pub async fn simulate_all(
+    harness: &Harness,
+    scenario: &str,
+    duration: &str,
+) -> tidemark_sensors_sim::engine::Report {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("config/scenarios/{scenario}.toml"));
+    let loaded = tidemark_sensors_sim::scenario::Scenario::from_file(&path).unwrap();
+    let args = tidemark::sim::SimArgs {
+        scenario: scenario.into(),
+        seed: None,
+        speed: 0.0,
+        duration: Some(duration.into()),
+        passwords: None,
+    };
+    let database = harness.settings(Default::default()).database;
+    let report = tidemark::sim::simulate(
+        &database,
+        &harness.broker_config(),
+        &loaded,
+        &args,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        harness
+            .settle(report.readings, Duration::from_secs(60))
+            .await,
+        report.readings
+    );
+    report
+}

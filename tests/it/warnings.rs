@@ -261,30 +261,7 @@ async fn a_simulated_cloudburst_raises_a_rain_alert_then_a_river_warning_downstr
     let ingest = harness.ingest_ready("ingest-cloudburst", None).await;
     let config = config(&harness);
     let analytics = start_analytics(&config).await;
-    let scenario = tidemark_sensors_sim::scenario::Scenario::from_file(&repo(
-        "config/scenarios/cloudburst.toml",
-    ))
-    .unwrap();
-    let args = tidemark::sim::SimArgs {
-        scenario: "cloudburst".into(),
-        seed: None,
-        speed: 0.0,
-        duration: Some("12h".into()),
-        passwords: None,
-    };
-    let database = harness.settings(Default::default()).database;
-    let report = tidemark::sim::simulate(
-        &database,
-        &harness.broker_config(),
-        &scenario,
-        &args,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
-    harness
-        .settle(report.readings, Duration::from_secs(60))
-        .await;
+    simulate_all(&harness, "cloudburst", "12h").await;
     quiet(&analytics).await;
     let events = harness
         .store
