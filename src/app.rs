@@ -6,7 +6,7 @@ use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use tidemark_analytics::geography::Municipalities;
 use tidemark_analytics::setup;
-use tidemark_api::OpsState;
+use tidemark_api::{ApiState, OpsState};
 use tidemark_ingest::Metrics;
 use tidemark_store::{StorageMode, Store};
 use tokio_util::sync::CancellationToken;
@@ -84,35 +84,100 @@ pub async fn load_reference(config: &Config) -> anyhow::Result<()> {
 pub async fn ingest(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listen = tidemark_api::ApiConfig {
         listen: config.ingest.metrics_listen.clone(),
+        ..config.api.clone()
     };
-    ingest_and_serve(config, listen, false, shutdown).await
+    serve_stages(config, listen, Stages::INGEST, shutdown).await
 }
 
-/// Every stage in one process: migrate, then ingest, analytics and the API side by side.
+/// The HTTP API and the delivery of warnings, without ingest or analytics.
+pub async fn api(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    serve_stages(config, config.api.clone(), Stages::API, shutdown).await
+}
+
+/// Every stage in one process: migrate, then ingest, analytics, the API and delivery side by side.
 pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mode = migrate(config).await?;
     tracing::info!(%mode, "storage ready");
-    ingest_and_serve(config, config.api.clone(), true, shutdown).await
+    serve_stages(config, config.api.clone(), Stages::ALL, shutdown).await
 }
 
-/// Ingest (and analytics, if asked) beside an HTTP server on `listen` that serves the shared
-/// metrics registry.
-async fn ingest_and_serve(
+/// Which stages a process runs beside its HTTP server.
+#[derive(Debug, Clone, Copy)]
+struct Stages {
+    ingest: bool,
+    analytics: bool,
+    api: bool,
+}
+
+impl Stages {
+    const INGEST: Stages = Stages {
+        ingest: true,
+        analytics: false,
+        api: false,
+    };
+    const API: Stages = Stages {
+        ingest: false,
+        analytics: false,
+        api: true,
+    };
+    const ALL: Stages = Stages {
+        ingest: true,
+        analytics: true,
+        api: true,
+    };
+}
+
+/// The stages asked for, beside an HTTP server on `listen` that serves the shared metrics
+/// registry (and the `/api/v1` routes when the API stage runs).
+async fn serve_stages(
     config: &Config,
     listen: tidemark_api::ApiConfig,
-    with_analytics: bool,
+    stages: Stages,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let analytics_metrics = Arc::new(tidemark_analytics::runner::Metrics::register(&mut registry));
+    let delivery_metrics = Arc::new(tidemark_api::delivery::Metrics::register(&mut registry));
     let store = Store::connect(&config.database).await?;
-    let router = tidemark_api::ops_router(OpsState {
+    let mut dispatcher = None;
+    let mut api_routes = None;
+    if stages.api {
+        let settings = config.api_settings().map_err(anyhow::Error::msg)?;
+        let alerts = tidemark_api::delivery::mqtt::AlertPublisher::start(
+            &config.mqtt,
+            &config.delivery.mqtt_client_id,
+            config.delivery.timeout,
+            shutdown.clone(),
+        );
+        dispatcher = Some(tidemark_api::delivery::Dispatcher::new(
+            store.clone(),
+            config.delivery.clone(),
+            alerts,
+            &config.mqtt.topic_prefix,
+            &settings.public_url,
+            delivery_metrics,
+        )?);
+        let hub = tidemark_api::sse::Hub::start(
+            store.clone(),
+            config.database.clone(),
+            shutdown.clone(),
+        );
+        api_routes = Some(tidemark_api::api_router(ApiState {
+            store: store.clone(),
+            settings: Arc::new(settings),
+            hub,
+        }));
+    }
+    let mut router = tidemark_api::ops_router(OpsState {
         store,
         broker: config.mqtt.clone(),
         registry: Arc::new(registry),
     });
-    // Whichever stage ends first (an error, or shutdown) brings the other down, and both are
+    if let Some(api_routes) = api_routes {
+        router = router.merge(api_routes);
+    }
+    // Whichever stage ends first (an error, or shutdown) brings the others down, and all are
     // awaited, so that ingest always finishes the batches in hand.
     let http = async {
         let result = tidemark_api::run(listen, router, shutdown.clone()).await;
@@ -120,13 +185,16 @@ async fn ingest_and_serve(
         result
     };
     let ingest = async {
+        if !stages.ingest {
+            return Ok(());
+        }
         let result =
             tidemark_ingest::run(config.ingest_settings(), metrics, shutdown.clone()).await;
         shutdown.cancel();
         result
     };
     let analytics = async {
-        if !with_analytics {
+        if !stages.analytics {
             return Ok(());
         }
         let result = tidemark_analytics::runner::run(
@@ -138,9 +206,18 @@ async fn ingest_and_serve(
         shutdown.cancel();
         result
     };
-    let (http, ingest, analytics) = tokio::join!(http, ingest, analytics);
+    let delivery = async {
+        let Some(dispatcher) = dispatcher else {
+            return Ok(());
+        };
+        let result = dispatcher.run(&config.database, shutdown.clone()).await;
+        shutdown.cancel();
+        result
+    };
+    let (http, ingest, analytics, delivery) = tokio::join!(http, ingest, analytics, delivery);
     ingest?;
     analytics?;
+    delivery?;
     http?;
     Ok(())
 }

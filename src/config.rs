@@ -33,6 +33,9 @@ pub struct Config {
     /// Flood risk.
     #[serde(default)]
     pub analytics: tidemark_analytics::runner::AnalyticsConfig,
+    /// Delivery of warnings: webhooks, MQTT alerts, retries.
+    #[serde(default)]
+    pub delivery: tidemark_api::delivery::DeliveryConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -109,6 +112,7 @@ impl Config {
         self.ingest.validate()?;
         tidemark_model::topic::ReadingsTopics::new(&self.mqtt.topic_prefix)
             .map_err(|e| e.to_string())?;
+        tidemark_api::ApiSettings::new(&self.api, &self.delivery, &self.mqtt.topic_prefix)?;
         if self.mqtt.max_packet_bytes <= self.ingest.max_payload_bytes {
             return Err(format!(
                 "mqtt.max_packet_bytes ({}) must exceed ingest.max_payload_bytes ({})",
@@ -124,6 +128,11 @@ impl Config {
             database: self.database.clone(),
             topic_prefix: self.mqtt.topic_prefix.clone(),
         }
+    }
+
+    /// What the `/api/v1` handlers use; valid once [`Config::validate`] passed.
+    pub fn api_settings(&self) -> Result<tidemark_api::ApiSettings, String> {
+        tidemark_api::ApiSettings::new(&self.api, &self.delivery, &self.mqtt.topic_prefix)
     }
 
     pub fn ingest_settings(&self) -> tidemark_ingest::Settings {

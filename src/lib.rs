@@ -4,7 +4,8 @@
 //! # Layout
 //!
 //! - [`config`]: [`config::Config`], the layered configuration of every stage.
-//! - [`app`]: `migrate`, `ingest` and `run` as the CLI calls them.
+//! - [`app`]: `migrate`, `ingest`, `api` and `run` as the CLI calls them.
+//! - [`keys`]: `tidemark keys`, creating, listing and revoking API keys.
 //! - [`bench`]: `tidemark bench ingest`.
 //! - [`bench_analytics`]: `tidemark bench analytics`.
 //! - [`sim`]: `tidemark sim` and `tidemark replay`.
@@ -15,6 +16,7 @@ pub mod app;
 pub mod bench;
 pub mod bench_analytics;
 pub mod config;
+pub mod keys;
 pub mod sim;
 pub mod testkit;
 pub mod verify;

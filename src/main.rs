@@ -33,6 +33,13 @@ enum Command {
     Run,
     /// Run the ingest stage alone (serves /metrics on ingest.metrics_listen).
     Ingest,
+    /// Run the HTTP API and the delivery of warnings alone (no ingest, no analytics).
+    Api,
+    /// Manage API keys (shown once at creation; only a hash is stored).
+    Keys {
+        #[command(subcommand)]
+        what: tidemark::keys::KeysCommand,
+    },
     /// Create or upgrade the database schema and load the reference and flood data, then exit.
     Migrate,
     /// Run simulated devices from a scenario file, publishing over MQTT.
@@ -100,6 +107,8 @@ async fn execute(
     match command {
         Command::Run => tidemark::app::run(&config, shutdown).await,
         Command::Ingest => tidemark::app::ingest(&config, shutdown).await,
+        Command::Api => tidemark::app::api(&config, shutdown).await,
+        Command::Keys { what } => tidemark::keys::run(&config.database, what).await,
         Command::Migrate => {
             let mode = tidemark::app::migrate(&config)
                 .await

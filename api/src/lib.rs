@@ -1,22 +1,41 @@
-//! The HTTP API. For now it serves what operators need to run Tidemark: health, readiness and
-//! Prometheus metrics. The open data and warning endpoints grow here.
+//! The HTTP API and the delivery of warnings.
 //!
 //! # Layout
 //!
-//! - [`ApiConfig`]: the `[api]` section.
+//! - [`ApiConfig`]: the `[api]` section; [`ApiSettings`] what the handlers use of it.
 //! - [`ops_router`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`api_router`]: the `/api/v1` routes, with [`ApiState`].
+//! - [`warnings`]: warnings as JSON, CAP 1.2 and Atom; acknowledgement.
+//! - [`webhooks`]: registering and managing webhook endpoints.
+//! - [`sse`]: the Server-Sent Events stream and its [`sse::Hub`].
+//! - [`delivery`]: the outbox dispatcher, webhooks (signing, verifying, the address guard) and
+//!   retained MQTT alerts.
+//! - [`cap`]: CAP 1.2 messages, the Atom feed, and the CAP 1.2 rule checker.
+//! - [`body`]: the JSON of a warning event on every channel.
+//! - [`auth`]: API keys and the [`auth::Caller`] extractor.
+//! - [`error`]: [`error::ApiError`] as `application/problem+json`.
 //! - [`run`]: binds and serves until shutdown.
+
+pub mod auth;
+pub mod body;
+pub mod cap;
+pub mod delivery;
+pub mod error;
+pub mod sse;
+pub mod warnings;
+pub mod webhooks;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
 use tidemark_model::broker::BrokerConfig;
+use tidemark_model::duration;
 use tidemark_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -27,18 +46,143 @@ pub struct ApiConfig {
     /// Address the HTTP API listens on.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// The URL the public reaches the API at, for links in warnings, CAP messages and feeds.
+    #[serde(default = "default_public_url")]
+    pub public_url: String,
+    /// CAP `sender`: an address that names this Tidemark installation (no spaces or commas).
+    #[serde(default = "default_cap_sender")]
+    pub cap_sender: String,
+    /// A CAP alert expires this long after it was sent unless updated.
+    #[serde(default = "default_cap_expires", with = "duration::serde_str")]
+    pub cap_expires: Duration,
+    /// Interval of the comment lines that keep idle Server-Sent Event streams open through proxies.
+    #[serde(default = "default_sse_heartbeat", with = "duration::serde_str")]
+    pub sse_heartbeat: Duration,
 }
 
 fn default_listen() -> String {
     "127.0.0.1:8080".to_owned()
+}
+fn default_public_url() -> String {
+    "http://127.0.0.1:8080".to_owned()
+}
+fn default_cap_sender() -> String {
+    "tidemark@localhost".to_owned()
+}
+const fn default_cap_expires() -> Duration {
+    Duration::from_secs(6 * 3600)
+}
+const fn default_sse_heartbeat() -> Duration {
+    Duration::from_secs(15)
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: default_listen(),
+            public_url: default_public_url(),
+            cap_sender: default_cap_sender(),
+            cap_expires: default_cap_expires(),
+            sse_heartbeat: default_sse_heartbeat(),
         }
     }
+}
+
+impl ApiConfig {
+    /// Checks what can be checked without I/O.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
+            return Err(format!(
+                "api.public_url {:?} must start with http:// or https://",
+                self.public_url
+            ));
+        }
+        if self.cap_sender.is_empty() || self.cap_sender.contains([' ', ',', '<', '&']) {
+            return Err(format!(
+                "api.cap_sender {:?} must be non-empty without spaces, commas, < or &",
+                self.cap_sender
+            ));
+        }
+        if self.sse_heartbeat.is_zero() {
+            return Err("api.sse_heartbeat must be positive".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// What the `/api/v1` handlers need besides the store.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub public_url: String,
+    pub cap: cap::CapSettings,
+    pub sse_heartbeat: Duration,
+    /// The MQTT topic prefix (alerts go to `<prefix>/alerts/...`).
+    pub topic_prefix: String,
+    /// Where webhooks may point.
+    pub policy: Arc<delivery::webhook::TargetPolicy>,
+    /// How long a rotated-out webhook secret keeps signing.
+    pub rotation_grace: Duration,
+}
+
+impl ApiSettings {
+    pub fn new(
+        api: &ApiConfig,
+        delivery: &delivery::DeliveryConfig,
+        topic_prefix: &str,
+    ) -> Result<ApiSettings, String> {
+        api.validate()?;
+        let policy = delivery.validate()?;
+        let public_url = api.public_url.trim_end_matches('/').to_owned();
+        Ok(ApiSettings {
+            cap: cap::CapSettings {
+                sender: api.cap_sender.clone(),
+                public_url: public_url.clone(),
+                expires_after: api.cap_expires,
+            },
+            public_url,
+            sse_heartbeat: api.sse_heartbeat,
+            topic_prefix: topic_prefix.to_owned(),
+            policy: Arc::new(policy),
+            rotation_grace: delivery.rotation_grace,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.public_url
+    }
+}
+
+/// The state of the `/api/v1` routes.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Store,
+    pub settings: Arc<ApiSettings>,
+    pub hub: sse::Hub,
+}
+
+/// The `/api/v1` routes.
+pub fn api_router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/v1/warnings", get(warnings::list))
+        .route("/api/v1/warnings.atom", get(warnings::atom))
+        .route("/api/v1/warnings/stream", get(sse::stream))
+        .route("/api/v1/warnings/{id}", get(warnings::one))
+        .route("/api/v1/warnings/{id}/ack", post(warnings::acknowledge))
+        .route("/api/v1/warning-events/{file}", get(warnings::event_cap))
+        .route(
+            "/api/v1/webhooks",
+            get(webhooks::list).post(webhooks::register),
+        )
+        .route(
+            "/api/v1/webhooks/{id}",
+            get(webhooks::one).delete(webhooks::delete),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/rotate-secret",
+            post(webhooks::rotate),
+        )
+        .fallback(|| async { error::ApiError::NotFound("this resource".to_owned()) })
+        .with_state(state)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -454,6 +454,9 @@ impl Store {
         )
         .await
         .context("taking the area lock")?;
+        if !events.is_empty() {
+            crate::delivery::lock_event_sequence(&tx).await?;
+        }
         let mut ids = Vec::new();
         for event in events {
             let warning_id: Option<i64> = match event.kind {
@@ -517,8 +520,8 @@ impl Store {
             })?;
             let event_id: i64 = tx
                 .query_one(
-                    "INSERT INTO warning_events (warning_id, area_key, kind, severity, at, message_en, message_da, detail) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                    "INSERT INTO warning_events (warning_id, area_key, kind, severity, at, message_en, message_da, \
+                     detail, warning_kind) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
                     &[
                         &warning_id,
                         &area_key,
@@ -528,6 +531,7 @@ impl Store {
                         &event.message_en,
                         &event.message_da,
                         &event.trigger,
+                        &event.severity.map(|_| event.warning_kind),
                     ],
                 )
                 .await
@@ -541,6 +545,7 @@ impl Store {
                 .await
                 .context("queueing a delivery")?;
             }
+            crate::delivery::queue_webhooks(&tx, event_id).await?;
             tx.execute(
                 "SELECT pg_notify($1, $2)",
                 &[&WARNINGS_CHANGED, &event_id.to_string()],

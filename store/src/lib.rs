@@ -6,6 +6,8 @@
 //! - [`config`]: [`DatabaseConfig`], the `[database]` section of the configuration.
 //! - [`schema`]: migrations, capability detection ([`StorageMode`]), TimescaleDB policies and the
 //!   partitions of plain PostgreSQL.
+//! - [`delivery`]: API keys, webhook endpoints, the outbox the dispatcher drains, acknowledgements,
+//!   and warning events as the delivery channels present them.
 //! - [`flood`]: flood geography, thresholds, warnings, their events and the outbox.
 //! - [`reference`]: devices, stations and sensors, loaded from `config/` files and looked up by ingest.
 //! - [`notify`]: LISTEN on a dedicated connection.
@@ -19,6 +21,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod delivery;
 pub mod flood;
 pub mod notify;
 pub mod readings;

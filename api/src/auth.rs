@@ -1,0 +1,165 @@
+//! API keys: made here, stored only as a SHA-256 hash, looked up by their public prefix, checked
+//! in constant time, and refused when expired or revoked.
+//!
+//! A key reads `tmk_<prefix>_<secret>`: the prefix (12 hex digits) names the key in lists and logs;
+//! the secret (32 random bytes, base64url) is what proves it. Clients send it as
+//! `Authorization: Bearer <key>`.
+
+use crate::error::{ApiError, Result};
+use crate::ApiState;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use rand::{RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
+use tidemark_store::delivery::{ApiKeyRow, NewApiKey, Role};
+use tidemark_store::Store;
+
+/// Random bytes from the operating system's generator.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    rand::rngs::StdRng::from_os_rng().fill_bytes(&mut bytes);
+    bytes
+}
+
+fn hash(key: &str) -> Vec<u8> {
+    Sha256::digest(key.as_bytes()).to_vec()
+}
+
+/// Equality whose time does not depend on where the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Splits a key into its prefix, or `None` when it is not shaped like one of ours.
+fn prefix_of(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix("tmk_")?;
+    let (prefix, secret) = rest.split_once('_')?;
+    (prefix.len() == 12 && prefix.bytes().all(|b| b.is_ascii_hexdigit()) && !secret.is_empty())
+        .then_some(prefix)
+}
+
+/// Makes a key and stores its hash; returns the key (to show once) and the stored row.
+pub async fn create_key(
+    store: &Store,
+    role: Role,
+    municipality: Option<String>,
+    label: String,
+    expires_at: Option<DateTime<Utc>>,
+) -> tidemark_store::Result<(String, ApiKeyRow)> {
+    let prefix: String = random_bytes::<6>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>());
+    let key = format!("tmk_{prefix}_{secret}");
+    let row = store
+        .create_api_key(&NewApiKey {
+            prefix,
+            hash: hash(&key),
+            role,
+            municipality,
+            label,
+            expires_at,
+        })
+        .await?;
+    Ok((key, row))
+}
+
+/// Who is calling, from a valid key.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub key_id: i64,
+    pub prefix: String,
+    pub role: Role,
+    pub municipality: Option<String>,
+}
+
+impl Caller {
+    /// Refuses a caller whose role is not among `roles`.
+    pub fn require(&self, roles: &[Role]) -> Result<()> {
+        if roles.contains(&self.role) {
+            return Ok(());
+        }
+        let allowed: Vec<&str> = roles.iter().map(|r| r.name()).collect();
+        Err(ApiError::Forbidden(format!(
+            "this needs a key with the role {}; this key's role is {}",
+            allowed.join(" or "),
+            self.role.name()
+        )))
+    }
+}
+
+/// Checks a presented key against the store.
+pub async fn authenticate(store: &Store, presented: &str, now: DateTime<Utc>) -> Result<Caller> {
+    let invalid = ApiError::Unauthenticated("the API key is not valid");
+    let Some(prefix) = prefix_of(presented) else {
+        return Err(invalid);
+    };
+    let Some(row) = store.api_key(prefix).await? else {
+        return Err(invalid);
+    };
+    if !constant_time_eq(&row.hash, &hash(presented)) {
+        return Err(invalid);
+    }
+    if row.revoked_at.is_some() {
+        return Err(ApiError::Unauthenticated("the API key has been revoked"));
+    }
+    if row.expires_at.is_some_and(|at| at <= now) {
+        return Err(ApiError::Unauthenticated("the API key has expired"));
+    }
+    Ok(Caller {
+        key_id: row.id,
+        prefix: row.prefix,
+        role: row.role,
+        municipality: row.municipality,
+    })
+}
+
+impl FromRequestParts<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self> {
+        let header = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or(
+            ApiError::Unauthenticated("send an API key as `Authorization: Bearer <key>`"),
+        )?;
+        let presented = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or(ApiError::Unauthenticated(
+                "the Authorization header must read `Bearer <key>`",
+            ))?;
+        authenticate(&state.store, presented, Utc::now()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_well_formed_keys_have_a_prefix() {
+        assert_eq!(prefix_of("tmk_0123456789ab_secret"), Some("0123456789ab"));
+        for bad in [
+            "",
+            "tmk_",
+            "tmk_0123456789ab_",
+            "tmk_0123456789a_secret",
+            "tmk_0123456789xz_secret",
+            "abc_0123456789ab_secret",
+            "tmk_0123456789ab",
+        ] {
+            assert_eq!(prefix_of(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn constant_time_eq_compares_whole_slices() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

@@ -1,0 +1,932 @@
+//! CAP 1.2 (OASIS Common Alerting Protocol, `urn:oasis:names:tc:emergency:cap:1.2`) messages for
+//! warning events, the Atom feed of current alerts that public aggregators poll, and a checker of
+//! the CAP 1.2 rules that the tests (and anyone consuming our feed) can run on a message.
+//!
+//! One CAP message per warning event: a raise is an `Alert`, a change, acknowledgement or
+//! stale/fresh report an `Update`, a lift a `Cancel`; updates and cancels reference every earlier
+//! message of the same warning. Identifiers are stable: the same event always gives the same
+//! identifier and `sent` time.
+
+use crate::body::severity_name;
+use chrono::{DateTime, Duration, FixedOffset, Utc};
+use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
+use quick_xml::Writer;
+use tidemark_store::delivery::WarningEvent;
+
+pub const CAP_NAMESPACE: &str = "urn:oasis:names:tc:emergency:cap:1.2";
+pub const ATOM_NAMESPACE: &str = "http://www.w3.org/2005/Atom";
+pub const CAP_CONTENT_TYPE: &str = "application/cap+xml";
+
+/// Who sends, and how long an alert stays valid without an update.
+#[derive(Debug, Clone)]
+pub struct CapSettings {
+    /// CAP `sender`: globally unique, no spaces, commas or `<` `&`.
+    pub sender: String,
+    /// Base URL of the public API, for links.
+    pub public_url: String,
+    /// An alert expires this long after it was sent unless updated.
+    pub expires_after: std::time::Duration,
+}
+
+/// Whether an event is published as CAP (delivery bookkeeping is not).
+pub fn is_public(event: &WarningEvent) -> bool {
+    event.kind != "undelivered"
+}
+
+/// The CAP identifier of an event.
+pub fn identifier(event_id: i64) -> String {
+    format!("tidemark-warning-event-{event_id}")
+}
+
+/// Danish local time with its explicit offset, to the second: CAP forbids "Z" and fractions.
+pub fn cap_time(instant: DateTime<Utc>) -> String {
+    let hours = if tidemark_model::time::is_summer_time(instant) {
+        2
+    } else {
+        1
+    };
+    let offset = FixedOffset::east_opt(hours * 3600).expect("a whole-hour offset is valid");
+    instant
+        .with_timezone(&offset)
+        .format("%Y-%m-%dT%H:%M:%S%:z")
+        .to_string()
+}
+
+struct Xml(Writer<Vec<u8>>);
+
+impl Xml {
+    fn new() -> Xml {
+        let mut writer = Writer::new_with_indent(Vec::new(), b' ', 2);
+        // Writing into a Vec cannot fail.
+        let _ = writer.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)));
+        Xml(writer)
+    }
+
+    fn open(&mut self, name: &str, attributes: &[(&str, &str)]) {
+        let start = BytesStart::new(name).with_attributes(attributes.iter().copied());
+        let _ = self.0.write_event(Event::Start(start));
+    }
+
+    fn close(&mut self, name: &str) {
+        let _ = self.0.write_event(Event::End(BytesEnd::new(name)));
+    }
+
+    fn empty(&mut self, name: &str, attributes: &[(&str, &str)]) {
+        let start = BytesStart::new(name).with_attributes(attributes.iter().copied());
+        let _ = self.0.write_event(Event::Empty(start));
+    }
+
+    fn text(&mut self, name: &str, text: &str) {
+        self.open(name, &[]);
+        let _ = self.0.write_event(Event::Text(BytesText::new(text)));
+        self.close(name);
+    }
+
+    fn finish(self) -> String {
+        String::from_utf8(self.0.into_inner()).expect("the writer writes UTF-8")
+    }
+}
+
+/// What CAP says about an event, by language-independent fields.
+struct Terms {
+    msg_type: &'static str,
+    urgency: &'static str,
+    severity: &'static str,
+    certainty: &'static str,
+    response: &'static str,
+}
+
+fn terms(event: &WarningEvent) -> Terms {
+    let lifted = event.kind == "lifted";
+    let msg_type = match event.kind.as_str() {
+        "raised" => "Alert",
+        "lifted" => "Cancel",
+        _ => "Update",
+    };
+    if lifted {
+        return Terms {
+            msg_type,
+            urgency: "Past",
+            severity: "Minor",
+            certainty: "Observed",
+            response: "AllClear",
+        };
+    }
+    let observed = event.warning_kind == "observed";
+    Terms {
+        msg_type,
+        urgency: if observed { "Immediate" } else { "Expected" },
+        severity: match event.severity {
+            3 => "Extreme",
+            2 => "Severe",
+            _ => "Moderate",
+        },
+        certainty: if observed { "Observed" } else { "Likely" },
+        response: match event.severity {
+            3 => "Execute",
+            2 => "Prepare",
+            _ => "Monitor",
+        },
+    }
+}
+
+struct Language {
+    code: &'static str,
+    event: String,
+    sender_name: &'static str,
+    headline: String,
+    description: String,
+    instruction: &'static str,
+}
+
+fn languages(event: &WarningEvent) -> [Language; 2] {
+    let lifted = event.kind == "lifted";
+    let (event_en, event_da) = if lifted {
+        (
+            "Flood warning no longer in force".to_owned(),
+            "Oversvømmelsesvarsel ophævet".to_owned(),
+        )
+    } else {
+        let da = match event.severity {
+            3 => "Alvorligt oversvømmelsesvarsel",
+            2 => "Oversvømmelsesvarsel",
+            _ => "Oversvømmelsesberedskab",
+        };
+        (severity_name(event.severity).to_owned(), da.to_owned())
+    };
+    let (instruction_en, instruction_da) = match (lifted, event.severity) {
+        (true, _) => (
+            "Flooding is no longer expected. Take care: flood water may remain and be contaminated.",
+            "Der forventes ikke længere oversvømmelse. Pas på: vandet kan stå endnu og være forurenet.",
+        ),
+        (false, 3) => (
+            "Danger to life. Follow the instructions of the emergency services and leave if told to.",
+            "Livsfare. Følg beredskabets anvisninger, og forlad området, hvis I bliver bedt om det.",
+        ),
+        (false, 2) => (
+            "Flooding is expected. Act now: move people, vehicles and valuables to safety.",
+            "Der forventes oversvømmelse. Handl nu: bring personer, køretøjer og værdier i sikkerhed.",
+        ),
+        (false, _) => (
+            "Flooding is possible. Be prepared and follow the water levels.",
+            "Oversvømmelse er mulig. Vær forberedt, og følg vandstanden.",
+        ),
+    };
+    [
+        Language {
+            code: "en-GB",
+            headline: format!("{event_en}: {}", event.area_name),
+            event: event_en,
+            sender_name: "Tidemark flood warnings",
+            description: event.message_en.clone(),
+            instruction: instruction_en,
+        },
+        Language {
+            code: "da-DK",
+            headline: format!("{event_da}: {}", event.area_name),
+            event: event_da,
+            sender_name: "Tidemark oversvømmelsesvarsler",
+            description: event.message_da.clone(),
+            instruction: instruction_da,
+        },
+    ]
+}
+
+/// The exterior ring of a GeoJSON Polygon as CAP's "lat,lon lat,lon ..." with the ring closed.
+pub fn cap_polygon(polygon: &serde_json::Value) -> Option<String> {
+    let ring = polygon.get("coordinates")?.get(0)?.as_array()?;
+    let mut points: Vec<(f64, f64)> = ring
+        .iter()
+        .filter_map(|p| Some((p.get(1)?.as_f64()?, p.get(0)?.as_f64()?)))
+        .collect();
+    if points.len() < 3 {
+        return None;
+    }
+    if points.first() != points.last() {
+        points.push(points[0]);
+    }
+    Some(
+        points
+            .iter()
+            .map(|(lat, lon)| format!("{lat:.6},{lon:.6}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+/// The CAP 1.2 message of `event`. `earlier` are the warning's public events before it (for
+/// `references`); `polygon` the area's GeoJSON Polygon; `municipalities` (code, name) pairs.
+pub fn alert(
+    settings: &CapSettings,
+    event: &WarningEvent,
+    earlier: &[WarningEvent],
+    polygon: &serde_json::Value,
+    municipalities: &[(String, String)],
+) -> String {
+    let terms = terms(event);
+    let sent = cap_time(event.recorded_at);
+    let expires = cap_time(
+        event.recorded_at + Duration::from_std(settings.expires_after).unwrap_or_default(),
+    );
+    let base = settings.public_url.trim_end_matches('/');
+    let mut xml = Xml::new();
+    xml.open("alert", &[("xmlns", CAP_NAMESPACE)]);
+    xml.text("identifier", &identifier(event.id));
+    xml.text("sender", &settings.sender);
+    xml.text("sent", &sent);
+    xml.text("status", "Actual");
+    xml.text("msgType", terms.msg_type);
+    xml.text("scope", "Public");
+    if terms.msg_type != "Alert" {
+        let references: Vec<String> = earlier
+            .iter()
+            .filter(|e| e.id < event.id && is_public(e))
+            .map(|e| {
+                format!(
+                    "{},{},{}",
+                    settings.sender,
+                    identifier(e.id),
+                    cap_time(e.recorded_at)
+                )
+            })
+            .collect();
+        if !references.is_empty() {
+            xml.text("references", &references.join(" "));
+        }
+    }
+    xml.text(
+        "incidents",
+        &format!("tidemark-warning-{}", event.warning_id),
+    );
+    let names: Vec<&str> = municipalities.iter().map(|(_, n)| n.as_str()).collect();
+    let area_desc = if names.is_empty() {
+        event.area_name.clone()
+    } else {
+        format!("{} ({})", event.area_name, names.join(", "))
+    };
+    for language in languages(event) {
+        xml.open("info", &[]);
+        xml.text("language", language.code);
+        xml.text("category", "Met");
+        xml.text("category", "Env");
+        xml.text("event", &language.event);
+        xml.text("responseType", terms.response);
+        xml.text("urgency", terms.urgency);
+        xml.text("severity", terms.severity);
+        xml.text("certainty", terms.certainty);
+        xml.text("effective", &sent);
+        xml.text("expires", &expires);
+        xml.text("senderName", language.sender_name);
+        xml.text("headline", &language.headline);
+        xml.text("description", &language.description);
+        xml.text("instruction", language.instruction);
+        xml.text(
+            "web",
+            &format!("{base}/api/v1/warnings/{}", event.warning_id),
+        );
+        xml.open("area", &[]);
+        xml.text("areaDesc", &area_desc);
+        if let Some(polygon) = cap_polygon(polygon) {
+            xml.text("polygon", &polygon);
+        }
+        for (code, _) in municipalities {
+            xml.open("geocode", &[]);
+            xml.text("valueName", "kommunekode");
+            xml.text("value", code);
+            xml.close("geocode");
+        }
+        xml.close("area");
+        xml.close("info");
+    }
+    xml.close("alert");
+    xml.finish()
+}
+
+/// An entry of the Atom feed: the latest public event of a warning in force.
+pub struct FeedEntry<'a> {
+    pub event: &'a WarningEvent,
+}
+
+/// The Atom feed (RFC 4287) of current alerts, each entry linking to its CAP message.
+pub fn atom_feed(settings: &CapSettings, entries: &[FeedEntry<'_>], now: DateTime<Utc>) -> String {
+    let base = settings.public_url.trim_end_matches('/');
+    let self_url = format!("{base}/api/v1/warnings.atom");
+    let updated = entries
+        .iter()
+        .map(|e| e.event.recorded_at)
+        .max()
+        .unwrap_or(now);
+    let mut xml = Xml::new();
+    xml.open("feed", &[("xmlns", ATOM_NAMESPACE)]);
+    xml.text("id", &self_url);
+    xml.text("title", "Tidemark flood warnings in force");
+    xml.text(
+        "updated",
+        &updated.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    );
+    xml.open("author", &[]);
+    xml.text("name", &settings.sender);
+    xml.close("author");
+    xml.empty(
+        "link",
+        &[
+            ("rel", "self"),
+            ("type", "application/atom+xml"),
+            ("href", &self_url),
+        ],
+    );
+    for entry in entries {
+        let event = entry.event;
+        let cap_url = format!("{base}/api/v1/warning-events/{}.cap", event.id);
+        let [english, _] = languages(event);
+        xml.open("entry", &[]);
+        xml.text("id", &cap_url);
+        xml.text("title", &english.headline);
+        xml.text(
+            "updated",
+            &event
+                .recorded_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        );
+        xml.text("summary", &event.message_en);
+        xml.empty(
+            "link",
+            &[
+                ("rel", "alternate"),
+                ("type", CAP_CONTENT_TYPE),
+                ("href", &cap_url),
+            ],
+        );
+        xml.close("entry");
+    }
+    xml.close("feed");
+    xml.finish()
+}
+
+pub mod validate {
+    //! The rules of CAP 1.2 (OASIS Standard, 2010) that a message can be checked against without
+    //! the schema file: the namespace, required elements in their order, the value lists,
+    //! date-times with an explicit offset, identifier characters, `references` triples, and closed
+    //! polygons of at least four points with coordinates in range.
+
+    use quick_xml::events::Event;
+    use quick_xml::Reader;
+
+    /// An element of a parsed document.
+    #[derive(Debug, Default, Clone)]
+    pub struct Element {
+        pub name: String,
+        pub attributes: Vec<(String, String)>,
+        pub children: Vec<Element>,
+        pub text: String,
+    }
+
+    impl Element {
+        pub fn child(&self, name: &str) -> Option<&Element> {
+            self.children.iter().find(|c| c.name == name)
+        }
+
+        pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Element> + 'a {
+            self.children.iter().filter(move |c| c.name == name)
+        }
+
+        pub fn attribute(&self, name: &str) -> Option<&str> {
+            self.attributes
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    fn predefined(entity: &str) -> Option<char> {
+        Some(match entity {
+            "amp" => '&',
+            "lt" => '<',
+            "gt" => '>',
+            "quot" => '"',
+            "apos" => '\'',
+            _ => return None,
+        })
+    }
+
+    /// Parses a document into its root element.
+    pub fn parse(xml: &str) -> Result<Element, String> {
+        let mut reader = Reader::from_str(xml);
+        reader.config_mut().trim_text(true);
+        let mut stack: Vec<Element> = vec![Element::default()];
+        loop {
+            let event = reader.read_event().map_err(|e| {
+                format!(
+                    "not well-formed XML at byte {}: {e}",
+                    reader.buffer_position()
+                )
+            })?;
+            let (start, is_empty) = match event {
+                Event::Start(start) => (start, false),
+                Event::Empty(start) => (start, true),
+                Event::Eof => break,
+                other => {
+                    text_event(other, &mut stack)?;
+                    continue;
+                }
+            };
+            let mut element = Element {
+                name: String::from_utf8_lossy(start.name().as_ref()).into_owned(),
+                ..Element::default()
+            };
+            for attribute in start.attributes() {
+                let attribute = attribute.map_err(|e| e.to_string())?;
+                element.attributes.push((
+                    String::from_utf8_lossy(attribute.key.as_ref()).into_owned(),
+                    attribute
+                        .unescape_value()
+                        .map_err(|e| e.to_string())?
+                        .into_owned(),
+                ));
+            }
+            let parent = stack.last_mut().expect("the document root");
+            if is_empty {
+                parent.children.push(element);
+            } else {
+                stack.push(element);
+            }
+        }
+        finish(stack)
+    }
+
+    /// Text, references and end tags.
+    fn text_event(event: Event<'_>, stack: &mut Vec<Element>) -> Result<(), String> {
+        match event {
+            Event::Text(text) => {
+                let text = text.decode().map_err(|e| e.to_string())?;
+                stack
+                    .last_mut()
+                    .expect("the document root")
+                    .text
+                    .push_str(&text);
+            }
+            Event::GeneralRef(reference) => {
+                let resolved = match reference.resolve_char_ref().map_err(|e| e.to_string())? {
+                    Some(c) => c,
+                    None => {
+                        let name = reference.decode().map_err(|e| e.to_string())?;
+                        predefined(&name).ok_or(format!("unknown entity &{name};"))?
+                    }
+                };
+                stack
+                    .last_mut()
+                    .expect("the document root")
+                    .text
+                    .push(resolved);
+            }
+            Event::End(_) => {
+                let element = stack.pop().expect("quick-xml checks end tags");
+                stack
+                    .last_mut()
+                    .ok_or("an end tag without its start")?
+                    .children
+                    .push(element);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn finish(mut stack: Vec<Element>) -> Result<Element, String> {
+        let mut document = stack.pop().ok_or("an unclosed element")?;
+        if !stack.is_empty() {
+            return Err("an unclosed element".to_owned());
+        }
+        if document.children.len() != 1 {
+            return Err("a document has exactly one root element".to_owned());
+        }
+        Ok(document.children.remove(0))
+    }
+
+    const STATUS: &[&str] = &["Actual", "Exercise", "System", "Test", "Draft"];
+    const MSG_TYPE: &[&str] = &["Alert", "Update", "Cancel", "Ack", "Error"];
+    const SCOPE: &[&str] = &["Public", "Restricted", "Private"];
+    const CATEGORY: &[&str] = &[
+        "Geo",
+        "Met",
+        "Safety",
+        "Security",
+        "Rescue",
+        "Fire",
+        "Health",
+        "Env",
+        "Transport",
+        "Infra",
+        "CBRNE",
+        "Other",
+    ];
+    const RESPONSE_TYPE: &[&str] = &[
+        "Shelter", "Evacuate", "Prepare", "Execute", "Avoid", "Monitor", "Assess", "AllClear",
+        "None",
+    ];
+    const URGENCY: &[&str] = &["Immediate", "Expected", "Future", "Past", "Unknown"];
+    const SEVERITY: &[&str] = &["Extreme", "Severe", "Moderate", "Minor", "Unknown"];
+    const CERTAINTY: &[&str] = &["Observed", "Likely", "Possible", "Unlikely", "Unknown"];
+
+    /// The element order of `alert` (CAP 1.2 section 3.2.1), with (min, max) occurrences.
+    const ALERT_ORDER: &[(&str, usize, usize)] = &[
+        ("identifier", 1, 1),
+        ("sender", 1, 1),
+        ("sent", 1, 1),
+        ("status", 1, 1),
+        ("msgType", 1, 1),
+        ("source", 0, 1),
+        ("scope", 1, 1),
+        ("restriction", 0, 1),
+        ("addresses", 0, 1),
+        ("code", 0, usize::MAX),
+        ("note", 0, 1),
+        ("references", 0, 1),
+        ("incidents", 0, 1),
+        ("info", 0, usize::MAX),
+    ];
+
+    /// The element order of `info` (section 3.2.2).
+    const INFO_ORDER: &[(&str, usize, usize)] = &[
+        ("language", 0, 1),
+        ("category", 1, usize::MAX),
+        ("event", 1, 1),
+        ("responseType", 0, usize::MAX),
+        ("urgency", 1, 1),
+        ("severity", 1, 1),
+        ("certainty", 1, 1),
+        ("audience", 0, 1),
+        ("eventCode", 0, usize::MAX),
+        ("effective", 0, 1),
+        ("onset", 0, 1),
+        ("expires", 0, 1),
+        ("senderName", 0, 1),
+        ("headline", 0, 1),
+        ("description", 0, 1),
+        ("instruction", 0, 1),
+        ("web", 0, 1),
+        ("contact", 0, 1),
+        ("parameter", 0, usize::MAX),
+        ("resource", 0, usize::MAX),
+        ("area", 0, usize::MAX),
+    ];
+
+    /// The element order of `area` (section 3.2.4).
+    const AREA_ORDER: &[(&str, usize, usize)] = &[
+        ("areaDesc", 1, 1),
+        ("polygon", 0, usize::MAX),
+        ("circle", 0, usize::MAX),
+        ("geocode", 0, usize::MAX),
+        ("altitude", 0, 1),
+        ("ceiling", 0, 1),
+    ];
+
+    fn check_order(element: &Element, order: &[(&str, usize, usize)], problems: &mut Vec<String>) {
+        let mut position = 0;
+        let mut counts = vec![0usize; order.len()];
+        for child in &element.children {
+            match order.iter().position(|(name, ..)| *name == child.name) {
+                Some(index) if index >= position => {
+                    position = index;
+                    counts[index] += 1;
+                }
+                Some(_) => problems.push(format!(
+                    "<{}> is out of order in <{}>",
+                    child.name, element.name
+                )),
+                None => problems.push(format!(
+                    "<{}> is not a CAP 1.2 element of <{}>",
+                    child.name, element.name
+                )),
+            }
+        }
+        for ((name, min, max), count) in order.iter().zip(counts) {
+            if count < *min {
+                problems.push(format!("<{}> needs <{name}>", element.name));
+            }
+            if count > *max {
+                problems.push(format!("<{}> has <{name}> more than once", element.name));
+            }
+        }
+    }
+
+    fn check_value(element: &Element, name: &str, allowed: &[&str], problems: &mut Vec<String>) {
+        for child in element.all(name) {
+            if !allowed.contains(&child.text.as_str()) {
+                problems.push(format!(
+                    "<{name}> {:?} is not one of {allowed:?}",
+                    child.text
+                ));
+            }
+        }
+    }
+
+    /// CAP's dateTime: `YYYY-MM-DDThh:mm:ss` then `+hh:mm` or `-hh:mm`; "Z" is not allowed.
+    pub fn is_cap_time(text: &str) -> bool {
+        let b = text.as_bytes();
+        let digits = |range: std::ops::Range<usize>| range.clone().all(|i| b[i].is_ascii_digit());
+        b.len() == 25
+            && digits(0..4)
+            && b[4] == b'-'
+            && digits(5..7)
+            && b[7] == b'-'
+            && digits(8..10)
+            && b[10] == b'T'
+            && digits(11..13)
+            && b[13] == b':'
+            && digits(14..16)
+            && b[16] == b':'
+            && digits(17..19)
+            && (b[19] == b'+' || b[19] == b'-')
+            && digits(20..22)
+            && b[22] == b':'
+            && digits(23..25)
+            && chrono::DateTime::parse_from_rfc3339(text).is_ok()
+    }
+
+    fn check_identifier(what: &str, text: &str, problems: &mut Vec<String>) {
+        if text.is_empty() || text.contains([' ', ',', '<', '&']) {
+            problems.push(format!(
+                "<{what}> {text:?} must be non-empty without spaces, commas, < or &"
+            ));
+        }
+    }
+
+    fn check_polygon(text: &str, problems: &mut Vec<String>) {
+        let points: Vec<Option<(f64, f64)>> = text
+            .split_whitespace()
+            .map(|pair| {
+                let (lat, lon) = pair.split_once(',')?;
+                Some((lat.parse().ok()?, lon.parse().ok()?))
+            })
+            .collect();
+        if points.iter().any(Option::is_none) {
+            problems.push("<polygon> must be space-separated lat,lon pairs".to_owned());
+            return;
+        }
+        let points: Vec<(f64, f64)> = points.into_iter().flatten().collect();
+        if points.len() < 4 {
+            problems.push("<polygon> needs at least four points".to_owned());
+        }
+        if points.first() != points.last() {
+            problems.push("<polygon> must end at its first point".to_owned());
+        }
+        if points
+            .iter()
+            .any(|(lat, lon)| !(-90.0..=90.0).contains(lat) || !(-180.0..=180.0).contains(lon))
+        {
+            problems.push("<polygon> has a coordinate out of range (lat,lon order?)".to_owned());
+        }
+    }
+
+    /// Every rule the message breaks; empty when it is valid.
+    pub fn problems(xml: &str) -> Vec<String> {
+        let alert = match parse(xml) {
+            Ok(root) => root,
+            Err(e) => return vec![e],
+        };
+        let mut problems = Vec::new();
+        if alert.name != "alert" {
+            problems.push(format!("the root element is <{}>, not <alert>", alert.name));
+            return problems;
+        }
+        if alert.attribute("xmlns") != Some(super::CAP_NAMESPACE) {
+            problems.push(format!(
+                "<alert> must be in the {} namespace",
+                super::CAP_NAMESPACE
+            ));
+        }
+        check_order(&alert, ALERT_ORDER, &mut problems);
+        for name in ["identifier", "sender"] {
+            if let Some(e) = alert.child(name) {
+                check_identifier(name, &e.text, &mut problems);
+            }
+        }
+        if let Some(sent) = alert.child("sent") {
+            if !is_cap_time(&sent.text) {
+                problems.push(format!("<sent> {:?} is not a CAP dateTime", sent.text));
+            }
+        }
+        check_value(&alert, "status", STATUS, &mut problems);
+        check_value(&alert, "msgType", MSG_TYPE, &mut problems);
+        check_value(&alert, "scope", SCOPE, &mut problems);
+        let scope = alert.child("scope").map(|s| s.text.as_str());
+        if scope == Some("Restricted") && alert.child("restriction").is_none() {
+            problems.push("a Restricted alert needs <restriction>".to_owned());
+        }
+        if scope == Some("Private") && alert.child("addresses").is_none() {
+            problems.push("a Private alert needs <addresses>".to_owned());
+        }
+        let msg_type = alert.child("msgType").map(|s| s.text.as_str());
+        match alert.child("references") {
+            Some(references) => {
+                for triple in references.text.split_whitespace() {
+                    let parts: Vec<&str> = triple.split(',').collect();
+                    if parts.len() != 3 || !is_cap_time(parts[2]) {
+                        problems.push(format!(
+                            "<references> entry {triple:?} is not sender,identifier,sent"
+                        ));
+                    }
+                }
+            }
+            None if matches!(msg_type, Some("Update" | "Cancel")) => {
+                problems.push("an Update or Cancel must reference the earlier message".to_owned());
+            }
+            None => {}
+        }
+        for info in alert.all("info") {
+            check_order(info, INFO_ORDER, &mut problems);
+            check_value(info, "category", CATEGORY, &mut problems);
+            check_value(info, "responseType", RESPONSE_TYPE, &mut problems);
+            check_value(info, "urgency", URGENCY, &mut problems);
+            check_value(info, "severity", SEVERITY, &mut problems);
+            check_value(info, "certainty", CERTAINTY, &mut problems);
+            for name in ["effective", "onset", "expires"] {
+                if let Some(e) = info.child(name) {
+                    if !is_cap_time(&e.text) {
+                        problems.push(format!("<{name}> {:?} is not a CAP dateTime", e.text));
+                    }
+                }
+            }
+            for area in info.all("area") {
+                check_order(area, AREA_ORDER, &mut problems);
+                for polygon in area.all("polygon") {
+                    check_polygon(&polygon.text, &mut problems);
+                }
+                for geocode in area.all("geocode") {
+                    if geocode.child("valueName").is_none() || geocode.child("value").is_none() {
+                        problems.push("<geocode> needs <valueName> and <value>".to_owned());
+                    }
+                }
+            }
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn event(id: i64, kind: &str, severity: i16, warning_kind: &str) -> WarningEvent {
+        WarningEvent {
+            id,
+            warning_id: 7,
+            area_key: "flensburg".to_owned(),
+            area_name: "Flensburg & Kollund <harbour>".to_owned(),
+            kind: kind.to_owned(),
+            severity,
+            warning_kind: warning_kind.to_owned(),
+            at: Utc.with_ymd_and_hms(2023, 10, 20, 18, 0, 0).unwrap(),
+            recorded_at: Utc
+                .with_ymd_and_hms(2023, 10, 20, 18, 0, id as u32)
+                .unwrap(),
+            message_en: "Water at 1.80 m".to_owned(),
+            message_da: "Vandstand 1,80 m".to_owned(),
+            detail: serde_json::json!({}),
+            municipalities: vec!["0580".to_owned()],
+            warning_state: "in_force".to_owned(),
+        }
+    }
+
+    fn settings() -> CapSettings {
+        CapSettings {
+            sender: "tidemark@example.org".to_owned(),
+            public_url: "https://warnings.example.org".to_owned(),
+            expires_after: std::time::Duration::from_secs(6 * 3600),
+        }
+    }
+
+    fn square() -> serde_json::Value {
+        serde_json::json!({"type": "Polygon", "coordinates": [[[9.4, 54.8], [9.5, 54.8], [9.5, 54.9], [9.4, 54.9]]]})
+    }
+
+    #[test]
+    fn raise_update_and_cancel_are_valid_and_reference_the_original() {
+        let raised = event(1, "raised", 1, "expected");
+        let changed = event(2, "changed", 3, "observed");
+        let lifted = event(3, "lifted", 3, "observed");
+        let municipalities = vec![("0580".to_owned(), "Aabenraa".to_owned())];
+        let history = [raised.clone(), changed.clone()];
+        for (e, earlier, msg_type) in [
+            (&raised, &history[..0], "Alert"),
+            (&changed, &history[..1], "Update"),
+            (&lifted, &history[..], "Cancel"),
+        ] {
+            let xml = alert(&settings(), e, earlier, &square(), &municipalities);
+            assert_eq!(validate::problems(&xml), Vec::<String>::new(), "{xml}");
+            let root = validate::parse(&xml).unwrap();
+            assert_eq!(root.child("msgType").unwrap().text, msg_type);
+            if msg_type != "Alert" {
+                let references = &root.child("references").unwrap().text;
+                assert!(references.starts_with(
+                    "tidemark@example.org,tidemark-warning-event-1,2023-10-20T20:00:01+02:00"
+                ));
+            }
+            let info: Vec<_> = root.all("info").collect();
+            assert_eq!(info.len(), 2);
+            assert_eq!(info[0].child("language").unwrap().text, "en-GB");
+            assert_eq!(info[1].child("language").unwrap().text, "da-DK");
+            assert!(info[0]
+                .child("area")
+                .unwrap()
+                .child("areaDesc")
+                .unwrap()
+                .text
+                .contains("&"));
+        }
+        let root = validate::parse(&alert(
+            &settings(),
+            &raised,
+            &[],
+            &square(),
+            &municipalities,
+        ))
+        .unwrap();
+        let info = root.child("info").unwrap();
+        assert_eq!(info.child("urgency").unwrap().text, "Expected");
+        assert_eq!(info.child("certainty").unwrap().text, "Likely");
+        assert_eq!(info.child("severity").unwrap().text, "Moderate");
+        let polygon = &info.child("area").unwrap().child("polygon").unwrap().text;
+        assert!(
+            polygon.starts_with("54.800000,9.400000 ") && polygon.ends_with(" 54.800000,9.400000")
+        );
+    }
+
+    #[test]
+    fn the_checker_finds_broken_messages() {
+        let good = alert(
+            &settings(),
+            &event(2, "changed", 2, "observed"),
+            &[event(1, "raised", 1, "observed")],
+            &square(),
+            &[],
+        );
+        let broken = [
+            (good.replace("+02:00</sent>", "Z</sent>"), "CAP dateTime"),
+            (
+                good.replace("<scope>Public</scope>", "<scope>Everyone</scope>"),
+                "scope",
+            ),
+            (
+                good.replace(CAP_NAMESPACE, "urn:oasis:names:tc:emergency:cap:1.1"),
+                "namespace",
+            ),
+            (
+                good.replace("<identifier>tidemark-warning-event-2", "<identifier>a b"),
+                "identifier",
+            ),
+            (
+                good.replace("<severity>Severe", "<severity>Bad"),
+                "severity",
+            ),
+            (
+                good.replace(" 54.800000,9.400000</polygon>", "</polygon>"),
+                "first point",
+            ),
+            (
+                good.split("<references>").next().unwrap().to_owned() + "</alert>",
+                "reference",
+            ),
+            (
+                good.replacen("<status>Actual</status>", "", 1),
+                "needs <status>",
+            ),
+        ];
+        for (xml, expected) in broken {
+            let problems = validate::problems(&xml);
+            assert!(
+                problems.iter().any(|p| p.contains(expected)),
+                "{expected}: {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cap_times_carry_the_danish_offset() {
+        let winter = Utc.with_ymd_and_hms(2023, 12, 1, 12, 0, 0).unwrap();
+        let summer = Utc.with_ymd_and_hms(2023, 7, 1, 12, 0, 0).unwrap();
+        assert_eq!(cap_time(winter), "2023-12-01T13:00:00+01:00");
+        assert_eq!(cap_time(summer), "2023-07-01T14:00:00+02:00");
+        assert!(validate::is_cap_time(&cap_time(winter)));
+        assert!(!validate::is_cap_time("2023-12-01T13:00:00Z"));
+    }
+
+    #[test]
+    fn the_feed_is_well_formed_atom() {
+        let e = event(4, "changed", 2, "observed");
+        let feed = atom_feed(&settings(), &[FeedEntry { event: &e }], Utc::now());
+        let root = validate::parse(&feed).unwrap();
+        assert_eq!(root.name, "feed");
+        assert_eq!(root.attribute("xmlns"), Some(ATOM_NAMESPACE));
+        let entry = root.child("entry").unwrap();
+        assert_eq!(
+            entry.child("link").unwrap().attribute("href"),
+            Some("https://warnings.example.org/api/v1/warning-events/4.cap")
+        );
+        for required in ["id", "title", "updated"] {
+            assert!(root.child(required).is_some() && entry.child(required).is_some());
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! `GET /api/v1/warnings/stream`: warning events as Server-Sent Events.
+//!
+//! One [`Hub`] per process LISTENs on `warnings_changed`, reads the new events from the database in
+//! id order and broadcasts them to the connected clients. A client that reconnects with
+//! `Last-Event-ID` first gets every later event from the database (the source of truth), then live
+//! ones; a client that falls behind the broadcast catches up the same way. Event ids grow in
+//! commit order (see `tidemark_store::delivery`), so "every event after N" misses nothing.
+
+use crate::body::EventBody;
+use crate::error::{ApiError, Result};
+use crate::ApiState;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tidemark_store::delivery::WarningEvent;
+use tidemark_store::{DatabaseConfig, Store};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// Events read from the database per catch-up query.
+const CATCH_UP_PAGE: i64 = 500;
+
+/// Live events buffered for slow clients before they fall back to catching up.
+const BROADCAST_CAPACITY: usize = 1024;
+
+/// The process-wide feed of committed warning events.
+#[derive(Clone)]
+pub struct Hub {
+    sender: broadcast::Sender<Arc<WarningEvent>>,
+}
+
+impl Hub {
+    /// Starts feeding from the database until `shutdown`.
+    pub fn start(store: Store, database: DatabaseConfig, shutdown: CancellationToken) -> Hub {
+        let (sender, _) = broadcast::channel(BROADCAST_CAPACITY);
+        tokio::spawn(feed(store, database, sender.clone(), shutdown));
+        Hub { sender }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<WarningEvent>> {
+        self.sender.subscribe()
+    }
+
+    /// Clients connected now.
+    pub fn clients(&self) -> usize {
+        self.sender.receiver_count()
+    }
+}
+
+async fn feed(
+    store: Store,
+    database: DatabaseConfig,
+    sender: broadcast::Sender<Arc<WarningEvent>>,
+    shutdown: CancellationToken,
+) {
+    let mut last = None;
+    let mut listener = None;
+    while !shutdown.is_cancelled() {
+        if listener.is_none() {
+            match tidemark_store::notify::listen(
+                &database,
+                &[tidemark_store::flood::WARNINGS_CHANGED],
+            )
+            .await
+            {
+                Ok(l) => listener = Some(l),
+                Err(error) => tracing::warn!(%error, "event stream cannot listen; polling"),
+            }
+        }
+        match last {
+            None => match store.last_warning_event_id().await {
+                Ok(id) => last = Some(id),
+                Err(error) => tracing::warn!(%error, "event stream cannot read the database"),
+            },
+            Some(ref mut last) => loop {
+                match store.warning_events_after(*last, CATCH_UP_PAGE).await {
+                    Ok(events) => {
+                        let full = events.len() as i64 == CATCH_UP_PAGE;
+                        for event in events {
+                            *last = event.id;
+                            // No receivers is fine: nobody is connected.
+                            let _ = sender.send(Arc::new(event));
+                        }
+                        if !full {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "event stream cannot read the database");
+                        break;
+                    }
+                }
+            },
+        }
+        // Without a listener, poll; with one, a slow poll still covers a lost notification.
+        let poll = if listener.is_some() {
+            Duration::from_secs(30)
+        } else {
+            Duration::from_secs(1)
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(poll) => {}
+            notified = async {
+                match listener.as_mut() {
+                    Some(l) => l.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if notified.is_none() {
+                    listener = None;
+                }
+            }
+        }
+    }
+}
+
+/// The stream's filters.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    /// Only warnings sent to this municipality (code).
+    pub municipality: Option<String>,
+    /// Only this flood area (key).
+    pub area: Option<String>,
+    /// Only warnings at or above this severity (1 to 3) at the event.
+    pub min_severity: Option<i16>,
+    /// Resume after this event id, for clients that cannot set the `Last-Event-ID` header.
+    pub last_event_id: Option<i64>,
+}
+
+impl StreamQuery {
+    fn matches(&self, event: &WarningEvent) -> bool {
+        crate::cap::is_public(event)
+            && self
+                .municipality
+                .as_ref()
+                .is_none_or(|m| event.municipalities.contains(m))
+            && self.area.as_ref().is_none_or(|a| &event.area_key == a)
+            && self.min_severity.is_none_or(|s| event.severity >= s)
+    }
+}
+
+pub async fn stream(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    query: std::result::Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response> {
+    let Query(query) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
+    if query.min_severity.is_some_and(|s| !(1..=3).contains(&s)) {
+        return Err(ApiError::bad(
+            "min_severity",
+            "min_severity must be 1, 2 or 3",
+        ));
+    }
+    let header_cursor = match headers.get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .filter(|id| *id >= 0)
+                .ok_or_else(|| {
+                    ApiError::bad("Last-Event-ID", "Last-Event-ID must be an event id we sent")
+                })?,
+        ),
+        None => None,
+    };
+    let cursor = header_cursor.or(query.last_event_id);
+    // Subscribe before reading the database, so nothing committed in between is missed.
+    let live = state.hub.subscribe();
+    let cursor = match cursor {
+        Some(cursor) => cursor,
+        None => state.store.last_warning_event_id().await?,
+    };
+    let (sender, receiver) = mpsc::channel::<Event>(64);
+    tokio::spawn(follow(state.clone(), query, cursor, live, sender));
+    let events = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver
+            .recv()
+            .await
+            .map(|event| (Ok::<_, Infallible>(event), receiver))
+    });
+    let keep_alive = KeepAlive::new()
+        .interval(state.settings.sse_heartbeat)
+        .text("heartbeat");
+    let mut response = Sse::new(events).keep_alive(keep_alive).into_response();
+    // Tell buffering proxies (nginx) to pass events through at once.
+    response.headers_mut().insert(
+        "x-accel-buffering",
+        axum::http::HeaderValue::from_static("no"),
+    );
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-cache"),
+    );
+    Ok(response)
+}
+
+fn sse_event(state: &ApiState, event: &WarningEvent) -> Event {
+    let body = EventBody::new(event, &state.settings.public_url);
+    Event::default()
+        .id(event.id.to_string())
+        .event(body.kind.clone())
+        .data(serde_json::to_string(&body).unwrap_or_default())
+}
+
+/// Feeds one client: the missed events from the database, then live ones. Ends when the client
+/// goes away (its receiver is dropped) or the database cannot be read (the client reconnects).
+async fn follow(
+    state: ApiState,
+    query: StreamQuery,
+    mut cursor: i64,
+    mut live: broadcast::Receiver<Arc<WarningEvent>>,
+    sender: mpsc::Sender<Event>,
+) {
+    if catch_up(&state, &query, &mut cursor, &sender)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        match live.recv().await {
+            Ok(event) => {
+                if event.id <= cursor {
+                    continue;
+                }
+                cursor = event.id;
+                if query.matches(&event) && sender.send(sse_event(&state, &event)).await.is_err() {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                if catch_up(&state, &query, &mut cursor, &sender)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+async fn catch_up(
+    state: &ApiState,
+    query: &StreamQuery,
+    cursor: &mut i64,
+    sender: &mpsc::Sender<Event>,
+) -> std::result::Result<(), ()> {
+    loop {
+        let events = match state
+            .store
+            .warning_events_after(*cursor, CATCH_UP_PAGE)
+            .await
+        {
+            Ok(events) => events,
+            Err(error) => {
+                tracing::warn!(%error, "event stream catch-up failed; closing the stream");
+                return Err(());
+            }
+        };
+        let full = events.len() as i64 == CATCH_UP_PAGE;
+        for event in events {
+            *cursor = event.id;
+            if query.matches(&event) && sender.send(sse_event(state, &event)).await.is_err() {
+                return Err(());
+            }
+        }
+        if !full {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Webhook endpoints over HTTP: register (the signing secret is shown once), list, show, delete,
+//! rotate the secret. Municipality keys see and manage only their own municipality's endpoints,
+//! utility keys only their own, operator keys all.
+
+use crate::auth::Caller;
+use crate::delivery::webhook;
+use crate::error::{ApiError, Result};
+use crate::ApiState;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tidemark_store::delivery::{NewWebhook, Role, WebhookRow};
+
+/// Longest accepted webhook URL.
+const URL_LIMIT: usize = 2048;
+
+/// Most filter entries (municipalities or areas) on one endpoint.
+const FILTER_LIMIT: usize = 200;
+
+const MANAGERS: &[Role] = &[Role::Municipality, Role::Utility, Role::Operator];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    pub url: String,
+    #[serde(default)]
+    pub description: String,
+    /// Municipality codes; empty for all (a municipality key gets its own).
+    #[serde(default)]
+    pub municipalities: Vec<String>,
+    /// Flood area keys; empty for all.
+    #[serde(default)]
+    pub areas: Vec<String>,
+    /// 1 (Flood Alert, the default), 2 or 3.
+    #[serde(default = "lowest_severity")]
+    pub min_severity: i16,
+}
+
+fn lowest_severity() -> i16 {
+    1
+}
+
+#[derive(Debug, Serialize)]
+pub struct WebhookBody {
+    pub id: i64,
+    pub url: String,
+    pub description: String,
+    pub municipalities: Vec<String>,
+    pub areas: Vec<String>,
+    pub min_severity: i16,
+    pub created_at: DateTime<Utc>,
+    pub disabled_at: Option<DateTime<Utc>>,
+    pub disabled_reason: Option<String>,
+    /// Only in the answer to registration and rotation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// During a rotation, until when the previous secret also signs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_secret_valid_until: Option<DateTime<Utc>>,
+}
+
+impl WebhookBody {
+    fn new(row: WebhookRow, show_secret: bool) -> WebhookBody {
+        WebhookBody {
+            id: row.id,
+            url: row.url,
+            description: row.description,
+            municipalities: row.municipalities,
+            areas: row.areas,
+            min_severity: row.min_severity,
+            created_at: row.created_at,
+            disabled_at: row.disabled_at,
+            disabled_reason: row.disabled_reason,
+            secret: show_secret.then_some(row.secret),
+            previous_secret_valid_until: show_secret.then_some(row.previous_until).flatten(),
+        }
+    }
+}
+
+fn visible(caller: &Caller, row: &WebhookRow) -> bool {
+    match caller.role {
+        Role::Operator => true,
+        Role::Municipality => row.owner_municipality == caller.municipality,
+        _ => row.owner_key == caller.key_id,
+    }
+}
+
+/// `POST /api/v1/webhooks`
+pub async fn register(
+    State(state): State<ApiState>,
+    caller: Caller,
+    body: std::result::Result<Json<Registration>, JsonRejection>,
+) -> Result<Response> {
+    caller.require(MANAGERS)?;
+    let Json(mut request) = body.map_err(|e| ApiError::bad("body", e.body_text()))?;
+    if request.url.len() > URL_LIMIT {
+        return Err(ApiError::bad(
+            "url",
+            format!("the URL may have at most {URL_LIMIT} bytes"),
+        ));
+    }
+    if request.description.chars().count() > 500 {
+        return Err(ApiError::bad(
+            "description",
+            "the description may have at most 500 characters",
+        ));
+    }
+    if !(1..=3).contains(&request.min_severity) {
+        return Err(ApiError::bad(
+            "min_severity",
+            "min_severity must be 1, 2 or 3",
+        ));
+    }
+    if request.municipalities.len() > FILTER_LIMIT || request.areas.len() > FILTER_LIMIT {
+        return Err(ApiError::bad(
+            "municipalities",
+            format!("at most {FILTER_LIMIT} municipalities and {FILTER_LIMIT} areas"),
+        ));
+    }
+    state
+        .settings
+        .policy
+        .check_registration(&request.url)
+        .await
+        .map_err(|refused| ApiError::bad("url", refused.to_string()))?;
+    if let Some(own) = &caller.municipality {
+        if request.municipalities.iter().any(|m| m != own) {
+            return Err(ApiError::Forbidden(format!(
+                "a key of municipality {own} can only subscribe to its own warnings"
+            )));
+        }
+        request.municipalities = vec![own.clone()];
+    }
+    request.municipalities.sort();
+    request.municipalities.dedup();
+    request.areas.sort();
+    request.areas.dedup();
+    let unknown = state
+        .store
+        .unknown_municipalities(&request.municipalities)
+        .await?;
+    if !unknown.is_empty() {
+        return Err(ApiError::bad(
+            "municipalities",
+            format!("unknown municipality codes: {}", unknown.join(", ")),
+        ));
+    }
+    let unknown = state.store.unknown_areas(&request.areas).await?;
+    if !unknown.is_empty() {
+        return Err(ApiError::bad(
+            "areas",
+            format!("unknown flood areas: {}", unknown.join(", ")),
+        ));
+    }
+    let row = state
+        .store
+        .create_webhook(&NewWebhook {
+            owner_key: caller.key_id,
+            owner_municipality: caller.municipality.clone(),
+            url: request.url,
+            description: request.description,
+            municipalities: request.municipalities,
+            areas: request.areas,
+            min_severity: request.min_severity,
+            secret: webhook::new_secret(),
+        })
+        .await?;
+    tracing::info!(webhook = row.id, key = %caller.prefix, "webhook registered");
+    Ok((StatusCode::CREATED, Json(WebhookBody::new(row, true))).into_response())
+}
+
+/// `GET /api/v1/webhooks`
+pub async fn list(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>> {
+    caller.require(MANAGERS)?;
+    let rows = state.store.webhooks(caller.municipality.as_deref()).await?;
+    let hooks: Vec<WebhookBody> = rows
+        .into_iter()
+        .filter(|row| visible(&caller, row))
+        .map(|row| WebhookBody::new(row, false))
+        .collect();
+    Ok(Json(serde_json::json!({ "webhooks": hooks })))
+}
+
+/// The caller's webhook `id`, or 404 (also for someone else's: its existence is not disclosed).
+async fn owned(state: &ApiState, caller: &Caller, id: i64) -> Result<WebhookRow> {
+    caller.require(MANAGERS)?;
+    state
+        .store
+        .webhook(id)
+        .await?
+        .filter(|row| visible(caller, row))
+        .ok_or_else(|| ApiError::NotFound(format!("webhook {id}")))
+}
+
+/// `GET /api/v1/webhooks/{id}`
+pub async fn one(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<WebhookBody>> {
+    Ok(Json(WebhookBody::new(
+        owned(&state, &caller, id).await?,
+        false,
+    )))
+}
+
+/// `DELETE /api/v1/webhooks/{id}`
+pub async fn delete(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<StatusCode> {
+    owned(&state, &caller, id).await?;
+    state.store.delete_webhook(id, Utc::now()).await?;
+    tracing::info!(webhook = id, key = %caller.prefix, "webhook deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/webhooks/{id}/rotate-secret`
+pub async fn rotate(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<WebhookBody>> {
+    owned(&state, &caller, id).await?;
+    let grace = chrono::Duration::from_std(state.settings.rotation_grace).unwrap_or_default();
+    let row = state
+        .store
+        .rotate_webhook_secret(id, &webhook::new_secret(), Utc::now() + grace)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("webhook {id}")))?;
+    tracing::info!(webhook = id, key = %caller.prefix, "webhook secret rotated");
+    Ok(Json(WebhookBody::new(row, true)))
+}

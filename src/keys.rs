@@ -1,0 +1,104 @@
+//! `tidemark keys`: create, list and revoke API keys. A key is printed once, at creation; the
+//! database keeps only its hash.
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::Subcommand;
+use tidemark_store::delivery::Role;
+use tidemark_store::{DatabaseConfig, Store};
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it (once).
+    Create {
+        /// researcher, utility, municipality or operator.
+        #[arg(long)]
+        role: String,
+        /// The municipality code a municipality key acts for (e.g. 0751 for Aarhus).
+        #[arg(long)]
+        municipality: Option<String>,
+        /// What the key is for, shown in lists.
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Lifetime ("90d", "12h"); without it the key lasts until revoked.
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// List keys (prefixes, roles, states; never the keys).
+    List,
+    /// Revoke a key by its prefix (the 12 hex digits after `tmk_`).
+    Revoke { prefix: String },
+}
+
+pub async fn run(database: &DatabaseConfig, command: KeysCommand) -> anyhow::Result<()> {
+    let store = Store::connect(database).await?;
+    match command {
+        KeysCommand::Create {
+            role,
+            municipality,
+            label,
+            expires_in,
+        } => {
+            let role = Role::parse(&role).with_context(|| {
+                format!("role {role:?} is not one of researcher, utility, municipality, operator")
+            })?;
+            if (role == Role::Municipality) != municipality.is_some() {
+                anyhow::bail!("--municipality is required for, and only for, a municipality key");
+            }
+            if let Some(code) = &municipality {
+                let unknown = store.unknown_municipalities(std::slice::from_ref(code)).await?;
+                anyhow::ensure!(
+                    unknown.is_empty(),
+                    "municipality {code} is not loaded; run `tidemark migrate` first"
+                );
+            }
+            let expires_at = match expires_in {
+                Some(text) => {
+                    let lifetime = tidemark_model::duration::parse(&text)
+                        .map_err(anyhow::Error::msg)
+                        .with_context(|| format!("--expires-in {text:?}"))?;
+                    Some(Utc::now() + chrono::Duration::from_std(lifetime)?)
+                }
+                None => None,
+            };
+            let (key, row) =
+                tidemark_api::auth::create_key(&store, role, municipality, label, expires_at)
+                    .await?;
+            println!("{key}");
+            eprintln!(
+                "created {} key {} (shown once; only its hash is stored){}",
+                row.role.name(),
+                row.prefix,
+                row.expires_at
+                    .map(|at| format!(", expires {at}"))
+                    .unwrap_or_default()
+            );
+        }
+        KeysCommand::List => {
+            for key in store.api_keys().await? {
+                let state = match (key.revoked_at, key.expires_at) {
+                    (Some(at), _) => format!("revoked {at}"),
+                    (None, Some(at)) if at <= Utc::now() => format!("expired {at}"),
+                    (None, Some(at)) => format!("expires {at}"),
+                    (None, None) => "active".to_owned(),
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    key.prefix,
+                    key.role.name(),
+                    key.municipality.as_deref().unwrap_or("-"),
+                    state,
+                    key.label
+                );
+            }
+        }
+        KeysCommand::Revoke { prefix } => {
+            anyhow::ensure!(
+                store.revoke_api_key(&prefix, Utc::now()).await?,
+                "no active key with the prefix {prefix}"
+            );
+            eprintln!("revoked key {prefix}");
+        }
+    }
+    Ok(())
+}
