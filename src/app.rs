@@ -158,11 +158,8 @@ async fn serve_stages(
             &settings.public_url,
             delivery_metrics,
         )?);
-        let hub = tidemark_api::sse::Hub::start(
-            store.clone(),
-            config.database.clone(),
-            shutdown.clone(),
-        );
+        let hub =
+            tidemark_api::sse::Hub::start(store.clone(), config.database.clone(), shutdown.clone());
         api_routes = Some(tidemark_api::api_router(ApiState {
             store: store.clone(),
             settings: Arc::new(settings),

@@ -46,7 +46,9 @@ pub async fn run(database: &DatabaseConfig, command: KeysCommand) -> anyhow::Res
                 anyhow::bail!("--municipality is required for, and only for, a municipality key");
             }
             if let Some(code) = &municipality {
-                let unknown = store.unknown_municipalities(std::slice::from_ref(code)).await?;
+                let unknown = store
+                    .unknown_municipalities(std::slice::from_ref(code))
+                    .await?;
                 anyhow::ensure!(
                     unknown.is_empty(),
                     "municipality {code} is not loaded; run `tidemark migrate` first"

@@ -10,6 +10,8 @@
 //! - [`bench_analytics`]: `tidemark bench analytics`.
 //! - [`sim`]: `tidemark sim` and `tidemark replay`.
 //! - [`verify`]: `tidemark verify`, warning verification for a period.
+//! - [`peers`]: the receiving ends of warning delivery (webhook receiver, SSE client, MQTT
+//!   subscriber), for tests and benchmarks.
 //! - [`testkit`]: a private Mosquitto and fresh databases, for tests and benchmarks.
 
 pub mod app;
@@ -17,6 +19,7 @@ pub mod bench;
 pub mod bench_analytics;
 pub mod config;
 pub mod keys;
+pub mod peers;
 pub mod sim;
 pub mod testkit;
 pub mod verify;

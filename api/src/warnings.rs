@@ -223,7 +223,7 @@ pub async fn atom(State(state): State<ApiState>) -> Result<Response> {
             }
         }
     }
-    events.sort_by(|a, b| b.recorded_at.cmp(&a.recorded_at));
+    events.sort_by_key(|e| std::cmp::Reverse(e.recorded_at));
     let entries: Vec<cap::FeedEntry<'_>> = events
         .iter()
         .map(|event| cap::FeedEntry { event })

@@ -19,6 +19,9 @@ mod flood;
 // Flood warnings from replayed recordings through broker, ingest and analytics.
 mod warnings;
 
+// Warning delivery: webhooks, Server-Sent Events, MQTT alerts, CAP 1.2, acknowledgement.
+mod delivery;
+
 // Health, readiness and metrics over HTTP.
 mod ops;
 

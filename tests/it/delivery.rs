@@ -1,0 +1,999 @@
+//! Warning delivery against the real database, a private Mosquitto and real HTTP receivers:
+//! signed webhooks with retries and dead letters, Server-Sent Events with resumption, retained
+//! MQTT alerts, CAP 1.2 and the Atom feed, acknowledgement and the API keys that guard it.
+
+use crate::support::*;
+use chrono::{DateTime, Duration as ChronoDuration, SubsecRound, Utc};
+use prometheus_client::registry::Registry;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tidemark::config::Config;
+use tidemark::peers::{MqttSubscriber, SseClient, WebhookReceiver};
+use tidemark_api::delivery::webhook::{verify, VerifyError};
+use tidemark_api::delivery::{mqtt::AlertPublisher, DeliveryConfig, Dispatcher, Metrics};
+use tidemark_api::{ApiSettings, ApiState};
+use tidemark_store::delivery::Role;
+use tidemark_store::flood::NewEvent;
+use tokio_util::sync::CancellationToken;
+
+const AREA: &str = "flensburg-fjord";
+/// Aabenraa, which the Flensburg area's warnings go to.
+const AABENRAA: &str = "0580";
+const AARHUS: &str = "0751";
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn config(harness: &Harness) -> Config {
+    Config {
+        database: harness.settings(Default::default()).database,
+        mqtt: harness.broker_config(),
+        analytics: tidemark_analytics::runner::AnalyticsConfig {
+            flood_files: vec![
+                repo("config/flood/baltic-2023.toml"),
+                repo("config/flood/calder-2025.toml"),
+                repo("config/flood/aarhus.toml"),
+            ],
+            municipalities: repo("config/reference/dk-kommuner/kommuner.geojson"),
+            sweep_interval: Duration::from_secs(2),
+            ..Default::default()
+        },
+        delivery: DeliveryConfig {
+            // The receivers of these tests run on this machine.
+            allow_networks: vec!["127.0.0.0/8".to_owned()],
+            initial_backoff: Duration::from_secs(2),
+            timeout: Duration::from_secs(5),
+            lease: Duration::from_secs(60),
+            ..DeliveryConfig::default()
+        },
+        ..Config::default()
+    }
+}
+
+/// The API on a free loopback port, with its event hub.
+struct Api {
+    base: String,
+    state: ApiState,
+    shutdown: CancellationToken,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn start(harness: &Harness, config: &Config) -> Api {
+        tidemark::app::load_flood(config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let api = tidemark_api::ApiConfig {
+            public_url: base.clone(),
+            sse_heartbeat: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let settings = ApiSettings::new(&api, &config.delivery, "tidemark/v1").unwrap();
+        let shutdown = CancellationToken::new();
+        let hub = tidemark_api::sse::Hub::start(
+            harness.store.clone(),
+            config.database.clone(),
+            shutdown.clone(),
+        );
+        let state = ApiState {
+            store: harness.store.clone(),
+            settings: Arc::new(settings),
+            hub,
+        };
+        let router = tidemark_api::api_router(state.clone());
+        tokio::spawn(tidemark_api::serve(listener, router, shutdown.clone()));
+        Api {
+            base,
+            state,
+            shutdown,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn key(&self, role: Role, municipality: Option<&str>) -> String {
+        tidemark_api::auth::create_key(
+            &self.state.store,
+            role,
+            municipality.map(str::to_owned),
+            "test".to_owned(),
+            None,
+        )
+        .await
+        .unwrap()
+        .0
+    }
+
+    /// Sends a request; returns the status and the JSON body (Null when there is none).
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    async fn text(&self, path: &str) -> (u16, String, String) {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (status, content_type, response.text().await.unwrap())
+    }
+
+    /// Registers a webhook for `url` with a key; returns (id, secret).
+    async fn register(&self, key: &str, url: &str, min_severity: i16) -> (i64, String) {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/webhooks",
+                Some(key),
+                Some(serde_json::json!({ "url": url, "min_severity": min_severity })),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        (
+            body["id"].as_i64().unwrap(),
+            body["secret"].as_str().unwrap().to_owned(),
+        )
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+static ALERT_CLIENTS: AtomicU32 = AtomicU32::new(0);
+
+fn dispatcher(harness: &Harness, config: &Config, api: &Api) -> (Dispatcher, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::register(&mut Registry::default()));
+    let alerts = AlertPublisher::start(
+        &harness.broker_config(),
+        &format!("alerts-{}", ALERT_CLIENTS.fetch_add(1, Ordering::SeqCst)),
+        Duration::from_secs(5),
+        api.shutdown.clone(),
+    );
+    let dispatcher = Dispatcher::new(
+        harness.store.clone(),
+        config.delivery.clone(),
+        alerts,
+        "tidemark/v1",
+        &api.base,
+        metrics.clone(),
+    )
+    .unwrap();
+    (dispatcher, metrics)
+}
+
+/// Records one event on the Flensburg area as analytics would, with MQTT deliveries if asked.
+async fn record(harness: &Harness, kind: &'static str, severity: Option<i16>, mqtt: bool) -> i64 {
+    let deliveries = if mqtt {
+        vec![(
+            "mqtt".to_owned(),
+            format!("tidemark/v1/alerts/{AABENRAA}/{AREA}"),
+        )]
+    } else {
+        Vec::new()
+    };
+    let event = NewEvent {
+        kind,
+        severity,
+        warning_kind: "observed",
+        at: Utc::now(),
+        message_en: format!("Flensburg {kind} at severity {severity:?}."),
+        message_da: format!("Flensborg {kind} på niveau {severity:?}."),
+        trigger: serde_json::json!({ "sensor": "flensburg.sea_level", "value": 1.8 }),
+    };
+    harness
+        .store
+        .record_area_events(AREA, &[AABENRAA.to_owned()], &[event], &deliveries, &[])
+        .await
+        .unwrap()[0]
+}
+
+/// A second from now, to the microsecond (what PostgreSQL keeps): an instant for the dispatcher's
+/// clock at which everything queued so far is due.
+fn soon() -> DateTime<Utc> {
+    (Utc::now() + ChronoDuration::seconds(1)).trunc_subsecs(6)
+}
+
+fn secs(seconds: f64) -> ChronoDuration {
+    ChronoDuration::milliseconds((seconds * 1000.0) as i64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_receiver_is_retried_on_schedule_with_one_id_until_it_succeeds() {
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    let api = Api::start(&harness, &config).await;
+    let receiver = WebhookReceiver::start().await.unwrap();
+    let key = api.key(Role::Municipality, Some(AABENRAA)).await;
+    let (_, secret) = api.register(&key, &receiver.url, 1).await;
+    let event = record(&harness, "raised", Some(1), false).await;
+    let (dispatcher, metrics) = dispatcher(&harness, &config, &api);
+    receiver.script(&[500, 500, 500, 200]);
+
+    // A controllable clock: each round runs at an instant the test chooses.
+    let mut now: DateTime<Utc> = soon();
+    let row = |rows: Vec<tidemark_store::delivery::OutboxRow>| rows.into_iter().next().unwrap();
+    for (failed, step) in [(1, 2.0), (2, 4.0), (3, 8.0)] {
+        assert_eq!(dispatcher.run_once(now).await.unwrap(), 1);
+        let outbox = row(harness.store.outbox("webhook").await.unwrap());
+        assert_eq!(outbox.attempts, failed);
+        assert!(outbox.delivered_at.is_none());
+        let wait = outbox.next_attempt_at - now;
+        assert!(
+            wait >= secs(step / 2.0) && wait <= secs(step),
+            "attempt {failed}: retry after {wait}, expected between {} and {step} s",
+            step / 2.0
+        );
+        // Nothing is due just before the retry.
+        assert_eq!(
+            dispatcher
+                .run_once(outbox.next_attempt_at - secs(0.001))
+                .await
+                .unwrap(),
+            0
+        );
+        now = outbox.next_attempt_at;
+    }
+    assert_eq!(dispatcher.run_once(now).await.unwrap(), 1);
+    let outbox = row(harness.store.outbox("webhook").await.unwrap());
+    assert_eq!(outbox.delivered_at, Some(now));
+    assert_eq!(dispatcher.run_once(now + secs(3600.0)).await.unwrap(), 0);
+
+    let attempts = harness.store.attempts(outbox.id).await.unwrap();
+    let statuses: Vec<Option<i32>> = attempts.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [Some(500), Some(500), Some(500), Some(200)]);
+    assert_eq!(attempts.iter().filter(|a| a.ok).count(), 1, "one success");
+    let deliveries = receiver.deliveries();
+    assert_eq!(deliveries.len(), 4);
+    for delivery in &deliveries {
+        assert_eq!(
+            delivery.id,
+            format!("evt_{event}"),
+            "the same id every time"
+        );
+        assert_eq!(
+            delivery.body, deliveries[0].body,
+            "the same body every time"
+        );
+        let at = DateTime::from_timestamp(delivery.timestamp.parse().unwrap(), 0).unwrap();
+        verify(
+            &secret,
+            &delivery.id,
+            &delivery.timestamp,
+            &delivery.signature,
+            &delivery.body,
+            at,
+            Duration::from_secs(300),
+        )
+        .expect("signed with the endpoint's secret");
+    }
+    let body = deliveries[0].json();
+    assert_eq!(body["type"], "warning.raised");
+    assert_eq!(body["id"], event);
+    assert_eq!(body["area"]["key"], AREA);
+    assert_eq!(
+        metrics
+            .failed_attempts
+            .get_or_create(&vec![("channel", "webhook".to_owned())])
+            .get(),
+        3
+    );
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_fail_for_a_tampered_body_a_stale_timestamp_and_a_rotated_secret() {
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    let api = Api::start(&harness, &config).await;
+    let receiver = WebhookReceiver::start().await.unwrap();
+    let key = api.key(Role::Municipality, Some(AABENRAA)).await;
+    let (hook, old_secret) = api.register(&key, &receiver.url, 1).await;
+    record(&harness, "raised", Some(2), false).await;
+    let (dispatcher, _) = dispatcher(&harness, &config, &api);
+    let now = soon();
+    dispatcher.run_once(now).await.unwrap();
+    let delivery = receiver.deliveries().pop().expect("delivered");
+    let tolerance = Duration::from_secs(300);
+    let check = |secret: &str, body: &[u8], at: DateTime<Utc>| {
+        verify(
+            secret,
+            &delivery.id,
+            &delivery.timestamp,
+            &delivery.signature,
+            body,
+            at,
+            tolerance,
+        )
+    };
+    assert_eq!(check(&old_secret, &delivery.body, now), Ok(()));
+    let mut tampered = delivery.body.clone();
+    let last = tampered.len() - 2;
+    tampered[last] ^= 1;
+    assert_eq!(
+        check(&old_secret, &tampered, now),
+        Err(VerifyError::NoMatch)
+    );
+    assert_eq!(
+        check(
+            &old_secret,
+            &delivery.body,
+            now + ChronoDuration::minutes(6)
+        ),
+        Err(VerifyError::OutsideTolerance),
+        "a replay six minutes later is stale"
+    );
+
+    // Rotation: the new secret is shown once; both sign until the grace period ends.
+    let (status, rotated) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/webhooks/{hook}/rotate-secret"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_secret = rotated["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new_secret, old_secret);
+    let (_, listed) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/webhooks/{hook}"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert!(
+        listed.get("secret").is_none(),
+        "secrets are shown only once: {listed}"
+    );
+    record(&harness, "changed", Some(3), false).await;
+    let later = soon();
+    dispatcher.run_once(later).await.unwrap();
+    let second = receiver.deliveries().pop().unwrap();
+    for secret in [&old_secret, &new_secret] {
+        assert_eq!(
+            verify(
+                secret,
+                &second.id,
+                &second.timestamp,
+                &second.signature,
+                &second.body,
+                later,
+                tolerance
+            ),
+            Ok(())
+        );
+    }
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_killed_between_send_and_record_resends_with_the_same_id() {
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    let api = Api::start(&harness, &config).await;
+    let receiver = WebhookReceiver::start().await.unwrap();
+    let key = api.key(Role::Municipality, Some(AABENRAA)).await;
+    api.register(&key, &receiver.url, 1).await;
+    let event = record(&harness, "raised", Some(1), false).await;
+    let t0 = soon();
+
+    // The receiver has the request; the dispatcher dies before it hears the answer.
+    receiver.hold(true);
+    let (first, _) = dispatcher(&harness, &config, &api);
+    let running = tokio::spawn(async move { first.run_once(t0).await });
+    assert!(receiver.wait_for(1, Duration::from_secs(10)).await);
+    running.abort();
+    let _ = running.await;
+    receiver.hold(false);
+    receiver.release();
+    let outbox = harness.store.outbox("webhook").await.unwrap().remove(0);
+    assert!(outbox.delivered_at.is_none(), "nothing was recorded");
+    assert!(harness.store.attempts(outbox.id).await.unwrap().is_empty());
+
+    // Restarted: the row stays with the dead dispatcher until its lease ends, then is resent.
+    let (second, _) = dispatcher(&harness, &config, &api);
+    assert_eq!(second.run_once(t0 + secs(30.0)).await.unwrap(), 0, "leased");
+    let after_lease = t0 + secs(61.0);
+    assert_eq!(second.run_once(after_lease).await.unwrap(), 1);
+    let deliveries = receiver.deliveries();
+    assert_eq!(deliveries.len(), 2);
+    assert_eq!(deliveries[0].id, format!("evt_{event}"));
+    assert_eq!(
+        deliveries[1].id, deliveries[0].id,
+        "the resend carries the same id"
+    );
+    assert_eq!(deliveries[1].body, deliveries[0].body);
+    let outbox = harness.store.outbox("webhook").await.unwrap().remove(0);
+    assert_eq!(outbox.delivered_at, Some(after_lease));
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_disables_the_endpoint_and_internal_addresses_are_refused() {
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    let api = Api::start(&harness, &config).await;
+    let receiver = WebhookReceiver::start().await.unwrap();
+    let key = api.key(Role::Utility, None).await;
+    let (hook, _) = api.register(&key, &receiver.url, 1).await;
+    let event = record(&harness, "raised", Some(1), false).await;
+    let (dispatcher, metrics) = dispatcher(&harness, &config, &api);
+    receiver.script(&[410]);
+    let now = soon();
+    dispatcher.run_once(now).await.unwrap();
+    let (_, shown) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/webhooks/{hook}"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert!(shown["disabled_at"].is_string(), "{shown}");
+    let outbox = harness.store.outbox("webhook").await.unwrap().remove(0);
+    assert_eq!(outbox.dead_at, Some(now));
+    assert_eq!(
+        metrics
+            .dead_letters
+            .get_or_create(&vec![("channel", "webhook".to_owned())])
+            .get(),
+        1
+    );
+    let warning = harness
+        .store
+        .warning_event(event)
+        .await
+        .unwrap()
+        .unwrap()
+        .warning_id;
+    let history = harness.store.warning_history(warning).await.unwrap();
+    assert!(
+        history.iter().any(|e| e.kind == "undelivered"),
+        "the operator alert is an event on the warning"
+    );
+    // A disabled endpoint gets nothing more.
+    record(&harness, "changed", Some(2), false).await;
+    dispatcher.run_once(soon()).await.unwrap();
+    assert_eq!(receiver.deliveries().len(), 1);
+
+    // Loopback is allowed by this test's configuration; metadata and private networks are not,
+    // and the refusal comes before any connection (these addresses are never contacted).
+    for url in [
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.1/hook",
+        "http://[fd00::1]/hook",
+        "http://192.168.1.10:8080/hook",
+        "file:///etc/passwd",
+    ] {
+        let (status, body) = api
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/webhooks",
+                Some(&key),
+                Some(serde_json::json!({ "url": url })),
+            )
+            .await;
+        assert_eq!(status, 400, "{url}: {body}");
+        assert_eq!(body["parameter"], "url", "{body}");
+    }
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_client_resumes_from_last_event_id_with_exactly_what_it_missed() {
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    let api = Api::start(&harness, &config).await;
+    let stream = api.url("/api/v1/warnings/stream");
+    let mut client = SseClient::connect(&api.http, &stream, None).await.unwrap();
+    let raised = record(&harness, "raised", Some(1), false).await;
+    let first = client
+        .next(Duration::from_secs(10))
+        .await
+        .expect("live event");
+    assert_eq!(first.id, Some(raised.to_string()));
+    assert_eq!(first.event.as_deref(), Some("warning.raised"));
+    drop(client);
+
+    let missed = [
+        record(&harness, "changed", Some(2), false).await,
+        record(&harness, "changed", Some(3), false).await,
+        record(&harness, "lifted", None, false).await,
+    ];
+    let mut client = SseClient::connect(&api.http, &stream, Some(&raised.to_string()))
+        .await
+        .unwrap();
+    for id in missed {
+        let event = client
+            .next(Duration::from_secs(10))
+            .await
+            .expect("caught up");
+        assert_eq!(event.id, Some(id.to_string()));
+    }
+    // Then live events follow, and nothing else came in between.
+    let next = record(&harness, "raised", Some(1), false).await;
+    let event = client
+        .next(Duration::from_secs(10))
+        .await
+        .expect("live again");
+    assert_eq!(event.id, Some(next.to_string()));
+    let body: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+    assert_eq!(body["severity_name"], "Flood Alert");
+
+    // Filters and bad resumption points.
+    let mut aarhus = SseClient::connect(
+        &api.http,
+        &format!("{stream}?municipality={AARHUS}&last_event_id=0"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(
+        aarhus.next(Duration::from_millis(1500)).await.is_none(),
+        "no Aarhus events"
+    );
+    let (status, _, _) = api.text("/api/v1/warnings/stream?min_severity=9").await;
+    assert_eq!(status, 400);
+    let response = api
+        .http
+        .get(&stream)
+        .header("last-event-id", "yesterday")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_mqtt_subscriber_gets_the_retained_state_and_the_lift() {
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    let api = Api::start(&harness, &config).await;
+    let (dispatcher, _) = dispatcher(&harness, &config, &api);
+    let shutdown = api.shutdown.clone();
+    let database = config.database.clone();
+    tokio::spawn(async move { dispatcher.run(&database, shutdown).await });
+    let raised = record(&harness, "raised", Some(2), true).await;
+    let delivered = wait_for(Duration::from_secs(20), || async {
+        harness.store.outbox("mqtt").await.unwrap()[0]
+            .delivered_at
+            .is_some()
+    })
+    .await;
+    assert!(delivered);
+
+    let topic = format!("tidemark/v1/alerts/{AABENRAA}/{AREA}");
+    let mut late = MqttSubscriber::start(
+        &harness.broker_config(),
+        "late-siren",
+        "tidemark/v1/alerts/#",
+    )
+    .await
+    .unwrap();
+    let (got_topic, state, retained) = late.next(Duration::from_secs(10)).await.expect("retained");
+    assert_eq!(got_topic, topic);
+    assert!(
+        retained,
+        "a subscriber that connects later gets the current state at once"
+    );
+    assert_eq!(state["id"], raised);
+    assert_eq!(state["in_force"], true);
+    assert_eq!(state["severity_name"], "Flood Warning");
+
+    record(&harness, "lifted", None, true).await;
+    let (_, lifted, _) = late.next(Duration::from_secs(20)).await.expect("the lift");
+    assert_eq!(lifted["type"], "warning.lifted");
+    assert_eq!(lifted["in_force"], false, "no longer in force");
+    let mut later = MqttSubscriber::start(&harness.broker_config(), "later-sign", &topic)
+        .await
+        .unwrap();
+    let (_, state, retained) = later.next(Duration::from_secs(10)).await.unwrap();
+    assert!(retained);
+    assert_eq!(state["in_force"], false);
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cap_messages_for_raise_update_and_lift_are_valid_and_linked() {
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    let api = Api::start(&harness, &config).await;
+    let raised = record(&harness, "raised", Some(1), false).await;
+    let (status, content_type, feed) = api.text("/api/v1/warnings.atom").await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "application/atom+xml")
+    );
+    assert!(
+        feed.contains(&format!("/api/v1/warning-events/{raised}.cap")),
+        "{feed}"
+    );
+    let changed = record(&harness, "changed", Some(3), false).await;
+    let lifted = record(&harness, "lifted", None, false).await;
+    let identifier = |id: i64| format!("tidemark-warning-event-{id}");
+    for (id, msg_type, severity) in [
+        (raised, "Alert", "Moderate"),
+        (changed, "Update", "Extreme"),
+        (lifted, "Cancel", "Minor"),
+    ] {
+        let (status, content_type, xml) =
+            api.text(&format!("/api/v1/warning-events/{id}.cap")).await;
+        assert_eq!(status, 200);
+        assert_eq!(content_type, "application/cap+xml");
+        assert_eq!(
+            tidemark_api::cap::validate::problems(&xml),
+            Vec::<String>::new(),
+            "{xml}"
+        );
+        let alert = tidemark_api::cap::validate::parse(&xml).unwrap();
+        assert_eq!(alert.child("identifier").unwrap().text, identifier(id));
+        assert_eq!(alert.child("msgType").unwrap().text, msg_type);
+        let info = alert.child("info").unwrap();
+        assert_eq!(info.child("severity").unwrap().text, severity);
+        let area = info.child("area").unwrap();
+        assert!(area.child("areaDesc").unwrap().text.contains("Aabenraa"));
+        assert_eq!(
+            area.child("geocode").unwrap().child("value").unwrap().text,
+            AABENRAA
+        );
+        if msg_type != "Alert" {
+            let references = &alert.child("references").unwrap().text;
+            assert!(references.contains(&identifier(raised)), "{references}");
+        }
+    }
+    let warning = harness
+        .store
+        .warning_event(raised)
+        .await
+        .unwrap()
+        .unwrap()
+        .warning_id;
+    let (_, _, current) = api.text(&format!("/api/v1/warnings/{warning}.cap")).await;
+    assert!(
+        current.contains(&identifier(lifted)),
+        "the warning's CAP is its latest message"
+    );
+    let (_, _, feed) = api.text("/api/v1/warnings.atom").await;
+    assert!(
+        !feed.contains("<entry>"),
+        "a lifted warning leaves the feed: {feed}"
+    );
+    let (status, _, _) = api.text("/api/v1/warning-events/999999.cap").await;
+    assert_eq!(status, 404);
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_municipality_acknowledges_and_every_channel_shows_it() {
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    let api = Api::start(&harness, &config).await;
+    let receiver = WebhookReceiver::start().await.unwrap();
+    let aabenraa = api.key(Role::Municipality, Some(AABENRAA)).await;
+    let (hook, _) = api.register(&aabenraa, &receiver.url, 1).await;
+    let raised = record(&harness, "raised", Some(2), true).await;
+    let warning = harness
+        .store
+        .warning_event(raised)
+        .await
+        .unwrap()
+        .unwrap()
+        .warning_id;
+    let mut stream = SseClient::connect(
+        &api.http,
+        &api.url(&format!("/api/v1/warnings/stream?last_event_id={raised}")),
+        None,
+    )
+    .await
+    .unwrap();
+    let ack = format!("/api/v1/warnings/{warning}/ack");
+
+    // Who may not.
+    let aarhus = api.key(Role::Municipality, Some(AARHUS)).await;
+    let researcher = api.key(Role::Researcher, None).await;
+    let (revoked, row) = tidemark_api::auth::create_key(
+        &harness.store,
+        Role::Municipality,
+        Some(AABENRAA.into()),
+        String::new(),
+        None,
+    )
+    .await
+    .unwrap();
+    harness
+        .store
+        .revoke_api_key(&row.prefix, Utc::now())
+        .await
+        .unwrap();
+    let (expired, _) = tidemark_api::auth::create_key(
+        &harness.store,
+        Role::Municipality,
+        Some(AABENRAA.into()),
+        String::new(),
+        Some(Utc::now() - ChronoDuration::minutes(1)),
+    )
+    .await
+    .unwrap();
+    let tampered = format!("{}x", &aabenraa[..aabenraa.len() - 1]);
+    for (key, expected) in [
+        (None, 401),
+        (Some("not-a-key"), 401),
+        (Some(tampered.as_str()), 401),
+        (Some(revoked.as_str()), 401),
+        (Some(expired.as_str()), 401),
+        (Some(researcher.as_str()), 403),
+        (Some(aarhus.as_str()), 403),
+    ] {
+        let (status, body) = api.call(reqwest::Method::POST, &ack, key, None).await;
+        assert_eq!(status, expected, "{key:?}: {body}");
+        assert!(body["detail"].is_string(), "a problem body: {body}");
+    }
+    let (status, _) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/webhooks/{hook}"),
+            Some(&aarhus),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "another municipality's webhook is not visible");
+    let (status, _) = api
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/webhooks/{hook}"),
+            Some(&aarhus),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "nor deletable");
+    let (status, _) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/webhooks",
+            Some(&aabenraa),
+            Some(serde_json::json!({ "url": receiver.url, "municipalities": [AARHUS] })),
+        )
+        .await;
+    assert_eq!(
+        status, 403,
+        "a municipality subscribes only to its own warnings"
+    );
+
+    // Aabenraa acknowledges, once.
+    let note = serde_json::json!({ "note": "Beredskabet er underrettet" });
+    let (status, body) = api
+        .call(
+            reqwest::Method::POST,
+            &ack,
+            Some(&aabenraa),
+            Some(note.clone()),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let ack_event = body["event_id"].as_i64().unwrap();
+    let (status, again) = api
+        .call(reqwest::Method::POST, &ack, Some(&aabenraa), Some(note))
+        .await;
+    assert_eq!((status, again["new"].as_bool()), (200, Some(false)));
+    assert_eq!(again["event_id"], ack_event);
+
+    let (_, shown) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/warnings/{warning}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(shown["acknowledged_by"], serde_json::json!([AABENRAA]));
+    let kinds: Vec<&str> = shown["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["warning.raised", "warning.acknowledged"]);
+    assert_eq!(
+        shown["history"][1]["detail"]["note"],
+        "Beredskabet er underrettet"
+    );
+    let event = stream
+        .next(Duration::from_secs(10))
+        .await
+        .expect("on the stream");
+    assert_eq!(event.event.as_deref(), Some("warning.acknowledged"));
+
+    let (dispatcher, _) = dispatcher(&harness, &config, &api);
+    dispatcher.run_once(soon()).await.unwrap();
+    let types: Vec<String> = receiver
+        .deliveries()
+        .iter()
+        .map(|d| d.json()["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(types, ["warning.raised", "warning.acknowledged"]);
+    let mut siren = MqttSubscriber::start(
+        &harness.broker_config(),
+        "ack-siren",
+        "tidemark/v1/alerts/#",
+    )
+    .await
+    .unwrap();
+    let (_, state, _) = siren.next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(state["type"], "warning.acknowledged");
+    assert_eq!(state["in_force"], true);
+    let (_, _, cap) = api
+        .text(&format!("/api/v1/warning-events/{ack_event}.cap"))
+        .await;
+    assert!(cap.contains("<msgType>Update</msgType>"));
+
+    record(&harness, "lifted", None, false).await;
+    let (status, _) = api
+        .call(reqwest::Method::POST, &ack, Some(&aabenraa), None)
+        .await;
+    assert_eq!(status, 409, "a lifted warning cannot be acknowledged");
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replayed_baltic_surge_reaches_a_webhook_an_sse_client_and_an_mqtt_subscriber() {
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    let api = Api::start(&harness, &config).await;
+    let receiver = WebhookReceiver::start().await.unwrap();
+    let key = api.key(Role::Municipality, Some(AABENRAA)).await;
+    let (_, secret) = api.register(&key, &receiver.url, 1).await;
+    let mut stream = SseClient::connect(
+        &api.http,
+        &api.url(&format!("/api/v1/warnings/stream?area={AREA}")),
+        None,
+    )
+    .await
+    .unwrap();
+    let (dispatcher, _) = dispatcher(&harness, &config, &api);
+    let shutdown = api.shutdown.clone();
+    let database = config.database.clone();
+    tokio::spawn(async move { dispatcher.run(&database, shutdown).await });
+
+    let ingest = harness.ingest_ready("ingest-delivery", None).await;
+    let metrics = Arc::new(tidemark_analytics::runner::Metrics::register(
+        &mut Registry::default(),
+    ));
+    let analytics_shutdown = CancellationToken::new();
+    let analytics = tokio::spawn(tidemark_analytics::runner::run(
+        config.analytics_settings(),
+        metrics.clone(),
+        analytics_shutdown.clone(),
+    ));
+    replay_all(
+        &harness,
+        tidemark_sensors_sim::replay::Format::BalticSurge,
+        "baltic-surge",
+        "tests/fixtures/baltic-surge-2023/sea_level_10min.csv",
+    )
+    .await;
+    let lifted = wait_for(Duration::from_secs(90), || async {
+        harness
+            .store
+            .warning_events(AREA)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.kind == "lifted")
+    })
+    .await;
+    assert!(lifted, "Flensburg's warning is raised and lifted");
+    let events: Vec<i64> = harness
+        .store
+        .warning_events(AREA)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+
+    // Every Flensburg event reaches the webhook, signed, once each, in order.
+    let flensburg = || -> Vec<tidemark::peers::Delivery> {
+        receiver
+            .deliveries()
+            .into_iter()
+            .filter(|d| d.json()["area"]["key"] == AREA)
+            .collect()
+    };
+    let all_arrived = wait_for(Duration::from_secs(30), || async {
+        flensburg().len() >= events.len()
+    })
+    .await;
+    assert!(all_arrived);
+    let deliveries = flensburg();
+    let ids: Vec<i64> = deliveries
+        .iter()
+        .map(|d| d.json()["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, events);
+    for d in &deliveries {
+        verify(
+            &secret,
+            &d.id,
+            &d.timestamp,
+            &d.signature,
+            &d.body,
+            Utc::now(),
+            Duration::from_secs(300),
+        )
+        .expect("valid signature");
+    }
+    // The SSE client saw the same events, in the same order.
+    let mut seen = Vec::new();
+    while seen.len() < events.len() {
+        let event = stream
+            .next(Duration::from_secs(20))
+            .await
+            .expect("streamed");
+        seen.push(event.id.unwrap().parse::<i64>().unwrap());
+    }
+    assert_eq!(seen, events);
+    // And a siren that subscribes afterwards learns at once that the warning is over.
+    let delivered = wait_for(Duration::from_secs(30), || async {
+        harness
+            .store
+            .outbox("mqtt")
+            .await
+            .unwrap()
+            .iter()
+            .all(|row| row.delivered_at.is_some())
+    })
+    .await;
+    assert!(delivered, "every MQTT delivery confirmed");
+    let mut siren = MqttSubscriber::start(
+        &harness.broker_config(),
+        "siren-aabenraa",
+        &format!("tidemark/v1/alerts/{AABENRAA}/{AREA}"),
+    )
+    .await
+    .unwrap();
+    let (_, state, retained) = siren.next(Duration::from_secs(10)).await.unwrap();
+    assert!(retained);
+    assert_eq!(state["type"], "warning.lifted");
+    assert_eq!(state["id"].as_i64(), events.last().copied());
+
+    analytics_shutdown.cancel();
+    analytics.await.unwrap().unwrap();
+    ingest.stop().await;
+    harness.finish().await;
+}
