@@ -146,7 +146,7 @@ async fn serve_stages(
         let settings = config.api_settings().map_err(anyhow::Error::msg)?;
         let alerts = tidemark_api::delivery::mqtt::AlertPublisher::start(
             &config.mqtt,
-            &config.delivery.mqtt_client_id,
+            &config.delivery.client_id(),
             config.delivery.timeout,
             shutdown.clone(),
         );

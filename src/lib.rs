@@ -8,6 +8,7 @@
 //! - [`keys`]: `tidemark keys`, creating, listing and revoking API keys.
 //! - [`bench`]: `tidemark bench ingest`.
 //! - [`bench_analytics`]: `tidemark bench analytics`.
+//! - [`bench_delivery`]: `tidemark bench delivery`.
 //! - [`sim`]: `tidemark sim` and `tidemark replay`.
 //! - [`verify`]: `tidemark verify`, warning verification for a period.
 //! - [`peers`]: the receiving ends of warning delivery (webhook receiver, SSE client, MQTT
@@ -17,6 +18,7 @@
 pub mod app;
 pub mod bench;
 pub mod bench_analytics;
+pub mod bench_delivery;
 pub mod config;
 pub mod keys;
 pub mod peers;

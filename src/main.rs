@@ -63,6 +63,9 @@ enum BenchCommand {
     /// Time from the commit of a threshold-crossing reading to the commit of its warning event,
     /// with ingest loaded at full speed.
     Analytics(tidemark::bench_analytics::AnalyticsBenchArgs),
+    /// Time from a warning event's commit to its receipt by a webhook receiver, by many
+    /// Server-Sent Events clients and by an MQTT subscriber.
+    Delivery(tidemark::bench_delivery::DeliveryBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -164,6 +167,9 @@ async fn execute(
         Command::Bench {
             what: BenchCommand::Analytics(args),
         } => tidemark::bench_analytics::analytics(&config, args).await,
+        Command::Bench {
+            what: BenchCommand::Delivery(args),
+        } => tidemark::bench_delivery::delivery(&config, args).await,
     }
 }
 

@@ -122,6 +122,14 @@ async fn tidemark_run_ingests_serves_and_stops_cleanly_on_sigterm() {
         .await
         .is_ok();
     assert!(healthy, "the HTTP API listens on api.listen");
+    let warnings = reqwest::get(format!("http://127.0.0.1:{http_port}/api/v1/warnings"))
+        .await
+        .unwrap();
+    assert_eq!(
+        warnings.status().as_u16(),
+        200,
+        "the warnings API is served"
+    );
 
     let pid = child.id().unwrap().to_string();
     let status = std::process::Command::new("kill")
@@ -146,4 +154,79 @@ fn verify_names_a_bad_period() {
         "{}",
         stderr(&output)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_shown_once_listed_by_prefix_and_revocable() {
+    use crate::support::*;
+    let harness = Harness::start().await;
+    let url = harness.settings(Default::default()).database.url;
+    let env = [("TIDEMARK__DATABASE__URL", url.as_str())];
+    let keys = |args: &[&str]| {
+        let mut all = vec!["keys"];
+        all.extend_from_slice(args);
+        tidemark(&all, &env)
+    };
+
+    let output = keys(&["create", "--role", "municipality"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("--municipality"),
+        "{}",
+        stderr(&output)
+    );
+    let output = keys(&["create", "--role", "mayor"]);
+    assert!(
+        stderr(&output).contains("not one of"),
+        "{}",
+        stderr(&output)
+    );
+    let output = keys(&["create", "--role", "municipality", "--municipality", "0580"]);
+    assert!(
+        stderr(&output).contains("not loaded"),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = keys(&[
+        "create",
+        "--role",
+        "utility",
+        "--label",
+        "Aarhus Vand",
+        "--expires-in",
+        "30d",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let key = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    assert!(key.starts_with("tmk_"), "{key}");
+    let prefix = key[4..16].to_owned();
+    let caller = tidemark_api::auth::authenticate(&harness.store, &key, chrono::Utc::now())
+        .await
+        .expect("the printed key authenticates");
+    assert_eq!(caller.role, tidemark_store::delivery::Role::Utility);
+
+    let listed = String::from_utf8_lossy(&keys(&["list"]).stdout).into_owned();
+    assert!(
+        listed.contains(&prefix) && listed.contains("utility") && listed.contains("expires"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains(&key),
+        "the key itself is never shown again"
+    );
+
+    assert!(keys(&["revoke", &prefix]).status.success());
+    let listed = String::from_utf8_lossy(&keys(&["list"]).stdout).into_owned();
+    assert!(listed.contains("revoked"), "{listed}");
+    assert!(
+        !keys(&["revoke", &prefix]).status.success(),
+        "revoking twice is an error"
+    );
+    assert!(
+        tidemark_api::auth::authenticate(&harness.store, &key, chrono::Utc::now())
+            .await
+            .is_err()
+    );
+    harness.finish().await;
 }

@@ -68,9 +68,10 @@ pub struct DeliveryConfig {
     /// After a secret rotation, how long the old secret keeps signing beside the new one.
     #[serde(default = "default_rotation_grace", with = "duration::serde_str")]
     pub rotation_grace: Duration,
-    /// MQTT client id of the alert publisher.
-    #[serde(default = "default_mqtt_client_id")]
-    pub mqtt_client_id: String,
+    /// MQTT client id of the alert publisher. Each process needs its own; without one it is
+    /// `tidemark-alerts-<process id>`.
+    #[serde(default)]
+    pub mqtt_client_id: Option<String>,
 }
 
 const fn default_initial_backoff() -> Duration {
@@ -100,9 +101,6 @@ const fn default_poll_interval() -> Duration {
 const fn default_rotation_grace() -> Duration {
     Duration::from_secs(24 * 3600)
 }
-fn default_mqtt_client_id() -> String {
-    "tidemark-alerts".to_owned()
-}
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
@@ -117,12 +115,19 @@ impl Default for DeliveryConfig {
             poll_interval: default_poll_interval(),
             allow_networks: Vec::new(),
             rotation_grace: default_rotation_grace(),
-            mqtt_client_id: default_mqtt_client_id(),
+            mqtt_client_id: None,
         }
     }
 }
 
 impl DeliveryConfig {
+    /// The alert publisher's MQTT client id.
+    pub fn client_id(&self) -> String {
+        self.mqtt_client_id
+            .clone()
+            .unwrap_or_else(|| format!("tidemark-alerts-{}", std::process::id()))
+    }
+
     /// Checks what can be checked without I/O.
     pub fn validate(&self) -> Result<webhook::TargetPolicy, String> {
         if self.lease <= self.timeout {
@@ -199,6 +204,7 @@ impl Metrics {
             let labels = vec![("channel", channel.to_owned())];
             let _ = metrics.dead_letters.get_or_create(&labels);
             let _ = metrics.delivered.get_or_create(&labels);
+            let _ = metrics.failed_attempts.get_or_create(&labels);
         }
         let delivery = registry.sub_registry_with_prefix("tidemark_delivery");
         delivery.register(
