@@ -272,9 +272,9 @@ pub async fn acknowledge(
         .municipality
         .clone()
         .ok_or_else(|| ApiError::Forbidden("this key acts for no municipality".to_owned()))?;
+    // The key's prefix goes to the log, not into the public history.
     let detail = serde_json::json!({
         "municipality": municipality,
-        "key": caller.prefix,
         "note": note,
     });
     let prefix = format!("{}/alerts", state.settings.topic_prefix);
@@ -302,7 +302,7 @@ pub async fn acknowledge(
             )))
         }
     };
-    tracing::info!(warning = id, event = event_id, %municipality, new, "warning acknowledged");
+    tracing::info!(warning = id, event = event_id, %municipality, key = %caller.prefix, new, "warning acknowledged");
     let status = if new {
         StatusCode::CREATED
     } else {

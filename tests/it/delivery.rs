@@ -444,6 +444,94 @@ async fn a_dispatcher_killed_between_send_and_record_resends_with_the_same_id() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_failing_past_the_horizon_is_dead_lettered_with_an_operator_alert() {
+    let harness = Harness::start().await;
+    let mut config = config(&harness);
+    config.delivery.horizon = Duration::from_secs(1);
+    let api = Api::start(&harness, &config).await;
+    let receiver = WebhookReceiver::start().await.unwrap();
+    let key = api.key(Role::Operator, None).await;
+    api.register(&key, &receiver.url, 1).await;
+    let event = record(&harness, "raised", Some(1), false).await;
+    let (dispatcher, metrics) = dispatcher(&harness, &config, &api);
+    receiver.script(&[503]);
+    let now = soon();
+    assert_eq!(dispatcher.run_once(now).await.unwrap(), 1);
+    let outbox = harness.store.outbox("webhook").await.unwrap().remove(0);
+    assert_eq!(
+        outbox.dead_at,
+        Some(now),
+        "the next try would fall past the horizon"
+    );
+    assert_eq!(
+        outbox.last_error.as_deref(),
+        Some("the endpoint answered 503 Service Unavailable")
+    );
+    assert_eq!(
+        metrics
+            .dead_letters
+            .get_or_create(&vec![("channel", "webhook".to_owned())])
+            .get(),
+        1
+    );
+    let warning = harness
+        .store
+        .warning_event(event)
+        .await
+        .unwrap()
+        .unwrap()
+        .warning_id;
+    let undelivered: Vec<_> = harness
+        .store
+        .warning_history(warning)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "undelivered")
+        .collect();
+    assert_eq!(undelivered.len(), 1);
+    assert_eq!(undelivered[0].detail["undelivered_event"], event);
+    assert_eq!(
+        dispatcher.run_once(now + secs(3600.0)).await.unwrap(),
+        0,
+        "never retried"
+    );
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dispatchers_share_the_outbox_and_deliver_each_row_once() {
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    let api = Api::start(&harness, &config).await;
+    let receiver = WebhookReceiver::start().await.unwrap();
+    let key = api.key(Role::Operator, None).await;
+    api.register(&key, &receiver.url, 1).await;
+    let mut events = Vec::new();
+    for round in 0..20 {
+        let kind = if round % 2 == 0 { "raised" } else { "lifted" };
+        events.push(record(&harness, kind, (round % 2 == 0).then_some(1), false).await);
+    }
+    let now = soon();
+    let (first, _) = dispatcher(&harness, &config, &api);
+    let (second, _) = dispatcher(&harness, &config, &api);
+    let (a, b) = tokio::join!(first.run_once(now), second.run_once(now));
+    assert_eq!(
+        a.unwrap() + b.unwrap(),
+        20,
+        "every row claimed exactly once"
+    );
+    let mut ids: Vec<i64> = receiver
+        .deliveries()
+        .iter()
+        .map(|d| d.json()["id"].as_i64().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, events);
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gone_disables_the_endpoint_and_internal_addresses_are_refused() {
     let harness = Harness::start().await;
     let config = config(&harness);
@@ -554,6 +642,21 @@ async fn an_sse_client_resumes_from_last_event_id_with_exactly_what_it_missed() 
     assert_eq!(event.id, Some(next.to_string()));
     let body: serde_json::Value = serde_json::from_str(&event.data).unwrap();
     assert_eq!(body["severity_name"], "Flood Alert");
+
+    // Heartbeats keep an idle stream alive (every second in these tests).
+    let mut idle = api.http.get(&stream).send().await.unwrap();
+    let mut text = String::new();
+    let heard = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(chunk)) = idle.chunk().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains(":heartbeat") || text.contains(": heartbeat") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(heard, Ok(true), "{text:?}");
 
     // Filters and bad resumption points.
     let mut aarhus = SseClient::connect(
