@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tidemark_store::delivery::WarningEvent;
 use tidemark_store::{DatabaseConfig, Store};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Events read from the database per catch-up query.
@@ -32,18 +32,32 @@ const BROADCAST_CAPACITY: usize = 1024;
 #[derive(Clone)]
 pub struct Hub {
     sender: broadcast::Sender<Arc<WarningEvent>>,
+    /// The id of the last event broadcast; `None` until the feed has read where to start.
+    position: watch::Receiver<Option<i64>>,
 }
 
 impl Hub {
     /// Starts feeding from the database until `shutdown`.
     pub fn start(store: Store, database: DatabaseConfig, shutdown: CancellationToken) -> Hub {
         let (sender, _) = broadcast::channel(BROADCAST_CAPACITY);
-        tokio::spawn(feed(store, database, sender.clone(), shutdown));
-        Hub { sender }
+        let (position_tx, position) = watch::channel(None);
+        tokio::spawn(feed(store, database, sender.clone(), position_tx, shutdown));
+        Hub { sender, position }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<WarningEvent>> {
         self.sender.subscribe()
+    }
+
+    /// The id of the last event broadcast, once the feed has started. Every later event will
+    /// be broadcast to the receivers subscribed now, so "live from here" starts at this id.
+    pub async fn position(&self, timeout: Duration) -> Option<i64> {
+        let mut position = self.position.clone();
+        let started = tokio::time::timeout(timeout, position.wait_for(Option::is_some)).await;
+        match started {
+            Ok(Ok(value)) => *value,
+            _ => None,
+        }
     }
 
     /// Clients connected now.
@@ -56,65 +70,58 @@ async fn feed(
     store: Store,
     database: DatabaseConfig,
     sender: broadcast::Sender<Arc<WarningEvent>>,
+    position: watch::Sender<Option<i64>>,
     shutdown: CancellationToken,
 ) {
     let mut last = None;
-    let mut listener = None;
+    let mut wakeups =
+        tidemark_store::notify::Wakeups::new(&database, &[tidemark_store::flood::WARNINGS_CHANGED]);
     while !shutdown.is_cancelled() {
-        if listener.is_none() {
-            match tidemark_store::notify::listen(
-                &database,
-                &[tidemark_store::flood::WARNINGS_CHANGED],
-            )
-            .await
-            {
-                Ok(l) => listener = Some(l),
-                Err(error) => tracing::warn!(%error, "event stream cannot listen; polling"),
-            }
-        }
+        // Listening before reading, so an event committed meanwhile wakes the next read.
+        wakeups.ensure().await;
         match last {
             None => match store.last_warning_event_id().await {
                 Ok(id) => last = Some(id),
                 Err(error) => tracing::warn!(%error, "event stream cannot read the database"),
             },
-            Some(ref mut last) => loop {
-                match store.warning_events_after(*last, CATCH_UP_PAGE).await {
-                    Ok(events) => {
-                        let full = events.len() as i64 == CATCH_UP_PAGE;
-                        for event in events {
-                            *last = event.id;
-                            // No receivers is fine: nobody is connected.
-                            let _ = sender.send(Arc::new(event));
-                        }
-                        if !full {
-                            break;
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "event stream cannot read the database");
-                        break;
-                    }
-                }
-            },
+            Some(ref mut last) => broadcast_after(&store, &sender, last).await,
         }
+        position.send_replace(last);
         // Without a listener, poll; with one, a slow poll still covers a lost notification.
-        let poll = if listener.is_some() {
+        let poll = if wakeups.listening() {
             Duration::from_secs(30)
         } else {
             Duration::from_secs(1)
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(poll) => {}
-            notified = async {
-                match listener.as_mut() {
-                    Some(l) => l.recv().await,
-                    None => std::future::pending().await,
+            _ = wakeups.wait(poll) => {}
+        }
+    }
+}
+
+/// Broadcasts every event after `last`, advancing it.
+async fn broadcast_after(
+    store: &Store,
+    sender: &broadcast::Sender<Arc<WarningEvent>>,
+    last: &mut i64,
+) {
+    loop {
+        match store.warning_events_after(*last, CATCH_UP_PAGE).await {
+            Ok(events) => {
+                let full = events.len() as i64 == CATCH_UP_PAGE;
+                for event in events {
+                    *last = event.id;
+                    // No receivers is fine: nobody is connected.
+                    let _ = sender.send(Arc::new(event));
                 }
-            } => {
-                if notified.is_none() {
-                    listener = None;
+                if !full {
+                    return;
                 }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "event stream cannot read the database");
+                return;
             }
         }
     }
@@ -176,7 +183,11 @@ pub async fn stream(
     let live = state.hub.subscribe();
     let cursor = match cursor {
         Some(cursor) => cursor,
-        None => state.store.last_warning_event_id().await?,
+        None => state
+            .hub
+            .position(Duration::from_secs(10))
+            .await
+            .ok_or(ApiError::Unavailable("the event stream is starting"))?,
     };
     let (sender, receiver) = mpsc::channel::<Event>(64);
     tokio::spawn(follow(state.clone(), query, cursor, live, sender));

@@ -833,27 +833,26 @@ impl Store {
 
     /// Which of `codes` are not known municipalities.
     pub async fn unknown_municipalities(&self, codes: &[String]) -> Result<Vec<String>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT c FROM unnest($1::text[]) c WHERE NOT EXISTS (SELECT 1 FROM municipalities m WHERE m.code = c)",
-                &[&codes],
-            )
+        self.unknown_keys("SELECT 1 FROM municipalities WHERE code = k", codes)
             .await
-            .context("checking municipality codes")?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// Which of `keys` are not known flood areas.
     pub async fn unknown_areas(&self, keys: &[String]) -> Result<Vec<String>> {
+        self.unknown_keys("SELECT 1 FROM flood_areas WHERE key = k", keys)
+            .await
+    }
+
+    /// The keys `k` for which `exists` (a query over `k`) finds no row.
+    async fn unknown_keys(&self, exists: &'static str, keys: &[String]) -> Result<Vec<String>> {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT k FROM unnest($1::text[]) k WHERE NOT EXISTS (SELECT 1 FROM flood_areas a WHERE a.key = k)",
+                &format!("SELECT k FROM unnest($1::text[]) k WHERE NOT EXISTS ({exists})"),
                 &[&keys],
             )
             .await
-            .context("checking flood area keys")?;
+            .context("checking references")?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 

@@ -62,3 +62,54 @@ pub async fn listen(config: &DatabaseConfig, channels: &[&str]) -> Result<Listen
         receiver,
     })
 }
+
+/// A LISTEN that comes back after its connection is lost: a service's wake-up source.
+/// [`Wakeups::wait`] returns on a notification or after a timeout, whichever comes first; a
+/// service that also polls on that timeout misses nothing while the connection is down.
+pub struct Wakeups {
+    database: DatabaseConfig,
+    channels: Vec<String>,
+    listener: Option<Listener>,
+}
+
+impl Wakeups {
+    /// Nothing connects until [`Wakeups::ensure`] or [`Wakeups::wait`].
+    pub fn new(database: &DatabaseConfig, channels: &[&str]) -> Wakeups {
+        Wakeups {
+            database: database.clone(),
+            channels: channels.iter().map(|c| (*c).to_owned()).collect(),
+            listener: None,
+        }
+    }
+
+    /// True while a listening connection is up.
+    pub fn listening(&self) -> bool {
+        self.listener.is_some()
+    }
+
+    /// Listens, if not already; a failure is logged and leaves the caller to poll.
+    pub async fn ensure(&mut self) {
+        if self.listener.is_some() {
+            return;
+        }
+        let channels: Vec<&str> = self.channels.iter().map(String::as_str).collect();
+        match listen(&self.database, &channels).await {
+            Ok(listener) => self.listener = Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, channels = ?self.channels, "cannot listen; polling")
+            }
+        }
+    }
+
+    /// Waits for a notification on any of the channels, or `timeout`.
+    pub async fn wait(&mut self, timeout: std::time::Duration) {
+        self.ensure().await;
+        let Some(listener) = self.listener.as_mut() else {
+            tokio::time::sleep(timeout).await;
+            return;
+        };
+        if let Ok(None) = tokio::time::timeout(timeout, listener.recv()).await {
+            self.listener = None;
+        }
+    }
+}

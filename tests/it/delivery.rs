@@ -226,6 +226,29 @@ fn soon() -> DateTime<Utc> {
     (Utc::now() + ChronoDuration::seconds(1)).trunc_subsecs(6)
 }
 
+/// A delivery counter's value for the webhook channel.
+fn webhook_count(
+    family: &prometheus_client::metrics::family::Family<
+        Vec<(&'static str, String)>,
+        prometheus_client::metrics::counter::Counter,
+    >,
+) -> u64 {
+    family
+        .get_or_create(&vec![("channel", "webhook".to_owned())])
+        .get()
+}
+
+/// The warning an event belongs to.
+async fn warning_of(harness: &Harness, event: i64) -> i64 {
+    harness
+        .store
+        .warning_event(event)
+        .await
+        .unwrap()
+        .expect("the event exists")
+        .warning_id
+}
+
 fn secs(seconds: f64) -> ChronoDuration {
     ChronoDuration::milliseconds((seconds * 1000.0) as i64)
 }
@@ -303,13 +326,7 @@ async fn a_failing_receiver_is_retried_on_schedule_with_one_id_until_it_succeeds
     assert_eq!(body["type"], "warning.raised");
     assert_eq!(body["id"], event);
     assert_eq!(body["area"]["key"], AREA);
-    assert_eq!(
-        metrics
-            .failed_attempts
-            .get_or_create(&vec![("channel", "webhook".to_owned())])
-            .get(),
-        3
-    );
+    assert_eq!(webhook_count(&metrics.failed_attempts), 3);
     harness.finish().await;
 }
 
@@ -467,20 +484,8 @@ async fn a_delivery_failing_past_the_horizon_is_dead_lettered_with_an_operator_a
         outbox.last_error.as_deref(),
         Some("the endpoint answered 503 Service Unavailable")
     );
-    assert_eq!(
-        metrics
-            .dead_letters
-            .get_or_create(&vec![("channel", "webhook".to_owned())])
-            .get(),
-        1
-    );
-    let warning = harness
-        .store
-        .warning_event(event)
-        .await
-        .unwrap()
-        .unwrap()
-        .warning_id;
+    assert_eq!(webhook_count(&metrics.dead_letters), 1);
+    let warning = warning_of(&harness, event).await;
     let undelivered: Vec<_> = harness
         .store
         .warning_history(warning)
@@ -555,20 +560,8 @@ async fn gone_disables_the_endpoint_and_internal_addresses_are_refused() {
     assert!(shown["disabled_at"].is_string(), "{shown}");
     let outbox = harness.store.outbox("webhook").await.unwrap().remove(0);
     assert_eq!(outbox.dead_at, Some(now));
-    assert_eq!(
-        metrics
-            .dead_letters
-            .get_or_create(&vec![("channel", "webhook".to_owned())])
-            .get(),
-        1
-    );
-    let warning = harness
-        .store
-        .warning_event(event)
-        .await
-        .unwrap()
-        .unwrap()
-        .warning_id;
+    assert_eq!(webhook_count(&metrics.dead_letters), 1);
+    let warning = warning_of(&harness, event).await;
     let history = harness.store.warning_history(warning).await.unwrap();
     assert!(
         history.iter().any(|e| e.kind == "undelivered"),
@@ -780,13 +773,7 @@ async fn cap_messages_for_raise_update_and_lift_are_valid_and_linked() {
             assert!(references.contains(&identifier(raised)), "{references}");
         }
     }
-    let warning = harness
-        .store
-        .warning_event(raised)
-        .await
-        .unwrap()
-        .unwrap()
-        .warning_id;
+    let warning = warning_of(&harness, raised).await;
     let (_, _, current) = api.text(&format!("/api/v1/warnings/{warning}.cap")).await;
     assert!(
         current.contains(&identifier(lifted)),
@@ -811,13 +798,7 @@ async fn a_municipality_acknowledges_and_every_channel_shows_it() {
     let aabenraa = api.key(Role::Municipality, Some(AABENRAA)).await;
     let (hook, _) = api.register(&aabenraa, &receiver.url, 1).await;
     let raised = record(&harness, "raised", Some(2), true).await;
-    let warning = harness
-        .store
-        .warning_event(raised)
-        .await
-        .unwrap()
-        .unwrap()
-        .warning_id;
+    let warning = warning_of(&harness, raised).await;
     let mut stream = SseClient::connect(
         &api.http,
         &api.url(&format!("/api/v1/warnings/stream?last_event_id={raised}")),

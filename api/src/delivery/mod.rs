@@ -504,19 +504,13 @@ impl Dispatcher {
         database: &DatabaseConfig,
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
-        let mut listener = None;
+        let mut wakeups = tidemark_store::notify::Wakeups::new(
+            database,
+            &[tidemark_store::flood::WARNINGS_CHANGED],
+        );
         while !shutdown.is_cancelled() {
-            if listener.is_none() {
-                match tidemark_store::notify::listen(
-                    database,
-                    &[tidemark_store::flood::WARNINGS_CHANGED],
-                )
-                .await
-                {
-                    Ok(l) => listener = Some(l),
-                    Err(error) => tracing::warn!(%error, "dispatcher cannot listen; polling"),
-                }
-            }
+            // Listening before the round, so an event committed during it wakes the next one.
+            wakeups.ensure().await;
             let now = Utc::now();
             if let Err(error) = self.run_once(now).await {
                 tracing::warn!(%error, "delivery round failed");
@@ -528,17 +522,7 @@ impl Dispatcher {
                 .min(self.config.poll_interval);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(wait) => {}
-                notified = async {
-                    match listener.as_mut() {
-                        Some(l) => l.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    if notified.is_none() {
-                        listener = None;
-                    }
-                }
+                _ = wakeups.wait(wait) => {}
             }
         }
         Ok(())
