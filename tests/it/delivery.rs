@@ -677,8 +677,8 @@ async fn an_sse_client_resumes_from_last_event_id_with_exactly_what_it_missed() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_late_mqtt_subscriber_gets_the_retained_state_and_the_lift() {
-    let harness = Harness::start().await;
+async fn a_late_mqtt_subscriber_gets_the_retained_state_and_the_lift_survives_a_broker_restart() {
+    let mut harness = Harness::start().await;
     let config = config(&harness);
     let api = Api::start(&harness, &config).await;
     let (dispatcher, _) = dispatcher(&harness, &config, &api);
@@ -712,10 +712,27 @@ async fn a_late_mqtt_subscriber_gets_the_retained_state_and_the_lift() {
     assert_eq!(state["in_force"], true);
     assert_eq!(state["severity_name"], "Flood Warning");
 
+    assert_eq!(
+        late.next(Duration::from_millis(500)).await,
+        None,
+        "one retained message, nothing else"
+    );
+
+    // The broker restarts (killed); the publisher reconnects and the lift still gets through.
+    drop(late);
+    harness.broker.restart().await.unwrap();
     record(&harness, "lifted", None, true).await;
-    let (_, lifted, _) = late.next(Duration::from_secs(20)).await.expect("the lift");
-    assert_eq!(lifted["type"], "warning.lifted");
-    assert_eq!(lifted["in_force"], false, "no longer in force");
+    let delivered = wait_for(Duration::from_secs(30), || async {
+        harness
+            .store
+            .outbox("mqtt")
+            .await
+            .unwrap()
+            .iter()
+            .all(|row| row.delivered_at.is_some())
+    })
+    .await;
+    assert!(delivered, "the lift is delivered after the broker restart");
     let mut later = MqttSubscriber::start(&harness.broker_config(), "later-sign", &topic)
         .await
         .unwrap();
