@@ -5,6 +5,7 @@
 //! - [`ApiConfig`]: the `[api]` section; [`ApiSettings`] what the handlers use of it.
 //! - [`ops_router`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`api_router`]: the `/api/v1` routes, with [`ApiState`].
+//! - [`opendata`]: stations, latest values, raw and aggregated readings (JSON, CSV, GeoJSON).
 //! - [`warnings`]: warnings as JSON, CAP 1.2 and Atom; acknowledgement.
 //! - [`webhooks`]: registering and managing webhook endpoints.
 //! - [`sse`]: the Server-Sent Events stream and its [`sse::Hub`].
@@ -21,6 +22,7 @@ pub mod body;
 pub mod cap;
 pub mod delivery;
 pub mod error;
+pub mod opendata;
 pub mod sse;
 pub mod warnings;
 pub mod webhooks;
@@ -163,6 +165,10 @@ pub struct ApiState {
 /// The `/api/v1` routes.
 pub fn api_router(state: ApiState) -> Router {
     Router::new()
+        .route("/api/v1/stations", get(opendata::stations))
+        .route("/api/v1/stations/{key}", get(opendata::station))
+        .route("/api/v1/latest", get(opendata::latest))
+        .route("/api/v1/sensors/{key}/readings", get(opendata::readings))
         .route("/api/v1/warnings", get(warnings::list))
         .route("/api/v1/warnings.atom", get(warnings::atom))
         .route("/api/v1/warnings/stream", get(sse::stream))

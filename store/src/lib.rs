@@ -10,7 +10,8 @@
 //!   and warning events as the delivery channels present them.
 //! - [`flood`]: flood geography, thresholds, warnings, their events and the outbox.
 //! - [`reference`]: devices, stations and sensors, loaded from `config/` files and looked up by ingest.
-//! - [`notify`]: LISTEN on a dedicated connection.
+//! - [`notify`]: LISTEN on a dedicated connection, and [`notify::Wakeups`] that reconnects.
+//! - [`opendata`]: stations, latest values, raw readings in pages, aggregation into buckets.
 //! - [`readings`]: the idempotent batch write of readings and rejections, with its notification.
 //!
 //! [`Store`] holds the connection pool and is cheap to clone.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod delivery;
 pub mod flood;
 pub mod notify;
+pub mod opendata;
 pub mod readings;
 pub mod reference;
 pub mod schema;

@@ -22,6 +22,9 @@ mod warnings;
 // Warning delivery: webhooks, Server-Sent Events, MQTT alerts, CAP 1.2, acknowledgement.
 mod delivery;
 
+// Open data: stations, latest values, raw and aggregated readings over HTTP.
+mod opendata;
+
 // Health, readiness and metrics over HTTP.
 mod ops;
 

@@ -3,11 +3,16 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use prometheus_client::registry::Registry;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tidemark::config::Config;
 use tidemark::testkit::{test_server, Broker, TestDatabase};
+use tidemark_api::delivery::DeliveryConfig;
+use tidemark_api::{ApiSettings, ApiState};
 use tidemark_ingest::{IngestConfig, Metrics, Settings};
 use tidemark_model::broker::BrokerConfig;
+use tidemark_store::delivery::Role;
 use tidemark_store::reference::{DeviceRecord, ReferenceData, SensorRecord};
 use tidemark_store::Store;
 use tokio::task::JoinHandle;
@@ -350,4 +355,154 @@ pub async fn simulate_all(
         report.readings
     );
     report
+}
+
+pub fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// The configuration of a test that runs analytics, the API or delivery against this harness.
+pub fn config(harness: &Harness) -> Config {
+    Config {
+        database: harness.settings(Default::default()).database,
+        mqtt: harness.broker_config(),
+        analytics: tidemark_analytics::runner::AnalyticsConfig {
+            flood_files: vec![
+                repo("config/flood/baltic-2023.toml"),
+                repo("config/flood/calder-2025.toml"),
+                repo("config/flood/aarhus.toml"),
+            ],
+            municipalities: repo("config/reference/dk-kommuner/kommuner.geojson"),
+            sweep_interval: Duration::from_secs(2),
+            ..Default::default()
+        },
+        delivery: DeliveryConfig {
+            // The receivers of these tests run on this machine.
+            allow_networks: vec!["127.0.0.0/8".to_owned()],
+            initial_backoff: Duration::from_secs(2),
+            timeout: Duration::from_secs(5),
+            lease: Duration::from_secs(60),
+            ..DeliveryConfig::default()
+        },
+        ..Config::default()
+    }
+}
+
+/// The API on a free loopback port, with its event hub.
+pub struct Api {
+    pub base: String,
+    pub state: ApiState,
+    pub shutdown: CancellationToken,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub async fn start(harness: &Harness, config: &Config) -> Api {
+        tidemark::app::load_flood(config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let api = tidemark_api::ApiConfig {
+            public_url: base.clone(),
+            sse_heartbeat: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let settings = ApiSettings::new(&api, &config.delivery, "tidemark/v1").unwrap();
+        let shutdown = CancellationToken::new();
+        let hub = tidemark_api::sse::Hub::start(
+            harness.store.clone(),
+            config.database.clone(),
+            shutdown.clone(),
+        );
+        let state = ApiState {
+            store: harness.store.clone(),
+            settings: Arc::new(settings),
+            hub,
+        };
+        let router = tidemark_api::api_router(state.clone());
+        tokio::spawn(tidemark_api::serve(listener, router, shutdown.clone()));
+        Api {
+            base,
+            state,
+            shutdown,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn key(&self, role: Role, municipality: Option<&str>) -> String {
+        tidemark_api::auth::create_key(
+            &self.state.store,
+            role,
+            municipality.map(str::to_owned),
+            "test".to_owned(),
+            None,
+        )
+        .await
+        .unwrap()
+        .0
+    }
+
+    /// Sends a request; returns the status and the JSON body (Null when there is none).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    pub async fn text(&self, path: &str) -> (u16, String, String) {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (status, content_type, response.text().await.unwrap())
+    }
+
+    /// Registers a webhook for `url` with a key; returns (id, secret).
+    pub async fn register(&self, key: &str, url: &str, min_severity: i16) -> (i64, String) {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/webhooks",
+                Some(key),
+                Some(serde_json::json!({ "url": url, "min_severity": min_severity })),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        (
+            body["id"].as_i64().unwrap(),
+            body["secret"].as_str().unwrap().to_owned(),
+        )
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
 }

@@ -1,0 +1,1027 @@
+//! Open data: stations (JSON or GeoJSON), the latest value of every sensor, and a sensor's readings,
+//! raw (paged by time or by arrival, streamed) or aggregated on the server into time buckets.
+//!
+//! Formats are chosen by `format=` or, failing that, the `Accept` header: JSON (the default), CSV
+//! (`text/csv`), and GeoJSON (`application/geo+json`) where there is geometry.
+
+use crate::error::{ApiError, Result};
+use crate::ApiState;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tidemark_model::Quantity;
+use tidemark_store::opendata::{
+    BucketRow, LatestFilter, LatestRow, RawOrder, RawReading, StationFilter, StationRow,
+};
+
+/// Most stations one list returns.
+const STATION_LIMIT: i64 = 10_000;
+/// Raw readings per page: the default and the most.
+const DEFAULT_PAGE: i64 = 1_000;
+const MAX_PAGE: i64 = 100_000;
+/// Most buckets one aggregation returns.
+const MAX_BUCKETS: i64 = 100_000;
+/// The smallest bucket.
+const MIN_BUCKET: Duration = Duration::from_secs(60);
+/// Without `from`, a query covers this long before `to`.
+const DEFAULT_SPAN: ChronoDuration = ChronoDuration::hours(24);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Format {
+    Json,
+    Csv,
+    GeoJson,
+}
+
+/// The format asked for by `format=` or the `Accept` header; `geo` says whether GeoJSON is offered.
+fn format(asked: Option<&str>, headers: &HeaderMap, geo: bool) -> Result<Format> {
+    let offered = if geo {
+        "json, csv or geojson"
+    } else {
+        "json or csv"
+    };
+    match asked {
+        Some("json") => return Ok(Format::Json),
+        Some("csv") => return Ok(Format::Csv),
+        Some("geojson") if geo => return Ok(Format::GeoJson),
+        Some(other) => {
+            return Err(ApiError::bad(
+                "format",
+                format!("format {other:?} is not offered here; use {offered}"),
+            ))
+        }
+        None => {}
+    }
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    Ok(if accept.contains("text/csv") {
+        Format::Csv
+    } else if geo && accept.contains("application/geo+json") {
+        Format::GeoJson
+    } else {
+        Format::Json
+    })
+}
+
+fn parse_query<T>(query: std::result::Result<Query<T>, QueryRejection>) -> Result<T> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::bad("query", e.body_text()))
+}
+
+fn time(parameter: &str, text: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| {
+            ApiError::bad(
+                parameter,
+                format!(
+                    "{parameter} {text:?} is not an RFC 3339 time such as 2023-10-20T18:00:00Z"
+                ),
+            )
+        })
+}
+
+fn numbers<const N: usize>(parameter: &str, text: &str, meaning: &str) -> Result<[f64; N]> {
+    let values: Vec<f64> = text
+        .split(',')
+        .map(|v| v.trim().parse::<f64>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| ApiError::bad(parameter, format!("{parameter} must be {meaning}")))?;
+    values
+        .try_into()
+        .map_err(|_| ApiError::bad(parameter, format!("{parameter} must be {meaning}")))
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+fn unit_of(quantity: &str) -> &'static str {
+    Quantity::parse(quantity).map_or("", |q| q.canonical_unit().symbol())
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
+    }
+}
+
+fn typed(content_type: &'static str, body: impl Into<Body>) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body.into()).into_response()
+}
+
+fn json_response(value: &impl Serialize) -> Response {
+    typed(
+        "application/json",
+        serde_json::to_vec(value).unwrap_or_default(),
+    )
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StationQuery {
+    pub kind: Option<String>,
+    pub quantity: Option<String>,
+    pub municipality: Option<String>,
+    /// `min_lon,min_lat,max_lon,max_lat`.
+    pub bbox: Option<String>,
+    /// `lon,lat`: nearest first, within `radius_km` (default 10).
+    pub near: Option<String>,
+    pub radius_km: Option<f64>,
+    pub limit: Option<i64>,
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SensorBody {
+    pub key: String,
+    pub quantity: String,
+    pub unit: &'static str,
+    pub name: String,
+    pub expected_interval_seconds: u64,
+    pub latest: Option<LatestReading>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LatestReading {
+    pub ts: DateTime<Utc>,
+    pub value: f64,
+    pub quality: i16,
+    pub received_at: DateTime<Utc>,
+    /// Seconds since the reading's time.
+    pub age_seconds: i64,
+    /// No reading for three expected intervals.
+    pub stale: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StationBody {
+    pub key: String,
+    pub name: String,
+    pub kind: String,
+    pub lon: f64,
+    pub lat: f64,
+    pub municipality: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distance_km: Option<f64>,
+    pub sensors: Vec<SensorBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thresholds: Option<Vec<serde_json::Value>>,
+}
+
+fn sensor_body(row: LatestRow, now: DateTime<Utc>) -> SensorBody {
+    let interval = row.expected_interval;
+    SensorBody {
+        unit: unit_of(&row.quantity),
+        key: row.sensor,
+        quantity: row.quantity,
+        name: row.name,
+        expected_interval_seconds: interval.as_secs(),
+        latest: row.latest.map(|(ts, value, quality, received_at)| {
+            let age = now - ts;
+            LatestReading {
+                ts,
+                value,
+                quality,
+                received_at,
+                age_seconds: age.num_seconds(),
+                stale: age.to_std().is_ok_and(|a| a > interval * 3),
+            }
+        }),
+    }
+}
+
+fn station_body(row: StationRow, sensors: Vec<SensorBody>) -> StationBody {
+    StationBody {
+        key: row.key,
+        name: row.name,
+        kind: row.kind,
+        lon: row.lon,
+        lat: row.lat,
+        municipality: row.municipality_code,
+        distance_km: row.distance_km,
+        sensors,
+        thresholds: None,
+    }
+}
+
+fn feature(station: &StationBody) -> serde_json::Value {
+    let mut properties = serde_json::to_value(station).unwrap_or_default();
+    if let Some(p) = properties.as_object_mut() {
+        p.remove("lon");
+        p.remove("lat");
+    }
+    serde_json::json!({
+        "type": "Feature",
+        "id": station.key,
+        "geometry": {"type": "Point", "coordinates": [station.lon, station.lat]},
+        "properties": properties,
+    })
+}
+
+async fn station_bodies(state: &ApiState, filter: &StationFilter) -> Result<Vec<StationBody>> {
+    let rows = state.store.stations(filter).await?;
+    let mut sensors: BTreeMap<String, Vec<SensorBody>> = BTreeMap::new();
+    let now = Utc::now();
+    let latest = state
+        .store
+        .latest(&LatestFilter {
+            station: filter.key.clone(),
+            ..LatestFilter::default()
+        })
+        .await?;
+    for row in latest {
+        if let Some(station) = row.station.clone() {
+            sensors
+                .entry(station)
+                .or_default()
+                .push(sensor_body(row, now));
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let own = sensors.remove(&row.key).unwrap_or_default();
+            station_body(row, own)
+        })
+        .collect())
+}
+
+fn station_csv(stations: &[StationBody]) -> String {
+    let mut out = String::from("key,name,kind,lon,lat,municipality,sensors\n");
+    for s in stations {
+        let keys: Vec<&str> = s.sensors.iter().map(|x| x.key.as_str()).collect();
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{}\n",
+            csv_field(&s.key),
+            csv_field(&s.name),
+            csv_field(&s.kind),
+            s.lon,
+            s.lat,
+            s.municipality.as_deref().unwrap_or(""),
+            csv_field(&keys.join(" "))
+        ));
+    }
+    out
+}
+
+/// `GET /api/v1/stations`
+pub async fn stations(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    query: std::result::Result<Query<StationQuery>, QueryRejection>,
+) -> Result<Response> {
+    let query = parse_query(query)?;
+    let format = format(query.format.as_deref(), &headers, true)?;
+    let limit = query.limit.unwrap_or(STATION_LIMIT);
+    if !(1..=STATION_LIMIT).contains(&limit) {
+        return Err(ApiError::bad(
+            "limit",
+            format!("limit must be 1 to {STATION_LIMIT}"),
+        ));
+    }
+    let bbox = match &query.bbox {
+        Some(text) => {
+            let b = numbers::<4>("bbox", text, "min_lon,min_lat,max_lon,max_lat")?;
+            if !(b[0] <= b[2]
+                && b[1] <= b[3]
+                && b[0] >= -180.0
+                && b[2] <= 180.0
+                && b[1] >= -90.0
+                && b[3] <= 90.0)
+            {
+                return Err(ApiError::bad(
+                    "bbox",
+                    "bbox must be min_lon,min_lat,max_lon,max_lat with min <= max, in degrees",
+                ));
+            }
+            Some(b)
+        }
+        None => None,
+    };
+    let near = match &query.near {
+        Some(text) => {
+            let [lon, lat] = numbers::<2>("near", text, "lon,lat")?;
+            if !(-180.0..=180.0).contains(&lon) || !(-90.0..=90.0).contains(&lat) {
+                return Err(ApiError::bad("near", "near must be lon,lat in degrees"));
+            }
+            let radius = query.radius_km.unwrap_or(10.0);
+            if !(radius > 0.0 && radius <= 20_000.0) {
+                return Err(ApiError::bad(
+                    "radius_km",
+                    "radius_km must be above 0 and at most 20000",
+                ));
+            }
+            Some((lon, lat, radius))
+        }
+        None if query.radius_km.is_some() => {
+            return Err(ApiError::bad("radius_km", "radius_km needs near=lon,lat"))
+        }
+        None => None,
+    };
+    let filter = StationFilter {
+        kind: query.kind,
+        quantity: query.quantity,
+        municipality: query.municipality,
+        bbox,
+        near,
+        key: None,
+        limit,
+    };
+    let bodies = station_bodies(&state, &filter).await?;
+    Ok(match format {
+        Format::Json => json_response(&serde_json::json!({ "stations": bodies })),
+        Format::GeoJson => typed(
+            "application/geo+json",
+            serde_json::to_vec(&serde_json::json!({
+                "type": "FeatureCollection",
+                "features": bodies.iter().map(feature).collect::<Vec<_>>(),
+            }))
+            .unwrap_or_default(),
+        ),
+        Format::Csv => typed("text/csv; charset=utf-8", station_csv(&bodies)),
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OneQuery {
+    pub format: Option<String>,
+}
+
+/// `GET /api/v1/stations/{key}`: the station, its sensors with their latest readings, and the
+/// flood thresholds of those sensors.
+pub async fn station(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    query: std::result::Result<Query<OneQuery>, QueryRejection>,
+) -> Result<Response> {
+    let query = parse_query(query)?;
+    let format = format(query.format.as_deref(), &headers, true)?;
+    if format == Format::Csv {
+        return Err(ApiError::bad(
+            "format",
+            "one station is offered as json or geojson",
+        ));
+    }
+    let filter = StationFilter {
+        key: Some(key.clone()),
+        limit: 1,
+        ..StationFilter::default()
+    };
+    let mut station = station_bodies(&state, &filter)
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::NotFound(format!("station {key}")))?;
+    let setup = state.store.flood_setup().await?;
+    let thresholds = setup
+        .thresholds
+        .iter()
+        .filter(|t| station.sensors.iter().any(|s| s.key == t.sensor_key))
+        .map(|t| {
+            serde_json::json!({
+                "sensor": t.sensor_key, "alert": t.alert, "warning": t.warning, "severe": t.severe,
+                "hysteresis": t.hysteresis, "persistence_seconds": t.persistence.as_secs(),
+                "rate_alert_per_hour": t.rate_alert,
+            })
+        })
+        .collect();
+    station.thresholds = Some(thresholds);
+    Ok(match format {
+        Format::GeoJson => typed(
+            "application/geo+json",
+            serde_json::to_vec(&feature(&station)).unwrap_or_default(),
+        ),
+        _ => json_response(&station),
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatestQuery {
+    pub quantity: Option<String>,
+    pub station: Option<String>,
+    pub municipality: Option<String>,
+    pub format: Option<String>,
+}
+
+/// `GET /api/v1/latest`: the newest reading of every sensor (filterable).
+pub async fn latest(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    query: std::result::Result<Query<LatestQuery>, QueryRejection>,
+) -> Result<Response> {
+    let query = parse_query(query)?;
+    let format = format(query.format.as_deref(), &headers, false)?;
+    let rows = state
+        .store
+        .latest(&LatestFilter {
+            quantity: query.quantity,
+            station: query.station,
+            municipality: query.municipality,
+        })
+        .await?;
+    let now = Utc::now();
+    let stations: Vec<Option<String>> = rows.iter().map(|r| r.station.clone()).collect();
+    let sensors: Vec<SensorBody> = rows.into_iter().map(|r| sensor_body(r, now)).collect();
+    Ok(match format {
+        Format::Csv => {
+            let mut out =
+                String::from("sensor,station,quantity,unit,ts,value,quality,received_at,stale\n");
+            for (s, station) in sensors.iter().zip(&stations) {
+                let (ts, value, quality, received, stale) = match &s.latest {
+                    Some(l) => (
+                        rfc3339(l.ts),
+                        l.value.to_string(),
+                        l.quality.to_string(),
+                        rfc3339(l.received_at),
+                        l.stale.to_string(),
+                    ),
+                    None => Default::default(),
+                };
+                out.push_str(&format!(
+                    "{},{},{},{},{ts},{value},{quality},{received},{stale}\n",
+                    csv_field(&s.key),
+                    csv_field(station.as_deref().unwrap_or("")),
+                    s.quantity,
+                    s.unit
+                ));
+            }
+            typed("text/csv; charset=utf-8", out)
+        }
+        _ => {
+            let items: Vec<serde_json::Value> = sensors
+                .iter()
+                .zip(&stations)
+                .map(|(s, station)| {
+                    let mut v = serde_json::to_value(s).unwrap_or_default();
+                    v["station"] = serde_json::json!(station);
+                    v
+                })
+                .collect();
+            json_response(&serde_json::json!({ "sensors": items }))
+        }
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadingsQuery {
+    /// Start (inclusive) of the measurement-time range; default 24 hours before `to`.
+    pub from: Option<String>,
+    /// End (exclusive); default now.
+    pub to: Option<String>,
+    /// Everything received at or after this instant, in order of arrival (for pollers).
+    pub since: Option<String>,
+    /// Where the next page starts, from the previous page's `next`.
+    pub cursor: Option<String>,
+    pub limit: Option<i64>,
+    /// Aggregate into buckets of this length (`15m`, `1h`, `1d`, ...).
+    pub bucket: Option<String>,
+    /// Comma-separated: avg, min, max, sum, count, first, last.
+    pub agg: Option<String>,
+    /// Empty buckets: omit (default), null, or interpolate (linear, across at most `max_gap`).
+    pub fill: Option<String>,
+    pub max_gap: Option<u32>,
+    /// usable (default: good or merely suspect readings) or all.
+    pub quality: Option<String>,
+    pub format: Option<String>,
+}
+
+const AGGREGATES: [&str; 7] = ["avg", "min", "max", "sum", "count", "first", "last"];
+
+/// A cursor: `t<micros>` after a measurement time, `a<micros>_<micros>` after an arrival.
+fn encode_cursor(order: &RawOrder, last: &RawReading) -> String {
+    let text = match order {
+        RawOrder::Time { .. } => format!("t{}", last.ts.timestamp_micros()),
+        RawOrder::Arrival { .. } => format!(
+            "a{}_{}",
+            last.received_at.timestamp_micros(),
+            last.ts.timestamp_micros()
+        ),
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+fn decode_cursor(text: &str) -> Option<(char, i64, Option<i64>)> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let kind = text.chars().next()?;
+    let rest = &text[1..];
+    match kind {
+        't' => Some(('t', rest.parse().ok()?, None)),
+        'a' => {
+            let (a, b) = rest.split_once('_')?;
+            Some(('a', a.parse().ok()?, Some(b.parse().ok()?)))
+        }
+        _ => None,
+    }
+}
+
+fn micros(value: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(value)
+}
+
+/// `GET /api/v1/sensors/{key}/readings`
+pub async fn readings(
+    State(state): State<ApiState>,
+    Path(sensor): Path<String>,
+    headers: HeaderMap,
+    query: std::result::Result<Query<ReadingsQuery>, QueryRejection>,
+) -> Result<Response> {
+    let query = parse_query(query)?;
+    let format = format(query.format.as_deref(), &headers, false)?;
+    let quantity = state
+        .store
+        .sensor_quantity(&sensor)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("sensor {sensor}")))?;
+    if query.bucket.is_some() {
+        return aggregated(&state, &sensor, &quantity, query, format).await;
+    }
+    for (name, given) in [
+        ("agg", query.agg.is_some()),
+        ("fill", query.fill.is_some()),
+        ("max_gap", query.max_gap.is_some()),
+        ("quality", query.quality.is_some()),
+    ] {
+        if given {
+            return Err(ApiError::bad(
+                name,
+                format!("{name} applies only with bucket"),
+            ));
+        }
+    }
+    raw(&state, &sensor, &quantity, query, format).await
+}
+
+fn time_range(query: &ReadingsQuery) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
+    let to = match &query.to {
+        Some(t) => time("to", t)?,
+        None => Utc::now(),
+    };
+    let from = match &query.from {
+        Some(t) => time("from", t)?,
+        None => to - DEFAULT_SPAN,
+    };
+    if from >= to {
+        return Err(ApiError::bad("from", "from must be before to"));
+    }
+    Ok((from, to))
+}
+
+async fn raw(
+    state: &ApiState,
+    sensor: &str,
+    quantity: &str,
+    query: ReadingsQuery,
+    format: Format,
+) -> Result<Response> {
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad(
+            "limit",
+            format!("limit must be 1 to {MAX_PAGE}"),
+        ));
+    }
+    let cursor = match &query.cursor {
+        Some(text) => Some(
+            decode_cursor(text)
+                .ok_or_else(|| ApiError::bad("cursor", "the cursor is not one this API gave"))?,
+        ),
+        None => None,
+    };
+    let order = match &query.since {
+        Some(since) => {
+            if query.from.is_some() || query.to.is_some() {
+                return Err(ApiError::bad(
+                    "since",
+                    "since cannot be combined with from or to",
+                ));
+            }
+            let after = match cursor {
+                None => None,
+                Some(('a', received, Some(ts))) => Some((
+                    micros(received).ok_or_else(|| ApiError::bad("cursor", "bad cursor"))?,
+                    micros(ts).ok_or_else(|| ApiError::bad("cursor", "bad cursor"))?,
+                )),
+                Some(_) => {
+                    return Err(ApiError::bad(
+                        "cursor",
+                        "this cursor belongs to a from/to query",
+                    ))
+                }
+            };
+            RawOrder::Arrival {
+                since: time("since", since)?,
+                after,
+            }
+        }
+        None => {
+            let (from, to) = time_range(&query)?;
+            let after = match cursor {
+                None => None,
+                Some(('t', ts, None)) => {
+                    Some(micros(ts).ok_or_else(|| ApiError::bad("cursor", "bad cursor"))?)
+                }
+                Some(_) => {
+                    return Err(ApiError::bad(
+                        "cursor",
+                        "this cursor belongs to a since query",
+                    ))
+                }
+            };
+            RawOrder::Time { from, to, after }
+        }
+    };
+    let next = state
+        .store
+        .page_end(sensor, &order, limit)
+        .await?
+        .map(|last| encode_cursor(&order, &last));
+    let rows = state.store.raw_readings(sensor, &order, limit).await?;
+    let unit = unit_of(quantity);
+    let base = state.settings.base_url();
+    let mut next_link = None;
+    if let Some(next) = &next {
+        let mut url =
+            format!("{base}/api/v1/sensors/{sensor}/readings?cursor={next}&limit={limit}");
+        for (name, value) in [
+            ("from", &query.from),
+            ("to", &query.to),
+            ("since", &query.since),
+            ("format", &query.format),
+        ] {
+            if let Some(value) = value {
+                url.push_str(&format!("&{name}={}", url_escape(value)));
+            }
+        }
+        next_link = Some(url);
+    }
+    // Rows are written as they come from the database.
+    let body = match format {
+        Format::Csv => {
+            let header = futures_util::stream::once(async {
+                Ok::<_, tidemark_store::Error>("ts,value,quality,received_at\n".to_owned())
+            });
+            let lines = rows.map(|row| {
+                row.map(|r| {
+                    format!(
+                        "{},{},{},{}\n",
+                        rfc3339(r.ts),
+                        r.value,
+                        r.quality,
+                        rfc3339(r.received_at)
+                    )
+                })
+            });
+            Body::from_stream(header.chain(lines))
+        }
+        _ => {
+            let head = format!(
+                "{{\"sensor\":{},\"quantity\":{},\"unit\":{},\"readings\":[",
+                serde_json::to_string(sensor).unwrap_or_default(),
+                serde_json::to_string(quantity).unwrap_or_default(),
+                serde_json::to_string(unit).unwrap_or_default()
+            );
+            let tail = format!(
+                "],\"next\":{}}}",
+                serde_json::to_string(&next).unwrap_or_default()
+            );
+            let items = rows.enumerate().map(|(i, row)| {
+                row.map(|r| {
+                    let item = serde_json::json!({
+                        "ts": rfc3339(r.ts), "value": r.value, "quality": r.quality,
+                        "received_at": rfc3339(r.received_at),
+                    });
+                    format!("{}{item}", if i == 0 { "" } else { "," })
+                })
+            });
+            let head = futures_util::stream::once(async move { Ok(head) });
+            let tail = futures_util::stream::once(async move { Ok(tail) });
+            Body::from_stream(head.chain(items).chain(tail))
+        }
+    };
+    let content_type = if format == Format::Csv {
+        "text/csv; charset=utf-8"
+    } else {
+        "application/json"
+    };
+    let mut response = typed(content_type, body);
+    if let Some(link) =
+        next_link.and_then(|l| HeaderValue::from_str(&format!("<{l}>; rel=\"next\"")).ok())
+    {
+        response.headers_mut().insert(header::LINK, link);
+    }
+    Ok(response)
+}
+
+fn url_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// One output bucket: a stored bucket, an empty one, or one interpolated across a gap.
+#[derive(Debug, Clone, PartialEq)]
+enum Filled {
+    Stored(BucketRow),
+    Empty(DateTime<Utc>),
+    Interpolated(DateTime<Utc>, f64),
+}
+
+/// Fills the buckets between `from` and `to` that have no readings, as asked: omitted, empty, or
+/// (for the average) interpolated linearly between the neighbouring buckets when the gap spans
+/// at most `max_gap` buckets.
+fn fill_buckets(
+    stored: Vec<BucketRow>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    bucket: ChronoDuration,
+    mode: &str,
+    max_gap: u32,
+) -> Vec<Filled> {
+    if mode == "omit" {
+        return stored.into_iter().map(Filled::Stored).collect();
+    }
+    let step = bucket.num_microseconds().unwrap_or(1).max(1);
+    let first = from.timestamp_micros().div_euclid(step) * step;
+    let mut by_start: BTreeMap<i64, BucketRow> = stored
+        .into_iter()
+        .map(|b| (b.start.timestamp_micros(), b))
+        .collect();
+    let mut out = Vec::new();
+    let mut at = first;
+    while at < to.timestamp_micros() {
+        let start = DateTime::from_timestamp_micros(at).unwrap_or(from);
+        match by_start.remove(&at) {
+            Some(row) => out.push(Filled::Stored(row)),
+            None => out.push(Filled::Empty(start)),
+        }
+        at += step;
+    }
+    if mode == "interpolate" {
+        let average = |f: &Filled| match f {
+            Filled::Stored(b) if b.count > 0 => Some(b.sum / b.count as f64),
+            _ => None,
+        };
+        let known: Vec<usize> = (0..out.len())
+            .filter(|i| average(&out[*i]).is_some())
+            .collect();
+        for pair in known.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            let gap = b - a - 1;
+            if gap == 0 || gap > max_gap as usize {
+                continue;
+            }
+            let (va, vb) = (
+                average(&out[a]).unwrap_or(0.0),
+                average(&out[b]).unwrap_or(0.0),
+            );
+            for (i, slot) in out.iter_mut().enumerate().take(b).skip(a + 1) {
+                if let Filled::Empty(start) = *slot {
+                    let t = (i - a) as f64 / (b - a) as f64;
+                    *slot = Filled::Interpolated(start, va + (vb - va) * t);
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn aggregated(
+    state: &ApiState,
+    sensor: &str,
+    quantity: &str,
+    query: ReadingsQuery,
+    format: Format,
+) -> Result<Response> {
+    for (name, given) in [
+        ("since", query.since.is_some()),
+        ("cursor", query.cursor.is_some()),
+        ("limit", query.limit.is_some()),
+    ] {
+        if given {
+            return Err(ApiError::bad(
+                name,
+                format!("{name} applies only to raw readings, not with bucket"),
+            ));
+        }
+    }
+    let text = query.bucket.as_deref().unwrap_or_default();
+    let bucket = tidemark_model::duration::parse(text)
+        .map_err(|e| ApiError::bad("bucket", e.to_string()))?;
+    if bucket < MIN_BUCKET {
+        return Err(ApiError::bad("bucket", "bucket must be at least 1m"));
+    }
+    let (from, to) = time_range(&query)?;
+    let chrono_bucket = ChronoDuration::from_std(bucket)
+        .map_err(|_| ApiError::bad("bucket", "bucket is too long"))?;
+    let buckets = (to - from).num_seconds() / chrono_bucket.num_seconds().max(1);
+    if buckets > MAX_BUCKETS {
+        return Err(ApiError::bad(
+            "bucket",
+            format!("{buckets} buckets asked for; at most {MAX_BUCKETS}: use a larger bucket or a shorter range"),
+        ));
+    }
+    let aggregates: Vec<&str> = match &query.agg {
+        Some(list) => list.split(',').map(str::trim).collect(),
+        None => vec!["avg", "min", "max", "count"],
+    };
+    if let Some(bad) = aggregates.iter().find(|a| !AGGREGATES.contains(a)) {
+        return Err(ApiError::bad(
+            "agg",
+            format!("agg {bad:?} is not one of {}", AGGREGATES.join(", ")),
+        ));
+    }
+    let fill = query.fill.as_deref().unwrap_or("omit");
+    if !["omit", "null", "interpolate"].contains(&fill) {
+        return Err(ApiError::bad(
+            "fill",
+            "fill must be omit, null or interpolate",
+        ));
+    }
+    let all = match query.quality.as_deref() {
+        None | Some("usable") => false,
+        Some("all") => true,
+        Some(_) => return Err(ApiError::bad("quality", "quality must be usable or all")),
+    };
+    let stored = state.store.aggregate(sensor, from, to, bucket, all).await?;
+    let filled = fill_buckets(
+        stored,
+        from,
+        to,
+        chrono_bucket,
+        fill,
+        query.max_gap.unwrap_or(3),
+    );
+    let value = |f: &Filled, aggregate: &str| -> serde_json::Value {
+        match f {
+            Filled::Stored(b) if b.count > 0 => match aggregate {
+                "avg" => serde_json::json!(b.sum / b.count as f64),
+                "min" => serde_json::json!(b.min),
+                "max" => serde_json::json!(b.max),
+                "sum" => serde_json::json!(b.sum),
+                "count" => serde_json::json!(b.count),
+                "first" => serde_json::json!(b.first),
+                _ => serde_json::json!(b.last),
+            },
+            Filled::Stored(_) | Filled::Empty(_) if aggregate == "count" => serde_json::json!(0),
+            Filled::Interpolated(_, v) if aggregate == "avg" => serde_json::json!(v),
+            _ => serde_json::Value::Null,
+        }
+    };
+    let meta = |f: &Filled| -> (DateTime<Utc>, i64, i16, &'static str) {
+        match f {
+            Filled::Stored(b) => (
+                b.start,
+                b.flagged,
+                b.quality,
+                if b.count > 0 { "measured" } else { "flagged" },
+            ),
+            Filled::Empty(s) => (*s, 0, 0, "empty"),
+            Filled::Interpolated(s, _) => (*s, 0, 0, "interpolated"),
+        }
+    };
+    Ok(match format {
+        Format::Csv => {
+            let mut out = format!("start,{},flagged,quality,state\n", aggregates.join(","));
+            for f in &filled {
+                let (start, flagged, quality, kind) = meta(f);
+                let values: Vec<String> = aggregates
+                    .iter()
+                    .map(|a| match value(f, a) {
+                        serde_json::Value::Null => String::new(),
+                        v => v.to_string(),
+                    })
+                    .collect();
+                out.push_str(&format!(
+                    "{},{},{flagged},{quality},{kind}\n",
+                    rfc3339(start),
+                    values.join(",")
+                ));
+            }
+            typed("text/csv; charset=utf-8", out)
+        }
+        _ => {
+            let items: Vec<serde_json::Value> = filled
+                .iter()
+                .map(|f| {
+                    let (start, flagged, quality, kind) = meta(f);
+                    let mut item = serde_json::json!({
+                        "start": rfc3339(start), "flagged": flagged, "quality": quality, "state": kind,
+                    });
+                    for a in &aggregates {
+                        item[*a] = value(f, a);
+                    }
+                    item
+                })
+                .collect();
+            json_response(&serde_json::json!({
+                "sensor": sensor, "quantity": quantity, "unit": unit_of(quantity),
+                "bucket": text, "from": rfc3339(from), "to": rfc3339(to), "buckets": items,
+            }))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn row(minute: u32, avg: f64) -> BucketRow {
+        BucketRow {
+            start: Utc.with_ymd_and_hms(2024, 1, 1, 0, minute, 0).unwrap(),
+            count: 2,
+            sum: avg * 2.0,
+            min: avg,
+            max: avg,
+            first: avg,
+            last: avg,
+            flagged: 0,
+            quality: 0,
+        }
+    }
+
+    #[test]
+    fn empty_buckets_are_omitted_nulled_or_interpolated_within_the_gap() {
+        let from = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap();
+        let to = from + ChronoDuration::minutes(10);
+        let bucket = ChronoDuration::minutes(1);
+        let stored = vec![row(0, 1.0), row(3, 4.0), row(9, 10.0)];
+        assert_eq!(
+            fill_buckets(stored.clone(), from, to, bucket, "omit", 3).len(),
+            3
+        );
+        let nulls = fill_buckets(stored.clone(), from, to, bucket, "null", 3);
+        assert_eq!(nulls.len(), 10);
+        assert!(matches!(nulls[1], Filled::Empty(_)));
+        let filled = fill_buckets(stored, from, to, bucket, "interpolate", 3);
+        let interpolated: Vec<f64> = filled
+            .iter()
+            .filter_map(|f| match f {
+                Filled::Interpolated(_, v) => Some(*v),
+                _ => None,
+            })
+            .collect();
+        // 0..3 is a gap of two buckets (interpolated); 3..9 a gap of five (left empty).
+        assert_eq!(interpolated, [2.0, 3.0]);
+        assert!(matches!(filled[5], Filled::Empty(_)));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_junk_is_refused() {
+        let reading = RawReading {
+            ts: Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap(),
+            value: 1.0,
+            quality: 0,
+            received_at: Utc.with_ymd_and_hms(2024, 1, 2, 0, 0, 0).unwrap(),
+        };
+        let time = RawOrder::Time {
+            from: reading.ts,
+            to: reading.ts,
+            after: None,
+        };
+        let arrival = RawOrder::Arrival {
+            since: reading.ts,
+            after: None,
+        };
+        assert_eq!(
+            decode_cursor(&encode_cursor(&time, &reading)),
+            Some(('t', reading.ts.timestamp_micros(), None))
+        );
+        assert_eq!(
+            decode_cursor(&encode_cursor(&arrival, &reading)),
+            Some((
+                'a',
+                reading.received_at.timestamp_micros(),
+                Some(reading.ts.timestamp_micros())
+            ))
+        );
+        for junk in ["", "!!!", "dA", "eDEyMw"] {
+            assert_eq!(decode_cursor(junk), None, "{junk}");
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! What the open data API reads: stations with their sensors and latest readings, the latest value
+//! of every sensor, a sensor's raw readings in pages (by time, or by arrival for pollers), and
+//! server-side aggregation into time buckets.
+
+use crate::{Context, Result, Store};
+use chrono::{DateTime, Utc};
+use futures_util::{Stream, StreamExt};
+use std::time::Duration;
+
+/// Which stations to list. Every filter is optional; they combine with AND.
+#[derive(Debug, Clone, Default)]
+pub struct StationFilter {
+    pub kind: Option<String>,
+    /// Stations with a sensor of this quantity.
+    pub quantity: Option<String>,
+    pub municipality: Option<String>,
+    /// `[min_lon, min_lat, max_lon, max_lat]`.
+    pub bbox: Option<[f64; 4]>,
+    /// `(lon, lat, radius_km)`: within the radius, nearest first.
+    pub near: Option<(f64, f64, f64)>,
+    pub key: Option<String>,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StationRow {
+    pub key: String,
+    pub name: String,
+    pub kind: String,
+    pub lon: f64,
+    pub lat: f64,
+    pub municipality_code: Option<String>,
+    /// Great-circle distance from the `near` point, when one was given.
+    pub distance_km: Option<f64>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A sensor with its latest reading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatestRow {
+    pub sensor: String,
+    pub station: Option<String>,
+    pub quantity: String,
+    pub name: String,
+    pub expected_interval: Duration,
+    /// `(ts, value, quality, received_at)` of the newest reading, if any.
+    pub latest: Option<(DateTime<Utc>, f64, i16, DateTime<Utc>)>,
+}
+
+/// Which sensors' latest values to list.
+#[derive(Debug, Clone, Default)]
+pub struct LatestFilter {
+    pub quantity: Option<String>,
+    pub station: Option<String>,
+    pub municipality: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawReading {
+    pub ts: DateTime<Utc>,
+    pub value: f64,
+    pub quality: i16,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Where a page of raw readings starts and how it is ordered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawOrder {
+    /// By measurement time within `[from, to)`, after `after` if given.
+    Time {
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<DateTime<Utc>>,
+    },
+    /// By arrival: readings received at or after `since`, after the `(received_at, ts)` cursor
+    /// if given. Late and back-filled readings appear here when they arrive.
+    Arrival {
+        since: DateTime<Utc>,
+        after: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    },
+}
+
+/// One time bucket of a sensor's readings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BucketRow {
+    pub start: DateTime<Utc>,
+    /// Readings aggregated (usable ones, unless all were asked for).
+    pub count: i64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    pub first: f64,
+    pub last: f64,
+    /// Readings in the bucket left out because their quality flags mark them unusable.
+    pub flagged: i64,
+    /// The OR of the quality flags of the readings aggregated.
+    pub quality: i16,
+}
+
+/// SQL for "these quality flags leave the value usable": good, or only the device's suspicion
+/// (see `tidemark_model::Quality::is_usable`).
+const USABLE: &str = "(r.quality & ~1::smallint) = 0";
+
+impl Store {
+    /// Stations, by key, or nearest first when a point is given.
+    pub async fn stations(&self, filter: &StationFilter) -> Result<Vec<StationRow>> {
+        let client = self.client().await?;
+        let (near_lon, near_lat, radius) = match filter.near {
+            Some((lon, lat, km)) => (Some(lon), Some(lat), Some(km)),
+            None => (None, None, None),
+        };
+        let [min_lon, min_lat, max_lon, max_lat] = match filter.bbox {
+            Some(b) => b.map(Some),
+            None => [None; 4],
+        };
+        // Haversine distance on a sphere of radius 6371.0088 km (the IUGG mean Earth radius).
+        let rows = client
+            .query(
+                "WITH s AS ( \
+                   SELECT st.*, CASE WHEN $6::float8 IS NULL THEN NULL ELSE \
+                     2 * 6371.0088 * asin(sqrt(power(sin(radians(st.lat - $7) / 2), 2) + \
+                     cos(radians($7)) * cos(radians(st.lat)) * power(sin(radians(st.lon - $6) / 2), 2))) END AS km \
+                   FROM stations st) \
+                 SELECT key, name, kind, lon, lat, municipality_code, km, updated_at FROM s \
+                 WHERE ($1::text IS NULL OR kind = $1) \
+                   AND ($2::text IS NULL OR EXISTS (SELECT 1 FROM sensors se WHERE se.station_id = s.id AND se.quantity = $2)) \
+                   AND ($3::text IS NULL OR municipality_code = $3) \
+                   AND ($4::text IS NULL OR key = $4) \
+                   AND ($9::float8 IS NULL OR (lon BETWEEN $9 AND $11 AND lat BETWEEN $10 AND $12)) \
+                   AND ($8::float8 IS NULL OR km <= $8) \
+                 ORDER BY km NULLS LAST, key LIMIT $5",
+                &[
+                    &filter.kind,
+                    &filter.quantity,
+                    &filter.municipality,
+                    &filter.key,
+                    &filter.limit,
+                    &near_lon,
+                    &near_lat,
+                    &radius,
+                    &min_lon,
+                    &min_lat,
+                    &max_lon,
+                    &max_lat,
+                ],
+            )
+            .await
+            .context("listing stations")?;
+        Ok(rows
+            .iter()
+            .map(|r| StationRow {
+                key: r.get(0),
+                name: r.get(1),
+                kind: r.get(2),
+                lon: r.get(3),
+                lat: r.get(4),
+                municipality_code: r.get(5),
+                distance_km: r.get(6),
+                updated_at: r.get(7),
+            })
+            .collect())
+    }
+
+    /// Every sensor (filtered) with its latest reading, by sensor key.
+    pub async fn latest(&self, filter: &LatestFilter) -> Result<Vec<LatestRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT se.key, st.key, se.quantity, se.name, extract(epoch FROM se.expected_interval)::float8, \
+                        l.ts, l.value, l.quality, l.received_at \
+                 FROM sensors se LEFT JOIN stations st ON st.id = se.station_id \
+                 LEFT JOIN LATERAL (SELECT r.ts, r.value, r.quality, r.received_at FROM readings r \
+                     WHERE r.sensor_id = se.id ORDER BY r.ts DESC LIMIT 1) l ON true \
+                 WHERE ($1::text IS NULL OR se.quantity = $1) AND ($2::text IS NULL OR st.key = $2) \
+                   AND ($3::text IS NULL OR st.municipality_code = $3) \
+                 ORDER BY se.key",
+                &[&filter.quantity, &filter.station, &filter.municipality],
+            )
+            .await
+            .context("reading the latest values")?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let ts: Option<DateTime<Utc>> = r.get(5);
+                LatestRow {
+                    sensor: r.get(0),
+                    station: r.get(1),
+                    quantity: r.get(2),
+                    name: r.get(3),
+                    expected_interval: Duration::from_secs_f64(r.get::<_, f64>(4).max(0.0)),
+                    latest: ts.map(|ts| (ts, r.get(6), r.get(7), r.get(8))),
+                }
+            })
+            .collect())
+    }
+
+    /// A sensor's quantity; `None` when there is no such sensor.
+    pub async fn sensor_quantity(&self, key: &str) -> Result<Option<String>> {
+        let client = self.client().await?;
+        Ok(client
+            .query_opt("SELECT quantity FROM sensors WHERE key = $1", &[&key])
+            .await
+            .context("looking up a sensor")?
+            .map(|r| r.get(0)))
+    }
+
+    /// A sensor's raw readings in `order`, at most `limit`, streamed from the database as they
+    /// are read (a large export never sits in memory whole).
+    pub async fn raw_readings(
+        &self,
+        sensor: &str,
+        order: &RawOrder,
+        limit: i64,
+    ) -> Result<impl Stream<Item = Result<RawReading>> + Send + 'static> {
+        self.raw_slice(sensor, order, limit, 0).await
+    }
+
+    async fn raw_slice(
+        &self,
+        sensor: &str,
+        order: &RawOrder,
+        limit: i64,
+        offset: i64,
+    ) -> Result<impl Stream<Item = Result<RawReading>> + Send + 'static> {
+        let client = self.client().await?;
+        let sensor = sensor.to_owned();
+        let statement = match order {
+            RawOrder::Time { .. } => {
+                "SELECT r.ts, r.value, r.quality, r.received_at FROM readings r JOIN sensors s ON s.id = r.sensor_id \
+                 WHERE s.key = $1 AND r.ts >= $2 AND r.ts < $3 AND ($4::timestamptz IS NULL OR r.ts > $4) \
+                 ORDER BY r.ts LIMIT $5 OFFSET $6"
+            }
+            RawOrder::Arrival { .. } => {
+                "SELECT r.ts, r.value, r.quality, r.received_at FROM readings r JOIN sensors s ON s.id = r.sensor_id \
+                 WHERE s.key = $1 AND r.received_at >= $2 \
+                   AND ($3::timestamptz IS NULL OR (r.received_at, r.ts) > ($3, $4)) \
+                 ORDER BY r.received_at, r.ts LIMIT $5 OFFSET $6"
+            }
+        };
+        // Time: $2 from, $3 to, $4 the cursor. Arrival: $2 since, $3 and $4 the cursor.
+        let (start, third, fourth): (DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+            match order {
+                RawOrder::Time { from, to, after } => (*from, Some(*to), *after),
+                RawOrder::Arrival { since, after } => {
+                    (*since, after.map(|(r, _)| r), after.map(|(_, ts)| ts))
+                }
+            };
+        let stream = client
+            .query_raw(
+                statement,
+                [
+                    &sensor as &(dyn tokio_postgres::types::ToSql + Sync),
+                    &start,
+                    &third,
+                    &fourth,
+                    &limit,
+                    &offset,
+                ],
+            )
+            .await
+            .context("reading raw readings")?;
+        // The pooled connection travels with the stream and returns to the pool when it ends.
+        let rows = stream.map(move |row| {
+            let _holds_the_connection = &client;
+            let row = row.context("reading raw readings")?;
+            Ok(RawReading {
+                ts: row.get(0),
+                value: row.get(1),
+                quality: row.get(2),
+                received_at: row.get(3),
+            })
+        });
+        Ok(rows)
+    }
+
+    /// The last reading of the page of `limit` readings in `order`, if more readings follow it:
+    /// where the next page starts. Read before the page itself is streamed, so that its link can
+    /// go in the response headers.
+    pub async fn page_end(
+        &self,
+        sensor: &str,
+        order: &RawOrder,
+        limit: i64,
+    ) -> Result<Option<RawReading>> {
+        let stream = self.raw_slice(sensor, order, 2, limit.max(1) - 1).await?;
+        let mut rows: Vec<RawReading> = stream
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_>>()?;
+        Ok((rows.len() == 2).then(|| rows.swap_remove(0)))
+    }
+
+    /// A sensor's readings in `[from, to)` aggregated into buckets of `bucket` aligned to the Unix
+    /// epoch (so daily buckets are UTC days). Only buckets with readings are returned; usable
+    /// readings only unless `all_qualities`.
+    pub async fn aggregate(
+        &self,
+        sensor: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        bucket: Duration,
+        all_qualities: bool,
+    ) -> Result<Vec<BucketRow>> {
+        let client = self.client().await?;
+        let seconds = bucket.as_secs_f64();
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT date_bin(make_interval(secs => $4), r.ts, 'epoch'::timestamptz) AS b, \
+                       count(*) FILTER (WHERE $5 OR {USABLE}), \
+                       sum(r.value) FILTER (WHERE $5 OR {USABLE}), \
+                       min(r.value) FILTER (WHERE $5 OR {USABLE}), \
+                       max(r.value) FILTER (WHERE $5 OR {USABLE}), \
+                       (array_agg(r.value ORDER BY r.ts) FILTER (WHERE $5 OR {USABLE}))[1], \
+                       (array_agg(r.value ORDER BY r.ts DESC) FILTER (WHERE $5 OR {USABLE}))[1], \
+                       count(*) FILTER (WHERE NOT ($5 OR {USABLE})), \
+                       COALESCE(bit_or(r.quality) FILTER (WHERE $5 OR {USABLE}), 0::smallint) \
+                     FROM readings r JOIN sensors s ON s.id = r.sensor_id \
+                     WHERE s.key = $1 AND r.ts >= $2 AND r.ts < $3 \
+                     GROUP BY b ORDER BY b"
+                ),
+                &[&sensor, &from, &to, &seconds, &all_qualities],
+            )
+            .await
+            .context("aggregating readings")?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let count: i64 = r.get(1);
+                let value = |i: usize| r.get::<_, Option<f64>>(i).unwrap_or(f64::NAN);
+                BucketRow {
+                    start: r.get(0),
+                    count,
+                    sum: if count == 0 { 0.0 } else { value(2) },
+                    min: value(3),
+                    max: value(4),
+                    first: value(5),
+                    last: value(6),
+                    flagged: r.get(7),
+                    quality: r.get(8),
+                }
+            })
+            .collect())
+    }
+}

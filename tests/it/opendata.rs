@@ -1,0 +1,475 @@
+//! The open data endpoints over real HTTP against the real database: stations in every format,
+//! latest values, raw readings paged by time and by arrival, and aggregation checked against the
+//! readings themselves.
+
+use crate::support::*;
+use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
+use std::collections::BTreeMap;
+use tidemark_store::readings::ReadingRow;
+
+const SENSOR: &str = "flensburg.sea_level";
+/// Readings every 10 minutes for two days.
+const READINGS: i64 = 288;
+/// The one reading flagged as a spike.
+const SPIKE_INDEX: i64 = 100;
+
+fn start() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2023, 10, 19, 0, 0, 0).unwrap()
+}
+
+fn value_at(i: i64) -> f64 {
+    if i == SPIKE_INDEX {
+        16.71
+    } else {
+        ((i * 37) % 200) as f64 / 100.0
+    }
+}
+
+/// The API with the reference stations and two days of Flensburg readings (one a flagged spike).
+async fn loaded() -> (Harness, Api) {
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    let config = tidemark::config::Config {
+        reference: tidemark::config::ReferenceConfig {
+            files: vec![repo("config/reference/stations.toml")],
+        },
+        ..config
+    };
+    tidemark::app::load_reference(&config).await.unwrap();
+    let api = Api::start(&harness, &config).await;
+    let id = sensor_id(&harness, SENSOR).await;
+    let rows: Vec<ReadingRow> = (0..READINGS)
+        .map(|i| ReadingRow {
+            sensor_id: id,
+            ts: start() + ChronoDuration::minutes(10 * i),
+            value: value_at(i),
+            quality: if i == SPIKE_INDEX { 256 } else { 0 },
+        })
+        .collect();
+    harness
+        .store
+        .write_batch(&rows, &[], Utc::now())
+        .await
+        .unwrap();
+    (harness, api)
+}
+
+async fn sensor_id(harness: &Harness, key: &str) -> i32 {
+    harness
+        .store
+        .sensor_catalog()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.key == key)
+        .unwrap()
+        .id
+}
+
+async fn get(api: &Api, path: &str) -> (u16, String, String, reqwest::header::HeaderMap) {
+    let response = api.http.get(api.url(path)).send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (
+        status,
+        content_type,
+        response.text().await.unwrap(),
+        headers,
+    )
+}
+
+async fn json(api: &Api, path: &str) -> serde_json::Value {
+    let (status, _, body, _) = get(api, path).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// CSV as rows of fields (the test data has no quoted fields).
+fn csv(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .map(|l| l.split(',').map(str::to_owned).collect())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stations_are_found_by_box_and_distance_in_json_geojson_and_csv() {
+    let (harness, api) = loaded().await;
+    let all = json(&api, "/api/v1/stations").await;
+    let keys: Vec<&str> = all["stations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["flensburg", "kappeln", "kiel-holtenau"]);
+    assert_eq!(all["stations"][0]["sensors"][0]["key"], SENSOR);
+    assert_eq!(all["stations"][0]["sensors"][0]["unit"], "m");
+
+    let boxed = json(&api, "/api/v1/stations?bbox=9.3,54.7,9.5,54.9").await;
+    assert_eq!(boxed["stations"].as_array().unwrap().len(), 1);
+    assert_eq!(boxed["stations"][0]["key"], "flensburg");
+
+    // Nearest first from Kiel, with the distance (Kiel-Holtenau to Kappeln is about 35 km).
+    let near = json(&api, "/api/v1/stations?near=10.204,54.383&radius_km=60").await;
+    let near: Vec<(String, f64)> = near["stations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["key"].as_str().unwrap().to_owned(),
+                s["distance_km"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(near[0].0, "kiel-holtenau");
+    assert!(near[0].1 < 0.01);
+    assert_eq!(near[1].0, "kappeln");
+    assert!((30.0..40.0).contains(&near[1].1), "{near:?}");
+    assert_eq!(near.len(), 2, "Flensburg is farther than 60 km: {near:?}");
+
+    let (status, content_type, body, _) = get(&api, "/api/v1/stations?format=geojson").await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "application/geo+json")
+    );
+    let geo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(geo["type"], "FeatureCollection");
+    let flensburg = &geo["features"][0];
+    assert_eq!(
+        flensburg["geometry"]["coordinates"],
+        serde_json::json!([9.434, 54.796])
+    );
+    assert_eq!(flensburg["properties"]["name"], "Flensburg");
+    let accepted = api
+        .http
+        .get(api.url("/api/v1/stations"))
+        .header("accept", "application/geo+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        accepted.headers()["content-type"].to_str().unwrap(),
+        "application/geo+json",
+        "the Accept header chooses the format too"
+    );
+
+    let (_, content_type, body, _) = get(&api, "/api/v1/stations?format=csv").await;
+    assert!(content_type.starts_with("text/csv"));
+    let rows = csv(&body);
+    assert_eq!(rows[0][..5], ["key", "name", "kind", "lon", "lat"]);
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[1][3].parse::<f64>().unwrap(), 9.434);
+
+    let detail = json(&api, "/api/v1/stations/flensburg").await;
+    let latest = &detail["sensors"][0]["latest"];
+    assert_eq!(latest["value"], value_at(READINGS - 1));
+    assert_eq!(latest["stale"], true, "the test data is from 2023");
+    let thresholds = detail["thresholds"].as_array().unwrap();
+    assert_eq!(
+        thresholds[0]["alert"], 1.0,
+        "from config/flood/baltic-2023.toml"
+    );
+    let (status, _, _, _) = get(&api, "/api/v1/stations/atlantis").await;
+    assert_eq!(status, 404);
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_values_of_every_sensor() {
+    let (harness, api) = loaded().await;
+    let latest = json(&api, "/api/v1/latest?quantity=sea_level").await;
+    let sensors = latest["sensors"].as_array().unwrap();
+    assert_eq!(sensors.len(), 3);
+    let flensburg = sensors.iter().find(|s| s["key"] == SENSOR).unwrap();
+    assert_eq!(flensburg["latest"]["value"], value_at(READINGS - 1));
+    assert_eq!(flensburg["station"], "flensburg");
+    let kiel = sensors
+        .iter()
+        .find(|s| s["key"] == "kiel-holtenau.sea_level")
+        .unwrap();
+    assert!(kiel["latest"].is_null(), "no readings yet");
+    let (_, _, body, _) = get(&api, "/api/v1/latest?format=csv").await;
+    let rows = csv(&body);
+    let row = rows.iter().find(|r| r[0] == SENSOR).unwrap();
+    assert_eq!(row[5].parse::<f64>().unwrap(), value_at(READINGS - 1));
+    assert!(
+        json(&api, "/api/v1/latest?quantity=rainfall").await["sensors"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_pages_return_every_reading_once_in_json_and_csv() {
+    let (harness, api) = loaded().await;
+    let range = "from=2023-10-19T00:00:00Z&to=2023-10-21T00:00:00Z";
+    let mut path = format!("/api/v1/sensors/{SENSOR}/readings?{range}&limit=100");
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (status, _, body, headers) = get(&api, &path).await;
+        assert_eq!(status, 200, "{body}");
+        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(page["unit"], "m");
+        for r in page["readings"].as_array().unwrap() {
+            seen.push((
+                r["ts"].as_str().unwrap().to_owned(),
+                r["value"].as_f64().unwrap(),
+            ));
+        }
+        pages += 1;
+        match page["next"].as_str() {
+            Some(next) => {
+                let link = headers["link"].to_str().unwrap();
+                assert!(
+                    link.contains(next) && link.ends_with("rel=\"next\""),
+                    "{link}"
+                );
+                path = format!("/api/v1/sensors/{SENSOR}/readings?{range}&limit=100&cursor={next}");
+            }
+            None => {
+                assert!(headers.get("link").is_none());
+                break;
+            }
+        }
+    }
+    assert_eq!(pages, 3);
+    let expected: Vec<(String, f64)> = (0..READINGS)
+        .map(|i| {
+            (
+                (start() + ChronoDuration::minutes(10 * i))
+                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                value_at(i),
+            )
+        })
+        .collect();
+    assert_eq!(seen, expected, "every reading exactly once, in order");
+
+    let (_, content_type, body, _) = get(
+        &api,
+        &format!("/api/v1/sensors/{SENSOR}/readings?{range}&limit=100000&format=csv"),
+    )
+    .await;
+    assert!(content_type.starts_with("text/csv"));
+    let rows = csv(&body);
+    assert_eq!(rows[0], ["ts", "value", "quality", "received_at"]);
+    let parsed: Vec<(String, f64)> = rows[1..]
+        .iter()
+        .map(|r| (r[0].clone(), r[1].parse().unwrap()))
+        .collect();
+    assert_eq!(parsed, expected);
+    assert_eq!(
+        rows[1 + SPIKE_INDEX as usize][2],
+        "256",
+        "quality flags carried through"
+    );
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poller_using_since_gets_a_back_filled_reading() {
+    let (harness, api) = loaded().await;
+    let before = "2000-01-01T00:00:00Z";
+    let first = json(
+        &api,
+        &format!("/api/v1/sensors/{SENSOR}/readings?since={before}&limit=100000"),
+    )
+    .await;
+    assert_eq!(
+        first["readings"].as_array().unwrap().len(),
+        READINGS as usize
+    );
+    assert!(first["next"].is_null());
+    let last_page = json(
+        &api,
+        &format!(
+            "/api/v1/sensors/{SENSOR}/readings?since={before}&limit={}",
+            READINGS - 1
+        ),
+    )
+    .await;
+    let cursor = last_page["next"].as_str().unwrap().to_owned();
+
+    // A reading from before the range the poller has seen arrives late.
+    let id = sensor_id(&harness, SENSOR).await;
+    let old = start() - ChronoDuration::days(3);
+    harness
+        .store
+        .write_batch(
+            &[ReadingRow {
+                sensor_id: id,
+                ts: old,
+                value: 0.42,
+                quality: 0,
+            }],
+            &[],
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    let next = json(
+        &api,
+        &format!(
+            "/api/v1/sensors/{SENSOR}/readings?since={before}&limit={}&cursor={cursor}",
+            READINGS - 1
+        ),
+    )
+    .await;
+    let values: Vec<f64> = next["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        [value_at(READINGS - 1), 0.42],
+        "the rest of the first delivery, then the back-fill"
+    );
+    // A from/to query of the range the poller already read would have missed it.
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregation_equals_the_readings_and_fills_gaps_as_asked() {
+    let (harness, api) = loaded().await;
+    let range = "from=2023-10-19T00:00:00Z&to=2023-10-21T00:00:00Z";
+    let body = json(
+        &api,
+        &format!("/api/v1/sensors/{SENSOR}/readings?{range}&bucket=1h&agg=avg,min,max,sum,count,first,last"),
+    )
+    .await;
+    // The expectation, computed here from the values written: usable readings only.
+    let mut hours: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+    for i in (0..READINGS).filter(|i| *i != SPIKE_INDEX) {
+        hours.entry(i / 6).or_default().push(value_at(i));
+    }
+    let buckets = body["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 48);
+    for (hour, values) in &hours {
+        let b = &buckets[*hour as usize];
+        let sum: f64 = values.iter().sum();
+        assert_eq!(b["count"], values.len());
+        assert!((b["sum"].as_f64().unwrap() - sum).abs() < 1e-9);
+        assert!((b["avg"].as_f64().unwrap() - sum / values.len() as f64).abs() < 1e-9);
+        assert_eq!(
+            b["min"].as_f64().unwrap(),
+            values.iter().cloned().fold(f64::MAX, f64::min)
+        );
+        assert_eq!(
+            b["max"].as_f64().unwrap(),
+            values.iter().cloned().fold(f64::MIN, f64::max)
+        );
+        assert_eq!(b["first"].as_f64().unwrap(), values[0]);
+        assert_eq!(b["last"].as_f64().unwrap(), *values.last().unwrap());
+    }
+    let spike_hour = &buckets[(SPIKE_INDEX / 6) as usize];
+    assert_eq!(spike_hour["flagged"], 1, "the spike is counted as left out");
+    assert!(
+        spike_hour["max"].as_f64().unwrap() < 16.0,
+        "and not averaged in"
+    );
+    let everything = json(
+        &api,
+        &format!("/api/v1/sensors/{SENSOR}/readings?{range}&bucket=1h&agg=max&quality=all"),
+    )
+    .await;
+    assert_eq!(
+        everything["buckets"][(SPIKE_INDEX / 6) as usize]["max"],
+        16.71
+    );
+
+    // Days in UTC, and a range that reaches past the data: empty days omitted, nulled, or
+    // interpolated.
+    let days = "from=2023-10-18T00:00:00Z&to=2023-10-22T00:00:00Z&bucket=1d&agg=avg,count";
+    let omitted = json(&api, &format!("/api/v1/sensors/{SENSOR}/readings?{days}")).await;
+    assert_eq!(omitted["buckets"].as_array().unwrap().len(), 2);
+    let nulled = json(
+        &api,
+        &format!("/api/v1/sensors/{SENSOR}/readings?{days}&fill=null"),
+    )
+    .await;
+    let nulled = nulled["buckets"].as_array().unwrap();
+    assert_eq!(nulled.len(), 4);
+    assert!(nulled[0]["avg"].is_null());
+    assert_eq!(nulled[0]["count"], 0);
+    assert_eq!(nulled[0]["state"], "empty");
+
+    let (_, _, body, _) = get(
+        &api,
+        &format!("/api/v1/sensors/{SENSOR}/readings?{range}&bucket=1d&agg=count,max&format=csv"),
+    )
+    .await;
+    let rows = csv(&body);
+    assert_eq!(
+        rows[0],
+        ["start", "count", "max", "flagged", "quality", "state"]
+    );
+    assert_eq!(rows[1][1], "143");
+    assert_eq!(rows[2][1], "144");
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_a_problem_naming_the_parameter() {
+    let (harness, api) = loaded().await;
+    let readings = format!("/api/v1/sensors/{SENSOR}/readings");
+    for (query, parameter) in [
+        ("from=2023-10-21T00:00:00Z&to=2023-10-19T00:00:00Z", "from"),
+        ("from=yesterday", "from"),
+        ("bucket=10s", "bucket"),
+        ("bucket=fortnight", "bucket"),
+        (
+            "bucket=1m&from=2000-01-01T00:00:00Z&to=2023-01-01T00:00:00Z",
+            "bucket",
+        ),
+        ("bucket=1h&agg=median", "agg"),
+        ("bucket=1h&fill=guess", "fill"),
+        ("agg=avg", "agg"),
+        ("limit=0", "limit"),
+        ("limit=1000000", "limit"),
+        ("cursor=bm9wZQ", "cursor"),
+        (
+            "since=2023-10-19T00:00:00Z&from=2023-10-19T00:00:00Z",
+            "since",
+        ),
+        ("format=xml", "format"),
+        ("colour=blue", "query"),
+        ("limit=1%27%3B%20DROP%20TABLE%20readings%3B--", "query"),
+    ] {
+        let (status, content_type, body, _) = get(&api, &format!("{readings}?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(content_type, "application/problem+json");
+        let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(problem["parameter"], parameter, "{query}: {problem}");
+        assert!(problem["detail"].as_str().unwrap().len() > 10);
+    }
+    for query in [
+        "bbox=1,2,3",
+        "bbox=10,60,9,50",
+        "near=9.4",
+        "radius_km=5",
+        "limit=0",
+    ] {
+        let (status, _, body, _) = get(&api, &format!("/api/v1/stations?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+    }
+    let (status, _, _, _) = get(&api, "/api/v1/sensors/no.such_sensor/readings").await;
+    assert_eq!(status, 404);
+    let (status, _, _, _) = get(&api, "/api/v1/sensors/..%2F..%2Fetc%2Fpasswd/readings").await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        harness.count().await,
+        READINGS as u64,
+        "nothing was changed"
+    );
+    harness.finish().await;
+}
