@@ -168,6 +168,8 @@ pub fn api_router(state: ApiState) -> Router {
         .route("/api/v1/stations", get(opendata::stations))
         .route("/api/v1/stations/{key}", get(opendata::station))
         .route("/api/v1/latest", get(opendata::latest))
+        .route("/api/v1/municipalities", get(opendata::municipalities))
+        .route("/api/v1/municipalities/{code}", get(opendata::municipality))
         .route("/api/v1/sensors/{key}/readings", get(opendata::readings))
         .route("/api/v1/warnings", get(warnings::list))
         .route("/api/v1/warnings.atom", get(warnings::atom))

@@ -1025,3 +1025,134 @@ mod tests {
         }
     }
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MunicipalityQuery {
+    pub format: Option<String>,
+}
+
+/// `GET /api/v1/municipalities`: codes and names (JSON, CSV), or boundaries (GeoJSON).
+pub async fn municipalities(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    query: std::result::Result<Query<MunicipalityQuery>, QueryRejection>,
+) -> Result<Response> {
+    let query = parse_query(query)?;
+    let format = format(query.format.as_deref(), &headers, true)?;
+    let rows = state
+        .store
+        .municipalities(None, format == Format::GeoJson)
+        .await?;
+    let base = state.settings.base_url();
+    Ok(match format {
+        Format::Csv => {
+            let mut out = String::from("code,name\n");
+            for (code, name, _) in &rows {
+                out.push_str(&format!("{},{}\n", csv_field(code), csv_field(name)));
+            }
+            typed("text/csv; charset=utf-8", out)
+        }
+        Format::GeoJson => {
+            let features: Vec<serde_json::Value> = rows
+                .into_iter()
+                .map(|(code, name, boundary)| {
+                    serde_json::json!({
+                        "type": "Feature", "id": code, "geometry": boundary,
+                        "properties": {"code": code, "name": name},
+                    })
+                })
+                .collect();
+            typed(
+                "application/geo+json",
+                serde_json::to_vec(
+                    &serde_json::json!({"type": "FeatureCollection", "features": features}),
+                )
+                .unwrap_or_default(),
+            )
+        }
+        Format::Json => {
+            let items: Vec<serde_json::Value> = rows
+                .into_iter()
+                .map(|(code, name, _)| {
+                    serde_json::json!({
+                        "code": code, "name": name,
+                        "links": {"self": format!("{base}/api/v1/municipalities/{code}")},
+                    })
+                })
+                .collect();
+            json_response(&serde_json::json!({ "municipalities": items }))
+        }
+    })
+}
+
+/// `GET /api/v1/municipalities/{code}`: the boundary, the stations in it and the warnings in
+/// force for it (JSON, or a GeoJSON Feature).
+pub async fn municipality(
+    State(state): State<ApiState>,
+    Path(code): Path<String>,
+    headers: HeaderMap,
+    query: std::result::Result<Query<MunicipalityQuery>, QueryRejection>,
+) -> Result<Response> {
+    let query = parse_query(query)?;
+    let format = format(query.format.as_deref(), &headers, true)?;
+    if format == Format::Csv {
+        return Err(ApiError::bad(
+            "format",
+            "one municipality is offered as json or geojson",
+        ));
+    }
+    let (code, name, boundary) = state
+        .store
+        .municipalities(Some(&code), true)
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::NotFound(format!("municipality {code}")))?;
+    let stations = station_bodies(
+        &state,
+        &StationFilter {
+            municipality: Some(code.clone()),
+            limit: STATION_LIMIT,
+            ..StationFilter::default()
+        },
+    )
+    .await?;
+    let base = state.settings.base_url();
+    let warnings: Vec<serde_json::Value> = state
+        .store
+        .warning_list(&tidemark_store::delivery::WarningFilter {
+            state: Some("in_force".to_owned()),
+            municipality: Some(code.clone()),
+            limit: 500,
+            ..Default::default()
+        })
+        .await?
+        .into_iter()
+        .map(|w| {
+            serde_json::json!({
+                "id": w.id, "area": {"key": w.area_key, "name": w.area_name}, "severity": w.severity,
+                "severity_name": crate::body::severity_name(w.severity), "kind": w.kind,
+                "raised_at": w.raised_at, "changed_at": w.changed_at, "stale": w.stale,
+                "acknowledged_by": w.acknowledged_by,
+                "links": {"self": format!("{base}/api/v1/warnings/{}", w.id), "cap": format!("{base}/api/v1/warnings/{}.cap", w.id)},
+            })
+        })
+        .collect();
+    let properties = serde_json::json!({
+        "code": code, "name": name, "stations": stations, "warnings": warnings,
+    });
+    Ok(match format {
+        Format::GeoJson => typed(
+            "application/geo+json",
+            serde_json::to_vec(&serde_json::json!({
+                "type": "Feature", "id": code, "geometry": boundary, "properties": properties,
+            }))
+            .unwrap_or_default(),
+        ),
+        _ => {
+            let mut body = properties;
+            body["boundary"] = boundary.unwrap_or(serde_json::Value::Null);
+            json_response(&body)
+        }
+    })
+}

@@ -161,6 +161,27 @@ impl Store {
             .collect())
     }
 
+    /// Municipalities by code: `(code, name)`, with the boundary (GeoJSON) when asked for.
+    pub async fn municipalities(
+        &self,
+        code: Option<&str>,
+        with_boundary: bool,
+    ) -> Result<Vec<(String, String, Option<serde_json::Value>)>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT code, name, CASE WHEN $2 THEN boundary END FROM municipalities \
+                 WHERE $1::text IS NULL OR code = $1 ORDER BY code",
+                &[&code, &with_boundary],
+            )
+            .await
+            .context("reading municipalities")?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
     /// Every sensor (filtered) with its latest reading, by sensor key.
     pub async fn latest(&self, filter: &LatestFilter) -> Result<Vec<LatestRow>> {
         let client = self.client().await?;

@@ -473,3 +473,76 @@ async fn bad_requests_get_a_problem_naming_the_parameter() {
     );
     harness.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn municipalities_with_boundaries_stations_and_warnings_in_force() {
+    let (harness, api) = loaded().await;
+    let mut reference = tidemark_store::reference::ReferenceData::default();
+    reference
+        .stations
+        .push(tidemark_model::reference::StationRecord {
+            key: "aarhus-aa-city".into(),
+            name: "Aarhus Å, Mindet".into(),
+            kind: "river_gauge".into(),
+            lon: 10.2108,
+            lat: 56.1530,
+            municipality_code: Some("0751".into()),
+        });
+    harness.store.apply_reference(&reference).await.unwrap();
+
+    let list = json(&api, "/api/v1/municipalities").await;
+    let list = list["municipalities"].as_array().unwrap();
+    assert!(list.len() >= 98, "{}", list.len());
+    assert!(list
+        .iter()
+        .any(|m| m["code"] == "0751" && m["name"] == "Aarhus"));
+    let (_, _, body, _) = get(&api, "/api/v1/municipalities?format=geojson").await;
+    let geo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let aarhus = geo["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "0751")
+        .unwrap();
+    assert!(
+        ["Polygon", "MultiPolygon"].contains(&aarhus["geometry"]["type"].as_str().unwrap()),
+        "a boundary"
+    );
+    let (_, _, body, _) = get(&api, "/api/v1/municipalities?format=csv").await;
+    assert!(csv(&body).contains(&vec!["0751".to_owned(), "Aarhus".to_owned()]));
+
+    let aarhus = json(&api, "/api/v1/municipalities/0751").await;
+    assert_eq!(aarhus["name"], "Aarhus");
+    assert_eq!(aarhus["stations"][0]["key"], "aarhus-aa-city");
+    assert!(aarhus["warnings"].as_array().unwrap().is_empty());
+    assert!(aarhus["boundary"]["coordinates"].is_array());
+
+    // A warning in force for Aabenraa (the Flensburg area's municipality) shows there.
+    let event = tidemark_store::flood::NewEvent {
+        kind: "raised",
+        severity: Some(2),
+        warning_kind: "observed",
+        at: Utc::now(),
+        message_en: "Flood Warning.".into(),
+        message_da: "Oversvømmelsesvarsel.".into(),
+        trigger: serde_json::json!({}),
+    };
+    harness
+        .store
+        .record_area_events("flensburg-fjord", &["0580".to_owned()], &[event], &[], &[])
+        .await
+        .unwrap();
+    let aabenraa = json(&api, "/api/v1/municipalities/0580").await;
+    let warnings = aabenraa["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1);
+    assert_eq!(warnings[0]["severity_name"], "Flood Warning");
+    let (status, content_type, _, _) =
+        get(&api, "/api/v1/municipalities/0580?format=geojson").await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "application/geo+json")
+    );
+    let (status, _, _, _) = get(&api, "/api/v1/municipalities/9999").await;
+    assert_eq!(status, 404);
+    harness.finish().await;
+}
