@@ -139,6 +139,7 @@ async fn serve_stages(
     let metrics = Arc::new(Metrics::register(&mut registry));
     let analytics_metrics = Arc::new(tidemark_analytics::runner::Metrics::register(&mut registry));
     let delivery_metrics = Arc::new(tidemark_api::delivery::Metrics::register(&mut registry));
+    let http_metrics = tidemark_api::http_metrics::HttpMetrics::register(&mut registry);
     let store = Store::connect(&config.database).await?;
     let mut dispatcher = None;
     let mut api_routes = None;
@@ -174,6 +175,7 @@ async fn serve_stages(
     if let Some(api_routes) = api_routes {
         router = router.merge(api_routes);
     }
+    let router = tidemark_api::http_metrics::instrument(router, http_metrics);
     // Whichever stage ends first (an error, or shutdown) brings the others down, and all are
     // awaited, so that ingest always finishes the batches in hand.
     let http = async {

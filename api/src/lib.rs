@@ -14,6 +14,7 @@
 //! - [`cap`]: CAP 1.2 messages, the Atom feed, and the CAP 1.2 rule checker.
 //! - [`body`]: the JSON of a warning event on every channel.
 //! - [`auth`]: API keys and the [`auth::Caller`] extractor.
+//! - [`http_metrics`]: request latency by route, for `/metrics`.
 //! - [`error`]: [`error::ApiError`] as `application/problem+json`.
 //! - [`run`]: binds and serves until shutdown.
 
@@ -22,6 +23,7 @@ pub mod body;
 pub mod cap;
 pub mod delivery;
 pub mod error;
+pub mod http_metrics;
 pub mod opendata;
 pub mod sse;
 pub mod warnings;
