@@ -12,6 +12,7 @@
 //! - [`delivery`]: the outbox dispatcher, webhooks (signing, verifying, the address guard) and
 //!   retained MQTT alerts.
 //! - [`cap`]: CAP 1.2 messages, the Atom feed, and the CAP 1.2 rule checker.
+//! - [`caching`]: ETags and 304 answers for the public GET endpoints.
 //! - [`body`]: the JSON of a warning event on every channel.
 //! - [`auth`]: API keys and the [`auth::Caller`] extractor.
 //! - [`http_metrics`]: request latency by route, for `/metrics`.
@@ -20,6 +21,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod caching;
 pub mod cap;
 pub mod delivery;
 pub mod error;
@@ -192,6 +194,27 @@ pub fn api_router(state: ApiState) -> Router {
             post(webhooks::rotate),
         )
         .fallback(|| async { error::ApiError::NotFound("this resource".to_owned()) })
+        .layer(axum::middleware::from_fn(caching::etag))
+        // Compressed when the client accepts gzip (streams too, chunk by chunk); readable from
+        // browser pages on other origins, with the headers paging and caching use exposed.
+        .layer(tower_http::compression::CompressionLayer::new())
+        .layer(
+            tower_http::cors::CorsLayer::new()
+                .allow_origin(tower_http::cors::Any)
+                .allow_methods([
+                    axum::http::Method::GET,
+                    axum::http::Method::POST,
+                    axum::http::Method::DELETE,
+                ])
+                .allow_headers([
+                    header::AUTHORIZATION,
+                    header::CONTENT_TYPE,
+                    header::ACCEPT,
+                    header::IF_NONE_MATCH,
+                    axum::http::HeaderName::from_static("last-event-id"),
+                ])
+                .expose_headers([header::ETAG, header::LINK, header::RETRY_AFTER]),
+        )
         .with_state(state)
 }
 

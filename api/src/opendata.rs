@@ -161,9 +161,8 @@ pub struct LatestReading {
     pub value: f64,
     pub quality: i16,
     pub received_at: DateTime<Utc>,
-    /// Seconds since the reading's time.
-    pub age_seconds: i64,
-    /// No reading for three expected intervals.
+    /// No reading for three expected intervals. (The age itself is left to the client, so that
+    /// an unchanged answer keeps its ETag.)
     pub stale: bool,
 }
 
@@ -197,7 +196,6 @@ fn sensor_body(row: LatestRow, now: DateTime<Utc>) -> SensorBody {
                 value,
                 quality,
                 received_at,
-                age_seconds: age.num_seconds(),
                 stale: age.to_std().is_ok_and(|a| a > interval * 3),
             }
         }),

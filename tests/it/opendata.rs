@@ -546,3 +546,74 @@ async fn municipalities_with_boundaries_stations_and_warnings_in_force() {
     assert_eq!(status, 404);
     harness.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_answers_are_not_sent_again_and_browsers_may_read_them() {
+    let (harness, api) = loaded().await;
+    let path = "/api/v1/stations/flensburg";
+    let (status, _, _, headers) = get(&api, path).await;
+    assert_eq!(status, 200);
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    let again = api
+        .http
+        .get(api.url(path))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 304);
+    assert!(again.text().await.unwrap().is_empty());
+
+    // A new reading changes the station's answer, and with it the ETag.
+    let id = sensor_id(&harness, SENSOR).await;
+    let row = ReadingRow {
+        sensor_id: id,
+        ts: start() + ChronoDuration::days(5),
+        value: 1.23,
+        quality: 0,
+    };
+    harness
+        .store
+        .write_batch(&[row], &[], Utc::now())
+        .await
+        .unwrap();
+    let changed = api
+        .http
+        .get(api.url(path))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status().as_u16(), 200);
+    assert_ne!(changed.headers()["etag"].to_str().unwrap(), etag);
+
+    let gzipped = api
+        .http
+        .get(api.url("/api/v1/municipalities?format=geojson"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gzipped.headers()["content-encoding"], "gzip");
+
+    let preflight = api
+        .http
+        .request(reqwest::Method::OPTIONS, api.url("/api/v1/warnings/1/ack"))
+        .header("origin", "https://kommune.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    let simple = api
+        .http
+        .get(api.url("/api/v1/latest"))
+        .header("origin", "https://research.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(simple.headers()["access-control-allow-origin"], "*");
+    harness.finish().await;
+}
