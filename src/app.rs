@@ -161,11 +161,11 @@ async fn serve_stages(
         )?);
         let hub =
             tidemark_api::sse::Hub::start(store.clone(), config.database.clone(), shutdown.clone());
-        api_routes = Some(tidemark_api::api_router(ApiState {
-            store: store.clone(),
-            settings: Arc::new(settings),
+        api_routes = Some(tidemark_api::api_router(ApiState::new(
+            store.clone(),
+            settings,
             hub,
-        }));
+        )));
     }
     let mut router = tidemark_api::ops_router(OpsState {
         store,

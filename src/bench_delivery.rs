@@ -122,16 +122,14 @@ async fn measure(
     };
     let api = tidemark_api::ApiConfig {
         public_url: base.clone(),
+        // A thousand clients from one address.
+        rate_limit_per_minute: 1_000_000,
         ..config.api.clone()
     };
     let settings =
         ApiSettings::new(&api, &delivery, &mqtt.topic_prefix).map_err(anyhow::Error::msg)?;
     let hub = tidemark_api::sse::Hub::start(store.clone(), database.clone(), shutdown.clone());
-    let router = tidemark_api::api_router(ApiState {
-        store: store.clone(),
-        settings: Arc::new(settings),
-        hub: hub.clone(),
-    });
+    let router = tidemark_api::api_router(ApiState::new(store.clone(), settings, hub.clone()));
     tokio::spawn(tidemark_api::serve(listener, router, shutdown.clone()));
     let alerts = AlertPublisher::start(&mqtt, "bench-alerts", delivery.timeout, shutdown.clone());
     let metrics = Arc::new(Metrics::register(&mut Registry::default()));

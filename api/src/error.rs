@@ -23,6 +23,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}; try again shortly")]
     Unavailable(&'static str),
+    #[error("more than {0} requests a minute; wait as Retry-After says, or use an API key for a higher limit")]
+    TooManyRequests(u32),
     #[error("the database is unavailable")]
     Store(#[from] tidemark_store::Error),
 }
@@ -45,6 +47,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) | ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }

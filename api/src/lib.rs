@@ -15,6 +15,7 @@
 //! - [`caching`]: ETags and 304 answers for the public GET endpoints.
 //! - [`body`]: the JSON of a warning event on every channel.
 //! - [`auth`]: API keys and the [`auth::Caller`] extractor.
+//! - [`rate_limit`]: per-client token buckets, `429` with `Retry-After`.
 //! - [`http_metrics`]: request latency by route, for `/metrics`.
 //! - [`error`]: [`error::ApiError`] as `application/problem+json`.
 //! - [`run`]: binds and serves until shutdown.
@@ -27,6 +28,7 @@ pub mod delivery;
 pub mod error;
 pub mod http_metrics;
 pub mod opendata;
+pub mod rate_limit;
 pub mod sse;
 pub mod warnings;
 pub mod webhooks;
@@ -64,6 +66,12 @@ pub struct ApiConfig {
     /// Interval of the comment lines that keep idle Server-Sent Event streams open through proxies.
     #[serde(default = "default_sse_heartbeat", with = "duration::serde_str")]
     pub sse_heartbeat: Duration,
+    /// Requests a minute to `/api/v1` per client address without an API key.
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit_per_minute: u32,
+    /// Requests a minute per valid API key.
+    #[serde(default = "default_keyed_rate_limit")]
+    pub keyed_rate_limit_per_minute: u32,
 }
 
 fn default_listen() -> String {
@@ -81,6 +89,12 @@ const fn default_cap_expires() -> Duration {
 const fn default_sse_heartbeat() -> Duration {
     Duration::from_secs(15)
 }
+const fn default_rate_limit() -> u32 {
+    600
+}
+const fn default_keyed_rate_limit() -> u32 {
+    6000
+}
 
 impl Default for ApiConfig {
     fn default() -> Self {
@@ -90,6 +104,8 @@ impl Default for ApiConfig {
             cap_sender: default_cap_sender(),
             cap_expires: default_cap_expires(),
             sse_heartbeat: default_sse_heartbeat(),
+            rate_limit_per_minute: default_rate_limit(),
+            keyed_rate_limit_per_minute: default_keyed_rate_limit(),
         }
     }
 }
@@ -112,6 +128,12 @@ impl ApiConfig {
         if self.sse_heartbeat.is_zero() {
             return Err("api.sse_heartbeat must be positive".to_owned());
         }
+        if self.rate_limit_per_minute == 0 || self.keyed_rate_limit_per_minute == 0 {
+            return Err(
+                "api.rate_limit_per_minute and api.keyed_rate_limit_per_minute must be positive"
+                    .to_owned(),
+            );
+        }
         Ok(())
     }
 }
@@ -128,6 +150,8 @@ pub struct ApiSettings {
     pub policy: Arc<delivery::webhook::TargetPolicy>,
     /// How long a rotated-out webhook secret keeps signing.
     pub rotation_grace: Duration,
+    pub rate_limit_per_minute: u32,
+    pub keyed_rate_limit_per_minute: u32,
 }
 
 impl ApiSettings {
@@ -150,6 +174,8 @@ impl ApiSettings {
             topic_prefix: topic_prefix.to_owned(),
             policy: Arc::new(policy),
             rotation_grace: delivery.rotation_grace,
+            rate_limit_per_minute: api.rate_limit_per_minute,
+            keyed_rate_limit_per_minute: api.keyed_rate_limit_per_minute,
         })
     }
 
@@ -164,6 +190,22 @@ pub struct ApiState {
     pub store: Store,
     pub settings: Arc<ApiSettings>,
     pub hub: sse::Hub,
+    pub limiter: Arc<rate_limit::RateLimiter>,
+}
+
+impl ApiState {
+    pub fn new(store: Store, settings: ApiSettings, hub: sse::Hub) -> ApiState {
+        let limiter = Arc::new(rate_limit::RateLimiter::new(
+            settings.rate_limit_per_minute,
+            settings.keyed_rate_limit_per_minute,
+        ));
+        ApiState {
+            store,
+            settings: Arc::new(settings),
+            hub,
+            limiter,
+        }
+    }
 }
 
 /// The `/api/v1` routes.
@@ -195,6 +237,10 @@ pub fn api_router(state: ApiState) -> Router {
         )
         .fallback(|| async { error::ApiError::NotFound("this resource".to_owned()) })
         .layer(axum::middleware::from_fn(caching::etag))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::limit,
+        ))
         // Compressed when the client accepts gzip (streams too, chunk by chunk); readable from
         // browser pages on other origins, with the headers paging and caching use exposed.
         .layer(tower_http::compression::CompressionLayer::new())
@@ -213,7 +259,14 @@ pub fn api_router(state: ApiState) -> Router {
                     header::IF_NONE_MATCH,
                     axum::http::HeaderName::from_static("last-event-id"),
                 ])
-                .expose_headers([header::ETAG, header::LINK, header::RETRY_AFTER]),
+                .expose_headers([
+                    header::ETAG,
+                    header::LINK,
+                    header::RETRY_AFTER,
+                    axum::http::HeaderName::from_static("ratelimit-limit"),
+                    axum::http::HeaderName::from_static("ratelimit-remaining"),
+                    axum::http::HeaderName::from_static("ratelimit-reset"),
+                ]),
         )
         .with_state(state)
 }
@@ -307,7 +360,9 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "http listening");
     }
-    axum::serve(listener, router)
+    // The peer's address is what rate limits key anonymous clients by.
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
         .map_err(Error::Serve)

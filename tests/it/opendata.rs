@@ -617,3 +617,49 @@ async fn unchanged_answers_are_not_sent_again_and_browsers_may_read_them() {
     assert_eq!(simple.headers()["access-control-allow-origin"], "*");
     harness.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_limit_a_client_gets_429_with_retry_after_and_a_key_gets_more() {
+    let harness = Harness::start().await;
+    let mut config = config(&harness);
+    config.api.rate_limit_per_minute = 5;
+    config.api.keyed_rate_limit_per_minute = 100;
+    let api = Api::start(&harness, &config).await;
+    for remaining in (0..5).rev() {
+        let (status, _, _, headers) = get(&api, "/api/v1/latest").await;
+        assert_eq!(status, 200);
+        assert_eq!(headers["ratelimit-limit"], "5");
+        assert_eq!(
+            headers["ratelimit-remaining"],
+            remaining.to_string().as_str()
+        );
+    }
+    let (status, content_type, body, headers) = get(&api, "/api/v1/latest").await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(content_type, "application/problem+json");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+
+    // An invented key counts as no key; a real one has its own, larger allowance.
+    let invented = api
+        .http
+        .get(api.url("/api/v1/latest"))
+        .bearer_auth("tmk_0123456789ab_invented")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(invented.status().as_u16(), 429);
+    let key = api
+        .key(tidemark_store::delivery::Role::Researcher, None)
+        .await;
+    let keyed = api
+        .http
+        .get(api.url("/api/v1/latest"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keyed.status().as_u16(), 200);
+    assert_eq!(keyed.headers()["ratelimit-limit"], "100");
+    harness.finish().await;
+}

@@ -404,7 +404,7 @@ impl Api {
         let api = tidemark_api::ApiConfig {
             public_url: base.clone(),
             sse_heartbeat: Duration::from_secs(1),
-            ..Default::default()
+            ..config.api.clone()
         };
         let settings = ApiSettings::new(&api, &config.delivery, "tidemark/v1").unwrap();
         let shutdown = CancellationToken::new();
@@ -413,11 +413,7 @@ impl Api {
             config.database.clone(),
             shutdown.clone(),
         );
-        let state = ApiState {
-            store: harness.store.clone(),
-            settings: Arc::new(settings),
-            hub,
-        };
+        let state = ApiState::new(harness.store.clone(), settings, hub);
         let router = tidemark_api::api_router(state.clone());
         tokio::spawn(tidemark_api::serve(listener, router, shutdown.clone()));
         Api {
