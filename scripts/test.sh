@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
+# The OpenAPI test validates the document with openapi-spec-validator, from PyPI.
+if ! python3 -c "import openapi_spec_validator" 2>/dev/null; then
+    python3 -m pip install --quiet --user openapi-spec-validator \
+        || python3 -m pip install --quiet --user --break-system-packages openapi-spec-validator
+fi
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 set +e

@@ -14,7 +14,7 @@ pub fn severity_name(severity: i16) -> &'static str {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct EventBody {
     /// The warning event's id: stable, unique, and growing in the order events were committed.
     pub id: i64,
@@ -42,13 +42,13 @@ pub struct EventBody {
     pub cap: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct AreaRef {
     pub key: String,
     pub name: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Messages {
     pub en: String,
     pub da: String,

@@ -15,6 +15,7 @@
 //! - [`caching`]: ETags and 304 answers for the public GET endpoints.
 //! - [`body`]: the JSON of a warning event on every channel.
 //! - [`auth`]: API keys and the [`auth::Caller`] extractor.
+//! - [`openapi`]: the OpenAPI 3.1 document (utoipa) and its documentation page.
 //! - [`rate_limit`]: per-client token buckets, `429` with `Retry-After`.
 //! - [`http_metrics`]: request latency by route, for `/metrics`.
 //! - [`error`]: [`error::ApiError`] as `application/problem+json`.
@@ -27,6 +28,7 @@ pub mod cap;
 pub mod delivery;
 pub mod error;
 pub mod http_metrics;
+pub mod openapi;
 pub mod opendata;
 pub mod rate_limit;
 pub mod sse;
@@ -211,6 +213,8 @@ impl ApiState {
 /// The `/api/v1` routes.
 pub fn api_router(state: ApiState) -> Router {
     Router::new()
+        .route("/api/v1/openapi.json", get(openapi::openapi_json))
+        .route("/api/v1/docs", get(openapi::docs))
         .route("/api/v1/stations", get(opendata::stations))
         .route("/api/v1/stations/{key}", get(opendata::station))
         .route("/api/v1/latest", get(opendata::latest))
@@ -290,13 +294,26 @@ pub struct OpsState {
 /// `/healthz` (the process answers), `/readyz` (database and broker reachable) and `/metrics`.
 pub fn ops_router(state: OpsState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
 
-async fn readyz(State(state): State<OpsState>) -> Response {
+/// The process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up", body = String, content_type = "text/plain")))]
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// The database and the broker are reachable.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = String, content_type = "text/plain"),
+        (status = 503, description = "The database or the broker is unreachable", body = String, content_type = "text/plain"),
+    ))]
+pub async fn readyz(State(state): State<OpsState>) -> Response {
     let database = state.store.ping().await;
     let broker_addr = format!("{}:{}", state.broker.host, state.broker.port);
     let broker = matches!(
@@ -320,7 +337,10 @@ async fn readyz(State(state): State<OpsState>) -> Response {
     (status, body).into_response()
 }
 
-async fn metrics(State(state): State<OpsState>) -> Response {
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics", body = String, content_type = "application/openmetrics-text")))]
+pub async fn metrics(State(state): State<OpsState>) -> Response {
     let mut body = String::new();
     if let Err(error) = prometheus_client::encoding::text::encode(&mut body, &state.registry) {
         tracing::error!(%error, "cannot encode metrics");

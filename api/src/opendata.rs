@@ -21,6 +21,7 @@ use tidemark_model::Quantity;
 use tidemark_store::opendata::{
     BucketRow, LatestFilter, LatestRow, RawOrder, RawReading, StationFilter, StationRow,
 };
+use utoipa::{IntoParams, ToSchema};
 
 /// Most stations one list returns.
 const STATION_LIMIT: i64 = 10_000;
@@ -130,22 +131,28 @@ fn json_response(value: &impl Serialize) -> Response {
     )
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StationQuery {
+    /// Station kind: tide_gauge, river_gauge, rain_gauge, meter, container, ...
     pub kind: Option<String>,
+    /// Stations with a sensor of this quantity (sea_level, water_level, rainfall, ...).
     pub quantity: Option<String>,
+    /// Municipality code (kommunekode), e.g. 0751.
     pub municipality: Option<String>,
     /// `min_lon,min_lat,max_lon,max_lat`.
     pub bbox: Option<String>,
     /// `lon,lat`: nearest first, within `radius_km` (default 10).
     pub near: Option<String>,
     pub radius_km: Option<f64>,
+    /// At most this many stations (1 to 10,000).
     pub limit: Option<i64>,
+    /// json, geojson or csv (or use the Accept header).
     pub format: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SensorBody {
     pub key: String,
     pub quantity: String,
@@ -155,7 +162,7 @@ pub struct SensorBody {
     pub latest: Option<LatestReading>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct LatestReading {
     pub ts: DateTime<Utc>,
     pub value: f64,
@@ -166,7 +173,7 @@ pub struct LatestReading {
     pub stale: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct StationBody {
     pub key: String,
     pub name: String,
@@ -276,7 +283,13 @@ fn station_csv(stations: &[StationBody]) -> String {
     out
 }
 
-/// `GET /api/v1/stations`
+/// Stations, filtered; nearest first with `near`.
+#[utoipa::path(get, path = "/api/v1/stations", tag = "open data", params(StationQuery),
+    responses(
+        (status = 200, description = "Stations with their sensors", content((crate::openapi::StationList = "application/json"), (Object = "application/geo+json"), (String = "text/csv"))),
+        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the rate limit", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn stations(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -354,12 +367,20 @@ pub async fn stations(
     })
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct OneQuery {
+    /// json or geojson (or use the Accept header).
     pub format: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/stations/{key}", tag = "open data",
+    params(("key" = String, Path, description = "The station's key"), OneQuery),
+    responses(
+        (status = 200, description = "The station", content((StationBody = "application/json"), (Object = "application/geo+json"))),
+        (status = 404, description = "No such station", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 /// `GET /api/v1/stations/{key}`: the station, its sensors with their latest readings, and the
 /// flood thresholds of those sensors.
 pub async fn station(
@@ -408,15 +429,33 @@ pub async fn station(
     })
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LatestQuery {
+    /// Only sensors of this quantity.
     pub quantity: Option<String>,
+    /// Only the sensors of this station.
     pub station: Option<String>,
+    /// Only sensors at stations in this municipality.
     pub municipality: Option<String>,
+    /// json or csv (or use the Accept header).
     pub format: Option<String>,
 }
 
+/// A sensor's latest value, with its station.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LatestItem {
+    #[serde(flatten)]
+    pub sensor: SensorBody,
+    pub station: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/latest", tag = "open data", params(LatestQuery),
+    responses(
+        (status = 200, description = "Every sensor with its newest reading", content((crate::openapi::LatestList = "application/json"), (String = "text/csv"))),
+        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 /// `GET /api/v1/latest`: the newest reading of every sensor (filterable).
 pub async fn latest(
     State(state): State<ApiState>,
@@ -462,22 +501,19 @@ pub async fn latest(
             typed("text/csv; charset=utf-8", out)
         }
         _ => {
-            let items: Vec<serde_json::Value> = sensors
-                .iter()
-                .zip(&stations)
-                .map(|(s, station)| {
-                    let mut v = serde_json::to_value(s).unwrap_or_default();
-                    v["station"] = serde_json::json!(station);
-                    v
-                })
+            let items: Vec<LatestItem> = sensors
+                .into_iter()
+                .zip(stations)
+                .map(|(sensor, station)| LatestItem { sensor, station })
                 .collect();
             json_response(&serde_json::json!({ "sensors": items }))
         }
     })
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ReadingsQuery {
     /// Start (inclusive) of the measurement-time range; default 24 hours before `to`.
     pub from: Option<String>,
@@ -497,6 +533,7 @@ pub struct ReadingsQuery {
     pub max_gap: Option<u32>,
     /// usable (default: good or merely suspect readings) or all.
     pub quality: Option<String>,
+    /// json or csv (or use the Accept header).
     pub format: Option<String>,
 }
 
@@ -536,7 +573,15 @@ fn micros(value: i64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_micros(value)
 }
 
-/// `GET /api/v1/sensors/{key}/readings`
+/// A sensor's readings: raw (paged by time, or by arrival with `since`) or aggregated into buckets.
+#[utoipa::path(get, path = "/api/v1/sensors/{key}/readings", tag = "open data",
+    params(("key" = String, Path, description = "The sensor's key"), ReadingsQuery),
+    responses(
+        (status = 200, description = "Raw readings (a page, with `next`), or buckets when `bucket` is given",
+            content((crate::openapi::ReadingsPage = "application/json"), (String = "text/csv"))),
+        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such sensor", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn readings(
     State(state): State<ApiState>,
     Path(sensor): Path<String>,
@@ -1024,12 +1069,16 @@ mod tests {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct MunicipalityQuery {
+    /// json, geojson or csv (or use the Accept header).
     pub format: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/municipalities", tag = "open data", params(MunicipalityQuery),
+    responses((status = 200, description = "Municipalities", content((crate::openapi::MunicipalityList = "application/json"), (Object = "application/geo+json"), (String = "text/csv")))))]
 /// `GET /api/v1/municipalities`: codes and names (JSON, CSV), or boundaries (GeoJSON).
 pub async fn municipalities(
     State(state): State<ApiState>,
@@ -1084,6 +1133,12 @@ pub async fn municipalities(
     })
 }
 
+#[utoipa::path(get, path = "/api/v1/municipalities/{code}", tag = "open data",
+    params(("code" = String, Path, description = "Municipality code (kommunekode)"), MunicipalityQuery),
+    responses(
+        (status = 200, description = "The municipality", content((crate::openapi::MunicipalityDetail = "application/json"), (Object = "application/geo+json"))),
+        (status = 404, description = "No such municipality", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 /// `GET /api/v1/municipalities/{code}`: the boundary, the stations in it and the warnings in
 /// force for it (JSON, or a GeoJSON Feature).
 pub async fn municipality(

@@ -128,8 +128,9 @@ async fn broadcast_after(
 }
 
 /// The stream's filters.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
     /// Only warnings sent to this municipality (code).
     pub municipality: Option<String>,
@@ -153,6 +154,15 @@ impl StreamQuery {
     }
 }
 
+/// Warning events as Server-Sent Events: `id` (the event id), `event` (`warning.<kind>`) and `data`
+/// (the event as JSON), with heartbeat comments. Reconnect with `Last-Event-ID` to receive every
+/// event missed, in order.
+#[utoipa::path(get, path = "/api/v1/warnings/stream", tag = "warnings",
+    params(StreamQuery, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
+    responses(
+        (status = 200, description = "An endless stream of events", body = String, content_type = "text/event-stream"),
+        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn stream(
     State(state): State<ApiState>,
     headers: HeaderMap,

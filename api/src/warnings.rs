@@ -14,6 +14,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tidemark_store::delivery::{Acknowledged, Role, WarningFilter, WarningSummary};
+use utoipa::{IntoParams, ToSchema};
 
 /// Most warnings one list returns.
 const LIST_LIMIT: i64 = 500;
@@ -21,7 +22,7 @@ const LIST_LIMIT: i64 = 500;
 /// Longest acknowledgement note, in characters.
 const NOTE_LIMIT: usize = 2000;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct WarningBody {
     pub id: i64,
     pub area: AreaRef,
@@ -42,7 +43,7 @@ pub struct WarningBody {
     pub history: Option<Vec<EventBody>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Links {
     #[serde(rename = "self")]
     pub this: String,
@@ -85,16 +86,24 @@ fn warning_body(
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// in_force (the default), lifted, or all.
     pub state: Option<String>,
+    /// Only warnings sent to this municipality (code).
     pub municipality: Option<String>,
+    /// Only this flood area (key).
     pub area: Option<String>,
 }
 
-/// `GET /api/v1/warnings`
+/// Warnings, newest first.
+#[utoipa::path(get, path = "/api/v1/warnings", operation_id = "list_warnings", tag = "warnings", params(ListQuery),
+    responses(
+        (status = 200, description = "Warnings", body = crate::openapi::WarningList),
+        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn list(
     State(state): State<ApiState>,
     query: std::result::Result<Query<ListQuery>, QueryRejection>,
@@ -129,6 +138,13 @@ pub async fn list(
     Ok(Json(serde_json::json!({ "warnings": warnings })))
 }
 
+#[utoipa::path(get, path = "/api/v1/warnings/{id}", operation_id = "get_warning", tag = "warnings",
+    params(("id" = String, Path, description = "The warning's id; with `.cap` appended, the CAP 1.2 message of its latest event")),
+    responses(
+        (status = 200, description = "The warning with its history, or its CAP message",
+            content((WarningBody = "application/json"), (String = "application/cap+xml"))),
+        (status = 404, description = "No such warning", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 /// `GET /api/v1/warnings/{id}` (JSON with history) and `GET /api/v1/warnings/{id}.cap`.
 pub async fn one(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response> {
     let (number, as_cap) = match id.strip_suffix(".cap") {
@@ -165,6 +181,12 @@ pub async fn one(State(state): State<ApiState>, Path(id): Path<String>) -> Resul
     Ok(Json(warning_body(summary, base, Some(history))).into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/warning-events/{file}", tag = "warnings",
+    params(("file" = String, Path, description = "`<event id>.cap`")),
+    responses(
+        (status = 200, description = "The event's CAP 1.2 message", body = String, content_type = "application/cap+xml"),
+        (status = 404, description = "No such event", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 /// `GET /api/v1/warning-events/{id}.cap`
 pub async fn event_cap(
     State(state): State<ApiState>,
@@ -205,6 +227,9 @@ async fn cap_response(state: &ApiState, event_id: i64) -> Result<Response> {
     Ok(([(header::CONTENT_TYPE, cap::CAP_CONTENT_TYPE)], xml).into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/warnings.atom", tag = "warnings",
+    responses((status = 200, description = "Atom feed of the warnings in force, each entry linking its CAP message",
+        body = String, content_type = "application/atom+xml")))]
 /// `GET /api/v1/warnings.atom`: the warnings in force, newest change first.
 pub async fn atom(State(state): State<ApiState>) -> Result<Response> {
     let current = state
@@ -232,14 +257,14 @@ pub async fn atom(State(state): State<ApiState>) -> Result<Response> {
     Ok(([(header::CONTENT_TYPE, "application/atom+xml")], xml).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckRequest {
     /// A note for the history ("evacuation of Skibbroen started").
     pub note: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AckResponse {
     pub warning_id: i64,
     /// The acknowledged event's id.
@@ -249,6 +274,18 @@ pub struct AckResponse {
     pub new: bool,
 }
 
+#[utoipa::path(post, path = "/api/v1/warnings/{id}/ack", tag = "warnings",
+    params(("id" = i64, Path, description = "The warning's id")),
+    request_body(content = Option<AckRequest>, description = "An optional note", content_type = "application/json"),
+    security(("api_key" = [])),
+    responses(
+        (status = 201, description = "Acknowledged", body = AckResponse),
+        (status = 200, description = "Already acknowledged by this municipality since the last change", body = AckResponse),
+        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not a municipality key, or not a municipality the warning went to", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such warning", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The warning is no longer in force", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 /// `POST /api/v1/warnings/{id}/ack`, by a municipality key.
 pub async fn acknowledge(
     State(state): State<ApiState>,

@@ -14,6 +14,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tidemark_store::delivery::{NewWebhook, Role, WebhookRow};
+use utoipa::ToSchema;
 
 /// Longest accepted webhook URL.
 const URL_LIMIT: usize = 2048;
@@ -23,7 +24,7 @@ const FILTER_LIMIT: usize = 200;
 
 const MANAGERS: &[Role] = &[Role::Municipality, Role::Utility, Role::Operator];
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Registration {
     pub url: String,
@@ -44,7 +45,7 @@ fn lowest_severity() -> i16 {
     1
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookBody {
     pub id: i64,
     pub url: String,
@@ -89,7 +90,15 @@ fn visible(caller: &Caller, row: &WebhookRow) -> bool {
     }
 }
 
-/// `POST /api/v1/webhooks`
+/// Registers a webhook endpoint; the answer shows its signing secret, once.
+#[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks", request_body = Registration,
+    security(("api_key" = [])),
+    responses(
+        (status = 201, description = "Registered", body = WebhookBody),
+        (status = 400, description = "A bad field, or an address webhooks may not reach", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key's role or municipality does not allow it", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn register(
     State(state): State<ApiState>,
     caller: Caller,
@@ -173,7 +182,13 @@ pub async fn register(
     Ok((StatusCode::CREATED, Json(WebhookBody::new(row, true))).into_response())
 }
 
-/// `GET /api/v1/webhooks`
+/// The caller's webhook endpoints (an operator's: all).
+#[utoipa::path(get, path = "/api/v1/webhooks", operation_id = "list_webhooks", tag = "webhooks", security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Webhooks", body = crate::openapi::WebhookList),
+        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key's role does not allow it", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn list(
     State(state): State<ApiState>,
     caller: Caller,
@@ -199,6 +214,13 @@ async fn owned(state: &ApiState, caller: &Caller, id: i64) -> Result<WebhookRow>
         .ok_or_else(|| ApiError::NotFound(format!("webhook {id}")))
 }
 
+#[utoipa::path(get, path = "/api/v1/webhooks/{id}", operation_id = "get_webhook", tag = "webhooks", security(("api_key" = [])),
+    params(("id" = i64, Path, description = "The webhook's id")),
+    responses(
+        (status = 200, description = "The webhook", body = WebhookBody),
+        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such webhook of the caller's", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 /// `GET /api/v1/webhooks/{id}`
 pub async fn one(
     State(state): State<ApiState>,
@@ -211,6 +233,13 @@ pub async fn one(
     )))
 }
 
+#[utoipa::path(delete, path = "/api/v1/webhooks/{id}", operation_id = "delete_webhook", tag = "webhooks", security(("api_key" = [])),
+    params(("id" = i64, Path, description = "The webhook's id")),
+    responses(
+        (status = 204, description = "Deleted; its pending deliveries are given up"),
+        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such webhook of the caller's", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 /// `DELETE /api/v1/webhooks/{id}`
 pub async fn delete(
     State(state): State<ApiState>,
@@ -223,6 +252,13 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/api/v1/webhooks/{id}/rotate-secret", tag = "webhooks", security(("api_key" = [])),
+    params(("id" = i64, Path, description = "The webhook's id")),
+    responses(
+        (status = 200, description = "The new secret, shown once; the old one signs beside it for the grace period", body = WebhookBody),
+        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such webhook of the caller's", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 /// `POST /api/v1/webhooks/{id}/rotate-secret`
 pub async fn rotate(
     State(state): State<ApiState>,

@@ -663,3 +663,38 @@ async fn past_the_limit_a_client_gets_429_with_retry_after_and_a_key_gets_more()
     assert_eq!(keyed.headers()["ratelimit-limit"], "100");
     harness.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_validates_and_the_docs_page_needs_no_other_host() {
+    let harness = Harness::start().await;
+    let api = Api::start(&harness, &config(&harness)).await;
+    let (status, content_type, body, _) = get(&api, "/api/v1/openapi.json").await;
+    assert_eq!((status, content_type.as_str()), (200, "application/json"));
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let file = std::env::temp_dir().join(format!("tidemark-openapi-{}.json", std::process::id()));
+    std::fs::write(&file, &body).unwrap();
+    // openapi-spec-validator (PyPI) is installed by scripts/test.sh.
+    let output = std::process::Command::new("python3")
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&file)
+        .output()
+        .expect("python3 runs");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        output.status.success(),
+        "the document is not valid OpenAPI 3.1 (or openapi-spec-validator is missing; scripts/test.sh installs it):\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let (status, content_type, page, _) = get(&api, "/api/v1/docs").await;
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("text/html"));
+    assert!(page.contains("openapi.json"));
+    assert!(
+        !page.contains("http://") && !page.contains("https://") && !page.contains("//cdn"),
+        "the page loads nothing from another host"
+    );
+    harness.finish().await;
+}
