@@ -148,19 +148,24 @@ async fn measure(
     };
 
     let receiver = WebhookReceiver::start().await?;
+    let cli = tidemark_api::auth::Actor::cli();
     let (_, owner) =
-        tidemark_api::auth::create_key(&store, Role::Operator, None, "bench".into(), None).await?;
+        tidemark_api::auth::create_key(&store, Role::Operator, None, "bench".into(), None, &cli)
+            .await?;
     store
-        .create_webhook(&NewWebhook {
-            owner_key: owner.id,
-            owner_municipality: None,
-            url: receiver.url.clone(),
-            description: "bench".into(),
-            municipalities: Vec::new(),
-            areas: Vec::new(),
-            min_severity: 1,
-            secret: tidemark_api::delivery::webhook::new_secret(),
-        })
+        .create_webhook(
+            &NewWebhook {
+                owner_key: owner.id,
+                owner_municipality: None,
+                url: receiver.url.clone(),
+                description: "bench".into(),
+                municipalities: Vec::new(),
+                areas: Vec::new(),
+                min_severity: 1,
+                secret: tidemark_api::delivery::webhook::new_secret(),
+            },
+            &cli.audit("webhook.create", String::new(), serde_json::json!({})),
+        )
         .await?;
     let mut subscriber = MqttSubscriber::start(
         &mqtt,

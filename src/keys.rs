@@ -63,9 +63,15 @@ pub async fn run(database: &DatabaseConfig, command: KeysCommand) -> anyhow::Res
                 }
                 None => None,
             };
-            let (key, row) =
-                tidemark_api::auth::create_key(&store, role, municipality, label, expires_at)
-                    .await?;
+            let (key, row) = tidemark_api::auth::create_key(
+                &store,
+                role,
+                municipality,
+                label,
+                expires_at,
+                &tidemark_api::auth::Actor::cli(),
+            )
+            .await?;
             println!("{key}");
             eprintln!(
                 "created {} key {} (shown once; only its hash is stored){}",
@@ -96,7 +102,17 @@ pub async fn run(database: &DatabaseConfig, command: KeysCommand) -> anyhow::Res
         }
         KeysCommand::Revoke { prefix } => {
             anyhow::ensure!(
-                store.revoke_api_key(&prefix, Utc::now()).await?,
+                store
+                    .revoke_api_key(
+                        &prefix,
+                        Utc::now(),
+                        &tidemark_api::auth::Actor::cli().audit(
+                            "key.revoke",
+                            format!("key {prefix}"),
+                            serde_json::json!({}),
+                        ),
+                    )
+                    .await?,
                 "no active key with the prefix {prefix}"
             );
             eprintln!("revoked key {prefix}");

@@ -13,6 +13,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
+use tidemark_store::audit::Audit;
 use tidemark_store::delivery::{ApiKeyRow, NewApiKey, Role};
 use tidemark_store::Store;
 
@@ -40,13 +41,43 @@ fn prefix_of(key: &str) -> Option<&str> {
         .then_some(prefix)
 }
 
-/// Makes a key and stores its hash; returns the key (to show once) and the stored row.
+/// Who acts, for the audit log: a key's prefix and role, or the command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Actor {
+    pub name: String,
+    pub role: String,
+}
+
+impl Actor {
+    /// An operator at the command line (`tidemark keys`).
+    pub fn cli() -> Actor {
+        Actor {
+            name: "cli".to_owned(),
+            role: Role::Operator.name().to_owned(),
+        }
+    }
+
+    /// An audit entry of this actor's.
+    pub fn audit(&self, action: &'static str, target: String, detail: serde_json::Value) -> Audit {
+        Audit {
+            actor: self.name.clone(),
+            role: self.role.clone(),
+            action,
+            target,
+            detail,
+        }
+    }
+}
+
+/// Makes a key and stores its hash (with an audit entry by `actor`); returns the key (to show
+/// once) and the stored row.
 pub async fn create_key(
     store: &Store,
     role: Role,
     municipality: Option<String>,
     label: String,
     expires_at: Option<DateTime<Utc>>,
+    actor: &Actor,
 ) -> tidemark_store::Result<(String, ApiKeyRow)> {
     let prefix: String = random_bytes::<6>()
         .iter()
@@ -54,15 +85,25 @@ pub async fn create_key(
         .collect();
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>());
     let key = format!("tmk_{prefix}_{secret}");
+    let audit = actor.audit(
+        "key.create",
+        format!("key {prefix}"),
+        serde_json::json!({
+            "role": role.name(), "municipality": municipality, "label": label, "expires_at": expires_at,
+        }),
+    );
     let row = store
-        .create_api_key(&NewApiKey {
-            prefix,
-            hash: hash(&key),
-            role,
-            municipality,
-            label,
-            expires_at,
-        })
+        .create_api_key(
+            &NewApiKey {
+                prefix,
+                hash: hash(&key),
+                role,
+                municipality,
+                label,
+                expires_at,
+            },
+            &audit,
+        )
         .await?;
     Ok((key, row))
 }
@@ -77,6 +118,13 @@ pub struct Caller {
 }
 
 impl Caller {
+    pub fn actor(&self) -> Actor {
+        Actor {
+            name: self.prefix.clone(),
+            role: self.role.name().to_owned(),
+        }
+    }
+
     /// Refuses a caller whose role is not among `roles`.
     pub fn require(&self, roles: &[Role]) -> Result<()> {
         if roles.contains(&self.role) {

@@ -17,6 +17,7 @@
 //! - [`auth`]: API keys and the [`auth::Caller`] extractor.
 //! - [`openapi`]: the OpenAPI 3.1 document (utoipa) and its documentation page.
 //! - [`rate_limit`]: per-client token buckets, `429` with `Retry-After`.
+//! - [`manage`]: API keys, devices, stations and sensors over the API, and the audit log.
 //! - [`http_metrics`]: request latency by route, for `/metrics`.
 //! - [`error`]: [`error::ApiError`] as `application/problem+json`.
 //! - [`run`]: binds and serves until shutdown.
@@ -28,6 +29,7 @@ pub mod cap;
 pub mod delivery;
 pub mod error;
 pub mod http_metrics;
+pub mod manage;
 pub mod openapi;
 pub mod opendata;
 pub mod rate_limit;
@@ -38,7 +40,7 @@ pub mod webhooks;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
@@ -216,7 +218,18 @@ pub fn api_router(state: ApiState) -> Router {
         .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .route("/api/v1/docs", get(openapi::docs))
         .route("/api/v1/stations", get(opendata::stations))
-        .route("/api/v1/stations/{key}", get(opendata::station))
+        .route(
+            "/api/v1/stations/{key}",
+            get(opendata::station).put(manage::put_station),
+        )
+        .route("/api/v1/devices/{key}", put(manage::put_device))
+        .route("/api/v1/sensors/{key}", put(manage::put_sensor))
+        .route(
+            "/api/v1/keys",
+            get(manage::list_keys).post(manage::create_key),
+        )
+        .route("/api/v1/keys/{prefix}", delete(manage::revoke_key))
+        .route("/api/v1/audit", get(manage::audit))
         .route("/api/v1/latest", get(opendata::latest))
         .route("/api/v1/municipalities", get(opendata::municipalities))
         .route("/api/v1/municipalities/{code}", get(opendata::municipality))
@@ -255,6 +268,7 @@ pub fn api_router(state: ApiState) -> Router {
                     axum::http::Method::GET,
                     axum::http::Method::POST,
                     axum::http::Method::DELETE,
+                    axum::http::Method::PUT,
                 ])
                 .allow_headers([
                     header::AUTHORIZATION,

@@ -150,6 +150,13 @@ impl Modify for ApiKeyScheme {
         crate::webhooks::one,
         crate::webhooks::delete,
         crate::webhooks::rotate,
+        crate::manage::create_key,
+        crate::manage::list_keys,
+        crate::manage::revoke_key,
+        crate::manage::put_device,
+        crate::manage::put_station,
+        crate::manage::put_sensor,
+        crate::manage::audit,
         openapi_json,
         docs,
         crate::healthz,
@@ -162,6 +169,7 @@ impl Modify for ApiKeyScheme {
         (name = "open data", description = "Stations, readings and municipalities; public"),
         (name = "warnings", description = "Flood warnings and their delivery"),
         (name = "webhooks", description = "Webhook subscriptions; API key required"),
+        (name = "management", description = "Keys, devices, stations, sensors and the audit log; API key required"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]
@@ -213,7 +221,7 @@ mod tests {
                 .split('"')
                 .nth(1)
                 .expect("a route starts with its path");
-            let methods = ["get", "post", "delete"]
+            let methods = ["get", "post", "delete", "put"]
                 .into_iter()
                 .filter(|m| part.contains(&format!("{m}(")) || part.contains(&format!(".{m}(")))
                 .collect();

@@ -165,18 +165,29 @@ pub async fn register(
             format!("unknown flood areas: {}", unknown.join(", ")),
         ));
     }
+    let audit = caller.actor().audit(
+        "webhook.create",
+        String::new(),
+        serde_json::json!({
+            "url": request.url, "municipalities": request.municipalities, "areas": request.areas,
+            "min_severity": request.min_severity,
+        }),
+    );
     let row = state
         .store
-        .create_webhook(&NewWebhook {
-            owner_key: caller.key_id,
-            owner_municipality: caller.municipality.clone(),
-            url: request.url,
-            description: request.description,
-            municipalities: request.municipalities,
-            areas: request.areas,
-            min_severity: request.min_severity,
-            secret: webhook::new_secret(),
-        })
+        .create_webhook(
+            &NewWebhook {
+                owner_key: caller.key_id,
+                owner_municipality: caller.municipality.clone(),
+                url: request.url,
+                description: request.description,
+                municipalities: request.municipalities,
+                areas: request.areas,
+                min_severity: request.min_severity,
+                secret: webhook::new_secret(),
+            },
+            &audit,
+        )
         .await?;
     tracing::info!(webhook = row.id, key = %caller.prefix, "webhook registered");
     Ok((StatusCode::CREATED, Json(WebhookBody::new(row, true))).into_response())
@@ -247,7 +258,12 @@ pub async fn delete(
     Path(id): Path<i64>,
 ) -> Result<StatusCode> {
     owned(&state, &caller, id).await?;
-    state.store.delete_webhook(id, Utc::now()).await?;
+    let audit = caller.actor().audit(
+        "webhook.delete",
+        format!("webhook {id}"),
+        serde_json::json!({}),
+    );
+    state.store.delete_webhook(id, Utc::now(), &audit).await?;
     tracing::info!(webhook = id, key = %caller.prefix, "webhook deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -269,7 +285,16 @@ pub async fn rotate(
     let grace = chrono::Duration::from_std(state.settings.rotation_grace).unwrap_or_default();
     let row = state
         .store
-        .rotate_webhook_secret(id, &webhook::new_secret(), Utc::now() + grace)
+        .rotate_webhook_secret(
+            id,
+            &webhook::new_secret(),
+            Utc::now() + grace,
+            &caller.actor().audit(
+                "webhook.rotate-secret",
+                format!("webhook {id}"),
+                serde_json::json!({}),
+            ),
+        )
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("webhook {id}")))?;
     tracing::info!(webhook = id, key = %caller.prefix, "webhook secret rotated");

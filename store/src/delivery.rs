@@ -7,6 +7,7 @@
 //! so a reader that has seen event N and later asks for events after N misses nothing; this is
 //! what lets a Server-Sent Events client resume from `Last-Event-ID`.
 
+use crate::audit::Audit;
 use crate::{Context, Error, Result, Store};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -337,9 +338,11 @@ pub enum Acknowledged {
 }
 
 impl Store {
-    pub async fn create_api_key(&self, key: &NewApiKey) -> Result<ApiKeyRow> {
-        let client = self.client().await?;
-        let row = client
+    pub async fn create_api_key(&self, key: &NewApiKey, audit: &Audit) -> Result<ApiKeyRow> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.context("begin creating a key")?;
+        crate::audit::record(&tx, audit).await?;
+        let row = tx
             .query_one(
                 &format!(
                     "INSERT INTO api_keys (prefix, hash, role, municipality, label, expires_at) \
@@ -356,7 +359,9 @@ impl Store {
             )
             .await
             .context("creating an API key")?;
-        key_row(&row)
+        let row = key_row(&row)?;
+        tx.commit().await.context("commit creating a key")?;
+        Ok(row)
     }
 
     pub async fn api_key(&self, prefix: &str) -> Result<Option<ApiKeyRow>> {
@@ -384,21 +389,35 @@ impl Store {
     }
 
     /// Revokes a key; false if there is no such key or it was already revoked.
-    pub async fn revoke_api_key(&self, prefix: &str, at: DateTime<Utc>) -> Result<bool> {
-        let client = self.client().await?;
-        let n = client
+    pub async fn revoke_api_key(
+        &self,
+        prefix: &str,
+        at: DateTime<Utc>,
+        audit: &Audit,
+    ) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.context("begin revoking a key")?;
+        let n = tx
             .execute(
                 "UPDATE api_keys SET revoked_at = $2 WHERE prefix = $1 AND revoked_at IS NULL",
                 &[&prefix, &at],
             )
             .await
             .context("revoking an API key")?;
+        if n == 1 {
+            crate::audit::record(&tx, audit).await?;
+        }
+        tx.commit().await.context("commit revoking a key")?;
         Ok(n == 1)
     }
 
-    pub async fn create_webhook(&self, hook: &NewWebhook) -> Result<WebhookRow> {
-        let client = self.client().await?;
-        let row = client
+    pub async fn create_webhook(&self, hook: &NewWebhook, audit: &Audit) -> Result<WebhookRow> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .context("begin registering a webhook")?;
+        let row = tx
             .query_one(
                 &format!(
                     "INSERT INTO webhooks (owner_key, owner_municipality, url, description, municipalities, \
@@ -418,7 +437,14 @@ impl Store {
             )
             .await
             .context("registering a webhook")?;
-        Ok(webhook_row(&row))
+        let row = webhook_row(&row);
+        let audit = Audit {
+            target: format!("webhook {}", row.id),
+            ..audit.clone()
+        };
+        crate::audit::record(&tx, &audit).await?;
+        tx.commit().await.context("commit registering a webhook")?;
+        Ok(row)
     }
 
     /// Webhooks not deleted; all of them, or those owned by one municipality.
@@ -452,12 +478,13 @@ impl Store {
     }
 
     /// Deletes a webhook; its queued deliveries are given up. False if there was none.
-    pub async fn delete_webhook(&self, id: i64, at: DateTime<Utc>) -> Result<bool> {
+    pub async fn delete_webhook(&self, id: i64, at: DateTime<Utc>, audit: &Audit) -> Result<bool> {
         let mut client = self.client().await?;
         let tx = client
             .transaction()
             .await
             .context("begin deleting a webhook")?;
+        crate::audit::record(&tx, audit).await?;
         let n = tx
             .execute(
                 "UPDATE webhooks SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL",
@@ -482,9 +509,15 @@ impl Store {
         id: i64,
         secret: &str,
         previous_until: DateTime<Utc>,
+        audit: &Audit,
     ) -> Result<Option<WebhookRow>> {
-        let client = self.client().await?;
-        let row = client
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .context("begin rotating a secret")?;
+        crate::audit::record(&tx, audit).await?;
+        let row = tx
             .query_opt(
                 &format!(
                     "UPDATE webhooks SET previous_secret = secret, previous_until = $3, secret = $2 \
@@ -494,6 +527,7 @@ impl Store {
             )
             .await
             .context("rotating a webhook secret")?;
+        tx.commit().await.context("commit rotating a secret")?;
         Ok(row.as_ref().map(webhook_row))
     }
 

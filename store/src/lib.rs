@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //!
+//! - [`audit`]: the audit log of management actions.
 //! - [`admin`]: creating and dropping whole databases (tests, benchmarks).
 //! - [`config`]: [`DatabaseConfig`], the `[database]` section of the configuration.
 //! - [`schema`]: migrations, capability detection ([`StorageMode`]), TimescaleDB policies and the
@@ -21,6 +22,7 @@
 //! mode is active.
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod delivery;
 pub mod flood;

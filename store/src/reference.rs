@@ -31,9 +31,21 @@ impl Store {
     /// Upserts a file's devices, stations and sensors in one transaction and tells listeners
     /// (`NOTIFY reference_changed`).
     pub async fn apply_reference(&self, data: &ReferenceData) -> Result<()> {
+        self.apply_reference_audited(data, None).await
+    }
+
+    /// [`Store::apply_reference`] with an audit entry written in the same transaction.
+    pub async fn apply_reference_audited(
+        &self,
+        data: &ReferenceData,
+        audit: Option<&crate::audit::Audit>,
+    ) -> Result<()> {
         data.validate().map_err(ReferenceError::Invalid)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.context("begin reference data")?;
+        if let Some(audit) = audit {
+            crate::audit::record(&tx, audit).await?;
+        }
         for device in &data.devices {
             tx.execute(
                 "INSERT INTO devices (key, name) VALUES ($1, $2) \

@@ -683,12 +683,21 @@ async fn a_municipality_acknowledges_and_every_channel_shows_it() {
         Some(AABENRAA.into()),
         String::new(),
         None,
+        &tidemark_api::auth::Actor::cli(),
     )
     .await
     .unwrap();
     harness
         .store
-        .revoke_api_key(&row.prefix, Utc::now())
+        .revoke_api_key(
+            &row.prefix,
+            Utc::now(),
+            &tidemark_api::auth::Actor::cli().audit(
+                "key.revoke",
+                String::new(),
+                serde_json::json!({}),
+            ),
+        )
         .await
         .unwrap();
     let (expired, _) = tidemark_api::auth::create_key(
@@ -697,6 +706,7 @@ async fn a_municipality_acknowledges_and_every_channel_shows_it() {
         Some(AABENRAA.into()),
         String::new(),
         Some(Utc::now() - ChronoDuration::minutes(1)),
+        &tidemark_api::auth::Actor::cli(),
     )
     .await
     .unwrap();

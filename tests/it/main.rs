@@ -25,6 +25,9 @@ mod delivery;
 // Open data: stations, latest values, raw and aggregated readings over HTTP.
 mod opendata;
 
+// Management over the API: keys, reference data, the audit log.
+mod manage;
+
 // Health, readiness and metrics over HTTP.
 mod ops;
 

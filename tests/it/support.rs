@@ -435,6 +435,7 @@ impl Api {
             municipality.map(str::to_owned),
             "test".to_owned(),
             None,
+            &tidemark_api::auth::Actor::cli(),
         )
         .await
         .unwrap()

@@ -1,0 +1,436 @@
+//! Management over the API: API keys (operators), devices, stations and sensors (operators and
+//! utilities), and the audit log (operators). Every change is recorded in the audit log in the
+//! transaction that makes it.
+
+use crate::auth::Caller;
+use crate::error::{ApiError, Result};
+use crate::ApiState;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tidemark_store::delivery::Role;
+use tidemark_store::reference::{DeviceRecord, ReferenceData, SensorRecord, StationRecord};
+use utoipa::{IntoParams, ToSchema};
+
+const REFERENCE_EDITORS: &[Role] = &[Role::Operator, Role::Utility];
+
+fn body<T>(body: std::result::Result<Json<T>, JsonRejection>) -> Result<T> {
+    body.map(|Json(b)| b)
+        .map_err(|e| ApiError::bad("body", e.body_text()))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    /// researcher, utility, municipality or operator.
+    pub role: String,
+    /// The municipality code a municipality key acts for; required for, and only for, that role.
+    pub municipality: Option<String>,
+    #[serde(default)]
+    pub label: String,
+    /// Lifetime such as `90d`; without it the key lasts until revoked.
+    pub expires_in: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyBody {
+    pub prefix: String,
+    pub role: String,
+    pub municipality: Option<String>,
+    pub label: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// The key itself: only in the answer to its creation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+fn key_body(row: tidemark_store::delivery::ApiKeyRow, key: Option<String>) -> KeyBody {
+    KeyBody {
+        prefix: row.prefix,
+        role: row.role.name().to_owned(),
+        municipality: row.municipality,
+        label: row.label,
+        created_at: row.created_at,
+        expires_at: row.expires_at,
+        revoked_at: row.revoked_at,
+        key,
+    }
+}
+
+/// Creates an API key; the answer shows it once.
+#[utoipa::path(post, path = "/api/v1/keys", tag = "management", request_body = NewKey,
+    security(("api_key" = [])),
+    responses(
+        (status = 201, description = "Created; `key` is shown only now", body = KeyBody),
+        (status = 400, description = "A bad field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator key", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_key(
+    State(state): State<ApiState>,
+    caller: Caller,
+    request: std::result::Result<Json<NewKey>, JsonRejection>,
+) -> Result<Response> {
+    caller.require(&[Role::Operator])?;
+    let request = body(request)?;
+    let role = Role::parse(&request.role).ok_or_else(|| {
+        ApiError::bad(
+            "role",
+            "role must be researcher, utility, municipality or operator",
+        )
+    })?;
+    if (role == Role::Municipality) != request.municipality.is_some() {
+        return Err(ApiError::bad(
+            "municipality",
+            "municipality is required for, and only for, a municipality key",
+        ));
+    }
+    if request.label.chars().count() > 200 {
+        return Err(ApiError::bad(
+            "label",
+            "the label may have at most 200 characters",
+        ));
+    }
+    if let Some(code) = &request.municipality {
+        let unknown = state
+            .store
+            .unknown_municipalities(std::slice::from_ref(code))
+            .await?;
+        if !unknown.is_empty() {
+            return Err(ApiError::bad(
+                "municipality",
+                format!("unknown municipality {code}"),
+            ));
+        }
+    }
+    let expires_at = match &request.expires_in {
+        Some(text) => {
+            let lifetime = tidemark_model::duration::parse(text)
+                .map_err(|e| ApiError::bad("expires_in", e.to_string()))?;
+            let lifetime = chrono::Duration::from_std(lifetime)
+                .map_err(|_| ApiError::bad("expires_in", "expires_in is too long"))?;
+            Some(Utc::now() + lifetime)
+        }
+        None => None,
+    };
+    let (key, row) = crate::auth::create_key(
+        &state.store,
+        role,
+        request.municipality,
+        request.label,
+        expires_at,
+        &caller.actor(),
+    )
+    .await?;
+    tracing::info!(key = %row.prefix, by = %caller.prefix, role = role.name(), "api key created");
+    Ok((StatusCode::CREATED, Json(key_body(row, Some(key)))).into_response())
+}
+
+/// `GET /api/v1/keys`
+#[utoipa::path(get, path = "/api/v1/keys", tag = "management", security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Every key (never the keys themselves)", body = Vec<KeyBody>),
+        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator key", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_keys(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Vec<KeyBody>>> {
+    caller.require(&[Role::Operator])?;
+    let keys = state.store.api_keys().await?;
+    Ok(Json(keys.into_iter().map(|k| key_body(k, None)).collect()))
+}
+
+/// `DELETE /api/v1/keys/{prefix}`: revokes a key.
+#[utoipa::path(delete, path = "/api/v1/keys/{prefix}", tag = "management", security(("api_key" = [])),
+    params(("prefix" = String, Path, description = "The key's prefix (12 hex digits)")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No active key with this prefix", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn revoke_key(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(prefix): Path<String>,
+) -> Result<StatusCode> {
+    caller.require(&[Role::Operator])?;
+    let audit = caller
+        .actor()
+        .audit("key.revoke", format!("key {prefix}"), serde_json::json!({}));
+    if !state
+        .store
+        .revoke_api_key(&prefix, Utc::now(), &audit)
+        .await?
+    {
+        return Err(ApiError::NotFound(format!("an active key {prefix}")));
+    }
+    tracing::info!(key = %prefix, by = %caller.prefix, "api key revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceUpdate {
+    #[serde(default)]
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StationUpdate {
+    pub name: String,
+    /// tide_gauge, river_gauge, rain_gauge, meter, container, ...
+    pub kind: String,
+    pub lon: f64,
+    pub lat: f64,
+    pub municipality_code: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SensorUpdate {
+    /// The device that publishes it.
+    pub device: String,
+    /// Its station, if it has one.
+    pub station: Option<String>,
+    /// sea_level, water_level, rainfall, ... (see the README for the list and canonical units).
+    pub quantity: String,
+    #[serde(default)]
+    pub name: String,
+    /// How often it reports, such as `10m`.
+    pub expected_interval: String,
+}
+
+async fn apply(
+    state: &ApiState,
+    caller: &Caller,
+    data: ReferenceData,
+    action: &'static str,
+    target: String,
+    detail: serde_json::Value,
+) -> Result<StatusCode> {
+    caller.require(REFERENCE_EDITORS)?;
+    data.validate()
+        .map_err(|reason| ApiError::bad("body", reason))?;
+    let audit = caller.actor().audit(action, target.clone(), detail);
+    match state
+        .store
+        .apply_reference_audited(&data, Some(&audit))
+        .await
+    {
+        Ok(()) => {}
+        Err(tidemark_store::Error::Reference(reason)) => {
+            return Err(ApiError::bad("body", reason.to_string()))
+        }
+        Err(other) => return Err(other.into()),
+    }
+    tracing::info!(%target, by = %caller.prefix, action, "reference data changed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /api/v1/devices/{key}`: creates or updates a device.
+#[utoipa::path(put, path = "/api/v1/devices/{key}", tag = "management", request_body = DeviceUpdate,
+    security(("api_key" = [])), params(("key" = String, Path, description = "The device's key (its MQTT topic level)")),
+    responses(
+        (status = 204, description = "Stored"),
+        (status = 400, description = "A bad field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator or utility key", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn put_device(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    request: std::result::Result<Json<DeviceUpdate>, JsonRejection>,
+) -> Result<StatusCode> {
+    caller.require(REFERENCE_EDITORS)?;
+    let request = body(request)?;
+    let detail = serde_json::json!({ "name": request.name });
+    let data = ReferenceData {
+        devices: vec![DeviceRecord {
+            key: key.clone(),
+            name: request.name,
+        }],
+        ..ReferenceData::default()
+    };
+    apply(
+        &state,
+        &caller,
+        data,
+        "device.put",
+        format!("device {key}"),
+        detail,
+    )
+    .await
+}
+
+/// `PUT /api/v1/stations/{key}`: creates or updates a station.
+#[utoipa::path(put, path = "/api/v1/stations/{key}", tag = "management", request_body = StationUpdate,
+    security(("api_key" = [])), params(("key" = String, Path, description = "The station's key")),
+    responses(
+        (status = 204, description = "Stored"),
+        (status = 400, description = "A bad field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator or utility key", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn put_station(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    request: std::result::Result<Json<StationUpdate>, JsonRejection>,
+) -> Result<StatusCode> {
+    caller.require(REFERENCE_EDITORS)?;
+    let r = body(request)?;
+    if !(-180.0..=180.0).contains(&r.lon) || !(-90.0..=90.0).contains(&r.lat) {
+        return Err(ApiError::bad(
+            "lon",
+            "lon must be -180 to 180 and lat -90 to 90 (degrees, WGS84)",
+        ));
+    }
+    if let Some(code) = &r.municipality_code {
+        if !state
+            .store
+            .unknown_municipalities(std::slice::from_ref(code))
+            .await?
+            .is_empty()
+        {
+            return Err(ApiError::bad(
+                "municipality_code",
+                format!("unknown municipality {code}"),
+            ));
+        }
+    }
+    let detail = serde_json::json!({
+        "name": r.name, "kind": r.kind, "lon": r.lon, "lat": r.lat, "municipality_code": r.municipality_code,
+    });
+    let data = ReferenceData {
+        stations: vec![StationRecord {
+            key: key.clone(),
+            name: r.name,
+            kind: r.kind,
+            lon: r.lon,
+            lat: r.lat,
+            municipality_code: r.municipality_code,
+        }],
+        ..ReferenceData::default()
+    };
+    apply(
+        &state,
+        &caller,
+        data,
+        "station.put",
+        format!("station {key}"),
+        detail,
+    )
+    .await
+}
+
+/// `PUT /api/v1/sensors/{key}`: creates or updates a sensor.
+#[utoipa::path(put, path = "/api/v1/sensors/{key}", tag = "management", request_body = SensorUpdate,
+    security(("api_key" = [])), params(("key" = String, Path, description = "The sensor's key")),
+    responses(
+        (status = 204, description = "Stored"),
+        (status = 400, description = "A bad field, or a device or station that does not exist", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator or utility key", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn put_sensor(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    request: std::result::Result<Json<SensorUpdate>, JsonRejection>,
+) -> Result<StatusCode> {
+    caller.require(REFERENCE_EDITORS)?;
+    let r = body(request)?;
+    let interval: Duration = tidemark_model::duration::parse(&r.expected_interval)
+        .map_err(|e| ApiError::bad("expected_interval", e.to_string()))?;
+    let detail = serde_json::json!({
+        "device": r.device, "station": r.station, "quantity": r.quantity, "name": r.name,
+        "expected_interval": r.expected_interval,
+    });
+    let data = ReferenceData {
+        sensors: vec![SensorRecord {
+            key: key.clone(),
+            device: r.device,
+            station: r.station,
+            quantity: r.quantity,
+            name: r.name,
+            expected_interval: interval,
+        }],
+        ..ReferenceData::default()
+    };
+    apply(
+        &state,
+        &caller,
+        data,
+        "sensor.put",
+        format!("sensor {key}"),
+        detail,
+    )
+    .await
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// At most this many entries, newest first (1 to 10,000; default 100).
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditBody {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// The acting key's prefix, or `cli`.
+    pub actor: String,
+    pub role: String,
+    pub action: String,
+    pub target: String,
+    pub detail: serde_json::Value,
+}
+
+/// `GET /api/v1/audit`: management actions, newest first.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "management", params(AuditQuery),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Audit entries", body = Vec<AuditBody>),
+        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator key", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn audit(
+    State(state): State<ApiState>,
+    caller: Caller,
+    query: std::result::Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<Vec<AuditBody>>> {
+    caller.require(&[Role::Operator])?;
+    let Query(query) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::bad("limit", "limit must be 1 to 10000"));
+    }
+    let rows = state.store.audit_log(limit).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| AuditBody {
+                id: r.id,
+                at: r.at,
+                actor: r.actor,
+                role: r.role,
+                action: r.action,
+                target: r.target,
+                detail: r.detail,
+            })
+            .collect(),
+    ))
+}

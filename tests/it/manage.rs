@@ -1,0 +1,257 @@
+//! Management over the API: keys, devices, stations and sensors, with every action in the audit
+//! log, and the roles that may and may not.
+
+use crate::support::*;
+use reqwest::Method;
+use tidemark_store::delivery::Role;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_manage_keys_utilities_manage_stations_and_the_audit_log_shows_who() {
+    let harness = Harness::start().await;
+    let api = Api::start(&harness, &config(&harness)).await;
+    let operator = api.key(Role::Operator, None).await;
+    let utility = api.key(Role::Utility, None).await;
+    let researcher = api.key(Role::Researcher, None).await;
+
+    // Keys: operators only.
+    let new_key = serde_json::json!({"role": "municipality", "municipality": "0751", "label": "Aarhus beredskab", "expires_in": "30d"});
+    for (key, expected) in [(None, 401), (Some(&researcher), 403), (Some(&utility), 403)] {
+        let (status, _) = api
+            .call(
+                Method::POST,
+                "/api/v1/keys",
+                key.map(String::as_str),
+                Some(new_key.clone()),
+            )
+            .await;
+        assert_eq!(status, expected);
+    }
+    let (status, created) = api
+        .call(Method::POST, "/api/v1/keys", Some(&operator), Some(new_key))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let aarhus_key = created["key"].as_str().unwrap().to_owned();
+    let prefix = created["prefix"].as_str().unwrap().to_owned();
+    assert_eq!(created["role"], "municipality");
+    assert!(created["expires_at"].is_string());
+    let (status, _) = api
+        .call(Method::GET, "/api/v1/webhooks", Some(&aarhus_key), None)
+        .await;
+    assert_eq!(status, 200, "the new key works");
+    let (status, listed) = api
+        .call(Method::GET, "/api/v1/keys", Some(&operator), None)
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k.get("key").is_none()),
+        "keys are shown only once"
+    );
+    for (body, field) in [
+        (serde_json::json!({"role": "mayor"}), "role"),
+        (serde_json::json!({"role": "municipality"}), "municipality"),
+        (
+            serde_json::json!({"role": "researcher", "municipality": "0751"}),
+            "municipality",
+        ),
+        (
+            serde_json::json!({"role": "municipality", "municipality": "9999"}),
+            "municipality",
+        ),
+        (
+            serde_json::json!({"role": "researcher", "expires_in": "soon"}),
+            "expires_in",
+        ),
+        (
+            serde_json::json!({"role": "researcher", "admin": true}),
+            "body",
+        ),
+    ] {
+        let (status, problem) = api
+            .call(Method::POST, "/api/v1/keys", Some(&operator), Some(body))
+            .await;
+        assert_eq!(
+            (status, problem["parameter"].as_str()),
+            (400, Some(field)),
+            "{problem}"
+        );
+    }
+
+    // Stations, devices and sensors: operators and utilities.
+    let station = serde_json::json!({"name": "Aarhus Å, Mølleparken", "kind": "river_gauge", "lon": 10.2038, "lat": 56.1571, "municipality_code": "0751"});
+    let (status, _) = api
+        .call(
+            Method::PUT,
+            "/api/v1/stations/aarhus-moelleparken",
+            Some(&aarhus_key),
+            Some(station.clone()),
+        )
+        .await;
+    assert_eq!(status, 403, "a municipality key does not edit stations");
+    let (status, _) = api
+        .call(
+            Method::PUT,
+            "/api/v1/stations/aarhus-moelleparken",
+            Some(&utility),
+            Some(station),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = api
+        .call(
+            Method::PUT,
+            "/api/v1/devices/aarhus-logger-7",
+            Some(&utility),
+            Some(serde_json::json!({"name": "Logger 7"})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let sensor = serde_json::json!({"device": "aarhus-logger-7", "station": "aarhus-moelleparken", "quantity": "water_level", "expected_interval": "10m"});
+    let (status, problem) = api
+        .call(
+            Method::PUT,
+            "/api/v1/sensors/aarhus-moelleparken.level",
+            Some(&utility),
+            Some(sensor),
+        )
+        .await;
+    assert_eq!(status, 204, "{problem}");
+    let (_, shown) = api
+        .call(
+            Method::GET,
+            "/api/v1/stations/aarhus-moelleparken",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(shown["name"], "Aarhus Å, Mølleparken");
+    assert_eq!(shown["municipality"], "0751");
+    assert_eq!(shown["sensors"][0]["key"], "aarhus-moelleparken.level");
+    for (path, body, field) in [
+        (
+            "/api/v1/stations/x",
+            serde_json::json!({"name": "x", "kind": "river_gauge", "lon": 200.0, "lat": 56.0}),
+            "lon",
+        ),
+        (
+            "/api/v1/stations/x",
+            serde_json::json!({"name": "x", "kind": "river_gauge", "lon": 10.0, "lat": 56.0, "municipality_code": "9999"}),
+            "municipality_code",
+        ),
+        (
+            "/api/v1/sensors/x.level",
+            serde_json::json!({"device": "nobody", "quantity": "water_level", "expected_interval": "10m"}),
+            "body",
+        ),
+        (
+            "/api/v1/sensors/x.level",
+            serde_json::json!({"device": "aarhus-logger-7", "quantity": "happiness", "expected_interval": "10m"}),
+            "body",
+        ),
+        (
+            "/api/v1/sensors/x.level",
+            serde_json::json!({"device": "aarhus-logger-7", "quantity": "water_level", "expected_interval": "often"}),
+            "expected_interval",
+        ),
+    ] {
+        let (status, problem) = api
+            .call(Method::PUT, path, Some(&utility), Some(body))
+            .await;
+        assert_eq!(
+            (status, problem["parameter"].as_str()),
+            (400, Some(field)),
+            "{path}: {problem}"
+        );
+    }
+
+    // Revocation, and the log of it all.
+    let (status, _) = api
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/keys/{prefix}"),
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = api
+        .call(Method::GET, "/api/v1/webhooks", Some(&aarhus_key), None)
+        .await;
+    assert_eq!(status, 401, "a revoked key is refused");
+    let (status, _) = api
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/keys/{prefix}"),
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    let (status, _) = api
+        .call(Method::GET, "/api/v1/audit", Some(&utility), None)
+        .await;
+    assert_eq!(status, 403);
+    let (status, log) = api
+        .call(
+            Method::GET,
+            "/api/v1/audit?limit=100",
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let entries: Vec<(String, String, String)> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["actor"].as_str().unwrap().to_owned(),
+                e["target"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let operator_prefix = operator[4..16].to_owned();
+    let utility_prefix = utility[4..16].to_owned();
+    for expected in [
+        (
+            "key.revoke".to_owned(),
+            operator_prefix.clone(),
+            format!("key {prefix}"),
+        ),
+        (
+            "sensor.put".to_owned(),
+            utility_prefix.clone(),
+            "sensor aarhus-moelleparken.level".to_owned(),
+        ),
+        (
+            "device.put".to_owned(),
+            utility_prefix.clone(),
+            "device aarhus-logger-7".to_owned(),
+        ),
+        (
+            "station.put".to_owned(),
+            utility_prefix,
+            "station aarhus-moelleparken".to_owned(),
+        ),
+        (
+            "key.create".to_owned(),
+            operator_prefix,
+            format!("key {prefix}"),
+        ),
+    ] {
+        assert!(entries.contains(&expected), "{expected:?} in {entries:?}");
+    }
+    let count = |action: &str| entries.iter().filter(|(a, ..)| a == action).count();
+    assert_eq!(
+        (count("station.put"), count("sensor.put")),
+        (1, 1),
+        "refused and failed changes leave no entry (a failed change rolls its entry back)"
+    );
+    harness.finish().await;
+}
