@@ -15,6 +15,7 @@
 //! - [`caching`]: ETags and 304 answers for the public GET endpoints.
 //! - [`body`]: the JSON of a warning event on every channel.
 //! - [`auth`]: API keys and the [`auth::Caller`] extractor.
+//! - `parquet_export` (feature `parquet`): raw readings as Apache Parquet, streamed by row group.
 //! - [`openapi`]: the OpenAPI 3.1 document (utoipa) and its documentation page.
 //! - [`rate_limit`]: per-client token buckets, `429` with `Retry-After`.
 //! - [`manage`]: API keys, devices, stations and sensors over the API, and the audit log.
@@ -32,6 +33,8 @@ pub mod http_metrics;
 pub mod manage;
 pub mod openapi;
 pub mod opendata;
+#[cfg(feature = "parquet")]
+pub mod parquet_export;
 pub mod rate_limit;
 pub mod sse;
 pub mod warnings;

@@ -40,6 +40,21 @@ enum Format {
     Json,
     Csv,
     GeoJson,
+    /// Raw readings only.
+    Parquet,
+}
+
+/// The media type of Apache Parquet files.
+pub const PARQUET: &str = "application/vnd.apache.parquet";
+
+/// Whether the request asks for Parquet, by `format=` or `Accept`.
+fn wants_parquet(asked: Option<&str>, headers: &HeaderMap) -> bool {
+    asked == Some("parquet")
+        || (asked.is_none()
+            && headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.contains(PARQUET)))
 }
 
 /// The format asked for by `format=` or the `Accept` header; `geo` says whether GeoJSON is offered.
@@ -354,7 +369,8 @@ pub async fn stations(
     };
     let bodies = station_bodies(&state, &filter).await?;
     Ok(match format {
-        Format::Json => json_response(&serde_json::json!({ "stations": bodies })),
+        // format() offers Parquet nowhere but raw readings.
+        Format::Json | Format::Parquet => json_response(&serde_json::json!({ "stations": bodies })),
         Format::GeoJson => typed(
             "application/geo+json",
             serde_json::to_vec(&serde_json::json!({
@@ -533,7 +549,7 @@ pub struct ReadingsQuery {
     pub max_gap: Option<u32>,
     /// usable (default: good or merely suspect readings) or all.
     pub quality: Option<String>,
-    /// json or csv (or use the Accept header).
+    /// json, csv, or parquet for raw readings (or use the Accept header).
     pub format: Option<String>,
 }
 
@@ -578,7 +594,8 @@ fn micros(value: i64) -> Option<DateTime<Utc>> {
     params(("key" = String, Path, description = "The sensor's key"), ReadingsQuery),
     responses(
         (status = 200, description = "Raw readings (a page, with `next`), or buckets when `bucket` is given",
-            content((crate::openapi::ReadingsPage = "application/json"), (String = "text/csv"))),
+            content((crate::openapi::ReadingsPage = "application/json"), (String = "text/csv"),
+                (Vec<u8> = "application/vnd.apache.parquet"))),
         (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such sensor", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
@@ -589,7 +606,17 @@ pub async fn readings(
     query: std::result::Result<Query<ReadingsQuery>, QueryRejection>,
 ) -> Result<Response> {
     let query = parse_query(query)?;
-    let format = format(query.format.as_deref(), &headers, false)?;
+    let format = if wants_parquet(query.format.as_deref(), &headers) {
+        if query.bucket.is_some() {
+            return Err(ApiError::bad(
+                "format",
+                "parquet is offered for raw readings; aggregates come as json or csv",
+            ));
+        }
+        Format::Parquet
+    } else {
+        format(query.format.as_deref(), &headers, false)?
+    };
     let quantity = state
         .store
         .sensor_quantity(&sensor)
@@ -719,6 +746,23 @@ async fn raw(
     }
     // Rows are written as they come from the database.
     let body = match format {
+        #[cfg(feature = "parquet")]
+        Format::Parquet => crate::parquet_export::body(
+            rows,
+            vec![
+                ("sensor".to_owned(), sensor.to_owned()),
+                ("quantity".to_owned(), quantity.to_owned()),
+                ("unit".to_owned(), unit.to_owned()),
+                ("next".to_owned(), next.clone().unwrap_or_default()),
+            ],
+        ),
+        #[cfg(not(feature = "parquet"))]
+        Format::Parquet => {
+            return Err(ApiError::bad(
+                "format",
+                "this build has no Parquet support (the cargo feature parquet is off)",
+            ))
+        }
         Format::Csv => {
             let header = futures_util::stream::once(async {
                 Ok::<_, tidemark_store::Error>("ts,value,quality,received_at\n".to_owned())
@@ -761,12 +805,22 @@ async fn raw(
             Body::from_stream(head.chain(items).chain(tail))
         }
     };
-    let content_type = if format == Format::Csv {
-        "text/csv; charset=utf-8"
-    } else {
-        "application/json"
+    let content_type = match format {
+        Format::Csv => "text/csv; charset=utf-8",
+        Format::Parquet => PARQUET,
+        _ => "application/json",
     };
     let mut response = typed(content_type, body);
+    if format == Format::Parquet {
+        if let Ok(disposition) = HeaderValue::from_str(&format!(
+            "attachment; filename=\"{}.parquet\"",
+            sensor.replace('"', "")
+        )) {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_DISPOSITION, disposition);
+        }
+    }
     if let Some(link) =
         next_link.and_then(|l| HeaderValue::from_str(&format!("<{l}>; rel=\"next\"")).ok())
     {
@@ -1118,7 +1172,7 @@ pub async fn municipalities(
                 .unwrap_or_default(),
             )
         }
-        Format::Json => {
+        Format::Json | Format::Parquet => {
             let items: Vec<serde_json::Value> = rows
                 .into_iter()
                 .map(|(code, name, _)| {

@@ -698,3 +698,112 @@ async fn the_openapi_document_validates_and_the_docs_page_needs_no_other_host() 
     );
     harness.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_readings_export_as_parquet_with_the_same_values() {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::RowAccessor;
+    let (harness, api) = loaded().await;
+    let range = "from=2023-10-19T00:00:00Z&to=2023-10-21T00:00:00Z&limit=100000";
+    let response = api
+        .http
+        .get(api.url(&format!(
+            "/api/v1/sensors/{SENSOR}/readings?{range}&format=parquet"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/vnd.apache.parquet"
+    );
+    assert!(response.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains("flensburg.sea_level.parquet"));
+    let bytes = bytes::Bytes::from(response.bytes().await.unwrap().to_vec());
+    let reader = SerializedFileReader::new(bytes).expect("a Parquet file");
+    let metadata = reader.metadata().file_metadata();
+    assert_eq!(metadata.num_rows(), READINGS);
+    let pairs: Vec<(String, String)> = metadata
+        .key_value_metadata()
+        .unwrap()
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
+        .collect();
+    assert!(pairs.contains(&("unit".to_owned(), "m".to_owned())));
+    assert!(pairs.contains(&("sensor".to_owned(), SENSOR.to_owned())));
+    let rows: Vec<(i64, f64, i32)> = reader
+        .get_row_iter(None)
+        .unwrap()
+        .map(|row| {
+            let row = row.unwrap();
+            (
+                row.get_timestamp_micros(0).unwrap(),
+                row.get_double(1).unwrap(),
+                // INT32 annotated INTEGER(16, signed): the reader gives an i16.
+                i32::from(row.get_short(2).unwrap()),
+            )
+        })
+        .collect();
+    let expected: Vec<(i64, f64, i32)> = (0..READINGS)
+        .map(|i| {
+            (
+                (start() + ChronoDuration::minutes(10 * i)).timestamp_micros(),
+                value_at(i),
+                if i == SPIKE_INDEX { 256 } else { 0 },
+            )
+        })
+        .collect();
+    assert_eq!(rows, expected);
+
+    let accepted = api
+        .http
+        .get(api.url(&format!("/api/v1/sensors/{SENSOR}/readings?{range}")))
+        .header("accept", "application/vnd.apache.parquet")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        accepted.headers()["content-type"],
+        "application/vnd.apache.parquet"
+    );
+    let (status, _, _, _) = get(
+        &api,
+        &format!("/api/v1/sensors/{SENSOR}/readings?bucket=1h&format=parquet"),
+    )
+    .await;
+    assert_eq!(status, 400, "aggregates are not offered as Parquet");
+
+    // More rows than one row group holds: a year and a half of 10-minute data.
+    let kiel = sensor_id(&harness, "kiel-holtenau.sea_level").await;
+    let many: Vec<ReadingRow> = (0..80_000)
+        .map(|i| ReadingRow {
+            sensor_id: kiel,
+            ts: start() + ChronoDuration::minutes(10 * i),
+            value: i as f64,
+            quality: 0,
+        })
+        .collect();
+    harness
+        .store
+        .write_batch(&many, &[], Utc::now())
+        .await
+        .unwrap();
+    let big = api
+        .http
+        .get(api.url("/api/v1/sensors/kiel-holtenau.sea_level/readings?from=2023-01-01T00:00:00Z&to=2026-01-01T00:00:00Z&limit=100000&format=parquet"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let reader = SerializedFileReader::new(bytes::Bytes::from(big.to_vec())).unwrap();
+    assert_eq!(reader.metadata().file_metadata().num_rows(), 80_000);
+    assert_eq!(reader.metadata().num_row_groups(), 2);
+    let last = reader.get_row_iter(None).unwrap().last().unwrap().unwrap();
+    assert_eq!(last.get_double(1).unwrap(), 79_999.0);
+    harness.finish().await;
+}
