@@ -255,3 +255,52 @@ async fn operators_manage_keys_utilities_manage_stations_and_the_audit_log_shows
     );
     harness.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_protected_route_refuses_no_key_and_the_wrong_role() {
+    let harness = Harness::start().await;
+    let api = Api::start(&harness, &config(&harness)).await;
+    let researcher = api.key(Role::Researcher, None).await;
+    let utility = api.key(Role::Utility, None).await;
+    let json = serde_json::json!({});
+    // (method, path, a role that may not)
+    let routes: [(Method, &str, &str); 13] = [
+        (Method::POST, "/api/v1/keys", &utility),
+        (Method::GET, "/api/v1/keys", &utility),
+        (Method::DELETE, "/api/v1/keys/0123456789ab", &utility),
+        (Method::GET, "/api/v1/audit", &utility),
+        (Method::PUT, "/api/v1/devices/d", &researcher),
+        (Method::PUT, "/api/v1/stations/s", &researcher),
+        (Method::PUT, "/api/v1/sensors/s.level", &researcher),
+        (Method::POST, "/api/v1/webhooks", &researcher),
+        (Method::GET, "/api/v1/webhooks", &researcher),
+        (Method::GET, "/api/v1/webhooks/1", &researcher),
+        (Method::DELETE, "/api/v1/webhooks/1", &researcher),
+        (
+            Method::POST,
+            "/api/v1/webhooks/1/rotate-secret",
+            &researcher,
+        ),
+        (Method::POST, "/api/v1/warnings/1/ack", &utility),
+    ];
+    for (method, path, wrong_role) in routes {
+        let body = (method != Method::GET && method != Method::DELETE).then(|| json.clone());
+        let (status, problem) = api.call(method.clone(), path, None, body.clone()).await;
+        assert_eq!(status, 401, "{method} {path} without a key: {problem}");
+        let (status, _) = api
+            .call(
+                method.clone(),
+                path,
+                Some("tmk_0123456789ab_wrong"),
+                body.clone(),
+            )
+            .await;
+        assert_eq!(status, 401, "{method} {path} with a wrong key");
+        let (status, problem) = api.call(method.clone(), path, Some(wrong_role), body).await;
+        assert_eq!(
+            status, 403,
+            "{method} {path} with the wrong role: {problem}"
+        );
+    }
+    harness.finish().await;
+}
