@@ -89,6 +89,17 @@ fn format(asked: Option<&str>, headers: &HeaderMap, geo: bool) -> Result<Format>
     })
 }
 
+/// The format of an answer about one thing with a geometry: JSON or GeoJSON.
+fn single_format(asked: Option<&str>, headers: &HeaderMap, what: &str) -> Result<Format> {
+    match format(asked, headers, true)? {
+        Format::Csv => Err(ApiError::bad(
+            "format",
+            format!("one {what} is offered as json or geojson"),
+        )),
+        other => Ok(other),
+    }
+}
+
 fn parse_query<T>(query: std::result::Result<Query<T>, QueryRejection>) -> Result<T> {
     query
         .map(|Query(q)| q)
@@ -406,13 +417,7 @@ pub async fn station(
     query: std::result::Result<Query<OneQuery>, QueryRejection>,
 ) -> Result<Response> {
     let query = parse_query(query)?;
-    let format = format(query.format.as_deref(), &headers, true)?;
-    if format == Format::Csv {
-        return Err(ApiError::bad(
-            "format",
-            "one station is offered as json or geojson",
-        ));
-    }
+    let format = single_format(query.format.as_deref(), &headers, "station")?;
     let filter = StationFilter {
         key: Some(key.clone()),
         limit: 1,
@@ -1202,13 +1207,7 @@ pub async fn municipality(
     query: std::result::Result<Query<MunicipalityQuery>, QueryRejection>,
 ) -> Result<Response> {
     let query = parse_query(query)?;
-    let format = format(query.format.as_deref(), &headers, true)?;
-    if format == Format::Csv {
-        return Err(ApiError::bad(
-            "format",
-            "one municipality is offered as json or geojson",
-        ));
-    }
+    let format = single_format(query.format.as_deref(), &headers, "municipality")?;
     let (code, name, boundary) = state
         .store
         .municipalities(Some(&code), true)
