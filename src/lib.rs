@@ -8,6 +8,7 @@
 //! - [`keys`]: `tidemark keys`, creating, listing and revoking API keys.
 //! - [`bench`]: `tidemark bench ingest`.
 //! - [`bench_analytics`]: `tidemark bench analytics`.
+//! - [`bench_api`]: `tidemark bench api`.
 //! - [`bench_delivery`]: `tidemark bench delivery`.
 //! - [`sim`]: `tidemark sim` and `tidemark replay`.
 //! - [`verify`]: `tidemark verify`, warning verification for a period.
@@ -18,6 +19,7 @@
 pub mod app;
 pub mod bench;
 pub mod bench_analytics;
+pub mod bench_api;
 pub mod bench_delivery;
 pub mod config;
 pub mod keys;

@@ -66,6 +66,9 @@ enum BenchCommand {
     /// Time from a warning event's commit to its receipt by a webhook receiver, by many
     /// Server-Sent Events clients and by an MQTT subscriber.
     Delivery(tidemark::bench_delivery::DeliveryBenchArgs),
+    /// Latency and throughput of the open data API over a large table (50 million readings by
+    /// default), beside the database's own time for the same queries.
+    Api(tidemark::bench_api::ApiBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -170,6 +173,9 @@ async fn execute(
         Command::Bench {
             what: BenchCommand::Delivery(args),
         } => tidemark::bench_delivery::delivery(&config, args).await,
+        Command::Bench {
+            what: BenchCommand::Api(args),
+        } => tidemark::bench_api::api(&config, args).await,
     }
 }
 

@@ -399,6 +399,14 @@ pub async fn serve(
     }
     // The peer's address is what rate limits key anonymous clients by.
     let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // Events and streamed pages go out as soon as they are written, not held back by Nagle's
+    // algorithm waiting for the client's delayed acknowledgement.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, service)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -783,7 +783,7 @@ async fn raw(
                     )
                 })
             });
-            Body::from_stream(header.chain(lines))
+            Body::from_stream(header.chain(lines).ready_chunks(ROWS_PER_CHUNK).map(joined))
         }
         _ => {
             let head = format!(
@@ -807,7 +807,12 @@ async fn raw(
             });
             let head = futures_util::stream::once(async move { Ok(head) });
             let tail = futures_util::stream::once(async move { Ok(tail) });
-            Body::from_stream(head.chain(items).chain(tail))
+            Body::from_stream(
+                head.chain(items)
+                    .chain(tail)
+                    .ready_chunks(ROWS_PER_CHUNK)
+                    .map(joined),
+            )
         }
     };
     let content_type = match format {
@@ -832,6 +837,15 @@ async fn raw(
         response.headers_mut().insert(header::LINK, link);
     }
     Ok(response)
+}
+
+/// Rows gathered into one write of a streamed answer: few enough to keep memory flat, many
+/// enough that a page is not hundreds of tiny writes.
+const ROWS_PER_CHUNK: usize = 512;
+
+/// The rows ready at once as one piece of the body.
+fn joined(pieces: Vec<tidemark_store::Result<String>>) -> tidemark_store::Result<String> {
+    pieces.into_iter().collect()
 }
 
 fn url_escape(text: &str) -> String {

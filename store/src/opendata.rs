@@ -215,6 +215,15 @@ impl Store {
             .collect())
     }
 
+    /// Refreshes the planner's statistics of `readings` (after a bulk load).
+    pub async fn analyze_readings(&self) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .batch_execute("ANALYZE readings")
+            .await
+            .context("analysing readings")
+    }
+
     /// A sensor's quantity; `None` when there is no such sensor.
     pub async fn sensor_quantity(&self, key: &str) -> Result<Option<String>> {
         let client = self.client().await?;

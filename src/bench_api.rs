@@ -1,0 +1,335 @@
+//! `tidemark bench api`: latency and throughput of the open data API over a large table, beside
+//! the time the database itself takes for the same queries, in the same run.
+//!
+//! A fresh database is filled by binary COPY with `--sensors` sensors of 10-minute readings
+//! (`--readings` in all; the default 50 million is 1,000 sensors of about 347 days each). Then,
+//! for `--seconds` each, `--concurrency` clients ask the API (in this process, over loopback) for:
+//! the latest value of every sensor; one sensor's day of raw readings; one sensor's year in hourly
+//! buckets. The same work is then timed directly against the database through the store.
+
+use crate::bench::percentile;
+use crate::config::Config;
+use crate::testkit::TestDatabase;
+use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
+use futures_util::StreamExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tidemark_api::{ApiSettings, ApiState};
+use tidemark_store::opendata::RawOrder;
+use tidemark_store::readings::ReadingRow;
+use tidemark_store::reference::{DeviceRecord, ReferenceData, SensorRecord};
+use tidemark_store::Store;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiBenchArgs {
+    /// Readings loaded in all.
+    #[arg(long, default_value_t = 50_000_000)]
+    pub readings: u64,
+    /// Sensors they are spread over.
+    #[arg(long, default_value_t = 1000)]
+    pub sensors: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Seconds each query is run for.
+    #[arg(long, default_value_t = 15)]
+    pub seconds: u64,
+}
+
+/// Rows per COPY transaction while loading.
+const LOAD_BATCH: usize = 500_000;
+
+fn first_ts() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap()
+}
+
+pub async fn api(config: &Config, args: ApiBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.sensors > 0 && args.readings >= args.sensors,
+        "--readings must be at least --sensors"
+    );
+    let database = TestDatabase::create(&config.database).await?;
+    let outcome = measure(config, &args, &database.config).await;
+    database.drop_database().await?;
+    outcome
+}
+
+struct Figures {
+    latencies_ms: Vec<f64>,
+    per_second: f64,
+}
+
+impl Figures {
+    fn line(&self, what: &str) -> String {
+        format!(
+            "{what:<44} {:>8.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} requests)",
+            self.per_second,
+            percentile(&self.latencies_ms, 0.50),
+            percentile(&self.latencies_ms, 0.99),
+            self.latencies_ms.len()
+        )
+    }
+}
+
+/// Runs `work` from `concurrency` tasks for `seconds`; `work(i)` is the i-th request of a task.
+async fn hammer<F, Fut>(concurrency: usize, seconds: u64, work: F) -> anyhow::Result<Figures>
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let work = Arc::new(work);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..concurrency {
+        let work = work.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut i = task as u64 * 1_000_003;
+            while Instant::now() < deadline {
+                let begun = Instant::now();
+                work(i).await?;
+                latencies.push(begun.elapsed().as_secs_f64() * 1000.0);
+                i += 1;
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies_ms = Vec::new();
+    for task in tasks {
+        latencies_ms.extend(task.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies_ms.sort_by(f64::total_cmp);
+    Ok(Figures {
+        per_second: latencies_ms.len() as f64 / elapsed,
+        latencies_ms,
+    })
+}
+
+async fn load(store: &Store, args: &ApiBenchArgs) -> anyhow::Result<Vec<String>> {
+    let mut reference = ReferenceData::default();
+    let keys: Vec<String> = (0..args.sensors)
+        .map(|s| format!("bench-api-{s}.level"))
+        .collect();
+    for (s, key) in keys.iter().enumerate() {
+        let device = format!("bench-api-{s}");
+        reference.devices.push(DeviceRecord {
+            key: device.clone(),
+            name: String::new(),
+        });
+        reference.sensors.push(SensorRecord {
+            key: key.clone(),
+            device,
+            station: None,
+            quantity: "water_level".into(),
+            name: String::new(),
+            expected_interval: Duration::from_secs(600),
+        });
+    }
+    store.apply_reference(&reference).await?;
+    let catalog = store.sensor_catalog().await?;
+    let ids: Vec<i32> = keys
+        .iter()
+        .map(|k| catalog.iter().find(|s| &s.key == k).map(|s| s.id))
+        .collect::<Option<_>>()
+        .ok_or_else(|| anyhow::anyhow!("the bench sensors were not registered"))?;
+    let per_sensor = args.readings / args.sensors;
+    let started = Instant::now();
+    let mut batch = Vec::with_capacity(LOAD_BATCH);
+    let mut loaded = 0u64;
+    // Sensor-major, as a bulk back-fill would arrive.
+    for (s, id) in ids.iter().enumerate() {
+        for i in 0..per_sensor {
+            let ts = first_ts() + ChronoDuration::minutes(10 * i as i64);
+            let value =
+                1.0 + ((i as f64) / 144.0 * std::f64::consts::TAU).sin() * 0.5 + s as f64 * 0.001;
+            batch.push(ReadingRow {
+                sensor_id: *id,
+                ts,
+                value,
+                quality: 0,
+            });
+            if batch.len() == LOAD_BATCH {
+                store.write_batch(&batch, &[], Utc::now()).await?;
+                loaded += batch.len() as u64;
+                batch.clear();
+                eprintln!(
+                    "bench api: loaded {loaded} readings ({:.0}/s)",
+                    loaded as f64 / started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    if !batch.is_empty() {
+        loaded += batch.len() as u64;
+        store.write_batch(&batch, &[], Utc::now()).await?;
+    }
+    eprintln!(
+        "bench api: {loaded} readings loaded in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    store.analyze_readings().await?;
+    Ok(keys)
+}
+
+async fn measure(
+    config: &Config,
+    args: &ApiBenchArgs,
+    database: &tidemark_store::DatabaseConfig,
+) -> anyhow::Result<()> {
+    tidemark_store::schema::migrate(database).await?;
+    let store = Store::connect(&tidemark_store::DatabaseConfig {
+        pool_size: (args.concurrency + 4).max(config.database.pool_size),
+        ..database.clone()
+    })
+    .await?;
+    let keys = Arc::new(load(&store, args).await?);
+    let per_sensor = args.readings / args.sensors;
+    let last_ts = first_ts() + ChronoDuration::minutes(10 * per_sensor as i64);
+
+    let shutdown = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let api_config = tidemark_api::ApiConfig {
+        public_url: base.clone(),
+        rate_limit_per_minute: u32::MAX / 2,
+        ..config.api.clone()
+    };
+    let settings = ApiSettings::new(&api_config, &config.delivery, &config.mqtt.topic_prefix)
+        .map_err(anyhow::Error::msg)?;
+    let hub = tidemark_api::sse::Hub::start(store.clone(), database.clone(), shutdown.clone());
+    let router = tidemark_api::api_router(ApiState::new(store.clone(), settings, hub));
+    tokio::spawn(tidemark_api::serve(listener, router, shutdown.clone()));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+
+    // Whole days inside the loaded data.
+    let days = (per_sensor / 144).max(1);
+    let day_start = move |i: u64| first_ts() + ChronoDuration::days((i % days) as i64);
+    let sensor = |keys: &[String], i: u64| keys[(i % keys.len() as u64) as usize].clone();
+    let year_from = first_ts();
+    let year_to = last_ts;
+    let rfc = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+
+    let get = {
+        let http = http.clone();
+        move |url: String| {
+            let http = http.clone();
+            async move {
+                let response = http.get(url).send().await?;
+                anyhow::ensure!(response.status().is_success(), "HTTP {}", response.status());
+                response.bytes().await?;
+                anyhow::Ok(())
+            }
+        }
+    };
+    let c = args.concurrency;
+    let s = args.seconds;
+    let latest_api = {
+        let (get, base) = (get.clone(), base.clone());
+        hammer(c, s, move |_| get(format!("{base}/api/v1/latest"))).await?
+    };
+    let day_api = {
+        let (get, base, keys) = (get.clone(), base.clone(), keys.clone());
+        hammer(c, s, move |i| {
+            let from = day_start(i);
+            get(format!(
+                "{base}/api/v1/sensors/{}/readings?from={}&to={}&limit=1000",
+                sensor(&keys, i),
+                rfc(from),
+                rfc(from + ChronoDuration::days(1))
+            ))
+        })
+        .await?
+    };
+    let year_api = {
+        let (get, base, keys) = (get.clone(), base.clone(), keys.clone());
+        hammer(c, s, move |i| {
+            get(format!(
+                "{base}/api/v1/sensors/{}/readings?from={}&to={}&bucket=1h&agg=avg,min,max",
+                sensor(&keys, i),
+                rfc(year_from),
+                rfc(year_to)
+            ))
+        })
+        .await?
+    };
+    let latest_db = {
+        let store = store.clone();
+        hammer(c, s, move |_| {
+            let store = store.clone();
+            async move {
+                store.latest(&Default::default()).await?;
+                anyhow::Ok(())
+            }
+        })
+        .await?
+    };
+    let day_db = {
+        let (store, keys) = (store.clone(), keys.clone());
+        hammer(c, s, move |i| {
+            let (store, key) = (store.clone(), sensor(&keys, i));
+            async move {
+                let from = day_start(i);
+                let order = RawOrder::Time {
+                    from,
+                    to: from + ChronoDuration::days(1),
+                    after: None,
+                };
+                let rows = store.raw_readings(&key, &order, 1000).await?;
+                let rows: Vec<_> = rows.collect().await;
+                anyhow::ensure!(
+                    rows.len() == 144,
+                    "a day has 144 readings, got {}",
+                    rows.len()
+                );
+                anyhow::Ok(())
+            }
+        })
+        .await?
+    };
+    let year_db = {
+        let (store, keys) = (store.clone(), keys.clone());
+        hammer(c, s, move |i| {
+            let (store, key) = (store.clone(), sensor(&keys, i));
+            async move {
+                store
+                    .aggregate(&key, year_from, year_to, Duration::from_secs(3600), false)
+                    .await?;
+                anyhow::Ok(())
+            }
+        })
+        .await?
+    };
+    shutdown.cancel();
+
+    println!(
+        "tidemark bench api: {} readings over {} sensors (10-minute data, {} per sensor), {} clients, {} s per query",
+        args.readings, args.sensors, per_sensor, args.concurrency, args.seconds
+    );
+    println!(
+        "machine: {} cores",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!("{}", latest_api.line("API  latest values of all sensors"));
+    println!(
+        "{}",
+        latest_db.line("DB   the same query through the store")
+    );
+    println!("{}", day_api.line("API  one sensor's day of raw readings"));
+    println!("{}", day_db.line("DB   the same query through the store"));
+    println!(
+        "{}",
+        year_api.line("API  one sensor's year in hourly buckets")
+    );
+    println!("{}", year_db.line("DB   the same query through the store"));
+    let ratio = percentile(&year_api.latencies_ms, 0.99) / percentile(&year_db.latencies_ms, 0.99);
+    println!(
+        "year query p99, API / database: {ratio:.2} (target at most 2); latest values: {:.0} req/s (target 5,000)",
+        latest_api.per_second
+    );
+    Ok(())
+}
