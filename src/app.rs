@@ -165,6 +165,8 @@ async fn serve_stages(
             store.clone(),
             settings,
             hub,
+            &config.database,
+            shutdown.clone(),
         )));
     }
     let mut router = tidemark_api::ops_router(OpsState {

@@ -200,7 +200,13 @@ async fn measure(
     let settings = ApiSettings::new(&api_config, &config.delivery, &config.mqtt.topic_prefix)
         .map_err(anyhow::Error::msg)?;
     let hub = tidemark_api::sse::Hub::start(store.clone(), database.clone(), shutdown.clone());
-    let router = tidemark_api::api_router(ApiState::new(store.clone(), settings, hub));
+    let router = tidemark_api::api_router(ApiState::new(
+        store.clone(),
+        settings,
+        hub,
+        database,
+        shutdown.clone(),
+    ));
     tokio::spawn(tidemark_api::serve(listener, router, shutdown.clone()));
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)

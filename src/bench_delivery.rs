@@ -129,7 +129,13 @@ async fn measure(
     let settings =
         ApiSettings::new(&api, &delivery, &mqtt.topic_prefix).map_err(anyhow::Error::msg)?;
     let hub = tidemark_api::sse::Hub::start(store.clone(), database.clone(), shutdown.clone());
-    let router = tidemark_api::api_router(ApiState::new(store.clone(), settings, hub.clone()));
+    let router = tidemark_api::api_router(ApiState::new(
+        store.clone(),
+        settings,
+        hub.clone(),
+        database,
+        shutdown.clone(),
+    ));
     tokio::spawn(tidemark_api::serve(listener, router, shutdown.clone()));
     let alerts = AlertPublisher::start(&mqtt, "bench-alerts", delivery.timeout, shutdown.clone());
     let metrics = Arc::new(Metrics::register(&mut Registry::default()));

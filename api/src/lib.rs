@@ -19,6 +19,7 @@
 //! - [`openapi`]: the OpenAPI 3.1 document (utoipa) and its documentation page.
 //! - [`rate_limit`]: per-client token buckets, `429` with `Retry-After`.
 //! - [`manage`]: API keys, devices, stations and sensors over the API, and the audit log.
+//! - [`latest_cache`]: the unfiltered latest values, kept ready between batches.
 //! - [`http_metrics`]: request latency by route, for `/metrics`.
 //! - [`error`]: [`error::ApiError`] as `application/problem+json`.
 //! - [`run`]: binds and serves until shutdown.
@@ -30,6 +31,7 @@ pub mod cap;
 pub mod delivery;
 pub mod error;
 pub mod http_metrics;
+pub mod latest_cache;
 pub mod manage;
 pub mod openapi;
 pub mod opendata;
@@ -198,10 +200,19 @@ pub struct ApiState {
     pub settings: Arc<ApiSettings>,
     pub hub: sse::Hub,
     pub limiter: Arc<rate_limit::RateLimiter>,
+    pub latest: Arc<latest_cache::LatestCache>,
 }
 
 impl ApiState {
-    pub fn new(store: Store, settings: ApiSettings, hub: sse::Hub) -> ApiState {
+    /// The state, with its caches kept current from `database` until `shutdown`.
+    pub fn new(
+        store: Store,
+        settings: ApiSettings,
+        hub: sse::Hub,
+        database: &tidemark_store::DatabaseConfig,
+        shutdown: CancellationToken,
+    ) -> ApiState {
+        let latest = latest_cache::LatestCache::start(database.clone(), shutdown);
         let limiter = Arc::new(rate_limit::RateLimiter::new(
             settings.rate_limit_per_minute,
             settings.keyed_rate_limit_per_minute,
@@ -211,6 +222,7 @@ impl ApiState {
             settings: Arc::new(settings),
             hub,
             limiter,
+            latest,
         }
     }
 }

@@ -464,6 +464,21 @@ pub struct LatestQuery {
     pub format: Option<String>,
 }
 
+/// The JSON answer of `/api/v1/latest` for these rows.
+fn latest_json(rows: Vec<LatestRow>, now: DateTime<Utc>) -> Vec<u8> {
+    let items: Vec<LatestItem> = rows
+        .into_iter()
+        .map(|row| {
+            let station = row.station.clone();
+            LatestItem {
+                sensor: sensor_body(row, now),
+                station,
+            }
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "sensors": items })).unwrap_or_default()
+}
+
 /// A sensor's latest value, with its station.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LatestItem {
@@ -485,6 +500,18 @@ pub async fn latest(
 ) -> Result<Response> {
     let query = parse_query(query)?;
     let format = format(query.format.as_deref(), &headers, false)?;
+    let unfiltered =
+        query.quantity.is_none() && query.station.is_none() && query.municipality.is_none();
+    if unfiltered && format == Format::Json {
+        let body = state
+            .latest
+            .get(|| async {
+                let rows = state.store.latest(&LatestFilter::default()).await?;
+                Ok::<_, ApiError>(latest_json(rows, Utc::now()))
+            })
+            .await?;
+        return Ok(typed("application/json", body));
+    }
     let rows = state
         .store
         .latest(&LatestFilter {

@@ -204,6 +204,37 @@ async fn latest_values_of_every_sensor() {
             .unwrap()
             .is_empty()
     );
+    // The unfiltered answer is kept ready between batches, and a new batch refreshes it.
+    let flensburg_latest = |body: serde_json::Value| {
+        body["sensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["key"] == SENSOR)
+            .unwrap()["latest"]["value"]
+            .as_f64()
+    };
+    assert_eq!(
+        flensburg_latest(json(&api, "/api/v1/latest").await),
+        Some(value_at(READINGS - 1))
+    );
+    let id = sensor_id(&harness, SENSOR).await;
+    let newer = ReadingRow {
+        sensor_id: id,
+        ts: start() + ChronoDuration::days(3),
+        value: 0.77,
+        quality: 0,
+    };
+    harness
+        .store
+        .write_batch(&[newer], &[], Utc::now())
+        .await
+        .unwrap();
+    let refreshed = wait_for(std::time::Duration::from_secs(10), || async {
+        flensburg_latest(json(&api, "/api/v1/latest").await) == Some(0.77)
+    })
+    .await;
+    assert!(refreshed, "the new reading shows within a few seconds");
     harness.finish().await;
 }
 

@@ -413,7 +413,13 @@ impl Api {
             config.database.clone(),
             shutdown.clone(),
         );
-        let state = ApiState::new(harness.store.clone(), settings, hub);
+        let state = ApiState::new(
+            harness.store.clone(),
+            settings,
+            hub,
+            &config.database,
+            shutdown.clone(),
+        );
         let router = tidemark_api::api_router(state.clone());
         tokio::spawn(tidemark_api::serve(listener, router, shutdown.clone()));
         Api {
