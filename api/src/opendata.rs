@@ -521,42 +521,32 @@ pub async fn latest(
         })
         .await?;
     let now = Utc::now();
+    if format != Format::Csv {
+        return Ok(typed("application/json", latest_json(rows, now)));
+    }
     let stations: Vec<Option<String>> = rows.iter().map(|r| r.station.clone()).collect();
     let sensors: Vec<SensorBody> = rows.into_iter().map(|r| sensor_body(r, now)).collect();
-    Ok(match format {
-        Format::Csv => {
-            let mut out =
-                String::from("sensor,station,quantity,unit,ts,value,quality,received_at,stale\n");
-            for (s, station) in sensors.iter().zip(&stations) {
-                let (ts, value, quality, received, stale) = match &s.latest {
-                    Some(l) => (
-                        rfc3339(l.ts),
-                        l.value.to_string(),
-                        l.quality.to_string(),
-                        rfc3339(l.received_at),
-                        l.stale.to_string(),
-                    ),
-                    None => Default::default(),
-                };
-                out.push_str(&format!(
-                    "{},{},{},{},{ts},{value},{quality},{received},{stale}\n",
-                    csv_field(&s.key),
-                    csv_field(station.as_deref().unwrap_or("")),
-                    s.quantity,
-                    s.unit
-                ));
-            }
-            typed("text/csv; charset=utf-8", out)
-        }
-        _ => {
-            let items: Vec<LatestItem> = sensors
-                .into_iter()
-                .zip(stations)
-                .map(|(sensor, station)| LatestItem { sensor, station })
-                .collect();
-            json_response(&serde_json::json!({ "sensors": items }))
-        }
-    })
+    let mut out = String::from("sensor,station,quantity,unit,ts,value,quality,received_at,stale\n");
+    for (s, station) in sensors.iter().zip(&stations) {
+        let (ts, value, quality, received, stale) = match &s.latest {
+            Some(l) => (
+                rfc3339(l.ts),
+                l.value.to_string(),
+                l.quality.to_string(),
+                rfc3339(l.received_at),
+                l.stale.to_string(),
+            ),
+            None => Default::default(),
+        };
+        out.push_str(&format!(
+            "{},{},{},{},{ts},{value},{quality},{received},{stale}\n",
+            csv_field(&s.key),
+            csv_field(station.as_deref().unwrap_or("")),
+            s.quantity,
+            s.unit
+        ));
+    }
+    Ok(typed("text/csv; charset=utf-8", out))
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
