@@ -402,6 +402,30 @@ async fn aggregation_equals_the_readings_and_fills_gaps_as_asked() {
         assert_eq!(b["first"].as_f64().unwrap(), values[0]);
         assert_eq!(b["last"].as_f64().unwrap(), *values.last().unwrap());
     }
+    // And the same from SQL of its own, written independently of the store's query.
+    let database = harness.settings(Default::default()).database;
+    let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let rows = client
+        .query(
+            "SELECT extract(epoch FROM date_trunc('hour', r.ts))::bigint, avg(r.value), min(r.value), \
+             max(r.value), count(*) FROM readings r JOIN sensors s ON s.id = r.sensor_id \
+             WHERE s.key = $1 AND r.quality IN (0, 1) GROUP BY 1 ORDER BY 1",
+            &[&SENSOR],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 48);
+    for (row, bucket) in rows.iter().zip(buckets) {
+        let start = DateTime::parse_from_rfc3339(bucket["start"].as_str().unwrap()).unwrap();
+        assert_eq!(row.get::<_, i64>(0), start.timestamp());
+        assert!((row.get::<_, f64>(1) - bucket["avg"].as_f64().unwrap()).abs() < 1e-9);
+        assert_eq!(row.get::<_, f64>(2), bucket["min"].as_f64().unwrap());
+        assert_eq!(row.get::<_, f64>(3), bucket["max"].as_f64().unwrap());
+        assert_eq!(row.get::<_, i64>(4), bucket["count"].as_i64().unwrap());
+    }
     let spike_hour = &buckets[(SPIKE_INDEX / 6) as usize];
     assert_eq!(spike_hour["flagged"], 1, "the spike is counted as left out");
     assert!(
