@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidemark_model::{duration, Quality};
+use tidemark_store::flood::FLOOD_SETUP_CHANGED;
 use tidemark_store::flood::{CrossingRow, FloodSetup, NewEvent};
 use tidemark_store::readings::READINGS_COMMITTED;
 use tidemark_store::reference::SensorInfo;
@@ -191,7 +192,8 @@ pub async fn run(
 ) -> Result<(), Error> {
     let store = Store::connect(&settings.database).await?;
     let mut model = Model::load(&store).await?;
-    let mut listener = notify::listen(&settings.database, &[READINGS_COMMITTED]).await?;
+    let channels = [READINGS_COMMITTED, FLOOD_SETUP_CHANGED];
+    let mut listener = notify::listen(&settings.database, &channels).await?;
     tracing::info!(areas = model.setup.areas.len(), "analytics started");
     let mut pending: BTreeSet<String> = model.setup.areas.iter().map(|a| a.key.clone()).collect();
     let mut sweep = tokio::time::interval(settings.analytics.sweep_interval);
@@ -213,7 +215,7 @@ pub async fn run(
                 let Some(first) = notification else {
                     tracing::warn!("the readings listener closed; reconnecting");
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    match notify::listen(&settings.database, &[READINGS_COMMITTED]).await {
+                    match notify::listen(&settings.database, &channels).await {
                         Ok(fresh) => listener = fresh,
                         Err(error) => tracing::warn!(%error, "cannot listen for readings"),
                     }
@@ -221,11 +223,27 @@ pub async fn run(
                     pending.extend(model.setup.areas.iter().map(|a| a.key.clone()));
                     continue;
                 };
-                let mut payloads = vec![first.payload];
+                let mut notifications = vec![first];
                 let deadline = tokio::time::Instant::now() + settings.analytics.debounce;
                 while let Ok(Some(more)) = tokio::time::timeout_at(deadline, listener.recv()).await {
-                    payloads.push(more.payload);
+                    notifications.push(more);
                 }
+                // A changed setup (over the API, or a migrate) is reloaded, and every area looked at.
+                if notifications.iter().any(|n| n.channel == FLOOD_SETUP_CHANGED) {
+                    match Model::load(&store).await {
+                        Ok(fresh) => {
+                            model = fresh;
+                            tracing::info!(areas = model.setup.areas.len(), "flood setup reloaded");
+                        }
+                        Err(error) => tracing::warn!(%error, "cannot reload the flood setup"),
+                    }
+                    pending.extend(model.setup.areas.iter().map(|a| a.key.clone()));
+                }
+                let payloads: Vec<String> = notifications
+                    .into_iter()
+                    .filter(|n| n.channel == READINGS_COMMITTED)
+                    .map(|n| n.payload)
+                    .collect();
                 let ids: BTreeSet<i32> = payloads
                     .iter()
                     .filter_map(|p| serde_json::from_str::<serde_json::Value>(p).ok())

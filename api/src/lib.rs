@@ -244,6 +244,7 @@ pub fn api_router(state: ApiState) -> Router {
             get(manage::list_keys).post(manage::create_key),
         )
         .route("/api/v1/keys/{prefix}", delete(manage::revoke_key))
+        .route("/api/v1/thresholds/{sensor}", put(manage::put_threshold))
         .route("/api/v1/audit", get(manage::audit))
         .route("/api/v1/latest", get(opendata::latest))
         .route("/api/v1/municipalities", get(opendata::municipalities))

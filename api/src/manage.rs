@@ -434,3 +434,133 @@ pub async fn audit(
             .collect(),
     ))
 }
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdUpdate {
+    /// Flood Alert level, in the sensor's canonical unit.
+    pub alert: f64,
+    /// Flood Warning level; above `alert`.
+    pub warning: f64,
+    /// Severe Flood Warning level; above `warning`.
+    pub severe: f64,
+    /// How long a level must hold before raising (`20m`).
+    pub persistence: String,
+    /// How many readings at least must show it.
+    pub min_readings: i32,
+    /// Lowering needs the value below the threshold minus this ...
+    pub hysteresis: f64,
+    /// ... for this long (`1h`).
+    pub hold: String,
+    /// Least-squares window of the rate of rise (`1h`).
+    pub rate_window: String,
+    /// Raise "expected" when the trend reaches the next level this soon (`30m`; `0s` for never).
+    pub lead_time: String,
+    /// Values outside `[plausible_low, plausible_high]` are flagged and excluded.
+    pub plausible_low: f64,
+    pub plausible_high: f64,
+    /// The smallest deviation the spike test may flag.
+    pub spike_floor: f64,
+    /// Rising at least this fast (units per hour) raises an expected alert.
+    pub rate_alert: Option<f64>,
+}
+
+/// `PUT /api/v1/thresholds/{sensor}`: sets a sensor's flood thresholds; running analytics reload
+/// them at once.
+#[utoipa::path(put, path = "/api/v1/thresholds/{sensor}", tag = "management", request_body = ThresholdUpdate,
+    security(("api_key" = [])), params(("sensor" = String, Path, description = "The sensor's key")),
+    responses(
+        (status = 204, description = "Stored; analytics use it from their next evaluation"),
+        (status = 400, description = "A bad field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such sensor", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn put_threshold(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(sensor): Path<String>,
+    request: std::result::Result<Json<ThresholdUpdate>, JsonRejection>,
+) -> Result<StatusCode> {
+    caller.require(&[Role::Operator])?;
+    let r = body(request)?;
+    let duration = |field: &str, text: &str| {
+        tidemark_model::duration::parse(text).map_err(|e| ApiError::bad(field, e.to_string()))
+    };
+    let finite = [
+        r.alert,
+        r.warning,
+        r.severe,
+        r.hysteresis,
+        r.plausible_low,
+        r.plausible_high,
+        r.spike_floor,
+    ];
+    if finite.iter().any(|v| !v.is_finite()) || r.rate_alert.is_some_and(|v| !v.is_finite()) {
+        return Err(ApiError::bad("body", "every level must be a finite number"));
+    }
+    if !(r.alert < r.warning && r.warning < r.severe) {
+        return Err(ApiError::bad(
+            "warning",
+            "the levels must rise: alert < warning < severe",
+        ));
+    }
+    if r.plausible_low >= r.plausible_high {
+        return Err(ApiError::bad(
+            "plausible_low",
+            "plausible_low must be below plausible_high",
+        ));
+    }
+    if r.min_readings < 1 || r.hysteresis < 0.0 || r.spike_floor < 0.0 {
+        return Err(ApiError::bad(
+            "min_readings",
+            "min_readings must be at least 1, hysteresis and spike_floor at least 0",
+        ));
+    }
+    if r.rate_alert.is_some_and(|v| v <= 0.0) {
+        return Err(ApiError::bad("rate_alert", "rate_alert must be above 0"));
+    }
+    let rate_window = duration("rate_window", &r.rate_window)?;
+    if rate_window.is_zero() {
+        return Err(ApiError::bad("rate_window", "rate_window must be positive"));
+    }
+    if state.store.sensor_quantity(&sensor).await?.is_none() {
+        return Err(ApiError::NotFound(format!("sensor {sensor}")));
+    }
+    let row = tidemark_store::flood::ThresholdRow {
+        sensor_key: sensor.clone(),
+        alert: r.alert,
+        warning: r.warning,
+        severe: r.severe,
+        persistence: duration("persistence", &r.persistence)?,
+        min_readings: r.min_readings,
+        hysteresis: r.hysteresis,
+        hold: duration("hold", &r.hold)?,
+        rate_window,
+        lead_time: duration("lead_time", &r.lead_time)?,
+        plausible_low: r.plausible_low,
+        plausible_high: r.plausible_high,
+        spike_floor: r.spike_floor,
+        rate_alert: r.rate_alert,
+    };
+    let audit = caller.actor().audit(
+        "threshold.put",
+        format!("sensor {sensor}"),
+        serde_json::json!({
+            "alert": r.alert, "warning": r.warning, "severe": r.severe, "persistence": r.persistence,
+            "min_readings": r.min_readings, "hysteresis": r.hysteresis, "hold": r.hold,
+            "rate_window": r.rate_window, "lead_time": r.lead_time, "plausible_low": r.plausible_low,
+            "plausible_high": r.plausible_high, "spike_floor": r.spike_floor, "rate_alert": r.rate_alert,
+        }),
+    );
+    let setup = tidemark_store::flood::FloodSetup {
+        thresholds: vec![row],
+        ..Default::default()
+    };
+    state
+        .store
+        .apply_flood_setup_audited(&setup, Some(&audit))
+        .await?;
+    tracing::info!(%sensor, by = %caller.prefix, "thresholds changed");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -156,6 +156,7 @@ impl Modify for ApiKeyScheme {
         crate::manage::put_device,
         crate::manage::put_station,
         crate::manage::put_sensor,
+        crate::manage::put_threshold,
         crate::manage::audit,
         openapi_json,
         docs,

@@ -118,6 +118,9 @@ pub struct CrossingRow {
     pub value: f64,
 }
 
+/// The notification channel announcing a changed flood setup (areas, thresholds, links, rules).
+pub const FLOOD_SETUP_CHANGED: &str = "flood_setup_changed";
+
 /// The notification channel for warning events; the payload is the event id.
 pub const WARNINGS_CHANGED: &str = "warnings_changed";
 
@@ -164,8 +167,21 @@ impl Store {
 
     /// Upserts flood areas (replacing each area's sensors and links), thresholds and rain rules.
     pub async fn apply_flood_setup(&self, setup: &FloodSetup) -> Result<()> {
+        self.apply_flood_setup_audited(setup, None).await
+    }
+
+    /// [`Store::apply_flood_setup`] with an audit entry in the same transaction. Either way the
+    /// change is announced on [`FLOOD_SETUP_CHANGED`] so that running analytics reload it.
+    pub async fn apply_flood_setup_audited(
+        &self,
+        setup: &FloodSetup,
+        audit: Option<&crate::audit::Audit>,
+    ) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.context("begin flood setup")?;
+        if let Some(audit) = audit {
+            crate::audit::record(&tx, audit).await?;
+        }
         for area in &setup.areas {
             tx.execute(
                 "INSERT INTO flood_areas (key, name, polygon, municipality_codes) VALUES ($1, $2, $3, $4) \
@@ -249,6 +265,9 @@ impl Store {
             .await
             .context("upserting a rain rule")?;
         }
+        tx.execute("SELECT pg_notify($1, '')", &[&FLOOD_SETUP_CHANGED])
+            .await
+            .context("notifying flood_setup_changed")?;
         tx.commit().await.context("commit flood setup")
     }
 

@@ -264,11 +264,12 @@ async fn every_protected_route_refuses_no_key_and_the_wrong_role() {
     let utility = api.key(Role::Utility, None).await;
     let json = serde_json::json!({});
     // (method, path, a role that may not)
-    let routes: [(Method, &str, &str); 13] = [
+    let routes: [(Method, &str, &str); 14] = [
         (Method::POST, "/api/v1/keys", &utility),
         (Method::GET, "/api/v1/keys", &utility),
         (Method::DELETE, "/api/v1/keys/0123456789ab", &utility),
         (Method::GET, "/api/v1/audit", &utility),
+        (Method::PUT, "/api/v1/thresholds/s.level", &utility),
         (Method::PUT, "/api/v1/devices/d", &researcher),
         (Method::PUT, "/api/v1/stations/s", &researcher),
         (Method::PUT, "/api/v1/sensors/s.level", &researcher),
@@ -302,5 +303,130 @@ async fn every_protected_route_refuses_no_key_and_the_wrong_role() {
             "{method} {path} with the wrong role: {problem}"
         );
     }
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_threshold_changed_over_the_api_takes_effect_in_running_analytics() {
+    use chrono::{Duration as ChronoDuration, SubsecRound, Utc};
+    use std::sync::Arc;
+    use std::time::Duration;
+    let harness = Harness::start().await;
+    let config = tidemark::config::Config {
+        reference: tidemark::config::ReferenceConfig {
+            files: vec![repo("config/reference/stations.toml")],
+        },
+        ..config(&harness)
+    };
+    tidemark::app::load_reference(&config).await.unwrap();
+    let api = Api::start(&harness, &config).await;
+    let operator = api.key(Role::Operator, None).await;
+    let metrics = Arc::new(tidemark_analytics::runner::Metrics::register(
+        &mut prometheus_client::registry::Registry::default(),
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let analytics = tokio::spawn(tidemark_analytics::runner::run(
+        config.analytics_settings(),
+        metrics.clone(),
+        stop.clone(),
+    ));
+
+    // Two hours at 0.80 m: under Flensburg's 1.00 m Flood Alert level.
+    let id = harness
+        .store
+        .sensor_catalog()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.key == "flensburg.sea_level")
+        .unwrap()
+        .id;
+    let now = Utc::now().trunc_subsecs(0);
+    let rows: Vec<tidemark_store::readings::ReadingRow> = (0..12)
+        .map(|i| tidemark_store::readings::ReadingRow {
+            sensor_id: id,
+            ts: now - ChronoDuration::minutes(10 * (11 - i)),
+            value: 0.8,
+            quality: 0,
+        })
+        .collect();
+    harness
+        .store
+        .write_batch(&rows, &[], Utc::now())
+        .await
+        .unwrap();
+    let evaluated = wait_for(Duration::from_secs(20), || async {
+        metrics.evaluations.get() > 0
+    })
+    .await;
+    assert!(evaluated);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        harness
+            .store
+            .warning_events("flensburg-fjord")
+            .await
+            .unwrap()
+            .is_empty(),
+        "0.80 m raises nothing at first"
+    );
+
+    let lower = |alert: f64| {
+        serde_json::json!({
+            "alert": alert, "warning": 1.5, "severe": 2.0, "persistence": "0s", "min_readings": 1,
+            "hysteresis": 0.1, "hold": "1h", "rate_window": "1h", "lead_time": "0s",
+            "plausible_low": -3.0, "plausible_high": 4.0, "spike_floor": 0.3,
+        })
+    };
+    let (status, problem) = api
+        .call(
+            Method::PUT,
+            "/api/v1/thresholds/flensburg.sea_level",
+            Some(&operator),
+            Some(lower(1.7)),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["parameter"].as_str()),
+        (400, Some("warning"))
+    );
+    let (status, _) = api
+        .call(
+            Method::PUT,
+            "/api/v1/thresholds/nowhere.level",
+            Some(&operator),
+            Some(lower(0.5)),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = api
+        .call(
+            Method::PUT,
+            "/api/v1/thresholds/flensburg.sea_level",
+            Some(&operator),
+            Some(lower(0.5)),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let raised = wait_for(Duration::from_secs(30), || async {
+        harness
+            .store
+            .warning_events("flensburg-fjord")
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.kind == "raised" && e.severity == Some(1))
+    })
+    .await;
+    assert!(
+        raised,
+        "the lowered Flood Alert level raises a warning without a restart"
+    );
+    let (_, station) = api
+        .call(Method::GET, "/api/v1/stations/flensburg", None, None)
+        .await;
+    assert_eq!(station["thresholds"][0]["alert"], 0.5);
+    stop.cancel();
+    analytics.await.unwrap().unwrap();
     harness.finish().await;
 }
