@@ -332,15 +332,7 @@ async fn a_threshold_changed_over_the_api_takes_effect_in_running_analytics() {
     ));
 
     // Two hours at 0.80 m: under Flensburg's 1.00 m Flood Alert level.
-    let id = harness
-        .store
-        .sensor_catalog()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|s| s.key == "flensburg.sea_level")
-        .unwrap()
-        .id;
+    let id = sensor_id(&harness, "flensburg.sea_level").await;
     let now = Utc::now().trunc_subsecs(0);
     let rows: Vec<tidemark_store::readings::ReadingRow> = (0..12)
         .map(|i| tidemark_store::readings::ReadingRow {

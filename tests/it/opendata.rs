@@ -54,18 +54,6 @@ async fn loaded() -> (Harness, Api) {
     (harness, api)
 }
 
-async fn sensor_id(harness: &Harness, key: &str) -> i32 {
-    harness
-        .store
-        .sensor_catalog()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|s| s.key == key)
-        .unwrap()
-        .id
-}
-
 async fn get(api: &Api, path: &str) -> (u16, String, String, reqwest::header::HeaderMap) {
     let response = api.http.get(api.url(path)).send().await.unwrap();
     let status = response.status().as_u16();

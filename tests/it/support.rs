@@ -509,3 +509,16 @@ impl Drop for Api {
         self.shutdown.cancel();
     }
 }
+
+/// The database id of a sensor.
+pub async fn sensor_id(harness: &Harness, key: &str) -> i32 {
+    harness
+        .store
+        .sensor_catalog()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.key == key)
+        .unwrap_or_else(|| panic!("sensor {key} is registered"))
+        .id
+}
