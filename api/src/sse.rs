@@ -247,7 +247,12 @@ async fn follow(
         return;
     }
     loop {
-        match live.recv().await {
+        // A client that has gone away ends its task now, not at the next event.
+        let received = tokio::select! {
+            received = live.recv() => received,
+            _ = sender.closed() => return,
+        };
+        match received {
             Ok(event) => {
                 if event.id <= cursor {
                     continue;

@@ -522,6 +522,13 @@ async fn an_sse_client_resumes_from_last_event_id_with_exactly_what_it_missed() 
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 400);
+    // Clients that go away leave nothing behind, even while no event comes to notice it.
+    drop((client, aarhus, idle));
+    let released = wait_for(Duration::from_secs(10), || async {
+        api.state.hub.clients() == 0
+    })
+    .await;
+    assert!(released, "{} followers left", api.state.hub.clients());
     harness.finish().await;
 }
 
