@@ -245,6 +245,8 @@ pub fn api_router(state: ApiState) -> Router {
         )
         .route("/api/v1/keys/{prefix}", delete(manage::revoke_key))
         .route("/api/v1/thresholds/{sensor}", put(manage::put_threshold))
+        .route("/api/v1/flood-areas", get(opendata::flood_areas))
+        .route("/api/v1/flood-areas/{key}", put(manage::put_flood_area))
         .route("/api/v1/audit", get(manage::audit))
         .route("/api/v1/latest", get(opendata::latest))
         .route("/api/v1/municipalities", get(opendata::municipalities))

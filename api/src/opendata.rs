@@ -1293,3 +1293,94 @@ pub async fn municipality(
         }
     })
 }
+
+/// A flood area: its polygon, the sensors in it, the gauges upstream of it and the municipalities
+/// its warnings go to.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FloodAreaBody {
+    pub key: String,
+    pub name: String,
+    /// GeoJSON Polygon.
+    pub polygon: serde_json::Value,
+    pub municipalities: Vec<String>,
+    pub sensors: Vec<String>,
+    pub upstream: Vec<UpstreamBody>,
+    /// The severity of the warning in force (1 to 3), if any.
+    pub warning_severity: Option<i16>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UpstreamBody {
+    pub sensor: String,
+    pub travel_time_seconds: u64,
+}
+
+/// `GET /api/v1/flood-areas`: every flood area, with the severity in force (JSON or GeoJSON).
+#[utoipa::path(get, path = "/api/v1/flood-areas", tag = "open data", params(OneQuery),
+    responses((status = 200, description = "Flood areas",
+        content((Vec<FloodAreaBody> = "application/json"), (Object = "application/geo+json")))))]
+pub async fn flood_areas(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    query: std::result::Result<Query<OneQuery>, QueryRejection>,
+) -> Result<Response> {
+    let query = parse_query(query)?;
+    let format = single_format(query.format.as_deref(), &headers, "list of flood areas")?;
+    let setup = state.store.flood_setup().await?;
+    let in_force = state
+        .store
+        .warning_list(&tidemark_store::delivery::WarningFilter {
+            state: Some("in_force".to_owned()),
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await?;
+    let areas: Vec<FloodAreaBody> = setup
+        .areas
+        .into_iter()
+        .map(|area| FloodAreaBody {
+            upstream: setup
+                .links
+                .iter()
+                .filter(|l| l.downstream_area == area.key)
+                .map(|l| UpstreamBody {
+                    sensor: l.upstream_sensor.clone(),
+                    travel_time_seconds: l.travel_time.as_secs(),
+                })
+                .collect(),
+            warning_severity: in_force
+                .iter()
+                .find(|w| w.area_key == area.key)
+                .map(|w| w.severity),
+            key: area.key,
+            name: area.name,
+            polygon: area.polygon,
+            municipalities: area.municipality_codes,
+            sensors: area.sensors,
+        })
+        .collect();
+    Ok(match format {
+        Format::GeoJson => {
+            let features: Vec<serde_json::Value> = areas
+                .iter()
+                .map(|a| {
+                    let mut properties = serde_json::to_value(a).unwrap_or_default();
+                    if let Some(p) = properties.as_object_mut() {
+                        p.remove("polygon");
+                    }
+                    serde_json::json!({
+                        "type": "Feature", "id": a.key, "geometry": a.polygon, "properties": properties,
+                    })
+                })
+                .collect();
+            typed(
+                "application/geo+json",
+                serde_json::to_vec(
+                    &serde_json::json!({"type": "FeatureCollection", "features": features}),
+                )
+                .unwrap_or_default(),
+            )
+        }
+        _ => json_response(&areas),
+    })
+}

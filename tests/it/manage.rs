@@ -264,12 +264,13 @@ async fn every_protected_route_refuses_no_key_and_the_wrong_role() {
     let utility = api.key(Role::Utility, None).await;
     let json = serde_json::json!({});
     // (method, path, a role that may not)
-    let routes: [(Method, &str, &str); 14] = [
+    let routes: [(Method, &str, &str); 15] = [
         (Method::POST, "/api/v1/keys", &utility),
         (Method::GET, "/api/v1/keys", &utility),
         (Method::DELETE, "/api/v1/keys/0123456789ab", &utility),
         (Method::GET, "/api/v1/audit", &utility),
         (Method::PUT, "/api/v1/thresholds/s.level", &utility),
+        (Method::PUT, "/api/v1/flood-areas/a", &utility),
         (Method::PUT, "/api/v1/devices/d", &researcher),
         (Method::PUT, "/api/v1/stations/s", &researcher),
         (Method::PUT, "/api/v1/sensors/s.level", &researcher),
@@ -420,5 +421,126 @@ async fn a_threshold_changed_over_the_api_takes_effect_in_running_analytics() {
     assert_eq!(station["thresholds"][0]["alert"], 0.5);
     stop.cancel();
     analytics.await.unwrap().unwrap();
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_define_flood_areas_and_everyone_can_list_them() {
+    let harness = Harness::start().await;
+    let config = tidemark::config::Config {
+        reference: tidemark::config::ReferenceConfig {
+            files: vec![repo("config/reference/stations.toml")],
+        },
+        ..config(&harness)
+    };
+    tidemark::app::load_reference(&config).await.unwrap();
+    let api = Api::start(&harness, &config).await;
+    let operator = api.key(Role::Operator, None).await;
+    let area = |polygon: serde_json::Value, municipalities: serde_json::Value, sensor: &str| {
+        serde_json::json!({
+            "name": "Kappeln harbour", "polygon": polygon, "sensors": [sensor],
+            "municipalities": municipalities,
+            "upstream": [{"sensor": "flensburg.sea_level", "travel_time": "2h"}],
+        })
+    };
+    let square = serde_json::json!([[9.93, 54.66], [9.95, 54.66], [9.95, 54.67], [9.93, 54.67]]);
+    for (body, field) in [
+        (
+            area(
+                serde_json::json!([[9.93, 54.66], [9.95, 54.66]]),
+                serde_json::json!(["0580"]),
+                "kappeln.sea_level",
+            ),
+            "polygon",
+        ),
+        (
+            area(
+                serde_json::json!([[954.0, 54.66], [9.95, 54.66], [9.95, 54.67]]),
+                serde_json::json!(["0580"]),
+                "kappeln.sea_level",
+            ),
+            "polygon",
+        ),
+        (
+            area(square.clone(), serde_json::json!([]), "kappeln.sea_level"),
+            "municipalities",
+        ),
+        (
+            area(
+                square.clone(),
+                serde_json::json!(["9999"]),
+                "kappeln.sea_level",
+            ),
+            "municipalities",
+        ),
+        (
+            area(
+                square.clone(),
+                serde_json::json!(["0580"]),
+                "atlantis.level",
+            ),
+            "sensors",
+        ),
+    ] {
+        let (status, problem) = api
+            .call(
+                Method::PUT,
+                "/api/v1/flood-areas/kappeln-harbour",
+                Some(&operator),
+                Some(body),
+            )
+            .await;
+        assert_eq!(
+            (status, problem["parameter"].as_str()),
+            (400, Some(field)),
+            "{problem}"
+        );
+    }
+    let (status, problem) = api
+        .call(
+            Method::PUT,
+            "/api/v1/flood-areas/kappeln-harbour",
+            Some(&operator),
+            Some(area(
+                square,
+                serde_json::json!(["0580"]),
+                "kappeln.sea_level",
+            )),
+        )
+        .await;
+    assert_eq!(status, 204, "{problem}");
+
+    let (status, areas) = api
+        .call(Method::GET, "/api/v1/flood-areas", None, None)
+        .await;
+    assert_eq!(status, 200);
+    let kappeln = areas
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["key"] == "kappeln-harbour")
+        .expect("the new area is listed");
+    assert_eq!(kappeln["sensors"], serde_json::json!(["kappeln.sea_level"]));
+    assert_eq!(kappeln["municipalities"], serde_json::json!(["0580"]));
+    assert_eq!(kappeln["upstream"][0]["travel_time_seconds"], 7200);
+    let ring = kappeln["polygon"]["coordinates"][0].as_array().unwrap();
+    assert_eq!(ring.len(), 5, "the outline is closed");
+    assert!(kappeln["warning_severity"].is_null());
+    let (status, content_type, body) = api.text("/api/v1/flood-areas?format=geojson").await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "application/geo+json")
+    );
+    let geo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(geo["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["id"] == "kappeln-harbour" && f["geometry"]["type"] == "Polygon"));
+    let (_, log) = api
+        .call(Method::GET, "/api/v1/audit", Some(&operator), None)
+        .await;
+    assert_eq!(log[0]["action"], "flood-area.put");
+    assert_eq!(log[0]["target"], "flood area kappeln-harbour");
     harness.finish().await;
 }
