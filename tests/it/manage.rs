@@ -313,13 +313,7 @@ async fn a_threshold_changed_over_the_api_takes_effect_in_running_analytics() {
     use std::sync::Arc;
     use std::time::Duration;
     let harness = Harness::start().await;
-    let config = tidemark::config::Config {
-        reference: tidemark::config::ReferenceConfig {
-            files: vec![repo("config/reference/stations.toml")],
-        },
-        ..config(&harness)
-    };
-    tidemark::app::load_reference(&config).await.unwrap();
+    let config = with_stations(&harness).await;
     let api = Api::start(&harness, &config).await;
     let operator = api.key(Role::Operator, None).await;
     let metrics = Arc::new(tidemark_analytics::runner::Metrics::register(
@@ -427,13 +421,7 @@ async fn a_threshold_changed_over_the_api_takes_effect_in_running_analytics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_define_flood_areas_and_everyone_can_list_them() {
     let harness = Harness::start().await;
-    let config = tidemark::config::Config {
-        reference: tidemark::config::ReferenceConfig {
-            files: vec![repo("config/reference/stations.toml")],
-        },
-        ..config(&harness)
-    };
-    tidemark::app::load_reference(&config).await.unwrap();
+    let config = with_stations(&harness).await;
     let api = Api::start(&harness, &config).await;
     let operator = api.key(Role::Operator, None).await;
     let area = |polygon: serde_json::Value, municipalities: serde_json::Value, sensor: &str| {

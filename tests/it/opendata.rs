@@ -28,14 +28,7 @@ fn value_at(i: i64) -> f64 {
 /// The API with the reference stations and two days of Flensburg readings (one a flagged spike).
 async fn loaded() -> (Harness, Api) {
     let harness = Harness::start().await;
-    let config = config(&harness);
-    let config = tidemark::config::Config {
-        reference: tidemark::config::ReferenceConfig {
-            files: vec![repo("config/reference/stations.toml")],
-        },
-        ..config
-    };
-    tidemark::app::load_reference(&config).await.unwrap();
+    let config = with_stations(&harness).await;
     let api = Api::start(&harness, &config).await;
     let id = sensor_id(&harness, SENSOR).await;
     let rows: Vec<ReadingRow> = (0..READINGS)

@@ -522,3 +522,15 @@ pub async fn sensor_id(harness: &Harness, key: &str) -> i32 {
         .unwrap_or_else(|| panic!("sensor {key} is registered"))
         .id
 }
+
+/// [`config`] with the reference stations of `config/reference/stations.toml`, loaded.
+pub async fn with_stations(harness: &Harness) -> Config {
+    let config = Config {
+        reference: tidemark::config::ReferenceConfig {
+            files: vec![repo("config/reference/stations.toml")],
+        },
+        ..config(harness)
+    };
+    tidemark::app::load_reference(&config).await.unwrap();
+    config
+}
