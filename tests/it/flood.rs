@@ -1,8 +1,8 @@
 //! The flood-risk core on the recorded Baltic storm surge of October 2023, without a database: the
 //! numbers a warning will be raised from.
 
+use crate::support::repo;
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use std::path::PathBuf;
 use tidemark_analytics::freshness::is_stale;
 use tidemark_analytics::level::{LevelRule, LevelState, Severity};
 use tidemark_analytics::quality::{usable, QcRules};
@@ -11,8 +11,7 @@ use tidemark_model::Quality;
 use tidemark_sensors_sim::replay::{read, Format};
 
 fn gauge(sensor: &str) -> Vec<Sample> {
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/baltic-surge-2023/sea_level_10min.csv");
+    let file = repo("tests/fixtures/baltic-surge-2023/sea_level_10min.csv");
     read(Format::BalticSurge, &file)
         .unwrap()
         .points

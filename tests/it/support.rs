@@ -293,7 +293,7 @@ pub async fn replay_all(
     name: &str,
     path: &str,
 ) -> tidemark::sim::ReplayReport {
-    let file = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path);
+    let file = repo(path);
     let recording = tidemark_sensors_sim::replay::read(format, &file).unwrap();
     let args = tidemark::sim::ReplayArgs {
         file,
@@ -328,8 +328,7 @@ pub async fn simulate_all(
     scenario: &str,
     duration: &str,
 ) -> tidemark_sensors_sim::engine::Report {
-    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("config/scenarios/{scenario}.toml"));
+    let path = repo(&format!("config/scenarios/{scenario}.toml"));
     let loaded = tidemark_sensors_sim::scenario::Scenario::from_file(&path).unwrap();
     let args = tidemark::sim::SimArgs {
         scenario: scenario.into(),
@@ -357,6 +356,7 @@ pub async fn simulate_all(
     report
 }
 
+/// A path in the repository.
 pub fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
 }

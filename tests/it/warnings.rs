@@ -4,35 +4,13 @@
 use crate::support::*;
 use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
 use prometheus_client::registry::Registry;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tidemark::config::Config;
-use tidemark_analytics::runner::{AnalyticsConfig, Metrics};
+use tidemark_analytics::runner::Metrics;
 use tidemark_sensors_sim::replay::{read, Format};
 use tidemark_store::flood::EventRow;
 use tokio_util::sync::CancellationToken;
-
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn config(harness: &Harness) -> Config {
-    Config {
-        database: harness.settings(Default::default()).database,
-        analytics: AnalyticsConfig {
-            flood_files: vec![
-                repo("config/flood/baltic-2023.toml"),
-                repo("config/flood/calder-2025.toml"),
-                repo("config/flood/aarhus.toml"),
-            ],
-            municipalities: repo("config/reference/dk-kommuner/kommuner.geojson"),
-            sweep_interval: Duration::from_secs(2),
-            ..AnalyticsConfig::default()
-        },
-        ..Config::default()
-    }
-}
 
 struct Running {
     shutdown: CancellationToken,
