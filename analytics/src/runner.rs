@@ -191,6 +191,18 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let store = Store::connect(&settings.database).await?;
+    // Quality findings change rollup days too; the refresher stops when this function returns.
+    let refresher_stop = shutdown.child_token();
+    let _refresher = refresher_stop.clone().drop_guard();
+    tokio::spawn({
+        let store = store.clone();
+        let every = settings.database.rollup_refresh;
+        async move {
+            store
+                .keep_rollups_fresh(every, refresher_stop.cancelled_owned())
+                .await
+        }
+    });
     let mut model = Model::load(&store).await?;
     let channels = [READINGS_COMMITTED, FLOOD_SETUP_CHANGED];
     let mut listener = notify::listen(&settings.database, &channels).await?;

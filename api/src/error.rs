@@ -27,6 +27,9 @@ pub enum ApiError {
     TooManyRequests(u32),
     #[error("the database is unavailable")]
     Store(#[from] tidemark_store::Error),
+    /// A fault of this server; the cause is logged, not shown.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -48,6 +51,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) | ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -71,6 +75,10 @@ impl IntoResponse for ApiError {
             ApiError::Store(cause) => {
                 tracing::error!(error = %cause, "request failed in the store");
                 "the database is unavailable; try again later".to_owned()
+            }
+            ApiError::Internal(cause) => {
+                tracing::error!(error = %cause, "request failed");
+                "the server failed to answer; try again later".to_owned()
             }
             other => other.to_string(),
         };

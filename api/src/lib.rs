@@ -13,6 +13,7 @@
 //!   retained MQTT alerts.
 //! - [`cap`]: CAP 1.2 messages, the Atom feed, and the CAP 1.2 rule checker.
 //! - [`caching`]: ETags and 304 answers for the public GET endpoints.
+//! - [`freshness`]: `Last-Modified` and `If-Modified-Since`, from the changes the database announces.
 //! - [`body`]: the JSON of a warning event on every channel.
 //! - [`auth`]: API keys and the [`auth::Caller`] extractor.
 //! - `parquet_export` (feature `parquet`): raw readings as Apache Parquet, streamed by row group.
@@ -30,6 +31,7 @@ pub mod caching;
 pub mod cap;
 pub mod delivery;
 pub mod error;
+pub mod freshness;
 pub mod http_metrics;
 pub mod latest_cache;
 pub mod manage;
@@ -201,6 +203,7 @@ pub struct ApiState {
     pub hub: sse::Hub,
     pub limiter: Arc<rate_limit::RateLimiter>,
     pub latest: Arc<latest_cache::LatestCache>,
+    pub freshness: Arc<freshness::Freshness>,
 }
 
 impl ApiState {
@@ -212,7 +215,8 @@ impl ApiState {
         database: &tidemark_store::DatabaseConfig,
         shutdown: CancellationToken,
     ) -> ApiState {
-        let latest = latest_cache::LatestCache::start(database.clone(), shutdown);
+        let latest = latest_cache::LatestCache::start(database.clone(), shutdown.clone());
+        let freshness = freshness::Freshness::start(database.clone(), shutdown);
         let limiter = Arc::new(rate_limit::RateLimiter::new(
             settings.rate_limit_per_minute,
             settings.keyed_rate_limit_per_minute,
@@ -223,6 +227,7 @@ impl ApiState {
             hub,
             limiter,
             latest,
+            freshness,
         }
     }
 }
@@ -245,6 +250,8 @@ pub fn api_router(state: ApiState) -> Router {
         )
         .route("/api/v1/keys/{prefix}", delete(manage::revoke_key))
         .route("/api/v1/thresholds/{sensor}", put(manage::put_threshold))
+        .route("/api/v1/rain-rules", get(manage::rain_rules))
+        .route("/api/v1/rain-rules/{sensor}", put(manage::put_rain_rules))
         .route("/api/v1/flood-areas", get(opendata::flood_areas))
         .route("/api/v1/flood-areas/{key}", put(manage::put_flood_area))
         .route("/api/v1/audit", get(manage::audit))
@@ -273,6 +280,10 @@ pub fn api_router(state: ApiState) -> Router {
         .fallback(|| async { error::ApiError::NotFound("this resource".to_owned()) })
         .layer(axum::middleware::from_fn(caching::etag))
         .layer(axum::middleware::from_fn_with_state(
+            state.freshness.clone(),
+            freshness::last_modified,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             rate_limit::limit,
         ))
@@ -293,10 +304,12 @@ pub fn api_router(state: ApiState) -> Router {
                     header::CONTENT_TYPE,
                     header::ACCEPT,
                     header::IF_NONE_MATCH,
+                    header::IF_MODIFIED_SINCE,
                     axum::http::HeaderName::from_static("last-event-id"),
                 ])
                 .expose_headers([
                     header::ETAG,
+                    header::LAST_MODIFIED,
                     header::LINK,
                     header::RETRY_AFTER,
                     axum::http::HeaderName::from_static("ratelimit-limit"),

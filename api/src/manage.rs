@@ -707,3 +707,155 @@ pub async fn put_flood_area(
     tracing::info!(area = %key, by = %caller.prefix, "flood area changed");
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// One rain rule: more than `more_than_mm` within `window` raises `severity`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RainRuleBody {
+    /// Such as `1h` or `30m`; at most 7 days.
+    pub window: String,
+    /// Millimetres of rain within the window, more than which the rule fires.
+    pub more_than_mm: f64,
+    /// alert, warning or severe.
+    pub severity: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RainRulesUpdate {
+    /// The sensor's rules; an empty list returns it to the default rules (DMI's definitions of
+    /// heavy rain and cloudbursts).
+    pub rules: Vec<RainRuleBody>,
+}
+
+/// A rainfall sensor's configured rain rules.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SensorRainRules {
+    pub sensor: String,
+    pub rules: Vec<RainRuleBody>,
+}
+
+/// Most rules one sensor may have.
+const MAX_RAIN_RULES: usize = 20;
+/// The longest window a rain rule may sum over.
+const MAX_RAIN_WINDOW: Duration = Duration::from_secs(7 * 86_400);
+
+fn severity_code(name: &str) -> Option<i16> {
+    match name {
+        "alert" => Some(1),
+        "warning" => Some(2),
+        "severe" => Some(3),
+        _ => None,
+    }
+}
+
+fn severity_name(code: i16) -> &'static str {
+    match code {
+        3 => "severe",
+        2 => "warning",
+        _ => "alert",
+    }
+}
+
+/// `PUT /api/v1/rain-rules/{sensor}`: replaces a rainfall sensor's rain rules; running analytics
+/// reload them at once.
+#[utoipa::path(put, path = "/api/v1/rain-rules/{sensor}", tag = "management", request_body = RainRulesUpdate,
+    security(("api_key" = [])), params(("sensor" = String, Path, description = "The rainfall sensor's key")),
+    responses(
+        (status = 204, description = "Stored; analytics use them from their next evaluation"),
+        (status = 400, description = "A bad field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such sensor", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn put_rain_rules(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(sensor): Path<String>,
+    request: std::result::Result<Json<RainRulesUpdate>, JsonRejection>,
+) -> Result<StatusCode> {
+    caller.require(&[Role::Operator])?;
+    let update = body(request)?;
+    if update.rules.len() > MAX_RAIN_RULES {
+        return Err(ApiError::bad(
+            "rules",
+            format!("at most {MAX_RAIN_RULES} rules per sensor"),
+        ));
+    }
+    let mut rows: Vec<tidemark_store::flood::RainRuleRow> = Vec::new();
+    for rule in &update.rules {
+        let window = tidemark_model::duration::parse(&rule.window)
+            .map_err(|e| ApiError::bad("window", e.to_string()))?;
+        if window.is_zero() || window > MAX_RAIN_WINDOW {
+            return Err(ApiError::bad(
+                "window",
+                "a window is longer than zero and at most 7d",
+            ));
+        }
+        if !rule.more_than_mm.is_finite() || rule.more_than_mm <= 0.0 {
+            return Err(ApiError::bad(
+                "more_than_mm",
+                "more_than_mm is a number of millimetres above 0",
+            ));
+        }
+        let severity = severity_code(&rule.severity)
+            .ok_or_else(|| ApiError::bad("severity", "severity is alert, warning or severe"))?;
+        if rows.iter().any(|r| r.window == window) {
+            return Err(ApiError::bad(
+                "window",
+                format!("two rules with the window {}", rule.window),
+            ));
+        }
+        rows.push(tidemark_store::flood::RainRuleRow {
+            sensor_key: sensor.clone(),
+            window,
+            more_than_mm: rule.more_than_mm,
+            severity,
+        });
+    }
+    match state.store.sensor_quantity(&sensor).await?.as_deref() {
+        None => return Err(ApiError::NotFound(format!("sensor {sensor}"))),
+        Some("rainfall") => {}
+        Some(other) => {
+            return Err(ApiError::bad(
+                "sensor",
+                format!("rain rules apply to rainfall sensors; {sensor} measures {other}"),
+            ))
+        }
+    }
+    let audit = caller.actor().audit(
+        "rain_rules.put",
+        format!("sensor {sensor}"),
+        serde_json::json!({ "rules": update.rules }),
+    );
+    state
+        .store
+        .replace_rain_rules(&sensor, &rows, &audit)
+        .await?;
+    tracing::info!(%sensor, rules = rows.len(), by = %caller.prefix, "rain rules changed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v1/rain-rules`: the configured rain rules, by sensor. Rainfall sensors not listed
+/// use the default rules (DMI's definitions of heavy rain and cloudbursts).
+#[utoipa::path(get, path = "/api/v1/rain-rules", tag = "open data",
+    responses((status = 200, description = "Rain rules by sensor", body = Vec<SensorRainRules>)))]
+pub async fn rain_rules(State(state): State<ApiState>) -> Result<Response> {
+    let setup = state.store.flood_setup().await?;
+    let mut out: Vec<SensorRainRules> = Vec::new();
+    for rule in setup.rain_rules {
+        let body = RainRuleBody {
+            window: tidemark_model::duration::format(rule.window),
+            more_than_mm: rule.more_than_mm,
+            severity: severity_name(rule.severity).to_owned(),
+        };
+        match out.last_mut() {
+            Some(last) if last.sensor == rule.sensor_key => last.rules.push(body),
+            _ => out.push(SensorRainRules {
+                sensor: rule.sensor_key,
+                rules: vec![body],
+            }),
+        }
+    }
+    Ok(Json(out).into_response())
+}

@@ -157,6 +157,8 @@ impl Modify for ApiKeyScheme {
         crate::manage::put_station,
         crate::manage::put_sensor,
         crate::manage::put_threshold,
+        crate::manage::put_rain_rules,
+        crate::manage::rain_rules,
         crate::manage::put_flood_area,
         crate::opendata::flood_areas,
         crate::manage::audit,

@@ -571,7 +571,7 @@ pub struct ReadingsQuery {
     pub max_gap: Option<u32>,
     /// usable (default: good or merely suspect readings) or all.
     pub quality: Option<String>,
-    /// json, csv, or parquet for raw readings (or use the Accept header).
+    /// json, csv or parquet (or use the Accept header).
     pub format: Option<String>,
 }
 
@@ -629,12 +629,6 @@ pub async fn readings(
 ) -> Result<Response> {
     let query = parse_query(query)?;
     let format = if wants_parquet(query.format.as_deref(), &headers) {
-        if query.bucket.is_some() {
-            return Err(ApiError::bad(
-                "format",
-                "parquet is offered for raw readings; aggregates come as json or csv",
-            ));
-        }
         Format::Parquet
     } else {
         format(query.format.as_deref(), &headers, false)?
@@ -1009,20 +1003,31 @@ async fn aggregated(
         fill,
         query.max_gap.unwrap_or(3),
     );
-    let value = |f: &Filled, aggregate: &str| -> serde_json::Value {
+    // The answers are written directly rather than through serde_json values: a year of hourly
+    // buckets is thousands of them, and building a map per bucket was most of the request's time.
+    let value = |f: &Filled, aggregate: &str| -> Option<f64> {
         match f {
-            Filled::Stored(b) if b.count > 0 => match aggregate {
-                "avg" => serde_json::json!(b.sum / b.count as f64),
-                "min" => serde_json::json!(b.min),
-                "max" => serde_json::json!(b.max),
-                "sum" => serde_json::json!(b.sum),
-                "count" => serde_json::json!(b.count),
-                "first" => serde_json::json!(b.first),
-                _ => serde_json::json!(b.last),
-            },
-            Filled::Stored(_) | Filled::Empty(_) if aggregate == "count" => serde_json::json!(0),
-            Filled::Interpolated(_, v) if aggregate == "avg" => serde_json::json!(v),
-            _ => serde_json::Value::Null,
+            Filled::Stored(b) if b.count > 0 => Some(match aggregate {
+                "avg" => b.sum / b.count as f64,
+                "min" => b.min,
+                "max" => b.max,
+                "sum" => b.sum,
+                "count" => b.count as f64,
+                "first" => b.first,
+                _ => b.last,
+            }),
+            Filled::Stored(_) | Filled::Empty(_) if aggregate == "count" => Some(0.0),
+            Filled::Interpolated(_, v) if aggregate == "avg" => Some(*v),
+            _ => None,
+        }
+        .filter(|v| v.is_finite())
+    };
+    // A number as JSON and CSV write it (counts are whole numbers and print as such).
+    let number = |v: f64| -> String {
+        if v.fract() == 0.0 && v.abs() < 1e15 {
+            format!("{}", v as i64)
+        } else {
+            format!("{v}")
         }
     };
     let meta = |f: &Filled| -> (DateTime<Utc>, i64, i16, &'static str) {
@@ -1038,16 +1043,61 @@ async fn aggregated(
         }
     };
     Ok(match format {
+        #[cfg(feature = "parquet")]
+        Format::Parquet => {
+            let records: Vec<crate::parquet_export::BucketRecord> = filled
+                .iter()
+                .map(|f| {
+                    let (start, flagged, quality, state) = meta(f);
+                    crate::parquet_export::BucketRecord {
+                        start,
+                        values: aggregates.iter().map(|a| value(f, a)).collect(),
+                        flagged,
+                        quality,
+                        state,
+                    }
+                })
+                .collect();
+            let names: Vec<String> = aggregates.iter().map(|a| (*a).to_owned()).collect();
+            let metadata = vec![
+                ("sensor".to_owned(), sensor.to_owned()),
+                ("quantity".to_owned(), quantity.to_owned()),
+                ("unit".to_owned(), unit_of(quantity).to_owned()),
+                ("bucket".to_owned(), text.to_owned()),
+            ];
+            let file = tokio::task::spawn_blocking(move || {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                crate::parquet_export::buckets(&names, &records, metadata)
+            })
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            let mut response = typed(PARQUET, file);
+            if let Ok(disposition) = HeaderValue::from_str(&format!(
+                "attachment; filename=\"{}-{}.parquet\"",
+                sensor.replace('"', ""),
+                text.replace('"', "")
+            )) {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_DISPOSITION, disposition);
+            }
+            response
+        }
+        #[cfg(not(feature = "parquet"))]
+        Format::Parquet => {
+            return Err(ApiError::bad(
+                "format",
+                "this build has no Parquet support (the cargo feature parquet is off)",
+            ))
+        }
         Format::Csv => {
             let mut out = format!("start,{},flagged,quality,state\n", aggregates.join(","));
             for f in &filled {
                 let (start, flagged, quality, kind) = meta(f);
                 let values: Vec<String> = aggregates
                     .iter()
-                    .map(|a| match value(f, a) {
-                        serde_json::Value::Null => String::new(),
-                        v => v.to_string(),
-                    })
+                    .map(|a| value(f, a).map(number).unwrap_or_default())
                     .collect();
                 out.push_str(&format!(
                     "{},{},{flagged},{quality},{kind}\n",
@@ -1058,23 +1108,39 @@ async fn aggregated(
             typed("text/csv; charset=utf-8", out)
         }
         _ => {
-            let items: Vec<serde_json::Value> = filled
-                .iter()
-                .map(|f| {
-                    let (start, flagged, quality, kind) = meta(f);
-                    let mut item = serde_json::json!({
-                        "start": rfc3339(start), "flagged": flagged, "quality": quality, "state": kind,
-                    });
-                    for a in &aggregates {
-                        item[*a] = value(f, a);
-                    }
-                    item
-                })
-                .collect();
-            json_response(&serde_json::json!({
-                "sensor": sensor, "quantity": quantity, "unit": unit_of(quantity),
-                "bucket": text, "from": rfc3339(from), "to": rfc3339(to), "buckets": items,
-            }))
+            use std::fmt::Write as _;
+            let quoted = |text: &str| serde_json::to_string(text).unwrap_or_default();
+            let mut out = String::with_capacity(128 + filled.len() * (64 + 24 * aggregates.len()));
+            let _ = write!(
+                out,
+                "{{\"sensor\":{},\"quantity\":{},\"unit\":{},\"bucket\":{},\"from\":\"{}\",\"to\":\"{}\",\"buckets\":[",
+                quoted(sensor),
+                quoted(quantity),
+                quoted(unit_of(quantity)),
+                quoted(text),
+                rfc3339(from),
+                rfc3339(to),
+            );
+            for (i, f) in filled.iter().enumerate() {
+                let (start, flagged, quality, kind) = meta(f);
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(
+                    out,
+                    "{{\"start\":\"{}\",\"flagged\":{flagged},\"quality\":{quality},\"state\":\"{kind}\"",
+                    rfc3339(start)
+                );
+                for a in &aggregates {
+                    let _ = match value(f, a) {
+                        Some(v) => write!(out, ",\"{a}\":{}", number(v)),
+                        None => write!(out, ",\"{a}\":null"),
+                    };
+                }
+                out.push('}');
+            }
+            out.push_str("]}");
+            typed("application/json", out)
         }
     })
 }

@@ -1,15 +1,22 @@
-//! Raw readings as Apache Parquet, written row group by row group while the rows stream from the
-//! database, so an export never holds more than one row group in memory.
+//! Readings as Apache Parquet.
 //!
-//! Columns: `ts` and `received_at` (INT64, timestamps in microseconds, UTC), `value` (DOUBLE, in the
-//! quantity's canonical unit), `quality` (INT32 holding the 16-bit flags). The file's key-value
-//! metadata names the sensor, quantity and unit. Snappy-compressed.
+//! Raw readings are written row group by row group while the rows stream from the database, so an
+//! export never holds more than one row group in memory. Columns: `ts` and `received_at` (INT64,
+//! timestamps in microseconds, UTC), `value` (DOUBLE, in the quantity's canonical unit), `quality`
+//! (INT32 holding the 16-bit flags).
+//!
+//! Aggregated buckets (at most the API's bucket limit, already in memory) are written in one go by
+//! [`buckets`]: `start` (timestamp), one column per aggregate asked for (DOUBLE, `count` INT64;
+//! null where a bucket has no value), `flagged` (INT64), `quality` (INT32) and `state` (STRING).
+//!
+//! The file's key-value metadata names the sensor, quantity and unit. Snappy-compressed.
 
 use axum::body::Body;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
 use parquet::basic::Compression;
-use parquet::data_type::{DoubleType, Int32Type, Int64Type};
+use parquet::data_type::{ByteArray, ByteArrayType, DoubleType, Int32Type, Int64Type};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
@@ -121,13 +128,8 @@ pub fn body(
     Body::from_stream(chunks)
 }
 
-async fn produce(
-    rows: impl Stream<Item = tidemark_store::Result<RawReading>> + Send + 'static,
-    metadata: Vec<(String, String)>,
-    sender: mpsc::Sender<Chunk>,
-) -> std::io::Result<()> {
-    let schema = Arc::new(parse_message_type(SCHEMA).map_err(io_error)?);
-    let properties = Arc::new(
+fn properties(metadata: Vec<(String, String)>) -> Arc<WriterProperties> {
+    Arc::new(
         WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_created_by(concat!("tidemark ", env!("CARGO_PKG_VERSION")).to_owned())
@@ -138,7 +140,101 @@ async fn produce(
                     .collect(),
             ))
             .build(),
+    )
+}
+
+/// One aggregated bucket, as [`buckets`] writes it.
+#[derive(Debug, Clone)]
+pub struct BucketRecord {
+    pub start: DateTime<Utc>,
+    /// One per aggregate asked for, in the order asked; `None` where the bucket has no value.
+    pub values: Vec<Option<f64>>,
+    pub flagged: i64,
+    pub quality: i16,
+    pub state: &'static str,
+}
+
+/// Aggregated buckets as a whole Parquet file. `aggregates` name the value columns; `count`
+/// becomes an integer column.
+pub fn buckets(
+    aggregates: &[&str],
+    rows: &[BucketRecord],
+    metadata: Vec<(String, String)>,
+) -> parquet::errors::Result<Vec<u8>> {
+    let mut schema =
+        String::from("message buckets {\n required int64 start (TIMESTAMP(MICROS, true));\n");
+    for name in aggregates {
+        let kind = if *name == "count" { "int64" } else { "double" };
+        schema.push_str(&format!(" optional {kind} {name};\n"));
+    }
+    schema.push_str(
+        " required int64 flagged;\n required int32 quality (INTEGER(16, true));\n required binary state (STRING);\n}",
     );
+    let schema = Arc::new(parse_message_type(&schema)?);
+    let mut writer = SerializedFileWriter::new(Vec::new(), schema, properties(metadata))?;
+    let mut group = writer.next_row_group()?;
+    let mut index = 0;
+    while let Some(mut column) = group.next_column()? {
+        if index == 0 {
+            let starts: Vec<i64> = rows.iter().map(|r| r.start.timestamp_micros()).collect();
+            column
+                .typed::<Int64Type>()
+                .write_batch(&starts, None, None)?;
+        } else if index <= aggregates.len() {
+            let at = index - 1;
+            let present: Vec<i16> = rows
+                .iter()
+                .map(|r| i16::from(r.values[at].is_some()))
+                .collect();
+            let values = rows.iter().filter_map(|r| r.values[at]);
+            if aggregates[at] == "count" {
+                let counts: Vec<i64> = values.map(|v| v as i64).collect();
+                column
+                    .typed::<Int64Type>()
+                    .write_batch(&counts, Some(&present), None)?;
+            } else {
+                let values: Vec<f64> = values.collect();
+                column
+                    .typed::<DoubleType>()
+                    .write_batch(&values, Some(&present), None)?;
+            }
+        } else {
+            match index - aggregates.len() {
+                1 => {
+                    let flagged: Vec<i64> = rows.iter().map(|r| r.flagged).collect();
+                    column
+                        .typed::<Int64Type>()
+                        .write_batch(&flagged, None, None)?;
+                }
+                2 => {
+                    let quality: Vec<i32> = rows.iter().map(|r| i32::from(r.quality)).collect();
+                    column
+                        .typed::<Int32Type>()
+                        .write_batch(&quality, None, None)?;
+                }
+                _ => {
+                    let states: Vec<ByteArray> =
+                        rows.iter().map(|r| ByteArray::from(r.state)).collect();
+                    column
+                        .typed::<ByteArrayType>()
+                        .write_batch(&states, None, None)?;
+                }
+            }
+        }
+        column.close()?;
+        index += 1;
+    }
+    group.close()?;
+    writer.into_inner()
+}
+
+async fn produce(
+    rows: impl Stream<Item = tidemark_store::Result<RawReading>> + Send + 'static,
+    metadata: Vec<(String, String)>,
+    sender: mpsc::Sender<Chunk>,
+) -> std::io::Result<()> {
+    let schema = Arc::new(parse_message_type(SCHEMA).map_err(io_error)?);
+    let properties = properties(metadata);
     let sink = Sink {
         sender,
         buffer: Vec::with_capacity(CHUNK),

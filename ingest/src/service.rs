@@ -109,6 +109,15 @@ pub async fn run(
         metrics.clone(),
         session_stop.clone(),
     )));
+    let _rollups = AbortOnDrop(tokio::spawn({
+        let (store, stop) = (store.clone(), shutdown.clone());
+        let every = database.rollup_refresh;
+        async move {
+            store
+                .keep_rollups_fresh(every, stop.cancelled_owned())
+                .await
+        }
+    }));
     let _maintenance = AbortOnDrop(tokio::spawn(maintenance_loop(
         store.clone(),
         database,

@@ -33,6 +33,22 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
         .ok_or_else(error)
 }
 
+/// The shortest form [`parse`] reads back: the largest unit that divides the duration exactly
+/// (`"90m"`, `"1h"`, `"250ms"`). Below a millisecond is dropped.
+pub fn format(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    let (unit, suffix) = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ]
+    .into_iter()
+    .find(|(unit, _)| ms > 0 && ms % unit == 0)
+    .unwrap_or((1, "ms"));
+    format!("{}{suffix}", ms / unit)
+}
+
 /// Serde adapter: `#[serde(with = "tidemark_model::duration::serde_str")]`.
 pub mod serde_str {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -78,6 +94,23 @@ pub mod option_str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formatted_durations_read_back() {
+        for (text, formatted) in [
+            ("90m", "90m"),
+            ("60m", "1h"),
+            ("1h", "1h"),
+            ("48h", "2d"),
+            ("250ms", "250ms"),
+            ("1000ms", "1s"),
+            ("0s", "0ms"),
+        ] {
+            let d = parse(text).unwrap();
+            assert_eq!(format(d), formatted, "{text}");
+            assert_eq!(parse(&format(d)).unwrap(), d);
+        }
+    }
 
     #[test]
     fn table() {

@@ -48,6 +48,10 @@ pub struct DatabaseConfig {
     /// How long to wait for a connection before giving up.
     #[serde(default = "default_connect_timeout", with = "duration::serde_str")]
     pub connect_timeout: Duration,
+    /// How often the 15-minute, hourly and daily rollups catch up with changed readings. Queries
+    /// are exact in between; they read the days not yet caught up from the raw readings.
+    #[serde(default = "default_rollup_refresh", with = "duration::serde_str")]
+    pub rollup_refresh: Duration,
 }
 
 fn default_url() -> String {
@@ -65,6 +69,9 @@ const fn default_partitions_ahead() -> u32 {
 const fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
+const fn default_rollup_refresh() -> Duration {
+    Duration::from_secs(10)
+}
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
@@ -77,6 +84,7 @@ impl Default for DatabaseConfig {
             retention: None,
             partitions_ahead: default_partitions_ahead(),
             connect_timeout: default_connect_timeout(),
+            rollup_refresh: default_rollup_refresh(),
         }
     }
 }

@@ -271,6 +271,38 @@ impl Store {
         tx.commit().await.context("commit flood setup")
     }
 
+    /// Replaces every rain rule of one sensor (none left means the default rules apply), with an
+    /// audit entry, in one transaction announced on [`FLOOD_SETUP_CHANGED`].
+    pub async fn replace_rain_rules(
+        &self,
+        sensor_key: &str,
+        rules: &[RainRuleRow],
+        audit: &crate::audit::Audit,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.context("begin rain rules")?;
+        tx.execute(
+            "DELETE FROM rain_rules WHERE sensor_key = $1",
+            &[&sensor_key],
+        )
+        .await
+        .context("removing rain rules")?;
+        for r in rules {
+            tx.execute(
+                "INSERT INTO rain_rules (sensor_key, window_length, more_than_mm, severity) \
+                 VALUES ($1, make_interval(secs => $2), $3, $4)",
+                &[&sensor_key, &secs(r.window), &r.more_than_mm, &r.severity],
+            )
+            .await
+            .context("inserting a rain rule")?;
+        }
+        crate::audit::record(&tx, audit).await?;
+        tx.execute("SELECT pg_notify($1, '')", &[&FLOOD_SETUP_CHANGED])
+            .await
+            .context("notifying flood_setup_changed")?;
+        tx.commit().await.context("commit rain rules")
+    }
+
     pub async fn flood_setup(&self) -> Result<FloodSetup> {
         let client = self.client().await?;
         let mut sensors: HashMap<String, Vec<String>> = HashMap::new();
@@ -344,7 +376,7 @@ impl Store {
             .collect();
         let rain_rules = client
             .query(
-                "SELECT sensor_key, extract(epoch FROM window_length)::float8, more_than_mm, severity FROM rain_rules",
+                "SELECT sensor_key, extract(epoch FROM window_length)::float8, more_than_mm, severity FROM rain_rules ORDER BY sensor_key, window_length",
                 &[],
             )
             .await
@@ -389,7 +421,9 @@ impl Store {
         Ok(out)
     }
 
-    /// Sets the quality flags of one sensor's readings (data-quality findings from analytics).
+    /// Sets the quality flags of one sensor's readings (data-quality findings from analytics), and
+    /// notes the hours whose flags changed for the rollups, in one statement; then announces the
+    /// change (`readings_flagged`). Returns how many readings changed.
     pub async fn set_quality(
         &self,
         sensor_key: &str,
@@ -398,15 +432,31 @@ impl Store {
         let client = self.client().await?;
         let times: Vec<DateTime<Utc>> = flags.iter().map(|f| f.0).collect();
         let qualities: Vec<i16> = flags.iter().map(|f| f.1).collect();
-        client
-            .execute(
-                "UPDATE readings r SET quality = f.quality FROM sensors s, \
-                 unnest($2::timestamptz[], $3::int2[]) AS f(ts, quality) \
-                 WHERE s.key = $1 AND r.sensor_id = s.id AND r.ts = f.ts",
+        let row = client
+            .query_one(
+                "WITH changed AS (UPDATE readings r SET quality = f.quality FROM sensors s, \
+                     unnest($2::timestamptz[], $3::int2[]) AS f(ts, quality) \
+                     WHERE s.key = $1 AND r.sensor_id = s.id AND r.ts = f.ts AND r.quality <> f.quality \
+                     RETURNING r.sensor_id, r.ts), \
+                 noted AS (INSERT INTO rollup_dirty (sensor_id, hour) \
+                     SELECT DISTINCT sensor_id, date_bin('1 hour', ts, 'epoch'::timestamptz) FROM changed) \
+                 SELECT count(*) FROM changed",
                 &[&sensor_key, &times, &qualities],
             )
             .await
-            .context("flagging readings")
+            .context("flagging readings")?;
+        let changed = row.get::<_, i64>(0) as u64;
+        if changed > 0 {
+            // After the commit of the change, as every listener expects.
+            client
+                .execute(
+                    "SELECT pg_notify($1, $2)",
+                    &[&crate::readings::READINGS_FLAGGED, &sensor_key],
+                )
+                .await
+                .context("notifying readings_flagged")?;
+        }
+        Ok(changed)
     }
 
     /// When each sensor's newest reading (by timestamp) arrived.

@@ -14,12 +14,13 @@
 //! - [`notify`]: LISTEN on a dedicated connection, and [`notify::Wakeups`] that reconnects.
 //! - [`opendata`]: stations, latest values, raw readings in pages, aggregation into buckets.
 //! - [`readings`]: the idempotent batch write of readings and rejections, with its notification.
+//! - [`rollup`]: the 15-minute, hourly and daily rollups and the dirty list that keeps them exact.
 //!
 //! [`Store`] holds the connection pool and is cheap to clone.
 //!
-//! **Invariant:** the relations `readings`, `devices`, `stations`, `sensors` and `rejected_messages`
-//! have the same names and columns in both storage modes; nothing outside this crate knows which
-//! mode is active.
+//! **Invariant:** the relations `readings`, `readings_15m`, `readings_1h`, `readings_1d`, `devices`,
+//! `stations`, `sensors` and `rejected_messages` have the same names and columns in both storage
+//! modes; nothing outside this crate knows which mode is active.
 
 pub mod admin;
 pub mod audit;
@@ -30,6 +31,7 @@ pub mod notify;
 pub mod opendata;
 pub mod readings;
 pub mod reference;
+pub mod rollup;
 pub mod schema;
 
 pub use config::{DatabaseConfig, TimescaleSetting};

@@ -2,6 +2,7 @@
 //! of every sensor, a sensor's raw readings in pages (by time, or by arrival for pollers), and
 //! server-side aggregation into time buckets.
 
+use crate::rollup::{raw_summary, rollup_for, COMBINE, USABLE};
 use crate::{Context, Result, Store};
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
@@ -97,9 +98,9 @@ pub struct BucketRow {
     pub quality: i16,
 }
 
-/// SQL for "these quality flags leave the value usable": good, or only the device's suspicion
-/// (see `tidemark_model::Quality::is_usable`).
-const USABLE: &str = "(r.quality & ~1::smallint) = 0";
+/// The id of the sensor whose key is `$1`, evaluated once per statement, so that the planner can
+/// use it in index conditions.
+const SENSOR_ID: &str = "(SELECT id FROM sensors WHERE key = $1)";
 
 impl Store {
     /// Stations, by key, or nearest first when a point is given.
@@ -215,13 +216,23 @@ impl Store {
             .collect())
     }
 
-    /// Refreshes the planner's statistics of `readings` (after a bulk load).
+    /// Refreshes the planner's statistics of `readings` and its rollups, and clears out the notes
+    /// a refresh of the rollups left behind (after a bulk load).
     pub async fn analyze_readings(&self) -> Result<()> {
         let client = self.client().await?;
-        client
-            .batch_execute("ANALYZE readings")
-            .await
-            .context("analysing readings")
+        for statement in [
+            "ANALYZE readings",
+            "VACUUM ANALYZE readings_15m",
+            "VACUUM ANALYZE readings_1h",
+            "VACUUM ANALYZE readings_1d",
+            "VACUUM ANALYZE rollup_dirty",
+        ] {
+            client
+                .batch_execute(statement)
+                .await
+                .context("analysing readings")?;
+        }
+        Ok(())
     }
 
     /// A sensor's quantity; `None` when there is no such sensor.
@@ -324,6 +335,11 @@ impl Store {
     /// A sensor's readings in `[from, to)` aggregated into buckets of `bucket` aligned to the Unix
     /// epoch (so daily buckets are UTC days). Only buckets with readings are returned; usable
     /// readings only unless `all_qualities`.
+    ///
+    /// Usable-only requests whose buckets are whole multiples of a rollup's are read from the
+    /// widest such rollup for the whole rollup buckets inside the range, and from the raw readings
+    /// for the partial buckets at its ends and for the hours (days, from the daily rollup) the
+    /// rollup has not caught up with yet (see [`crate::rollup`]). The answer is the same either way.
     pub async fn aggregate(
         &self,
         sensor: &str,
@@ -334,26 +350,74 @@ impl Store {
     ) -> Result<Vec<BucketRow>> {
         let client = self.client().await?;
         let seconds = bucket.as_secs_f64();
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT date_bin(make_interval(secs => $4), r.ts, 'epoch'::timestamptz) AS b, \
-                       count(*) FILTER (WHERE $5 OR {USABLE}), \
-                       sum(r.value) FILTER (WHERE $5 OR {USABLE}), \
-                       min(r.value) FILTER (WHERE $5 OR {USABLE}), \
-                       max(r.value) FILTER (WHERE $5 OR {USABLE}), \
-                       (array_agg(r.value ORDER BY r.ts) FILTER (WHERE $5 OR {USABLE}))[1], \
-                       (array_agg(r.value ORDER BY r.ts DESC) FILTER (WHERE $5 OR {USABLE}))[1], \
-                       count(*) FILTER (WHERE NOT ($5 OR {USABLE})), \
-                       COALESCE(bit_or(r.quality) FILTER (WHERE $5 OR {USABLE}), 0::smallint) \
-                     FROM readings r JOIN sensors s ON s.id = r.sensor_id \
-                     WHERE s.key = $1 AND r.ts >= $2 AND r.ts < $3 \
-                     GROUP BY b ORDER BY b"
-                ),
-                &[&sensor, &from, &to, &seconds, &all_qualities],
-            )
-            .await
-            .context("aggregating readings")?;
+        let whole_seconds = (bucket.subsec_nanos() == 0).then_some(bucket.as_secs() as i64);
+        let rollup = whole_seconds
+            .filter(|_| !all_qualities)
+            .and_then(|secs| rollup_for(secs, from, to));
+        let rows = match rollup {
+            Some(rollup) => {
+                let (inner_from, inner_to) = rollup.inner(from, to);
+                // Rollup rows in a slot with a dirty note are read from the raw readings instead.
+                let slot = rollup.slot_seconds() as f64;
+                let raw = raw_summary(USABLE);
+                // Buckets as wide as the rollup's come each from exactly one part (a rollup row,
+                // an end of the range, or a dirty slot) and need no combining.
+                let combined = if whole_seconds == Some(rollup.seconds) {
+                    "SELECT x.* FROM parts x ORDER BY 1".to_owned()
+                } else {
+                    format!(
+                        "SELECT date_bin(make_interval(secs => $4), x.bucket, 'epoch'::timestamptz), {COMBINE} \
+                         FROM parts x GROUP BY 1 ORDER BY 1"
+                    )
+                };
+                client
+                    .query(
+                        &format!(
+                            "WITH dirty AS (SELECT DISTINCT date_bin(make_interval(secs => $7), d.hour, 'epoch'::timestamptz) AS slot \
+                                 FROM rollup_dirty d WHERE d.sensor_id = {SENSOR_ID} \
+                                   AND d.hour >= date_bin(make_interval(secs => $7), $5, 'epoch'::timestamptz) AND d.hour < $6), \
+                             parts AS ( \
+                                 SELECT x.bucket, x.n, x.total, x.lo, x.hi, x.first_ts, x.first_value, \
+                                        x.last_ts, x.last_value, x.flagged, x.quality \
+                                 FROM {relation} x \
+                                 WHERE x.sensor_id = {SENSOR_ID} AND x.bucket >= $5 AND x.bucket < $6 \
+                                   AND date_bin(make_interval(secs => $7), x.bucket, 'epoch'::timestamptz) \
+                                       NOT IN (SELECT slot FROM dirty) \
+                                 UNION ALL \
+                                 SELECT date_bin(make_interval(secs => $4), r.ts, 'epoch'::timestamptz), {raw} \
+                                 FROM readings r WHERE r.sensor_id = {SENSOR_ID} AND r.ts >= $2 AND r.ts < $5 GROUP BY 1 \
+                                 UNION ALL \
+                                 SELECT date_bin(make_interval(secs => $4), r.ts, 'epoch'::timestamptz), {raw} \
+                                 FROM readings r WHERE r.sensor_id = {SENSOR_ID} AND r.ts >= $6 AND r.ts < $3 GROUP BY 1 \
+                                 UNION ALL \
+                                 SELECT date_bin(make_interval(secs => $4), r.ts, 'epoch'::timestamptz), {raw} \
+                                 FROM dirty d JOIN readings r ON r.sensor_id = {SENSOR_ID} \
+                                   AND r.ts >= greatest(d.slot, $5) AND r.ts < least(d.slot + make_interval(secs => $7), $6) \
+                                 GROUP BY 1) \
+                             {combined}",
+                            relation = rollup.relation,
+                        ),
+                        &[&sensor, &from, &to, &seconds, &inner_from, &inner_to, &slot],
+                    )
+                    .await
+                    .context("aggregating readings from a rollup")?
+            }
+            None => {
+                let filter = if all_qualities { "true" } else { USABLE };
+                client
+                    .query(
+                        &format!(
+                            "SELECT date_bin(make_interval(secs => $4), r.ts, 'epoch'::timestamptz), {} \
+                             FROM readings r WHERE r.sensor_id = {SENSOR_ID} AND r.ts >= $2 AND r.ts < $3 \
+                             GROUP BY 1 ORDER BY 1",
+                            raw_summary(filter)
+                        ),
+                        &[&sensor, &from, &to, &seconds],
+                    )
+                    .await
+                    .context("aggregating readings")?
+            }
+        };
         Ok(rows
             .iter()
             .map(|r| {
@@ -365,10 +429,10 @@ impl Store {
                     sum: if count == 0 { 0.0 } else { value(2) },
                     min: value(3),
                     max: value(4),
-                    first: value(5),
-                    last: value(6),
-                    flagged: r.get(7),
-                    quality: r.get(8),
+                    first: value(6),
+                    last: value(8),
+                    flagged: r.get(9),
+                    quality: r.get::<_, Option<i16>>(10).unwrap_or(0),
                 }
             })
             .collect())

@@ -57,6 +57,8 @@ pub struct WriteOutcome {
 
 /// The notification channel ingest announces committed readings on.
 pub const READINGS_COMMITTED: &str = "readings_committed";
+/// The channel changed quality flags of stored readings are announced on (payload: the sensor key).
+pub const READINGS_FLAGGED: &str = "readings_flagged";
 /// Sensor ids per notification, keeping each payload well under PostgreSQL's 8,000-byte limit.
 const SENSORS_PER_NOTIFICATION: usize = 500;
 
@@ -90,6 +92,7 @@ impl Store {
             let stored = write_readings(&tx, readings, received_at).await?;
             outcome.stored = stored.len() as u64;
             outcome.duplicates = (readings.len() - stored.len()) as u64;
+            crate::rollup::mark_dirty(&tx, stored.iter().copied()).await?;
             notify_committed(&tx, &stored, received_at).await?;
         }
         if !rejections.is_empty() {

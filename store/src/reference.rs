@@ -27,6 +27,9 @@ pub struct Directory {
     pub sensors: HashMap<SensorKey, (i32, SensorSpec)>,
 }
 
+/// The channel reference data changes are announced on.
+pub const REFERENCE_CHANGED: &str = "reference_changed";
+
 impl Store {
     /// Upserts a file's devices, stations and sensors in one transaction and tells listeners
     /// (`NOTIFY reference_changed`).
@@ -105,7 +108,7 @@ impl Store {
                 .into());
             }
         }
-        tx.batch_execute("NOTIFY reference_changed")
+        tx.execute("SELECT pg_notify($1, '')", &[&REFERENCE_CHANGED])
             .await
             .context("notifying reference_changed")?;
         tx.commit().await.context("commit reference data")?;

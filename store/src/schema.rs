@@ -119,6 +119,7 @@ async fn migrate_locked(client: &mut Client, config: &DatabaseConfig) -> Result<
     }
     if mode == StorageMode::TimescaleDb {
         apply_timescale_policies(client, config).await?;
+        crate::rollup::create_continuous_aggregates(client).await?;
     }
     tracing::info!(%mode, "database migrated");
     Ok(mode)
@@ -373,6 +374,8 @@ pub struct TimescaleStatus {
     pub segment_by: Vec<String>,
     pub compression_policy: bool,
     pub retention_policy: bool,
+    /// The continuous aggregates on `readings`, by name.
+    pub continuous_aggregates: Vec<String>,
 }
 
 impl Store {
@@ -422,12 +425,21 @@ impl Store {
             .await
             .context("reading timescaledb_information.jobs")?;
         let procs: Vec<String> = jobs.iter().map(|r| r.get(0)).collect();
+        let aggregates = client
+            .query(
+                "SELECT view_name::text FROM timescaledb_information.continuous_aggregates \
+                 WHERE hypertable_name = 'readings' ORDER BY 1",
+                &[],
+            )
+            .await
+            .context("reading timescaledb_information.continuous_aggregates")?;
         Ok(TimescaleStatus {
             hypertable: hypertable.is_some(),
             compression_enabled: hypertable.is_some_and(|r| r.get(0)),
             segment_by: segment_by.iter().map(|r| r.get(0)).collect(),
             compression_policy: procs.iter().any(|p| p == "policy_compression"),
             retention_policy: procs.iter().any(|p| p == "policy_retention"),
+            continuous_aggregates: aggregates.iter().map(|r| r.get(0)).collect(),
         })
     }
 }

@@ -25,6 +25,9 @@ mod delivery;
 // Open data: stations, latest values, raw and aggregated readings over HTTP.
 mod opendata;
 
+// The 15-minute, hourly and daily rollups against the raw readings, before and after refreshes.
+mod rollups;
+
 // Management over the API: keys, reference data, the audit log.
 mod manage;
 

@@ -264,13 +264,14 @@ async fn every_protected_route_refuses_no_key_and_the_wrong_role() {
     let utility = api.key(Role::Utility, None).await;
     let json = serde_json::json!({});
     // (method, path, a role that may not)
-    let routes: [(Method, &str, &str); 15] = [
+    let routes: [(Method, &str, &str); 16] = [
         (Method::POST, "/api/v1/keys", &utility),
         (Method::GET, "/api/v1/keys", &utility),
         (Method::DELETE, "/api/v1/keys/0123456789ab", &utility),
         (Method::GET, "/api/v1/audit", &utility),
         (Method::PUT, "/api/v1/thresholds/s.level", &utility),
         (Method::PUT, "/api/v1/flood-areas/a", &utility),
+        (Method::PUT, "/api/v1/rain-rules/s.rain", &utility),
         (Method::PUT, "/api/v1/devices/d", &researcher),
         (Method::PUT, "/api/v1/stations/s", &researcher),
         (Method::PUT, "/api/v1/sensors/s.level", &researcher),
@@ -530,5 +531,153 @@ async fn operators_define_flood_areas_and_everyone_can_list_them() {
         .await;
     assert_eq!(log[0]["action"], "flood-area.put");
     assert_eq!(log[0]["target"], "flood area kappeln-harbour");
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rain_rules_changed_over_the_api_take_effect_in_running_analytics() {
+    use chrono::{Duration as ChronoDuration, SubsecRound, Utc};
+    use std::sync::Arc;
+    use std::time::Duration;
+    let harness = Harness::start().await;
+    let config = with_stations(&harness).await;
+    let api = Api::start(&harness, &config).await;
+    let operator = api.key(Role::Operator, None).await;
+    let put = |path: &str, body: serde_json::Value| {
+        let (api, operator, path) = (&api, operator.clone(), path.to_owned());
+        async move {
+            api.call(Method::PUT, &path, Some(&operator), Some(body))
+                .await
+        }
+    };
+    // The Viby rain gauge of the Aarhus flood area, registered over the API.
+    let (status, _) = put(
+        "/api/v1/devices/aarhus-viby",
+        serde_json::json!({"name": "Viby"}),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, problem) = put(
+        "/api/v1/sensors/aarhus-viby.rainfall",
+        serde_json::json!({"device": "aarhus-viby", "quantity": "rainfall", "expected_interval": "10m"}),
+    )
+    .await;
+    assert_eq!(status, 204, "{problem}");
+
+    // Bad rules are refused, naming the field.
+    let rules = |window: &str, mm: f64, severity: &str| serde_json::json!({"rules": [{"window": window, "more_than_mm": mm, "severity": severity}]});
+    let path = "/api/v1/rain-rules/aarhus-viby.rainfall";
+    for (body, field) in [
+        (rules("0s", 10.0, "alert"), "window"),
+        (rules("8d", 10.0, "alert"), "window"),
+        (rules("soon", 10.0, "alert"), "window"),
+        (rules("1h", -1.0, "alert"), "more_than_mm"),
+        (rules("1h", 10.0, "huge"), "severity"),
+        (
+            serde_json::json!({"rules": [
+                {"window": "1h", "more_than_mm": 10, "severity": "alert"},
+                {"window": "60m", "more_than_mm": 20, "severity": "warning"}]}),
+            "window",
+        ),
+        (serde_json::json!({"rules": [], "extra": 1}), "body"),
+    ] {
+        let (status, problem) = put(path, body.clone()).await;
+        assert_eq!(
+            (status, problem["parameter"].as_str()),
+            (400, Some(field)),
+            "{body}: {problem}"
+        );
+    }
+    let (status, problem) = put(
+        "/api/v1/rain-rules/flensburg.sea_level",
+        rules("1h", 10.0, "alert"),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["parameter"].as_str()),
+        (400, Some("sensor"))
+    );
+    let (status, _) = put(
+        "/api/v1/rain-rules/nowhere.rainfall",
+        rules("1h", 10.0, "alert"),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    let metrics = Arc::new(tidemark_analytics::runner::Metrics::register(
+        &mut prometheus_client::registry::Registry::default(),
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let analytics = tokio::spawn(tidemark_analytics::runner::run(
+        config.analytics_settings(),
+        metrics.clone(),
+        stop.clone(),
+    ));
+    // 2 mm every 10 minutes for an hour: 12 mm, under DMI's 15 mm in 30 minutes and 24 mm in 6 hours.
+    let id = sensor_id(&harness, "aarhus-viby.rainfall").await;
+    let now = Utc::now().trunc_subsecs(0);
+    let rows: Vec<tidemark_store::readings::ReadingRow> = (0..6)
+        .map(|i| tidemark_store::readings::ReadingRow {
+            sensor_id: id,
+            ts: now - ChronoDuration::minutes(10 * (5 - i)),
+            value: 2.0,
+            quality: 0,
+        })
+        .collect();
+    harness
+        .store
+        .write_batch(&rows, &[], Utc::now())
+        .await
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(20), || async {
+            metrics.evaluations.get() > 0
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let raised = || async {
+        harness
+            .store
+            .warning_events("aarhus-aa-city")
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.kind == "raised")
+    };
+    assert!(
+        !raised().await,
+        "12 mm in an hour raises nothing by DMI's rules"
+    );
+
+    let (status, _) = put(path, rules("1h", 10.0, "alert")).await;
+    assert_eq!(status, 204);
+    assert!(
+        wait_for(Duration::from_secs(30), raised).await,
+        "more than 10 mm in an hour, by the new rule, raises a rain alert without a restart"
+    );
+    let (status, listed) = api
+        .call(Method::GET, "/api/v1/rain-rules", None, None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        listed,
+        serde_json::json!([{"sensor": "aarhus-viby.rainfall",
+            "rules": [{"window": "1h", "more_than_mm": 10.0, "severity": "alert"}]}])
+    );
+    let (_, audit) = api
+        .call(Method::GET, "/api/v1/audit", Some(&operator), None)
+        .await;
+    assert!(audit.to_string().contains("rain_rules.put"));
+
+    // An empty list returns the gauge to the default rules.
+    let (status, _) = put(path, serde_json::json!({"rules": []})).await;
+    assert_eq!(status, 204);
+    let (_, listed) = api
+        .call(Method::GET, "/api/v1/rain-rules", None, None)
+        .await;
+    assert_eq!(listed, serde_json::json!([]));
+    stop.cancel();
+    analytics.await.unwrap().unwrap();
     harness.finish().await;
 }

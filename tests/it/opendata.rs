@@ -384,11 +384,7 @@ async fn aggregation_equals_the_readings_and_fills_gaps_as_asked() {
         assert_eq!(b["last"].as_f64().unwrap(), *values.last().unwrap());
     }
     // And the same from SQL of its own, written independently of the store's query.
-    let database = harness.settings(Default::default()).database;
-    let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = sql(&harness).await;
     let rows = client
         .query(
             "SELECT extract(epoch FROM date_trunc('hour', r.ts))::bigint, avg(r.value), min(r.value), \
@@ -654,6 +650,142 @@ async fn unchanged_answers_are_not_sent_again_and_browsers_may_read_them() {
     harness.finish().await;
 }
 
+/// A GET with `If-Modified-Since` (and `If-None-Match`, when given): status, `Last-Modified`, body.
+async fn conditional(
+    api: &Api,
+    path: &str,
+    since: &str,
+    etag: Option<&str>,
+) -> (u16, Option<String>, String) {
+    let mut request = api
+        .http
+        .get(api.url(path))
+        .header("if-modified-since", since);
+    if let Some(etag) = etag {
+        request = request.header("if-none-match", etag);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let modified = response
+        .headers()
+        .get("last-modified")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, modified, response.text().await.unwrap())
+}
+
+/// Waits until `path` answers with a `Last-Modified` (the listener is up and the second of the
+/// last change has passed), and returns it.
+async fn last_modified_of(api: &Api, path: &str) -> String {
+    for _ in 0..50 {
+        let (status, _, _, headers) = get(api, path).await;
+        assert_eq!(status, 200, "{path}");
+        if let Some(value) = headers.get("last-modified") {
+            return value.to_str().unwrap().to_owned();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{path} never carried Last-Modified");
+}
+
+/// Polls `path` with `If-Modified-Since: since` until it answers 200, and returns that answer.
+async fn modified_since(api: &Api, path: &str, since: &str) -> (Option<String>, String) {
+    for _ in 0..50 {
+        let (status, modified, body) = conditional(api, path, since, None).await;
+        if status == 200 {
+            return (modified, body);
+        }
+        assert_eq!(status, 304, "{path}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{path} still unmodified since {since}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_modified_moves_with_the_data_an_answer_depends_on() {
+    let (harness, api) = loaded().await;
+    let stations = "/api/v1/stations";
+    let readings = format!(
+        "/api/v1/sensors/{SENSOR}/readings?from=2023-10-19T00:00:00Z&to=2023-10-30T00:00:00Z"
+    );
+    let stations_lm = last_modified_of(&api, stations).await;
+    let readings_lm = last_modified_of(&api, &readings).await;
+
+    // Unchanged: 304 with the ETag a 200 would carry, and no body; an older date gets the answer.
+    let response = api
+        .http
+        .get(api.url(stations))
+        .header("if-modified-since", &stations_lm)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 304);
+    assert!(response.headers().contains_key("etag"));
+    assert_eq!(response.headers()["last-modified"], stations_lm.as_str());
+    assert!(response.text().await.unwrap().is_empty());
+    let (status, _, body) =
+        conditional(&api, stations, "Mon, 01 Jan 2024 00:00:00 GMT", None).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("flensburg"));
+    // If-None-Match decides when both are sent.
+    let (status, _, _) = conditional(&api, stations, &stations_lm, Some("\"other\"")).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = conditional(&api, &readings, &readings_lm, None).await;
+    assert_eq!(status, 304, "streamed raw readings too");
+
+    // A new reading: the readings have changed, the station list has not.
+    let id = sensor_id(&harness, SENSOR).await;
+    let row = ReadingRow {
+        sensor_id: id,
+        ts: start() + ChronoDuration::days(5),
+        value: 1.23,
+        quality: 0,
+    };
+    harness
+        .store
+        .write_batch(&[row], &[], Utc::now())
+        .await
+        .unwrap();
+    let (_, body) = modified_since(&api, &readings, &readings_lm).await;
+    assert!(
+        body.contains("1.23"),
+        "the changed answer holds the new reading"
+    );
+    // Its Last-Modified is given once the second of the change has passed.
+    let newer = last_modified_of(&api, &readings).await;
+    let parse = |s: &str| DateTime::parse_from_rfc2822(s).unwrap();
+    assert!(parse(&newer) > parse(&readings_lm));
+    let (status, _, _) = conditional(&api, stations, &stations_lm, None).await;
+    assert_eq!(status, 304, "readings do not change the station list");
+
+    // A quality flag set by analytics changes the readings too.
+    let flagged_lm = last_modified_of(&api, &readings).await;
+    let flagged = harness
+        .store
+        .set_quality(SENSOR, &[(start() + ChronoDuration::days(5), 256)])
+        .await
+        .unwrap();
+    assert_eq!(flagged, 1);
+    modified_since(&api, &readings, &flagged_lm).await;
+
+    // A station changed over the API changes the station list.
+    let operator = api
+        .key(tidemark_store::delivery::Role::Operator, None)
+        .await;
+    let station = serde_json::json!({"name": "Aarhus Å, Mølleparken", "kind": "river_gauge", "lon": 10.2038, "lat": 56.1571, "municipality_code": "0751"});
+    let (status, _) = api
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/stations/aarhus-moelleparken",
+            Some(&operator),
+            Some(station),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (_, body) = modified_since(&api, stations, &stations_lm).await;
+    assert!(body.contains("aarhus-moelleparken"));
+    harness.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_limit_a_client_gets_429_with_retry_after_and_a_key_gets_more() {
     let harness = Harness::start().await;
@@ -805,12 +937,57 @@ async fn raw_readings_export_as_parquet_with_the_same_values() {
         accepted.headers()["content-type"],
         "application/vnd.apache.parquet"
     );
-    let (status, _, _, _) = get(
-        &api,
-        &format!("/api/v1/sensors/{SENSOR}/readings?bucket=1h&format=parquet"),
-    )
-    .await;
-    assert_eq!(status, 400, "aggregates are not offered as Parquet");
+
+    // Aggregates too, with the values of the JSON answer, nulls where a bucket has none.
+    let hours =
+        "from=2023-10-18T22:00:00Z&to=2023-10-21T00:00:00Z&bucket=1h&agg=avg,count,max&fill=null";
+    let response = api
+        .http
+        .get(api.url(&format!(
+            "/api/v1/sensors/{SENSOR}/readings?{hours}&format=parquet"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(response.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains("flensburg.sea_level-1h.parquet"));
+    let bytes = bytes::Bytes::from(response.bytes().await.unwrap().to_vec());
+    let reader = SerializedFileReader::new(bytes).expect("a Parquet file");
+    // start, avg, count, max, flagged, state
+    type Row = (i64, Option<f64>, Option<i64>, Option<f64>, i64, String);
+    let table: Vec<Row> = reader
+        .get_row_iter(None)
+        .unwrap()
+        .map(|row| {
+            let row = row.unwrap();
+            (
+                row.get_timestamp_micros(0).unwrap(),
+                row.get_double(1).ok(),
+                row.get_long(2).ok(),
+                row.get_double(3).ok(),
+                row.get_long(4).unwrap(),
+                row.get_string(6).unwrap().clone(),
+            )
+        })
+        .collect();
+    let json_answer = json(&api, &format!("/api/v1/sensors/{SENSOR}/readings?{hours}")).await;
+    let buckets = json_answer["buckets"].as_array().unwrap();
+    assert_eq!(table.len(), 50, "two empty hours before the data, then 48");
+    assert_eq!(table.len(), buckets.len());
+    for (row, bucket) in table.iter().zip(buckets) {
+        let start = DateTime::parse_from_rfc3339(bucket["start"].as_str().unwrap()).unwrap();
+        assert_eq!(row.0, start.timestamp_micros());
+        assert_eq!(row.1, bucket["avg"].as_f64());
+        assert_eq!(row.2, bucket["count"].as_i64());
+        assert_eq!(row.3, bucket["max"].as_f64());
+        assert_eq!(row.4, bucket["flagged"].as_i64().unwrap());
+        assert_eq!(row.5, bucket["state"].as_str().unwrap());
+    }
+    assert_eq!(table[0].1, None, "an empty hour has no average");
+    assert_eq!(table[0].5, "empty");
 
     // More rows than one row group holds: a year and a half of 10-minute data.
     let kiel = sensor_id(&harness, "kiel-holtenau.sea_level").await;

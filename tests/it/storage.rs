@@ -50,6 +50,49 @@ fn rows(sensor_id: i32, times: &[DateTime<Utc>]) -> Vec<ReadingRow> {
 }
 
 /// Writes, reads back and rewrites readings: the checks both modes must pass.
+/// The rollups, in whichever mode is active, answer as the raw readings do: three days of readings
+/// (none flagged, so the usable-only answer, read from a rollup, must equal the all-readings answer,
+/// computed from the raw readings), before and after a refresh.
+async fn rollups_match_raw(store: &Store, sensor_id: i32) {
+    let start = utc(2024, 4, 1);
+    let batch: Vec<ReadingRow> = (0..432)
+        .map(|i| ReadingRow {
+            sensor_id,
+            ts: start + chrono::Duration::minutes(10 * i),
+            value: ((i * 29) % 97) as f64 / 10.0,
+            quality: 0,
+        })
+        .collect();
+    store.write_batch(&batch, &[], Utc::now()).await.unwrap();
+    let end = start + chrono::Duration::days(3);
+    let check = || async {
+        for seconds in [900, 3_600, 86_400] {
+            let bucket = Duration::from_secs(seconds);
+            let rolled = store
+                .aggregate("d1.level", start, end, bucket, false)
+                .await
+                .unwrap();
+            let raw = store
+                .aggregate("d1.level", start, end, bucket, true)
+                .await
+                .unwrap();
+            assert_eq!(rolled.len(), raw.len(), "{seconds} s buckets");
+            for (a, b) in rolled.iter().zip(&raw) {
+                assert_eq!(
+                    (a.start, a.count, a.min, a.max, a.first, a.last),
+                    (b.start, b.count, b.min, b.max, b.first, b.last)
+                );
+                assert!((a.sum - b.sum).abs() < 1e-9);
+            }
+        }
+    };
+    check().await;
+    assert!(store.dirty_rollup_hours().await.unwrap() > 0);
+    store.refresh_all_rollups().await.unwrap();
+    assert_eq!(store.dirty_rollup_hours().await.unwrap(), 0);
+    check().await;
+}
+
 async fn round_trip(store: &Store, sensor_id: i32, times: &[DateTime<Utc>]) {
     let batch = rows(sensor_id, times);
     let first = store.write_batch(&batch, &[], Utc::now()).await.unwrap();
@@ -126,6 +169,7 @@ async fn plain_postgresql_partitions_round_trip_and_retention() {
     // Writing into past months creates their partitions on demand.
     let times = [utc(2024, 1, 15), utc(2024, 2, 15), utc(2024, 3, 15)];
     round_trip(&store, sensor_id, &times).await;
+    rollups_match_raw(&store, sensor_id).await;
     let partitions = store.partition_names().await.unwrap();
     for month in ["readings_p202401", "readings_p202402", "readings_p202403"] {
         assert!(
@@ -184,6 +228,11 @@ async fn timescaledb_hypertable_compression_retention_round_trip() {
         &[utc(2024, 1, 15), utc(2024, 2, 15), utc(2024, 3, 15)],
     )
     .await;
+    assert_eq!(
+        status.continuous_aggregates,
+        ["readings_15m", "readings_1d", "readings_1h"]
+    );
+    rollups_match_raw(&store, sensor_id).await;
     drop(store);
     database.drop_database().await.unwrap();
 }

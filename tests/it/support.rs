@@ -534,3 +534,13 @@ pub async fn with_stations(harness: &Harness) -> Config {
     tidemark::app::load_reference(&config).await.unwrap();
     config
 }
+
+/// A plain connection to the harness's database, for SQL of the test's own.
+pub async fn sql(harness: &Harness) -> tokio_postgres::Client {
+    let database = harness.settings(Default::default()).database;
+    let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}

@@ -1,0 +1,508 @@
+//! Rollups: readings summarised per sensor in 15-minute, hourly and daily buckets, so that a long
+//! aggregated series is read from a few thousand rows instead of tens of thousands.
+//!
+//! The relations `readings_15m`, `readings_1h` and `readings_1d` (see migration V7) are continuous
+//! aggregates with TimescaleDB and tables kept by [`Store::refresh_rollups`] without it. Either way
+//! the same dirty list drives them: every write of readings or quality flags notes its (sensor,
+//! hour) pairs in `rollup_dirty` in its own transaction, and [`Store::aggregate`] reads dirty hours
+//! (dirty days, when it reads the daily rollup) from the raw readings. A rollup row is therefore only
+//! ever used where it is known to be exact.
+//!
+//! The hour is the unit of change: a refresh after new readings recomputes the sensor's current
+//! hour in the 15-minute and hourly rollups, and its day in the daily one from the hourly rows.
+
+use crate::schema::StorageMode;
+use crate::{Context, Result, Store};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use std::collections::BTreeSet;
+use tokio_postgres::Transaction;
+
+/// A rollup relation and its bucket width in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rollup {
+    pub relation: &'static str,
+    pub seconds: i64,
+    /// The same width as TimescaleDB's `time_bucket` takes it.
+    interval: &'static str,
+}
+
+/// Widest first, so that the widest one that fits a request is found first.
+pub const ROLLUPS: [Rollup; 3] = [
+    Rollup {
+        relation: "readings_1d",
+        seconds: 86_400,
+        interval: "1 day",
+    },
+    Rollup {
+        relation: "readings_1h",
+        seconds: 3_600,
+        interval: "1 hour",
+    },
+    Rollup {
+        relation: "readings_15m",
+        seconds: 900,
+        interval: "15 minutes",
+    },
+];
+
+/// SQL for "these quality flags leave the value usable": good, or only the device's suspicion
+/// (see `tidemark_model::Quality::is_usable`). Only usable readings take part in rollups.
+pub(crate) const USABLE: &str = "(r.quality & ~1::smallint) = 0";
+
+/// The rollup columns computed from raw readings `r`, grouped by the caller, counting only the
+/// readings that pass `filter`: n, total, lo, hi, first_ts, first_value, last_ts, last_value,
+/// flagged, quality. The first and last values are the smallest and largest `[epoch, value]`
+/// pairs' values (timestamps are unique per sensor), which needs no sort per bucket as an ordered
+/// `array_agg` would.
+pub(crate) fn raw_summary(filter: &str) -> String {
+    format!(
+        "count(*) FILTER (WHERE {filter}), \
+         sum(r.value) FILTER (WHERE {filter}), \
+         min(r.value) FILTER (WHERE {filter}), \
+         max(r.value) FILTER (WHERE {filter}), \
+         min(r.ts) FILTER (WHERE {filter}), \
+         (min(ARRAY[date_part('epoch', r.ts), r.value]) FILTER (WHERE {filter}))[2], \
+         max(r.ts) FILTER (WHERE {filter}), \
+         (max(ARRAY[date_part('epoch', r.ts), r.value]) FILTER (WHERE {filter}))[2], \
+         count(*) FILTER (WHERE NOT ({filter})), \
+         bit_or(r.quality) FILTER (WHERE {filter})"
+    )
+}
+
+/// The same columns combined from finer summaries `x` (rollup rows, or partial summaries).
+pub(crate) const COMBINE: &str = "sum(x.n)::bigint, sum(x.total), min(x.lo), max(x.hi), \
+     min(x.first_ts), (min(ARRAY[date_part('epoch', x.first_ts), x.first_value]) FILTER (WHERE x.first_ts IS NOT NULL))[2], \
+     max(x.last_ts), (max(ARRAY[date_part('epoch', x.last_ts), x.last_value]) FILTER (WHERE x.last_ts IS NOT NULL))[2], \
+     sum(x.flagged)::bigint, bit_or(x.quality)";
+
+const COLUMNS: &str =
+    "sensor_id, bucket, n, total, lo, hi, first_ts, first_value, last_ts, last_value, flagged, quality";
+
+/// Dirty (sensor, hour) notes taken per refresh transaction.
+const REFRESH_LIMIT: i64 = 10_000;
+
+/// Key of the advisory lock that lets one refresh run at a time.
+const ROLLUP_LOCK: i64 = 0x7469_6465_726f_6c6c;
+
+fn floor(ts: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
+    ts.duration_trunc(TimeDelta::seconds(seconds))
+        .expect("a UTC timestamp truncates to whole hours and days")
+}
+
+/// The hour a timestamp falls in: the unit the dirty list notes.
+pub(crate) fn hour_of(ts: DateTime<Utc>) -> DateTime<Utc> {
+    floor(ts, 3_600)
+}
+
+/// Notes the (sensor, hour) pairs of `rows` as dirty, in the writer's transaction.
+pub(crate) async fn mark_dirty(
+    tx: &Transaction<'_>,
+    rows: impl Iterator<Item = (i32, DateTime<Utc>)>,
+) -> Result<()> {
+    let pairs: BTreeSet<(i32, DateTime<Utc>)> = rows.map(|(id, ts)| (id, hour_of(ts))).collect();
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let (sensors, hours): (Vec<i32>, Vec<DateTime<Utc>>) = pairs.into_iter().unzip();
+    tx.execute(
+        "INSERT INTO rollup_dirty (sensor_id, hour) SELECT * FROM unnest($1::int4[], $2::timestamptz[])",
+        &[&sensors, &hours],
+    )
+    .await
+    .context("noting changed hours for the rollups")?;
+    Ok(())
+}
+
+/// The widest rollup a request for `bucket_seconds` buckets can be answered from: one whose width
+/// divides the bucket, with at least one of its buckets inside `[from, to)`.
+pub fn rollup_for(bucket_seconds: i64, from: DateTime<Utc>, to: DateTime<Utc>) -> Option<Rollup> {
+    ROLLUPS.into_iter().find(|r| {
+        bucket_seconds % r.seconds == 0 && {
+            let (start, end) = r.inner(from, to);
+            start < end
+        }
+    })
+}
+
+impl Rollup {
+    /// The span one dirty note makes unusable in this rollup: its hour, or its day in the daily
+    /// rollup.
+    pub fn slot_seconds(&self) -> i64 {
+        self.seconds.max(3_600)
+    }
+
+    /// The part of `[from, to)` made of whole buckets of this rollup.
+    pub fn inner(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+        let width = TimeDelta::seconds(self.seconds);
+        let floor = |t: DateTime<Utc>| t.duration_trunc(width).unwrap_or(t);
+        let start = floor(from);
+        let start = if start < from { start + width } else { start };
+        (start, floor(to))
+    }
+}
+
+/// What one refresh did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RefreshOutcome {
+    /// (sensor, hour) pairs recomputed.
+    pub refreshed: u64,
+    /// Whether dirty pairs remain (more than `limit` were waiting, or another refresh held the lock).
+    pub more: bool,
+}
+
+impl Store {
+    /// Recomputes up to `limit` dirty (sensor, hour) pairs in every rollup. Only one refresh runs at a
+    /// time across all processes; a call that finds another running returns at once with `more`.
+    pub async fn refresh_rollups(&self, limit: i64) -> Result<RefreshOutcome> {
+        match self.mode {
+            StorageMode::Plain => self.refresh_tables(limit).await,
+            StorageMode::TimescaleDb => self.refresh_continuous(limit).await,
+        }
+    }
+
+    /// Refreshes until nothing is dirty (after a bulk load, in tests and benchmarks).
+    pub async fn refresh_all_rollups(&self) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let outcome = self.refresh_rollups(REFRESH_LIMIT).await?;
+            total += outcome.refreshed;
+            if !outcome.more {
+                return Ok(total);
+            }
+            if outcome.refreshed == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// Keeps the rollups caught up: a refresh every `every` until `stop` completes. Several
+    /// processes may run this; the refresh lock lets one at a time work.
+    pub async fn keep_rollups_fresh(
+        &self,
+        every: std::time::Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(stop);
+        loop {
+            let pause = match self.refresh_rollups(REFRESH_LIMIT).await {
+                // A backlog (a back-fill or a replay) is worked off without waiting.
+                Ok(outcome) if outcome.more && outcome.refreshed > 0 => std::time::Duration::ZERO,
+                Ok(_) => every,
+                Err(error) => {
+                    tracing::warn!(%error, "refreshing the rollups failed");
+                    every
+                }
+            };
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// How many dirty (sensor, hour) notes wait for a refresh.
+    pub async fn dirty_rollup_hours(&self) -> Result<i64> {
+        let client = self.client().await?;
+        Ok(client
+            .query_one("SELECT count(*) FROM rollup_dirty", &[])
+            .await
+            .context("counting dirty rollup hours")?
+            .get(0))
+    }
+
+    /// Plain mode: the dirty pairs are taken, and their rollup rows deleted and computed again, in
+    /// one transaction: the 15-minute rows of each hour from the raw readings, the hour's row from
+    /// those, and the row of each day concerned from its hourly rows.
+    async fn refresh_tables(&self, limit: i64) -> Result<RefreshOutcome> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.context("begin rollup refresh")?;
+        let locked: bool = tx
+            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&ROLLUP_LOCK])
+            .await
+            .context("taking the rollup lock")?
+            .get(0);
+        if !locked {
+            return Ok(RefreshOutcome {
+                refreshed: 0,
+                more: true,
+            });
+        }
+        let taken = tx
+            .query(
+                "WITH pick AS (SELECT DISTINCT sensor_id, hour FROM \
+                     (SELECT sensor_id, hour FROM rollup_dirty ORDER BY id LIMIT $1) p), \
+                 gone AS (DELETE FROM rollup_dirty d USING pick \
+                     WHERE d.sensor_id = pick.sensor_id AND d.hour = pick.hour RETURNING d.id) \
+                 SELECT sensor_id, hour FROM pick",
+                &[&limit],
+            )
+            .await
+            .context("taking dirty rollup hours")?;
+        let sensors: Vec<i32> = taken.iter().map(|r| r.get(0)).collect();
+        let hours: Vec<DateTime<Utc>> = taken.iter().map(|r| r.get(1)).collect();
+        let days: BTreeSet<(i32, DateTime<Utc>)> = sensors
+            .iter()
+            .zip(&hours)
+            .map(|(s, h)| (*s, floor(*h, 86_400)))
+            .collect();
+        let (day_sensors, days): (Vec<i32>, Vec<DateTime<Utc>>) = days.into_iter().unzip();
+        // Each pair is worked through its own index range (LATERAL, and nested loops for the
+        // deletes), whatever the planner guesses about the unnested arrays or a rollup whose
+        // statistics lag behind; and without JIT: many small lookups are never worth compiling.
+        tx.batch_execute("SET LOCAL jit = off; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
+            .await
+            .context("setting up the rollup refresh")?;
+        let [daily, hourly, quarter] = ROLLUPS;
+        let pairs = "unnest($1::int4[], $2::timestamptz[]) AS p(sensor_id, start)";
+        // (rollup, the finer rollup it is combined from, the pairs, the span of one pair)
+        let steps = [
+            (quarter, None, (&sensors, &hours), "1 hour"),
+            (hourly, Some(quarter), (&sensors, &hours), "1 hour"),
+            (daily, Some(hourly), (&day_sensors, &days), "1 day"),
+        ];
+        for (rollup, finer, (ids, starts), span) in steps {
+            if ids.is_empty() {
+                break;
+            }
+            tx.execute(
+                &format!(
+                    "DELETE FROM {} x USING {pairs} WHERE x.sensor_id = p.sensor_id \
+                     AND x.bucket >= p.start AND x.bucket < p.start + interval '{span}'",
+                    rollup.relation
+                ),
+                &[ids, starts],
+            )
+            .await
+            .context("clearing rollup rows")?;
+            let insert = match finer {
+                // Up to four 15-minute rows per hour, from the raw readings.
+                None => format!(
+                    "INSERT INTO {} ({COLUMNS}) \
+                     SELECT p.sensor_id, b.* FROM {pairs} CROSS JOIN LATERAL ( \
+                       SELECT date_bin(interval '{}', r.ts, 'epoch'::timestamptz), {} \
+                       FROM readings r WHERE r.sensor_id = p.sensor_id \
+                         AND r.ts >= p.start AND r.ts < p.start + interval '{span}' \
+                       GROUP BY 1) b",
+                    rollup.relation,
+                    rollup.interval,
+                    raw_summary(USABLE),
+                ),
+                // One row per pair: the span is exactly one bucket of this rollup.
+                Some(finer) => format!(
+                    "INSERT INTO {} ({COLUMNS}) \
+                     SELECT p.sensor_id, p.start, b.* FROM {pairs} CROSS JOIN LATERAL ( \
+                       SELECT {COMBINE} FROM {} x WHERE x.sensor_id = p.sensor_id \
+                         AND x.bucket >= p.start AND x.bucket < p.start + interval '{span}' \
+                       HAVING count(*) > 0) b",
+                    rollup.relation, finer.relation,
+                ),
+            };
+            tx.execute(&insert, &[ids, starts])
+                .await
+                .context("computing rollup rows")?;
+        }
+        let more: bool = tx
+            .query_one("SELECT EXISTS (SELECT 1 FROM rollup_dirty)", &[])
+            .await
+            .context("looking for more dirty rollup hours")?
+            .get(0);
+        tx.commit().await.context("commit rollup refresh")?;
+        Ok(RefreshOutcome {
+            refreshed: sensors.len() as u64,
+            more,
+        })
+    }
+
+    /// TimescaleDB mode: the continuous aggregates are refreshed over the dirty hours (days, for
+    /// the daily one) with
+    /// `refresh_continuous_aggregate`, which runs its own transactions, so the notes are removed
+    /// afterwards, and only those that were read before the refresh began.
+    async fn refresh_continuous(&self, limit: i64) -> Result<RefreshOutcome> {
+        let client = self.client().await?;
+        let locked: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&ROLLUP_LOCK])
+            .await
+            .context("taking the rollup lock")?
+            .get(0);
+        if !locked {
+            return Ok(RefreshOutcome {
+                refreshed: 0,
+                more: true,
+            });
+        }
+        let outcome = async {
+            let taken = client
+                .query(
+                    "SELECT id, hour FROM rollup_dirty ORDER BY id LIMIT $1",
+                    &[&limit],
+                )
+                .await
+                .context("reading dirty rollup hours")?;
+            if taken.is_empty() {
+                return Ok(RefreshOutcome::default());
+            }
+            // By id, not by an id bound: ids are given out before commit, so a note with a lower id
+            // than these may still be committed after the refresh has begun.
+            let ids: Vec<i64> = taken.iter().map(|r| r.get(0)).collect();
+            let hours: BTreeSet<DateTime<Utc>> = taken.iter().map(|r| r.get(1)).collect();
+            for rollup in ROLLUPS.iter().rev() {
+                for (start, end) in windows(&hours, rollup.slot_seconds()) {
+                    // CALL cannot take parameters through the extended protocol inside an implicit
+                    // transaction, so the window goes in as literals of our own timestamps.
+                    client
+                        .batch_execute(&format!(
+                            "CALL refresh_continuous_aggregate('{}', '{}'::timestamptz, '{}'::timestamptz)",
+                            rollup.relation,
+                            start.to_rfc3339(),
+                            end.to_rfc3339()
+                        ))
+                        .await
+                        .context("refreshing a continuous aggregate")?;
+                }
+            }
+            client
+                .execute("DELETE FROM rollup_dirty WHERE id = ANY($1)", &[&ids])
+                .await
+                .context("removing refreshed rollup notes")?;
+            let more: bool = client
+                .query_one("SELECT EXISTS (SELECT 1 FROM rollup_dirty)", &[])
+                .await
+                .context("looking for more dirty rollup hours")?
+                .get(0);
+            Ok(RefreshOutcome {
+                refreshed: taken.len() as u64,
+                more,
+            })
+        }
+        .await;
+        let _ = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&ROLLUP_LOCK])
+            .await;
+        outcome
+    }
+}
+
+/// The slots of `seconds` (whole hours or days) that `hours` fall in, merged into contiguous
+/// `[start, end)` windows.
+fn windows(hours: &BTreeSet<DateTime<Utc>>, seconds: i64) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    let width = TimeDelta::seconds(seconds);
+    let mut out: Vec<(DateTime<Utc>, DateTime<Utc>)> = Vec::new();
+    for &hour in hours {
+        let start = floor(hour, seconds);
+        match out.last_mut() {
+            Some((_, end)) if *end >= start => *end = (*end).max(start + width),
+            _ => out.push((start, start + width)),
+        }
+    }
+    out
+}
+
+/// TimescaleDB mode: the rollups as continuous aggregates on `readings`, as the TimescaleDB
+/// documentation describes them (`CREATE MATERIALIZED VIEW ... WITH (timescaledb.continuous)`,
+/// `time_bucket` in the `GROUP BY`, `WITH NO DATA`), each directly on the hypertable. Only
+/// materialised rows are read (`materialized_only`): the dirty list, not real-time aggregation,
+/// covers what has not been refreshed yet.
+pub(crate) async fn create_continuous_aggregates(client: &tokio_postgres::Client) -> Result<()> {
+    for rollup in ROLLUPS {
+        let sql = format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {} \
+             WITH (timescaledb.continuous, timescaledb.materialized_only = true) AS \
+             SELECT r.sensor_id, time_bucket(INTERVAL '{}', r.ts) AS bucket, \
+               count(*) FILTER (WHERE {USABLE}) AS n, \
+               sum(r.value) FILTER (WHERE {USABLE}) AS total, \
+               min(r.value) FILTER (WHERE {USABLE}) AS lo, \
+               max(r.value) FILTER (WHERE {USABLE}) AS hi, \
+               min(r.ts) FILTER (WHERE {USABLE}) AS first_ts, \
+               first(r.value, r.ts) FILTER (WHERE {USABLE}) AS first_value, \
+               max(r.ts) FILTER (WHERE {USABLE}) AS last_ts, \
+               last(r.value, r.ts) FILTER (WHERE {USABLE}) AS last_value, \
+               count(*) FILTER (WHERE NOT ({USABLE})) AS flagged, \
+               bit_or(r.quality) FILTER (WHERE {USABLE}) AS quality \
+             FROM readings r GROUP BY r.sensor_id, time_bucket(INTERVAL '{}', r.ts) \
+             WITH NO DATA",
+            rollup.relation, rollup.interval, rollup.interval
+        );
+        client
+            .batch_execute(&sql)
+            .await
+            .context("creating a continuous aggregate")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn the_widest_rollup_that_divides_the_bucket_is_chosen() {
+        let (from, to) = (t("2024-01-01T00:00:00Z"), t("2025-01-01T00:00:00Z"));
+        let pick = |secs| rollup_for(secs, from, to).map(|r| r.relation);
+        assert_eq!(pick(86_400), Some("readings_1d"));
+        assert_eq!(pick(7 * 86_400), Some("readings_1d"));
+        assert_eq!(pick(3_600), Some("readings_1h"));
+        assert_eq!(pick(6 * 3_600), Some("readings_1h"));
+        assert_eq!(pick(1_800), Some("readings_15m"));
+        assert_eq!(pick(600), None);
+        assert_eq!(pick(90), None);
+    }
+
+    #[test]
+    fn a_range_without_a_whole_rollup_bucket_goes_to_the_raw_readings() {
+        let from = t("2024-01-01T10:05:00Z");
+        assert_eq!(
+            rollup_for(3_600, from, t("2024-01-01T10:25:00Z")).map(|r| r.relation),
+            None
+        );
+        // A whole quarter hour inside: the 15-minute rollup serves the hourly buckets.
+        assert_eq!(
+            rollup_for(3_600, from, t("2024-01-01T10:50:00Z")).map(|r| r.relation),
+            Some("readings_15m")
+        );
+        let hourly = ROLLUPS[1];
+        assert_eq!(
+            hourly.inner(from, t("2024-01-01T13:30:00Z")),
+            (t("2024-01-01T11:00:00Z"), t("2024-01-01T13:00:00Z"))
+        );
+        assert_eq!(
+            hourly.inner(t("2024-01-01T11:00:00Z"), t("2024-01-01T13:00:00Z")),
+            (t("2024-01-01T11:00:00Z"), t("2024-01-01T13:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn dirty_hours_merge_into_windows_of_hours_and_days() {
+        let hours: BTreeSet<_> = [
+            t("2024-03-01T22:00:00Z"),
+            t("2024-03-01T23:00:00Z"),
+            t("2024-03-02T01:00:00Z"),
+            t("2024-03-05T07:00:00Z"),
+        ]
+        .into();
+        assert_eq!(
+            windows(&hours, 3_600),
+            [
+                (t("2024-03-01T22:00:00Z"), t("2024-03-02T00:00:00Z")),
+                (t("2024-03-02T01:00:00Z"), t("2024-03-02T02:00:00Z")),
+                (t("2024-03-05T07:00:00Z"), t("2024-03-05T08:00:00Z")),
+            ]
+        );
+        assert_eq!(
+            windows(&hours, 86_400),
+            [
+                (t("2024-03-01T00:00:00Z"), t("2024-03-03T00:00:00Z")),
+                (t("2024-03-05T00:00:00Z"), t("2024-03-06T00:00:00Z")),
+            ]
+        );
+        assert_eq!(
+            hour_of(t("2024-03-05T23:59:59Z")),
+            t("2024-03-05T23:00:00Z")
+        );
+        assert_eq!(ROLLUPS[0].slot_seconds(), 86_400);
+        assert_eq!(ROLLUPS[2].slot_seconds(), 3_600);
+    }
+}

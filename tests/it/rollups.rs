@@ -1,0 +1,292 @@
+//! The rollups give the answer the raw readings give: before their first refresh, after it, after a
+//! back-filled reading and after a quality flag changes, for every bucket width, for ranges that do
+//! and do not fall on rollup buckets, and in the relations themselves.
+
+use crate::support::*;
+use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tidemark_store::opendata::BucketRow;
+use tidemark_store::readings::ReadingRow;
+use tidemark_store::Store;
+
+const SENSOR: &str = "flensburg.sea_level";
+
+fn t(day: u32, hour: u32, minute: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 2, day, hour, minute, 0).unwrap()
+}
+
+/// One bucket as the test computes it from the raw rows.
+#[derive(Debug, Default)]
+struct Expected {
+    count: i64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    first: f64,
+    last: f64,
+    flagged: i64,
+}
+
+/// Buckets of `seconds` over `[from, to)`, computed in Rust from the raw rows read back with SQL.
+async fn expected(
+    client: &tokio_postgres::Client,
+    seconds: i64,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    all: bool,
+) -> BTreeMap<i64, Expected> {
+    let rows = client
+        .query(
+            "SELECT r.ts, r.value, r.quality FROM readings r JOIN sensors s ON s.id = r.sensor_id \
+             WHERE s.key = $1 AND r.ts >= $2 AND r.ts < $3 ORDER BY r.ts",
+            &[&SENSOR, &from, &to],
+        )
+        .await
+        .unwrap();
+    let mut out: BTreeMap<i64, Expected> = BTreeMap::new();
+    for row in rows {
+        let (ts, value, quality): (DateTime<Utc>, f64, i16) = (row.get(0), row.get(1), row.get(2));
+        let bucket = out
+            .entry(ts.timestamp().div_euclid(seconds) * seconds)
+            .or_default();
+        if all || quality & !1 == 0 {
+            if bucket.count == 0 {
+                bucket.min = value;
+                bucket.max = value;
+                bucket.first = value;
+            }
+            bucket.count += 1;
+            bucket.sum += value;
+            bucket.min = bucket.min.min(value);
+            bucket.max = bucket.max.max(value);
+            bucket.last = value;
+        } else {
+            bucket.flagged += 1;
+        }
+    }
+    out
+}
+
+async fn check(
+    store: &Store,
+    client: &tokio_postgres::Client,
+    seconds: i64,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    all: bool,
+) {
+    let got: Vec<BucketRow> = store
+        .aggregate(SENSOR, from, to, Duration::from_secs(seconds as u64), all)
+        .await
+        .unwrap();
+    let want = expected(client, seconds, from, to, all).await;
+    let context = format!("{seconds} s buckets over {from}..{to}, all qualities {all}");
+    assert_eq!(
+        got.iter().map(|b| b.start.timestamp()).collect::<Vec<_>>(),
+        want.keys().copied().collect::<Vec<_>>(),
+        "{context}: bucket starts"
+    );
+    for (b, w) in got.iter().zip(want.values()) {
+        let at = format!("{context}, bucket {}", b.start);
+        assert_eq!(b.count, w.count, "{at}: count");
+        assert_eq!(b.flagged, w.flagged, "{at}: flagged");
+        if w.count > 0 {
+            assert!(
+                (b.sum - w.sum).abs() < 1e-9,
+                "{at}: sum {} != {}",
+                b.sum,
+                w.sum
+            );
+            assert_eq!((b.min, b.max), (w.min, w.max), "{at}: min, max");
+            assert_eq!((b.first, b.last), (w.first, w.last), "{at}: first, last");
+        } else {
+            assert!(b.min.is_nan() && b.first.is_nan(), "{at}: no usable value");
+        }
+    }
+}
+
+/// Every bucket width and range shape the API can ask for, checked against the raw rows.
+async fn check_all(store: &Store, client: &tokio_postgres::Client) {
+    let aligned = (t(1, 0, 0), t(4, 0, 0));
+    let ragged = (t(1, 0, 5), t(3, 22, 50));
+    for (from, to) in [aligned, ragged] {
+        for seconds in [900, 1_800, 3_600, 3 * 3_600, 86_400, 2 * 86_400, 600] {
+            check(store, client, seconds, from, to, false).await;
+        }
+        check(store, client, 3_600, from, to, true).await;
+    }
+    // Less than one rollup bucket inside the range.
+    check(store, client, 3_600, t(2, 10, 5), t(2, 10, 55), false).await;
+}
+
+async fn count(client: &tokio_postgres::Client, relation: &str) -> i64 {
+    client
+        .query_one(&format!("SELECT count(*) FROM {relation}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollups_answer_as_the_raw_readings_do_before_and_after_every_change() {
+    let harness = Harness::start().await;
+    with_stations(&harness).await;
+    let store = &harness.store;
+    let client = sql(&harness).await;
+    let id = sensor_id(&harness, SENSOR).await;
+    // Three days of readings every 7 minutes (so buckets hold different numbers of them), with a
+    // flagged spike and a reading the device itself suspects (still usable).
+    let rows: Vec<ReadingRow> = (0..(3 * 24 * 60 / 7))
+        .map(|i| ReadingRow {
+            sensor_id: id,
+            ts: t(1, 0, 0) + ChronoDuration::minutes(7 * i),
+            value: ((i * 53) % 311) as f64 / 100.0,
+            quality: match i {
+                200 => 256,
+                300 => 1,
+                _ => 0,
+            },
+        })
+        .collect();
+    store.write_batch(&rows, &[], Utc::now()).await.unwrap();
+    assert_eq!(store.dirty_rollup_hours().await.unwrap(), 3 * 24);
+    assert_eq!(count(&client, "readings_1h").await, 0);
+    // Nothing refreshed yet: every hour is read from the raw readings.
+    check_all(store, &client).await;
+
+    assert_eq!(store.refresh_all_rollups().await.unwrap(), 3 * 24);
+    assert_eq!(store.dirty_rollup_hours().await.unwrap(), 0);
+    assert_eq!(count(&client, "readings_15m").await, 3 * 96);
+    assert_eq!(count(&client, "readings_1h").await, 3 * 24);
+    assert_eq!(count(&client, "readings_1d").await, 3);
+    let day: (i64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT n, flagged FROM readings_1d WHERE bucket = $1",
+                &[&t(1, 0, 0)],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(
+        day,
+        (205, 1),
+        "the first day: 206 readings, the spike left out"
+    );
+    check_all(store, &client).await;
+
+    // A back-filled reading, the day's new maximum, lands in a refreshed hour: that hour (and its
+    // day, where the daily rollup is read) comes from the raw readings until the next refresh.
+    let late = ReadingRow {
+        sensor_id: id,
+        ts: t(2, 5, 4),
+        value: 99.0,
+        quality: 0,
+    };
+    store.write_batch(&[late], &[], Utc::now()).await.unwrap();
+    assert_eq!(store.dirty_rollup_hours().await.unwrap(), 1);
+    check_all(store, &client).await;
+    let max_of_day = |rows: Vec<BucketRow>| rows.iter().map(|b| b.max).fold(f64::MIN, f64::max);
+    let daily = store
+        .aggregate(
+            SENSOR,
+            t(2, 0, 0),
+            t(3, 0, 0),
+            Duration::from_secs(86_400),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(max_of_day(daily), 99.0);
+
+    // Analytics flags it: out of the aggregates at once, before any refresh.
+    assert_eq!(
+        store
+            .set_quality(SENSOR, &[(t(2, 5, 4), 256)])
+            .await
+            .unwrap(),
+        1
+    );
+    // Flagging it again changes nothing and notes nothing.
+    assert_eq!(
+        store
+            .set_quality(SENSOR, &[(t(2, 5, 4), 256)])
+            .await
+            .unwrap(),
+        0
+    );
+    check_all(store, &client).await;
+    assert_eq!(store.refresh_all_rollups().await.unwrap(), 1);
+    check_all(store, &client).await;
+
+    // The refreshed days really are read from the rollup: a change made to it behind the store's
+    // back shows (and only the daily rollup's row for that day changes).
+    client
+        .execute(
+            "UPDATE readings_1d SET hi = 1000 WHERE bucket = $1",
+            &[&t(3, 0, 0)],
+        )
+        .await
+        .unwrap();
+    let daily = store
+        .aggregate(
+            SENSOR,
+            t(3, 0, 0),
+            t(4, 0, 0),
+            Duration::from_secs(86_400),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(max_of_day(daily), 1000.0);
+    let hourly = store
+        .aggregate(
+            SENSOR,
+            t(3, 0, 0),
+            t(4, 0, 0),
+            Duration::from_secs(3_600),
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(max_of_day(hourly) < 4.0);
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_ingest_keeps_the_rollups_caught_up() {
+    let harness = Harness::start().await;
+    with_stations(&harness).await;
+    let mut settings = harness.settings(Default::default());
+    settings.database.rollup_refresh = Duration::from_millis(200);
+    let ingest = harness.ingest_with(settings);
+    let id = sensor_id(&harness, SENSOR).await;
+    let rows: Vec<ReadingRow> = (0..48)
+        .map(|i| ReadingRow {
+            sensor_id: id,
+            ts: t(10, 0, 0) + ChronoDuration::hours(i),
+            value: i as f64,
+            quality: 0,
+        })
+        .collect();
+    harness
+        .store
+        .write_batch(&rows, &[], Utc::now())
+        .await
+        .unwrap();
+    let store = harness.store.clone();
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            let store = store.clone();
+            async move { store.dirty_rollup_hours().await.unwrap() == 0 }
+        })
+        .await,
+        "the refresher works off the dirty days"
+    );
+    let client = sql(&harness).await;
+    assert_eq!(count(&client, "readings_1d").await, 2);
+    ingest.stop().await;
+    harness.finish().await;
+}
