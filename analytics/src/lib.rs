@@ -13,6 +13,9 @@
 //! - [`freshness`]: staleness of a station that has gone silent.
 //! - [`upstream`]: when an upstream crossing reaches a downstream area.
 //! - [`verification`]: hit rate, misses, false alarms and lead time of the warnings.
+//! - [`waste`]: container fill rate, time to full, collections, overflows, collection timing.
+//! - [`materials`]: material-flow records, treatment split, the EU recycling rate, Sankey flows.
+//! - [`utility`]: peaks, load-duration curves, self-consumption, night flow and leak suspicion.
 //!
 //! The runner that LISTENs for `readings_committed` and writes warnings will sit on top of these.
 //!
@@ -23,6 +26,7 @@ pub mod area;
 pub mod freshness;
 pub mod geography;
 pub mod level;
+pub mod materials;
 pub mod messages;
 pub mod quality;
 pub mod rain;
@@ -31,4 +35,6 @@ pub mod series;
 pub mod setup;
 pub mod trend;
 pub mod upstream;
+pub mod utility;
 pub mod verification;
+pub mod waste;

@@ -6,7 +6,7 @@
 //! - [`process`]: the physical processes (rain cells, linear reservoirs, tides and surges, load
 //!   profiles, solar output, heat meters, water demand, waste containers). Pure.
 //! - [`engine`]: steps a scenario through simulated time into messages, with faults. Deterministic.
-//! - [`replay`]: the recorded data sets in `../shared/data` as readings with their reference data.
+//! - [`replay`]: the recorded data sets (`tests/fixtures/`) as readings with their reference data.
 //! - [`publish`]: one MQTT connection per device; paces simulated time against the wall clock.
 //! - [`load`]: a load generator for benchmarks and loss tests.
 

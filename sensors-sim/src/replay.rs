@@ -1,5 +1,6 @@
-//! Replay of recorded data: the four data sets of `../shared/data` read into timed readings, with the
-//! stations, devices and sensors they need, then published as their devices would have.
+//! Replay of recorded data: the four recorded data sets (`tests/fixtures/`, or full downloads) read
+//! into timed readings, with the stations, devices and sensors they need, then published as their
+//! devices would have.
 
 use crate::engine::Publication;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};

@@ -162,7 +162,7 @@ fn edinburgh_collections_become_fill_and_weight_readings() {
 #[test]
 fn dk1_load_reads_both_series_in_megawatts() {
     let recording = read(Format::Dk1Load, &fixture("dk1-load-2019/load_hourly.csv")).unwrap();
-    assert_eq!(recording.points.len(), 336);
+    assert_eq!(recording.points.len(), 2 * 8760);
     assert_eq!(recording.reference.sensors.len(), 2);
     let first = &recording.points[0];
     assert_eq!(first.ts, utc(2019, 1, 1, 0, 0));
