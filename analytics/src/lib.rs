@@ -14,7 +14,6 @@
 //! - [`upstream`]: when an upstream crossing reaches a downstream area.
 //! - [`verification`]: hit rate, misses, false alarms and lead time of the warnings.
 //! - [`waste`]: container fill rate, time to full, collections, overflows, collection timing.
-//! - [`materials`]: material-flow records, treatment split, the EU recycling rate, Sankey flows.
 //! - [`utility`]: peaks, load-duration curves, self-consumption, night flow and leak suspicion.
 //!
 //! The runner that LISTENs for `readings_committed` and writes warnings will sit on top of these.
@@ -26,7 +25,6 @@ pub mod area;
 pub mod freshness;
 pub mod geography;
 pub mod level;
-pub mod materials;
 pub mod messages;
 pub mod quality;
 pub mod rain;

@@ -19,6 +19,7 @@
 //! - `parquet_export` (feature `parquet`): raw readings as Apache Parquet, streamed by row group.
 //! - [`openapi`]: the OpenAPI 3.1 document (utoipa) and its documentation page.
 //! - [`rate_limit`]: per-client token buckets, `429` with `Retry-After`.
+//! - [`circular`]: material-flow records, recycling statistics and Sankey flows.
 //! - [`manage`]: API keys, devices, stations and sensors over the API, and the audit log.
 //! - [`latest_cache`]: the unfiltered latest values, kept ready between batches.
 //! - [`http_metrics`]: request latency by route, for `/metrics`.
@@ -29,6 +30,7 @@ pub mod auth;
 pub mod body;
 pub mod caching;
 pub mod cap;
+pub mod circular;
 pub mod delivery;
 pub mod error;
 pub mod freshness;
@@ -251,6 +253,12 @@ pub fn api_router(state: ApiState) -> Router {
         .route("/api/v1/keys/{prefix}", delete(manage::revoke_key))
         .route("/api/v1/thresholds/{sensor}", put(manage::put_threshold))
         .route("/api/v1/rain-rules", get(manage::rain_rules))
+        .route(
+            "/api/v1/circular/material-flows",
+            get(circular::flows).post(circular::post_flows),
+        )
+        .route("/api/v1/circular/statistics", get(circular::statistics))
+        .route("/api/v1/circular/flows", get(circular::sankey))
         .route("/api/v1/rain-rules/{sensor}", put(manage::put_rain_rules))
         .route("/api/v1/flood-areas", get(opendata::flood_areas))
         .route("/api/v1/flood-areas/{key}", put(manage::put_flood_area))

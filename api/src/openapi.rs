@@ -159,6 +159,10 @@ impl Modify for ApiKeyScheme {
         crate::manage::put_threshold,
         crate::manage::put_rain_rules,
         crate::manage::rain_rules,
+        crate::circular::post_flows,
+        crate::circular::flows,
+        crate::circular::statistics,
+        crate::circular::sankey,
         crate::manage::put_flood_area,
         crate::opendata::flood_areas,
         crate::manage::audit,
@@ -175,6 +179,7 @@ impl Modify for ApiKeyScheme {
         (name = "warnings", description = "Flood warnings and their delivery"),
         (name = "webhooks", description = "Webhook subscriptions; API key required"),
         (name = "management", description = "Keys, devices, stations, sensors and the audit log; API key required"),
+        (name = "circular", description = "The circular data bank: material flows, recycling statistics, Sankey flows"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]

@@ -36,7 +36,7 @@ const MIN_BUCKET: Duration = Duration::from_secs(60);
 const DEFAULT_SPAN: ChronoDuration = ChronoDuration::hours(24);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Format {
+pub(crate) enum Format {
     Json,
     Csv,
     GeoJson,
@@ -58,7 +58,7 @@ fn wants_parquet(asked: Option<&str>, headers: &HeaderMap) -> bool {
 }
 
 /// The format asked for by `format=` or the `Accept` header; `geo` says whether GeoJSON is offered.
-fn format(asked: Option<&str>, headers: &HeaderMap, geo: bool) -> Result<Format> {
+pub(crate) fn format(asked: Option<&str>, headers: &HeaderMap, geo: bool) -> Result<Format> {
     let offered = if geo {
         "json, csv or geojson"
     } else {
@@ -100,7 +100,7 @@ fn single_format(asked: Option<&str>, headers: &HeaderMap, what: &str) -> Result
     }
 }
 
-fn parse_query<T>(query: std::result::Result<Query<T>, QueryRejection>) -> Result<T> {
+pub(crate) fn parse_query<T>(query: std::result::Result<Query<T>, QueryRejection>) -> Result<T> {
     query
         .map(|Query(q)| q)
         .map_err(|e| ApiError::bad("query", e.body_text()))
@@ -138,7 +138,7 @@ fn unit_of(quantity: &str) -> &'static str {
     Quantity::parse(quantity).map_or("", |q| q.canonical_unit().symbol())
 }
 
-fn csv_field(text: &str) -> String {
+pub(crate) fn csv_field(text: &str) -> String {
     if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
@@ -146,11 +146,11 @@ fn csv_field(text: &str) -> String {
     }
 }
 
-fn typed(content_type: &'static str, body: impl Into<Body>) -> Response {
+pub(crate) fn typed(content_type: &'static str, body: impl Into<Body>) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body.into()).into_response()
 }
 
-fn json_response(value: &impl Serialize) -> Response {
+pub(crate) fn json_response(value: &impl Serialize) -> Response {
     typed(
         "application/json",
         serde_json::to_vec(value).unwrap_or_default(),

@@ -14,6 +14,7 @@
 //! - [`validate`]: the rules that turn a decoded [`wire::WireReading`] into a [`Reading`] or a [`Rejection`].
 //! - [`duration`]: human-friendly durations (`"10m"`, `"30d"`) for configuration files.
 //! - [`secret`]: [`Secret`], a value from the environment that never prints.
+//! - [`waste`]: the European List of Waste codes of packaging and municipal waste.
 
 pub mod broker;
 pub mod duration;
@@ -26,6 +27,7 @@ pub mod time;
 pub mod topic;
 pub mod unit;
 pub mod validate;
+pub mod waste;
 pub mod wire;
 
 pub use id::{DeviceId, SensorKey};

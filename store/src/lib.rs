@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - [`audit`]: the audit log of management actions.
+//! - [`circular`]: material-flow records of the circular data bank.
 //! - [`admin`]: creating and dropping whole databases (tests, benchmarks).
 //! - [`config`]: [`DatabaseConfig`], the `[database]` section of the configuration.
 //! - [`schema`]: migrations, capability detection ([`StorageMode`]), TimescaleDB policies and the
@@ -24,6 +25,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod circular;
 pub mod config;
 pub mod delivery;
 pub mod flood;

@@ -28,6 +28,9 @@ mod opendata;
 // The 15-minute, hourly and daily rollups against the raw readings, before and after refreshes.
 mod rollups;
 
+// The circular data bank: material flows, recycling statistics, Sankey flows.
+mod circular;
+
 // Management over the API: keys, reference data, the audit log.
 mod manage;
 

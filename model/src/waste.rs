@@ -1,9 +1,100 @@
-//! Material-flow records and the statistics made from them: tonnes by treatment, the recycling rate
-//! as the EU counts it for municipal waste (prepared for reuse plus recycled, over generated), per
-//! capita figures, and the flows from municipality through fraction to treatment for a Sankey
-//! diagram.
+//! Waste and materials: the European List of Waste codes Tidemark knows (Commission Decision
+//! 2000/532/EC as amended by Decision 2014/955/EU): chapter 15 01 (separately collected packaging)
+//! and chapter 20 (municipal wastes), the chapters municipal waste statistics are reported in; an
+//! asterisk marks hazardous waste. Then the treatments of the waste hierarchy, and the statistics
+//! made of material-flow records: tonnes by treatment, the recycling rate as the EU counts it for
+//! municipal waste (prepared for reuse plus recycled, over generated), per capita figures, and the
+//! flows from municipality through fraction to treatment for a Sankey diagram.
 
 use std::collections::BTreeMap;
+
+/// One code of the list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WasteCode {
+    /// As the list writes it: `20 01 01`, with `*` for hazardous waste.
+    pub code: &'static str,
+    pub name: &'static str,
+}
+
+impl WasteCode {
+    pub fn hazardous(&self) -> bool {
+        self.code.ends_with('*')
+    }
+}
+
+const fn c(code: &'static str, name: &'static str) -> WasteCode {
+    WasteCode { code, name }
+}
+
+/// The codes, in list order.
+pub const LIST: &[WasteCode] = &[
+    c("15 01 01", "paper and cardboard packaging"),
+    c("15 01 02", "plastic packaging"),
+    c("15 01 03", "wooden packaging"),
+    c("15 01 04", "metallic packaging"),
+    c("15 01 05", "composite packaging"),
+    c("15 01 06", "mixed packaging"),
+    c("15 01 07", "glass packaging"),
+    c("15 01 09", "textile packaging"),
+    c("15 01 10*", "packaging containing residues of or contaminated by hazardous substances"),
+    c("15 01 11*", "metallic packaging containing a hazardous solid porous matrix"),
+    c("20 01 01", "paper and cardboard"),
+    c("20 01 02", "glass"),
+    c("20 01 08", "biodegradable kitchen and canteen waste"),
+    c("20 01 10", "clothes"),
+    c("20 01 11", "textiles"),
+    c("20 01 13*", "solvents"),
+    c("20 01 14*", "acids"),
+    c("20 01 15*", "alkalines"),
+    c("20 01 17*", "photochemicals"),
+    c("20 01 19*", "pesticides"),
+    c("20 01 21*", "fluorescent tubes and other mercury-containing waste"),
+    c("20 01 23*", "discarded equipment containing chlorofluorocarbons"),
+    c("20 01 25", "edible oil and fat"),
+    c("20 01 26*", "oil and fat other than those in 20 01 25"),
+    c("20 01 27*", "paint, inks, adhesives and resins containing hazardous substances"),
+    c("20 01 28", "paint, inks, adhesives and resins other than those in 20 01 27"),
+    c("20 01 29*", "detergents containing hazardous substances"),
+    c("20 01 30", "detergents other than those in 20 01 29"),
+    c("20 01 31*", "cytotoxic and cytostatic medicines"),
+    c("20 01 32", "medicines other than those in 20 01 31"),
+    c("20 01 33*", "batteries and accumulators containing hazardous batteries"),
+    c("20 01 34", "batteries and accumulators other than those in 20 01 33"),
+    c("20 01 35*", "discarded electrical and electronic equipment containing hazardous components"),
+    c("20 01 36", "discarded electrical and electronic equipment other than those in 20 01 21, 20 01 23 and 20 01 35"),
+    c("20 01 37*", "wood containing hazardous substances"),
+    c("20 01 38", "wood other than that in 20 01 37"),
+    c("20 01 39", "plastics"),
+    c("20 01 40", "metals"),
+    c("20 01 41", "wastes from chimney sweeping"),
+    c("20 01 99", "other fractions not otherwise specified"),
+    c("20 02 01", "biodegradable waste"),
+    c("20 02 02", "soil and stones"),
+    c("20 02 03", "other non-biodegradable wastes"),
+    c("20 03 01", "mixed municipal waste"),
+    c("20 03 02", "waste from markets"),
+    c("20 03 03", "street-cleaning residues"),
+    c("20 03 04", "septic tank sludge"),
+    c("20 03 06", "waste from sewage cleaning"),
+    c("20 03 07", "bulky waste"),
+    c("20 03 99", "municipal wastes not otherwise specified"),
+];
+
+/// The code as the list writes it, from `20 01 01`, `200101` or `20 01 21*` (the asterisk
+/// optional); `None` for a code not in [`LIST`].
+pub fn lookup(code: &str) -> Option<&'static WasteCode> {
+    let digits: String = code
+        .trim()
+        .trim_end_matches('*')
+        .chars()
+        .filter(|c| *c != ' ')
+        .collect();
+    if digits.len() != 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    LIST.iter()
+        .find(|w| w.code.trim_end_matches('*').replace(' ', "") == digits)
+}
 
 /// What happened to the waste, in the waste hierarchy's order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -126,17 +217,32 @@ pub fn sankey(records: &[FlowRecord]) -> Vec<FlowLink> {
         .collect()
 }
 
-/// Whether a string is a well-formed EU List of Waste code: three pairs of digits, with spaces
-/// (`20 01 01`) or without (`200101`), and an optional asterisk for hazardous waste.
-pub fn is_waste_code(code: &str) -> bool {
-    let digits: String = code.trim_end_matches('*').split(' ').collect();
-    let spaced = code.trim_end_matches('*').split(' ').count();
-    digits.len() == 6 && digits.bytes().all(|b| b.is_ascii_digit()) && (spaced == 1 || spaced == 3)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codes_are_found_however_they_are_spaced() {
+        for (given, found) in [
+            ("20 01 01", Some("20 01 01")),
+            ("200101", Some("20 01 01")),
+            (" 20 01 39 ", Some("20 01 39")),
+            ("20 01 21", Some("20 01 21*")),
+            ("20 01 21*", Some("20 01 21*")),
+            ("15 01 02", Some("15 01 02")),
+            ("20 01 03", None),
+            ("17 01 01", None),
+            ("2001", None),
+            ("", None),
+        ] {
+            assert_eq!(lookup(given).map(|w| w.code), found, "{given:?}");
+        }
+        assert!(lookup("20 01 33").unwrap().hazardous());
+        assert!(!lookup("20 03 01").unwrap().hazardous());
+        let mut codes: Vec<&str> = LIST.iter().map(|w| w.code).collect();
+        codes.dedup();
+        assert_eq!(codes.len(), LIST.len(), "no code twice");
+    }
 
     fn record(municipality: &str, code: &str, tonnes: f64, treatment: Treatment) -> FlowRecord {
         FlowRecord {
@@ -208,18 +314,7 @@ mod tests {
     }
 
     #[test]
-    fn waste_codes_and_treatments_are_recognised() {
-        for (code, ok) in [
-            ("20 01 01", true),
-            ("200101", true),
-            ("20 01 21*", true),
-            ("20 0101", false),
-            ("2001", false),
-            ("20 01 0a", false),
-            ("", false),
-        ] {
-            assert_eq!(is_waste_code(code), ok, "{code:?}");
-        }
+    fn treatments_are_named() {
         for t in Treatment::ALL {
             assert_eq!(Treatment::parse(t.name()), Some(t));
         }

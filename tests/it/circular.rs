@@ -1,0 +1,197 @@
+//! The circular data bank over HTTP against the real database: material-flow records validated
+//! field by field, refused when they overlap, and turned into the recycling rate and flows the
+//! records imply; researchers read, utilities and operators post.
+
+use crate::support::*;
+use reqwest::Method;
+use serde_json::json;
+use tidemark_store::delivery::Role;
+
+fn record(code: &str, tonnes: f64, treatment: &str, facility: &str) -> serde_json::Value {
+    json!({
+        "period_from": "2025-01-01", "period_to": "2025-03-31", "municipality": "0751",
+        "waste_code": code, "tonnes": tonnes, "treatment": treatment, "facility": facility,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn material_flows_are_validated_stored_once_and_give_the_recycling_rate() {
+    let harness = Harness::start().await;
+    let api = Api::start(&harness, &config(&harness)).await;
+    let utility = api.key(Role::Utility, None).await;
+    let researcher = api.key(Role::Researcher, None).await;
+    let path = "/api/v1/circular/material-flows";
+    let post = |key: Option<String>, body: serde_json::Value| {
+        let api = &api;
+        async move {
+            api.call(Method::POST, path, key.as_deref(), Some(body))
+                .await
+        }
+    };
+
+    // Each kind of bad record gets a 400 naming the record and its field.
+    let good = record("20 01 01", 40.0, "recycling", "Paper mill");
+    let with = |field: &str, value: serde_json::Value| {
+        let mut r = good.clone();
+        r[field] = value;
+        json!({ "records": [good.clone(), r] })
+    };
+    for (body, parameter) in [
+        (
+            with("waste_code", json!("20 01 03")),
+            "records[1].waste_code",
+        ),
+        (with("waste_code", json!("paper")), "records[1].waste_code"),
+        (with("tonnes", json!(-1.0)), "records[1].tonnes"),
+        (with("tonnes", json!(1e12)), "records[1].tonnes"),
+        (
+            with("treatment", json!("incineration")),
+            "records[1].treatment",
+        ),
+        (
+            with("period_from", json!("2025-13-01")),
+            "records[1].period_from",
+        ),
+        (
+            with("period_to", json!("2024-12-31")),
+            "records[1].period_to",
+        ),
+        (with("facility", json!(" ")), "records[1].facility"),
+        (
+            with("municipality", json!("9999")),
+            "records[1].municipality",
+        ),
+        (
+            json!({ "records": [good.clone(), good.clone()] }),
+            "records[1].period_from",
+        ),
+        (json!({ "records": [] }), "records"),
+        (json!({ "records": [good.clone()], "note": 1 }), "body"),
+    ] {
+        let (status, problem) = post(Some(utility.clone()), body.clone()).await;
+        assert_eq!(
+            (status, problem["parameter"].as_str()),
+            (400, Some(parameter)),
+            "{body}: {problem}"
+        );
+    }
+    let (_, listed) = api.call(Method::GET, path, None, None).await;
+    assert_eq!(
+        listed["records"],
+        json!([]),
+        "a refused post stores nothing"
+    );
+
+    // Researchers read but do not post; without a key nobody posts.
+    let set = json!({ "records": [
+        record("20 01 01", 40.0, "recycling", "Paper mill"),
+        record("20 03 01", 50.0, "other_recovery", "Energy plant"),
+        record("20 01 38", 5.0, "preparing_for_reuse", "Reuse centre"),
+        record("20 03 01", 5.0, "landfill", "Landfill"),
+    ]});
+    let (status, _) = post(Some(researcher.clone()), set.clone()).await;
+    assert_eq!(status, 403);
+    let (status, _) = post(None, set.clone()).await;
+    assert_eq!(status, 401);
+    let (status, body) = post(Some(utility.clone()), set.clone()).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["ids"].as_array().unwrap().len(), 4);
+
+    // The same period again overlaps what is stored: refused, once counted.
+    let (status, problem) = post(Some(utility.clone()), json!({ "records": [
+        json!({ "period_from": "2025-03-01", "period_to": "2025-05-31", "municipality": "0751",
+                "waste_code": "200101", "tonnes": 12.0, "treatment": "recycling", "facility": "Paper mill" }),
+    ]}))
+    .await;
+    assert_eq!(status, 409, "{problem}");
+    // The next quarter is fine.
+    let (status, _) = post(Some(utility.clone()), json!({ "records": [
+        json!({ "period_from": "2025-04-01", "period_to": "2025-06-30", "municipality": "0751",
+                "waste_code": "200101", "tonnes": 10.0, "treatment": "recycling", "facility": "Paper mill" }),
+    ]}))
+    .await;
+    assert_eq!(status, 201);
+
+    // (40 + 5) / 100 in the first quarter; with the second, (40 + 5 + 10) / 110.
+    let (status, stats) = api
+        .call(
+            Method::GET,
+            "/api/v1/circular/statistics?municipality=0751&period=quarter",
+            Some(&researcher),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let quarters = stats["statistics"].as_array().unwrap();
+    assert_eq!(quarters.len(), 2);
+    assert_eq!(quarters[0]["period"], "2025-Q1");
+    assert_eq!(quarters[0]["generated_tonnes"], 100.0);
+    assert!((quarters[0]["recycling_rate"].as_f64().unwrap() - 0.45).abs() < 1e-12);
+    assert_eq!(quarters[0]["treatment_tonnes"]["landfill"], 5.0);
+    assert_eq!(quarters[1]["recycling_rate"], 1.0);
+    let mixed = quarters[0]["fractions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["waste_code"] == "20 03 01")
+        .unwrap();
+    assert_eq!(mixed["waste_name"], "mixed municipal waste");
+    assert_eq!(mixed["recycling_rate"], 0.0);
+    let (_, year) = api
+        .call(
+            Method::GET,
+            "/api/v1/circular/statistics?municipality=0751",
+            None,
+            None,
+        )
+        .await;
+    let year = &year["statistics"][0];
+    assert_eq!(year["period"], "2025");
+    assert!((year["recycling_rate"].as_f64().unwrap() - 55.0 / 110.0).abs() < 1e-12);
+
+    // Flows for a Sankey diagram add up to what was posted.
+    let (_, flows) = api
+        .call(
+            Method::GET,
+            "/api/v1/circular/flows?to=2025-03-31",
+            None,
+            None,
+        )
+        .await;
+    let links = flows["links"].as_array().unwrap();
+    let out_of_municipality: f64 = links
+        .iter()
+        .filter(|l| l["source"] == "municipality:0751")
+        .map(|l| l["tonnes"].as_f64().unwrap())
+        .sum();
+    assert_eq!(out_of_municipality, 100.0);
+    assert!(links.iter().any(|l| l["source"] == "waste:20 03 01"
+        && l["target"] == "treatment:landfill"
+        && l["tonnes"] == 5.0));
+
+    // The records themselves, in JSON and CSV, and who posted them in the audit log.
+    let (_, listed) = api.call(Method::GET, path, None, None).await;
+    assert_eq!(listed["records"].as_array().unwrap().len(), 5);
+    let (status, _, csv) = api
+        .text(&format!("{path}?format=csv&waste_code=20%2001%2001"))
+        .await;
+    assert_eq!(status, 200);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(lines[1].contains(",20 01 01,40,recycling,Paper mill,"));
+    let operator = api.key(Role::Operator, None).await;
+    let (_, audit) = api
+        .call(Method::GET, "/api/v1/audit", Some(&operator), None)
+        .await;
+    assert!(audit.to_string().contains("material_flows.post"));
+    let (status, problem) = api
+        .call(
+            Method::GET,
+            &format!("{path}?from=2025-05-01&to=2025-01-01"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!((status, problem["parameter"].as_str()), (400, Some("to")));
+    harness.finish().await;
+}
