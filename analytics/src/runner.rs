@@ -5,7 +5,7 @@
 use crate::area::{self, AreaInput, Level, LevelSensor, RainSensor, Upstream, WarningKind};
 use crate::level::{LevelRule, Severity};
 use crate::messages;
-use crate::quality::QcRules;
+use crate::quality::{self, QcRules};
 use crate::rain::{self, RainRule};
 use crate::series::Sample;
 use chrono::{DateTime, Utc};
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidemark_model::{duration, Quality};
 use tidemark_store::flood::FLOOD_SETUP_CHANGED;
-use tidemark_store::flood::{CrossingRow, FloodSetup, NewEvent};
+use tidemark_store::flood::{CrossingRow, FloodSetup, NewEvent, QualityRuleRow};
 use tidemark_store::readings::READINGS_COMMITTED;
 use tidemark_store::reference::SensorInfo;
 use tidemark_store::{notify, DatabaseConfig, Store};
@@ -147,6 +147,8 @@ pub struct Settings {
 
 /// What the runner knows of the configuration, reloaded when an unknown sensor shows up.
 struct Model {
+    /// Quality rules of sensors outside the flood setup (meters, containers).
+    quality_rules: Vec<QualityRuleRow>,
     setup: FloodSetup,
     sensors: HashMap<String, SensorInfo>,
     by_id: HashMap<i32, String>,
@@ -158,6 +160,7 @@ impl Model {
         let catalog = store.sensor_catalog().await?;
         Ok(Model {
             setup,
+            quality_rules: store.quality_rules().await?,
             by_id: catalog.iter().map(|s| (s.id, s.key.clone())).collect(),
             sensors: catalog.into_iter().map(|s| (s.key.clone(), s)).collect(),
         })
@@ -207,6 +210,11 @@ pub async fn run(
     let channels = [READINGS_COMMITTED, FLOOD_SETUP_CHANGED];
     let mut listener = notify::listen(&settings.database, &channels).await?;
     tracing::info!(areas = model.setup.areas.len(), "analytics started");
+    // Listening first, so that no rule change falls between this check and the next.
+    model = Model::load(&store).await?;
+    if let Err(error) = check_rule_sensors(&store, &model.quality_rules, HISTORY_START).await {
+        tracing::warn!(%error, "quality checks failed");
+    }
     let mut pending: BTreeSet<String> = model.setup.areas.iter().map(|a| a.key.clone()).collect();
     let mut sweep = tokio::time::interval(settings.analytics.sweep_interval);
     sweep.tick().await;
@@ -246,6 +254,10 @@ pub async fn run(
                         Ok(fresh) => {
                             model = fresh;
                             tracing::info!(areas = model.setup.areas.len(), "flood setup reloaded");
+                            // A new or changed quality rule applies to the whole history.
+                            if let Err(error) = check_rule_sensors(&store, &model.quality_rules, HISTORY_START).await {
+                                tracing::warn!(%error, "quality checks failed");
+                            }
                         }
                         Err(error) => tracing::warn!(%error, "cannot reload the flood setup"),
                     }
@@ -272,6 +284,26 @@ pub async fn run(
                         Err(error) => tracing::warn!(%error, "cannot reload the flood setup"),
                     }
                 }
+                // Sensors with a quality rule are checked from a day before the earliest new reading,
+                // so that a reading is judged again once its later neighbours have come.
+                let earliest = payloads
+                    .iter()
+                    .filter_map(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+                    .filter_map(|v| v["from"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()))
+                    .map(|t| t.with_timezone(&Utc))
+                    .min();
+                let ruled: Vec<QualityRuleRow> = model
+                    .quality_rules
+                    .iter()
+                    .filter(|r| ids.iter().any(|id| model.by_id.get(id) == Some(&r.sensor_key)))
+                    .cloned()
+                    .collect();
+                if let (Some(earliest), false) = (earliest, ruled.is_empty()) {
+                    let from = earliest - chrono::Duration::days(1);
+                    if let Err(error) = check_rule_sensors(&store, &ruled, from).await {
+                        tracing::warn!(%error, "quality checks failed");
+                    }
+                }
                 for id in ids {
                     if let Some(key) = model.by_id.get(&id) {
                         pending.extend(model.areas_of(key));
@@ -281,6 +313,57 @@ pub async fn run(
         }
     }
     tracing::info!("analytics stopped");
+    Ok(())
+}
+
+/// Before any reading Tidemark keeps (and well inside what PostgreSQL's timestamps hold).
+const HISTORY_START: DateTime<Utc> = DateTime::UNIX_EPOCH;
+
+/// The flags data-quality checks own; the device's own flags are never cleared.
+const CHECK_FLAGS: i16 = Quality::SPIKE.0 | Quality::STUCK.0 | Quality::OUT_OF_RANGE.0;
+
+/// Runs the data-quality checks of sensors with a quality rule over their readings from `from` on,
+/// and writes the flags that changed. Flags set earlier by these checks are judged afresh, so a
+/// reading at the edge of an earlier batch loses a flag its later neighbours disprove.
+async fn check_rule_sensors(
+    store: &Store,
+    rules: &[QualityRuleRow],
+    from: DateTime<Utc>,
+) -> Result<(), tidemark_store::Error> {
+    if rules.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<String> = rules.iter().map(|r| r.sensor_key.clone()).collect();
+    let series = store.series(&keys, from).await?;
+    for rule in rules {
+        let Some(rows) = series.get(&rule.sensor_key) else {
+            continue;
+        };
+        let fresh: Vec<Sample> = rows
+            .iter()
+            .map(|(ts, value, q)| Sample {
+                ts: *ts,
+                value: *value,
+                quality: Quality(q & !CHECK_FLAGS),
+            })
+            .collect();
+        let qc = QcRules {
+            plausible: (rule.plausible_low, rule.plausible_high),
+            spike_floor: rule.spike_floor,
+            stuck_run: usize::try_from(rule.stuck_run).unwrap_or(0),
+            ..QcRules::default()
+        };
+        let changed: Vec<(DateTime<Utc>, i16)> = quality::check(&fresh, &qc)
+            .into_iter()
+            .zip(rows)
+            .filter(|(flag, (_, _, stored))| flag.0 != *stored)
+            .map(|(flag, (ts, _, _))| (*ts, flag.0))
+            .collect();
+        if !changed.is_empty() {
+            let flagged = store.set_quality(&rule.sensor_key, &changed).await?;
+            tracing::info!(stage = "analytics", sensor = %rule.sensor_key, flagged, "quality flags changed");
+        }
+    }
     Ok(())
 }
 

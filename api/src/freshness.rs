@@ -11,8 +11,8 @@
 //! `304` answered on it, until the second of the latest change has passed. While the listening
 //! connection is down the process cannot know what changed, and gives neither.
 //!
-//! Routes whose answer is kept in a cache of its own (`/api/v1/latest`) or that need a key carry
-//! only the `ETag` of [`crate::caching`].
+//! Routes whose answer is kept in a cache of its own (`/api/v1/latest`), that need a key, or whose
+//! answer also depends on the clock carry only the `ETag` of [`crate::caching`].
 
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
@@ -49,34 +49,61 @@ fn kinds_of(channel: &str) -> &'static [Kind] {
     }
 }
 
-/// The routes with `Last-Modified`, and the kinds of data their answers depend on.
-const DEPENDENCIES: &[(&str, &[Kind])] = {
+/// Which requests to a route are answered from stored data alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Span {
+    /// Every request.
+    Any,
+    /// Only requests that fix their time range (`from` and `to`, or `since`); a default range
+    /// ends now, and readings leave it as time passes without any change to the data.
+    Fixed,
+}
+
+/// The routes with `Last-Modified`, and the kinds of data their answers depend on. Routes whose
+/// answers depend on the clock as well (stations and municipalities show which sensors are stale,
+/// the Atom feed is dated now when it is empty) are left out: only their `ETag` is reliable.
+const DEPENDENCIES: &[(&str, Span, &[Kind])] = {
     use Kind::*;
+    use Span::*;
     &[
-        ("/api/v1/stations", &[Reference]),
-        ("/api/v1/stations/{key}", &[Reference, Readings]),
-        ("/api/v1/sensors/{key}/readings", &[Readings]),
-        ("/api/v1/municipalities", &[Reference]),
-        ("/api/v1/municipalities/{code}", &[Reference, Warnings]),
-        ("/api/v1/flood-areas", &[Reference, Warnings]),
-        ("/api/v1/rain-rules", &[Reference]),
-        ("/api/v1/warnings", &[Warnings, Reference]),
-        ("/api/v1/warnings.atom", &[Warnings, Reference]),
-        ("/api/v1/warnings/{id}", &[Warnings, Reference]),
-        ("/api/v1/warning-events/{file}", &[Warnings, Reference]),
+        ("/api/v1/sensors/{key}/readings", Fixed, &[Readings]),
+        (
+            "/api/v1/utilities/sensors/{key}/summary",
+            Fixed,
+            &[Readings],
+        ),
+        (
+            "/api/v1/utilities/sensors/{key}/load-duration",
+            Fixed,
+            &[Readings],
+        ),
+        ("/api/v1/municipalities", Any, &[Reference]),
+        ("/api/v1/flood-areas", Any, &[Reference, Warnings]),
+        ("/api/v1/rain-rules", Any, &[Reference]),
+        ("/api/v1/quality-rules", Any, &[Reference]),
+        ("/api/v1/warnings", Any, &[Warnings, Reference]),
+        ("/api/v1/warnings/{id}", Any, &[Warnings, Reference]),
+        ("/api/v1/warning-events/{file}", Any, &[Warnings, Reference]),
         // Fixed for the life of the process.
-        ("/api/v1/openapi.json", &[]),
-        ("/api/v1/docs", &[]),
+        ("/api/v1/openapi.json", Any, &[]),
+        ("/api/v1/docs", Any, &[]),
     ]
 };
 
-/// The kinds of data the answer of a route depends on; `None` for routes without
+/// The kinds of data the answer to a request depends on; `None` for requests without
 /// `Last-Modified`.
-pub fn depends_on(route: &str) -> Option<&'static [Kind]> {
-    DEPENDENCIES
-        .iter()
-        .find(|(r, _)| *r == route)
-        .map(|(_, kinds)| *kinds)
+pub fn depends_on(route: &str, query: Option<&str>) -> Option<&'static [Kind]> {
+    let (_, span, kinds) = DEPENDENCIES.iter().find(|(r, _, _)| *r == route)?;
+    let given = |name: &str| {
+        query
+            .unwrap_or_default()
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some(name))
+    };
+    match span {
+        Span::Fixed if !((given("from") && given("to")) || given("since")) => None,
+        _ => Some(*kinds),
+    }
 }
 
 /// When each kind of data last changed, as far as this process has heard.
@@ -174,7 +201,7 @@ pub async fn last_modified(
     let kinds = request
         .extensions()
         .get::<MatchedPath>()
-        .and_then(|p| depends_on(p.as_str()));
+        .and_then(|p| depends_on(p.as_str(), request.uri().query()));
     let (Some(kinds), true) = (kinds, request.method() == Method::GET) else {
         return next.run(request).await;
     };
@@ -270,15 +297,25 @@ mod tests {
         ] {
             assert!(!kinds_of(channel).is_empty(), "{channel}");
         }
-        assert!(depends_on("/api/v1/latest").is_none());
-        assert!(depends_on("/api/v1/keys").is_none());
+        assert!(depends_on("/api/v1/latest", None).is_none());
+        assert!(depends_on("/api/v1/keys", None).is_none());
+        assert!(
+            depends_on("/api/v1/stations", None).is_none(),
+            "staleness moves with the clock"
+        );
+        let readings = "/api/v1/sensors/{key}/readings";
+        assert!(depends_on(readings, None).is_none());
+        assert!(depends_on(readings, Some("from=2024-01-01T00:00:00Z")).is_none());
+        assert!(depends_on(readings, Some("from=a&to=b&bucket=1h")).is_some());
+        assert!(depends_on(readings, Some("since=a&limit=10")).is_some());
+        assert!(depends_on(readings, Some("fromage=a&to=b")).is_none());
     }
 
     #[test]
     fn every_route_given_last_modified_is_in_the_router() {
         // Without whitespace, so that a route broken over lines by rustfmt reads as one.
         let source: String = include_str!("lib.rs").split_whitespace().collect();
-        for (route, _) in DEPENDENCIES {
+        for (route, _, _) in DEPENDENCIES {
             assert!(
                 source.contains(&format!(".route(\"{route}\"")),
                 "{route} is not a route"

@@ -20,6 +20,7 @@
 //! - [`openapi`]: the OpenAPI 3.1 document (utoipa) and its documentation page.
 //! - [`rate_limit`]: per-client token buckets, `429` with `Retry-After`.
 //! - [`circular`]: material-flow records, recycling statistics and Sankey flows.
+//! - [`utilities`]: a meter's summary (mean, peak) and load-duration curve.
 //! - [`manage`]: API keys, devices, stations and sensors over the API, and the audit log.
 //! - [`latest_cache`]: the unfiltered latest values, kept ready between batches.
 //! - [`http_metrics`]: request latency by route, for `/metrics`.
@@ -43,6 +44,7 @@ pub mod opendata;
 pub mod parquet_export;
 pub mod rate_limit;
 pub mod sse;
+pub mod utilities;
 pub mod warnings;
 pub mod webhooks;
 
@@ -253,12 +255,25 @@ pub fn api_router(state: ApiState) -> Router {
         .route("/api/v1/keys/{prefix}", delete(manage::revoke_key))
         .route("/api/v1/thresholds/{sensor}", put(manage::put_threshold))
         .route("/api/v1/rain-rules", get(manage::rain_rules))
+        .route("/api/v1/quality-rules", get(manage::quality_rules))
+        .route(
+            "/api/v1/quality-rules/{sensor}",
+            put(manage::put_quality_rule),
+        )
         .route(
             "/api/v1/circular/material-flows",
             get(circular::flows).post(circular::post_flows),
         )
         .route("/api/v1/circular/statistics", get(circular::statistics))
         .route("/api/v1/circular/flows", get(circular::sankey))
+        .route(
+            "/api/v1/utilities/sensors/{key}/summary",
+            get(utilities::summary),
+        )
+        .route(
+            "/api/v1/utilities/sensors/{key}/load-duration",
+            get(utilities::load_duration),
+        )
         .route("/api/v1/rain-rules/{sensor}", put(manage::put_rain_rules))
         .route("/api/v1/flood-areas", get(opendata::flood_areas))
         .route("/api/v1/flood-areas/{key}", put(manage::put_flood_area))

@@ -859,3 +859,108 @@ pub async fn rain_rules(State(state): State<ApiState>) -> Result<Response> {
     }
     Ok(Json(out).into_response())
 }
+
+/// A sensor's data-quality rule, in its canonical unit.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QualityRuleBody {
+    /// Values outside `[plausible_low, plausible_high]` are flagged out of range.
+    pub plausible_low: f64,
+    pub plausible_high: f64,
+    /// The smallest jump off the neighbouring readings that counts as a spike.
+    pub spike_floor: f64,
+    /// This many equal consecutive values make a run stuck; 0 (the default) turns the check off.
+    #[serde(default)]
+    pub stuck_run: i32,
+}
+
+/// `PUT /api/v1/quality-rules/{sensor}`: sets the data-quality rule of a sensor outside the flood
+/// setup (a meter, a container); running analytics check its whole history again and flag what
+/// breaks it.
+#[utoipa::path(put, path = "/api/v1/quality-rules/{sensor}", tag = "management", request_body = QualityRuleBody,
+    security(("api_key" = [])), params(("sensor" = String, Path, description = "The sensor's key")),
+    responses(
+        (status = 204, description = "Stored; analytics apply it at once"),
+        (status = 400, description = "A bad field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator or utility key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such sensor", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn put_quality_rule(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(sensor): Path<String>,
+    request: std::result::Result<Json<QualityRuleBody>, JsonRejection>,
+) -> Result<StatusCode> {
+    caller.require(REFERENCE_EDITORS)?;
+    let r = body(request)?;
+    if !(r.plausible_low.is_finite() && r.plausible_high.is_finite()) {
+        return Err(ApiError::bad(
+            "plausible_low",
+            "the plausible range is two finite numbers",
+        ));
+    }
+    if r.plausible_low >= r.plausible_high {
+        return Err(ApiError::bad(
+            "plausible_high",
+            "plausible_high must be above plausible_low",
+        ));
+    }
+    if !r.spike_floor.is_finite() || r.spike_floor < 0.0 {
+        return Err(ApiError::bad(
+            "spike_floor",
+            "spike_floor is a number from 0",
+        ));
+    }
+    if !(0..=10_000).contains(&r.stuck_run) {
+        return Err(ApiError::bad("stuck_run", "stuck_run is 0 (off) to 10000"));
+    }
+    if state.store.sensor_quantity(&sensor).await?.is_none() {
+        return Err(ApiError::NotFound(format!("sensor {sensor}")));
+    }
+    let audit = caller.actor().audit(
+        "quality_rule.put",
+        format!("sensor {sensor}"),
+        serde_json::to_value(&r).unwrap_or_default(),
+    );
+    let row = tidemark_store::flood::QualityRuleRow {
+        sensor_key: sensor.clone(),
+        plausible_low: r.plausible_low,
+        plausible_high: r.plausible_high,
+        spike_floor: r.spike_floor,
+        stuck_run: r.stuck_run,
+    };
+    state.store.put_quality_rule(&row, &audit).await?;
+    tracing::info!(%sensor, by = %caller.prefix, "quality rule changed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A sensor's quality rule, as listed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SensorQualityRule {
+    pub sensor: String,
+    #[serde(flatten)]
+    pub rule: QualityRuleBody,
+}
+
+/// `GET /api/v1/quality-rules`: the data-quality rules of sensors outside the flood setup.
+#[utoipa::path(get, path = "/api/v1/quality-rules", tag = "open data",
+    responses((status = 200, description = "Rules by sensor", body = Vec<SensorQualityRule>)))]
+pub async fn quality_rules(State(state): State<ApiState>) -> Result<Response> {
+    let rules: Vec<SensorQualityRule> = state
+        .store
+        .quality_rules()
+        .await?
+        .into_iter()
+        .map(|r| SensorQualityRule {
+            sensor: r.sensor_key,
+            rule: QualityRuleBody {
+                plausible_low: r.plausible_low,
+                plausible_high: r.plausible_high,
+                spike_floor: r.spike_floor,
+                stuck_run: r.stuck_run,
+            },
+        })
+        .collect();
+    Ok(Json(rules).into_response())
+}

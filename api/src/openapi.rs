@@ -159,10 +159,14 @@ impl Modify for ApiKeyScheme {
         crate::manage::put_threshold,
         crate::manage::put_rain_rules,
         crate::manage::rain_rules,
+        crate::manage::put_quality_rule,
+        crate::manage::quality_rules,
         crate::circular::post_flows,
         crate::circular::flows,
         crate::circular::statistics,
         crate::circular::sankey,
+        crate::utilities::summary,
+        crate::utilities::load_duration,
         crate::manage::put_flood_area,
         crate::opendata::flood_areas,
         crate::manage::audit,
@@ -180,6 +184,7 @@ impl Modify for ApiKeyScheme {
         (name = "webhooks", description = "Webhook subscriptions; API key required"),
         (name = "management", description = "Keys, devices, stations, sensors and the audit log; API key required"),
         (name = "circular", description = "The circular data bank: material flows, recycling statistics, Sankey flows"),
+        (name = "utilities", description = "Meter statistics: summaries with peaks, load-duration curves"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]

@@ -162,6 +162,12 @@ impl Store {
             .await
             .context("upserting a municipality")?;
         }
+        tx.execute(
+            "SELECT pg_notify($1, '')",
+            &[&crate::reference::REFERENCE_CHANGED],
+        )
+        .await
+        .context("notifying reference_changed")?;
         tx.commit().await.context("commit municipalities")
     }
 
@@ -756,5 +762,71 @@ impl Store {
             .await
             .context("reading the outbox")?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
+/// A data-quality rule for a sensor outside the flood setup.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QualityRuleRow {
+    pub sensor_key: String,
+    pub plausible_low: f64,
+    pub plausible_high: f64,
+    pub spike_floor: f64,
+    pub stuck_run: i32,
+}
+
+impl Store {
+    /// Creates or replaces a sensor's quality rule, with an audit entry, announced on
+    /// [`FLOOD_SETUP_CHANGED`] (the channel analytics reload their setup on).
+    pub async fn put_quality_rule(
+        &self,
+        rule: &QualityRuleRow,
+        audit: &crate::audit::Audit,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.context("begin quality rule")?;
+        tx.execute(
+            "INSERT INTO quality_rules (sensor_key, plausible_low, plausible_high, spike_floor, stuck_run) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (sensor_key) DO UPDATE SET \
+             plausible_low = EXCLUDED.plausible_low, plausible_high = EXCLUDED.plausible_high, \
+             spike_floor = EXCLUDED.spike_floor, stuck_run = EXCLUDED.stuck_run, updated_at = now()",
+            &[
+                &rule.sensor_key,
+                &rule.plausible_low,
+                &rule.plausible_high,
+                &rule.spike_floor,
+                &rule.stuck_run,
+            ],
+        )
+        .await
+        .context("storing a quality rule")?;
+        crate::audit::record(&tx, audit).await?;
+        tx.execute("SELECT pg_notify($1, '')", &[&FLOOD_SETUP_CHANGED])
+            .await
+            .context("notifying flood_setup_changed")?;
+        tx.commit().await.context("commit quality rule")
+    }
+
+    /// Every quality rule, by sensor key.
+    pub async fn quality_rules(&self) -> Result<Vec<QualityRuleRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT sensor_key, plausible_low, plausible_high, spike_floor, stuck_run \
+                 FROM quality_rules ORDER BY sensor_key",
+                &[],
+            )
+            .await
+            .context("reading quality rules")?;
+        Ok(rows
+            .iter()
+            .map(|r| QualityRuleRow {
+                sensor_key: r.get(0),
+                plausible_low: r.get(1),
+                plausible_high: r.get(2),
+                spike_floor: r.get(3),
+                stuck_run: r.get(4),
+            })
+            .collect())
     }
 }

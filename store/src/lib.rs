@@ -15,6 +15,7 @@
 //! - [`notify`]: LISTEN on a dedicated connection, and [`notify::Wakeups`] that reconnects.
 //! - [`opendata`]: stations, latest values, raw readings in pages, aggregation into buckets.
 //! - [`readings`]: the idempotent batch write of readings and rejections, with its notification.
+//! - [`utility`]: a meter's summary (mean, peak) and load-duration curve.
 //! - [`rollup`]: the 15-minute, hourly and daily rollups and the dirty list that keeps them exact.
 //!
 //! [`Store`] holds the connection pool and is cheap to clone.
@@ -35,6 +36,7 @@ pub mod readings;
 pub mod reference;
 pub mod rollup;
 pub mod schema;
+pub mod utility;
 
 pub use config::{DatabaseConfig, TimescaleSetting};
 pub use schema::StorageMode;

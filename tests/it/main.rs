@@ -31,6 +31,9 @@ mod rollups;
 // The circular data bank: material flows, recycling statistics, Sankey flows.
 mod circular;
 
+// Utility statistics on the replayed 2019 DK1 load.
+mod utilities;
+
 // Management over the API: keys, reference data, the audit log.
 mod manage;
 

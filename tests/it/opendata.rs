@@ -703,36 +703,44 @@ async fn modified_since(api: &Api, path: &str, since: &str) -> (Option<String>, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_modified_moves_with_the_data_an_answer_depends_on() {
     let (harness, api) = loaded().await;
-    let stations = "/api/v1/stations";
+    let areas = "/api/v1/flood-areas";
     let readings = format!(
         "/api/v1/sensors/{SENSOR}/readings?from=2023-10-19T00:00:00Z&to=2023-10-30T00:00:00Z"
     );
-    let stations_lm = last_modified_of(&api, stations).await;
+    let areas_lm = last_modified_of(&api, areas).await;
     let readings_lm = last_modified_of(&api, &readings).await;
 
     // Unchanged: 304 with the ETag a 200 would carry, and no body; an older date gets the answer.
     let response = api
         .http
-        .get(api.url(stations))
-        .header("if-modified-since", &stations_lm)
+        .get(api.url(areas))
+        .header("if-modified-since", &areas_lm)
         .send()
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 304);
     assert!(response.headers().contains_key("etag"));
-    assert_eq!(response.headers()["last-modified"], stations_lm.as_str());
+    assert_eq!(response.headers()["last-modified"], areas_lm.as_str());
     assert!(response.text().await.unwrap().is_empty());
-    let (status, _, body) =
-        conditional(&api, stations, "Mon, 01 Jan 2024 00:00:00 GMT", None).await;
+    let (status, _, body) = conditional(&api, areas, "Mon, 01 Jan 2024 00:00:00 GMT", None).await;
     assert_eq!(status, 200);
-    assert!(body.contains("flensburg"));
+    assert!(body.contains("flensburg-fjord"));
     // If-None-Match decides when both are sent.
-    let (status, _, _) = conditional(&api, stations, &stations_lm, Some("\"other\"")).await;
+    let (status, _, _) = conditional(&api, areas, &areas_lm, Some("\"other\"")).await;
     assert_eq!(status, 200);
     let (status, _, _) = conditional(&api, &readings, &readings_lm, None).await;
     assert_eq!(status, 304, "streamed raw readings too");
+    // Answers that also move with the clock carry none: which sensors are stale (stations), and
+    // a range that ends now.
+    for path in [
+        "/api/v1/stations".to_owned(),
+        format!("/api/v1/sensors/{SENSOR}/readings"),
+    ] {
+        let (status, modified, _) = conditional(&api, &path, &areas_lm, None).await;
+        assert_eq!((status, modified), (200, None), "{path}");
+    }
 
-    // A new reading: the readings have changed, the station list has not.
+    // A new reading: the readings have changed, the flood areas have not.
     let id = sensor_id(&harness, SENSOR).await;
     let row = ReadingRow {
         sensor_id: id,
@@ -754,8 +762,8 @@ async fn last_modified_moves_with_the_data_an_answer_depends_on() {
     let newer = last_modified_of(&api, &readings).await;
     let parse = |s: &str| DateTime::parse_from_rfc2822(s).unwrap();
     assert!(parse(&newer) > parse(&readings_lm));
-    let (status, _, _) = conditional(&api, stations, &stations_lm, None).await;
-    assert_eq!(status, 304, "readings do not change the station list");
+    let (status, _, _) = conditional(&api, areas, &areas_lm, None).await;
+    assert_eq!(status, 304, "readings do not change the flood areas");
 
     // A quality flag set by analytics changes the readings too.
     let flagged_lm = last_modified_of(&api, &readings).await;
@@ -767,21 +775,22 @@ async fn last_modified_moves_with_the_data_an_answer_depends_on() {
     assert_eq!(flagged, 1);
     modified_since(&api, &readings, &flagged_lm).await;
 
-    // A station changed over the API changes the station list.
+    // A flood area defined over the API changes the list of flood areas.
     let operator = api
         .key(tidemark_store::delivery::Role::Operator, None)
         .await;
-    let station = serde_json::json!({"name": "Aarhus Å, Mølleparken", "kind": "river_gauge", "lon": 10.2038, "lat": 56.1571, "municipality_code": "0751"});
+    let area = serde_json::json!({"name": "Mølleparken", "municipalities": ["0751"],
+        "polygon": [[10.19, 56.15], [10.21, 56.15], [10.21, 56.16], [10.19, 56.16]]});
     let (status, _) = api
         .call(
             reqwest::Method::PUT,
-            "/api/v1/stations/aarhus-moelleparken",
+            "/api/v1/flood-areas/aarhus-moelleparken",
             Some(&operator),
-            Some(station),
+            Some(area),
         )
         .await;
     assert_eq!(status, 204);
-    let (_, body) = modified_since(&api, stations, &stations_lm).await;
+    let (_, body) = modified_since(&api, areas, &areas_lm).await;
     assert!(body.contains("aarhus-moelleparken"));
     harness.finish().await;
 }
