@@ -150,6 +150,14 @@ pub struct RefreshOutcome {
     pub more: bool,
 }
 
+impl RefreshOutcome {
+    /// Another refresh holds the lock: nothing done, and work may remain.
+    const BUSY: RefreshOutcome = RefreshOutcome {
+        refreshed: 0,
+        more: true,
+    };
+}
+
 impl Store {
     /// Recomputes up to `limit` dirty (sensor, hour) pairs in every rollup. Only one refresh runs at a
     /// time across all processes; a call that finds another running returns at once with `more`.
@@ -222,10 +230,7 @@ impl Store {
             .context("taking the rollup lock")?
             .get(0);
         if !locked {
-            return Ok(RefreshOutcome {
-                refreshed: 0,
-                more: true,
-            });
+            return Ok(RefreshOutcome::BUSY);
         }
         let taken = tx
             .query(
@@ -325,10 +330,7 @@ impl Store {
             .context("taking the rollup lock")?
             .get(0);
         if !locked {
-            return Ok(RefreshOutcome {
-                refreshed: 0,
-                more: true,
-            });
+            return Ok(RefreshOutcome::BUSY);
         }
         let outcome = async {
             let taken = client

@@ -340,11 +340,7 @@ async fn a_threshold_changed_over_the_api_takes_effect_in_running_analytics() {
             quality: 0,
         })
         .collect();
-    harness
-        .store
-        .write_batch(&rows, &[], Utc::now())
-        .await
-        .unwrap();
+    store_readings(&harness, &rows).await;
     let evaluated = wait_for(Duration::from_secs(20), || async {
         metrics.evaluations.get() > 0
     })
@@ -626,11 +622,7 @@ async fn rain_rules_changed_over_the_api_take_effect_in_running_analytics() {
             quality: 0,
         })
         .collect();
-    harness
-        .store
-        .write_batch(&rows, &[], Utc::now())
-        .await
-        .unwrap();
+    store_readings(&harness, &rows).await;
     assert!(
         wait_for(Duration::from_secs(20), || async {
             metrics.evaluations.get() > 0

@@ -39,11 +39,7 @@ async fn loaded() -> (Harness, Api) {
             quality: if i == SPIKE_INDEX { 256 } else { 0 },
         })
         .collect();
-    harness
-        .store
-        .write_batch(&rows, &[], Utc::now())
-        .await
-        .unwrap();
+    store_readings(&harness, &rows).await;
     (harness, api)
 }
 
@@ -206,11 +202,7 @@ async fn latest_values_of_every_sensor() {
         value: 0.77,
         quality: 0,
     };
-    harness
-        .store
-        .write_batch(&[newer], &[], Utc::now())
-        .await
-        .unwrap();
+    store_readings(&harness, &[newer]).await;
     let refreshed = wait_for(std::time::Duration::from_secs(10), || async {
         flensburg_latest(json(&api, "/api/v1/latest").await) == Some(0.77)
     })
@@ -604,11 +596,7 @@ async fn unchanged_answers_are_not_sent_again_and_browsers_may_read_them() {
         value: 1.23,
         quality: 0,
     };
-    harness
-        .store
-        .write_batch(&[row], &[], Utc::now())
-        .await
-        .unwrap();
+    store_readings(&harness, &[row]).await;
     let changed = api
         .http
         .get(api.url(path))
@@ -748,11 +736,7 @@ async fn last_modified_moves_with_the_data_an_answer_depends_on() {
         value: 1.23,
         quality: 0,
     };
-    harness
-        .store
-        .write_batch(&[row], &[], Utc::now())
-        .await
-        .unwrap();
+    store_readings(&harness, &[row]).await;
     let (_, body) = modified_since(&api, &readings, &readings_lm).await;
     assert!(
         body.contains("1.23"),
@@ -1008,11 +992,7 @@ async fn raw_readings_export_as_parquet_with_the_same_values() {
             quality: 0,
         })
         .collect();
-    harness
-        .store
-        .write_batch(&many, &[], Utc::now())
-        .await
-        .unwrap();
+    store_readings(&harness, &many).await;
     let big = api
         .http
         .get(api.url("/api/v1/sensors/kiel-holtenau.sea_level/readings?from=2023-01-01T00:00:00Z&to=2026-01-01T00:00:00Z&limit=100000&format=parquet"))

@@ -271,11 +271,7 @@ async fn a_running_ingest_keeps_the_rollups_caught_up() {
             quality: 0,
         })
         .collect();
-    harness
-        .store
-        .write_batch(&rows, &[], Utc::now())
-        .await
-        .unwrap();
+    store_readings(&harness, &rows).await;
     let store = harness.store.clone();
     assert!(
         wait_for(Duration::from_secs(20), || {

@@ -544,3 +544,12 @@ pub async fn sql(harness: &Harness) -> tokio_postgres::Client {
     tokio::spawn(connection);
     client
 }
+
+/// Writes readings straight through the store's batch write, as ingest would commit them.
+pub async fn store_readings(harness: &Harness, rows: &[tidemark_store::readings::ReadingRow]) {
+    harness
+        .store
+        .write_batch(rows, &[], chrono::Utc::now())
+        .await
+        .unwrap();
+}
