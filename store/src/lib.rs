@@ -117,6 +117,8 @@ const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 pub struct Store {
     pool: Pool,
     mode: StorageMode,
+    /// Whether the rollups are continuous aggregates; tables otherwise.
+    continuous_rollups: bool,
     partitions: Arc<schema::PartitionCache>,
 }
 
@@ -126,6 +128,7 @@ impl Store {
         let pg_config = config.pg_config()?;
         let probe = config::connect_one(config).await?;
         let mode = schema::detect_mode(&probe).await?;
+        let continuous_rollups = rollup::continuous(&probe).await?;
         drop(probe);
         let manager = Manager::from_config(
             pg_config,
@@ -145,6 +148,7 @@ impl Store {
         Ok(Store {
             pool,
             mode,
+            continuous_rollups,
             partitions: Arc::default(),
         })
     }

@@ -11,7 +11,6 @@
 //! The hour is the unit of change: a refresh after new readings recomputes the sensor's current
 //! hour in the 15-minute and hourly rollups, and its day in the daily one from the hourly rows.
 
-use crate::schema::StorageMode;
 use crate::{Context, Result, Store};
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use std::collections::BTreeSet;
@@ -162,9 +161,10 @@ impl Store {
     /// Recomputes up to `limit` dirty (sensor, hour) pairs in every rollup. Only one refresh runs at a
     /// time across all processes; a call that finds another running returns at once with `more`.
     pub async fn refresh_rollups(&self, limit: i64) -> Result<RefreshOutcome> {
-        match self.mode {
-            StorageMode::Plain => self.refresh_tables(limit).await,
-            StorageMode::TimescaleDb => self.refresh_continuous(limit).await,
+        if self.continuous_rollups {
+            self.refresh_continuous(limit).await
+        } else {
+            self.refresh_tables(limit).await
         }
     }
 
@@ -399,12 +399,51 @@ fn windows(hours: &BTreeSet<DateTime<Utc>>, seconds: i64) -> Vec<(DateTime<Utc>,
     out
 }
 
+/// Whether the rollups are continuous aggregates (TimescaleDB made them) rather than tables.
+pub(crate) async fn continuous(client: &tokio_postgres::Client) -> Result<bool> {
+    let row = client
+        .query_opt(
+            "SELECT relkind::\"char\" FROM pg_class WHERE oid = to_regclass('readings_15m')",
+            &[],
+        )
+        .await
+        .context("inspecting the rollups")?;
+    // A continuous aggregate is a view over its materialisation; the tables are plain tables.
+    Ok(row.is_some_and(|r| r.get::<_, i8>(0) as u8 == b'v'))
+}
+
+/// The rollup tables of plain mode, for a TimescaleDB server that cannot make continuous
+/// aggregates of them; the same relations, kept by [`Store::refresh_rollups`] as in plain mode.
+const ROLLUP_TABLE: &str = "CREATE TABLE IF NOT EXISTS {name} (\
+    sensor_id integer NOT NULL, bucket timestamptz NOT NULL, n bigint NOT NULL, \
+    total double precision, lo double precision, hi double precision, \
+    first_ts timestamptz, first_value double precision, last_ts timestamptz, last_value double precision, \
+    flagged bigint NOT NULL, quality smallint, \
+    PRIMARY KEY (sensor_id, bucket) INCLUDE (n, total, lo, hi, first_ts, first_value, last_ts, last_value, flagged, quality))";
+
+/// TimescaleDB mode: the rollups as continuous aggregates; where the server refuses one (an older
+/// TimescaleDB without aggregate FILTER in continuous aggregates, say), the rollups are made as the
+/// tables plain mode uses instead, with a warning, so that the system still starts and answers
+/// the same.
+pub(crate) async fn create_rollups_timescale(client: &tokio_postgres::Client) -> Result<()> {
+    if let Err(error) = create_continuous_aggregates(client).await {
+        tracing::warn!(%error, "cannot create the rollups as continuous aggregates; making them tables");
+        for rollup in ROLLUPS {
+            client
+                .batch_execute(&ROLLUP_TABLE.replace("{name}", rollup.relation))
+                .await
+                .context("creating a rollup table")?;
+        }
+    }
+    Ok(())
+}
+
 /// TimescaleDB mode: the rollups as continuous aggregates on `readings`, as the TimescaleDB
 /// documentation describes them (`CREATE MATERIALIZED VIEW ... WITH (timescaledb.continuous)`,
 /// `time_bucket` in the `GROUP BY`, `WITH NO DATA`), each directly on the hypertable. Only
 /// materialised rows are read (`materialized_only`): the dirty list, not real-time aggregation,
 /// covers what has not been refreshed yet.
-pub(crate) async fn create_continuous_aggregates(client: &tokio_postgres::Client) -> Result<()> {
+async fn create_continuous_aggregates(client: &tokio_postgres::Client) -> Result<()> {
     for rollup in ROLLUPS {
         let sql = format!(
             "CREATE MATERIALIZED VIEW IF NOT EXISTS {} \

@@ -119,7 +119,7 @@ async fn migrate_locked(client: &mut Client, config: &DatabaseConfig) -> Result<
     }
     if mode == StorageMode::TimescaleDb {
         apply_timescale_policies(client, config).await?;
-        crate::rollup::create_continuous_aggregates(client).await?;
+        crate::rollup::create_rollups_timescale(client).await?;
     }
     tracing::info!(%mode, "database migrated");
     Ok(mode)
