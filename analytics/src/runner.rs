@@ -8,6 +8,7 @@ use crate::messages;
 use crate::quality::{self, QcRules};
 use crate::rain::{self, RainRule};
 use crate::series::Sample;
+use crate::waste::{self, ContainerRule};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
@@ -19,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidemark_model::{duration, Quality};
+use tidemark_store::circular::{CollectionRow, ContainerRow, OverflowRow};
 use tidemark_store::flood::FLOOD_SETUP_CHANGED;
 use tidemark_store::flood::{CrossingRow, FloodSetup, NewEvent, QualityRuleRow};
 use tidemark_store::readings::READINGS_COMMITTED;
@@ -149,6 +151,8 @@ pub struct Settings {
 struct Model {
     /// Quality rules of sensors outside the flood setup (meters, containers).
     quality_rules: Vec<QualityRuleRow>,
+    /// The container registry, whose readings give collections and overflows.
+    containers: Vec<ContainerRow>,
     setup: FloodSetup,
     sensors: HashMap<String, SensorInfo>,
     by_id: HashMap<i32, String>,
@@ -161,6 +165,7 @@ impl Model {
         Ok(Model {
             setup,
             quality_rules: store.quality_rules().await?,
+            containers: store.containers().await?,
             by_id: catalog.iter().map(|s| (s.id, s.key.clone())).collect(),
             sensors: catalog.into_iter().map(|s| (s.key.clone(), s)).collect(),
         })
@@ -215,6 +220,9 @@ pub async fn run(
     if let Err(error) = check_rule_sensors(&store, &model.quality_rules, HISTORY_START).await {
         tracing::warn!(%error, "quality checks failed");
     }
+    if let Err(error) = find_container_events(&store, &model.containers, HISTORY_START).await {
+        tracing::warn!(%error, "container events failed");
+    }
     let mut pending: BTreeSet<String> = model.setup.areas.iter().map(|a| a.key.clone()).collect();
     let mut sweep = tokio::time::interval(settings.analytics.sweep_interval);
     sweep.tick().await;
@@ -252,11 +260,21 @@ pub async fn run(
                 if notifications.iter().any(|n| n.channel == FLOOD_SETUP_CHANGED) {
                     match Model::load(&store).await {
                         Ok(fresh) => {
+                            // Only new or changed containers are looked at again.
+                            let changed: Vec<ContainerRow> = fresh
+                                .containers
+                                .iter()
+                                .filter(|c| !model.containers.contains(c))
+                                .cloned()
+                                .collect();
                             model = fresh;
                             tracing::info!(areas = model.setup.areas.len(), "flood setup reloaded");
                             // A new or changed quality rule applies to the whole history.
                             if let Err(error) = check_rule_sensors(&store, &model.quality_rules, HISTORY_START).await {
                                 tracing::warn!(%error, "quality checks failed");
+                            }
+                            if let Err(error) = find_container_events(&store, &changed, HISTORY_START).await {
+                                tracing::warn!(%error, "container events failed");
                             }
                         }
                         Err(error) => tracing::warn!(%error, "cannot reload the flood setup"),
@@ -302,6 +320,23 @@ pub async fn run(
                     let from = earliest - chrono::Duration::days(1);
                     if let Err(error) = check_rule_sensors(&store, &ruled, from).await {
                         tracing::warn!(%error, "quality checks failed");
+                    }
+                }
+                let touched: Vec<ContainerRow> = model
+                    .containers
+                    .iter()
+                    .filter(|c| {
+                        ids.iter().any(|id| {
+                            model.by_id.get(id).is_some_and(|key| {
+                                key == &c.fill_sensor || c.weight_sensor.as_ref() == Some(key)
+                            })
+                        })
+                    })
+                    .cloned()
+                    .collect();
+                if let (Some(earliest), false) = (earliest, touched.is_empty()) {
+                    if let Err(error) = find_container_events(&store, &touched, earliest).await {
+                        tracing::warn!(%error, "container events failed");
                     }
                 }
                 for id in ids {
@@ -363,6 +398,67 @@ async fn check_rule_sensors(
             let flagged = store.set_quality(&rule.sensor_key, &changed).await?;
             tracing::info!(stage = "analytics", sensor = %rule.sensor_key, flagged, "quality flags changed");
         }
+    }
+    Ok(())
+}
+
+/// How far before new readings a container's events are found again: a collection is read off the
+/// fill level before it, and an overflow may have begun earlier.
+const CONTAINER_LOOKBACK: chrono::Duration = chrono::Duration::days(2);
+
+/// Finds the collections and overflow events of `containers` from `from` on (with
+/// [`CONTAINER_LOOKBACK`] of readings before it) and replaces the stored ones.
+async fn find_container_events(
+    store: &Store,
+    containers: &[ContainerRow],
+    from: DateTime<Utc>,
+) -> Result<(), tidemark_store::Error> {
+    if containers.is_empty() {
+        return Ok(());
+    }
+    let rule = ContainerRule::default();
+    let since = if from > HISTORY_START + CONTAINER_LOOKBACK {
+        from - CONTAINER_LOOKBACK
+    } else {
+        HISTORY_START
+    };
+    let keys: Vec<String> = containers
+        .iter()
+        .flat_map(|c| std::iter::once(c.fill_sensor.clone()).chain(c.weight_sensor.clone()))
+        .collect();
+    let series = store.series(&keys, since).await?;
+    let now = Utc::now();
+    for c in containers {
+        let fill = samples(series.get(&c.fill_sensor));
+        let collections = match &c.weight_sensor {
+            Some(w) => waste::weighed_collections(&fill, &samples(series.get(w)), &rule),
+            None => waste::collections(&fill, &rule),
+        };
+        let collections: Vec<CollectionRow> = collections
+            .into_iter()
+            .map(|k| CollectionRow {
+                container: c.key.clone(),
+                at: k.at,
+                fill_before: k.before,
+                fill_after: k.after,
+                partial: k.partial,
+                volume_litres: k.volume_litres(c.capacity_litres),
+                mass_kg: k.mass_kg,
+            })
+            .collect();
+        let overflows: Vec<OverflowRow> = waste::overflows(&fill, &rule, now)
+            .into_iter()
+            .map(|o| OverflowRow {
+                container: c.key.clone(),
+                from: o.from,
+                until: o.until,
+            })
+            .collect();
+        // Events are replaced from the start of the readings read, not before: an event found
+        // only in part (its start before them) is left as it was.
+        store
+            .replace_container_events(&c.key, from, &collections, &overflows)
+            .await?;
     }
     Ok(())
 }

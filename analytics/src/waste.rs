@@ -1,6 +1,6 @@
 //! Waste containers: fill rate, predicted time to full, detected collections, overflow events and
 //! how well collections are timed, from fill-level readings (percent of capacity) and, where the
-//! container is weighed, weight readings (kg).
+//! lifts are weighed, weighings (kg collected at each emptying).
 
 use crate::series::{hours_between, Sample};
 use crate::trend;
@@ -51,6 +51,8 @@ pub struct Collection {
     pub after: f64,
     /// More than [`ContainerRule::emptied_below`] was left.
     pub partial: bool,
+    /// The mass collected, where the lift was weighed.
+    pub mass_kg: Option<f64>,
 }
 
 impl Collection {
@@ -71,17 +73,51 @@ pub fn collections(fill: &[Sample], rule: &ContainerRule) -> Vec<Collection> {
             before: w[0].value,
             after: w[1].value,
             partial: w[1].value > rule.emptied_below,
+            mass_kg: None,
         })
         .collect()
 }
 
-/// The mass taken away at a collection: the weight before it (the last weighing before `at`) less
-/// the weight after (the first at or after `at`), when both exist.
-pub fn collected_mass(weight: &[Sample], at: DateTime<Utc>) -> Option<f64> {
-    let weights = usable(weight);
-    let before = weights.iter().rev().find(|s| s.ts < at)?;
-    let after = weights.iter().find(|s| s.ts >= at)?;
-    Some((before.value - after.value).max(0.0))
+/// A weighing closer than this to a fall in fill level is the same collection.
+const SAME_COLLECTION: Duration = Duration::minutes(10);
+
+/// Collections of a container whose lifts are weighed: every weighing is a collection, with the
+/// fill level last read at or before it and first read after it (either one standing in for a
+/// missing other, 0 % with neither), and every fall in fill level with no weighing within ten
+/// minutes is one too (a lift the scale missed).
+pub fn weighed_collections(
+    fill: &[Sample],
+    weighings: &[Sample],
+    rule: &ContainerRule,
+) -> Vec<Collection> {
+    let levels = usable(fill);
+    let weighed: Vec<&Sample> = usable(weighings);
+    let mut out: Vec<Collection> = weighed
+        .iter()
+        .map(|w| {
+            let before = levels.iter().rev().find(|s| s.ts <= w.ts).map(|s| s.value);
+            let after = levels.iter().find(|s| s.ts > w.ts).map(|s| s.value);
+            let (before, after) = match (before, after) {
+                (Some(b), Some(a)) => (b, a),
+                (Some(v), None) | (None, Some(v)) => (v, v),
+                (None, None) => (0.0, 0.0),
+            };
+            Collection {
+                at: w.ts,
+                before,
+                after,
+                partial: after > rule.emptied_below,
+                mass_kg: Some(w.value.max(0.0)),
+            }
+        })
+        .collect();
+    out.extend(collections(fill, rule).into_iter().filter(|c| {
+        !weighed
+            .iter()
+            .any(|w| (w.ts - c.at).abs() <= SAME_COLLECTION)
+    }));
+    out.sort_by_key(|c| c.at);
+    out
 }
 
 /// The fill rate in percentage points per hour: the least-squares slope of the current filling
@@ -269,9 +305,31 @@ mod tests {
             "the 5-point dip at the end is no collection"
         );
         assert!((found[0].volume_litres(1100.0) - 858.0).abs() < 1e-9);
-        let weight = series(6.0, &[20.0, 50.0, 80.0, 5.0]);
-        assert_eq!(collected_mass(&weight, found[0].at), Some(75.0));
-        assert_eq!(collected_mass(&weight, at(0.0)), None);
+
+        // Weighed lifts: each weighing is a collection, even one that found the container empty
+        // (0 % before and after), and a fall the scale missed still counts.
+        let fill = vec![
+            Sample::good(at(0.0), 70.0),
+            Sample::good(at(0.0) + Duration::seconds(1), 0.0),
+            Sample::good(at(24.0), 0.0),
+            Sample::good(at(24.0) + Duration::seconds(1), 0.0),
+            Sample::good(at(48.0), 90.0),
+            Sample::good(at(49.0), 5.0),
+        ];
+        let weighings = vec![Sample::good(at(0.0), 21.5), Sample::good(at(24.0), 0.0)];
+        let weighed = weighed_collections(&fill, &weighings, &rule);
+        let summary: Vec<(f64, f64, f64, Option<f64>)> = weighed
+            .iter()
+            .map(|c| (hours_between(at(0.0), c.at), c.before, c.after, c.mass_kg))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (0.0, 70.0, 0.0, Some(21.5)),
+                (24.0, 0.0, 0.0, Some(0.0)),
+                (49.0, 90.0, 5.0, None),
+            ]
+        );
         let e = efficiency(&found, &rule).unwrap();
         assert_eq!((e.collections, e.near_empty, e.full), (2, 0, 0));
         assert_eq!(e.mean_fill_at_collection, 85.0);

@@ -266,6 +266,13 @@ pub fn api_router(state: ApiState) -> Router {
         )
         .route("/api/v1/circular/statistics", get(circular::statistics))
         .route("/api/v1/circular/flows", get(circular::sankey))
+        .route("/api/v1/circular/containers", get(circular::containers))
+        .route(
+            "/api/v1/circular/containers/{key}",
+            put(circular::put_container),
+        )
+        .route("/api/v1/circular/collections", get(circular::collections))
+        .route("/api/v1/circular/overflows", get(circular::overflows))
         .route(
             "/api/v1/utilities/sensors/{key}/summary",
             get(utilities::summary),

@@ -1,4 +1,5 @@
-//! The circular data bank's records: material flows posted by waste operators.
+//! The circular data bank's records: material flows posted by waste operators, the container
+//! registry, and the collections and overflows analytics find in containers' readings.
 
 use crate::{Context, Result, Store};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -180,6 +181,258 @@ impl Store {
                 },
                 posted_by: r.get(8),
                 posted_at: r.get(9),
+            })
+            .collect())
+    }
+}
+
+/// A container of the registry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerRow {
+    pub key: String,
+    pub name: String,
+    pub lon: f64,
+    pub lat: f64,
+    pub capacity_litres: f64,
+    pub waste_code: String,
+    pub fraction: String,
+    pub municipality: Option<String>,
+    pub fill_sensor: String,
+    pub weight_sensor: Option<String>,
+}
+
+/// A collection analytics found in a container's readings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectionRow {
+    pub container: String,
+    pub at: DateTime<Utc>,
+    pub fill_before: f64,
+    pub fill_after: f64,
+    pub partial: bool,
+    pub volume_litres: f64,
+    pub mass_kg: Option<f64>,
+}
+
+/// A spell a container stayed full for longer than allowed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OverflowRow {
+    pub container: String,
+    pub from: DateTime<Utc>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Which containers' events to read.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub container: Option<String>,
+    pub municipality: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// Why a container was not stored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ContainerRefusal {
+    UnknownSensor(String),
+    UnknownMunicipality(String),
+}
+
+impl Store {
+    /// Creates or replaces a container, with an audit entry, announced on
+    /// [`crate::flood::FLOOD_SETUP_CHANGED`] (the channel analytics reload their setup on).
+    pub async fn put_container(
+        &self,
+        c: &ContainerRow,
+        audit: &crate::audit::Audit,
+    ) -> Result<std::result::Result<(), ContainerRefusal>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.context("begin container")?;
+        for sensor in std::iter::once(&c.fill_sensor).chain(c.weight_sensor.as_ref()) {
+            let known = tx
+                .query_opt("SELECT 1 FROM sensors WHERE key = $1", &[sensor])
+                .await
+                .context("looking up a sensor")?;
+            if known.is_none() {
+                return Ok(Err(ContainerRefusal::UnknownSensor(sensor.clone())));
+            }
+        }
+        if let Some(code) = &c.municipality {
+            let known = tx
+                .query_opt("SELECT 1 FROM municipalities WHERE code = $1", &[code])
+                .await
+                .context("looking up a municipality")?;
+            if known.is_none() {
+                return Ok(Err(ContainerRefusal::UnknownMunicipality(code.clone())));
+            }
+        }
+        tx.execute(
+            "INSERT INTO containers (key, name, lon, lat, capacity_litres, waste_code, fraction, \
+             municipality_code, fill_sensor, weight_sensor) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (key) DO UPDATE SET name = EXCLUDED.name, lon = EXCLUDED.lon, lat = EXCLUDED.lat, \
+             capacity_litres = EXCLUDED.capacity_litres, waste_code = EXCLUDED.waste_code, \
+             fraction = EXCLUDED.fraction, municipality_code = EXCLUDED.municipality_code, \
+             fill_sensor = EXCLUDED.fill_sensor, weight_sensor = EXCLUDED.weight_sensor, updated_at = now()",
+            &[
+                &c.key,
+                &c.name,
+                &c.lon,
+                &c.lat,
+                &c.capacity_litres,
+                &c.waste_code,
+                &c.fraction,
+                &c.municipality,
+                &c.fill_sensor,
+                &c.weight_sensor,
+            ],
+        )
+        .await
+        .context("storing a container")?;
+        crate::audit::record(&tx, audit).await?;
+        tx.execute(
+            "SELECT pg_notify($1, '')",
+            &[&crate::flood::FLOOD_SETUP_CHANGED],
+        )
+        .await
+        .context("notifying flood_setup_changed")?;
+        tx.commit().await.context("commit container")?;
+        Ok(Ok(()))
+    }
+
+    /// The registry, by key.
+    pub async fn containers(&self) -> Result<Vec<ContainerRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT key, name, lon, lat, capacity_litres, waste_code, fraction, municipality_code, \
+                        fill_sensor, weight_sensor FROM containers ORDER BY key",
+                &[],
+            )
+            .await
+            .context("reading containers")?;
+        Ok(rows
+            .iter()
+            .map(|r| ContainerRow {
+                key: r.get(0),
+                name: r.get(1),
+                lon: r.get(2),
+                lat: r.get(3),
+                capacity_litres: r.get(4),
+                waste_code: r.get(5),
+                fraction: r.get(6),
+                municipality: r.get(7),
+                fill_sensor: r.get(8),
+                weight_sensor: r.get(9),
+            })
+            .collect())
+    }
+
+    /// Replaces a container's collections and overflow events from `from` on with those found
+    /// again, in one transaction.
+    pub async fn replace_container_events(
+        &self,
+        container: &str,
+        from: DateTime<Utc>,
+        collections: &[CollectionRow],
+        overflows: &[OverflowRow],
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .context("begin container events")?;
+        tx.execute(
+            "DELETE FROM container_collections WHERE container_key = $1 AND at >= $2",
+            &[&container, &from],
+        )
+        .await
+        .context("clearing collections")?;
+        tx.execute(
+            "DELETE FROM container_overflows WHERE container_key = $1 AND (from_ts >= $2 OR until_ts IS NULL OR until_ts >= $2)",
+            &[&container, &from],
+        )
+        .await
+        .context("clearing overflows")?;
+        for c in collections.iter().filter(|c| c.at >= from) {
+            tx.execute(
+                "INSERT INTO container_collections (container_key, at, fill_before, fill_after, partial, \
+                 volume_litres, mass_kg) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &container,
+                    &c.at,
+                    &c.fill_before,
+                    &c.fill_after,
+                    &c.partial,
+                    &c.volume_litres,
+                    &c.mass_kg,
+                ],
+            )
+            .await
+            .context("storing a collection")?;
+        }
+        for o in overflows
+            .iter()
+            .filter(|o| o.from >= from || o.until.is_none_or(|u| u >= from))
+        {
+            tx.execute(
+                "INSERT INTO container_overflows (container_key, from_ts, until_ts) VALUES ($1, $2, $3) \
+                 ON CONFLICT (container_key, from_ts) DO UPDATE SET until_ts = EXCLUDED.until_ts",
+                &[&container, &o.from, &o.until],
+            )
+            .await
+            .context("storing an overflow")?;
+        }
+        tx.commit().await.context("commit container events")
+    }
+
+    /// Collections, oldest first.
+    pub async fn collections(&self, filter: &EventFilter) -> Result<Vec<CollectionRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT c.container_key, c.at, c.fill_before, c.fill_after, c.partial, c.volume_litres, c.mass_kg \
+                 FROM container_collections c JOIN containers k ON k.key = c.container_key \
+                 WHERE ($1::text IS NULL OR c.container_key = $1) AND ($2::text IS NULL OR k.municipality_code = $2) \
+                   AND ($3::timestamptz IS NULL OR c.at >= $3) AND ($4::timestamptz IS NULL OR c.at < $4) \
+                 ORDER BY c.at, c.container_key",
+                &[&filter.container, &filter.municipality, &filter.from, &filter.to],
+            )
+            .await
+            .context("reading collections")?;
+        Ok(rows
+            .iter()
+            .map(|r| CollectionRow {
+                container: r.get(0),
+                at: r.get(1),
+                fill_before: r.get(2),
+                fill_after: r.get(3),
+                partial: r.get(4),
+                volume_litres: r.get(5),
+                mass_kg: r.get(6),
+            })
+            .collect())
+    }
+
+    /// Overflow events overlapping the filter's range, oldest first.
+    pub async fn overflows(&self, filter: &EventFilter) -> Result<Vec<OverflowRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT o.container_key, o.from_ts, o.until_ts \
+                 FROM container_overflows o JOIN containers k ON k.key = o.container_key \
+                 WHERE ($1::text IS NULL OR o.container_key = $1) AND ($2::text IS NULL OR k.municipality_code = $2) \
+                   AND ($3::timestamptz IS NULL OR o.until_ts IS NULL OR o.until_ts >= $3) \
+                   AND ($4::timestamptz IS NULL OR o.from_ts < $4) \
+                 ORDER BY o.from_ts, o.container_key",
+                &[&filter.container, &filter.municipality, &filter.from, &filter.to],
+            )
+            .await
+            .context("reading overflows")?;
+        Ok(rows
+            .iter()
+            .map(|r| OverflowRow {
+                container: r.get(0),
+                from: r.get(1),
+                until: r.get(2),
             })
             .collect())
     }

@@ -195,3 +195,118 @@ async fn material_flows_are_validated_stored_once_and_give_the_recycling_rate() 
     assert_eq!((status, problem["parameter"].as_str()), (400, Some("to")));
     harness.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replayed_edinburgh_collections_are_found_counted_and_weighed() {
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    let api = Api::start(&harness, &config).await;
+    let ingest = harness.ingest_ready("circular", None).await;
+    let metrics = std::sync::Arc::new(tidemark_analytics::runner::Metrics::register(
+        &mut prometheus_client::registry::Registry::default(),
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let analytics = tokio::spawn(tidemark_analytics::runner::run(
+        config.analytics_settings(),
+        metrics,
+        stop.clone(),
+    ));
+    let csv_path = "tests/fixtures/edinburgh-bins-2016/collections.csv";
+    let report = replay_all(
+        &harness,
+        tidemark_sensors_sim::replay::Format::EdinburghBins,
+        "edinburgh-bins",
+        csv_path,
+    )
+    .await;
+    assert_eq!(report.readings, 3 * 10_000);
+
+    // What the CSV itself says: collections per site, the mean fill level before collection, and
+    // the weight collected.
+    let mut reader = csv::Reader::from_path(repo(csv_path)).unwrap();
+    let header = reader.headers().unwrap().clone();
+    let column = |name: &str| header.iter().position(|h| h.starts_with(name)).unwrap();
+    let (site, fill, weight) = (
+        column("Site"),
+        column("Fill level before"),
+        column("Weight (kg)"),
+    );
+    let mut per_site: std::collections::BTreeMap<String, usize> = Default::default();
+    let (mut fill_sum, mut weight_sum, mut events) = (0.0, 0.0, 0usize);
+    for record in reader.records() {
+        let f = record.unwrap();
+        *per_site
+            .entry(format!("bin-{}", f[site].trim()))
+            .or_default() += 1;
+        fill_sum += f[fill].parse::<f64>().unwrap();
+        weight_sum += f[weight].parse::<f64>().unwrap();
+        events += 1;
+    }
+    assert_eq!((events, per_site.len()), (10_000, 334));
+
+    // The sites as containers of the registry, weighed at every lift.
+    let utility = api.key(Role::Utility, None).await;
+    for key in per_site.keys() {
+        let (status, problem) = api
+            .call(
+                Method::PUT,
+                &format!("/api/v1/circular/containers/{key}"),
+                Some(&utility),
+                Some(json!({"name": key, "lon": -3.19, "lat": 55.95, "capacity_litres": 1100.0,
+                    "waste_code": "20 03 01", "fraction": "mixed",
+                    "fill_sensor": format!("{key}.fill_level"), "weight_sensor": format!("{key}.weight")})),
+            )
+            .await;
+        assert_eq!(status, 204, "{key}: {problem}");
+    }
+    let (status, problem) = api
+        .call(
+            Method::PUT,
+            "/api/v1/circular/containers/bin-x",
+            Some(&utility),
+            Some(json!({"name": "x", "lon": -3.19, "lat": 55.95, "capacity_litres": 1100.0,
+                "waste_code": "20 03 01", "fraction": "mixed", "fill_sensor": "nowhere.fill_level"})),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["parameter"].as_str()),
+        (400, Some("fill_sensor"))
+    );
+
+    let all_found = wait_for(std::time::Duration::from_secs(120), || async {
+        let (_, body) = api
+            .call(Method::GET, "/api/v1/circular/collections", None, None)
+            .await;
+        body["collections"].as_array().map_or(0, Vec::len) == 10_000
+    })
+    .await;
+    assert!(all_found, "every collection of the export is found");
+    let (_, body) = api
+        .call(Method::GET, "/api/v1/circular/collections", None, None)
+        .await;
+    let summary = body["summary"].as_array().unwrap();
+    assert_eq!(summary.len(), 334);
+    let mut fill_total = 0.0;
+    let mut mass_total = 0.0;
+    for s in summary {
+        let key = s["container"].as_str().unwrap();
+        assert_eq!(
+            s["collections"].as_u64().unwrap() as usize,
+            per_site[key],
+            "{key}"
+        );
+        fill_total +=
+            s["mean_fill_at_collection"].as_f64().unwrap() * s["collections"].as_f64().unwrap();
+        mass_total += s["mass_kg"].as_f64().unwrap();
+    }
+    assert!((fill_total / 10_000.0 - fill_sum / 10_000.0).abs() < 1e-9);
+    assert_eq!(((fill_total / 10_000.0) * 10.0).round() / 10.0, 76.9);
+    assert!(
+        (mass_total - weight_sum).abs() < 1e-6,
+        "{mass_total} != {weight_sum}"
+    );
+    stop.cancel();
+    analytics.await.unwrap().unwrap();
+    ingest.stop().await;
+    harness.finish().await;
+}
