@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidemark_model::{duration, Quality};
-use tidemark_store::circular::{CollectionRow, ContainerRow, OverflowRow};
+use tidemark_store::circular::{CollectionRow, ContainerRow, ContainerState, OverflowRow};
 use tidemark_store::flood::FLOOD_SETUP_CHANGED;
 use tidemark_store::flood::{CrossingRow, FloodSetup, NewEvent, QualityRuleRow};
 use tidemark_store::readings::READINGS_COMMITTED;
@@ -454,10 +454,17 @@ async fn find_container_events(
                 until: o.until,
             })
             .collect();
+        let latest = fill.iter().rev().find(|s| s.quality.is_usable());
+        let state = ContainerState {
+            fill: latest.map(|s| (s.value, s.ts)),
+            fill_rate_per_hour: waste::fill_rate(&fill, &rule, now),
+            full_at: waste::time_to_full(&fill, &rule, now),
+            computed_at: now,
+        };
         // Events are replaced from the start of the readings read, not before: an event found
         // only in part (its start before them) is left as it was.
         store
-            .replace_container_events(&c.key, from, &collections, &overflows)
+            .replace_container_events(&c.key, from, &collections, &overflows, &state)
             .await?;
     }
     Ok(())

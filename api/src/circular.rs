@@ -526,18 +526,30 @@ pub async fn put_container(
     }
 }
 
-/// `GET /api/v1/circular/containers`: the registry.
+/// `GET /api/v1/circular/containers`: the registry, with each container's latest fill level, its
+/// fill rate over the current filling phase (percentage points per hour) and when it is expected
+/// to be full.
 #[utoipa::path(get, path = "/api/v1/circular/containers", tag = "circular",
     responses((status = 200, description = "Containers by key")))]
 pub async fn containers(State(state): State<ApiState>) -> Result<Response> {
     let rows = state.store.containers().await?;
+    let states = state.store.container_states().await?;
+    let stamp =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     Ok(json_response(&serde_json::json!({
-        "containers": rows.iter().map(|c| serde_json::json!({
-            "key": c.key, "name": c.name, "lon": c.lon, "lat": c.lat,
-            "capacity_litres": c.capacity_litres, "waste_code": c.waste_code,
-            "waste_name": waste::lookup(&c.waste_code).map(|w| w.name), "fraction": c.fraction,
-            "municipality": c.municipality, "fill_sensor": c.fill_sensor, "weight_sensor": c.weight_sensor,
-        })).collect::<Vec<_>>(),
+        "containers": rows.iter().map(|c| {
+            let s = states.get(&c.key);
+            serde_json::json!({
+                "key": c.key, "name": c.name, "lon": c.lon, "lat": c.lat,
+                "capacity_litres": c.capacity_litres, "waste_code": c.waste_code,
+                "waste_name": waste::lookup(&c.waste_code).map(|w| w.name), "fraction": c.fraction,
+                "municipality": c.municipality, "fill_sensor": c.fill_sensor, "weight_sensor": c.weight_sensor,
+                "fill_level": s.and_then(|s| s.fill).map(|f| f.0),
+                "fill_at": s.and_then(|s| s.fill).map(|f| stamp(f.1)),
+                "fill_rate_per_hour": s.and_then(|s| s.fill_rate_per_hour),
+                "full_at": s.and_then(|s| s.full_at).map(stamp),
+            })
+        }).collect::<Vec<_>>(),
     })))
 }
 

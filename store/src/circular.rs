@@ -221,6 +221,18 @@ pub struct OverflowRow {
     pub until: Option<DateTime<Utc>>,
 }
 
+/// A container's state as analytics last saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerState {
+    /// The latest usable fill level (percent) and when it was read.
+    pub fill: Option<(f64, DateTime<Utc>)>,
+    /// Percentage points per hour over the current filling phase.
+    pub fill_rate_per_hour: Option<f64>,
+    /// When the container is expected to be full.
+    pub full_at: Option<DateTime<Utc>>,
+    pub computed_at: DateTime<Utc>,
+}
+
 /// Which containers' events to read.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
@@ -298,6 +310,37 @@ impl Store {
         Ok(Ok(()))
     }
 
+    /// Each container's state, by key (containers analytics have not looked at yet are missing).
+    pub async fn container_states(
+        &self,
+    ) -> Result<std::collections::HashMap<String, ContainerState>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT container_key, fill_level, fill_at, fill_rate_per_hour, full_at, computed_at \
+                 FROM container_state",
+                &[],
+            )
+            .await
+            .context("reading container states")?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let level: Option<f64> = r.get(1);
+                let at: Option<DateTime<Utc>> = r.get(2);
+                (
+                    r.get(0),
+                    ContainerState {
+                        fill: level.zip(at),
+                        fill_rate_per_hour: r.get(3),
+                        full_at: r.get(4),
+                        computed_at: r.get(5),
+                    },
+                )
+            })
+            .collect())
+    }
+
     /// The registry, by key.
     pub async fn containers(&self) -> Result<Vec<ContainerRow>> {
         let client = self.client().await?;
@@ -327,19 +370,37 @@ impl Store {
     }
 
     /// Replaces a container's collections and overflow events from `from` on with those found
-    /// again, in one transaction.
+    /// again, and its state, in one transaction.
     pub async fn replace_container_events(
         &self,
         container: &str,
         from: DateTime<Utc>,
         collections: &[CollectionRow],
         overflows: &[OverflowRow],
+        state: &ContainerState,
     ) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client
             .transaction()
             .await
             .context("begin container events")?;
+        tx.execute(
+            "INSERT INTO container_state (container_key, fill_level, fill_at, fill_rate_per_hour, full_at, computed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (container_key) DO UPDATE SET \
+             fill_level = EXCLUDED.fill_level, fill_at = EXCLUDED.fill_at, \
+             fill_rate_per_hour = EXCLUDED.fill_rate_per_hour, full_at = EXCLUDED.full_at, \
+             computed_at = EXCLUDED.computed_at",
+            &[
+                &container,
+                &state.fill.map(|f| f.0),
+                &state.fill.map(|f| f.1),
+                &state.fill_rate_per_hour,
+                &state.full_at,
+                &state.computed_at,
+            ],
+        )
+        .await
+        .context("storing a container's state")?;
         tx.execute(
             "DELETE FROM container_collections WHERE container_key = $1 AND at >= $2",
             &[&container, &from],

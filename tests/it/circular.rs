@@ -310,3 +310,115 @@ async fn the_replayed_edinburgh_collections_are_found_counted_and_weighed() {
     ingest.stop().await;
     harness.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filling_container_gets_its_rate_and_time_to_full_and_a_full_one_an_overflow() {
+    use chrono::{Duration as ChronoDuration, SubsecRound, Utc};
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    let api = Api::start(&harness, &config).await;
+    let operator = api.key(Role::Operator, None).await;
+    let put = |path: String, body: serde_json::Value| {
+        let (api, key) = (&api, operator.clone());
+        async move { api.call(Method::PUT, &path, Some(&key), Some(body)).await }
+    };
+    for bin in ["bin-a", "bin-b"] {
+        assert_eq!(
+            put(format!("/api/v1/devices/{bin}"), json!({})).await.0,
+            204
+        );
+        let (status, problem) = put(
+            format!("/api/v1/sensors/{bin}.fill_level"),
+            json!({"device": bin, "quantity": "fill_level", "expected_interval": "1h"}),
+        )
+        .await;
+        assert_eq!(status, 204, "{problem}");
+        let (status, problem) = put(
+            format!("/api/v1/circular/containers/{bin}"),
+            json!({"name": bin, "lon": 10.2, "lat": 56.15, "capacity_litres": 660.0,
+                "waste_code": "20 01 01", "fraction": "paper", "municipality": "0751",
+                "fill_sensor": format!("{bin}.fill_level")}),
+        )
+        .await;
+        assert_eq!(status, 204, "{problem}");
+    }
+    let metrics = std::sync::Arc::new(tidemark_analytics::runner::Metrics::register(
+        &mut prometheus_client::registry::Registry::default(),
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let analytics = tokio::spawn(tidemark_analytics::runner::run(
+        config.analytics_settings(),
+        metrics,
+        stop.clone(),
+    ));
+
+    // bin-a: 40 % rising 2 points an hour for nine hours; bin-b: full for the last four hours.
+    let now = Utc::now().trunc_subsecs(0);
+    let (a, b) = (
+        sensor_id(&harness, "bin-a.fill_level").await,
+        sensor_id(&harness, "bin-b.fill_level").await,
+    );
+    let rows: Vec<tidemark_store::readings::ReadingRow> = (0..10)
+        .flat_map(|i| {
+            let ts = now - ChronoDuration::hours(9 - i);
+            [
+                tidemark_store::readings::ReadingRow {
+                    sensor_id: a,
+                    ts,
+                    value: 40.0 + 2.0 * i as f64,
+                    quality: 0,
+                },
+                tidemark_store::readings::ReadingRow {
+                    sensor_id: b,
+                    ts,
+                    value: if i >= 5 { 100.0 } else { 60.0 + 5.0 * i as f64 },
+                    quality: 0,
+                },
+            ]
+        })
+        .collect();
+    store_readings(&harness, &rows).await;
+    let seen = wait_for(std::time::Duration::from_secs(30), || async {
+        let (_, body) = api
+            .call(Method::GET, "/api/v1/circular/containers", None, None)
+            .await;
+        body["containers"][0]["fill_level"] == 58.0
+    })
+    .await;
+    assert!(seen, "analytics looked at the new readings");
+    let (_, body) = api
+        .call(Method::GET, "/api/v1/circular/containers", None, None)
+        .await;
+    let bin_a = &body["containers"][0];
+    assert_eq!(bin_a["key"], "bin-a");
+    assert!((bin_a["fill_rate_per_hour"].as_f64().unwrap() - 2.0).abs() < 1e-9);
+    let full_at = chrono::DateTime::parse_from_rfc3339(bin_a["full_at"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        full_at,
+        now + ChronoDuration::hours(21),
+        "(100 - 58) / 2 hours after the last reading"
+    );
+    assert_eq!(
+        body["containers"][1]["full_at"],
+        serde_json::Value::Null,
+        "already full"
+    );
+
+    let (_, overflows) = api
+        .call(
+            Method::GET,
+            "/api/v1/circular/overflows?municipality=0751",
+            None,
+            None,
+        )
+        .await;
+    let events = overflows["overflows"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{overflows}");
+    assert_eq!(events[0]["container"], "bin-b");
+    assert_eq!(events[0]["until"], serde_json::Value::Null, "still full");
+    let from = chrono::DateTime::parse_from_rfc3339(events[0]["from"].as_str().unwrap()).unwrap();
+    assert_eq!(from, now - ChronoDuration::hours(4));
+    stop.cancel();
+    analytics.await.unwrap().unwrap();
+    harness.finish().await;
+}
