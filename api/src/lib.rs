@@ -281,6 +281,15 @@ pub fn api_router(state: ApiState) -> Router {
             "/api/v1/utilities/sensors/{key}/load-duration",
             get(utilities::load_duration),
         )
+        .route(
+            "/api/v1/utilities/sensors/{key}/night-flow",
+            get(utilities::night_flow),
+        )
+        .route(
+            "/api/v1/utilities/leak-rules/{sensor}",
+            put(utilities::put_leak_rule),
+        )
+        .route("/api/v1/utilities/leaks", get(utilities::leaks))
         .route("/api/v1/rain-rules/{sensor}", put(manage::put_rain_rules))
         .route("/api/v1/flood-areas", get(opendata::flood_areas))
         .route("/api/v1/flood-areas/{key}", put(manage::put_flood_area))

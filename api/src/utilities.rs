@@ -1,17 +1,21 @@
 //! Utility statistics over the API: a meter's summary (mean, peak and when it occurred) and its
-//! load-duration curve, from usable readings only.
+//! load-duration curve, from usable readings only; water district meters' leak rules, night flow
+//! and suspected leaks.
 
+use crate::auth::Caller;
 use crate::error::{ApiError, Result};
 use crate::opendata::{format, json_response, parse_query, typed, Format};
 use crate::ApiState;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
-use serde::Deserialize;
+use axum::Json;
+use chrono::{DateTime, Duration, NaiveDate, NaiveTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
 use tidemark_model::Quantity;
-use utoipa::IntoParams;
+use tidemark_store::delivery::Role;
+use utoipa::{IntoParams, ToSchema};
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -134,4 +138,191 @@ pub async fn load_duration(
             "count": n, "values": curve,
         })),
     })
+}
+
+/// A district meter's leak rule.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeakRuleBody {
+    /// The night window in Danish local time; default 02:00 to 04:00.
+    #[serde(default = "default_night_start")]
+    pub night_start: String,
+    #[serde(default = "default_night_end")]
+    pub night_end: String,
+    /// Nights whose median minimum flow is the baseline; default 14.
+    #[serde(default = "default_baseline_nights")]
+    pub baseline_nights: i32,
+    /// How far above the baseline a night must be, as a share of it; default 0.2.
+    #[serde(default = "default_margin")]
+    pub margin: f64,
+    /// Consecutive nights above it before a leak is suspected; default 3.
+    #[serde(default = "default_nights")]
+    pub nights: i32,
+}
+
+fn default_night_start() -> String {
+    "02:00".to_owned()
+}
+fn default_night_end() -> String {
+    "04:00".to_owned()
+}
+const fn default_baseline_nights() -> i32 {
+    14
+}
+const fn default_margin() -> f64 {
+    0.2
+}
+const fn default_nights() -> i32 {
+    3
+}
+
+/// `PUT /api/v1/utilities/leak-rules/{sensor}`: watches a water district meter's minimum night
+/// flow; running analytics find each night's minimum and suspect a leak when the rule is met.
+#[utoipa::path(put, path = "/api/v1/utilities/leak-rules/{sensor}", tag = "utilities", request_body = LeakRuleBody,
+    security(("api_key" = [])), params(("sensor" = String, Path, description = "The district meter's flow sensor")),
+    responses(
+        (status = 204, description = "Stored; analytics apply it at once"),
+        (status = 400, description = "A bad field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not a utility or operator key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such sensor", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn put_leak_rule(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(sensor): Path<String>,
+    request: std::result::Result<Json<LeakRuleBody>, JsonRejection>,
+) -> Result<StatusCode> {
+    caller.require(&[Role::Utility, Role::Operator])?;
+    let Json(r) = request.map_err(|e| ApiError::bad("body", e.body_text()))?;
+    let time = |field: &str, text: &str| {
+        NaiveTime::parse_from_str(text, "%H:%M")
+            .map_err(|_| ApiError::bad(field, format!("{text:?} is not a time such as 02:00")))
+    };
+    let (start, end) = (
+        time("night_start", &r.night_start)?,
+        time("night_end", &r.night_end)?,
+    );
+    if start >= end {
+        return Err(ApiError::bad(
+            "night_end",
+            "the night window ends after it starts, within one night (such as 02:00 to 04:00)",
+        ));
+    }
+    if !(1..=90).contains(&r.baseline_nights) {
+        return Err(ApiError::bad(
+            "baseline_nights",
+            "baseline_nights is 1 to 90",
+        ));
+    }
+    if !r.margin.is_finite() || r.margin <= 0.0 || r.margin >= 100.0 {
+        return Err(ApiError::bad(
+            "margin",
+            "margin is a share above 0 (0.2: 20 % above the baseline)",
+        ));
+    }
+    if !(1..=30).contains(&r.nights) {
+        return Err(ApiError::bad("nights", "nights is 1 to 30"));
+    }
+    match state.store.sensor_quantity(&sensor).await?.as_deref() {
+        None => return Err(ApiError::NotFound(format!("sensor {sensor}"))),
+        Some("water_flow") => {}
+        Some(other) => {
+            return Err(ApiError::bad(
+                "sensor",
+                format!("leak rules watch water_flow sensors; {sensor} measures {other}"),
+            ))
+        }
+    }
+    let audit = caller.actor().audit(
+        "leak_rule.put",
+        format!("sensor {sensor}"),
+        serde_json::to_value(&r).unwrap_or_default(),
+    );
+    let row = tidemark_store::water::LeakRuleRow {
+        sensor_key: sensor.clone(),
+        night_start: start,
+        night_end: end,
+        baseline_nights: r.baseline_nights,
+        margin: r.margin,
+        nights: r.nights,
+    };
+    state.store.put_leak_rule(&row, &audit).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct NightQuery {
+    /// The first night (a date); default 30 nights before `to`.
+    pub from: Option<String>,
+    /// The last night (a date); default today.
+    pub to: Option<String>,
+}
+
+/// `GET /api/v1/utilities/sensors/{key}/night-flow`: a district meter's minimum flow in its night
+/// window, night by night, as analytics found it.
+#[utoipa::path(get, path = "/api/v1/utilities/sensors/{key}/night-flow", tag = "utilities",
+    params(("key" = String, Path, description = "The district meter's flow sensor"), NightQuery),
+    responses(
+        (status = 200, description = "Nights, oldest first"),
+        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such sensor", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn night_flow(
+    State(state): State<ApiState>,
+    Path(sensor): Path<String>,
+    query: std::result::Result<Query<NightQuery>, QueryRejection>,
+) -> Result<Response> {
+    let query = parse_query(query)?;
+    let date = |field: &str, text: &str| {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .map_err(|_| ApiError::bad(field, format!("{text:?} is not a date such as 2026-05-01")))
+    };
+    let to = match &query.to {
+        Some(t) => date("to", t)?,
+        None => Utc::now().date_naive(),
+    };
+    let from = match &query.from {
+        Some(t) => date("from", t)?,
+        None => to - Duration::days(30),
+    };
+    if from > to {
+        return Err(ApiError::bad("from", "from must not be after to"));
+    }
+    let unit = unit(&state, &sensor).await?;
+    let nights = state.store.night_flow(&sensor, from, to).await?;
+    Ok(json_response(&serde_json::json!({
+        "sensor": sensor, "unit": unit,
+        "nights": nights.iter().map(|n| serde_json::json!({
+            "night": n.night.to_string(), "min": n.min_value, "at": rfc3339(n.at), "samples": n.samples,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LeakQuery {
+    /// Only this meter.
+    pub sensor: Option<String>,
+}
+
+/// `GET /api/v1/utilities/leaks`: suspected leaks, newest first: the first night above the
+/// baseline, the night the rule was met, the baseline and that night's minimum flow.
+#[utoipa::path(get, path = "/api/v1/utilities/leaks", tag = "utilities", params(LeakQuery),
+    responses((status = 200, description = "Suspected leaks")))]
+pub async fn leaks(
+    State(state): State<ApiState>,
+    query: std::result::Result<Query<LeakQuery>, QueryRejection>,
+) -> Result<Response> {
+    let query = parse_query(query)?;
+    let rows = state.store.leaks(query.sensor.as_deref()).await?;
+    Ok(json_response(&serde_json::json!({
+        "leaks": rows.iter().map(|l| serde_json::json!({
+            "sensor": l.sensor_key, "since": l.since.to_string(), "raised_on": l.raised_on.to_string(),
+            "baseline": l.baseline, "night_flow": l.night_flow, "found_at": rfc3339(l.found_at),
+        })).collect::<Vec<_>>(),
+    })))
 }

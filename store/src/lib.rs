@@ -16,6 +16,7 @@
 //! - [`opendata`]: stations, latest values, raw readings in pages, aggregation into buckets.
 //! - [`readings`]: the idempotent batch write of readings and rejections, with its notification.
 //! - [`utility`]: a meter's summary (mean, peak) and load-duration curve.
+//! - [`water`]: leak rules, night flow and suspected leaks of water district meters.
 //! - [`rollup`]: the 15-minute, hourly and daily rollups and the dirty list that keeps them exact.
 //!
 //! [`Store`] holds the connection pool and is cheap to clone.
@@ -37,6 +38,7 @@ pub mod reference;
 pub mod rollup;
 pub mod schema;
 pub mod utility;
+pub mod water;
 
 pub use config::{DatabaseConfig, TimescaleSetting};
 pub use schema::StorageMode;

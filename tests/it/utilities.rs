@@ -170,3 +170,139 @@ async fn the_replayed_2019_load_gives_its_peak_mean_and_load_duration_curve() {
     ingest.stop().await;
     harness.finish().await;
 }
+
+/// A district meter's flow every 15 minutes through October 2026 (summer time ends on the 25th),
+/// in l/s: a daily demand curve over a night minimum near 8 l/s with a little deterministic
+/// noise, and `leak` l/s more from `leak_from` on.
+fn district_flow(
+    sensor_id: i32,
+    leak: f64,
+    leak_from: DateTime<Utc>,
+) -> Vec<tidemark_store::readings::ReadingRow> {
+    let start = Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap();
+    (0..31 * 96)
+        .map(|i| {
+            let ts = start + ChronoDuration::minutes(15 * i);
+            let local = tidemark_model::time::to_local(ts, 1);
+            let hour = chrono::Timelike::hour(&local) as f64
+                + chrono::Timelike::minute(&local) as f64 / 60.0;
+            // Lowest around 03:30, highest in the morning and the evening.
+            let demand =
+                8.0 + 12.0 * (((hour - 3.5) / 24.0 * std::f64::consts::TAU).cos() * -0.5 + 0.5);
+            let noise = ((i * 7919) % 13) as f64 / 13.0 * 0.6;
+            let value = demand + noise + if ts >= leak_from { leak } else { 0.0 };
+            tidemark_store::readings::ReadingRow {
+                sensor_id,
+                ts,
+                value,
+                quality: 0,
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leak_is_suspected_within_the_rules_nights_and_a_sound_network_raises_nothing() {
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    let api = Api::start(&harness, &config).await;
+    let utility = api.key(tidemark_store::delivery::Role::Utility, None).await;
+    let put = |path: String, body: serde_json::Value| {
+        let (api, key) = (&api, utility.clone());
+        async move {
+            api.call(reqwest::Method::PUT, &path, Some(&key), Some(body))
+                .await
+        }
+    };
+    for meter in ["district-leaky", "district-sound"] {
+        assert_eq!(
+            put(format!("/api/v1/devices/{meter}"), serde_json::json!({}))
+                .await
+                .0,
+            204
+        );
+        let (status, problem) = put(
+            format!("/api/v1/sensors/{meter}.flow"),
+            serde_json::json!({"device": meter, "quantity": "water_flow", "expected_interval": "15m"}),
+        )
+        .await;
+        assert_eq!(status, 204, "{problem}");
+        let (status, problem) = put(
+            format!("/api/v1/utilities/leak-rules/{meter}.flow"),
+            serde_json::json!({"baseline_nights": 7, "margin": 0.2, "nights": 3}),
+        )
+        .await;
+        assert_eq!(status, 204, "{problem}");
+    }
+    let (status, problem) = put(
+        "/api/v1/utilities/leak-rules/district-sound.flow".to_owned(),
+        serde_json::json!({"night_start": "04:00", "night_end": "02:00"}),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["parameter"].as_str()),
+        (400, Some("night_end"))
+    );
+
+    let metrics = std::sync::Arc::new(tidemark_analytics::runner::Metrics::register(
+        &mut prometheus_client::registry::Registry::default(),
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let analytics = tokio::spawn(tidemark_analytics::runner::run(
+        config.analytics_settings(),
+        metrics,
+        stop.clone(),
+    ));
+    // The leak starts in the evening before the night of 20 October (22:00 UTC is 00:00 local).
+    let leak_from = Utc.with_ymd_and_hms(2026, 10, 19, 22, 0, 0).unwrap();
+    let never = Utc.with_ymd_and_hms(2100, 1, 1, 0, 0, 0).unwrap();
+    let leaky = sensor_id(&harness, "district-leaky.flow").await;
+    let sound = sensor_id(&harness, "district-sound.flow").await;
+    store_readings(&harness, &district_flow(leaky, 4.0, leak_from)).await;
+    store_readings(&harness, &district_flow(sound, 4.0, never)).await;
+
+    let nights_of = |meter: &'static str| {
+        let api = &api;
+        async move {
+            let (_, body) = api
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/utilities/sensors/{meter}.flow/night-flow?from=2026-10-01&to=2026-10-31"),
+                    None,
+                    None,
+                )
+                .await;
+            body["nights"].as_array().cloned().unwrap_or_default()
+        }
+    };
+    let done = wait_for(std::time::Duration::from_secs(30), || async {
+        nights_of("district-leaky").await.len() == 31
+            && nights_of("district-sound").await.len() == 31
+    })
+    .await;
+    assert!(done, "every night of October is found for both meters");
+    // Eight 15-minute readings in the two-hour window, twelve in the night of 25 October (the
+    // repeated hour when summer time ends).
+    let nights = nights_of("district-sound").await;
+    assert_eq!(nights[24]["night"], "2026-10-25");
+    assert_eq!(nights[24]["samples"], 12);
+    assert_eq!(nights[23]["samples"], 8);
+
+    let (_, leaks) = api
+        .call(reqwest::Method::GET, "/api/v1/utilities/leaks", None, None)
+        .await;
+    let leaks = leaks["leaks"].as_array().unwrap();
+    assert_eq!(leaks.len(), 1, "only the leaky district: {leaks:?}");
+    assert_eq!(leaks[0]["sensor"], "district-leaky.flow");
+    assert_eq!(leaks[0]["since"], "2026-10-20");
+    assert_eq!(
+        leaks[0]["raised_on"], "2026-10-22",
+        "the third night above the baseline"
+    );
+    assert!(
+        leaks[0]["night_flow"].as_f64().unwrap() > leaks[0]["baseline"].as_f64().unwrap() * 1.2
+    );
+    stop.cancel();
+    analytics.await.unwrap().unwrap();
+    harness.finish().await;
+}
