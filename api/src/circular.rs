@@ -333,6 +333,7 @@ pub async fn statistics(
         return Err(ApiError::bad("format", "statistics come as json"));
     }
     let rows = state.store.material_flows(&filter(&query)?).await?;
+    let populations = state.store.populations().await?;
     let mut groups: BTreeMap<(String, String), Vec<FlowRecord>> = BTreeMap::new();
     for (first_day, record) in records(&rows) {
         groups
@@ -347,9 +348,15 @@ pub async fn statistics(
             for r in records {
                 by_code.entry(r.waste_code.as_str()).or_default().push(r);
             }
-            let mut body = split_body(&TreatmentSplit::of(records.iter()));
+            let split = TreatmentSplit::of(records.iter());
+            let mut body = split_body(&split);
             body["period"] = serde_json::json!(period);
             body["municipality"] = serde_json::json!(municipality);
+            let population = populations.get(municipality).copied();
+            body["population"] = serde_json::json!(population);
+            body["kg_per_capita"] = serde_json::json!(population
+                .and_then(|p| u64::try_from(p).ok())
+                .and_then(|p| split.per_capita_kg(p)));
             body["fractions"] = by_code
                 .into_iter()
                 .map(|(code, rs)| {
@@ -678,4 +685,52 @@ pub async fn overflows(
             "container": o.container, "from": stamp(o.from), "until": o.until.map(stamp),
         })).collect::<Vec<_>>(),
     })))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PopulationBody {
+    /// Inhabitants.
+    pub population: i32,
+}
+
+/// `PUT /api/v1/municipalities/{code}/population`: gives a municipality's population, so that
+/// waste statistics carry per-capita figures.
+#[utoipa::path(put, path = "/api/v1/municipalities/{code}/population", tag = "management", request_body = PopulationBody,
+    security(("api_key" = [])), params(("code" = String, Path, description = "The municipality code")),
+    responses(
+        (status = 204, description = "Stored"),
+        (status = 400, description = "A bad field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such municipality", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn put_population(
+    State(state): State<ApiState>,
+    caller: Caller,
+    axum::extract::Path(code): axum::extract::Path<String>,
+    request: std::result::Result<Json<PopulationBody>, JsonRejection>,
+) -> Result<StatusCode> {
+    caller.require(&[Role::Operator])?;
+    let Json(body) = request.map_err(|e| ApiError::bad("body", e.body_text()))?;
+    if body.population < 1 {
+        return Err(ApiError::bad(
+            "population",
+            "population is a whole number from 1",
+        ));
+    }
+    let audit = caller.actor().audit(
+        "population.put",
+        format!("municipality {code}"),
+        serde_json::json!({ "population": body.population }),
+    );
+    if state
+        .store
+        .set_population(&code, body.population, &audit)
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("municipality {code}")))
+    }
 }

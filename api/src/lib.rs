@@ -297,6 +297,10 @@ pub fn api_router(state: ApiState) -> Router {
         .route("/api/v1/latest", get(opendata::latest))
         .route("/api/v1/municipalities", get(opendata::municipalities))
         .route("/api/v1/municipalities/{code}", get(opendata::municipality))
+        .route(
+            "/api/v1/municipalities/{code}/population",
+            put(circular::put_population),
+        )
         .route("/api/v1/sensors/{key}/readings", get(opendata::readings))
         .route("/api/v1/warnings", get(warnings::list))
         .route("/api/v1/warnings.atom", get(warnings::atom))

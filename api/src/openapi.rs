@@ -166,6 +166,7 @@ impl Modify for ApiKeyScheme {
         crate::circular::statistics,
         crate::circular::sankey,
         crate::circular::put_container,
+        crate::circular::put_population,
         crate::circular::containers,
         crate::circular::collections,
         crate::circular::overflows,

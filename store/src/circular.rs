@@ -499,6 +499,52 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Sets a municipality's population, with an audit entry; `false` when there is no such
+    /// municipality.
+    pub async fn set_population(
+        &self,
+        code: &str,
+        population: i32,
+        audit: &crate::audit::Audit,
+    ) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.context("begin population")?;
+        let changed = tx
+            .execute(
+                "UPDATE municipalities SET population = $2 WHERE code = $1",
+                &[&code, &population],
+            )
+            .await
+            .context("setting a population")?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        crate::audit::record(&tx, audit).await?;
+        tx.execute(
+            "SELECT pg_notify($1, '')",
+            &[&crate::reference::REFERENCE_CHANGED],
+        )
+        .await
+        .context("notifying reference_changed")?;
+        tx.commit().await.context("commit population")?;
+        Ok(true)
+    }
+
+    /// The populations given, by municipality code.
+    pub async fn populations(&self) -> Result<std::collections::HashMap<String, i32>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT code, population FROM municipalities WHERE population IS NOT NULL",
+                &[],
+            )
+            .await
+            .context("reading populations")?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -112,6 +112,27 @@ async fn material_flows_are_validated_stored_once_and_give_the_recycling_rate() 
     .await;
     assert_eq!(status, 201);
 
+    // Aarhus's population, given by an operator, makes per-capita figures.
+    let operator = api.key(Role::Operator, None).await;
+    let (status, _) = api
+        .call(
+            Method::PUT,
+            "/api/v1/municipalities/0751/population",
+            Some(&operator),
+            Some(json!({"population": 1000})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = api
+        .call(
+            Method::PUT,
+            "/api/v1/municipalities/9999/population",
+            Some(&operator),
+            Some(json!({"population": 1000})),
+        )
+        .await;
+    assert_eq!(status, 404);
+
     // (40 + 5) / 100 in the first quarter; with the second, (40 + 5 + 10) / 110.
     let (status, stats) = api
         .call(
@@ -128,6 +149,11 @@ async fn material_flows_are_validated_stored_once_and_give_the_recycling_rate() 
     assert_eq!(quarters[0]["generated_tonnes"], 100.0);
     assert!((quarters[0]["recycling_rate"].as_f64().unwrap() - 0.45).abs() < 1e-12);
     assert_eq!(quarters[0]["treatment_tonnes"]["landfill"], 5.0);
+    assert_eq!(quarters[0]["population"], 1000);
+    assert_eq!(
+        quarters[0]["kg_per_capita"], 100.0,
+        "100 tonnes for 1,000 inhabitants"
+    );
     assert_eq!(quarters[1]["recycling_rate"], 1.0);
     let mixed = quarters[0]["fractions"]
         .as_array()
@@ -179,7 +205,6 @@ async fn material_flows_are_validated_stored_once_and_give_the_recycling_rate() 
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 3, "{csv}");
     assert!(lines[1].contains(",20 01 01,40,recycling,Paper mill,"));
-    let operator = api.key(Role::Operator, None).await;
     let (_, audit) = api
         .call(Method::GET, "/api/v1/audit", Some(&operator), None)
         .await;

@@ -264,7 +264,7 @@ async fn every_protected_route_refuses_no_key_and_the_wrong_role() {
     let utility = api.key(Role::Utility, None).await;
     let json = serde_json::json!({});
     // (method, path, a role that may not)
-    let routes: [(Method, &str, &str); 20] = [
+    let routes: [(Method, &str, &str); 21] = [
         (Method::POST, "/api/v1/keys", &utility),
         (Method::GET, "/api/v1/keys", &utility),
         (Method::DELETE, "/api/v1/keys/0123456789ab", &utility),
@@ -275,6 +275,11 @@ async fn every_protected_route_refuses_no_key_and_the_wrong_role() {
         (Method::POST, "/api/v1/circular/material-flows", &researcher),
         (Method::PUT, "/api/v1/quality-rules/s.level", &researcher),
         (Method::PUT, "/api/v1/circular/containers/c", &researcher),
+        (
+            Method::PUT,
+            "/api/v1/municipalities/0751/population",
+            &utility,
+        ),
         (
             Method::PUT,
             "/api/v1/utilities/leak-rules/w.flow",
