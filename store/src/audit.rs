@@ -27,6 +27,20 @@ pub struct AuditRow {
     pub detail: serde_json::Value,
 }
 
+/// Ends a management change: its audit entry, the announcement of the change on `channel` (so
+/// that running stages reload), and the commit.
+pub(crate) async fn commit_change(
+    tx: deadpool_postgres::Transaction<'_>,
+    audit: &Audit,
+    channel: &str,
+) -> Result<()> {
+    record(&tx, audit).await?;
+    tx.execute("SELECT pg_notify($1, '')", &[&channel])
+        .await
+        .context("announcing a change")?;
+    tx.commit().await.context("committing a change")
+}
+
 pub(crate) async fn record(tx: &Transaction<'_>, audit: &Audit) -> Result<()> {
     tx.execute(
         "INSERT INTO audit_log (actor, role, action, target, detail) VALUES ($1, $2, $3, $4, $5)",

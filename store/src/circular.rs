@@ -299,14 +299,7 @@ impl Store {
         )
         .await
         .context("storing a container")?;
-        crate::audit::record(&tx, audit).await?;
-        tx.execute(
-            "SELECT pg_notify($1, '')",
-            &[&crate::flood::FLOOD_SETUP_CHANGED],
-        )
-        .await
-        .context("notifying flood_setup_changed")?;
-        tx.commit().await.context("commit container")?;
+        crate::audit::commit_change(tx, audit, crate::flood::FLOOD_SETUP_CHANGED).await?;
         Ok(Ok(()))
     }
 
@@ -520,14 +513,7 @@ impl Store {
         if changed == 0 {
             return Ok(false);
         }
-        crate::audit::record(&tx, audit).await?;
-        tx.execute(
-            "SELECT pg_notify($1, '')",
-            &[&crate::reference::REFERENCE_CHANGED],
-        )
-        .await
-        .context("notifying reference_changed")?;
-        tx.commit().await.context("commit population")?;
+        crate::audit::commit_change(tx, audit, crate::reference::REFERENCE_CHANGED).await?;
         Ok(true)
     }
 

@@ -302,11 +302,7 @@ impl Store {
             .await
             .context("inserting a rain rule")?;
         }
-        crate::audit::record(&tx, audit).await?;
-        tx.execute("SELECT pg_notify($1, '')", &[&FLOOD_SETUP_CHANGED])
-            .await
-            .context("notifying flood_setup_changed")?;
-        tx.commit().await.context("commit rain rules")
+        crate::audit::commit_change(tx, audit, FLOOD_SETUP_CHANGED).await
     }
 
     pub async fn flood_setup(&self) -> Result<FloodSetup> {
@@ -800,11 +796,7 @@ impl Store {
         )
         .await
         .context("storing a quality rule")?;
-        crate::audit::record(&tx, audit).await?;
-        tx.execute("SELECT pg_notify($1, '')", &[&FLOOD_SETUP_CHANGED])
-            .await
-            .context("notifying flood_setup_changed")?;
-        tx.commit().await.context("commit quality rule")
+        crate::audit::commit_change(tx, audit, FLOOD_SETUP_CHANGED).await
     }
 
     /// Every quality rule, by sensor key.

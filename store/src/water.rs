@@ -64,14 +64,7 @@ impl Store {
         )
         .await
         .context("storing a leak rule")?;
-        crate::audit::record(&tx, audit).await?;
-        tx.execute(
-            "SELECT pg_notify($1, '')",
-            &[&crate::flood::FLOOD_SETUP_CHANGED],
-        )
-        .await
-        .context("notifying flood_setup_changed")?;
-        tx.commit().await.context("commit leak rule")
+        crate::audit::commit_change(tx, audit, crate::flood::FLOOD_SETUP_CHANGED).await
     }
 
     pub async fn leak_rules(&self) -> Result<Vec<LeakRuleRow>> {
