@@ -268,11 +268,17 @@ pub async fn run(
                 if notifications.iter().any(|n| n.channel == FLOOD_SETUP_CHANGED) {
                     match Model::load(&store).await {
                         Ok(fresh) => {
-                            // Only new or changed containers are looked at again.
+                            // Only new or changed containers and rules are looked at again.
                             let changed: Vec<ContainerRow> = fresh
                                 .containers
                                 .iter()
                                 .filter(|c| !model.containers.contains(c))
+                                .cloned()
+                                .collect();
+                            let changed_quality: Vec<QualityRuleRow> = fresh
+                                .quality_rules
+                                .iter()
+                                .filter(|r| !model.quality_rules.contains(r))
                                 .cloned()
                                 .collect();
                             let changed_rules: Vec<LeakRuleRow> = fresh
@@ -284,7 +290,7 @@ pub async fn run(
                             model = fresh;
                             tracing::info!(areas = model.setup.areas.len(), "flood setup reloaded");
                             // A new or changed quality rule applies to the whole history.
-                            if let Err(error) = check_rule_sensors(&store, &model.quality_rules, HISTORY_START).await {
+                            if let Err(error) = check_rule_sensors(&store, &changed_quality, HISTORY_START).await {
                                 tracing::warn!(%error, "quality checks failed");
                             }
                             if let Err(error) = find_container_events(&store, &changed, HISTORY_START).await {
