@@ -369,6 +369,19 @@ pub async fn statistics(
             body
         })
         .collect();
+    // The trend: each period's recycling rate against the same municipality's previous period.
+    let mut previous: BTreeMap<String, f64> = BTreeMap::new();
+    let mut items = items;
+    for item in &mut items {
+        let municipality = item["municipality"].as_str().unwrap_or_default().to_owned();
+        let rate = item["recycling_rate"].as_f64();
+        item["recycling_rate_change"] = serde_json::json!(rate
+            .zip(previous.get(&municipality))
+            .map(|(now, before)| now - before));
+        if let Some(rate) = rate {
+            previous.insert(municipality, rate);
+        }
+    }
     Ok(json_response(
         &serde_json::json!({ "period": period, "statistics": items }),
     ))

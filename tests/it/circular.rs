@@ -155,6 +155,14 @@ async fn material_flows_are_validated_stored_once_and_give_the_recycling_rate() 
         "100 tonnes for 1,000 inhabitants"
     );
     assert_eq!(quarters[1]["recycling_rate"], 1.0);
+    assert_eq!(
+        quarters[0]["recycling_rate_change"],
+        serde_json::Value::Null
+    );
+    assert!(
+        (quarters[1]["recycling_rate_change"].as_f64().unwrap() - 0.55).abs() < 1e-12,
+        "the trend"
+    );
     let mixed = quarters[0]["fractions"]
         .as_array()
         .unwrap()
