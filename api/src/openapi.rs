@@ -175,6 +175,7 @@ impl Modify for ApiKeyScheme {
         crate::utilities::put_leak_rule,
         crate::utilities::night_flow,
         crate::utilities::leaks,
+        crate::utilities::consumption,
         crate::manage::put_flood_area,
         crate::opendata::flood_areas,
         crate::manage::audit,

@@ -326,3 +326,116 @@ pub async fn leaks(
         })).collect::<Vec<_>>(),
     })))
 }
+
+/// The register quantities consumption is counted from.
+const REGISTERS: [&str; 3] = ["energy_import", "energy_export", "heat_energy"];
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ConsumptionQuery {
+    /// One meter; or all meters at stations in `municipality` measuring `quantity`.
+    pub sensor: Option<String>,
+    pub municipality: Option<String>,
+    /// energy_import, energy_export or heat_energy.
+    pub quantity: Option<String>,
+    /// RFC 3339; default a year before `to`.
+    pub from: Option<String>,
+    /// RFC 3339, exclusive; default now.
+    pub to: Option<String>,
+    /// hour (UTC), day or month (Danish local calendar); default day.
+    pub period: Option<String>,
+    /// json or csv (or use the Accept header).
+    pub format: Option<String>,
+}
+
+/// `GET /api/v1/utilities/consumption`: energy used (or produced, from an export register) per
+/// hour, day or month, from meter registers: each meter's rise from the last reading of one
+/// period to the last of the next, summed over the meters asked for. A register that falls (a
+/// reset or a new meter) is counted in `resets` and left out of that period; a meter's first
+/// period without an earlier reading has no starting point and is left out too.
+#[utoipa::path(get, path = "/api/v1/utilities/consumption", tag = "utilities", params(ConsumptionQuery),
+    responses(
+        (status = 200, description = "Energy per period", content(("application/json"), ("text/csv"))),
+        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn consumption(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    query: std::result::Result<Query<ConsumptionQuery>, QueryRejection>,
+) -> Result<Response> {
+    let query = parse_query(query)?;
+    let format = format(query.format.as_deref(), &headers, false)?;
+    let (from, to) = range(&RangeQuery {
+        from: query.from.clone(),
+        to: query.to.clone(),
+        format: None,
+    })?;
+    let period = match query.period.as_deref().unwrap_or("day") {
+        "hour" => tidemark_store::utility::Period::Hour,
+        "day" => tidemark_store::utility::Period::Day,
+        "month" => tidemark_store::utility::Period::Month,
+        _ => return Err(ApiError::bad("period", "period is hour, day or month")),
+    };
+    match (&query.sensor, &query.municipality, &query.quantity) {
+        (Some(sensor), None, None) => {
+            let quantity = state
+                .store
+                .sensor_quantity(sensor)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("sensor {sensor}")))?;
+            if !REGISTERS.contains(&quantity.as_str()) {
+                return Err(ApiError::bad(
+                    "sensor",
+                    format!("{sensor} measures {quantity}, not an energy register"),
+                ));
+            }
+        }
+        (None, Some(_), Some(quantity)) if REGISTERS.contains(&quantity.as_str()) => {}
+        (None, Some(_), _) => {
+            return Err(ApiError::bad(
+                "quantity",
+                format!(
+                    "with municipality, quantity is one of {}",
+                    REGISTERS.join(", ")
+                ),
+            ))
+        }
+        _ => {
+            return Err(ApiError::bad(
+                "sensor",
+                "ask for one sensor, or for a municipality and a quantity",
+            ))
+        }
+    }
+    let meters = tidemark_store::utility::MeterFilter {
+        sensor: query.sensor.clone(),
+        municipality: query.municipality.clone(),
+        quantity: query.quantity.clone(),
+    };
+    let rows = state
+        .store
+        .register_consumption(&meters, from, to, period)
+        .await?;
+    Ok(match format {
+        Format::Csv => {
+            let mut out = String::from("start,kwh,meters,resets\n");
+            for r in &rows {
+                out.push_str(&format!(
+                    "{},{},{},{}\n",
+                    rfc3339(r.start),
+                    r.used,
+                    r.meters,
+                    r.resets
+                ));
+            }
+            typed("text/csv; charset=utf-8", out)
+        }
+        _ => json_response(&serde_json::json!({
+            "unit": "kWh", "from": rfc3339(from), "to": rfc3339(to),
+            "periods": rows.iter().map(|r| serde_json::json!({
+                "start": rfc3339(r.start), "kwh": r.used, "meters": r.meters, "resets": r.resets,
+            })).collect::<Vec<_>>(),
+        })),
+    })
+}

@@ -92,3 +92,102 @@ impl Store {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 }
+
+/// The calendar a consumption is counted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    /// UTC hours.
+    Hour,
+    /// Danish local days and months.
+    Day,
+    Month,
+}
+
+impl Period {
+    fn unit_and_zone(self) -> (&'static str, &'static str) {
+        match self {
+            Period::Hour => ("hour", "UTC"),
+            Period::Day => ("day", "Europe/Copenhagen"),
+            Period::Month => ("month", "Europe/Copenhagen"),
+        }
+    }
+}
+
+/// Energy used in one period, summed over meters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Consumption {
+    pub start: DateTime<Utc>,
+    pub used: f64,
+    /// Meters that counted in this period.
+    pub meters: i64,
+    /// Meters whose register fell (a reset or a replaced meter), left out of this period.
+    pub resets: i64,
+}
+
+/// Which meters' registers to read.
+#[derive(Debug, Clone, Default)]
+pub struct MeterFilter {
+    pub sensor: Option<String>,
+    /// Meters at stations in this municipality...
+    pub municipality: Option<String>,
+    /// ...measuring this register quantity.
+    pub quantity: Option<String>,
+}
+
+impl Store {
+    /// Energy used per period from meter registers: for each meter, the rise of its register from
+    /// the last usable reading of the previous period (or before `from`) to the last usable reading
+    /// of this one, summed over the meters.
+    pub async fn register_consumption(
+        &self,
+        meters: &MeterFilter,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        period: Period,
+    ) -> Result<Vec<Consumption>> {
+        let client = self.client().await?;
+        let (unit, zone) = period.unit_and_zone();
+        let rows = client
+            .query(
+                &format!(
+                    "WITH m AS (SELECT se.id FROM sensors se LEFT JOIN stations st ON st.id = se.station_id \
+                         WHERE ($1::text IS NULL OR se.key = $1) AND ($2::text IS NULL OR st.municipality_code = $2) \
+                           AND ($3::text IS NULL OR se.quantity = $3)), \
+                     last AS (SELECT DISTINCT ON (r.sensor_id, b) r.sensor_id, \
+                                date_trunc($6, r.ts AT TIME ZONE $7) AT TIME ZONE $7 AS b, r.value \
+                              FROM readings r JOIN m ON m.id = r.sensor_id \
+                              WHERE r.ts >= $4 AND r.ts < $5 AND {USABLE} \
+                              ORDER BY r.sensor_id, b, r.ts DESC), \
+                     opening AS (SELECT m.id AS sensor_id, \
+                                   (SELECT r.value FROM readings r WHERE r.sensor_id = m.id AND r.ts < $4 AND {USABLE} \
+                                    ORDER BY r.ts DESC LIMIT 1) AS value FROM m), \
+                     steps AS (SELECT l.sensor_id, l.b, \
+                                 l.value - COALESCE(lag(l.value) OVER (PARTITION BY l.sensor_id ORDER BY l.b), o.value) AS used \
+                               FROM last l JOIN opening o USING (sensor_id)) \
+                     SELECT b, COALESCE(sum(used) FILTER (WHERE used >= 0), 0), \
+                            count(*) FILTER (WHERE used >= 0), count(*) FILTER (WHERE used < 0) \
+                     FROM steps WHERE used IS NOT NULL GROUP BY b ORDER BY b"
+                ),
+                &[
+                    &meters.sensor,
+                    &meters.municipality,
+                    &meters.quantity,
+                    &from,
+                    &to,
+                    &unit,
+                    &zone,
+                ],
+            )
+            .await
+            .context("reading meter registers")?;
+        Ok(rows
+            .iter()
+            .map(|r| Consumption {
+                start: r.get(0),
+                used: r.get(1),
+                meters: r.get(2),
+                resets: r.get(3),
+            })
+            .collect())
+    }
+}

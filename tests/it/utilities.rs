@@ -306,3 +306,133 @@ async fn a_leak_is_suspected_within_the_rules_nights_and_a_sound_network_raises_
     analytics.await.unwrap().unwrap();
     harness.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumption_comes_from_registers_by_danish_day_and_month_and_skips_a_reset() {
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    let api = Api::start(&harness, &config).await;
+    let utility = api.key(tidemark_store::delivery::Role::Utility, None).await;
+    let put = |path: String, body: serde_json::Value| {
+        let (api, key) = (&api, utility.clone());
+        async move {
+            api.call(reqwest::Method::PUT, &path, Some(&key), Some(body))
+                .await
+        }
+    };
+    // Two heat meters in Aarhus, one in Copenhagen.
+    for (meter, code) in [("heat-a", "0751"), ("heat-b", "0751"), ("heat-c", "0101")] {
+        assert_eq!(
+            put(format!("/api/v1/devices/{meter}"), serde_json::json!({}))
+                .await
+                .0,
+            204
+        );
+        let (status, problem) = put(
+            format!("/api/v1/stations/{meter}"),
+            serde_json::json!({"name": meter, "kind": "meter", "lon": 10.2, "lat": 56.15, "municipality_code": code}),
+        )
+        .await;
+        assert_eq!(status, 204, "{problem}");
+        let (status, problem) = put(
+            format!("/api/v1/sensors/{meter}.heat"),
+            serde_json::json!({"device": meter, "station": meter, "quantity": "heat_energy", "expected_interval": "15m"}),
+        )
+        .await;
+        assert_eq!(status, 204, "{problem}");
+    }
+    // Registers every 15 minutes from 24 to 27 October 2026 (summer time ends on the 25th):
+    // heat-a rises 10 kWh an hour, heat-b and heat-c 5, and heat-b's meter is replaced at noon
+    // UTC on the 26th (its register starts again from 0).
+    let start = Utc.with_ymd_and_hms(2026, 10, 24, 0, 0, 0).unwrap();
+    let replaced = (2 * 24 + 12) * 4;
+    let mut rows = Vec::new();
+    for (meter, per_quarter) in [("heat-a", 2.5), ("heat-b", 1.25), ("heat-c", 1.25)] {
+        let id = sensor_id(&harness, &format!("{meter}.heat")).await;
+        for i in 0..3 * 96 {
+            let value = if meter == "heat-b" && i >= replaced {
+                per_quarter * (i - replaced) as f64
+            } else {
+                1000.0 + per_quarter * i as f64
+            };
+            rows.push(tidemark_store::readings::ReadingRow {
+                sensor_id: id,
+                ts: start + ChronoDuration::minutes(15 * i),
+                value,
+                quality: 0,
+            });
+        }
+    }
+    store_readings(&harness, &rows).await;
+
+    // From Danish midnight on the 25th (22:00 UTC) to Danish midnight on the 27th (23:00 UTC).
+    let range = "from=2026-10-24T22:00:00Z&to=2026-10-26T23:00:00Z";
+    let ask = |query: String| {
+        let api = &api;
+        async move {
+            let (status, body) = api
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/utilities/consumption?{query}"),
+                    None,
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{query}: {body}");
+            body["periods"].as_array().cloned().unwrap()
+        }
+    };
+    let days = ask(format!(
+        "{range}&municipality=0751&quantity=heat_energy&period=day"
+    ))
+    .await;
+    let days: Vec<(String, f64, i64, i64)> = days
+        .iter()
+        .map(|d| {
+            (
+                d["start"].as_str().unwrap().to_owned(),
+                d["kwh"].as_f64().unwrap(),
+                d["meters"].as_i64().unwrap(),
+                d["resets"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        days,
+        [
+            // 25 hours in the day summer time ends: 250 + 125.
+            ("2026-10-24T22:00:00Z".to_owned(), 375.0, 2, 0),
+            // heat-b's register fell: left out, and counted as a reset.
+            ("2026-10-25T23:00:00Z".to_owned(), 240.0, 1, 1),
+        ]
+    );
+    let hours = ask(format!("{range}&sensor=heat-a.heat&period=hour")).await;
+    assert_eq!(hours.len(), 49);
+    assert!(hours.iter().all(|h| h["kwh"] == 10.0));
+    let month = ask(format!(
+        "{range}&municipality=0751&quantity=heat_energy&period=month"
+    ))
+    .await;
+    assert_eq!(month.len(), 1);
+    assert_eq!(
+        month[0]["start"], "2026-09-30T22:00:00Z",
+        "October in Danish time"
+    );
+    assert_eq!(month[0]["kwh"], 490.0);
+    let copenhagen = ask(format!("{range}&municipality=0101&quantity=heat_energy")).await;
+    assert_eq!(copenhagen[0]["kwh"], 125.0);
+
+    let (status, problem) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/utilities/consumption?{range}&municipality=0751&quantity=power"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, problem["parameter"].as_str()),
+        (400, Some("quantity"))
+    );
+    harness.finish().await;
+}
