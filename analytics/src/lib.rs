@@ -14,7 +14,7 @@
 //! - [`upstream`]: when an upstream crossing reaches a downstream area.
 //! - [`verification`]: hit rate, misses, false alarms and lead time of the warnings.
 //! - [`waste`]: container fill rate, time to full, collections, overflows, collection timing.
-//! - [`utility`]: peaks, load-duration curves, self-consumption, night flow and leak suspicion.
+//! - [`utility`]: peaks, load-duration curves, night flow and leak suspicion.
 //!
 //! The runner that LISTENs for `readings_committed` and writes warnings will sit on top of these.
 //!

@@ -1,6 +1,6 @@
-//! Utility statistics: peak demand, the load-duration curve, self-consumption where production and
-//! consumption meet, and the minimum night flow of a water district with the leak suspicion built on
-//! it.
+//! Utility statistics: peak demand, the load-duration curve, and the minimum night flow of a water
+//! district with the leak suspicion built on it. (Energy per period and self-consumption come from
+//! meter registers, in SQL: see `tidemark_store::utility`.)
 //!
 //! Only usable samples count (see [`tidemark_model::Quality::is_usable`]): a meter's flagged
 //! reading, such as a forecast of 0 MW, is left out rather than averaged in.
@@ -54,45 +54,6 @@ pub fn duration_point(curve: &[f64], share: f64) -> Option<f64> {
     }
     let index = ((share * curve.len() as f64).ceil() as usize).clamp(1, curve.len()) - 1;
     Some(curve[index])
-}
-
-/// How much of what was produced was used where it was produced.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SelfConsumption {
-    pub produced: f64,
-    pub consumed: f64,
-    /// Energy both produced and consumed in the same interval: the smaller of the two, summed.
-    pub self_consumed: f64,
-}
-
-impl SelfConsumption {
-    /// The share of production consumed on site.
-    pub fn of_production(&self) -> Option<f64> {
-        (self.produced > 0.0).then(|| self.self_consumed / self.produced)
-    }
-
-    /// The share of consumption covered by own production (self-sufficiency).
-    pub fn of_consumption(&self) -> Option<f64> {
-        (self.consumed > 0.0).then(|| self.self_consumed / self.consumed)
-    }
-}
-
-/// Self-consumption of interval energies (production and consumption per interval, matched by
-/// timestamp). Intervals with only one of the two count towards its total only.
-pub fn self_consumption(production: &[Sample], consumption: &[Sample]) -> SelfConsumption {
-    let produced: BTreeMap<DateTime<Utc>, f64> =
-        usable(production).map(|s| (s.ts, s.value)).collect();
-    let consumed: BTreeMap<DateTime<Utc>, f64> =
-        usable(consumption).map(|s| (s.ts, s.value)).collect();
-    let self_consumed = produced
-        .iter()
-        .filter_map(|(ts, p)| consumed.get(ts).map(|c| p.min(*c).max(0.0)))
-        .sum();
-    SelfConsumption {
-        produced: produced.values().sum(),
-        consumed: consumed.values().sum(),
-        self_consumed,
-    }
 }
 
 /// The night hours in local civil time whose flow is watched, such as 02:00 to 04:00.
@@ -287,20 +248,6 @@ mod tests {
             assert_eq!(duration_point(&curve, share), Some(want), "share {share}");
         }
         assert_eq!(duration_point(&curve, 1.5), None);
-    }
-
-    #[test]
-    fn self_consumption_counts_what_is_used_in_the_same_hour() {
-        let production = hourly("2024-06-01T10:00:00Z", &[4.0, 6.0, 2.0, 0.0]);
-        let consumption = hourly("2024-06-01T10:00:00Z", &[3.0, 3.0, 3.0, 3.0]);
-        let share = self_consumption(&production, &consumption);
-        assert_eq!(share.produced, 12.0);
-        assert_eq!(share.consumed, 12.0);
-        assert_eq!(share.self_consumed, 3.0 + 3.0 + 2.0);
-        assert_eq!(share.of_production(), Some(8.0 / 12.0));
-        assert_eq!(share.of_consumption(), Some(8.0 / 12.0));
-        let none = self_consumption(&[], &consumption);
-        assert_eq!(none.of_production(), None);
     }
 
     /// Flow every 15 minutes from `from` (UTC) for `hours`: `base` everywhere, `night` between

@@ -291,6 +291,10 @@ pub fn api_router(state: ApiState) -> Router {
         )
         .route("/api/v1/utilities/leaks", get(utilities::leaks))
         .route("/api/v1/utilities/consumption", get(utilities::consumption))
+        .route(
+            "/api/v1/utilities/self-consumption",
+            get(utilities::self_consumption),
+        )
         .route("/api/v1/rain-rules/{sensor}", put(manage::put_rain_rules))
         .route("/api/v1/flood-areas", get(opendata::flood_areas))
         .route("/api/v1/flood-areas/{key}", put(manage::put_flood_area))

@@ -176,6 +176,7 @@ impl Modify for ApiKeyScheme {
         crate::utilities::night_flow,
         crate::utilities::leaks,
         crate::utilities::consumption,
+        crate::utilities::self_consumption,
         crate::manage::put_flood_area,
         crate::opendata::flood_areas,
         crate::manage::audit,

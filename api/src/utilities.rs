@@ -439,3 +439,91 @@ pub async fn consumption(
         })),
     })
 }
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SelfConsumptionQuery {
+    /// The generation meter's register (energy produced).
+    pub production: String,
+    /// The grid connection's export register (energy sent to the grid).
+    pub export: String,
+    /// RFC 3339; default a year before `to`.
+    pub from: Option<String>,
+    /// RFC 3339, exclusive; default now.
+    pub to: Option<String>,
+    /// hour (UTC), day or month (Danish local calendar); default month.
+    pub period: Option<String>,
+}
+
+/// `GET /api/v1/utilities/self-consumption`: how much of what a site produced it used itself, per
+/// period: produced (the generation register's rise), exported (the export register's rise),
+/// self-consumed (produced less exported) and the self-consumption share (self-consumed over
+/// produced). Periods where either register fell are left out.
+#[utoipa::path(get, path = "/api/v1/utilities/self-consumption", tag = "utilities", params(SelfConsumptionQuery),
+    responses(
+        (status = 200, description = "Self-consumption per period"),
+        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such sensor", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn self_consumption(
+    State(state): State<ApiState>,
+    query: std::result::Result<Query<SelfConsumptionQuery>, QueryRejection>,
+) -> Result<Response> {
+    let query = parse_query(query)?;
+    let (from, to) = range(&RangeQuery {
+        from: query.from.clone(),
+        to: query.to.clone(),
+        format: None,
+    })?;
+    let period = match query.period.as_deref().unwrap_or("month") {
+        "hour" => tidemark_store::utility::Period::Hour,
+        "day" => tidemark_store::utility::Period::Day,
+        "month" => tidemark_store::utility::Period::Month,
+        _ => return Err(ApiError::bad("period", "period is hour, day or month")),
+    };
+    let mut series = Vec::new();
+    for (field, sensor) in [("production", &query.production), ("export", &query.export)] {
+        let quantity = state
+            .store
+            .sensor_quantity(sensor)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("sensor {sensor}")))?;
+        if !REGISTERS.contains(&quantity.as_str()) {
+            return Err(ApiError::bad(
+                field,
+                format!("{sensor} measures {quantity}, not an energy register"),
+            ));
+        }
+        let meters = tidemark_store::utility::MeterFilter {
+            sensor: Some(sensor.clone()),
+            ..Default::default()
+        };
+        let rows = state
+            .store
+            .register_consumption(&meters, from, to, period)
+            .await?;
+        series.push(
+            rows.into_iter()
+                .filter(|r| r.resets == 0 && r.meters == 1)
+                .map(|r| (r.start, r.used))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        );
+    }
+    let (produced, exported) = (&series[0], &series[1]);
+    let periods: Vec<serde_json::Value> = produced
+        .iter()
+        .filter_map(|(start, p)| {
+            let e = exported.get(start)?;
+            let own = (p - e).max(0.0);
+            Some(serde_json::json!({
+                "start": rfc3339(*start), "produced_kwh": p, "exported_kwh": e,
+                "self_consumed_kwh": own, "share": (*p > 0.0).then(|| own / p),
+            }))
+        })
+        .collect();
+    Ok(json_response(&serde_json::json!({
+        "production": query.production, "export": query.export, "unit": "kWh",
+        "from": rfc3339(from), "to": rfc3339(to), "periods": periods,
+    })))
+}

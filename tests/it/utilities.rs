@@ -436,3 +436,82 @@ async fn consumption_comes_from_registers_by_danish_day_and_month_and_skips_a_re
     );
     harness.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_consumption_is_production_less_export_over_production() {
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    let api = Api::start(&harness, &config).await;
+    let utility = api.key(tidemark_store::delivery::Role::Utility, None).await;
+    let put = |path: String, body: serde_json::Value| {
+        let (api, key) = (&api, utility.clone());
+        async move {
+            api.call(reqwest::Method::PUT, &path, Some(&key), Some(body))
+                .await
+        }
+    };
+    assert_eq!(
+        put("/api/v1/devices/pv-site".to_owned(), serde_json::json!({}))
+            .await
+            .0,
+        204
+    );
+    for sensor in ["pv-site.generation", "pv-site.export"] {
+        let (status, problem) = put(
+            format!("/api/v1/sensors/{sensor}"),
+            serde_json::json!({"device": "pv-site", "quantity": "energy_export", "expected_interval": "1h"}),
+        )
+        .await;
+        assert_eq!(status, 204, "{problem}");
+    }
+    // Hourly registers from 31 May 2026: 3 kWh produced and 1 kWh exported in each hour from 08:00
+    // to 16:00 Danish summer time (06:00 to 14:00 UTC).
+    let start = Utc.with_ymd_and_hms(2026, 5, 31, 0, 0, 0).unwrap();
+    let (generation, export) = (
+        sensor_id(&harness, "pv-site.generation").await,
+        sensor_id(&harness, "pv-site.export").await,
+    );
+    let mut rows = Vec::new();
+    let (mut produced, mut exported) = (0.0, 0.0);
+    for i in 0..4 * 24 {
+        let ts = start + ChronoDuration::hours(i);
+        // A register read at ts holds the hour that ended then.
+        let hour_ended = (chrono::Timelike::hour(&ts) + 23) % 24;
+        if (6..14).contains(&hour_ended) {
+            produced += 3.0;
+            exported += 1.0;
+        }
+        for (sensor_id, value) in [(generation, produced), (export, exported)] {
+            rows.push(tidemark_store::readings::ReadingRow {
+                sensor_id,
+                ts,
+                value,
+                quality: 0,
+            });
+        }
+    }
+    store_readings(&harness, &rows).await;
+    let (status, body) = api
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/utilities/self-consumption?production=pv-site.generation&export=pv-site.export\
+             &from=2026-05-31T22:00:00Z&to=2026-06-02T22:00:00Z&period=day",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let days = body["periods"].as_array().unwrap();
+    assert_eq!(days.len(), 2);
+    for day in days {
+        assert_eq!(day["produced_kwh"], 24.0);
+        assert_eq!(day["exported_kwh"], 8.0);
+        assert_eq!(day["self_consumed_kwh"], 16.0);
+        assert!((day["share"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12);
+    }
+    assert_eq!(
+        days[0]["start"], "2026-05-31T22:00:00Z",
+        "1 June in Danish time"
+    );
+    harness.finish().await;
+}
