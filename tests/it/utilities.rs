@@ -515,3 +515,86 @@ async fn self_consumption_is_production_less_export_over_production() {
     );
     harness.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulated_odense_leak_is_suspected_and_the_sound_district_raises_nothing_in_a_month() {
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    let api = Api::start(&harness, &config).await;
+    let ingest = harness.ingest_ready("water", None).await;
+    // The city scenario: a leak of 2.5 l/s starts in Bolbro 50 hours in; Vollsmose has none.
+    simulate_all(&harness, "city", "30d").await;
+    let client = sql(&harness).await;
+    let first: DateTime<Utc> = client
+        .query_one(
+            "SELECT min(r.ts) FROM readings r JOIN sensors s ON s.id = r.sensor_id \
+             WHERE s.key = 'odense-bolbro.water_flow'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // The meter reads every 15 minutes from one interval after the start.
+    let leak_start = first - ChronoDuration::minutes(15) + ChronoDuration::hours(50);
+
+    let utility = api.key(tidemark_store::delivery::Role::Utility, None).await;
+    let metrics = std::sync::Arc::new(tidemark_analytics::runner::Metrics::register(
+        &mut prometheus_client::registry::Registry::default(),
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let analytics = tokio::spawn(tidemark_analytics::runner::run(
+        config.analytics_settings(),
+        metrics,
+        stop.clone(),
+    ));
+    for district in ["odense-bolbro", "odense-vollsmose"] {
+        let (status, problem) = api
+            .call(
+                reqwest::Method::PUT,
+                &format!("/api/v1/utilities/leak-rules/{district}.water_flow"),
+                Some(&utility),
+                Some(serde_json::json!({"baseline_nights": 2, "margin": 0.2, "nights": 3})),
+            )
+            .await;
+        assert_eq!(status, 204, "{problem}");
+    }
+    let nights = |district: &'static str| {
+        let api = &api;
+        async move {
+            let (_, body) = api
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/utilities/sensors/{district}.water_flow/night-flow"),
+                    None,
+                    None,
+                )
+                .await;
+            body["nights"].as_array().map_or(0, Vec::len)
+        }
+    };
+    let found = wait_for(std::time::Duration::from_secs(60), || async {
+        nights("odense-bolbro").await >= 29 && nights("odense-vollsmose").await >= 29
+    })
+    .await;
+    assert!(found, "a month of nights is found for both districts");
+
+    // The first night whose window (02:00 Danish time) starts after the leak is its first night
+    // above the baseline; the rule's third such night raises the suspicion.
+    let mut night = tidemark_model::time::to_local(leak_start, 1).date();
+    while tidemark_model::time::from_local(night.and_hms_opt(2, 0, 0).unwrap(), 1) < leak_start {
+        night = night.succ_opt().unwrap();
+    }
+    let (_, leaks) = api
+        .call(reqwest::Method::GET, "/api/v1/utilities/leaks", None, None)
+        .await;
+    let leaks = leaks["leaks"].as_array().unwrap();
+    assert_eq!(leaks.len(), 1, "Bolbro only: {leaks:?}");
+    assert_eq!(leaks[0]["sensor"], "odense-bolbro.water_flow");
+    assert_eq!(leaks[0]["since"], night.to_string());
+    let third = night + ChronoDuration::days(2);
+    assert_eq!(leaks[0]["raised_on"], third.to_string());
+    stop.cancel();
+    analytics.await.unwrap().unwrap();
+    ingest.stop().await;
+    harness.finish().await;
+}
