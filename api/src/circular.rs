@@ -4,7 +4,7 @@
 
 use crate::auth::Caller;
 use crate::error::{ApiError, Result};
-use crate::opendata::{csv_field, format, json_response, parse_query, typed, Format};
+use crate::opendata::{csv_field, csv_response, format, json_response, parse_query, typed, Format};
 use crate::ApiState;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
@@ -549,15 +549,21 @@ pub async fn put_container(
 /// `GET /api/v1/circular/containers`: the registry, with each container's latest fill level, its
 /// fill rate over the current filling phase (percentage points per hour) and when it is expected
 /// to be full.
-#[utoipa::path(get, path = "/api/v1/circular/containers", tag = "circular",
-    responses((status = 200, description = "Containers by key")))]
-pub async fn containers(State(state): State<ApiState>) -> Result<Response> {
+#[utoipa::path(get, path = "/api/v1/circular/containers", tag = "circular", params(FormatQuery),
+    responses((status = 200, description = "Containers by key",
+        content(("application/json"), ("application/geo+json"), ("text/csv")))))]
+pub async fn containers(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    query: std::result::Result<Query<FormatQuery>, QueryRejection>,
+) -> Result<Response> {
+    let query = parse_query(query)?;
+    let format = format(query.format.as_deref(), &headers, true)?;
     let rows = state.store.containers().await?;
     let states = state.store.container_states().await?;
     let stamp =
         |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    Ok(json_response(&serde_json::json!({
-        "containers": rows.iter().map(|c| {
+    let bodies: Vec<serde_json::Value> = rows.iter().map(|c| {
             let s = states.get(&c.key);
             serde_json::json!({
                 "key": c.key, "name": c.name, "lon": c.lon, "lat": c.lat,
@@ -569,8 +575,69 @@ pub async fn containers(State(state): State<ApiState>) -> Result<Response> {
                 "fill_rate_per_hour": s.and_then(|s| s.fill_rate_per_hour),
                 "full_at": s.and_then(|s| s.full_at).map(stamp),
             })
-        }).collect::<Vec<_>>(),
-    })))
+        }).collect();
+    Ok(match format {
+        Format::GeoJson => {
+            let features: Vec<serde_json::Value> = bodies
+                .into_iter()
+                .map(|b| {
+                    serde_json::json!({
+                        "type": "Feature",
+                        "geometry": { "type": "Point", "coordinates": [b["lon"], b["lat"]] },
+                        "properties": b,
+                    })
+                })
+                .collect();
+            let mut response = json_response(
+                &serde_json::json!({ "type": "FeatureCollection", "features": features }),
+            );
+            response.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/geo+json"),
+            );
+            response
+        }
+        Format::Csv => {
+            let columns = [
+                "key",
+                "name",
+                "lon",
+                "lat",
+                "capacity_litres",
+                "waste_code",
+                "fraction",
+                "municipality",
+                "fill_sensor",
+                "weight_sensor",
+                "fill_level",
+                "fill_at",
+                "fill_rate_per_hour",
+                "full_at",
+            ];
+            csv_response(
+                &columns,
+                bodies.iter().map(|b| {
+                    columns
+                        .iter()
+                        .map(|c| match &b[*c] {
+                            serde_json::Value::Null => String::new(),
+                            serde_json::Value::String(text) => text.clone(),
+                            other => other.to_string(),
+                        })
+                        .collect()
+                }),
+            )
+        }
+        _ => json_response(&serde_json::json!({ "containers": bodies })),
+    })
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct FormatQuery {
+    /// json, csv or geojson (or use the Accept header).
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -679,20 +746,31 @@ pub async fn collections(
 /// hours); `until` is null while one lasts.
 #[utoipa::path(get, path = "/api/v1/circular/overflows", tag = "circular", params(EventQuery),
     responses(
-        (status = 200, description = "Overflow events"),
+        (status = 200, description = "Overflow events", content(("application/json"), ("text/csv"))),
         (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn overflows(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     query: std::result::Result<Query<EventQuery>, QueryRejection>,
 ) -> Result<Response> {
     let query = parse_query(query)?;
-    if query.format.as_deref().is_some_and(|f| f != "json") {
-        return Err(ApiError::bad("format", "overflows come as json"));
-    }
+    let format = format(query.format.as_deref(), &headers, false)?;
     let rows = state.store.overflows(&event_filter(&query)?).await?;
     let stamp =
         |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    if format == Format::Csv {
+        return Ok(csv_response(
+            &["container", "from", "until"],
+            rows.iter().map(|o| {
+                vec![
+                    o.container.clone(),
+                    stamp(o.from),
+                    o.until.map(stamp).unwrap_or_default(),
+                ]
+            }),
+        ));
+    }
     Ok(json_response(&serde_json::json!({
         "overflows": rows.iter().map(|o| serde_json::json!({
             "container": o.container, "from": stamp(o.from), "until": o.until.map(stamp),

@@ -146,6 +146,21 @@ pub(crate) fn csv_field(text: &str) -> String {
     }
 }
 
+/// A CSV answer from a header and rows of fields (quoted where needed).
+pub(crate) fn csv_response(
+    header: &[&str],
+    rows: impl IntoIterator<Item = Vec<String>>,
+) -> Response {
+    let mut out = header.join(",");
+    out.push('\n');
+    for row in rows {
+        let fields: Vec<String> = row.iter().map(|f| csv_field(f)).collect();
+        out.push_str(&fields.join(","));
+        out.push('\n');
+    }
+    typed("text/csv; charset=utf-8", out)
+}
+
 pub(crate) fn typed(content_type: &'static str, body: impl Into<Body>) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body.into()).into_response()
 }

@@ -4,7 +4,7 @@
 
 use crate::auth::Caller;
 use crate::error::{ApiError, Result};
-use crate::opendata::{format, json_response, parse_query, typed, Format};
+use crate::opendata::{csv_response, format, json_response, parse_query, typed, Format};
 use crate::ApiState;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -259,6 +259,8 @@ pub struct NightQuery {
     pub from: Option<String>,
     /// The last night (a date); default today.
     pub to: Option<String>,
+    /// json or csv (or use the Accept header).
+    pub format: Option<String>,
 }
 
 /// `GET /api/v1/utilities/sensors/{key}/night-flow`: a district meter's minimum flow in its night
@@ -266,16 +268,18 @@ pub struct NightQuery {
 #[utoipa::path(get, path = "/api/v1/utilities/sensors/{key}/night-flow", tag = "utilities",
     params(("key" = String, Path, description = "The district meter's flow sensor"), NightQuery),
     responses(
-        (status = 200, description = "Nights, oldest first"),
+        (status = 200, description = "Nights, oldest first", content(("application/json"), ("text/csv"))),
         (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such sensor", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn night_flow(
     State(state): State<ApiState>,
     Path(sensor): Path<String>,
+    headers: HeaderMap,
     query: std::result::Result<Query<NightQuery>, QueryRejection>,
 ) -> Result<Response> {
     let query = parse_query(query)?;
+    let format = format(query.format.as_deref(), &headers, false)?;
     let date = |field: &str, text: &str| {
         NaiveDate::parse_from_str(text, "%Y-%m-%d")
             .map_err(|_| ApiError::bad(field, format!("{text:?} is not a date such as 2026-05-01")))
@@ -293,6 +297,19 @@ pub async fn night_flow(
     }
     let unit = unit(&state, &sensor).await?;
     let nights = state.store.night_flow(&sensor, from, to).await?;
+    if format == Format::Csv {
+        return Ok(csv_response(
+            &["night", "min", "at", "samples"],
+            nights.iter().map(|n| {
+                vec![
+                    n.night.to_string(),
+                    n.min_value.to_string(),
+                    rfc3339(n.at),
+                    n.samples.to_string(),
+                ]
+            }),
+        ));
+    }
     Ok(json_response(&serde_json::json!({
         "sensor": sensor, "unit": unit,
         "nights": nights.iter().map(|n| serde_json::json!({
@@ -307,18 +324,44 @@ pub async fn night_flow(
 pub struct LeakQuery {
     /// Only this meter.
     pub sensor: Option<String>,
+    /// json or csv (or use the Accept header).
+    pub format: Option<String>,
 }
 
 /// `GET /api/v1/utilities/leaks`: suspected leaks, newest first: the first night above the
 /// baseline, the night the rule was met, the baseline and that night's minimum flow.
 #[utoipa::path(get, path = "/api/v1/utilities/leaks", tag = "utilities", params(LeakQuery),
-    responses((status = 200, description = "Suspected leaks")))]
+    responses((status = 200, description = "Suspected leaks", content(("application/json"), ("text/csv")))))]
 pub async fn leaks(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     query: std::result::Result<Query<LeakQuery>, QueryRejection>,
 ) -> Result<Response> {
     let query = parse_query(query)?;
+    let format = format(query.format.as_deref(), &headers, false)?;
     let rows = state.store.leaks(query.sensor.as_deref()).await?;
+    if format == Format::Csv {
+        return Ok(csv_response(
+            &[
+                "sensor",
+                "since",
+                "raised_on",
+                "baseline",
+                "night_flow",
+                "found_at",
+            ],
+            rows.iter().map(|l| {
+                vec![
+                    l.sensor_key.clone(),
+                    l.since.to_string(),
+                    l.raised_on.to_string(),
+                    l.baseline.to_string(),
+                    l.night_flow.to_string(),
+                    rfc3339(l.found_at),
+                ]
+            }),
+        ));
+    }
     Ok(json_response(&serde_json::json!({
         "leaks": rows.iter().map(|l| serde_json::json!({
             "sensor": l.sensor_key, "since": l.since.to_string(), "raised_on": l.raised_on.to_string(),

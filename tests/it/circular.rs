@@ -436,6 +436,27 @@ async fn a_filling_container_gets_its_rate_and_time_to_full_and_a_full_one_an_ov
         serde_json::Value::Null,
         "already full"
     );
+    // The registry as GeoJSON points and as CSV too.
+    let (status, geo) = api
+        .call(
+            Method::GET,
+            "/api/v1/circular/containers?format=geojson",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(geo["type"], "FeatureCollection");
+    assert_eq!(
+        geo["features"][0]["geometry"]["coordinates"],
+        json!([10.2, 56.15])
+    );
+    assert_eq!(geo["features"][0]["properties"]["fill_level"], 58.0);
+    let (_, _, csv) = api.text("/api/v1/circular/containers?format=csv").await;
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines[0].starts_with("key,name,lon,lat,capacity_litres"));
+    assert!(lines[1].starts_with("bin-a,bin-a,10.2,56.15,660"));
 
     let (_, overflows) = api
         .call(
@@ -451,6 +472,13 @@ async fn a_filling_container_gets_its_rate_and_time_to_full_and_a_full_one_an_ov
     assert_eq!(events[0]["until"], serde_json::Value::Null, "still full");
     let from = chrono::DateTime::parse_from_rfc3339(events[0]["from"].as_str().unwrap()).unwrap();
     assert_eq!(from, now - ChronoDuration::hours(4));
+    let (_, _, csv) = api.text("/api/v1/circular/overflows?format=csv").await;
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2);
+    assert!(
+        lines[1].starts_with("bin-b,") && lines[1].ends_with(','),
+        "{csv}"
+    );
     stop.cancel();
     analytics.await.unwrap().unwrap();
     harness.finish().await;

@@ -302,6 +302,18 @@ async fn a_leak_is_suspected_within_the_rules_nights_and_a_sound_network_raises_
     assert!(
         leaks[0]["night_flow"].as_f64().unwrap() > leaks[0]["baseline"].as_f64().unwrap() * 1.2
     );
+    let (_, _, csv) = api.text("/api/v1/utilities/leaks?format=csv").await;
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "sensor,since,raised_on,baseline,night_flow,found_at"
+    );
+    assert!(lines[1].starts_with("district-leaky.flow,2026-10-20,2026-10-22,"));
+    let (_, _, csv) = api
+        .text("/api/v1/utilities/sensors/district-sound.flow/night-flow?from=2026-10-01&to=2026-10-31&format=csv")
+        .await;
+    assert_eq!(csv.lines().count(), 32);
+    assert!(csv.lines().nth(25).unwrap().starts_with("2026-10-25,"));
     stop.cancel();
     analytics.await.unwrap().unwrap();
     harness.finish().await;
