@@ -235,15 +235,7 @@ async fn the_replayed_edinburgh_collections_are_found_counted_and_weighed() {
     let config = config(&harness);
     let api = Api::start(&harness, &config).await;
     let ingest = harness.ingest_ready("circular", None).await;
-    let metrics = std::sync::Arc::new(tidemark_analytics::runner::Metrics::register(
-        &mut prometheus_client::registry::Registry::default(),
-    ));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let analytics = tokio::spawn(tidemark_analytics::runner::run(
-        config.analytics_settings(),
-        metrics,
-        stop.clone(),
-    ));
+    let analytics = start_analytics(&config).await;
     let csv_path = "tests/fixtures/edinburgh-bins-2016/collections.csv";
     let report = replay_all(
         &harness,
@@ -338,8 +330,7 @@ async fn the_replayed_edinburgh_collections_are_found_counted_and_weighed() {
         (mass_total - weight_sum).abs() < 1e-6,
         "{mass_total} != {weight_sum}"
     );
-    stop.cancel();
-    analytics.await.unwrap().unwrap();
+    analytics.stop().await;
     ingest.stop().await;
     harness.finish().await;
 }
@@ -375,15 +366,7 @@ async fn a_filling_container_gets_its_rate_and_time_to_full_and_a_full_one_an_ov
         .await;
         assert_eq!(status, 204, "{problem}");
     }
-    let metrics = std::sync::Arc::new(tidemark_analytics::runner::Metrics::register(
-        &mut prometheus_client::registry::Registry::default(),
-    ));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let analytics = tokio::spawn(tidemark_analytics::runner::run(
-        config.analytics_settings(),
-        metrics,
-        stop.clone(),
-    ));
+    let analytics = start_analytics(&config).await;
 
     // bin-a: 40 % rising 2 points an hour for nine hours; bin-b: full for the last four hours.
     let now = Utc::now().trunc_subsecs(0);
@@ -479,7 +462,6 @@ async fn a_filling_container_gets_its_rate_and_time_to_full_and_a_full_one_an_ov
         lines[1].starts_with("bin-b,") && lines[1].ends_with(','),
         "{csv}"
     );
-    stop.cancel();
-    analytics.await.unwrap().unwrap();
+    analytics.stop().await;
     harness.finish().await;
 }

@@ -14,7 +14,6 @@ use tidemark_api::delivery::webhook::{verify, VerifyError};
 use tidemark_api::delivery::{mqtt::AlertPublisher, Dispatcher, Metrics};
 use tidemark_store::delivery::Role;
 use tidemark_store::flood::NewEvent;
-use tokio_util::sync::CancellationToken;
 
 const AREA: &str = "flensburg-fjord";
 /// Aabenraa, which the Flensburg area's warnings go to.
@@ -858,15 +857,7 @@ async fn the_replayed_baltic_surge_reaches_a_webhook_an_sse_client_and_an_mqtt_s
     tokio::spawn(async move { dispatcher.run(&database, shutdown).await });
 
     let ingest = harness.ingest_ready("ingest-delivery", None).await;
-    let metrics = Arc::new(tidemark_analytics::runner::Metrics::register(
-        &mut Registry::default(),
-    ));
-    let analytics_shutdown = CancellationToken::new();
-    let analytics = tokio::spawn(tidemark_analytics::runner::run(
-        config.analytics_settings(),
-        metrics.clone(),
-        analytics_shutdown.clone(),
-    ));
+    let analytics = start_analytics(&config).await;
     replay_all(
         &harness,
         tidemark_sensors_sim::replay::Format::BalticSurge,
@@ -959,8 +950,7 @@ async fn the_replayed_baltic_surge_reaches_a_webhook_an_sse_client_and_an_mqtt_s
     assert_eq!(state["type"], "warning.lifted");
     assert_eq!(state["id"].as_i64(), events.last().copied());
 
-    analytics_shutdown.cancel();
-    analytics.await.unwrap().unwrap();
+    analytics.stop().await;
     ingest.stop().await;
     harness.finish().await;
 }

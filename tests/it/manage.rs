@@ -324,21 +324,12 @@ async fn every_protected_route_refuses_no_key_and_the_wrong_role() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_threshold_changed_over_the_api_takes_effect_in_running_analytics() {
     use chrono::{Duration as ChronoDuration, SubsecRound, Utc};
-    use std::sync::Arc;
     use std::time::Duration;
     let harness = Harness::start().await;
     let config = with_stations(&harness).await;
     let api = Api::start(&harness, &config).await;
     let operator = api.key(Role::Operator, None).await;
-    let metrics = Arc::new(tidemark_analytics::runner::Metrics::register(
-        &mut prometheus_client::registry::Registry::default(),
-    ));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let analytics = tokio::spawn(tidemark_analytics::runner::run(
-        config.analytics_settings(),
-        metrics.clone(),
-        stop.clone(),
-    ));
+    let analytics = start_analytics(&config).await;
 
     // Two hours at 0.80 m: under Flensburg's 1.00 m Flood Alert level.
     let id = sensor_id(&harness, "flensburg.sea_level").await;
@@ -353,7 +344,7 @@ async fn a_threshold_changed_over_the_api_takes_effect_in_running_analytics() {
         .collect();
     store_readings(&harness, &rows).await;
     let evaluated = wait_for(Duration::from_secs(20), || async {
-        metrics.evaluations.get() > 0
+        analytics.metrics.evaluations.get() > 0
     })
     .await;
     assert!(evaluated);
@@ -423,8 +414,7 @@ async fn a_threshold_changed_over_the_api_takes_effect_in_running_analytics() {
         .call(Method::GET, "/api/v1/stations/flensburg", None, None)
         .await;
     assert_eq!(station["thresholds"][0]["alert"], 0.5);
-    stop.cancel();
-    analytics.await.unwrap().unwrap();
+    analytics.stop().await;
     harness.finish().await;
 }
 
@@ -546,7 +536,6 @@ async fn operators_define_flood_areas_and_everyone_can_list_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rain_rules_changed_over_the_api_take_effect_in_running_analytics() {
     use chrono::{Duration as ChronoDuration, SubsecRound, Utc};
-    use std::sync::Arc;
     use std::time::Duration;
     let harness = Harness::start().await;
     let config = with_stations(&harness).await;
@@ -613,15 +602,7 @@ async fn rain_rules_changed_over_the_api_take_effect_in_running_analytics() {
     .await;
     assert_eq!(status, 404);
 
-    let metrics = Arc::new(tidemark_analytics::runner::Metrics::register(
-        &mut prometheus_client::registry::Registry::default(),
-    ));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let analytics = tokio::spawn(tidemark_analytics::runner::run(
-        config.analytics_settings(),
-        metrics.clone(),
-        stop.clone(),
-    ));
+    let analytics = start_analytics(&config).await;
     // 2 mm every 10 minutes for an hour: 12 mm, under DMI's 15 mm in 30 minutes and 24 mm in 6 hours.
     let id = sensor_id(&harness, "aarhus-viby.rainfall").await;
     let now = Utc::now().trunc_subsecs(0);
@@ -636,7 +617,7 @@ async fn rain_rules_changed_over_the_api_take_effect_in_running_analytics() {
     store_readings(&harness, &rows).await;
     assert!(
         wait_for(Duration::from_secs(20), || async {
-            metrics.evaluations.get() > 0
+            analytics.metrics.evaluations.get() > 0
         })
         .await
     );
@@ -682,7 +663,6 @@ async fn rain_rules_changed_over_the_api_take_effect_in_running_analytics() {
         .call(Method::GET, "/api/v1/rain-rules", None, None)
         .await;
     assert_eq!(listed, serde_json::json!([]));
-    stop.cancel();
-    analytics.await.unwrap().unwrap();
+    analytics.stop().await;
     harness.finish().await;
 }

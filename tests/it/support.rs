@@ -553,3 +553,35 @@ pub async fn store_readings(harness: &Harness, rows: &[tidemark_store::readings:
         .await
         .unwrap();
 }
+
+/// The analytics runner, started on a test's configuration (its flood files loaded first).
+pub struct Running {
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), tidemark_analytics::runner::Error>>,
+    pub metrics: Arc<tidemark_analytics::runner::Metrics>,
+}
+
+pub async fn start_analytics(config: &Config) -> Running {
+    tidemark::app::load_flood(config).await.unwrap();
+    let metrics = Arc::new(tidemark_analytics::runner::Metrics::register(
+        &mut Registry::default(),
+    ));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(tidemark_analytics::runner::run(
+        config.analytics_settings(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    Running {
+        shutdown,
+        task,
+        metrics,
+    }
+}
+
+impl Running {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}

@@ -107,15 +107,7 @@ async fn the_replayed_2019_load_gives_its_peak_mean_and_load_duration_curve() {
     // The forecast's suspect hours (two of 0 MW, one of 4,952 MW in a year whose load never passed
     // 3,424 MW) break a quality rule set by the utility: running analytics flag them, and the
     // statistics leave them out.
-    let metrics = std::sync::Arc::new(tidemark_analytics::runner::Metrics::register(
-        &mut prometheus_client::registry::Registry::default(),
-    ));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let analytics = tokio::spawn(tidemark_analytics::runner::run(
-        config(&harness).analytics_settings(),
-        metrics,
-        stop.clone(),
-    ));
+    let analytics = start_analytics(&config(&harness)).await;
     let utility = api.key(tidemark_store::delivery::Role::Utility, None).await;
     let rule = serde_json::json!({"plausible_low": 500_000.0, "plausible_high": 10_000_000.0,
         "spike_floor": 1_000_000.0});
@@ -165,8 +157,7 @@ async fn the_replayed_2019_load_gives_its_peak_mean_and_load_duration_curve() {
     assert!((summary["mean"].as_f64().unwrap() - mean).abs() < 1e-6);
     assert!(summary["peak"]["value"].as_f64().unwrap() < 4_952_000.0);
     assert!(summary["min"].as_f64().unwrap() > 0.0);
-    stop.cancel();
-    analytics.await.unwrap().unwrap();
+    analytics.stop().await;
     ingest.stop().await;
     harness.finish().await;
 }
@@ -244,15 +235,7 @@ async fn a_leak_is_suspected_within_the_rules_nights_and_a_sound_network_raises_
         (400, Some("night_end"))
     );
 
-    let metrics = std::sync::Arc::new(tidemark_analytics::runner::Metrics::register(
-        &mut prometheus_client::registry::Registry::default(),
-    ));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let analytics = tokio::spawn(tidemark_analytics::runner::run(
-        config.analytics_settings(),
-        metrics,
-        stop.clone(),
-    ));
+    let analytics = start_analytics(&config).await;
     // The leak starts in the evening before the night of 20 October (22:00 UTC is 00:00 local).
     let leak_from = Utc.with_ymd_and_hms(2026, 10, 19, 22, 0, 0).unwrap();
     let never = Utc.with_ymd_and_hms(2100, 1, 1, 0, 0, 0).unwrap();
@@ -314,8 +297,7 @@ async fn a_leak_is_suspected_within_the_rules_nights_and_a_sound_network_raises_
         .await;
     assert_eq!(csv.lines().count(), 32);
     assert!(csv.lines().nth(25).unwrap().starts_with("2026-10-25,"));
-    stop.cancel();
-    analytics.await.unwrap().unwrap();
+    analytics.stop().await;
     harness.finish().await;
 }
 
@@ -550,15 +532,7 @@ async fn the_simulated_odense_leak_is_suspected_and_the_sound_district_raises_no
     let leak_start = first - ChronoDuration::minutes(15) + ChronoDuration::hours(50);
 
     let utility = api.key(tidemark_store::delivery::Role::Utility, None).await;
-    let metrics = std::sync::Arc::new(tidemark_analytics::runner::Metrics::register(
-        &mut prometheus_client::registry::Registry::default(),
-    ));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let analytics = tokio::spawn(tidemark_analytics::runner::run(
-        config.analytics_settings(),
-        metrics,
-        stop.clone(),
-    ));
+    let analytics = start_analytics(&config).await;
     for district in ["odense-bolbro", "odense-vollsmose"] {
         let (status, problem) = api
             .call(
@@ -605,8 +579,7 @@ async fn the_simulated_odense_leak_is_suspected_and_the_sound_district_raises_no
     assert_eq!(leaks[0]["since"], night.to_string());
     let third = night + ChronoDuration::days(2);
     assert_eq!(leaks[0]["raised_on"], third.to_string());
-    stop.cancel();
-    analytics.await.unwrap().unwrap();
+    analytics.stop().await;
     ingest.stop().await;
     harness.finish().await;
 }

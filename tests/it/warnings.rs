@@ -3,43 +3,9 @@
 
 use crate::support::*;
 use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
-use prometheus_client::registry::Registry;
-use std::sync::Arc;
 use std::time::Duration;
-use tidemark::config::Config;
-use tidemark_analytics::runner::Metrics;
 use tidemark_sensors_sim::replay::{read, Format};
 use tidemark_store::flood::EventRow;
-use tokio_util::sync::CancellationToken;
-
-struct Running {
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), tidemark_analytics::runner::Error>>,
-    metrics: Arc<Metrics>,
-}
-
-async fn start_analytics(config: &Config) -> Running {
-    tidemark::app::load_flood(config).await.unwrap();
-    let metrics = Arc::new(Metrics::register(&mut Registry::default()));
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(tidemark_analytics::runner::run(
-        config.analytics_settings(),
-        metrics.clone(),
-        shutdown.clone(),
-    ));
-    Running {
-        shutdown,
-        task,
-        metrics,
-    }
-}
-
-impl Running {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
-    }
-}
 
 /// Waits until the analytics runner has been idle (no new events) for two sweeps.
 async fn quiet(running: &Running) {
