@@ -216,12 +216,11 @@ pub async fn run(
                 .await
         }
     });
-    let mut model = Model::load(&store).await?;
+    // Listening before the setup is read, so that no change falls between the two.
     let channels = [READINGS_COMMITTED, FLOOD_SETUP_CHANGED];
     let mut listener = notify::listen(&settings.database, &channels).await?;
+    let mut model = Model::load(&store).await?;
     tracing::info!(areas = model.setup.areas.len(), "analytics started");
-    // Listening first, so that no rule change falls between this check and the next.
-    model = Model::load(&store).await?;
     if let Err(error) = check_rule_sensors(&store, &model.quality_rules, HISTORY_START).await {
         tracing::warn!(%error, "quality checks failed");
     }
