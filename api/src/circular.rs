@@ -19,6 +19,11 @@ use tidemark_store::circular::{ContainerRefusal, FlowFilter, FlowRefusal, NewFlo
 use tidemark_store::delivery::Role;
 use utoipa::{IntoParams, ToSchema};
 
+/// Times in the circular data bank's answers, to the second.
+fn stamp(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 /// Most records one post may hold.
 const MAX_RECORDS: usize = 10_000;
 /// The largest quantity one record may state, in tonnes (well above a year of Denmark's waste).
@@ -253,8 +258,7 @@ pub async fn flows(
                     f.tonnes,
                     f.treatment,
                     csv_field(&f.facility),
-                    r.posted_at
-                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    stamp(r.posted_at),
                 ));
             }
             typed("text/csv; charset=utf-8", out)
@@ -265,7 +269,7 @@ pub async fn flows(
                 "municipality": r.flow.municipality, "waste_code": r.flow.waste_code,
                 "waste_name": waste::lookup(&r.flow.waste_code).map(|w| w.name),
                 "tonnes": r.flow.tonnes, "treatment": r.flow.treatment, "facility": r.flow.facility,
-                "posted_at": r.posted_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "posted_at": stamp(r.posted_at),
             })).collect::<Vec<_>>(),
         })),
     })
@@ -561,8 +565,6 @@ pub async fn containers(
     let format = format(query.format.as_deref(), &headers, true)?;
     let rows = state.store.containers().await?;
     let states = state.store.container_states().await?;
-    let stamp =
-        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let bodies: Vec<serde_json::Value> = rows.iter().map(|c| {
             let s = states.get(&c.key);
             serde_json::json!({
@@ -694,8 +696,6 @@ pub async fn collections(
     let query = parse_query(query)?;
     let format = format(query.format.as_deref(), &headers, false)?;
     let rows = state.store.collections(&event_filter(&query)?).await?;
-    let stamp =
-        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     if format == Format::Csv {
         let mut out =
             String::from("container,at,fill_before,fill_after,partial,volume_litres,mass_kg\n");
@@ -757,8 +757,6 @@ pub async fn overflows(
     let query = parse_query(query)?;
     let format = format(query.format.as_deref(), &headers, false)?;
     let rows = state.store.overflows(&event_filter(&query)?).await?;
-    let stamp =
-        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     if format == Format::Csv {
         return Ok(csv_response(
             &["container", "from", "until"],

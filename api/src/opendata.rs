@@ -130,7 +130,7 @@ fn numbers<const N: usize>(parameter: &str, text: &str, meaning: &str) -> Result
         .map_err(|_| ApiError::bad(parameter, format!("{parameter} must be {meaning}")))
 }
 
-fn rfc3339(t: DateTime<Utc>) -> String {
+pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 

@@ -4,14 +4,14 @@
 
 use crate::auth::Caller;
 use crate::error::{ApiError, Result};
-use crate::opendata::{csv_response, format, json_response, parse_query, typed, Format};
+use crate::opendata::{csv_response, format, json_response, parse_query, rfc3339, typed, Format};
 use crate::ApiState;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
-use chrono::{DateTime, Duration, NaiveDate, NaiveTime, SecondsFormat, Utc};
+use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
 use tidemark_model::Quantity;
 use tidemark_store::delivery::Role;
@@ -48,10 +48,6 @@ fn range(query: &RangeQuery) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
         return Err(ApiError::bad("from", "from must be before to"));
     }
     Ok((from, to))
-}
-
-fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 async fn unit(state: &ApiState, sensor: &str) -> Result<&'static str> {
