@@ -168,6 +168,7 @@ async fn measure(
                 municipalities: Vec::new(),
                 areas: Vec::new(),
                 min_severity: 1,
+                categories: vec!["flood".into()],
                 secret: tidemark_api::delivery::webhook::new_secret(),
             },
             &cli.audit("webhook.create", String::new(), serde_json::json!({})),
@@ -215,9 +216,9 @@ async fn measure(
             message_da: format!("Testhændelse {round}."),
             trigger: serde_json::json!({}),
         };
-        let deliveries = vec![(
-            "mqtt".to_owned(),
-            format!("{}/alerts/{MUNICIPALITY}/{area}", mqtt.topic_prefix),
+        let deliveries = vec![format!(
+            "{}/alerts/{MUNICIPALITY}/{area}",
+            mqtt.topic_prefix
         )];
         let ids = store
             .record_area_events(area, &[MUNICIPALITY.to_owned()], &[event], &deliveries, &[])

@@ -3,7 +3,8 @@
 
 use crate::area::{AreaEvent, EventKind, Trigger};
 use crate::level::Severity;
-use chrono::{DateTime, Utc};
+use crate::utility::LeakSuspicion;
+use chrono::{DateTime, NaiveDate, Utc};
 
 fn when(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M UTC").to_string()
@@ -135,6 +136,32 @@ pub fn compose(area: &str, event: &AreaEvent) -> (String, String) {
     }
 }
 
+/// `(english, danish)` for a suspected leak raised on a district meter, with the meter's unit.
+pub fn leak_raised(meter: &str, leak: &LeakSuspicion, unit: &str) -> (String, String) {
+    (
+        format!(
+            "Suspected leak at district meter {meter}: the minimum night flow has been above its baseline of {:.2} {unit} since the night of {}, reaching {:.2} {unit} on the night of {}.",
+            leak.baseline, leak.since, leak.night_flow, leak.raised_on
+        ),
+        format!(
+            "Mistanke om lækage ved distriktsmåler {meter}: det mindste natforbrug har ligget over basislinjen på {:.2} {unit} siden natten til {} og nåede {:.2} {unit} natten til {}.",
+            leak.baseline, leak.since, leak.night_flow, leak.raised_on
+        ),
+    )
+}
+
+/// `(english, danish)` for a suspected leak that ended on `night` at `flow`.
+pub fn leak_ended(meter: &str, night: NaiveDate, flow: f64, unit: &str) -> (String, String) {
+    (
+        format!(
+            "The suspected leak at district meter {meter} is no longer in force: the minimum night flow was back at {flow:.2} {unit} on the night of {night}."
+        ),
+        format!(
+            "Mistanken om lækage ved distriktsmåler {meter} er ikke længere gældende: det mindste natforbrug var igen {flow:.2} {unit} natten til {night}."
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +205,30 @@ mod tests {
         assert!(compose("Flensburg Fjord", &lifted)
             .1
             .contains("ikke længere gældende"));
+    }
+
+    #[test]
+    fn leak_messages_name_the_meter_the_nights_and_the_flows() {
+        let date = |d: u32| NaiveDate::from_ymd_opt(2026, 5, d).unwrap();
+        let leak = LeakSuspicion {
+            since: date(20),
+            raised_on: date(22),
+            baseline: 10.5,
+            night_flow: 14.0,
+        };
+        let (en, da) = leak_raised("Bolbro", &leak, "L/s");
+        assert_eq!(
+            en,
+            "Suspected leak at district meter Bolbro: the minimum night flow has been above its baseline of 10.50 L/s since the night of 2026-05-20, reaching 14.00 L/s on the night of 2026-05-22."
+        );
+        assert!(da.starts_with("Mistanke om lækage ved distriktsmåler Bolbro"));
+        assert!(da.contains("10.50 L/s") && da.contains("2026-05-20"));
+        let (en, da) = leak_ended("Bolbro", date(27), 10.2, "L/s");
+        assert!(
+            en.contains("no longer in force")
+                && en.contains("10.20 L/s")
+                && en.contains("2026-05-27")
+        );
+        assert!(da.contains("ikke længere gældende") && da.contains("2026-05-27"));
     }
 }

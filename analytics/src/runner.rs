@@ -26,7 +26,7 @@ use tidemark_store::flood::FLOOD_SETUP_CHANGED;
 use tidemark_store::flood::{CrossingRow, FloodSetup, NewEvent, QualityRuleRow};
 use tidemark_store::readings::READINGS_COMMITTED;
 use tidemark_store::reference::SensorInfo;
-use tidemark_store::water::{LeakRow, LeakRuleRow, NightFlowRow};
+use tidemark_store::water::{AlertText, LeakChange, LeakRow, LeakRuleRow, NightFlowRow};
 use tidemark_store::{notify, DatabaseConfig, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -227,7 +227,14 @@ pub async fn run(
     if let Err(error) = find_container_events(&store, &model.containers, HISTORY_START).await {
         tracing::warn!(%error, "container events failed");
     }
-    if let Err(error) = find_night_flow(&store, &model.leak_rules, HISTORY_START).await {
+    if let Err(error) = find_night_flow(
+        &store,
+        &model.leak_rules,
+        HISTORY_START,
+        &settings.topic_prefix,
+    )
+    .await
+    {
         tracing::warn!(%error, "night flow failed");
     }
     let mut pending: BTreeSet<String> = model.setup.areas.iter().map(|a| a.key.clone()).collect();
@@ -295,7 +302,7 @@ pub async fn run(
                             if let Err(error) = find_container_events(&store, &changed, HISTORY_START).await {
                                 tracing::warn!(%error, "container events failed");
                             }
-                            if let Err(error) = find_night_flow(&store, &changed_rules, HISTORY_START).await {
+                            if let Err(error) = find_night_flow(&store, &changed_rules, HISTORY_START, &settings.topic_prefix).await {
                                 tracing::warn!(%error, "night flow failed");
                             }
                         }
@@ -368,7 +375,7 @@ pub async fn run(
                     .cloned()
                     .collect();
                 if let (Some(earliest), false) = (earliest, metered.is_empty()) {
-                    if let Err(error) = find_night_flow(&store, &metered, earliest).await {
+                    if let Err(error) = find_night_flow(&store, &metered, earliest, &settings.topic_prefix).await {
                         tracing::warn!(%error, "night flow failed");
                     }
                 }
@@ -503,13 +510,18 @@ async fn find_container_events(
     Ok(())
 }
 
+/// Most leak changes (raises and lifts) recorded for one meter in one pass.
+const MAX_LEAK_CHANGES: usize = 100;
+
 /// Finds the minimum night flow of each district meter with a leak rule, from a little more than
 /// the rule's baseline and run of nights before `from` (the whole history from [`HISTORY_START`]),
-/// stores the nights, and records a suspected leak when the rule is met.
+/// and stores the nights with what they show: a new suspected leak (raised as a leak alert on
+/// `<prefix>/utility-alerts/<municipality>/<meter>`) or the end of the open one (lifting it).
 async fn find_night_flow(
     store: &Store,
     rules: &[LeakRuleRow],
     from: DateTime<Utc>,
+    topic_prefix: &str,
 ) -> Result<(), tidemark_store::Error> {
     for rule in rules {
         let lookback = chrono::Duration::days(i64::from(rule.baseline_nights + rule.nights) + 2);
@@ -527,25 +539,6 @@ async fn find_night_flow(
             standard_hours: tidemark_model::time::DENMARK_STANDARD_HOURS,
         };
         let minima = utility::night_minima(&samples(series.get(&rule.sensor_key)), &window);
-        let leak = utility::leak_suspicion(
-            &minima,
-            &LeakRule {
-                baseline_nights: usize::try_from(rule.baseline_nights).unwrap_or(1),
-                margin: rule.margin,
-                nights: usize::try_from(rule.nights).unwrap_or(1),
-            },
-        )
-        .map(|l| LeakRow {
-            sensor_key: rule.sensor_key.clone(),
-            since: l.since,
-            raised_on: l.raised_on,
-            baseline: l.baseline,
-            night_flow: l.night_flow,
-            found_at: Utc::now(),
-        });
-        if let Some(l) = &leak {
-            tracing::warn!(stage = "analytics", sensor = %l.sensor_key, since = %l.since, "suspected leak");
-        }
         // The first night read may lack its early hours; it is left as stored.
         let first_full = (since + chrono::Duration::days(1)).date_naive();
         let rows: Vec<NightFlowRow> = minima
@@ -557,11 +550,96 @@ async fn find_night_flow(
                 samples: i32::try_from(m.samples).unwrap_or(i32::MAX),
             })
             .collect();
-        store
-            .store_night_flow(&rule.sensor_key, first_full, &rows, leak.as_ref())
-            .await?;
+        let meter = &rule.sensor_key;
+        // One change at a time, in order: nights that show a leak begin and end are recorded as a
+        // raise and then a lift. Every change moves past the nights of the one before, so this
+        // ends; the bound is a guard, not a limit any real history reaches.
+        for _ in 0..MAX_LEAK_CHANGES {
+            let change = leak_change(store, rule, &minima).await?;
+            store
+                .store_night_flow(meter, first_full, &rows, change.as_ref(), |code| {
+                    format!("{topic_prefix}/utility-alerts/{code}/{meter}")
+                })
+                .await?;
+            if change.is_none() {
+                break;
+            }
+        }
     }
     Ok(())
+}
+
+/// What a meter's nights show against its stored suspicions: the end of the open one, or else a
+/// new one after the last one ended.
+async fn leak_change(
+    store: &Store,
+    rule: &LeakRuleRow,
+    minima: &[utility::NightMinimum],
+) -> Result<Option<LeakChange>, tidemark_store::Error> {
+    let state = store.leak_state(&rule.sensor_key).await?;
+    let label = store.meter_label(&rule.sensor_key).await?;
+    let name = label.as_ref().map_or(rule.sensor_key.as_str(), |l| &l.name);
+    let unit = label
+        .as_ref()
+        .and_then(|l| tidemark_model::Quantity::parse(&l.quantity).ok())
+        .map_or("", |q| q.canonical_unit().symbol());
+    if let Some(open) = state.open {
+        let Some(end) = utility::leak_end(minima, open.baseline, rule.margin, open.raised_on)
+        else {
+            return Ok(None);
+        };
+        tracing::info!(stage = "analytics", sensor = %rule.sensor_key, since = %open.since, ended = %end.night, "suspected leak ended");
+        let (message_en, message_da) = messages::leak_ended(name, end.night, end.value, unit);
+        return Ok(Some(LeakChange::Ended {
+            since: open.since,
+            night: end.night,
+            night_flow: end.value,
+            alert: AlertText {
+                at: end.at,
+                message_en,
+                message_da,
+            },
+        }));
+    }
+    // A new suspicion is looked for only after the last one ended, with a baseline of the nights
+    // since then, so that an old leak is never raised again.
+    let after = state.last_ended;
+    let fresh: Vec<utility::NightMinimum> = minima
+        .iter()
+        .filter(|m| after.is_none_or(|ended| m.night >= ended))
+        .cloned()
+        .collect();
+    let rule_of_nights = LeakRule {
+        baseline_nights: usize::try_from(rule.baseline_nights).unwrap_or(1),
+        margin: rule.margin,
+        nights: usize::try_from(rule.nights).unwrap_or(1),
+    };
+    let Some(leak) = utility::leak_suspicion(&fresh, &rule_of_nights) else {
+        return Ok(None);
+    };
+    tracing::warn!(stage = "analytics", sensor = %rule.sensor_key, since = %leak.since, "suspected leak");
+    let at = fresh
+        .iter()
+        .find(|m| m.night == leak.raised_on)
+        .map_or_else(Utc::now, |m| m.at);
+    let (message_en, message_da) = messages::leak_raised(name, &leak, unit);
+    Ok(Some(LeakChange::Raised {
+        leak: LeakRow {
+            sensor_key: rule.sensor_key.clone(),
+            since: leak.since,
+            raised_on: leak.raised_on,
+            baseline: leak.baseline,
+            night_flow: leak.night_flow,
+            found_at: Utc::now(),
+            ended_on: None,
+            warning_id: None,
+        },
+        alert: AlertText {
+            at,
+            message_en,
+            message_da,
+        },
+    }))
 }
 
 fn samples(series: Option<&Vec<(DateTime<Utc>, f64, i16)>>) -> Vec<Sample> {
@@ -772,15 +850,10 @@ async fn try_evaluate_area(
             }
         })
         .collect();
-    let deliveries: Vec<(String, String)> = area
+    let deliveries: Vec<String> = area
         .municipality_codes
         .iter()
-        .map(|code| {
-            (
-                "mqtt".to_owned(),
-                format!("{}/alerts/{code}/{key}", settings.topic_prefix),
-            )
-        })
+        .map(|code| format!("{}/alerts/{code}/{key}", settings.topic_prefix))
         .collect();
     let crossings: Vec<CrossingRow> = evaluation
         .crossings

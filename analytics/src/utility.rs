@@ -197,6 +197,20 @@ pub fn leak_suspicion(minima: &[NightMinimum], rule: &LeakRule) -> Option<LeakSu
     None
 }
 
+/// The night a suspected leak ended: the first night after `raised_on` whose minimum flow is back
+/// within the rule's margin of the leak's baseline. A missing night ends nothing: no data is not
+/// an all-clear.
+pub fn leak_end(
+    minima: &[NightMinimum],
+    baseline: f64,
+    margin: f64,
+    raised_on: NaiveDate,
+) -> Option<&NightMinimum> {
+    minima
+        .iter()
+        .find(|m| m.night > raised_on && m.value <= baseline * (1.0 + margin))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,5 +366,33 @@ mod tests {
         assert_eq!(leak_suspicion(&steady, &rule), None);
         // Too few nights for a baseline: nothing.
         assert_eq!(leak_suspicion(&minima[..5], &rule), None);
+    }
+
+    #[test]
+    fn a_leak_ends_on_the_first_night_back_within_the_margin() {
+        let date = |d: u32| NaiveDate::from_ymd_opt(2026, 5, d).unwrap();
+        let night = |d: u32, value: f64| NightMinimum {
+            night: date(d),
+            value,
+            at: utc("2026-05-01T01:00:00Z") + Duration::days(i64::from(d) - 1),
+            samples: 8,
+        };
+        // Baseline 10, margin 20 %: 12 is within it, 12.5 is not.
+        let cases: [(&[NightMinimum], Option<u32>); 5] = [
+            (&[night(20, 15.0), night(21, 15.0), night(22, 15.0)], None),
+            (
+                &[night(22, 15.0), night(23, 12.5), night(24, 12.0)],
+                Some(24),
+            ),
+            // The night it was raised on does not count, even if it were low.
+            (&[night(22, 9.0), night(23, 15.0)], None),
+            // A missing night is not an end; the next measured night decides.
+            (&[night(22, 15.0), night(26, 10.0)], Some(26)),
+            (&[], None),
+        ];
+        for (minima, expected) in cases {
+            let end = leak_end(minima, 10.0, 0.2, date(22)).map(|m| m.night);
+            assert_eq!(end, expected.map(date), "{minima:?}");
+        }
     }
 }

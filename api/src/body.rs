@@ -5,7 +5,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tidemark_store::delivery::WarningEvent;
 
-/// The public names of the three severities (after the UK Environment Agency's scheme).
+/// The category of flood warnings; the other categories are utility alerts.
+pub const FLOOD: &str = "flood";
+
+/// The public names of the three flood severities (after the UK Environment Agency's scheme).
 pub fn severity_name(severity: i16) -> &'static str {
     match severity {
         3 => "Severe Flood Warning",
@@ -18,12 +21,21 @@ pub fn severity_name(severity: i16) -> &'static str {
 pub struct EventBody {
     /// The warning event's id: stable, unique, and growing in the order events were committed.
     pub id: i64,
-    /// `warning.<kind>`: raised, changed, lifted, acknowledged, stale, fresh, undelivered.
+    /// `warning.<kind>` for a flood warning (raised, changed, lifted, acknowledged, stale, fresh,
+    /// undelivered); `utility_alert.<kind>` for a utility alert (raised, lifted, undelivered).
     #[serde(rename = "type")]
     pub kind: String,
+    /// `flood` (a flood warning) or `leak` (a utility alert: a suspected leak in a water network).
+    pub category: String,
+    /// The warning's (or utility alert's) id.
     pub warning_id: i64,
-    pub area: AreaRef,
-    /// 1 (Flood Alert) to 3 (Severe Flood Warning), as of this event.
+    /// The flood area, for a flood warning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub area: Option<AreaRef>,
+    /// The district meter (its sensor key, and its station's name), for a leak alert.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meter: Option<AreaRef>,
+    /// 1 (Flood Alert) to 3 (Severe Flood Warning), as of this event; 1 for a leak alert.
     pub severity: i16,
     pub severity_name: &'static str,
     /// observed or expected, as of this event.
@@ -38,8 +50,9 @@ pub struct EventBody {
     pub municipalities: Vec<String>,
     pub message: Messages,
     pub detail: serde_json::Value,
-    /// The CAP 1.2 message of this event.
-    pub cap: String,
+    /// The CAP 1.2 message of this event (flood warnings only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cap: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
@@ -61,16 +74,33 @@ impl EventBody {
             "fresh" => Some(false),
             _ => None,
         };
+        let flood = event.category == FLOOD;
+        let subject = AreaRef {
+            key: event.subject_key.clone(),
+            name: event.subject_name.clone(),
+        };
+        let (area, meter) = if flood {
+            (Some(subject), None)
+        } else {
+            (None, Some(subject))
+        };
         EventBody {
             id: event.id,
-            kind: format!("warning.{}", event.kind),
+            kind: format!(
+                "{}.{}",
+                if flood { "warning" } else { "utility_alert" },
+                event.kind
+            ),
+            category: event.category.clone(),
             warning_id: event.warning_id,
-            area: AreaRef {
-                key: event.area_key.clone(),
-                name: event.area_name.clone(),
-            },
+            area,
+            meter,
             severity: event.severity,
-            severity_name: severity_name(event.severity),
+            severity_name: if flood {
+                severity_name(event.severity)
+            } else {
+                "Suspected leak"
+            },
             warning_kind: event.warning_kind.clone(),
             in_force: match event.kind.as_str() {
                 "lifted" => false,
@@ -87,11 +117,13 @@ impl EventBody {
                 da: event.message_da.clone(),
             },
             detail: event.detail.clone(),
-            cap: format!(
-                "{}/api/v1/warning-events/{}.cap",
-                public_url.trim_end_matches('/'),
-                event.id
-            ),
+            cap: flood.then(|| {
+                format!(
+                    "{}/api/v1/warning-events/{}.cap",
+                    public_url.trim_end_matches('/'),
+                    event.id
+                )
+            }),
         }
     }
 }

@@ -175,7 +175,7 @@ fn languages(event: &WarningEvent) -> [Language; 2] {
     [
         Language {
             code: "en-GB",
-            headline: format!("{event_en}: {}", event.area_name),
+            headline: format!("{event_en}: {}", event.subject_name),
             event: event_en,
             sender_name: "Tidemark flood warnings",
             description: event.message_en.clone(),
@@ -183,7 +183,7 @@ fn languages(event: &WarningEvent) -> [Language; 2] {
         },
         Language {
             code: "da-DK",
-            headline: format!("{event_da}: {}", event.area_name),
+            headline: format!("{event_da}: {}", event.subject_name),
             event: event_da,
             sender_name: "Tidemark oversvømmelsesvarsler",
             description: event.message_da.clone(),
@@ -260,9 +260,9 @@ pub fn alert(
     );
     let names: Vec<&str> = municipalities.iter().map(|(_, n)| n.as_str()).collect();
     let area_desc = if names.is_empty() {
-        event.area_name.clone()
+        event.subject_name.clone()
     } else {
-        format!("{} ({})", event.area_name, names.join(", "))
+        format!("{} ({})", event.subject_name, names.join(", "))
     };
     for language in languages(event) {
         xml.open("info", &[]);
@@ -773,8 +773,9 @@ mod tests {
         WarningEvent {
             id,
             warning_id: 7,
-            area_key: "flensburg".to_owned(),
-            area_name: "Flensburg & Kollund <harbour>".to_owned(),
+            category: "flood".to_owned(),
+            subject_key: "flensburg".to_owned(),
+            subject_name: "Flensburg & Kollund <harbour>".to_owned(),
             kind: kind.to_owned(),
             severity,
             warning_kind: warning_kind.to_owned(),

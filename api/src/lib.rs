@@ -290,6 +290,8 @@ pub fn api_router(state: ApiState) -> Router {
             put(utilities::put_leak_rule),
         )
         .route("/api/v1/utilities/leaks", get(utilities::leaks))
+        .route("/api/v1/utilities/alerts", get(utilities::alerts))
+        .route("/api/v1/utilities/alerts/{id}", get(utilities::alert))
         .route("/api/v1/utilities/consumption", get(utilities::consumption))
         .route(
             "/api/v1/utilities/self-consumption",

@@ -175,6 +175,8 @@ impl Modify for ApiKeyScheme {
         crate::utilities::put_leak_rule,
         crate::utilities::night_flow,
         crate::utilities::leaks,
+        crate::utilities::alerts,
+        crate::utilities::alert,
         crate::utilities::consumption,
         crate::utilities::self_consumption,
         crate::manage::put_flood_area,

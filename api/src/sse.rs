@@ -1,4 +1,5 @@
-//! `GET /api/v1/warnings/stream`: warning events as Server-Sent Events.
+//! `GET /api/v1/warnings/stream`: warning events as Server-Sent Events (flood warnings unless a
+//! client asks for utility alerts too).
 //!
 //! One [`Hub`] per process LISTENs on `warnings_changed`, reads the new events from the database in
 //! id order and broadcasts them to the connected clients. A client that reconnects with
@@ -132,9 +133,12 @@ async fn broadcast_after(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct StreamQuery {
+    /// `flood` (flood warnings, the default), `leak` (utility alerts for suspected leaks) or
+    /// `all`.
+    pub category: Option<String>,
     /// Only warnings sent to this municipality (code).
     pub municipality: Option<String>,
-    /// Only this flood area (key).
+    /// Only this flood area (key), or this district meter (sensor key) for leak alerts.
     pub area: Option<String>,
     /// Only warnings at or above this severity (1 to 3) at the event.
     pub min_severity: Option<i16>,
@@ -145,11 +149,16 @@ pub struct StreamQuery {
 impl StreamQuery {
     fn matches(&self, event: &WarningEvent) -> bool {
         crate::cap::is_public(event)
+            && match self.category.as_deref() {
+                None => event.category == crate::body::FLOOD,
+                Some("all") => true,
+                Some(category) => event.category == category,
+            }
             && self
                 .municipality
                 .as_ref()
                 .is_none_or(|m| event.municipalities.contains(m))
-            && self.area.as_ref().is_none_or(|a| &event.area_key == a)
+            && self.area.as_ref().is_none_or(|a| &event.subject_key == a)
             && self.min_severity.is_none_or(|s| event.severity >= s)
     }
 }
@@ -169,6 +178,16 @@ pub async fn stream(
     query: std::result::Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response> {
     let Query(query) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
+    if query
+        .category
+        .as_deref()
+        .is_some_and(|c| !["flood", "leak", "all"].contains(&c))
+    {
+        return Err(ApiError::bad(
+            "category",
+            "category must be flood, leak or all",
+        ));
+    }
     if query.min_severity.is_some_and(|s| !(1..=3).contains(&s)) {
         return Err(ApiError::bad(
             "min_severity",

@@ -3,6 +3,7 @@
 //! and suspected leaks.
 
 use crate::auth::Caller;
+use crate::body::EventBody;
 use crate::error::{ApiError, Result};
 use crate::opendata::{csv_response, format, json_response, parse_query, rfc3339, typed, Format};
 use crate::ApiState;
@@ -15,6 +16,7 @@ use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
 use tidemark_model::Quantity;
 use tidemark_store::delivery::Role;
+use tidemark_store::water::{LeakAlertFilter, LeakAlertRow};
 use utoipa::{IntoParams, ToSchema};
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -345,6 +347,8 @@ pub async fn leaks(
                 "baseline",
                 "night_flow",
                 "found_at",
+                "ended_on",
+                "alert",
             ],
             rows.iter().map(|l| {
                 vec![
@@ -354,6 +358,8 @@ pub async fn leaks(
                     l.baseline.to_string(),
                     l.night_flow.to_string(),
                     rfc3339(l.found_at),
+                    l.ended_on.map(|d| d.to_string()).unwrap_or_default(),
+                    l.warning_id.map(|id| id.to_string()).unwrap_or_default(),
                 ]
             }),
         ));
@@ -362,8 +368,130 @@ pub async fn leaks(
         "leaks": rows.iter().map(|l| serde_json::json!({
             "sensor": l.sensor_key, "since": l.since.to_string(), "raised_on": l.raised_on.to_string(),
             "baseline": l.baseline, "night_flow": l.night_flow, "found_at": rfc3339(l.found_at),
+            "ended_on": l.ended_on.map(|d| d.to_string()), "alert": l.warning_id,
         })).collect::<Vec<_>>(),
     })))
+}
+
+/// Most alerts in one list.
+const ALERT_LIMIT: i64 = 1000;
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AlertQuery {
+    /// in_force (the default), lifted or all.
+    pub state: Option<String>,
+    /// Only alerts sent to this municipality (code).
+    pub municipality: Option<String>,
+    /// Only this district meter (sensor key).
+    pub sensor: Option<String>,
+    /// json or csv (or use the Accept header).
+    pub format: Option<String>,
+}
+
+fn alert_json(a: &LeakAlertRow) -> serde_json::Value {
+    serde_json::json!({
+        "id": a.id, "category": "leak",
+        "meter": {"key": a.sensor_key, "name": a.meter_name},
+        "state": a.state, "raised_at": rfc3339(a.raised_at), "changed_at": rfc3339(a.changed_at),
+        "lifted_at": a.lifted_at.map(rfc3339), "municipalities": a.municipalities,
+        "message": {"en": a.message_en, "da": a.message_da}, "trigger": a.trigger,
+    })
+}
+
+/// `GET /api/v1/utilities/alerts`: utility alerts (suspected leaks raised on district meters),
+/// newest first. They travel like flood warnings (webhooks that ask for the `leak` category,
+/// `GET /api/v1/warnings/stream?category=leak`, retained MQTT messages on
+/// `<prefix>/utility-alerts/<municipality>/<meter>`) and are never listed among them.
+#[utoipa::path(get, path = "/api/v1/utilities/alerts", tag = "utilities", params(AlertQuery),
+    responses(
+        (status = 200, description = "Utility alerts", content(("application/json"), ("text/csv"))),
+        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn alerts(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    query: std::result::Result<Query<AlertQuery>, QueryRejection>,
+) -> Result<Response> {
+    let query = parse_query(query)?;
+    let format = format(query.format.as_deref(), &headers, false)?;
+    let rows = state
+        .store
+        .leak_alerts(&LeakAlertFilter {
+            state: crate::warnings::state_filter(query.state.as_deref())?,
+            municipality: query.municipality,
+            sensor: query.sensor,
+            id: None,
+            limit: ALERT_LIMIT,
+        })
+        .await?;
+    if format == Format::Csv {
+        return Ok(csv_response(
+            &[
+                "id",
+                "category",
+                "sensor",
+                "meter",
+                "state",
+                "raised_at",
+                "lifted_at",
+                "municipalities",
+                "message_en",
+            ],
+            rows.iter().map(|a| {
+                vec![
+                    a.id.to_string(),
+                    "leak".to_owned(),
+                    a.sensor_key.clone(),
+                    a.meter_name.clone(),
+                    a.state.clone(),
+                    rfc3339(a.raised_at),
+                    a.lifted_at.map(rfc3339).unwrap_or_default(),
+                    a.municipalities.join(" "),
+                    a.message_en.clone(),
+                ]
+            }),
+        ));
+    }
+    Ok(json_response(&serde_json::json!({
+        "alerts": rows.iter().map(alert_json).collect::<Vec<_>>(),
+    })))
+}
+
+/// `GET /api/v1/utilities/alerts/{id}`: one utility alert with its history, each event as every
+/// delivery channel carries it.
+#[utoipa::path(get, path = "/api/v1/utilities/alerts/{id}", tag = "utilities",
+    params(("id" = i64, Path, description = "The alert's id")),
+    responses(
+        (status = 200, description = "The alert with its history", content(("application/json"))),
+        (status = 404, description = "No such utility alert", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn alert(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::bad("id", format!("{id:?} is not an alert id")))?;
+    let row = state
+        .store
+        .leak_alerts(&LeakAlertFilter {
+            id: Some(id),
+            limit: 1,
+            ..LeakAlertFilter::default()
+        })
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::NotFound(format!("utility alert {id}")))?;
+    let base = state.settings.base_url();
+    let history: Vec<EventBody> = state
+        .store
+        .warning_history(id)
+        .await?
+        .iter()
+        .map(|e| EventBody::new(e, base))
+        .collect();
+    let mut body = alert_json(&row);
+    body["history"] = serde_json::json!(history);
+    Ok(json_response(&body))
 }
 
 /// The register quantities consumption is counted from.

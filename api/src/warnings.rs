@@ -98,6 +98,20 @@ pub struct ListQuery {
     pub area: Option<String>,
 }
 
+/// The `state` parameter of warning and alert lists: in_force (the default), lifted, or all
+/// (`None`).
+pub(crate) fn state_filter(state: Option<&str>) -> Result<Option<String>> {
+    match state {
+        None | Some("in_force") => Ok(Some("in_force".to_owned())),
+        Some("lifted") => Ok(Some("lifted".to_owned())),
+        Some("all") => Ok(None),
+        Some(other) => Err(ApiError::bad(
+            "state",
+            format!("state {other:?} is not one of in_force, lifted, all"),
+        )),
+    }
+}
+
 /// Warnings, newest first.
 #[utoipa::path(get, path = "/api/v1/warnings", operation_id = "list_warnings", tag = "warnings", params(ListQuery),
     responses(
@@ -109,17 +123,7 @@ pub async fn list(
     query: std::result::Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>> {
     let Query(query) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
-    let wanted = match query.state.as_deref() {
-        None | Some("in_force") => Some("in_force".to_owned()),
-        Some("lifted") => Some("lifted".to_owned()),
-        Some("all") => None,
-        Some(other) => {
-            return Err(ApiError::bad(
-                "state",
-                format!("state {other:?} is not one of in_force, lifted, all"),
-            ))
-        }
-    };
+    let wanted = state_filter(query.state.as_deref())?;
     let rows = state
         .store
         .warning_list(&WarningFilter {
@@ -205,12 +209,12 @@ async fn cap_response(state: &ApiState, event_id: i64) -> Result<Response> {
         .store
         .warning_event(event_id)
         .await?
-        .filter(cap::is_public)
+        .filter(|e| cap::is_public(e) && e.category == crate::body::FLOOD)
         .ok_or_else(not_found)?;
     let history = state.store.warning_history(event.warning_id).await?;
     let (polygon, municipalities) = state
         .store
-        .area_geometry(&event.area_key)
+        .area_geometry(&event.subject_key)
         .await?
         .ok_or_else(not_found)?;
     let municipalities: Vec<(String, String)> = municipalities

@@ -36,14 +36,25 @@ pub struct Registration {
     /// Flood area keys; empty for all.
     #[serde(default)]
     pub areas: Vec<String>,
-    /// 1 (Flood Alert, the default), 2 or 3.
+    /// 1 (Flood Alert, the default), 2 or 3; applies to flood warnings.
     #[serde(default = "lowest_severity")]
     pub min_severity: i16,
+    /// What to receive: `flood` (flood warnings, the default) and/or `leak` (utility alerts for
+    /// suspected leaks in water networks).
+    #[serde(default = "flood_only")]
+    pub categories: Vec<String>,
 }
 
 fn lowest_severity() -> i16 {
     1
 }
+
+fn flood_only() -> Vec<String> {
+    vec![crate::body::FLOOD.to_owned()]
+}
+
+/// The categories a webhook may receive.
+const CATEGORIES: &[&str] = &["flood", "leak"];
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookBody {
@@ -53,6 +64,7 @@ pub struct WebhookBody {
     pub municipalities: Vec<String>,
     pub areas: Vec<String>,
     pub min_severity: i16,
+    pub categories: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub disabled_at: Option<DateTime<Utc>>,
     pub disabled_reason: Option<String>,
@@ -73,6 +85,7 @@ impl WebhookBody {
             municipalities: row.municipalities,
             areas: row.areas,
             min_severity: row.min_severity,
+            categories: row.categories,
             created_at: row.created_at,
             disabled_at: row.disabled_at,
             disabled_reason: row.disabled_reason,
@@ -130,6 +143,22 @@ pub async fn register(
             format!("at most {FILTER_LIMIT} municipalities and {FILTER_LIMIT} areas"),
         ));
     }
+    request.categories.sort();
+    request.categories.dedup();
+    if request.categories.is_empty()
+        || request
+            .categories
+            .iter()
+            .any(|c| !CATEGORIES.contains(&c.as_str()))
+    {
+        return Err(ApiError::bad(
+            "categories",
+            format!(
+                "categories must be one or more of {}",
+                CATEGORIES.join(", ")
+            ),
+        ));
+    }
     state
         .settings
         .policy
@@ -170,7 +199,7 @@ pub async fn register(
         String::new(),
         serde_json::json!({
             "url": request.url, "municipalities": request.municipalities, "areas": request.areas,
-            "min_severity": request.min_severity,
+            "min_severity": request.min_severity, "categories": request.categories,
         }),
     );
     let row = state
@@ -184,6 +213,7 @@ pub async fn register(
                 municipalities: request.municipalities,
                 areas: request.areas,
                 min_severity: request.min_severity,
+                categories: request.categories,
                 secret: webhook::new_secret(),
             },
             &audit,

@@ -25,7 +25,8 @@ pub(crate) async fn lock_event_sequence(tx: &Transaction<'_>) -> Result<()> {
 }
 
 /// Queues the event for every webhook whose filter matches it. A webhook matches when it is
-/// active, its municipality and area filters (empty = all) meet the warning's, a municipality
+/// active, it receives the warning's category, its municipality and area filters (empty = all;
+/// areas filter flood warnings only) meet the warning's, a municipality
 /// owner is among the warning's municipalities, and either the warning's severity at this event
 /// reaches its minimum or an earlier event of the same warning was already queued for it (so a
 /// receiver that heard of a warning also hears how it changed and ended).
@@ -37,9 +38,9 @@ pub(crate) async fn queue_webhooks(tx: &Transaction<'_>, event_id: i64) -> Resul
          CROSS JOIN LATERAL (SELECT p.severity FROM warning_events p WHERE p.warning_id = e.warning_id \
              AND p.id <= e.id AND p.severity IS NOT NULL ORDER BY p.id DESC LIMIT 1) sev \
          JOIN webhooks wh ON wh.deleted_at IS NULL AND wh.disabled_at IS NULL \
-         WHERE e.id = $1 \
+         WHERE e.id = $1 AND w.category = ANY (wh.categories) \
            AND (cardinality(wh.municipalities) = 0 OR wh.municipalities && w.municipalities) \
-           AND (cardinality(wh.areas) = 0 OR e.area_key = ANY (wh.areas)) \
+           AND (cardinality(wh.areas) = 0 OR w.category <> 'flood' OR e.area_key = ANY (wh.areas)) \
            AND (wh.owner_municipality IS NULL OR wh.owner_municipality = ANY (w.municipalities)) \
            AND (sev.severity >= wh.min_severity OR EXISTS ( \
                SELECT 1 FROM outbox o JOIN warning_events q ON q.id = o.event_id \
@@ -48,6 +49,70 @@ pub(crate) async fn queue_webhooks(tx: &Transaction<'_>, event_id: i64) -> Resul
     )
     .await
     .context("queueing webhook deliveries")
+}
+
+/// A warning event to append, with what it concerns: a flood area, or a district meter for a leak.
+pub(crate) struct EventInsert<'a> {
+    pub warning_id: i64,
+    pub category: &'a str,
+    pub area_key: Option<&'a str>,
+    pub sensor_key: Option<&'a str>,
+    pub kind: &'a str,
+    /// Set on events that change the warning's severity, with `warning_kind`.
+    pub severity: Option<i16>,
+    pub warning_kind: Option<&'a str>,
+    pub at: DateTime<Utc>,
+    pub message_en: &'a str,
+    pub message_da: &'a str,
+    pub detail: &'a serde_json::Value,
+}
+
+/// Appends an event in the caller's transaction, which holds [`lock_event_sequence`], with an MQTT
+/// delivery to each of `mqtt_topics` and the matching webhooks, and announces it on
+/// `warnings_changed` when the transaction commits.
+pub(crate) async fn append_event(
+    tx: &Transaction<'_>,
+    event: &EventInsert<'_>,
+    mqtt_topics: &[String],
+) -> Result<i64> {
+    let event_id: i64 = tx
+        .query_one(
+            "INSERT INTO warning_events (warning_id, category, area_key, sensor_key, kind, severity, at, \
+             message_en, message_da, detail, warning_kind) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+            &[
+                &event.warning_id,
+                &event.category,
+                &event.area_key,
+                &event.sensor_key,
+                &event.kind,
+                &event.severity,
+                &event.at,
+                &event.message_en,
+                &event.message_da,
+                event.detail,
+                &event.warning_kind,
+            ],
+        )
+        .await
+        .context("recording a warning event")?
+        .get(0);
+    for topic in mqtt_topics {
+        tx.execute(
+            "INSERT INTO outbox (event_id, channel, target) VALUES ($1, 'mqtt', $2)",
+            &[&event_id, topic],
+        )
+        .await
+        .context("queueing a delivery")?;
+    }
+    queue_webhooks(tx, event_id).await?;
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&crate::flood::WARNINGS_CHANGED, &event_id.to_string()],
+    )
+    .await
+    .context("notifying warnings_changed")?;
+    Ok(event_id)
 }
 
 /// What an API key may do.
@@ -135,6 +200,8 @@ pub struct WebhookRow {
     pub municipalities: Vec<String>,
     pub areas: Vec<String>,
     pub min_severity: i16,
+    /// flood, leak, or both.
+    pub categories: Vec<String>,
     pub secret: String,
     pub previous_secret: Option<String>,
     pub previous_until: Option<DateTime<Utc>>,
@@ -152,11 +219,12 @@ pub struct NewWebhook {
     pub municipalities: Vec<String>,
     pub areas: Vec<String>,
     pub min_severity: i16,
+    pub categories: Vec<String>,
     pub secret: String,
 }
 
 const WEBHOOK_COLUMNS: &str = "id, owner_key, owner_municipality, url, description, municipalities, areas, \
-     min_severity, secret, previous_secret, previous_until, created_at, disabled_at, disabled_reason";
+     min_severity, secret, previous_secret, previous_until, created_at, disabled_at, disabled_reason, categories";
 
 fn webhook_row(r: &tokio_postgres::Row) -> WebhookRow {
     WebhookRow {
@@ -174,18 +242,23 @@ fn webhook_row(r: &tokio_postgres::Row) -> WebhookRow {
         created_at: r.get(11),
         disabled_at: r.get(12),
         disabled_reason: r.get(13),
+        categories: r.get(14),
     }
 }
 
 /// A warning event as the delivery channels present it: the event, the warning's state at that
-/// event (its severity and kind carried forward from the latest event that set them), and the
-/// area it concerns.
+/// event (its severity and kind carried forward from the latest event that set them), and what
+/// it concerns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WarningEvent {
     pub id: i64,
     pub warning_id: i64,
-    pub area_key: String,
-    pub area_name: String,
+    /// flood (a flood warning) or leak (a utility alert).
+    pub category: String,
+    /// The flood area's key for a flood warning, the district meter's sensor key for a leak.
+    pub subject_key: String,
+    /// The flood area's name, or the district meter's station name.
+    pub subject_name: String,
     /// raised, changed, lifted, acknowledged, stale, fresh or undelivered.
     pub kind: String,
     /// The warning's severity as of this event.
@@ -202,10 +275,13 @@ pub struct WarningEvent {
     pub warning_state: String,
 }
 
-const WARNING_EVENT_SELECT: &str = "SELECT e.id, e.warning_id, e.area_key, a.name, e.kind, \
+const WARNING_EVENT_SELECT: &str = "SELECT e.id, e.warning_id, e.category, \
+     COALESCE(e.area_key, e.sensor_key), COALESCE(a.name, st.name, NULLIF(s.name, ''), e.sensor_key), e.kind, \
      COALESCE(sev.severity, w.severity), COALESCE(wk.warning_kind, w.kind), e.at, e.recorded_at, \
      e.message_en, e.message_da, e.detail, w.municipalities, w.state \
-     FROM warning_events e JOIN warnings w ON w.id = e.warning_id JOIN flood_areas a ON a.key = e.area_key \
+     FROM warning_events e JOIN warnings w ON w.id = e.warning_id \
+     LEFT JOIN flood_areas a ON a.key = e.area_key LEFT JOIN sensors s ON s.key = e.sensor_key \
+     LEFT JOIN stations st ON st.id = s.station_id \
      LEFT JOIN LATERAL (SELECT p.severity FROM warning_events p WHERE p.warning_id = e.warning_id \
          AND p.id <= e.id AND p.severity IS NOT NULL ORDER BY p.id DESC LIMIT 1) sev ON true \
      LEFT JOIN LATERAL (SELECT p.warning_kind FROM warning_events p WHERE p.warning_id = e.warning_id \
@@ -215,18 +291,19 @@ fn warning_event(r: &tokio_postgres::Row) -> WarningEvent {
     WarningEvent {
         id: r.get(0),
         warning_id: r.get(1),
-        area_key: r.get(2),
-        area_name: r.get(3),
-        kind: r.get(4),
-        severity: r.get(5),
-        warning_kind: r.get(6),
-        at: r.get(7),
-        recorded_at: r.get(8),
-        message_en: r.get(9),
-        message_da: r.get(10),
-        detail: r.get(11),
-        municipalities: r.get(12),
-        warning_state: r.get(13),
+        category: r.get(2),
+        subject_key: r.get(3),
+        subject_name: r.get(4),
+        kind: r.get(5),
+        severity: r.get(6),
+        warning_kind: r.get(7),
+        at: r.get(8),
+        recorded_at: r.get(9),
+        message_en: r.get(10),
+        message_da: r.get(11),
+        detail: r.get(12),
+        municipalities: r.get(13),
+        warning_state: r.get(14),
     }
 }
 
@@ -421,7 +498,7 @@ impl Store {
             .query_one(
                 &format!(
                     "INSERT INTO webhooks (owner_key, owner_municipality, url, description, municipalities, \
-                     areas, min_severity, secret) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     areas, min_severity, secret, categories) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                      RETURNING {WEBHOOK_COLUMNS}"
                 ),
                 &[
@@ -433,6 +510,7 @@ impl Store {
                     &hook.areas,
                     &hook.min_severity,
                     &hook.secret,
+                    &hook.categories,
                 ],
             )
             .await
@@ -646,8 +724,9 @@ impl Store {
                 });
                 let event_id: i64 = tx
                     .query_one(
-                        "INSERT INTO warning_events (warning_id, area_key, kind, at, message_en, message_da, detail) \
-                         SELECT warning_id, area_key, 'undelivered', $2, \
+                        "INSERT INTO warning_events (warning_id, category, area_key, sensor_key, kind, at, \
+                         message_en, message_da, detail) \
+                         SELECT warning_id, category, area_key, sensor_key, 'undelivered', $2, \
                                 'A delivery of this warning over ' || $3 || ' was given up.', \
                                 'En levering af dette varsel via ' || $3 || ' blev opgivet.', $4 \
                          FROM warning_events WHERE id = $1 RETURNING id",
@@ -779,16 +858,17 @@ impl Store {
         Ok(row.get(0))
     }
 
-    /// The latest event of the latest warning of an area: what a retained MQTT message shows.
-    pub async fn area_latest_event(&self, area_key: &str) -> Result<Option<WarningEvent>> {
+    /// The latest event about what `event` concerns (its flood area, or its district meter for a
+    /// leak alert): what a retained MQTT message shows.
+    pub async fn latest_event_like(&self, event: &WarningEvent) -> Result<Option<WarningEvent>> {
         let client = self.client().await?;
         let row = client
             .query_opt(
                 &format!(
-                    "{WARNING_EVENT_SELECT} WHERE e.area_key = $1 AND e.kind <> 'undelivered' \
-                     ORDER BY e.id DESC LIMIT 1"
+                    "{WARNING_EVENT_SELECT} WHERE e.category = $1 AND COALESCE(e.area_key, e.sensor_key) = $2 \
+                     AND e.kind <> 'undelivered' ORDER BY e.id DESC LIMIT 1"
                 ),
-                &[&area_key],
+                &[&event.category, &event.subject_key],
             )
             .await
             .context("reading an area's latest event")?;
@@ -825,7 +905,7 @@ impl Store {
         )))
     }
 
-    /// Warnings, newest first, with their area names and acknowledgements.
+    /// Flood warnings, newest first, with their area names and acknowledgements.
     pub async fn warning_list(&self, filter: &WarningFilter) -> Result<Vec<WarningSummary>> {
         let client = self.client().await?;
         let rows = client
@@ -890,8 +970,9 @@ impl Store {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// Acknowledges a warning for a municipality: an `acknowledged` event with MQTT deliveries
-    /// to `mqtt_targets(area, municipalities)` and the matching webhooks, in one transaction.
+    /// Acknowledges a flood warning for a municipality: an `acknowledged` event with MQTT
+    /// deliveries to `mqtt_targets(area, municipalities)` and the matching webhooks, in one
+    /// transaction. Utility alerts are not acknowledged here: they are not flood warnings.
     pub async fn acknowledge(
         &self,
         warning_id: i64,
@@ -904,7 +985,7 @@ impl Store {
         let tx = client.transaction().await.context("begin acknowledging")?;
         let Some(warning) = tx
             .query_opt(
-                "SELECT area_key, state, municipalities FROM warnings WHERE id = $1",
+                "SELECT area_key, state, municipalities FROM warnings WHERE id = $1 AND category = 'flood'",
                 &[&warning_id],
             )
             .await
@@ -954,37 +1035,24 @@ impl Store {
             .await
             .context("reading the municipality")?
             .map_or_else(|| municipality.to_owned(), |r| r.get(0));
-        let event_id: i64 = tx
-            .query_one(
-                "INSERT INTO warning_events (warning_id, area_key, kind, at, message_en, message_da, detail) \
-                 VALUES ($1, $2, 'acknowledged', $3, $4, $5, $6) RETURNING id",
-                &[
-                    &warning_id,
-                    &area_key,
-                    &at,
-                    &format!("Acknowledged by {name} Municipality."),
-                    &format!("Kvitteret af {name} Kommune."),
-                    detail,
-                ],
-            )
-            .await
-            .context("recording an acknowledgement")?
-            .get(0);
-        for target in mqtt_targets(&area_key, &municipalities) {
-            tx.execute(
-                "INSERT INTO outbox (event_id, channel, target) VALUES ($1, 'mqtt', $2)",
-                &[&event_id, &target],
-            )
-            .await
-            .context("queueing a delivery")?;
-        }
-        queue_webhooks(&tx, event_id).await?;
-        tx.execute(
-            "SELECT pg_notify($1, $2)",
-            &[&crate::flood::WARNINGS_CHANGED, &event_id.to_string()],
+        let event_id = append_event(
+            &tx,
+            &EventInsert {
+                warning_id,
+                category: "flood",
+                area_key: Some(&area_key),
+                sensor_key: None,
+                kind: "acknowledged",
+                severity: None,
+                warning_kind: None,
+                at,
+                message_en: &format!("Acknowledged by {name} Municipality."),
+                message_da: &format!("Kvitteret af {name} Kommune."),
+                detail,
+            },
+            &mqtt_targets(&area_key, &municipalities),
         )
-        .await
-        .context("notifying warnings_changed")?;
+        .await?;
         tx.commit().await.context("commit an acknowledgement")?;
         Ok(Acknowledged::Recorded(event_id))
     }

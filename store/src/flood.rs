@@ -506,15 +506,15 @@ impl Store {
         Ok((last, current))
     }
 
-    /// Records an area's events in order, with their outbox rows (`(channel, target)` for each), the
-    /// warning rows they change, and the crossings behind them, in one transaction, under the
-    /// area's advisory lock so that one writer at a time owns an area.
+    /// Records an area's events in order (each with an MQTT delivery to every one of `mqtt_topics`
+    /// and the matching webhooks), the warning rows they change, and the crossings behind them, in
+    /// one transaction, under the area's advisory lock so that one writer at a time owns an area.
     pub async fn record_area_events(
         &self,
         area_key: &str,
         municipalities: &[String],
         events: &[NewEvent],
-        deliveries: &[(String, String)],
+        mqtt_topics: &[String],
         crossings: &[CrossingRow],
     ) -> Result<Vec<i64>> {
         let mut client = self.client().await?;
@@ -589,40 +589,24 @@ impl Store {
                     event.kind
                 ))
             })?;
-            let event_id: i64 = tx
-                .query_one(
-                    "INSERT INTO warning_events (warning_id, area_key, kind, severity, at, message_en, message_da, \
-                     detail, warning_kind) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-                    &[
-                        &warning_id,
-                        &area_key,
-                        &event.kind,
-                        &event.severity,
-                        &event.at,
-                        &event.message_en,
-                        &event.message_da,
-                        &event.trigger,
-                        &event.severity.map(|_| event.warning_kind),
-                    ],
-                )
-                .await
-                .context("recording a warning event")?
-                .get(0);
-            for (channel, target) in deliveries {
-                tx.execute(
-                    "INSERT INTO outbox (event_id, channel, target) VALUES ($1, $2, $3)",
-                    &[&event_id, channel, target],
-                )
-                .await
-                .context("queueing a delivery")?;
-            }
-            crate::delivery::queue_webhooks(&tx, event_id).await?;
-            tx.execute(
-                "SELECT pg_notify($1, $2)",
-                &[&WARNINGS_CHANGED, &event_id.to_string()],
+            let event_id = crate::delivery::append_event(
+                &tx,
+                &crate::delivery::EventInsert {
+                    warning_id,
+                    category: "flood",
+                    area_key: Some(area_key),
+                    sensor_key: None,
+                    kind: event.kind,
+                    severity: event.severity,
+                    warning_kind: event.severity.map(|_| event.warning_kind),
+                    at: event.at,
+                    message_en: &event.message_en,
+                    message_da: &event.message_da,
+                    detail: &event.trigger,
+                },
+                mqtt_topics,
             )
-            .await
-            .context("notifying warnings_changed")?;
+            .await?;
             ids.push(event_id);
         }
         for c in crossings {
@@ -651,7 +635,7 @@ impl Store {
             .query(
                 "SELECT id, area_key, severity, kind, state, raised_at, changed_at, lifted_at, stale, \
                  municipalities, message_en, message_da FROM warnings \
-                 WHERE $1::text IS NULL OR area_key = $1 ORDER BY raised_at DESC, id DESC",
+                 WHERE category = 'flood' AND ($1::text IS NULL OR area_key = $1) ORDER BY raised_at DESC, id DESC",
                 &[&area_key],
             )
             .await
@@ -719,8 +703,8 @@ impl Store {
         let rows = client
             .query(
                 &format!(
-                    "SELECT {EVENT_COLUMNS} FROM warning_events WHERE at >= $1 AND at < $2 \
-                     ORDER BY area_key, at, id"
+                    "SELECT {EVENT_COLUMNS} FROM warning_events WHERE category = 'flood' \
+                     AND at >= $1 AND at < $2 ORDER BY area_key, at, id"
                 ),
                 &[&from, &to],
             )

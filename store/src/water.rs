@@ -3,6 +3,7 @@
 
 use crate::{Context, Result, Store};
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use tokio_postgres::Transaction;
 
 /// A district meter's leak rule.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +36,63 @@ pub struct LeakRow {
     pub baseline: f64,
     pub night_flow: f64,
     pub found_at: DateTime<Utc>,
+    /// The first night back within the margin; None while the leak is suspected.
+    pub ended_on: Option<NaiveDate>,
+    /// The utility alert raised for it.
+    pub warning_id: Option<i64>,
+}
+
+/// What a meter's night flow shows about its suspected leaks, recorded with the nights and
+/// announced as a utility alert in the same transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeakChange {
+    /// A new suspicion: raises a leak alert.
+    Raised { leak: LeakRow, alert: AlertText },
+    /// The open suspicion that began on `since` ended on `night`: lifts its alert.
+    Ended {
+        since: NaiveDate,
+        night: NaiveDate,
+        night_flow: f64,
+        alert: AlertText,
+    },
+}
+
+/// When in the data an alert event happened, and what it says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertText {
+    pub at: DateTime<Utc>,
+    pub message_en: String,
+    pub message_da: String,
+}
+
+/// A meter's suspicions as analytics need them: the one still open, and when the last one ended.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LeakState {
+    pub open: Option<LeakRow>,
+    pub last_ended: Option<NaiveDate>,
+}
+
+/// The district meter an alert names: its station's name (or the sensor's) and its quantity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeterLabel {
+    pub name: String,
+    pub quantity: String,
+}
+
+const LEAK_COLUMNS: &str =
+    "sensor_key, since, raised_on, baseline, night_flow, found_at, ended_on, warning_id";
+
+fn leak_row(r: &tokio_postgres::Row) -> LeakRow {
+    LeakRow {
+        sensor_key: r.get(0),
+        since: r.get(1),
+        raised_on: r.get(2),
+        baseline: r.get(3),
+        night_flow: r.get(4),
+        found_at: r.get(5),
+        ended_on: r.get(6),
+        warning_id: r.get(7),
+    }
 }
 
 impl Store {
@@ -90,14 +148,18 @@ impl Store {
             .collect())
     }
 
-    /// Replaces a meter's night minima from `from_night` on and records a suspected leak, if one
-    /// was found (once per first night), in one transaction.
+    /// Replaces a meter's night minima from `from_night` on and records what they show about its
+    /// leaks, in one transaction: a new suspicion raises a leak alert (with an MQTT delivery to
+    /// `mqtt_topic(municipality)` for each municipality of the meter's station, and the matching
+    /// webhooks), and the end of the open one lifts its alert. A suspicion already recorded is not
+    /// raised again.
     pub async fn store_night_flow(
         &self,
         sensor: &str,
         from_night: NaiveDate,
         minima: &[NightFlowRow],
-        leak: Option<&LeakRow>,
+        change: Option<&LeakChange>,
+        mqtt_topic: impl Fn(&str) -> String,
     ) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.context("begin night flow")?;
@@ -115,16 +177,65 @@ impl Store {
             .await
             .context("storing a night's flow")?;
         }
-        if let Some(l) = leak {
-            tx.execute(
-                "INSERT INTO leak_suspicions (sensor_key, since, raised_on, baseline, night_flow) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (sensor_key, since) DO NOTHING",
-                &[&sensor, &l.since, &l.raised_on, &l.baseline, &l.night_flow],
-            )
-            .await
-            .context("recording a suspected leak")?;
+        match change {
+            Some(LeakChange::Raised { leak, alert }) => {
+                raise_leak_alert(&tx, sensor, leak, alert, &mqtt_topic).await?
+            }
+            Some(LeakChange::Ended {
+                since,
+                night,
+                night_flow,
+                alert,
+            }) => {
+                lift_leak_alert(&tx, sensor, *since, *night, *night_flow, alert, &mqtt_topic)
+                    .await?
+            }
+            None => {}
         }
         tx.commit().await.context("commit night flow")
+    }
+
+    /// A meter's open suspicion and the night its last one ended.
+    pub async fn leak_state(&self, sensor: &str) -> Result<LeakState> {
+        let client = self.client().await?;
+        let open = client
+            .query_opt(
+                &format!(
+                    "SELECT {LEAK_COLUMNS} FROM leak_suspicions WHERE sensor_key = $1 AND ended_on IS NULL"
+                ),
+                &[&sensor],
+            )
+            .await
+            .context("reading the open leak")?;
+        let last_ended: Option<NaiveDate> = client
+            .query_one(
+                "SELECT max(ended_on) FROM leak_suspicions WHERE sensor_key = $1",
+                &[&sensor],
+            )
+            .await
+            .context("reading the last leak's end")?
+            .get(0);
+        Ok(LeakState {
+            open: open.as_ref().map(leak_row),
+            last_ended,
+        })
+    }
+
+    /// The name and quantity of a district meter, None if there is no such sensor.
+    pub async fn meter_label(&self, sensor: &str) -> Result<Option<MeterLabel>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT COALESCE(st.name, NULLIF(s.name, ''), s.key), s.quantity FROM sensors s \
+                 LEFT JOIN stations st ON st.id = s.station_id WHERE s.key = $1",
+                &[&sensor],
+            )
+            .await
+            .context("reading a meter")?;
+        Ok(row.map(|r| MeterLabel {
+            name: r.get(0),
+            quantity: r.get(1),
+        }))
     }
 
     /// A meter's night minima in `[from, to]`, oldest first.
@@ -159,21 +270,242 @@ impl Store {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT sensor_key, since, raised_on, baseline, night_flow, found_at FROM leak_suspicions \
-                 WHERE ($1::text IS NULL OR sensor_key = $1) ORDER BY since DESC, sensor_key",
+                &format!(
+                    "SELECT {LEAK_COLUMNS} FROM leak_suspicions \
+                     WHERE ($1::text IS NULL OR sensor_key = $1) ORDER BY since DESC, sensor_key"
+                ),
                 &[&sensor],
             )
             .await
             .context("reading suspected leaks")?;
+        Ok(rows.iter().map(leak_row).collect())
+    }
+}
+
+/// Takes the meter's lock and the event sequence lock, and returns the municipalities of the
+/// meter's station.
+async fn lock_meter(tx: &Transaction<'_>, sensor: &str) -> Result<Vec<String>> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('tidemark.meter:' || $1))",
+        &[&sensor],
+    )
+    .await
+    .context("taking the meter lock")?;
+    crate::delivery::lock_event_sequence(tx).await?;
+    let row = tx
+        .query_one(
+            "SELECT ARRAY(SELECT st.municipality_code FROM sensors s JOIN stations st ON st.id = s.station_id \
+             WHERE s.key = $1 AND st.municipality_code IS NOT NULL)",
+            &[&sensor],
+        )
+        .await
+        .context("reading the meter's municipality")?;
+    Ok(row.get(0))
+}
+
+/// Records a new suspicion and raises its leak alert; nothing if it was recorded before.
+async fn raise_leak_alert(
+    tx: &Transaction<'_>,
+    sensor: &str,
+    leak: &LeakRow,
+    alert: &AlertText,
+    mqtt_topic: &impl Fn(&str) -> String,
+) -> Result<()> {
+    let municipalities = lock_meter(tx, sensor).await?;
+    let recorded = tx
+        .execute(
+            "INSERT INTO leak_suspicions (sensor_key, since, raised_on, baseline, night_flow) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            &[
+                &sensor,
+                &leak.since,
+                &leak.raised_on,
+                &leak.baseline,
+                &leak.night_flow,
+            ],
+        )
+        .await
+        .context("recording a suspected leak")?;
+    if recorded == 0 {
+        return Ok(());
+    }
+    let detail = serde_json::json!({
+        "sensor": sensor,
+        "since": leak.since,
+        "raised_on": leak.raised_on,
+        "baseline": leak.baseline,
+        "night_flow": leak.night_flow,
+    });
+    let warning_id: i64 = tx
+        .query_one(
+            "INSERT INTO warnings (category, sensor_key, severity, kind, state, raised_at, changed_at, \
+             municipalities, trigger, message_en, message_da) \
+             VALUES ('leak', $1, 1, 'observed', 'in_force', $2, $2, $3, $4, $5, $6) RETURNING id",
+            &[
+                &sensor,
+                &alert.at,
+                &municipalities,
+                &detail,
+                &alert.message_en,
+                &alert.message_da,
+            ],
+        )
+        .await
+        .context("raising a leak alert")?
+        .get(0);
+    tx.execute(
+        "UPDATE leak_suspicions SET warning_id = $3 WHERE sensor_key = $1 AND since = $2",
+        &[&sensor, &leak.since, &warning_id],
+    )
+    .await
+    .context("linking the leak to its alert")?;
+    let topics: Vec<String> = municipalities.iter().map(|m| mqtt_topic(m)).collect();
+    crate::delivery::append_event(
+        tx,
+        &crate::delivery::EventInsert {
+            warning_id,
+            category: "leak",
+            area_key: None,
+            sensor_key: Some(sensor),
+            kind: "raised",
+            severity: Some(1),
+            warning_kind: Some("observed"),
+            at: alert.at,
+            message_en: &alert.message_en,
+            message_da: &alert.message_da,
+            detail: &detail,
+        },
+        &topics,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Ends the open suspicion that began on `since` and lifts its alert.
+async fn lift_leak_alert(
+    tx: &Transaction<'_>,
+    sensor: &str,
+    since: NaiveDate,
+    night: NaiveDate,
+    night_flow: f64,
+    alert: &AlertText,
+    mqtt_topic: &impl Fn(&str) -> String,
+) -> Result<()> {
+    lock_meter(tx, sensor).await?;
+    let Some(row) = tx
+        .query_opt(
+            "UPDATE leak_suspicions SET ended_on = $3 WHERE sensor_key = $1 AND since = $2 \
+             AND ended_on IS NULL RETURNING warning_id",
+            &[&sensor, &since, &night],
+        )
+        .await
+        .context("ending a suspected leak")?
+    else {
+        return Ok(());
+    };
+    let Some(warning_id) = row.get::<_, Option<i64>>(0) else {
+        return Ok(());
+    };
+    let Some(lifted) = tx
+        .query_opt(
+            "UPDATE warnings SET state = 'lifted', lifted_at = $2, changed_at = $2, message_en = $3, \
+             message_da = $4 WHERE id = $1 AND state = 'in_force' RETURNING municipalities",
+            &[&warning_id, &alert.at, &alert.message_en, &alert.message_da],
+        )
+        .await
+        .context("lifting a leak alert")?
+    else {
+        return Ok(());
+    };
+    let municipalities: Vec<String> = lifted.get(0);
+    let topics: Vec<String> = municipalities.iter().map(|m| mqtt_topic(m)).collect();
+    let detail = serde_json::json!({ "sensor": sensor, "since": since, "ended_on": night, "night_flow": night_flow });
+    crate::delivery::append_event(
+        tx,
+        &crate::delivery::EventInsert {
+            warning_id,
+            category: "leak",
+            area_key: None,
+            sensor_key: Some(sensor),
+            kind: "lifted",
+            severity: None,
+            warning_kind: None,
+            at: alert.at,
+            message_en: &alert.message_en,
+            message_da: &alert.message_da,
+            detail: &detail,
+        },
+        &topics,
+    )
+    .await?;
+    Ok(())
+}
+
+/// A utility alert (a suspected leak) with what a list shows of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeakAlertRow {
+    pub id: i64,
+    pub sensor_key: String,
+    pub meter_name: String,
+    pub state: String,
+    pub raised_at: DateTime<Utc>,
+    pub changed_at: DateTime<Utc>,
+    pub lifted_at: Option<DateTime<Utc>>,
+    pub municipalities: Vec<String>,
+    pub message_en: String,
+    pub message_da: String,
+    /// The suspicion behind it.
+    pub trigger: serde_json::Value,
+}
+
+/// Which leak alerts to list.
+#[derive(Debug, Clone, Default)]
+pub struct LeakAlertFilter {
+    /// in_force or lifted; all when None.
+    pub state: Option<String>,
+    pub municipality: Option<String>,
+    pub sensor: Option<String>,
+    pub id: Option<i64>,
+    pub limit: i64,
+}
+
+impl Store {
+    /// Leak alerts, newest first. Flood warnings are never among them.
+    pub async fn leak_alerts(&self, filter: &LeakAlertFilter) -> Result<Vec<LeakAlertRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT w.id, w.sensor_key, COALESCE(st.name, NULLIF(s.name, ''), s.key), w.state, \
+                 w.raised_at, w.changed_at, w.lifted_at, w.municipalities, w.message_en, w.message_da, w.trigger \
+                 FROM warnings w JOIN sensors s ON s.key = w.sensor_key LEFT JOIN stations st ON st.id = s.station_id \
+                 WHERE w.category = 'leak' AND ($1::text IS NULL OR w.state = $1) \
+                 AND ($2::text IS NULL OR $2 = ANY (w.municipalities)) \
+                 AND ($3::text IS NULL OR w.sensor_key = $3) AND ($4::bigint IS NULL OR w.id = $4) \
+                 ORDER BY w.raised_at DESC, w.id DESC LIMIT $5",
+                &[
+                    &filter.state,
+                    &filter.municipality,
+                    &filter.sensor,
+                    &filter.id,
+                    &filter.limit,
+                ],
+            )
+            .await
+            .context("listing leak alerts")?;
         Ok(rows
             .iter()
-            .map(|r| LeakRow {
-                sensor_key: r.get(0),
-                since: r.get(1),
-                raised_on: r.get(2),
-                baseline: r.get(3),
-                night_flow: r.get(4),
-                found_at: r.get(5),
+            .map(|r| LeakAlertRow {
+                id: r.get(0),
+                sensor_key: r.get(1),
+                meter_name: r.get(2),
+                state: r.get(3),
+                raised_at: r.get(4),
+                changed_at: r.get(5),
+                lifted_at: r.get(6),
+                municipalities: r.get(7),
+                message_en: r.get(8),
+                message_da: r.get(9),
+                trigger: r.get(10),
             })
             .collect())
     }

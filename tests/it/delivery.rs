@@ -3,7 +3,7 @@
 //! MQTT alerts, CAP 1.2 and the Atom feed, acknowledgement and the API keys that guard it.
 
 use crate::support::*;
-use chrono::{DateTime, Duration as ChronoDuration, SubsecRound, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, SubsecRound, TimeZone, Utc};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -45,10 +45,7 @@ fn dispatcher(harness: &Harness, config: &Config, api: &Api) -> (Dispatcher, Arc
 /// Records one event on the Flensburg area as analytics would, with MQTT deliveries if asked.
 async fn record(harness: &Harness, kind: &'static str, severity: Option<i16>, mqtt: bool) -> i64 {
     let deliveries = if mqtt {
-        vec![(
-            "mqtt".to_owned(),
-            format!("tidemark/v1/alerts/{AABENRAA}/{AREA}"),
-        )]
+        vec![format!("tidemark/v1/alerts/{AABENRAA}/{AREA}")]
     } else {
         Vec::new()
     };
@@ -952,5 +949,281 @@ async fn the_replayed_baltic_surge_reaches_a_webhook_an_sse_client_and_an_mqtt_s
 
     analytics.stop().await;
     ingest.stop().await;
+    harness.finish().await;
+}
+
+/// Odense, where the district meter of the leak alert test stands.
+const ODENSE: &str = "0461";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspected_leak_travels_as_a_utility_alert_and_never_as_a_flood_warning() {
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    let api = Api::start(&harness, &config).await;
+    let utility = api.key(Role::Utility, None).await;
+    let put = |path: &str, body: serde_json::Value| {
+        let (api, key, path) = (&api, utility.clone(), path.to_owned());
+        async move {
+            let (status, problem) = api
+                .call(reqwest::Method::PUT, &path, Some(&key), Some(body))
+                .await;
+            assert_eq!(status, 204, "{path}: {problem}");
+        }
+    };
+    put(
+        "/api/v1/stations/odense-bolbro",
+        serde_json::json!({"name": "Bolbro", "kind": "district_meter", "lon": 10.35, "lat": 55.39, "municipality_code": ODENSE}),
+    )
+    .await;
+    put("/api/v1/devices/bolbro", serde_json::json!({})).await;
+    put(
+        "/api/v1/sensors/bolbro.flow",
+        serde_json::json!({"device": "bolbro", "station": "odense-bolbro", "quantity": "water_flow", "expected_interval": "15m"}),
+    )
+    .await;
+    put(
+        "/api/v1/utilities/leak-rules/bolbro.flow",
+        serde_json::json!({"baseline_nights": 7, "margin": 0.2, "nights": 3}),
+    )
+    .await;
+
+    // The utility asks for leak alerts; Odense's own endpoint keeps the default, flood warnings.
+    let leaks_receiver = WebhookReceiver::start().await.unwrap();
+    let (status, body) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/webhooks",
+            Some(&utility),
+            Some(serde_json::json!({ "url": leaks_receiver.url, "categories": ["leak"] })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["categories"], serde_json::json!(["leak"]));
+    let leak_secret = body["secret"].as_str().unwrap().to_owned();
+    let (status, problem) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/webhooks",
+            Some(&utility),
+            Some(serde_json::json!({ "url": leaks_receiver.url, "categories": ["fire"] })),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["parameter"].as_str()),
+        (400, Some("categories"))
+    );
+    let odense = api.key(Role::Municipality, Some(ODENSE)).await;
+    let flood_receiver = WebhookReceiver::start().await.unwrap();
+    let (flood_hook, _) = api.register(&odense, &flood_receiver.url, 1).await;
+
+    let stream = |query: &str| {
+        let url = api.url(&format!("/api/v1/warnings/stream{query}"));
+        let http = api.http.clone();
+        async move { SseClient::connect(&http, &url, None).await.unwrap() }
+    };
+    let mut leak_stream = stream("?category=leak").await;
+    let mut flood_stream = stream("").await;
+    let (dispatcher, _) = dispatcher(&harness, &config, &api);
+    let shutdown = api.shutdown.clone();
+    let database = config.database.clone();
+    tokio::spawn(async move { dispatcher.run(&database, shutdown).await });
+
+    // A leak from the night of 20 October until it is mended before the night of 27 October.
+    let analytics = start_analytics(&config).await;
+    let leak_from = Utc.with_ymd_and_hms(2026, 10, 19, 22, 0, 0).unwrap();
+    let mended = Utc.with_ymd_and_hms(2026, 10, 26, 12, 0, 0).unwrap();
+    let meter = sensor_id(&harness, "bolbro.flow").await;
+    store_readings(
+        &harness,
+        &crate::utilities::district_flow(meter, 4.0, leak_from..mended),
+    )
+    .await;
+    let ended = wait_for(Duration::from_secs(60), || async {
+        harness
+            .store
+            .leaks(Some("bolbro.flow"))
+            .await
+            .unwrap()
+            .iter()
+            .any(|l| l.ended_on.is_some())
+    })
+    .await;
+    assert!(ended, "the leak is found and found to have ended");
+    let leaks = harness.store.leaks(Some("bolbro.flow")).await.unwrap();
+    assert_eq!(leaks.len(), 1, "{leaks:?}");
+    assert_eq!(leaks[0].since.to_string(), "2026-10-20");
+    assert_eq!(leaks[0].raised_on.to_string(), "2026-10-22");
+    assert_eq!(leaks[0].ended_on.unwrap().to_string(), "2026-10-27");
+
+    // The alert, with its history, over the API; no flood warning anywhere.
+    let (_, alerts) = api
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/utilities/alerts?state=all",
+            None,
+            None,
+        )
+        .await;
+    let alerts = alerts["alerts"].as_array().unwrap().clone();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let alert = &alerts[0];
+    assert_eq!(alert["id"].as_i64(), leaks[0].warning_id);
+    assert_eq!(alert["category"], "leak");
+    assert_eq!(alert["meter"]["key"], "bolbro.flow");
+    assert_eq!(alert["meter"]["name"], "Bolbro");
+    assert_eq!(alert["state"], "lifted");
+    assert_eq!(alert["municipalities"], serde_json::json!([ODENSE]));
+    let (_, in_force) = api
+        .call(reqwest::Method::GET, "/api/v1/utilities/alerts", None, None)
+        .await;
+    assert_eq!(in_force["alerts"], serde_json::json!([]));
+    let (_, flood) = api
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/warnings?state=all",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        flood["warnings"],
+        serde_json::json!([]),
+        "not a flood warning"
+    );
+    let id = alert["id"].as_i64().unwrap();
+    let (_, one) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/utilities/alerts/{id}"),
+            None,
+            None,
+        )
+        .await;
+    let history: Vec<&str> = one["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(history, ["utility_alert.raised", "utility_alert.lifted"]);
+    let events: Vec<i64> = one["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    assert!(one["history"][0]["message"]["en"]
+        .as_str()
+        .unwrap()
+        .contains("Suspected leak at district meter Bolbro"));
+    assert!(one["history"][0]["message"]["da"]
+        .as_str()
+        .unwrap()
+        .contains("lækage"));
+    let (status, _) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/warnings/{id}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "the flood warnings API does not know it");
+    let (status, _) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/warning-events/{}.cap", events[0]),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "no CAP flood message is made of it");
+    let (status, _) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/warnings/{id}/ack"),
+            Some(&odense),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "nor is it acknowledged as one");
+
+    // The utility's webhook receives both events, signed, in order; Odense's flood endpoint
+    // was never queued a delivery.
+    assert!(leaks_receiver.wait_for(2, Duration::from_secs(30)).await);
+    let deliveries = leaks_receiver.deliveries();
+    let bodies: Vec<serde_json::Value> = deliveries.iter().map(|d| d.json()).collect();
+    assert_eq!(
+        bodies
+            .iter()
+            .map(|b| b["id"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        events
+    );
+    assert_eq!(bodies[0]["type"], "utility_alert.raised");
+    assert_eq!(bodies[0]["category"], "leak");
+    assert_eq!(bodies[0]["meter"]["key"], "bolbro.flow");
+    assert!(bodies[0].get("area").is_none() && bodies[0].get("cap").is_none());
+    assert_eq!(bodies[1]["type"], "utility_alert.lifted");
+    assert_eq!(bodies[1]["in_force"], false);
+    for d in &deliveries {
+        verify(
+            &leak_secret,
+            &d.id,
+            &d.timestamp,
+            &d.signature,
+            &d.body,
+            Utc::now(),
+            Duration::from_secs(300),
+        )
+        .expect("valid signature");
+    }
+    let queued_for_flood = harness
+        .store
+        .outbox("webhook")
+        .await
+        .unwrap()
+        .iter()
+        .filter(|row| row.target == flood_hook.to_string())
+        .count();
+    assert_eq!(queued_for_flood, 0);
+
+    // The leak stream carries both; the default stream skips them: the first event it shows is
+    // a flood warning recorded after them.
+    for expected in &events {
+        let event = leak_stream
+            .next(Duration::from_secs(20))
+            .await
+            .expect("streamed");
+        assert_eq!(event.id.unwrap().parse::<i64>().unwrap(), *expected);
+    }
+    let flood_event = record(&harness, "raised", Some(1), false).await;
+    let first = flood_stream
+        .next(Duration::from_secs(20))
+        .await
+        .expect("streamed");
+    assert_eq!(first.id.unwrap().parse::<i64>().unwrap(), flood_event);
+    assert!(flood_event > *events.last().unwrap());
+
+    // A valve controller subscribing afterwards gets the meter's current state, retained.
+    let delivered = wait_for(Duration::from_secs(30), || async {
+        let rows = harness.store.outbox("mqtt").await.unwrap();
+        !rows.is_empty() && rows.iter().all(|row| row.delivered_at.is_some())
+    })
+    .await;
+    assert!(delivered, "every MQTT delivery confirmed");
+    let mut subscriber = MqttSubscriber::start(
+        &harness.broker_config(),
+        "utility-bolbro",
+        &format!("tidemark/v1/utility-alerts/{ODENSE}/bolbro.flow"),
+    )
+    .await
+    .unwrap();
+    let (_, state, retained) = subscriber.next(Duration::from_secs(10)).await.unwrap();
+    assert!(retained);
+    assert_eq!(state["type"], "utility_alert.lifted");
+    assert_eq!(state["id"].as_i64(), events.last().copied());
+
+    analytics.stop().await;
     harness.finish().await;
 }

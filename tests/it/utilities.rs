@@ -164,11 +164,11 @@ async fn the_replayed_2019_load_gives_its_peak_mean_and_load_duration_curve() {
 
 /// A district meter's flow every 15 minutes through October 2026 (summer time ends on the 25th),
 /// in l/s: a daily demand curve over a night minimum near 8 l/s with a little deterministic
-/// noise, and `leak` l/s more from `leak_from` on.
-fn district_flow(
+/// noise, and `leak` l/s more from `leak.start` until `leak.end`.
+pub fn district_flow(
     sensor_id: i32,
     leak: f64,
-    leak_from: DateTime<Utc>,
+    leak_during: std::ops::Range<DateTime<Utc>>,
 ) -> Vec<tidemark_store::readings::ReadingRow> {
     let start = Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap();
     (0..31 * 96)
@@ -181,7 +181,7 @@ fn district_flow(
             let demand =
                 8.0 + 12.0 * (((hour - 3.5) / 24.0 * std::f64::consts::TAU).cos() * -0.5 + 0.5);
             let noise = ((i * 7919) % 13) as f64 / 13.0 * 0.6;
-            let value = demand + noise + if ts >= leak_from { leak } else { 0.0 };
+            let value = demand + noise + if leak_during.contains(&ts) { leak } else { 0.0 };
             tidemark_store::readings::ReadingRow {
                 sensor_id,
                 ts,
@@ -241,8 +241,8 @@ async fn a_leak_is_suspected_within_the_rules_nights_and_a_sound_network_raises_
     let never = Utc.with_ymd_and_hms(2100, 1, 1, 0, 0, 0).unwrap();
     let leaky = sensor_id(&harness, "district-leaky.flow").await;
     let sound = sensor_id(&harness, "district-sound.flow").await;
-    store_readings(&harness, &district_flow(leaky, 4.0, leak_from)).await;
-    store_readings(&harness, &district_flow(sound, 4.0, never)).await;
+    store_readings(&harness, &district_flow(leaky, 4.0, leak_from..never)).await;
+    store_readings(&harness, &district_flow(sound, 4.0, never..never)).await;
 
     let nights_of = |meter: &'static str| {
         let api = &api;
@@ -285,11 +285,13 @@ async fn a_leak_is_suspected_within_the_rules_nights_and_a_sound_network_raises_
     assert!(
         leaks[0]["night_flow"].as_f64().unwrap() > leaks[0]["baseline"].as_f64().unwrap() * 1.2
     );
+    assert!(leaks[0]["ended_on"].is_null(), "the leak goes on");
+    assert!(leaks[0]["alert"].is_i64(), "and was raised as an alert");
     let (_, _, csv) = api.text("/api/v1/utilities/leaks?format=csv").await;
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "sensor,since,raised_on,baseline,night_flow,found_at"
+        "sensor,since,raised_on,baseline,night_flow,found_at,ended_on,alert"
     );
     assert!(lines[1].starts_with("district-leaky.flow,2026-10-20,2026-10-22,"));
     let (_, _, csv) = api

@@ -275,7 +275,8 @@ pub struct Dispatcher {
     policy: Arc<webhook::TargetPolicy>,
     http: reqwest::Client,
     alerts: mqtt::AlertPublisher,
-    alert_prefix: String,
+    /// Where alerts may be published: flood warnings and utility alerts.
+    alert_prefixes: [String; 2],
     public_url: String,
     metrics: Arc<Metrics>,
 }
@@ -297,7 +298,10 @@ impl Dispatcher {
             policy,
             http,
             alerts,
-            alert_prefix: format!("{topic_prefix}/alerts/"),
+            alert_prefixes: [
+                format!("{topic_prefix}/alerts/"),
+                format!("{topic_prefix}/utility-alerts/"),
+            ],
             public_url: public_url.to_owned(),
             metrics,
         })
@@ -465,7 +469,11 @@ impl Dispatcher {
     }
 
     async fn send_mqtt(&self, claimed: &Claimed) -> Result<Outcome, Error> {
-        if !claimed.target.starts_with(&self.alert_prefix) {
+        if !self
+            .alert_prefixes
+            .iter()
+            .any(|p| claimed.target.starts_with(p))
+        {
             return Ok(Outcome::permanent(format!(
                 "{} is not an alert topic",
                 claimed.target
@@ -474,13 +482,9 @@ impl Dispatcher {
         let Some(event) = self.store.warning_event(claimed.event_id).await? else {
             return Ok(Outcome::permanent("the event is missing"));
         };
-        // The retained message is the area's current state, so a late retry never puts an
-        // older state back on the topic.
-        let current = self
-            .store
-            .area_latest_event(&event.area_key)
-            .await?
-            .unwrap_or(event);
+        // The retained message is the current state of the area (or meter), so a late retry
+        // never puts an older state back on the topic.
+        let current = self.store.latest_event_like(&event).await?.unwrap_or(event);
         let payload =
             serde_json::to_vec(&EventBody::new(&current, &self.public_url)).unwrap_or_default();
         Ok(match self.alerts.publish(&claimed.target, payload).await {
