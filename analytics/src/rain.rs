@@ -41,8 +41,8 @@ pub fn accumulation(samples: &[Sample], now: DateTime<Utc>, window: Duration) ->
     samples
         .iter()
         .filter(|s| s.ts > from && s.ts <= now)
-        .map(|s| s.value)
-        .sum()
+        // From +0.0: an empty float sum is -0.0.
+        .fold(0.0, |sum, s| sum + s.value)
 }
 
 /// The highest-severity rule exceeded at `now`, with the accumulation that exceeded it.

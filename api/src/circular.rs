@@ -318,14 +318,16 @@ fn records(rows: &[tidemark_store::circular::FlowRow]) -> Vec<(NaiveDate, FlowRe
 
 /// `GET /api/v1/circular/statistics`: per municipality and period, the tonnes by treatment, the
 /// recycling rate (prepared for reuse plus recycled, over generated) and the same by fraction,
-/// oldest period first, so the trend reads down the list.
+/// oldest period first, so the trend reads down the list. As CSV, one row per municipality and
+/// period (`waste_code` empty) followed by one per fraction.
 #[utoipa::path(get, path = "/api/v1/circular/statistics", tag = "circular", params(FlowQuery),
     responses(
-        (status = 200, description = "Statistics by municipality and period"),
+        (status = 200, description = "Statistics by municipality and period", content(("application/json"), ("text/csv"))),
         (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn statistics(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     query: std::result::Result<Query<FlowQuery>, QueryRejection>,
 ) -> Result<Response> {
     let query = parse_query(query)?;
@@ -333,9 +335,7 @@ pub async fn statistics(
     if !["year", "quarter", "month"].contains(&period) {
         return Err(ApiError::bad("period", "period is year, quarter or month"));
     }
-    if query.format.as_deref().is_some_and(|f| f != "json") {
-        return Err(ApiError::bad("format", "statistics come as json"));
-    }
+    let format = format(query.format.as_deref(), &headers, false)?;
     let rows = state.store.material_flows(&filter(&query)?).await?;
     let populations = state.store.populations().await?;
     let mut groups: BTreeMap<(String, String), Vec<FlowRecord>> = BTreeMap::new();
@@ -386,32 +386,105 @@ pub async fn statistics(
             previous.insert(municipality, rate);
         }
     }
+    if format == Format::Csv {
+        return Ok(statistics_csv(&items));
+    }
     Ok(json_response(
         &serde_json::json!({ "period": period, "statistics": items }),
     ))
 }
 
+/// The statistics as a table: a municipality's period, then its fractions.
+fn statistics_csv(items: &[serde_json::Value]) -> Response {
+    let mut header = vec![
+        "period",
+        "municipality",
+        "waste_code",
+        "waste_name",
+        "generated_tonnes",
+    ];
+    header.extend(Treatment::ALL.iter().map(|t| t.name()));
+    header.extend([
+        "recycling_rate",
+        "recycling_rate_change",
+        "population",
+        "kg_per_capita",
+    ]);
+    // Numbers as the other tables write them (100, not 100.0).
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.as_f64().map_or_else(|| n.to_string(), |f| f.to_string()),
+        other => other.to_string(),
+    };
+    let row = |item: &serde_json::Value, total: &serde_json::Value| {
+        let mut row = vec![
+            text(&total["period"]),
+            text(&total["municipality"]),
+            text(&item["waste_code"]),
+            text(&item["waste_name"]),
+            text(&item["generated_tonnes"]),
+        ];
+        row.extend(
+            Treatment::ALL
+                .iter()
+                .map(|t| text(&item["treatment_tonnes"][t.name()])),
+        );
+        row.push(text(&item["recycling_rate"]));
+        // The trend and the per-capita figures belong to the municipality's whole period.
+        let whole = std::ptr::eq(item, total);
+        for field in ["recycling_rate_change", "population", "kg_per_capita"] {
+            row.push(if whole {
+                text(&total[field])
+            } else {
+                String::new()
+            });
+        }
+        row
+    };
+    let rows = items.iter().flat_map(|total| {
+        std::iter::once(row(total, total)).chain(
+            total["fractions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |fraction| row(fraction, total)),
+        )
+    });
+    csv_response(&header, rows)
+}
+
 /// `GET /api/v1/circular/flows`: tonnes from municipality to fraction to treatment, as the nodes
-/// and links of a Sankey diagram.
+/// and links of a Sankey diagram (as CSV, the links: source, target, tonnes).
 #[utoipa::path(get, path = "/api/v1/circular/flows", tag = "circular", params(FlowQuery),
     responses(
-        (status = 200, description = "Sankey nodes and links"),
+        (status = 200, description = "Sankey nodes and links", content(("application/json"), ("text/csv"))),
         (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn sankey(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     query: std::result::Result<Query<FlowQuery>, QueryRejection>,
 ) -> Result<Response> {
     let query = parse_query(query)?;
-    if query.period.is_some() || query.format.as_deref().is_some_and(|f| f != "json") {
+    if query.period.is_some() {
         return Err(ApiError::bad(
             "period",
-            "flows take municipality, waste_code, from and to, and come as json",
+            "flows take municipality, waste_code, from and to",
         ));
     }
+    let format = format(query.format.as_deref(), &headers, false)?;
     let rows = state.store.material_flows(&filter(&query)?).await?;
     let records: Vec<FlowRecord> = records(&rows).into_iter().map(|(_, r)| r).collect();
     let links = waste::sankey(&records);
+    if format == Format::Csv {
+        return Ok(csv_response(
+            &["source", "target", "tonnes"],
+            links
+                .iter()
+                .map(|l| vec![l.source.clone(), l.target.clone(), l.tonnes.to_string()]),
+        ));
+    }
     let mut nodes: Vec<&str> = links
         .iter()
         .flat_map(|l| [l.source.as_str(), l.target.as_str()])
@@ -728,7 +801,8 @@ pub async fn collections(
                 "near_empty": cs.iter().filter(|c| c.fill_before <= 30.0).count(),
                 "full": cs.iter().filter(|c| c.fill_before >= 100.0).count(),
                 "volume_litres": cs.iter().map(|c| c.volume_litres).sum::<f64>(),
-                "mass_kg": cs.iter().filter_map(|c| c.mass_kg).sum::<f64>(),
+                // From +0.0: an empty float sum is -0.0, which JSON would show.
+                "mass_kg": cs.iter().filter_map(|c| c.mass_kg).fold(0.0, |sum, m| sum + m),
             })
         })
         .collect();

@@ -27,7 +27,7 @@ pub struct RangeQuery {
     pub from: Option<String>,
     /// RFC 3339, exclusive; default now.
     pub to: Option<String>,
-    /// json or csv (load-duration only; or use the Accept header).
+    /// json or csv (or use the Accept header).
     pub format: Option<String>,
 }
 
@@ -66,19 +66,18 @@ async fn unit(state: &ApiState, sensor: &str) -> Result<&'static str> {
 #[utoipa::path(get, path = "/api/v1/utilities/sensors/{key}/summary", tag = "utilities",
     params(("key" = String, Path, description = "The sensor's key"), RangeQuery),
     responses(
-        (status = 200, description = "The summary"),
+        (status = 200, description = "The summary", content(("application/json"), ("text/csv"))),
         (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such sensor", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn summary(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     Path(sensor): Path<String>,
     query: std::result::Result<Query<RangeQuery>, QueryRejection>,
 ) -> Result<Response> {
     let query = parse_query(query)?;
-    if query.format.as_deref().is_some_and(|f| f != "json") {
-        return Err(ApiError::bad("format", "the summary comes as json"));
-    }
+    let format = format(query.format.as_deref(), &headers, false)?;
     let (from, to) = range(&query)?;
     let unit = unit(&state, &sensor).await?;
     let s = state
@@ -86,6 +85,27 @@ pub async fn summary(
         .utility_summary(&sensor, from, to)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("sensor {sensor}")))?;
+    if format == Format::Csv {
+        let number = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+        return Ok(csv_response(
+            &[
+                "sensor", "unit", "from", "to", "count", "flagged", "mean", "min", "peak_at",
+                "peak",
+            ],
+            [vec![
+                sensor,
+                unit.to_owned(),
+                rfc3339(from),
+                rfc3339(to),
+                s.count.to_string(),
+                s.flagged.to_string(),
+                number(s.mean),
+                number(s.min),
+                s.peak.map(|(at, _)| rfc3339(at)).unwrap_or_default(),
+                number(s.peak.map(|(_, value)| value)),
+            ]],
+        ));
+    }
     Ok(json_response(&serde_json::json!({
         "sensor": sensor, "unit": unit, "from": rfc3339(from), "to": rfc3339(to),
         "count": s.count, "flagged": s.flagged, "mean": s.mean, "min": s.min,
@@ -621,6 +641,18 @@ pub struct SelfConsumptionQuery {
     pub to: Option<String>,
     /// hour (UTC), day or month (Danish local calendar); default month.
     pub period: Option<String>,
+    /// json or csv (or use the Accept header).
+    pub format: Option<String>,
+}
+
+/// One period a producing site's two registers both cover, in kWh.
+struct SelfConsumed {
+    start: DateTime<Utc>,
+    produced: f64,
+    exported: f64,
+    own: f64,
+    /// Self-consumed over produced; None when nothing was produced.
+    share: Option<f64>,
 }
 
 /// `GET /api/v1/utilities/self-consumption`: how much of what a site produced it used itself, per
@@ -629,15 +661,17 @@ pub struct SelfConsumptionQuery {
 /// produced). Periods where either register fell are left out.
 #[utoipa::path(get, path = "/api/v1/utilities/self-consumption", tag = "utilities", params(SelfConsumptionQuery),
     responses(
-        (status = 200, description = "Self-consumption per period"),
+        (status = 200, description = "Self-consumption per period", content(("application/json"), ("text/csv"))),
         (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such sensor", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn self_consumption(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     query: std::result::Result<Query<SelfConsumptionQuery>, QueryRejection>,
 ) -> Result<Response> {
     let query = parse_query(query)?;
+    let format = format(query.format.as_deref(), &headers, false)?;
     let (from, to) = range(&RangeQuery {
         from: query.from.clone(),
         to: query.to.clone(),
@@ -678,15 +712,47 @@ pub async fn self_consumption(
         );
     }
     let (produced, exported) = (&series[0], &series[1]);
-    let periods: Vec<serde_json::Value> = produced
+    let rows: Vec<SelfConsumed> = produced
         .iter()
         .filter_map(|(start, p)| {
             let e = exported.get(start)?;
             let own = (p - e).max(0.0);
-            Some(serde_json::json!({
-                "start": rfc3339(*start), "produced_kwh": p, "exported_kwh": e,
-                "self_consumed_kwh": own, "share": (*p > 0.0).then(|| own / p),
-            }))
+            Some(SelfConsumed {
+                start: *start,
+                produced: *p,
+                exported: *e,
+                own,
+                share: (*p > 0.0).then(|| own / p),
+            })
+        })
+        .collect();
+    if format == Format::Csv {
+        return Ok(csv_response(
+            &[
+                "start",
+                "produced_kwh",
+                "exported_kwh",
+                "self_consumed_kwh",
+                "share",
+            ],
+            rows.iter().map(|r| {
+                vec![
+                    rfc3339(r.start),
+                    r.produced.to_string(),
+                    r.exported.to_string(),
+                    r.own.to_string(),
+                    r.share.map(|s| s.to_string()).unwrap_or_default(),
+                ]
+            }),
+        ));
+    }
+    let periods: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "start": rfc3339(r.start), "produced_kwh": r.produced, "exported_kwh": r.exported,
+                "self_consumed_kwh": r.own, "share": r.share,
+            })
         })
         .collect();
     Ok(json_response(&serde_json::json!({

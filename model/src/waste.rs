@@ -160,7 +160,7 @@ impl TreatmentSplit {
 
     /// All treated waste: what was generated and collected.
     pub fn generated(&self) -> f64 {
-        self.tonnes.values().sum()
+        self.tonnes.values().fold(0.0, |sum, t| sum + t)
     }
 
     /// Prepared for reuse plus recycled, over generated; `None` when nothing was generated.
@@ -170,8 +170,8 @@ impl TreatmentSplit {
             self.tonnes
                 .iter()
                 .filter(|(t, _)| t.counts_as_recycled())
-                .map(|(_, w)| w)
-                .sum::<f64>()
+                // Folded from +0.0: an empty float sum is -0.0, which would print as "-0".
+                .fold(0.0, |sum, (_, w)| sum + w)
                 / generated
         })
     }
@@ -277,7 +277,10 @@ mod tests {
         for (records, want) in cases {
             let split = TreatmentSplit::of(&records);
             match (split.recycling_rate(), want) {
-                (Some(g), Some(w)) => assert!((g - w).abs() < 1e-12, "{records:?}"),
+                (Some(g), Some(w)) => {
+                    assert!((g - w).abs() < 1e-12, "{records:?}");
+                    assert!(g.is_sign_positive(), "{records:?}: {g}");
+                }
                 (got, want) => assert_eq!(got, want),
             }
         }

@@ -182,6 +182,34 @@ async fn material_flows_are_validated_stored_once_and_give_the_recycling_rate() 
     let year = &year["statistics"][0];
     assert_eq!(year["period"], "2025");
     assert!((year["recycling_rate"].as_f64().unwrap() - 55.0 / 110.0).abs() < 1e-12);
+    // As a table: each quarter's row for the municipality, then one per fraction.
+    let (status, content_type, csv) = api
+        .text("/api/v1/circular/statistics?municipality=0751&period=quarter&format=csv")
+        .await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "text/csv; charset=utf-8")
+    );
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "period,municipality,waste_code,waste_name,generated_tonnes,preparing_for_reuse,recycling,\
+         other_recovery,landfill,recycling_rate,recycling_rate_change,population,kg_per_capita"
+    );
+    assert_eq!(lines[1], "2025-Q1,0751,,,100,5,40,50,5,0.45,,1000,100");
+    assert!(
+        lines.contains(&"2025-Q1,0751,20 03 01,mixed municipal waste,55,0,0,50,5,0,,,"),
+        "{csv}"
+    );
+    let second = lines
+        .iter()
+        .position(|l| l.starts_with("2025-Q2,0751,,"))
+        .unwrap();
+    assert!(
+        lines[second].contains(",1,0.55"),
+        "the trend: {}",
+        lines[second]
+    );
 
     // Flows for a Sankey diagram add up to what was posted.
     let (_, flows) = api
@@ -202,6 +230,16 @@ async fn material_flows_are_validated_stored_once_and_give_the_recycling_rate() 
     assert!(links.iter().any(|l| l["source"] == "waste:20 03 01"
         && l["target"] == "treatment:landfill"
         && l["tonnes"] == 5.0));
+    let (_, _, csv) = api
+        .text("/api/v1/circular/flows?to=2025-03-31&format=csv")
+        .await;
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "source,target,tonnes");
+    assert_eq!(lines.len(), links.len() + 1);
+    assert!(
+        lines.contains(&"waste:20 03 01,treatment:landfill,5"),
+        "{csv}"
+    );
 
     // The records themselves, in JSON and CSV, and who posted them in the audit log.
     let (_, listed) = api.call(Method::GET, path, None, None).await;

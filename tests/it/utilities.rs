@@ -65,6 +65,21 @@ async fn the_replayed_2019_load_gives_its_peak_mean_and_load_duration_curve() {
     assert_eq!(reported, peak_at);
     assert_eq!((summary["mean"].as_f64().unwrap() / 1000.0).round(), 2327.0);
     assert_eq!(summary["min"], 1_411_000.0);
+    let (_, _, csv) = api
+        .text(&format!(
+            "/api/v1/utilities/sensors/dk1.load_actual/summary?{range}&format=csv"
+        ))
+        .await;
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "sensor,unit,from,to,count,flagged,mean,min,peak_at,peak"
+    );
+    let fields: Vec<&str> = lines[1].split(',').collect();
+    assert_eq!(fields[4..6], ["8760", "0"]);
+    assert_eq!(fields[7], "1411000");
+    assert_eq!(fields[8], summary["peak"]["at"].as_str().unwrap());
+    assert_eq!(fields[9], "3424000");
 
     let (status, curve) = api
         .call(
@@ -508,6 +523,22 @@ async fn self_consumption_is_production_less_export_over_production() {
     assert_eq!(
         days[0]["start"], "2026-05-31T22:00:00Z",
         "1 June in Danish time"
+    );
+    let (_, _, csv) = api
+        .text(
+            "/api/v1/utilities/self-consumption?production=pv-site.generation&export=pv-site.export\
+             &from=2026-05-31T22:00:00Z&to=2026-06-02T22:00:00Z&period=day&format=csv",
+        )
+        .await;
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert_eq!(
+        lines[0],
+        "start,produced_kwh,exported_kwh,self_consumed_kwh,share"
+    );
+    assert!(
+        lines[1].starts_with("2026-05-31T22:00:00Z,24,8,16,0.666"),
+        "{csv}"
     );
     harness.finish().await;
 }
