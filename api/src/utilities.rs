@@ -282,7 +282,8 @@ pub struct NightQuery {
 }
 
 /// `GET /api/v1/utilities/sensors/{key}/night-flow`: a district meter's minimum flow in its night
-/// window, night by night, as analytics found it.
+/// window, night by night, as analytics found it, with its trend over the nights asked for (the
+/// least-squares slope per night; JSON only, as the CSV is the nights' table).
 #[utoipa::path(get, path = "/api/v1/utilities/sensors/{key}/night-flow", tag = "utilities",
     params(("key" = String, Path, description = "The district meter's flow sensor"), NightQuery),
     responses(
@@ -315,6 +316,7 @@ pub async fn night_flow(
     }
     let unit = unit(&state, &sensor).await?;
     let nights = state.store.night_flow(&sensor, from, to).await?;
+    let trend = state.store.night_flow_trend(&sensor, from, to).await?;
     if format == Format::Csv {
         return Ok(csv_response(
             &["night", "min", "at", "samples"],
@@ -330,6 +332,7 @@ pub async fn night_flow(
     }
     Ok(json_response(&serde_json::json!({
         "sensor": sensor, "unit": unit,
+        "trend": {"per_night": trend, "per_week": trend.map(|t| t * 7.0)},
         "nights": nights.iter().map(|n| serde_json::json!({
             "night": n.night.to_string(), "min": n.min_value, "at": rfc3339(n.at), "samples": n.samples,
         })).collect::<Vec<_>>(),

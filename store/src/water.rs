@@ -265,6 +265,26 @@ impl Store {
             .collect())
     }
 
+    /// The trend of a meter's night minima in `[from, to]`: the least-squares slope in the flow's
+    /// unit per night, None with fewer than two nights.
+    pub async fn night_flow_trend(
+        &self,
+        sensor: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Option<f64>> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT regr_slope(min_value, (night - $2)::double precision) FROM night_flow \
+                 WHERE sensor_key = $1 AND night >= $2 AND night <= $3",
+                &[&sensor, &from, &to],
+            )
+            .await
+            .context("reading the night flow trend")?;
+        Ok(row.get(0))
+    }
+
     /// Suspected leaks, newest first, of one meter or all.
     pub async fn leaks(&self, sensor: Option<&str>) -> Result<Vec<LeakRow>> {
         let client = self.client().await?;

@@ -286,6 +286,46 @@ async fn a_leak_is_suspected_within_the_rules_nights_and_a_sound_network_raises_
     assert_eq!(nights[24]["samples"], 12);
     assert_eq!(nights[23]["samples"], 8);
 
+    // The trend is the least-squares slope of the nights asked for: flat for the sound district,
+    // rising across the leaky one's leak, and the same as the test's own fit of the minima.
+    let trend_of = |meter: &'static str, from: &'static str, to: &'static str| {
+        let api = &api;
+        async move {
+            let (_, body) = api
+                .call(
+                    reqwest::Method::GET,
+                    &format!(
+                        "/api/v1/utilities/sensors/{meter}.flow/night-flow?from={from}&to={to}"
+                    ),
+                    None,
+                    None,
+                )
+                .await;
+            let minima: Vec<f64> = body["nights"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["min"].as_f64().unwrap())
+                .collect();
+            let n = minima.len() as f64;
+            let x_mean = (n - 1.0) / 2.0;
+            let y_mean = minima.iter().sum::<f64>() / n;
+            let (mut sxy, mut sxx) = (0.0, 0.0);
+            for (x, y) in minima.iter().enumerate() {
+                sxy += (x as f64 - x_mean) * (y - y_mean);
+                sxx += (x as f64 - x_mean).powi(2);
+            }
+            (body["trend"]["per_night"].as_f64().unwrap(), sxy / sxx)
+        }
+    };
+    let (sound, fitted) = trend_of("district-sound", "2026-10-01", "2026-10-31").await;
+    assert!(
+        (sound - fitted).abs() < 1e-9 && sound.abs() < 0.05,
+        "{sound}"
+    );
+    let (leaky, fitted) = trend_of("district-leaky", "2026-10-13", "2026-10-26").await;
+    assert!((leaky - fitted).abs() < 1e-9 && leaky > 0.2, "{leaky}");
+
     let (_, leaks) = api
         .call(reqwest::Method::GET, "/api/v1/utilities/leaks", None, None)
         .await;
