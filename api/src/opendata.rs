@@ -119,6 +119,24 @@ fn time(parameter: &str, text: &str) -> Result<DateTime<Utc>> {
         })
 }
 
+/// A `bbox` parameter: `min_lon,min_lat,max_lon,max_lat` in degrees.
+pub(crate) fn parse_bbox(text: &str) -> Result<[f64; 4]> {
+    let b = numbers::<4>("bbox", text, "min_lon,min_lat,max_lon,max_lat")?;
+    if !(b[0] <= b[2]
+        && b[1] <= b[3]
+        && b[0] >= -180.0
+        && b[2] <= 180.0
+        && b[1] >= -90.0
+        && b[3] <= 90.0)
+    {
+        return Err(ApiError::bad(
+            "bbox",
+            "bbox must be min_lon,min_lat,max_lon,max_lat with min <= max, in degrees",
+        ));
+    }
+    Ok(b)
+}
+
 fn numbers<const N: usize>(parameter: &str, text: &str, meaning: &str) -> Result<[f64; N]> {
     let values: Vec<f64> = text
         .split(',')
@@ -345,25 +363,7 @@ pub async fn stations(
             format!("limit must be 1 to {STATION_LIMIT}"),
         ));
     }
-    let bbox = match &query.bbox {
-        Some(text) => {
-            let b = numbers::<4>("bbox", text, "min_lon,min_lat,max_lon,max_lat")?;
-            if !(b[0] <= b[2]
-                && b[1] <= b[3]
-                && b[0] >= -180.0
-                && b[2] <= 180.0
-                && b[1] >= -90.0
-                && b[3] <= 90.0)
-            {
-                return Err(ApiError::bad(
-                    "bbox",
-                    "bbox must be min_lon,min_lat,max_lon,max_lat with min <= max, in degrees",
-                ));
-            }
-            Some(b)
-        }
-        None => None,
-    };
+    let bbox = query.bbox.as_deref().map(parse_bbox).transpose()?;
     let near = match &query.near {
         Some(text) => {
             let [lon, lat] = numbers::<2>("near", text, "lon,lat")?;

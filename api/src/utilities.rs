@@ -524,9 +524,11 @@ const REGISTERS: [&str; 3] = ["energy_import", "energy_export", "heat_energy"];
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ConsumptionQuery {
-    /// One meter; or all meters at stations in `municipality` measuring `quantity`.
+    /// One meter; or all meters at stations in `municipality` and/or `bbox` measuring `quantity`.
     pub sensor: Option<String>,
     pub municipality: Option<String>,
+    /// An area: min_lon,min_lat,max_lon,max_lat in degrees.
+    pub bbox: Option<String>,
     /// energy_import, energy_export or heat_energy.
     pub quantity: Option<String>,
     /// RFC 3339; default a year before `to`.
@@ -567,8 +569,14 @@ pub async fn consumption(
         "month" => tidemark_store::utility::Period::Month,
         _ => return Err(ApiError::bad("period", "period is hour, day or month")),
     };
-    match (&query.sensor, &query.municipality, &query.quantity) {
-        (Some(sensor), None, None) => {
+    let bbox = query
+        .bbox
+        .as_deref()
+        .map(crate::opendata::parse_bbox)
+        .transpose()?;
+    let group = query.municipality.is_some() || bbox.is_some();
+    match (&query.sensor, group, &query.quantity) {
+        (Some(sensor), false, None) => {
             let quantity = state
                 .store
                 .sensor_quantity(sensor)
@@ -581,12 +589,12 @@ pub async fn consumption(
                 ));
             }
         }
-        (None, Some(_), Some(quantity)) if REGISTERS.contains(&quantity.as_str()) => {}
-        (None, Some(_), _) => {
+        (None, true, Some(quantity)) if REGISTERS.contains(&quantity.as_str()) => {}
+        (None, true, _) => {
             return Err(ApiError::bad(
                 "quantity",
                 format!(
-                    "with municipality, quantity is one of {}",
+                    "with municipality or bbox, quantity is one of {}",
                     REGISTERS.join(", ")
                 ),
             ))
@@ -594,13 +602,14 @@ pub async fn consumption(
         _ => {
             return Err(ApiError::bad(
                 "sensor",
-                "ask for one sensor, or for a municipality and a quantity",
+                "ask for one sensor, or for a municipality or bbox and a quantity",
             ))
         }
     }
     let meters = tidemark_store::utility::MeterFilter {
         sensor: query.sensor.clone(),
         municipality: query.municipality.clone(),
+        bbox,
         quantity: query.quantity.clone(),
     };
     let rows = state

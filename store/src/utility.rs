@@ -130,6 +130,8 @@ pub struct MeterFilter {
     pub sensor: Option<String>,
     /// Meters at stations in this municipality...
     pub municipality: Option<String>,
+    /// ...or in this area, `[min_lon, min_lat, max_lon, max_lat]` (both: in both)...
+    pub bbox: Option<[f64; 4]>,
     /// ...measuring this register quantity.
     pub quantity: Option<String>,
 }
@@ -152,7 +154,8 @@ impl Store {
                 &format!(
                     "WITH m AS (SELECT se.id FROM sensors se LEFT JOIN stations st ON st.id = se.station_id \
                          WHERE ($1::text IS NULL OR se.key = $1) AND ($2::text IS NULL OR st.municipality_code = $2) \
-                           AND ($3::text IS NULL OR se.quantity = $3)), \
+                           AND ($3::text IS NULL OR se.quantity = $3) \
+                           AND ($8::float8[] IS NULL OR (st.lon BETWEEN $8[1] AND $8[3] AND st.lat BETWEEN $8[2] AND $8[4]))), \
                      last AS (SELECT DISTINCT ON (r.sensor_id, b) r.sensor_id, \
                                 date_trunc($6, r.ts AT TIME ZONE $7) AT TIME ZONE $7 AS b, r.value \
                               FROM readings r JOIN m ON m.id = r.sensor_id \
@@ -176,6 +179,7 @@ impl Store {
                     &to,
                     &unit,
                     &zone,
+                    &meters.bbox.map(|b| b.to_vec()),
                 ],
             )
             .await

@@ -372,7 +372,11 @@ async fn consumption_comes_from_registers_by_danish_day_and_month_and_skips_a_re
         }
     };
     // Two heat meters in Aarhus, one in Copenhagen.
-    for (meter, code) in [("heat-a", "0751"), ("heat-b", "0751"), ("heat-c", "0101")] {
+    for (meter, code, lon, lat) in [
+        ("heat-a", "0751", 10.20, 56.15),
+        ("heat-b", "0751", 10.21, 56.16),
+        ("heat-c", "0101", 12.57, 55.68),
+    ] {
         assert_eq!(
             put(format!("/api/v1/devices/{meter}"), serde_json::json!({}))
                 .await
@@ -381,7 +385,7 @@ async fn consumption_comes_from_registers_by_danish_day_and_month_and_skips_a_re
         );
         let (status, problem) = put(
             format!("/api/v1/stations/{meter}"),
-            serde_json::json!({"name": meter, "kind": "meter", "lon": 10.2, "lat": 56.15, "municipality_code": code}),
+            serde_json::json!({"name": meter, "kind": "meter", "lon": lon, "lat": lat, "municipality_code": code}),
         )
         .await;
         assert_eq!(status, 204, "{problem}");
@@ -472,6 +476,36 @@ async fn consumption_comes_from_registers_by_danish_day_and_month_and_skips_a_re
     assert_eq!(month[0]["kwh"], 490.0);
     let copenhagen = ask(format!("{range}&municipality=0101&quantity=heat_energy")).await;
     assert_eq!(copenhagen[0]["kwh"], 125.0);
+    // By area: a box around Aarhus finds its two meters, one around Copenhagen the third, and
+    // a box with a municipality outside it nothing.
+    let aarhus_box = "bbox=10.1,56.1,10.3,56.2";
+    let month = ask(format!(
+        "{range}&{aarhus_box}&quantity=heat_energy&period=month"
+    ))
+    .await;
+    assert_eq!(
+        (month.len(), &month[0]["kwh"]),
+        (1, &serde_json::json!(490.0))
+    );
+    let copenhagen = ask(format!(
+        "{range}&bbox=12.4,55.6,12.7,55.8&quantity=heat_energy"
+    ))
+    .await;
+    assert_eq!(copenhagen[0]["kwh"], 125.0);
+    let neither = ask(format!(
+        "{range}&{aarhus_box}&municipality=0101&quantity=heat_energy"
+    ))
+    .await;
+    assert!(neither.is_empty(), "{neither:?}");
+    let (status, problem) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/utilities/consumption?{range}&bbox=10.3,56.1,10.1,56.2&quantity=heat_energy"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!((status, problem["parameter"].as_str()), (400, Some("bbox")));
 
     let (status, problem) = api
         .call(
