@@ -686,6 +686,16 @@ async fn the_simulated_odense_leak_is_suspected_and_the_sound_district_raises_no
     assert_eq!(leaks[0]["since"], night.to_string());
     let third = night + ChronoDuration::days(2);
     assert_eq!(leaks[0]["raised_on"], third.to_string());
+    // Raised as a utility alert for Odense, still in force: the simulated leak is never mended.
+    let (_, alerts) = api
+        .call(reqwest::Method::GET, "/api/v1/utilities/alerts", None, None)
+        .await;
+    let alerts = alerts["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["id"], leaks[0]["alert"]);
+    assert_eq!(alerts[0]["meter"]["key"], "odense-bolbro.water_flow");
+    assert_eq!(alerts[0]["municipalities"], serde_json::json!(["0461"]));
+    assert_eq!(alerts[0]["state"], "in_force");
     analytics.stop().await;
     ingest.stop().await;
     harness.finish().await;
