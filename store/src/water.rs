@@ -380,6 +380,21 @@ async fn raise_leak_alert(
     .await
     .context("linking the leak to its alert")?;
     let topics: Vec<String> = municipalities.iter().map(|m| mqtt_topic(m)).collect();
+    append_leak_event(tx, warning_id, sensor, "raised", alert, &detail, &topics).await
+}
+
+/// Appends a leak alert's event, with its deliveries. A raise sets the alert's severity (always 1:
+/// a leak has one level) and kind (observed); later events carry them forward.
+async fn append_leak_event(
+    tx: &Transaction<'_>,
+    warning_id: i64,
+    sensor: &str,
+    kind: &str,
+    alert: &AlertText,
+    detail: &serde_json::Value,
+    topics: &[String],
+) -> Result<()> {
+    let raised = kind == "raised";
     crate::delivery::append_event(
         tx,
         &crate::delivery::EventInsert {
@@ -387,15 +402,15 @@ async fn raise_leak_alert(
             category: "leak",
             area_key: None,
             sensor_key: Some(sensor),
-            kind: "raised",
-            severity: Some(1),
-            warning_kind: Some("observed"),
+            kind,
+            severity: raised.then_some(1),
+            warning_kind: raised.then_some("observed"),
             at: alert.at,
             message_en: &alert.message_en,
             message_da: &alert.message_da,
-            detail: &detail,
+            detail,
         },
-        &topics,
+        topics,
     )
     .await?;
     Ok(())
@@ -440,25 +455,7 @@ async fn lift_leak_alert(
     let municipalities: Vec<String> = lifted.get(0);
     let topics: Vec<String> = municipalities.iter().map(|m| mqtt_topic(m)).collect();
     let detail = serde_json::json!({ "sensor": sensor, "since": since, "ended_on": night, "night_flow": night_flow });
-    crate::delivery::append_event(
-        tx,
-        &crate::delivery::EventInsert {
-            warning_id,
-            category: "leak",
-            area_key: None,
-            sensor_key: Some(sensor),
-            kind: "lifted",
-            severity: None,
-            warning_kind: None,
-            at: alert.at,
-            message_en: &alert.message_en,
-            message_da: &alert.message_da,
-            detail: &detail,
-        },
-        &topics,
-    )
-    .await?;
-    Ok(())
+    append_leak_event(tx, warning_id, sensor, "lifted", alert, &detail, &topics).await
 }
 
 /// A utility alert (a suspected leak) with what a list shows of it.

@@ -94,6 +94,27 @@ async fn warning_of(harness: &Harness, event: i64) -> i64 {
         .warning_id
 }
 
+/// Waits until every MQTT delivery is confirmed, then subscribes to `topic` as `client` and returns
+/// the message the broker retained there.
+async fn retained_once_delivered(
+    harness: &Harness,
+    client: &str,
+    topic: &str,
+) -> serde_json::Value {
+    let delivered = wait_for(Duration::from_secs(30), || async {
+        let rows = harness.store.outbox("mqtt").await.unwrap();
+        !rows.is_empty() && rows.iter().all(|row| row.delivered_at.is_some())
+    })
+    .await;
+    assert!(delivered, "every MQTT delivery confirmed");
+    let mut subscriber = MqttSubscriber::start(&harness.broker_config(), client, topic)
+        .await
+        .unwrap();
+    let (_, state, retained) = subscriber.next(Duration::from_secs(10)).await.unwrap();
+    assert!(retained, "{topic} holds a retained message");
+    state
+}
+
 fn secs(seconds: f64) -> ChronoDuration {
     ChronoDuration::milliseconds((seconds * 1000.0) as i64)
 }
@@ -574,23 +595,11 @@ async fn a_late_mqtt_subscriber_gets_the_retained_state_and_the_lift_survives_a_
     drop(late);
     harness.broker.restart().await.unwrap();
     record(&harness, "lifted", None, true).await;
-    let delivered = wait_for(Duration::from_secs(30), || async {
-        harness
-            .store
-            .outbox("mqtt")
-            .await
-            .unwrap()
-            .iter()
-            .all(|row| row.delivered_at.is_some())
-    })
-    .await;
-    assert!(delivered, "the lift is delivered after the broker restart");
-    let mut later = MqttSubscriber::start(&harness.broker_config(), "later-sign", &topic)
-        .await
-        .unwrap();
-    let (_, state, retained) = later.next(Duration::from_secs(10)).await.unwrap();
-    assert!(retained);
-    assert_eq!(state["in_force"], false);
+    let state = retained_once_delivered(&harness, "later-sign", &topic).await;
+    assert_eq!(
+        state["in_force"], false,
+        "the lift is delivered after the broker restart"
+    );
     harness.finish().await;
 }
 
@@ -924,26 +933,12 @@ async fn the_replayed_baltic_surge_reaches_a_webhook_an_sse_client_and_an_mqtt_s
     }
     assert_eq!(seen, events);
     // And a siren that subscribes afterwards learns at once that the warning is over.
-    let delivered = wait_for(Duration::from_secs(30), || async {
-        harness
-            .store
-            .outbox("mqtt")
-            .await
-            .unwrap()
-            .iter()
-            .all(|row| row.delivered_at.is_some())
-    })
-    .await;
-    assert!(delivered, "every MQTT delivery confirmed");
-    let mut siren = MqttSubscriber::start(
-        &harness.broker_config(),
+    let state = retained_once_delivered(
+        &harness,
         "siren-aabenraa",
         &format!("tidemark/v1/alerts/{AABENRAA}/{AREA}"),
     )
-    .await
-    .unwrap();
-    let (_, state, retained) = siren.next(Duration::from_secs(10)).await.unwrap();
-    assert!(retained);
+    .await;
     assert_eq!(state["type"], "warning.lifted");
     assert_eq!(state["id"].as_i64(), events.last().copied());
 
@@ -1206,21 +1201,12 @@ async fn a_suspected_leak_travels_as_a_utility_alert_and_never_as_a_flood_warnin
     assert!(flood_event > *events.last().unwrap());
 
     // A valve controller subscribing afterwards gets the meter's current state, retained.
-    let delivered = wait_for(Duration::from_secs(30), || async {
-        let rows = harness.store.outbox("mqtt").await.unwrap();
-        !rows.is_empty() && rows.iter().all(|row| row.delivered_at.is_some())
-    })
-    .await;
-    assert!(delivered, "every MQTT delivery confirmed");
-    let mut subscriber = MqttSubscriber::start(
-        &harness.broker_config(),
+    let state = retained_once_delivered(
+        &harness,
         "utility-bolbro",
         &format!("tidemark/v1/utility-alerts/{ODENSE}/bolbro.flow"),
     )
-    .await
-    .unwrap();
-    let (_, state, retained) = subscriber.next(Duration::from_secs(10)).await.unwrap();
-    assert!(retained);
+    .await;
     assert_eq!(state["type"], "utility_alert.lifted");
     assert_eq!(state["id"].as_i64(), events.last().copied());
 
