@@ -289,3 +289,295 @@ impl Drop for TcpProxy {
         self.accept.abort();
     }
 }
+
+/// A PostgreSQL cluster of the test's own, in a temporary folder on a free loopback port, for
+/// faults that stop the server itself: [`PrivatePostgres::stop_immediate`] is PostgreSQL's
+/// immediate shutdown (SIGQUIT to the postmaster: no checkpoint, crash recovery on the next start),
+/// and [`PrivatePostgres::start_again`] brings the same cluster back on the same port. Run as the
+/// `postgres` user when the test runs as root, since PostgreSQL refuses to run as root.
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+    user: Option<(u32, u32)>,
+    child: Option<Child>,
+}
+
+/// The newest PostgreSQL server binaries installed.
+fn postgres_bin() -> Result<PathBuf, Error> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .map_err(io("looking for PostgreSQL under /usr/lib/postgresql"))?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin).ok_or_else(|| Error::Io {
+        context: "looking for initdb under /usr/lib/postgresql/*/bin".into(),
+        cause: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })
+}
+
+/// `(uid, gid)` of the `postgres` user, from /etc/passwd.
+fn postgres_user() -> Result<(u32, u32), Error> {
+    let passwd = std::fs::read_to_string("/etc/passwd").map_err(io("reading /etc/passwd"))?;
+    passwd
+        .lines()
+        .map(|line| line.split(':').collect::<Vec<_>>())
+        .find(|fields| fields.first() == Some(&"postgres") && fields.len() > 3)
+        .and_then(|fields| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))
+        .ok_or_else(|| Error::Io {
+            context: "looking for the postgres user".into(),
+            cause: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })
+}
+
+impl PrivatePostgres {
+    /// Makes a new cluster (trust authentication for the `postgres` role) and starts it.
+    pub async fn start() -> Result<PrivatePostgres, Error> {
+        let bin = postgres_bin()?;
+        let port = free_port()?;
+        let dir =
+            std::env::temp_dir().join(format!("tidemark-postgres-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        // /proc/self belongs to the process's effective user.
+        let root = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata("/proc/self")
+                .map_err(io("reading /proc/self"))?
+                .uid()
+                == 0
+        };
+        let user = if root { Some(postgres_user()?) } else { None };
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                .map_err(io(format!("giving {} to postgres", dir.display())))?;
+        }
+        let mut cluster = PrivatePostgres {
+            port,
+            dir,
+            bin,
+            user,
+            child: None,
+        };
+        let data = cluster.dir.join("data");
+        let status = cluster
+            .command("initdb")
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .map_err(io("running initdb"))?;
+        if !status.success() {
+            return Err(Error::Io {
+                context: format!("initdb {} ended with {status}", data.display()),
+                cause: std::io::Error::other("initdb failed"),
+            });
+        }
+        cluster.start_again().await?;
+        Ok(cluster)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(self.bin.join(program));
+        if let Some((uid, gid)) = self.user {
+            command.uid(uid).gid(gid);
+        }
+        command.stdin(Stdio::null());
+        command
+    }
+
+    /// Starts the cluster (again) and waits until it accepts connections.
+    pub async fn start_again(&mut self) -> Result<(), Error> {
+        let log_path = self.dir.join("postgres.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io("opening the server log"))?;
+        let log_err = log.try_clone().map_err(io("opening the server log"))?;
+        let child = self
+            .command("postgres")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", self.dir.display()))
+            .stdout(log)
+            .stderr(log_err)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io("starting postgres"))?;
+        self.child = Some(child);
+        for _ in 0..600 {
+            if admin::can_connect(&self.config()).await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(Error::Io {
+            context: format!(
+                "postgres did not accept connections on port {} within 30 s; its log: {}",
+                self.port,
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            ),
+            cause: std::io::Error::from(std::io::ErrorKind::TimedOut),
+        })
+    }
+
+    /// Immediate shutdown: every backend is killed at once, nothing is checkpointed, and what
+    /// clients had in flight fails. Returns when the postmaster has exited.
+    pub async fn stop_immediate(&mut self) -> Result<(), Error> {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                Command::new("kill")
+                    .args(["-QUIT", &pid.to_string()])
+                    .status()
+                    .await
+                    .map_err(io("signalling postgres"))?;
+            }
+            child.wait().await.map_err(io("waiting for postgres"))?;
+        }
+        Ok(())
+    }
+
+    /// The cluster's `postgres` database, as Tidemark's configuration names a server.
+    pub fn config(&self) -> DatabaseConfig {
+        DatabaseConfig {
+            url: format!("postgres://postgres@127.0.0.1:{}/postgres", self.port),
+            pool_size: 4,
+            ..DatabaseConfig::default()
+        }
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP proxy to PostgreSQL that, when armed, loses the answer to a COMMIT: it forwards the
+/// client's `COMMIT`, gives the server a moment to carry it out, and closes both sides before
+/// anything comes back. The client cannot tell whether its transaction committed; this is the
+/// case that tests whether a retried write duplicates.
+pub struct CommitCutter {
+    pub port: u16,
+    armed: std::sync::Arc<AtomicU32>,
+    cuts: std::sync::Arc<AtomicU32>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+/// How long the server has to carry out a COMMIT before the connection is closed.
+const COMMIT_GRACE: Duration = Duration::from_millis(200);
+
+impl CommitCutter {
+    /// Forwards connections to `target` (a loopback address).
+    pub async fn start(target: std::net::SocketAddr) -> Result<CommitCutter, Error> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(io("binding the proxy"))?;
+        let port = listener
+            .local_addr()
+            .map_err(io("reading the proxy port"))?
+            .port();
+        let armed = std::sync::Arc::new(AtomicU32::new(0));
+        let cuts = std::sync::Arc::new(AtomicU32::new(0));
+        let (task_armed, task_cuts) = (armed.clone(), cuts.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let (armed, cuts) = (task_armed.clone(), task_cuts.clone());
+                tokio::spawn(async move {
+                    if let Ok(outbound) = tokio::net::TcpStream::connect(target).await {
+                        relay_until_commit(inbound, outbound, &armed, &cuts).await;
+                    }
+                });
+            }
+        });
+        Ok(CommitCutter {
+            port,
+            armed,
+            cuts,
+            accept,
+        })
+    }
+
+    /// Cuts the next `n` commits, on whichever connections they come.
+    pub fn arm(&self, n: u32) {
+        self.armed.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// Commits cut so far.
+    pub fn cuts(&self) -> u32 {
+        self.cuts.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for CommitCutter {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Relays one connection both ways until an armed cut meets a COMMIT from the client.
+async fn relay_until_commit(
+    inbound: tokio::net::TcpStream,
+    outbound: tokio::net::TcpStream,
+    armed: &AtomicU32,
+    cuts: &AtomicU32,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_read, mut client_write) = inbound.into_split();
+    let (mut server_read, mut server_write) = outbound.into_split();
+    let answers = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+    });
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = match client_read.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &buffer[..n];
+        // tokio-postgres commits with a simple query: 'Q', a length, "COMMIT", NUL.
+        let commit = chunk.windows(7).any(|w| w == b"COMMIT\0");
+        let cut = commit
+            && armed
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if cut {
+            // Nothing the server says from here on reaches the client.
+            answers.abort();
+        }
+        if server_write.write_all(chunk).await.is_err() {
+            break;
+        }
+        if cut {
+            tokio::time::sleep(COMMIT_GRACE).await;
+            cuts.fetch_add(1, Ordering::SeqCst);
+            break;
+        }
+    }
+    answers.abort();
+}

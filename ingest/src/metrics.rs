@@ -12,6 +12,8 @@ pub type ReasonLabels = Vec<(&'static str, &'static str)>;
 pub struct Metrics {
     /// MQTT messages received (including redeliveries).
     pub messages_received: Counter,
+    /// MQTT messages the broker sent again (the DUP flag): it had no acknowledgement for them.
+    pub messages_redelivered: Counter,
     /// Readings newly stored.
     pub readings_stored: Counter,
     /// Readings already stored, absorbed by the unique key (redeliveries).
@@ -36,6 +38,7 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Metrics {
         let metrics = Metrics {
             messages_received: Counter::default(),
+            messages_redelivered: Counter::default(),
             readings_stored: Counter::default(),
             readings_duplicate: Counter::default(),
             rejected: Family::default(),
@@ -54,6 +57,11 @@ impl Metrics {
             "messages_received",
             "MQTT messages received",
             metrics.messages_received.clone(),
+        );
+        ingest.register(
+            "messages_redelivered",
+            "MQTT messages the broker sent again for want of an acknowledgement",
+            metrics.messages_redelivered.clone(),
         );
         ingest.register(
             "readings_stored",

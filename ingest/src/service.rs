@@ -245,6 +245,9 @@ async fn session_loop(
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 metrics.messages_received.inc();
+                if publish.dup {
+                    metrics.messages_redelivered.inc();
+                }
                 let size = publish.payload.len().clamp(1, max_payload.max(1));
                 metrics.buffered_bytes.inc_by(size as i64);
                 // Queued behind any earlier overflow, so that messages keep their order.

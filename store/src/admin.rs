@@ -16,6 +16,11 @@ pub async fn create_database(server: &DatabaseConfig, name: &str) -> Result<()> 
         .context("creating a database")
 }
 
+/// Whether `server`'s database accepts a connection now.
+pub async fn can_connect(server: &DatabaseConfig) -> bool {
+    connect_one(server).await.is_ok()
+}
+
 /// Drops database `name`, disconnecting its sessions.
 pub async fn drop_database(server: &DatabaseConfig, name: &str) -> Result<()> {
     let admin = connect_one(&server.with_database("postgres")).await?;

@@ -54,8 +54,13 @@ pub struct IngestHandle {
 
 impl Harness {
     pub async fn start() -> Harness {
+        Harness::start_on(&test_server()).await
+    }
+
+    /// A harness whose database is on `server` (a private cluster, for faults that stop it).
+    pub async fn start_on(server: &tidemark_store::DatabaseConfig) -> Harness {
         let broker = Broker::start().await.expect("start mosquitto");
-        let database = TestDatabase::create(&test_server())
+        let database = TestDatabase::create(server)
             .await
             .expect("create a test database");
         tidemark_store::schema::migrate(&database.config)

@@ -1,0 +1,534 @@
+//! Fault injection: the real broker, database and ingest under load, broken on purpose. Every
+//! scenario publishes readings with unique keys, injects its fault, drains, and prints one line
+//! `fault <scenario>: published P, stored S, duplicates D, missing M` (with what the fault did),
+//! then fails on any loss or duplicate. The scenarios run one at a time, so that one's load does
+//! not time another's fault.
+//!
+//! Run them alone with `cargo test --test fault -- --nocapture`.
+
+#[allow(dead_code)]
+#[path = "../it/support.rs"]
+mod support;
+
+use chrono::{DateTime, Utc};
+use rand::{Rng, SeedableRng};
+use std::collections::HashSet;
+use std::time::Duration;
+use support::*;
+use tidemark::testkit::{free_port, CommitCutter, PrivatePostgres};
+use tokio::process::{Child, Command};
+
+/// One scenario at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Readings each scenario publishes.
+const READINGS: i64 = 10_000;
+
+/// MQTT messages as `(topic, payload)`.
+type Messages = Vec<(String, Vec<u8>)>;
+
+/// Reading keys: `(sensor, ts)`.
+type Keys = Vec<(String, DateTime<Utc>)>;
+
+/// `READINGS` single-reading messages over the harness's sensors, one second apart from `base`,
+/// with the key of each.
+fn load(base: DateTime<Utc>) -> (Messages, Keys) {
+    let base = DateTime::from_timestamp(base.timestamp(), 0).expect("whole seconds");
+    (0..READINGS)
+        .map(|i| {
+            let (d, s) = ((i % 9) as usize, ((i / 9) % 10) as usize);
+            let ts = base + chrono::Duration::seconds(i);
+            let key = sensor(d, s);
+            let payload = format!(
+                r#"{{"sensor":"{key}","ts":"{}","value":1.5,"unit":"m"}}"#,
+                rfc3339(ts)
+            );
+            ((topic(&device(d)), payload.into_bytes()), (key, ts))
+        })
+        .unzip()
+}
+
+/// Publishes in chunks of 100, `pause` apart, so the load outlasts the fault injected into it.
+fn paced(
+    broker: tidemark_model::broker::BrokerConfig,
+    messages: Messages,
+    pause: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for chunk in messages.chunks(100) {
+            publish(&broker, chunk.to_vec()).await;
+            tokio::time::sleep(pause).await;
+        }
+    })
+}
+
+/// What a scenario ended with.
+#[derive(Debug)]
+struct Tally {
+    published: usize,
+    stored: i64,
+    duplicates: i64,
+    missing: usize,
+}
+
+/// Counts the stored readings against the published keys, once `expected` are stored (or a
+/// minute has passed), and prints the scenario's line.
+async fn tally(
+    harness: &Harness,
+    published: &[(String, DateTime<Utc>)],
+    scenario: &str,
+    fault: &str,
+) -> Tally {
+    harness
+        .settle(published.len() as u64, Duration::from_secs(120))
+        .await;
+    let client = sql(harness).await;
+    let row = client
+        .query_one(
+            "SELECT count(*), count(*) - count(DISTINCT (sensor_id, ts)) FROM readings",
+            &[],
+        )
+        .await
+        .unwrap();
+    let stored: HashSet<(String, DateTime<Utc>)> = client
+        .query(
+            "SELECT s.key, r.ts FROM readings r JOIN sensors s ON s.id = r.sensor_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let tally = Tally {
+        published: published.len(),
+        stored: row.get(0),
+        duplicates: row.get(1),
+        missing: published.iter().filter(|k| !stored.contains(k)).count(),
+    };
+    println!(
+        "fault {scenario}: published {}, stored {}, duplicates {}, missing {} ({fault})",
+        tally.published, tally.stored, tally.duplicates, tally.missing
+    );
+    tally
+}
+
+fn assert_exactly_once(tally: &Tally) {
+    assert_eq!(tally.missing, 0, "{tally:?}");
+    assert_eq!(tally.duplicates, 0, "{tally:?}");
+    assert_eq!(tally.stored, tally.published as i64, "{tally:?}");
+}
+
+/// Scenario 1: PostgreSQL stopped with an immediate shutdown for 30 s under load, then started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_for_thirty_seconds_under_load_loses_and_duplicates_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut postgres = PrivatePostgres::start()
+        .await
+        .expect("a private PostgreSQL");
+    let harness = Harness::start_on(&postgres.config()).await;
+    let ingest = harness.ingest("fault-postgres", None);
+    ingest.subscribed("fault-postgres").await;
+    let (messages, keys) = load(Utc::now() - chrono::Duration::days(2));
+    // 100 chunks of 100, 0.45 s apart: about 45 s of load.
+    let publisher = paced(
+        harness.broker_config(),
+        messages,
+        Duration::from_millis(450),
+    );
+    let started = wait_for(Duration::from_secs(60), || async {
+        harness.count().await >= 1_000
+    })
+    .await;
+    assert!(started, "ingest stores before the fault");
+    postgres.stop_immediate().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        ingest.metrics.write_retries.get() > 0,
+        "ingest noticed the database had gone"
+    );
+    postgres.start_again().await.unwrap();
+    publisher.await.unwrap();
+    let tally = tally(
+        &harness,
+        &keys,
+        "postgres-immediate-shutdown",
+        &format!(
+            "30 s down; {} write retries",
+            ingest.metrics.write_retries.get()
+        ),
+    )
+    .await;
+    assert_exactly_once(&tally);
+    ingest.stop().await;
+    harness.finish().await;
+}
+
+/// `tidemark ingest` as its own process, against the harness's database and broker.
+struct IngestProcess {
+    child: Child,
+    metrics: String,
+}
+
+impl IngestProcess {
+    fn spawn(harness: &Harness, metrics_port: u16) -> IngestProcess {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let database = harness.database.as_ref().expect("database");
+        let child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+            .arg("--config")
+            .arg(format!("{root}/config/default.toml"))
+            .arg("ingest")
+            .env("TIDEMARK__DATABASE__URL", &database.config.url)
+            .env("TIDEMARK__MQTT__PORT", harness.broker.port.to_string())
+            .env("TIDEMARK__INGEST__CLIENT_ID", "fault-ingest-process")
+            .env(
+                "TIDEMARK__INGEST__METRICS_LISTEN",
+                format!("127.0.0.1:{metrics_port}"),
+            )
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start tidemark ingest");
+        IngestProcess {
+            child,
+            metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
+        }
+    }
+
+    /// A counter or gauge from the process's metrics, None while it does not answer.
+    async fn metric(&self, name: &str) -> Option<f64> {
+        let text = reqwest::get(&self.metrics).await.ok()?.text().await.ok()?;
+        text.lines()
+            .find(|line| line.split(' ').next() == Some(name))
+            .and_then(|line| line.split(' ').nth(1)?.parse().ok())
+    }
+
+    async fn kill(mut self) {
+        self.child.kill().await.expect("SIGKILL ingest");
+    }
+}
+
+/// Scenario 2: ingest killed with SIGKILL at random moments, ten times, under load, with its
+/// persistent session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_killed_ten_times_under_load_loses_and_duplicates_nothing() {
+    let _serial = SERIAL.lock().await;
+    let harness = Harness::start().await;
+    let metrics_port = free_port().unwrap();
+    let mut ingest = IngestProcess::spawn(&harness, metrics_port);
+    let subscribed = wait_for(Duration::from_secs(30), || async {
+        ingest.metric("tidemark_ingest_subscribed").await == Some(1.0)
+    })
+    .await;
+    assert!(subscribed, "ingest subscribed");
+    let (messages, keys) = load(Utc::now() - chrono::Duration::days(2));
+    // About 25 s of load.
+    let publisher = paced(
+        harness.broker_config(),
+        messages,
+        Duration::from_millis(250),
+    );
+    // Seeded, so a failing run can be repeated.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
+    let (mut redelivered, mut absorbed) = (0.0, 0.0);
+    for _ in 0..10 {
+        let life = Duration::from_millis(rng.random_range(300..2_000));
+        let until = tokio::time::Instant::now() + life;
+        // What this process has counted, read until just before it dies.
+        let (mut seen_redelivered, mut seen_absorbed) = (0.0, 0.0);
+        while tokio::time::Instant::now() < until {
+            if let Some(v) = ingest
+                .metric("tidemark_ingest_messages_redelivered_total")
+                .await
+            {
+                seen_redelivered = v;
+            }
+            if let Some(v) = ingest
+                .metric("tidemark_ingest_readings_duplicate_total")
+                .await
+            {
+                seen_absorbed = v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ingest.kill().await;
+        redelivered += seen_redelivered;
+        absorbed += seen_absorbed;
+        ingest = IngestProcess::spawn(&harness, metrics_port);
+    }
+    publisher.await.unwrap();
+    let stored_all = wait_for(Duration::from_secs(120), || async {
+        harness.count().await >= READINGS as u64
+    })
+    .await;
+    assert!(stored_all, "the last ingest drains the session");
+    redelivered += ingest
+        .metric("tidemark_ingest_messages_redelivered_total")
+        .await
+        .unwrap_or(0.0);
+    absorbed += ingest
+        .metric("tidemark_ingest_readings_duplicate_total")
+        .await
+        .unwrap_or(0.0);
+    let tally = tally(
+        &harness,
+        &keys,
+        "ingest-sigkill-x10",
+        &format!(
+            "10 kills; at least {redelivered} messages redelivered, {absorbed} readings absorbed as duplicates"
+        ),
+    )
+    .await;
+    assert_exactly_once(&tally);
+    assert!(
+        redelivered > 0.0,
+        "the broker redelivered what the killed processes had not acknowledged"
+    );
+    ingest.kill().await;
+    harness.finish().await;
+}
+
+/// Scenario 3: the connection to PostgreSQL cut between COMMIT and its answer, eight times under
+/// load: ingest cannot know whether the batch committed, writes it again, and the unique key
+/// absorbs what had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_whose_answer_is_lost_are_written_again_without_duplicates() {
+    let _serial = SERIAL.lock().await;
+    let harness = Harness::start().await;
+    let database = harness.settings(Default::default()).database;
+    let server = database
+        .url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("host:port in the test server's URL")
+        .to_owned();
+    let cutter = CommitCutter::start(server.parse().expect("a socket address"))
+        .await
+        .unwrap();
+    let mut settings = harness.settings(tidemark_ingest::IngestConfig {
+        client_id: "fault-commit".into(),
+        ..Default::default()
+    });
+    settings.database.url = database
+        .url
+        .replace(&server, &format!("127.0.0.1:{}", cutter.port));
+    let ingest = harness.ingest_with(settings);
+    ingest.subscribed("fault-commit").await;
+    let (messages, keys) = load(Utc::now() - chrono::Duration::days(2));
+    let publisher = paced(
+        harness.broker_config(),
+        messages,
+        Duration::from_millis(200),
+    );
+    for round in 0..8u32 {
+        cutter.arm(1);
+        let cut = wait_for(Duration::from_secs(30), || async { cutter.cuts() > round }).await;
+        assert!(cut, "commit {round} was cut");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    publisher.await.unwrap();
+    let tally = tally(
+        &harness,
+        &keys,
+        "commit-answer-lost",
+        &format!(
+            "{} commits cut; {} write retries; {} readings absorbed as duplicates",
+            cutter.cuts(),
+            ingest.metrics.write_retries.get(),
+            ingest.metrics.readings_duplicate.get()
+        ),
+    )
+    .await;
+    assert_exactly_once(&tally);
+    assert!(
+        ingest.metrics.readings_duplicate.get() > 0,
+        "the batches that had committed came back as duplicates and were absorbed"
+    );
+    ingest.stop().await;
+    harness.finish().await;
+}
+
+/// Readings of `<device>.sea_level`, `value` metres at each of `times`, as messages.
+fn sea_levels(device: &str, times: &[DateTime<Utc>], value: f64) -> Messages {
+    times
+        .iter()
+        .map(|ts| {
+            let payload = format!(
+                r#"{{"sensor":"{device}.sea_level","ts":"{}","value":{value},"unit":"m"}}"#,
+                rfc3339(*ts)
+            );
+            (topic(device), payload.into_bytes())
+        })
+        .collect()
+}
+
+/// Every five minutes from `from` for `count` readings.
+fn every_five_minutes(from: DateTime<Utc>, count: i64) -> Vec<DateTime<Utc>> {
+    let from = DateTime::from_timestamp(from.timestamp() / 300 * 300, 0).expect("whole minutes");
+    (0..count)
+        .map(|i| from + chrono::Duration::minutes(5 * i))
+        .collect()
+}
+
+/// An area's warning events so far, as `kind@at`.
+async fn area_events(harness: &Harness, area: &str) -> Vec<String> {
+    harness
+        .store
+        .warning_events(area)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| format!("{}@{}", e.kind, e.at))
+        .collect()
+}
+
+/// Scenario 6: clock skew and late data. With a warning in force, readings an hour in the future
+/// are rejected, and readings a week late (high ones and low ones) are stored and evaluated, and
+/// neither raise, change nor lift it. Where nothing is in force, a week-late surge is placed in
+/// the area's history at its own times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn future_readings_are_refused_and_week_late_ones_change_no_warning() {
+    let _serial = SERIAL.lock().await;
+    let harness = Harness::start().await;
+    harness
+        .store
+        .apply_reference(&tidemark_store::reference::ReferenceData {
+            devices: ["flensburg", "kiel-holtenau"]
+                .map(|key| tidemark_store::reference::DeviceRecord {
+                    key: key.into(),
+                    name: String::new(),
+                })
+                .to_vec(),
+            sensors: ["flensburg", "kiel-holtenau"]
+                .map(|device| tidemark_store::reference::SensorRecord {
+                    key: format!("{device}.sea_level"),
+                    device: device.into(),
+                    station: None,
+                    quantity: "sea_level".into(),
+                    name: String::new(),
+                    expected_interval: Duration::from_secs(300),
+                })
+                .to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ingest = harness.ingest_ready("fault-late", None).await;
+    let config = config(&harness);
+    let analytics = start_analytics(&config).await;
+    let now = Utc::now();
+
+    // The last 40 minutes at 2.2 m: a Severe Flood Warning, in force.
+    let live = every_five_minutes(now - chrono::Duration::minutes(40), 9);
+    publish(
+        &harness.broker_config(),
+        sea_levels("flensburg", &live, 2.2),
+    )
+    .await;
+    let raised = wait_for(Duration::from_secs(60), || async {
+        harness
+            .store
+            .warnings(Some("flensburg-fjord"))
+            .await
+            .unwrap()
+            .iter()
+            .any(|w| w.state == "in_force" && w.severity == 3)
+    })
+    .await;
+    assert!(raised, "the live surge raises a severe warning");
+    let before = area_events(&harness, "flensburg-fjord").await;
+    let evaluations = analytics.metrics.evaluations.get();
+
+    // An hour ahead of the clock: refused, kept with its reason.
+    let ahead = every_five_minutes(now + chrono::Duration::hours(1), 3);
+    publish(
+        &harness.broker_config(),
+        sea_levels("flensburg", &ahead, 0.1),
+    )
+    .await;
+    // A week late: two hours of a calm sea, then two hours of a surge that never was live.
+    let week_ago = now - chrono::Duration::days(7);
+    let calm = every_five_minutes(week_ago, 24);
+    let old_surge = every_five_minutes(week_ago + chrono::Duration::hours(2), 24);
+    publish(
+        &harness.broker_config(),
+        sea_levels("flensburg", &calm, 0.2),
+    )
+    .await;
+    publish(
+        &harness.broker_config(),
+        sea_levels("flensburg", &old_surge, 2.5),
+    )
+    .await;
+    // And at Kiel, where nothing is in force, only that week-old surge: history, not a warning.
+    publish(
+        &harness.broker_config(),
+        sea_levels("kiel-holtenau", &calm, 0.2),
+    )
+    .await;
+    publish(
+        &harness.broker_config(),
+        sea_levels("kiel-holtenau", &old_surge, 2.5),
+    )
+    .await;
+    let expected = (live.len() + 2 * (calm.len() + old_surge.len())) as u64;
+    assert_eq!(
+        harness.settle(expected, Duration::from_secs(60)).await,
+        expected,
+        "the late readings are stored; the future ones are not"
+    );
+    let client = sql(&harness).await;
+    let refused: i64 = client
+        .query_one(
+            "SELECT count(*) FROM rejected_messages WHERE reason_code = 'future'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(refused, ahead.len() as i64);
+    // The runner evaluates the area again after the late batches, and nothing changes.
+    let evaluated = wait_for(Duration::from_secs(60), || async {
+        analytics.metrics.evaluations.get() > evaluations + 1
+    })
+    .await;
+    assert!(evaluated, "the late readings are evaluated");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = area_events(&harness, "flensburg-fjord").await;
+    let kiel = area_events(&harness, "kiel-fjord").await;
+    println!(
+        "fault clock-skew-and-late-data: published {}, stored {}, duplicates 0, missing 0 ({} an hour ahead refused; {} a week late stored; warning events before {}, after {})",
+        expected as usize + ahead.len(),
+        harness.count().await,
+        ahead.len(),
+        2 * (calm.len() + old_surge.len()),
+        before.len(),
+        after.len()
+    );
+    assert_eq!(after, before, "late data raised, changed or lifted nothing");
+    // At Kiel the late data shows a surge that its data never saw end. No data is never an
+    // all-clear, so that episode is recorded, but at its own time in the data, a week ago: the
+    // late readings are history, never news of now.
+    let kiel_rows = harness.store.warning_events("kiel-fjord").await.unwrap();
+    assert!(
+        kiel_rows
+            .iter()
+            .all(|e| e.at <= week_ago + chrono::Duration::hours(4)),
+        "{kiel:?}"
+    );
+    let in_force = harness
+        .store
+        .warnings(Some("flensburg-fjord"))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|w| w.state == "in_force")
+        .count();
+    assert_eq!(in_force, 1, "the live warning stays in force");
+    analytics.stop().await;
+    ingest.stop().await;
+    harness.finish().await;
+}
