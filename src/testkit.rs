@@ -29,6 +29,12 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |cause| Error::Io { context, cause }
 }
 
+/// A file of the config folder.
+fn read_config(name: &str) -> Result<String, Error> {
+    let path = config_dir().join(name);
+    std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))
+}
+
 /// The folder holding `default.toml`, `mosquitto-test.conf` and the reference files.
 pub fn config_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
@@ -66,39 +72,117 @@ pub struct Broker {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
+    /// The configuration it runs with.
+    conf: String,
 }
 
 impl Broker {
     /// Starts Mosquitto with `config/mosquitto-test.conf` on a free port with its own persistence
     /// folder.
     pub async fn start() -> Result<Broker, Error> {
+        let mut broker = Broker::prepare()?;
+        let template = read_config("mosquitto-test.conf")?;
+        broker.conf = template
+            .replace("@PORT@", &broker.port.to_string())
+            .replace("@DIR@", &format!("{}/", broker.dir.display()));
+        broker.launch().await?;
+        Ok(broker)
+    }
+
+    /// Starts Mosquitto from the shipped `config/mosquitto-secure.conf` with its ACL
+    /// (`config/mosquitto.acl`), on a free loopback port, with a password file of `users`
+    /// (`(user, password)`).
+    pub async fn start_secure(users: &[(&str, &str)]) -> Result<Broker, Error> {
+        let mut broker = Broker::prepare()?;
+        let passwords = broker.dir.join("passwd");
+        for (i, (user, password)) in users.iter().enumerate() {
+            let mut command = Command::new("mosquitto_passwd");
+            if i == 0 {
+                command.arg("-c");
+            }
+            let status = command
+                .arg("-b")
+                .arg(&passwords)
+                .args([user, password])
+                .stdout(Stdio::null())
+                .status()
+                .await
+                .map_err(io("running mosquitto_passwd"))?;
+            if !status.success() {
+                return Err(Error::Io {
+                    context: format!("mosquitto_passwd for {user} ended with {status}"),
+                    cause: std::io::Error::other("mosquitto_passwd failed"),
+                });
+            }
+        }
+        let acl = broker.dir.join("acl");
+        std::fs::copy(config_dir().join("mosquitto.acl"), &acl)
+            .map_err(io("copying the broker ACL"))?;
+        let shipped = read_config("mosquitto-secure.conf")?;
+        let mut conf = shipped.clone();
+        for (from, to) in [
+            (
+                "listener 1883",
+                format!("listener {} 127.0.0.1", broker.port),
+            ),
+            (
+                "password_file /etc/mosquitto/tidemark.passwd",
+                format!("password_file {}", passwords.display()),
+            ),
+            (
+                "acl_file /etc/mosquitto/tidemark.acl",
+                format!("acl_file {}", acl.display()),
+            ),
+            (
+                "persistence_location /var/lib/mosquitto/",
+                format!("persistence_location {}/", broker.dir.display()),
+            ),
+        ] {
+            if !conf.contains(from) {
+                return Err(Error::Io {
+                    context: format!(
+                        "config/mosquitto-secure.conf no longer has the line {from:?}"
+                    ),
+                    cause: std::io::Error::from(std::io::ErrorKind::InvalidData),
+                });
+            }
+            conf = conf.replace(from, &to);
+        }
+        broker.conf = conf;
+        broker.launch().await?;
+        Ok(broker)
+    }
+
+    /// A broker not yet started: a free port and a folder of its own.
+    fn prepare() -> Result<Broker, Error> {
         let port = free_port()?;
         let dir =
             std::env::temp_dir().join(format!("tidemark-mosquitto-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
         // Mosquitto started as root drops to its own user, which must be able to write its
-        // persistence file here.
+        // persistence file here and read the password and ACL files.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
             .map_err(io(format!("opening {} to the broker", dir.display())))?;
-        let mut broker = Broker {
+        Ok(Broker {
             child: None,
             port,
             dir,
-        };
-        broker.launch().await?;
-        Ok(broker)
+            conf: String::new(),
+        })
     }
 
     async fn launch(&mut self) -> Result<(), Error> {
-        let template_path = config_dir().join("mosquitto-test.conf");
-        let template = std::fs::read_to_string(&template_path)
-            .map_err(io(format!("reading {}", template_path.display())))?;
-        let conf = template
-            .replace("@PORT@", &self.port.to_string())
-            .replace("@DIR@", &format!("{}/", self.dir.display()));
         let conf_path = self.dir.join("mosquitto.conf");
-        std::fs::write(&conf_path, conf).map_err(io("writing the broker configuration"))?;
+        std::fs::write(&conf_path, &self.conf).map_err(io("writing the broker configuration"))?;
+        for file in ["passwd", "acl"] {
+            let path = self.dir.join(file);
+            if path.exists() {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+                    .map_err(io(format!("opening {} to the broker", path.display())))?;
+            }
+        }
         let log_path = self.dir.join("mosquitto.log");
         let log = std::fs::File::create(&log_path).map_err(io("creating the broker log"))?;
         let log_err = log.try_clone().map_err(io("opening the broker log"))?;

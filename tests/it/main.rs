@@ -42,3 +42,6 @@ mod ops;
 
 // The `tidemark` binary: configuration and error messages a person can act on.
 mod cli;
+
+// Device security on a broker with passwords and the shipped topic ACL.
+mod security;

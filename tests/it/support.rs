@@ -60,6 +60,15 @@ impl Harness {
     /// A harness whose database is on `server` (a private cluster, for faults that stop it).
     pub async fn start_on(server: &tidemark_store::DatabaseConfig) -> Harness {
         let broker = Broker::start().await.expect("start mosquitto");
+        Harness::assemble(broker, server).await
+    }
+
+    /// A harness around `broker` (one with authentication, say).
+    pub async fn with_broker(broker: Broker) -> Harness {
+        Harness::assemble(broker, &test_server()).await
+    }
+
+    async fn assemble(broker: Broker, server: &tidemark_store::DatabaseConfig) -> Harness {
         let database = TestDatabase::create(server)
             .await
             .expect("create a test database");
