@@ -26,13 +26,27 @@ pub enum ApiError {
     #[error("more than {0} requests a minute; wait as Retry-After says, or use an API key for a higher limit")]
     TooManyRequests(u32),
     #[error("the database is unavailable")]
-    Store(#[from] tidemark_store::Error),
+    Store(tidemark_store::Error),
     /// A fault of this server; the cause is logged, not shown.
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+impl From<tidemark_store::Error> for ApiError {
+    /// A value the database refused is the request's fault (400); anything else is the
+    /// database's (503).
+    fn from(error: tidemark_store::Error) -> ApiError {
+        match error.bad_input() {
+            Some(message) => ApiError::BadRequest {
+                parameter: None,
+                detail: format!("a value in the request cannot be used as given: {message}"),
+            },
+            None => ApiError::Store(error),
+        }
+    }
+}
 
 impl ApiError {
     pub fn bad(parameter: &str, detail: impl Into<String>) -> ApiError {
@@ -106,5 +120,27 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+/// A numeric id from the path (`/webhooks/{id}`); one that is not a number that fits is a
+/// problem naming `id`, like every other bad parameter, rather than the router's plain text.
+#[derive(Debug, Clone, Copy)]
+pub struct PathId(pub i64);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<PathId, ApiError> {
+        let axum::extract::Path(text) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::bad("id", e.body_text()))?;
+        text.parse()
+            .map(PathId)
+            .map_err(|_| ApiError::bad("id", format!("{text:?} is not an id")))
     }
 }

@@ -125,6 +125,54 @@ impl Modify for ApiKeyScheme {
     }
 }
 
+/// The answers every operation may give besides its own: 400 for a bad parameter or body where it
+/// takes any, and 429 from the rate limit on every `/api/v1` route.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let takes_input = operation.parameters.as_ref().is_some_and(|p| !p.is_empty())
+                    || operation.request_body.is_some();
+                let responses = &mut operation.responses.responses;
+                if takes_input && !responses.contains_key("400") {
+                    responses.insert(
+                        "400".to_owned(),
+                        problem("A bad parameter or body, named in the problem's `parameter`")
+                            .into(),
+                    );
+                }
+                if path.starts_with("/api/v1/") && !responses.contains_key("429") {
+                    responses.insert(
+                        "429".to_owned(),
+                        problem("Over the rate limit; `Retry-After` says when to try again").into(),
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -189,7 +237,7 @@ impl Modify for ApiKeyScheme {
         crate::metrics,
     ),
     components(schemas(EventBody, crate::error::Problem)),
-    modifiers(&ApiKeyScheme),
+    modifiers(&ApiKeyScheme, &CommonResponses),
     tags(
         (name = "open data", description = "Stations, readings and municipalities; public"),
         (name = "warnings", description = "Flood warnings and their delivery"),

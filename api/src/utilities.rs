@@ -4,7 +4,7 @@
 
 use crate::auth::Caller;
 use crate::body::EventBody;
-use crate::error::{ApiError, Result};
+use crate::error::{ApiError, PathId, Result};
 use crate::opendata::{csv_response, format, json_response, parse_query, rfc3339, typed, Format};
 use crate::ApiState;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -490,10 +490,7 @@ pub async fn alerts(
         (status = 200, description = "The alert with its history", content(("application/json"))),
         (status = 404, description = "No such utility alert", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
-pub async fn alert(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::bad("id", format!("{id:?} is not an alert id")))?;
+pub async fn alert(State(state): State<ApiState>, PathId(id): PathId) -> Result<Response> {
     let row = state
         .store
         .leak_alerts(&LeakAlertFilter {
@@ -550,6 +547,7 @@ pub struct ConsumptionQuery {
     responses(
         (status = 200, description = "Energy per period", content(("application/json"), ("text/csv"))),
         (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such sensor", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn consumption(
     State(state): State<ApiState>,

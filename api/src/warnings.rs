@@ -4,7 +4,7 @@
 use crate::auth::Caller;
 use crate::body::{severity_name, AreaRef, EventBody, Messages};
 use crate::cap;
-use crate::error::{ApiError, Result};
+use crate::error::{ApiError, PathId, Result};
 use crate::ApiState;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -294,7 +294,7 @@ pub struct AckResponse {
 pub async fn acknowledge(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    PathId(id): PathId,
     body: std::result::Result<Option<Json<AckRequest>>, JsonRejection>,
 ) -> Result<Response> {
     caller.require(&[Role::Municipality])?;

@@ -4,10 +4,10 @@
 
 use crate::auth::Caller;
 use crate::delivery::webhook;
-use crate::error::{ApiError, Result};
+use crate::error::{ApiError, PathId, Result};
 use crate::ApiState;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -266,7 +266,7 @@ async fn owned(state: &ApiState, caller: &Caller, id: i64) -> Result<WebhookRow>
 pub async fn one(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    PathId(id): PathId,
 ) -> Result<Json<WebhookBody>> {
     Ok(Json(WebhookBody::new(
         owned(&state, &caller, id).await?,
@@ -285,7 +285,7 @@ pub async fn one(
 pub async fn delete(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    PathId(id): PathId,
 ) -> Result<StatusCode> {
     owned(&state, &caller, id).await?;
     let audit = caller.actor().audit(
@@ -309,7 +309,7 @@ pub async fn delete(
 pub async fn rotate(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    PathId(id): PathId,
 ) -> Result<Json<WebhookBody>> {
     owned(&state, &caller, id).await?;
     let grace = chrono::Duration::from_std(state.settings.rotation_grace).unwrap_or_default();

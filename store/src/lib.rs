@@ -84,6 +84,22 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// The database's refusal of a value it was given (SQLSTATE class 22, data exception: a NUL
+    /// character in text, a number or time out of range): the caller's input, not an outage.
+    /// Returns the database's message.
+    pub fn bad_input(&self) -> Option<String> {
+        let Error::Query { cause, .. } = self else {
+            return None;
+        };
+        let db = cause.as_db_error()?;
+        db.code()
+            .code()
+            .starts_with("22")
+            .then(|| db.message().to_owned())
+    }
+}
+
 /// A database error with the causes it carries ("error connecting to server: Connection refused").
 /// The driver's own message often leaves the useful part to its source.
 fn chain(error: &tokio_postgres::Error) -> String {

@@ -166,3 +166,165 @@ async fn a_device_publishes_only_as_itself_and_reads_no_one_elses_readings() {
     ingest.stop().await;
     harness.finish().await;
 }
+
+/// Hostile requests: a NUL character in a parameter or a body, SQL injection and path traversal
+/// probes, and oversized bodies and query strings. Each gets a 4xx problem, none a 5xx, and
+/// nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_a_4xx_and_change_nothing() {
+    use reqwest::Method;
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    let api = Api::start(&harness, &config).await;
+    let operator = api
+        .key(tidemark_store::delivery::Role::Operator, None)
+        .await;
+    let client = sql(&harness).await;
+    let snapshot = || async {
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM stations), (SELECT count(*) FROM sensors), \
+                 (SELECT count(*) FROM api_keys), (SELECT count(*) FROM audit_log), \
+                 to_regclass('readings') IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap();
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+            row.get::<_, i64>(3),
+            row.get::<_, bool>(4),
+        )
+    };
+    let before = snapshot().await;
+
+    let station = |name: &str| serde_json::json!({"name": name, "kind": "river_gauge", "lon": 10.2, "lat": 56.1, "municipality_code": "0751"});
+    let probes: Vec<(Method, String, Option<serde_json::Value>, &[u16])> = vec![
+        // A NUL character, which PostgreSQL cannot store in text: the request's fault.
+        (
+            Method::GET,
+            "/api/v1/utilities/self-consumption?production=%00&export=x".into(),
+            None,
+            &[400],
+        ),
+        (
+            Method::GET,
+            "/api/v1/stations/a%00b".into(),
+            None,
+            &[400, 404],
+        ),
+        (
+            Method::PUT,
+            "/api/v1/stations/nul-station".into(),
+            Some(station("Aarhus\u{0}Å")),
+            &[400],
+        ),
+        // SQL injection: parameters are bound, never spliced, so these are just strange keys.
+        (
+            Method::GET,
+            "/api/v1/stations/x'%20OR%20'1'='1".into(),
+            None,
+            &[404],
+        ),
+        (
+            Method::GET,
+            "/api/v1/sensors/x';%20DROP%20TABLE%20readings;--/readings".into(),
+            None,
+            &[400, 404],
+        ),
+        (
+            Method::GET,
+            "/api/v1/warnings?municipality=0751'%20OR%201=1--".into(),
+            None,
+            &[200],
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/keys/x'%20OR%20'1'='1".into(),
+            None,
+            &[400, 404],
+        ),
+        (
+            Method::PUT,
+            "/api/v1/stations/x';DROP%20TABLE%20stations;--".into(),
+            Some(station("x")),
+            &[400],
+        ),
+        // Path traversal: nothing is served from the file system.
+        (
+            Method::GET,
+            "/api/v1/stations/..%2F..%2F..%2Fetc%2Fpasswd".into(),
+            None,
+            &[404],
+        ),
+        (
+            Method::GET,
+            "/api/v1/docs/../../Cargo.toml".into(),
+            None,
+            &[404],
+        ),
+        (
+            Method::GET,
+            "/api/v1/warning-events/..%2F..%2Fconfig%2Fdefault.toml".into(),
+            None,
+            &[404],
+        ),
+    ];
+    for (method, path, body, allowed) in probes {
+        let (status, problem) = api.call(method.clone(), &path, Some(&operator), body).await;
+        assert!(
+            allowed.contains(&status),
+            "{method} {path}: {status} {problem}"
+        );
+        if status >= 400 {
+            assert!(
+                problem["detail"].is_string(),
+                "{method} {path}: a problem body"
+            );
+        }
+    }
+
+    // Bounded bodies and query strings.
+    let huge = "x".repeat(3 * 1024 * 1024);
+    let response = api
+        .http
+        .post(api.url("/api/v1/circular/material-flows"))
+        .bearer_auth(&operator)
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"records": [], "note": "{huge}"}}"#))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert!([400, 413].contains(&status), "a 3 MB body: {status}");
+    // A query string of 1 MB, sent raw (HTTP clients refuse to build one): refused before any
+    // handler sees it.
+    let status_line = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let address = api.base.trim_start_matches("http://").to_owned();
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let request = format!(
+            "GET /api/v1/stations?kind={} HTTP/1.1\r\nhost: localhost\r\n\r\n",
+            "k".repeat(1024 * 1024)
+        );
+        // The server may close the connection before it has read everything.
+        let _ = stream.write_all(request.as_bytes()).await;
+        let mut answer = vec![0u8; 64];
+        let n = stream.read(&mut answer).await.unwrap_or(0);
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    };
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (400..500).contains(&status) || status_line.is_empty(),
+        "a 1 MB query: {status_line:?}"
+    );
+
+    assert_eq!(snapshot().await, before, "nothing changed");
+    harness.finish().await;
+}
