@@ -328,3 +328,152 @@ async fn hostile_requests_get_a_4xx_and_change_nothing() {
     assert_eq!(snapshot().await, before, "nothing changed");
     harness.finish().await;
 }
+
+/// Secrets never reach the logs: `tidemark api` runs as its own process at debug level with canary
+/// values for the database and broker passwords, is called with a canary API key (valid, and
+/// forged), makes a key and a webhook secret, and afterwards none of them is anywhere in what it
+/// wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_appear_in_the_logs() {
+    let harness = Harness::start().await;
+    let database = harness.settings(Default::default()).database;
+    let port = tidemark::testkit::free_port().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let operator = tidemark_api::auth::create_key(
+        &harness.store,
+        tidemark_store::delivery::Role::Operator,
+        None,
+        "canary".into(),
+        None,
+        &tidemark_api::auth::Actor::cli(),
+    )
+    .await
+    .unwrap()
+    .0;
+    let database_password = "canary-database-password-5e1f";
+    let broker_password = "canary-broker-password-9a3c";
+    // The operator key's prefix with a secret of our own: looked up, and refused.
+    let forged_key = format!(
+        "{}_canaryForgedSecretcanaryForgedSecret0123456",
+        &operator[..16]
+    );
+    let root = env!("CARGO_MANIFEST_DIR");
+    let log_path = std::env::temp_dir().join(format!("tidemark-canary-{port}.log"));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut api = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .arg("--config")
+        .arg(format!("{root}/config/default.toml"))
+        .arg("api")
+        .env("RUST_LOG", "debug")
+        .env("TIDEMARK__DATABASE__URL", &database.url)
+        // Trust authentication accepts any password, so the canary travels but changes nothing.
+        .env("TIDEMARK__DATABASE__PASSWORD", database_password)
+        .env("TIDEMARK__MQTT__PORT", harness.broker.port.to_string())
+        .env("TIDEMARK__MQTT__USERNAME", "tidemark-api")
+        .env("TIDEMARK__MQTT__PASSWORD", broker_password)
+        .env("TIDEMARK__API__LISTEN", format!("127.0.0.1:{port}"))
+        .env("TIDEMARK__API__PUBLIC_URL", &base)
+        .env("TIDEMARK__DELIVERY__ALLOW_NETWORKS", "[\"127.0.0.0/8\"]")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let ready = wait_for(Duration::from_secs(30), || async {
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    assert!(ready, "the API comes up");
+
+    let call = |method: reqwest::Method, path: &str, key: &str, body: Option<serde_json::Value>| {
+        let mut request = http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(key);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let bytes = response.bytes().await.unwrap();
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default(),
+            )
+        }
+    };
+    let (status, _) = call(reqwest::Method::GET, "/api/v1/keys", &forged_key, None).await;
+    assert_eq!(status, 401);
+    let (status, made) = call(
+        reqwest::Method::POST,
+        "/api/v1/keys",
+        &operator,
+        Some(serde_json::json!({"role": "researcher", "label": "canary"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{made}");
+    let made_key = made["key"].as_str().unwrap().to_owned();
+    let receiver = tidemark::peers::WebhookReceiver::start().await.unwrap();
+    let (status, hook) = call(
+        reqwest::Method::POST,
+        "/api/v1/webhooks",
+        &operator,
+        Some(serde_json::json!({"url": receiver.url})),
+    )
+    .await;
+    assert_eq!(status, 201, "{hook}");
+    let webhook_secret = hook["secret"].as_str().unwrap().to_owned();
+    let (status, rotated) = call(
+        reqwest::Method::POST,
+        &format!("/api/v1/webhooks/{}/rotate-secret", hook["id"]),
+        &operator,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    let rotated_secret = rotated["secret"].as_str().unwrap().to_owned();
+    let (status, _) = call(reqwest::Method::GET, "/api/v1/keys", &made_key, None).await;
+    assert_eq!(status, 403);
+
+    // SIGTERM, so that the process writes what it has and shuts down as it would in service.
+    tokio::process::Command::new("kill")
+        .args(["-TERM", &api.id().unwrap().to_string()])
+        .status()
+        .await
+        .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(20), api.wait()).await;
+    let written = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_file(&log_path);
+    assert!(
+        written.lines().count() > 5 && written.contains("DEBUG"),
+        "the process logged at debug level"
+    );
+    // A key is `tmk_<prefix>_<secret>`; the prefix names it in logs, the secret must never show.
+    let key_secret = |key: &str| key.splitn(3, '_').nth(2).unwrap_or(key).to_owned();
+    for (what, secret) in [
+        ("the database password", database_password.to_owned()),
+        ("the broker password", broker_password.to_owned()),
+        ("the operator key", key_secret(&operator)),
+        ("a forged key", key_secret(&forged_key)),
+        ("a key made over the API", key_secret(&made_key)),
+        ("a webhook secret", webhook_secret.clone()),
+        ("a rotated webhook secret", rotated_secret.clone()),
+    ] {
+        assert!(
+            !written.contains(&secret),
+            "{what} is in the log: {}",
+            written
+                .lines()
+                .find(|l| l.contains(&secret))
+                .unwrap_or_default()
+                .replace(&secret, "<secret>")
+        );
+    }
+    harness.finish().await;
+}
