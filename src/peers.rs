@@ -81,7 +81,12 @@ async fn receive(
 
 impl WebhookReceiver {
     pub async fn start() -> std::io::Result<WebhookReceiver> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        WebhookReceiver::start_on(0).await
+    }
+
+    /// A receiver on this loopback port (0: any free one), for one that comes back where it was.
+    pub async fn start_on(port: u16) -> std::io::Result<WebhookReceiver> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let url = format!("http://{}/hook", listener.local_addr()?);
         let state = Arc::new(ReceiverState::default());
         let router = Router::new()

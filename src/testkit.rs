@@ -226,9 +226,34 @@ impl Broker {
 
     /// Stops the broker with SIGKILL and starts it again on the same port and persistence folder.
     pub async fn restart(&mut self) -> Result<(), Error> {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
+        self.stop(false).await?;
+        self.launch().await
+    }
+
+    /// Stops the broker: SIGTERM (it saves its persistence file and exits) or SIGKILL (it saves
+    /// nothing more). Returns when it has exited.
+    pub async fn stop(&mut self, graceful: bool) -> Result<(), Error> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        match (graceful, child.id()) {
+            (true, Some(pid)) => {
+                Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await
+                    .map_err(io("signalling mosquitto"))?;
+                child.wait().await.map_err(io("waiting for mosquitto"))?;
+            }
+            _ => {
+                let _ = child.kill().await;
+            }
         }
+        Ok(())
+    }
+
+    /// Starts a stopped broker again on the same port and persistence folder.
+    pub async fn start_again(&mut self) -> Result<(), Error> {
         self.launch().await
     }
 }

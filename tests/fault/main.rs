@@ -532,3 +532,318 @@ async fn future_readings_are_refused_and_week_late_ones_change_no_warning() {
     ingest.stop().await;
     harness.finish().await;
 }
+
+/// Publishes in chunks of 100, `pause` apart, as a device that resends what the broker has not
+/// acknowledged: a chunk whose acknowledgements did not all arrive (the broker went away) is sent
+/// again, whole, once the broker is back.
+fn resending(
+    broker: tidemark_model::broker::BrokerConfig,
+    messages: Messages,
+    pause: Duration,
+) -> tokio::task::JoinHandle<u32> {
+    tokio::spawn(async move {
+        let mut resent = 0;
+        for (n, chunk) in messages.chunks(100).enumerate() {
+            loop {
+                let client_id = format!("fault-device-{n}-{resent}");
+                let sent = tidemark_sensors_sim::load::publish_messages(
+                    &broker,
+                    &client_id,
+                    chunk.to_vec(),
+                );
+                match tokio::time::timeout(Duration::from_secs(10), sent).await {
+                    Ok(Ok(_)) => break,
+                    _ => {
+                        resent += 1;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+            tokio::time::sleep(pause).await;
+        }
+        resent
+    })
+}
+
+/// Scenario 4: Mosquitto stopped under load, once with SIGTERM and once with SIGKILL, each time
+/// down for 5 s, with persistence on (`config/mosquitto-test.conf`: saved every second and on
+/// exit), while devices resend what the broker did not acknowledge. Long: run with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: cargo test --test fault -- --ignored --nocapture mosquitto"]
+async fn mosquitto_restarted_under_load_loses_nothing_that_devices_resend() {
+    let _serial = SERIAL.lock().await;
+    let mut harness = Harness::start().await;
+    let ingest = harness.ingest("fault-broker", None);
+    ingest.subscribed("fault-broker").await;
+    let (messages, keys) = load(Utc::now() - chrono::Duration::days(2));
+    let publisher = resending(
+        harness.broker_config(),
+        messages,
+        Duration::from_millis(300),
+    );
+    for (stored_before, graceful) in [(2_000, true), (6_000, false)] {
+        let reached = wait_for(Duration::from_secs(120), || async {
+            harness.count().await >= stored_before
+        })
+        .await;
+        assert!(reached, "ingest stores before the fault");
+        harness.broker.stop(graceful).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        harness.broker.start_again().await.unwrap();
+    }
+    let resent = publisher.await.unwrap();
+    let tally = tally(
+        &harness,
+        &keys,
+        "mosquitto-sigterm-then-sigkill",
+        &format!(
+            "stopped twice for 5 s; devices resent {resent} chunks of 100; {} readings absorbed as duplicates; {} MQTT reconnects by ingest",
+            ingest.metrics.readings_duplicate.get(),
+            ingest.metrics.mqtt_errors.get()
+        ),
+    )
+    .await;
+    assert_exactly_once(&tally);
+    ingest.stop().await;
+    harness.finish().await;
+}
+
+/// How long scenario 5 holds the readings table: `TIDEMARK_FAULT_LOCK_SECONDS`, by default 120.
+fn lock_seconds() -> u64 {
+    std::env::var("TIDEMARK_FAULT_LOCK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120)
+}
+
+/// Scenario 5: back-pressure. The readings table is locked (ACCESS EXCLUSIVE, as a long migration
+/// or a stuck maintenance job would hold it) for two minutes under load: ingest's buffer stays
+/// under its configured bound, nothing is acknowledged or stored meanwhile (the broker holds the
+/// rest), and everything lands once the lock goes. Long: run with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: cargo test --test fault -- --ignored --nocapture back_pressure"]
+async fn back_pressure_from_a_locked_table_holds_acknowledgements_within_the_memory_bound() {
+    let _serial = SERIAL.lock().await;
+    let harness = Harness::start().await;
+    let bound = 256 * 1024;
+    let ingest = harness.ingest_with(harness.settings(tidemark_ingest::IngestConfig {
+        client_id: "fault-back-pressure".into(),
+        max_buffered_bytes: bound,
+        ..Default::default()
+    }));
+    ingest.subscribed("fault-back-pressure").await;
+    let (messages, keys) = load(Utc::now() - chrono::Duration::days(2));
+    let hold = Duration::from_secs(lock_seconds());
+    // The load spans the lock: 100 chunks spread over the hold and 20 s more.
+    let pause = (hold + Duration::from_secs(20)) / 100;
+    let publisher = paced(harness.broker_config(), messages, pause);
+    let started = wait_for(Duration::from_secs(60), || async {
+        harness.count().await >= 500
+    })
+    .await;
+    assert!(started, "ingest stores before the lock");
+
+    let mut locker = sql(&harness).await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // A commit that was under way when the lock was granted has had time to count itself.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stored_at_lock = ingest.metrics.readings_stored.get();
+    let received_at_lock = ingest.metrics.messages_received.get();
+    let until = tokio::time::Instant::now() + hold - Duration::from_secs(1);
+    let mut most_buffered = 0;
+    while tokio::time::Instant::now() < until {
+        most_buffered = most_buffered.max(ingest.metrics.buffered_bytes.get());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let received_during = ingest.metrics.messages_received.get() - received_at_lock;
+    let stored_during = ingest.metrics.readings_stored.get() - stored_at_lock;
+    lock.rollback().await.unwrap();
+    publisher.await.unwrap();
+    let tally = tally(
+        &harness,
+        &keys,
+        "back-pressure-locked-table",
+        &format!(
+            "readings locked {} s; {received_during} messages taken in and {stored_during} stored while locked; most buffered {most_buffered} bytes of a {bound}-byte bound",
+            hold.as_secs()
+        ),
+    )
+    .await;
+    assert_exactly_once(&tally);
+    assert_eq!(
+        stored_during, 0,
+        "nothing commits while the table is locked"
+    );
+    assert!(
+        most_buffered <= bound as i64,
+        "the buffer stayed within its bound: {most_buffered}"
+    );
+    // Nothing is acknowledged before it commits, so the broker sends at most its in-flight window
+    // (max_inflight_messages 2000 in config/mosquitto-test.conf) and keeps the rest queued.
+    assert!(
+        received_during <= 2_000,
+        "ingest took in {received_during} messages while nothing could commit"
+    );
+    ingest.stop().await;
+    harness.finish().await;
+}
+
+/// Scenario 7: warning delivery while the dispatcher is killed (its task aborted wherever it is,
+/// between sending and recording included) eight times at seeded random moments, to webhook
+/// receivers that fail (5xx), time out, and go away and come back. Every event reaches every
+/// receiver at least once, under the same `webhook-id` every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warning_events_reach_failing_receivers_through_a_dispatcher_killed_eight_times() {
+    use tidemark::peers::WebhookReceiver;
+    use tidemark_api::delivery::{mqtt::AlertPublisher, Dispatcher, Metrics};
+    let _serial = SERIAL.lock().await;
+    let harness = Harness::start().await;
+    let mut config = config(&harness);
+    config.delivery.timeout = Duration::from_millis(500);
+    config.delivery.lease = Duration::from_secs(2);
+    config.delivery.initial_backoff = Duration::from_millis(200);
+    config.delivery.max_backoff = Duration::from_secs(1);
+    config.delivery.poll_interval = Duration::from_millis(200);
+    tidemark::app::load_flood(&config).await.unwrap();
+
+    // Failing: answers 500 and 503 a dozen times first. Slow: holds every answer past the
+    // timeout until released. Gone: nothing listens on its port until it comes back.
+    let failing = WebhookReceiver::start().await.unwrap();
+    failing.script(&[500, 503, 500, 503, 500, 503, 500, 503, 500, 503, 500, 503]);
+    let slow = WebhookReceiver::start().await.unwrap();
+    slow.hold(true);
+    let gone_port = free_port().unwrap();
+    let gone_url = format!("http://127.0.0.1:{gone_port}/hook");
+    let cli = tidemark_api::auth::Actor::cli();
+    let (_, owner) = tidemark_api::auth::create_key(
+        &harness.store,
+        tidemark_store::delivery::Role::Operator,
+        None,
+        "fault".into(),
+        None,
+        &cli,
+    )
+    .await
+    .unwrap();
+    let mut hooks = Vec::new();
+    for url in [&failing.url, &slow.url, &gone_url] {
+        let row = harness
+            .store
+            .create_webhook(
+                &tidemark_store::delivery::NewWebhook {
+                    owner_key: owner.id,
+                    owner_municipality: None,
+                    url: url.clone(),
+                    description: "fault".into(),
+                    municipalities: Vec::new(),
+                    areas: Vec::new(),
+                    min_severity: 1,
+                    categories: vec!["flood".into()],
+                    secret: tidemark_api::delivery::webhook::new_secret(),
+                },
+                &cli.audit("webhook.create", String::new(), serde_json::json!({})),
+            )
+            .await
+            .unwrap();
+        hooks.push(row.id);
+    }
+
+    // Thirty events: ten raise, change, lift rounds on the Flensburg area.
+    let mut events = Vec::new();
+    for round in 0..10 {
+        for (kind, severity) in [("raised", Some(1)), ("changed", Some(2)), ("lifted", None)] {
+            let event = tidemark_store::flood::NewEvent {
+                kind,
+                severity,
+                warning_kind: "observed",
+                at: Utc::now(),
+                message_en: format!("Round {round}: {kind}."),
+                message_da: format!("Runde {round}: {kind}."),
+                trigger: serde_json::json!({}),
+            };
+            events.extend(
+                harness
+                    .store
+                    .record_area_events("flensburg-fjord", &["0580".to_owned()], &[event], &[], &[])
+                    .await
+                    .unwrap(),
+            );
+        }
+    }
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let spawn = |n: u32| {
+        let alerts = AlertPublisher::start(
+            &harness.broker_config(),
+            &format!("fault-alerts-{n}"),
+            Duration::from_secs(5),
+            shutdown.clone(),
+        );
+        let dispatcher = Dispatcher::new(
+            harness.store.clone(),
+            config.delivery.clone(),
+            alerts,
+            "tidemark/v1",
+            "http://127.0.0.1",
+            std::sync::Arc::new(Metrics::register(
+                &mut prometheus_client::registry::Registry::default(),
+            )),
+        )
+        .unwrap();
+        let (database, shutdown) = (config.database.clone(), shutdown.clone());
+        tokio::spawn(async move { dispatcher.run(&database, shutdown).await })
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut dispatcher = spawn(0);
+    let mut gone = None;
+    for kill in 1..=8u32 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..1_200))).await;
+        dispatcher.abort();
+        let _ = dispatcher.await;
+        match kill {
+            3 => slow.hold(false),
+            5 => gone = Some(WebhookReceiver::start_on(gone_port).await.unwrap()),
+            _ => {}
+        }
+        slow.release();
+        dispatcher = spawn(kill);
+    }
+    let gone = gone.expect("the gone receiver came back");
+    let all_delivered = wait_for(Duration::from_secs(120), || async {
+        let rows = harness.store.outbox("webhook").await.unwrap();
+        rows.len() == events.len() * hooks.len() && rows.iter().all(|r| r.delivered_at.is_some())
+    })
+    .await;
+    shutdown.cancel();
+    dispatcher.abort();
+
+    let mut duplicates = 0;
+    for (name, receiver) in [("failing", &failing), ("slow", &slow), ("gone", &gone)] {
+        let deliveries = receiver.deliveries();
+        let mut seen = HashSet::new();
+        for d in &deliveries {
+            let id = d.json()["id"].as_i64().unwrap();
+            assert_eq!(
+                d.id,
+                format!("evt_{id}"),
+                "{name}: one id per event, every time"
+            );
+            if !seen.insert(id) {
+                duplicates += 1;
+            }
+        }
+        let missing: Vec<&i64> = events.iter().filter(|e| !seen.contains(e)).collect();
+        assert!(missing.is_empty(), "{name} never received {missing:?}");
+    }
+    println!(
+        "fault dispatcher-killed-x8: published {} events x {} receivers, delivered all, missing 0 ({} repeat deliveries, as at-least-once allows; receivers failed, timed out and went away)",
+        events.len(),
+        hooks.len(),
+        duplicates
+    );
+    assert!(all_delivered, "every outbox row is recorded as delivered");
+    harness.finish().await;
+}
