@@ -74,6 +74,8 @@ pub struct Broker {
     dir: PathBuf,
     /// The configuration it runs with.
     conf: String,
+    /// The mutual-TLS listener's port, for a broker from `config/mosquitto-secure.conf`.
+    pub tls_port: Option<u16>,
 }
 
 impl Broker {
@@ -90,10 +92,24 @@ impl Broker {
     }
 
     /// Starts Mosquitto from the shipped `config/mosquitto-secure.conf` with its ACL
-    /// (`config/mosquitto.acl`), on a free loopback port, with a password file of `users`
-    /// (`(user, password)`).
+    /// (`config/mosquitto.acl`), on free loopback ports, with a password file of `users`
+    /// (`(user, password)`) and, for its mutual-TLS listener, a throwaway CA made here
+    /// ([`Broker::ca_file`]) and a broker certificate for 127.0.0.1 signed by it.
     pub async fn start_secure(users: &[(&str, &str)]) -> Result<Broker, Error> {
         let mut broker = Broker::prepare()?;
+        let tls_port = free_port()?;
+        broker.tls_port = Some(tls_port);
+        let certs = broker.dir.join("certs");
+        std::fs::create_dir_all(&certs).map_err(io("creating the certificate folder"))?;
+        make_ca(&certs, "ca").await?;
+        make_certificate(
+            &certs,
+            "ca",
+            "broker",
+            "127.0.0.1",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        )
+        .await?;
         let passwords = broker.dir.join("passwd");
         for (i, (user, password)) in users.iter().enumerate() {
             let mut command = Command::new("mosquitto_passwd");
@@ -137,6 +153,8 @@ impl Broker {
                 "persistence_location /var/lib/mosquitto/",
                 format!("persistence_location {}/", broker.dir.display()),
             ),
+            ("listener 8883", format!("listener {tls_port} 127.0.0.1")),
+            ("/etc/mosquitto/certs/", format!("{}/", certs.display())),
         ] {
             if !conf.contains(from) {
                 return Err(Error::Io {
@@ -151,6 +169,31 @@ impl Broker {
         broker.conf = conf;
         broker.launch().await?;
         Ok(broker)
+    }
+
+    /// The CA certificate (PEM) a client trusts the mutual-TLS listener by.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("certs").join("ca.crt")
+    }
+
+    /// A client certificate with common name `name` and its key (PEM files), signed by the
+    /// broker's CA, or, with `trusted` false, by a rogue CA the broker does not know.
+    pub async fn client_certificate(
+        &self,
+        name: &str,
+        trusted: bool,
+    ) -> Result<(PathBuf, PathBuf), Error> {
+        let certs = self.dir.join("certs");
+        let ca = if trusted { "ca" } else { "rogue-ca" };
+        if !trusted && !certs.join("rogue-ca.crt").exists() {
+            make_ca(&certs, "rogue-ca").await?;
+        }
+        let file = format!("{ca}-{name}");
+        make_certificate(&certs, ca, &file, name, "extendedKeyUsage=clientAuth\n").await?;
+        Ok((
+            certs.join(format!("{file}.crt")),
+            certs.join(format!("{file}.key")),
+        ))
     }
 
     /// A broker not yet started: a free port and a folder of its own.
@@ -169,6 +212,7 @@ impl Broker {
             port,
             dir,
             conf: String::new(),
+            tls_port: None,
         })
     }
 
@@ -689,4 +733,120 @@ async fn relay_until_commit(
         }
     }
     answers.abort();
+}
+
+/// Runs openssl with `args` in `dir`.
+async fn openssl(dir: &Path, args: &[&str]) -> Result<(), Error> {
+    let status = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .map_err(io("running openssl"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Io {
+            context: format!("openssl {} ended with {status}", args.join(" ")),
+            cause: std::io::Error::other("openssl failed"),
+        })
+    }
+}
+
+/// A self-signed CA, valid for a day: `<name>.crt` and `<name>.key` in `dir`.
+async fn make_ca(dir: &Path, name: &str) -> Result<(), Error> {
+    let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &crt,
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN=Tidemark test {name}"),
+        ],
+    )
+    .await?;
+    world_readable(&dir.join(key))
+}
+
+/// An X.509 v3 certificate for `common_name` with `extensions` (openssl's extension file lines)
+/// signed by CA `ca`: `<file>.crt` and `<file>.key` in `dir`.
+async fn make_certificate(
+    dir: &Path,
+    ca: &str,
+    file: &str,
+    common_name: &str,
+    extensions: &str,
+) -> Result<(), Error> {
+    let (key, csr, crt) = (
+        format!("{file}.key"),
+        format!("{file}.csr"),
+        format!("{file}.crt"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={common_name}"),
+        ],
+    )
+    .await?;
+    let extension_file = format!("{file}.ext");
+    std::fs::write(
+        dir.join(&extension_file),
+        format!("basicConstraints=CA:FALSE\n{extensions}"),
+    )
+    .map_err(io("writing certificate extensions"))?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "1",
+            "-extfile",
+            &extension_file,
+        ],
+    )
+    .await?;
+    world_readable(&dir.join(key))
+}
+
+/// Mosquitto, dropped to its own user, reads the keys it is given.
+fn world_readable(path: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+        .map_err(io(format!("opening {} to the broker", path.display())))
 }

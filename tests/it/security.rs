@@ -477,3 +477,117 @@ async fn secrets_never_appear_in_the_logs() {
     }
     harness.finish().await;
 }
+
+/// An MQTT client over TLS to `port`, trusting `ca`, presenting `identity` (certificate and key
+/// files) if given.
+fn tls_client(
+    port: u16,
+    id: &str,
+    ca: &std::path::Path,
+    identity: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+) -> (AsyncClient, EventLoop) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert)
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let mut options = MqttOptions::new(id, "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(5));
+    options.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)),
+    ));
+    AsyncClient::new(options, 16)
+}
+
+/// Devices over mutual TLS on the shipped configuration's certificate listener, with a throwaway
+/// CA made here: a device's certificate is its login (its common name is its user name, so the
+/// ACL holds it to its own topic), and a client without a certificate, or with one from a CA the
+/// broker does not know, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_log_in_with_client_certificates_over_mutual_tls() {
+    let (a, b) = (device(0), device(1));
+    let broker = Broker::start_secure(&[("tidemark-ingest", INGEST_PASSWORD)])
+        .await
+        .unwrap();
+    let tls_port = broker.tls_port.expect("a TLS listener");
+    let ca = broker.ca_file();
+    let device_a = broker.client_certificate(&a, true).await.unwrap();
+    let rogue_b = broker.client_certificate(&b, false).await.unwrap();
+    let harness = Harness::with_broker(broker).await;
+    let mut settings = harness.settings(tidemark_ingest::IngestConfig {
+        client_id: "ingest-tls".into(),
+        ..Default::default()
+    });
+    settings.mqtt.username = Some("tidemark-ingest".into());
+    settings.mqtt.password = Some(tidemark_model::secret::Secret::new(INGEST_PASSWORD));
+    let ingest = harness.ingest_with(settings);
+    ingest.subscribed("ingest-tls").await;
+
+    // No certificate, and a certificate for B from a CA the broker does not trust: refused.
+    let (_, mut bare) = tls_client(tls_port, "bare", &ca, None);
+    assert!(connect(&mut bare).await.is_err());
+    let (_, mut rogue) = tls_client(tls_port, "rogue", &ca, Some(&rogue_b));
+    assert!(connect(&mut rogue).await.is_err());
+
+    // A's certificate: its own readings land; a reading on B's topic is dropped by the broker.
+    let (client, mut events) = tls_client(tls_port, "device-a-tls", &ca, Some(&device_a));
+    connect(&mut events).await.unwrap();
+    let base = Utc::now() - chrono::Duration::hours(1);
+    client
+        .publish(
+            topic(&b),
+            QoS::AtLeastOnce,
+            false,
+            reading(&sensor(1, 0), base),
+        )
+        .await
+        .unwrap();
+    client
+        .publish(
+            topic(&a),
+            QoS::AtLeastOnce,
+            false,
+            reading(&sensor(0, 0), base + chrono::Duration::seconds(1)),
+        )
+        .await
+        .unwrap();
+    acknowledged(&mut events, 2).await;
+    assert_eq!(
+        harness.settle(1, Duration::from_secs(20)).await,
+        1,
+        "A's reading is stored, the one on B's topic never arrives"
+    );
+    let stored: Vec<String> = sql(&harness)
+        .await
+        .query(
+            "SELECT s.key FROM readings r JOIN sensors s ON s.id = r.sensor_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(stored, [sensor(0, 0)]);
+    ingest.stop().await;
+    harness.finish().await;
+}
