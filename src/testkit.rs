@@ -371,6 +371,18 @@ async fn drop_orphans(server: &DatabaseConfig) -> Result<(), Error> {
     Ok(())
 }
 
+/// A listener for a proxy on a free loopback port, and the port.
+async fn proxy_listener() -> Result<(tokio::net::TcpListener, u16), Error> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(io("binding the proxy"))?;
+    let port = listener
+        .local_addr()
+        .map_err(io("reading the proxy port"))?
+        .port();
+    Ok((listener, port))
+}
+
 /// A TCP proxy on a free loopback port, for cutting a connection the way a network or server
 /// outage would: [`TcpProxy::cut`] drops every open connection and refuses new ones until
 /// [`TcpProxy::restore`].
@@ -389,13 +401,7 @@ struct ProxyState {
 impl TcpProxy {
     /// Forwards connections to `target` (a loopback address).
     pub async fn start(target: std::net::SocketAddr) -> Result<TcpProxy, Error> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(io("binding the proxy"))?;
-        let port = listener
-            .local_addr()
-            .map_err(io("reading the proxy port"))?
-            .port();
+        let (listener, port) = proxy_listener().await?;
         let state = std::sync::Arc::new(ProxyState::default());
         let accept_state = state.clone();
         let accept = tokio::spawn(async move {
@@ -648,13 +654,7 @@ const COMMIT_GRACE: Duration = Duration::from_millis(200);
 impl CommitCutter {
     /// Forwards connections to `target` (a loopback address).
     pub async fn start(target: std::net::SocketAddr) -> Result<CommitCutter, Error> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(io("binding the proxy"))?;
-        let port = listener
-            .local_addr()
-            .map_err(io("reading the proxy port"))?
-            .port();
+        let (listener, port) = proxy_listener().await?;
         let armed = std::sync::Arc::new(AtomicU32::new(0));
         let cuts = std::sync::Arc::new(AtomicU32::new(0));
         let (task_armed, task_cuts) = (armed.clone(), cuts.clone());
