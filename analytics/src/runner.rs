@@ -26,7 +26,7 @@ use tidemark_store::flood::FLOOD_SETUP_CHANGED;
 use tidemark_store::flood::{CrossingRow, FloodSetup, NewEvent, QualityRuleRow};
 use tidemark_store::readings::READINGS_COMMITTED;
 use tidemark_store::reference::SensorInfo;
-use tidemark_store::water::{AlertText, LeakChange, LeakRow, LeakRuleRow, NightFlowRow};
+use tidemark_store::water::{AlertText, LeakChange, LeakRow, LeakRuleRow, LeakState, NightFlowRow};
 use tidemark_store::{notify, DatabaseConfig, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -515,8 +515,8 @@ const MAX_LEAK_CHANGES: usize = 100;
 
 /// Finds the minimum night flow of each district meter with a leak rule, from a little more than
 /// the rule's baseline and run of nights before `from` (the whole history from [`HISTORY_START`]),
-/// and stores the nights with what they show: a new suspected leak (raised as a leak alert on
-/// `<prefix>/utility-alerts/<municipality>/<meter>`) or the end of the open one (lifting it).
+/// and stores the nights with what they show: new suspected leaks (raised as leak alerts on
+/// `<prefix>/utility-alerts/<municipality>/<meter>`) and the end of open ones (lifting them).
 async fn find_night_flow(
     store: &Store,
     rules: &[LeakRuleRow],
@@ -550,47 +550,48 @@ async fn find_night_flow(
                 samples: i32::try_from(m.samples).unwrap_or(i32::MAX),
             })
             .collect();
-        let meter = &rule.sensor_key;
-        // One change at a time, in order: nights that show a leak begin and end are recorded as a
-        // raise and then a lift. Every change moves past the nights of the one before, so this
-        // ends; the bound is a guard, not a limit any real history reaches.
-        for _ in 0..MAX_LEAK_CHANGES {
-            let change = leak_change(store, rule, &minima).await?;
-            store
-                .store_night_flow(meter, first_full, &rows, change.as_ref(), |code| {
-                    format!("{topic_prefix}/utility-alerts/{code}/{meter}")
-                })
-                .await?;
-            if change.is_none() {
+        let label = store.meter_label(&rule.sensor_key).await?;
+        let name = label.as_ref().map_or(rule.sensor_key.as_str(), |l| &l.name);
+        let unit = label
+            .as_ref()
+            .and_then(|l| tidemark_model::Quantity::parse(&l.quantity).ok())
+            .map_or("", |q| q.canonical_unit().symbol());
+        // Changes in order, each against the state the ones before left: nights that show a leak
+        // begin and end are a raise and then a lift. Every change moves past the nights of the
+        // one before, so this ends; the bound is a guard, not a limit any real history reaches.
+        let mut state = store.leak_state(&rule.sensor_key).await?;
+        let mut changes = Vec::new();
+        while changes.len() < MAX_LEAK_CHANGES {
+            let Some(change) = next_leak_change(rule, &state, &minima, name, unit) else {
                 break;
-            }
+            };
+            state.apply(&change);
+            changes.push(change);
         }
+        let meter = &rule.sensor_key;
+        store
+            .store_night_flow(meter, first_full, &rows, &changes, |code| {
+                format!("{topic_prefix}/utility-alerts/{code}/{meter}")
+            })
+            .await?;
     }
     Ok(())
 }
 
-/// What a meter's nights show against its stored suspicions: the end of the open one, or else a
-/// new one after the last one ended.
-async fn leak_change(
-    store: &Store,
+/// What a meter's nights show against its suspicions (`state`): the end of the open one, or else
+/// a new one after the last one ended. `name` and `unit` are the meter's, for the messages.
+fn next_leak_change(
     rule: &LeakRuleRow,
+    state: &LeakState,
     minima: &[utility::NightMinimum],
-) -> Result<Option<LeakChange>, tidemark_store::Error> {
-    let state = store.leak_state(&rule.sensor_key).await?;
-    let label = store.meter_label(&rule.sensor_key).await?;
-    let name = label.as_ref().map_or(rule.sensor_key.as_str(), |l| &l.name);
-    let unit = label
-        .as_ref()
-        .and_then(|l| tidemark_model::Quantity::parse(&l.quantity).ok())
-        .map_or("", |q| q.canonical_unit().symbol());
-    if let Some(open) = state.open {
-        let Some(end) = utility::leak_end(minima, open.baseline, rule.margin, open.raised_on)
-        else {
-            return Ok(None);
-        };
+    name: &str,
+    unit: &str,
+) -> Option<LeakChange> {
+    if let Some(open) = &state.open {
+        let end = utility::leak_end(minima, open.baseline, rule.margin, open.raised_on)?;
         tracing::info!(stage = "analytics", sensor = %rule.sensor_key, since = %open.since, ended = %end.night, "suspected leak ended");
         let (message_en, message_da) = messages::leak_ended(name, end.night, end.value, unit);
-        return Ok(Some(LeakChange::Ended {
+        return Some(LeakChange::Ended {
             since: open.since,
             night: end.night,
             night_flow: end.value,
@@ -599,14 +600,13 @@ async fn leak_change(
                 message_en,
                 message_da,
             },
-        }));
+        });
     }
     // A new suspicion is looked for only after the last one ended, with a baseline of the nights
     // since then, so that an old leak is never raised again.
-    let after = state.last_ended;
     let fresh: Vec<utility::NightMinimum> = minima
         .iter()
-        .filter(|m| after.is_none_or(|ended| m.night >= ended))
+        .filter(|m| state.last_ended.is_none_or(|ended| m.night >= ended))
         .cloned()
         .collect();
     let rule_of_nights = LeakRule {
@@ -614,16 +614,14 @@ async fn leak_change(
         margin: rule.margin,
         nights: usize::try_from(rule.nights).unwrap_or(1),
     };
-    let Some(leak) = utility::leak_suspicion(&fresh, &rule_of_nights) else {
-        return Ok(None);
-    };
+    let leak = utility::leak_suspicion(&fresh, &rule_of_nights)?;
     tracing::warn!(stage = "analytics", sensor = %rule.sensor_key, since = %leak.since, "suspected leak");
     let at = fresh
         .iter()
         .find(|m| m.night == leak.raised_on)
         .map_or_else(Utc::now, |m| m.at);
     let (message_en, message_da) = messages::leak_raised(name, &leak, unit);
-    Ok(Some(LeakChange::Raised {
+    Some(LeakChange::Raised {
         leak: LeakRow {
             sensor_key: rule.sensor_key.clone(),
             since: leak.since,
@@ -639,7 +637,7 @@ async fn leak_change(
             message_en,
             message_da,
         },
-    }))
+    })
 }
 
 fn samples(series: Option<&Vec<(DateTime<Utc>, f64, i16)>>) -> Vec<Sample> {

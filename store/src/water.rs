@@ -72,6 +72,19 @@ pub struct LeakState {
     pub last_ended: Option<NaiveDate>,
 }
 
+impl LeakState {
+    /// The state once `change` is recorded.
+    pub fn apply(&mut self, change: &LeakChange) {
+        match change {
+            LeakChange::Raised { leak, .. } => self.open = Some(leak.clone()),
+            LeakChange::Ended { night, .. } => {
+                self.open = None;
+                self.last_ended = self.last_ended.max(Some(*night));
+            }
+        }
+    }
+}
+
 /// The district meter an alert names: its station's name (or the sensor's) and its quantity.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MeterLabel {
@@ -149,16 +162,16 @@ impl Store {
     }
 
     /// Replaces a meter's night minima from `from_night` on and records what they show about its
-    /// leaks, in one transaction: a new suspicion raises a leak alert (with an MQTT delivery to
-    /// `mqtt_topic(municipality)` for each municipality of the meter's station, and the matching
-    /// webhooks), and the end of the open one lifts its alert. A suspicion already recorded is not
-    /// raised again.
+    /// leaks (`changes`, in order), in one transaction: a new suspicion raises a leak alert (with
+    /// an MQTT delivery to `mqtt_topic(municipality)` for each municipality of the meter's
+    /// station, and the matching webhooks), and the end of the open one lifts its alert. A
+    /// suspicion already recorded is not raised again.
     pub async fn store_night_flow(
         &self,
         sensor: &str,
         from_night: NaiveDate,
         minima: &[NightFlowRow],
-        change: Option<&LeakChange>,
+        changes: &[LeakChange],
         mqtt_topic: impl Fn(&str) -> String,
     ) -> Result<()> {
         let mut client = self.client().await?;
@@ -177,20 +190,21 @@ impl Store {
             .await
             .context("storing a night's flow")?;
         }
-        match change {
-            Some(LeakChange::Raised { leak, alert }) => {
-                raise_leak_alert(&tx, sensor, leak, alert, &mqtt_topic).await?
+        for change in changes {
+            match change {
+                LeakChange::Raised { leak, alert } => {
+                    raise_leak_alert(&tx, sensor, leak, alert, &mqtt_topic).await?
+                }
+                LeakChange::Ended {
+                    since,
+                    night,
+                    night_flow,
+                    alert,
+                } => {
+                    lift_leak_alert(&tx, sensor, *since, *night, *night_flow, alert, &mqtt_topic)
+                        .await?
+                }
             }
-            Some(LeakChange::Ended {
-                since,
-                night,
-                night_flow,
-                alert,
-            }) => {
-                lift_leak_alert(&tx, sensor, *since, *night, *night_flow, alert, &mqtt_topic)
-                    .await?
-            }
-            None => {}
         }
         tx.commit().await.context("commit night flow")
     }
