@@ -599,3 +599,19 @@ impl Running {
         self.task.await.unwrap().unwrap();
     }
 }
+
+/// Waits until the analytics runner has been idle (no new events) for two sweeps.
+pub async fn quiet(running: &Running) {
+    let mut last = u64::MAX;
+    let settled = wait_for(Duration::from_secs(60), || {
+        let now = running.metrics.events.get();
+        let same = now == last && running.metrics.evaluations.get() > 0;
+        last = now;
+        async move {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            same
+        }
+    })
+    .await;
+    assert!(settled, "analytics settles");
+}

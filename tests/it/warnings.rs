@@ -7,22 +7,6 @@ use std::time::Duration;
 use tidemark_sensors_sim::replay::{read, Format};
 use tidemark_store::flood::EventRow;
 
-/// Waits until the analytics runner has been idle (no new events) for two sweeps.
-async fn quiet(running: &Running) {
-    let mut last = u64::MAX;
-    let settled = wait_for(Duration::from_secs(60), || {
-        let now = running.metrics.events.get();
-        let same = now == last && running.metrics.evaluations.get() > 0;
-        last = now;
-        async move {
-            tokio::time::sleep(Duration::from_millis(2500)).await;
-            same
-        }
-    })
-    .await;
-    assert!(settled, "analytics settles");
-}
-
 fn utc(d: u32, h: u32, m: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2023, 10, d, h, m, 0).unwrap()
 }
