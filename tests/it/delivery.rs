@@ -757,6 +757,15 @@ async fn a_municipality_acknowledges_and_every_channel_shows_it() {
     let (status, _) = api
         .call(
             reqwest::Method::POST,
+            &format!("/api/v1/webhooks/{hook}/rotate-secret"),
+            Some(&aarhus),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "nor can its secret be rotated");
+    let (status, _) = api
+        .call(
+            reqwest::Method::POST,
             "/api/v1/webhooks",
             Some(&aabenraa),
             Some(serde_json::json!({ "url": receiver.url, "municipalities": [AARHUS] })),

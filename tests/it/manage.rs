@@ -257,11 +257,42 @@ async fn operators_manage_keys_utilities_manage_stations_and_the_audit_log_shows
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_protected_route_refuses_no_key_and_the_wrong_role() {
+async fn every_protected_route_refuses_no_key_a_dead_key_and_the_wrong_role() {
     let harness = Harness::start().await;
     let api = Api::start(&harness, &config(&harness)).await;
     let researcher = api.key(Role::Researcher, None).await;
     let utility = api.key(Role::Utility, None).await;
+    // Operator keys, which could do all of it, but one has expired and one is revoked.
+    let cli = tidemark_api::auth::Actor::cli();
+    let (expired, _) = tidemark_api::auth::create_key(
+        &harness.store,
+        Role::Operator,
+        None,
+        "expired".into(),
+        Some(chrono::Utc::now() - chrono::Duration::hours(1)),
+        &cli,
+    )
+    .await
+    .unwrap();
+    let (revoked, row) = tidemark_api::auth::create_key(
+        &harness.store,
+        Role::Operator,
+        None,
+        "revoked".into(),
+        None,
+        &cli,
+    )
+    .await
+    .unwrap();
+    assert!(harness
+        .store
+        .revoke_api_key(
+            &row.prefix,
+            chrono::Utc::now(),
+            &cli.audit("key.revoke", String::new(), serde_json::json!({}))
+        )
+        .await
+        .unwrap());
     let json = serde_json::json!({});
     // (method, path, a role that may not)
     let routes: [(Method, &str, &str); 21] = [
@@ -312,6 +343,12 @@ async fn every_protected_route_refuses_no_key_and_the_wrong_role() {
             )
             .await;
         assert_eq!(status, 401, "{method} {path} with a wrong key");
+        for (what, key) in [("an expired", &expired), ("a revoked", &revoked)] {
+            let (status, _) = api
+                .call(method.clone(), path, Some(key), body.clone())
+                .await;
+            assert_eq!(status, 401, "{method} {path} with {what} key");
+        }
         let (status, problem) = api.call(method.clone(), path, Some(wrong_role), body).await;
         assert_eq!(
             status, 403,
