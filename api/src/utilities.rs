@@ -538,6 +538,32 @@ pub struct ConsumptionQuery {
     pub format: Option<String>,
 }
 
+/// The window and period of a register query: `from` and `to` as [`range`] reads them, and
+/// `period` (hour, day or month; `default` when not given).
+fn register_window(
+    from: &Option<String>,
+    to: &Option<String>,
+    period: Option<&str>,
+    default: &str,
+) -> Result<(
+    DateTime<Utc>,
+    DateTime<Utc>,
+    tidemark_store::utility::Period,
+)> {
+    let (from, to) = range(&RangeQuery {
+        from: from.clone(),
+        to: to.clone(),
+        format: None,
+    })?;
+    let period = match period.unwrap_or(default) {
+        "hour" => tidemark_store::utility::Period::Hour,
+        "day" => tidemark_store::utility::Period::Day,
+        "month" => tidemark_store::utility::Period::Month,
+        _ => return Err(ApiError::bad("period", "period is hour, day or month")),
+    };
+    Ok((from, to, period))
+}
+
 /// `GET /api/v1/utilities/consumption`: energy used (or produced, from an export register) per
 /// hour, day or month, from meter registers: each meter's rise from the last reading of one
 /// period to the last of the next, summed over the meters asked for. A register that falls (a
@@ -556,17 +582,8 @@ pub async fn consumption(
 ) -> Result<Response> {
     let query = parse_query(query)?;
     let format = format(query.format.as_deref(), &headers, false)?;
-    let (from, to) = range(&RangeQuery {
-        from: query.from.clone(),
-        to: query.to.clone(),
-        format: None,
-    })?;
-    let period = match query.period.as_deref().unwrap_or("day") {
-        "hour" => tidemark_store::utility::Period::Hour,
-        "day" => tidemark_store::utility::Period::Day,
-        "month" => tidemark_store::utility::Period::Month,
-        _ => return Err(ApiError::bad("period", "period is hour, day or month")),
-    };
+    let (from, to, period) =
+        register_window(&query.from, &query.to, query.period.as_deref(), "day")?;
     let bbox = query
         .bbox
         .as_deref()
@@ -682,17 +699,8 @@ pub async fn self_consumption(
 ) -> Result<Response> {
     let query = parse_query(query)?;
     let format = format(query.format.as_deref(), &headers, false)?;
-    let (from, to) = range(&RangeQuery {
-        from: query.from.clone(),
-        to: query.to.clone(),
-        format: None,
-    })?;
-    let period = match query.period.as_deref().unwrap_or("month") {
-        "hour" => tidemark_store::utility::Period::Hour,
-        "day" => tidemark_store::utility::Period::Day,
-        "month" => tidemark_store::utility::Period::Month,
-        _ => return Err(ApiError::bad("period", "period is hour, day or month")),
-    };
+    let (from, to, period) =
+        register_window(&query.from, &query.to, query.period.as_deref(), "month")?;
     let mut series = Vec::new();
     for (field, sensor) in [("production", &query.production), ("export", &query.export)] {
         let quantity = state
