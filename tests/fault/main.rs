@@ -211,7 +211,8 @@ impl IngestProcess {
 }
 
 /// Scenario 2: ingest killed with SIGKILL at random moments, ten times, under load, with its
-/// persistent session.
+/// persistent session. The first kill comes while its writes wait behind a lock on the table, so
+/// that it certainly dies holding unacknowledged messages, which the broker must send again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_killed_ten_times_under_load_loses_and_duplicates_nothing() {
     let _serial = SERIAL.lock().await;
@@ -233,7 +234,36 @@ async fn ingest_killed_ten_times_under_load_loses_and_duplicates_nothing() {
     // Seeded, so a failing run can be repeated.
     let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
     let (mut redelivered, mut absorbed) = (0.0, 0.0);
-    for _ in 0..10 {
+    let locker = sql(&harness).await;
+    for kill in 0..10 {
+        // Each process lives a random while once it is taking messages.
+        let taking = wait_for(Duration::from_secs(30), || async {
+            ingest
+                .metric("tidemark_ingest_messages_received_total")
+                .await
+                .is_some_and(|n| n > 0.0)
+        })
+        .await;
+        assert!(taking, "ingest {kill} takes messages");
+        // The first dies with messages certainly in hand and unacknowledged: its writes wait
+        // behind a lock on the table, and the lock goes only after the kill.
+        let lock = if kill == 0 {
+            locker
+                .batch_execute("BEGIN; LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")
+                .await
+                .unwrap();
+            let stalled = wait_for(Duration::from_secs(30), || async {
+                ingest
+                    .metric("tidemark_ingest_buffered_bytes")
+                    .await
+                    .is_some_and(|n| n > 0.0)
+            })
+            .await;
+            assert!(stalled, "ingest holds messages it cannot commit");
+            true
+        } else {
+            false
+        };
         let life = Duration::from_millis(rng.random_range(300..2_000));
         let until = tokio::time::Instant::now() + life;
         // What this process has counted, read until just before it dies.
@@ -254,6 +284,9 @@ async fn ingest_killed_ten_times_under_load_loses_and_duplicates_nothing() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         ingest.kill().await;
+        if lock {
+            locker.batch_execute("ROLLBACK").await.unwrap();
+        }
         redelivered += seen_redelivered;
         absorbed += seen_absorbed;
         ingest = IngestProcess::spawn(&harness, metrics_port);
