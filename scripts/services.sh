@@ -88,6 +88,8 @@ WARN
 }
 
 command -v pg_isready >/dev/null 2>&1 || install_packages postgresql-client
+# The security tests make a throwaway CA and certificates with openssl.
+command -v openssl >/dev/null 2>&1 || install_packages openssl
 ensure_postgres
 ensure_mosquitto_binary
 if [ "$want_broker" = yes ]; then ensure_broker; fi
