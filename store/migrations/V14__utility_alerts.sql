@@ -33,4 +33,8 @@ ALTER TABLE webhooks ADD COLUMN categories text[] NOT NULL DEFAULT '{flood}'
 -- raised for it is lifted then.
 ALTER TABLE leak_suspicions ADD COLUMN ended_on date;
 ALTER TABLE leak_suspicions ADD COLUMN warning_id bigint REFERENCES warnings (id);
+-- Suspicions recorded before ends were: each but a meter's latest ended when the next began.
+UPDATE leak_suspicions l SET ended_on = (
+    SELECT min(n.since) FROM leak_suspicions n WHERE n.sensor_key = l.sensor_key AND n.since > l.since)
+WHERE EXISTS (SELECT 1 FROM leak_suspicions n WHERE n.sensor_key = l.sensor_key AND n.since > l.since);
 CREATE UNIQUE INDEX leak_suspicions_one_open ON leak_suspicions (sensor_key) WHERE ended_on IS NULL;

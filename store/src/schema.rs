@@ -105,6 +105,17 @@ async fn create_database(config: &DatabaseConfig) -> Result<()> {
     }
 }
 
+/// Runs the migrations up to and including `version` only, leaving the database as a release of
+/// that schema would have: for tests of what a later migration does to existing data.
+pub async fn migrate_to_version(config: &DatabaseConfig, version: i32) -> Result<()> {
+    let mut client = connect_one(config).await?;
+    migrations::runner()
+        .set_target(refinery::Target::Version(version))
+        .run_async(&mut client)
+        .await?;
+    Ok(())
+}
+
 async fn migrate_locked(client: &mut Client, config: &DatabaseConfig) -> Result<StorageMode> {
     let readings_exist = relkind(client).await?.is_some();
     if !readings_exist && config.timescaledb != TimescaleSetting::Off {

@@ -258,3 +258,56 @@ async fn requiring_timescaledb_where_it_is_missing_fails_with_a_clear_error() {
     );
     database.drop_database().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrading_to_utility_alerts_ends_all_but_each_meters_latest_suspicion() {
+    // A database as the release before utility alerts left it, with suspicions recorded then:
+    // several for one meter, one for another.
+    let database = TestDatabase::create(&test_server()).await.unwrap();
+    tidemark_store::schema::migrate_to_version(&database.config, 13)
+        .await
+        .unwrap();
+    let (client, connection) = tokio_postgres::connect(&database.config.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "INSERT INTO devices (key) VALUES ('district'); \
+             INSERT INTO sensors (key, device_id, quantity) \
+               SELECT k, d.id, 'water_flow' FROM devices d, unnest(ARRAY['a.flow', 'b.flow']) k; \
+             INSERT INTO leak_suspicions (sensor_key, since, raised_on, baseline, night_flow) VALUES \
+               ('a.flow', '2026-01-01', '2026-01-03', 8, 12), \
+               ('a.flow', '2026-02-01', '2026-02-03', 8, 12), \
+               ('a.flow', '2026-03-01', '2026-03-03', 8, 12), \
+               ('b.flow', '2026-01-05', '2026-01-07', 8, 12);",
+        )
+        .await
+        .unwrap();
+    migrate(&database.config).await.unwrap();
+    let ends: Vec<(String, String, Option<String>)> = client
+        .query(
+            "SELECT sensor_key, since::text, ended_on::text FROM leak_suspicions ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let row = |s: &str, since: &str, ended: Option<&str>| {
+        (s.to_owned(), since.to_owned(), ended.map(str::to_owned))
+    };
+    assert_eq!(
+        ends,
+        [
+            row("a.flow", "2026-01-01", Some("2026-02-01")),
+            row("a.flow", "2026-02-01", Some("2026-03-01")),
+            row("a.flow", "2026-03-01", None),
+            row("b.flow", "2026-01-05", None),
+        ],
+        "each meter keeps one open suspicion, as the new unique index demands"
+    );
+    drop(client);
+    database.drop_database().await.unwrap();
+}
