@@ -735,6 +735,15 @@ async fn relay_until_commit(
     answers.abort();
 }
 
+/// openssl's arguments for a new P-256 key, unencrypted, made with the request.
+const NEW_KEY: &[&str] = &[
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
 /// Runs openssl with `args` in `dir`.
 async fn openssl(dir: &Path, args: &[&str]) -> Result<(), Error> {
     let status = Command::new("openssl")
@@ -761,22 +770,20 @@ async fn make_ca(dir: &Path, name: &str) -> Result<(), Error> {
     openssl(
         dir,
         &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &crt,
-            "-days",
-            "1",
-            "-subj",
-            &format!("/CN=Tidemark test {name}"),
-        ],
+            &["req", "-x509"][..],
+            NEW_KEY,
+            &[
+                "-keyout",
+                &key,
+                "-out",
+                &crt,
+                "-days",
+                "1",
+                "-subj",
+                &format!("/CN=Tidemark test {name}"),
+            ],
+        ]
+        .concat(),
     )
     .await?;
     world_readable(&dir.join(key))
@@ -799,19 +806,18 @@ async fn make_certificate(
     openssl(
         dir,
         &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={common_name}"),
-        ],
+            &["req"][..],
+            NEW_KEY,
+            &[
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={common_name}"),
+            ],
+        ]
+        .concat(),
     )
     .await?;
     let extension_file = format!("{file}.ext");
