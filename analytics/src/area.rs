@@ -108,6 +108,22 @@ pub struct Evaluation {
     pub crossings: Vec<Crossing>,
     /// Readings whose data-quality flags differ from what is stored: `(sensor, ts, new flags)`.
     pub flags: Vec<(String, DateTime<Utc>, Quality)>,
+    /// Each level sensor's state at its newest usable reading.
+    pub trends: Vec<SensorTrend>,
+}
+
+/// A level sensor at its newest usable reading: the severity its thresholds give (with their
+/// persistence and hysteresis), how fast it rises, and when it would reach the next threshold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SensorTrend {
+    pub sensor: String,
+    pub at: DateTime<Utc>,
+    pub value: f64,
+    pub severity: Option<Severity>,
+    /// Units per hour over the sensor's rate window; `None` with too few readings in it.
+    pub rate: Option<f64>,
+    /// The next threshold above the current severity the trend reaches, and when, however far off.
+    pub projected: Option<(Severity, DateTime<Utc>)>,
 }
 
 impl LevelSensor {
@@ -116,7 +132,12 @@ impl LevelSensor {
     }
 }
 
-fn level_steps(sensor: &LevelSensor, observed_only: bool, crossings: &mut Vec<Crossing>) -> Steps {
+fn level_steps(
+    sensor: &LevelSensor,
+    observed_only: bool,
+    crossings: &mut Vec<Crossing>,
+    trends: &mut Vec<SensorTrend>,
+) -> Steps {
     let usable = quality::usable(&sensor.samples, &sensor.qc);
     let mut state = LevelState::default();
     let mut expected: Option<(Level, DateTime<Utc>, Trigger)> = None;
@@ -230,6 +251,26 @@ fn level_steps(sensor: &LevelSensor, observed_only: bool, crossings: &mut Vec<Cr
         };
         out.push((sample.ts, level, trigger));
     }
+    if let Some(last) = usable.last() {
+        let rate = trend::rate_of_rise(&usable, last.ts, sensor.rate_window);
+        let projected = rate.and_then(|rate| {
+            Severity::ALL
+                .into_iter()
+                .filter(|s| Some(*s) > state.severity)
+                .find_map(|s| {
+                    trend::time_to(sensor.rule.threshold(s), last.value, rate, last.ts)
+                        .map(|at| (s, at))
+                })
+        });
+        trends.push(SensorTrend {
+            sensor: sensor.key.clone(),
+            at: last.ts,
+            value: last.value,
+            severity: state.severity,
+            rate,
+            projected,
+        });
+    }
     out
 }
 
@@ -265,8 +306,7 @@ fn rain_steps(sensor: &RainSensor) -> Steps {
 }
 
 fn upstream_steps(upstream: &Upstream) -> Steps {
-    let mut ignored = Vec::new();
-    level_steps(&upstream.sensor, true, &mut ignored)
+    level_steps(&upstream.sensor, true, &mut Vec::new(), &mut Vec::new())
         .into_iter()
         .map(|(at, level, trigger)| {
             let level = level.map(|_| Level {
@@ -330,10 +370,11 @@ fn stale_changes(area: &AreaInput, now: DateTime<Utc>) -> Vec<(DateTime<Utc>, bo
 /// Evaluates an area at `now` from its readings.
 pub fn evaluate(area: &AreaInput, now: DateTime<Utc>) -> Evaluation {
     let mut crossings = Vec::new();
+    let mut trends = Vec::new();
     let mut sources: Vec<Steps> = area
         .levels
         .iter()
-        .map(|s| level_steps(s, false, &mut crossings))
+        .map(|s| level_steps(s, false, &mut crossings, &mut trends))
         .collect();
     sources.extend(area.rains.iter().map(rain_steps));
     sources.extend(area.upstream.iter().map(upstream_steps));
@@ -383,6 +424,7 @@ pub fn evaluate(area: &AreaInput, now: DateTime<Utc>) -> Evaluation {
         stale: stale_changes(area, now),
         crossings,
         flags,
+        trends,
     }
 }
 
@@ -584,6 +626,34 @@ mod tests {
             .unwrap();
         assert!(events[0].at < first_observed.at, "projection raises early");
         assert_eq!(events[0].trigger.as_ref().unwrap().cause, "projection");
+    }
+
+    #[test]
+    fn each_gauge_reports_its_level_rate_and_next_crossing() {
+        // 1.1 m for 50 minutes (an alert once persistent), then rising 6 cm per 10 minutes.
+        let values: Vec<f64> = (0..16)
+            .map(|i| 1.1 + 0.06 * (i as f64 - 5.0).max(0.0))
+            .collect();
+        let evaluation = evaluate(
+            &area(vec![gauge("g", &values), gauge("flat", &[0.4; 8])]),
+            start() + Duration::minutes(150),
+        );
+        let rising = &evaluation.trends[0];
+        assert_eq!(rising.sensor, "g");
+        assert_eq!(rising.at, start() + Duration::minutes(150));
+        assert!((rising.value - 1.7).abs() < 1e-9);
+        assert_eq!(rising.severity, Some(Warning));
+        let rate = rising.rate.unwrap();
+        assert!((rate - 0.36).abs() < 1e-9, "6 cm per 10 minutes: {rate}");
+        // Above 1.5 m for 30 minutes: a Warning. The next threshold, 2.0 m, is 0.3 m away at
+        // 0.36 m/h: 50 minutes.
+        let (next, at) = rising.projected.unwrap();
+        assert_eq!(next, Severe);
+        let off = at - (start() + Duration::minutes(150 + 50));
+        assert!(off.num_milliseconds().abs() <= 1, "{at}");
+        let flat = &evaluation.trends[1];
+        assert_eq!((flat.severity, flat.projected), (None, None));
+        assert!(flat.rate.unwrap().abs() < 1e-9);
     }
 
     #[test]

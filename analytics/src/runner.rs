@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tidemark_model::{duration, Quality};
 use tidemark_store::circular::{CollectionRow, ContainerRow, ContainerState, OverflowRow};
 use tidemark_store::flood::FLOOD_SETUP_CHANGED;
-use tidemark_store::flood::{CrossingRow, FloodSetup, NewEvent, QualityRuleRow};
+use tidemark_store::flood::{CrossingRow, FloodSetup, NewEvent, QualityRuleRow, TrendRow};
 use tidemark_store::readings::READINGS_COMMITTED;
 use tidemark_store::reference::SensorInfo;
 use tidemark_store::water::{AlertText, LeakChange, LeakRow, LeakRuleRow, LeakState, NightFlowRow};
@@ -790,6 +790,19 @@ async fn try_evaluate_area(
         }
     }
     let evaluation = area::evaluate(&input, now);
+    let trends: Vec<TrendRow> = evaluation
+        .trends
+        .iter()
+        .map(|t| TrendRow {
+            sensor_key: t.sensor.clone(),
+            at: t.at,
+            value: t.value,
+            severity: t.severity.map(|s| s as i16),
+            rate_per_hour: t.rate,
+            projected: t.projected.map(|(s, at)| (s as i16, at)),
+        })
+        .collect();
+    store.record_trends(&trends).await?;
     let mut flags: HashMap<&str, Vec<(DateTime<Utc>, i16)>> = HashMap::new();
     for (sensor, ts, quality) in &evaluation.flags {
         flags

@@ -15,9 +15,10 @@ use base64::Engine;
 use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use tidemark_model::Quantity;
+use tidemark_store::flood::TrendRow;
 use tidemark_store::opendata::{
     BucketRow, LatestFilter, LatestRow, RawOrder, RawReading, StationFilter, StationRow,
 };
@@ -243,8 +244,87 @@ pub struct StationBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub distance_km: Option<f64>,
     pub sensors: Vec<SensorBody>,
+    /// What flood analytics last made of the station: `normal`, `alert`, `warning` or `severe` by
+    /// its level sensors' thresholds, `stale` when a sensor has gone quiet, `no_data` before any
+    /// reading.
+    pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub thresholds: Option<Vec<serde_json::Value>>,
+    /// The station's level sensors as flood analytics last evaluated them (one station only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trends: Option<Vec<TrendBody>>,
+}
+
+/// A level sensor at its newest usable reading, as flood analytics evaluated it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrendBody {
+    pub sensor: String,
+    pub at: DateTime<Utc>,
+    pub value: f64,
+    /// `alert`, `warning` or `severe` when its thresholds are reached (after their persistence).
+    pub severity: Option<&'static str>,
+    /// In the sensor's unit per hour, by least squares over the thresholds' rate window.
+    pub rate_per_hour: Option<f64>,
+    /// The next threshold above the current severity that the trend reaches, and when.
+    pub projected: Option<ProjectedCrossing>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectedCrossing {
+    pub severity: &'static str,
+    pub at: DateTime<Utc>,
+}
+
+fn severity_name(severity: i16) -> &'static str {
+    match severity {
+        3 => "severe",
+        2 => "warning",
+        _ => "alert",
+    }
+}
+
+fn trend_body(row: &TrendRow) -> TrendBody {
+    TrendBody {
+        sensor: row.sensor_key.clone(),
+        at: row.at,
+        value: row.value,
+        severity: row.severity.map(severity_name),
+        rate_per_hour: row.rate_per_hour,
+        projected: row.projected.map(|(severity, at)| ProjectedCrossing {
+            severity: severity_name(severity),
+            at,
+        }),
+    }
+}
+
+/// A station's state from its sensors' latest readings and their evaluated trends. A sensor is
+/// silent, as analytics has it, when its latest reading is stale and nothing has arrived for as
+/// long: readings of a replay or a back-fill still arriving are old but not silence.
+fn station_state(
+    sensors: &[SensorBody],
+    trends: &HashMap<String, TrendRow>,
+    now: DateTime<Utc>,
+) -> &'static str {
+    if sensors.iter().all(|s| s.latest.is_none()) {
+        return "no_data";
+    }
+    let silent = |s: &SensorBody| {
+        s.latest.as_ref().is_some_and(|l| {
+            let limit = Duration::from_secs(s.expected_interval_seconds.saturating_mul(3));
+            l.stale
+                && (now - l.received_at)
+                    .to_std()
+                    .is_ok_and(|quiet| quiet > limit)
+        })
+    };
+    if sensors.iter().any(silent) {
+        return "stale";
+    }
+    sensors
+        .iter()
+        .filter_map(|s| trends.get(&s.key)?.severity)
+        .max()
+        .map_or("normal", severity_name)
 }
 
 fn sensor_body(row: LatestRow, now: DateTime<Utc>) -> SensorBody {
@@ -268,8 +348,14 @@ fn sensor_body(row: LatestRow, now: DateTime<Utc>) -> SensorBody {
     }
 }
 
-fn station_body(row: StationRow, sensors: Vec<SensorBody>) -> StationBody {
+fn station_body(
+    row: StationRow,
+    sensors: Vec<SensorBody>,
+    trends: &HashMap<String, TrendRow>,
+    now: DateTime<Utc>,
+) -> StationBody {
     StationBody {
+        state: station_state(&sensors, trends, now),
         key: row.key,
         name: row.name,
         kind: row.kind,
@@ -279,6 +365,7 @@ fn station_body(row: StationRow, sensors: Vec<SensorBody>) -> StationBody {
         distance_km: row.distance_km,
         sensors,
         thresholds: None,
+        trends: None,
     }
 }
 
@@ -307,6 +394,13 @@ async fn station_bodies(state: &ApiState, filter: &StationFilter) -> Result<Vec<
             ..LatestFilter::default()
         })
         .await?;
+    let trends: HashMap<String, TrendRow> = state
+        .store
+        .trends(None)
+        .await?
+        .into_iter()
+        .map(|t| (t.sensor_key.clone(), t))
+        .collect();
     for row in latest {
         if let Some(station) = row.station.clone() {
             sensors
@@ -319,7 +413,7 @@ async fn station_bodies(state: &ApiState, filter: &StationFilter) -> Result<Vec<
         .into_iter()
         .map(|row| {
             let own = sensors.remove(&row.key).unwrap_or_default();
-            station_body(row, own)
+            station_body(row, own, &trends, now)
         })
         .collect())
 }
@@ -456,6 +550,9 @@ pub async fn station(
         })
         .collect();
     station.thresholds = Some(thresholds);
+    let keys: Vec<String> = station.sensors.iter().map(|s| s.key.clone()).collect();
+    let trends = state.store.trends(Some(&keys)).await?;
+    station.trends = Some(trends.iter().map(trend_body).collect());
     Ok(match format {
         Format::GeoJson => typed(
             "application/geo+json",
@@ -1164,6 +1261,84 @@ async fn aggregated(
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap()
+    }
+
+    /// A sensor read every 10 minutes whose latest reading is `age` minutes old (stale after 30)
+    /// and arrived `received` minutes ago.
+    fn received(key: &str, age: i64, received: i64) -> SensorBody {
+        SensorBody {
+            key: key.to_owned(),
+            quantity: "water_level".to_owned(),
+            unit: "m",
+            name: String::new(),
+            expected_interval_seconds: 600,
+            latest: Some(LatestReading {
+                ts: now() - ChronoDuration::minutes(age),
+                value: 1.0,
+                quality: 0,
+                received_at: now() - ChronoDuration::minutes(received),
+                stale: age > 30,
+            }),
+        }
+    }
+
+    fn sensor(key: &str, latest: Option<bool>) -> SensorBody {
+        match latest {
+            Some(true) => received(key, 45, 45),
+            Some(false) => received(key, 5, 5),
+            None => SensorBody {
+                latest: None,
+                ..received(key, 0, 0)
+            },
+        }
+    }
+
+    fn trend(key: &str, severity: Option<i16>) -> (String, TrendRow) {
+        let row = TrendRow {
+            sensor_key: key.to_owned(),
+            at: Utc::now(),
+            value: 1.0,
+            severity,
+            rate_per_hour: None,
+            projected: None,
+        };
+        (key.to_owned(), row)
+    }
+
+    #[test]
+    fn a_station_takes_its_most_severe_sensor_and_silence_overrides_it() {
+        let trends: HashMap<String, TrendRow> =
+            [trend("a", Some(1)), trend("b", Some(3)), trend("c", None)]
+                .into_iter()
+                .collect();
+        let state = |sensors: &[SensorBody]| station_state(sensors, &trends, now());
+        assert_eq!(state(&[]), "no_data");
+        assert_eq!(state(&[sensor("a", None)]), "no_data");
+        assert_eq!(state(&[sensor("c", Some(false))]), "normal");
+        assert_eq!(
+            state(&[sensor("x", Some(false))]),
+            "normal",
+            "no thresholds"
+        );
+        assert_eq!(state(&[sensor("a", Some(false))]), "alert");
+        assert_eq!(
+            state(&[sensor("a", Some(false)), sensor("b", Some(false))]),
+            "severe"
+        );
+        assert_eq!(
+            state(&[sensor("b", Some(false)), sensor("c", Some(true))]),
+            "stale",
+            "a silent sensor is never an all-clear, nor a warning to trust"
+        );
+        assert_eq!(
+            state(&[received("b", 240, 1)]),
+            "severe",
+            "hours-old readings still arriving (a replay) are not silence"
+        );
+    }
 
     fn row(minute: u32, avg: f64) -> BucketRow {
         BucketRow {

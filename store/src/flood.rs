@@ -118,6 +118,18 @@ pub struct CrossingRow {
     pub value: f64,
 }
 
+/// A level sensor as flood analytics last evaluated it (`level_trends`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrendRow {
+    pub sensor_key: String,
+    pub at: DateTime<Utc>,
+    pub value: f64,
+    pub severity: Option<i16>,
+    pub rate_per_hour: Option<f64>,
+    /// The next threshold's severity and when the trend reaches it.
+    pub projected: Option<(i16, DateTime<Utc>)>,
+}
+
 /// The notification channel announcing a changed flood setup (areas, thresholds, links, rules).
 pub const FLOOD_SETUP_CHANGED: &str = "flood_setup_changed";
 
@@ -802,6 +814,73 @@ impl Store {
                 plausible_high: r.get(2),
                 spike_floor: r.get(3),
                 stuck_run: r.get(4),
+            })
+            .collect())
+    }
+
+    /// Records each sensor's latest evaluated state, unless one of a newer reading is there (a
+    /// sensor in two areas is evaluated with each).
+    pub async fn record_trends(&self, trends: &[TrendRow]) -> Result<()> {
+        if trends.is_empty() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        let statement = client
+            .prepare(
+                "INSERT INTO level_trends AS t (sensor_key, at, value, severity, rate_per_hour, \
+                     projected_severity, projected_at, evaluated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, now()) \
+                 ON CONFLICT (sensor_key) DO UPDATE SET at = EXCLUDED.at, value = EXCLUDED.value, \
+                     severity = EXCLUDED.severity, rate_per_hour = EXCLUDED.rate_per_hour, \
+                     projected_severity = EXCLUDED.projected_severity, \
+                     projected_at = EXCLUDED.projected_at, evaluated_at = now() \
+                 WHERE t.at <= EXCLUDED.at",
+            )
+            .await
+            .context("preparing the trend upsert")?;
+        for t in trends {
+            client
+                .execute(
+                    &statement,
+                    &[
+                        &t.sensor_key,
+                        &t.at,
+                        &t.value,
+                        &t.severity,
+                        &t.rate_per_hour,
+                        &t.projected.map(|p| p.0),
+                        &t.projected.map(|p| p.1),
+                    ],
+                )
+                .await
+                .context("recording a sensor's trend")?;
+        }
+        Ok(())
+    }
+
+    /// The evaluated state of the given level sensors (all of them with `None`).
+    pub async fn trends(&self, sensors: Option<&[String]>) -> Result<Vec<TrendRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT sensor_key, at, value, severity, rate_per_hour, projected_severity, \
+                     projected_at FROM level_trends \
+                 WHERE $1::text[] IS NULL OR sensor_key = ANY($1) ORDER BY sensor_key",
+                &[&sensors],
+            )
+            .await
+            .context("reading sensor trends")?;
+        Ok(rows
+            .iter()
+            .map(|r| TrendRow {
+                sensor_key: r.get(0),
+                at: r.get(1),
+                value: r.get(2),
+                severity: r.get(3),
+                rate_per_hour: r.get(4),
+                projected: r
+                    .get::<_, Option<i16>>(5)
+                    .zip(r.get::<_, Option<DateTime<Utc>>>(6)),
             })
             .collect())
     }
