@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, and integration tests against a real PostgreSQL and private
-# Mosquitto brokers. Sets up what is missing first, and closes with one summary line.
+# Mosquitto brokers, the dashboard's in headless Chromium among them. Sets up what is missing
+# first, and closes with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
+# The dashboard is embedded in the API when it is compiled, and its tests run in Chromium.
+bash scripts/dashboard.sh
+bash scripts/browser.sh
 # The OpenAPI test validates the document with openapi-spec-validator, from PyPI.
 if ! python3 -c "import openapi_spec_validator" 2>/dev/null; then
     python3 -m pip install --quiet --user openapi-spec-validator \

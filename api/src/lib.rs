@@ -4,7 +4,8 @@
 //!
 //! - [`ApiConfig`]: the `[api]` section; [`ApiSettings`] what the handlers use of it.
 //! - [`ops_router`]: `/healthz`, `/readyz`, `/metrics`.
-//! - [`api_router`]: the `/api/v1` routes, with [`ApiState`].
+//! - [`api_router`]: the `/api/v1` routes, with [`ApiState`], and the map dashboard.
+//! - [`dashboard`]: the map dashboard's page and assets at `/`, embedded when the crate is built.
 //! - [`opendata`]: stations, latest values, raw and aggregated readings (JSON, CSV, GeoJSON).
 //! - [`warnings`]: warnings as JSON, CAP 1.2 and Atom; acknowledgement.
 //! - [`webhooks`]: registering and managing webhook endpoints.
@@ -32,6 +33,7 @@ pub mod body;
 pub mod caching;
 pub mod cap;
 pub mod circular;
+pub mod dashboard;
 pub mod delivery;
 pub mod error;
 pub mod freshness;
@@ -327,6 +329,7 @@ pub fn api_router(state: ApiState) -> Router {
             "/api/v1/webhooks/{id}/rotate-secret",
             post(webhooks::rotate),
         )
+        .merge(dashboard::router())
         .fallback(|| async { error::ApiError::NotFound("this resource".to_owned()) })
         .layer(axum::middleware::from_fn(caching::etag))
         .layer(axum::middleware::from_fn_with_state(

@@ -45,3 +45,6 @@ mod cli;
 
 // Device security on a broker with passwords and the shipped topic ACL.
 mod security;
+
+// The map dashboard in headless Chromium, with the storm-surge simulator running.
+mod dashboard;

@@ -385,6 +385,7 @@ pub fn config(harness: &Harness) -> Config {
                 repo("config/flood/baltic-2023.toml"),
                 repo("config/flood/calder-2025.toml"),
                 repo("config/flood/aarhus.toml"),
+                repo("config/flood/soenderjylland.toml"),
             ],
             municipalities: repo("config/reference/dk-kommuner/kommuner.geojson"),
             sweep_interval: Duration::from_secs(2),

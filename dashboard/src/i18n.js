@@ -1,0 +1,276 @@
+// Danish and English. The choice is kept in localStorage; the first visit follows the browser.
+
+const texts = {
+  en: {
+    skip: "Skip to the warnings",
+    views: "Views",
+    tab_flood: "Flood map",
+    tab_circular: "Circular & utilities",
+    map: "Map of flood areas, stations and municipalities",
+    current_warnings: "Current warnings",
+    no_warnings: "No flood warnings in force.",
+    close: "Close",
+    layers: "Layers",
+    layer_municipalities: "Municipality boundaries",
+    layer_areas: "Flood areas",
+    layer_stations: "Stations",
+    layer_containers: "Waste containers",
+    layer_utility: "Utility alerts",
+    legend: "Legend",
+    municipality: "Municipality",
+    key_title: "Municipality API key",
+    key_help:
+      "Acknowledging a warning needs your municipality's API key. It is kept in this browser tab only and forgotten when the tab closes.",
+    key_label: "API key",
+    save: "Save",
+    cancel: "Cancel",
+    key_set: "Forget API key",
+    key_unset: "Enter API key",
+    live_open: "Live",
+    live_connecting: "Connecting…",
+    live_down: "Reconnecting…",
+    state_normal: "Normal",
+    state_alert: "Flood Alert",
+    state_warning: "Flood Warning",
+    state_severe: "Severe Flood Warning",
+    state_stale: "No recent data",
+    state_no_data: "No data yet",
+    area_none: "Flood area, no warning",
+    expected: "expected",
+    observed: "observed",
+    stale_warning: "data stale",
+    since: "since",
+    station: "Station",
+    latest: "Latest reading",
+    ago: "ago",
+    rate: "Rate of rise",
+    per_hour: "per hour",
+    no_trend: "Not enough recent readings for a trend",
+    projected: "Projected crossing",
+    no_projection: "No threshold crossing ahead on the current trend",
+    thresholds: "Thresholds",
+    chart_label: "Readings of the last 48 hours with thresholds",
+    level: "Level",
+    projection: "Projection",
+    no_sensor_thresholds: "This station has no flood thresholds.",
+    history: "History",
+    municipalities: "Municipalities",
+    cap: "CAP 1.2 message",
+    acknowledge: "Acknowledge",
+    acknowledged_by: "Acknowledged by",
+    not_acknowledged: "Not acknowledged yet",
+    ack_done: "Acknowledged.",
+    ack_needs_key: "Enter your municipality's API key to acknowledge.",
+    key_refused: "The API key was refused: ",
+    ack_failed: "Acknowledging failed: ",
+    event_raised: "Raised",
+    event_changed: "Changed",
+    event_lifted: "Lifted",
+    event_acknowledged: "Acknowledged",
+    event_stale: "Data stopped",
+    event_fresh: "Data back",
+    event_undelivered: "Undelivered",
+    load_failed: "Could not load: ",
+    collected: "Collected tonnes by fraction",
+    fraction: "Fraction",
+    tonnes: "Tonnes",
+    recycling_rate: "Recycling rate",
+    period: "Period",
+    no_statistics: "No waste statistics for this municipality.",
+    near_full: "Containers near full",
+    container: "Container",
+    fill: "Fill",
+    full_at: "Full at",
+    no_near_full: "No container is near full.",
+    leaks: "Leak suspicions",
+    meter: "District meter",
+    night_flow: "Night flow",
+    baseline: "Baseline",
+    no_leaks: "No leak suspicions.",
+    utility_alerts: "Utility alerts in force",
+    no_utility_alerts: "No utility alerts in force.",
+    select_municipality: "Choose a municipality",
+    minutes: "min",
+    hours: "h",
+    days: "d",
+    after_latest: "after the latest reading",
+    container_fill: "Waste container (darker is fuller)",
+    utility_alert: "Utility alert (suspected leak)",
+    first_night: "First night",
+    status: "Status",
+    leak_open: "Alert in force",
+    leak_ended: "Ended",
+    fraction_paper: "Paper",
+    fraction_cardboard: "Cardboard",
+    fraction_plastic: "Plastic",
+    fraction_glass: "Glass",
+    fraction_metal: "Metal",
+    fraction_food: "Food waste",
+    fraction_garden: "Garden waste",
+    fraction_textiles: "Textiles",
+    fraction_residual: "Residual waste",
+    fraction_mixed: "Mixed",
+  },
+  da: {
+    skip: "Spring til varslerne",
+    views: "Visninger",
+    tab_flood: "Oversvømmelseskort",
+    tab_circular: "Cirkulær økonomi og forsyning",
+    map: "Kort over oversvømmelsesområder, målestationer og kommuner",
+    current_warnings: "Aktuelle varsler",
+    no_warnings: "Ingen oversvømmelsesvarsler er gældende.",
+    close: "Luk",
+    layers: "Lag",
+    layer_municipalities: "Kommunegrænser",
+    layer_areas: "Oversvømmelsesområder",
+    layer_stations: "Målestationer",
+    layer_containers: "Affaldscontainere",
+    layer_utility: "Forsyningsvarsler",
+    legend: "Signaturforklaring",
+    municipality: "Kommune",
+    key_title: "Kommunens API-nøgle",
+    key_help:
+      "For at kvittere for et varsel skal du bruge kommunens API-nøgle. Den gemmes kun i denne browserfane og glemmes, når fanen lukkes.",
+    key_label: "API-nøgle",
+    save: "Gem",
+    cancel: "Annullér",
+    key_set: "Glem API-nøgle",
+    key_unset: "Indtast API-nøgle",
+    live_open: "Direkte",
+    live_connecting: "Forbinder…",
+    live_down: "Genopretter forbindelsen…",
+    state_normal: "Normal",
+    state_alert: "Varsel om mulig oversvømmelse",
+    state_warning: "Oversvømmelsesvarsel",
+    state_severe: "Alvorligt oversvømmelsesvarsel",
+    state_stale: "Ingen nye data",
+    state_no_data: "Ingen data endnu",
+    area_none: "Oversvømmelsesområde uden varsel",
+    expected: "forventet",
+    observed: "observeret",
+    stale_warning: "data forældede",
+    since: "siden",
+    station: "Målestation",
+    latest: "Seneste måling",
+    ago: "siden",
+    rate: "Stigningstakt",
+    per_hour: "i timen",
+    no_trend: "For få nye målinger til en tendens",
+    projected: "Forventet overskridelse",
+    no_projection: "Ingen tærskel overskrides med den nuværende tendens",
+    thresholds: "Tærskler",
+    chart_label: "Målinger fra de seneste 48 timer med tærskler",
+    level: "Vandstand",
+    projection: "Fremskrivning",
+    no_sensor_thresholds: "Denne målestation har ingen tærskler for oversvømmelse.",
+    history: "Forløb",
+    municipalities: "Kommuner",
+    cap: "CAP 1.2-meddelelse",
+    acknowledge: "Kvittér",
+    acknowledged_by: "Kvitteret af",
+    not_acknowledged: "Endnu ikke kvitteret",
+    ack_done: "Kvitteret.",
+    ack_needs_key: "Indtast kommunens API-nøgle for at kvittere.",
+    key_refused: "API-nøglen blev afvist: ",
+    ack_failed: "Kvitteringen mislykkedes: ",
+    event_raised: "Udsendt",
+    event_changed: "Ændret",
+    event_lifted: "Ophævet",
+    event_acknowledged: "Kvitteret",
+    event_stale: "Data udeblev",
+    event_fresh: "Data igen",
+    event_undelivered: "Ikke leveret",
+    load_failed: "Kunne ikke hente: ",
+    collected: "Indsamlede tons pr. fraktion",
+    fraction: "Fraktion",
+    tonnes: "Tons",
+    recycling_rate: "Genanvendelsesprocent",
+    period: "Periode",
+    no_statistics: "Ingen affaldsstatistik for denne kommune.",
+    near_full: "Næsten fulde containere",
+    container: "Container",
+    fill: "Fyldning",
+    full_at: "Fuld",
+    no_near_full: "Ingen container er næsten fuld.",
+    leaks: "Mistanke om lækage",
+    meter: "Distriktsmåler",
+    night_flow: "Natforbrug",
+    baseline: "Basislinje",
+    no_leaks: "Ingen mistanke om lækage.",
+    utility_alerts: "Gældende forsyningsvarsler",
+    no_utility_alerts: "Ingen forsyningsvarsler er gældende.",
+    select_municipality: "Vælg en kommune",
+    minutes: "min",
+    hours: "t",
+    days: "d",
+    after_latest: "efter seneste måling",
+    container_fill: "Affaldscontainer (mørkere er fyldt mere)",
+    utility_alert: "Forsyningsvarsel (mistanke om lækage)",
+    first_night: "Første nat",
+    status: "Status",
+    leak_open: "Varsel gældende",
+    leak_ended: "Ophørt",
+    fraction_paper: "Papir",
+    fraction_cardboard: "Pap",
+    fraction_plastic: "Plast",
+    fraction_glass: "Glas",
+    fraction_metal: "Metal",
+    fraction_food: "Madaffald",
+    fraction_garden: "Haveaffald",
+    fraction_textiles: "Tekstiler",
+    fraction_residual: "Restaffald",
+    fraction_mixed: "Blandet",
+  },
+};
+
+const stored = localStorage.getItem("tidemark.lang");
+let lang = stored in texts ? stored : navigator.language?.startsWith("da") ? "da" : "en";
+
+export function language() {
+  return lang;
+}
+
+export function setLanguage(next) {
+  lang = next;
+  localStorage.setItem("tidemark.lang", next);
+}
+
+export function t(key) {
+  return texts[lang][key] ?? texts.en[key] ?? key;
+}
+
+/** Fills every element marked with data-i18n (text) or data-i18n-label (aria-label). */
+export function translatePage() {
+  document.documentElement.lang = lang;
+  for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
+  for (const el of document.querySelectorAll("[data-i18n-label]")) {
+    el.setAttribute("aria-label", t(el.dataset.i18nLabel));
+  }
+}
+
+const locales = { en: "en-GB", da: "da-DK" };
+
+export function formatTime(iso) {
+  return new Date(iso).toLocaleString(locales[lang], {
+    day: "numeric",
+    month: "short",
+    hour: "2-digit",
+    minute: "2-digit",
+  });
+}
+
+export function formatNumber(value, digits = 2) {
+  return value.toLocaleString(locales[lang], {
+    minimumFractionDigits: digits,
+    maximumFractionDigits: digits,
+  });
+}
+
+/** A span of time in words: "12 min", "3 h 5 min", "2 d 4 h". */
+export function formatSpan(ms) {
+  const minutes = Math.max(0, Math.round(ms / 60000));
+  if (minutes < 60) return `${minutes} ${t("minutes")}`;
+  const hours = Math.floor(minutes / 60);
+  if (hours < 48) return `${hours} ${t("hours")} ${minutes % 60} ${t("minutes")}`;
+  return `${Math.floor(hours / 24)} ${t("days")} ${hours % 24} ${t("hours")}`;
+}
