@@ -221,6 +221,23 @@ assert.ok(panelBox.y >= mapBox.y + mapBox.height - 1, "on a phone the panel is b
 assert.ok(panelBox.width <= 390, "and fits the screen");
 await shot(phone, "9-phone");
 
+// What cannot be loaded is said on the page, not only in the console.
+const failing = await context.newPage();
+await failing.route(`${base}/api/v1/stations/${STATION}`, (route) =>
+  route.fulfill({
+    status: 503,
+    contentType: "application/problem+json",
+    body: JSON.stringify({ title: "Service Unavailable", status: 503, detail: "the database is unreachable" }),
+  }),
+);
+await failing.goto(`${base}/`);
+await failing.waitForSelector("body[data-ready=true]", { timeout: 30000 });
+assert.equal(await failing.locator("#problem").isHidden(), true);
+await failing.click(`button.station[data-station="${STATION}"]`);
+await failing.waitForSelector("#problem:not([hidden])");
+assert.equal(await failing.locator("#problem").innerText(), "Could not load: the database is unreachable");
+
+assert.equal(await page.locator("#problem").isHidden(), true, "nothing failed to load");
 assert.deepEqual(errors, [], "no errors in the pages");
 assert.deepEqual(elsewhere, [], "no request to any other host");
 assert.ok(requested.some((u) => u.includes("/dashboard/maplibre-gl-worker.mjs")), "MapLibre's worker came from the server");

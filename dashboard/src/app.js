@@ -103,14 +103,20 @@ function debounce(task, ms) {
   };
 }
 
+/** Says what could not be loaded, until the next refresh succeeds. */
 function report(error) {
-  console.error(error);
-  const live = document.getElementById("live");
-  live.title = t("load_failed") + error.message;
+  console.warn(error);
+  const problem = document.getElementById("problem");
+  problem.textContent = t("load_failed") + error.message;
+  problem.hidden = false;
+}
+
+function recovered() {
+  document.getElementById("problem").hidden = true;
 }
 
 const refreshAfterEvent = debounce(() => {
-  Promise.all([refreshWarnings(), refreshStations(), refreshUtilityAlerts()]).catch(report);
+  Promise.all([refreshWarnings(), refreshStations(), refreshUtilityAlerts()]).then(recovered, report);
   if (state.detail) showDetail(state.detail, { focus: false }).catch(report);
 }, 250);
 
@@ -652,7 +658,7 @@ async function start() {
   applyLayerToggles();
   await Promise.all([loadMunicipalities(), refreshAreas(), refreshWarnings(), refreshStations()]);
   connect();
-  setInterval(() => refreshStations().catch(report), 60_000);
+  setInterval(() => refreshStations().then(recovered, report), 60_000);
   document.body.dataset.ready = "true";
 }
 

@@ -130,6 +130,19 @@ async fn tidemark_run_ingests_serves_and_stops_cleanly_on_sigterm() {
         200,
         "the warnings API is served"
     );
+    // The map dashboard is in the binary: its page and its script.
+    let page = reqwest::get(format!("http://127.0.0.1:{http_port}/"))
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.text().await.unwrap().contains("/dashboard/app.js"));
+    let script = reqwest::get(format!("http://127.0.0.1:{http_port}/dashboard/app.js"))
+        .await
+        .unwrap();
+    assert_eq!(
+        script.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
 
     let pid = child.id().unwrap().to_string();
     let status = std::process::Command::new("kill")
