@@ -177,6 +177,7 @@ await page.click("#lang");
 await page.waitForFunction(() => document.documentElement.lang === "da");
 assert.equal(await page.locator("#warnings-title").innerText(), "Aktuelle varsler");
 assert.match(await page.locator(`#warning-list li[data-area="${AREA}"]`).innerText(), /Oversvømmelsesvarsel/);
+await page.locator("#warnings").scrollIntoViewIfNeeded();
 await shot(page, "7-danish");
 await page.click("#lang");
 

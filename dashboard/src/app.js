@@ -38,7 +38,7 @@ const map = new maplibregl.Map({
     [8.0, 54.3],
     [13.0, 57.8],
   ],
-  attributionControl: { compact: true, customAttribution: "Kommunegrænser: Danmarks Administrative Geografiske Inddeling" },
+  attributionControl: { compact: true, customAttribution: "Kommunegrænser: Geodatastyrelsen / Danske Kommuner (FOT)" },
 });
 map.addControl(new maplibregl.NavigationControl({ showCompass: false }), "top-right");
 // For the browser tests and for anyone debugging in the console.
@@ -123,12 +123,14 @@ const refreshAfterEvent = debounce(() => {
 // ---------------------------------------------------------------------------------------------
 // Live updates
 
-function connect() {
+/** Shows the stream's state: open, down (reconnecting) or connecting. */
+function setLive(s) {
   const live = document.getElementById("live");
-  const setLive = (s) => {
-    live.dataset.state = s;
-    live.textContent = t(s === "open" ? "live_open" : s === "down" ? "live_down" : "live_connecting");
-  };
+  live.dataset.state = s;
+  live.textContent = t(s === "open" ? "live_open" : s === "down" ? "live_down" : "live_connecting");
+}
+
+function connect() {
   setLive("connecting");
   const stream = new EventSource("/api/v1/warnings/stream?category=all");
   stream.onopen = () => {
@@ -359,14 +361,16 @@ async function showDetail(detail, { focus = true } = {}) {
   if (focus) state.returnFocus = document.activeElement;
   state.detail = detail;
   const body = document.getElementById("detail-body");
-  const content = detail.kind === "station" ? await stationDetail(detail.id) : await warningDetail(detail.id, focus);
+  const { content, drawn } =
+    detail.kind === "station" ? await stationDetail(detail.id) : await warningDetail(detail.id, focus);
   if (state.detail !== detail) return;
   body.replaceChildren(...content);
   const pane = document.getElementById("detail");
   pane.hidden = false;
   pane.dataset.kind = detail.kind;
   pane.dataset.id = detail.id;
-  if (detail.kind === "station") drawChart();
+  // A chart needs its place on the page to know its width.
+  drawn?.();
   if (focus) body.querySelector("h2")?.focus();
 }
 
@@ -389,8 +393,6 @@ function definitions(pairs) {
   return dl;
 }
 
-let pendingChart = null;
-
 async function stationDetail(key) {
   const station = await getJson(`/api/v1/stations/${encodeURIComponent(key)}`);
   const threshold = station.thresholds?.[0];
@@ -400,7 +402,7 @@ async function stationDetail(key) {
   const badge = element("span", t(`state_${station.state}`), { class: "badge" });
   badge.dataset.state = station.state;
   const out = [title, badge];
-  if (!sensor) return out;
+  if (!sensor) return { content: out };
   const unit = sensor.unit;
   const pairs = [];
   if (sensor.latest) {
@@ -433,15 +435,7 @@ async function stationDetail(key) {
   const chart = element("figure", null, { class: "chart", "aria-label": t("chart_label") });
   chart.append(element("figcaption", `${t("chart_label")} (${sensor.key})`));
   out.push(chart);
-  pendingChart = { chart, readings: readings.readings, threshold, trend, unit };
-  return out;
-}
-
-function drawChart() {
-  if (!pendingChart) return;
-  const { chart, ...rest } = pendingChart;
-  pendingChart = null;
-  stationChart(chart, rest);
+  return { content: out, drawn: () => stationChart(chart, { readings: readings.readings, threshold, trend, unit }) };
 }
 
 /** Brings a flood area into view, unless it already is. */
@@ -490,7 +484,7 @@ async function warningDetail(id, bringIntoView) {
     history.append(item);
   }
   out.push(history);
-  return out;
+  return { content: out };
 }
 
 async function acknowledge(id) {
@@ -614,8 +608,7 @@ function renderText() {
   renderLegend();
   renderWarnings();
   renderStations();
-  const live = document.getElementById("live");
-  live.textContent = t(live.dataset.state === "open" ? "live_open" : live.dataset.state === "down" ? "live_down" : "live_connecting");
+  setLive(document.getElementById("live").dataset.state);
 }
 
 function setUpControls() {
@@ -658,7 +651,11 @@ async function start() {
   applyLayerToggles();
   await Promise.all([loadMunicipalities(), refreshAreas(), refreshWarnings(), refreshStations()]);
   connect();
-  setInterval(() => refreshStations().then(recovered, report), 60_000);
+  // Readings change stations' states and containers' fill between warning events.
+  setInterval(() => {
+    const containers = document.querySelector('#layers input[data-layer="containers"]').checked;
+    Promise.all([refreshStations(), containers ? refreshContainers() : null]).then(recovered, report);
+  }, 60_000);
   document.body.dataset.ready = "true";
 }
 
