@@ -8,6 +8,15 @@ use tidemark_store::delivery::WarningEvent;
 /// The category of flood warnings; the other categories are utility alerts.
 pub const FLOOD: &str = "flood";
 
+/// The short names of the three severities, as JSON fields and query parameters spell them.
+pub fn severity_key(severity: i16) -> &'static str {
+    match severity {
+        3 => "severe",
+        2 => "warning",
+        _ => "alert",
+    }
+}
+
 /// The public names of the three flood severities (after the UK Environment Agency's scheme).
 pub fn severity_name(severity: i16) -> &'static str {
     match severity {

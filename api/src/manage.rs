@@ -749,14 +749,6 @@ fn severity_code(name: &str) -> Option<i16> {
     }
 }
 
-fn severity_name(code: i16) -> &'static str {
-    match code {
-        3 => "severe",
-        2 => "warning",
-        _ => "alert",
-    }
-}
-
 /// `PUT /api/v1/rain-rules/{sensor}`: replaces a rainfall sensor's rain rules; running analytics
 /// reload them at once.
 #[utoipa::path(put, path = "/api/v1/rain-rules/{sensor}", tag = "management", request_body = RainRulesUpdate,
@@ -847,7 +839,7 @@ pub async fn rain_rules(State(state): State<ApiState>) -> Result<Response> {
         let body = RainRuleBody {
             window: tidemark_model::duration::format(rule.window),
             more_than_mm: rule.more_than_mm,
-            severity: severity_name(rule.severity).to_owned(),
+            severity: crate::body::severity_key(rule.severity).to_owned(),
         };
         match out.last_mut() {
             Some(last) if last.sensor == rule.sensor_key => last.rules.push(body),

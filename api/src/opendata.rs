@@ -4,6 +4,7 @@
 //! Formats are chosen by `format=` or, failing that, the `Accept` header: JSON (the default), CSV
 //! (`text/csv`), and GeoJSON (`application/geo+json`) where there is geometry.
 
+use crate::body::severity_key;
 use crate::error::{ApiError, Result};
 use crate::ApiState;
 use axum::body::Body;
@@ -275,23 +276,15 @@ pub struct ProjectedCrossing {
     pub at: DateTime<Utc>,
 }
 
-fn severity_name(severity: i16) -> &'static str {
-    match severity {
-        3 => "severe",
-        2 => "warning",
-        _ => "alert",
-    }
-}
-
 fn trend_body(row: &TrendRow) -> TrendBody {
     TrendBody {
         sensor: row.sensor_key.clone(),
         at: row.at,
         value: row.value,
-        severity: row.severity.map(severity_name),
+        severity: row.severity.map(severity_key),
         rate_per_hour: row.rate_per_hour,
         projected: row.projected.map(|(severity, at)| ProjectedCrossing {
-            severity: severity_name(severity),
+            severity: severity_key(severity),
             at,
         }),
     }
@@ -324,7 +317,7 @@ fn station_state(
         .iter()
         .filter_map(|s| trends.get(&s.key)?.severity)
         .max()
-        .map_or("normal", severity_name)
+        .map_or("normal", severity_key)
 }
 
 fn sensor_body(row: LatestRow, now: DateTime<Utc>) -> SensorBody {
@@ -383,7 +376,12 @@ fn feature(station: &StationBody) -> serde_json::Value {
     })
 }
 
-async fn station_bodies(state: &ApiState, filter: &StationFilter) -> Result<Vec<StationBody>> {
+/// The stations the filter selects, with their sensors and state, and the evaluated trends of those
+/// sensors by key (which a single station's answer shows).
+async fn station_bodies(
+    state: &ApiState,
+    filter: &StationFilter,
+) -> Result<(Vec<StationBody>, HashMap<String, TrendRow>)> {
     let rows = state.store.stations(filter).await?;
     let mut sensors: BTreeMap<String, Vec<SensorBody>> = BTreeMap::new();
     let now = Utc::now();
@@ -394,9 +392,10 @@ async fn station_bodies(state: &ApiState, filter: &StationFilter) -> Result<Vec<
             ..LatestFilter::default()
         })
         .await?;
+    let keys: Vec<String> = latest.iter().map(|r| r.sensor.clone()).collect();
     let trends: HashMap<String, TrendRow> = state
         .store
-        .trends(None)
+        .trends(Some(&keys))
         .await?
         .into_iter()
         .map(|t| (t.sensor_key.clone(), t))
@@ -409,13 +408,14 @@ async fn station_bodies(state: &ApiState, filter: &StationFilter) -> Result<Vec<
                 .push(sensor_body(row, now));
         }
     }
-    Ok(rows
+    let bodies = rows
         .into_iter()
         .map(|row| {
             let own = sensors.remove(&row.key).unwrap_or_default();
             station_body(row, own, &trends, now)
         })
-        .collect())
+        .collect();
+    Ok((bodies, trends))
 }
 
 fn station_csv(stations: &[StationBody]) -> String {
@@ -487,7 +487,7 @@ pub async fn stations(
         key: None,
         limit,
     };
-    let bodies = station_bodies(&state, &filter).await?;
+    let (bodies, _) = station_bodies(&state, &filter).await?;
     Ok(match format {
         // format() offers Parquet nowhere but raw readings.
         Format::Json | Format::Parquet => json_response(&serde_json::json!({ "stations": bodies })),
@@ -532,8 +532,8 @@ pub async fn station(
         limit: 1,
         ..StationFilter::default()
     };
-    let mut station = station_bodies(&state, &filter)
-        .await?
+    let (mut stations, trends) = station_bodies(&state, &filter).await?;
+    let mut station = stations
         .pop()
         .ok_or_else(|| ApiError::NotFound(format!("station {key}")))?;
     let setup = state.store.flood_setup().await?;
@@ -550,9 +550,14 @@ pub async fn station(
         })
         .collect();
     station.thresholds = Some(thresholds);
-    let keys: Vec<String> = station.sensors.iter().map(|s| s.key.clone()).collect();
-    let trends = state.store.trends(Some(&keys)).await?;
-    station.trends = Some(trends.iter().map(trend_body).collect());
+    station.trends = Some(
+        station
+            .sensors
+            .iter()
+            .filter_map(|s| trends.get(&s.key))
+            .map(trend_body)
+            .collect(),
+    );
     Ok(match format {
         Format::GeoJson => typed(
             "application/geo+json",
@@ -1501,7 +1506,7 @@ pub async fn municipality(
         .await?
         .pop()
         .ok_or_else(|| ApiError::NotFound(format!("municipality {code}")))?;
-    let stations = station_bodies(
+    let (stations, _) = station_bodies(
         &state,
         &StationFilter {
             municipality: Some(code.clone()),

@@ -16,7 +16,6 @@ const state = {
   warnings: [],
   areas: { type: "FeatureCollection", features: [] },
   municipalities: new Map(),
-  utilityAlerts: [],
   markers: new Map(),
   /** What the detail pane shows: {kind: "station" | "warning", id}. */
   detail: null,
@@ -80,9 +79,8 @@ async function refreshContainers() {
 
 async function refreshUtilityAlerts() {
   const body = await getJson("/api/v1/utilities/alerts?state=in_force");
-  state.utilityAlerts = body.alerts ?? [];
   const features = [];
-  for (const alert of state.utilityAlerts) {
+  for (const alert of body.alerts) {
     const station = state.stations.find((s) => s.sensors.some((x) => x.key === alert.meter.key));
     if (!station) continue;
     features.push({
@@ -574,7 +572,7 @@ function applyLayerToggles() {
 
 function renderLegend() {
   const list = document.getElementById("legend-list");
-  const items = states.map(([name]) => {
+  const items = states.map((name) => {
     const item = element("li");
     const symbol = element("span", null, { class: "station", "aria-hidden": "true" });
     symbol.dataset.state = name;

@@ -16,14 +16,7 @@ export const colours = {
   utility: "#cc79a7",
 };
 
-/** Station states, least to most urgent, with the marker shape of each. */
-export const states = [
-  ["no_data", "hollow"],
-  ["stale", "cross"],
-  ["normal", "circle"],
-  ["alert", "triangle"],
-  ["warning", "diamond"],
-  ["severe", "square"],
-];
+/** Station states, least to most urgent; app.css gives each its marker shape. */
+export const states = ["no_data", "stale", "normal", "alert", "warning", "severe"];
 
 export const severityNames = { 1: "alert", 2: "warning", 3: "severe" };
