@@ -5,8 +5,15 @@ use tidemark_model::topic::ReadingsTopics;
 use tidemark_model::validate::{self, TimeRules};
 use tidemark_model::wire::{self, Limits};
 use tidemark_model::{RejectReason, Rejection};
-use tidemark_store::readings::{ReadingRow, RejectionRow};
+use tidemark_store::readings::ReadingRow;
 use tidemark_store::reference::Directory;
+
+/// The reason code of a message whose rows the database refused for good (a data exception, an
+/// integrity violation or a program limit), isolated from the rest of its batch.
+pub const STORAGE_REFUSED: &str = "storage_refused";
+
+/// Reason codes ingest assigns besides validation's ([`RejectReason::CODES`]).
+pub const INGEST_CODES: [&str; 2] = [tidemark_store::readings::CONFLICT, STORAGE_REFUSED];
 
 /// The rules a message is judged by.
 #[derive(Debug, Clone, Copy)]
@@ -15,14 +22,42 @@ pub struct Rules {
     pub limits: Limits,
 }
 
-/// What one message turned into.
+/// One refusal: of the whole message (`entry: None`) or of one of its entries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    pub entry: Option<usize>,
+    pub reason_code: &'static str,
+    pub reason: String,
+}
+
+/// What one message turned into. The payload is not copied: the caller keeps the message.
 #[derive(Debug, Default, PartialEq)]
 pub struct Processed {
+    /// The publishing device, where the topic names one.
+    pub device: Option<String>,
     pub readings: Vec<ReadingRow>,
-    pub rejections: Vec<RejectionRow>,
+    /// The entry of the message each reading came from, parallel to `readings`.
+    pub entries: Vec<u32>,
+    pub refusals: Vec<Refused>,
     /// Some rejection depended on the directory (unknown device or sensor, wrong device), so a
     /// fresher directory might judge the message differently.
     pub depends_on_directory: bool,
+}
+
+impl Processed {
+    /// Bytes this message adds to a batch's rejections when stored: its payload once and the
+    /// reasons, or nothing if nothing of it was refused.
+    pub fn rejection_bytes(&self, payload_len: usize) -> usize {
+        if self.refusals.is_empty() {
+            return 0;
+        }
+        payload_len
+            + self
+                .refusals
+                .iter()
+                .map(|r| r.reason.len() + 64)
+                .sum::<usize>()
+    }
 }
 
 /// Decodes and validates one message received on `topic` at `received_at`.
@@ -35,18 +70,15 @@ pub fn process(
     rules: Rules,
 ) -> Processed {
     let mut out = Processed::default();
-    let mut reject = |device: Option<&str>, rejection: Rejection| {
+    let mut refused = Vec::new();
+    let mut reject = |rejection: Rejection| {
         out.depends_on_directory |= matches!(
             rejection.reason,
             RejectReason::UnknownDevice(_)
                 | RejectReason::UnknownSensor(_)
                 | RejectReason::WrongDevice { .. }
         );
-        out.rejections.push(RejectionRow {
-            received_at,
-            topic: topic.to_owned(),
-            device: device.map(str::to_owned),
-            payload: payload.to_vec(),
+        refused.push(Refused {
             entry: rejection.entry,
             reason_code: rejection.reason.code(),
             reason: rejection.to_string(),
@@ -60,25 +92,27 @@ pub fn process(
     let device = match topics.device_of(topic) {
         Ok(device) => device,
         Err(error) => {
-            reject(None, whole(RejectReason::BadTopic(error)));
+            reject(whole(RejectReason::BadTopic(error)));
+            out.refusals = refused;
             return out;
         }
     };
+    out.device = Some(device.as_str().to_owned());
     if !directory.devices.contains(&device) {
-        reject(
-            Some(device.as_str()),
-            whole(RejectReason::UnknownDevice(device.clone())),
-        );
+        reject(whole(RejectReason::UnknownDevice(device.clone())));
+        out.refusals = refused;
         return out;
     }
     let entries = match wire::decode(payload, rules.limits) {
         Ok(entries) => entries,
         Err(error) => {
-            reject(Some(device.as_str()), whole(RejectReason::Malformed(error)));
+            reject(whole(RejectReason::Malformed(error)));
+            out.refusals = refused;
             return out;
         }
     };
     let mut readings = Vec::with_capacity(entries.len());
+    let mut from = Vec::with_capacity(entries.len());
     for (index, entry) in entries.into_iter().enumerate() {
         let checked = entry.map_err(RejectReason::Malformed).and_then(|wire| {
             let known = directory.sensors.get(&wire.sensor);
@@ -88,22 +122,24 @@ pub fn process(
                 .map(|reading| (id.expect("validate accepts only known sensors"), reading))
         });
         match checked {
-            Ok((sensor_id, reading)) => readings.push(ReadingRow {
-                sensor_id,
-                ts: reading.ts,
-                value: reading.value,
-                quality: reading.quality.0,
+            Ok((sensor_id, reading)) => {
+                readings.push(ReadingRow {
+                    sensor_id,
+                    ts: reading.ts,
+                    value: reading.value,
+                    quality: reading.quality.0,
+                });
+                from.push(index as u32);
+            }
+            Err(reason) => reject(Rejection {
+                reason,
+                entry: Some(index),
             }),
-            Err(reason) => reject(
-                Some(device.as_str()),
-                Rejection {
-                    reason,
-                    entry: Some(index),
-                },
-            ),
         }
     }
     out.readings = readings;
+    out.entries = from;
+    out.refusals = refused;
     out
 }
 
@@ -213,16 +249,13 @@ mod tests {
             );
             assert_eq!(out.readings.len(), stored, "{topic} {payload}");
             let got: Vec<(&str, Option<usize>)> = out
-                .rejections
+                .refusals
                 .iter()
                 .map(|r| (r.reason_code, r.entry))
                 .collect();
             assert_eq!(got, codes, "{topic} {payload}");
             assert_eq!(out.depends_on_directory, depends, "{topic} {payload}");
-            assert!(out
-                .rejections
-                .iter()
-                .all(|r| r.payload == payload.as_bytes()));
+            assert_eq!(out.readings.len(), out.entries.len());
         }
         let out = process(
             "tidemark/v1/readings/gauge-a",

@@ -26,6 +26,9 @@ pub struct Metrics {
     pub batch_seconds: Histogram,
     /// Failed database writes that were retried.
     pub write_retries: Counter,
+    /// Messages the database refused for good whose rejection could not be stored either: they
+    /// were acknowledged so as not to stall everyone else, and logged.
+    pub rejections_unstored: Counter,
     /// Payload bytes received and not yet committed.
     pub buffered_bytes: Gauge,
     /// MQTT connection errors (each followed by a reconnect).
@@ -45,11 +48,15 @@ impl Metrics {
             batches: Counter::default(),
             batch_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
             write_retries: Counter::default(),
+            rejections_unstored: Counter::default(),
             buffered_bytes: Gauge::default(),
             mqtt_errors: Counter::default(),
             subscribed: Gauge::default(),
         };
-        for code in RejectReason::CODES {
+        for code in RejectReason::CODES
+            .iter()
+            .chain(crate::message::INGEST_CODES.iter())
+        {
             let _ = metrics.rejected.get_or_create(&vec![("reason", code)]);
         }
         let ingest = registry.sub_registry_with_prefix("tidemark_ingest");
@@ -88,6 +95,11 @@ impl Metrics {
             "write_retries",
             "Database writes retried",
             metrics.write_retries.clone(),
+        );
+        ingest.register(
+            "rejections_unstored",
+            "Refused messages acknowledged although not even their rejection could be stored",
+            metrics.rejections_unstored.clone(),
         );
         ingest.register(
             "buffered_bytes",

@@ -1,25 +1,31 @@
 //! The ingest service: an MQTT session task that only moves packets, and a writer task that
 //! batches, commits and then acknowledges.
 //!
-//! The session task never waits on the database or on buffer space, so keep-alives and
-//! acknowledgements flow while the database is slow or down. What is received but not yet committed
-//! is bounded by the broker's in-flight window of unacknowledged messages; of it, at most
-//! `max_buffered_bytes` are handed to the batcher, and the rest wait in the session task.
+//! Memory is bounded by `max_buffered_bytes`: the session task takes a share of that budget for
+//! each message before it polls the connection again, so when the budget is spent it stops reading
+//! the socket and the broker's sends back up in TCP. The share is given back as soon as the
+//! message's batch has committed, before its acknowledgement leaves, so the session task never
+//! waits on itself.
+//!
+//! A batch the database refuses for good (a data exception, an integrity violation, a program
+//! limit) is split until the message behind the refusal stands alone; that message is kept as a
+//! rejection (`storage_refused`) and acknowledged, and the rest is stored. Other errors (a lost
+//! connection, a serialization failure) are retried with backoff, acknowledging nothing.
 
 use crate::config::IngestConfig;
-use crate::message::{self, Processed, Rules};
+use crate::message::{self, Processed, Rules, STORAGE_REFUSED};
 use crate::metrics::Metrics;
 use chrono::{DateTime, Utc};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::ops::Range;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tidemark_model::broker::BrokerConfig;
 use tidemark_model::topic::{ReadingsTopics, TopicError};
 use tidemark_model::validate::TimeRules;
 use tidemark_model::wire::Limits;
-use tidemark_store::readings::{ReadingRow, RejectionRow};
+use tidemark_store::readings::{Batch, MessageRef, Origin, ReadingRow, Refusal, WriteOutcome};
 use tidemark_store::reference::Directory;
 use tidemark_store::{DatabaseConfig, Store};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -43,16 +49,41 @@ pub struct Settings {
     pub database: DatabaseConfig,
 }
 
-/// A message received and not yet acknowledged.
+/// A message received and not yet committed.
 struct Received {
     publish: Publish,
     received_at: DateTime<Utc>,
     /// The MQTT connection it arrived on; an ack is only valid on that connection.
     connection: u64,
-    /// Bytes this message holds of the `max_buffered_bytes` budget, released when it is dropped.
+    /// Bytes this message holds of the `max_buffered_bytes` budget, given back when it is dropped.
     buffered: usize,
     _buffer: OwnedSemaphorePermit,
 }
+
+/// What is left of a committed message until it is acknowledged: no payload, no share of the
+/// buffer.
+struct Committed {
+    pkid: u16,
+    qos: QoS,
+    connection: u64,
+}
+
+/// The MQTT connection generation. It moves on every connection error, under the write lock, and
+/// acknowledgements are queued only under the read lock while the generation is still theirs: so
+/// an acknowledgement meant for one connection is never sent on the next, where the same packet id
+/// may name another message.
+#[derive(Default)]
+struct Generation(RwLock<u64>);
+
+impl Generation {
+    fn current(&self) -> u64 {
+        *self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How many bytes the rejections of one batch may write (payloads once each, and reasons). A batch
+/// that would write more ends early; the rest of its messages start the next one.
+const REJECTION_BYTES_PER_BATCH: usize = 8 * 1024 * 1024;
 
 /// A task that dies with its owner: if `run` is dropped (its task aborted, as in a crash), the
 /// MQTT session goes with it instead of living on unowned.
@@ -94,7 +125,7 @@ pub async fn run(
         mqtt_options(&config, &mqtt),
         config.batch_max_messages * 2 + 16,
     );
-    let connection = Arc::new(AtomicU64::new(0));
+    let connection = Arc::new(Generation::default());
     let (tx, rx) = mpsc::unbounded_channel();
     let buffer = Arc::new(Semaphore::new(config.max_buffered_bytes));
     let session_stop = CancellationToken::new();
@@ -104,7 +135,7 @@ pub async fn run(
         filter,
         tx,
         buffer,
-        config.max_payload_bytes,
+        config.max_buffered_bytes,
         connection.clone(),
         metrics.clone(),
         session_stop.clone(),
@@ -141,6 +172,7 @@ pub async fn run(
             },
         },
         config: config.clone(),
+        carried: VecDeque::new(),
     };
     let committer = Committer {
         store,
@@ -190,51 +222,23 @@ async fn session_loop(
     filter: String,
     tx: mpsc::UnboundedSender<Received>,
     buffer: Arc<Semaphore>,
-    max_payload: usize,
-    connection: Arc<AtomicU64>,
+    max_buffered: usize,
+    connection: Arc<Generation>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
-    // Messages that arrived while the buffer was full. The event loop must go on being polled
-    // regardless, or the acknowledgements of committed batches could never leave and nothing would
-    // free the buffer; so instead of waiting for room, newcomers wait here, bounded by the broker's
-    // in-flight window.
-    let mut overflow: VecDeque<(Publish, DateTime<Utc>, u64, usize)> = VecDeque::new();
     loop {
-        while let Some((_, _, _, size)) = overflow.front() {
-            let Ok(permit) = buffer.clone().try_acquire_many_owned(*size as u32) else {
-                break;
-            };
-            let (publish, received_at, on, size) = overflow.pop_front().expect("front exists");
-            let received = Received {
-                publish,
-                received_at,
-                connection: on,
-                buffered: size,
-                _buffer: permit,
-            };
-            if tx.send(received).is_err() {
-                return;
-            }
-        }
-        let waiting_for = overflow.front().map_or(0, |o| o.3 as u32);
         let event = tokio::select! {
             _ = stop.cancelled() => return,
             event = eventloop.poll() => event,
-            room = buffer.acquire_many(waiting_for), if waiting_for > 0 => {
-                // Room again: released at once and taken in order at the top of the loop.
-                drop(room);
-                continue;
-            }
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = Duration::from_millis(100);
                 metrics.subscribed.set(0);
-                let id = connection.fetch_add(1, Ordering::SeqCst) + 1;
                 tracing::info!(
-                    connection = id,
+                    connection = connection.current(),
                     session_present = ack.session_present,
                     "mqtt connected"
                 );
@@ -248,10 +252,27 @@ async fn session_loop(
                 if publish.dup {
                     metrics.messages_redelivered.inc();
                 }
-                let size = publish.payload.len().clamp(1, max_payload.max(1));
+                let size = publish.payload.len().clamp(1, max_buffered);
+                // The message's share of the buffer, before the connection is polled again: while
+                // there is no room, nothing reads the socket, and the broker holds the rest.
+                let permit = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    permit = buffer.clone().acquire_many_owned(size as u32) => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
+                };
                 metrics.buffered_bytes.inc_by(size as i64);
-                // Queued behind any earlier overflow, so that messages keep their order.
-                overflow.push_back((publish, Utc::now(), connection.load(Ordering::SeqCst), size));
+                let received = Received {
+                    publish,
+                    received_at: Utc::now(),
+                    connection: connection.current(),
+                    buffered: size,
+                    _buffer: permit,
+                };
+                if tx.send(received).is_err() {
+                    return;
+                }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 let granted = ack
@@ -267,6 +288,15 @@ async fn session_loop(
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
             Ok(_) => {}
             Err(error) => {
+                {
+                    // The connection is gone: its generation ends now, not at the next CONNACK.
+                    // Acknowledgements queued before this point are dropped from the request
+                    // queue (rumqttc keeps no PUBACK across a reconnect); none can be queued for
+                    // the old generation after it.
+                    let mut generation = connection.0.write().unwrap_or_else(|e| e.into_inner());
+                    *generation += 1;
+                    eventloop.clean();
+                }
                 metrics.mqtt_errors.inc();
                 metrics.subscribed.set(0);
                 tracing::warn!(%error, retry_in = ?backoff, "mqtt connection error");
@@ -292,11 +322,76 @@ async fn maintenance_loop(store: Store, database: DatabaseConfig, shutdown: Canc
     }
 }
 
-/// A batch decoded and validated, waiting to be committed.
+/// A batch decoded and validated, waiting to be committed. Rows are kept in message order, so
+/// that any run of messages maps to one run of readings and one of refusals.
 struct Prepared {
     messages: Vec<Received>,
+    devices: Vec<Option<String>>,
     readings: Vec<ReadingRow>,
-    rejections: Vec<RejectionRow>,
+    origins: Vec<Origin>,
+    refusals: Vec<Refusal>,
+    /// Where each message's readings start in `readings` (and `origins`), and one past the end.
+    reading_starts: Vec<usize>,
+    /// Where each message's refusals start in `refusals`, and one past the end.
+    refusal_starts: Vec<usize>,
+}
+
+impl Prepared {
+    fn new(messages: Vec<Received>, processed: Vec<Processed>) -> Prepared {
+        let mut prepared = Prepared {
+            messages,
+            devices: Vec::with_capacity(processed.len()),
+            readings: Vec::new(),
+            origins: Vec::new(),
+            refusals: Vec::new(),
+            reading_starts: vec![0],
+            refusal_starts: vec![0],
+        };
+        for (index, p) in processed.into_iter().enumerate() {
+            let message = index as u32;
+            prepared.devices.push(p.device);
+            prepared.readings.extend(p.readings);
+            prepared
+                .origins
+                .extend(p.entries.into_iter().map(|entry| Origin { message, entry }));
+            prepared
+                .refusals
+                .extend(p.refusals.into_iter().map(|r| Refusal {
+                    message,
+                    entry: r.entry,
+                    reason_code: r.reason_code,
+                    reason: r.reason,
+                }));
+            prepared.reading_starts.push(prepared.readings.len());
+            prepared.refusal_starts.push(prepared.refusals.len());
+        }
+        prepared
+    }
+
+    fn message_refs(&self) -> Vec<MessageRef<'_>> {
+        self.messages
+            .iter()
+            .zip(&self.devices)
+            .map(|(m, device)| MessageRef {
+                received_at: m.received_at,
+                topic: &m.publish.topic,
+                device: device.as_deref(),
+                payload: &m.publish.payload,
+            })
+            .collect()
+    }
+
+    /// The rows of the messages in `part`.
+    fn part<'a>(&'a self, messages: &'a [MessageRef<'a>], part: &Range<usize>) -> Batch<'a> {
+        let readings = self.reading_starts[part.start]..self.reading_starts[part.end];
+        let refusals = self.refusal_starts[part.start]..self.refusal_starts[part.end];
+        Batch {
+            messages,
+            readings: &self.readings[readings.clone()],
+            origins: &self.origins[readings],
+            refusals: &self.refusals[refusals],
+        }
+    }
 }
 
 /// First stage: gathers messages into batches and turns them into rows.
@@ -307,6 +402,8 @@ struct Preparer {
     directory_loaded: DateTime<Utc>,
     rules: Rules,
     config: IngestConfig,
+    /// Messages a batch left over for the next one (its rejections were at their bound).
+    carried: VecDeque<Received>,
 }
 
 impl Preparer {
@@ -327,13 +424,16 @@ impl Preparer {
 
     /// Waits for a first message, then takes more until the batch is full or has lingered.
     async fn gather(
-        &self,
+        &mut self,
         rx: &mut mpsc::UnboundedReceiver<Received>,
         shutdown: &CancellationToken,
     ) -> Option<Vec<Received>> {
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            first = rx.recv() => first?,
+        let first = match self.carried.pop_front() {
+            Some(first) => first,
+            None => tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                first = rx.recv() => first?,
+            },
         };
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + self.config.batch_linger;
@@ -342,14 +442,18 @@ impl Preparer {
         let max_bytes = self.config.batch_max_readings * 64;
         let mut bytes = batch[0].publish.payload.len();
         while batch.len() < self.config.batch_max_messages && bytes < max_bytes {
-            let next = match rx.try_recv() {
-                Ok(next) => next,
-                Err(_) => tokio::select! {
-                    biased;
-                    next = rx.recv() => match next { Some(next) => next, None => break },
-                    _ = tokio::time::sleep_until(deadline) => break,
-                    _ = shutdown.cancelled() => break,
-                },
+            let next = if let Some(next) = self.carried.pop_front() {
+                next
+            } else {
+                match rx.try_recv() {
+                    Ok(next) => next,
+                    Err(_) => tokio::select! {
+                        biased;
+                        next = rx.recv() => match next { Some(next) => next, None => break },
+                        _ = tokio::time::sleep_until(deadline) => break,
+                        _ = shutdown.cancelled() => break,
+                    },
+                }
             };
             bytes += next.publish.payload.len();
             batch.push(next);
@@ -373,7 +477,7 @@ impl Preparer {
             .collect()
     }
 
-    async fn prepare(&mut self, messages: Vec<Received>) -> Prepared {
+    async fn prepare(&mut self, mut messages: Vec<Received>) -> Prepared {
         let mut processed = self.process_all(&messages);
         // A rejection for an unknown device or sensor is final only if judged by a directory
         // loaded after the message arrived: reference data may have been added since.
@@ -392,17 +496,23 @@ impl Preparer {
                 Err(error) => tracing::warn!(%error, "cannot reload the device directory"),
             }
         }
-        let mut readings = Vec::new();
-        let mut rejections = Vec::new();
-        for p in processed {
-            readings.extend(p.readings);
-            rejections.extend(p.rejections);
+        // Bound what the batch writes as rejections; the first message always goes.
+        let mut rejection_bytes = 0;
+        let mut keep = processed.len();
+        for (index, (m, p)) in messages.iter().zip(&processed).enumerate() {
+            rejection_bytes += p.rejection_bytes(m.publish.payload.len());
+            if index > 0 && rejection_bytes > REJECTION_BYTES_PER_BATCH {
+                keep = index;
+                break;
+            }
         }
-        Prepared {
-            messages,
-            readings,
-            rejections,
+        if keep < messages.len() {
+            processed.truncate(keep);
+            for left in messages.drain(keep..).rev() {
+                self.carried.push_front(left);
+            }
         }
+        Prepared::new(messages, processed)
     }
 }
 
@@ -410,9 +520,18 @@ impl Preparer {
 struct Committer {
     store: Store,
     client: AsyncClient,
-    connection: Arc<AtomicU64>,
+    connection: Arc<Generation>,
     metrics: Arc<Metrics>,
     config: IngestConfig,
+}
+
+/// How one write of part of a batch ended.
+enum Attempt {
+    Committed(WriteOutcome),
+    /// The database refused it for good: writing it again cannot succeed.
+    Refused(tidemark_store::Error),
+    /// Shut down before it could commit.
+    Stopped,
 }
 
 impl Committer {
@@ -423,47 +542,122 @@ impl Committer {
                 // broker delivers it again to the next session.
                 return;
             }
-            self.acknowledge(batch.messages).await;
+            // Committed: the payloads and their share of the buffer go now, before the
+            // acknowledgements, which may wait for the session task to take them.
+            let committed: Vec<Committed> = batch
+                .messages
+                .into_iter()
+                .map(|m| {
+                    self.metrics.buffered_bytes.dec_by(m.buffered as i64);
+                    Committed {
+                        pkid: m.publish.pkid,
+                        qos: m.publish.qos,
+                        connection: m.connection,
+                    }
+                })
+                .collect();
+            self.acknowledge(committed).await;
         }
     }
 
-    /// Writes the batch, retrying with backoff until it commits. Returns false if shut down first.
+    /// Commits the batch, splitting it around any message the database refuses for good.
+    /// Returns false if shut down first.
     async fn commit(&self, batch: &Prepared, shutdown: &CancellationToken) -> bool {
+        let messages = batch.message_refs();
+        let mut parts: VecDeque<Range<usize>> = VecDeque::new();
+        parts.push_back(0..batch.messages.len());
+        while let Some(part) = parts.pop_front() {
+            let rows = batch.part(&messages, &part);
+            match self.write(rows, shutdown).await {
+                Attempt::Committed(outcome) => self.count(rows, outcome),
+                Attempt::Stopped => return false,
+                Attempt::Refused(error) if part.len() > 1 => {
+                    let middle = part.start + part.len() / 2;
+                    tracing::warn!(
+                        stage = "ingest",
+                        %error,
+                        messages = part.len(),
+                        "the database refused a batch; writing its halves apart"
+                    );
+                    parts.push_front(middle..part.end);
+                    parts.push_front(part.start..middle);
+                }
+                Attempt::Refused(error) => {
+                    if !self.refuse(&messages, part.start, &error, shutdown).await {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Keeps a message whose rows the database refused for good as a rejection of its own.
+    /// Returns false if shut down first.
+    async fn refuse(
+        &self,
+        messages: &[MessageRef<'_>],
+        index: usize,
+        error: &tidemark_store::Error,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let refusal = [Refusal {
+            message: index as u32,
+            entry: None,
+            reason_code: STORAGE_REFUSED,
+            reason: format!(
+                "the database refused this message's rows ({}): {error}",
+                error.sqlstate().unwrap_or("-")
+            ),
+        }];
+        let rows = Batch {
+            messages,
+            readings: &[],
+            origins: &[],
+            refusals: &refusal,
+        };
+        match self.write(rows, shutdown).await {
+            Attempt::Committed(outcome) => {
+                self.count(rows, outcome);
+                true
+            }
+            Attempt::Stopped => false,
+            Attempt::Refused(again) => {
+                // Not even its rejection can be stored: keeping it would stall every device behind
+                // it, so it is acknowledged, counted and logged in full.
+                self.metrics.rejections_unstored.inc();
+                tracing::error!(
+                    stage = "ingest",
+                    topic = %messages[index].topic.escape_debug(),
+                    payload_bytes = messages[index].payload.len(),
+                    error = %again,
+                    "a refused message could not be kept as a rejection; acknowledging it"
+                );
+                true
+            }
+        }
+    }
+
+    /// Writes rows, retrying with backoff until they commit, the database refuses them for good,
+    /// or ingest shuts down.
+    async fn write(&self, rows: Batch<'_>, shutdown: &CancellationToken) -> Attempt {
         let mut backoff = self.config.retry_initial;
         loop {
             let started = Instant::now();
-            let written = self
-                .store
-                .write_batch(&batch.readings, &batch.rejections, Utc::now())
-                .await;
-            match written {
+            match self.store.write(rows, Utc::now()).await {
                 Ok(outcome) => {
                     self.metrics
                         .batch_seconds
                         .observe(started.elapsed().as_secs_f64());
                     self.metrics.batches.inc();
-                    self.metrics.readings_stored.inc_by(outcome.stored);
-                    self.metrics.readings_duplicate.inc_by(outcome.duplicates);
-                    for rejection in &batch.rejections {
-                        self.metrics
-                            .rejected
-                            .get_or_create(&vec![("reason", rejection.reason_code)])
-                            .inc();
-                        tracing::warn!(
-                            stage = "ingest",
-                            device = rejection.device.as_deref().unwrap_or("-"),
-                            topic = %rejection.topic,
-                            reason = %rejection.reason,
-                            "rejected payload"
-                        );
-                    }
-                    return true;
+                    return Attempt::Committed(outcome);
                 }
+                Err(error) if error.is_permanent() => return Attempt::Refused(error),
                 Err(error) => {
                     self.metrics.write_retries.inc();
                     tracing::warn!(stage = "ingest", %error, retry_in = ?backoff, "batch write failed");
                     tokio::select! {
-                        _ = shutdown.cancelled() => return false,
+                        _ = shutdown.cancelled() => return Attempt::Stopped,
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(self.config.retry_max);
@@ -472,17 +666,68 @@ impl Committer {
         }
     }
 
-    async fn acknowledge(&self, messages: Vec<Received>) {
-        let current = self.connection.load(Ordering::SeqCst);
-        for message in messages {
-            self.metrics.buffered_bytes.dec_by(message.buffered as i64);
-            // A message from an earlier connection will be (or has been) redelivered with the same
-            // packet id; acking the old copy could acknowledge a different message.
-            if message.connection != current {
+    /// Counts what a committed write stored and refused, and logs each refused message once.
+    fn count(&self, rows: Batch<'_>, outcome: WriteOutcome) {
+        self.metrics.readings_stored.inc_by(outcome.stored);
+        self.metrics.readings_duplicate.inc_by(outcome.duplicates);
+        if outcome.conflicts > 0 {
+            self.metrics
+                .rejected
+                .get_or_create(&vec![("reason", tidemark_store::readings::CONFLICT)])
+                .inc_by(outcome.conflicts);
+            tracing::warn!(
+                stage = "ingest",
+                readings = outcome.conflicts,
+                "readings conflict with stored values of the same sensor and time"
+            );
+        }
+        let mut last = None;
+        for refusal in rows.refusals {
+            self.metrics
+                .rejected
+                .get_or_create(&vec![("reason", refusal.reason_code)])
+                .inc();
+            if last == Some(refusal.message) {
                 continue;
             }
-            if let Err(error) = self.client.ack(&message.publish).await {
-                tracing::warn!(%error, "cannot queue an acknowledgement");
+            last = Some(refusal.message);
+            let message = &rows.messages[refusal.message as usize];
+            tracing::warn!(
+                stage = "ingest",
+                device = message.device.unwrap_or("-"),
+                topic = %message.topic.escape_debug(),
+                reason = %refusal.reason,
+                "rejected payload"
+            );
+        }
+    }
+
+    async fn acknowledge(&self, messages: Vec<Committed>) {
+        for message in messages {
+            loop {
+                let full = {
+                    let generation = self.connection.0.read().unwrap_or_else(|e| e.into_inner());
+                    // A message from an earlier connection will be (or has been) redelivered with
+                    // the same packet id; acking the old copy could acknowledge another message.
+                    if message.connection != *generation {
+                        break;
+                    }
+                    let mut ack = Publish::new("", message.qos, Vec::<u8>::new());
+                    ack.pkid = message.pkid;
+                    match self.client.try_ack(&ack) {
+                        Ok(()) => false,
+                        Err(rumqttc::ClientError::TryRequest(_)) => true,
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot queue an acknowledgement");
+                            false
+                        }
+                    }
+                };
+                if !full {
+                    break;
+                }
+                // The request queue is full: the session task is draining it.
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
     }

@@ -85,6 +85,26 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The SQLSTATE the database answered with, if the error came from the database.
+    pub fn sqlstate(&self) -> Option<&str> {
+        let Error::Query { cause, .. } = self else {
+            return None;
+        };
+        Some(cause.as_db_error()?.code().code())
+    }
+
+    /// A refusal that sending the same statement again cannot change: SQLSTATE class 22 (data
+    /// exception), 23 (integrity constraint violation) or 54 (program limit exceeded). Lost
+    /// connections, serialization failures, deadlocks, shutdowns and missing resources are not
+    /// permanent: they may pass.
+    pub fn is_permanent(&self) -> bool {
+        self.sqlstate().is_some_and(|code| {
+            ["22", "23", "54"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        })
+    }
+
     /// The database's refusal of a value it was given (SQLSTATE class 22, data exception: a NUL
     /// character in text, a number or time out of range): the caller's input, not an outage.
     /// Returns the database's message.

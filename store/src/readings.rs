@@ -12,6 +12,10 @@
 //! "received_at": ts}`: the newly stored rows' sensors, how many rows of those sensors, the time range
 //! of the batch, and the `received_at` value the batch's rows carry.
 //! Large batches send several notifications, each with part of the sensors.
+//!
+//! A refused message is stored once in `rejected_messages` (with its payload once, and its first
+//! refusal), and each refused entry of it in `rejected_entries`. A reading for a (sensor, time)
+//! that is stored with another value is refused as a `conflict`, with both values.
 
 use crate::{Context, Result, Store};
 use chrono::{DateTime, Utc};
@@ -31,7 +35,9 @@ pub struct ReadingRow {
     pub quality: i16,
 }
 
-/// One rejected message, or one rejected entry of a message.
+/// One rejected message with a single reason: of the whole message (`entry: None`) or of one of its
+/// entries. For writes that do not come from ingest's batches (tests, tools); ingest writes
+/// [`Batch`]es.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RejectionRow {
     pub received_at: DateTime<Utc>,
@@ -44,16 +50,61 @@ pub struct RejectionRow {
     pub reason: String,
 }
 
+/// A message of a batch as it arrived, borrowed for the write: its payload is written at most once,
+/// however many of its entries are refused.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageRef<'a> {
+    pub received_at: DateTime<Utc>,
+    pub topic: &'a str,
+    pub device: Option<&'a str>,
+    pub payload: &'a [u8],
+}
+
+/// Where a reading of a batch came from: its message (an index into [`Batch::messages`]) and its
+/// entry within that message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub message: u32,
+    pub entry: u32,
+}
+
+/// A refusal of one entry of a message, or of the whole message (`entry: None`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// An index into [`Batch::messages`].
+    pub message: u32,
+    pub entry: Option<usize>,
+    pub reason_code: &'static str,
+    pub reason: String,
+}
+
+/// What one transaction writes.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    pub messages: &'a [MessageRef<'a>],
+    pub readings: &'a [ReadingRow],
+    /// Where each reading came from, parallel to `readings`; empty for readings that did not
+    /// arrive as messages, whose conflicts are then counted but kept nowhere.
+    pub origins: &'a [Origin],
+    pub refusals: &'a [Refusal],
+}
+
 /// What one batch write did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteOutcome {
     /// Readings newly stored.
     pub stored: u64,
-    /// Readings already present (redeliveries), absorbed by the unique key.
+    /// Readings already present with the same value (redeliveries), absorbed by the unique key.
     pub duplicates: u64,
-    /// Rejections newly stored.
+    /// Readings for a stored (sensor, time) with another value: not stored, kept as rejections
+    /// with reason `conflict`.
+    pub conflicts: u64,
+    /// Rejected messages newly stored.
     pub rejections_stored: u64,
 }
+
+/// The reason code of a reading whose (sensor, time) is stored with another value.
+pub const CONFLICT: &str = "conflict";
 
 /// The notification channel ingest announces committed readings on.
 pub const READINGS_COMMITTED: &str = "readings_committed";
@@ -61,6 +112,11 @@ pub const READINGS_COMMITTED: &str = "readings_committed";
 pub const READINGS_FLAGGED: &str = "readings_flagged";
 /// Sensor ids per notification, keeping each payload well under PostgreSQL's 8,000-byte limit.
 const SENSORS_PER_NOTIFICATION: usize = 500;
+/// The longest topic kept with a rejection: MQTT allows 65,535 bytes, and an index entry at most
+/// about 2,700.
+const MAX_TOPIC_BYTES: usize = 1024;
+/// The longest reason kept with a rejection or one of its entries.
+const MAX_REASON_BYTES: usize = 512;
 
 const COPY_COLUMNS: [Type; 5] = [
     Type::INT4,
@@ -69,16 +125,60 @@ const COPY_COLUMNS: [Type; 5] = [
     Type::INT2,
     Type::TIMESTAMPTZ,
 ];
+const STAGING_COLUMNS: [Type; 6] = [
+    Type::INT4,
+    Type::TIMESTAMPTZ,
+    Type::FLOAT8,
+    Type::INT2,
+    Type::TIMESTAMPTZ,
+    Type::INT4,
+];
 
 impl Store {
-    /// Writes a batch in one transaction and commits it. On error nothing of the batch is kept, and
-    /// the same batch may be written again.
+    /// Writes readings and single-reason rejections in one transaction (see [`Store::write`]).
     pub async fn write_batch(
         &self,
         readings: &[ReadingRow],
         rejections: &[RejectionRow],
         received_at: DateTime<Utc>,
     ) -> Result<WriteOutcome> {
+        let messages: Vec<MessageRef> = rejections
+            .iter()
+            .map(|r| MessageRef {
+                received_at: r.received_at,
+                topic: &r.topic,
+                device: r.device.as_deref(),
+                payload: &r.payload,
+            })
+            .collect();
+        let refusals: Vec<Refusal> = rejections
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Refusal {
+                message: i as u32,
+                entry: r.entry,
+                reason_code: r.reason_code,
+                reason: r.reason.clone(),
+            })
+            .collect();
+        let batch = Batch {
+            messages: &messages,
+            readings,
+            origins: &[],
+            refusals: &refusals,
+        };
+        self.write(batch, received_at).await
+    }
+
+    /// Writes a batch in one transaction and commits it. On error nothing of the batch is kept, and
+    /// the same batch may be written again; [`crate::Error::is_permanent`] tells whether doing so
+    /// can succeed.
+    pub async fn write(
+        &self,
+        batch: Batch<'_>,
+        received_at: DateTime<Utc>,
+    ) -> Result<WriteOutcome> {
+        let readings = batch.readings;
         if let (Some(first), Some(last)) = (
             readings.iter().map(|r| r.ts).min(),
             readings.iter().map(|r| r.ts).max(),
@@ -88,27 +188,55 @@ impl Store {
         let mut client = self.client().await?;
         let tx = client.transaction().await.context("begin batch")?;
         let mut outcome = WriteOutcome::default();
+        let mut refusals: Vec<Refusal> = batch.refusals.to_vec();
         if !readings.is_empty() {
-            let stored = write_readings(&tx, readings, received_at).await?;
-            outcome.stored = stored.len() as u64;
-            outcome.duplicates = (readings.len() - stored.len()) as u64;
-            crate::rollup::mark_dirty(&tx, stored.iter().copied()).await?;
-            notify_committed(&tx, &stored, received_at).await?;
+            let written = write_readings(&tx, readings, received_at).await?;
+            outcome.stored = written.stored.len() as u64;
+            outcome.conflicts = written.conflicts.len() as u64;
+            outcome.duplicates =
+                (readings.len() - written.stored.len() - written.conflicts.len()) as u64;
+            crate::rollup::mark_dirty(&tx, written.stored.iter().copied()).await?;
+            notify_committed(&tx, &written.stored, received_at).await?;
+            for (index, stored_value) in written.conflicts {
+                let Some(origin) = batch.origins.get(index) else {
+                    continue;
+                };
+                let reading = &readings[index];
+                refusals.push(Refusal {
+                    message: origin.message,
+                    entry: Some(origin.entry as usize),
+                    reason_code: CONFLICT,
+                    reason: format!(
+                        "sensor {} at {} is stored with the value {stored_value}; this reading has {}",
+                        reading.sensor_id,
+                        reading.ts.to_rfc3339(),
+                        reading.value
+                    ),
+                });
+            }
         }
-        if !rejections.is_empty() {
-            outcome.rejections_stored = write_rejections(&tx, rejections).await?;
+        if !refusals.is_empty() {
+            outcome.rejections_stored = write_rejections(&tx, batch.messages, &refusals).await?;
         }
         tx.commit().await.context("commit batch")?;
         Ok(outcome)
     }
 }
 
-/// Returns the `(sensor_id, ts)` of the rows newly stored.
+/// What writing a batch's readings did.
+struct Written {
+    /// `(sensor_id, ts)` of the rows newly stored.
+    stored: Vec<(i32, DateTime<Utc>)>,
+    /// Index in the batch and stored value of each reading whose (sensor, time) is stored with
+    /// another value.
+    conflicts: Vec<(usize, f64)>,
+}
+
 async fn write_readings(
     tx: &Transaction<'_>,
     readings: &[ReadingRow],
     received_at: DateTime<Utc>,
-) -> Result<Vec<(i32, DateTime<Utc>)>> {
+) -> Result<Written> {
     tx.batch_execute("SAVEPOINT fast_copy")
         .await
         .context("savepoint before COPY")?;
@@ -117,6 +245,7 @@ async fn write_readings(
         "COPY readings (sensor_id, ts, value, quality, received_at) FROM STDIN (FORMAT binary)",
         readings,
         received_at,
+        false,
     )
     .await
     {
@@ -124,7 +253,10 @@ async fn write_readings(
             tx.batch_execute("RELEASE SAVEPOINT fast_copy")
                 .await
                 .context("release savepoint")?;
-            return Ok(readings.iter().map(|r| (r.sensor_id, r.ts)).collect());
+            return Ok(Written {
+                stored: readings.iter().map(|r| (r.sensor_id, r.ts)).collect(),
+                conflicts: Vec::new(),
+            });
         }
         Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             tx.batch_execute("ROLLBACK TO SAVEPOINT fast_copy")
@@ -138,33 +270,55 @@ async fn write_readings(
             })
         }
     }
+    // Some rows are stored already: through a staging table that keeps each row's place in the
+    // batch, store the first of each (sensor, time) that is new, and find those stored with
+    // another value.
     tx.batch_execute(
-        "CREATE TEMP TABLE IF NOT EXISTS readings_staging \
-         (LIKE readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+        "CREATE TEMP TABLE IF NOT EXISTS readings_incoming \
+         (sensor_id int4 NOT NULL, ts timestamptz NOT NULL, value float8 NOT NULL, \
+          quality int2 NOT NULL, received_at timestamptz NOT NULL, ord int4 NOT NULL) \
+         ON COMMIT DELETE ROWS",
     )
     .await
     .context("creating the staging table")?;
     copy_rows(
         tx,
-        "COPY readings_staging (sensor_id, ts, value, quality, received_at) FROM STDIN (FORMAT binary)",
+        "COPY readings_incoming (sensor_id, ts, value, quality, received_at, ord) FROM STDIN (FORMAT binary)",
         readings,
         received_at,
+        true,
     )
     .await
     .context("copying readings into staging")?;
     let rows = tx
         .query(
             "INSERT INTO readings (sensor_id, ts, value, quality, received_at) \
-             SELECT sensor_id, ts, value, quality, received_at FROM readings_staging \
+             SELECT DISTINCT ON (sensor_id, ts) sensor_id, ts, value, quality, received_at \
+             FROM readings_incoming ORDER BY sensor_id, ts, ord \
              ON CONFLICT (sensor_id, ts) DO NOTHING RETURNING sensor_id, ts",
             &[],
         )
         .await
         .context("inserting staged readings")?;
-    tx.batch_execute("TRUNCATE readings_staging")
+    let conflicts = tx
+        .query(
+            "SELECT i.ord, r.value FROM readings_incoming i \
+             JOIN readings r ON r.sensor_id = i.sensor_id AND r.ts = i.ts \
+             WHERE r.value <> i.value ORDER BY i.ord",
+            &[],
+        )
+        .await
+        .context("finding conflicting readings")?;
+    tx.batch_execute("TRUNCATE readings_incoming")
         .await
         .context("emptying the staging table")?;
-    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    Ok(Written {
+        stored: rows.iter().map(|row| (row.get(0), row.get(1))).collect(),
+        conflicts: conflicts
+            .iter()
+            .map(|row| (row.get::<_, i32>(0) as usize, row.get(1)))
+            .collect(),
+    })
 }
 
 async fn copy_rows(
@@ -172,15 +326,36 @@ async fn copy_rows(
     statement: &str,
     readings: &[ReadingRow],
     received_at: DateTime<Utc>,
+    with_place: bool,
 ) -> Result<u64, tokio_postgres::Error> {
     let sink = tx.copy_in(statement).await?;
-    let writer = BinaryCopyInWriter::new(sink, &COPY_COLUMNS);
+    let columns: &[Type] = if with_place {
+        &STAGING_COLUMNS
+    } else {
+        &COPY_COLUMNS
+    };
+    let writer = BinaryCopyInWriter::new(sink, columns);
     pin_mut!(writer);
-    for r in readings {
-        writer
-            .as_mut()
-            .write(&[&r.sensor_id, &r.ts, &r.value, &r.quality, &received_at])
-            .await?;
+    for (place, r) in readings.iter().enumerate() {
+        if with_place {
+            let place = place as i32;
+            writer
+                .as_mut()
+                .write(&[
+                    &r.sensor_id,
+                    &r.ts,
+                    &r.value,
+                    &r.quality,
+                    &received_at,
+                    &place,
+                ])
+                .await?;
+        } else {
+            writer
+                .as_mut()
+                .write(&[&r.sensor_id, &r.ts, &r.value, &r.quality, &received_at])
+                .await?;
+        }
     }
     writer.finish().await
 }
@@ -219,35 +394,144 @@ async fn notify_committed(
     Ok(())
 }
 
-async fn write_rejections(tx: &Transaction<'_>, rejections: &[RejectionRow]) -> Result<u64> {
-    let received: Vec<DateTime<Utc>> = rejections.iter().map(|r| r.received_at).collect();
-    let topics: Vec<&str> = rejections.iter().map(|r| r.topic.as_str()).collect();
-    let devices: Vec<Option<&str>> = rejections.iter().map(|r| r.device.as_deref()).collect();
-    let payloads: Vec<&[u8]> = rejections.iter().map(|r| r.payload.as_slice()).collect();
-    let entries: Vec<i32> = rejections
-        .iter()
-        .map(|r| r.entry.map_or(-1, |e| i32::try_from(e).unwrap_or(i32::MAX)))
-        .collect();
-    let codes: Vec<&str> = rejections.iter().map(|r| r.reason_code).collect();
-    let reasons: Vec<&str> = rejections.iter().map(|r| r.reason.as_str()).collect();
-    tx.execute(
-        "INSERT INTO rejected_messages (received_at, topic, device, payload, entry, reason_code, reason) \
-         SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::bytea[], $5::int4[], $6::text[], $7::text[]) \
-         ON CONFLICT (topic, md5(payload), entry, reason_code) DO NOTHING",
-        &[&received, &topics, &devices, &payloads, &entries, &codes, &reasons],
-    )
-    .await
-    .context("storing rejected messages")
+/// Text as PostgreSQL takes it: no NUL characters, and at most `max` bytes (cut at a character
+/// boundary, marked with an ellipsis).
+fn storable(text: &str, max: usize) -> String {
+    let mut out = text.replace('\0', "\u{fffd}");
+    if out.len() > max {
+        let mut cut = max;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
+}
+
+/// Stores one row per refused message (its payload once) and one per refused entry. Returns how
+/// many messages were newly stored: a redelivered message's refusal is absorbed by the unique index.
+async fn write_rejections(
+    tx: &Transaction<'_>,
+    messages: &[MessageRef<'_>],
+    refusals: &[Refusal],
+) -> Result<u64> {
+    let mut by_message: BTreeMap<u32, Vec<&Refusal>> = BTreeMap::new();
+    for refusal in refusals {
+        by_message.entry(refusal.message).or_default().push(refusal);
+    }
+    let mut received = Vec::new();
+    let mut topics = Vec::new();
+    let mut devices = Vec::new();
+    let mut payloads = Vec::new();
+    let mut entries = Vec::new();
+    let mut codes = Vec::new();
+    let mut reasons = Vec::new();
+    let mut counts = Vec::new();
+    let mut order = Vec::new();
+    for (index, list) in &by_message {
+        let Some(message) = messages.get(*index as usize) else {
+            continue;
+        };
+        let first = list[0];
+        let entry_count = list.iter().filter(|r| r.entry.is_some()).count();
+        let reason = if list.len() > 1 {
+            format!(
+                "{} (and {} more refusals of this message, in rejected_entries)",
+                storable(&first.reason, MAX_REASON_BYTES),
+                list.len() - 1
+            )
+        } else {
+            storable(&first.reason, MAX_REASON_BYTES)
+        };
+        received.push(message.received_at);
+        topics.push(storable(message.topic, MAX_TOPIC_BYTES));
+        devices.push(message.device.map(|d| storable(d, MAX_TOPIC_BYTES)));
+        payloads.push(message.payload);
+        entries.push(entry_index(first.entry));
+        codes.push(first.reason_code);
+        reasons.push(reason);
+        counts.push(i32::try_from(entry_count).unwrap_or(i32::MAX));
+        order.push(list);
+    }
+    let inserted = tx
+        .query(
+            "WITH input AS ( \
+               SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::bytea[], \
+                                    $5::int4[], $6::text[], $7::text[], $8::int4[]) \
+               WITH ORDINALITY AS u(received_at, topic, device, payload, entry, reason_code, \
+                                    reason, entries_rejected, ord) \
+             ), inserted AS ( \
+               INSERT INTO rejected_messages \
+                 (received_at, topic, device, payload, entry, reason_code, reason, entries_rejected) \
+               SELECT received_at, topic, device, payload, entry, reason_code, reason, entries_rejected \
+               FROM input ORDER BY ord \
+               ON CONFLICT (topic, md5(payload), entry, reason_code) DO NOTHING \
+               RETURNING id, topic, md5(payload) AS digest, entry, reason_code \
+             ) \
+             SELECT inserted.id, input.ord FROM inserted JOIN input \
+               ON input.topic = inserted.topic AND md5(input.payload) = inserted.digest \
+              AND input.entry = inserted.entry AND input.reason_code = inserted.reason_code",
+            &[&received, &topics, &devices, &payloads, &entries, &codes, &reasons, &counts],
+        )
+        .await
+        .context("storing rejected messages")?;
+    let mut ids = Vec::new();
+    let mut entry_ids = Vec::new();
+    let mut entry_codes = Vec::new();
+    let mut entry_reasons = Vec::new();
+    for row in &inserted {
+        let id: i64 = row.get(0);
+        ids.push(id);
+        let ord: i64 = row.get(1);
+        for refusal in order[(ord - 1) as usize] {
+            if let Some(entry) = refusal.entry {
+                entry_ids.push((id, entry_index(Some(entry))));
+                entry_codes.push(refusal.reason_code);
+                entry_reasons.push(storable(&refusal.reason, MAX_REASON_BYTES));
+            }
+        }
+    }
+    if !entry_ids.is_empty() {
+        let (message_ids, entries): (Vec<i64>, Vec<i32>) = entry_ids.into_iter().unzip();
+        tx.execute(
+            "INSERT INTO rejected_entries (message_id, entry, reason_code, reason) \
+             SELECT * FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[]) \
+             ON CONFLICT DO NOTHING",
+            &[&message_ids, &entries, &entry_codes, &entry_reasons],
+        )
+        .await
+        .context("storing rejected entries")?;
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids.len() as u64)
+}
+
+/// An entry's index as stored: -1 for the whole message.
+fn entry_index(entry: Option<usize>) -> i32 {
+    entry.map_or(-1, |e| i32::try_from(e).unwrap_or(i32::MAX))
 }
 
 /// A stored rejection, as operators and tests read it back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredRejection {
+    pub id: i64,
     pub received_at: DateTime<Utc>,
     pub topic: String,
     pub device: Option<String>,
     pub payload: Vec<u8>,
     pub entry: Option<usize>,
+    pub reason_code: String,
+    pub reason: String,
+    /// How many of the message's entries were refused (0 when the whole message was).
+    pub entries_rejected: u32,
+}
+
+/// One refused entry of a stored rejected message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEntryRejection {
+    pub entry: usize,
     pub reason_code: String,
     pub reason: String,
 }
@@ -304,7 +588,8 @@ impl Store {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT received_at, topic, device, payload, entry, reason_code, reason \
+                "SELECT received_at, topic, device, payload, entry, reason_code, reason, id, \
+                        entries_rejected \
                  FROM rejected_messages ORDER BY received_at DESC, id DESC LIMIT $1",
                 &[&limit],
             )
@@ -320,6 +605,29 @@ impl Store {
                 entry: usize::try_from(r.get::<_, i32>(4)).ok(),
                 reason_code: r.get(5),
                 reason: r.get(6),
+                id: r.get(7),
+                entries_rejected: r.get::<_, i32>(8).max(0) as u32,
+            })
+            .collect())
+    }
+
+    /// The refused entries of a stored rejected message, in entry order.
+    pub async fn rejected_entries(&self, message_id: i64) -> Result<Vec<StoredEntryRejection>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT entry, reason_code, reason FROM rejected_entries \
+                 WHERE message_id = $1 ORDER BY entry, reason_code",
+                &[&message_id],
+            )
+            .await
+            .context("reading rejected entries")?;
+        Ok(rows
+            .iter()
+            .map(|r| StoredEntryRejection {
+                entry: r.get::<_, i32>(0).max(0) as usize,
+                reason_code: r.get(1),
+                reason: r.get(2),
             })
             .collect())
     }

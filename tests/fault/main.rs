@@ -18,6 +18,9 @@ use support::*;
 use tidemark::testkit::{free_port, CommitCutter, PrivatePostgres};
 use tokio::process::{Child, Command};
 
+// Hostile devices: poison payloads and a memory bound that holds.
+mod hardening;
+
 /// One scenario at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -172,6 +175,15 @@ struct IngestProcess {
 
 impl IngestProcess {
     fn spawn(harness: &Harness, metrics_port: u16) -> IngestProcess {
+        IngestProcess::spawn_with(harness, metrics_port, &[])
+    }
+
+    /// With more settings as `TIDEMARK__...` environment variables.
+    fn spawn_with(
+        harness: &Harness,
+        metrics_port: u16,
+        settings: &[(&str, &str)],
+    ) -> IngestProcess {
         let root = env!("CARGO_MANIFEST_DIR");
         let database = harness.database.as_ref().expect("database");
         let child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
@@ -185,6 +197,7 @@ impl IngestProcess {
                 "TIDEMARK__INGEST__METRICS_LISTEN",
                 format!("127.0.0.1:{metrics_port}"),
             )
+            .envs(settings.iter().copied())
             .env("RUST_LOG", "warn")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -203,6 +216,26 @@ impl IngestProcess {
         text.lines()
             .find(|line| line.split(' ').next() == Some(name))
             .and_then(|line| line.split(' ').nth(1)?.parse().ok())
+    }
+
+    /// The most memory the process has held (its peak resident set, VmHWM), in bytes.
+    fn peak_rss(&self) -> u64 {
+        let pid = self.child.id().expect("ingest is running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmHWM")
+            * 1024
+    }
+
+    async fn wait_subscribed(&self) {
+        let subscribed = wait_for(Duration::from_secs(30), || async {
+            self.metric("tidemark_ingest_subscribed").await == Some(1.0)
+        })
+        .await;
+        assert!(subscribed, "ingest subscribed");
     }
 
     async fn kill(mut self) {

@@ -338,3 +338,363 @@ async fn a_full_buffer_holds_messages_back_without_stalling() {
     ingest.stop().await;
     harness.finish().await;
 }
+
+/// A reading of sensor `key` at `ts` with `value` metres, as a device publishes it.
+fn level(key: &str, ts: chrono::DateTime<Utc>, value: f64) -> Vec<u8> {
+    format!(
+        r#"{{"sensor":"{key}","ts":"{}","value":{value},"unit":"m"}}"#,
+        rfc3339(ts)
+    )
+    .into_bytes()
+}
+
+/// A batch whose commit the database refuses for good (here an operator's CHECK constraint on
+/// `readings`, as any data exception or integrity violation would) is split until the refused
+/// messages stand alone: they are kept as `storage_refused` rejections and acknowledged, and every
+/// other message of the batch is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_database_refuses_is_split_around_the_refused_messages() {
+    let harness = Harness::start().await;
+    let client = sql(&harness).await;
+    client
+        .batch_execute("ALTER TABLE readings ADD CONSTRAINT no_four CHECK (value <> 4.04)")
+        .await
+        .unwrap();
+    let ingest = harness.ingest_ready("ingest-split", None).await;
+    // Held behind a lock until every message is in hand, so that the poison shares its batches.
+    let mut locker = sql(&harness).await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let base = Utc::now() - chrono::Duration::hours(3);
+    let mut messages = Vec::new();
+    let mut poison = Vec::new();
+    for i in 0..300i64 {
+        let d = (i % 9) as usize;
+        let ts = base + chrono::Duration::seconds(i);
+        let value = if i % 100 == 50 { 4.04 } else { 1.0 };
+        let payload = level(&sensor(d, 0), ts, value);
+        if value == 4.04 {
+            poison.push((topic(&device(d)), payload.clone()));
+        }
+        messages.push((topic(&device(d)), payload));
+    }
+    publish(&harness.broker_config(), messages).await;
+    let in_hand = wait_for(Duration::from_secs(30), || async {
+        ingest.metrics.messages_received.get() >= 300
+    })
+    .await;
+    assert!(in_hand, "ingest holds the messages");
+    lock.rollback().await.unwrap();
+    assert_eq!(harness.settle(297, Duration::from_secs(30)).await, 297);
+    let kept = wait_for(Duration::from_secs(10), || async {
+        ingest.metrics.rejected_count("storage_refused") == 3
+    })
+    .await;
+    assert!(kept, "the three refused messages are counted");
+    let rejections = harness.store.recent_rejections(100).await.unwrap();
+    assert_eq!(rejections.len(), 3, "{rejections:?}");
+    for (topic, payload) in &poison {
+        let found = rejections
+            .iter()
+            .find(|r| &r.payload == payload)
+            .expect("each refused message is kept");
+        assert_eq!(&found.topic, topic);
+        assert_eq!(found.reason_code, "storage_refused");
+        assert!(found.reason.contains("23514"), "{}", found.reason);
+    }
+    // Ingest goes on: a later reading is stored, and nothing was left unacknowledged.
+    publish(
+        &harness.broker_config(),
+        vec![(topic(&device(1)), level(&sensor(1, 1), Utc::now(), 1.2))],
+    )
+    .await;
+    assert_eq!(harness.settle(298, Duration::from_secs(10)).await, 298);
+    ingest.stop().await;
+    let again = harness.ingest_ready("ingest-split", None).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        again.metrics.messages_received.get(),
+        0,
+        "nothing redelivered"
+    );
+    again.stop().await;
+    harness.finish().await;
+}
+
+/// A resent reading with the stored value is a duplicate; with another value it is kept as a
+/// `conflict` naming both values, and the stored value stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_resend_is_kept_as_a_rejection_with_both_values() {
+    let harness = Harness::start().await;
+    let ingest = harness.ingest_ready("ingest-conflict", None).await;
+    let ts = chrono::DateTime::from_timestamp(Utc::now().timestamp() - 600, 0).unwrap();
+    let key = sensor(2, 3);
+    let first = level(&key, ts, 1.25);
+    publish(
+        &harness.broker_config(),
+        vec![(topic(&device(2)), first.clone())],
+    )
+    .await;
+    assert_eq!(harness.settle(1, Duration::from_secs(20)).await, 1);
+    // The same again, then a batch with another value for the same time beside a new reading.
+    publish(&harness.broker_config(), vec![(topic(&device(2)), first)]).await;
+    let other = format!(
+        r#"{{"readings":[{{"sensor":"{key}","ts":"{t}","value":1.5,"unit":"m"}},{{"sensor":"{key}","ts":"{t}","value":7,"unit":"m"}},{{"sensor":"{key}","ts":"{n}","value":1.0,"unit":"m"}}]}}"#,
+        t = rfc3339(ts),
+        n = rfc3339(ts + chrono::Duration::seconds(60)),
+    );
+    publish(
+        &harness.broker_config(),
+        vec![(topic(&device(2)), other.clone().into_bytes())],
+    )
+    .await;
+    assert_eq!(harness.settle(2, Duration::from_secs(20)).await, 2);
+    let kept = wait_for(Duration::from_secs(10), || async {
+        !harness
+            .store
+            .recent_rejections(10)
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    assert!(kept, "the conflict is kept");
+    let rejections = harness.store.recent_rejections(10).await.unwrap();
+    assert_eq!(rejections.len(), 1, "{rejections:?}");
+    let conflict = &rejections[0];
+    assert_eq!(conflict.reason_code, "conflict");
+    assert_eq!(conflict.payload, other.as_bytes());
+    assert_eq!(conflict.entries_rejected, 2);
+    let entries = harness.store.rejected_entries(conflict.id).await.unwrap();
+    let described: Vec<(usize, &str)> = entries
+        .iter()
+        .map(|e| (e.entry, e.reason_code.as_str()))
+        .collect();
+    assert_eq!(described, vec![(0, "conflict"), (1, "conflict")]);
+    assert!(
+        entries[0].reason.contains("1.25") && entries[0].reason.contains("1.5"),
+        "{}",
+        entries[0].reason
+    );
+    assert!(entries[1].reason.contains('7'), "{}", entries[1].reason);
+    let stored = harness.store.sensor_readings(&key).await.unwrap();
+    assert_eq!(stored[0].1, 1.25, "the stored value stays");
+    assert_eq!(ingest.metrics.readings_duplicate.get(), 1);
+    assert_eq!(ingest.metrics.rejected_count("conflict"), 2);
+    ingest.stop().await;
+    harness.finish().await;
+}
+
+/// A loopback proxy in front of the broker that reads the MQTT packets passing through: per
+/// connection, which packet ids the broker published (QoS 1) and which the client acknowledged.
+/// `cut` drops every connection and refuses new ones until `restore`.
+struct AckWatch {
+    port: u16,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Per connection, in order: acknowledgements for a packet id beyond the publishes of that id
+    /// on the same connection (an acknowledgement meant for another connection).
+    excess: std::sync::Arc<std::sync::Mutex<Vec<u32>>>,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+/// Complete MQTT packets at the front of `buffer`, removed from it: (first byte, body).
+fn mqtt_packets(buffer: &mut Vec<u8>) -> Vec<(u8, Vec<u8>)> {
+    let mut packets = Vec::new();
+    loop {
+        let (mut length, mut shift, mut at) = (0usize, 0, 1);
+        let complete = loop {
+            let Some(byte) = buffer.get(at) else {
+                break false;
+            };
+            length |= ((byte & 0x7f) as usize) << shift;
+            shift += 7;
+            at += 1;
+            if byte & 0x80 == 0 {
+                break true;
+            }
+        };
+        if !complete || buffer.len() < at + length {
+            return packets;
+        }
+        let body = buffer[at..at + length].to_vec();
+        packets.push((buffer[0], body));
+        buffer.drain(..at + length);
+    }
+}
+
+impl AckWatch {
+    async fn start(broker_port: u16) -> AckWatch {
+        use std::collections::HashMap;
+        use std::sync::{Arc, Mutex};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let excess = Arc::new(Mutex::new(Vec::new()));
+        let tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (accept_down, accept_excess, accept_tasks) =
+            (down.clone(), excess.clone(), tasks.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                if accept_down.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await
+                else {
+                    continue;
+                };
+                let connection = {
+                    let mut excess = accept_excess.lock().unwrap();
+                    excess.push(0);
+                    excess.len() - 1
+                };
+                let published: Arc<Mutex<HashMap<u16, u32>>> = Arc::default();
+                let (mut client_read, mut client_write) = inbound.into_split();
+                let (mut broker_read, mut broker_write) = outbound.into_split();
+                let seen = published.clone();
+                let down_stream = tokio::spawn(async move {
+                    let (mut chunk, mut buffer) = (vec![0u8; 65536], Vec::new());
+                    while let Ok(n @ 1..) = broker_read.read(&mut chunk).await {
+                        buffer.extend_from_slice(&chunk[..n]);
+                        for (first, body) in mqtt_packets(&mut buffer) {
+                            if first >> 4 == 3 && (first >> 1) & 3 > 0 {
+                                let topic = u16::from_be_bytes([body[0], body[1]]) as usize;
+                                let pkid = u16::from_be_bytes([body[2 + topic], body[3 + topic]]);
+                                *seen.lock().unwrap().entry(pkid).or_default() += 1;
+                            }
+                        }
+                        if client_write.write_all(&chunk[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let counts = accept_excess.clone();
+                let up_stream = tokio::spawn(async move {
+                    let (mut chunk, mut buffer) = (vec![0u8; 65536], Vec::new());
+                    let mut acked: HashMap<u16, u32> = HashMap::new();
+                    while let Ok(n @ 1..) = client_read.read(&mut chunk).await {
+                        buffer.extend_from_slice(&chunk[..n]);
+                        for (first, body) in mqtt_packets(&mut buffer) {
+                            if first >> 4 == 4 {
+                                let pkid = u16::from_be_bytes([body[0], body[1]]);
+                                let acks = acked.entry(pkid).or_default();
+                                *acks += 1;
+                                let publishes =
+                                    published.lock().unwrap().get(&pkid).copied().unwrap_or(0);
+                                if *acks > publishes {
+                                    counts.lock().unwrap()[connection] += 1;
+                                }
+                            }
+                        }
+                        if broker_write.write_all(&chunk[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut tasks = accept_tasks.lock().unwrap();
+                tasks.push(down_stream.abort_handle());
+                tasks.push(up_stream.abort_handle());
+            }
+        });
+        AckWatch {
+            port,
+            down,
+            excess,
+            tasks,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn excess(&self) -> Vec<u32> {
+        self.excess.lock().unwrap().clone()
+    }
+}
+
+impl Drop for AckWatch {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// Messages committed while the connection they came on is gone are not acknowledged on the next
+/// connection: the broker sends them again there, and each packet id it sends is acknowledged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_of_a_lost_connection_are_never_sent_on_the_next() {
+    let harness = Harness::start().await;
+    let watch = AckWatch::start(harness.broker.port).await;
+    let mut settings = harness.settings(tidemark_ingest::IngestConfig {
+        client_id: "ingest-generations".into(),
+        ..Default::default()
+    });
+    settings.mqtt.port = watch.port;
+    let ingest = harness.ingest_with(settings);
+    ingest.subscribed("ingest-generations").await;
+    let mut locker = sql(&harness).await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let base = chrono::DateTime::from_timestamp(Utc::now().timestamp() - 3600, 0).unwrap();
+    let messages: Vec<_> = (0..50i64)
+        .map(|i| {
+            let d = (i % 9) as usize;
+            let ts = base + chrono::Duration::seconds(i);
+            (topic(&device(d)), level(&sensor(d, 2), ts, 1.0))
+        })
+        .collect();
+    publish(&harness.broker_config(), messages).await;
+    let in_hand = wait_for(Duration::from_secs(20), || async {
+        ingest.metrics.messages_received.get() >= 50
+    })
+    .await;
+    assert!(in_hand, "ingest holds the messages, unacknowledged");
+    // The connection goes, and stays gone while the messages commit.
+    watch.cut();
+    let noticed = wait_for(Duration::from_secs(20), || async {
+        ingest.metrics.mqtt_errors.get() >= 1
+    })
+    .await;
+    assert!(noticed, "ingest notices the lost connection");
+    lock.rollback().await.unwrap();
+    let committed = wait_for(Duration::from_secs(20), || async {
+        ingest.metrics.readings_stored.get() >= 50
+    })
+    .await;
+    assert!(committed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    watch.restore();
+    // The broker sends the 50 again on the new connection; they are absorbed and acknowledged.
+    let absorbed = wait_for(Duration::from_secs(30), || async {
+        ingest.metrics.readings_duplicate.get() >= 50
+    })
+    .await;
+    assert!(
+        absorbed,
+        "the broker redelivered what was never acknowledged"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let excess = watch.excess();
+    assert!(excess.len() >= 2, "a second connection: {excess:?}");
+    assert!(
+        excess.iter().all(|n| *n == 0),
+        "acknowledgements sent for packets not published on their connection: {excess:?}"
+    );
+    assert_eq!(harness.count().await, 50);
+    ingest.stop().await;
+    harness.finish().await;
+}

@@ -311,3 +311,52 @@ async fn upgrading_to_utility_alerts_ends_all_but_each_meters_latest_suspicion()
     drop(client);
     database.drop_database().await.unwrap();
 }
+
+#[tokio::test]
+async fn upgrading_folds_per_entry_rejections_into_one_row_per_message() {
+    // Earlier releases kept a row, with the whole payload, per refused entry.
+    let database = TestDatabase::create(&test_server()).await.unwrap();
+    tidemark_store::schema::migrate_to_version(&database.config, 15)
+        .await
+        .unwrap();
+    let (client, connection) = tokio_postgres::connect(&database.config.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "INSERT INTO rejected_messages (received_at, topic, device, payload, entry, reason_code, reason) VALUES \
+               ('2026-01-01T00:00:00Z', 't/a', 'a', '\\x01', 0, 'malformed', 'first'), \
+               ('2026-01-01T00:00:00Z', 't/a', 'a', '\\x01', 2, 'future', 'third'), \
+               ('2026-01-01T00:00:00Z', 't/a', 'a', '\\x01', 1, 'malformed', 'second'), \
+               ('2026-01-01T00:00:01Z', 't/a', 'a', '\\x02', -1, 'malformed', 'whole');",
+        )
+        .await
+        .unwrap();
+    migrate(&database.config).await.unwrap();
+    let store = Store::connect(&database.config).await.unwrap();
+    let mut kept = store.recent_rejections(10).await.unwrap();
+    kept.sort_by_key(|r| r.id);
+    let summary: Vec<(Option<usize>, &str, u32)> = kept
+        .iter()
+        .map(|r| (r.entry, r.reason.as_str(), r.entries_rejected))
+        .collect();
+    assert_eq!(summary, vec![(Some(0), "first", 3), (None, "whole", 0)]);
+    let entries: Vec<(usize, String)> = store
+        .rejected_entries(kept[0].id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.entry, e.reason))
+        .collect();
+    assert_eq!(
+        entries,
+        vec![
+            (0, "first".into()),
+            (1, "second".into()),
+            (2, "third".into())
+        ]
+    );
+    drop(store);
+    database.drop_database().await.unwrap();
+}
