@@ -64,12 +64,12 @@ broker_listening() {
 ensure_broker() {
     ensure_mosquitto_binary
     if broker_listening; then
-        if ! pgrep -f "mosquitto.*config/mosquitto.conf" >/dev/null 2>&1; then
+        if ! pgrep -f "mosquitto.*config/mosquitto-local.conf" >/dev/null 2>&1; then
             cat >&2 <<'WARN'
 services: a broker is already listening on 127.0.0.1:1883, started without Tidemark's
-  config/mosquitto.conf. With Mosquitto's defaults (20 messages in flight and 1,000 queued per
+  config/mosquitto-local.conf. With Mosquitto's defaults (20 messages in flight and 1,000 queued per
   client) it drops QoS 1 messages whenever ingest falls behind a burst. Restart it with Tidemark's
-  limits, for example:  pkill -x mosquitto; mosquitto -d -c config/mosquitto.conf
+  limits, for example:  pkill -x mosquitto; mosquitto -d -c config/mosquitto-local.conf
 WARN
         fi
         return
@@ -77,8 +77,8 @@ WARN
     local mosquitto
     mosquitto="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
     as_root mkdir -p /var/lib/mosquitto
-    echo "services: starting Mosquitto with config/mosquitto.conf" >&2
-    as_root "$mosquitto" -d -c "$here/config/mosquitto.conf"
+    echo "services: starting Mosquitto with config/mosquitto-local.conf (anonymous, loopback only)" >&2
+    as_root "$mosquitto" -d -c "$here/config/mosquitto-local.conf"
     for _ in $(seq 1 40); do
         if broker_listening; then return; fi
         sleep 0.25

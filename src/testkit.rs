@@ -58,6 +58,28 @@ fn mosquitto_binary() -> Result<PathBuf, Error> {
         .ok_or_else(|| Error::NoMosquitto(candidates.join(", ")))
 }
 
+/// A Mosquitto password file at `path` with `users` (`(user, password)`); empty if there are none.
+async fn write_passwords(path: &Path, users: &[(&str, &str)]) -> Result<(), Error> {
+    std::fs::write(path, "").map_err(io("creating a password file"))?;
+    for (user, password) in users {
+        let status = Command::new("mosquitto_passwd")
+            .arg("-b")
+            .arg(path)
+            .args([user, password])
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .map_err(io("running mosquitto_passwd"))?;
+        if !status.success() {
+            return Err(Error::Io {
+                context: format!("mosquitto_passwd for {user} ended with {status}"),
+                cause: std::io::Error::other("mosquitto_passwd failed"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A free TCP port on loopback, as the kernel hands it out.
 pub fn free_port() -> Result<u16, Error> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("binding port 0"))?;
@@ -74,7 +96,9 @@ pub struct Broker {
     dir: PathBuf,
     /// The configuration it runs with.
     conf: String,
-    /// The mutual-TLS listener's port, for a broker from `config/mosquitto-secure.conf`.
+    /// The devices' TLS password listener's port, for a broker from `config/mosquitto.conf`.
+    pub device_port: Option<u16>,
+    /// The mutual-TLS listener's port, for a broker from `config/mosquitto.conf`.
     pub tls_port: Option<u16>,
 }
 
@@ -91,13 +115,19 @@ impl Broker {
         Ok(broker)
     }
 
-    /// Starts Mosquitto from the shipped `config/mosquitto-secure.conf` with its ACL
-    /// (`config/mosquitto.acl`), on free loopback ports, with a password file of `users`
-    /// (`(user, password)`) and, for its mutual-TLS listener, a throwaway CA made here
+    /// Starts Mosquitto from the shipped `config/mosquitto.conf` with its ACL
+    /// (`config/mosquitto.acl`), on free loopback ports: the services' listener ([`Broker::port`])
+    /// with a password file of `services`, the devices' TLS password listener
+    /// ([`Broker::device_port`]) with one of `devices` (`(user, password)` each), and the
+    /// mutual-TLS listener ([`Broker::tls_port`]), with a throwaway CA made here
     /// ([`Broker::ca_file`]) and a broker certificate for 127.0.0.1 signed by it.
-    pub async fn start_secure(users: &[(&str, &str)]) -> Result<Broker, Error> {
+    pub async fn start_secure(
+        services: &[(&str, &str)],
+        devices: &[(&str, &str)],
+    ) -> Result<Broker, Error> {
         let mut broker = Broker::prepare()?;
-        let tls_port = free_port()?;
+        let (device_port, tls_port) = (free_port()?, free_port()?);
+        broker.device_port = Some(device_port);
         broker.tls_port = Some(tls_port);
         let certs = broker.dir.join("certs");
         std::fs::create_dir_all(&certs).map_err(io("creating the certificate folder"))?;
@@ -110,40 +140,27 @@ impl Broker {
             "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
         )
         .await?;
-        let passwords = broker.dir.join("passwd");
-        for (i, (user, password)) in users.iter().enumerate() {
-            let mut command = Command::new("mosquitto_passwd");
-            if i == 0 {
-                command.arg("-c");
-            }
-            let status = command
-                .arg("-b")
-                .arg(&passwords)
-                .args([user, password])
-                .stdout(Stdio::null())
-                .status()
-                .await
-                .map_err(io("running mosquitto_passwd"))?;
-            if !status.success() {
-                return Err(Error::Io {
-                    context: format!("mosquitto_passwd for {user} ended with {status}"),
-                    cause: std::io::Error::other("mosquitto_passwd failed"),
-                });
-            }
-        }
+        let service_passwords = broker.dir.join("services.passwd");
+        let device_passwords = broker.dir.join("passwd");
+        write_passwords(&service_passwords, services).await?;
+        write_passwords(&device_passwords, devices).await?;
         let acl = broker.dir.join("acl");
         std::fs::copy(config_dir().join("mosquitto.acl"), &acl)
             .map_err(io("copying the broker ACL"))?;
-        let shipped = read_config("mosquitto-secure.conf")?;
+        let shipped = read_config("mosquitto.conf")?;
         let mut conf = shipped.clone();
         for (from, to) in [
             (
-                "listener 1883",
+                "listener 1883 127.0.0.1",
                 format!("listener {} 127.0.0.1", broker.port),
             ),
             (
+                "password_file /etc/mosquitto/tidemark-services.passwd",
+                format!("password_file {}", service_passwords.display()),
+            ),
+            (
                 "password_file /etc/mosquitto/tidemark.passwd",
-                format!("password_file {}", passwords.display()),
+                format!("password_file {}", device_passwords.display()),
             ),
             (
                 "acl_file /etc/mosquitto/tidemark.acl",
@@ -153,14 +170,13 @@ impl Broker {
                 "persistence_location /var/lib/mosquitto/",
                 format!("persistence_location {}/", broker.dir.display()),
             ),
-            ("listener 8883", format!("listener {tls_port} 127.0.0.1")),
+            ("listener 8883", format!("listener {device_port} 127.0.0.1")),
+            ("listener 8884", format!("listener {tls_port} 127.0.0.1")),
             ("/etc/mosquitto/certs/", format!("{}/", certs.display())),
         ] {
             if !conf.contains(from) {
                 return Err(Error::Io {
-                    context: format!(
-                        "config/mosquitto-secure.conf no longer has the line {from:?}"
-                    ),
+                    context: format!("config/mosquitto.conf no longer has the line {from:?}"),
                     cause: std::io::Error::from(std::io::ErrorKind::InvalidData),
                 });
             }
@@ -212,6 +228,7 @@ impl Broker {
             port,
             dir,
             conf: String::new(),
+            device_port: None,
             tls_port: None,
         })
     }
@@ -219,7 +236,7 @@ impl Broker {
     async fn launch(&mut self) -> Result<(), Error> {
         let conf_path = self.dir.join("mosquitto.conf");
         std::fs::write(&conf_path, &self.conf).map_err(io("writing the broker configuration"))?;
-        for file in ["passwd", "acl"] {
+        for file in ["passwd", "services.passwd", "acl"] {
             let path = self.dir.join(file);
             if path.exists() {
                 use std::os::unix::fs::PermissionsExt;

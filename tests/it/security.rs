@@ -1,6 +1,8 @@
-//! Device security against a Mosquitto started from the shipped `config/mosquitto-secure.conf` and
-//! `config/mosquitto.acl`: every client logs in, a device publishes only to its own readings topic
-//! and reads nobody's, and ingest checks each reading's sensor against the topic's device besides.
+//! Device security against a Mosquitto started from the shipped `config/mosquitto.conf` and
+//! `config/mosquitto.acl`: every client logs in, device passwords travel only over TLS, a device
+//! publishes only to its own readings topic and reads nobody's, no device can take over another
+//! client's session, only the API writes alerts, and ingest checks each reading's sensor against
+//! the topic's device besides.
 
 use crate::support::*;
 use chrono::Utc;
@@ -65,14 +67,14 @@ fn reading(sensor_key: &str, ts: chrono::DateTime<Utc>) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_publishes_only_as_itself_and_reads_no_one_elses_readings() {
     let (a, b) = (device(0), device(1));
-    let broker = Broker::start_secure(&[
-        ("tidemark-ingest", INGEST_PASSWORD),
-        (&a, "password-a"),
-        (&b, "password-b"),
-    ])
+    let broker = Broker::start_secure(
+        &[("tidemark-ingest", INGEST_PASSWORD)],
+        &[(&a, "password-a"), (&b, "password-b")],
+    )
     .await
     .unwrap();
-    let port = broker.port;
+    let (services_port, port) = (broker.port, broker.device_port.expect("a device listener"));
+    let ca = broker.ca_file();
     let harness = Harness::with_broker(broker).await;
     let mut settings = harness.settings(tidemark_ingest::IngestConfig {
         client_id: "ingest-secure".into(),
@@ -83,15 +85,22 @@ async fn a_device_publishes_only_as_itself_and_reads_no_one_elses_readings() {
     let ingest = harness.ingest_with(settings);
     ingest.subscribed("ingest-secure").await;
 
-    // No login, a wrong password, and a device's name with another's password: refused.
-    let (_, mut anonymous) = client(port, "anonymous", None);
+    // No login, a wrong password, and a device's name with another's password: refused. A
+    // device's password does not open the services' listener, nor does plain TCP reach the
+    // devices' listener.
+    let (_, mut anonymous) = tls_client(port, "anonymous", &ca, None, None);
     assert!(connect(&mut anonymous).await.is_err());
-    let (_, mut wrong) = client(port, "wrong", Some((&a, "password-b")));
+    let (_, mut wrong) = tls_client(port, "wrong", &ca, None, Some((&a, "password-b")));
     assert!(connect(&mut wrong).await.is_err());
+    let (_, mut services) = client(services_port, "device-a", Some((&a, "password-a")));
+    assert!(connect(&mut services).await.is_err());
+    let (_, mut plain) = client(port, "device-a", Some((&a, "password-a")));
+    assert!(connect(&mut plain).await.is_err());
 
     // Device A, logged in, publishes a reading of B's sensor on B's topic (the broker drops it),
     // one of B's sensor on its own topic (ingest rejects it), then one of its own.
-    let (device_a, mut events_a) = client(port, "device-a", Some((&a, "password-a")));
+    let (device_a, mut events_a) =
+        tls_client(port, "device-a", &ca, None, Some((&a, "password-a")));
     connect(&mut events_a).await.unwrap();
     let base = Utc::now() - chrono::Duration::hours(1);
     let impostor = chrono::Duration::seconds(1);
@@ -139,7 +148,8 @@ async fn a_device_publishes_only_as_itself_and_reads_no_one_elses_readings() {
         .await
         .unwrap();
     let codes = acknowledged(&mut events_a, 1).await;
-    let (device_b, mut events_b) = client(port, "device-b", Some((&b, "password-b")));
+    let (device_b, mut events_b) =
+        tls_client(port, "device-b", &ca, None, Some((&b, "password-b")));
     connect(&mut events_b).await.unwrap();
     device_b
         .publish(
@@ -479,12 +489,25 @@ async fn secrets_never_appear_in_the_logs() {
 }
 
 /// An MQTT client over TLS to `port`, trusting `ca`, presenting `identity` (certificate and key
-/// files) if given.
+/// files) and logging in with `login` if given.
 fn tls_client(
     port: u16,
     id: &str,
     ca: &std::path::Path,
     identity: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+    login: Option<(&str, &str)>,
+) -> (AsyncClient, EventLoop) {
+    tls_session(port, id, ca, identity, login, true)
+}
+
+/// [`tls_client`] with a clean or a persistent session.
+fn tls_session(
+    port: u16,
+    id: &str,
+    ca: &std::path::Path,
+    identity: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+    login: Option<(&str, &str)>,
+    clean: bool,
 ) -> (AsyncClient, EventLoop) {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -512,9 +535,13 @@ fn tls_client(
     };
     let mut options = MqttOptions::new(id, "127.0.0.1", port);
     options.set_keep_alive(Duration::from_secs(5));
+    options.set_clean_session(clean);
     options.set_transport(rumqttc::Transport::tls_with_config(
         rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)),
     ));
+    if let Some((user, password)) = login {
+        options.set_credentials(user, password);
+    }
     AsyncClient::new(options, 16)
 }
 
@@ -525,7 +552,7 @@ fn tls_client(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_log_in_with_client_certificates_over_mutual_tls() {
     let (a, b) = (device(0), device(1));
-    let broker = Broker::start_secure(&[("tidemark-ingest", INGEST_PASSWORD)])
+    let broker = Broker::start_secure(&[("tidemark-ingest", INGEST_PASSWORD)], &[])
         .await
         .unwrap();
     let tls_port = broker.tls_port.expect("a TLS listener");
@@ -543,13 +570,13 @@ async fn devices_log_in_with_client_certificates_over_mutual_tls() {
     ingest.subscribed("ingest-tls").await;
 
     // No certificate, and a certificate for B from a CA the broker does not trust: refused.
-    let (_, mut bare) = tls_client(tls_port, "bare", &ca, None);
+    let (_, mut bare) = tls_client(tls_port, "bare", &ca, None, None);
     assert!(connect(&mut bare).await.is_err());
-    let (_, mut rogue) = tls_client(tls_port, "rogue", &ca, Some(&rogue_b));
+    let (_, mut rogue) = tls_client(tls_port, "rogue", &ca, Some(&rogue_b), None);
     assert!(connect(&mut rogue).await.is_err());
 
     // A's certificate: its own readings land; a reading on B's topic is dropped by the broker.
-    let (client, mut events) = tls_client(tls_port, "device-a-tls", &ca, Some(&device_a));
+    let (client, mut events) = tls_client(tls_port, "device-a-tls", &ca, Some(&device_a), None);
     connect(&mut events).await.unwrap();
     let base = Utc::now() - chrono::Duration::hours(1);
     client
@@ -588,6 +615,155 @@ async fn devices_log_in_with_client_certificates_over_mutual_tls() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(stored, [sensor(0, 0)]);
+    ingest.stop().await;
+    harness.finish().await;
+}
+
+/// Connects, then disconnects cleanly.
+async fn visit(client: AsyncClient, mut events: EventLoop) -> Result<(), String> {
+    connect(&mut events).await?;
+    client.disconnect().await.map_err(|e| e.to_string())?;
+    while let Ok(Ok(event)) = tokio::time::timeout(Duration::from_secs(2), events.poll()).await {
+        if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// A device that logs in with its own credentials and asks for ingest's client id, with a clean or
+/// a persistent session, over its password or its certificate: the shipped configuration gives it
+/// its own login as client id, so it neither takes over ingest's connection nor wipes the session
+/// that holds ingest's queued messages. And only the API's login writes the alert topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_device_can_take_over_ingests_session_or_write_alerts() {
+    let a = device(0);
+    let broker = Broker::start_secure(
+        &[
+            ("tidemark-ingest", INGEST_PASSWORD),
+            ("tidemark-api", "api-password"),
+        ],
+        &[(&a, "password-a")],
+    )
+    .await
+    .unwrap();
+    let (services_port, device_port) = (broker.port, broker.device_port.unwrap());
+    let tls_port = broker.tls_port.unwrap();
+    let ca = broker.ca_file();
+    let certificate = broker.client_certificate(&a, true).await.unwrap();
+    let harness = Harness::with_broker(broker).await;
+    let settings = || {
+        let mut settings = harness.settings(tidemark_ingest::IngestConfig::default());
+        settings.mqtt.username = Some("tidemark-ingest".into());
+        settings.mqtt.password = Some(tidemark_model::secret::Secret::new(INGEST_PASSWORD));
+        settings
+    };
+    let ingest = harness.ingest_with(settings());
+    ingest.subscribed("tidemark-ingest").await;
+    // Ingest's client id asked for over the password listener and the certificate listener, each
+    // with a clean and a persistent session: (port, with a certificate, clean session).
+    let impostors = [
+        (device_port, false, true),
+        (device_port, false, false),
+        (tls_port, true, true),
+        (tls_port, true, false),
+    ];
+    let impostor = |(port, with_certificate, clean): (u16, bool, bool)| {
+        tls_session(
+            port,
+            "tidemark-ingest",
+            &ca,
+            with_certificate.then_some(&certificate),
+            (!with_certificate).then_some((a.as_str(), "password-a")),
+            clean,
+        )
+    };
+    // While ingest is connected: the impostors come and go; ingest's connection stays.
+    for attempt in impostors {
+        let (client, events) = impostor(attempt);
+        visit(client, events)
+            .await
+            .unwrap_or_else(|e| panic!("impostor {attempt:?} logs in as itself: {e}"));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        ingest.metrics.mqtt_errors.get(),
+        0,
+        "ingest's connection was never taken over"
+    );
+
+    // While ingest is away, its session holds what devices publish; impostors with clean sessions
+    // come and go; ingest comes back to every message.
+    ingest.stop().await;
+    let base = Utc::now() - chrono::Duration::hours(1);
+    let (device_a, mut events_a) = tls_client(
+        device_port,
+        "publisher",
+        &ca,
+        None,
+        Some((&a, "password-a")),
+    );
+    connect(&mut events_a).await.unwrap();
+    for i in 0..50 {
+        device_a
+            .publish(
+                topic(&a),
+                QoS::AtLeastOnce,
+                false,
+                reading(&sensor(0, 1), base + chrono::Duration::seconds(i)),
+            )
+            .await
+            .unwrap();
+        acknowledged(&mut events_a, 1).await;
+    }
+    for attempt in impostors {
+        let (client, events) = impostor(attempt);
+        visit(client, events).await.unwrap();
+    }
+    let ingest = harness.ingest_with(settings());
+    assert_eq!(
+        harness.settle(50, Duration::from_secs(20)).await,
+        50,
+        "ingest's queued messages survived the impostors"
+    );
+
+    // Alerts: the API posts a retained alert, then a device and ingest post over it; theirs are
+    // dropped by the broker, and the API's stands.
+    let alert = "tidemark/v1/alerts/0580/aabenraa-harbour";
+    for (port, login, with_tls) in [
+        (services_port, ("tidemark-api", "api-password"), false),
+        (device_port, (a.as_str(), "password-a"), true),
+        (services_port, ("tidemark-ingest", INGEST_PASSWORD), false),
+    ] {
+        let (client, mut events) = if with_tls {
+            tls_client(port, "poster", &ca, None, Some(login))
+        } else {
+            client(port, &format!("poster-{}", login.0), Some(login))
+        };
+        connect(&mut events).await.unwrap();
+        client
+            .publish(alert, QoS::AtLeastOnce, true, login.0.as_bytes().to_vec())
+            .await
+            .unwrap();
+        acknowledged(&mut events, 1).await;
+    }
+    let (listener, mut heard) =
+        tls_client(device_port, "listener", &ca, None, Some((&a, "password-a")));
+    connect(&mut heard).await.unwrap();
+    listener.subscribe(alert, QoS::AtLeastOnce).await.unwrap();
+    let retained = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(Event::Incoming(Packet::Publish(p))) = heard.poll().await {
+                return String::from_utf8_lossy(&p.payload).into_owned();
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        retained.as_deref(),
+        Ok("tidemark-api"),
+        "only the API's alert stands"
+    );
     ingest.stop().await;
     harness.finish().await;
 }
