@@ -48,7 +48,8 @@ pub struct StationRecord {
     pub lon: f64,
     /// WGS84 latitude, degrees north.
     pub lat: f64,
-    /// The official municipality code (Danish kommunekode) where known.
+    /// The official municipality code (Danish kommunekode) where known. A station loaded again
+    /// without one keeps the code it has (a replay knows no codes).
     #[serde(default)]
     pub municipality_code: Option<String>,
 }

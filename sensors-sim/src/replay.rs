@@ -82,17 +82,21 @@ pub struct Recording {
 }
 
 impl Recording {
-    fn device(&mut self, key: &str, name: &str) -> usize {
+    /// The index of device `key`, added with `name` if it is new; an error if `key` is not a
+    /// valid device key.
+    fn device(&mut self, key: &str, name: &str) -> Result<usize, ReplayError> {
         if let Some(index) = self.devices.iter().position(|d| d.as_str() == key) {
-            return index;
+            return Ok(index);
         }
+        let id = DeviceId::parse(key).map_err(|error| {
+            ReplayError::Layout(format!("{name:?} makes the device key {key:?}: {error}"))
+        })?;
         self.reference.devices.push(DeviceRecord {
             key: key.to_owned(),
             name: name.to_owned(),
         });
-        self.devices
-            .push(DeviceId::parse(key).expect("replay device keys are valid"));
-        self.devices.len() - 1
+        self.devices.push(id);
+        Ok(self.devices.len() - 1)
     }
 
     fn sensor(
@@ -283,23 +287,64 @@ fn naive(path: &Path, line: u64, raw: &str) -> Result<NaiveDateTime, ReplayError
         })
 }
 
-/// "KielHoltenau" -> "kiel-holtenau"; "Hebden Bridge" -> "hebden-bridge".
+/// A place name as an identifier: "KielHoltenau" -> "kiel-holtenau"; "Hebden Bridge" ->
+/// "hebden-bridge"; "Sønderborg" -> "soenderborg"; "Ærøskøbing" -> "aeroeskoebing". Danish and
+/// German letters are written out as Danish and German do without them (æ ae, ø oe, å aa, ä ae,
+/// ö oe, ü ue, ß ss), other accented letters lose their accent, and anything else becomes a
+/// hyphen; runs of hyphens become one, and none starts or ends the key.
 pub fn kebab(name: &str) -> String {
     let mut out = String::new();
     let mut previous_lower = false;
     for c in name.chars() {
-        if c.is_ascii_uppercase() && previous_lower {
+        if c.is_uppercase() && previous_lower {
             out.push('-');
         }
-        if c == ' ' || c == '_' {
-            out.push('-');
+        previous_lower = c.is_lowercase();
+        let lower = c.to_lowercase().next().unwrap_or(c);
+        let spelled = match lower {
+            'æ' | 'ä' => "ae",
+            'ø' | 'ö' => "oe",
+            'å' => "aa",
+            'ü' => "ue",
+            'ß' => "ss",
+            'à' | 'á' | 'â' | 'ã' => "a",
+            'ç' => "c",
+            'è' | 'é' | 'ê' | 'ë' => "e",
+            'ì' | 'í' | 'î' | 'ï' => "i",
+            'ñ' => "n",
+            'ò' | 'ó' | 'ô' | 'õ' => "o",
+            'ù' | 'ú' | 'û' => "u",
+            'ý' | 'ÿ' => "y",
+            c if c.is_ascii_alphanumeric() => {
+                out.push(c);
+                continue;
+            }
+            _ => "-",
+        };
+        if spelled == "-" {
             previous_lower = false;
-            continue;
+            if !out.is_empty() && !out.ends_with('-') {
+                out.push('-');
+            }
+        } else {
+            out.push_str(spelled);
         }
-        out.push(c.to_ascii_lowercase());
-        previous_lower = c.is_ascii_lowercase();
+    }
+    while out.ends_with('-') {
+        out.pop();
     }
     out
+}
+
+/// The key of a station named `name` ([`kebab`]); an error if the name has nothing to make one of.
+fn station_key(name: &str) -> Result<String, ReplayError> {
+    let key = kebab(name);
+    if key.is_empty() {
+        return Err(ReplayError::Layout(format!(
+            "the station name {name:?} makes no key: it has no letter or digit Tidemark can spell"
+        )));
+    }
+    Ok(key)
 }
 
 /// The Baltic surge: quality codes of the Copernicus in-situ data (0 none, 1 good, 2 probably good,
@@ -308,7 +353,7 @@ fn read_baltic(path: &Path, recording: &mut Recording) -> Result<(), ReplayError
     let stations_path = path.with_file_name("stations.csv");
     for (line, row) in rows(&stations_path)? {
         let name = field(&stations_path, line, &row, "station")?;
-        let key = kebab(name);
+        let key = station_key(name)?;
         recording.reference.stations.push(StationRecord {
             key: key.clone(),
             name: name.to_owned(),
@@ -328,10 +373,10 @@ fn read_baltic(path: &Path, recording: &mut Recording) -> Result<(), ReplayError
     }
     for (line, row) in rows(path)? {
         let name = field(path, line, &row, "station")?;
-        let key = kebab(name);
+        let key = station_key(name)?;
         let device_key = format!("{key}-gauge");
         let sensor = format!("{key}.sea_level");
-        let device = recording.device(&device_key, &format!("{name} tide gauge logger"));
+        let device = recording.device(&device_key, &format!("{name} tide gauge logger"))?;
         recording.sensor(
             &sensor,
             &device_key,
@@ -400,7 +445,7 @@ fn read_calder(path: &Path, recording: &mut Recording) -> Result<(), ReplayError
         return Err(layout());
     };
     let name = place.replace('-', " ");
-    let key = kebab(&name);
+    let key = station_key(&name)?;
     let (lat, lon) = CALDER_PLACES
         .iter()
         .find(|(n, _, _)| *n == name)
@@ -428,7 +473,7 @@ fn read_calder(path: &Path, recording: &mut Recording) -> Result<(), ReplayError
     } else {
         ("rainfall", Unit::Millimetre)
     };
-    let device = recording.device(&device_key, &format!("{name} {kind} logger"));
+    let device = recording.device(&device_key, &format!("{name} {kind} logger"))?;
     recording.sensor(
         &sensor,
         &device_key,
@@ -463,7 +508,7 @@ fn read_edinburgh(path: &Path, recording: &mut Recording) -> Result<(), ReplayEr
     for (line, row) in rows(path)? {
         let site = field(path, line, &row, "Site")?.trim().to_owned();
         let device_key = format!("bin-{site}");
-        let device = recording.device(&device_key, field(path, line, &row, "Site name")?);
+        let device = recording.device(&device_key, field(path, line, &row, "Site name")?)?;
         let (fill, weight) = (
             format!("{device_key}.fill_level"),
             format!("{device_key}.weight"),
@@ -527,7 +572,7 @@ fn read_dk1(path: &Path, recording: &mut Recording) -> Result<(), ReplayError> {
     let device = recording.device(
         device_key,
         "ENTSO-E Transparency Platform, bidding zone DK1",
-    );
+    )?;
     for (line, row) in rows(path)? {
         let sensor = match field(path, line, &row, "item")? {
             "Load Actual" => "dk1.load_actual",

@@ -21,9 +21,44 @@ fn names_become_keys() {
         ("KielHoltenau", "kiel-holtenau"),
         ("Flensburg", "flensburg"),
         ("Hebden Bridge", "hebden-bridge"),
+        ("Sønderborg", "soenderborg"),
+        ("Køge", "koege"),
+        ("Ærøskøbing", "aeroeskoebing"),
+        ("Aabenraa (Havn)", "aabenraa-havn"),
+        ("Großenbrode", "grossenbrode"),
+        ("  Île d'Orléans ", "ile-d-orleans"),
     ] {
         assert_eq!(kebab(name), key);
     }
+}
+
+/// Danish station names make valid keys; a name that makes no key at all is an error, not a panic.
+#[test]
+fn danish_station_names_replay_and_a_name_without_letters_is_refused() {
+    let dir = std::env::temp_dir().join(format!("tidemark-replay-names-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |stations: &[&str]| {
+        let mut list = String::from("station,lat,lon\n");
+        let mut levels = String::from("station,time_utc,slev_m,slev_qc\n");
+        for (i, name) in stations.iter().enumerate() {
+            list.push_str(&format!("{name},55.{i},10.{i}\n"));
+            levels.push_str(&format!("{name},2023-10-20 12:00:00,0.5{i},1\n"));
+        }
+        std::fs::write(dir.join("stations.csv"), list).unwrap();
+        std::fs::write(dir.join("sea_level_10min.csv"), levels).unwrap();
+        read(Format::BalticSurge, &dir.join("sea_level_10min.csv"))
+    };
+    let recording = write(&["Sønderborg", "Køge", "Ærøskøbing"]).unwrap();
+    let keys: Vec<&str> = recording.devices.iter().map(|d| d.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["soenderborg-gauge", "koege-gauge", "aeroeskoebing-gauge"]
+    );
+    assert!(recording.reference.validate().is_ok());
+    assert_eq!(recording.points[0].sensor, "soenderborg.sea_level");
+    let refused = write(&["Ωμέγα"]).unwrap_err();
+    assert!(refused.to_string().contains("makes no key"), "{refused}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -64,7 +64,8 @@ impl Store {
                 "INSERT INTO stations (key, name, kind, lon, lat, municipality_code) \
                  VALUES ($1, $2, $3, $4, $5, $6) \
                  ON CONFLICT (key) DO UPDATE SET name = EXCLUDED.name, kind = EXCLUDED.kind, \
-                 lon = EXCLUDED.lon, lat = EXCLUDED.lat, municipality_code = EXCLUDED.municipality_code, \
+                 lon = EXCLUDED.lon, lat = EXCLUDED.lat, \
+                 municipality_code = COALESCE(EXCLUDED.municipality_code, stations.municipality_code), \
                  updated_at = now()",
                 &[
                     &station.key,

@@ -360,3 +360,45 @@ async fn upgrading_folds_per_entry_rejections_into_one_row_per_message() {
     drop(store);
     database.drop_database().await.unwrap();
 }
+
+#[tokio::test]
+async fn loading_a_station_without_a_municipality_keeps_the_one_it_has() {
+    use tidemark_store::reference::StationRecord;
+    let database = TestDatabase::create(&test_server()).await.unwrap();
+    migrate(&database.config).await.unwrap();
+    let store = Store::connect(&database.config).await.unwrap();
+    let station = |code: Option<&str>| ReferenceData {
+        stations: vec![StationRecord {
+            key: "soenderborg".into(),
+            name: "Sønderborg".into(),
+            kind: "tide_gauge".into(),
+            lon: 9.79,
+            lat: 54.91,
+            municipality_code: code.map(str::to_owned),
+        }],
+        ..Default::default()
+    };
+    let code = || async {
+        let (client, connection) =
+            tokio_postgres::connect(&database.config.url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        client
+            .query_one(
+                "SELECT municipality_code FROM stations WHERE key = 'soenderborg'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, Option<String>>(0)
+    };
+    store.apply_reference(&station(Some("0540"))).await.unwrap();
+    // A replay knows no municipality codes: it loads the station again without one.
+    store.apply_reference(&station(None)).await.unwrap();
+    assert_eq!(code().await.as_deref(), Some("0540"));
+    store.apply_reference(&station(Some("0563"))).await.unwrap();
+    assert_eq!(code().await.as_deref(), Some("0563"));
+    drop(store);
+    database.drop_database().await.unwrap();
+}
