@@ -20,6 +20,11 @@ pub struct Delivery {
     pub signature: String,
     pub body: Vec<u8>,
     pub arrived: Instant,
+    /// Arrival by the wall clock, whole seconds since 1970 (what `webhook-timestamp` is checked
+    /// against).
+    pub arrived_unix: i64,
+    /// When the answer went back; `None` while the request is still being answered.
+    pub answered: Option<Instant>,
 }
 
 impl Delivery {
@@ -35,6 +40,8 @@ struct ReceiverState {
     script: Mutex<VecDeque<u16>>,
     /// While set, each request waits for `release` before it is answered.
     hold: Mutex<bool>,
+    /// How long each answer takes.
+    delay: Mutex<Duration>,
     release: Notify,
     arrived: Notify,
 }
@@ -64,18 +71,23 @@ async fn receive(
         signature: header("webhook-signature"),
         body: body.to_vec(),
         arrived: Instant::now(),
+        arrived_unix: chrono::Utc::now().timestamp(),
+        answered: None,
     };
     let status = state.script.lock().expect("not poisoned").pop_front();
     let held = *state.hold.lock().expect("not poisoned");
-    state
-        .deliveries
-        .lock()
-        .expect("not poisoned")
-        .push(delivery);
+    let delay = *state.delay.lock().expect("not poisoned");
+    let index = {
+        let mut deliveries = state.deliveries.lock().expect("not poisoned");
+        deliveries.push(delivery);
+        deliveries.len() - 1
+    };
     state.arrived.notify_waiters();
     if held {
         state.release.notified().await;
     }
+    tokio::time::sleep(delay).await;
+    state.deliveries.lock().expect("not poisoned")[index].answered = Some(Instant::now());
     StatusCode::from_u16(status.unwrap_or(200)).unwrap_or(StatusCode::OK)
 }
 
@@ -118,6 +130,11 @@ impl WebhookReceiver {
     /// Holds every answer until [`WebhookReceiver::release`].
     pub fn hold(&self, hold: bool) {
         *self.state.hold.lock().expect("not poisoned") = hold;
+    }
+
+    /// Takes this long over every answer.
+    pub fn slow(&self, delay: Duration) {
+        *self.state.delay.lock().expect("not poisoned") = delay;
     }
 
     /// Answers the requests being held.

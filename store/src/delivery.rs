@@ -648,13 +648,47 @@ impl Store {
         Ok(claimed)
     }
 
-    /// Records an attempt and what follows from it, in one transaction.
-    pub async fn record_attempt(&self, attempt: &Attempt) -> Result<()> {
+    /// Gives back a claimed row that was not attempted, so that it is due at `now` again. Only
+    /// while the claim is still the caller's (`attempt` is the row's attempt count it claimed).
+    pub async fn release_claim(
+        &self,
+        outbox_id: i64,
+        attempt: i32,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let client = self.client().await?;
+        let released = client
+            .execute(
+                "UPDATE outbox SET attempts = attempts - 1, next_attempt_at = $3 \
+                 WHERE id = $1 AND attempts = $2 AND delivered_at IS NULL AND dead_at IS NULL",
+                &[&outbox_id, &attempt, &now],
+            )
+            .await
+            .context("releasing a claimed delivery")?;
+        Ok(released == 1)
+    }
+
+    /// Records an attempt and what follows from it, in one transaction, but only while the
+    /// dispatcher still holds the claim: the row's attempt count is the fencing token, and a claim
+    /// taken over after its lease ended has moved it on. Returns false (and records nothing) when
+    /// the claim was lost.
+    pub async fn record_attempt(&self, attempt: &Attempt) -> Result<bool> {
         let mut client = self.client().await?;
         let tx = client
             .transaction()
             .await
             .context("begin recording an attempt")?;
+        let held = tx
+            .query_opt(
+                "SELECT 1 FROM outbox WHERE id = $1 AND attempts = $2 \
+                 AND delivered_at IS NULL AND dead_at IS NULL FOR UPDATE",
+                &[&attempt.outbox_id, &attempt.attempt],
+            )
+            .await
+            .context("checking a delivery's claim")?;
+        if held.is_none() {
+            return Ok(false);
+        }
         let ok = matches!(attempt.next, AttemptNext::Delivered(_));
         tx.execute(
             "INSERT INTO delivery_attempts (outbox_id, attempt, started_at, latency_ms, status, ok, error) \
@@ -744,7 +778,7 @@ impl Store {
             }
         }
         tx.commit().await.context("commit a delivery attempt")?;
-        Ok(())
+        Ok(true)
     }
 
     pub async fn attempts(&self, outbox_id: i64) -> Result<Vec<AttemptRow>> {

@@ -402,6 +402,143 @@ async fn two_dispatchers_share_the_outbox_and_deliver_each_row_once() {
     harness.finish().await;
 }
 
+/// Two dispatchers on the wall clock, a short lease and a receiver slow enough that one round over
+/// all the rows would outlive its lease: a round gives back what it cannot send within its lease,
+/// so no row is ever sent twice, and every request is signed as it is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_never_outlives_its_lease_and_signs_each_request_as_it_goes() {
+    let harness = Harness::start().await;
+    let mut config = config(&harness);
+    config.delivery.timeout = Duration::from_secs(1);
+    config.delivery.lease = Duration::from_secs(3);
+    let api = Api::start(&harness, &config).await;
+    let receiver = WebhookReceiver::start().await.unwrap();
+    receiver.slow(Duration::from_millis(600));
+    let key = api.key(Role::Operator, None).await;
+    api.register(&key, &receiver.url, 1).await;
+    let mut events = Vec::new();
+    for round in 0..12 {
+        let kind = if round % 2 == 0 { "raised" } else { "lifted" };
+        events.push(record(&harness, kind, (round % 2 == 0).then_some(1), false).await);
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut running = Vec::new();
+    let mut all_metrics = Vec::new();
+    for _ in 0..2 {
+        let (dispatcher, metrics) = dispatcher(&harness, &config, &api);
+        all_metrics.push(metrics);
+        let stop = stop.clone();
+        running.push(tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                dispatcher.run_once(Utc::now()).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+    let delivered = wait_for(Duration::from_secs(60), || async {
+        harness
+            .store
+            .outbox("webhook")
+            .await
+            .unwrap()
+            .iter()
+            .all(|row| row.delivered_at.is_some())
+    })
+    .await;
+    stop.cancel();
+    for task in running {
+        task.await.unwrap();
+    }
+    assert!(delivered, "every row is delivered");
+    let deliveries = receiver.deliveries();
+    let mut ids: Vec<String> = deliveries.iter().map(|d| d.id.clone()).collect();
+    ids.sort();
+    let mut expected: Vec<String> = events.iter().map(|e| format!("evt_{e}")).collect();
+    expected.sort();
+    let failed: u64 = all_metrics
+        .iter()
+        .map(|m| webhook_count(&m.failed_attempts))
+        .sum();
+    let lost: u64 = all_metrics.iter().map(|m| m.lost_claims.get()).sum();
+    let spans: Vec<(String, u128, Option<u128>)> = deliveries
+        .iter()
+        .map(|d| {
+            (
+                d.id.clone(),
+                d.arrived.duration_since(deliveries[0].arrived).as_millis(),
+                d.answered
+                    .map(|a| a.duration_since(deliveries[0].arrived).as_millis()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ids, expected,
+        "each row sent once ({failed} failed, {lost} lost claims): {spans:?}"
+    );
+    for d in &deliveries {
+        let age = d.arrived_unix - d.timestamp.parse::<i64>().unwrap();
+        assert!(
+            (0..=2).contains(&age),
+            "{} arrived {age} s after its signature's timestamp",
+            d.id
+        );
+    }
+    assert_eq!(lost, 0, "no attempt outlived its claim");
+    harness.finish().await;
+}
+
+/// An attempt is recorded only while its claim holds: once another dispatcher has claimed the row
+/// after the lease ended, the first one's outcome is refused and the second one's stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_is_recorded_only_under_the_claim_that_made_it() {
+    use tidemark_store::delivery::{Attempt, AttemptNext};
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    let api = Api::start(&harness, &config).await;
+    let receiver = WebhookReceiver::start().await.unwrap();
+    let key = api.key(Role::Operator, None).await;
+    api.register(&key, &receiver.url, 1).await;
+    record(&harness, "raised", Some(1), false).await;
+    let t0 = soon();
+    let lease = Duration::from_secs(60);
+    let first = harness.store.claim_deliveries(t0, lease, 10).await.unwrap();
+    let second = harness
+        .store
+        .claim_deliveries(t0 + secs(61.0), lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.len(), second.len()),
+        (1, 1),
+        "claimed again after the lease"
+    );
+    let outcome = |claim: &tidemark_store::delivery::Claimed, at| Attempt {
+        outbox_id: claim.outbox_id,
+        attempt: claim.attempt,
+        started_at: at,
+        latency: Duration::from_millis(5),
+        status: Some(200),
+        error: None,
+        next: AttemptNext::Delivered(at),
+    };
+    let stale = harness
+        .store
+        .record_attempt(&outcome(&first[0], t0))
+        .await
+        .unwrap();
+    assert!(!stale, "the first claim was taken over");
+    let current = harness
+        .store
+        .record_attempt(&outcome(&second[0], t0 + secs(62.0)))
+        .await
+        .unwrap();
+    assert!(current);
+    let row = harness.store.outbox("webhook").await.unwrap().remove(0);
+    assert_eq!(row.delivered_at, Some(t0 + secs(62.0)));
+    assert_eq!(harness.store.attempts(row.id).await.unwrap().len(), 1);
+    harness.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gone_disables_the_endpoint_and_internal_addresses_are_refused() {
     let harness = Harness::start().await;

@@ -74,6 +74,9 @@ pub struct DeliveryConfig {
     pub mqtt_client_id: Option<String>,
 }
 
+/// Time left in a claim's lease, beyond the request timeout, for recording an attempt's outcome.
+const RECORD_MARGIN: Duration = Duration::from_millis(500);
+
 const fn default_initial_backoff() -> Duration {
     Duration::from_secs(2)
 }
@@ -130,10 +133,11 @@ impl DeliveryConfig {
 
     /// Checks what can be checked without I/O.
     pub fn validate(&self) -> Result<webhook::TargetPolicy, String> {
-        if self.lease <= self.timeout {
+        if self.lease <= self.timeout + RECORD_MARGIN {
             return Err(format!(
-                "delivery.lease ({:?}) must be longer than delivery.timeout ({:?})",
-                self.lease, self.timeout
+                "delivery.lease ({:?}) must be longer than delivery.timeout ({:?}) and {:?} to \
+                 record the outcome, so that an attempt ends within its claim",
+                self.lease, self.timeout, RECORD_MARGIN
             ));
         }
         if self.initial_backoff.is_zero() || self.max_backoff < self.initial_backoff {
@@ -190,6 +194,8 @@ pub struct Metrics {
     pub dead_letters: Family<ChannelLabels, Counter>,
     /// Seconds from the event's commit to its confirmed delivery.
     pub delivery_seconds: Histogram,
+    /// Attempts whose claim another dispatcher had taken over by the time they were recorded.
+    pub lost_claims: Counter,
 }
 
 impl Metrics {
@@ -199,6 +205,7 @@ impl Metrics {
             failed_attempts: Family::default(),
             dead_letters: Family::default(),
             delivery_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
+            lost_claims: Counter::default(),
         };
         for channel in ["webhook", "mqtt"] {
             let labels = vec![("channel", channel.to_owned())];
@@ -221,6 +228,11 @@ impl Metrics {
             "dead_letters",
             "Deliveries given up after the retry horizon",
             metrics.dead_letters.clone(),
+        );
+        delivery.register(
+            "lost_claims",
+            "Attempts not recorded because another dispatcher had taken the row over",
+            metrics.lost_claims.clone(),
         );
         delivery.register(
             "delivery_seconds",
@@ -309,15 +321,28 @@ impl Dispatcher {
 
     /// Delivers everything due at `now` once (retries that fall due later wait for a later call).
     /// Returns the number of attempts made.
+    ///
+    /// A round never outlives its lease: an attempt starts only while the claim has at least the
+    /// request timeout (and a margin to record the outcome) left; rows that would not fit are given
+    /// back and claimed again with a fresh lease.
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<usize, Error> {
         let mut attempts = 0;
+        let round_started = Instant::now();
         loop {
+            let claimed_at = Instant::now();
+            // A claim's lease runs from when it is taken: `now` moved on by the time this round
+            // has already taken.
+            let claim_now =
+                now + chrono::Duration::from_std(claimed_at - round_started).unwrap_or_default();
             let claimed = self
                 .store
-                .claim_deliveries(now, self.config.lease, self.config.batch)
+                .claim_deliveries(claim_now, self.config.lease, self.config.batch)
                 .await?;
             let full = claimed.len() as i64 == self.config.batch;
-            attempts += claimed.len();
+            // The last instant an attempt may start and still be recorded within the lease.
+            let last_start = (claimed_at + self.config.lease)
+                .checked_sub(self.config.timeout + RECORD_MARGIN)
+                .unwrap_or(claimed_at);
             // One target's deliveries go in event order; different targets in parallel.
             let mut by_target: BTreeMap<(String, String), Vec<Claimed>> = BTreeMap::new();
             for c in claimed {
@@ -326,19 +351,38 @@ impl Dispatcher {
                     .or_default()
                     .push(c);
             }
-            let results: Vec<Result<(), Error>> =
+            let results: Vec<Result<(usize, bool), Error>> =
                 futures_util::stream::iter(by_target.into_values())
                     .map(|group| async move {
+                        let (mut made, mut released) = (0, false);
                         for claimed in group {
+                            if released || Instant::now() > last_start {
+                                // Out of lease: give the row back rather than send it while
+                                // another dispatcher may claim it.
+                                self.store
+                                    .release_claim(claimed.outbox_id, claimed.attempt, now)
+                                    .await?;
+                                released = true;
+                                continue;
+                            }
                             self.attempt(&claimed, now).await?;
+                            made += 1;
                         }
-                        Ok(())
+                        Ok((made, released))
                     })
                     .buffer_unordered(self.config.concurrency)
                     .collect()
                     .await;
-            results.into_iter().collect::<Result<(), Error>>()?;
-            if !full {
+            let (mut any_released, mut made_now) = (false, 0);
+            for result in results {
+                let (made, released) = result?;
+                made_now += made;
+                any_released |= released;
+            }
+            attempts += made_now;
+            // Claimed again only if this claim made progress: a claim that could not start a
+            // single attempt in its lease waits for the next round.
+            if (!full && !any_released) || made_now == 0 {
                 return Ok(attempts);
             }
         }
@@ -354,14 +398,10 @@ impl Dispatcher {
         let latency = started.elapsed();
         let labels = vec![("channel", claimed.channel.clone())];
         let next = match (&outcome.result, outcome.gone) {
-            (Ok(()), _) => {
-                self.metrics.delivered.get_or_create(&labels).inc();
-                AttemptNext::Delivered(now)
-            }
+            (Ok(()), _) => AttemptNext::Delivered(now),
             (Err(_), true) => AttemptNext::Gone(now),
             (Err(_), false) if outcome.permanent => AttemptNext::Dead(now),
             (Err(_), false) => {
-                self.metrics.failed_attempts.get_or_create(&labels).inc();
                 let wait = self
                     .config
                     .backoff(claimed.attempt, &mut rand::rngs::SmallRng::from_os_rng());
@@ -376,7 +416,36 @@ impl Dispatcher {
             }
         };
         let error = outcome.result.as_ref().err().cloned();
+        let recorded = self
+            .store
+            .record_attempt(&Attempt {
+                outbox_id: claimed.outbox_id,
+                attempt: claimed.attempt,
+                started_at: now,
+                latency,
+                status: outcome.status,
+                error: error.clone(),
+                next: next.clone(),
+            })
+            .await?;
+        if !recorded {
+            // Another dispatcher took the row over after this claim's lease ended; what it
+            // records stands.
+            self.metrics.lost_claims.inc();
+            tracing::warn!(
+                outbox = claimed.outbox_id, event = claimed.event_id, channel = %claimed.channel,
+                "the claim ended before the attempt was recorded; another dispatcher has the row"
+            );
+            return Ok(());
+        }
         match &next {
+            AttemptNext::Delivered(_) => {
+                self.metrics.delivered.get_or_create(&labels).inc();
+                tracing::debug!(
+                    outbox = claimed.outbox_id, event = claimed.event_id, channel = %claimed.channel,
+                    "delivered"
+                );
+            }
             AttemptNext::Dead(_) | AttemptNext::Gone(_) => {
                 self.metrics.dead_letters.get_or_create(&labels).inc();
                 tracing::error!(
@@ -385,27 +454,15 @@ impl Dispatcher {
                     "delivery given up"
                 );
             }
-            AttemptNext::Retry(at) => tracing::warn!(
-                outbox = claimed.outbox_id, event = claimed.event_id, channel = %claimed.channel,
-                attempt = claimed.attempt, next = %at, error = error.as_deref().unwrap_or(""),
-                "delivery failed; will retry"
-            ),
-            AttemptNext::Delivered(_) => tracing::debug!(
-                outbox = claimed.outbox_id, event = claimed.event_id, channel = %claimed.channel,
-                "delivered"
-            ),
+            AttemptNext::Retry(at) => {
+                self.metrics.failed_attempts.get_or_create(&labels).inc();
+                tracing::warn!(
+                    outbox = claimed.outbox_id, event = claimed.event_id, channel = %claimed.channel,
+                    attempt = claimed.attempt, next = %at, error = error.as_deref().unwrap_or(""),
+                    "delivery failed; will retry"
+                );
+            }
         }
-        self.store
-            .record_attempt(&Attempt {
-                outbox_id: claimed.outbox_id,
-                attempt: claimed.attempt,
-                started_at: now,
-                latency,
-                status: outcome.status,
-                error,
-                next,
-            })
-            .await?;
         Ok(())
     }
 
@@ -431,7 +488,9 @@ impl Dispatcher {
         let body =
             serde_json::to_vec(&EventBody::new(&event, &self.public_url)).unwrap_or_default();
         let message_id = format!("evt_{}", event.id);
-        let timestamp = now.timestamp();
+        // Signed as it is sent, by the clock receivers check it against: a round that has waited
+        // on slow receivers never sends an old timestamp.
+        let timestamp = Utc::now().timestamp();
         let mut secrets = vec![hook.secret.as_str()];
         if let (Some(previous), Some(until)) = (&hook.previous_secret, hook.previous_until) {
             if until > now {
