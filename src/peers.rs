@@ -42,6 +42,8 @@ struct ReceiverState {
     hold: Mutex<bool>,
     /// How long each answer takes.
     delay: Mutex<Duration>,
+    /// While set, every answer is `307 Temporary Redirect` to this URL.
+    redirect: Mutex<Option<String>>,
     release: Notify,
     arrived: Notify,
 }
@@ -57,7 +59,8 @@ async fn receive(
     State(state): State<Arc<ReceiverState>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> StatusCode {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let header = |name: &str| {
         headers
             .get(name)
@@ -88,7 +91,16 @@ async fn receive(
     }
     tokio::time::sleep(delay).await;
     state.deliveries.lock().expect("not poisoned")[index].answered = Some(Instant::now());
-    StatusCode::from_u16(status.unwrap_or(200)).unwrap_or(StatusCode::OK)
+    if let Some(location) = state.redirect.lock().expect("not poisoned").clone() {
+        return (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(axum::http::header::LOCATION, location)],
+        )
+            .into_response();
+    }
+    StatusCode::from_u16(status.unwrap_or(200))
+        .unwrap_or(StatusCode::OK)
+        .into_response()
 }
 
 impl WebhookReceiver {
@@ -130,6 +142,11 @@ impl WebhookReceiver {
     /// Holds every answer until [`WebhookReceiver::release`].
     pub fn hold(&self, hold: bool) {
         *self.state.hold.lock().expect("not poisoned") = hold;
+    }
+
+    /// Answers every request with a redirect to `url`.
+    pub fn redirect_to(&self, url: &str) {
+        *self.state.redirect.lock().expect("not poisoned") = Some(url.to_owned());
     }
 
     /// Takes this long over every answer.

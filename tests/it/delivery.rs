@@ -598,6 +598,66 @@ async fn gone_disables_the_endpoint_and_internal_addresses_are_refused() {
     harness.finish().await;
 }
 
+/// The address guard holds where it matters: a redirect is never followed (even to an allowed
+/// address), and a host name is checked by what it resolves to, at registration and again at
+/// every delivery: `localhost` resolves to loopback, which this dispatcher does not allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed_and_host_names_are_checked_by_their_addresses() {
+    use tidemark_api::delivery::webhook::{TargetError, TargetPolicy};
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    let api = Api::start(&harness, &config).await;
+    let key = api.key(Role::Operator, None).await;
+    // A receiver that redirects to another; loopback is allowed here, so only the redirect rule
+    // keeps the second one out.
+    let target = WebhookReceiver::start().await.unwrap();
+    let redirecting = WebhookReceiver::start().await.unwrap();
+    redirecting.redirect_to(&target.url);
+    api.register(&key, &redirecting.url, 1).await;
+    record(&harness, "raised", Some(1), false).await;
+    let (dispatcher, metrics) = dispatcher(&harness, &config, &api);
+    dispatcher.run_once(soon()).await.unwrap();
+    assert_eq!(redirecting.deliveries().len(), 1);
+    assert!(
+        target.deliveries().is_empty(),
+        "the redirect was not followed"
+    );
+    assert_eq!(webhook_count(&metrics.failed_attempts), 1);
+    let row = harness.store.outbox("webhook").await.unwrap().remove(0);
+    assert!(
+        row.last_error.as_deref().unwrap_or("").contains("307"),
+        "{:?}",
+        row.last_error
+    );
+
+    // A policy without loopback: `localhost` is refused by its resolved address at registration,
+    // and the deliveries' client (the dispatcher's, with its guarded resolver) never connects to it.
+    let strict = std::sync::Arc::new(TargetPolicy::default());
+    let listener = WebhookReceiver::start().await.unwrap();
+    let port = listener
+        .url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches("/hook");
+    let by_name = format!("http://localhost:{port}/hook");
+    match strict.check_registration(&by_name).await {
+        Err(TargetError::Internal(ip)) => assert!(ip.is_loopback(), "{ip}"),
+        other => panic!("localhost accepted: {other:?}"),
+    }
+    let client = tidemark_api::delivery::webhook::client(strict, Duration::from_secs(2)).unwrap();
+    let refused = client.post(&by_name).body("{}").send().await;
+    assert!(
+        refused.is_err(),
+        "the guarded client connected: {refused:?}"
+    );
+    assert!(
+        listener.deliveries().is_empty(),
+        "nothing reached the receiver"
+    );
+    harness.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sse_client_resumes_from_last_event_id_with_exactly_what_it_missed() {
     let harness = Harness::start().await;

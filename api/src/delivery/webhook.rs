@@ -165,12 +165,21 @@ pub fn is_internal(ip: IpAddr) -> bool {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return internal_v4(v4);
             }
-            let first = v6.segments()[0];
+            let segments = v6.segments();
+            let first = segments[0];
+            // IPv4-compatible ::a.b.c.d (deprecated, still routed by some stacks).
+            if segments[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+                return internal_v4(Ipv4Addr::from(u128::from(v6) as u32));
+            }
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
                 || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
+                || (first & 0xffc0) == 0xfec0 // site-local fec0::/10 (deprecated)
+                || first == 0x2002 // 6to4 2002::/16: an IPv4 address inside
+                || (first == 0x0064 && segments[1] == 0xff9b && segments[2..6] == [0; 4]) // NAT64 64:ff9b::/96
+                || (first == 0x0064 && segments[1] == 0xff9b && segments[2] == 0x0001) // local NAT64 64:ff9b:1::/48
                 || v6 == Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254) // AWS IPv6 metadata
         }
     }
@@ -379,6 +388,16 @@ mod tests {
             ("fe80::1", true),
             ("fd00:ec2::254", true),
             ("::ffff:10.0.0.1", true),
+            ("64:ff9b::a9fe:a9fe", true),
+            ("64:ff9b::5db8:d822", true),
+            ("64:ff9b:1::1", true),
+            ("2002:a00:1::1", true),
+            ("2002:5db8:d822::1", true),
+            ("fec0::1", true),
+            ("fefe::1", true),
+            ("::10.0.0.1", true),
+            ("::93.184.216.34", false),
+            ("64:ff9c::1", false),
             ("93.184.216.34", false),
             ("2001:db8::1", false),
         ];
