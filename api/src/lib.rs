@@ -89,6 +89,10 @@ pub struct ApiConfig {
     /// Requests a minute per valid API key.
     #[serde(default = "default_keyed_rate_limit")]
     pub keyed_rate_limit_per_minute: u32,
+    /// Reverse proxies (addresses or networks) whose `X-Forwarded-For` names the client for the
+    /// rate limits. Empty: every client is counted by the address it connects from.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 fn default_listen() -> String {
@@ -123,6 +127,7 @@ impl Default for ApiConfig {
             sse_heartbeat: default_sse_heartbeat(),
             rate_limit_per_minute: default_rate_limit(),
             keyed_rate_limit_per_minute: default_keyed_rate_limit(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -151,7 +156,18 @@ impl ApiConfig {
                     .to_owned(),
             );
         }
+        self.proxies()?;
         Ok(())
+    }
+
+    fn proxies(&self) -> Result<Vec<delivery::webhook::Network>, String> {
+        self.trusted_proxies
+            .iter()
+            .map(|p| {
+                delivery::webhook::Network::parse(p)
+                    .map_err(|e| format!("api.trusted_proxies: {e}"))
+            })
+            .collect()
     }
 }
 
@@ -169,6 +185,8 @@ pub struct ApiSettings {
     pub rotation_grace: Duration,
     pub rate_limit_per_minute: u32,
     pub keyed_rate_limit_per_minute: u32,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<delivery::webhook::Network>,
 }
 
 impl ApiSettings {
@@ -193,6 +211,7 @@ impl ApiSettings {
             rotation_grace: delivery.rotation_grace,
             rate_limit_per_minute: api.rate_limit_per_minute,
             keyed_rate_limit_per_minute: api.keyed_rate_limit_per_minute,
+            trusted_proxies: api.proxies()?,
         })
     }
 

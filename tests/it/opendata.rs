@@ -825,6 +825,82 @@ async fn past_the_limit_a_client_gets_429_with_retry_after_and_a_key_gets_more()
     harness.finish().await;
 }
 
+/// Invented keys cost the database nothing past the address's lookup allowance: the token is taken
+/// before the key is looked up. Behind a trusted proxy each forwarded client has its own bucket;
+/// a client that is not a trusted proxy cannot choose its bucket by forging the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_taken_before_any_key_lookup_and_only_trusted_proxies_forward() {
+    let harness = Harness::start().await;
+    let mut settings = config(&harness);
+    settings.api.rate_limit_per_minute = 3;
+    settings.api.keyed_rate_limit_per_minute = 5;
+    let api = Api::start(&harness, &settings).await;
+    let mut statuses = Vec::new();
+    for n in 0..20 {
+        let response = api
+            .http
+            .get(api.url("/api/v1/latest"))
+            .bearer_auth(format!("tmk_0123456789ab_invented{n}"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(api.state.limiter.lookups(), 5, "{statuses:?}");
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    // Forged forwarding from a client that is not a trusted proxy: one bucket all the same.
+    let forwarded = |from: &'static str| {
+        api.http
+            .get(api.url("/api/v1/stations"))
+            .header("x-forwarded-for", from)
+            .send()
+    };
+    let mut forged = Vec::new();
+    for from in [
+        "198.51.100.1",
+        "198.51.100.2",
+        "198.51.100.3",
+        "198.51.100.4",
+    ] {
+        forged.push(forwarded(from).await.unwrap().status().as_u16());
+    }
+    assert_eq!(forged.last(), Some(&429), "{forged:?}");
+    harness.finish().await;
+
+    let harness = Harness::start().await;
+    let mut settings = config(&harness);
+    settings.api.rate_limit_per_minute = 3;
+    settings.api.trusted_proxies = vec!["127.0.0.1".into()];
+    let api = Api::start(&harness, &settings).await;
+    for from in [
+        "198.51.100.1",
+        "198.51.100.2",
+        "198.51.100.3",
+        "2001:db8:5:6::1",
+    ] {
+        for _ in 0..3 {
+            let response = api
+                .http
+                .get(api.url("/api/v1/stations"))
+                .header("x-forwarded-for", from)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 200, "{from}");
+        }
+    }
+    // The same IPv6 /64 is one client.
+    let same_net = api
+        .http
+        .get(api.url("/api/v1/stations"))
+        .header("x-forwarded-for", "2001:db8:5:6:ffff::9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(same_net.status().as_u16(), 429);
+    harness.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_validates_and_the_docs_page_needs_no_other_host() {
     let harness = Harness::start().await;
