@@ -335,7 +335,7 @@ impl Store {
         let outcome = async {
             let taken = client
                 .query(
-                    "SELECT id, hour FROM rollup_dirty ORDER BY id LIMIT $1",
+                    "SELECT id, hour, sensor_id FROM rollup_dirty ORDER BY id LIMIT $1",
                     &[&limit],
                 )
                 .await
@@ -347,6 +347,10 @@ impl Store {
             // than these may still be committed after the refresh has begun.
             let ids: Vec<i64> = taken.iter().map(|r| r.get(0)).collect();
             let hours: BTreeSet<DateTime<Utc>> = taken.iter().map(|r| r.get(1)).collect();
+            // What was refreshed, as plain mode counts it: distinct (sensor, hour) pairs, however
+            // many notes each had.
+            let pairs: BTreeSet<(i32, DateTime<Utc>)> =
+                taken.iter().map(|r| (r.get(2), r.get(1))).collect();
             for rollup in ROLLUPS.iter().rev() {
                 for (start, end) in windows(&hours, rollup.slot_seconds()) {
                     // CALL cannot take parameters through the extended protocol inside an implicit
@@ -372,7 +376,7 @@ impl Store {
                 .context("looking for more dirty rollup hours")?
                 .get(0);
             Ok(RefreshOutcome {
-                refreshed: taken.len() as u64,
+                refreshed: pairs.len() as u64,
                 more,
             })
         }
