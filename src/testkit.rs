@@ -480,7 +480,12 @@ pub struct PrivatePostgres {
 }
 
 /// The newest PostgreSQL server binaries installed.
+/// `TIDEMARK_TEST_PG_BIN` (a folder with `initdb` and `pg_ctl`, for a PostgreSQL build of one's own,
+/// say with TimescaleDB) if set.
 fn postgres_bin() -> Result<PathBuf, Error> {
+    if let Some(bin) = std::env::var_os("TIDEMARK_TEST_PG_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .map_err(io("looking for PostgreSQL under /usr/lib/postgresql"))?
         .filter_map(|entry| {

@@ -119,7 +119,7 @@ pub async fn migrate_to_version(config: &DatabaseConfig, version: i32) -> Result
 async fn migrate_locked(client: &mut Client, config: &DatabaseConfig) -> Result<StorageMode> {
     let readings_exist = relkind(client).await?.is_some();
     if !readings_exist && config.timescaledb != TimescaleSetting::Off {
-        enable_timescaledb(client, config.timescaledb).await?;
+        enable_timescaledb(client, config).await?;
     }
     migrations::runner().run_async(client).await?;
     let mode = detect_mode(client).await?;
@@ -136,7 +136,19 @@ async fn migrate_locked(client: &mut Client, config: &DatabaseConfig) -> Result<
     Ok(mode)
 }
 
-async fn enable_timescaledb(client: &Client, setting: TimescaleSetting) -> Result<()> {
+/// Why TimescaleDB cannot be created on a server that offers it but does not load it.
+const NOT_PRELOADED: &str = "the server offers the extension but does not preload it: add \
+     timescaledb to shared_preload_libraries in postgresql.conf and restart the server";
+
+async fn enable_timescaledb(client: &Client, config: &DatabaseConfig) -> Result<()> {
+    let setting = config.timescaledb;
+    let refuse = |reason: String| {
+        if setting == TimescaleSetting::Required {
+            return Err(Error::TimescaleUnavailable(reason));
+        }
+        tracing::warn!("TimescaleDB: {reason}; using plain PostgreSQL partitions");
+        Ok(())
+    };
     if !timescaledb_available(client).await? {
         if setting == TimescaleSetting::Required {
             return Err(Error::TimescaleUnavailable(
@@ -146,19 +158,32 @@ async fn enable_timescaledb(client: &Client, setting: TimescaleSetting) -> Resul
         tracing::info!("TimescaleDB is not available; using plain PostgreSQL partitions");
         return Ok(());
     }
-    match client
+    // Only a superuser (or pg_read_all_settings) may read the setting; others find out below.
+    if let Ok(row) = client.query_one("SHOW shared_preload_libraries", &[]).await {
+        let libraries: String = row.get(0);
+        let preloaded = libraries
+            .split(',')
+            .any(|l| l.trim().trim_matches('"') == "timescaledb");
+        if !preloaded {
+            return refuse(NOT_PRELOADED.to_owned());
+        }
+    }
+    // On a connection of its own: TimescaleDB ends the session (FATAL) when it is not preloaded,
+    // and the migration's connection must survive that.
+    let probe = connect_one(config).await?;
+    match probe
         .batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
         .await
     {
         Ok(()) => Ok(()),
-        Err(error) if setting == TimescaleSetting::Auto => {
-            // Typically: the library is installed but not in shared_preload_libraries.
-            tracing::warn!(%error, "TimescaleDB is offered but cannot be created; using plain PostgreSQL");
-            Ok(())
+        Err(error) => {
+            let text = crate::chain(&error);
+            if text.contains("must be preloaded") {
+                refuse(NOT_PRELOADED.to_owned())
+            } else {
+                refuse(format!("CREATE EXTENSION failed: {text}"))
+            }
         }
-        Err(error) => Err(Error::TimescaleUnavailable(format!(
-            "CREATE EXTENSION failed: {error}"
-        ))),
     }
 }
 

@@ -402,3 +402,33 @@ async fn loading_a_station_without_a_municipality_keeps_the_one_it_has() {
     drop(store);
     database.drop_database().await.unwrap();
 }
+
+/// A server that offers TimescaleDB but does not preload it (the library installed, postgresql.conf
+/// not yet changed): `auto` falls back to plain PostgreSQL with a warning, and `required` fails
+/// naming shared_preload_libraries. The cluster is a private one made without preloading, from
+/// the server binaries found (or `TIDEMARK_TEST_PG_BIN`); skipped where they offer no TimescaleDB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timescaledb_offered_but_not_preloaded_falls_back_to_plain_or_says_why() {
+    let server = tidemark::testkit::PrivatePostgres::start().await.unwrap();
+    if !server_offers_timescaledb(&server.config()).await.unwrap() {
+        eprintln!("these PostgreSQL binaries offer no TimescaleDB: skipped");
+        return;
+    }
+    let auto = DatabaseConfig {
+        timescaledb: TimescaleSetting::Auto,
+        ..server.config().with_database("half_auto")
+    };
+    assert_eq!(migrate(&auto).await.unwrap(), StorageMode::Plain);
+    let store = Store::connect(&auto).await.unwrap();
+    assert_eq!(store.mode(), StorageMode::Plain);
+    let required = DatabaseConfig {
+        timescaledb: TimescaleSetting::Required,
+        ..server.config().with_database("half_required")
+    };
+    let error = migrate(&required).await.unwrap_err();
+    assert!(matches!(error, Error::TimescaleUnavailable(_)), "{error}");
+    assert!(
+        error.to_string().contains("shared_preload_libraries"),
+        "{error}"
+    );
+}
