@@ -441,11 +441,40 @@ pub async fn readyz(State(state): State<OpsState>) -> Response {
         .await,
         Ok(Ok(_))
     );
-    let body = format!(
+    let mut body = format!(
         "database: {}\nbroker: {}\n",
         if database { "ok" } else { "unreachable" },
         if broker { "ok" } else { "unreachable" }
     );
+    // TimescaleDB's background jobs: a failing one is reported, not fatal (Tidemark's maintenance
+    // runs it itself), so that operators see that the scheduler needs attention.
+    if let Ok(jobs) = state.store.timescale_jobs().await {
+        let failing: Vec<String> = jobs
+            .iter()
+            .filter(|j| j.failing())
+            .map(|j| {
+                format!(
+                    "{} (job {}, {} of {} runs failed: {})",
+                    j.proc_name,
+                    j.job_id,
+                    j.total_failures,
+                    j.total_runs,
+                    j.last_error.as_deref().unwrap_or("no error recorded")
+                )
+            })
+            .collect();
+        if !jobs.is_empty() {
+            body.push_str(&if failing.is_empty() {
+                "timescaledb jobs: ok\n".to_owned()
+            } else {
+                format!(
+                    "timescaledb jobs: failing in the scheduler, run by Tidemark's maintenance \
+                     instead: {}\n",
+                    failing.join("; ")
+                )
+            });
+        }
+    }
     let status = if database && broker {
         StatusCode::OK
     } else {

@@ -35,6 +35,10 @@ pub struct Metrics {
     pub mqtt_errors: Counter,
     /// 1 while the broker has confirmed the readings subscription on the current connection.
     pub subscribed: Gauge,
+    /// TimescaleDB jobs on `readings` whose last run by the scheduler failed.
+    pub timescaledb_jobs_failing: Gauge,
+    /// TimescaleDB jobs run by ingest's maintenance because the scheduler's runs failed.
+    pub timescaledb_jobs_run_here: Counter,
 }
 
 impl Metrics {
@@ -52,6 +56,8 @@ impl Metrics {
             buffered_bytes: Gauge::default(),
             mqtt_errors: Counter::default(),
             subscribed: Gauge::default(),
+            timescaledb_jobs_failing: Gauge::default(),
+            timescaledb_jobs_run_here: Counter::default(),
         };
         for code in RejectReason::CODES
             .iter()
@@ -110,6 +116,16 @@ impl Metrics {
             "mqtt_errors",
             "MQTT connection errors",
             metrics.mqtt_errors.clone(),
+        );
+        ingest.register(
+            "timescaledb_jobs_failing",
+            "TimescaleDB jobs on readings whose last scheduled run failed",
+            metrics.timescaledb_jobs_failing.clone(),
+        );
+        ingest.register(
+            "timescaledb_jobs_run_here",
+            "TimescaleDB jobs run by ingest's maintenance because the scheduler's runs failed",
+            metrics.timescaledb_jobs_run_here.clone(),
         );
         ingest.register(
             "subscribed",

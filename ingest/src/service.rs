@@ -152,6 +152,7 @@ pub async fn run(
     let _maintenance = AbortOnDrop(tokio::spawn(maintenance_loop(
         store.clone(),
         database,
+        metrics.clone(),
         shutdown.clone(),
     )));
     tracing::info!(client_id = %config.client_id, mode = %store.mode(), "ingest started");
@@ -310,10 +311,26 @@ async fn session_loop(
     }
 }
 
-async fn maintenance_loop(store: Store, database: DatabaseConfig, shutdown: CancellationToken) {
+async fn maintenance_loop(
+    store: Store,
+    database: DatabaseConfig,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     loop {
+        let ran_before = store.jobs_run_here();
         if let Err(error) = store.maintain(Utc::now(), &database).await {
             tracing::warn!(%error, "storage maintenance failed");
+        }
+        metrics
+            .timescaledb_jobs_run_here
+            .inc_by(store.jobs_run_here().saturating_sub(ran_before));
+        match store.timescale_jobs().await {
+            Ok(jobs) => {
+                let failing = jobs.iter().filter(|j| j.failing()).count();
+                metrics.timescaledb_jobs_failing.set(failing as i64);
+            }
+            Err(error) => tracing::warn!(%error, "cannot read TimescaleDB's job statistics"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

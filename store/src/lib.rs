@@ -158,6 +158,8 @@ pub struct Store {
     /// Whether the rollups are continuous aggregates; tables otherwise.
     continuous_rollups: bool,
     partitions: Arc<schema::PartitionCache>,
+    /// TimescaleDB jobs run by this process because the scheduler's runs failed.
+    jobs_run_here: Arc<std::sync::Mutex<u64>>,
 }
 
 impl Store {
@@ -188,6 +190,7 @@ impl Store {
             mode,
             continuous_rollups,
             partitions: Arc::default(),
+            jobs_run_here: Arc::default(),
         })
     }
 

@@ -358,7 +358,8 @@ impl Store {
     /// retention by dropping whole months older than the retention period. TimescaleDB runs its own
     /// policies in the background.
     pub async fn maintain(&self, now: DateTime<Utc>, config: &DatabaseConfig) -> Result<()> {
-        if self.mode != StorageMode::Plain {
+        if self.mode == StorageMode::TimescaleDb {
+            self.run_failing_jobs().await?;
             return Ok(());
         }
         let mut last = Month::of(now);
@@ -477,6 +478,100 @@ impl Store {
             retention_policy: procs.iter().any(|p| p == "policy_retention"),
             continuous_aggregates: aggregates.iter().map(|r| r.get(0)).collect(),
         })
+    }
+}
+
+/// How one of TimescaleDB's background jobs on `readings` (compression, retention) is doing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobHealth {
+    pub job_id: i32,
+    pub proc_name: String,
+    /// `Success` or `Failed` once it has run; `None` before.
+    pub last_run_status: Option<String>,
+    pub total_runs: i64,
+    pub total_failures: i64,
+    /// Its most recent error, from `timescaledb_information.job_errors`.
+    pub last_error: Option<String>,
+}
+
+impl JobHealth {
+    /// The scheduler's last run of it failed.
+    pub fn failing(&self) -> bool {
+        self.last_run_status.as_deref() == Some("Failed")
+    }
+}
+
+impl Store {
+    /// TimescaleDB mode: the health of the background jobs on `readings`, from
+    /// `timescaledb_information.jobs`, `job_stats` and `job_errors`. Empty in plain mode.
+    pub async fn timescale_jobs(&self) -> Result<Vec<JobHealth>> {
+        if self.mode != StorageMode::TimescaleDb {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT j.job_id, j.proc_name::text, s.last_run_status::text, \
+                        coalesce(s.total_runs, 0), coalesce(s.total_failures, 0), \
+                        (SELECT e.err_message::text FROM timescaledb_information.job_errors e \
+                         WHERE e.job_id = j.job_id ORDER BY e.start_time DESC LIMIT 1) \
+                 FROM timescaledb_information.jobs j \
+                 LEFT JOIN timescaledb_information.job_stats s USING (job_id) \
+                 WHERE j.hypertable_name = 'readings' ORDER BY j.job_id",
+                &[],
+            )
+            .await
+            .context("reading TimescaleDB's job statistics")?;
+        Ok(rows
+            .iter()
+            .map(|r| JobHealth {
+                job_id: r.get(0),
+                proc_name: r.get(1),
+                last_run_status: r.get(2),
+                total_runs: r.get(3),
+                total_failures: r.get(4),
+                last_error: r.get(5),
+            })
+            .collect())
+    }
+
+    /// Runs, in this session, every job on `readings` whose last run by TimescaleDB's scheduler
+    /// failed: on some PostgreSQL minor versions the scheduler's background workers fail every run
+    /// (15.20 with TimescaleDB 2.28.3: "cannot drop portal ... while it is being set up"), and
+    /// compression and retention would then never happen. Returns the jobs run.
+    pub async fn run_failing_jobs(&self) -> Result<Vec<JobHealth>> {
+        let failing: Vec<JobHealth> = self
+            .timescale_jobs()
+            .await?
+            .into_iter()
+            .filter(JobHealth::failing)
+            .collect();
+        if failing.is_empty() {
+            return Ok(failing);
+        }
+        let client = self.client().await?;
+        for job in &failing {
+            tracing::warn!(
+                job = job.job_id,
+                proc = %job.proc_name,
+                failures = job.total_failures,
+                error = job.last_error.as_deref().unwrap_or(""),
+                "TimescaleDB's scheduler fails this job; running it from Tidemark's maintenance"
+            );
+            // CALL takes no parameters through the extended protocol outside a transaction; the
+            // id is our own integer.
+            client
+                .batch_execute(&format!("CALL run_job({})", job.job_id))
+                .await
+                .context("running a TimescaleDB job")?;
+        }
+        *self.jobs_run_here.lock().unwrap_or_else(|e| e.into_inner()) += failing.len() as u64;
+        Ok(failing)
+    }
+
+    /// How many TimescaleDB jobs this process has run itself because the scheduler's runs failed.
+    pub fn jobs_run_here(&self) -> u64 {
+        *self.jobs_run_here.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

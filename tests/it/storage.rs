@@ -432,3 +432,103 @@ async fn timescaledb_offered_but_not_preloaded_falls_back_to_plain_or_says_why()
         "{error}"
     );
 }
+
+/// TimescaleDB's background jobs on `readings` are watched: where the scheduler's runs fail (as on
+/// PostgreSQL 15.20 with TimescaleDB 2.28.3), `/readyz` says so with the error, and maintenance runs
+/// the jobs itself, so old chunks are compressed all the same. Where the scheduler's runs succeed,
+/// `/readyz` says the jobs are fine. Skipped where the server offers no TimescaleDB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_timescaledb_jobs_are_reported_and_run_by_maintenance() {
+    if !server_offers_timescaledb(&test_server()).await.unwrap() {
+        eprintln!("TimescaleDB is not offered by this server (pg_available_extensions): skipped");
+        return;
+    }
+    let database = TestDatabase::create(&test_server()).await.unwrap();
+    let config = DatabaseConfig {
+        timescaledb: TimescaleSetting::Required,
+        compress_after: Duration::from_secs(7 * 86_400),
+        ..database.config.clone()
+    };
+    assert_eq!(migrate(&config).await.unwrap(), StorageMode::TimescaleDb);
+    let store = Store::connect(&config).await.unwrap();
+    let sensor_id = one_sensor(&store).await;
+    let old = Utc::now() - chrono::Duration::days(30);
+    store
+        .write_batch(
+            &rows(sensor_id, &[old, old + chrono::Duration::hours(1)]),
+            &[],
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    let (client, connection) = tokio_postgres::connect(&config.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // Let the scheduler run the compression job now.
+    client
+        .batch_execute(
+            "SELECT alter_job(job_id, next_start => now()) FROM timescaledb_information.jobs \
+             WHERE hypertable_name = 'readings' AND proc_name = 'policy_compression'",
+        )
+        .await
+        .unwrap();
+    let mut ran = false;
+    for _ in 0..100 {
+        let jobs = store.timescale_jobs().await.unwrap();
+        if jobs
+            .iter()
+            .any(|j| j.proc_name == "policy_compression" && j.total_runs > 0)
+        {
+            ran = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(ran, "the scheduler ran the compression job");
+    let compression = store
+        .timescale_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|j| j.proc_name == "policy_compression")
+        .unwrap();
+    let ready = tidemark_api::readyz(axum::extract::State(tidemark_api::OpsState {
+        store: store.clone(),
+        broker: tidemark_model::broker::BrokerConfig::default(),
+        registry: std::sync::Arc::new(prometheus_client::registry::Registry::default()),
+    }))
+    .await;
+    let body = axum::body::to_bytes(ready.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let compressed = || async {
+        client
+            .query_one(
+                "SELECT count(*) FROM timescaledb_information.chunks \
+                 WHERE hypertable_name = 'readings' AND is_compressed",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    if compression.failing() {
+        eprintln!("the scheduler's compression runs fail here: {compression:?}");
+        assert!(body.contains("failing in the scheduler"), "{body}");
+        assert!(body.contains("policy_compression"), "{body}");
+        assert!(
+            body.contains(compression.last_error.as_deref().unwrap()),
+            "{body}"
+        );
+        assert_eq!(compressed().await, 0, "the scheduler compressed nothing");
+        store.maintain(Utc::now(), &config).await.unwrap();
+        assert!(store.jobs_run_here() >= 1);
+    } else {
+        assert!(body.contains("timescaledb jobs: ok"), "{body}");
+    }
+    assert!(compressed().await >= 1, "the old chunk is compressed");
+    drop(store);
+    database.drop_database().await.unwrap();
+}
