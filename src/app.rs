@@ -169,19 +169,35 @@ async fn serve_stages(
             shutdown.clone(),
         )));
     }
-    let mut router = tidemark_api::ops_router(OpsState {
+    let ops = tidemark_api::ops_router(OpsState {
         store,
         broker: config.mqtt.clone(),
         registry: Arc::new(registry),
     });
-    if let Some(api_routes) = api_routes {
-        router = router.merge(api_routes);
-    }
-    let router = tidemark_api::http_metrics::instrument(router, http_metrics);
+    // The operational routes go beside the API, or on an address of their own.
+    let (router, ops_apart) = match (api_routes, listen.ops_listen.clone()) {
+        (Some(api_routes), Some(ops_listen)) => (api_routes, Some((ops, ops_listen))),
+        (Some(api_routes), None) => (ops.merge(api_routes), None),
+        (None, _) => (ops, None),
+    };
+    let router = tidemark_api::http_metrics::instrument(router, http_metrics.clone());
     // Whichever stage ends first (an error, or shutdown) brings the others down, and all are
     // awaited, so that ingest always finishes the batches in hand.
     let http = async {
-        let result = tidemark_api::run(listen, router, shutdown.clone()).await;
+        let result = tidemark_api::run(listen.clone(), router, shutdown.clone()).await;
+        shutdown.cancel();
+        result
+    };
+    let ops_http = async {
+        let Some((ops, ops_listen)) = ops_apart else {
+            return Ok(());
+        };
+        let ops = tidemark_api::http_metrics::instrument(ops, http_metrics);
+        let ops_config = tidemark_api::ApiConfig {
+            listen: ops_listen,
+            ..listen.clone()
+        };
+        let result = tidemark_api::run(ops_config, ops, shutdown.clone()).await;
         shutdown.cancel();
         result
     };
@@ -215,10 +231,12 @@ async fn serve_stages(
         shutdown.cancel();
         result
     };
-    let (http, ingest, analytics, delivery) = tokio::join!(http, ingest, analytics, delivery);
+    let (http, ops_http, ingest, analytics, delivery) =
+        tokio::join!(http, ops_http, ingest, analytics, delivery);
     ingest?;
     analytics?;
     delivery?;
     http?;
+    ops_http?;
     Ok(())
 }

@@ -25,6 +25,10 @@ pub enum ApiError {
     Unavailable(&'static str),
     #[error("more than {0} requests a minute; wait as Retry-After says, or use an API key for a higher limit")]
     TooManyRequests(u32),
+    #[error(
+        "this client already has {0} event streams open; close one, or wait as Retry-After says"
+    )]
+    TooManyStreams(usize),
     #[error("the database is unavailable")]
     Store(tidemark_store::Error),
     /// A fault of this server; the cause is logged, not shown.
@@ -64,7 +68,9 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) | ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests(_) | ApiError::TooManyStreams(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -113,6 +119,13 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        // When to try again, for a server that is full or starting and for a client with all its
+        // streams open (the rate limit sets its own).
+        if matches!(self, ApiError::Unavailable(_) | ApiError::TooManyStreams(_)) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+        }
         if matches!(self, ApiError::Unauthenticated(_)) {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -93,6 +93,23 @@ pub struct ApiConfig {
     /// rate limits. Empty: every client is counted by the address it connects from.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Server-Sent Event streams open at once, in all.
+    #[serde(default = "default_sse_max_streams")]
+    pub sse_max_streams: usize,
+    /// Server-Sent Event streams open at once per client address (an IPv6 client by its /64).
+    #[serde(default = "default_sse_max_streams_per_client")]
+    pub sse_max_streams_per_client: usize,
+    /// Serve `/metrics`, `/readyz` and `/healthz` on this address instead of `listen` (a private
+    /// interface, say). Unset: on `listen`, beside the API.
+    #[serde(default)]
+    pub ops_listen: Option<String>,
+}
+
+const fn default_sse_max_streams() -> usize {
+    1000
+}
+const fn default_sse_max_streams_per_client() -> usize {
+    20
 }
 
 fn default_listen() -> String {
@@ -128,6 +145,9 @@ impl Default for ApiConfig {
             rate_limit_per_minute: default_rate_limit(),
             keyed_rate_limit_per_minute: default_keyed_rate_limit(),
             trusted_proxies: Vec::new(),
+            sse_max_streams: default_sse_max_streams(),
+            sse_max_streams_per_client: default_sse_max_streams_per_client(),
+            ops_listen: None,
         }
     }
 }
@@ -157,6 +177,12 @@ impl ApiConfig {
             );
         }
         self.proxies()?;
+        if self.sse_max_streams == 0 || self.sse_max_streams_per_client == 0 {
+            return Err(
+                "api.sse_max_streams and api.sse_max_streams_per_client must be positive"
+                    .to_owned(),
+            );
+        }
         Ok(())
     }
 
@@ -187,6 +213,8 @@ pub struct ApiSettings {
     pub keyed_rate_limit_per_minute: u32,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<delivery::webhook::Network>,
+    pub sse_max_streams: usize,
+    pub sse_max_streams_per_client: usize,
 }
 
 impl ApiSettings {
@@ -212,6 +240,8 @@ impl ApiSettings {
             rate_limit_per_minute: api.rate_limit_per_minute,
             keyed_rate_limit_per_minute: api.keyed_rate_limit_per_minute,
             trusted_proxies: api.proxies()?,
+            sse_max_streams: api.sse_max_streams,
+            sse_max_streams_per_client: api.sse_max_streams_per_client,
         })
     }
 
@@ -229,6 +259,8 @@ pub struct ApiState {
     pub limiter: Arc<rate_limit::RateLimiter>,
     pub latest: Arc<latest_cache::LatestCache>,
     pub freshness: Arc<freshness::Freshness>,
+    /// The Server-Sent Event streams open, by client.
+    pub streams: Arc<sse::Streams>,
 }
 
 impl ApiState {
@@ -246,6 +278,10 @@ impl ApiState {
             settings.rate_limit_per_minute,
             settings.keyed_rate_limit_per_minute,
         ));
+        let streams = Arc::new(sse::Streams::new(
+            settings.sse_max_streams,
+            settings.sse_max_streams_per_client,
+        ));
         ApiState {
             store,
             settings: Arc::new(settings),
@@ -253,6 +289,7 @@ impl ApiState {
             limiter,
             latest,
             freshness,
+            streams,
         }
     }
 }

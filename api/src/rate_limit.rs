@@ -163,7 +163,7 @@ impl RateLimiter {
 
 /// The address a client is counted by: an IPv6 address by its /64 (one subscriber's network, which
 /// hands out addresses freely), an IPv4-mapped one as IPv4.
-fn counted(ip: IpAddr) -> IpAddr {
+pub fn counted(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),

@@ -16,6 +16,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tidemark_store::delivery::WarningEvent;
@@ -28,6 +29,72 @@ const CATCH_UP_PAGE: i64 = 500;
 
 /// Live events buffered for slow clients before they fall back to catching up.
 const BROADCAST_CAPACITY: usize = 1024;
+
+/// The streams open, in all and per client address, within their caps.
+#[derive(Debug)]
+pub struct Streams {
+    max: usize,
+    per_client: usize,
+    open: std::sync::Mutex<(usize, std::collections::HashMap<IpAddr, usize>)>,
+}
+
+/// One open stream's place; given back when dropped.
+pub struct StreamPlace {
+    streams: Arc<Streams>,
+    client: Option<IpAddr>,
+}
+
+impl Streams {
+    pub fn new(max: usize, per_client: usize) -> Streams {
+        Streams {
+            max,
+            per_client,
+            open: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Streams open now.
+    pub fn open(&self) -> usize {
+        self.open.lock().map(|o| o.0).unwrap_or(0)
+    }
+
+    /// A place for a stream of `client`, or why there is none.
+    fn take(self: &Arc<Self>, client: Option<IpAddr>) -> Result<StreamPlace> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.0 >= self.max {
+            return Err(ApiError::Unavailable(
+                "the server has all the event streams it can hold",
+            ));
+        }
+        if let Some(client) = client {
+            let mine = open.1.entry(client).or_default();
+            if *mine >= self.per_client {
+                return Err(ApiError::TooManyStreams(self.per_client));
+            }
+            *mine += 1;
+        }
+        open.0 += 1;
+        Ok(StreamPlace {
+            streams: self.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for StreamPlace {
+    fn drop(&mut self) {
+        let mut open = self.streams.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.0 = open.0.saturating_sub(1);
+        if let Some(client) = self.client {
+            if let Some(mine) = open.1.get_mut(&client) {
+                *mine -= 1;
+                if *mine == 0 {
+                    open.1.remove(&client);
+                }
+            }
+        }
+    }
+}
 
 /// The process-wide feed of committed warning events.
 #[derive(Clone)]
@@ -171,13 +238,26 @@ impl StreamQuery {
     responses(
         (status = 200, description = "An endless stream of events", body = String, content_type = "text/event-stream"),
         (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "This client has as many streams open as it may", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The server holds as many streams as it can", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn stream(
     State(state): State<ApiState>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     query: std::result::Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response> {
     let Query(query) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
+    let client = extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|axum::extract::ConnectInfo(peer)| {
+            crate::rate_limit::counted(crate::rate_limit::client_address(
+                peer.ip(),
+                &headers,
+                &state.settings.trusted_proxies,
+            ))
+        });
+    let place = state.streams.take(client)?;
     if query
         .category
         .as_deref()
@@ -219,7 +299,7 @@ pub async fn stream(
             .ok_or(ApiError::Unavailable("the event stream is starting"))?,
     };
     let (sender, receiver) = mpsc::channel::<Event>(64);
-    tokio::spawn(follow(state.clone(), query, cursor, live, sender));
+    tokio::spawn(follow(state.clone(), query, cursor, live, sender, place));
     let events = futures_util::stream::unfold(receiver, |mut receiver| async move {
         receiver
             .recv()
@@ -258,6 +338,8 @@ async fn follow(
     mut cursor: i64,
     mut live: broadcast::Receiver<Arc<WarningEvent>>,
     sender: mpsc::Sender<Event>,
+    // Held while the client is connected: the task ends when it goes away.
+    _place: StreamPlace,
 ) {
     if catch_up(&state, &query, &mut cursor, &sender)
         .await

@@ -658,6 +658,52 @@ async fn redirects_are_not_followed_and_host_names_are_checked_by_their_addresse
     harness.finish().await;
 }
 
+/// Event streams are capped per client address and in all: past the client's cap a 429, past the
+/// server's a 503, each with `Retry-After`; a closed stream gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_are_capped_per_client_and_in_all() {
+    let harness = Harness::start().await;
+    let mut settings = config(&harness);
+    settings.api.sse_max_streams_per_client = 2;
+    settings.api.sse_max_streams = 3;
+    settings.api.trusted_proxies = vec!["127.0.0.1".into()];
+    let api = Api::start(&harness, &settings).await;
+    let open = |from: &'static str| {
+        api.http
+            .get(api.url("/api/v1/warnings/stream"))
+            .header("x-forwarded-for", from)
+            .send()
+    };
+    let first = open("198.51.100.1").await.unwrap();
+    let second = open("198.51.100.1").await.unwrap();
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    let third = open("198.51.100.1").await.unwrap();
+    assert_eq!(third.status().as_u16(), 429);
+    assert!(third.headers().contains_key("retry-after"));
+    assert_eq!(third.headers()["content-type"], "application/problem+json");
+    // Another client has places of its own, until the server is full.
+    let other = open("198.51.100.2").await.unwrap();
+    assert_eq!(other.status().as_u16(), 200);
+    let full = open("198.51.100.3").await.unwrap();
+    assert_eq!(full.status().as_u16(), 503);
+    assert!(full.headers().contains_key("retry-after"));
+    assert_eq!(api.state.streams.open(), 3);
+    // A stream that closes gives its place back.
+    drop(first);
+    let freed = wait_for(Duration::from_secs(10), || async {
+        api.state.streams.open() == 2
+    })
+    .await;
+    assert!(freed, "{} open", api.state.streams.open());
+    let again = open("198.51.100.1").await.unwrap();
+    assert_eq!(again.status().as_u16(), 200);
+    drop((second, other, again));
+    harness.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sse_client_resumes_from_last_event_id_with_exactly_what_it_missed() {
     let harness = Harness::start().await;

@@ -126,3 +126,49 @@ async fn health_readiness_and_metrics() {
     server.await.unwrap().unwrap();
     harness.finish().await;
 }
+
+/// With `api.ops_listen`, `/metrics`, `/readyz` and `/healthz` are served there and not on the
+/// public address, which serves the API alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operational_routes_can_have_an_address_of_their_own() {
+    let harness = Harness::start().await;
+    let database = harness.settings(Default::default()).database;
+    let api_port = tidemark::testkit::free_port().unwrap();
+    let ops_port = tidemark::testkit::free_port().unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut api = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .arg("--config")
+        .arg(format!("{root}/config/default.toml"))
+        .arg("api")
+        .env("RUST_LOG", "warn")
+        .env("TIDEMARK__DATABASE__URL", &database.url)
+        .env("TIDEMARK__MQTT__PORT", harness.broker.port.to_string())
+        .env("TIDEMARK__API__LISTEN", format!("127.0.0.1:{api_port}"))
+        .env("TIDEMARK__API__OPS_LISTEN", format!("127.0.0.1:{ops_port}"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let up = wait_for(Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", ops_port))
+            .await
+            .is_ok()
+            && tokio::net::TcpStream::connect(("127.0.0.1", api_port))
+                .await
+                .is_ok()
+    })
+    .await;
+    assert!(up, "both addresses listen");
+    let (status, body) = get(ops_port, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("tidemark_"), "{body}");
+    assert_eq!(get(ops_port, "/readyz").await.0, 200);
+    assert_eq!(get(ops_port, "/healthz").await.0, 200);
+    assert_eq!(get(ops_port, "/api/v1/stations").await.0, 404);
+    assert_eq!(get(api_port, "/metrics").await.0, 404);
+    assert_eq!(get(api_port, "/readyz").await.0, 404);
+    assert_eq!(get(api_port, "/api/v1/stations").await.0, 200);
+    api.kill().await.unwrap();
+    harness.finish().await;
+}
