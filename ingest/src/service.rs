@@ -81,6 +81,13 @@ impl Generation {
     }
 }
 
+/// Room in the queue of requests to the MQTT session (acknowledgements, the subscription). One
+/// connection can have at most 65,535 QoS 1 messages unacknowledged (a packet id each), and only the
+/// current connection's are acknowledged, so acknowledgements always find room: the committer never
+/// waits on the session task, which may itself be waiting for the buffer room that the committer's
+/// next commit frees. (The queue grows only as far as it is used.)
+const REQUEST_QUEUE: usize = 65_536 + 64;
+
 /// How many bytes the rejections of one batch may write (payloads once each, and reasons). A batch
 /// that would write more ends early; the rest of its messages start the next one.
 const REJECTION_BYTES_PER_BATCH: usize = 8 * 1024 * 1024;
@@ -121,10 +128,7 @@ pub async fn run(
     let store = Store::connect(&database).await?;
     let directory = store.directory().await?;
 
-    let (client, eventloop) = AsyncClient::new(
-        mqtt_options(&config, &mqtt),
-        config.batch_max_messages * 2 + 16,
-    );
+    let (client, eventloop) = AsyncClient::new(mqtt_options(&config, &mqtt), REQUEST_QUEUE);
     let connection = Arc::new(Generation::default());
     let (tx, rx) = mpsc::unbounded_channel();
     let buffer = Arc::new(Semaphore::new(config.max_buffered_bytes));
@@ -743,7 +747,8 @@ impl Committer {
                 if !full {
                     break;
                 }
-                // The request queue is full: the session task is draining it.
+                // Cannot happen with REQUEST_QUEUE's room; should it, wait without holding a
+                // batch back for long.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }

@@ -130,8 +130,9 @@ async fn postgres_stopped_for_thirty_seconds_under_load_loses_and_duplicates_not
         .await
         .expect("a private PostgreSQL");
     let harness = Harness::start_on(&postgres.config()).await;
-    let ingest = harness.ingest("fault-postgres", None);
-    ingest.subscribed("fault-postgres").await;
+    // `tidemark ingest` as its own process, as it runs in production.
+    let ingest = IngestProcess::spawn(&harness, free_port().unwrap());
+    ingest.wait_subscribed().await;
     let (messages, keys) = load(Utc::now() - chrono::Duration::days(2));
     // 100 chunks of 100, 0.45 s apart: about 45 s of load.
     let publisher = paced(
@@ -146,10 +147,11 @@ async fn postgres_stopped_for_thirty_seconds_under_load_loses_and_duplicates_not
     assert!(started, "ingest stores before the fault");
     postgres.stop_immediate().await.unwrap();
     tokio::time::sleep(Duration::from_secs(30)).await;
-    assert!(
-        ingest.metrics.write_retries.get() > 0,
-        "ingest noticed the database had gone"
-    );
+    let retries = ingest
+        .metric("tidemark_ingest_write_retries_total")
+        .await
+        .unwrap_or(0.0);
+    assert!(retries > 0.0, "ingest noticed the database had gone");
     postgres.start_again().await.unwrap();
     publisher.await.unwrap();
     let tally = tally(
@@ -158,12 +160,15 @@ async fn postgres_stopped_for_thirty_seconds_under_load_loses_and_duplicates_not
         "postgres-immediate-shutdown",
         &format!(
             "30 s down; {} write retries",
-            ingest.metrics.write_retries.get()
+            ingest
+                .metric("tidemark_ingest_write_retries_total")
+                .await
+                .unwrap_or(retries)
         ),
     )
     .await;
     assert_exactly_once(&tally);
-    ingest.stop().await;
+    ingest.kill().await;
     harness.finish().await;
 }
 
@@ -546,6 +551,17 @@ async fn future_readings_are_refused_and_week_late_ones_change_no_warning() {
         expected,
         "the late readings are stored; the future ones are not"
     );
+    let mut keys: Keys = live
+        .iter()
+        .map(|ts| ("flensburg.sea_level".to_owned(), *ts))
+        .collect();
+    for device in ["flensburg", "kiel-holtenau"] {
+        keys.extend(
+            calm.iter()
+                .chain(&old_surge)
+                .map(|ts| (format!("{device}.sea_level"), *ts)),
+        );
+    }
     let client = sql(&harness).await;
     let refused: i64 = client
         .query_one(
@@ -565,15 +581,20 @@ async fn future_readings_are_refused_and_week_late_ones_change_no_warning() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = area_events(&harness, "flensburg-fjord").await;
     let kiel = area_events(&harness, "kiel-fjord").await;
-    println!(
-        "fault clock-skew-and-late-data: published {}, stored {}, duplicates 0, missing 0 ({} an hour ahead refused; {} a week late stored; warning events before {}, after {})",
-        expected as usize + ahead.len(),
-        harness.count().await,
-        ahead.len(),
-        2 * (calm.len() + old_surge.len()),
-        before.len(),
-        after.len()
-    );
+    let tally = tally(
+        &harness,
+        &keys,
+        "clock-skew-and-late-data",
+        &format!(
+            "{} more published an hour ahead and refused; {} a week late stored; warning events before {}, after {}",
+            ahead.len(),
+            2 * (calm.len() + old_surge.len()),
+            before.len(),
+            after.len()
+        ),
+    )
+    .await;
+    assert_exactly_once(&tally);
     assert_eq!(after, before, "late data raised, changed or lifted nothing");
     // At Kiel the late data shows a surge that its data never saw end. No data is never an
     // all-clear, so that episode is recorded, but at its own time in the data, a week ago: the
@@ -635,7 +656,6 @@ fn resending(
 /// down for 5 s, with persistence on (`config/mosquitto-test.conf`: saved every second and on
 /// exit), while devices resend what the broker did not acknowledge. Long: run with `--ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long: cargo test --test fault -- --ignored --nocapture mosquitto"]
 async fn mosquitto_restarted_under_load_loses_nothing_that_devices_resend() {
     let _serial = SERIAL.lock().await;
     let mut harness = Harness::start().await;
@@ -687,14 +707,16 @@ fn lock_seconds() -> u64 {
 /// under its configured bound, nothing is acknowledged or stored meanwhile (the broker holds the
 /// rest), and everything lands once the lock goes. Long: run with `--ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long: cargo test --test fault -- --ignored --nocapture back_pressure"]
 async fn back_pressure_from_a_locked_table_holds_acknowledgements_within_the_memory_bound() {
     let _serial = SERIAL.lock().await;
     let harness = Harness::start().await;
-    let bound = 256 * 1024;
+    // Below what the broker's in-flight window (2,000 messages of about 80 bytes) would send, so
+    // that the bound, not the window, is what stops ingest reading.
+    let bound = 64 * 1024;
     let ingest = harness.ingest_with(harness.settings(tidemark_ingest::IngestConfig {
         client_id: "fault-back-pressure".into(),
         max_buffered_bytes: bound,
+        max_payload_bytes: 8 * 1024,
         ..Default::default()
     }));
     ingest.subscribed("fault-back-pressure").await;
@@ -746,6 +768,10 @@ async fn back_pressure_from_a_locked_table_holds_acknowledgements_within_the_mem
     assert!(
         most_buffered <= bound as i64,
         "the buffer stayed within its bound: {most_buffered}"
+    );
+    assert!(
+        most_buffered > bound as i64 - 1024,
+        "the buffer reached its bound (within one message), so the bound held ingest back: {most_buffered}"
     );
     // Nothing is acknowledged before it commits, so the broker sends at most its in-flight window
     // (max_inflight_messages 2000 in config/mosquitto-test.conf) and keeps the rest queued.

@@ -306,6 +306,22 @@ async fn a_database_outage_holds_acknowledgements_and_loses_nothing() {
         during,
         "nothing is written while the database is unreachable"
     );
+    // Shown through the broker: ingest crashes while its database is still away, and the broker
+    // sends the next session (one that reaches the database directly), again, the messages the
+    // crashed one had taken in (the DUP flag): it could only do so if none had been acknowledged.
+    ingest.abort().await;
+    let ingest = harness.ingest_with(harness.settings(tidemark_ingest::IngestConfig {
+        client_id: "ingest-outage".into(),
+        ..Default::default()
+    }));
+    let redelivered = wait_for(Duration::from_secs(20), || async {
+        ingest.metrics.messages_redelivered.get() > 0
+    })
+    .await;
+    assert!(
+        redelivered,
+        "the broker still held unacknowledged messages for ingest's session"
+    );
     proxy.restore();
     publisher.await.unwrap();
     all_stored_once_after_a_fault(&harness, during, "the outage").await;

@@ -36,6 +36,15 @@ async fn one_sensor(store: &Store) -> i32 {
     directory.sensors.values().next().unwrap().0
 }
 
+/// A plain SQL connection to `url`, for looking behind the store's back.
+async fn sql_client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
 fn rows(sensor_id: i32, times: &[DateTime<Utc>]) -> Vec<ReadingRow> {
     times
         .iter()
@@ -267,10 +276,7 @@ async fn upgrading_to_utility_alerts_ends_all_but_each_meters_latest_suspicion()
     tidemark_store::schema::migrate_to_version(&database.config, 13)
         .await
         .unwrap();
-    let (client, connection) = tokio_postgres::connect(&database.config.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = sql_client(&database.config.url).await;
     client
         .batch_execute(
             "INSERT INTO devices (key) VALUES ('district'); \
@@ -319,10 +325,7 @@ async fn upgrading_folds_per_entry_rejections_into_one_row_per_message() {
     tidemark_store::schema::migrate_to_version(&database.config, 15)
         .await
         .unwrap();
-    let (client, connection) = tokio_postgres::connect(&database.config.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = sql_client(&database.config.url).await;
     client
         .batch_execute(
             "INSERT INTO rejected_messages (received_at, topic, device, payload, entry, reason_code, reason) VALUES \
@@ -379,12 +382,8 @@ async fn loading_a_station_without_a_municipality_keeps_the_one_it_has() {
         ..Default::default()
     };
     let code = || async {
-        let (client, connection) =
-            tokio_postgres::connect(&database.config.url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-        tokio::spawn(connection);
-        client
+        sql_client(&database.config.url)
+            .await
             .query_one(
                 "SELECT municipality_code FROM stations WHERE key = 'soenderborg'",
                 &[],
@@ -461,10 +460,7 @@ async fn failing_timescaledb_jobs_are_reported_and_run_by_maintenance() {
         )
         .await
         .unwrap();
-    let (client, connection) = tokio_postgres::connect(&config.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = sql_client(&config.url).await;
     // Let the scheduler run the compression job now.
     client
         .batch_execute(
