@@ -38,6 +38,9 @@ fn find(name: &str) -> Option<(&'static str, &'static [u8])> {
 }
 
 fn asset(name: &str) -> Response {
+    if !assets::BUILT {
+        return missing();
+    }
     let Some((content_type, bytes)) = find(name) else {
         return ApiError::NotFound(format!("dashboard file {name}")).into_response();
     };
@@ -63,10 +66,30 @@ fn asset(name: &str) -> Response {
     response
 }
 
+/// The answer of a binary built without the dashboard (a check or debug build on a machine
+/// without npm).
+fn missing() -> Response {
+    ApiError::Unavailable(
+        "this binary was built without the map dashboard: run `bash scripts/dashboard.sh` and \
+         build again",
+    )
+    .into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::http::StatusCode;
+
+    #[test]
+    fn a_binary_without_the_dashboard_says_what_to_run() {
+        let answer = missing();
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            answer.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+    }
 
     #[test]
     fn the_page_its_scripts_and_maplibres_worker_are_embedded() {
