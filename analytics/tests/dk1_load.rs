@@ -1,6 +1,9 @@
 //! The utility statistics on a real year: West Denmark's hourly load in 2019
 //! (`tests/fixtures/dk1-load-2019`), checked against figures computed here from the CSV itself.
 
+// Tests say what they expect by unwrapping: a failure is the test failing.
+#![allow(clippy::unwrap_used)]
+
 use chrono::{DateTime, NaiveDateTime, Utc};
 use tidemark_analytics::quality::{check, QcRules};
 use tidemark_analytics::series::Sample;

@@ -2,6 +2,9 @@
 //! has ever crashed them (`model/tests/fuzz-regressions/<target>/`, where `scripts/fuzz.sh` puts
 //! what it finds), so a fixed crash stays fixed in the normal test suite.
 
+// Tests say what they expect by unwrapping: a failure is the test failing.
+#![allow(clippy::unwrap_used)]
+
 #[path = "../../fuzz/checks.rs"]
 mod checks;
 

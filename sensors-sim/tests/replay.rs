@@ -1,5 +1,8 @@
 //! The replay readers on the recorded data kept in `tests/fixtures/`.
 
+// Tests say what they expect by unwrapping: a failure is the test failing.
+#![allow(clippy::unwrap_used)]
+
 use chrono::{DateTime, TimeZone, Utc};
 use std::path::PathBuf;
 use tidemark_model::wire::{decode, Limits};

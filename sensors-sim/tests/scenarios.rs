@@ -1,6 +1,9 @@
 //! The shipped scenarios, run through the engine without a broker: they parse, they are
 //! deterministic, and their processes do what the physics says.
 
+// Tests say what they expect by unwrapping: a failure is the test failing.
+#![allow(clippy::unwrap_used)]
+
 use chrono::{DateTime, TimeZone, Utc};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

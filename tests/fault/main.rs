@@ -6,6 +6,9 @@
 //!
 //! Run them alone with `cargo test --test fault -- --nocapture`.
 
+// Tests say what they expect by unwrapping: a failure is the test failing.
+#![allow(clippy::unwrap_used)]
+
 #[allow(dead_code)]
 #[path = "../it/support.rs"]
 mod support;

@@ -1,6 +1,9 @@
 //! End-to-end tests against a real PostgreSQL and a private Mosquitto. Each test gets its own fresh
 //! database and its own broker on a free loopback port.
 
+// Tests say what they expect by unwrapping: a failure is the test failing.
+#![allow(clippy::unwrap_used)]
+
 // Shared harness: broker, database, reference data, ingest tasks, waiting for conditions.
 mod support;
 
