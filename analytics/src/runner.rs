@@ -108,6 +108,8 @@ pub struct Metrics {
     pub evaluations: Counter,
     pub events: Counter,
     pub failures: Counter,
+    /// Evaluations done again because another process recorded the area's events first.
+    pub superseded: Counter,
     pub evaluation_seconds: Histogram,
 }
 
@@ -117,6 +119,7 @@ impl Metrics {
             evaluations: Counter::default(),
             events: Counter::default(),
             failures: Counter::default(),
+            superseded: Counter::default(),
             evaluation_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
         };
         let sub = registry.sub_registry_with_prefix("tidemark_analytics");
@@ -130,6 +133,11 @@ impl Metrics {
             "failures",
             "Evaluations that failed",
             metrics.failures.clone(),
+        );
+        sub.register(
+            "superseded",
+            "Evaluations done again because another process recorded the area's events first",
+            metrics.superseded.clone(),
         );
         sub.register(
             "evaluation_seconds",
@@ -666,7 +674,17 @@ async fn evaluate_area(
     metrics: &Metrics,
 ) {
     let started = Instant::now();
-    match try_evaluate_area(store, model, settings, key).await {
+    // Another analytics process may record the area's events between this one's reading and its
+    // writing; then the area is evaluated again from what that one recorded.
+    let mut outcome = try_evaluate_area(store, model, settings, key).await;
+    for _ in 0..3 {
+        if !matches!(outcome, Err(tidemark_store::Error::Superseded(_))) {
+            break;
+        }
+        metrics.superseded.inc();
+        outcome = try_evaluate_area(store, model, settings, key).await;
+    }
+    match outcome {
         Ok(recorded) => {
             metrics.evaluations.inc();
             metrics.events.inc_by(recorded);
@@ -819,7 +837,8 @@ async fn try_evaluate_area(
             "readings flagged by data-quality checks"
         );
     }
-    let (last_at, current) = store.area_status(key).await?;
+    let status = store.area_status(key).await?;
+    let (last_at, current) = (status.last_at, status.current);
     let in_force = current.as_ref().map(|w| Level {
         severity: match w.severity {
             3 => Severity::Severe,
@@ -879,7 +898,8 @@ async fn try_evaluate_area(
         })
         .collect();
     store
-        .record_area_events(
+        .record_area_events_after(
+            Some(status.last_event_id),
             key,
             &area.municipality_codes,
             &new_events,

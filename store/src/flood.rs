@@ -67,6 +67,17 @@ pub struct FloodSetup {
     pub rain_rules: Vec<RainRuleRow>,
 }
 
+/// What an area's evaluation starts from.
+#[derive(Debug, Clone)]
+pub struct AreaStatus {
+    /// When the area's last event happened (data time).
+    pub last_at: Option<DateTime<Utc>>,
+    /// The id of the area's last event: what [`Store::record_area_events_after`] checks.
+    pub last_event_id: Option<i64>,
+    /// The warning in force, if any.
+    pub current: Option<WarningRow>,
+}
+
 /// An area's warning as it stands.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WarningRow {
@@ -494,19 +505,16 @@ impl Store {
     }
 
     /// The time of the area's latest event, and its warning in force if any.
-    pub async fn area_status(
-        &self,
-        area_key: &str,
-    ) -> Result<(Option<DateTime<Utc>>, Option<WarningRow>)> {
+    pub async fn area_status(&self, area_key: &str) -> Result<AreaStatus> {
         let client = self.client().await?;
-        let last: Option<DateTime<Utc>> = client
+        let row = client
             .query_one(
-                "SELECT max(at) FROM warning_events WHERE area_key = $1",
+                "SELECT max(at), max(id) FROM warning_events WHERE area_key = $1",
                 &[&area_key],
             )
             .await
-            .context("reading the last event")?
-            .get(0);
+            .context("reading the last event")?;
+        let (last, last_event_id): (Option<DateTime<Utc>>, Option<i64>) = (row.get(0), row.get(1));
         // The pooled connection goes back before warnings() takes one: holding one while waiting
         // for another deadlocks a pool that concurrent callers have drained.
         drop(client);
@@ -515,7 +523,11 @@ impl Store {
             .await?
             .into_iter()
             .find(|w| w.state == "in_force");
-        Ok((last, current))
+        Ok(AreaStatus {
+            last_at: last,
+            last_event_id,
+            current,
+        })
     }
 
     /// Records an area's events in order (each with an MQTT delivery to every one of `mqtt_topics`
@@ -523,6 +535,31 @@ impl Store {
     /// one transaction, under the area's advisory lock so that one writer at a time owns an area.
     pub async fn record_area_events(
         &self,
+        area_key: &str,
+        municipalities: &[String],
+        events: &[NewEvent],
+        mqtt_topics: &[String],
+        crossings: &[CrossingRow],
+    ) -> Result<Vec<i64>> {
+        self.record_area_events_after(
+            None,
+            area_key,
+            municipalities,
+            events,
+            mqtt_topics,
+            crossings,
+        )
+        .await
+    }
+
+    /// [`Store::record_area_events`] for events worked out from an [`AreaStatus`]: they are
+    /// recorded only if the area's last event is still `seen` (its
+    /// [`AreaStatus::last_event_id`]), checked under the area's lock; otherwise another writer
+    /// has recorded events since, and [`Error::Superseded`] asks for the area to be evaluated
+    /// again. So two analytics processes never record the same change twice.
+    pub async fn record_area_events_after(
+        &self,
+        seen: Option<Option<i64>>,
         area_key: &str,
         municipalities: &[String],
         events: &[NewEvent],
@@ -537,6 +574,19 @@ impl Store {
         )
         .await
         .context("taking the area lock")?;
+        if let Some(seen) = seen {
+            let last: Option<i64> = tx
+                .query_one(
+                    "SELECT max(id) FROM warning_events WHERE area_key = $1",
+                    &[&area_key],
+                )
+                .await
+                .context("reading the area's last event under its lock")?
+                .get(0);
+            if last != seen {
+                return Err(Error::Superseded(area_key.to_owned()));
+            }
+        }
         if !events.is_empty() {
             crate::delivery::lock_event_sequence(&tx).await?;
         }

@@ -69,6 +69,8 @@ pub enum Error {
     TimescaleUnavailable(String),
     #[error("inconsistent warning state: {0}")]
     Inconsistent(String),
+    #[error("area {0}: another writer recorded events since this evaluation read the area")]
+    Superseded(String),
     #[error("the database has no readings table; run `tidemark migrate` first")]
     NotMigrated,
     #[error("{context}: {}", chain(cause))]

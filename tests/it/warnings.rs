@@ -321,3 +321,155 @@ hold = "1h"
     ingest.stop().await;
     harness.finish().await;
 }
+
+/// Two analytics processes over one replayed surge: each area's events form one history, every
+/// change recorded once. Each writer checks, under the area's lock, that the area's last event is
+/// still the one its evaluation read, and evaluates again when it is not. Whether the two runners
+/// actually race over an area depends on timing (it rarely happens here); the next test makes the
+/// race itself deterministic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_analytics_runners_record_every_event_exactly_once() {
+    let harness = Harness::start().await;
+    let ingest = harness.ingest_ready("ingest-two-analytics", None).await;
+    let config = config(&harness);
+    let first = start_analytics(&config).await;
+    let second = start_analytics(&config).await;
+    replay_all(
+        &harness,
+        Format::BalticSurge,
+        "baltic-surge",
+        "tests/fixtures/baltic-surge-2023/sea_level_10min.csv",
+    )
+    .await;
+    quiet(&first).await;
+    quiet(&second).await;
+    let mut total = 0;
+    for area in ["flensburg-fjord", "kiel-fjord", "schlei-kappeln"] {
+        let mut events = harness.store.warning_events(area).await.unwrap();
+        events.sort_by_key(|e| e.id);
+        total += events.len();
+        // One history: a raise only when nothing is in force, everything else only while something
+        // is, a change that changes something, stale only when fresh and fresh only when stale.
+        let (mut in_force, mut stale) = (None::<Option<i16>>, false);
+        for e in &events {
+            let story = format!(
+                "{area}: {:?}",
+                events
+                    .iter()
+                    .map(|e| (&e.kind, e.severity, e.at))
+                    .collect::<Vec<_>>()
+            );
+            match e.kind.as_str() {
+                "raised" => {
+                    assert!(in_force.is_none(), "raised twice: {story}");
+                    in_force = Some(e.severity);
+                }
+                "changed" => {
+                    assert!(in_force.is_some(), "changed nothing in force: {story}");
+                    in_force = Some(e.severity);
+                }
+                "stale" => {
+                    assert!(in_force.is_some() && !stale, "stale twice: {story}");
+                    stale = true;
+                }
+                "fresh" => {
+                    assert!(stale, "fresh twice: {story}");
+                    stale = false;
+                }
+                "lifted" => {
+                    assert!(in_force.is_some(), "lifted twice: {story}");
+                    in_force = None;
+                    stale = false;
+                }
+                _ => {}
+            }
+        }
+        let mut keys: Vec<(String, Option<i16>, chrono::DateTime<chrono::Utc>)> = events
+            .iter()
+            .map(|e| (e.kind.clone(), e.severity, e.at))
+            .collect();
+        let all = keys.len();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), all, "{area}: an event recorded twice");
+    }
+    assert!(
+        total >= 4,
+        "the surge raised, changed and lifted warnings: {total} events"
+    );
+    first.stop().await;
+    second.stop().await;
+    ingest.stop().await;
+    harness.finish().await;
+}
+
+/// The check behind two analytics processes, made deterministic: two writers read the area, the
+/// first records that its warning went stale, and the second's same finding, worked out from the
+/// area as it was before, is refused as superseded instead of being recorded a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_worked_out_from_an_outdated_view_of_the_area_are_refused() {
+    use tidemark_store::flood::NewEvent;
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    tidemark::app::load_flood(&config).await.unwrap();
+    let area = "flensburg-fjord";
+    let municipalities = ["0580".to_owned()];
+    let event = |kind: &'static str, severity: Option<i16>| NewEvent {
+        kind,
+        severity,
+        warning_kind: "observed",
+        at: chrono::Utc::now(),
+        message_en: format!("Flensburg {kind}."),
+        message_da: format!("Flensborg {kind}."),
+        trigger: serde_json::json!({}),
+    };
+    let store = &harness.store;
+    let raised = store.area_status(area).await.unwrap();
+    store
+        .record_area_events_after(
+            Some(raised.last_event_id),
+            area,
+            &municipalities,
+            &[event("raised", Some(2))],
+            &[],
+            &[],
+        )
+        .await
+        .unwrap();
+    let seen_by_first = store.area_status(area).await.unwrap();
+    let seen_by_second = store.area_status(area).await.unwrap();
+    store
+        .record_area_events_after(
+            Some(seen_by_first.last_event_id),
+            area,
+            &municipalities,
+            &[event("stale", Some(2))],
+            &[],
+            &[],
+        )
+        .await
+        .unwrap();
+    let second = store
+        .record_area_events_after(
+            Some(seen_by_second.last_event_id),
+            area,
+            &municipalities,
+            &[event("stale", Some(2))],
+            &[],
+            &[],
+        )
+        .await;
+    assert!(
+        matches!(second, Err(tidemark_store::Error::Superseded(_))),
+        "{second:?}"
+    );
+    let kinds: Vec<String> = store
+        .warning_events(area)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, ["raised", "stale"]);
+    harness.finish().await;
+}
