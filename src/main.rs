@@ -87,6 +87,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A command's own arguments that cannot be used are a usage error too, like a bad
+    // configuration: exit code 2, before anything connects.
+    if let Command::Verify(args) = &cli.command {
+        if let Err(error) = args.parse() {
+            eprintln!("tidemark: {error:#}");
+            return ExitCode::from(2);
+        }
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -27,6 +27,24 @@ fn instant(raw: &str, flag: &str) -> anyhow::Result<DateTime<Utc>> {
         })
 }
 
+impl VerifyArgs {
+    /// The period and grace, parsed: an error here is a usage error, found before anything
+    /// connects.
+    pub fn parse(&self) -> anyhow::Result<(DateTime<Utc>, DateTime<Utc>, Duration)> {
+        let from = instant(&self.from, "from")?;
+        let to = match &self.to {
+            Some(raw) => instant(raw, "to")?,
+            None => Utc::now(),
+        };
+        if to <= from {
+            anyhow::bail!("--to ({to}) must be later than --from ({from})");
+        }
+        let grace = tidemark_model::duration::parse(&self.grace)
+            .map_err(|e| anyhow::anyhow!("--grace {:?}: {e}", self.grace))?;
+        Ok((from, to, chrono::Duration::from_std(grace)?))
+    }
+}
+
 /// Scores per (area, severity) for a period.
 pub async fn scores(
     database: &DatabaseConfig,
@@ -68,12 +86,7 @@ pub async fn scores(
 }
 
 pub async fn run(database: &DatabaseConfig, args: &VerifyArgs) -> anyhow::Result<()> {
-    let from = instant(&args.from, "from")?;
-    let to = match &args.to {
-        Some(raw) => instant(raw, "to")?,
-        None => Utc::now(),
-    };
-    let grace = chrono::Duration::from_std(tidemark_model::duration::parse(&args.grace)?)?;
+    let (from, to, grace) = args.parse()?;
     let scores = scores(database, from, to, grace).await?;
     println!("warning verification {from} to {to} (grace {})", args.grace);
     println!(

@@ -16,7 +16,14 @@
 //! - [`waste`]: container fill rate, time to full, collections, overflows, collection timing.
 //! - [`utility`]: peaks, load-duration curves, night flow and leak suspicion.
 //!
-//! The runner that LISTENs for `readings_committed` and writes warnings will sit on top of these.
+//! On top of them, with I/O:
+//!
+//! - [`setup`]: flood areas, thresholds, links and rain rules loaded from `config/flood/` files.
+//! - [`geography`]: which municipalities a flood area concerns.
+//! - [`area`]: an area's evaluation turned into warning events.
+//! - [`messages`]: the events' texts in English and Danish.
+//! - [`runner`]: LISTENs for `readings_committed`, evaluates the areas concerned and records their
+//!   events, and keeps the container, night-flow, leak and trend tables.
 //!
 //! **Invariant:** nothing in the numerical core does I/O or reads the clock; time is always an
 //! argument.

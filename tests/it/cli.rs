@@ -161,7 +161,8 @@ async fn tidemark_run_ingests_serves_and_stops_cleanly_on_sigterm() {
 #[test]
 fn verify_names_a_bad_period() {
     let output = tidemark(&["verify", "--from", "yesterday"], &[]);
-    assert_eq!(output.status.code(), Some(1));
+    // A usage error, like a bad configuration: 2, not 1 (which is for failures at run time).
+    assert_eq!(output.status.code(), Some(2));
     assert!(
         stderr(&output).contains("--from \"yesterday\""),
         "{}",
@@ -242,4 +243,35 @@ async fn keys_are_shown_once_listed_by_prefix_and_revocable() {
             .is_err()
     );
     harness.finish().await;
+}
+
+#[test]
+fn verify_with_a_period_it_cannot_read_is_a_usage_error() {
+    for args in [
+        vec!["verify", "--from", "last tuesday"],
+        vec![
+            "verify",
+            "--from",
+            "2023-10-20T00:00:00Z",
+            "--to",
+            "2023-10-19T00:00:00Z",
+        ],
+        vec![
+            "verify",
+            "--from",
+            "2023-10-20T00:00:00Z",
+            "--grace",
+            "soon",
+        ],
+    ] {
+        let output = tidemark(&args, &[]);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        let text = stderr(&output);
+        assert!(text.contains("--"), "{args:?} names the option: {text}");
+    }
 }
