@@ -36,6 +36,18 @@ async fn one_sensor(store: &Store) -> i32 {
     directory.sensors.values().next().unwrap().0
 }
 
+/// A fresh database left at schema `version` (as that release made it), with `rows` added by SQL,
+/// and a connection to it.
+async fn database_at(version: i32, rows: &str) -> (TestDatabase, tokio_postgres::Client) {
+    let database = TestDatabase::create(&test_server()).await.unwrap();
+    tidemark_store::schema::migrate_to_version(&database.config, version)
+        .await
+        .unwrap();
+    let client = sql_client(&database.config.url).await;
+    client.batch_execute(rows).await.unwrap();
+    (database, client)
+}
+
 /// A plain SQL connection to `url`, for looking behind the store's back.
 async fn sql_client(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
@@ -272,24 +284,18 @@ async fn requiring_timescaledb_where_it_is_missing_fails_with_a_clear_error() {
 async fn upgrading_to_utility_alerts_ends_all_but_each_meters_latest_suspicion() {
     // A database as the release before utility alerts left it, with suspicions recorded then:
     // several for one meter, one for another.
-    let database = TestDatabase::create(&test_server()).await.unwrap();
-    tidemark_store::schema::migrate_to_version(&database.config, 13)
-        .await
-        .unwrap();
-    let client = sql_client(&database.config.url).await;
-    client
-        .batch_execute(
-            "INSERT INTO devices (key) VALUES ('district'); \
-             INSERT INTO sensors (key, device_id, quantity) \
-               SELECT k, d.id, 'water_flow' FROM devices d, unnest(ARRAY['a.flow', 'b.flow']) k; \
-             INSERT INTO leak_suspicions (sensor_key, since, raised_on, baseline, night_flow) VALUES \
-               ('a.flow', '2026-01-01', '2026-01-03', 8, 12), \
-               ('a.flow', '2026-02-01', '2026-02-03', 8, 12), \
-               ('a.flow', '2026-03-01', '2026-03-03', 8, 12), \
-               ('b.flow', '2026-01-05', '2026-01-07', 8, 12);",
-        )
-        .await
-        .unwrap();
+    let (database, client) = database_at(
+        13,
+        "INSERT INTO devices (key) VALUES ('district'); \
+         INSERT INTO sensors (key, device_id, quantity) \
+           SELECT k, d.id, 'water_flow' FROM devices d, unnest(ARRAY['a.flow', 'b.flow']) k; \
+         INSERT INTO leak_suspicions (sensor_key, since, raised_on, baseline, night_flow) VALUES \
+           ('a.flow', '2026-01-01', '2026-01-03', 8, 12), \
+           ('a.flow', '2026-02-01', '2026-02-03', 8, 12), \
+           ('a.flow', '2026-03-01', '2026-03-03', 8, 12), \
+           ('b.flow', '2026-01-05', '2026-01-07', 8, 12);",
+    )
+    .await;
     migrate(&database.config).await.unwrap();
     let ends: Vec<(String, String, Option<String>)> = client
         .query(
@@ -321,21 +327,16 @@ async fn upgrading_to_utility_alerts_ends_all_but_each_meters_latest_suspicion()
 #[tokio::test]
 async fn upgrading_folds_per_entry_rejections_into_one_row_per_message() {
     // Earlier releases kept a row, with the whole payload, per refused entry.
-    let database = TestDatabase::create(&test_server()).await.unwrap();
-    tidemark_store::schema::migrate_to_version(&database.config, 15)
-        .await
-        .unwrap();
-    let client = sql_client(&database.config.url).await;
-    client
-        .batch_execute(
-            "INSERT INTO rejected_messages (received_at, topic, device, payload, entry, reason_code, reason) VALUES \
-               ('2026-01-01T00:00:00Z', 't/a', 'a', '\\x01', 0, 'malformed', 'first'), \
-               ('2026-01-01T00:00:00Z', 't/a', 'a', '\\x01', 2, 'future', 'third'), \
-               ('2026-01-01T00:00:00Z', 't/a', 'a', '\\x01', 1, 'malformed', 'second'), \
-               ('2026-01-01T00:00:01Z', 't/a', 'a', '\\x02', -1, 'malformed', 'whole');",
-        )
-        .await
-        .unwrap();
+    let (database, _) = database_at(
+        15,
+
+        "INSERT INTO rejected_messages (received_at, topic, device, payload, entry, reason_code, reason) VALUES \
+           ('2026-01-01T00:00:00Z', 't/a', 'a', '\\x01', 0, 'malformed', 'first'), \
+           ('2026-01-01T00:00:00Z', 't/a', 'a', '\\x01', 2, 'future', 'third'), \
+           ('2026-01-01T00:00:00Z', 't/a', 'a', '\\x01', 1, 'malformed', 'second'), \
+           ('2026-01-01T00:00:01Z', 't/a', 'a', '\\x02', -1, 'malformed', 'whole');",
+    )
+    .await;
     migrate(&database.config).await.unwrap();
     let store = Store::connect(&database.config).await.unwrap();
     let mut kept = store.recent_rejections(10).await.unwrap();
