@@ -160,8 +160,6 @@ pub struct Store {
     /// Whether the rollups are continuous aggregates; tables otherwise.
     continuous_rollups: bool,
     partitions: Arc<schema::PartitionCache>,
-    /// TimescaleDB jobs run by this process because the scheduler's runs failed.
-    jobs_run_here: Arc<std::sync::Mutex<u64>>,
 }
 
 impl Store {
@@ -192,7 +190,6 @@ impl Store {
             mode,
             continuous_rollups,
             partitions: Arc::default(),
-            jobs_run_here: Arc::default(),
         })
     }
 

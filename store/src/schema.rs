@@ -356,11 +356,15 @@ impl Store {
 
     /// Periodic upkeep. Plain mode: partitions for this month and `partitions_ahead` more, and
     /// retention by dropping whole months older than the retention period. TimescaleDB runs its own
-    /// policies in the background.
-    pub async fn maintain(&self, now: DateTime<Utc>, config: &DatabaseConfig) -> Result<()> {
+    /// policies in the background; the jobs on `readings` whose scheduled runs fail are run here
+    /// instead, and returned (empty in plain mode).
+    pub async fn maintain(
+        &self,
+        now: DateTime<Utc>,
+        config: &DatabaseConfig,
+    ) -> Result<Vec<JobHealth>> {
         if self.mode == StorageMode::TimescaleDb {
-            self.run_failing_jobs().await?;
-            return Ok(());
+            return self.run_failing_jobs().await;
         }
         let mut last = Month::of(now);
         for _ in 0..config.partitions_ahead {
@@ -368,7 +372,7 @@ impl Store {
         }
         self.ensure_partitions(now, last.start()).await?;
         let Some(retention) = config.retention else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let cutoff = now - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
         let client = self.client().await?;
@@ -398,7 +402,7 @@ impl Store {
                 tracing::info!(partition = %name, "dropped partition past retention");
             }
         }
-        Ok(())
+        Ok(Vec::new())
     }
 }
 
@@ -539,7 +543,7 @@ impl Store {
     /// failed: on some PostgreSQL minor versions the scheduler's background workers fail every run
     /// (15.20 with TimescaleDB 2.28.3: "cannot drop portal ... while it is being set up"), and
     /// compression and retention would then never happen. Returns the jobs run.
-    pub async fn run_failing_jobs(&self) -> Result<Vec<JobHealth>> {
+    async fn run_failing_jobs(&self) -> Result<Vec<JobHealth>> {
         let failing: Vec<JobHealth> = self
             .timescale_jobs()
             .await?
@@ -565,13 +569,7 @@ impl Store {
                 .await
                 .context("running a TimescaleDB job")?;
         }
-        *self.jobs_run_here.lock().unwrap_or_else(|e| e.into_inner()) += failing.len() as u64;
         Ok(failing)
-    }
-
-    /// How many TimescaleDB jobs this process has run itself because the scheduler's runs failed.
-    pub fn jobs_run_here(&self) -> u64 {
-        *self.jobs_run_here.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

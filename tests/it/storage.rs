@@ -520,8 +520,8 @@ async fn failing_timescaledb_jobs_are_reported_and_run_by_maintenance() {
             "{body}"
         );
         assert_eq!(compressed().await, 0, "the scheduler compressed nothing");
-        store.maintain(Utc::now(), &config).await.unwrap();
-        assert!(store.jobs_run_here() >= 1);
+        let ran = store.maintain(Utc::now(), &config).await.unwrap();
+        assert!(!ran.is_empty(), "maintenance ran the failing job");
     } else {
         assert!(body.contains("timescaledb jobs: ok"), "{body}");
     }
