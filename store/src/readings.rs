@@ -188,7 +188,8 @@ impl Store {
         let mut client = self.client().await?;
         let tx = client.transaction().await.context("begin batch")?;
         let mut outcome = WriteOutcome::default();
-        let mut refusals: Vec<Refusal> = batch.refusals.to_vec();
+        // The batch's refusals, and those the write finds (conflicts).
+        let mut conflicts: Vec<Refusal> = Vec::new();
         if !readings.is_empty() {
             let written = write_readings(&tx, readings, received_at).await?;
             outcome.stored = written.stored.len() as u64;
@@ -202,7 +203,7 @@ impl Store {
                     continue;
                 };
                 let reading = &readings[index];
-                refusals.push(Refusal {
+                conflicts.push(Refusal {
                     message: origin.message,
                     entry: Some(origin.entry as usize),
                     reason_code: CONFLICT,
@@ -215,8 +216,9 @@ impl Store {
                 });
             }
         }
-        if !refusals.is_empty() {
-            outcome.rejections_stored = write_rejections(&tx, batch.messages, &refusals).await?;
+        if !batch.refusals.is_empty() || !conflicts.is_empty() {
+            let refusals = batch.refusals.iter().chain(&conflicts);
+            outcome.rejections_stored = write_rejections(&tx, batch.messages, refusals).await?;
         }
         tx.commit().await.context("commit batch")?;
         Ok(outcome)
@@ -414,7 +416,7 @@ fn storable(text: &str, max: usize) -> String {
 async fn write_rejections(
     tx: &Transaction<'_>,
     messages: &[MessageRef<'_>],
-    refusals: &[Refusal],
+    refusals: impl Iterator<Item = &Refusal>,
 ) -> Result<u64> {
     let mut by_message: BTreeMap<u32, Vec<&Refusal>> = BTreeMap::new();
     for refusal in refusals {
