@@ -90,11 +90,16 @@ impl RateLimiter {
 
     /// Takes a token for `client` at `now`, if one is there. A bucket holds a minute's allowance
     /// and refills continuously.
-    fn take(&self, client: Client, now: Instant) -> Decision {
-        let limit = match client {
+    /// A minute's allowance for `client`.
+    fn limit_of(&self, client: &Client) -> u32 {
+        match client {
             Client::Key(_) | Client::Lookup(_) => self.keyed_per_minute,
             _ => self.anonymous_per_minute,
-        };
+        }
+    }
+
+    fn take(&self, client: Client, now: Instant) -> Decision {
+        let limit = self.limit_of(&client);
         let capacity = f64::from(limit.max(1));
         let per_second = capacity / 60.0;
         let mut buckets = self
@@ -137,11 +142,7 @@ impl RateLimiter {
             return;
         }
         let fullness = |client: &Client, b: &Bucket| {
-            let limit = match client {
-                Client::Key(_) | Client::Lookup(_) => self.keyed_per_minute,
-                _ => self.anonymous_per_minute,
-            };
-            let capacity = f64::from(limit.max(1));
+            let capacity = f64::from(self.limit_of(client).max(1));
             let refilled = now.duration_since(b.updated).as_secs_f64() * capacity / 60.0;
             ((b.tokens + refilled) / capacity).min(1.0)
         };
@@ -163,7 +164,7 @@ impl RateLimiter {
 
 /// The address a client is counted by: an IPv6 address by its /64 (one subscriber's network, which
 /// hands out addresses freely), an IPv4-mapped one as IPv4.
-pub fn counted(ip: IpAddr) -> IpAddr {
+fn counted(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
@@ -201,6 +202,18 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[Network]) ->
     address
 }
 
+/// The address a request counts against, by [`client_address`] and [`counted`]; `None` where
+/// the server was not started with the peers' addresses.
+pub fn counted_client(
+    extensions: &axum::http::Extensions,
+    headers: &HeaderMap,
+    trusted: &[Network],
+) -> Option<IpAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| counted(client_address(peer.ip(), headers, trusted)))
+}
+
 fn seconds(d: Duration) -> HeaderValue {
     HeaderValue::from(d.as_secs_f64().ceil() as u64)
 }
@@ -213,16 +226,11 @@ pub async fn limit(State(state): State<ApiState>, request: Request, next: Next) 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|v| v.trim().to_owned());
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(peer)| {
-            counted(client_address(
-                peer.ip(),
-                request.headers(),
-                &state.settings.trusted_proxies,
-            ))
-        });
+    let peer = counted_client(
+        request.extensions(),
+        request.headers(),
+        &state.settings.trusted_proxies,
+    );
     let now = Instant::now();
     let limiter = &state.limiter;
     let anonymous = || peer.map_or(Client::Unknown, Client::Address);

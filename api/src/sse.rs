@@ -16,7 +16,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tidemark_store::delivery::WarningEvent;
@@ -248,15 +248,8 @@ pub async fn stream(
     query: std::result::Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response> {
     let Query(query) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
-    let client = extensions
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map(|axum::extract::ConnectInfo(peer)| {
-            crate::rate_limit::counted(crate::rate_limit::client_address(
-                peer.ip(),
-                &headers,
-                &state.settings.trusted_proxies,
-            ))
-        });
+    let client =
+        crate::rate_limit::counted_client(&extensions, &headers, &state.settings.trusted_proxies);
     let place = state.streams.take(client)?;
     if query
         .category
