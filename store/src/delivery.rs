@@ -648,24 +648,25 @@ impl Store {
         Ok(claimed)
     }
 
-    /// Gives back a claimed row that was not attempted, so that it is due at `now` again. Only
-    /// while the claim is still the caller's (`attempt` is the row's attempt count it claimed).
-    pub async fn release_claim(
-        &self,
-        outbox_id: i64,
-        attempt: i32,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
+    /// Gives back claimed rows that were not attempted, `(outbox id, attempt)` each, so that they
+    /// are due at `now` again; each only while its claim is still the caller's (`attempt` is the
+    /// row's attempt count it claimed). Returns how many were given back.
+    pub async fn release_claims(&self, claims: &[(i64, i32)], now: DateTime<Utc>) -> Result<u64> {
+        if claims.is_empty() {
+            return Ok(0);
+        }
+        let (ids, attempts): (Vec<i64>, Vec<i32>) = claims.iter().copied().unzip();
         let client = self.client().await?;
-        let released = client
+        client
             .execute(
-                "UPDATE outbox SET attempts = attempts - 1, next_attempt_at = $3 \
-                 WHERE id = $1 AND attempts = $2 AND delivered_at IS NULL AND dead_at IS NULL",
-                &[&outbox_id, &attempt, &now],
+                "UPDATE outbox o SET attempts = o.attempts - 1, next_attempt_at = $3 \
+                 FROM unnest($1::int8[], $2::int4[]) AS c(id, attempt) \
+                 WHERE o.id = c.id AND o.attempts = c.attempt \
+                   AND o.delivered_at IS NULL AND o.dead_at IS NULL",
+                &[&ids, &attempts, &now],
             )
             .await
-            .context("releasing a claimed delivery")?;
-        Ok(released == 1)
+            .context("releasing claimed deliveries")
     }
 
     /// Records an attempt and what follows from it, in one transaction, but only while the

@@ -354,21 +354,22 @@ impl Dispatcher {
             let results: Vec<Result<(usize, bool), Error>> =
                 futures_util::stream::iter(by_target.into_values())
                     .map(|group| async move {
-                        let (mut made, mut released) = (0, false);
-                        for claimed in group {
-                            if released || Instant::now() > last_start {
-                                // Out of lease: give the row back rather than send it while
-                                // another dispatcher may claim it.
-                                self.store
-                                    .release_claim(claimed.outbox_id, claimed.attempt, now)
-                                    .await?;
-                                released = true;
-                                continue;
+                        let mut made = 0;
+                        for claimed in &group {
+                            if Instant::now() > last_start {
+                                break;
                             }
-                            self.attempt(&claimed, now).await?;
+                            self.attempt(claimed, now).await?;
                             made += 1;
                         }
-                        Ok((made, released))
+                        // Out of lease: the rest go back rather than be sent while another
+                        // dispatcher may claim them.
+                        let rest: Vec<(i64, i32)> = group[made..]
+                            .iter()
+                            .map(|c| (c.outbox_id, c.attempt))
+                            .collect();
+                        self.store.release_claims(&rest, now).await?;
+                        Ok((made, !rest.is_empty()))
                     })
                     .buffer_unordered(self.config.concurrency)
                     .collect()
