@@ -719,31 +719,19 @@ impl Committer {
 
     async fn acknowledge(&self, messages: Vec<Committed>) {
         for message in messages {
-            loop {
-                let full = {
-                    let generation = self.connection.0.read().unwrap_or_else(|e| e.into_inner());
-                    // A message from an earlier connection will be (or has been) redelivered with
-                    // the same packet id; acking the old copy could acknowledge another message.
-                    if message.connection != *generation {
-                        break;
-                    }
-                    let mut ack = Publish::new("", message.qos, Vec::<u8>::new());
-                    ack.pkid = message.pkid;
-                    match self.client.try_ack(&ack) {
-                        Ok(()) => false,
-                        Err(rumqttc::ClientError::TryRequest(_)) => true,
-                        Err(error) => {
-                            tracing::warn!(%error, "cannot queue an acknowledgement");
-                            false
-                        }
-                    }
-                };
-                if !full {
-                    break;
-                }
-                // Cannot happen with REQUEST_QUEUE's room; should it, wait without holding a
-                // batch back for long.
-                tokio::time::sleep(Duration::from_millis(5)).await;
+            let generation = self.connection.0.read().unwrap_or_else(|e| e.into_inner());
+            // A message from an earlier connection will be (or has been) redelivered with the
+            // same packet id; acking the old copy could acknowledge another message.
+            if message.connection != *generation {
+                continue;
+            }
+            let mut ack = Publish::new("", message.qos, Vec::<u8>::new());
+            ack.pkid = message.pkid;
+            // The queue has room for every packet id of a connection (REQUEST_QUEUE). Should an
+            // acknowledgement still not be queued, the broker sends the message again and the
+            // unique key absorbs it.
+            if let Err(error) = self.client.try_ack(&ack) {
+                tracing::warn!(%error, "cannot queue an acknowledgement");
             }
         }
     }
