@@ -9,7 +9,12 @@ use tokio_util::sync::CancellationToken;
 
 /// Tidemark: MQTT sensor readings into PostgreSQL/TimescaleDB, flood warnings and open data.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    about,
+    long_about = None,
+    after_help = "The benchmarks are a binary of their own: tidemark-bench (cargo run --release -p tidemark-bench -- --help)."
+)]
 struct Cli {
     /// Base configuration file. Keys may be overridden by config/<env>.toml and by
     /// TIDEMARK__SECTION__KEY environment variables.
@@ -48,27 +53,6 @@ enum Command {
     Replay(tidemark::sim::ReplayArgs),
     /// Score the warnings of a period against the threshold crossings the gauges measured.
     Verify(tidemark::verify::VerifyArgs),
-    /// Measure throughput and latency.
-    Bench {
-        #[command(subcommand)]
-        what: BenchCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// Publish readings through a private broker into a fresh database and report readings/s,
-    /// publish-to-commit latency and ingest RSS, beside the broker's and the database's ceilings.
-    Ingest(tidemark::bench::IngestBenchArgs),
-    /// Time from the commit of a threshold-crossing reading to the commit of its warning event,
-    /// with ingest loaded at full speed.
-    Analytics(tidemark::bench_analytics::AnalyticsBenchArgs),
-    /// Time from a warning event's commit to its receipt by a webhook receiver, by many
-    /// Server-Sent Events clients and by an MQTT subscriber.
-    Delivery(tidemark::bench_delivery::DeliveryBenchArgs),
-    /// Latency and throughput of the open data API over a large table (50 million readings by
-    /// default), beside the database's own time for the same queries.
-    Api(tidemark::bench_api::ApiBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -117,7 +101,7 @@ async fn execute(
     config_file: &std::path::Path,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(tidemark::app::cancel_on_signal(shutdown.clone()));
     match command {
         Command::Run => tidemark::app::run(&config, shutdown).await,
         Command::Ingest => tidemark::app::ingest(&config, shutdown).await,
@@ -172,37 +156,5 @@ async fn execute(
             Ok(())
         }
         Command::Verify(args) => tidemark::verify::run(&config.database, &args).await,
-        Command::Bench {
-            what: BenchCommand::Ingest(args),
-        } => tidemark::bench::ingest(&config, config_file, args).await,
-        Command::Bench {
-            what: BenchCommand::Analytics(args),
-        } => tidemark::bench_analytics::analytics(&config, args).await,
-        Command::Bench {
-            what: BenchCommand::Delivery(args),
-        } => tidemark::bench_delivery::delivery(&config, args).await,
-        Command::Bench {
-            what: BenchCommand::Api(args),
-        } => tidemark::bench_api::api(&config, args).await,
     }
-}
-
-/// Cancels on Ctrl-C or SIGTERM.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGTERM");
-            let _ = ctrl_c.await;
-            shutdown.cancel();
-            return;
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
-    shutdown.cancel();
 }

@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use std::collections::HashSet;
 use std::time::Duration;
 use support::*;
-use tidemark::testkit::{free_port, CommitCutter, PrivatePostgres};
+use tidemark_testkit::{free_port, CommitCutter, PrivatePostgres};
 use tokio::process::{Child, Command};
 
 // Hostile devices: poison payloads and a memory bound that holds.
@@ -792,8 +792,8 @@ async fn back_pressure_from_a_locked_table_holds_acknowledgements_within_the_mem
 /// receiver at least once, under the same `webhook-id` every time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warning_events_reach_failing_receivers_through_a_dispatcher_killed_eight_times() {
-    use tidemark::peers::WebhookReceiver;
     use tidemark_api::delivery::{mqtt::AlertPublisher, Dispatcher, Metrics};
+    use tidemark_testkit::peers::WebhookReceiver;
     let _serial = SERIAL.lock().await;
     let harness = Harness::start().await;
     let mut config = config(&harness);

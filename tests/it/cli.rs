@@ -67,7 +67,7 @@ async fn tidemark_run_ingests_serves_and_stops_cleanly_on_sigterm() {
     use crate::support::*;
     let harness = Harness::start().await;
     let database = harness.settings(Default::default()).database;
-    let http_port = tidemark::testkit::free_port().unwrap();
+    let http_port = tidemark_testkit::free_port().unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidemark"))
         .arg("run")
         .current_dir(env!("CARGO_MANIFEST_DIR"))

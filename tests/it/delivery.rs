@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tidemark::config::Config;
-use tidemark::peers::{MqttSubscriber, SseClient, WebhookReceiver};
 use tidemark_api::delivery::webhook::{verify, VerifyError};
 use tidemark_api::delivery::{mqtt::AlertPublisher, Dispatcher, Metrics};
 use tidemark_store::delivery::Role;
 use tidemark_store::flood::NewEvent;
+use tidemark_testkit::peers::{MqttSubscriber, SseClient, WebhookReceiver};
 
 const AREA: &str = "flensburg-fjord";
 /// Aabenraa, which the Flensburg area's warnings go to.
@@ -1147,7 +1147,7 @@ async fn the_replayed_baltic_surge_reaches_a_webhook_an_sse_client_and_an_mqtt_s
         .collect();
 
     // Every Flensburg event reaches the webhook, signed, once each, in order.
-    let flensburg = || -> Vec<tidemark::peers::Delivery> {
+    let flensburg = || -> Vec<tidemark_testkit::peers::Delivery> {
         receiver
             .deliveries()
             .into_iter()

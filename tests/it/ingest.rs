@@ -263,7 +263,7 @@ fn paced_publisher(
 async fn a_database_outage_holds_acknowledgements_and_loses_nothing() {
     let harness = Harness::start().await;
     let database = harness.settings(Default::default()).database;
-    let proxy = tidemark::testkit::TcpProxy::start("127.0.0.1:5432".parse().unwrap())
+    let proxy = tidemark_testkit::TcpProxy::start("127.0.0.1:5432".parse().unwrap())
         .await
         .unwrap();
     let proxied = tidemark_store::DatabaseConfig {

@@ -104,7 +104,7 @@ async fn health_readiness_and_metrics() {
 
     // Pointed at a port where no broker listens, the service is alive but not ready.
     let nowhere = tidemark_model::broker::BrokerConfig {
-        port: tidemark::testkit::free_port().unwrap(),
+        port: tidemark_testkit::free_port().unwrap(),
         ..broker
     };
     let router = tidemark_api::ops_router(OpsState {
@@ -133,8 +133,8 @@ async fn health_readiness_and_metrics() {
 async fn operational_routes_can_have_an_address_of_their_own() {
     let harness = Harness::start().await;
     let database = harness.settings(Default::default()).database;
-    let api_port = tidemark::testkit::free_port().unwrap();
-    let ops_port = tidemark::testkit::free_port().unwrap();
+    let api_port = tidemark_testkit::free_port().unwrap();
+    let ops_port = tidemark_testkit::free_port().unwrap();
     let root = env!("CARGO_MANIFEST_DIR");
     let mut api = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidemark"))
         .arg("--config")

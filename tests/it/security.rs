@@ -8,7 +8,7 @@ use crate::support::*;
 use chrono::Utc;
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, QoS};
 use std::time::Duration;
-use tidemark::testkit::Broker;
+use tidemark_testkit::Broker;
 
 const INGEST_PASSWORD: &str = "ingest-password";
 
@@ -347,7 +347,7 @@ async fn hostile_requests_get_a_4xx_and_change_nothing() {
 async fn secrets_never_appear_in_the_logs() {
     let harness = Harness::start().await;
     let database = harness.settings(Default::default()).database;
-    let port = tidemark::testkit::free_port().unwrap();
+    let port = tidemark_testkit::free_port().unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let operator = tidemark_api::auth::create_key(
         &harness.store,
@@ -429,7 +429,9 @@ async fn secrets_never_appear_in_the_logs() {
     .await;
     assert_eq!(status, 201, "{made}");
     let made_key = made["key"].as_str().unwrap().to_owned();
-    let receiver = tidemark::peers::WebhookReceiver::start().await.unwrap();
+    let receiver = tidemark_testkit::peers::WebhookReceiver::start()
+        .await
+        .unwrap();
     let (status, hook) = call(
         reqwest::Method::POST,
         "/api/v1/webhooks",

@@ -2,11 +2,11 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use std::time::Duration;
-use tidemark::testkit::{test_server, TestDatabase};
 use tidemark_store::readings::{ReadingRow, RejectionRow};
 use tidemark_store::reference::{DeviceRecord, ReferenceData, SensorRecord};
 use tidemark_store::schema::{migrate, server_offers_timescaledb};
 use tidemark_store::{DatabaseConfig, Error, StorageMode, Store, TimescaleSetting};
+use tidemark_testkit::{test_server, TestDatabase};
 
 fn utc(y: i32, m: u32, d: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(y, m, d, 12, 0, 0).unwrap()
@@ -409,7 +409,7 @@ async fn loading_a_station_without_a_municipality_keeps_the_one_it_has() {
 /// the server binaries found (or `TIDEMARK_TEST_PG_BIN`); skipped where they offer no TimescaleDB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timescaledb_offered_but_not_preloaded_falls_back_to_plain_or_says_why() {
-    let server = tidemark::testkit::PrivatePostgres::start().await.unwrap();
+    let server = tidemark_testkit::PrivatePostgres::start().await.unwrap();
     if !server_offers_timescaledb(&server.config()).await.unwrap() {
         eprintln!("these PostgreSQL binaries offer no TimescaleDB: skipped");
         return;

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tidemark::config::Config;
-use tidemark::testkit::{test_server, Broker, TestDatabase};
 use tidemark_api::delivery::DeliveryConfig;
 use tidemark_api::{ApiSettings, ApiState};
 use tidemark_ingest::{IngestConfig, Metrics, Settings};
@@ -15,6 +14,7 @@ use tidemark_model::broker::BrokerConfig;
 use tidemark_store::delivery::Role;
 use tidemark_store::reference::{DeviceRecord, ReferenceData, SensorRecord};
 use tidemark_store::Store;
+use tidemark_testkit::{test_server, Broker, TestDatabase};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

@@ -1,4 +1,4 @@
-//! `tidemark bench api`: latency and throughput of the open data API over a large table, beside
+//! `tidemark-bench api`: latency and throughput of the open data API over a large table, beside
 //! the time the database itself takes for the same queries, in the same run.
 //!
 //! A fresh database is filled by binary COPY with `--sensors` sensors of 10-minute readings
@@ -8,22 +8,22 @@
 //! buckets. The same work is then timed directly against the database through the store, and the
 //! year once more from the raw readings alone, to show what the hourly rollup saves.
 
-use crate::bench::percentile;
-use crate::config::Config;
-use crate::testkit::TestDatabase;
+use crate::ingest::percentile;
 use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tidemark::config::Config;
 use tidemark_api::{ApiSettings, ApiState};
 use tidemark_store::opendata::RawOrder;
 use tidemark_store::readings::ReadingRow;
 use tidemark_store::reference::{DeviceRecord, ReferenceData, SensorRecord};
 use tidemark_store::Store;
+use tidemark_testkit::TestDatabase;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct ApiBenchArgs {
+pub(crate) struct ApiBenchArgs {
     /// Readings loaded in all.
     #[arg(long, default_value_t = 50_000_000)]
     pub readings: u64,
@@ -45,7 +45,7 @@ fn first_ts() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap()
 }
 
-pub async fn api(config: &Config, args: ApiBenchArgs) -> anyhow::Result<()> {
+pub(crate) async fn api(config: &Config, args: ApiBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.sensors > 0 && args.readings >= args.sensors,
         "--readings must be at least --sensors"
@@ -335,7 +335,7 @@ async fn measure(
     shutdown.cancel();
 
     println!(
-        "tidemark bench api: {} readings over {} sensors (10-minute data, {} per sensor), {} clients, {} s per query",
+        "tidemark-bench api: {} readings over {} sensors (10-minute data, {} per sensor), {} clients, {} s per query",
         args.readings, args.sensors, per_sensor, args.concurrency, args.seconds
     );
     println!(

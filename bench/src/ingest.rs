@@ -1,10 +1,11 @@
-//! `tidemark bench ingest`: readings through a private Mosquitto into a fresh database, measured
+//! `tidemark-bench ingest`: readings through a private Mosquitto into a fresh database, measured
 //! beside the two ceilings that bound it, in the same run.
 //!
 //! Per run:
 //! 1. broker ceiling: the single-reading messages published and consumed at QoS 1, no database;
 //! 2. database ceiling: the same number of rows written by binary COPY straight into `readings`;
-//! 3. ingest (a separate `tidemark ingest` process, so that its peak RSS is its own) with one reading
+//! 3. ingest (a process of its own, `tidemark-bench ingest-stage`, which runs the ingest stage as
+//!    `tidemark ingest` does, so that its peak RSS is its own) with one reading
 //!    per message, then with 50 readings per message.
 //!
 //! Throughput runs from the first publish to the commit of the last reading, which the bench sees as
@@ -12,8 +13,6 @@
 //! row of a batch carries the batch's `received_at`, which the notification names, so
 //! publish-to-commit latency is the notification's arrival minus the reading's timestamp.
 
-use crate::config::Config;
-use crate::testkit::{Broker, TestDatabase};
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -21,6 +20,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use tidemark::config::Config;
 use tidemark_model::broker::BrokerConfig;
 use tidemark_model::topic::ReadingsTopics;
 use tidemark_model::{DeviceId, SensorKey};
@@ -28,9 +28,10 @@ use tidemark_sensors_sim::load::{self, Device, Plan};
 use tidemark_store::readings::{ReadingRow, READINGS_COMMITTED};
 use tidemark_store::reference::{DeviceRecord, ReferenceData, SensorRecord};
 use tidemark_store::{notify, DatabaseConfig, Store};
+use tidemark_testkit::{Broker, TestDatabase};
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct IngestBenchArgs {
+pub(crate) struct IngestBenchArgs {
     /// Readings published in each phase.
     #[arg(long, default_value_t = 200_000)]
     pub readings: usize,
@@ -65,7 +66,7 @@ struct RunFigures {
     ingest_peak_rss_mb: f64,
 }
 
-pub async fn ingest(
+pub(crate) async fn ingest(
     config: &Config,
     config_file: &Path,
     args: IngestBenchArgs,
@@ -74,7 +75,7 @@ pub async fn ingest(
         bail!("--readings, --devices, --sensors-per-device and --runs must be positive");
     }
     println!(
-        "tidemark bench ingest: {} readings per phase, {} devices x {} sensors, {} publishing connections, {} run(s)",
+        "tidemark-bench ingest: {} readings per phase, {} devices x {} sensors, {} publishing connections, {} run(s)",
         args.readings, args.devices, args.sensors_per_device, args.connections, args.runs
     );
     println!("machine: {} cores, {}", cores(), memory());
@@ -342,10 +343,10 @@ fn spawn_ingest(
     database: &DatabaseConfig,
     broker: &BrokerConfig,
 ) -> anyhow::Result<tokio::process::Child> {
-    let exe = std::env::current_exe().context("locating the tidemark binary")?;
-    let metrics_port = crate::testkit::free_port()?;
+    let exe = std::env::current_exe().context("locating the bench binary")?;
+    let metrics_port = tidemark_testkit::free_port()?;
     let child = tokio::process::Command::new(exe)
-        .arg("ingest")
+        .arg("ingest-stage")
         .env("TIDEMARK__DATABASE__URL", &database.url)
         .env("TIDEMARK__MQTT__PORT", broker.port.to_string())
         .env("TIDEMARK__MQTT__HOST", &broker.host)
@@ -363,7 +364,7 @@ fn spawn_ingest(
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .context("starting `tidemark ingest`")?;
+        .context("starting the ingest stage")?;
     Ok(child)
 }
 

@@ -1,4 +1,4 @@
-//! `tidemark bench delivery`: the time from a warning event's commit to its receipt by a webhook
+//! `tidemark-bench delivery`: the time from a warning event's commit to its receipt by a webhook
 //! receiver, by each of many Server-Sent Events clients, and by an MQTT subscriber.
 //!
 //! Everything runs in this process against a private Mosquitto and a fresh database: the API (with
@@ -8,26 +8,26 @@
 //! is taken when the recording call returns, just after COMMIT was answered, so the figures
 //! slightly understate the true latency.
 
-use crate::bench::percentile;
-use crate::config::Config;
-use crate::peers::{MqttSubscriber, SseClient, WebhookReceiver};
-use crate::testkit::{Broker, TestDatabase};
+use crate::ingest::percentile;
 use anyhow::Context;
 use chrono::Utc;
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tidemark::config::Config;
 use tidemark_api::delivery::{mqtt::AlertPublisher, DeliveryConfig, Dispatcher, Metrics};
 use tidemark_api::{ApiSettings, ApiState};
 use tidemark_model::broker::BrokerConfig;
 use tidemark_store::delivery::{NewWebhook, Role};
 use tidemark_store::flood::{AreaRow, FloodSetup, NewEvent};
 use tidemark_store::Store;
+use tidemark_testkit::peers::{MqttSubscriber, SseClient, WebhookReceiver};
+use tidemark_testkit::{Broker, TestDatabase};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct DeliveryBenchArgs {
+pub(crate) struct DeliveryBenchArgs {
     /// Connected Server-Sent Events clients.
     #[arg(long, default_value_t = 1000)]
     pub sse_clients: usize,
@@ -45,7 +45,7 @@ pub struct DeliveryBenchArgs {
 /// The municipality every bench area's warnings go to.
 const MUNICIPALITY: &str = "0101";
 
-pub async fn delivery(config: &Config, args: DeliveryBenchArgs) -> anyhow::Result<()> {
+pub(crate) async fn delivery(config: &Config, args: DeliveryBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.areas > 0 && args.events > 0,
         "--areas and --events must be positive"
@@ -266,7 +266,7 @@ async fn measure(
     let _ = dispatching.await;
 
     println!(
-        "tidemark bench delivery: {} warning events over {} areas, one every {}, {} SSE clients connected",
+        "tidemark-bench delivery: {} warning events over {} areas, one every {}, {} SSE clients connected",
         expected, args.areas, args.interval, args.sse_clients
     );
     println!(

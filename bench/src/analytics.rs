@@ -1,4 +1,4 @@
-//! `tidemark bench analytics`: the time from the commit of a reading that crosses a threshold to
+//! `tidemark-bench analytics`: the time from the commit of a reading that crosses a threshold to
 //! the commit of the warning event it causes, while ingest runs at full speed on other sensors.
 //!
 //! Ingest and the analytics runner run in this process against a private Mosquitto and a fresh
@@ -8,15 +8,14 @@
 //! reading's commit is the arrival of the notification naming its batch's `received_at`, the
 //! warning's commit the arrival of the notification naming its event.
 
-use crate::bench::percentile;
-use crate::config::Config;
-use crate::testkit::{Broker, TestDatabase};
+use crate::ingest::percentile;
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tidemark::config::Config;
 use tidemark_model::broker::BrokerConfig;
 use tidemark_model::{DeviceId, SensorKey};
 use tidemark_sensors_sim::load::{self, Device, Plan};
@@ -24,10 +23,11 @@ use tidemark_store::flood::{AreaRow, FloodSetup, ThresholdRow, WARNINGS_CHANGED}
 use tidemark_store::readings::READINGS_COMMITTED;
 use tidemark_store::reference::{DeviceRecord, ReferenceData, SensorRecord};
 use tidemark_store::{notify, Store};
+use tidemark_testkit::{Broker, TestDatabase};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct AnalyticsBenchArgs {
+pub(crate) struct AnalyticsBenchArgs {
     /// Flood areas, each with one gauge.
     #[arg(long, default_value_t = 20)]
     pub areas: usize,
@@ -39,7 +39,7 @@ pub struct AnalyticsBenchArgs {
     pub interval: String,
 }
 
-pub async fn analytics(config: &Config, args: AnalyticsBenchArgs) -> anyhow::Result<()> {
+pub(crate) async fn analytics(config: &Config, args: AnalyticsBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.areas > 0, "--areas must be positive");
     let interval = tidemark_model::duration::parse(&args.interval)?;
     let broker = Broker::start().await?;
@@ -221,7 +221,7 @@ async fn measure(
     }
     latencies.sort_by(f64::total_cmp);
     println!(
-        "tidemark bench analytics: {} areas, {} triggering readings every {} while {} background readings were ingested ({:.0} readings/s published)",
+        "tidemark-bench analytics: {} areas, {} triggering readings every {} while {} background readings were ingested ({:.0} readings/s published)",
         gauges.len(),
         triggers.len(),
         args.interval,

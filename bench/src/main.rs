@@ -1,0 +1,97 @@
+//! `tidemark-bench`: the four benchmarks, each against private services it starts itself (a
+//! Mosquitto on a free loopback port and a fresh database on the test server), never against the
+//! configured ones. Build with `cargo build --release -p tidemark-bench`.
+
+mod analytics;
+mod api;
+mod delivery;
+mod ingest;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tidemark::config::Config;
+use tokio_util::sync::CancellationToken;
+
+/// Measure Tidemark's throughput and latency.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Base configuration file, layered as `tidemark` layers it; the benchmarks take their stage
+    /// settings from it and replace the addresses of the database and the broker with their own.
+    #[arg(
+        long,
+        global = true,
+        default_value = "config/default.toml",
+        env = "TIDEMARK_CONFIG"
+    )]
+    config: PathBuf,
+    /// Environment file to layer over the base file: config/<ENV>.toml.
+    #[arg(long, global = true, env = "TIDEMARK_ENV")]
+    env: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Publish readings through a private broker into a fresh database and report readings/s,
+    /// publish-to-commit latency and ingest RSS, beside the broker's and the database's ceilings.
+    Ingest(ingest::IngestBenchArgs),
+    /// Time from the commit of a threshold-crossing reading to the commit of its warning event,
+    /// with ingest loaded at full speed.
+    Analytics(analytics::AnalyticsBenchArgs),
+    /// Time from a warning event's commit to its receipt by a webhook receiver, by many
+    /// Server-Sent Events clients and by an MQTT subscriber.
+    Delivery(delivery::DeliveryBenchArgs),
+    /// Latency and throughput of the open data API over a large table (50 million readings by
+    /// default), beside the database's own time for the same queries.
+    Api(api::ApiBenchArgs),
+    /// The ingest stage exactly as `tidemark ingest` runs it: the process the ingest benchmark
+    /// measures.
+    #[command(hide = true)]
+    IngestStage,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::load(&cli.config, cli.env.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("tidemark-bench: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tidemark-bench: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let result = runtime.block_on(async {
+        tokio::spawn(tidemark::app::cancel_on_signal(shutdown.clone()));
+        match cli.command {
+            Command::Ingest(args) => ingest::ingest(&config, &cli.config, args).await,
+            Command::Analytics(args) => analytics::analytics(&config, args).await,
+            Command::Delivery(args) => delivery::delivery(&config, args).await,
+            Command::Api(args) => api::api(&config, args).await,
+            Command::IngestStage => tidemark::app::ingest(&config, shutdown).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tidemark-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! A private Mosquitto on a free loopback port.
+
+use crate::{config_dir, free_port, io, read_config, Error};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tidemark_model::broker::BrokerConfig;
+use tokio::process::{Child, Command};
+
+fn mosquitto_binary() -> Result<PathBuf, Error> {
+    let candidates = [
+        "/usr/sbin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+    ];
+    if let Some(found) = candidates.iter().map(PathBuf::from).find(|p| p.exists()) {
+        return Ok(found);
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("mosquitto"))
+                .find(|p| p.exists())
+        })
+        .ok_or_else(|| Error::NoMosquitto(candidates.join(", ")))
+}
+
+/// A Mosquitto password file at `path` with `users` (`(user, password)`); empty if there are none.
+async fn write_passwords(path: &Path, users: &[(&str, &str)]) -> Result<(), Error> {
+    std::fs::write(path, "").map_err(io("creating a password file"))?;
+    for (user, password) in users {
+        let status = Command::new("mosquitto_passwd")
+            .arg("-b")
+            .arg(path)
+            .args([user, password])
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .map_err(io("running mosquitto_passwd"))?;
+        if !status.success() {
+            return Err(Error::Io {
+                context: format!("mosquitto_passwd for {user} ended with {status}"),
+                cause: std::io::Error::other("mosquitto_passwd failed"),
+            });
+        }
+    }
+    Ok(())
+}
+/// A private Mosquitto, killed when dropped.
+pub struct Broker {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+    /// The configuration it runs with.
+    conf: String,
+    /// The devices' TLS password listener's port, for a broker from `config/mosquitto.conf`.
+    pub device_port: Option<u16>,
+    /// The mutual-TLS listener's port, for a broker from `config/mosquitto.conf`.
+    pub tls_port: Option<u16>,
+}
+
+impl Broker {
+    /// Starts Mosquitto with `config/mosquitto-test.conf` on a free port with its own persistence
+    /// folder.
+    pub async fn start() -> Result<Broker, Error> {
+        let mut broker = Broker::prepare()?;
+        let template = read_config("mosquitto-test.conf")?;
+        broker.conf = template
+            .replace("@PORT@", &broker.port.to_string())
+            .replace("@DIR@", &format!("{}/", broker.dir.display()));
+        broker.launch().await?;
+        Ok(broker)
+    }
+
+    /// Starts Mosquitto from the shipped `config/mosquitto.conf` with its ACL
+    /// (`config/mosquitto.acl`), on free loopback ports: the services' listener ([`Broker::port`])
+    /// with a password file of `services`, the devices' TLS password listener
+    /// ([`Broker::device_port`]) with one of `devices` (`(user, password)` each), and the
+    /// mutual-TLS listener ([`Broker::tls_port`]), with a throwaway CA made here
+    /// ([`Broker::ca_file`]) and a broker certificate for 127.0.0.1 signed by it.
+    pub async fn start_secure(
+        services: &[(&str, &str)],
+        devices: &[(&str, &str)],
+    ) -> Result<Broker, Error> {
+        let mut broker = Broker::prepare()?;
+        let (device_port, tls_port) = (free_port()?, free_port()?);
+        broker.device_port = Some(device_port);
+        broker.tls_port = Some(tls_port);
+        let certs = broker.dir.join("certs");
+        std::fs::create_dir_all(&certs).map_err(io("creating the certificate folder"))?;
+        make_ca(&certs, "ca").await?;
+        make_certificate(
+            &certs,
+            "ca",
+            "broker",
+            "127.0.0.1",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        )
+        .await?;
+        let service_passwords = broker.dir.join("services.passwd");
+        let device_passwords = broker.dir.join("passwd");
+        write_passwords(&service_passwords, services).await?;
+        write_passwords(&device_passwords, devices).await?;
+        let acl = broker.dir.join("acl");
+        std::fs::copy(config_dir().join("mosquitto.acl"), &acl)
+            .map_err(io("copying the broker ACL"))?;
+        let shipped = read_config("mosquitto.conf")?;
+        let mut conf = shipped.clone();
+        for (from, to) in [
+            (
+                "listener 1883 127.0.0.1",
+                format!("listener {} 127.0.0.1", broker.port),
+            ),
+            (
+                "password_file /etc/mosquitto/tidemark-services.passwd",
+                format!("password_file {}", service_passwords.display()),
+            ),
+            (
+                "password_file /etc/mosquitto/tidemark.passwd",
+                format!("password_file {}", device_passwords.display()),
+            ),
+            (
+                "acl_file /etc/mosquitto/tidemark.acl",
+                format!("acl_file {}", acl.display()),
+            ),
+            (
+                "persistence_location /var/lib/mosquitto/",
+                format!("persistence_location {}/", broker.dir.display()),
+            ),
+            ("listener 8883", format!("listener {device_port} 127.0.0.1")),
+            ("listener 8884", format!("listener {tls_port} 127.0.0.1")),
+            ("/etc/mosquitto/certs/", format!("{}/", certs.display())),
+        ] {
+            if !conf.contains(from) {
+                return Err(Error::Io {
+                    context: format!("config/mosquitto.conf no longer has the line {from:?}"),
+                    cause: std::io::Error::from(std::io::ErrorKind::InvalidData),
+                });
+            }
+            conf = conf.replace(from, &to);
+        }
+        broker.conf = conf;
+        broker.launch().await?;
+        Ok(broker)
+    }
+
+    /// The CA certificate (PEM) a client trusts the mutual-TLS listener by.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("certs").join("ca.crt")
+    }
+
+    /// A client certificate with common name `name` and its key (PEM files), signed by the
+    /// broker's CA, or, with `trusted` false, by a rogue CA the broker does not know.
+    pub async fn client_certificate(
+        &self,
+        name: &str,
+        trusted: bool,
+    ) -> Result<(PathBuf, PathBuf), Error> {
+        let certs = self.dir.join("certs");
+        let ca = if trusted { "ca" } else { "rogue-ca" };
+        if !trusted && !certs.join("rogue-ca.crt").exists() {
+            make_ca(&certs, "rogue-ca").await?;
+        }
+        let file = format!("{ca}-{name}");
+        make_certificate(&certs, ca, &file, name, "extendedKeyUsage=clientAuth\n").await?;
+        Ok((
+            certs.join(format!("{file}.crt")),
+            certs.join(format!("{file}.key")),
+        ))
+    }
+
+    /// A broker not yet started: a free port and a folder of its own.
+    fn prepare() -> Result<Broker, Error> {
+        let port = free_port()?;
+        let dir =
+            std::env::temp_dir().join(format!("tidemark-mosquitto-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        // Mosquitto started as root drops to its own user, which must be able to write its
+        // persistence file here and read the password and ACL files.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+            .map_err(io(format!("opening {} to the broker", dir.display())))?;
+        Ok(Broker {
+            child: None,
+            port,
+            dir,
+            conf: String::new(),
+            device_port: None,
+            tls_port: None,
+        })
+    }
+
+    async fn launch(&mut self) -> Result<(), Error> {
+        let conf_path = self.dir.join("mosquitto.conf");
+        std::fs::write(&conf_path, &self.conf).map_err(io("writing the broker configuration"))?;
+        for file in ["passwd", "services.passwd", "acl"] {
+            let path = self.dir.join(file);
+            if path.exists() {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+                    .map_err(io(format!("opening {} to the broker", path.display())))?;
+            }
+        }
+        let log_path = self.dir.join("mosquitto.log");
+        let log = std::fs::File::create(&log_path).map_err(io("creating the broker log"))?;
+        let log_err = log.try_clone().map_err(io("opening the broker log"))?;
+        let child = Command::new(mosquitto_binary()?)
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io("starting mosquitto"))?;
+        self.child = Some(child);
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(Error::BrokerNotReady {
+            port: self.port,
+            log: std::fs::read_to_string(&log_path).unwrap_or_default(),
+        })
+    }
+
+    /// The broker as configuration sees it.
+    pub fn config(&self) -> BrokerConfig {
+        BrokerConfig {
+            port: self.port,
+            ..BrokerConfig::default()
+        }
+    }
+
+    /// The broker process id, to signal it.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Stops the broker with SIGKILL and starts it again on the same port and persistence folder.
+    pub async fn restart(&mut self) -> Result<(), Error> {
+        self.stop(false).await?;
+        self.launch().await
+    }
+
+    /// Stops the broker: SIGTERM (it saves its persistence file and exits) or SIGKILL (it saves
+    /// nothing more). Returns when it has exited.
+    pub async fn stop(&mut self, graceful: bool) -> Result<(), Error> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        match (graceful, child.id()) {
+            (true, Some(pid)) => {
+                Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await
+                    .map_err(io("signalling mosquitto"))?;
+                child.wait().await.map_err(io("waiting for mosquitto"))?;
+            }
+            _ => {
+                let _ = child.kill().await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped broker again on the same port and persistence folder.
+    pub async fn start_again(&mut self) -> Result<(), Error> {
+        self.launch().await
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// openssl's arguments for a new P-256 key, unencrypted, made with the request.
+const NEW_KEY: &[&str] = &[
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+/// Runs openssl with `args` in `dir`.
+async fn openssl(dir: &Path, args: &[&str]) -> Result<(), Error> {
+    let status = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .map_err(io("running openssl"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Io {
+            context: format!("openssl {} ended with {status}", args.join(" ")),
+            cause: std::io::Error::other("openssl failed"),
+        })
+    }
+}
+
+/// A self-signed CA, valid for a day: `<name>.crt` and `<name>.key` in `dir`.
+async fn make_ca(dir: &Path, name: &str) -> Result<(), Error> {
+    let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
+    openssl(
+        dir,
+        &[
+            &["req", "-x509"][..],
+            NEW_KEY,
+            &[
+                "-keyout",
+                &key,
+                "-out",
+                &crt,
+                "-days",
+                "1",
+                "-subj",
+                &format!("/CN=Tidemark test {name}"),
+            ],
+        ]
+        .concat(),
+    )
+    .await?;
+    world_readable(&dir.join(key))
+}
+
+/// An X.509 v3 certificate for `common_name` with `extensions` (openssl's extension file lines)
+/// signed by CA `ca`: `<file>.crt` and `<file>.key` in `dir`.
+async fn make_certificate(
+    dir: &Path,
+    ca: &str,
+    file: &str,
+    common_name: &str,
+    extensions: &str,
+) -> Result<(), Error> {
+    let (key, csr, crt) = (
+        format!("{file}.key"),
+        format!("{file}.csr"),
+        format!("{file}.crt"),
+    );
+    openssl(
+        dir,
+        &[
+            &["req"][..],
+            NEW_KEY,
+            &[
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={common_name}"),
+            ],
+        ]
+        .concat(),
+    )
+    .await?;
+    let extension_file = format!("{file}.ext");
+    std::fs::write(
+        dir.join(&extension_file),
+        format!("basicConstraints=CA:FALSE\n{extensions}"),
+    )
+    .map_err(io("writing certificate extensions"))?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "1",
+            "-extfile",
+            &extension_file,
+        ],
+    )
+    .await?;
+    world_readable(&dir.join(key))
+}
+
+/// Mosquitto, dropped to its own user, reads the keys it is given.
+fn world_readable(path: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+        .map_err(io(format!("opening {} to the broker", path.display())))
+}
