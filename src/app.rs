@@ -94,6 +94,26 @@ pub async fn api(config: &Config, shutdown: CancellationToken) -> anyhow::Result
     serve_stages(config, config.api.clone(), Stages::API, shutdown).await
 }
 
+/// The analytics stage alone, with its own `/metrics`, `/healthz` and `/readyz` on
+/// `analytics.metrics_listen`. Several may share a database.
+pub async fn analytics(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listen = tidemark_api::ApiConfig {
+        listen: config.analytics.metrics_listen.clone(),
+        ..config.api.clone()
+    };
+    serve_stages(config, listen, Stages::ANALYTICS, shutdown).await
+}
+
+/// The delivery stage alone, with its own `/metrics`, `/healthz` and `/readyz` on
+/// `delivery.metrics_listen`. Several may share a database.
+pub async fn delivery(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listen = tidemark_api::ApiConfig {
+        listen: config.delivery.metrics_listen.clone(),
+        ..config.api.clone()
+    };
+    serve_stages(config, listen, Stages::DELIVERY, shutdown).await
+}
+
 /// Every stage in one process: migrate, then ingest, analytics, the API and delivery side by side.
 pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mode = migrate(config).await?;
@@ -107,23 +127,38 @@ struct Stages {
     ingest: bool,
     analytics: bool,
     api: bool,
+    delivery: bool,
 }
 
 impl Stages {
-    const INGEST: Stages = Stages {
-        ingest: true,
-        analytics: false,
-        api: false,
-    };
-    const API: Stages = Stages {
+    const NONE: Stages = Stages {
         ingest: false,
         analytics: false,
+        api: false,
+        delivery: false,
+    };
+    const INGEST: Stages = Stages {
+        ingest: true,
+        ..Stages::NONE
+    };
+    const ANALYTICS: Stages = Stages {
+        analytics: true,
+        ..Stages::NONE
+    };
+    const DELIVERY: Stages = Stages {
+        delivery: true,
+        ..Stages::NONE
+    };
+    const API: Stages = Stages {
         api: true,
+        delivery: true,
+        ..Stages::NONE
     };
     const ALL: Stages = Stages {
         ingest: true,
         analytics: true,
         api: true,
+        delivery: true,
     };
 }
 
@@ -138,27 +173,12 @@ async fn serve_stages(
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let analytics_metrics = Arc::new(tidemark_analytics::runner::Metrics::register(&mut registry));
-    let delivery_metrics = Arc::new(tidemark_api::delivery::Metrics::register(&mut registry));
+    let delivery_metrics = Arc::new(tidemark_delivery::Metrics::register(&mut registry));
     let http_metrics = tidemark_api::http_metrics::HttpMetrics::register(&mut registry);
     let store = Store::connect(&config.database).await?;
-    let mut dispatcher = None;
     let mut api_routes = None;
     if stages.api {
         let settings = config.api_settings().map_err(anyhow::Error::msg)?;
-        let alerts = tidemark_api::delivery::mqtt::AlertPublisher::start(
-            &config.mqtt,
-            &config.delivery.client_id(),
-            config.delivery.timeout,
-            shutdown.clone(),
-        );
-        dispatcher = Some(tidemark_api::delivery::Dispatcher::new(
-            store.clone(),
-            config.delivery.clone(),
-            alerts,
-            &config.mqtt.topic_prefix,
-            &settings.public_url,
-            delivery_metrics,
-        )?);
         let hub =
             tidemark_api::sse::Hub::start(store.clone(), config.database.clone(), shutdown.clone());
         api_routes = Some(tidemark_api::api_router(ApiState::new(
@@ -224,10 +244,15 @@ async fn serve_stages(
         result
     };
     let delivery = async {
-        let Some(dispatcher) = dispatcher else {
+        if !stages.delivery {
             return Ok(());
-        };
-        let result = dispatcher.run(&config.database, shutdown.clone()).await;
+        }
+        let result = tidemark_delivery::run(
+            config.delivery_settings(),
+            delivery_metrics,
+            shutdown.clone(),
+        )
+        .await;
         shutdown.cancel();
         result
     };

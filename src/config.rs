@@ -35,7 +35,7 @@ pub struct Config {
     pub analytics: tidemark_analytics::runner::AnalyticsConfig,
     /// Delivery of warnings: webhooks, MQTT alerts, retries.
     #[serde(default)]
-    pub delivery: tidemark_api::delivery::DeliveryConfig,
+    pub delivery: tidemark_delivery::DeliveryConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -112,7 +112,12 @@ impl Config {
         self.ingest.validate()?;
         tidemark_model::topic::ReadingsTopics::new(&self.mqtt.topic_prefix)
             .map_err(|e| e.to_string())?;
-        tidemark_api::ApiSettings::new(&self.api, &self.delivery, &self.mqtt.topic_prefix)?;
+        tidemark_api::ApiSettings::new(
+            &self.api,
+            self.delivery.validate()?,
+            self.delivery.rotation_grace,
+            &self.mqtt.topic_prefix,
+        )?;
         if self.mqtt.max_packet_bytes <= self.ingest.max_payload_bytes {
             return Err(format!(
                 "mqtt.max_packet_bytes ({}) must exceed ingest.max_payload_bytes ({})",
@@ -132,7 +137,12 @@ impl Config {
 
     /// What the `/api/v1` handlers use; valid once [`Config::validate`] passed.
     pub fn api_settings(&self) -> Result<tidemark_api::ApiSettings, String> {
-        tidemark_api::ApiSettings::new(&self.api, &self.delivery, &self.mqtt.topic_prefix)
+        tidemark_api::ApiSettings::new(
+            &self.api,
+            self.delivery.validate()?,
+            self.delivery.rotation_grace,
+            &self.mqtt.topic_prefix,
+        )
     }
 
     pub fn ingest_settings(&self) -> tidemark_ingest::Settings {
@@ -140,6 +150,15 @@ impl Config {
             ingest: self.ingest.clone(),
             mqtt: self.mqtt.clone(),
             database: self.database.clone(),
+        }
+    }
+
+    pub fn delivery_settings(&self) -> tidemark_delivery::Settings {
+        tidemark_delivery::Settings {
+            delivery: self.delivery.clone(),
+            mqtt: self.mqtt.clone(),
+            database: self.database.clone(),
+            public_url: self.api.public_url.trim_end_matches('/').to_owned(),
         }
     }
 }

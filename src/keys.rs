@@ -4,7 +4,7 @@
 use anyhow::Context;
 use chrono::Utc;
 use clap::Subcommand;
-use tidemark_store::delivery::Role;
+use tidemark_store::keys::Role;
 use tidemark_store::{DatabaseConfig, Store};
 
 #[derive(Debug, Subcommand)]

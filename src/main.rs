@@ -40,6 +40,12 @@ enum Command {
     Ingest,
     /// Run the HTTP API and the delivery of warnings alone (no ingest, no analytics).
     Api,
+    /// Run the analytics stage alone: flood risk, quality checks, circular and utility
+    /// statistics (serves /metrics on analytics.metrics_listen). Several may share a database.
+    Analytics,
+    /// Run the delivery of warnings alone: webhooks and MQTT alerts from the outbox (serves
+    /// /metrics on delivery.metrics_listen). Several may share a database.
+    Delivery,
     /// Manage API keys (shown once at creation; only a hash is stored).
     Keys {
         #[command(subcommand)]
@@ -106,6 +112,8 @@ async fn execute(
         Command::Run => tidemark::app::run(&config, shutdown).await,
         Command::Ingest => tidemark::app::ingest(&config, shutdown).await,
         Command::Api => tidemark::app::api(&config, shutdown).await,
+        Command::Analytics => tidemark::app::analytics(&config, shutdown).await,
+        Command::Delivery => tidemark::app::delivery(&config, shutdown).await,
         Command::Keys { what } => tidemark::keys::run(&config.database, what).await,
         Command::Migrate => {
             let mode = tidemark::app::migrate(&config)

@@ -22,9 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidemark_model::{duration, Quality};
 use tidemark_store::circular::{CollectionRow, ContainerRow, ContainerState, OverflowRow};
-use tidemark_store::flood::FLOOD_SETUP_CHANGED;
+use tidemark_store::coordination::{Channel, Notice, ReadingsCommitted};
 use tidemark_store::flood::{CrossingRow, FloodSetup, NewEvent, QualityRuleRow, TrendRow};
-use tidemark_store::readings::READINGS_COMMITTED;
 use tidemark_store::reference::SensorInfo;
 use tidemark_store::water::{AlertText, LeakChange, LeakRow, LeakRuleRow, LeakState, NightFlowRow};
 use tidemark_store::{notify, DatabaseConfig, Store};
@@ -59,6 +58,10 @@ pub struct AnalyticsConfig {
     /// How long a rainfall alert stays after the rain last exceeded a rule.
     #[serde(default = "default_rain_hold", with = "duration::serde_str")]
     pub rain_hold: Duration,
+    /// Where `tidemark analytics` serves `/metrics`, `/healthz` and `/readyz` (in `tidemark run`
+    /// the API serves them).
+    #[serde(default = "default_analytics_metrics_listen")]
+    pub metrics_listen: String,
 }
 
 fn default_municipalities() -> PathBuf {
@@ -79,6 +82,9 @@ const fn default_stale_after() -> i32 {
 const fn default_debounce() -> Duration {
     Duration::from_millis(20)
 }
+fn default_analytics_metrics_listen() -> String {
+    "127.0.0.1:9092".to_owned()
+}
 const fn default_rain_hold() -> Duration {
     Duration::from_secs(3600)
 }
@@ -94,6 +100,7 @@ impl Default for AnalyticsConfig {
             stale_after_intervals: default_stale_after(),
             debounce: default_debounce(),
             rain_hold: default_rain_hold(),
+            metrics_listen: default_analytics_metrics_listen(),
         }
     }
 }
@@ -225,7 +232,7 @@ pub async fn run(
         }
     });
     // Listening before the setup is read, so that no change falls between the two.
-    let channels = [READINGS_COMMITTED, FLOOD_SETUP_CHANGED];
+    let channels = [Channel::ReadingsCommitted, Channel::FloodSetupChanged];
     let mut listener = notify::listen(&settings.database, &channels).await?;
     let mut model = Model::load(&store).await?;
     tracing::info!(areas = model.setup.areas.len(), "analytics started");
@@ -279,7 +286,7 @@ pub async fn run(
                     notifications.push(more);
                 }
                 // A changed setup (over the API, or a migrate) is reloaded, and every area looked at.
-                if notifications.iter().any(|n| n.channel == FLOOD_SETUP_CHANGED) {
+                if notifications.contains(&Notice::FloodSetupChanged) {
                     match Model::load(&store).await {
                         Ok(fresh) => {
                             // Only new or changed containers and rules are looked at again.
@@ -318,20 +325,16 @@ pub async fn run(
                     }
                     pending.extend(model.setup.areas.iter().map(|a| a.key.clone()));
                 }
-                let payloads: Vec<String> = notifications
+                let batches: Vec<ReadingsCommitted> = notifications
                     .into_iter()
-                    .filter(|n| n.channel == READINGS_COMMITTED)
-                    .map(|n| n.payload)
-                    .collect();
-                let ids: BTreeSet<i32> = payloads
-                    .iter()
-                    .filter_map(|p| serde_json::from_str::<serde_json::Value>(p).ok())
-                    .flat_map(|v| {
-                        v["sensors"]
-                            .as_array()
-                            .map(|a| a.iter().filter_map(|i| i.as_i64()).map(|i| i as i32).collect::<Vec<_>>())
-                            .unwrap_or_default()
+                    .filter_map(|n| match n {
+                        Notice::ReadingsCommitted(batch) => Some(batch),
+                        _ => None,
                     })
+                    .collect();
+                let ids: BTreeSet<i32> = batches
+                    .iter()
+                    .flat_map(|b| b.sensors.iter().copied())
                     .collect();
                 if ids.iter().any(|id| !model.by_id.contains_key(id)) {
                     match Model::load(&store).await {
@@ -341,12 +344,7 @@ pub async fn run(
                 }
                 // Sensors with a quality rule are checked from a day before the earliest new reading,
                 // so that a reading is judged again once its later neighbours have come.
-                let earliest = payloads
-                    .iter()
-                    .filter_map(|p| serde_json::from_str::<serde_json::Value>(p).ok())
-                    .filter_map(|v| v["from"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()))
-                    .map(|t| t.with_timezone(&Utc))
-                    .min();
+                let earliest = batches.iter().map(|b| b.from).min();
                 let ruled: Vec<QualityRuleRow> = model
                     .quality_rules
                     .iter()

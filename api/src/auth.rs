@@ -11,16 +11,15 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 use tidemark_store::audit::Audit;
-use tidemark_store::delivery::{ApiKeyRow, NewApiKey, Role};
+use tidemark_store::keys::{ApiKeyRow, NewApiKey, Role};
 use tidemark_store::Store;
 
 /// Random bytes from the operating system's generator.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
-    rand::rngs::StdRng::from_os_rng().fill_bytes(&mut bytes);
+    getrandom::fill(&mut bytes).expect("the operating system gives random bytes");
     bytes
 }
 

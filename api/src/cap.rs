@@ -11,7 +11,7 @@ use crate::body::severity_name;
 use chrono::{DateTime, Duration, FixedOffset, Utc};
 use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
 use quick_xml::Writer;
-use tidemark_store::delivery::WarningEvent;
+use tidemark_store::events::WarningEvent;
 
 pub const CAP_NAMESPACE: &str = "urn:oasis:names:tc:emergency:cap:1.2";
 pub const ATOM_NAMESPACE: &str = "http://www.w3.org/2005/Atom";

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tidemark_model::waste::{self, FlowRecord, Treatment, TreatmentSplit};
 use tidemark_store::circular::{ContainerRefusal, FlowFilter, FlowRefusal, NewFlow};
-use tidemark_store::delivery::Role;
+use tidemark_store::keys::Role;
 use utoipa::{IntoParams, ToSchema};
 
 /// Times in the circular data bank's answers, to the second.

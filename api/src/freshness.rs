@@ -23,9 +23,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tidemark_store::flood::{FLOOD_SETUP_CHANGED, WARNINGS_CHANGED};
-use tidemark_store::readings::{READINGS_COMMITTED, READINGS_FLAGGED};
-use tidemark_store::reference::REFERENCE_CHANGED;
+use tidemark_store::coordination::Channel;
 use tidemark_store::DatabaseConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -40,12 +38,11 @@ pub enum Kind {
 const KINDS: [Kind; 3] = [Kind::Readings, Kind::Reference, Kind::Warnings];
 
 /// The kinds a notification channel announces changes to.
-fn kinds_of(channel: &str) -> &'static [Kind] {
+fn kinds_of(channel: Channel) -> &'static [Kind] {
     match channel {
-        READINGS_COMMITTED | READINGS_FLAGGED => &[Kind::Readings],
-        REFERENCE_CHANGED | FLOOD_SETUP_CHANGED => &[Kind::Reference],
-        WARNINGS_CHANGED => &[Kind::Warnings],
-        _ => &[],
+        Channel::ReadingsCommitted | Channel::ReadingsFlagged => &[Kind::Readings],
+        Channel::ReferenceChanged | Channel::FloodSetupChanged => &[Kind::Reference],
+        Channel::WarningsChanged => &[Kind::Warnings],
     }
 }
 
@@ -122,13 +119,7 @@ impl Freshness {
         let freshness = Arc::new(Freshness::new(Utc::now()));
         let listener = freshness.clone();
         tokio::spawn(async move {
-            let channels = [
-                READINGS_COMMITTED,
-                READINGS_FLAGGED,
-                REFERENCE_CHANGED,
-                FLOOD_SETUP_CHANGED,
-                WARNINGS_CHANGED,
-            ];
+            let channels = Channel::ALL;
             while !shutdown.is_cancelled() {
                 match tidemark_store::notify::listen(&database, &channels).await {
                     Ok(mut connection) => {
@@ -139,7 +130,7 @@ impl Freshness {
                             tokio::select! {
                                 _ = shutdown.cancelled() => return,
                                 notification = connection.recv() => match notification {
-                                    Some(n) => listener.changed_now(kinds_of(&n.channel)),
+                                    Some(n) => listener.changed_now(kinds_of(n.channel())),
                                     None => break,
                                 },
                             }
@@ -288,14 +279,8 @@ mod tests {
 
     #[test]
     fn every_notification_channel_maps_to_a_kind() {
-        for channel in [
-            READINGS_COMMITTED,
-            READINGS_FLAGGED,
-            REFERENCE_CHANGED,
-            FLOOD_SETUP_CHANGED,
-            WARNINGS_CHANGED,
-        ] {
-            assert!(!kinds_of(channel).is_empty(), "{channel}");
+        for channel in Channel::ALL {
+            assert!(!kinds_of(channel).is_empty(), "{channel:?}");
         }
         assert!(depends_on("/api/v1/latest", None).is_none());
         assert!(depends_on("/api/v1/keys", None).is_none());

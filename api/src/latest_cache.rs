@@ -37,7 +37,7 @@ impl LatestCache {
         tokio::spawn(async move {
             let mut wakeups = tidemark_store::notify::Wakeups::new(
                 &database,
-                &[tidemark_store::readings::READINGS_COMMITTED],
+                &[tidemark_store::coordination::Channel::ReadingsCommitted],
             );
             while !shutdown.is_cancelled() {
                 tokio::select! {

@@ -34,7 +34,6 @@ pub mod caching;
 pub mod cap;
 pub mod circular;
 pub mod dashboard;
-pub mod delivery;
 pub mod error;
 pub mod freshness;
 pub mod http_metrics;
@@ -61,6 +60,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tidemark_model::broker::BrokerConfig;
 use tidemark_model::duration;
+use tidemark_model::network::{Network, TargetPolicy};
 use tidemark_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -186,13 +186,10 @@ impl ApiConfig {
         Ok(())
     }
 
-    fn proxies(&self) -> Result<Vec<delivery::webhook::Network>, String> {
+    fn proxies(&self) -> Result<Vec<Network>, String> {
         self.trusted_proxies
             .iter()
-            .map(|p| {
-                delivery::webhook::Network::parse(p)
-                    .map_err(|e| format!("api.trusted_proxies: {e}"))
-            })
+            .map(|p| Network::parse(p).map_err(|e| format!("api.trusted_proxies: {e}")))
             .collect()
     }
 }
@@ -206,25 +203,27 @@ pub struct ApiSettings {
     /// The MQTT topic prefix (alerts go to `<prefix>/alerts/...`).
     pub topic_prefix: String,
     /// Where webhooks may point.
-    pub policy: Arc<delivery::webhook::TargetPolicy>,
+    pub policy: Arc<TargetPolicy>,
     /// How long a rotated-out webhook secret keeps signing.
     pub rotation_grace: Duration,
     pub rate_limit_per_minute: u32,
     pub keyed_rate_limit_per_minute: u32,
     /// Proxies whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<delivery::webhook::Network>,
+    pub trusted_proxies: Vec<Network>,
     pub sse_max_streams: usize,
     pub sse_max_streams_per_client: usize,
 }
 
 impl ApiSettings {
+    /// `policy` says where webhooks may point and `rotation_grace` how long a rotated-out secret
+    /// keeps signing: the delivery stage's rules, which registration checks against.
     pub fn new(
         api: &ApiConfig,
-        delivery: &delivery::DeliveryConfig,
+        policy: TargetPolicy,
+        rotation_grace: Duration,
         topic_prefix: &str,
     ) -> Result<ApiSettings, String> {
         api.validate()?;
-        let policy = delivery.validate()?;
         let public_url = api.public_url.trim_end_matches('/').to_owned();
         Ok(ApiSettings {
             cap: cap::CapSettings {
@@ -236,7 +235,7 @@ impl ApiSettings {
             sse_heartbeat: api.sse_heartbeat,
             topic_prefix: topic_prefix.to_owned(),
             policy: Arc::new(policy),
-            rotation_grace: delivery.rotation_grace,
+            rotation_grace,
             rate_limit_per_minute: api.rate_limit_per_minute,
             keyed_rate_limit_per_minute: api.keyed_rate_limit_per_minute,
             trusted_proxies: api.proxies()?,

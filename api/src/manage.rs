@@ -13,7 +13,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use tidemark_store::delivery::Role;
+use tidemark_store::keys::Role;
 use tidemark_store::reference::{DeviceRecord, ReferenceData, SensorRecord, StationRecord};
 use utoipa::{IntoParams, ToSchema};
 
@@ -51,7 +51,7 @@ pub struct KeyBody {
     pub key: Option<String>,
 }
 
-fn key_body(row: tidemark_store::delivery::ApiKeyRow, key: Option<String>) -> KeyBody {
+fn key_body(row: tidemark_store::keys::ApiKeyRow, key: Option<String>) -> KeyBody {
     KeyBody {
         prefix: row.prefix,
         role: row.role.name().to_owned(),

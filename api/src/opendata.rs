@@ -1518,7 +1518,7 @@ pub async fn municipality(
     let base = state.settings.base_url();
     let warnings: Vec<serde_json::Value> = state
         .store
-        .warning_list(&tidemark_store::delivery::WarningFilter {
+        .warning_list(&tidemark_store::events::WarningFilter {
             state: Some("in_force".to_owned()),
             municipality: Some(code.clone()),
             limit: 500,
@@ -1590,7 +1590,7 @@ pub async fn flood_areas(
     let setup = state.store.flood_setup().await?;
     let in_force = state
         .store
-        .warning_list(&tidemark_store::delivery::WarningFilter {
+        .warning_list(&tidemark_store::events::WarningFilter {
             state: Some("in_force".to_owned()),
             limit: 10_000,
             ..Default::default()

@@ -11,7 +11,6 @@
 //! `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`; past the limit the answer is
 //! `429 Too Many Requests` with `Retry-After` and a problem body.
 
-use crate::delivery::webhook::Network;
 use crate::ApiState;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -22,6 +21,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tidemark_model::network::Network;
 
 /// Most buckets kept. A bucket idle for a minute is full, the same as a new one, so those go first
 /// and nothing changes; past that (more clients active within a minute than this), the fullest

@@ -5,9 +5,8 @@
 //! id order and broadcasts them to the connected clients. A client that reconnects with
 //! `Last-Event-ID` first gets every later event from the database (the source of truth), then live
 //! ones; a client that falls behind the broadcast catches up the same way. Event ids grow in
-//! commit order (see `tidemark_store::delivery`), so "every event after N" misses nothing.
+//! commit order (see `tidemark_store::events`), so "every event after N" misses nothing.
 
-use crate::body::EventBody;
 use crate::error::{ApiError, Result};
 use crate::ApiState;
 use axum::extract::{Query, State};
@@ -19,7 +18,7 @@ use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tidemark_store::delivery::WarningEvent;
+use tidemark_store::events::WarningEvent;
 use tidemark_store::{DatabaseConfig, Store};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -142,8 +141,10 @@ async fn feed(
     shutdown: CancellationToken,
 ) {
     let mut last = None;
-    let mut wakeups =
-        tidemark_store::notify::Wakeups::new(&database, &[tidemark_store::flood::WARNINGS_CHANGED]);
+    let mut wakeups = tidemark_store::notify::Wakeups::new(
+        &database,
+        &[tidemark_store::coordination::Channel::WarningsChanged],
+    );
     while !shutdown.is_cancelled() {
         // Listening before reading, so an event committed meanwhile wakes the next read.
         wakeups.ensure().await;
@@ -316,7 +317,7 @@ pub async fn stream(
 }
 
 fn sse_event(state: &ApiState, event: &WarningEvent) -> Event {
-    let body = EventBody::new(event, &state.settings.public_url);
+    let body = event.body(&state.settings.public_url);
     Event::default()
         .id(event.id.to_string())
         .event(body.kind.clone())

@@ -15,7 +15,7 @@ use axum::Json;
 use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
 use tidemark_model::Quantity;
-use tidemark_store::delivery::Role;
+use tidemark_store::keys::Role;
 use tidemark_store::water::{LeakAlertFilter, LeakAlertRow};
 use utoipa::{IntoParams, ToSchema};
 
@@ -507,7 +507,7 @@ pub async fn alert(State(state): State<ApiState>, PathId(id): PathId) -> Result<
         .warning_history(id)
         .await?
         .iter()
-        .map(|e| EventBody::new(e, base))
+        .map(|e| e.body(base))
         .collect();
     let mut body = alert_json(&row);
     body["history"] = serde_json::json!(history);

@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tidemark_store::delivery::{Acknowledged, Role, WarningFilter, WarningSummary};
+use tidemark_store::events::{Acknowledged, WarningFilter, WarningSummary};
+use tidemark_store::keys::Role;
 use utoipa::{IntoParams, ToSchema};
 
 /// Most warnings one list returns.
@@ -180,7 +181,7 @@ pub async fn one(State(state): State<ApiState>, Path(id): Path<String>) -> Resul
         .warning_history(id)
         .await?
         .iter()
-        .map(|e| EventBody::new(e, base))
+        .map(|e| e.body(base))
         .collect();
     Ok(Json(warning_body(summary, base, Some(history))).into_response())
 }

@@ -3,7 +3,6 @@
 //! utility keys only their own, operator keys all.
 
 use crate::auth::Caller;
-use crate::delivery::webhook;
 use crate::error::{ApiError, PathId, Result};
 use crate::ApiState;
 use axum::extract::rejection::JsonRejection;
@@ -13,7 +12,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tidemark_store::delivery::{NewWebhook, Role, WebhookRow};
+use tidemark_model::network::{TargetError, TargetPolicy};
+use tidemark_store::keys::Role;
+use tidemark_store::webhooks::new_secret;
+use tidemark_store::webhooks::{NewWebhook, WebhookRow};
 use utoipa::ToSchema;
 
 /// Longest accepted webhook URL.
@@ -159,10 +161,7 @@ pub async fn register(
             ),
         ));
     }
-    state
-        .settings
-        .policy
-        .check_registration(&request.url)
+    check_registration(&state.settings.policy, &request.url)
         .await
         .map_err(|refused| ApiError::bad("url", refused.to_string()))?;
     if let Some(own) = &caller.municipality {
@@ -214,7 +213,7 @@ pub async fn register(
                 areas: request.areas,
                 min_severity: request.min_severity,
                 categories: request.categories,
-                secret: webhook::new_secret(),
+                secret: new_secret(),
             },
             &audit,
         )
@@ -317,7 +316,7 @@ pub async fn rotate(
         .store
         .rotate_webhook_secret(
             id,
-            &webhook::new_secret(),
+            &new_secret(),
             Utc::now() + grace,
             &caller.actor().audit(
                 "webhook.rotate-secret",
@@ -329,4 +328,20 @@ pub async fn rotate(
         .ok_or_else(|| ApiError::NotFound(format!("webhook {id}")))?;
     tracing::info!(webhook = id, key = %caller.prefix, "webhook secret rotated");
     Ok(Json(WebhookBody::new(row, true)))
+}
+
+/// Checks a webhook URL and every address its host resolves to, as registration does (the
+/// delivery stage checks the addresses again on every connection).
+pub async fn check_registration(policy: &TargetPolicy, url: &str) -> Result<url::Url, TargetError> {
+    let parsed = policy.check_url(url)?;
+    if let Some(url::Host::Domain(host)) = parsed.host() {
+        let port = parsed.port_or_known_default().unwrap_or(443);
+        let ips: Vec<std::net::IpAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|_| TargetError::Unresolved(host.to_owned()))?
+            .map(|a| a.ip())
+            .collect();
+        policy.check_resolved(host, &ips)?;
+    }
+    Ok(parsed)
 }

@@ -19,8 +19,8 @@ use tidemark::config::Config;
 use tidemark_model::broker::BrokerConfig;
 use tidemark_model::{DeviceId, SensorKey};
 use tidemark_sensors_sim::load::{self, Device, Plan};
-use tidemark_store::flood::{AreaRow, FloodSetup, ThresholdRow, WARNINGS_CHANGED};
-use tidemark_store::readings::READINGS_COMMITTED;
+use tidemark_store::coordination::{Channel, Notice};
+use tidemark_store::flood::{AreaRow, FloodSetup, ThresholdRow};
 use tidemark_store::reference::{DeviceRecord, ReferenceData, SensorRecord};
 use tidemark_store::{notify, Store};
 use tidemark_testkit::{Broker, TestDatabase};
@@ -89,7 +89,11 @@ async fn measure(
         analytics_metrics.clone(),
         shutdown.clone(),
     ));
-    let mut listener = notify::listen(database, &[READINGS_COMMITTED, WARNINGS_CHANGED]).await?;
+    let mut listener = notify::listen(
+        database,
+        &[Channel::ReadingsCommitted, Channel::WarningsChanged],
+    )
+    .await?;
     for _ in 0..200 {
         if ingest_metrics.subscribed.get() == 1 {
             break;
@@ -112,22 +116,16 @@ async fn measure(
                 n = listener.recv() => match n { Some(n) => n, None => break },
             };
             let arrived = Utc::now();
-            if notification.channel == WARNINGS_CHANGED {
-                if let Ok(id) = notification.payload.parse() {
-                    events.insert(id, arrived);
+            match notification {
+                Notice::WarningsChanged { event_id } => {
+                    events.insert(event_id, arrived);
                 }
-            } else if let Some(received) =
-                serde_json::from_str::<serde_json::Value>(&notification.payload)
-                    .ok()
-                    .and_then(|v| {
-                        v["received_at"]
-                            .as_str()
-                            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-                    })
-            {
-                commits
-                    .entry(received.timestamp_micros())
-                    .or_insert(arrived);
+                Notice::ReadingsCommitted(batch) => {
+                    commits
+                        .entry(batch.received_at.timestamp_micros())
+                        .or_insert(arrived);
+                }
+                _ => {}
             }
         }
         (commits, events)

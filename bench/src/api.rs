@@ -204,8 +204,13 @@ async fn measure(
         rate_limit_per_minute: u32::MAX / 2,
         ..config.api.clone()
     };
-    let settings = ApiSettings::new(&api_config, &config.delivery, &config.mqtt.topic_prefix)
-        .map_err(anyhow::Error::msg)?;
+    let settings = ApiSettings::new(
+        &api_config,
+        config.delivery.validate().map_err(anyhow::Error::msg)?,
+        config.delivery.rotation_grace,
+        &config.mqtt.topic_prefix,
+    )
+    .map_err(anyhow::Error::msg)?;
     let hub = tidemark_api::sse::Hub::start(store.clone(), database.clone(), shutdown.clone());
     let router = tidemark_api::api_router(ApiState::new(
         store.clone(),

@@ -16,11 +16,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidemark::config::Config;
-use tidemark_api::delivery::{mqtt::AlertPublisher, DeliveryConfig, Dispatcher, Metrics};
 use tidemark_api::{ApiSettings, ApiState};
+use tidemark_delivery::{mqtt::AlertPublisher, DeliveryConfig, Dispatcher, Metrics};
 use tidemark_model::broker::BrokerConfig;
-use tidemark_store::delivery::{NewWebhook, Role};
 use tidemark_store::flood::{AreaRow, FloodSetup, NewEvent};
+use tidemark_store::keys::Role;
+use tidemark_store::webhooks::NewWebhook;
 use tidemark_store::Store;
 use tidemark_testkit::peers::{MqttSubscriber, SseClient, WebhookReceiver};
 use tidemark_testkit::{Broker, TestDatabase};
@@ -126,8 +127,13 @@ async fn measure(
         rate_limit_per_minute: 1_000_000,
         ..config.api.clone()
     };
-    let settings =
-        ApiSettings::new(&api, &delivery, &mqtt.topic_prefix).map_err(anyhow::Error::msg)?;
+    let settings = ApiSettings::new(
+        &api,
+        delivery.validate().map_err(anyhow::Error::msg)?,
+        delivery.rotation_grace,
+        &mqtt.topic_prefix,
+    )
+    .map_err(anyhow::Error::msg)?;
     let hub = tidemark_api::sse::Hub::start(store.clone(), database.clone(), shutdown.clone());
     let router = tidemark_api::api_router(ApiState::new(
         store.clone(),
@@ -169,7 +175,7 @@ async fn measure(
                 areas: Vec::new(),
                 min_severity: 1,
                 categories: vec!["flood".into()],
-                secret: tidemark_api::delivery::webhook::new_secret(),
+                secret: tidemark_store::webhooks::new_secret(),
             },
             &cli.audit("webhook.create", String::new(), serde_json::json!({})),
         )

@@ -25,7 +25,8 @@ use tidemark_model::broker::BrokerConfig;
 use tidemark_model::topic::ReadingsTopics;
 use tidemark_model::{DeviceId, SensorKey};
 use tidemark_sensors_sim::load::{self, Device, Plan};
-use tidemark_store::readings::{ReadingRow, READINGS_COMMITTED};
+use tidemark_store::coordination::{Channel, Notice};
+use tidemark_store::readings::ReadingRow;
 use tidemark_store::reference::{DeviceRecord, ReferenceData, SensorRecord};
 use tidemark_store::{notify, DatabaseConfig, Store};
 use tidemark_testkit::{Broker, TestDatabase};
@@ -187,7 +188,7 @@ async fn measure(
     .await?;
 
     let mut ingest = spawn_ingest(config_file, database, &broker_config)?;
-    let mut listener = notify::listen(database, &[READINGS_COMMITTED]).await?;
+    let mut listener = notify::listen(database, &[Channel::ReadingsCommitted]).await?;
     wait_for_subscription(&broker_config, &devices[0], &mut listener).await?;
 
     for (per_message, prefix) in [(1, "bench-single"), (args.batch, "bench-batched")] {
@@ -416,14 +417,12 @@ async fn collect_commits(
             .with_context(|| format!("no commit for 60 s with {rows} of {expected} rows stored"))?
             .context("the listening connection closed")?;
         let arrived = Utc::now();
-        let payload: serde_json::Value = serde_json::from_str(&notification.payload)?;
-        rows += payload["rows"].as_u64().unwrap_or(0);
-        let received_at = payload["received_at"]
-            .as_str()
-            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-            .context("notification without received_at")?;
+        let Notice::ReadingsCommitted(batch) = notification else {
+            continue;
+        };
+        rows += batch.rows;
         commits
-            .entry(received_at.timestamp_micros())
+            .entry(batch.received_at.timestamp_micros())
             .or_insert(arrived);
     }
     Ok((listener, commits))

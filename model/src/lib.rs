@@ -15,10 +15,14 @@
 //! - [`duration`]: human-friendly durations (`"10m"`, `"30d"`) for configuration files.
 //! - [`secret`]: [`Secret`], a value from the environment that never prints.
 //! - [`waste`]: the European List of Waste codes of packaging and municipal waste.
+//! - [`warning`]: the warning vocabulary (severity, kind, state, category, event kind), the alert
+//!   topics, and [`warning::EventBody`], the JSON of a warning event on every channel.
+//! - [`network`]: networks, and which addresses an outbound request may reach.
 
 pub mod broker;
 pub mod duration;
 pub mod id;
+pub mod network;
 pub mod quantity;
 pub mod reading;
 pub mod reference;
@@ -27,6 +31,7 @@ pub mod time;
 pub mod topic;
 pub mod unit;
 pub mod validate;
+pub mod warning;
 pub mod waste;
 pub mod wire;
 

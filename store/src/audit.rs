@@ -1,5 +1,6 @@
 //! The audit log: every management action, written in the transaction of the change it records.
 
+use crate::coordination::{self, Notice};
 use crate::{Context, Result, Store};
 use chrono::{DateTime, Utc};
 use tokio_postgres::Transaction;
@@ -27,17 +28,15 @@ pub struct AuditRow {
     pub detail: serde_json::Value,
 }
 
-/// Ends a management change: its audit entry, the announcement of the change on `channel` (so
+/// Ends a management change: its audit entry, the announcement of the change (`notice`) (so
 /// that running stages reload), and the commit.
 pub(crate) async fn commit_change(
     tx: deadpool_postgres::Transaction<'_>,
     audit: &Audit,
-    channel: &str,
+    notice: Notice,
 ) -> Result<()> {
     record(&tx, audit).await?;
-    tx.execute("SELECT pg_notify($1, '')", &[&channel])
-        .await
-        .context("announcing a change")?;
+    coordination::notify(&tx, &notice).await?;
     tx.commit().await.context("committing a change")
 }
 

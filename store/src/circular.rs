@@ -1,6 +1,7 @@
 //! The circular data bank's records: material flows posted by waste operators, the container
 //! registry, and the collections and overflows analytics find in containers' readings.
 
+use crate::coordination::{self, Notice};
 use crate::{Context, Result, Store};
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -87,12 +88,7 @@ impl Store {
         municipalities.dedup();
         // In a fixed order, so that two sets for the same municipalities cannot deadlock.
         for m in &municipalities {
-            tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtext('material_flows:' || $1))",
-                &[m],
-            )
-            .await
-            .context("locking a municipality's material flows")?;
+            coordination::lock_material_flows(&tx, m).await?;
         }
         let mut ids = Vec::with_capacity(flows.len());
         for (index, f) in flows.iter().enumerate() {
@@ -251,7 +247,7 @@ pub enum ContainerRefusal {
 
 impl Store {
     /// Creates or replaces a container, with an audit entry, announced on
-    /// [`crate::flood::FLOOD_SETUP_CHANGED`] (the channel analytics reload their setup on).
+    /// [`Channel::FloodSetupChanged`] (the channel analytics reload their setup on).
     pub async fn put_container(
         &self,
         c: &ContainerRow,
@@ -299,7 +295,7 @@ impl Store {
         )
         .await
         .context("storing a container")?;
-        crate::audit::commit_change(tx, audit, crate::flood::FLOOD_SETUP_CHANGED).await?;
+        crate::audit::commit_change(tx, audit, Notice::FloodSetupChanged).await?;
         Ok(Ok(()))
     }
 
@@ -513,7 +509,7 @@ impl Store {
         if changed == 0 {
             return Ok(false);
         }
-        crate::audit::commit_change(tx, audit, crate::reference::REFERENCE_CHANGED).await?;
+        crate::audit::commit_change(tx, audit, Notice::ReferenceChanged).await?;
         Ok(true)
     }
 

@@ -150,7 +150,7 @@ pub(crate) async fn connect_raw(
 }
 
 /// One connection outside the pool, with its driver task spawned.
-pub(crate) async fn connect_one(config: &DatabaseConfig) -> Result<tokio_postgres::Client> {
+pub async fn connect_one(config: &DatabaseConfig) -> Result<tokio_postgres::Client> {
     let (client, connection) = connect_raw(config).await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {

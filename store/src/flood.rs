@@ -1,6 +1,8 @@
 //! Flood geography, thresholds, and the warning lifecycle: warnings, their append-only events, and
 //! the outbox rows that delivery drains, written in one transaction.
 
+use crate::coordination::{self, Notice};
+use crate::events::{append_event, EventInsert};
 use crate::{Context, Error, Result, Store};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -141,12 +143,6 @@ pub struct TrendRow {
     pub projected: Option<(i16, DateTime<Utc>)>,
 }
 
-/// The notification channel announcing a changed flood setup (areas, thresholds, links, rules).
-pub const FLOOD_SETUP_CHANGED: &str = "flood_setup_changed";
-
-/// The notification channel for warning events; the payload is the event id.
-pub const WARNINGS_CHANGED: &str = "warnings_changed";
-
 /// The columns of warning_events every event query selects, in this order.
 const EVENT_COLUMNS: &str = "id, warning_id, area_key, kind, severity, at, message_en, message_da";
 
@@ -185,12 +181,7 @@ impl Store {
             .await
             .context("upserting a municipality")?;
         }
-        tx.execute(
-            "SELECT pg_notify($1, '')",
-            &[&crate::reference::REFERENCE_CHANGED],
-        )
-        .await
-        .context("notifying reference_changed")?;
+        coordination::notify(&tx, &Notice::ReferenceChanged).await?;
         tx.commit().await.context("commit municipalities")
     }
 
@@ -200,7 +191,7 @@ impl Store {
     }
 
     /// [`Store::apply_flood_setup`] with an audit entry in the same transaction. Either way the
-    /// change is announced on [`FLOOD_SETUP_CHANGED`] so that running analytics reload it.
+    /// change is announced on [`Channel::FloodSetupChanged`] so that running analytics reload it.
     pub async fn apply_flood_setup_audited(
         &self,
         setup: &FloodSetup,
@@ -294,14 +285,12 @@ impl Store {
             .await
             .context("upserting a rain rule")?;
         }
-        tx.execute("SELECT pg_notify($1, '')", &[&FLOOD_SETUP_CHANGED])
-            .await
-            .context("notifying flood_setup_changed")?;
+        coordination::notify(&tx, &Notice::FloodSetupChanged).await?;
         tx.commit().await.context("commit flood setup")
     }
 
     /// Replaces every rain rule of one sensor (none left means the default rules apply), with an
-    /// audit entry, in one transaction announced on [`FLOOD_SETUP_CHANGED`].
+    /// audit entry, in one transaction announced on [`Channel::FloodSetupChanged`].
     pub async fn replace_rain_rules(
         &self,
         sensor_key: &str,
@@ -325,7 +314,7 @@ impl Store {
             .await
             .context("inserting a rain rule")?;
         }
-        crate::audit::commit_change(tx, audit, FLOOD_SETUP_CHANGED).await
+        crate::audit::commit_change(tx, audit, Notice::FloodSetupChanged).await
     }
 
     pub async fn flood_setup(&self) -> Result<FloodSetup> {
@@ -473,13 +462,10 @@ impl Store {
         let changed = row.get::<_, i64>(0) as u64;
         if changed > 0 {
             // After the commit of the change, as every listener expects.
-            client
-                .execute(
-                    "SELECT pg_notify($1, $2)",
-                    &[&crate::readings::READINGS_FLAGGED, &sensor_key],
-                )
-                .await
-                .context("notifying readings_flagged")?;
+            let notice = Notice::ReadingsFlagged {
+                sensor_key: sensor_key.to_owned(),
+            };
+            coordination::notify_now(&client, &notice).await?;
         }
         Ok(changed)
     }
@@ -568,12 +554,7 @@ impl Store {
     ) -> Result<Vec<i64>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.context("begin warning events")?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtext('tidemark.area:' || $1))",
-            &[&area_key],
-        )
-        .await
-        .context("taking the area lock")?;
+        coordination::lock_area(&tx, area_key).await?;
         if let Some(seen) = seen {
             let last: Option<i64> = tx
                 .query_one(
@@ -587,9 +568,11 @@ impl Store {
                 return Err(Error::Superseded(area_key.to_owned()));
             }
         }
-        if !events.is_empty() {
-            crate::delivery::lock_event_sequence(&tx).await?;
-        }
+        let sequence = if events.is_empty() {
+            None
+        } else {
+            Some(coordination::lock_event_sequence(&tx).await?)
+        };
         let mut ids = Vec::new();
         for event in events {
             let warning_id: Option<i64> = match event.kind {
@@ -651,9 +634,12 @@ impl Store {
                     event.kind
                 ))
             })?;
-            let event_id = crate::delivery::append_event(
-                &tx,
-                &crate::delivery::EventInsert {
+            let sequence = sequence
+                .as_ref()
+                .expect("the event sequence is locked when there are events");
+            let event_id = append_event(
+                sequence,
+                &EventInsert {
                     warning_id,
                     category: "flood",
                     area_key: Some(area_key),
@@ -819,7 +805,7 @@ pub struct QualityRuleRow {
 
 impl Store {
     /// Creates or replaces a sensor's quality rule, with an audit entry, announced on
-    /// [`FLOOD_SETUP_CHANGED`] (the channel analytics reload their setup on).
+    /// [`Channel::FloodSetupChanged`] (the channel analytics reload their setup on).
     pub async fn put_quality_rule(
         &self,
         rule: &QualityRuleRow,
@@ -842,7 +828,7 @@ impl Store {
         )
         .await
         .context("storing a quality rule")?;
-        crate::audit::commit_change(tx, audit, FLOOD_SETUP_CHANGED).await
+        crate::audit::commit_change(tx, audit, Notice::FloodSetupChanged).await
     }
 
     /// Every quality rule, by sensor key.

@@ -4,13 +4,16 @@
 //!
 //! - [`audit`]: the audit log of management actions.
 //! - [`circular`]: material-flow records of the circular data bank.
-//! - [`admin`]: creating and dropping whole databases (tests, benchmarks).
 //! - [`config`]: [`DatabaseConfig`], the `[database]` section of the configuration.
 //! - [`schema`]: migrations, capability detection ([`StorageMode`]), TimescaleDB policies and the
 //!   partitions of plain PostgreSQL.
-//! - [`delivery`]: API keys, webhook endpoints, the outbox the dispatcher drains, acknowledgements,
-//!   and warning events as the delivery channels present them.
-//! - [`flood`]: flood geography, thresholds, warnings, their events and the outbox.
+//! - [`coordination`]: the NOTIFY channels with their typed payloads, and the advisory locks.
+//! - [`keys`]: API keys.
+//! - [`webhooks`]: webhook endpoints, their filters and signing secrets.
+//! - [`events`]: warning events (appended under the event sequence lock), the warning list and
+//!   acknowledgements.
+//! - [`outbox`]: the deliveries the dispatcher claims, attempts and gives up.
+//! - [`flood`]: flood geography, thresholds, the flood setup, warnings and their evaluation's writes.
 //! - [`reference`]: devices, stations and sensors, loaded from `config/` files and looked up by ingest.
 //! - [`notify`]: LISTEN on a dedicated connection, and [`notify::Wakeups`] that reconnects.
 //! - [`opendata`]: stations, latest values, raw readings in pages, aggregation into buckets.
@@ -25,20 +28,23 @@
 //! `stations`, `sensors` and `rejected_messages` have the same names and columns in both storage
 //! modes; nothing outside this crate knows which mode is active.
 
-pub mod admin;
 pub mod audit;
 pub mod circular;
 pub mod config;
-pub mod delivery;
+pub mod coordination;
+pub mod events;
 pub mod flood;
+pub mod keys;
 pub mod notify;
 pub mod opendata;
+pub mod outbox;
 pub mod readings;
 pub mod reference;
 pub mod rollup;
 pub mod schema;
 pub mod utility;
 pub mod water;
+pub mod webhooks;
 
 pub use config::{DatabaseConfig, TimescaleSetting};
 pub use schema::StorageMode;

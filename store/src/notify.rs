@@ -1,33 +1,28 @@
 //! LISTEN on a dedicated connection: how stages learn what other stages committed.
 
 use crate::config::{connect_raw, DatabaseConfig};
+use crate::coordination::{Channel, Notice};
 use crate::{Context, Result};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
-/// One notification: its channel and payload.
-#[derive(Debug, Clone)]
-pub struct Notification {
-    pub channel: String,
-    pub payload: String,
-}
-
 /// A connection listening on some channels. Dropping it closes the connection.
 pub struct Listener {
     _client: tokio_postgres::Client,
-    receiver: mpsc::UnboundedReceiver<Notification>,
+    receiver: mpsc::UnboundedReceiver<Notice>,
 }
 
 impl Listener {
-    /// The next notification; `None` once the connection has closed.
-    pub async fn recv(&mut self) -> Option<Notification> {
+    /// The next notification; `None` once the connection has closed. A notification whose payload
+    /// does not have its channel's shape is logged and skipped.
+    pub async fn recv(&mut self) -> Option<Notice> {
         self.receiver.recv().await
     }
 }
 
 /// Opens a connection and LISTENs on `channels`.
-pub async fn listen(config: &DatabaseConfig, channels: &[&str]) -> Result<Listener> {
+pub async fn listen(config: &DatabaseConfig, channels: &[Channel]) -> Result<Listener> {
     let (client, mut connection) = connect_raw(config).await?;
     let (sender, receiver) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -35,12 +30,13 @@ pub async fn listen(config: &DatabaseConfig, channels: &[&str]) -> Result<Listen
         while let Some(message) = messages.next().await {
             match message {
                 Ok(AsyncMessage::Notification(n)) => {
-                    let notification = Notification {
-                        channel: n.channel().to_owned(),
-                        payload: n.payload().to_owned(),
-                    };
-                    if sender.send(notification).is_err() {
-                        return;
+                    match Notice::parse(n.channel(), n.payload()) {
+                        Ok(notice) => {
+                            if sender.send(notice).is_err() {
+                                return;
+                            }
+                        }
+                        Err(error) => tracing::warn!(%error, "skipping a notification"),
                     }
                 }
                 Ok(_) => {}
@@ -53,7 +49,7 @@ pub async fn listen(config: &DatabaseConfig, channels: &[&str]) -> Result<Listen
     });
     for channel in channels {
         client
-            .batch_execute(&format!("LISTEN \"{}\"", channel.replace('"', "\"\"")))
+            .batch_execute(&format!("LISTEN {}", channel.name()))
             .await
             .context("LISTEN")?;
     }
@@ -68,16 +64,16 @@ pub async fn listen(config: &DatabaseConfig, channels: &[&str]) -> Result<Listen
 /// service that also polls on that timeout misses nothing while the connection is down.
 pub struct Wakeups {
     database: DatabaseConfig,
-    channels: Vec<String>,
+    channels: Vec<Channel>,
     listener: Option<Listener>,
 }
 
 impl Wakeups {
     /// Nothing connects until [`Wakeups::ensure`] or [`Wakeups::wait`].
-    pub fn new(database: &DatabaseConfig, channels: &[&str]) -> Wakeups {
+    pub fn new(database: &DatabaseConfig, channels: &[Channel]) -> Wakeups {
         Wakeups {
             database: database.clone(),
-            channels: channels.iter().map(|c| (*c).to_owned()).collect(),
+            channels: channels.to_vec(),
             listener: None,
         }
     }
@@ -92,8 +88,7 @@ impl Wakeups {
         if self.listener.is_some() {
             return;
         }
-        let channels: Vec<&str> = self.channels.iter().map(String::as_str).collect();
-        match listen(&self.database, &channels).await {
+        match listen(&self.database, &self.channels).await {
             Ok(listener) => self.listener = Some(listener),
             Err(error) => {
                 tracing::warn!(%error, channels = ?self.channels, "cannot listen; polling")

@@ -17,6 +17,7 @@
 //! refusal), and each refused entry of it in `rejected_entries`. A reading for a (sensor, time)
 //! that is stored with another value is refused as a `conflict`, with both values.
 
+use crate::coordination::{self, Notice, ReadingsCommitted};
 use crate::{Context, Result, Store};
 use chrono::{DateTime, Utc};
 use futures_util::pin_mut;
@@ -106,10 +107,6 @@ pub struct WriteOutcome {
 /// The reason code of a reading whose (sensor, time) is stored with another value.
 pub const CONFLICT: &str = "conflict";
 
-/// The notification channel ingest announces committed readings on.
-pub const READINGS_COMMITTED: &str = "readings_committed";
-/// The channel changed quality flags of stored readings are announced on (payload: the sensor key).
-pub const READINGS_FLAGGED: &str = "readings_flagged";
 /// Sensor ids per notification, keeping each payload well under PostgreSQL's 8,000-byte limit.
 const SENSORS_PER_NOTIFICATION: usize = 500;
 /// The longest topic kept with a rejection: MQTT allows 65,535 bytes, and an index entry at most
@@ -381,17 +378,14 @@ async fn notify_committed(
     for chunk in sensors.chunks(SENSORS_PER_NOTIFICATION) {
         let ids: Vec<i32> = chunk.iter().map(|(id, _)| *id).collect();
         let rows: u64 = chunk.iter().map(|(_, n)| n).sum();
-        let payload = serde_json::json!({
-            "sensors": ids,
-            "rows": rows,
-            "from": from.to_rfc3339(),
-            "to": to.to_rfc3339(),
-            "received_at": received_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        })
-        .to_string();
-        tx.execute("SELECT pg_notify($1, $2)", &[&READINGS_COMMITTED, &payload])
-            .await
-            .context("notifying readings_committed")?;
+        let notice = Notice::ReadingsCommitted(ReadingsCommitted {
+            sensors: ids,
+            rows,
+            from,
+            to,
+            received_at,
+        });
+        coordination::notify(tx, &notice).await?;
     }
     Ok(())
 }

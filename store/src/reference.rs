@@ -1,6 +1,7 @@
 //! Reference data: devices, stations and sensors. Loaded idempotently from TOML files in `config/`
 //! (at start and by `tidemark migrate`), and read by ingest as a [`Directory`].
 
+use crate::coordination::{self, Notice};
 use crate::{Context, Result, Store};
 use std::collections::{HashMap, HashSet};
 use tidemark_model::validate::SensorSpec;
@@ -26,9 +27,6 @@ pub struct Directory {
     /// Sensor key to its database id and spec.
     pub sensors: HashMap<SensorKey, (i32, SensorSpec)>,
 }
-
-/// The channel reference data changes are announced on.
-pub const REFERENCE_CHANGED: &str = "reference_changed";
 
 impl Store {
     /// Upserts a file's devices, stations and sensors in one transaction and tells listeners
@@ -109,9 +107,7 @@ impl Store {
                 .into());
             }
         }
-        tx.execute("SELECT pg_notify($1, '')", &[&REFERENCE_CHANGED])
-            .await
-            .context("notifying reference_changed")?;
+        coordination::notify(&tx, &Notice::ReferenceChanged).await?;
         tx.commit().await.context("commit reference data")?;
         Ok(())
     }

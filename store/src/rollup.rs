@@ -11,6 +11,7 @@
 //! The hour is the unit of change: a refresh after new readings recomputes the sensor's current
 //! hour in the 15-minute and hourly rollups, and its day in the daily one from the hourly rows.
 
+use crate::coordination::ROLLUP_LOCK;
 use crate::{Context, Result, Store};
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use std::collections::BTreeSet;
@@ -79,9 +80,6 @@ const COLUMNS: &str =
 
 /// Dirty (sensor, hour) notes taken per refresh transaction.
 const REFRESH_LIMIT: i64 = 10_000;
-
-/// Key of the advisory lock that lets one refresh run at a time.
-const ROLLUP_LOCK: i64 = 0x7469_6465_726f_6c6c;
 
 fn floor(ts: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
     ts.duration_trunc(TimeDelta::seconds(seconds))

@@ -1,6 +1,7 @@
 //! Migrations, capability detection and the physical layout of `readings` in each storage mode.
 
 use crate::config::{connect_one, DatabaseConfig, TimescaleSetting};
+use crate::coordination::{MIGRATION_LOCK, PARTITION_LOCK};
 use crate::{Context, Error, Result, Store};
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use std::collections::HashSet;
@@ -28,11 +29,6 @@ impl std::fmt::Display for StorageMode {
         })
     }
 }
-
-/// Key of the advisory lock that serialises migrations between processes.
-const MIGRATION_LOCK: i64 = 0x7469_6465_6d61_726b; // "tidemark"
-/// Key of the advisory lock that serialises partition DDL between processes.
-const PARTITION_LOCK: i64 = 0x7469_6465_7061_7274;
 
 /// Whether the server offers TimescaleDB (`pg_available_extensions`).
 pub async fn timescaledb_available(client: &Client) -> Result<bool> {

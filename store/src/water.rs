@@ -1,6 +1,8 @@
 //! Water networks: leak rules for district meters, the minimum night flow analytics find each
 //! night, and the leaks they suspect.
 
+use crate::coordination::{self, EventSequence, Notice};
+use crate::events::{append_event, EventInsert};
 use crate::{Context, Result, Store};
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use tokio_postgres::Transaction;
@@ -110,7 +112,7 @@ fn leak_row(r: &tokio_postgres::Row) -> LeakRow {
 
 impl Store {
     /// Creates or replaces a leak rule, with an audit entry, announced on
-    /// [`crate::flood::FLOOD_SETUP_CHANGED`] (the channel analytics reload their setup on).
+    /// [`Channel::FloodSetupChanged`] (the channel analytics reload their setup on).
     pub async fn put_leak_rule(
         &self,
         rule: &LeakRuleRow,
@@ -135,7 +137,7 @@ impl Store {
         )
         .await
         .context("storing a leak rule")?;
-        crate::audit::commit_change(tx, audit, crate::flood::FLOOD_SETUP_CHANGED).await
+        crate::audit::commit_change(tx, audit, Notice::FloodSetupChanged).await
     }
 
     pub async fn leak_rules(&self) -> Result<Vec<LeakRuleRow>> {
@@ -318,14 +320,12 @@ impl Store {
 
 /// Takes the meter's lock and the event sequence lock, and returns the municipalities of the
 /// meter's station.
-async fn lock_meter(tx: &Transaction<'_>, sensor: &str) -> Result<Vec<String>> {
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtext('tidemark.meter:' || $1))",
-        &[&sensor],
-    )
-    .await
-    .context("taking the meter lock")?;
-    crate::delivery::lock_event_sequence(tx).await?;
+async fn lock_meter<'a>(
+    tx: &'a Transaction<'a>,
+    sensor: &str,
+) -> Result<(EventSequence<'a>, Vec<String>)> {
+    coordination::lock_meter(tx, sensor).await?;
+    let sequence = coordination::lock_event_sequence(tx).await?;
     let row = tx
         .query_one(
             "SELECT ARRAY(SELECT st.municipality_code FROM sensors s JOIN stations st ON st.id = s.station_id \
@@ -334,7 +334,7 @@ async fn lock_meter(tx: &Transaction<'_>, sensor: &str) -> Result<Vec<String>> {
         )
         .await
         .context("reading the meter's municipality")?;
-    Ok(row.get(0))
+    Ok((sequence, row.get(0)))
 }
 
 /// Records a new suspicion and raises its leak alert; nothing if it was recorded before.
@@ -345,7 +345,7 @@ async fn raise_leak_alert(
     alert: &AlertText,
     mqtt_topic: &impl Fn(&str) -> String,
 ) -> Result<()> {
-    let municipalities = lock_meter(tx, sensor).await?;
+    let (sequence, municipalities) = lock_meter(tx, sensor).await?;
     let recorded = tx
         .execute(
             "INSERT INTO leak_suspicions (sensor_key, since, raised_on, baseline, night_flow) \
@@ -394,13 +394,16 @@ async fn raise_leak_alert(
     .await
     .context("linking the leak to its alert")?;
     let topics: Vec<String> = municipalities.iter().map(|m| mqtt_topic(m)).collect();
-    append_leak_event(tx, warning_id, sensor, "raised", alert, &detail, &topics).await
+    append_leak_event(
+        &sequence, warning_id, sensor, "raised", alert, &detail, &topics,
+    )
+    .await
 }
 
 /// Appends a leak alert's event, with its deliveries. A raise sets the alert's severity (always 1:
 /// a leak has one level) and kind (observed); later events carry them forward.
 async fn append_leak_event(
-    tx: &Transaction<'_>,
+    sequence: &EventSequence<'_>,
     warning_id: i64,
     sensor: &str,
     kind: &str,
@@ -409,9 +412,9 @@ async fn append_leak_event(
     topics: &[String],
 ) -> Result<()> {
     let raised = kind == "raised";
-    crate::delivery::append_event(
-        tx,
-        &crate::delivery::EventInsert {
+    append_event(
+        sequence,
+        &EventInsert {
             warning_id,
             category: "leak",
             area_key: None,
@@ -440,7 +443,7 @@ async fn lift_leak_alert(
     alert: &AlertText,
     mqtt_topic: &impl Fn(&str) -> String,
 ) -> Result<()> {
-    lock_meter(tx, sensor).await?;
+    let (sequence, _) = lock_meter(tx, sensor).await?;
     let Some(row) = tx
         .query_opt(
             "UPDATE leak_suspicions SET ended_on = $3 WHERE sensor_key = $1 AND since = $2 \
@@ -469,7 +472,10 @@ async fn lift_leak_alert(
     let municipalities: Vec<String> = lifted.get(0);
     let topics: Vec<String> = municipalities.iter().map(|m| mqtt_topic(m)).collect();
     let detail = serde_json::json!({ "sensor": sensor, "since": since, "ended_on": night, "night_flow": night_flow });
-    append_leak_event(tx, warning_id, sensor, "lifted", alert, &detail, &topics).await
+    append_leak_event(
+        &sequence, warning_id, sensor, "lifted", alert, &detail, &topics,
+    )
+    .await
 }
 
 /// A utility alert (a suspected leak) with what a list shows of it.

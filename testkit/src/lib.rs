@@ -3,12 +3,14 @@
 //! database per test, private PostgreSQL clusters, TCP proxies that cut connections, and the
 //! receiving ends of warning delivery.
 //!
+//! - [`admin`]: creating, listing and dropping whole databases.
 //! - [`broker`]: [`Broker`], a private Mosquitto (test, or production configuration with TLS).
 //! - [`database`]: [`TestDatabase`] on [`test_server`].
 //! - [`postgres`]: [`PrivatePostgres`], a cluster of the test's own to stop and start.
 //! - [`proxy`]: [`TcpProxy`] and [`CommitCutter`].
 //! - [`peers`]: webhook receiver, SSE client, MQTT subscriber.
 
+pub mod admin;
 pub mod broker;
 pub mod database;
 pub mod peers;
@@ -35,6 +37,11 @@ pub enum Error {
     BrokerNotReady { port: u16, log: String },
     #[error("database: {0}")]
     Store(#[from] tidemark_store::Error),
+    #[error("{context}: {cause}")]
+    Admin {
+        context: &'static str,
+        cause: tokio_postgres::Error,
+    },
 }
 
 pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {

@@ -1,10 +1,11 @@
 //! A PostgreSQL cluster of the test's own.
 
+use crate::admin;
 use crate::{free_port, io, Error};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
-use tidemark_store::{admin, DatabaseConfig};
+use tidemark_store::DatabaseConfig;
 use tokio::process::{Child, Command};
 
 /// A PostgreSQL cluster of the test's own, in a temporary folder on a free loopback port, for

@@ -792,7 +792,7 @@ async fn back_pressure_from_a_locked_table_holds_acknowledgements_within_the_mem
 /// receiver at least once, under the same `webhook-id` every time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warning_events_reach_failing_receivers_through_a_dispatcher_killed_eight_times() {
-    use tidemark_api::delivery::{mqtt::AlertPublisher, Dispatcher, Metrics};
+    use tidemark_delivery::{mqtt::AlertPublisher, Dispatcher, Metrics};
     use tidemark_testkit::peers::WebhookReceiver;
     let _serial = SERIAL.lock().await;
     let harness = Harness::start().await;
@@ -815,7 +815,7 @@ async fn warning_events_reach_failing_receivers_through_a_dispatcher_killed_eigh
     let cli = tidemark_api::auth::Actor::cli();
     let (_, owner) = tidemark_api::auth::create_key(
         &harness.store,
-        tidemark_store::delivery::Role::Operator,
+        tidemark_store::keys::Role::Operator,
         None,
         "fault".into(),
         None,
@@ -828,7 +828,7 @@ async fn warning_events_reach_failing_receivers_through_a_dispatcher_killed_eigh
         let row = harness
             .store
             .create_webhook(
-                &tidemark_store::delivery::NewWebhook {
+                &tidemark_store::webhooks::NewWebhook {
                     owner_key: owner.id,
                     owner_municipality: None,
                     url: url.clone(),
@@ -837,7 +837,7 @@ async fn warning_events_reach_failing_receivers_through_a_dispatcher_killed_eigh
                     areas: Vec::new(),
                     min_severity: 1,
                     categories: vec!["flood".into()],
-                    secret: tidemark_api::delivery::webhook::new_secret(),
+                    secret: tidemark_store::webhooks::new_secret(),
                 },
                 &cli.audit("webhook.create", String::new(), serde_json::json!({})),
             )

@@ -5,7 +5,7 @@
 use crate::support::*;
 use reqwest::Method;
 use serde_json::json;
-use tidemark_store::delivery::Role;
+use tidemark_store::keys::Role;
 
 fn record(code: &str, tonnes: f64, treatment: &str, facility: &str) -> serde_json::Value {
     json!({

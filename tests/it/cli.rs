@@ -218,7 +218,7 @@ async fn keys_are_shown_once_listed_by_prefix_and_revocable() {
     let caller = tidemark_api::auth::authenticate(&harness.store, &key, chrono::Utc::now())
         .await
         .expect("the printed key authenticates");
-    assert_eq!(caller.role, tidemark_store::delivery::Role::Utility);
+    assert_eq!(caller.role, tidemark_store::keys::Role::Utility);
 
     let listed = String::from_utf8_lossy(&keys(&["list"]).stdout).into_owned();
     assert!(

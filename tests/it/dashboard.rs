@@ -14,7 +14,7 @@ use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use tidemark_store::delivery::Role;
+use tidemark_store::keys::Role;
 use tokio_util::sync::CancellationToken;
 
 fn chromium() -> PathBuf {

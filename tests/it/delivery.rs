@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tidemark::config::Config;
-use tidemark_api::delivery::webhook::{verify, VerifyError};
-use tidemark_api::delivery::{mqtt::AlertPublisher, Dispatcher, Metrics};
-use tidemark_store::delivery::Role;
+use tidemark_delivery::webhook::{verify, VerifyError};
+use tidemark_delivery::{mqtt::AlertPublisher, Dispatcher, Metrics};
 use tidemark_store::flood::NewEvent;
+use tidemark_store::keys::Role;
 use tidemark_testkit::peers::{MqttSubscriber, SseClient, WebhookReceiver};
 
 const AREA: &str = "flensburg-fjord";
@@ -133,7 +133,7 @@ async fn a_failing_receiver_is_retried_on_schedule_with_one_id_until_it_succeeds
 
     // A controllable clock: each round runs at an instant the test chooses.
     let mut now: DateTime<Utc> = soon();
-    let row = |rows: Vec<tidemark_store::delivery::OutboxRow>| rows.into_iter().next().unwrap();
+    let row = |rows: Vec<tidemark_store::outbox::OutboxRow>| rows.into_iter().next().unwrap();
     for (failed, step) in [(1, 2.0), (2, 4.0), (3, 8.0)] {
         assert_eq!(dispatcher.run_once(now).await.unwrap(), 1);
         let outbox = row(harness.store.outbox("webhook").await.unwrap());
@@ -491,7 +491,7 @@ async fn a_round_never_outlives_its_lease_and_signs_each_request_as_it_goes() {
 /// after the lease ended, the first one's outcome is refused and the second one's stands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempt_is_recorded_only_under_the_claim_that_made_it() {
-    use tidemark_store::delivery::{Attempt, AttemptNext};
+    use tidemark_store::outbox::{Attempt, AttemptNext};
     let harness = Harness::start().await;
     let config = config(&harness);
     let api = Api::start(&harness, &config).await;
@@ -512,7 +512,7 @@ async fn an_attempt_is_recorded_only_under_the_claim_that_made_it() {
         (1, 1),
         "claimed again after the lease"
     );
-    let outcome = |claim: &tidemark_store::delivery::Claimed, at| Attempt {
+    let outcome = |claim: &tidemark_store::outbox::Claimed, at| Attempt {
         outbox_id: claim.outbox_id,
         attempt: claim.attempt,
         started_at: at,
@@ -603,7 +603,7 @@ async fn gone_disables_the_endpoint_and_internal_addresses_are_refused() {
 /// every delivery: `localhost` resolves to loopback, which this dispatcher does not allow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_are_not_followed_and_host_names_are_checked_by_their_addresses() {
-    use tidemark_api::delivery::webhook::{TargetError, TargetPolicy};
+    use tidemark_model::network::{TargetError, TargetPolicy};
     let harness = Harness::start().await;
     let config = config(&harness);
     let api = Api::start(&harness, &config).await;
@@ -641,11 +641,11 @@ async fn redirects_are_not_followed_and_host_names_are_checked_by_their_addresse
         .unwrap()
         .trim_end_matches("/hook");
     let by_name = format!("http://localhost:{port}/hook");
-    match strict.check_registration(&by_name).await {
+    match tidemark_api::webhooks::check_registration(&strict, &by_name).await {
         Err(TargetError::Internal(ip)) => assert!(ip.is_loopback(), "{ip}"),
         other => panic!("localhost accepted: {other:?}"),
     }
-    let client = tidemark_api::delivery::webhook::client(strict, Duration::from_secs(2)).unwrap();
+    let client = tidemark_delivery::webhook::client(strict, Duration::from_secs(2)).unwrap();
     let refused = client.post(&by_name).body("{}").send().await;
     assert!(
         refused.is_err(),

@@ -3,7 +3,7 @@
 
 use crate::support::*;
 use reqwest::Method;
-use tidemark_store::delivery::Role;
+use tidemark_store::keys::Role;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_manage_keys_utilities_manage_stations_and_the_audit_log_shows_who() {

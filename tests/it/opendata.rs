@@ -760,9 +760,7 @@ async fn last_modified_moves_with_the_data_an_answer_depends_on() {
     modified_since(&api, &readings, &flagged_lm).await;
 
     // A flood area defined over the API changes the list of flood areas.
-    let operator = api
-        .key(tidemark_store::delivery::Role::Operator, None)
-        .await;
+    let operator = api.key(tidemark_store::keys::Role::Operator, None).await;
     let area = serde_json::json!({"name": "Mølleparken", "municipalities": ["0751"],
         "polygon": [[10.19, 56.15], [10.21, 56.15], [10.21, 56.16], [10.19, 56.16]]});
     let (status, _) = api
@@ -810,9 +808,7 @@ async fn past_the_limit_a_client_gets_429_with_retry_after_and_a_key_gets_more()
         .await
         .unwrap();
     assert_eq!(invented.status().as_u16(), 429);
-    let key = api
-        .key(tidemark_store::delivery::Role::Researcher, None)
-        .await;
+    let key = api.key(tidemark_store::keys::Role::Researcher, None).await;
     let keyed = api
         .http
         .get(api.url("/api/v1/latest"))

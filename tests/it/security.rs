@@ -186,9 +186,7 @@ async fn hostile_requests_get_a_4xx_and_change_nothing() {
     let harness = Harness::start().await;
     let config = config(&harness);
     let api = Api::start(&harness, &config).await;
-    let operator = api
-        .key(tidemark_store::delivery::Role::Operator, None)
-        .await;
+    let operator = api.key(tidemark_store::keys::Role::Operator, None).await;
     let client = sql(&harness).await;
     let snapshot = || async {
         let row = client
@@ -351,7 +349,7 @@ async fn secrets_never_appear_in_the_logs() {
     let base = format!("http://127.0.0.1:{port}");
     let operator = tidemark_api::auth::create_key(
         &harness.store,
-        tidemark_store::delivery::Role::Operator,
+        tidemark_store::keys::Role::Operator,
         None,
         "canary".into(),
         None,

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tidemark::config::Config;
-use tidemark_api::delivery::DeliveryConfig;
 use tidemark_api::{ApiSettings, ApiState};
+use tidemark_delivery::DeliveryConfig;
 use tidemark_ingest::{IngestConfig, Metrics, Settings};
 use tidemark_model::broker::BrokerConfig;
-use tidemark_store::delivery::Role;
+use tidemark_store::keys::Role;
 use tidemark_store::reference::{DeviceRecord, ReferenceData, SensorRecord};
 use tidemark_store::Store;
 use tidemark_testkit::{test_server, Broker, TestDatabase};
@@ -421,7 +421,13 @@ impl Api {
             sse_heartbeat: Duration::from_secs(1),
             ..config.api.clone()
         };
-        let settings = ApiSettings::new(&api, &config.delivery, "tidemark/v1").unwrap();
+        let settings = ApiSettings::new(
+            &api,
+            config.delivery.validate().unwrap(),
+            config.delivery.rotation_grace,
+            "tidemark/v1",
+        )
+        .unwrap();
         let shutdown = CancellationToken::new();
         let hub = tidemark_api::sse::Hub::start(
             harness.store.clone(),

@@ -123,7 +123,7 @@ async fn the_replayed_2019_load_gives_its_peak_mean_and_load_duration_curve() {
     // 3,424 MW) break a quality rule set by the utility: running analytics flag them, and the
     // statistics leave them out.
     let analytics = start_analytics(&config(&harness)).await;
-    let utility = api.key(tidemark_store::delivery::Role::Utility, None).await;
+    let utility = api.key(tidemark_store::keys::Role::Utility, None).await;
     let rule = serde_json::json!({"plausible_low": 500_000.0, "plausible_high": 10_000_000.0,
         "spike_floor": 1_000_000.0});
     let (status, problem) = api
@@ -212,7 +212,7 @@ async fn a_leak_is_suspected_within_the_rules_nights_and_a_sound_network_raises_
     let harness = Harness::start().await;
     let config = config(&harness);
     let api = Api::start(&harness, &config).await;
-    let utility = api.key(tidemark_store::delivery::Role::Utility, None).await;
+    let utility = api.key(tidemark_store::keys::Role::Utility, None).await;
     let put = |path: String, body: serde_json::Value| {
         let (api, key) = (&api, utility.clone());
         async move {
@@ -363,7 +363,7 @@ async fn consumption_comes_from_registers_by_danish_day_and_month_and_skips_a_re
     let harness = Harness::start().await;
     let config = config(&harness);
     let api = Api::start(&harness, &config).await;
-    let utility = api.key(tidemark_store::delivery::Role::Utility, None).await;
+    let utility = api.key(tidemark_store::keys::Role::Utility, None).await;
     let put = |path: String, body: serde_json::Value| {
         let (api, key) = (&api, utility.clone());
         async move {
@@ -527,7 +527,7 @@ async fn self_consumption_is_production_less_export_over_production() {
     let harness = Harness::start().await;
     let config = config(&harness);
     let api = Api::start(&harness, &config).await;
-    let utility = api.key(tidemark_store::delivery::Role::Utility, None).await;
+    let utility = api.key(tidemark_store::keys::Role::Utility, None).await;
     let put = |path: String, body: serde_json::Value| {
         let (api, key) = (&api, utility.clone());
         async move {
@@ -638,7 +638,7 @@ async fn the_simulated_odense_leak_is_suspected_and_the_sound_district_raises_no
     // The meter reads every 15 minutes from one interval after the start.
     let leak_start = first - ChronoDuration::minutes(15) + ChronoDuration::hours(50);
 
-    let utility = api.key(tidemark_store::delivery::Role::Utility, None).await;
+    let utility = api.key(tidemark_store::keys::Role::Utility, None).await;
     let analytics = start_analytics(&config).await;
     for district in ["odense-bolbro", "odense-vollsmose"] {
         let (status, problem) = api

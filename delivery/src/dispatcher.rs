@@ -1,247 +1,17 @@
-//! Delivery of warning events from the outbox: the dispatcher, and the webhook and MQTT channels
-//! it delivers over. (Server-Sent Events read the events themselves; see [`crate::sse`].)
-//!
-//! # Layout
-//!
-//! - [`DeliveryConfig`]: the `[delivery]` section.
-//! - [`Dispatcher`]: claims due outbox rows with a lease, delivers them, records every attempt,
-//!   retries with exponential backoff and jitter up to a horizon, then dead-letters.
-//! - [`webhook`]: Standard Webhooks signing and verification, and the address guard.
-//! - [`mqtt`]: retained QoS 1 alerts with their acknowledgement.
-//!
-//! **Invariant:** a row is marked delivered only after its channel confirmed it (a 2xx answer, a
-//! PUBACK). A dispatcher that dies in between leaves the row claimed until its lease ends; then
-//! it is sent again with the same id (`webhook-id`, the event id in the body), never lost.
+//! The outbox dispatcher: claims due rows with a lease, delivers each target's rows in order,
+//! and records every attempt with what follows from it.
 
-pub mod mqtt;
-pub mod webhook;
-
-use crate::body::EventBody;
+use crate::{mqtt, webhook, DeliveryConfig, Error, Jitter, Metrics, RECORD_MARGIN};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
-use rand::{Rng, SeedableRng};
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tidemark_model::duration;
-use tidemark_store::delivery::{Attempt, AttemptNext, Claimed};
+use tidemark_model::network::TargetPolicy;
+use tidemark_model::warning::alert_topic_prefixes;
+use tidemark_store::outbox::{Attempt, AttemptNext, Claimed};
 use tidemark_store::{DatabaseConfig, Store};
 use tokio_util::sync::CancellationToken;
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeliveryConfig {
-    /// Wait before the second attempt; each later wait doubles, with jitter.
-    #[serde(default = "default_initial_backoff", with = "duration::serde_str")]
-    pub initial_backoff: Duration,
-    /// The longest wait between two attempts.
-    #[serde(default = "default_max_backoff", with = "duration::serde_str")]
-    pub max_backoff: Duration,
-    /// How long after it was queued a delivery is given up (dead-lettered).
-    #[serde(default = "default_horizon", with = "duration::serde_str")]
-    pub horizon: Duration,
-    /// Bound on one webhook request (connect and answer) and on waiting for an MQTT PUBACK.
-    #[serde(default = "default_timeout", with = "duration::serde_str")]
-    pub timeout: Duration,
-    /// How long a claimed row stays with its dispatcher before another may take it. Must be
-    /// longer than `timeout`.
-    #[serde(default = "default_lease", with = "duration::serde_str")]
-    pub lease: Duration,
-    /// Deliveries in flight at once (to different targets; one target's go in order).
-    #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
-    /// Rows claimed per round.
-    #[serde(default = "default_batch")]
-    pub batch: i64,
-    /// Longest sleep between two looks at the outbox when no notification arrives.
-    #[serde(default = "default_poll_interval", with = "duration::serde_str")]
-    pub poll_interval: Duration,
-    /// Internal networks (CIDR) webhooks may reach anyway. Empty by default: loopback, private,
-    /// link-local and metadata addresses are refused at registration and on every connection.
-    #[serde(default)]
-    pub allow_networks: Vec<String>,
-    /// After a secret rotation, how long the old secret keeps signing beside the new one.
-    #[serde(default = "default_rotation_grace", with = "duration::serde_str")]
-    pub rotation_grace: Duration,
-    /// MQTT client id of the alert publisher. Each process needs its own; without one it is
-    /// `tidemark-alerts-<process id>`.
-    #[serde(default)]
-    pub mqtt_client_id: Option<String>,
-}
-
-/// Time left in a claim's lease, beyond the request timeout, for recording an attempt's outcome.
-const RECORD_MARGIN: Duration = Duration::from_millis(500);
-
-const fn default_initial_backoff() -> Duration {
-    Duration::from_secs(2)
-}
-const fn default_max_backoff() -> Duration {
-    Duration::from_secs(600)
-}
-const fn default_horizon() -> Duration {
-    Duration::from_secs(24 * 3600)
-}
-const fn default_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-const fn default_lease() -> Duration {
-    Duration::from_secs(60)
-}
-const fn default_concurrency() -> usize {
-    16
-}
-const fn default_batch() -> i64 {
-    64
-}
-const fn default_poll_interval() -> Duration {
-    Duration::from_secs(1)
-}
-const fn default_rotation_grace() -> Duration {
-    Duration::from_secs(24 * 3600)
-}
-
-impl Default for DeliveryConfig {
-    fn default() -> Self {
-        DeliveryConfig {
-            initial_backoff: default_initial_backoff(),
-            max_backoff: default_max_backoff(),
-            horizon: default_horizon(),
-            timeout: default_timeout(),
-            lease: default_lease(),
-            concurrency: default_concurrency(),
-            batch: default_batch(),
-            poll_interval: default_poll_interval(),
-            allow_networks: Vec::new(),
-            rotation_grace: default_rotation_grace(),
-            mqtt_client_id: None,
-        }
-    }
-}
-
-impl DeliveryConfig {
-    /// The alert publisher's MQTT client id.
-    pub fn client_id(&self) -> String {
-        self.mqtt_client_id
-            .clone()
-            .unwrap_or_else(|| format!("tidemark-alerts-{}", std::process::id()))
-    }
-
-    /// Checks what can be checked without I/O.
-    pub fn validate(&self) -> Result<webhook::TargetPolicy, String> {
-        if self.lease <= self.timeout + RECORD_MARGIN {
-            return Err(format!(
-                "delivery.lease ({:?}) must be longer than delivery.timeout ({:?}) and {:?} to \
-                 record the outcome, so that an attempt ends within its claim",
-                self.lease, self.timeout, RECORD_MARGIN
-            ));
-        }
-        if self.initial_backoff.is_zero() || self.max_backoff < self.initial_backoff {
-            return Err(
-                "delivery.initial_backoff must be positive and at most delivery.max_backoff"
-                    .to_owned(),
-            );
-        }
-        if self.concurrency == 0 || self.batch <= 0 {
-            return Err("delivery.concurrency and delivery.batch must be positive".to_owned());
-        }
-        let allow = self
-            .allow_networks
-            .iter()
-            .map(|n| {
-                webhook::Network::parse(n).map_err(|e| format!("delivery.allow_networks: {e}"))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(webhook::TargetPolicy { allow })
-    }
-
-    /// The wait before attempt `failed + 1`: exponential, capped, with "equal jitter" (between
-    /// half the step and the whole step) so that many failing rows do not retry in lockstep.
-    pub fn backoff(&self, failed: i32, rng: &mut impl Rng) -> Duration {
-        let exponent = failed.clamp(1, 30) as u32 - 1;
-        let step = self
-            .initial_backoff
-            .saturating_mul(1u32 << exponent.min(20))
-            .min(self.max_backoff);
-        let half = step / 2;
-        half + half.mul_f64(rng.random::<f64>())
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("delivery configuration: {0}")]
-    Config(String),
-    #[error("cannot build the webhook client: {0}")]
-    Client(reqwest::Error),
-    #[error(transparent)]
-    Store(#[from] tidemark_store::Error),
-}
-
-type ChannelLabels = Vec<(&'static str, String)>;
-
-/// What delivery counts.
-pub struct Metrics {
-    /// Deliveries confirmed by their channel.
-    pub delivered: Family<ChannelLabels, Counter>,
-    /// Attempts that failed (each is retried or dead-lettered).
-    pub failed_attempts: Family<ChannelLabels, Counter>,
-    /// Deliveries given up: the operator alert.
-    pub dead_letters: Family<ChannelLabels, Counter>,
-    /// Seconds from the event's commit to its confirmed delivery.
-    pub delivery_seconds: Histogram,
-    /// Attempts whose claim another dispatcher had taken over by the time they were recorded.
-    pub lost_claims: Counter,
-}
-
-impl Metrics {
-    pub fn register(registry: &mut Registry) -> Metrics {
-        let metrics = Metrics {
-            delivered: Family::default(),
-            failed_attempts: Family::default(),
-            dead_letters: Family::default(),
-            delivery_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
-            lost_claims: Counter::default(),
-        };
-        for channel in ["webhook", "mqtt"] {
-            let labels = vec![("channel", channel.to_owned())];
-            let _ = metrics.dead_letters.get_or_create(&labels);
-            let _ = metrics.delivered.get_or_create(&labels);
-            let _ = metrics.failed_attempts.get_or_create(&labels);
-        }
-        let delivery = registry.sub_registry_with_prefix("tidemark_delivery");
-        delivery.register(
-            "delivered",
-            "Deliveries confirmed by their channel",
-            metrics.delivered.clone(),
-        );
-        delivery.register(
-            "failed_attempts",
-            "Delivery attempts that failed",
-            metrics.failed_attempts.clone(),
-        );
-        delivery.register(
-            "dead_letters",
-            "Deliveries given up after the retry horizon",
-            metrics.dead_letters.clone(),
-        );
-        delivery.register(
-            "lost_claims",
-            "Attempts not recorded because another dispatcher had taken the row over",
-            metrics.lost_claims.clone(),
-        );
-        delivery.register(
-            "delivery_seconds",
-            "Seconds from a warning event's commit to its confirmed delivery",
-            metrics.delivery_seconds.clone(),
-        );
-        metrics
-    }
-}
 
 /// How one attempt went, before the decision about the row.
 struct Outcome {
@@ -284,13 +54,14 @@ impl Outcome {
 pub struct Dispatcher {
     store: Store,
     config: DeliveryConfig,
-    policy: Arc<webhook::TargetPolicy>,
+    policy: Arc<TargetPolicy>,
     http: reqwest::Client,
     alerts: mqtt::AlertPublisher,
     /// Where alerts may be published: flood warnings and utility alerts.
     alert_prefixes: [String; 2],
     public_url: String,
     metrics: Arc<Metrics>,
+    jitter: Jitter,
 }
 
 impl Dispatcher {
@@ -310,12 +81,10 @@ impl Dispatcher {
             policy,
             http,
             alerts,
-            alert_prefixes: [
-                format!("{topic_prefix}/alerts/"),
-                format!("{topic_prefix}/utility-alerts/"),
-            ],
+            alert_prefixes: alert_topic_prefixes(topic_prefix),
             public_url: public_url.to_owned(),
             metrics,
+            jitter: Jitter::new(),
         })
     }
 
@@ -403,9 +172,7 @@ impl Dispatcher {
             (Err(_), true) => AttemptNext::Gone(now),
             (Err(_), false) if outcome.permanent => AttemptNext::Dead(now),
             (Err(_), false) => {
-                let wait = self
-                    .config
-                    .backoff(claimed.attempt, &mut rand::rngs::SmallRng::from_os_rng());
+                let wait = self.config.backoff(claimed.attempt, self.jitter.next());
                 let next_at = now + chrono::Duration::from_std(wait).unwrap_or_default();
                 let horizon = claimed.created_at
                     + chrono::Duration::from_std(self.config.horizon).unwrap_or_default();
@@ -486,8 +253,7 @@ impl Dispatcher {
             Ok(url) => url,
             Err(refused) => return Ok(Outcome::permanent(refused.to_string())),
         };
-        let body =
-            serde_json::to_vec(&EventBody::new(&event, &self.public_url)).unwrap_or_default();
+        let body = serde_json::to_vec(&event.body(&self.public_url)).unwrap_or_default();
         let message_id = format!("evt_{}", event.id);
         // Signed as it is sent, by the clock receivers check it against: a round that has waited
         // on slow receivers never sends an old timestamp.
@@ -545,8 +311,7 @@ impl Dispatcher {
         // The retained message is the current state of the area (or meter), so a late retry
         // never puts an older state back on the topic.
         let current = self.store.latest_event_like(&event).await?.unwrap_or(event);
-        let payload =
-            serde_json::to_vec(&EventBody::new(&current, &self.public_url)).unwrap_or_default();
+        let payload = serde_json::to_vec(&current.body(&self.public_url)).unwrap_or_default();
         Ok(match self.alerts.publish(&claimed.target, payload).await {
             Ok(()) => {
                 self.observe_latency(&current.recorded_at);
@@ -570,7 +335,7 @@ impl Dispatcher {
     ) -> Result<(), Error> {
         let mut wakeups = tidemark_store::notify::Wakeups::new(
             database,
-            &[tidemark_store::flood::WARNINGS_CHANGED],
+            &[tidemark_store::coordination::Channel::WarningsChanged],
         );
         while !shutdown.is_cancelled() {
             // Listening before the round, so an event committed during it wakes the next one.
@@ -603,44 +368,4 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         next = cause.source();
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_within_jitter_and_caps() {
-        let config = DeliveryConfig {
-            initial_backoff: Duration::from_secs(2),
-            max_backoff: Duration::from_secs(60),
-            ..DeliveryConfig::default()
-        };
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        for (failed, step) in [(1, 2), (2, 4), (3, 8), (4, 16), (5, 32), (6, 60), (40, 60)] {
-            for _ in 0..100 {
-                let wait = config.backoff(failed, &mut rng);
-                let step = Duration::from_secs(step);
-                assert!(wait >= step / 2 && wait <= step, "{failed}: {wait:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn validation_names_the_problem() {
-        let short_lease = DeliveryConfig {
-            lease: Duration::from_secs(5),
-            ..DeliveryConfig::default()
-        };
-        assert!(short_lease.validate().unwrap_err().contains("lease"));
-        let bad_network = DeliveryConfig {
-            allow_networks: vec!["10.0.0.0/99".to_owned()],
-            ..DeliveryConfig::default()
-        };
-        assert!(bad_network
-            .validate()
-            .unwrap_err()
-            .contains("allow_networks"));
-        assert!(DeliveryConfig::default().validate().is_ok());
-    }
 }

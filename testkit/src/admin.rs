@@ -1,7 +1,14 @@
 //! Server administration for tests and benchmarks: creating and dropping whole databases.
 
-use crate::config::{connect_one, DatabaseConfig};
-use crate::{Context, Result};
+use crate::Error;
+use tidemark_store::config::connect_one;
+use tidemark_store::DatabaseConfig;
+
+type Result<T> = std::result::Result<T, Error>;
+
+fn failed(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
+    move |cause| Error::Admin { context, cause }
+}
 
 fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -13,7 +20,7 @@ pub async fn create_database(server: &DatabaseConfig, name: &str) -> Result<()> 
     admin
         .batch_execute(&format!("CREATE DATABASE {}", quote(name)))
         .await
-        .context("creating a database")
+        .map_err(failed("creating a database"))
 }
 
 /// Whether `server`'s database accepts a connection now.
@@ -30,7 +37,7 @@ pub async fn drop_database(server: &DatabaseConfig, name: &str) -> Result<()> {
             quote(name)
         ))
         .await
-        .context("dropping a database")
+        .map_err(failed("dropping a database"))
 }
 
 /// Names of the databases whose name starts with `prefix`.
@@ -42,6 +49,6 @@ pub async fn list_databases(server: &DatabaseConfig, prefix: &str) -> Result<Vec
             &[&prefix],
         )
         .await
-        .context("listing databases")?;
+        .map_err(failed("listing databases"))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }

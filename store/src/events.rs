@@ -1,0 +1,525 @@
+//! Warning events: appending one (with its outbox rows and its notification) under the event
+//! sequence lock, reading them as every channel presents them, the warning list, and
+//! acknowledgements.
+//!
+//! **Invariant:** warning event ids grow in commit order. Appending an event needs the
+//! [`EventSequence`] guard, which only taking the transaction-scoped advisory lock returns, so a
+//! reader that has seen event N and later asks for events after N misses nothing; this is what
+//! lets a Server-Sent Events client resume from `Last-Event-ID`.
+
+use crate::coordination::{self, EventSequence, Notice};
+use crate::{Context, Result, Store};
+use chrono::{DateTime, Utc};
+use tidemark_model::warning::{
+    AreaRef, Category, EventBody, EventKind, Messages, Severity, WarningState,
+};
+use tokio_postgres::Transaction;
+
+/// Queues the event for every webhook whose filter matches it. A webhook matches when it is
+/// active, it receives the warning's category, its municipality and area filters (empty = all;
+/// areas filter flood warnings only) meet the warning's, a municipality
+/// owner is among the warning's municipalities, and either the warning's severity at this event
+/// reaches its minimum or an earlier event of the same warning was already queued for it (so a
+/// receiver that heard of a warning also hears how it changed and ended).
+async fn queue_webhooks(tx: &Transaction<'_>, event_id: i64) -> Result<u64> {
+    tx.execute(
+        "INSERT INTO outbox (event_id, channel, target) \
+         SELECT e.id, 'webhook', wh.id::text \
+         FROM warning_events e JOIN warnings w ON w.id = e.warning_id \
+         CROSS JOIN LATERAL (SELECT p.severity FROM warning_events p WHERE p.warning_id = e.warning_id \
+             AND p.id <= e.id AND p.severity IS NOT NULL ORDER BY p.id DESC LIMIT 1) sev \
+         JOIN webhooks wh ON wh.deleted_at IS NULL AND wh.disabled_at IS NULL \
+         WHERE e.id = $1 AND w.category = ANY (wh.categories) \
+           AND (cardinality(wh.municipalities) = 0 OR wh.municipalities && w.municipalities) \
+           AND (cardinality(wh.areas) = 0 OR w.category <> 'flood' OR e.area_key = ANY (wh.areas)) \
+           AND (wh.owner_municipality IS NULL OR wh.owner_municipality = ANY (w.municipalities)) \
+           AND (sev.severity >= wh.min_severity OR EXISTS ( \
+               SELECT 1 FROM outbox o JOIN warning_events q ON q.id = o.event_id \
+               WHERE q.warning_id = e.warning_id AND o.channel = 'webhook' AND o.target = wh.id::text))",
+        &[&event_id],
+    )
+    .await
+    .context("queueing webhook deliveries")
+}
+
+/// A warning event to append, with what it concerns: a flood area, or a district meter for a leak.
+pub(crate) struct EventInsert<'a> {
+    pub warning_id: i64,
+    pub category: &'a str,
+    pub area_key: Option<&'a str>,
+    pub sensor_key: Option<&'a str>,
+    pub kind: &'a str,
+    /// Set on events that change the warning's severity, with `warning_kind`.
+    pub severity: Option<i16>,
+    pub warning_kind: Option<&'a str>,
+    pub at: DateTime<Utc>,
+    pub message_en: &'a str,
+    pub message_da: &'a str,
+    pub detail: &'a serde_json::Value,
+}
+
+/// Appends an event in the transaction that holds the event sequence lock, with an MQTT delivery
+/// to each of `mqtt_topics` and the matching webhooks, and announces it on `warnings_changed`
+/// when the transaction commits.
+pub(crate) async fn append_event(
+    sequence: &EventSequence<'_>,
+    event: &EventInsert<'_>,
+    mqtt_topics: &[String],
+) -> Result<i64> {
+    let tx = sequence.tx();
+    let event_id: i64 = tx
+        .query_one(
+            "INSERT INTO warning_events (warning_id, category, area_key, sensor_key, kind, severity, at, \
+             message_en, message_da, detail, warning_kind) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+            &[
+                &event.warning_id,
+                &event.category,
+                &event.area_key,
+                &event.sensor_key,
+                &event.kind,
+                &event.severity,
+                &event.at,
+                &event.message_en,
+                &event.message_da,
+                event.detail,
+                &event.warning_kind,
+            ],
+        )
+        .await
+        .context("recording a warning event")?
+        .get(0);
+    for topic in mqtt_topics {
+        tx.execute(
+            "INSERT INTO outbox (event_id, channel, target) VALUES ($1, 'mqtt', $2)",
+            &[&event_id, topic],
+        )
+        .await
+        .context("queueing a delivery")?;
+    }
+    queue_webhooks(tx, event_id).await?;
+    coordination::notify(tx, &Notice::WarningsChanged { event_id }).await?;
+    Ok(event_id)
+}
+
+/// Appends an `undelivered` event after `event_id` (a delivery over `channel` was given up), in the
+/// transaction that holds the event sequence lock, and announces it when the transaction commits.
+/// It goes to no channel itself.
+pub(crate) async fn append_undelivered(
+    sequence: &EventSequence<'_>,
+    event_id: i64,
+    at: DateTime<Utc>,
+    channel: &str,
+    detail: &serde_json::Value,
+) -> Result<i64> {
+    let tx = sequence.tx();
+    let event_id: i64 = tx
+        .query_one(
+            "INSERT INTO warning_events (warning_id, category, area_key, sensor_key, kind, at, \
+             message_en, message_da, detail) \
+             SELECT warning_id, category, area_key, sensor_key, 'undelivered', $2, \
+                    'A delivery of this warning over ' || $3 || ' was given up.', \
+                    'En levering af dette varsel via ' || $3 || ' blev opgivet.', $4 \
+             FROM warning_events WHERE id = $1 RETURNING id",
+            &[&event_id, &at, &channel, detail],
+        )
+        .await
+        .context("recording an undelivered event")?
+        .get(0);
+    coordination::notify(tx, &Notice::WarningsChanged { event_id }).await?;
+    Ok(event_id)
+}
+
+/// A warning event as the delivery channels present it: the event, the warning's state at that
+/// event (its severity and kind carried forward from the latest event that set them), and what
+/// it concerns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WarningEvent {
+    pub id: i64,
+    pub warning_id: i64,
+    /// flood (a flood warning) or leak (a utility alert).
+    pub category: String,
+    /// The flood area's key for a flood warning, the district meter's sensor key for a leak.
+    pub subject_key: String,
+    /// The flood area's name, or the district meter's station name.
+    pub subject_name: String,
+    /// raised, changed, lifted, acknowledged, stale, fresh or undelivered.
+    pub kind: String,
+    /// The warning's severity as of this event.
+    pub severity: i16,
+    /// observed or expected, as of this event.
+    pub warning_kind: String,
+    pub at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    pub message_en: String,
+    pub message_da: String,
+    pub detail: serde_json::Value,
+    pub municipalities: Vec<String>,
+    /// The warning's state now (in_force or lifted).
+    pub warning_state: String,
+}
+
+impl WarningEvent {
+    /// The event as every channel carries it; `public_url` is where its CAP message is served.
+    pub fn body(&self, public_url: &str) -> EventBody {
+        let kind = EventKind::parse(&self.kind);
+        let flood = Category::parse(&self.category) == Some(Category::Flood);
+        let subject = AreaRef {
+            key: self.subject_key.clone(),
+            name: self.subject_name.clone(),
+        };
+        let (area, meter) = if flood {
+            (Some(subject), None)
+        } else {
+            (None, Some(subject))
+        };
+        EventBody {
+            id: self.id,
+            kind: format!(
+                "{}.{}",
+                if flood { "warning" } else { "utility_alert" },
+                self.kind
+            ),
+            category: self.category.clone(),
+            warning_id: self.warning_id,
+            area,
+            meter,
+            severity: self.severity,
+            severity_name: if flood {
+                Severity::from_level(self.severity)
+                    .unwrap_or(Severity::Alert)
+                    .public_name()
+            } else {
+                "Suspected leak"
+            },
+            warning_kind: self.warning_kind.clone(),
+            in_force: match kind {
+                Some(EventKind::Lifted) => false,
+                // Recorded when a delivery is given up, possibly after the lift.
+                Some(EventKind::Undelivered) => {
+                    WarningState::parse(&self.warning_state) == Some(WarningState::InForce)
+                }
+                _ => true,
+            },
+            stale: match kind {
+                Some(EventKind::Stale) => Some(true),
+                Some(EventKind::Fresh) => Some(false),
+                _ => None,
+            },
+            at: self.at,
+            recorded_at: self.recorded_at,
+            municipalities: self.municipalities.clone(),
+            message: Messages {
+                en: self.message_en.clone(),
+                da: self.message_da.clone(),
+            },
+            detail: self.detail.clone(),
+            cap: flood.then(|| {
+                format!(
+                    "{}/api/v1/warning-events/{}.cap",
+                    public_url.trim_end_matches('/'),
+                    self.id
+                )
+            }),
+        }
+    }
+}
+
+const WARNING_EVENT_SELECT: &str = "SELECT e.id, e.warning_id, e.category, \
+     COALESCE(e.area_key, e.sensor_key), COALESCE(a.name, st.name, NULLIF(s.name, ''), e.sensor_key), e.kind, \
+     COALESCE(sev.severity, w.severity), COALESCE(wk.warning_kind, w.kind), e.at, e.recorded_at, \
+     e.message_en, e.message_da, e.detail, w.municipalities, w.state \
+     FROM warning_events e JOIN warnings w ON w.id = e.warning_id \
+     LEFT JOIN flood_areas a ON a.key = e.area_key LEFT JOIN sensors s ON s.key = e.sensor_key \
+     LEFT JOIN stations st ON st.id = s.station_id \
+     LEFT JOIN LATERAL (SELECT p.severity FROM warning_events p WHERE p.warning_id = e.warning_id \
+         AND p.id <= e.id AND p.severity IS NOT NULL ORDER BY p.id DESC LIMIT 1) sev ON true \
+     LEFT JOIN LATERAL (SELECT p.warning_kind FROM warning_events p WHERE p.warning_id = e.warning_id \
+         AND p.id <= e.id AND p.warning_kind IS NOT NULL ORDER BY p.id DESC LIMIT 1) wk ON true";
+
+fn warning_event(r: &tokio_postgres::Row) -> WarningEvent {
+    WarningEvent {
+        id: r.get(0),
+        warning_id: r.get(1),
+        category: r.get(2),
+        subject_key: r.get(3),
+        subject_name: r.get(4),
+        kind: r.get(5),
+        severity: r.get(6),
+        warning_kind: r.get(7),
+        at: r.get(8),
+        recorded_at: r.get(9),
+        message_en: r.get(10),
+        message_da: r.get(11),
+        detail: r.get(12),
+        municipalities: r.get(13),
+        warning_state: r.get(14),
+    }
+}
+
+/// A warning with what a list shows of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WarningSummary {
+    pub id: i64,
+    pub area_key: String,
+    pub area_name: String,
+    pub severity: i16,
+    pub kind: String,
+    pub state: String,
+    pub raised_at: DateTime<Utc>,
+    pub changed_at: DateTime<Utc>,
+    pub lifted_at: Option<DateTime<Utc>>,
+    pub stale: bool,
+    pub municipalities: Vec<String>,
+    pub message_en: String,
+    pub message_da: String,
+    /// Municipalities that acknowledged it.
+    pub acknowledged_by: Vec<String>,
+    /// Its latest public event.
+    pub latest_event: Option<i64>,
+}
+
+/// Which warnings to list.
+#[derive(Debug, Clone, Default)]
+pub struct WarningFilter {
+    /// in_force or lifted; all when None.
+    pub state: Option<String>,
+    pub municipality: Option<String>,
+    pub area: Option<String>,
+    pub id: Option<i64>,
+    pub limit: i64,
+}
+
+/// What an acknowledgement did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Acknowledged {
+    /// A new acknowledged event with this id.
+    Recorded(i64),
+    /// This municipality already acknowledged the warning since its last change; that event's id.
+    Already(i64),
+    NoSuchWarning,
+    /// The warning is no longer in force.
+    Lifted,
+    /// The municipality is not one the warning went to.
+    NotConcerned,
+}
+
+impl Store {
+    pub async fn warning_event(&self, id: i64) -> Result<Option<WarningEvent>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(&format!("{WARNING_EVENT_SELECT} WHERE e.id = $1"), &[&id])
+            .await
+            .context("reading a warning event")?;
+        Ok(row.as_ref().map(warning_event))
+    }
+
+    /// Events after `after_id`, in id (= commit) order, at most `limit`.
+    pub async fn warning_events_after(
+        &self,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<WarningEvent>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!("{WARNING_EVENT_SELECT} WHERE e.id > $1 ORDER BY e.id LIMIT $2"),
+                &[&after_id, &limit],
+            )
+            .await
+            .context("reading warning events")?;
+        Ok(rows.iter().map(warning_event).collect())
+    }
+
+    /// One warning's events in order.
+    pub async fn warning_history(&self, warning_id: i64) -> Result<Vec<WarningEvent>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!("{WARNING_EVENT_SELECT} WHERE e.warning_id = $1 ORDER BY e.id"),
+                &[&warning_id],
+            )
+            .await
+            .context("reading a warning's history")?;
+        Ok(rows.iter().map(warning_event).collect())
+    }
+
+    /// The id of the latest event, 0 when there is none.
+    pub async fn last_warning_event_id(&self) -> Result<i64> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT COALESCE(max(id), 0) FROM warning_events", &[])
+            .await
+            .context("reading the latest warning event")?;
+        Ok(row.get(0))
+    }
+
+    /// The latest event about what `event` concerns (its flood area, or its district meter for a
+    /// leak alert): what a retained MQTT message shows.
+    pub async fn latest_event_like(&self, event: &WarningEvent) -> Result<Option<WarningEvent>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "{WARNING_EVENT_SELECT} WHERE e.category = $1 AND COALESCE(e.area_key, e.sensor_key) = $2 \
+                     AND e.kind <> 'undelivered' ORDER BY e.id DESC LIMIT 1"
+                ),
+                &[&event.category, &event.subject_key],
+            )
+            .await
+            .context("reading an area's latest event")?;
+        Ok(row.as_ref().map(warning_event))
+    }
+
+    /// The area's polygon (GeoJSON) and its municipalities' names by code.
+    pub async fn area_geometry(
+        &self,
+        area_key: &str,
+    ) -> Result<Option<(serde_json::Value, Vec<(String, String)>)>> {
+        let client = self.client().await?;
+        let Some(area) = client
+            .query_opt(
+                "SELECT polygon FROM flood_areas WHERE key = $1",
+                &[&area_key],
+            )
+            .await
+            .context("reading an area")?
+        else {
+            return Ok(None);
+        };
+        let names = client
+            .query(
+                "SELECT m.code, m.name FROM flood_areas a JOIN municipalities m \
+                 ON m.code = ANY (a.municipality_codes) WHERE a.key = $1 ORDER BY m.code",
+                &[&area_key],
+            )
+            .await
+            .context("reading an area's municipalities")?;
+        Ok(Some((
+            area.get(0),
+            names.iter().map(|r| (r.get(0), r.get(1))).collect(),
+        )))
+    }
+
+    /// Flood warnings, newest first, with their area names and acknowledgements.
+    pub async fn warning_list(&self, filter: &WarningFilter) -> Result<Vec<WarningSummary>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT w.id, w.area_key, a.name, w.severity, w.kind, w.state, w.raised_at, w.changed_at, \
+                 w.lifted_at, w.stale, w.municipalities, w.message_en, w.message_da, \
+                 ARRAY(SELECT DISTINCT e.detail->>'municipality' FROM warning_events e \
+                       WHERE e.warning_id = w.id AND e.kind = 'acknowledged' ORDER BY 1), \
+                 (SELECT max(e.id) FROM warning_events e WHERE e.warning_id = w.id AND e.kind <> 'undelivered') \
+                 FROM warnings w JOIN flood_areas a ON a.key = w.area_key \
+                 WHERE ($1::text IS NULL OR w.state = $1) AND ($2::text IS NULL OR $2 = ANY (w.municipalities)) \
+                 AND ($3::text IS NULL OR w.area_key = $3) AND ($4::bigint IS NULL OR w.id = $4) \
+                 ORDER BY w.raised_at DESC, w.id DESC LIMIT $5",
+                &[&filter.state, &filter.municipality, &filter.area, &filter.id, &filter.limit],
+            )
+            .await
+            .context("listing warnings")?;
+        Ok(rows
+            .iter()
+            .map(|r| WarningSummary {
+                id: r.get(0),
+                area_key: r.get(1),
+                area_name: r.get(2),
+                severity: r.get(3),
+                kind: r.get(4),
+                state: r.get(5),
+                raised_at: r.get(6),
+                changed_at: r.get(7),
+                lifted_at: r.get(8),
+                stale: r.get(9),
+                municipalities: r.get(10),
+                message_en: r.get(11),
+                message_da: r.get(12),
+                acknowledged_by: r.get(13),
+                latest_event: r.get(14),
+            })
+            .collect())
+    }
+
+    /// Acknowledges a flood warning for a municipality: an `acknowledged` event with MQTT
+    /// deliveries to `mqtt_targets(area, municipalities)` and the matching webhooks, in one
+    /// transaction. Utility alerts are not acknowledged here: they are not flood warnings.
+    pub async fn acknowledge(
+        &self,
+        warning_id: i64,
+        municipality: &str,
+        detail: &serde_json::Value,
+        at: DateTime<Utc>,
+        mqtt_targets: impl Fn(&str, &[String]) -> Vec<String>,
+    ) -> Result<Acknowledged> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.context("begin acknowledging")?;
+        let Some(warning) = tx
+            .query_opt(
+                "SELECT area_key, state, municipalities FROM warnings WHERE id = $1 AND category = 'flood'",
+                &[&warning_id],
+            )
+            .await
+            .context("reading the warning to acknowledge")?
+        else {
+            return Ok(Acknowledged::NoSuchWarning);
+        };
+        let (area_key, state, municipalities): (String, String, Vec<String>) =
+            (warning.get(0), warning.get(1), warning.get(2));
+        coordination::lock_area(&tx, &area_key).await?;
+        let sequence = coordination::lock_event_sequence(&tx).await?;
+        // Read again under the locks: the warning may have been lifted meanwhile.
+        let state: String = tx
+            .query_opt("SELECT state FROM warnings WHERE id = $1", &[&warning_id])
+            .await
+            .context("reading the warning to acknowledge")?
+            .map_or(state, |r| r.get(0));
+        if state != "in_force" {
+            return Ok(Acknowledged::Lifted);
+        }
+        if !municipalities.iter().any(|m| m == municipality) {
+            return Ok(Acknowledged::NotConcerned);
+        }
+        let earlier = tx
+            .query_opt(
+                "SELECT a.id FROM warning_events a WHERE a.warning_id = $1 AND a.kind = 'acknowledged' \
+                 AND a.detail->>'municipality' = $2 AND NOT EXISTS (SELECT 1 FROM warning_events c \
+                 WHERE c.warning_id = $1 AND c.id > a.id AND c.kind IN ('raised', 'changed')) \
+                 ORDER BY a.id DESC LIMIT 1",
+                &[&warning_id, &municipality],
+            )
+            .await
+            .context("looking for an earlier acknowledgement")?;
+        if let Some(row) = earlier {
+            return Ok(Acknowledged::Already(row.get(0)));
+        }
+        let name: String = tx
+            .query_opt(
+                "SELECT name FROM municipalities WHERE code = $1",
+                &[&municipality],
+            )
+            .await
+            .context("reading the municipality")?
+            .map_or_else(|| municipality.to_owned(), |r| r.get(0));
+        let event_id = append_event(
+            &sequence,
+            &EventInsert {
+                warning_id,
+                category: "flood",
+                area_key: Some(&area_key),
+                sensor_key: None,
+                kind: "acknowledged",
+                severity: None,
+                warning_kind: None,
+                at,
+                message_en: &format!("Acknowledged by {name} Municipality."),
+                message_da: &format!("Kvitteret af {name} Kommune."),
+                detail,
+            },
+            &mqtt_targets(&area_key, &municipalities),
+        )
+        .await?;
+        tx.commit().await.context("commit an acknowledgement")?;
+        Ok(Acknowledged::Recorded(event_id))
+    }
+}
