@@ -94,7 +94,8 @@ pub async fn run(database: &DatabaseConfig, args: &VerifyArgs) -> anyhow::Result
         "area", "severity", "hits", "misses", "false alarms", "hit rate", "mean lead (min)"
     );
     for ((area, severity), score) in &scores {
-        let name = ["", "alert", "warning", "severe"][*severity as usize];
+        let name =
+            tidemark_model::warning::Severity::from_level(*severity).map_or("?", |s| s.name());
         println!(
             "{:<24} {:<8} {:>5} {:>7} {:>12} {:>9} {:>15}",
             area,

@@ -11,21 +11,7 @@ use crate::trend;
 use chrono::{DateTime, Duration, Utc};
 use tidemark_model::Quality;
 
-/// Measured, or projected (a rising trend, or water on its way from upstream).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum WarningKind {
-    Expected,
-    Observed,
-}
-
-impl WarningKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            WarningKind::Expected => "expected",
-            WarningKind::Observed => "observed",
-        }
-    }
-}
+pub use tidemark_model::warning::{EventKind, WarningKind};
 
 /// A severity and how it is known. Orders by severity, then observed above expected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -425,27 +411,6 @@ pub fn evaluate(area: &AreaInput, now: DateTime<Utc>) -> Evaluation {
         crossings,
         flags,
         trends,
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    Raised,
-    Changed,
-    Lifted,
-    Stale,
-    Fresh,
-}
-
-impl EventKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            EventKind::Raised => "raised",
-            EventKind::Changed => "changed",
-            EventKind::Lifted => "lifted",
-            EventKind::Stale => "stale",
-            EventKind::Fresh => "fresh",
-        }
     }
 }
 

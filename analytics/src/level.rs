@@ -9,31 +9,11 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-/// Severities in rising order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Severity {
-    /// Flood Alert: flooding is possible, be prepared.
-    Alert = 1,
-    /// Flood Warning: flooding is expected, immediate action required.
-    Warning = 2,
-    /// Severe Flood Warning: severe flooding, danger to life.
-    Severe = 3,
-}
+pub use tidemark_model::warning::Severity;
 
-impl Severity {
-    pub const ALL: [Severity; 3] = [Severity::Alert, Severity::Warning, Severity::Severe];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Severity::Alert => "alert",
-            Severity::Warning => "warning",
-            Severity::Severe => "severe",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize - 1
-    }
+/// A severity's place in a rule's arrays (alert first).
+fn index(severity: Severity) -> usize {
+    severity.level() as usize - 1
 }
 
 /// One sensor's level thresholds.
@@ -49,7 +29,7 @@ pub struct LevelRule {
 
 impl LevelRule {
     pub fn threshold(&self, severity: Severity) -> f64 {
-        self.thresholds[severity.index()]
+        self.thresholds[index(severity)]
     }
 
     /// The highest severity whose threshold (less `margin`) `value` reaches.
@@ -100,7 +80,7 @@ impl LevelState {
     /// Takes one usable reading, in time order, and returns the change it causes, if any.
     pub fn observe(&mut self, rule: &LevelRule, ts: DateTime<Utc>, value: f64) -> Option<Change> {
         for severity in Severity::ALL {
-            let run = &mut self.above[severity.index()];
+            let run = &mut self.above[index(severity)];
             *run = if value >= rule.threshold(severity) {
                 Some(run.map_or((ts, 1), |(since, n)| (since, n + 1)))
             } else {
@@ -108,7 +88,7 @@ impl LevelState {
             };
         }
         let persistent = Severity::ALL.into_iter().rev().find(|s| {
-            self.above[s.index()].is_some_and(|(since, n)| {
+            self.above[index(*s)].is_some_and(|(since, n)| {
                 ts - since >= rule.persistence && n >= rule.min_readings.max(1)
             })
         });

@@ -133,6 +133,11 @@ pub fn compose(area: &str, event: &AreaEvent) -> (String, String) {
             format!("{area}: data is arriving again ({at})."),
             format!("{area}: der kommer data igen ({at})."),
         ),
+        // Recorded by the API and the dispatcher, never by an evaluation.
+        EventKind::Acknowledged | EventKind::Undelivered => (
+            format!("{} for {area}: {} ({at}).", title_en(severity), event.kind),
+            format!("{} for {area}: {} ({at}).", title_da(severity), event.kind),
+        ),
     }
 }
 

@@ -20,6 +20,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tidemark_model::warning::{alert_topic, utility_alert_topic};
 use tidemark_model::{duration, Quality};
 use tidemark_store::circular::{CollectionRow, ContainerRow, ContainerState, OverflowRow};
 use tidemark_store::coordination::{Channel, Notice, ReadingsCommitted};
@@ -577,7 +578,7 @@ async fn find_night_flow(
         let meter = &rule.sensor_key;
         store
             .store_night_flow(meter, first_full, &rows, &changes, |code| {
-                format!("{topic_prefix}/utility-alerts/{code}/{meter}")
+                utility_alert_topic(topic_prefix, code, meter)
             })
             .await?;
     }
@@ -813,9 +814,9 @@ async fn try_evaluate_area(
             sensor_key: t.sensor.clone(),
             at: t.at,
             value: t.value,
-            severity: t.severity.map(|s| s as i16),
+            severity: t.severity.map(Severity::level),
             rate_per_hour: t.rate,
-            projected: t.projected.map(|(s, at)| (s as i16, at)),
+            projected: t.projected.map(|(s, at)| (s.level(), at)),
         })
         .collect();
     store.record_trends(&trends).await?;
@@ -863,9 +864,9 @@ async fn try_evaluate_area(
         .map(|event| {
             let (message_en, message_da) = messages::compose(&area.name, event);
             NewEvent {
-                kind: event.kind.name(),
-                severity: event.level.map(|l| l.severity as i16),
-                warning_kind: event.level.map_or("observed", |l| l.kind.name()),
+                kind: event.kind,
+                severity: event.level.map(|l| l.severity),
+                warning_kind: event.level.map_or(WarningKind::Observed, |l| l.kind),
                 at: event.at,
                 message_en,
                 message_da,
@@ -881,7 +882,7 @@ async fn try_evaluate_area(
     let deliveries: Vec<String> = area
         .municipality_codes
         .iter()
-        .map(|code| format!("{}/alerts/{code}/{key}", settings.topic_prefix))
+        .map(|code| alert_topic(&settings.topic_prefix, code, key))
         .collect();
     let crossings: Vec<CrossingRow> = evaluation
         .crossings
@@ -889,7 +890,7 @@ async fn try_evaluate_area(
         .filter(|c| last_at.is_none_or(|last| c.at > last))
         .map(|c| CrossingRow {
             sensor_key: c.sensor.clone(),
-            severity: c.severity as i16,
+            severity: c.severity.level(),
             up: c.up,
             at: c.at,
             value: c.value,
@@ -906,7 +907,7 @@ async fn try_evaluate_area(
         )
         .await?;
     for event in &new_events {
-        tracing::info!(area = %key, kind = event.kind, severity = ?event.severity, at = %event.at, "warning event");
+        tracing::info!(area = %key, kind = %event.kind, severity = ?event.severity, at = %event.at, "warning event");
     }
     Ok(new_events.len() as u64)
 }

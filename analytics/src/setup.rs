@@ -8,6 +8,7 @@ use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tidemark_model::duration;
+use tidemark_model::warning::Severity;
 use tidemark_store::flood::{
     AreaRow, FloodSetup, LinkRow, MunicipalityRow, RainRuleRow, ThresholdRow,
 };
@@ -190,15 +191,14 @@ pub fn load(
             });
         }
         for rain in &file.rain {
-            let severity = match rain.severity.as_str() {
-                "alert" => 1,
-                "warning" => 2,
-                "severe" => 3,
-                other => {
+            let severity = match Severity::parse(&rain.severity) {
+                Some(severity) => severity.level(),
+                None => {
+                    let other = &rain.severity;
                     return Err(invalid(format!(
                         "rain rule for {}: unknown severity {other}",
                         rain.sensor
-                    )))
+                    )));
                 }
             };
             setup.rain_rules.push(RainRuleRow {

@@ -741,12 +741,7 @@ const MAX_RAIN_RULES: usize = 20;
 const MAX_RAIN_WINDOW: Duration = Duration::from_secs(7 * 86_400);
 
 fn severity_code(name: &str) -> Option<i16> {
-    match name {
-        "alert" => Some(1),
-        "warning" => Some(2),
-        "severe" => Some(3),
-        _ => None,
-    }
+    tidemark_model::warning::Severity::parse(name).map(|s| s.level())
 }
 
 /// `PUT /api/v1/rain-rules/{sensor}`: replaces a rainfall sensor's rain rules; running analytics

@@ -214,9 +214,13 @@ async fn measure(
         let area = &areas[round % areas.len()];
         let raise = (round / areas.len()) % 2 == 0;
         let event = NewEvent {
-            kind: if raise { "raised" } else { "lifted" },
-            severity: raise.then_some(2),
-            warning_kind: "observed",
+            kind: if raise {
+                tidemark_model::warning::EventKind::Raised
+            } else {
+                tidemark_model::warning::EventKind::Lifted
+            },
+            severity: raise.then_some(tidemark_model::warning::Severity::Warning),
+            warning_kind: tidemark_model::warning::WarningKind::Observed,
             at: Utc::now(),
             message_en: format!("Bench event {round}."),
             message_da: format!("Testhændelse {round}."),

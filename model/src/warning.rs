@@ -17,7 +17,8 @@ macro_rules! spelled {
         }
 
         impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            /// Every term, in order.
+            pub const ALL: [$name; [$($text),+].len()] = [$($name::$variant),+];
 
             /// The spelling in the database, on the wire and in query parameters.
             pub const fn name(self) -> &'static str {
@@ -208,14 +209,14 @@ mod tests {
     #[test]
     fn every_term_reads_back_as_it_is_spelled() {
         for s in Severity::ALL {
-            assert_eq!(Severity::parse(s.name()), Some(*s));
-            assert_eq!(Severity::from_level(s.level()), Some(*s));
+            assert_eq!(Severity::parse(s.name()), Some(s));
+            assert_eq!(Severity::from_level(s.level()), Some(s));
         }
         for k in EventKind::ALL {
-            assert_eq!(EventKind::parse(k.name()), Some(*k));
+            assert_eq!(EventKind::parse(k.name()), Some(k));
         }
         for c in Category::ALL {
-            assert_eq!(Category::parse(c.name()), Some(*c));
+            assert_eq!(Category::parse(c.name()), Some(c));
         }
         assert_eq!(WarningState::parse("in_force"), Some(WarningState::InForce));
         assert_eq!(Severity::from_level(0), None);

@@ -11,7 +11,7 @@ use crate::coordination::{self, EventSequence, Notice};
 use crate::{Context, Result, Store};
 use chrono::{DateTime, Utc};
 use tidemark_model::warning::{
-    AreaRef, Category, EventBody, EventKind, Messages, Severity, WarningState,
+    AreaRef, Category, EventBody, EventKind, Messages, Severity, WarningKind, WarningState,
 };
 use tokio_postgres::Transaction;
 
@@ -45,13 +45,13 @@ async fn queue_webhooks(tx: &Transaction<'_>, event_id: i64) -> Result<u64> {
 /// A warning event to append, with what it concerns: a flood area, or a district meter for a leak.
 pub(crate) struct EventInsert<'a> {
     pub warning_id: i64,
-    pub category: &'a str,
+    pub category: Category,
     pub area_key: Option<&'a str>,
     pub sensor_key: Option<&'a str>,
-    pub kind: &'a str,
+    pub kind: EventKind,
     /// Set on events that change the warning's severity, with `warning_kind`.
-    pub severity: Option<i16>,
-    pub warning_kind: Option<&'a str>,
+    pub severity: Option<Severity>,
+    pub warning_kind: Option<WarningKind>,
     pub at: DateTime<Utc>,
     pub message_en: &'a str,
     pub message_da: &'a str,
@@ -74,16 +74,16 @@ pub(crate) async fn append_event(
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
             &[
                 &event.warning_id,
-                &event.category,
+                &event.category.name(),
                 &event.area_key,
                 &event.sensor_key,
-                &event.kind,
-                &event.severity,
+                &event.kind.name(),
+                &event.severity.map(Severity::level),
                 &event.at,
                 &event.message_en,
                 &event.message_da,
                 event.detail,
-                &event.warning_kind,
+                &event.warning_kind.map(WarningKind::name),
             ],
         )
         .await
@@ -505,10 +505,10 @@ impl Store {
             &sequence,
             &EventInsert {
                 warning_id,
-                category: "flood",
+                category: Category::Flood,
                 area_key: Some(&area_key),
                 sensor_key: None,
-                kind: "acknowledged",
+                kind: EventKind::Acknowledged,
                 severity: None,
                 warning_kind: None,
                 at,

@@ -7,6 +7,7 @@ use crate::{Context, Error, Result, Store};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::time::Duration;
+use tidemark_model::warning::{Category, EventKind, Severity, WarningKind};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MunicipalityRow {
@@ -109,13 +110,13 @@ pub struct EventRow {
     pub message_da: String,
 }
 
-/// An event to record. `kind` is raised, changed, lifted, stale or fresh.
+/// An event of an area's evaluation to record: raised, changed, lifted, stale or fresh.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
-    pub kind: &'static str,
-    pub severity: Option<i16>,
-    /// observed or expected.
-    pub warning_kind: &'static str,
+    pub kind: EventKind,
+    /// The severity in force after the event, on raised and changed.
+    pub severity: Option<Severity>,
+    pub warning_kind: WarningKind,
     pub at: DateTime<Utc>,
     pub message_en: String,
     pub message_da: String,
@@ -575,16 +576,18 @@ impl Store {
         };
         let mut ids = Vec::new();
         for event in events {
+            let severity = event.severity.map(Severity::level);
+            let warning_kind = event.warning_kind.name();
             let warning_id: Option<i64> = match event.kind {
-                "raised" => tx
+                EventKind::Raised => tx
                     .query_opt(
                         "INSERT INTO warnings (area_key, severity, kind, state, raised_at, changed_at, \
                          municipalities, trigger, message_en, message_da) \
                          VALUES ($1, $2, $3, 'in_force', $4, $4, $5, $6, $7, $8) RETURNING id",
                         &[
                             &area_key,
-                            &event.severity,
-                            &event.warning_kind,
+                            &severity,
+                            &warning_kind,
                             &event.at,
                             &municipalities,
                             &event.trigger,
@@ -594,14 +597,14 @@ impl Store {
                     )
                     .await
                     .context("raising a warning")?,
-                "changed" => tx
+                EventKind::Changed => tx
                     .query_opt(
                         "UPDATE warnings SET severity = $2, kind = $3, changed_at = $4, trigger = $5, \
                          message_en = $6, message_da = $7 WHERE area_key = $1 AND state = 'in_force' RETURNING id",
                         &[
                             &area_key,
-                            &event.severity,
-                            &event.warning_kind,
+                            &severity,
+                            &warning_kind,
                             &event.at,
                             &event.trigger,
                             &event.message_en,
@@ -610,7 +613,7 @@ impl Store {
                     )
                     .await
                     .context("changing a warning")?,
-                "lifted" => tx
+                EventKind::Lifted => tx
                     .query_opt(
                         "UPDATE warnings SET state = 'lifted', lifted_at = $2, changed_at = $2, stale = false, \
                          message_en = $3, message_da = $4 WHERE area_key = $1 AND state = 'in_force' RETURNING id",
@@ -618,14 +621,18 @@ impl Store {
                     )
                     .await
                     .context("lifting a warning")?,
-                "stale" | "fresh" => tx
+                EventKind::Stale | EventKind::Fresh => tx
                     .query_opt(
                         "UPDATE warnings SET stale = $2 WHERE area_key = $1 AND state = 'in_force' RETURNING id",
-                        &[&area_key, &(event.kind == "stale")],
+                        &[&area_key, &(event.kind == EventKind::Stale)],
                     )
                     .await
                     .context("marking a warning stale or fresh")?,
-                other => return Err(Error::Inconsistent(format!("unknown event kind {other}"))),
+                other => {
+                    return Err(Error::Inconsistent(format!(
+                        "analytics do not record {other} events"
+                    )))
+                }
             }
             .map(|r| r.get(0));
             let warning_id = warning_id.ok_or_else(|| {
@@ -641,7 +648,7 @@ impl Store {
                 sequence,
                 &EventInsert {
                     warning_id,
-                    category: "flood",
+                    category: Category::Flood,
                     area_key: Some(area_key),
                     sensor_key: None,
                     kind: event.kind,

@@ -5,6 +5,7 @@ use crate::coordination::{self, EventSequence, Notice};
 use crate::events::{append_event, EventInsert};
 use crate::{Context, Result, Store};
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use tidemark_model::warning::{Category, EventKind, Severity, WarningKind};
 use tokio_postgres::Transaction;
 
 /// A district meter's leak rule.
@@ -395,7 +396,13 @@ async fn raise_leak_alert(
     .context("linking the leak to its alert")?;
     let topics: Vec<String> = municipalities.iter().map(|m| mqtt_topic(m)).collect();
     append_leak_event(
-        &sequence, warning_id, sensor, "raised", alert, &detail, &topics,
+        &sequence,
+        warning_id,
+        sensor,
+        EventKind::Raised,
+        alert,
+        &detail,
+        &topics,
     )
     .await
 }
@@ -406,22 +413,22 @@ async fn append_leak_event(
     sequence: &EventSequence<'_>,
     warning_id: i64,
     sensor: &str,
-    kind: &str,
+    kind: EventKind,
     alert: &AlertText,
     detail: &serde_json::Value,
     topics: &[String],
 ) -> Result<()> {
-    let raised = kind == "raised";
+    let raised = kind == EventKind::Raised;
     append_event(
         sequence,
         &EventInsert {
             warning_id,
-            category: "leak",
+            category: Category::Leak,
             area_key: None,
             sensor_key: Some(sensor),
             kind,
-            severity: raised.then_some(1),
-            warning_kind: raised.then_some("observed"),
+            severity: raised.then_some(Severity::Alert),
+            warning_kind: raised.then_some(WarningKind::Observed),
             at: alert.at,
             message_en: &alert.message_en,
             message_da: &alert.message_da,
@@ -473,7 +480,13 @@ async fn lift_leak_alert(
     let topics: Vec<String> = municipalities.iter().map(|m| mqtt_topic(m)).collect();
     let detail = serde_json::json!({ "sensor": sensor, "since": since, "ended_on": night, "night_flow": night_flow });
     append_leak_event(
-        &sequence, warning_id, sensor, "lifted", alert, &detail, &topics,
+        &sequence,
+        warning_id,
+        sensor,
+        EventKind::Lifted,
+        alert,
+        &detail,
+        &topics,
     )
     .await
 }

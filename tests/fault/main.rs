@@ -851,9 +851,9 @@ async fn warning_events_reach_failing_receivers_through_a_dispatcher_killed_eigh
     for round in 0..10 {
         for (kind, severity) in [("raised", Some(1)), ("changed", Some(2)), ("lifted", None)] {
             let event = tidemark_store::flood::NewEvent {
-                kind,
-                severity,
-                warning_kind: "observed",
+                kind: tidemark_model::warning::EventKind::parse(kind).unwrap(),
+                severity: severity.and_then(tidemark_model::warning::Severity::from_level),
+                warning_kind: tidemark_model::warning::WarningKind::Observed,
                 at: Utc::now(),
                 message_en: format!("Round {round}: {kind}."),
                 message_da: format!("Runde {round}: {kind}."),

@@ -50,9 +50,9 @@ async fn record(harness: &Harness, kind: &'static str, severity: Option<i16>, mq
         Vec::new()
     };
     let event = NewEvent {
-        kind,
-        severity,
-        warning_kind: "observed",
+        kind: tidemark_model::warning::EventKind::parse(kind).unwrap(),
+        severity: severity.and_then(tidemark_model::warning::Severity::from_level),
+        warning_kind: tidemark_model::warning::WarningKind::Observed,
         at: Utc::now(),
         message_en: format!("Flensburg {kind} at severity {severity:?}."),
         message_da: format!("Flensborg {kind} på niveau {severity:?}."),

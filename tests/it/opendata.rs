@@ -543,9 +543,9 @@ async fn municipalities_with_boundaries_stations_and_warnings_in_force() {
 
     // A warning in force for Aabenraa (the Flensburg area's municipality) shows there.
     let event = tidemark_store::flood::NewEvent {
-        kind: "raised",
-        severity: Some(2),
-        warning_kind: "observed",
+        kind: tidemark_model::warning::EventKind::Raised,
+        severity: Some(tidemark_model::warning::Severity::Warning),
+        warning_kind: tidemark_model::warning::WarningKind::Observed,
         at: Utc::now(),
         message_en: "Flood Warning.".into(),
         message_da: "Oversvømmelsesvarsel.".into(),

@@ -415,9 +415,9 @@ async fn events_worked_out_from_an_outdated_view_of_the_area_are_refused() {
     let area = "flensburg-fjord";
     let municipalities = ["0580".to_owned()];
     let event = |kind: &'static str, severity: Option<i16>| NewEvent {
-        kind,
-        severity,
-        warning_kind: "observed",
+        kind: tidemark_model::warning::EventKind::parse(kind).unwrap(),
+        severity: severity.and_then(tidemark_model::warning::Severity::from_level),
+        warning_kind: tidemark_model::warning::WarningKind::Observed,
         at: chrono::Utc::now(),
         message_en: format!("Flensburg {kind}."),
         message_da: format!("Flensborg {kind}."),
