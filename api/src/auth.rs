@@ -5,8 +5,8 @@
 //! the secret (32 random bytes, base64url) is what proves it. Clients send it as
 //! `Authorization: Bearer <key>`.
 
-use crate::error::{ApiError, Result};
-use crate::ApiState;
+use crate::http::problem::{ApiError, Result};
+use crate::state::ApiState;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use base64::Engine;

@@ -4,7 +4,7 @@
 //! The page talks only to this server. Its Content-Security-Policy says so to the browser too: no
 //! script, style, image, worker or connection from anywhere else.
 
-use crate::error::ApiError;
+use crate::http::problem::ApiError;
 use axum::extract::Path;
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};

@@ -298,11 +298,11 @@ mod tests {
 
     #[test]
     fn every_route_given_last_modified_is_in_the_router() {
-        // Without whitespace, so that a route broken over lines by rustfmt reads as one.
-        let source: String = include_str!("lib.rs").split_whitespace().collect();
+        // The router serves exactly what the document lists (both come from the same routers).
+        let doc = serde_json::to_value(crate::openapi::document()).unwrap();
         for (route, _, _) in DEPENDENCIES {
             assert!(
-                source.contains(&format!(".route(\"{route}\"")),
+                doc["paths"][route]["get"].is_object(),
                 "{route} is not a route"
             );
         }

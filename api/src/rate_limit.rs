@@ -11,7 +11,7 @@
 //! `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`; past the limit the answer is
 //! `429 Too Many Requests` with `Retry-After` and a problem body.
 
-use crate::ApiState;
+use crate::state::ApiState;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -253,7 +253,8 @@ pub async fn limit(State(state): State<ApiState>, request: Request, next: Next) 
     let mut response = if decision.allowed {
         next.run(request).await
     } else {
-        let mut refused = crate::error::ApiError::TooManyRequests(decision.limit).into_response();
+        let mut refused =
+            crate::http::problem::ApiError::TooManyRequests(decision.limit).into_response();
         refused.headers_mut().insert(
             header::RETRY_AFTER,
             seconds(decision.wait).max(HeaderValue::from(1u64)),

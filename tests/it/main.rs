@@ -51,3 +51,4 @@ mod security;
 
 // The map dashboard in headless Chromium, with the storm-surge simulator running.
 mod dashboard;
+mod routes;

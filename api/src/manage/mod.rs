@@ -3,8 +3,8 @@
 //! transaction that makes it.
 
 use crate::auth::Caller;
-use crate::error::{ApiError, Result};
-use crate::ApiState;
+use crate::http::problem::{ApiError, Result};
+use crate::state::ApiState;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -16,6 +16,8 @@ use std::time::Duration;
 use tidemark_store::keys::Role;
 use tidemark_store::reference::{DeviceRecord, ReferenceData, SensorRecord, StationRecord};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 const REFERENCE_EDITORS: &[Role] = &[Role::Operator, Role::Utility];
 
@@ -69,9 +71,9 @@ fn key_body(row: tidemark_store::keys::ApiKeyRow, key: Option<String>) -> KeyBod
     security(("api_key" = [])),
     responses(
         (status = 201, description = "Created; `key` is shown only now", body = KeyBody),
-        (status = 400, description = "A bad field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an operator key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad field", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_key(
     State(state): State<ApiState>,
@@ -137,8 +139,8 @@ pub async fn create_key(
 #[utoipa::path(get, path = "/api/v1/keys", tag = "management", security(("api_key" = [])),
     responses(
         (status = 200, description = "Every key (never the keys themselves)", body = Vec<KeyBody>),
-        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an operator key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_keys(
     State(state): State<ApiState>,
@@ -154,9 +156,9 @@ pub async fn list_keys(
     params(("prefix" = String, Path, description = "The key's prefix (12 hex digits)")),
     responses(
         (status = 204, description = "Revoked"),
-        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an operator key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No active key with this prefix", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No active key with this prefix", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn revoke_key(
     State(state): State<ApiState>,
@@ -243,9 +245,9 @@ async fn apply(
     security(("api_key" = [])), params(("key" = String, Path, description = "The device's key (its MQTT topic level)")),
     responses(
         (status = 204, description = "Stored"),
-        (status = 400, description = "A bad field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an operator or utility key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad field", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator or utility key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn put_device(
     State(state): State<ApiState>,
@@ -279,9 +281,9 @@ pub async fn put_device(
     security(("api_key" = [])), params(("key" = String, Path, description = "The station's key")),
     responses(
         (status = 204, description = "Stored"),
-        (status = 400, description = "A bad field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an operator or utility key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad field", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator or utility key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn put_station(
     State(state): State<ApiState>,
@@ -340,9 +342,9 @@ pub async fn put_station(
     security(("api_key" = [])), params(("key" = String, Path, description = "The sensor's key")),
     responses(
         (status = 204, description = "Stored"),
-        (status = 400, description = "A bad field, or a device or station that does not exist", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an operator or utility key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad field, or a device or station that does not exist", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator or utility key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn put_sensor(
     State(state): State<ApiState>,
@@ -405,8 +407,8 @@ pub struct AuditBody {
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Audit entries", body = Vec<AuditBody>),
-        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an operator key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn audit(
     State(state): State<ApiState>,
@@ -471,10 +473,10 @@ pub struct ThresholdUpdate {
     security(("api_key" = [])), params(("sensor" = String, Path, description = "The sensor's key")),
     responses(
         (status = 204, description = "Stored; analytics use it from their next evaluation"),
-        (status = 400, description = "A bad field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an operator key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such sensor", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad field", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such sensor", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn put_threshold(
     State(state): State<ApiState>,
@@ -598,9 +600,9 @@ const MAX_POLYGON_POINTS: usize = 10_000;
     security(("api_key" = [])), params(("key" = String, Path, description = "The area's key")),
     responses(
         (status = 204, description = "Stored; analytics use it from their next evaluation"),
-        (status = 400, description = "A bad field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an operator key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad field", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn put_flood_area(
     State(state): State<ApiState>,
@@ -750,10 +752,10 @@ fn severity_code(name: &str) -> Option<i16> {
     security(("api_key" = [])), params(("sensor" = String, Path, description = "The rainfall sensor's key")),
     responses(
         (status = 204, description = "Stored; analytics use them from their next evaluation"),
-        (status = 400, description = "A bad field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an operator key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such sensor", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad field", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such sensor", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn put_rain_rules(
     State(state): State<ApiState>,
@@ -868,10 +870,10 @@ pub struct QualityRuleBody {
     security(("api_key" = [])), params(("sensor" = String, Path, description = "The sensor's key")),
     responses(
         (status = 204, description = "Stored; analytics apply it at once"),
-        (status = 400, description = "A bad field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an operator or utility key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such sensor", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad field", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator or utility key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such sensor", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn put_quality_rule(
     State(state): State<ApiState>,
@@ -950,4 +952,21 @@ pub async fn quality_rules(State(state): State<ApiState>) -> Result<Response> {
         })
         .collect();
     Ok(Json(rules).into_response())
+}
+
+/// The management routes, each with its documentation.
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(put_station))
+        .routes(routes!(put_device))
+        .routes(routes!(put_sensor))
+        .routes(routes!(list_keys, create_key))
+        .routes(routes!(revoke_key))
+        .routes(routes!(put_threshold))
+        .routes(routes!(rain_rules))
+        .routes(routes!(put_rain_rules))
+        .routes(routes!(quality_rules))
+        .routes(routes!(put_quality_rule))
+        .routes(routes!(put_flood_area))
+        .routes(routes!(audit))
 }

@@ -7,8 +7,8 @@
 //! ones; a client that falls behind the broadcast catches up the same way. Event ids grow in
 //! commit order (see `tidemark_store::events`), so "every event after N" misses nothing.
 
-use crate::error::{ApiError, Result};
-use crate::ApiState;
+use crate::http::problem::{ApiError, Result};
+use crate::state::ApiState;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -216,7 +216,7 @@ pub struct StreamQuery {
 
 impl StreamQuery {
     fn matches(&self, event: &WarningEvent) -> bool {
-        crate::cap::is_public(event)
+        super::cap::is_public(event)
             && match self.category.as_deref() {
                 None => event.category == crate::body::FLOOD,
                 Some("all") => true,
@@ -238,9 +238,9 @@ impl StreamQuery {
     params(StreamQuery, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
     responses(
         (status = 200, description = "An endless stream of events", body = String, content_type = "text/event-stream"),
-        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "This client has as many streams open as it may", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The server holds as many streams as it can", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "This client has as many streams open as it may", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The server holds as many streams as it can", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn stream(
     State(state): State<ApiState>,

@@ -4,9 +4,9 @@
 
 use crate::auth::Caller;
 use crate::body::EventBody;
-use crate::error::{ApiError, PathId, Result};
-use crate::opendata::{csv_response, format, json_response, parse_query, rfc3339, typed, Format};
-use crate::ApiState;
+use crate::http::problem::{ApiError, PathId, Result};
+use crate::http::{csv_response, format, json_response, parse_query, rfc3339, typed, Format};
+use crate::state::ApiState;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -18,6 +18,8 @@ use tidemark_model::Quantity;
 use tidemark_store::keys::Role;
 use tidemark_store::water::{LeakAlertFilter, LeakAlertRow};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -67,8 +69,8 @@ async fn unit(state: &ApiState, sensor: &str) -> Result<&'static str> {
     params(("key" = String, Path, description = "The sensor's key"), RangeQuery),
     responses(
         (status = 200, description = "The summary", content(("application/json"), ("text/csv"))),
-        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such sensor", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such sensor", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn summary(
     State(state): State<ApiState>,
@@ -119,8 +121,8 @@ pub async fn summary(
     params(("key" = String, Path, description = "The sensor's key"), RangeQuery),
     responses(
         (status = 200, description = "The curve", content(("application/json"), ("text/csv"))),
-        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such sensor", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such sensor", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn load_duration(
     State(state): State<ApiState>,
@@ -200,10 +202,10 @@ const fn default_nights() -> i32 {
     security(("api_key" = [])), params(("sensor" = String, Path, description = "The district meter's flow sensor")),
     responses(
         (status = 204, description = "Stored; analytics apply it at once"),
-        (status = 400, description = "A bad field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not a utility or operator key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such sensor", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad field", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not a utility or operator key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such sensor", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn put_leak_rule(
     State(state): State<ApiState>,
@@ -288,8 +290,8 @@ pub struct NightQuery {
     params(("key" = String, Path, description = "The district meter's flow sensor"), NightQuery),
     responses(
         (status = 200, description = "Nights, oldest first", content(("application/json"), ("text/csv"))),
-        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such sensor", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such sensor", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn night_flow(
     State(state): State<ApiState>,
@@ -430,7 +432,7 @@ fn alert_json(a: &LeakAlertRow) -> serde_json::Value {
 #[utoipa::path(get, path = "/api/v1/utilities/alerts", tag = "utilities", params(AlertQuery),
     responses(
         (status = 200, description = "Utility alerts", content(("application/json"), ("text/csv"))),
-        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn alerts(
     State(state): State<ApiState>,
@@ -442,7 +444,7 @@ pub async fn alerts(
     let rows = state
         .store
         .leak_alerts(&LeakAlertFilter {
-            state: crate::warnings::state_filter(query.state.as_deref())?,
+            state: crate::http::state_filter(query.state.as_deref())?,
             municipality: query.municipality,
             sensor: query.sensor,
             id: None,
@@ -488,7 +490,7 @@ pub async fn alerts(
     params(("id" = i64, Path, description = "The alert's id")),
     responses(
         (status = 200, description = "The alert with its history", content(("application/json"))),
-        (status = 404, description = "No such utility alert", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such utility alert", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn alert(State(state): State<ApiState>, PathId(id): PathId) -> Result<Response> {
     let row = state
@@ -572,8 +574,8 @@ fn register_window(
 #[utoipa::path(get, path = "/api/v1/utilities/consumption", tag = "utilities", params(ConsumptionQuery),
     responses(
         (status = 200, description = "Energy per period", content(("application/json"), ("text/csv"))),
-        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such sensor", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such sensor", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn consumption(
     State(state): State<ApiState>,
@@ -587,7 +589,7 @@ pub async fn consumption(
     let bbox = query
         .bbox
         .as_deref()
-        .map(crate::opendata::parse_bbox)
+        .map(crate::http::parse_bbox)
         .transpose()?;
     let group = query.municipality.is_some() || bbox.is_some();
     match (&query.sensor, group, &query.quantity) {
@@ -689,8 +691,8 @@ struct SelfConsumed {
 #[utoipa::path(get, path = "/api/v1/utilities/self-consumption", tag = "utilities", params(SelfConsumptionQuery),
     responses(
         (status = 200, description = "Self-consumption per period", content(("application/json"), ("text/csv"))),
-        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such sensor", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such sensor", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn self_consumption(
     State(state): State<ApiState>,
@@ -777,4 +779,18 @@ pub async fn self_consumption(
         "production": query.production, "export": query.export, "unit": "kWh",
         "from": rfc3339(from), "to": rfc3339(to), "periods": periods,
     })))
+}
+
+/// The utility statistics' routes, each with its documentation.
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(summary))
+        .routes(routes!(load_duration))
+        .routes(routes!(night_flow))
+        .routes(routes!(put_leak_rule))
+        .routes(routes!(leaks))
+        .routes(routes!(alerts))
+        .routes(routes!(alert))
+        .routes(routes!(consumption))
+        .routes(routes!(self_consumption))
 }

@@ -4,16 +4,24 @@
 //! Formats are chosen by `format=` or, failing that, the `Accept` header: JSON (the default), CSV
 //! (`text/csv`), and GeoJSON (`application/geo+json`) where there is geometry.
 
+pub mod latest_cache;
+#[cfg(feature = "parquet")]
+pub mod parquet_export;
+
 use crate::body::severity_key;
-use crate::error::{ApiError, Result};
-use crate::ApiState;
+use crate::http::problem::{ApiError, Result};
+use crate::http::{
+    csv_field, format, json_response, numbers, parse_bbox, parse_query, rfc3339, single_format,
+    time, typed, wants_parquet, Format, PARQUET,
+};
+use crate::state::ApiState;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use base64::Engine;
-use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -24,6 +32,8 @@ use tidemark_store::opendata::{
     BucketRow, LatestFilter, LatestRow, RawOrder, RawReading, StationFilter, StationRow,
 };
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Most stations one list returns.
 const STATION_LIMIT: i64 = 10_000;
@@ -37,159 +47,8 @@ const MIN_BUCKET: Duration = Duration::from_secs(60);
 /// Without `from`, a query covers this long before `to`.
 const DEFAULT_SPAN: ChronoDuration = ChronoDuration::hours(24);
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum Format {
-    Json,
-    Csv,
-    GeoJson,
-    /// Raw readings only.
-    Parquet,
-}
-
-/// The media type of Apache Parquet files.
-pub const PARQUET: &str = "application/vnd.apache.parquet";
-
-/// Whether the request asks for Parquet, by `format=` or `Accept`.
-fn wants_parquet(asked: Option<&str>, headers: &HeaderMap) -> bool {
-    asked == Some("parquet")
-        || (asked.is_none()
-            && headers
-                .get(header::ACCEPT)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|a| a.contains(PARQUET)))
-}
-
-/// The format asked for by `format=` or the `Accept` header; `geo` says whether GeoJSON is offered.
-pub(crate) fn format(asked: Option<&str>, headers: &HeaderMap, geo: bool) -> Result<Format> {
-    let offered = if geo {
-        "json, csv or geojson"
-    } else {
-        "json or csv"
-    };
-    match asked {
-        Some("json") => return Ok(Format::Json),
-        Some("csv") => return Ok(Format::Csv),
-        Some("geojson") if geo => return Ok(Format::GeoJson),
-        Some(other) => {
-            return Err(ApiError::bad(
-                "format",
-                format!("format {other:?} is not offered here; use {offered}"),
-            ))
-        }
-        None => {}
-    }
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    Ok(if accept.contains("text/csv") {
-        Format::Csv
-    } else if geo && accept.contains("application/geo+json") {
-        Format::GeoJson
-    } else {
-        Format::Json
-    })
-}
-
-/// The format of an answer about one thing with a geometry: JSON or GeoJSON.
-fn single_format(asked: Option<&str>, headers: &HeaderMap, what: &str) -> Result<Format> {
-    match format(asked, headers, true)? {
-        Format::Csv => Err(ApiError::bad(
-            "format",
-            format!("one {what} is offered as json or geojson"),
-        )),
-        other => Ok(other),
-    }
-}
-
-pub(crate) fn parse_query<T>(query: std::result::Result<Query<T>, QueryRejection>) -> Result<T> {
-    query
-        .map(|Query(q)| q)
-        .map_err(|e| ApiError::bad("query", e.body_text()))
-}
-
-fn time(parameter: &str, text: &str) -> Result<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| {
-            ApiError::bad(
-                parameter,
-                format!(
-                    "{parameter} {text:?} is not an RFC 3339 time such as 2023-10-20T18:00:00Z"
-                ),
-            )
-        })
-}
-
-/// A `bbox` parameter: `min_lon,min_lat,max_lon,max_lat` in degrees.
-pub(crate) fn parse_bbox(text: &str) -> Result<[f64; 4]> {
-    let b = numbers::<4>("bbox", text, "min_lon,min_lat,max_lon,max_lat")?;
-    if !(b[0] <= b[2]
-        && b[1] <= b[3]
-        && b[0] >= -180.0
-        && b[2] <= 180.0
-        && b[1] >= -90.0
-        && b[3] <= 90.0)
-    {
-        return Err(ApiError::bad(
-            "bbox",
-            "bbox must be min_lon,min_lat,max_lon,max_lat with min <= max, in degrees",
-        ));
-    }
-    Ok(b)
-}
-
-fn numbers<const N: usize>(parameter: &str, text: &str, meaning: &str) -> Result<[f64; N]> {
-    let values: Vec<f64> = text
-        .split(',')
-        .map(|v| v.trim().parse::<f64>())
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|_| ApiError::bad(parameter, format!("{parameter} must be {meaning}")))?;
-    values
-        .try_into()
-        .map_err(|_| ApiError::bad(parameter, format!("{parameter} must be {meaning}")))
-}
-
-pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
 fn unit_of(quantity: &str) -> &'static str {
     Quantity::parse(quantity).map_or("", |q| q.canonical_unit().symbol())
-}
-
-pub(crate) fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_owned()
-    }
-}
-
-/// A CSV answer from a header and rows of fields (quoted where needed).
-pub(crate) fn csv_response(
-    header: &[&str],
-    rows: impl IntoIterator<Item = Vec<String>>,
-) -> Response {
-    let mut out = header.join(",");
-    out.push('\n');
-    for row in rows {
-        let fields: Vec<String> = row.iter().map(|f| csv_field(f)).collect();
-        out.push_str(&fields.join(","));
-        out.push('\n');
-    }
-    typed("text/csv; charset=utf-8", out)
-}
-
-pub(crate) fn typed(content_type: &'static str, body: impl Into<Body>) -> Response {
-    ([(header::CONTENT_TYPE, content_type)], body.into()).into_response()
-}
-
-pub(crate) fn json_response(value: &impl Serialize) -> Response {
-    typed(
-        "application/json",
-        serde_json::to_vec(value).unwrap_or_default(),
-    )
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -439,9 +298,9 @@ fn station_csv(stations: &[StationBody]) -> String {
 /// Stations, filtered; nearest first with `near`.
 #[utoipa::path(get, path = "/api/v1/stations", tag = "open data", params(StationQuery),
     responses(
-        (status = 200, description = "Stations with their sensors", content((crate::openapi::StationList = "application/json"), (Object = "application/geo+json"), (String = "text/csv"))),
-        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Past the rate limit", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Stations with their sensors", content((StationList = "application/json"), (Object = "application/geo+json"), (String = "text/csv"))),
+        (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Past the rate limit", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn stations(
     State(state): State<ApiState>,
@@ -515,7 +374,7 @@ pub struct OneQuery {
     params(("key" = String, Path, description = "The station's key"), OneQuery),
     responses(
         (status = 200, description = "The station", content((StationBody = "application/json"), (Object = "application/geo+json"))),
-        (status = 404, description = "No such station", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such station", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 /// `GET /api/v1/stations/{key}`: the station, its sensors with their latest readings, and the
 /// flood thresholds of those sensors.
@@ -606,8 +465,8 @@ pub struct LatestItem {
 
 #[utoipa::path(get, path = "/api/v1/latest", tag = "open data", params(LatestQuery),
     responses(
-        (status = 200, description = "Every sensor with its newest reading", content((crate::openapi::LatestList = "application/json"), (String = "text/csv"))),
-        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Every sensor with its newest reading", content((LatestList = "application/json"), (String = "text/csv"))),
+        (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 /// `GET /api/v1/latest`: the newest reading of every sensor (filterable).
 pub async fn latest(
@@ -733,10 +592,10 @@ fn micros(value: i64) -> Option<DateTime<Utc>> {
     params(("key" = String, Path, description = "The sensor's key"), ReadingsQuery),
     responses(
         (status = 200, description = "Raw readings (a page, with `next`), or buckets when `bucket` is given",
-            content((crate::openapi::ReadingsPage = "application/json"), (String = "text/csv"),
+            content((ReadingsPage = "application/json"), (String = "text/csv"),
                 (Vec<u8> = "application/vnd.apache.parquet"))),
-        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such sensor", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such sensor", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn readings(
     State(state): State<ApiState>,
@@ -880,7 +739,7 @@ async fn raw(
     // Rows are written as they come from the database.
     let body = match format {
         #[cfg(feature = "parquet")]
-        Format::Parquet => crate::parquet_export::body(
+        Format::Parquet => parquet_export::body(
             rows,
             vec![
                 ("sensor".to_owned(), sensor.to_owned()),
@@ -1162,11 +1021,11 @@ async fn aggregated(
     Ok(match format {
         #[cfg(feature = "parquet")]
         Format::Parquet => {
-            let records: Vec<crate::parquet_export::BucketRecord> = filled
+            let records: Vec<parquet_export::BucketRecord> = filled
                 .iter()
                 .map(|f| {
                     let (start, flagged, quality, state) = meta(f);
-                    crate::parquet_export::BucketRecord {
+                    parquet_export::BucketRecord {
                         start,
                         values: aggregates.iter().map(|a| value(f, a)).collect(),
                         flagged,
@@ -1184,7 +1043,7 @@ async fn aggregated(
             ];
             let file = tokio::task::spawn_blocking(move || {
                 let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                crate::parquet_export::buckets(&names, &records, metadata)
+                parquet_export::buckets(&names, &records, metadata)
             })
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?
@@ -1260,6 +1119,107 @@ async fn aggregated(
             typed("application/json", out)
         }
     })
+}
+
+/// `GET /api/v1/stations`
+#[derive(Serialize, ToSchema)]
+pub struct StationList {
+    pub stations: Vec<StationBody>,
+}
+
+/// `GET /api/v1/latest`
+#[derive(Serialize, ToSchema)]
+pub struct LatestList {
+    pub sensors: Vec<LatestItem>,
+}
+
+/// One raw reading.
+#[derive(Serialize, ToSchema)]
+pub struct RawItem {
+    pub ts: String,
+    pub value: f64,
+    /// Quality flags: 0 good, 1 suspect (device), 2 bad (device), 256 spike, 512 stuck, 1024 out of range.
+    pub quality: i16,
+    pub received_at: String,
+}
+
+/// One bucket of aggregated readings; the aggregates asked for (`avg`, `min`, `max`, `sum`, `count`,
+/// `first`, `last`) appear as fields, null where a bucket has no value.
+#[derive(Serialize, ToSchema)]
+pub struct BucketItem {
+    pub start: String,
+    /// Readings left out because their quality flags make them unusable.
+    pub flagged: i64,
+    /// The OR of the quality flags of the readings aggregated.
+    pub quality: i16,
+    /// measured, flagged (only unusable readings), empty, or interpolated.
+    pub state: String,
+    pub avg: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub sum: Option<f64>,
+    pub count: Option<i64>,
+    pub first: Option<f64>,
+    pub last: Option<f64>,
+}
+
+/// `GET /api/v1/sensors/{key}/readings`: `readings` and `next` for raw readings; `bucket`, `from`,
+/// `to` and `buckets` when aggregated.
+#[derive(Serialize, ToSchema)]
+pub struct ReadingsPage {
+    pub sensor: String,
+    pub quantity: String,
+    pub unit: String,
+    pub readings: Option<Vec<RawItem>>,
+    /// The cursor of the next page; null on the last.
+    pub next: Option<String>,
+    pub bucket: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub buckets: Option<Vec<BucketItem>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MunicipalityLinks {
+    #[serde(rename = "self")]
+    pub this: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MunicipalitySummary {
+    pub code: String,
+    pub name: String,
+    pub links: MunicipalityLinks,
+}
+
+/// `GET /api/v1/municipalities`
+#[derive(Serialize, ToSchema)]
+pub struct MunicipalityList {
+    pub municipalities: Vec<MunicipalitySummary>,
+}
+
+/// `GET /api/v1/municipalities/{code}`
+#[derive(Serialize, ToSchema)]
+pub struct MunicipalityDetail {
+    pub code: String,
+    pub name: String,
+    pub stations: Vec<StationBody>,
+    /// The warnings in force for it.
+    pub warnings: Vec<serde_json::Value>,
+    /// GeoJSON MultiPolygon.
+    pub boundary: serde_json::Value,
+}
+
+/// The open data routes, each with its documentation.
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(stations))
+        .routes(routes!(station))
+        .routes(routes!(latest))
+        .routes(routes!(readings))
+        .routes(routes!(municipalities))
+        .routes(routes!(municipality))
+        .routes(routes!(flood_areas))
 }
 
 #[cfg(test)]
@@ -1429,7 +1389,7 @@ pub struct MunicipalityQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/municipalities", tag = "open data", params(MunicipalityQuery),
-    responses((status = 200, description = "Municipalities", content((crate::openapi::MunicipalityList = "application/json"), (Object = "application/geo+json"), (String = "text/csv")))))]
+    responses((status = 200, description = "Municipalities", content((MunicipalityList = "application/json"), (Object = "application/geo+json"), (String = "text/csv")))))]
 /// `GET /api/v1/municipalities`: codes and names (JSON, CSV), or boundaries (GeoJSON).
 pub async fn municipalities(
     State(state): State<ApiState>,
@@ -1487,8 +1447,8 @@ pub async fn municipalities(
 #[utoipa::path(get, path = "/api/v1/municipalities/{code}", tag = "open data",
     params(("code" = String, Path, description = "Municipality code (kommunekode)"), MunicipalityQuery),
     responses(
-        (status = 200, description = "The municipality", content((crate::openapi::MunicipalityDetail = "application/json"), (Object = "application/geo+json"))),
-        (status = 404, description = "No such municipality", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The municipality", content((MunicipalityDetail = "application/json"), (Object = "application/geo+json"))),
+        (status = 404, description = "No such municipality", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 /// `GET /api/v1/municipalities/{code}`: the boundary, the stations in it and the warnings in
 /// force for it (JSON, or a GeoJSON Feature).

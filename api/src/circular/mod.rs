@@ -3,9 +3,9 @@
 //! analytics find in containers' readings.
 
 use crate::auth::Caller;
-use crate::error::{ApiError, Result};
-use crate::opendata::{csv_field, csv_response, format, json_response, parse_query, typed, Format};
-use crate::ApiState;
+use crate::http::problem::{ApiError, Result};
+use crate::http::{csv_field, csv_response, format, json_response, parse_query, typed, Format};
+use crate::state::ApiState;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -18,6 +18,8 @@ use tidemark_model::waste::{self, FlowRecord, Treatment, TreatmentSplit};
 use tidemark_store::circular::{ContainerRefusal, FlowFilter, FlowRefusal, NewFlow};
 use tidemark_store::keys::Role;
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Times in the circular data bank's answers, to the second.
 fn stamp(t: chrono::DateTime<chrono::Utc>) -> String {
@@ -125,10 +127,10 @@ fn validate(i: usize, r: &FlowBody) -> Result<NewFlow> {
     security(("api_key" = [])),
     responses(
         (status = 201, description = "Stored", body = FlowPosted),
-        (status = 400, description = "A bad record; `parameter` names it and its field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not a utility or operator key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A record overlaps a stored one", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad record; `parameter` names it and its field", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not a utility or operator key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A record overlaps a stored one", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn post_flows(
     State(state): State<ApiState>,
@@ -228,7 +230,7 @@ fn filter(query: &FlowQuery) -> Result<FlowFilter> {
 #[utoipa::path(get, path = "/api/v1/circular/material-flows", tag = "circular", params(FlowQuery),
     responses(
         (status = 200, description = "Records, oldest period first", content(("application/json"), ("text/csv"))),
-        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn flows(
     State(state): State<ApiState>,
@@ -323,7 +325,7 @@ fn records(rows: &[tidemark_store::circular::FlowRow]) -> Vec<(NaiveDate, FlowRe
 #[utoipa::path(get, path = "/api/v1/circular/statistics", tag = "circular", params(FlowQuery),
     responses(
         (status = 200, description = "Statistics by municipality and period", content(("application/json"), ("text/csv"))),
-        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn statistics(
     State(state): State<ApiState>,
@@ -459,7 +461,7 @@ fn statistics_csv(items: &[serde_json::Value]) -> Response {
 #[utoipa::path(get, path = "/api/v1/circular/flows", tag = "circular", params(FlowQuery),
     responses(
         (status = 200, description = "Sankey nodes and links", content(("application/json"), ("text/csv"))),
-        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn sankey(
     State(state): State<ApiState>,
@@ -539,9 +541,9 @@ pub struct ContainerBody {
     security(("api_key" = [])), params(("key" = String, Path, description = "The container's key")),
     responses(
         (status = 204, description = "Stored"),
-        (status = 400, description = "A bad field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not a utility or operator key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad field", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not a utility or operator key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn put_container(
     State(state): State<ApiState>,
@@ -759,7 +761,7 @@ fn event_filter(q: &EventQuery) -> Result<tidemark_store::circular::EventFilter>
 #[utoipa::path(get, path = "/api/v1/circular/collections", tag = "circular", params(EventQuery),
     responses(
         (status = 200, description = "Collections and a summary per container", content(("application/json"), ("text/csv"))),
-        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn collections(
     State(state): State<ApiState>,
@@ -821,7 +823,7 @@ pub async fn collections(
 #[utoipa::path(get, path = "/api/v1/circular/overflows", tag = "circular", params(EventQuery),
     responses(
         (status = 200, description = "Overflow events", content(("application/json"), ("text/csv"))),
-        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn overflows(
     State(state): State<ApiState>,
@@ -863,10 +865,10 @@ pub struct PopulationBody {
     security(("api_key" = [])), params(("code" = String, Path, description = "The municipality code")),
     responses(
         (status = 204, description = "Stored"),
-        (status = 400, description = "A bad field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an operator key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such municipality", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad field", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an operator key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such municipality", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn put_population(
     State(state): State<ApiState>,
@@ -896,4 +898,17 @@ pub async fn put_population(
     } else {
         Err(ApiError::NotFound(format!("municipality {code}")))
     }
+}
+
+/// The circular data bank's routes, each with its documentation.
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(flows, post_flows))
+        .routes(routes!(statistics))
+        .routes(routes!(sankey))
+        .routes(routes!(containers))
+        .routes(routes!(put_container))
+        .routes(routes!(collections))
+        .routes(routes!(overflows))
+        .routes(routes!(put_population))
 }

@@ -1,11 +1,15 @@
 //! Warnings over HTTP: the list and one warning with its history (JSON), its CAP 1.2 message, the
 //! Atom feed of current alerts, and acknowledgement by a municipality.
 
+pub mod cap;
+pub mod sse;
+pub mod webhooks;
+
 use crate::auth::Caller;
 use crate::body::{severity_name, AreaRef, EventBody, Messages};
-use crate::cap;
-use crate::error::{ApiError, PathId, Result};
-use crate::ApiState;
+use crate::http::problem::{ApiError, PathId, Result};
+use crate::http::state_filter;
+use crate::state::ApiState;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -16,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use tidemark_store::events::{Acknowledged, WarningFilter, WarningSummary};
 use tidemark_store::keys::Role;
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Most warnings one list returns.
 const LIST_LIMIT: i64 = 500;
@@ -99,25 +105,11 @@ pub struct ListQuery {
     pub area: Option<String>,
 }
 
-/// The `state` parameter of warning and alert lists: in_force (the default), lifted, or all
-/// (`None`).
-pub(crate) fn state_filter(state: Option<&str>) -> Result<Option<String>> {
-    match state {
-        None | Some("in_force") => Ok(Some("in_force".to_owned())),
-        Some("lifted") => Ok(Some("lifted".to_owned())),
-        Some("all") => Ok(None),
-        Some(other) => Err(ApiError::bad(
-            "state",
-            format!("state {other:?} is not one of in_force, lifted, all"),
-        )),
-    }
-}
-
 /// Warnings, newest first.
 #[utoipa::path(get, path = "/api/v1/warnings", operation_id = "list_warnings", tag = "warnings", params(ListQuery),
     responses(
-        (status = 200, description = "Warnings", body = crate::openapi::WarningList),
-        (status = 400, description = "A bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Warnings", body = WarningList),
+        (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list(
     State(state): State<ApiState>,
@@ -148,7 +140,7 @@ pub async fn list(
     responses(
         (status = 200, description = "The warning with its history, or its CAP message",
             content((WarningBody = "application/json"), (String = "application/cap+xml"))),
-        (status = 404, description = "No such warning", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such warning", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 /// `GET /api/v1/warnings/{id}` (JSON with history) and `GET /api/v1/warnings/{id}.cap`.
 pub async fn one(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response> {
@@ -190,7 +182,7 @@ pub async fn one(State(state): State<ApiState>, Path(id): Path<String>) -> Resul
     params(("file" = String, Path, description = "`<event id>.cap`")),
     responses(
         (status = 200, description = "The event's CAP 1.2 message", body = String, content_type = "application/cap+xml"),
-        (status = 404, description = "No such event", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such event", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 /// `GET /api/v1/warning-events/{id}.cap`
 pub async fn event_cap(
@@ -286,10 +278,10 @@ pub struct AckResponse {
     responses(
         (status = 201, description = "Acknowledged", body = AckResponse),
         (status = 200, description = "Already acknowledged by this municipality since the last change", body = AckResponse),
-        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not a municipality key, or not a municipality the warning went to", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such warning", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The warning is no longer in force", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not a municipality key, or not a municipality the warning went to", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such warning", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The warning is no longer in force", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 /// `POST /api/v1/warnings/{id}/ack`, by a municipality key.
 pub async fn acknowledge(
@@ -360,4 +352,25 @@ pub async fn acknowledge(
         }),
     )
         .into_response())
+}
+
+/// `GET /api/v1/warnings`
+#[derive(Serialize, ToSchema)]
+pub struct WarningList {
+    pub warnings: Vec<WarningBody>,
+}
+
+/// The warnings' routes (JSON, CAP, Atom, the event stream, acknowledgement) and the webhook
+/// subscriptions', each with its documentation.
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(atom))
+        .routes(routes!(sse::stream))
+        .routes(routes!(one))
+        .routes(routes!(acknowledge))
+        .routes(routes!(event_cap))
+        .routes(routes!(webhooks::list, webhooks::register))
+        .routes(routes!(webhooks::one, webhooks::delete))
+        .routes(routes!(webhooks::rotate))
 }

@@ -3,8 +3,8 @@
 //! utility keys only their own, operator keys all.
 
 use crate::auth::Caller;
-use crate::error::{ApiError, PathId, Result};
-use crate::ApiState;
+use crate::http::problem::{ApiError, PathId, Result};
+use crate::state::ApiState;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -110,9 +110,9 @@ fn visible(caller: &Caller, row: &WebhookRow) -> bool {
     security(("api_key" = [])),
     responses(
         (status = 201, description = "Registered", body = WebhookBody),
-        (status = 400, description = "A bad field, or an address webhooks may not reach", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key's role or municipality does not allow it", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad field, or an address webhooks may not reach", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key's role or municipality does not allow it", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn register(
     State(state): State<ApiState>,
@@ -225,9 +225,9 @@ pub async fn register(
 /// The caller's webhook endpoints (an operator's: all).
 #[utoipa::path(get, path = "/api/v1/webhooks", operation_id = "list_webhooks", tag = "webhooks", security(("api_key" = [])),
     responses(
-        (status = 200, description = "Webhooks", body = crate::openapi::WebhookList),
-        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key's role does not allow it", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Webhooks", body = WebhookList),
+        (status = 401, description = "No valid API key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key's role does not allow it", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list(
     State(state): State<ApiState>,
@@ -258,8 +258,8 @@ async fn owned(state: &ApiState, caller: &Caller, id: i64) -> Result<WebhookRow>
     params(("id" = i64, Path, description = "The webhook's id")),
     responses(
         (status = 200, description = "The webhook", body = WebhookBody),
-        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such webhook of the caller's", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such webhook of the caller's", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 /// `GET /api/v1/webhooks/{id}`
 pub async fn one(
@@ -277,8 +277,8 @@ pub async fn one(
     params(("id" = i64, Path, description = "The webhook's id")),
     responses(
         (status = 204, description = "Deleted; its pending deliveries are given up"),
-        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such webhook of the caller's", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such webhook of the caller's", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 /// `DELETE /api/v1/webhooks/{id}`
 pub async fn delete(
@@ -301,8 +301,8 @@ pub async fn delete(
     params(("id" = i64, Path, description = "The webhook's id")),
     responses(
         (status = 200, description = "The new secret, shown once; the old one signs beside it for the grace period", body = WebhookBody),
-        (status = 401, description = "No valid API key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such webhook of the caller's", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such webhook of the caller's", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 /// `POST /api/v1/webhooks/{id}/rotate-secret`
 pub async fn rotate(
@@ -344,4 +344,10 @@ pub async fn check_registration(policy: &TargetPolicy, url: &str) -> Result<url:
         policy.check_resolved(host, &ips)?;
     }
     Ok(parsed)
+}
+
+/// `GET /api/v1/webhooks`
+#[derive(Serialize, ToSchema)]
+pub struct WebhookList {
+    pub webhooks: Vec<WebhookBody>,
 }
