@@ -6,8 +6,7 @@
 //! `Authorization: Bearer <key>`.
 
 use crate::http::problem::{ApiError, Result};
-use crate::state::ApiState;
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -164,10 +163,15 @@ pub async fn authenticate(store: &Store, presented: &str, now: DateTime<Utc>) ->
     })
 }
 
-impl FromRequestParts<ApiState> for Caller {
+/// A caller is checked against the store of whatever state the router has.
+impl<S> FromRequestParts<S> for Caller
+where
+    Store: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
         let header = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or(
             ApiError::Unauthenticated("send an API key as `Authorization: Bearer <key>`"),
         )?;
@@ -179,7 +183,7 @@ impl FromRequestParts<ApiState> for Caller {
             .ok_or(ApiError::Unauthenticated(
                 "the Authorization header must read `Bearer <key>`",
             ))?;
-        authenticate(&state.store, presented, Utc::now()).await
+        authenticate(&Store::from_ref(state), presented, Utc::now()).await
     }
 }
 

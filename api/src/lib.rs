@@ -25,6 +25,7 @@ pub mod dashboard;
 pub mod freshness;
 pub mod http;
 pub mod http_metrics;
+pub mod hub;
 pub mod manage;
 pub mod openapi;
 pub mod opendata;
@@ -55,7 +56,11 @@ pub fn api_router(state: ApiState) -> Router {
             freshness::last_modified,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            rate_limit::Limits {
+                limiter: state.limiter.clone(),
+                store: state.store.clone(),
+                trusted_proxies: std::sync::Arc::new(state.settings.trusted_proxies.clone()),
+            },
             rate_limit::limit,
         ))
         // Compressed when the client accepts gzip (streams too, chunk by chunk); readable from

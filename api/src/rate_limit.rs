@@ -11,7 +11,6 @@
 //! `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`; past the limit the answer is
 //! `429 Too Many Requests` with `Retry-After` and a problem body.
 
-use crate::state::ApiState;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -19,9 +18,10 @@ use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tidemark_model::network::Network;
+use tidemark_store::Store;
 
 /// Most buckets kept. A bucket idle for a minute is full, the same as a new one, so those go first
 /// and nothing changes; past that (more clients active within a minute than this), the fullest
@@ -219,7 +219,16 @@ fn seconds(d: Duration) -> HeaderValue {
 }
 
 /// The middleware; see the module documentation.
-pub async fn limit(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+/// What the rate limit middleware needs.
+#[derive(Clone)]
+pub struct Limits {
+    pub limiter: Arc<RateLimiter>,
+    pub store: Store,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<Vec<Network>>,
+}
+
+pub async fn limit(State(state): State<Limits>, request: Request, next: Next) -> Response {
     let bearer = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -229,7 +238,7 @@ pub async fn limit(State(state): State<ApiState>, request: Request, next: Next) 
     let peer = counted_client(
         request.extensions(),
         request.headers(),
-        &state.settings.trusted_proxies,
+        &state.trusted_proxies,
     );
     let now = Instant::now();
     let limiter = &state.limiter;

@@ -1,9 +1,10 @@
 //! The `[api]` configuration, what the handlers use of it, and the state every `/api/v1` route
 //! shares.
 
+use crate::hub as sse;
 use crate::opendata::latest_cache;
 use crate::warnings::cap;
-use crate::{freshness, rate_limit, sse};
+use crate::{freshness, rate_limit};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -237,5 +238,11 @@ impl ApiState {
             freshness,
             streams,
         }
+    }
+}
+
+impl axum::extract::FromRef<ApiState> for Store {
+    fn from_ref(state: &ApiState) -> Store {
+        state.store.clone()
     }
 }

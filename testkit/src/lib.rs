@@ -4,6 +4,7 @@
 //! receiving ends of warning delivery.
 //!
 //! - [`admin`]: creating, listing and dropping whole databases.
+//! - [`cap`]: the CAP 1.2 rules a message is checked against.
 //! - [`broker`]: [`Broker`], a private Mosquitto (test, or production configuration with TLS).
 //! - [`database`]: [`TestDatabase`] on [`test_server`].
 //! - [`postgres`]: [`PrivatePostgres`], a cluster of the test's own to stop and start.
@@ -12,6 +13,7 @@
 
 pub mod admin;
 pub mod broker;
+pub mod cap;
 pub mod database;
 pub mod peers;
 pub mod postgres;

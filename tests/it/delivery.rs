@@ -874,11 +874,11 @@ async fn cap_messages_for_raise_update_and_lift_are_valid_and_linked() {
         assert_eq!(status, 200);
         assert_eq!(content_type, "application/cap+xml");
         assert_eq!(
-            tidemark_api::cap::validate::problems(&xml),
+            tidemark_testkit::cap::problems(&xml),
             Vec::<String>::new(),
             "{xml}"
         );
-        let alert = tidemark_api::cap::validate::parse(&xml).unwrap();
+        let alert = tidemark_testkit::cap::parse(&xml).unwrap();
         assert_eq!(alert.child("identifier").unwrap().text, identifier(id));
         assert_eq!(alert.child("msgType").unwrap().text, msg_type);
         let info = alert.child("info").unwrap();
