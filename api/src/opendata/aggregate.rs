@@ -1,0 +1,314 @@
+//! Readings aggregated on the server into time buckets, filled where a bucket is empty.
+
+#[cfg(feature = "parquet")]
+use super::parquet_export;
+use super::query::{time_range, ReadingsQuery, AGGREGATES, MAX_BUCKETS, MIN_BUCKET};
+use super::stations::unit_of;
+use crate::http::problem::{ApiError, Result};
+use crate::http::{rfc3339, typed, Format};
+#[cfg(feature = "parquet")]
+use crate::http::PARQUET;
+use crate::state::ApiState;
+#[cfg(feature = "parquet")]
+use axum::http::{header, HeaderValue};
+use axum::response::Response;
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use tidemark_store::opendata::BucketRow;
+use utoipa::ToSchema;
+
+/// One output bucket: a stored bucket, an empty one, or one interpolated across a gap.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Filled {
+    Stored(BucketRow),
+    Empty(DateTime<Utc>),
+    Interpolated(DateTime<Utc>, f64),
+}
+
+/// Fills the buckets between `from` and `to` that have no readings, as asked: omitted, empty, or
+/// (for the average) interpolated linearly between the neighbouring buckets when the gap spans
+/// at most `max_gap` buckets.
+pub(crate) fn fill_buckets(
+    stored: Vec<BucketRow>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    bucket: ChronoDuration,
+    mode: &str,
+    max_gap: u32,
+) -> Vec<Filled> {
+    if mode == "omit" {
+        return stored.into_iter().map(Filled::Stored).collect();
+    }
+    let step = bucket.num_microseconds().unwrap_or(1).max(1);
+    let first = from.timestamp_micros().div_euclid(step) * step;
+    let mut by_start: BTreeMap<i64, BucketRow> = stored
+        .into_iter()
+        .map(|b| (b.start.timestamp_micros(), b))
+        .collect();
+    let mut out = Vec::new();
+    let mut at = first;
+    while at < to.timestamp_micros() {
+        let start = DateTime::from_timestamp_micros(at).unwrap_or(from);
+        match by_start.remove(&at) {
+            Some(row) => out.push(Filled::Stored(row)),
+            None => out.push(Filled::Empty(start)),
+        }
+        at += step;
+    }
+    if mode == "interpolate" {
+        let average = |f: &Filled| match f {
+            Filled::Stored(b) if b.count > 0 => Some(b.sum / b.count as f64),
+            _ => None,
+        };
+        let known: Vec<usize> = (0..out.len())
+            .filter(|i| average(&out[*i]).is_some())
+            .collect();
+        for pair in known.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            let gap = b - a - 1;
+            if gap == 0 || gap > max_gap as usize {
+                continue;
+            }
+            let (va, vb) = (
+                average(&out[a]).unwrap_or(0.0),
+                average(&out[b]).unwrap_or(0.0),
+            );
+            for (i, slot) in out.iter_mut().enumerate().take(b).skip(a + 1) {
+                if let Filled::Empty(start) = *slot {
+                    let t = (i - a) as f64 / (b - a) as f64;
+                    *slot = Filled::Interpolated(start, va + (vb - va) * t);
+                }
+            }
+        }
+    }
+    out
+}
+
+pub(crate) async fn aggregated(
+    state: &ApiState,
+    sensor: &str,
+    quantity: &str,
+    query: ReadingsQuery,
+    format: Format,
+) -> Result<Response> {
+    for (name, given) in [
+        ("since", query.since.is_some()),
+        ("cursor", query.cursor.is_some()),
+        ("limit", query.limit.is_some()),
+    ] {
+        if given {
+            return Err(ApiError::bad(
+                name,
+                format!("{name} applies only to raw readings, not with bucket"),
+            ));
+        }
+    }
+    let text = query.bucket.as_deref().unwrap_or_default();
+    let bucket = tidemark_model::duration::parse(text)
+        .map_err(|e| ApiError::bad("bucket", e.to_string()))?;
+    if bucket < MIN_BUCKET {
+        return Err(ApiError::bad("bucket", "bucket must be at least 1m"));
+    }
+    let (from, to) = time_range(&query)?;
+    let chrono_bucket = ChronoDuration::from_std(bucket)
+        .map_err(|_| ApiError::bad("bucket", "bucket is too long"))?;
+    let buckets = (to - from).num_seconds() / chrono_bucket.num_seconds().max(1);
+    if buckets > MAX_BUCKETS {
+        return Err(ApiError::bad(
+            "bucket",
+            format!("{buckets} buckets asked for; at most {MAX_BUCKETS}: use a larger bucket or a shorter range"),
+        ));
+    }
+    let aggregates: Vec<&str> = match &query.agg {
+        Some(list) => list.split(',').map(str::trim).collect(),
+        None => vec!["avg", "min", "max", "count"],
+    };
+    if let Some(bad) = aggregates.iter().find(|a| !AGGREGATES.contains(a)) {
+        return Err(ApiError::bad(
+            "agg",
+            format!("agg {bad:?} is not one of {}", AGGREGATES.join(", ")),
+        ));
+    }
+    let fill = query.fill.as_deref().unwrap_or("omit");
+    if !["omit", "null", "interpolate"].contains(&fill) {
+        return Err(ApiError::bad(
+            "fill",
+            "fill must be omit, null or interpolate",
+        ));
+    }
+    let all = match query.quality.as_deref() {
+        None | Some("usable") => false,
+        Some("all") => true,
+        Some(_) => return Err(ApiError::bad("quality", "quality must be usable or all")),
+    };
+    let stored = state.store.aggregate(sensor, from, to, bucket, all).await?;
+    let filled = fill_buckets(
+        stored,
+        from,
+        to,
+        chrono_bucket,
+        fill,
+        query.max_gap.unwrap_or(3),
+    );
+    // The answers are written directly rather than through serde_json values: a year of hourly
+    // buckets is thousands of them, and building a map per bucket was most of the request's time.
+    let value = |f: &Filled, aggregate: &str| -> Option<f64> {
+        match f {
+            Filled::Stored(b) if b.count > 0 => Some(match aggregate {
+                "avg" => b.sum / b.count as f64,
+                "min" => b.min,
+                "max" => b.max,
+                "sum" => b.sum,
+                "count" => b.count as f64,
+                "first" => b.first,
+                _ => b.last,
+            }),
+            Filled::Stored(_) | Filled::Empty(_) if aggregate == "count" => Some(0.0),
+            Filled::Interpolated(_, v) if aggregate == "avg" => Some(*v),
+            _ => None,
+        }
+        .filter(|v| v.is_finite())
+    };
+    // A number as JSON and CSV write it (counts are whole numbers and print as such).
+    let number = |v: f64| -> String {
+        if v.fract() == 0.0 && v.abs() < 1e15 {
+            format!("{}", v as i64)
+        } else {
+            format!("{v}")
+        }
+    };
+    let meta = |f: &Filled| -> (DateTime<Utc>, i64, i16, &'static str) {
+        match f {
+            Filled::Stored(b) => (
+                b.start,
+                b.flagged,
+                b.quality,
+                if b.count > 0 { "measured" } else { "flagged" },
+            ),
+            Filled::Empty(s) => (*s, 0, 0, "empty"),
+            Filled::Interpolated(s, _) => (*s, 0, 0, "interpolated"),
+        }
+    };
+    Ok(match format {
+        #[cfg(feature = "parquet")]
+        Format::Parquet => {
+            let records: Vec<parquet_export::BucketRecord> = filled
+                .iter()
+                .map(|f| {
+                    let (start, flagged, quality, state) = meta(f);
+                    parquet_export::BucketRecord {
+                        start,
+                        values: aggregates.iter().map(|a| value(f, a)).collect(),
+                        flagged,
+                        quality,
+                        state,
+                    }
+                })
+                .collect();
+            let names: Vec<String> = aggregates.iter().map(|a| (*a).to_owned()).collect();
+            let metadata = vec![
+                ("sensor".to_owned(), sensor.to_owned()),
+                ("quantity".to_owned(), quantity.to_owned()),
+                ("unit".to_owned(), unit_of(quantity).to_owned()),
+                ("bucket".to_owned(), text.to_owned()),
+            ];
+            let file = tokio::task::spawn_blocking(move || {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                parquet_export::buckets(&names, &records, metadata)
+            })
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            let mut response = typed(PARQUET, file);
+            if let Ok(disposition) = HeaderValue::from_str(&format!(
+                "attachment; filename=\"{}-{}.parquet\"",
+                sensor.replace('"', ""),
+                text.replace('"', "")
+            )) {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_DISPOSITION, disposition);
+            }
+            response
+        }
+        #[cfg(not(feature = "parquet"))]
+        Format::Parquet => {
+            return Err(ApiError::bad(
+                "format",
+                "this build has no Parquet support (the cargo feature parquet is off)",
+            ))
+        }
+        Format::Csv => {
+            let mut out = format!("start,{},flagged,quality,state\n", aggregates.join(","));
+            for f in &filled {
+                let (start, flagged, quality, kind) = meta(f);
+                let values: Vec<String> = aggregates
+                    .iter()
+                    .map(|a| value(f, a).map(number).unwrap_or_default())
+                    .collect();
+                out.push_str(&format!(
+                    "{},{},{flagged},{quality},{kind}\n",
+                    rfc3339(start),
+                    values.join(",")
+                ));
+            }
+            typed("text/csv; charset=utf-8", out)
+        }
+        _ => {
+            use std::fmt::Write as _;
+            let quoted = |text: &str| serde_json::to_string(text).unwrap_or_default();
+            let mut out = String::with_capacity(128 + filled.len() * (64 + 24 * aggregates.len()));
+            let _ = write!(
+                out,
+                "{{\"sensor\":{},\"quantity\":{},\"unit\":{},\"bucket\":{},\"from\":\"{}\",\"to\":\"{}\",\"buckets\":[",
+                quoted(sensor),
+                quoted(quantity),
+                quoted(unit_of(quantity)),
+                quoted(text),
+                rfc3339(from),
+                rfc3339(to),
+            );
+            for (i, f) in filled.iter().enumerate() {
+                let (start, flagged, quality, kind) = meta(f);
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(
+                    out,
+                    "{{\"start\":\"{}\",\"flagged\":{flagged},\"quality\":{quality},\"state\":\"{kind}\"",
+                    rfc3339(start)
+                );
+                for a in &aggregates {
+                    let _ = match value(f, a) {
+                        Some(v) => write!(out, ",\"{a}\":{}", number(v)),
+                        None => write!(out, ",\"{a}\":null"),
+                    };
+                }
+                out.push('}');
+            }
+            out.push_str("]}");
+            typed("application/json", out)
+        }
+    })
+}
+
+/// One bucket of aggregated readings; the aggregates asked for (`avg`, `min`, `max`, `sum`, `count`,
+/// `first`, `last`) appear as fields, null where a bucket has no value.
+#[derive(Serialize, ToSchema)]
+pub struct BucketItem {
+    pub start: String,
+    /// Readings left out because their quality flags make them unusable.
+    pub flagged: i64,
+    /// The OR of the quality flags of the readings aggregated.
+    pub quality: i16,
+    /// measured, flagged (only unusable readings), empty, or interpolated.
+    pub state: String,
+    pub avg: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub sum: Option<f64>,
+    pub count: Option<i64>,
+    pub first: Option<f64>,
+    pub last: Option<f64>,
+}

@@ -1,0 +1,86 @@
+//! `GET /api/v1/sensors/{key}/readings`: raw or aggregated, as the request asks.
+
+use super::aggregate::{aggregated, BucketItem};
+use super::query::ReadingsQuery;
+use super::raw::raw;
+use crate::http::problem::{ApiError, Result};
+use crate::http::{format, parse_query, wants_parquet, Format};
+use crate::state::ApiState;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// A sensor's readings: raw (paged by time, or by arrival with `since`) or aggregated into buckets.
+#[utoipa::path(get, path = "/api/v1/sensors/{key}/readings", tag = "open data",
+    params(("key" = String, Path, description = "The sensor's key"), ReadingsQuery),
+    responses(
+        (status = 200, description = "Raw readings (a page, with `next`), or buckets when `bucket` is given",
+            content((ReadingsPage = "application/json"), (String = "text/csv"),
+                (Vec<u8> = "application/vnd.apache.parquet"))),
+        (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such sensor", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn readings(
+    State(state): State<ApiState>,
+    Path(sensor): Path<String>,
+    headers: HeaderMap,
+    query: std::result::Result<Query<ReadingsQuery>, QueryRejection>,
+) -> Result<Response> {
+    let query = parse_query(query)?;
+    let format = if wants_parquet(query.format.as_deref(), &headers) {
+        Format::Parquet
+    } else {
+        format(query.format.as_deref(), &headers, false)?
+    };
+    let quantity = state
+        .store
+        .sensor_quantity(&sensor)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("sensor {sensor}")))?;
+    if query.bucket.is_some() {
+        return aggregated(&state, &sensor, &quantity, query, format).await;
+    }
+    for (name, given) in [
+        ("agg", query.agg.is_some()),
+        ("fill", query.fill.is_some()),
+        ("max_gap", query.max_gap.is_some()),
+        ("quality", query.quality.is_some()),
+    ] {
+        if given {
+            return Err(ApiError::bad(
+                name,
+                format!("{name} applies only with bucket"),
+            ));
+        }
+    }
+    raw(&state, &sensor, &quantity, query, format).await
+}
+
+/// One raw reading.
+#[derive(Serialize, ToSchema)]
+pub struct RawItem {
+    pub ts: String,
+    pub value: f64,
+    /// Quality flags: 0 good, 1 suspect (device), 2 bad (device), 256 spike, 512 stuck, 1024 out of range.
+    pub quality: i16,
+    pub received_at: String,
+}
+
+/// `GET /api/v1/sensors/{key}/readings`: `readings` and `next` for raw readings; `bucket`, `from`,
+/// `to` and `buckets` when aggregated.
+#[derive(Serialize, ToSchema)]
+pub struct ReadingsPage {
+    pub sensor: String,
+    pub quantity: String,
+    pub unit: String,
+    pub readings: Option<Vec<RawItem>>,
+    /// The cursor of the next page; null on the last.
+    pub next: Option<String>,
+    pub bucket: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub buckets: Option<Vec<BucketItem>>,
+}
