@@ -343,6 +343,20 @@ async fn two_analytics_runners_record_every_event_exactly_once() {
     .await;
     quiet(&first).await;
     quiet(&second).await;
+    let total = assert_one_history_per_area(&harness).await;
+    assert!(
+        total >= 4,
+        "the surge raised, changed and lifted warnings: {total} events"
+    );
+    first.stop().await;
+    second.stop().await;
+    ingest.stop().await;
+    harness.finish().await;
+}
+
+/// Checks that each Baltic area's events tell one history, each event recorded once, and returns
+/// how many events there are in all.
+async fn assert_one_history_per_area(harness: &Harness) -> usize {
     let mut total = 0;
     for area in ["flensburg-fjord", "kiel-fjord", "schlei-kappeln"] {
         let mut events = harness.store.warning_events(area).await.unwrap();
@@ -393,12 +407,100 @@ async fn two_analytics_runners_record_every_event_exactly_once() {
         keys.dedup();
         assert_eq!(keys.len(), all, "{area}: an event recorded twice");
     }
+    total
+}
+
+/// Two `tidemark analytics` processes over one replayed surge record every event exactly once:
+/// the area's last event is checked under its lock, and a writer whose view is outdated
+/// evaluates again instead of recording the same change twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_analytics_processes_record_every_event_exactly_once() {
+    let harness = Harness::start().await;
+    let ingest = harness.ingest_ready("ingest-two-processes", None).await;
+    let config = config(&harness);
+    tidemark::app::load_flood(&config).await.unwrap();
+    let mut processes = Vec::new();
+    let mut metrics_urls = Vec::new();
+    for _ in 0..2 {
+        let port = tidemark_testkit::free_port().unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidemark"))
+            .arg("analytics")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("TIDEMARK_ENV")
+            .env("TIDEMARK__DATABASE__URL", &config.database.url)
+            .env("TIDEMARK__MQTT__PORT", config.mqtt.port.to_string())
+            .env("TIDEMARK__ANALYTICS__SWEEP_INTERVAL", "2s")
+            .env(
+                "TIDEMARK__ANALYTICS__METRICS_LISTEN",
+                format!("127.0.0.1:{port}"),
+            )
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        processes.push(child);
+        metrics_urls.push(format!("http://127.0.0.1:{port}/metrics"));
+    }
+    // Both serve their metrics once they run.
+    let counters = |url: String| async move {
+        let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+        let value = |name: &str| -> Option<u64> {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .map(|v| v as u64)
+        };
+        Some((
+            value("tidemark_analytics_evaluations_total")?,
+            value("tidemark_analytics_events_total")?,
+        ))
+    };
+    for url in &metrics_urls {
+        let up = wait_for(Duration::from_secs(30), || async {
+            counters(url.clone()).await.is_some()
+        })
+        .await;
+        assert!(up, "tidemark analytics serves {url}");
+    }
+    replay_all(
+        &harness,
+        Format::BalticSurge,
+        "baltic-surge",
+        "tests/fixtures/baltic-surge-2023/sea_level_10min.csv",
+    )
+    .await;
+    // Settled when neither process has recorded an event for a while (as `quiet` does for one).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut last = None;
+    let settled = loop {
+        let mut now = Vec::new();
+        for url in &metrics_urls {
+            now.push(counters(url.clone()).await);
+        }
+        // Sweeps keep evaluating; the events recorded are what must stop changing.
+        let evaluated = now
+            .iter()
+            .all(|c| c.is_some_and(|(evaluations, _)| evaluations > 0));
+        let events: Vec<Option<u64>> = now.iter().map(|c| c.map(|(_, events)| events)).collect();
+        if evaluated && last.as_ref() == Some(&events) {
+            break true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            break false;
+        }
+        last = Some(events);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    };
+    assert!(settled, "both analytics processes evaluate and settle");
+    let total = assert_one_history_per_area(&harness).await;
     assert!(
         total >= 4,
         "the surge raised, changed and lifted warnings: {total} events"
     );
-    first.stop().await;
-    second.stop().await;
+    for mut process in processes {
+        process.kill().await.unwrap();
+    }
     ingest.stop().await;
     harness.finish().await;
 }

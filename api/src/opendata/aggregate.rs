@@ -5,9 +5,9 @@ use super::parquet_export;
 use super::query::{time_range, ReadingsQuery, AGGREGATES, MAX_BUCKETS, MIN_BUCKET};
 use super::stations::unit_of;
 use crate::http::problem::{ApiError, Result};
-use crate::http::{rfc3339, typed, Format};
 #[cfg(feature = "parquet")]
 use crate::http::PARQUET;
+use crate::http::{rfc3339, typed, Format};
 use crate::state::ApiState;
 #[cfg(feature = "parquet")]
 use axum::http::{header, HeaderValue};

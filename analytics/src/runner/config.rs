@@ -1,0 +1,89 @@
+//! The `[analytics]` section.
+
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+use tidemark_model::duration;
+
+/// The `[analytics]` section of the configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalyticsConfig {
+    /// Flood files (areas, links, thresholds, rain rules), relative to the base configuration
+    /// file's folder.
+    #[serde(default)]
+    pub flood_files: Vec<PathBuf>,
+    /// The municipality layer (GeoJSON with KOMKODE and KOMNAVN), relative likewise.
+    #[serde(default = "default_municipalities")]
+    pub municipalities: PathBuf,
+    /// An area outside every municipality goes to the nearest one within this distance, km.
+    #[serde(default = "default_nearest_km")]
+    pub nearest_municipality_km: f64,
+    /// How far back an evaluation reads.
+    #[serde(default = "default_lookback", with = "duration::serde_str")]
+    pub lookback: Duration,
+    /// How often every area is evaluated, new readings or not.
+    #[serde(default = "default_sweep", with = "duration::serde_str")]
+    pub sweep_interval: Duration,
+    /// A station is stale after this many expected intervals without a reading.
+    #[serde(default = "default_stale_after")]
+    pub stale_after_intervals: i32,
+    /// How long notifications are gathered before evaluating.
+    #[serde(default = "default_debounce", with = "duration::serde_str")]
+    pub debounce: Duration,
+    /// How long a rainfall alert stays after the rain last exceeded a rule.
+    #[serde(default = "default_rain_hold", with = "duration::serde_str")]
+    pub rain_hold: Duration,
+    /// Where `tidemark analytics` serves `/metrics`, `/healthz` and `/readyz` (in `tidemark run`
+    /// the API serves them).
+    #[serde(default = "default_analytics_metrics_listen")]
+    pub metrics_listen: String,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        AnalyticsConfig {
+            flood_files: Vec::new(),
+            municipalities: default_municipalities(),
+            nearest_municipality_km: default_nearest_km(),
+            lookback: default_lookback(),
+            sweep_interval: default_sweep(),
+            stale_after_intervals: default_stale_after(),
+            debounce: default_debounce(),
+            rain_hold: default_rain_hold(),
+            metrics_listen: default_analytics_metrics_listen(),
+        }
+    }
+}
+
+pub(crate) fn default_municipalities() -> PathBuf {
+    PathBuf::from("reference/dk-kommuner/kommuner.geojson")
+}
+
+pub(crate) const fn default_nearest_km() -> f64 {
+    25.0
+}
+
+pub(crate) const fn default_lookback() -> Duration {
+    Duration::from_secs(14 * 86_400)
+}
+
+pub(crate) const fn default_sweep() -> Duration {
+    Duration::from_secs(60)
+}
+
+pub(crate) const fn default_stale_after() -> i32 {
+    3
+}
+
+pub(crate) const fn default_debounce() -> Duration {
+    Duration::from_millis(20)
+}
+
+pub(crate) fn default_analytics_metrics_listen() -> String {
+    "127.0.0.1:9092".to_owned()
+}
+
+pub(crate) const fn default_rain_hold() -> Duration {
+    Duration::from_secs(3600)
+}

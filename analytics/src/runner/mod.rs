@@ -1,0 +1,210 @@
+//! The flood-risk runner: LISTENs for `readings_committed`, evaluates the flood areas the new
+//! readings touch, sweeps every area periodically (for staleness and holds that end without new
+//! readings), and records the resulting warning events with their outbox rows.
+
+pub mod config;
+pub mod evaluation;
+pub mod state;
+pub mod upkeep;
+
+pub use config::AnalyticsConfig;
+pub use state::{Error, Metrics, Settings};
+
+use evaluation::evaluate_area;
+use futures_util::StreamExt;
+use state::{Model, CONCURRENT_EVALUATIONS, HISTORY_START};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tidemark_store::circular::ContainerRow;
+use tidemark_store::coordination::{Channel, Notice, ReadingsCommitted};
+use tidemark_store::flood::QualityRuleRow;
+use tidemark_store::water::LeakRuleRow;
+use tidemark_store::{notify, Store};
+use tokio_util::sync::CancellationToken;
+use upkeep::{check_rule_sensors, find_container_events, find_night_flow};
+
+/// Runs until `shutdown`.
+pub async fn run(
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let store = Store::connect(&settings.database).await?;
+    // Quality findings change rollup days too; the refresher stops when this function returns.
+    let refresher_stop = shutdown.child_token();
+    let _refresher = refresher_stop.clone().drop_guard();
+    tokio::spawn({
+        let store = store.clone();
+        let every = settings.database.rollup_refresh;
+        async move {
+            store
+                .keep_rollups_fresh(every, refresher_stop.cancelled_owned())
+                .await
+        }
+    });
+    // Listening before the setup is read, so that no change falls between the two.
+    let channels = [Channel::ReadingsCommitted, Channel::FloodSetupChanged];
+    let mut listener = notify::listen(&settings.database, &channels).await?;
+    let mut model = Model::load(&store).await?;
+    tracing::info!(areas = model.setup.areas.len(), "analytics started");
+    if let Err(error) = check_rule_sensors(&store, &model.quality_rules, HISTORY_START).await {
+        tracing::warn!(%error, "quality checks failed");
+    }
+    if let Err(error) = find_container_events(&store, &model.containers, HISTORY_START).await {
+        tracing::warn!(%error, "container events failed");
+    }
+    if let Err(error) = find_night_flow(
+        &store,
+        &model.leak_rules,
+        HISTORY_START,
+        &settings.topic_prefix,
+    )
+    .await
+    {
+        tracing::warn!(%error, "night flow failed");
+    }
+    let mut pending: BTreeSet<String> = model.setup.areas.iter().map(|a| a.key.clone()).collect();
+    let mut sweep = tokio::time::interval(settings.analytics.sweep_interval);
+    sweep.tick().await;
+    loop {
+        // Areas are independent (each has its own advisory lock), so a few are evaluated at once.
+        futures_util::stream::iter(std::mem::take(&mut pending))
+            .for_each_concurrent(CONCURRENT_EVALUATIONS, |area| {
+                let (store, model, settings, metrics) = (&store, &model, &settings, &metrics);
+                async move { evaluate_area(store, model, settings, &area, metrics).await }
+            })
+            .await;
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = sweep.tick() => {
+                pending.extend(model.setup.areas.iter().map(|a| a.key.clone()));
+            }
+            notification = listener.recv() => {
+                let Some(first) = notification else {
+                    tracing::warn!("the readings listener closed; reconnecting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    match notify::listen(&settings.database, &channels).await {
+                        Ok(fresh) => listener = fresh,
+                        Err(error) => tracing::warn!(%error, "cannot listen for readings"),
+                    }
+                    // Readings may have been missed meanwhile: look at everything.
+                    pending.extend(model.setup.areas.iter().map(|a| a.key.clone()));
+                    continue;
+                };
+                let mut notifications = vec![first];
+                let deadline = tokio::time::Instant::now() + settings.analytics.debounce;
+                while let Ok(Some(more)) = tokio::time::timeout_at(deadline, listener.recv()).await {
+                    notifications.push(more);
+                }
+                // A changed setup (over the API, or a migrate) is reloaded, and every area looked at.
+                if notifications.contains(&Notice::FloodSetupChanged) {
+                    match Model::load(&store).await {
+                        Ok(fresh) => {
+                            // Only new or changed containers and rules are looked at again.
+                            let changed: Vec<ContainerRow> = fresh
+                                .containers
+                                .iter()
+                                .filter(|c| !model.containers.contains(c))
+                                .cloned()
+                                .collect();
+                            let changed_quality: Vec<QualityRuleRow> = fresh
+                                .quality_rules
+                                .iter()
+                                .filter(|r| !model.quality_rules.contains(r))
+                                .cloned()
+                                .collect();
+                            let changed_rules: Vec<LeakRuleRow> = fresh
+                                .leak_rules
+                                .iter()
+                                .filter(|r| !model.leak_rules.contains(r))
+                                .cloned()
+                                .collect();
+                            model = fresh;
+                            tracing::info!(areas = model.setup.areas.len(), "flood setup reloaded");
+                            // A new or changed quality rule applies to the whole history.
+                            if let Err(error) = check_rule_sensors(&store, &changed_quality, HISTORY_START).await {
+                                tracing::warn!(%error, "quality checks failed");
+                            }
+                            if let Err(error) = find_container_events(&store, &changed, HISTORY_START).await {
+                                tracing::warn!(%error, "container events failed");
+                            }
+                            if let Err(error) = find_night_flow(&store, &changed_rules, HISTORY_START, &settings.topic_prefix).await {
+                                tracing::warn!(%error, "night flow failed");
+                            }
+                        }
+                        Err(error) => tracing::warn!(%error, "cannot reload the flood setup"),
+                    }
+                    pending.extend(model.setup.areas.iter().map(|a| a.key.clone()));
+                }
+                let batches: Vec<ReadingsCommitted> = notifications
+                    .into_iter()
+                    .filter_map(|n| match n {
+                        Notice::ReadingsCommitted(batch) => Some(batch),
+                        _ => None,
+                    })
+                    .collect();
+                let ids: BTreeSet<i32> = batches
+                    .iter()
+                    .flat_map(|b| b.sensors.iter().copied())
+                    .collect();
+                if ids.iter().any(|id| !model.by_id.contains_key(id)) {
+                    match Model::load(&store).await {
+                        Ok(fresh) => model = fresh,
+                        Err(error) => tracing::warn!(%error, "cannot reload the flood setup"),
+                    }
+                }
+                // Sensors with a quality rule are checked from a day before the earliest new reading,
+                // so that a reading is judged again once its later neighbours have come.
+                let earliest = batches.iter().map(|b| b.from).min();
+                let ruled: Vec<QualityRuleRow> = model
+                    .quality_rules
+                    .iter()
+                    .filter(|r| ids.iter().any(|id| model.by_id.get(id) == Some(&r.sensor_key)))
+                    .cloned()
+                    .collect();
+                if let (Some(earliest), false) = (earliest, ruled.is_empty()) {
+                    let from = earliest - chrono::Duration::days(1);
+                    if let Err(error) = check_rule_sensors(&store, &ruled, from).await {
+                        tracing::warn!(%error, "quality checks failed");
+                    }
+                }
+                let touched: Vec<ContainerRow> = model
+                    .containers
+                    .iter()
+                    .filter(|c| {
+                        ids.iter().any(|id| {
+                            model.by_id.get(id).is_some_and(|key| {
+                                key == &c.fill_sensor || c.weight_sensor.as_ref() == Some(key)
+                            })
+                        })
+                    })
+                    .cloned()
+                    .collect();
+                if let (Some(earliest), false) = (earliest, touched.is_empty()) {
+                    if let Err(error) = find_container_events(&store, &touched, earliest).await {
+                        tracing::warn!(%error, "container events failed");
+                    }
+                }
+                let metered: Vec<LeakRuleRow> = model
+                    .leak_rules
+                    .iter()
+                    .filter(|r| ids.iter().any(|id| model.by_id.get(id) == Some(&r.sensor_key)))
+                    .cloned()
+                    .collect();
+                if let (Some(earliest), false) = (earliest, metered.is_empty()) {
+                    if let Err(error) = find_night_flow(&store, &metered, earliest, &settings.topic_prefix).await {
+                        tracing::warn!(%error, "night flow failed");
+                    }
+                }
+                for id in ids {
+                    if let Some(key) = model.by_id.get(&id) {
+                        pending.extend(model.areas_of(key));
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!("analytics stopped");
+    Ok(())
+}

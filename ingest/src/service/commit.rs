@@ -1,0 +1,228 @@
+//! The committer: writes a batch with retry and backoff (splitting one the database refuses for
+//! good), then acknowledges each message on the connection it arrived on.
+
+use super::prepare::Prepared;
+use super::shared::{Committed, Generation};
+use crate::config::IngestConfig;
+use crate::message::STORAGE_REFUSED;
+use crate::metrics::Metrics;
+use chrono::Utc;
+use rumqttc::{AsyncClient, Publish};
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+use tidemark_store::readings::{Batch, MessageRef, Refusal, WriteOutcome};
+use tidemark_store::Store;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Second stage: commits each prepared batch, then acknowledges its messages.
+pub(crate) struct Committer {
+    pub(crate) store: Store,
+    pub(crate) client: AsyncClient,
+    pub(crate) connection: Arc<Generation>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) config: IngestConfig,
+}
+
+impl Committer {
+    pub(crate) async fn run(
+        self,
+        mut prepared: mpsc::Receiver<Prepared>,
+        shutdown: CancellationToken,
+    ) {
+        while let Some(batch) = prepared.recv().await {
+            if !self.commit(&batch, &shutdown).await {
+                // Shut down before the batch could be committed: leave it unacknowledged so the
+                // broker delivers it again to the next session.
+                return;
+            }
+            // Committed: the payloads and their share of the buffer go now, before the
+            // acknowledgements, which may wait for the session task to take them.
+            let committed: Vec<Committed> = batch
+                .messages
+                .into_iter()
+                .map(|m| {
+                    self.metrics.buffered_bytes.dec_by(m.buffered as i64);
+                    Committed {
+                        pkid: m.publish.pkid,
+                        qos: m.publish.qos,
+                        connection: m.connection,
+                    }
+                })
+                .collect();
+            self.acknowledge(committed).await;
+        }
+    }
+
+    /// Commits the batch, splitting it around any message the database refuses for good.
+    /// Returns false if shut down first.
+    pub(crate) async fn commit(&self, batch: &Prepared, shutdown: &CancellationToken) -> bool {
+        let messages = batch.message_refs();
+        let mut parts: VecDeque<Range<usize>> = VecDeque::new();
+        parts.push_back(0..batch.messages.len());
+        while let Some(part) = parts.pop_front() {
+            let rows = batch.part(&messages, &part);
+            match self.write(rows, shutdown).await {
+                Attempt::Committed(outcome) => self.count(rows, outcome),
+                Attempt::Stopped => return false,
+                Attempt::Refused(error) if part.len() > 1 => {
+                    let middle = part.start + part.len() / 2;
+                    tracing::warn!(
+                        stage = "ingest",
+                        %error,
+                        messages = part.len(),
+                        "the database refused a batch; writing its halves apart"
+                    );
+                    parts.push_front(middle..part.end);
+                    parts.push_front(part.start..middle);
+                }
+                Attempt::Refused(error) => {
+                    if !self.refuse(&messages, part.start, &error, shutdown).await {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Keeps a message whose rows the database refused for good as a rejection of its own.
+    /// Returns false if shut down first.
+    pub(crate) async fn refuse(
+        &self,
+        messages: &[MessageRef<'_>],
+        index: usize,
+        error: &tidemark_store::Error,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let refusal = [Refusal {
+            message: index as u32,
+            entry: None,
+            reason_code: STORAGE_REFUSED,
+            reason: format!(
+                "the database refused this message's rows ({}): {error}",
+                error.sqlstate().unwrap_or("-")
+            ),
+        }];
+        let rows = Batch {
+            messages,
+            readings: &[],
+            origins: &[],
+            refusals: &refusal,
+        };
+        match self.write(rows, shutdown).await {
+            Attempt::Committed(outcome) => {
+                self.count(rows, outcome);
+                true
+            }
+            Attempt::Stopped => false,
+            Attempt::Refused(again) => {
+                // Not even its rejection can be stored: keeping it would stall every device behind
+                // it, so it is acknowledged, counted and logged in full.
+                self.metrics.rejections_unstored.inc();
+                tracing::error!(
+                    stage = "ingest",
+                    topic = %messages[index].topic.escape_debug(),
+                    payload_bytes = messages[index].payload.len(),
+                    error = %again,
+                    "a refused message could not be kept as a rejection; acknowledging it"
+                );
+                true
+            }
+        }
+    }
+
+    /// Writes rows, retrying with backoff until they commit, the database refuses them for good,
+    /// or ingest shuts down.
+    pub(crate) async fn write(&self, rows: Batch<'_>, shutdown: &CancellationToken) -> Attempt {
+        let mut backoff = self.config.retry_initial;
+        loop {
+            let started = Instant::now();
+            match self.store.write(rows, Utc::now()).await {
+                Ok(outcome) => {
+                    self.metrics
+                        .batch_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics.batches.inc();
+                    return Attempt::Committed(outcome);
+                }
+                Err(error) if error.is_permanent() => return Attempt::Refused(error),
+                Err(error) => {
+                    self.metrics.write_retries.inc();
+                    tracing::warn!(stage = "ingest", %error, retry_in = ?backoff, "batch write failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Attempt::Stopped,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(self.config.retry_max);
+                }
+            }
+        }
+    }
+
+    /// Counts what a committed write stored and refused, and logs each refused message once.
+    pub(crate) fn count(&self, rows: Batch<'_>, outcome: WriteOutcome) {
+        self.metrics.readings_stored.inc_by(outcome.stored);
+        self.metrics.readings_duplicate.inc_by(outcome.duplicates);
+        if outcome.conflicts > 0 {
+            self.metrics
+                .rejected
+                .get_or_create(&vec![("reason", tidemark_store::readings::CONFLICT)])
+                .inc_by(outcome.conflicts);
+            tracing::warn!(
+                stage = "ingest",
+                readings = outcome.conflicts,
+                "readings conflict with stored values of the same sensor and time"
+            );
+        }
+        let mut last = None;
+        for refusal in rows.refusals {
+            self.metrics
+                .rejected
+                .get_or_create(&vec![("reason", refusal.reason_code)])
+                .inc();
+            if last == Some(refusal.message) {
+                continue;
+            }
+            last = Some(refusal.message);
+            let message = &rows.messages[refusal.message as usize];
+            tracing::warn!(
+                stage = "ingest",
+                device = message.device.unwrap_or("-"),
+                topic = %message.topic.escape_debug(),
+                reason = %refusal.reason,
+                "rejected payload"
+            );
+        }
+    }
+
+    pub(crate) async fn acknowledge(&self, messages: Vec<Committed>) {
+        for message in messages {
+            let generation = self.connection.0.read().unwrap_or_else(|e| e.into_inner());
+            // A message from an earlier connection will be (or has been) redelivered with the
+            // same packet id; acking the old copy could acknowledge another message.
+            if message.connection != *generation {
+                continue;
+            }
+            let mut ack = Publish::new("", message.qos, Vec::<u8>::new());
+            ack.pkid = message.pkid;
+            // The queue has room for every packet id of a connection (REQUEST_QUEUE). Should an
+            // acknowledgement still not be queued, the broker sends the message again and the
+            // unique key absorbs it.
+            if let Err(error) = self.client.try_ack(&ack) {
+                tracing::warn!(%error, "cannot queue an acknowledgement");
+            }
+        }
+    }
+}
+
+/// How one write of part of a batch ended.
+pub(crate) enum Attempt {
+    Committed(WriteOutcome),
+    /// The database refused it for good: writing it again cannot succeed.
+    Refused(tidemark_store::Error),
+    /// Shut down before it could commit.
+    Stopped,
+}

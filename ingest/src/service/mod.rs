@@ -1,0 +1,132 @@
+//! The ingest service: an MQTT session task that only moves packets, and a writer task that
+//! batches, commits and then acknowledges.
+//!
+//! Memory is bounded by `max_buffered_bytes`: the session task takes a share of that budget for
+//! each message before it polls the connection again, so when the budget is spent it stops reading
+//! the socket and the broker's sends back up in TCP. The share is given back as soon as the
+//! message's batch has committed, before its acknowledgement leaves, so the session task never
+//! waits on itself.
+//!
+//! A batch the database refuses for good (a data exception, an integrity violation, a program
+//! limit) is split until the message behind the refusal stands alone; that message is kept as a
+//! rejection (`storage_refused`) and acknowledged, and the rest is stored. Other errors (a lost
+//! connection, a serialization failure) are retried with backoff, acknowledging nothing.
+
+pub mod commit;
+pub mod prepare;
+pub mod session;
+pub mod shared;
+
+use crate::message::Rules;
+use crate::metrics::Metrics;
+use chrono::Utc;
+use commit::Committer;
+use prepare::Preparer;
+use rumqttc::AsyncClient;
+use session::{maintenance_loop, mqtt_options, session_loop};
+use shared::{AbortOnDrop, Generation, REQUEST_QUEUE};
+pub use shared::{Error, Settings};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tidemark_model::topic::ReadingsTopics;
+use tidemark_model::validate::TimeRules;
+use tidemark_model::wire::Limits;
+use tidemark_store::Store;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// Runs ingest until `shutdown` is cancelled; then finishes the batch in hand and disconnects.
+pub async fn run(
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let Settings {
+        ingest: config,
+        mqtt,
+        database,
+    } = settings;
+    config.validate().map_err(Error::Config)?;
+    let topics = ReadingsTopics::new(&mqtt.topic_prefix)?;
+    let filter = topics.filter(config.shared_group.as_deref())?;
+    let store = Store::connect(&database).await?;
+    let directory = store.directory().await?;
+
+    let (client, eventloop) = AsyncClient::new(mqtt_options(&config, &mqtt), REQUEST_QUEUE);
+    let connection = Arc::new(Generation::default());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let buffer = Arc::new(Semaphore::new(config.max_buffered_bytes));
+    let session_stop = CancellationToken::new();
+    let session = AbortOnDrop(tokio::spawn(session_loop(
+        eventloop,
+        client.clone(),
+        filter,
+        tx,
+        buffer,
+        config.max_buffered_bytes,
+        connection.clone(),
+        metrics.clone(),
+        session_stop.clone(),
+    )));
+    let _rollups = AbortOnDrop(tokio::spawn({
+        let (store, stop) = (store.clone(), shutdown.clone());
+        let every = database.rollup_refresh;
+        async move {
+            store
+                .keep_rollups_fresh(every, stop.cancelled_owned())
+                .await
+        }
+    }));
+    let _maintenance = AbortOnDrop(tokio::spawn(maintenance_loop(
+        store.clone(),
+        database,
+        metrics.clone(),
+        shutdown.clone(),
+    )));
+    tracing::info!(client_id = %config.client_id, mode = %store.mode(), "ingest started");
+
+    let preparer = Preparer {
+        store: store.clone(),
+        topics,
+        directory,
+        directory_loaded: Utc::now(),
+        rules: Rules {
+            time: TimeRules {
+                future_tolerance: config.future_tolerance,
+                max_age: config.max_age,
+            },
+            limits: Limits {
+                max_bytes: config.max_payload_bytes,
+                max_readings: config.max_readings_per_message,
+            },
+        },
+        config: config.clone(),
+        carried: VecDeque::new(),
+    };
+    let committer = Committer {
+        store,
+        client: client.clone(),
+        connection,
+        metrics,
+        config,
+    };
+    // Two stages, so that decoding the next batch overlaps committing this one. The channel holds
+    // one prepared batch: at most two batches wait on the database at any time.
+    let (prepared_tx, prepared_rx) = mpsc::channel(1);
+    let committing = AbortOnDrop(tokio::spawn(committer.run(prepared_rx, shutdown.clone())));
+    preparer.run(rx, prepared_tx, &shutdown).await;
+    committing.join().await;
+
+    // Acknowledgements queued by the writer go out before the disconnect, in request order.
+    let _ = client.disconnect().await;
+    if tokio::time::timeout(Duration::from_secs(5), session.join())
+        .await
+        .is_err()
+    {
+        tracing::warn!("mqtt session did not close within 5s");
+    }
+    session_stop.cancel();
+    tracing::info!("ingest stopped");
+    Ok(())
+}

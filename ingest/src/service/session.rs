@@ -1,0 +1,145 @@
+//! The MQTT session: connection options, the loop that polls the connection and takes a message's
+//! share of the buffer before polling again, and the periodic storage maintenance.
+
+use super::shared::{Generation, Received, MAINTENANCE_INTERVAL};
+use crate::config::IngestConfig;
+use crate::metrics::Metrics;
+use chrono::Utc;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use std::sync::Arc;
+use std::time::Duration;
+use tidemark_model::broker::BrokerConfig;
+use tidemark_store::{DatabaseConfig, Store};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+pub(crate) fn mqtt_options(config: &IngestConfig, mqtt: &BrokerConfig) -> MqttOptions {
+    let mut options = MqttOptions::new(&config.client_id, &mqtt.host, mqtt.port);
+    options
+        .set_keep_alive(config.keep_alive)
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_max_packet_size(mqtt.max_packet_bytes, mqtt.max_packet_bytes);
+    if let Some(username) = &mqtt.username {
+        let password = mqtt.password.as_ref().map(|p| p.expose()).unwrap_or("");
+        options.set_credentials(username, password);
+    }
+    options
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn session_loop(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    filter: String,
+    tx: mpsc::UnboundedSender<Received>,
+    buffer: Arc<Semaphore>,
+    max_buffered: usize,
+    connection: Arc<Generation>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff = Duration::from_millis(100);
+                metrics.subscribed.set(0);
+                tracing::info!(
+                    connection = connection.current(),
+                    session_present = ack.session_present,
+                    "mqtt connected"
+                );
+                // Re-subscribing on a resumed session is harmless and covers a broker that lost it.
+                if let Err(error) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                    tracing::error!(%error, "cannot queue the subscription");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                metrics.messages_received.inc();
+                if publish.dup {
+                    metrics.messages_redelivered.inc();
+                }
+                let size = publish.payload.len().clamp(1, max_buffered);
+                // The message's share of the buffer, before the connection is polled again: while
+                // there is no room, nothing reads the socket, and the broker holds the rest.
+                let permit = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    permit = buffer.clone().acquire_many_owned(size as u32) => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
+                };
+                metrics.buffered_bytes.inc_by(size as i64);
+                let received = Received {
+                    publish,
+                    received_at: Utc::now(),
+                    connection: connection.current(),
+                    buffered: size,
+                    _buffer: permit,
+                };
+                if tx.send(received).is_err() {
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let granted = ack
+                    .return_codes
+                    .iter()
+                    .all(|code| matches!(code, rumqttc::SubscribeReasonCode::Success(_)));
+                if granted {
+                    metrics.subscribed.set(1);
+                } else {
+                    tracing::error!(filter = %filter, "the broker refused the readings subscription");
+                }
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+            Ok(_) => {}
+            Err(error) => {
+                {
+                    // The connection is gone: its generation ends now, not at the next CONNACK.
+                    // Acknowledgements queued before this point are dropped from the request
+                    // queue (rumqttc keeps no PUBACK across a reconnect); none can be queued for
+                    // the old generation after it.
+                    let mut generation = connection.0.write().unwrap_or_else(|e| e.into_inner());
+                    *generation += 1;
+                    eventloop.clean();
+                }
+                metrics.mqtt_errors.inc();
+                metrics.subscribed.set(0);
+                tracing::warn!(%error, retry_in = ?backoff, "mqtt connection error");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+pub(crate) async fn maintenance_loop(
+    store: Store,
+    database: DatabaseConfig,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match store.maintain(Utc::now(), &database).await {
+            // Every job whose scheduled runs fail is run here, so these are the failing ones.
+            Ok(ran) => {
+                metrics.timescaledb_jobs_failing.set(ran.len() as i64);
+                metrics.timescaledb_jobs_run_here.inc_by(ran.len() as u64);
+            }
+            Err(error) => tracing::warn!(%error, "storage maintenance failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! What the session, the preparer and the committer share: the settings, errors, a message on its
+//! way, the connection generation acknowledgements are checked against, and the bounds.
+
+use crate::config::IngestConfig;
+use chrono::{DateTime, Utc};
+use rumqttc::{Publish, QoS};
+use std::sync::RwLock;
+use std::time::Duration;
+use tidemark_model::broker::BrokerConfig;
+use tidemark_model::topic::TopicError;
+use tidemark_store::DatabaseConfig;
+use tokio::sync::OwnedSemaphorePermit;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid ingest configuration: {0}")]
+    Config(String),
+    #[error("invalid topic configuration: {0}")]
+    Topic(#[from] TopicError),
+    #[error("ingest cannot start: {0}")]
+    Store(#[from] tidemark_store::Error),
+}
+
+/// Everything ingest needs to run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub ingest: IngestConfig,
+    pub mqtt: BrokerConfig,
+    pub database: DatabaseConfig,
+}
+
+/// A message received and not yet committed.
+pub(crate) struct Received {
+    pub(crate) publish: Publish,
+    pub(crate) received_at: DateTime<Utc>,
+    /// The MQTT connection it arrived on; an ack is only valid on that connection.
+    pub(crate) connection: u64,
+    /// Bytes this message holds of the `max_buffered_bytes` budget, given back when it is dropped.
+    pub(crate) buffered: usize,
+    pub(crate) _buffer: OwnedSemaphorePermit,
+}
+
+/// What is left of a committed message until it is acknowledged: no payload, no share of the
+/// buffer.
+pub(crate) struct Committed {
+    pub(crate) pkid: u16,
+    pub(crate) qos: QoS,
+    pub(crate) connection: u64,
+}
+
+/// The MQTT connection generation. It moves on every connection error, under the write lock, and
+/// acknowledgements are queued only under the read lock while the generation is still theirs: so
+/// an acknowledgement meant for one connection is never sent on the next, where the same packet id
+/// may name another message.
+#[derive(Default)]
+pub(crate) struct Generation(pub(crate) RwLock<u64>);
+
+impl Generation {
+    pub(crate) fn current(&self) -> u64 {
+        *self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Room in the queue of requests to the MQTT session (acknowledgements, the subscription). One
+/// connection can have at most 65,535 QoS 1 messages unacknowledged (a packet id each), and only the
+/// current connection's are acknowledged, so acknowledgements always find room: the committer never
+/// waits on the session task, which may itself be waiting for the buffer room that the committer's
+/// next commit frees. (The queue grows only as far as it is used.)
+pub(crate) const REQUEST_QUEUE: usize = 65_536 + 64;
+
+/// How many bytes the rejections of one batch may write (payloads once each, and reasons). A batch
+/// that would write more ends early; the rest of its messages start the next one.
+pub(crate) const REJECTION_BYTES_PER_BATCH: usize = 8 * 1024 * 1024;
+
+/// A task that dies with its owner: if `run` is dropped (its task aborted, as in a crash), the
+/// MQTT session goes with it instead of living on unowned.
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
+
+/// How often plain-mode partitions and retention are looked after.
+pub(crate) const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
+
+impl<T> AbortOnDrop<T> {
+    pub(crate) async fn join(mut self) {
+        let _ = (&mut self.0).await;
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

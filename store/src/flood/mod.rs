@@ -1,0 +1,183 @@
+//! Flood geography, thresholds, and the warning lifecycle: warnings, their append-only events, and
+//! the outbox rows that delivery drains, written in one transaction.
+
+mod lifecycle;
+mod series;
+mod setup;
+
+use crate::coordination::{self, Notice};
+use crate::events::{append_event, EventInsert};
+use crate::{Context, Error, Result, Store};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::time::Duration;
+use tidemark_model::warning::{Category, EventKind, Severity, WarningKind};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MunicipalityRow {
+    pub code: String,
+    pub name: String,
+    /// GeoJSON MultiPolygon.
+    pub boundary: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AreaRow {
+    pub key: String,
+    pub name: String,
+    /// GeoJSON Polygon.
+    pub polygon: serde_json::Value,
+    pub municipality_codes: Vec<String>,
+    pub sensors: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkRow {
+    pub upstream_sensor: String,
+    pub downstream_area: String,
+    pub travel_time: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThresholdRow {
+    pub sensor_key: String,
+    pub alert: f64,
+    pub warning: f64,
+    pub severe: f64,
+    pub persistence: Duration,
+    pub min_readings: i32,
+    pub hysteresis: f64,
+    pub hold: Duration,
+    pub rate_window: Duration,
+    pub lead_time: Duration,
+    pub plausible_low: f64,
+    pub plausible_high: f64,
+    pub spike_floor: f64,
+    /// Rising at least this fast (units per hour) raises an expected alert.
+    pub rate_alert: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RainRuleRow {
+    pub sensor_key: String,
+    pub window: Duration,
+    pub more_than_mm: f64,
+    pub severity: i16,
+}
+
+/// Everything the flood-risk runner evaluates against.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FloodSetup {
+    pub areas: Vec<AreaRow>,
+    pub links: Vec<LinkRow>,
+    pub thresholds: Vec<ThresholdRow>,
+    pub rain_rules: Vec<RainRuleRow>,
+}
+
+/// What an area's evaluation starts from.
+#[derive(Debug, Clone)]
+pub struct AreaStatus {
+    /// When the area's last event happened (data time).
+    pub last_at: Option<DateTime<Utc>>,
+    /// The id of the area's last event: what [`Store::record_area_events_after`] checks.
+    pub last_event_id: Option<i64>,
+    /// The warning in force, if any.
+    pub current: Option<WarningRow>,
+}
+
+/// An area's warning as it stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WarningRow {
+    pub id: i64,
+    pub area_key: String,
+    pub severity: i16,
+    pub kind: String,
+    pub state: String,
+    pub raised_at: DateTime<Utc>,
+    pub changed_at: DateTime<Utc>,
+    pub lifted_at: Option<DateTime<Utc>>,
+    pub stale: bool,
+    pub municipalities: Vec<String>,
+    pub message_en: String,
+    pub message_da: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    pub id: i64,
+    pub warning_id: i64,
+    pub area_key: String,
+    pub kind: String,
+    pub severity: Option<i16>,
+    pub at: DateTime<Utc>,
+    pub message_en: String,
+    pub message_da: String,
+}
+
+/// An event of an area's evaluation to record: raised, changed, lifted, stale or fresh.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub kind: EventKind,
+    /// The severity in force after the event, on raised and changed.
+    pub severity: Option<Severity>,
+    pub warning_kind: WarningKind,
+    pub at: DateTime<Utc>,
+    pub message_en: String,
+    pub message_da: String,
+    pub trigger: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrossingRow {
+    pub sensor_key: String,
+    pub severity: i16,
+    pub up: bool,
+    pub at: DateTime<Utc>,
+    pub value: f64,
+}
+
+/// A level sensor as flood analytics last evaluated it (`level_trends`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrendRow {
+    pub sensor_key: String,
+    pub at: DateTime<Utc>,
+    pub value: f64,
+    pub severity: Option<i16>,
+    pub rate_per_hour: Option<f64>,
+    /// The next threshold's severity and when the trend reaches it.
+    pub projected: Option<(i16, DateTime<Utc>)>,
+}
+
+/// The columns of warning_events every event query selects, in this order.
+const EVENT_COLUMNS: &str = "id, warning_id, area_key, kind, severity, at, message_en, message_da";
+
+fn event_row(r: &tokio_postgres::Row) -> EventRow {
+    EventRow {
+        id: r.get(0),
+        warning_id: r.get(1),
+        area_key: r.get(2),
+        kind: r.get(3),
+        severity: r.get(4),
+        at: r.get(5),
+        message_en: r.get(6),
+        message_da: r.get(7),
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn duration(seconds: f64) -> Duration {
+    Duration::from_secs_f64(seconds.max(0.0))
+}
+
+/// A data-quality rule for a sensor outside the flood setup.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QualityRuleRow {
+    pub sensor_key: String,
+    pub plausible_low: f64,
+    pub plausible_high: f64,
+    pub spike_floor: f64,
+    pub stuck_run: i32,
+}

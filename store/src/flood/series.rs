@@ -1,0 +1,170 @@
+//! What evaluations read and write besides warnings: a sensor's series, quality flags, arrival times and
+//! the level trends.
+
+use super::*;
+
+impl Store {
+    /// Readings `(ts, value, quality)` of each sensor from `from` on, in time order.
+    pub async fn series(
+        &self,
+        sensor_keys: &[String],
+        from: DateTime<Utc>,
+    ) -> Result<HashMap<String, Vec<(DateTime<Utc>, f64, i16)>>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT s.key, r.ts, r.value, r.quality FROM readings r JOIN sensors s ON s.id = r.sensor_id \
+                 WHERE s.key = ANY($1) AND r.ts >= $2 ORDER BY s.key, r.ts",
+                &[&sensor_keys, &from],
+            )
+            .await
+            .context("loading series")?;
+        let mut out: HashMap<String, Vec<(DateTime<Utc>, f64, i16)>> = HashMap::new();
+        for row in rows {
+            out.entry(row.get(0))
+                .or_default()
+                .push((row.get(1), row.get(2), row.get(3)));
+        }
+        Ok(out)
+    }
+
+    /// Sets the quality flags of one sensor's readings (data-quality findings from analytics), and
+    /// notes the hours whose flags changed for the rollups, in one statement; then announces the
+    /// change (`readings_flagged`). Returns how many readings changed.
+    pub async fn set_quality(
+        &self,
+        sensor_key: &str,
+        flags: &[(DateTime<Utc>, i16)],
+    ) -> Result<u64> {
+        let client = self.client().await?;
+        let times: Vec<DateTime<Utc>> = flags.iter().map(|f| f.0).collect();
+        let qualities: Vec<i16> = flags.iter().map(|f| f.1).collect();
+        let row = client
+            .query_one(
+                "WITH changed AS (UPDATE readings r SET quality = f.quality FROM sensors s, \
+                     unnest($2::timestamptz[], $3::int2[]) AS f(ts, quality) \
+                     WHERE s.key = $1 AND r.sensor_id = s.id AND r.ts = f.ts AND r.quality <> f.quality \
+                     RETURNING r.sensor_id, r.ts), \
+                 noted AS (INSERT INTO rollup_dirty (sensor_id, hour) \
+                     SELECT DISTINCT sensor_id, date_bin('1 hour', ts, 'epoch'::timestamptz) FROM changed) \
+                 SELECT count(*) FROM changed",
+                &[&sensor_key, &times, &qualities],
+            )
+            .await
+            .context("flagging readings")?;
+        let changed = row.get::<_, i64>(0) as u64;
+        if changed > 0 {
+            // After the commit of the change, as every listener expects.
+            let notice = Notice::ReadingsFlagged {
+                sensor_key: sensor_key.to_owned(),
+            };
+            coordination::notify_now(&client, &notice).await?;
+        }
+        Ok(changed)
+    }
+
+    /// When each sensor's newest reading (by timestamp) arrived.
+    pub async fn last_received(
+        &self,
+        sensor_keys: &[String],
+    ) -> Result<HashMap<String, DateTime<Utc>>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT s.key, (SELECT r.received_at FROM readings r WHERE r.sensor_id = s.id \
+                 ORDER BY r.ts DESC LIMIT 1) FROM sensors s WHERE s.key = ANY($1)",
+                &[&sensor_keys],
+            )
+            .await
+            .context("reading arrival times")?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| Some((r.get(0), r.get::<_, Option<DateTime<Utc>>>(1)?)))
+            .collect())
+    }
+
+    /// When a sensor's reading at `ts` arrived.
+    pub async fn received_at(
+        &self,
+        sensor_key: &str,
+        ts: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT r.received_at FROM readings r JOIN sensors s ON s.id = r.sensor_id \
+                 WHERE s.key = $1 AND r.ts = $2",
+                &[&sensor_key, &ts],
+            )
+            .await
+            .context("reading an arrival time")?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Records each sensor's latest evaluated state, unless one of a newer reading is there (a
+    /// sensor in two areas is evaluated with each).
+    pub async fn record_trends(&self, trends: &[TrendRow]) -> Result<()> {
+        if trends.is_empty() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        let statement = client
+            .prepare(
+                "INSERT INTO level_trends AS t (sensor_key, at, value, severity, rate_per_hour, \
+                     projected_severity, projected_at, evaluated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, now()) \
+                 ON CONFLICT (sensor_key) DO UPDATE SET at = EXCLUDED.at, value = EXCLUDED.value, \
+                     severity = EXCLUDED.severity, rate_per_hour = EXCLUDED.rate_per_hour, \
+                     projected_severity = EXCLUDED.projected_severity, \
+                     projected_at = EXCLUDED.projected_at, evaluated_at = now() \
+                 WHERE t.at <= EXCLUDED.at",
+            )
+            .await
+            .context("preparing the trend upsert")?;
+        for t in trends {
+            client
+                .execute(
+                    &statement,
+                    &[
+                        &t.sensor_key,
+                        &t.at,
+                        &t.value,
+                        &t.severity,
+                        &t.rate_per_hour,
+                        &t.projected.map(|p| p.0),
+                        &t.projected.map(|p| p.1),
+                    ],
+                )
+                .await
+                .context("recording a sensor's trend")?;
+        }
+        Ok(())
+    }
+
+    /// The evaluated state of the given level sensors (all of them with `None`).
+    pub async fn trends(&self, sensors: Option<&[String]>) -> Result<Vec<TrendRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT sensor_key, at, value, severity, rate_per_hour, projected_severity, \
+                     projected_at FROM level_trends \
+                 WHERE $1::text[] IS NULL OR sensor_key = ANY($1) ORDER BY sensor_key",
+                &[&sensors],
+            )
+            .await
+            .context("reading sensor trends")?;
+        Ok(rows
+            .iter()
+            .map(|r| TrendRow {
+                sensor_key: r.get(0),
+                at: r.get(1),
+                value: r.get(2),
+                severity: r.get(3),
+                rate_per_hour: r.get(4),
+                projected: r
+                    .get::<_, Option<i16>>(5)
+                    .zip(r.get::<_, Option<DateTime<Utc>>>(6)),
+            })
+            .collect())
+    }
+}
