@@ -35,6 +35,19 @@ macro_rules! spelled {
             }
         }
 
+        /// A term equals its spelling.
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.name() == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.name() == *other
+            }
+        }
+
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(self.name())
@@ -219,6 +232,7 @@ mod tests {
             assert_eq!(Category::parse(c.name()), Some(c));
         }
         assert_eq!(WarningState::parse("in_force"), Some(WarningState::InForce));
+        assert!(EventKind::Undelivered == "undelivered" && Category::Flood != "leak");
         assert_eq!(Severity::from_level(0), None);
         assert_eq!(Severity::parse("Severe"), None);
         assert!(Severity::Alert < Severity::Severe);

@@ -8,7 +8,7 @@
 //! lets a Server-Sent Events client resume from `Last-Event-ID`.
 
 use crate::coordination::{self, EventSequence, Notice};
-use crate::{Context, Result, Store};
+use crate::{Context, Error, Result, Store};
 use chrono::{DateTime, Utc};
 use tidemark_model::warning::{
     AreaRef, Category, EventBody, EventKind, Messages, Severity, WarningKind, WarningState,
@@ -137,33 +137,31 @@ pub(crate) async fn append_undelivered(
 pub struct WarningEvent {
     pub id: i64,
     pub warning_id: i64,
-    /// flood (a flood warning) or leak (a utility alert).
-    pub category: String,
+    /// A flood warning, or a utility alert (a suspected leak).
+    pub category: Category,
     /// The flood area's key for a flood warning, the district meter's sensor key for a leak.
     pub subject_key: String,
     /// The flood area's name, or the district meter's station name.
     pub subject_name: String,
-    /// raised, changed, lifted, acknowledged, stale, fresh or undelivered.
-    pub kind: String,
+    pub kind: EventKind,
     /// The warning's severity as of this event.
-    pub severity: i16,
-    /// observed or expected, as of this event.
-    pub warning_kind: String,
+    pub severity: Severity,
+    /// Observed or expected, as of this event.
+    pub warning_kind: WarningKind,
     pub at: DateTime<Utc>,
     pub recorded_at: DateTime<Utc>,
     pub message_en: String,
     pub message_da: String,
     pub detail: serde_json::Value,
     pub municipalities: Vec<String>,
-    /// The warning's state now (in_force or lifted).
-    pub warning_state: String,
+    /// The warning's state now.
+    pub warning_state: WarningState,
 }
 
 impl WarningEvent {
     /// The event as every channel carries it; `public_url` is where its CAP message is served.
     pub fn body(&self, public_url: &str) -> EventBody {
-        let kind = EventKind::parse(&self.kind);
-        let flood = Category::parse(&self.category) == Some(Category::Flood);
+        let flood = self.category == Category::Flood;
         let subject = AreaRef {
             key: self.subject_key.clone(),
             name: self.subject_name.clone(),
@@ -180,30 +178,26 @@ impl WarningEvent {
                 if flood { "warning" } else { "utility_alert" },
                 self.kind
             ),
-            category: self.category.clone(),
+            category: self.category.name().to_owned(),
             warning_id: self.warning_id,
             area,
             meter,
-            severity: self.severity,
+            severity: self.severity.level(),
             severity_name: if flood {
-                Severity::from_level(self.severity)
-                    .unwrap_or(Severity::Alert)
-                    .public_name()
+                self.severity.public_name()
             } else {
                 "Suspected leak"
             },
-            warning_kind: self.warning_kind.clone(),
-            in_force: match kind {
-                Some(EventKind::Lifted) => false,
+            warning_kind: self.warning_kind.name().to_owned(),
+            in_force: match self.kind {
+                EventKind::Lifted => false,
                 // Recorded when a delivery is given up, possibly after the lift.
-                Some(EventKind::Undelivered) => {
-                    WarningState::parse(&self.warning_state) == Some(WarningState::InForce)
-                }
+                EventKind::Undelivered => self.warning_state == WarningState::InForce,
                 _ => true,
             },
-            stale: match kind {
-                Some(EventKind::Stale) => Some(true),
-                Some(EventKind::Fresh) => Some(false),
+            stale: match self.kind {
+                EventKind::Stale => Some(true),
+                EventKind::Fresh => Some(false),
                 _ => None,
             },
             at: self.at,
@@ -237,24 +231,32 @@ const WARNING_EVENT_SELECT: &str = "SELECT e.id, e.warning_id, e.category, \
      LEFT JOIN LATERAL (SELECT p.warning_kind FROM warning_events p WHERE p.warning_id = e.warning_id \
          AND p.id <= e.id AND p.warning_kind IS NOT NULL ORDER BY p.id DESC LIMIT 1) wk ON true";
 
-fn warning_event(r: &tokio_postgres::Row) -> WarningEvent {
-    WarningEvent {
+fn warning_event(r: &tokio_postgres::Row) -> Result<WarningEvent> {
+    Ok(WarningEvent {
         id: r.get(0),
         warning_id: r.get(1),
-        category: r.get(2),
+        category: term(r, 2, Category::parse)?,
         subject_key: r.get(3),
         subject_name: r.get(4),
-        kind: r.get(5),
-        severity: r.get(6),
-        warning_kind: r.get(7),
+        kind: term(r, 5, EventKind::parse)?,
+        severity: Severity::from_level(r.get(6)).ok_or_else(|| {
+            Error::Inconsistent(format!("a stored severity of {}", r.get::<_, i16>(6)))
+        })?,
+        warning_kind: term(r, 7, WarningKind::parse)?,
         at: r.get(8),
         recorded_at: r.get(9),
         message_en: r.get(10),
         message_da: r.get(11),
         detail: r.get(12),
         municipalities: r.get(13),
-        warning_state: r.get(14),
-    }
+        warning_state: term(r, 14, WarningState::parse)?,
+    })
+}
+
+/// A stored term of the warning vocabulary, read back through its one spelling.
+fn term<T>(r: &tokio_postgres::Row, column: usize, parse: fn(&str) -> Option<T>) -> Result<T> {
+    let text: &str = r.get(column);
+    parse(text).ok_or_else(|| Error::Inconsistent(format!("an unknown stored term {text:?}")))
 }
 
 /// A warning with what a list shows of it.
@@ -311,7 +313,7 @@ impl Store {
             .query_opt(&format!("{WARNING_EVENT_SELECT} WHERE e.id = $1"), &[&id])
             .await
             .context("reading a warning event")?;
-        Ok(row.as_ref().map(warning_event))
+        row.as_ref().map(warning_event).transpose()
     }
 
     /// Events after `after_id`, in id (= commit) order, at most `limit`.
@@ -328,7 +330,7 @@ impl Store {
             )
             .await
             .context("reading warning events")?;
-        Ok(rows.iter().map(warning_event).collect())
+        rows.iter().map(warning_event).collect()
     }
 
     /// One warning's events in order.
@@ -341,7 +343,7 @@ impl Store {
             )
             .await
             .context("reading a warning's history")?;
-        Ok(rows.iter().map(warning_event).collect())
+        rows.iter().map(warning_event).collect()
     }
 
     /// The id of the latest event, 0 when there is none.
@@ -364,11 +366,11 @@ impl Store {
                     "{WARNING_EVENT_SELECT} WHERE e.category = $1 AND COALESCE(e.area_key, e.sensor_key) = $2 \
                      AND e.kind <> 'undelivered' ORDER BY e.id DESC LIMIT 1"
                 ),
-                &[&event.category, &event.subject_key],
+                &[&event.category.name(), &event.subject_key],
             )
             .await
             .context("reading an area's latest event")?;
-        Ok(row.as_ref().map(warning_event))
+        row.as_ref().map(warning_event).transpose()
     }
 
     /// The area's polygon (GeoJSON) and its municipalities' names by code.

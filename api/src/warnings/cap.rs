@@ -7,10 +7,10 @@
 //! message of the same warning. Identifiers are stable: the same event always gives the same
 //! identifier and `sent` time.
 
-use crate::body::severity_name;
 use chrono::{DateTime, Duration, FixedOffset, Utc};
 use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
 use quick_xml::Writer;
+use tidemark_model::warning::{EventKind, Severity};
 use tidemark_store::events::WarningEvent;
 
 pub const CAP_NAMESPACE: &str = "urn:oasis:names:tc:emergency:cap:1.2";
@@ -98,9 +98,9 @@ struct Terms {
 
 fn terms(event: &WarningEvent) -> Terms {
     let lifted = event.kind == "lifted";
-    let msg_type = match event.kind.as_str() {
-        "raised" => "Alert",
-        "lifted" => "Cancel",
+    let msg_type = match event.kind {
+        EventKind::Raised => "Alert",
+        EventKind::Lifted => "Cancel",
         _ => "Update",
     };
     if lifted {
@@ -117,15 +117,15 @@ fn terms(event: &WarningEvent) -> Terms {
         msg_type,
         urgency: if observed { "Immediate" } else { "Expected" },
         severity: match event.severity {
-            3 => "Extreme",
-            2 => "Severe",
-            _ => "Moderate",
+            Severity::Severe => "Extreme",
+            Severity::Warning => "Severe",
+            Severity::Alert => "Moderate",
         },
         certainty: if observed { "Observed" } else { "Likely" },
         response: match event.severity {
-            3 => "Execute",
-            2 => "Prepare",
-            _ => "Monitor",
+            Severity::Severe => "Execute",
+            Severity::Warning => "Prepare",
+            Severity::Alert => "Monitor",
         },
     }
 }
@@ -148,22 +148,22 @@ fn languages(event: &WarningEvent) -> [Language; 2] {
         )
     } else {
         let da = match event.severity {
-            3 => "Alvorligt oversvømmelsesvarsel",
-            2 => "Oversvømmelsesvarsel",
-            _ => "Oversvømmelsesberedskab",
+            Severity::Severe => "Alvorligt oversvømmelsesvarsel",
+            Severity::Warning => "Oversvømmelsesvarsel",
+            Severity::Alert => "Oversvømmelsesberedskab",
         };
-        (severity_name(event.severity).to_owned(), da.to_owned())
+        (event.severity.public_name().to_owned(), da.to_owned())
     };
     let (instruction_en, instruction_da) = match (lifted, event.severity) {
         (true, _) => (
             "Flooding is no longer expected. Take care: flood water may remain and be contaminated.",
             "Der forventes ikke længere oversvømmelse. Pas på: vandet kan stå endnu og være forurenet.",
         ),
-        (false, 3) => (
+        (false, Severity::Severe) => (
             "Danger to life. Follow the instructions of the emergency services and leave if told to.",
             "Livsfare. Følg beredskabets anvisninger, og forlad området, hvis I bliver bedt om det.",
         ),
-        (false, 2) => (
+        (false, Severity::Warning) => (
             "Flooding is expected. Act now: move people, vehicles and valuables to safety.",
             "Der forventes oversvømmelse. Handl nu: bring personer, køretøjer og værdier i sikkerhed.",
         ),
@@ -373,12 +373,12 @@ mod tests {
         WarningEvent {
             id,
             warning_id: 7,
-            category: "flood".to_owned(),
+            category: tidemark_model::warning::Category::Flood,
             subject_key: "flensburg".to_owned(),
             subject_name: "Flensburg & Kollund <harbour>".to_owned(),
-            kind: kind.to_owned(),
-            severity,
-            warning_kind: warning_kind.to_owned(),
+            kind: EventKind::parse(kind).unwrap(),
+            severity: Severity::from_level(severity).unwrap(),
+            warning_kind: tidemark_model::warning::WarningKind::parse(warning_kind).unwrap(),
             at: Utc.with_ymd_and_hms(2023, 10, 20, 18, 0, 0).unwrap(),
             recorded_at: Utc
                 .with_ymd_and_hms(2023, 10, 20, 18, 0, id as u32)
@@ -387,7 +387,7 @@ mod tests {
             message_da: "Vandstand 1,80 m".to_owned(),
             detail: serde_json::json!({}),
             municipalities: vec!["0580".to_owned()],
-            warning_state: "in_force".to_owned(),
+            warning_state: tidemark_model::warning::WarningState::InForce,
         }
     }
 

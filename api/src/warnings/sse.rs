@@ -54,7 +54,9 @@ impl StreamQuery {
                 .as_ref()
                 .is_none_or(|m| event.municipalities.contains(m))
             && self.area.as_ref().is_none_or(|a| &event.subject_key == a)
-            && self.min_severity.is_none_or(|s| event.severity >= s)
+            && self
+                .min_severity
+                .is_none_or(|s| event.severity.level() >= s)
     }
 }
 
