@@ -1,7 +1,8 @@
 //! The outbox dispatcher: claims due rows with a lease, delivers each target's rows in order,
 //! and records every attempt with what follows from it.
 
-use crate::{mqtt, webhook, DeliveryConfig, Error, Jitter, Metrics, RECORD_MARGIN};
+use crate::config::{DeliveryConfig, Error, Jitter, Metrics, RECORD_MARGIN};
+use crate::{mqtt, webhook};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
