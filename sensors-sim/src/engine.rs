@@ -3,10 +3,9 @@
 //! the same scenario, seed and start give the same messages, whatever the wall clock does.
 
 use crate::process::{self, Cell, ContainerState, Rain, Reservoir};
+use crate::random::SimRng;
 use crate::scenario::{Format, Model, Scenario};
 use chrono::{DateTime, SecondsFormat, Utc};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use tidemark_model::{DeviceId, Quantity, SensorKey};
 
@@ -61,7 +60,7 @@ enum State {
 struct DeviceState {
     sensors: Vec<usize>,
     next: DateTime<Utc>,
-    rng: StdRng,
+    rng: SimRng,
     silent_until: Option<DateTime<Utc>>,
     frozen: Option<(DateTime<Utc>, Vec<f64>)>,
 }
@@ -73,7 +72,7 @@ pub struct Engine {
     step_hours: f64,
     now: DateTime<Utc>,
     steps: usize,
-    rng: StdRng,
+    rng: SimRng,
     states: Vec<State>,
     index: HashMap<String, usize>,
     containers: HashMap<String, ContainerState>,
@@ -130,7 +129,7 @@ impl Engine {
                     .map(|(i, _)| i)
                     .collect(),
                 next: start + chrono::Duration::from_std(device.interval).expect("a sane interval"),
-                rng: StdRng::seed_from_u64(
+                rng: SimRng::seed_from_u64(
                     seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(d as u64 + 1)),
                 ),
                 silent_until: None,
@@ -160,7 +159,7 @@ impl Engine {
             step,
             now: start,
             steps: 0,
-            rng: StdRng::seed_from_u64(seed),
+            rng: SimRng::seed_from_u64(seed),
             states,
             index,
             devices,
@@ -315,7 +314,7 @@ impl Engine {
                         * (1.0 + noise * process::gaussian(&mut self.rng))
                 }
                 (Model::Solar { peak, latitude }, _) => {
-                    let clouds = self.rng.random_range(0.35..1.0);
+                    let clouds = self.rng.range(0.35..1.0);
                     process::clear_sky(*peak, *latitude, t) * clouds
                 }
                 (Model::AirTemperature { mean, swing }, _) => {
@@ -392,7 +391,7 @@ impl Engine {
             self.report.dropped += sensors.len() as u64;
             return;
         }
-        if faults.dropout_rate > 0.0 && state.rng.random::<f64>() < faults.dropout_rate {
+        if faults.dropout_rate > 0.0 && state.rng.unit() < faults.dropout_rate {
             state.silent_until =
                 Some(at + chrono::Duration::from_std(faults.dropout_duration).unwrap_or_default());
             self.report.dropped += sensors.len() as u64;
@@ -407,26 +406,21 @@ impl Engine {
             }
             _ => {
                 state.frozen = None;
-                if faults.stuck_rate > 0.0 && state.rng.random::<f64>() < faults.stuck_rate {
+                if faults.stuck_rate > 0.0 && state.rng.unit() < faults.stuck_rate {
                     let until =
                         at + chrono::Duration::from_std(faults.stuck_duration).unwrap_or_default();
                     state.frozen = Some((until, values.clone()));
                 }
             }
         }
-        if faults.spike_rate > 0.0
-            && !values.is_empty()
-            && state.rng.random::<f64>() < faults.spike_rate
-        {
-            let which = state.rng.random_range(0..values.len());
+        if faults.spike_rate > 0.0 && !values.is_empty() && state.rng.unit() < faults.spike_rate {
+            let which = state.rng.index(values.len());
             values[which] += faults.spike_size;
             self.report.spikes += 1;
         }
-        let malformed =
-            faults.malformed_rate > 0.0 && state.rng.random::<f64>() < faults.malformed_rate;
-        let duplicate = !malformed
-            && faults.duplicate_rate > 0.0
-            && state.rng.random::<f64>() < faults.duplicate_rate;
+        let malformed = faults.malformed_rate > 0.0 && state.rng.unit() < faults.malformed_rate;
+        let duplicate =
+            !malformed && faults.duplicate_rate > 0.0 && state.rng.unit() < faults.duplicate_rate;
         let ts = at + chrono::Duration::seconds(faults.clock_skew_seconds);
         let readings: Vec<(&SensorKey, Quantity, f64)> = sensors
             .iter()

@@ -1,9 +1,9 @@
 //! The physical processes behind simulated sensors. Pure functions of time and state; randomness
 //! comes from the caller's seeded generator so that a run is reproducible.
 
+use crate::random::SimRng;
 use crate::scenario::{Storm, Surge};
 use chrono::{DateTime, Datelike, Timelike, Utc};
-use rand::Rng;
 use std::f64::consts::PI;
 use tidemark_model::time::{to_local, DENMARK_STANDARD_HOURS};
 
@@ -25,9 +25,9 @@ fn bump(x: f64, centre: f64, width: f64) -> f64 {
 }
 
 /// A standard normal draw (Box-Muller).
-pub fn gaussian(rng: &mut impl Rng) -> f64 {
-    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
-    let u2: f64 = rng.random();
+pub fn gaussian(rng: &mut SimRng) -> f64 {
+    let u1: f64 = rng.unit().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.unit();
     (-2.0 * u1.ln()).sqrt() * (2.0 * PI * u2).cos()
 }
 
@@ -77,14 +77,12 @@ pub struct Rain {
 }
 
 impl Rain {
-    pub fn step(&mut self, t: DateTime<Utc>, step_hours: f64, rng: &mut impl Rng) {
-        if self.storms_per_day > 0.0
-            && rng.random::<f64>() < self.storms_per_day * step_hours / 24.0
-        {
-            let total = -self.mean_storm_mm * rng.random::<f64>().max(1e-9).ln();
+    pub fn step(&mut self, t: DateTime<Utc>, step_hours: f64, rng: &mut SimRng) {
+        if self.storms_per_day > 0.0 && rng.unit() < self.storms_per_day * step_hours / 24.0 {
+            let total = -self.mean_storm_mm * rng.unit().max(1e-9).ln();
             self.cells.push(Cell {
                 start: t,
-                hours: rng.random_range(0.3..1.5),
+                hours: rng.range(0.3..1.5),
                 total_mm: total,
             });
         }
@@ -206,16 +204,16 @@ pub struct ContainerState {
 
 impl ContainerState {
     /// Fills at `rate` %/h (varying around it), up to 120 %.
-    pub fn fill(&mut self, rate: f64, step_hours: f64, rng: &mut impl Rng) {
-        self.fill = (self.fill + rate * rng.random_range(0.5..1.5) * step_hours).min(120.0);
+    pub fn fill(&mut self, rate: f64, step_hours: f64, rng: &mut SimRng) {
+        self.fill = (self.fill + rate * rng.range(0.5..1.5) * step_hours).min(120.0);
         if self.fill > 100.0 {
             self.overflowing_steps += 1;
         }
     }
 
     /// A collection round empties the container, leaving a little behind.
-    pub fn collect(&mut self, rng: &mut impl Rng) {
-        self.fill = rng.random_range(0.0..3.0);
+    pub fn collect(&mut self, rng: &mut SimRng) {
+        self.fill = rng.range(0.0..3.0);
         self.collections += 1;
     }
 }
@@ -224,7 +222,6 @@ impl ContainerState {
 mod tests {
     use super::*;
     use chrono::TimeZone;
-    use rand::SeedableRng;
 
     fn at(h: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 1, 14, h, 0, 0).unwrap()
@@ -293,7 +290,7 @@ mod tests {
 
     #[test]
     fn a_collection_empties_a_container() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut rng = SimRng::seed_from_u64(1);
         let mut container = ContainerState::default();
         for _ in 0..100 {
             container.fill(2.0, 1.0, &mut rng);
