@@ -163,6 +163,30 @@ impl Config {
     }
 }
 
+/// The options every binary takes to find its configuration.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    /// Base configuration file. Keys may be overridden by config/<env>.toml and by
+    /// TIDEMARK__SECTION__KEY environment variables.
+    #[arg(
+        long,
+        global = true,
+        default_value = "config/default.toml",
+        env = "TIDEMARK_CONFIG"
+    )]
+    pub config: PathBuf,
+    /// Environment file to layer over the base file: config/<ENV>.toml.
+    #[arg(long, global = true, env = "TIDEMARK_ENV")]
+    pub env: Option<String>,
+}
+
+impl ConfigArgs {
+    /// The configuration these options name, layered and checked.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        Config::load(&self.config, self.env.as_deref())
+    }
+}
+
 #[cfg(test)]
 // figment's own Jail API returns its large error type.
 #[allow(clippy::result_large_err)]

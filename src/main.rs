@@ -2,7 +2,6 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use tidemark::config::Config;
 use tokio_util::sync::CancellationToken;
@@ -16,18 +15,8 @@ use tokio_util::sync::CancellationToken;
     after_help = "The benchmarks are a binary of their own: tidemark-bench (cargo run --release -p tidemark-bench -- --help)."
 )]
 struct Cli {
-    /// Base configuration file. Keys may be overridden by config/<env>.toml and by
-    /// TIDEMARK__SECTION__KEY environment variables.
-    #[arg(
-        long,
-        global = true,
-        default_value = "config/default.toml",
-        env = "TIDEMARK_CONFIG"
-    )]
-    config: PathBuf,
-    /// Environment file to layer over the base file: config/<ENV>.toml.
-    #[arg(long, global = true, env = "TIDEMARK_ENV")]
-    env: Option<String>,
+    #[command(flatten)]
+    files: tidemark::config::ConfigArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,14 +52,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let config = match Config::load(&cli.config, cli.env.as_deref()) {
+    tidemark::app::init_logging();
+    let config = match cli.files.load() {
         Ok(config) => config,
         Err(error) => {
             eprintln!("tidemark: {error}");
@@ -92,7 +75,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(execute(cli.command, config, &cli.config)) {
+    match runtime.block_on(execute(cli.command, config, &cli.files.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("tidemark: {error:#}");

@@ -8,27 +8,17 @@ mod delivery;
 mod ingest;
 
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
 use std::process::ExitCode;
-use tidemark::config::Config;
 use tokio_util::sync::CancellationToken;
 
 /// Measure Tidemark's throughput and latency.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
-    /// Base configuration file, layered as `tidemark` layers it; the benchmarks take their stage
-    /// settings from it and replace the addresses of the database and the broker with their own.
-    #[arg(
-        long,
-        global = true,
-        default_value = "config/default.toml",
-        env = "TIDEMARK_CONFIG"
-    )]
-    config: PathBuf,
-    /// Environment file to layer over the base file: config/<ENV>.toml.
-    #[arg(long, global = true, env = "TIDEMARK_ENV")]
-    env: Option<String>,
+    /// The benchmarks take their stage settings from the configuration and replace the addresses
+    /// of the database and the broker with their own.
+    #[command(flatten)]
+    files: tidemark::config::ConfigArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,14 +45,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let config = match Config::load(&cli.config, cli.env.as_deref()) {
+    tidemark::app::init_logging();
+    let config = match cli.files.load() {
         Ok(config) => config,
         Err(error) => {
             eprintln!("tidemark-bench: {error}");
@@ -80,7 +64,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         tokio::spawn(tidemark::app::cancel_on_signal(shutdown.clone()));
         match cli.command {
-            Command::Ingest(args) => ingest::ingest(&config, &cli.config, args).await,
+            Command::Ingest(args) => ingest::ingest(&config, &cli.files.config, args).await,
             Command::Analytics(args) => analytics::analytics(&config, args).await,
             Command::Delivery(args) => delivery::delivery(&config, args).await,
             Command::Api(args) => api::api(&config, args).await,
