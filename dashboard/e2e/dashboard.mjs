@@ -146,7 +146,15 @@ assert.match(
 );
 const points = await page.evaluate(() => document.querySelector("#detail .uplot canvas").width);
 assert.ok(points > 200, "the chart is drawn");
-await page.locator("#detail figure").scrollIntoViewIfNeeded();
+// A live update may draw the detail afresh while it scrolls: then scroll the new one.
+for (let attempt = 1; ; attempt++) {
+  try {
+    await page.locator("#detail figure").scrollIntoViewIfNeeded({ timeout: 5000 });
+    break;
+  } catch (error) {
+    if (attempt === 3 || !/not attached/.test(String(error))) throw error;
+  }
+}
 await shot(page, "4-station-chart");
 await page.keyboard.press("Escape");
 assert.equal(await page.locator("#detail").isHidden(), true, "Escape closes the detail");
