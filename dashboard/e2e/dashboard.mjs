@@ -66,6 +66,19 @@ async function shot(page, name) {
   log(`screenshot ${name}.png`);
 }
 
+// Scrolls to what `selector` finds. Live updates draw parts of the page afresh; when one does so
+// while the element is being scrolled to, the element found is gone: find it again and scroll.
+async function scrollTo(page, selector) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await page.locator(selector).scrollIntoViewIfNeeded({ timeout: 5000 });
+      return;
+    } catch (error) {
+      if (attempt === 3 || !/not attached/.test(String(error))) throw error;
+    }
+  }
+}
+
 /** The severity the map draws the area with (0 without a warning), read off the rendered layer. */
 function renderedSeverity(page, area) {
   return page.evaluate((area) => {
@@ -146,15 +159,7 @@ assert.match(
 );
 const points = await page.evaluate(() => document.querySelector("#detail .uplot canvas").width);
 assert.ok(points > 200, "the chart is drawn");
-// A live update may draw the detail afresh while it scrolls: then scroll the new one.
-for (let attempt = 1; ; attempt++) {
-  try {
-    await page.locator("#detail figure").scrollIntoViewIfNeeded({ timeout: 5000 });
-    break;
-  } catch (error) {
-    if (attempt === 3 || !/not attached/.test(String(error))) throw error;
-  }
-}
+await scrollTo(page, "#detail figure");
 await shot(page, "4-station-chart");
 await page.keyboard.press("Escape");
 assert.equal(await page.locator("#detail").isHidden(), true, "Escape closes the detail");
@@ -177,7 +182,7 @@ assert.equal(await page.evaluate(() => localStorage.getItem("tidemark.key")), nu
 const acknowledged = await (await fetch(`${base}/api/v1/warnings/${warningId}`)).json();
 assert.deepEqual(acknowledged.acknowledged_by, ["0580"]);
 assert.equal(await page.locator("#ack-status").innerText(), "Acknowledged.");
-await page.locator('#detail .history li[data-kind="acknowledged"]').scrollIntoViewIfNeeded();
+await scrollTo(page, '#detail .history li[data-kind="acknowledged"]');
 await shot(page, "6-acknowledged");
 
 // Danish.
@@ -185,7 +190,7 @@ await page.click("#lang");
 await page.waitForFunction(() => document.documentElement.lang === "da");
 assert.equal(await page.locator("#warnings-title").innerText(), "Aktuelle varsler");
 assert.match(await page.locator(`#warning-list li[data-area="${AREA}"]`).innerText(), /Oversvømmelsesvarsel/);
-await page.locator("#warnings").scrollIntoViewIfNeeded();
+await scrollTo(page, "#warnings");
 await shot(page, "7-danish");
 await page.click("#lang");
 
