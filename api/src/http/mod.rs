@@ -130,35 +130,47 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
+fn csv_writer() -> csv::Writer<Vec<u8>> {
+    csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new())
+}
+
+fn csv_text(writer: csv::Writer<Vec<u8>>) -> String {
+    String::from_utf8(writer.into_inner().unwrap_or_default()).unwrap_or_default()
+}
+
 /// One CSV line (RFC 4180 quoting where a field needs it), ending in `\n`.
 pub fn csv_line<I, F>(fields: I) -> String
 where
     I: IntoIterator<Item = F>,
     F: AsRef<[u8]>,
 {
-    let mut writer = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::Any(b'\n'))
-        .from_writer(Vec::new());
+    let mut writer = csv_writer();
     // Writing to memory fails only on a record of no fields, which is written as an empty line.
     let _ = writer.write_record(fields);
-    let bytes = writer.into_inner().unwrap_or_default();
-    String::from_utf8(bytes).unwrap_or_default()
+    csv_text(writer)
 }
 
-/// One field as it stands in a CSV line: quoted where it holds a comma, a quote or a line break.
+/// One field as it stands in a CSV line: quoted where it holds a comma, a quote or a line break,
+/// and otherwise (an empty field too) as it is.
 pub fn csv_field(text: &str) -> String {
+    if !text.contains([',', '"', '\n', '\r']) {
+        return text.to_owned();
+    }
     let mut line = csv_line([text]);
     line.pop();
     line
 }
 
-/// A CSV answer from a header and rows of fields.
+/// A CSV answer from a header and rows of fields, written by one writer.
 pub fn csv_response(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> Response {
-    let mut out = csv_line(header);
+    let mut writer = csv_writer();
+    let _ = writer.write_record(header);
     for row in rows {
-        out.push_str(&csv_line(&row));
+        let _ = writer.write_record(&row);
     }
-    typed("text/csv; charset=utf-8", out)
+    typed("text/csv; charset=utf-8", csv_text(writer))
 }
 
 pub fn typed(content_type: &'static str, body: impl Into<Body>) -> Response {
@@ -194,6 +206,7 @@ mod tests {
     #[test]
     fn csv_fields_are_quoted_only_where_they_need_it() {
         assert_eq!(csv_field("Aabenraa"), "Aabenraa");
+        assert_eq!(csv_field(""), "", "an empty field stays empty");
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
