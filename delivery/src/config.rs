@@ -5,10 +5,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 use tidemark_model::duration;
 use tidemark_model::network::{Network, TargetPolicy};
+use tidemark_model::random::SeededRng;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -227,10 +228,10 @@ impl Metrics {
     }
 }
 
-/// Uniform draws in [0, 1) for backoff jitter: a SplitMix64 sequence from a seed the operating
-/// system gives, so that dispatchers in different processes do not retry in step.
+/// Uniform draws in [0, 1) for backoff jitter, from a generator seeded by the operating system,
+/// so that dispatchers in different processes do not retry in step.
 pub struct Jitter {
-    state: AtomicU64,
+    rng: Mutex<SeededRng>,
 }
 
 impl Jitter {
@@ -241,20 +242,12 @@ impl Jitter {
             seed = u64::from(std::process::id()).to_le_bytes();
         }
         Jitter {
-            state: AtomicU64::new(u64::from_le_bytes(seed)),
+            rng: Mutex::new(SeededRng::seed_from_u64(u64::from_le_bytes(seed))),
         }
     }
 
     pub fn next(&self) -> f64 {
-        let mut z = self
-            .state
-            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
-            .wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        // The top 53 bits, as a fraction.
-        (z >> 11) as f64 / (1u64 << 53) as f64
+        self.rng.lock().unwrap_or_else(|e| e.into_inner()).unit()
     }
 }
 

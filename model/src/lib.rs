@@ -17,6 +17,7 @@
 //! - [`waste`]: the European List of Waste codes of packaging and municipal waste.
 //! - [`warning`]: the warning vocabulary (severity, kind, state, category, event kind), the alert
 //!   topics, and [`warning::EventBody`], the JSON of a warning event on every channel.
+//! - [`random`]: [`random::SeededRng`], reproducible uniform draws from a seed.
 //! - [`network`]: networks, and which addresses an outbound request may reach.
 
 pub mod broker;
@@ -24,6 +25,7 @@ pub mod duration;
 pub mod id;
 pub mod network;
 pub mod quantity;
+pub mod random;
 pub mod reading;
 pub mod reference;
 pub mod secret;

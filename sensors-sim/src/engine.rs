@@ -3,10 +3,10 @@
 //! the same scenario, seed and start give the same messages, whatever the wall clock does.
 
 use crate::process::{self, Cell, ContainerState, Rain, Reservoir};
-use crate::random::SimRng;
 use crate::scenario::{Format, Model, Scenario};
 use chrono::{DateTime, SecondsFormat, Utc};
 use std::collections::HashMap;
+use tidemark_model::random::SeededRng;
 use tidemark_model::{DeviceId, Quantity, SensorKey};
 
 /// One message a device publishes.
@@ -60,7 +60,7 @@ enum State {
 struct DeviceState {
     sensors: Vec<usize>,
     next: DateTime<Utc>,
-    rng: SimRng,
+    rng: SeededRng,
     silent_until: Option<DateTime<Utc>>,
     frozen: Option<(DateTime<Utc>, Vec<f64>)>,
 }
@@ -72,7 +72,7 @@ pub struct Engine {
     step_hours: f64,
     now: DateTime<Utc>,
     steps: usize,
-    rng: SimRng,
+    rng: SeededRng,
     states: Vec<State>,
     index: HashMap<String, usize>,
     containers: HashMap<String, ContainerState>,
@@ -129,7 +129,7 @@ impl Engine {
                     .map(|(i, _)| i)
                     .collect(),
                 next: start + chrono::Duration::from_std(device.interval).expect("a sane interval"),
-                rng: SimRng::seed_from_u64(
+                rng: SeededRng::seed_from_u64(
                     seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(d as u64 + 1)),
                 ),
                 silent_until: None,
@@ -159,7 +159,7 @@ impl Engine {
             step,
             now: start,
             steps: 0,
-            rng: SimRng::seed_from_u64(seed),
+            rng: SeededRng::seed_from_u64(seed),
             states,
             index,
             devices,

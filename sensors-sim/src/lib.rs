@@ -9,12 +9,10 @@
 //! - [`replay`]: the recorded data sets (`tests/fixtures/`) as readings with their reference data.
 //! - [`publish`]: one MQTT connection per device; paces simulated time against the wall clock.
 //! - [`load`]: a load generator for benchmarks and loss tests.
-//! - [`random`]: the seeded generator behind every random draw of a simulation.
 
 pub mod engine;
 pub mod load;
 pub mod process;
 pub mod publish;
-pub mod random;
 pub mod replay;
 pub mod scenario;

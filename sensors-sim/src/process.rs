@@ -1,10 +1,10 @@
 //! The physical processes behind simulated sensors. Pure functions of time and state; randomness
 //! comes from the caller's seeded generator so that a run is reproducible.
 
-use crate::random::SimRng;
 use crate::scenario::{Storm, Surge};
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use std::f64::consts::PI;
+use tidemark_model::random::SeededRng;
 use tidemark_model::time::{to_local, DENMARK_STANDARD_HOURS};
 
 /// Hours since local midnight in Denmark (CET/CEST), with fractions.
@@ -25,7 +25,7 @@ fn bump(x: f64, centre: f64, width: f64) -> f64 {
 }
 
 /// A standard normal draw (Box-Muller).
-pub fn gaussian(rng: &mut SimRng) -> f64 {
+pub fn gaussian(rng: &mut SeededRng) -> f64 {
     let u1: f64 = rng.unit().max(f64::MIN_POSITIVE);
     let u2: f64 = rng.unit();
     (-2.0 * u1.ln()).sqrt() * (2.0 * PI * u2).cos()
@@ -77,7 +77,7 @@ pub struct Rain {
 }
 
 impl Rain {
-    pub fn step(&mut self, t: DateTime<Utc>, step_hours: f64, rng: &mut SimRng) {
+    pub fn step(&mut self, t: DateTime<Utc>, step_hours: f64, rng: &mut SeededRng) {
         if self.storms_per_day > 0.0 && rng.unit() < self.storms_per_day * step_hours / 24.0 {
             let total = -self.mean_storm_mm * rng.unit().max(1e-9).ln();
             self.cells.push(Cell {
@@ -204,7 +204,7 @@ pub struct ContainerState {
 
 impl ContainerState {
     /// Fills at `rate` %/h (varying around it), up to 120 %.
-    pub fn fill(&mut self, rate: f64, step_hours: f64, rng: &mut SimRng) {
+    pub fn fill(&mut self, rate: f64, step_hours: f64, rng: &mut SeededRng) {
         self.fill = (self.fill + rate * rng.range(0.5..1.5) * step_hours).min(120.0);
         if self.fill > 100.0 {
             self.overflowing_steps += 1;
@@ -212,7 +212,7 @@ impl ContainerState {
     }
 
     /// A collection round empties the container, leaving a little behind.
-    pub fn collect(&mut self, rng: &mut SimRng) {
+    pub fn collect(&mut self, rng: &mut SeededRng) {
         self.fill = rng.range(0.0..3.0);
         self.collections += 1;
     }
@@ -290,7 +290,7 @@ mod tests {
 
     #[test]
     fn a_collection_empties_a_container() {
-        let mut rng = SimRng::seed_from_u64(1);
+        let mut rng = SeededRng::seed_from_u64(1);
         let mut container = ContainerState::default();
         for _ in 0..100 {
             container.fill(2.0, 1.0, &mut rng);

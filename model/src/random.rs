@@ -1,16 +1,17 @@
-//! The simulator's random numbers: xoshiro256** seeded through SplitMix64, so that the same seed
-//! gives the same simulation on every platform and with every version of every dependency.
+//! Seeded random numbers: xoshiro256** seeded through SplitMix64, so that the same seed gives the
+//! same draws on every platform and with every version of every dependency (the simulator's
+//! reproducible runs; delivery's retry jitter, seeded from the operating system).
 
 use std::ops::Range;
 
-/// A seeded generator of the simulation's draws.
+/// A seeded generator of uniform draws.
 #[derive(Debug, Clone)]
-pub struct SimRng {
+pub struct SeededRng {
     state: [u64; 4],
 }
 
-impl SimRng {
-    pub fn seed_from_u64(seed: u64) -> SimRng {
+impl SeededRng {
+    pub fn seed_from_u64(seed: u64) -> SeededRng {
         let mut x = seed;
         let mut next = || {
             x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -19,7 +20,7 @@ impl SimRng {
             z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             z ^ (z >> 31)
         };
-        SimRng {
+        SeededRng {
             state: [next(), next(), next(), next()],
         }
     }
@@ -60,7 +61,7 @@ mod tests {
     #[test]
     fn draws_repeat_by_seed_and_spread_evenly() {
         let draws = |seed| {
-            let mut rng = SimRng::seed_from_u64(seed);
+            let mut rng = SeededRng::seed_from_u64(seed);
             (0..10_000).map(|_| rng.unit()).collect::<Vec<f64>>()
         };
         assert_eq!(draws(7), draws(7));
@@ -77,7 +78,7 @@ mod tests {
             buckets.iter().all(|b| (850..1150).contains(b)),
             "{buckets:?}"
         );
-        let mut rng = SimRng::seed_from_u64(1);
+        let mut rng = SeededRng::seed_from_u64(1);
         assert!((0..1000).all(|_| rng.index(3) < 3));
         assert!((0..1000).all(|_| (0.5..1.5).contains(&rng.range(0.5..1.5))));
     }
