@@ -2,6 +2,7 @@
 
 use super::records::stamp;
 use crate::auth::Caller;
+use crate::http::check_key;
 use crate::http::problem::{ApiError, Result};
 use crate::http::{csv_field, csv_response, format, json_response, parse_query, typed, Format};
 use crate::state::ApiState;
@@ -69,17 +70,7 @@ pub async fn put_container(
 ) -> Result<StatusCode> {
     caller.require(&[Role::Utility, Role::Operator])?;
     let Json(c) = request.map_err(|e| ApiError::bad("body", e.body_text()))?;
-    if key.is_empty()
-        || key.len() > 100
-        || !key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    {
-        return Err(ApiError::bad(
-            "key",
-            "a container key is 1 to 100 letters, digits, -, _ or .",
-        ));
-    }
+    check_key(&key, "a container key")?;
     if c.name.trim().is_empty() {
         return Err(ApiError::bad("name", "the container needs a name"));
     }

@@ -97,6 +97,23 @@ pub fn time(parameter: &str, text: &str) -> Result<DateTime<Utc>> {
         })
 }
 
+/// A key in a path: 1 to 100 letters, digits, `-`, `_` or `.`; `noun` names it in the answer
+/// ("an area key").
+pub fn check_key(key: &str, noun: &str) -> Result<()> {
+    if key.is_empty()
+        || key.len() > 100
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(ApiError::bad(
+            "key",
+            format!("{noun} is 1 to 100 letters, digits, -, _ or ."),
+        ));
+    }
+    Ok(())
+}
+
 /// A `bbox` parameter: `min_lon,min_lat,max_lon,max_lat` in degrees.
 pub fn parse_bbox(text: &str) -> Result<[f64; 4]> {
     let b = numbers::<4>("bbox", text, "min_lon,min_lat,max_lon,max_lat")?;

@@ -2,6 +2,7 @@
 
 use super::common::body;
 use crate::auth::Caller;
+use crate::http::check_key;
 use crate::http::problem::{ApiError, Result};
 use crate::state::ApiState;
 use axum::extract::rejection::JsonRejection;
@@ -57,17 +58,7 @@ pub async fn put_flood_area(
 ) -> Result<StatusCode> {
     caller.require(&[Role::Operator])?;
     let r = body(request)?;
-    if key.is_empty()
-        || key.len() > 100
-        || !key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    {
-        return Err(ApiError::bad(
-            "key",
-            "an area key is 1 to 100 letters, digits, -, _ or .",
-        ));
-    }
+    check_key(&key, "an area key")?;
     if r.name.trim().is_empty() {
         return Err(ApiError::bad("name", "the area needs a name"));
     }
