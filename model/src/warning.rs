@@ -6,14 +6,17 @@
 //! one way back (`parse`); severities are stored as their level, 1 to 3.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 macro_rules! spelled {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+        )]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         pub enum $name {
-            $($(#[$vmeta])* $variant),+
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
         }
 
         impl $name {
@@ -227,6 +230,16 @@ mod tests {
         }
         for k in EventKind::ALL {
             assert_eq!(EventKind::parse(k.name()), Some(k));
+            // JSON spells a term as the database does.
+            let json = serde_json::to_value(k).unwrap();
+            assert_eq!(json, serde_json::json!(k.name()));
+            assert_eq!(serde_json::from_value::<EventKind>(json).unwrap(), k);
+        }
+        for s in WarningState::ALL {
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::json!(s.name())
+            );
         }
         for c in Category::ALL {
             assert_eq!(Category::parse(c.name()), Some(c));
