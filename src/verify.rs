@@ -67,7 +67,7 @@ pub async fn scores(
         .into_iter()
         .map(|(sensor, severity, at)| ObservedCrossing {
             sensor,
-            severity,
+            severity: severity.level(),
             at,
         })
         .collect();
@@ -77,8 +77,8 @@ pub async fn scores(
         .into_iter()
         .map(|e| IssuedEvent {
             area: e.area_key,
-            kind: e.kind,
-            severity: e.severity,
+            kind: e.kind.name().to_owned(),
+            severity: e.severity.map(|s| s.level()),
             at: e.at,
         })
         .collect();

@@ -192,7 +192,7 @@ pub fn load(
         }
         for rain in &file.rain {
             let severity = match Severity::parse(&rain.severity) {
-                Some(severity) => severity.level(),
+                Some(severity) => severity,
                 None => {
                     let other = &rain.severity;
                     return Err(invalid(format!(

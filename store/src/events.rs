@@ -8,7 +8,8 @@
 //! lets a Server-Sent Events client resume from `Last-Event-ID`.
 
 use crate::coordination::{self, EventSequence, Notice};
-use crate::{Context, Error, Result, Store};
+use crate::terms::{severity, term};
+use crate::{Context, Result, Store};
 use chrono::{DateTime, Utc};
 use tidemark_model::warning::{
     AreaRef, Category, EventBody, EventKind, Messages, Severity, WarningKind, WarningState,
@@ -239,9 +240,7 @@ fn warning_event(r: &tokio_postgres::Row) -> Result<WarningEvent> {
         subject_key: r.get(3),
         subject_name: r.get(4),
         kind: term(r, 5, EventKind::parse)?,
-        severity: Severity::from_level(r.get(6)).ok_or_else(|| {
-            Error::Inconsistent(format!("a stored severity of {}", r.get::<_, i16>(6)))
-        })?,
+        severity: severity(r, 6)?,
         warning_kind: term(r, 7, WarningKind::parse)?,
         at: r.get(8),
         recorded_at: r.get(9),
@@ -253,21 +252,15 @@ fn warning_event(r: &tokio_postgres::Row) -> Result<WarningEvent> {
     })
 }
 
-/// A stored term of the warning vocabulary, read back through its one spelling.
-fn term<T>(r: &tokio_postgres::Row, column: usize, parse: fn(&str) -> Option<T>) -> Result<T> {
-    let text: &str = r.get(column);
-    parse(text).ok_or_else(|| Error::Inconsistent(format!("an unknown stored term {text:?}")))
-}
-
 /// A warning with what a list shows of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WarningSummary {
     pub id: i64,
     pub area_key: String,
     pub area_name: String,
-    pub severity: i16,
-    pub kind: String,
-    pub state: String,
+    pub severity: Severity,
+    pub kind: WarningKind,
+    pub state: WarningState,
     pub raised_at: DateTime<Utc>,
     pub changed_at: DateTime<Utc>,
     pub lifted_at: Option<DateTime<Utc>>,
@@ -284,8 +277,8 @@ pub struct WarningSummary {
 /// Which warnings to list.
 #[derive(Debug, Clone, Default)]
 pub struct WarningFilter {
-    /// in_force or lifted; all when None.
-    pub state: Option<String>,
+    /// In force or lifted; all when None.
+    pub state: Option<WarningState>,
     pub municipality: Option<String>,
     pub area: Option<String>,
     pub id: Option<i64>,
@@ -417,30 +410,37 @@ impl Store {
                  WHERE ($1::text IS NULL OR w.state = $1) AND ($2::text IS NULL OR $2 = ANY (w.municipalities)) \
                  AND ($3::text IS NULL OR w.area_key = $3) AND ($4::bigint IS NULL OR w.id = $4) \
                  ORDER BY w.raised_at DESC, w.id DESC LIMIT $5",
-                &[&filter.state, &filter.municipality, &filter.area, &filter.id, &filter.limit],
+                &[
+                    &filter.state.map(WarningState::name),
+                    &filter.municipality,
+                    &filter.area,
+                    &filter.id,
+                    &filter.limit,
+                ],
             )
             .await
             .context("listing warnings")?;
-        Ok(rows
-            .iter()
-            .map(|r| WarningSummary {
-                id: r.get(0),
-                area_key: r.get(1),
-                area_name: r.get(2),
-                severity: r.get(3),
-                kind: r.get(4),
-                state: r.get(5),
-                raised_at: r.get(6),
-                changed_at: r.get(7),
-                lifted_at: r.get(8),
-                stale: r.get(9),
-                municipalities: r.get(10),
-                message_en: r.get(11),
-                message_da: r.get(12),
-                acknowledged_by: r.get(13),
-                latest_event: r.get(14),
+        rows.iter()
+            .map(|r| {
+                Ok(WarningSummary {
+                    id: r.get(0),
+                    area_key: r.get(1),
+                    area_name: r.get(2),
+                    severity: severity(r, 3)?,
+                    kind: term(r, 4, WarningKind::parse)?,
+                    state: term(r, 5, WarningState::parse)?,
+                    raised_at: r.get(6),
+                    changed_at: r.get(7),
+                    lifted_at: r.get(8),
+                    stale: r.get(9),
+                    municipalities: r.get(10),
+                    message_en: r.get(11),
+                    message_da: r.get(12),
+                    acknowledged_by: r.get(13),
+                    latest_event: r.get(14),
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Acknowledges a flood warning for a municipality: an `acknowledged` event with MQTT

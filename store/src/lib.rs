@@ -42,6 +42,7 @@ pub mod readings;
 pub mod reference;
 pub mod rollup;
 pub mod schema;
+mod terms;
 pub mod utility;
 pub mod water;
 pub mod webhooks;
@@ -75,8 +76,6 @@ pub enum Error {
     TimescaleUnavailable(String),
     #[error("inconsistent warning state: {0}")]
     Inconsistent(String),
-    #[error("area {0}: another writer recorded events since this evaluation read the area")]
-    Superseded(String),
     #[error("the database has no readings table; run `tidemark migrate` first")]
     NotMigrated,
     #[error("{context}: {}", chain(cause))]

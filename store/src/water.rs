@@ -3,9 +3,10 @@
 
 use crate::coordination::{self, EventSequence, Notice};
 use crate::events::{append_event, EventInsert};
+use crate::terms::term;
 use crate::{Context, Result, Store};
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
-use tidemark_model::warning::{Category, EventKind, Severity, WarningKind};
+use tidemark_model::warning::{Category, EventKind, Severity, WarningKind, WarningState};
 use tokio_postgres::Transaction;
 
 /// A district meter's leak rule.
@@ -497,7 +498,7 @@ pub struct LeakAlertRow {
     pub id: i64,
     pub sensor_key: String,
     pub meter_name: String,
-    pub state: String,
+    pub state: WarningState,
     pub raised_at: DateTime<Utc>,
     pub changed_at: DateTime<Utc>,
     pub lifted_at: Option<DateTime<Utc>>,
@@ -511,8 +512,8 @@ pub struct LeakAlertRow {
 /// Which leak alerts to list.
 #[derive(Debug, Clone, Default)]
 pub struct LeakAlertFilter {
-    /// in_force or lifted; all when None.
-    pub state: Option<String>,
+    /// In force or lifted; all when None.
+    pub state: Option<WarningState>,
     pub municipality: Option<String>,
     pub sensor: Option<String>,
     pub id: Option<i64>,
@@ -533,7 +534,7 @@ impl Store {
                  AND ($3::text IS NULL OR w.sensor_key = $3) AND ($4::bigint IS NULL OR w.id = $4) \
                  ORDER BY w.raised_at DESC, w.id DESC LIMIT $5",
                 &[
-                    &filter.state,
+                    &filter.state.map(WarningState::name),
                     &filter.municipality,
                     &filter.sensor,
                     &filter.id,
@@ -542,21 +543,22 @@ impl Store {
             )
             .await
             .context("listing leak alerts")?;
-        Ok(rows
-            .iter()
-            .map(|r| LeakAlertRow {
-                id: r.get(0),
-                sensor_key: r.get(1),
-                meter_name: r.get(2),
-                state: r.get(3),
-                raised_at: r.get(4),
-                changed_at: r.get(5),
-                lifted_at: r.get(6),
-                municipalities: r.get(7),
-                message_en: r.get(8),
-                message_da: r.get(9),
-                trigger: r.get(10),
+        rows.iter()
+            .map(|r| {
+                Ok(LeakAlertRow {
+                    id: r.get(0),
+                    sensor_key: r.get(1),
+                    meter_name: r.get(2),
+                    state: term(r, 3, WarningState::parse)?,
+                    raised_at: r.get(4),
+                    changed_at: r.get(5),
+                    lifted_at: r.get(6),
+                    municipalities: r.get(7),
+                    message_en: r.get(8),
+                    message_da: r.get(9),
+                    trigger: r.get(10),
+                })
             })
-            .collect())
+            .collect()
     }
 }

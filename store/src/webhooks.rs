@@ -3,8 +3,10 @@
 //! filters.
 
 use crate::audit::Audit;
+use crate::terms::{severity, terms};
 use crate::{Context, Result, Store};
 use chrono::{DateTime, Utc};
+use tidemark_model::warning::{Category, Severity};
 
 /// Secrets carry this prefix, as in the Standard Webhooks reference libraries.
 pub const SECRET_PREFIX: &str = "whsec_";
@@ -34,9 +36,9 @@ pub struct WebhookRow {
     pub description: String,
     pub municipalities: Vec<String>,
     pub areas: Vec<String>,
-    pub min_severity: i16,
-    /// flood, leak, or both.
-    pub categories: Vec<String>,
+    pub min_severity: Severity,
+    /// Flood, leak, or both.
+    pub categories: Vec<Category>,
     pub secret: String,
     pub previous_secret: Option<String>,
     pub previous_until: Option<DateTime<Utc>>,
@@ -53,16 +55,16 @@ pub struct NewWebhook {
     pub description: String,
     pub municipalities: Vec<String>,
     pub areas: Vec<String>,
-    pub min_severity: i16,
-    pub categories: Vec<String>,
+    pub min_severity: Severity,
+    pub categories: Vec<Category>,
     pub secret: String,
 }
 
 const WEBHOOK_COLUMNS: &str = "id, owner_key, owner_municipality, url, description, municipalities, areas, \
      min_severity, secret, previous_secret, previous_until, created_at, disabled_at, disabled_reason, categories";
 
-fn webhook_row(r: &tokio_postgres::Row) -> WebhookRow {
-    WebhookRow {
+fn webhook_row(r: &tokio_postgres::Row) -> Result<WebhookRow> {
+    Ok(WebhookRow {
         id: r.get(0),
         owner_key: r.get(1),
         owner_municipality: r.get(2),
@@ -70,15 +72,15 @@ fn webhook_row(r: &tokio_postgres::Row) -> WebhookRow {
         description: r.get(4),
         municipalities: r.get(5),
         areas: r.get(6),
-        min_severity: r.get(7),
+        min_severity: severity(r, 7)?,
         secret: r.get(8),
         previous_secret: r.get(9),
         previous_until: r.get(10),
         created_at: r.get(11),
         disabled_at: r.get(12),
         disabled_reason: r.get(13),
-        categories: r.get(14),
-    }
+        categories: terms(r, 14, Category::parse)?,
+    })
 }
 
 impl Store {
@@ -102,14 +104,14 @@ impl Store {
                     &hook.description,
                     &hook.municipalities,
                     &hook.areas,
-                    &hook.min_severity,
+                    &hook.min_severity.level(),
                     &hook.secret,
-                    &hook.categories,
+                    &hook.categories.iter().map(|c| c.name()).collect::<Vec<_>>(),
                 ],
             )
             .await
             .context("registering a webhook")?;
-        let row = webhook_row(&row);
+        let row = webhook_row(&row)?;
         let audit = Audit {
             target: format!("webhook {}", row.id),
             ..audit.clone()
@@ -132,7 +134,7 @@ impl Store {
             )
             .await
             .context("listing webhooks")?;
-        Ok(rows.iter().map(webhook_row).collect())
+        rows.iter().map(webhook_row).collect()
     }
 
     pub async fn webhook(&self, id: i64) -> Result<Option<WebhookRow>> {
@@ -146,7 +148,7 @@ impl Store {
             )
             .await
             .context("reading a webhook")?;
-        Ok(row.as_ref().map(webhook_row))
+        row.as_ref().map(webhook_row).transpose()
     }
 
     /// Deletes a webhook; its queued deliveries are given up. False if there was none.
@@ -200,7 +202,7 @@ impl Store {
             .await
             .context("rotating a webhook secret")?;
         tx.commit().await.context("commit rotating a secret")?;
-        Ok(row.as_ref().map(webhook_row))
+        row.as_ref().map(webhook_row).transpose()
     }
 
     /// Which of `codes` are not known municipalities.

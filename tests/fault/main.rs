@@ -509,7 +509,9 @@ async fn future_readings_are_refused_and_week_late_ones_change_no_warning() {
             .await
             .unwrap()
             .iter()
-            .any(|w| w.state == "in_force" && w.severity == 3)
+            .any(|w| {
+                w.state == "in_force" && w.severity == tidemark_model::warning::Severity::Severe
+            })
     })
     .await;
     assert!(raised, "the live surge raises a severe warning");
@@ -835,8 +837,8 @@ async fn warning_events_reach_failing_receivers_through_a_dispatcher_killed_eigh
                     description: "fault".into(),
                     municipalities: Vec::new(),
                     areas: Vec::new(),
-                    min_severity: 1,
-                    categories: vec!["flood".into()],
+                    min_severity: tidemark_model::warning::Severity::Alert,
+                    categories: vec![tidemark_model::warning::Category::Flood],
                     secret: tidemark_store::webhooks::new_secret(),
                 },
                 &cli.audit("webhook.create", String::new(), serde_json::json!({})),

@@ -440,7 +440,9 @@ async fn a_threshold_changed_over_the_api_takes_effect_in_running_analytics() {
             .await
             .unwrap()
             .iter()
-            .any(|e| e.kind == "raised" && e.severity == Some(1))
+            .any(|e| {
+                e.kind == "raised" && e.severity == Some(tidemark_model::warning::Severity::Alert)
+            })
     })
     .await;
     assert!(

@@ -4,6 +4,7 @@
 use crate::support::*;
 use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
 use std::time::Duration;
+use tidemark_model::warning::{EventKind, Severity};
 use tidemark_sensors_sim::replay::{read, Format};
 use tidemark_store::flood::EventRow;
 
@@ -12,12 +13,12 @@ fn utc(d: u32, h: u32, m: u32) -> DateTime<Utc> {
 }
 
 /// The severity in force after the events up to `at`.
-fn in_force_at(events: &[EventRow], at: DateTime<Utc>) -> Option<i16> {
+fn in_force_at(events: &[EventRow], at: DateTime<Utc>) -> Option<Severity> {
     let mut severity = None;
     for event in events.iter().filter(|e| e.at <= at) {
-        match event.kind.as_str() {
-            "raised" | "changed" => severity = event.severity,
-            "lifted" => severity = None,
+        match event.kind {
+            EventKind::Raised | EventKind::Changed => severity = event.severity,
+            EventKind::Lifted => severity = None,
             _ => {}
         }
     }
@@ -59,7 +60,7 @@ async fn the_baltic_surge_raises_escalates_and_lifts_flensburg_and_reports_kappe
     assert_eq!(flensburg_trend.severity, None);
     assert!(flensburg_trend.rate_per_hour.is_some());
     let flensburg = store.warning_events("flensburg-fjord").await.unwrap();
-    let kinds: Vec<&str> = flensburg.iter().map(|e| e.kind.as_str()).collect();
+    let kinds: Vec<&str> = flensburg.iter().map(|e| e.kind.name()).collect();
     assert_eq!(kinds.first(), Some(&"raised"), "{kinds:?}");
     assert_eq!(kinds.last(), Some(&"lifted"), "{kinds:?}");
     // Every severity in turn, each no later than its first sample at or above the threshold plus
@@ -78,7 +79,11 @@ async fn the_baltic_surge_raises_escalates_and_lifts_flensburg_and_reports_kappe
             .ts
             + shift
     };
-    for (severity, threshold) in [(1, 1.00), (2, 1.50), (3, 2.00)] {
+    for (severity, threshold) in [
+        (Severity::Alert, 1.00),
+        (Severity::Warning, 1.50),
+        (Severity::Severe, 2.00),
+    ] {
         let raised = flensburg
             .iter()
             .find(|e| e.severity >= Some(severity) && e.kind != "lifted")
@@ -91,7 +96,7 @@ async fn the_baltic_surge_raises_escalates_and_lifts_flensburg_and_reports_kappe
     }
     assert_eq!(
         in_force_at(&flensburg, utc(20, 21, 40) + shift),
-        Some(3),
+        Some(Severity::Severe),
         "Severe at the 2.270 m peak"
     );
     let warnings = store.warnings(Some("flensburg-fjord")).await.unwrap();
@@ -122,7 +127,7 @@ async fn the_baltic_surge_raises_escalates_and_lifts_flensburg_and_reports_kappe
     let kiel = store.warning_events("kiel-fjord").await.unwrap();
     assert!(!kiel.is_empty());
     assert!(
-        kiel.iter().all(|e| e.severity < Some(3)),
+        kiel.iter().all(|e| e.severity < Some(Severity::Severe)),
         "Kiel-Holtenau (1.953 m) never reaches Severe"
     );
 
@@ -137,7 +142,7 @@ async fn the_baltic_surge_raises_escalates_and_lifts_flensburg_and_reports_kappe
         "three missed 10-minute readings after 12:20"
     );
     assert!(
-        in_force_at(&kappeln, stale.at).is_some_and(|s| s >= 2),
+        in_force_at(&kappeln, stale.at).is_some_and(|s| s >= Severity::Warning),
         "still in force when it went silent"
     );
     assert!(
@@ -222,7 +227,9 @@ async fn a_simulated_cloudburst_raises_a_rain_alert_then_a_river_warning_downstr
     );
     let river = events
         .iter()
-        .find(|e| e.severity == Some(2) && e.message_en.contains("aarhus-aa-city.level"))
+        .find(|e| {
+            e.severity == Some(Severity::Warning) && e.message_en.contains("aarhus-aa-city.level")
+        })
         .expect("a river warning downstream");
     assert!(
         river.at - first.at >= ChronoDuration::hours(1),
@@ -364,7 +371,7 @@ async fn assert_one_history_per_area(harness: &Harness) -> usize {
         total += events.len();
         // One history: a raise only when nothing is in force, everything else only while something
         // is, a change that changes something, stale only when fresh and fresh only when stale.
-        let (mut in_force, mut stale) = (None::<Option<i16>>, false);
+        let (mut in_force, mut stale) = (None::<Option<Severity>>, false);
         for e in &events {
             let story = format!(
                 "{area}: {:?}",
@@ -373,24 +380,24 @@ async fn assert_one_history_per_area(harness: &Harness) -> usize {
                     .map(|e| (&e.kind, e.severity, e.at))
                     .collect::<Vec<_>>()
             );
-            match e.kind.as_str() {
-                "raised" => {
+            match e.kind {
+                EventKind::Raised => {
                     assert!(in_force.is_none(), "raised twice: {story}");
                     in_force = Some(e.severity);
                 }
-                "changed" => {
+                EventKind::Changed => {
                     assert!(in_force.is_some(), "changed nothing in force: {story}");
                     in_force = Some(e.severity);
                 }
-                "stale" => {
+                EventKind::Stale => {
                     assert!(in_force.is_some() && !stale, "stale twice: {story}");
                     stale = true;
                 }
-                "fresh" => {
+                EventKind::Fresh => {
                     assert!(stale, "fresh twice: {story}");
                     stale = false;
                 }
-                "lifted" => {
+                EventKind::Lifted => {
                     assert!(in_force.is_some(), "lifted twice: {story}");
                     in_force = None;
                     stale = false;
@@ -398,10 +405,8 @@ async fn assert_one_history_per_area(harness: &Harness) -> usize {
                 _ => {}
             }
         }
-        let mut keys: Vec<(String, Option<i16>, chrono::DateTime<chrono::Utc>)> = events
-            .iter()
-            .map(|e| (e.kind.clone(), e.severity, e.at))
-            .collect();
+        let mut keys: Vec<(EventKind, Option<Severity>, chrono::DateTime<chrono::Utc>)> =
+            events.iter().map(|e| (e.kind, e.severity, e.at)).collect();
         let all = keys.len();
         keys.sort();
         keys.dedup();
@@ -505,20 +510,21 @@ async fn two_analytics_processes_record_every_event_exactly_once() {
     harness.finish().await;
 }
 
-/// The check behind two analytics processes, made deterministic: two writers read the area, the
-/// first records that its warning went stale, and the second's same finding, worked out from the
-/// area as it was before, is refused as superseded instead of being recorded a second time.
+/// The lock behind two analytics processes, made deterministic: two writers decide about one
+/// area at the same time, each recording that the warning went stale unless it already is. The
+/// first holds the area's lock while it decides (slowly); the second waits for the lock, reads
+/// the area after the first recorded its event, and records nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_worked_out_from_an_outdated_view_of_the_area_are_refused() {
-    use tidemark_store::flood::NewEvent;
+async fn two_writers_decide_about_an_area_one_after_the_other() {
+    use tidemark_store::flood::{AreaDecision, NewEvent};
     let harness = Harness::start().await;
     let config = config(&harness);
     tidemark::app::load_flood(&config).await.unwrap();
     let area = "flensburg-fjord";
     let municipalities = ["0580".to_owned()];
-    let event = |kind: &'static str, severity: Option<i16>| NewEvent {
-        kind: tidemark_model::warning::EventKind::parse(kind).unwrap(),
-        severity: severity.and_then(tidemark_model::warning::Severity::from_level),
+    let event = |kind: EventKind| NewEvent {
+        kind,
+        severity: Some(Severity::Warning),
         warning_kind: tidemark_model::warning::WarningKind::Observed,
         at: chrono::Utc::now(),
         message_en: format!("Flensburg {kind}."),
@@ -526,52 +532,44 @@ async fn events_worked_out_from_an_outdated_view_of_the_area_are_refused() {
         trigger: serde_json::json!({}),
     };
     let store = &harness.store;
-    let raised = store.area_status(area).await.unwrap();
     store
-        .record_area_events_after(
-            Some(raised.last_event_id),
-            area,
-            &municipalities,
-            &[event("raised", Some(2))],
-            &[],
-            &[],
-        )
+        .record_area_events(area, &municipalities, &[event(EventKind::Raised)], &[], &[])
         .await
         .unwrap();
-    let seen_by_first = store.area_status(area).await.unwrap();
-    let seen_by_second = store.area_status(area).await.unwrap();
-    store
-        .record_area_events_after(
-            Some(seen_by_first.last_event_id),
-            area,
-            &municipalities,
-            &[event("stale", Some(2))],
-            &[],
-            &[],
-        )
-        .await
-        .unwrap();
-    let second = store
-        .record_area_events_after(
-            Some(seen_by_second.last_event_id),
-            area,
-            &municipalities,
-            &[event("stale", Some(2))],
-            &[],
-            &[],
-        )
-        .await;
+    // Stale, unless the area's warning already is: what the runner decides, made slow.
+    let decide = |status: &tidemark_store::flood::AreaStatus| {
+        std::thread::sleep(Duration::from_millis(300));
+        let stale = status.current.as_ref().is_some_and(|w| w.stale);
+        AreaDecision {
+            events: if stale {
+                vec![]
+            } else {
+                vec![event(EventKind::Stale)]
+            },
+            crossings: vec![],
+        }
+    };
+    let first = store.decide_area(area, &municipalities, &[], decide);
+    let second = async {
+        // Starts while the first is deciding under the lock.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        store.decide_area(area, &municipalities, &[], decide).await
+    };
+    let (first, second) = tokio::join!(first, second);
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(first.1.events.len(), 1, "the first records the stale event");
     assert!(
-        matches!(second, Err(tidemark_store::Error::Superseded(_))),
-        "{second:?}"
+        second.1.events.is_empty(),
+        "the second decides from what the first recorded: {:?}",
+        second.1.events
     );
-    let kinds: Vec<String> = store
+    let kinds: Vec<EventKind> = store
         .warning_events(area)
         .await
         .unwrap()
         .into_iter()
         .map(|e| e.kind)
         .collect();
-    assert_eq!(kinds, ["raised", "stale"]);
+    assert_eq!(kinds, [EventKind::Raised, EventKind::Stale]);
     harness.finish().await;
 }

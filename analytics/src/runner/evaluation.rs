@@ -1,11 +1,10 @@
-//! One flood area's evaluation: its readings into a severity timeline, the events that take the
-//! recorded state to it, written under the area's lock (evaluated again when another runner got
-//! there first).
+//! One flood area's evaluation: its readings into a severity timeline, then, under the area's
+//! lock, the events that take the recorded state to it.
 
 use super::state::{Metrics, Model, Settings};
 use super::upkeep::{chrono, samples};
 use crate::area::{self, AreaInput, Level, LevelSensor, RainSensor, Upstream, WarningKind};
-use crate::level::{LevelRule, Severity};
+use crate::level::LevelRule;
 use crate::messages;
 use crate::quality::QcRules;
 use crate::rain::{self, RainRule};
@@ -13,7 +12,7 @@ use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::time::Instant;
 use tidemark_model::warning::alert_topic;
-use tidemark_store::flood::{CrossingRow, NewEvent, TrendRow};
+use tidemark_store::flood::{AreaDecision, AreaStatus, CrossingRow, NewEvent, TrendRow};
 use tidemark_store::Store;
 
 pub(crate) async fn evaluate_area(
@@ -24,17 +23,7 @@ pub(crate) async fn evaluate_area(
     metrics: &Metrics,
 ) {
     let started = Instant::now();
-    // Another analytics process may record the area's events between this one's reading and its
-    // writing; then the area is evaluated again from what that one recorded.
-    let mut outcome = try_evaluate_area(store, model, settings, key).await;
-    for _ in 0..3 {
-        if !matches!(outcome, Err(tidemark_store::Error::Superseded(_))) {
-            break;
-        }
-        metrics.superseded.inc();
-        outcome = try_evaluate_area(store, model, settings, key).await;
-    }
-    match outcome {
+    match try_evaluate_area(store, model, settings, key).await {
         Ok(recorded) => {
             metrics.evaluations.inc();
             metrics.events.inc_by(recorded);
@@ -128,11 +117,7 @@ pub(crate) async fn try_evaluate_area(
                 .map(|r| RainRule {
                     window: chrono(r.window),
                     more_than_mm: r.more_than_mm,
-                    severity: match r.severity {
-                        3 => Severity::Severe,
-                        2 => Severity::Warning,
-                        _ => Severity::Alert,
-                    },
+                    severity: r.severity,
                 })
                 .collect();
             input.rains.push(RainSensor {
@@ -165,9 +150,9 @@ pub(crate) async fn try_evaluate_area(
             sensor_key: t.sensor.clone(),
             at: t.at,
             value: t.value,
-            severity: t.severity.map(Severity::level),
+            severity: t.severity,
             rate_per_hour: t.rate,
-            projected: t.projected.map(|(s, at)| (s.level(), at)),
+            projected: t.projected,
         })
         .collect();
     store.record_trends(&trends).await?;
@@ -187,33 +172,45 @@ pub(crate) async fn try_evaluate_area(
             "readings flagged by data-quality checks"
         );
     }
-    let status = store.area_status(key).await?;
-    let (last_at, current) = (status.last_at, status.current);
-    let in_force = current.as_ref().map(|w| Level {
-        severity: match w.severity {
-            3 => Severity::Severe,
-            2 => Severity::Warning,
-            _ => Severity::Alert,
-        },
-        kind: if w.kind == "observed" {
-            WarningKind::Observed
-        } else {
-            WarningKind::Expected
-        },
+    let deliveries: Vec<String> = area
+        .municipality_codes
+        .iter()
+        .map(|code| alert_topic(&settings.topic_prefix, code, key))
+        .collect();
+    // The area's status is read under its lock, and the events are worked out from it before the
+    // lock is let go: a second analytics process evaluating the same area waits, then starts from
+    // what this one recorded.
+    let (_, decision) = store
+        .decide_area(key, &area.municipality_codes, &deliveries, |status| {
+            decide(&area.name, &evaluation, status)
+        })
+        .await?;
+    for event in &decision.events {
+        tracing::info!(area = %key, kind = %event.kind, severity = ?event.severity, at = %event.at, "warning event");
+    }
+    Ok(decision.events.len() as u64)
+}
+
+/// The events that take the area from its recorded status to its evaluation, with the crossings
+/// behind them that came after the area's last event.
+fn decide(area_name: &str, evaluation: &area::Evaluation, status: &AreaStatus) -> AreaDecision {
+    let in_force = status.current.as_ref().map(|w| Level {
+        severity: w.severity,
+        kind: w.kind,
     });
     let events = area::events(
-        &evaluation,
-        last_at,
+        evaluation,
+        status.last_at,
         in_force,
-        current.as_ref().is_some_and(|w| w.stale),
+        status.current.as_ref().is_some_and(|w| w.stale),
     );
     if events.is_empty() {
-        return Ok(0);
+        return AreaDecision::default();
     }
-    let new_events: Vec<NewEvent> = events
+    let events = events
         .iter()
         .map(|event| {
-            let (message_en, message_da) = messages::compose(&area.name, event);
+            let (message_en, message_da) = messages::compose(area_name, event);
             NewEvent {
                 kind: event.kind,
                 severity: event.level.map(|l| l.severity),
@@ -230,35 +227,17 @@ pub(crate) async fn try_evaluate_area(
             }
         })
         .collect();
-    let deliveries: Vec<String> = area
-        .municipality_codes
-        .iter()
-        .map(|code| alert_topic(&settings.topic_prefix, code, key))
-        .collect();
-    let crossings: Vec<CrossingRow> = evaluation
+    let crossings = evaluation
         .crossings
         .iter()
-        .filter(|c| last_at.is_none_or(|last| c.at > last))
+        .filter(|c| status.last_at.is_none_or(|last| c.at > last))
         .map(|c| CrossingRow {
             sensor_key: c.sensor.clone(),
-            severity: c.severity.level(),
+            severity: c.severity,
             up: c.up,
             at: c.at,
             value: c.value,
         })
         .collect();
-    store
-        .record_area_events_after(
-            Some(status.last_event_id),
-            key,
-            &area.municipality_codes,
-            &new_events,
-            &deliveries,
-            &crossings,
-        )
-        .await?;
-    for event in &new_events {
-        tracing::info!(area = %key, kind = %event.kind, severity = ?event.severity, at = %event.at, "warning event");
-    }
-    Ok(new_events.len() as u64)
+    AreaDecision { events, crossings }
 }

@@ -23,8 +23,6 @@ pub struct Metrics {
     pub evaluations: Counter,
     pub events: Counter,
     pub failures: Counter,
-    /// Evaluations done again because another process recorded the area's events first.
-    pub superseded: Counter,
     pub evaluation_seconds: Histogram,
 }
 
@@ -34,7 +32,6 @@ impl Metrics {
             evaluations: Counter::default(),
             events: Counter::default(),
             failures: Counter::default(),
-            superseded: Counter::default(),
             evaluation_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
         };
         let sub = registry.sub_registry_with_prefix("tidemark_analytics");
@@ -48,11 +45,6 @@ impl Metrics {
             "failures",
             "Evaluations that failed",
             metrics.failures.clone(),
-        );
-        sub.register(
-            "superseded",
-            "Evaluations done again because another process recorded the area's events first",
-            metrics.superseded.clone(),
         );
         sub.register(
             "evaluation_seconds",

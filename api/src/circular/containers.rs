@@ -1,8 +1,9 @@
 //! The container registry, and the collections and overflows analytics found.
 
-use super::records::stamp;
+use super::records::{seconds, seconds_or_null, stamp};
 use crate::auth::Caller;
 use crate::http::check_key;
+use crate::http::geojson::{point, Feature, FeatureCollection};
 use crate::http::problem::{ApiError, Result};
 use crate::http::{csv_field, csv_response, format, json_response, parse_query, typed, Format};
 use crate::state::ApiState;
@@ -11,6 +12,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tidemark_model::waste::{self};
@@ -137,7 +139,7 @@ pub async fn put_container(
 /// to be full.
 #[utoipa::path(get, path = "/api/v1/circular/containers", tag = "circular", params(FormatQuery),
     responses((status = 200, description = "Containers by key",
-        content(("application/json"), ("application/geo+json"), ("text/csv")))))]
+        content((ContainerList = "application/json"), (FeatureCollection = "application/geo+json"), (String = "text/csv")))))]
 pub async fn containers(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -147,73 +149,108 @@ pub async fn containers(
     let format = format(query.format.as_deref(), &headers, true)?;
     let rows = state.store.containers().await?;
     let states = state.store.container_states().await?;
-    let bodies: Vec<serde_json::Value> = rows.iter().map(|c| {
+    let bodies: Vec<ContainerStatus> = rows
+        .into_iter()
+        .map(|c| {
             let s = states.get(&c.key);
-            serde_json::json!({
-                "key": c.key, "name": c.name, "lon": c.lon, "lat": c.lat,
-                "capacity_litres": c.capacity_litres, "waste_code": c.waste_code,
-                "waste_name": waste::lookup(&c.waste_code).map(|w| w.name), "fraction": c.fraction,
-                "municipality": c.municipality, "fill_sensor": c.fill_sensor, "weight_sensor": c.weight_sensor,
-                "fill_level": s.and_then(|s| s.fill).map(|f| f.0),
-                "fill_at": s.and_then(|s| s.fill).map(|f| stamp(f.1)),
-                "fill_rate_per_hour": s.and_then(|s| s.fill_rate_per_hour),
-                "full_at": s.and_then(|s| s.full_at).map(stamp),
-            })
-        }).collect();
+            ContainerStatus {
+                waste_name: waste::lookup(&c.waste_code).map(|w| w.name),
+                fill_level: s.and_then(|s| s.fill).map(|f| f.0),
+                fill_at: s.and_then(|s| s.fill).map(|f| f.1),
+                fill_rate_per_hour: s.and_then(|s| s.fill_rate_per_hour),
+                full_at: s.and_then(|s| s.full_at),
+                key: c.key,
+                name: c.name,
+                lon: c.lon,
+                lat: c.lat,
+                capacity_litres: c.capacity_litres,
+                waste_code: c.waste_code,
+                fraction: c.fraction,
+                municipality: c.municipality,
+                fill_sensor: c.fill_sensor,
+                weight_sensor: c.weight_sensor,
+            }
+        })
+        .collect();
     Ok(match format {
-        Format::GeoJson => {
-            let features: Vec<serde_json::Value> = bodies
-                .into_iter()
-                .map(|b| {
-                    serde_json::json!({
-                        "type": "Feature",
-                        "geometry": { "type": "Point", "coordinates": [b["lon"], b["lat"]] },
-                        "properties": b,
-                    })
-                })
-                .collect();
-            let mut response = json_response(
-                &serde_json::json!({ "type": "FeatureCollection", "features": features }),
-            );
-            response.headers_mut().insert(
-                axum::http::header::CONTENT_TYPE,
-                axum::http::HeaderValue::from_static("application/geo+json"),
-            );
-            response
-        }
+        // Each feature keeps lon and lat among its properties, as the JSON list has them.
+        Format::GeoJson => bodies
+            .iter()
+            .map(|b| Feature::of(&b.key, point(b.lon, b.lat), b, &[]))
+            .collect::<FeatureCollection>()
+            .response(),
         Format::Csv => {
-            let columns = [
-                "key",
-                "name",
-                "lon",
-                "lat",
-                "capacity_litres",
-                "waste_code",
-                "fraction",
-                "municipality",
-                "fill_sensor",
-                "weight_sensor",
-                "fill_level",
-                "fill_at",
-                "fill_rate_per_hour",
-                "full_at",
-            ];
+            let text = |v: Option<String>| v.unwrap_or_default();
             csv_response(
-                &columns,
+                &[
+                    "key",
+                    "name",
+                    "lon",
+                    "lat",
+                    "capacity_litres",
+                    "waste_code",
+                    "fraction",
+                    "municipality",
+                    "fill_sensor",
+                    "weight_sensor",
+                    "fill_level",
+                    "fill_at",
+                    "fill_rate_per_hour",
+                    "full_at",
+                ],
                 bodies.iter().map(|b| {
-                    columns
-                        .iter()
-                        .map(|c| match &b[*c] {
-                            serde_json::Value::Null => String::new(),
-                            serde_json::Value::String(text) => text.clone(),
-                            other => other.to_string(),
-                        })
-                        .collect()
+                    vec![
+                        b.key.clone(),
+                        b.name.clone(),
+                        b.lon.to_string(),
+                        b.lat.to_string(),
+                        b.capacity_litres.to_string(),
+                        b.waste_code.clone(),
+                        b.fraction.clone(),
+                        text(b.municipality.clone()),
+                        b.fill_sensor.clone(),
+                        text(b.weight_sensor.clone()),
+                        text(b.fill_level.map(|v| v.to_string())),
+                        text(b.fill_at.map(stamp)),
+                        text(b.fill_rate_per_hour.map(|v| v.to_string())),
+                        text(b.full_at.map(stamp)),
+                    ]
                 }),
             )
         }
-        _ => json_response(&serde_json::json!({ "containers": bodies })),
+        _ => json_response(&ContainerList { containers: bodies }),
     })
+}
+
+/// A container with its latest fill level and where its filling is heading.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ContainerStatus {
+    pub key: String,
+    pub name: String,
+    pub lon: f64,
+    pub lat: f64,
+    pub capacity_litres: f64,
+    pub waste_code: String,
+    pub waste_name: Option<&'static str>,
+    pub fraction: String,
+    pub municipality: Option<String>,
+    pub fill_sensor: String,
+    pub weight_sensor: Option<String>,
+    /// Percent.
+    pub fill_level: Option<f64>,
+    #[serde(serialize_with = "seconds_or_null")]
+    pub fill_at: Option<DateTime<Utc>>,
+    /// Percentage points per hour over the current filling phase.
+    pub fill_rate_per_hour: Option<f64>,
+    /// When it is expected to be full.
+    #[serde(serialize_with = "seconds_or_null")]
+    pub full_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ContainerList {
+    /// By key.
+    pub containers: Vec<ContainerStatus>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -267,7 +304,7 @@ pub(crate) fn event_filter(q: &EventQuery) -> Result<tidemark_store::circular::E
 /// ones, and the volume and mass collected.
 #[utoipa::path(get, path = "/api/v1/circular/collections", tag = "circular", params(EventQuery),
     responses(
-        (status = 200, description = "Collections and a summary per container", content(("application/json"), ("text/csv"))),
+        (status = 200, description = "Collections and a summary per container", content((CollectionsBody = "application/json"), (String = "text/csv"))),
         (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn collections(
@@ -299,37 +336,86 @@ pub async fn collections(
     for c in &rows {
         per.entry(c.container.as_str()).or_default().push(c);
     }
-    let summary: Vec<serde_json::Value> = per
+    let summary: Vec<CollectionSummary> = per
         .iter()
         .map(|(key, cs)| {
             let n = cs.len() as f64;
-            serde_json::json!({
-                "container": key, "collections": cs.len(),
-                "mean_fill_at_collection": cs.iter().map(|c| c.fill_before).sum::<f64>() / n,
-                "partial": cs.iter().filter(|c| c.partial).count(),
-                "near_empty": cs.iter().filter(|c| c.fill_before <= 30.0).count(),
-                "full": cs.iter().filter(|c| c.fill_before >= 100.0).count(),
-                "volume_litres": cs.iter().map(|c| c.volume_litres).sum::<f64>(),
+            CollectionSummary {
+                container: (*key).to_owned(),
+                collections: cs.len(),
+                mean_fill_at_collection: cs.iter().map(|c| c.fill_before).sum::<f64>() / n,
+                partial: cs.iter().filter(|c| c.partial).count(),
+                near_empty: cs.iter().filter(|c| c.fill_before <= 30.0).count(),
+                full: cs.iter().filter(|c| c.fill_before >= 100.0).count(),
+                volume_litres: cs.iter().map(|c| c.volume_litres).sum::<f64>(),
                 // From +0.0: an empty float sum is -0.0, which JSON would show.
-                "mass_kg": cs.iter().filter_map(|c| c.mass_kg).fold(0.0, |sum, m| sum + m),
-            })
+                mass_kg: cs
+                    .iter()
+                    .filter_map(|c| c.mass_kg)
+                    .fold(0.0, |sum, m| sum + m),
+            }
         })
         .collect();
-    Ok(json_response(&serde_json::json!({
-        "summary": summary,
-        "collections": rows.iter().map(|c| serde_json::json!({
-            "container": c.container, "at": stamp(c.at), "fill_before": c.fill_before,
-            "fill_after": c.fill_after, "partial": c.partial, "volume_litres": c.volume_litres,
-            "mass_kg": c.mass_kg,
-        })).collect::<Vec<_>>(),
-    })))
+    Ok(json_response(&CollectionsBody {
+        summary,
+        collections: rows
+            .into_iter()
+            .map(|c| Collection {
+                container: c.container,
+                at: c.at,
+                fill_before: c.fill_before,
+                fill_after: c.fill_after,
+                partial: c.partial,
+                volume_litres: c.volume_litres,
+                mass_kg: c.mass_kg,
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CollectionsBody {
+    /// Per container, by key.
+    pub summary: Vec<CollectionSummary>,
+    pub collections: Vec<Collection>,
+}
+
+/// A container's collections summed up.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CollectionSummary {
+    pub container: String,
+    pub collections: usize,
+    /// Percent.
+    pub mean_fill_at_collection: f64,
+    pub partial: usize,
+    /// Collected at 30 % or less.
+    pub near_empty: usize,
+    pub full: usize,
+    pub volume_litres: f64,
+    pub mass_kg: f64,
+}
+
+/// A collection analytics found: the fill level fell sharply.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Collection {
+    pub container: String,
+    #[serde(serialize_with = "seconds")]
+    pub at: DateTime<Utc>,
+    /// Percent.
+    pub fill_before: f64,
+    pub fill_after: f64,
+    /// Not emptied.
+    pub partial: bool,
+    pub volume_litres: f64,
+    /// From the weight sensor, where the container has one.
+    pub mass_kg: Option<f64>,
 }
 
 /// `GET /api/v1/circular/overflows`: spells containers stayed full for longer than allowed (two
 /// hours); `until` is null while one lasts.
 #[utoipa::path(get, path = "/api/v1/circular/overflows", tag = "circular", params(EventQuery),
     responses(
-        (status = 200, description = "Overflow events", content(("application/json"), ("text/csv"))),
+        (status = 200, description = "Overflow events", content((OverflowList = "application/json"), (String = "text/csv"))),
         (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn overflows(
@@ -352,9 +438,30 @@ pub async fn overflows(
             }),
         ));
     }
-    Ok(json_response(&serde_json::json!({
-        "overflows": rows.iter().map(|o| serde_json::json!({
-            "container": o.container, "from": stamp(o.from), "until": o.until.map(stamp),
-        })).collect::<Vec<_>>(),
-    })))
+    Ok(json_response(&OverflowList {
+        overflows: rows
+            .into_iter()
+            .map(|o| Overflow {
+                container: o.container,
+                from: o.from,
+                until: o.until,
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OverflowList {
+    pub overflows: Vec<Overflow>,
+}
+
+/// A spell a container stayed full for longer than allowed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Overflow {
+    pub container: String,
+    #[serde(serialize_with = "seconds")]
+    pub from: DateTime<Utc>,
+    /// Null while it lasts.
+    #[serde(serialize_with = "seconds_or_null")]
+    pub until: Option<DateTime<Utc>>,
 }

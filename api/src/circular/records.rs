@@ -9,7 +9,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use tidemark_model::waste::{self, Treatment};
 use tidemark_store::circular::{FlowFilter, FlowRefusal, NewFlow};
@@ -17,8 +17,51 @@ use tidemark_store::keys::Role;
 use utoipa::{IntoParams, ToSchema};
 
 /// Times in the circular data bank's answers, to the second.
-pub(crate) fn stamp(t: chrono::DateTime<chrono::Utc>) -> String {
+pub(crate) fn stamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// [`stamp`] for serde: `#[serde(serialize_with = "seconds")]`.
+pub(crate) fn seconds<S: serde::Serializer>(
+    t: &DateTime<Utc>,
+    to: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    to.serialize_str(&stamp(*t))
+}
+
+/// [`seconds`] for a time that may be missing.
+pub(crate) fn seconds_or_null<S: serde::Serializer>(
+    t: &Option<DateTime<Utc>>,
+    to: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => seconds(t, to),
+        None => to.serialize_none(),
+    }
+}
+
+/// A stored material-flow record.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StoredFlow {
+    pub id: i64,
+    pub period_from: NaiveDate,
+    /// The last day of the period, inclusive.
+    pub period_to: NaiveDate,
+    pub municipality: String,
+    pub waste_code: String,
+    pub waste_name: Option<&'static str>,
+    pub tonnes: f64,
+    /// `preparing_for_reuse`, `recycling`, `other_recovery` or `landfill`.
+    pub treatment: String,
+    pub facility: String,
+    #[serde(serialize_with = "seconds")]
+    pub posted_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StoredFlowList {
+    /// Oldest period first.
+    pub records: Vec<StoredFlow>,
 }
 
 /// Most records one post may hold.
@@ -225,7 +268,7 @@ pub(crate) fn filter(query: &FlowQuery) -> Result<FlowFilter> {
 /// `GET /api/v1/circular/material-flows`: the stored records (JSON or CSV).
 #[utoipa::path(get, path = "/api/v1/circular/material-flows", tag = "circular", params(FlowQuery),
     responses(
-        (status = 200, description = "Records, oldest period first", content(("application/json"), ("text/csv"))),
+        (status = 200, description = "Records, oldest period first", content((StoredFlowList = "application/json"), (String = "text/csv"))),
         (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn flows(
@@ -261,14 +304,22 @@ pub async fn flows(
             }
             typed("text/csv; charset=utf-8", out)
         }
-        _ => json_response(&serde_json::json!({
-            "records": rows.iter().map(|r| serde_json::json!({
-                "id": r.id, "period_from": r.flow.period_from.to_string(), "period_to": r.flow.period_to.to_string(),
-                "municipality": r.flow.municipality, "waste_code": r.flow.waste_code,
-                "waste_name": waste::lookup(&r.flow.waste_code).map(|w| w.name),
-                "tonnes": r.flow.tonnes, "treatment": r.flow.treatment, "facility": r.flow.facility,
-                "posted_at": stamp(r.posted_at),
-            })).collect::<Vec<_>>(),
-        })),
+        _ => json_response(&StoredFlowList {
+            records: rows
+                .into_iter()
+                .map(|r| StoredFlow {
+                    id: r.id,
+                    period_from: r.flow.period_from,
+                    period_to: r.flow.period_to,
+                    waste_name: waste::lookup(&r.flow.waste_code).map(|w| w.name),
+                    municipality: r.flow.municipality,
+                    waste_code: r.flow.waste_code,
+                    tonnes: r.flow.tonnes,
+                    treatment: r.flow.treatment,
+                    facility: r.flow.facility,
+                    posted_at: r.posted_at,
+                })
+                .collect(),
+        }),
     })
 }

@@ -9,8 +9,10 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use chrono::{Datelike, NaiveDate};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use tidemark_model::waste::{self, FlowRecord, Treatment, TreatmentSplit};
+use utoipa::ToSchema;
 
 pub(crate) fn period_of(date: NaiveDate, period: &str) -> String {
     match period {
@@ -20,21 +22,58 @@ pub(crate) fn period_of(date: NaiveDate, period: &str) -> String {
     }
 }
 
-pub(crate) fn split_body(split: &TreatmentSplit) -> serde_json::Value {
-    let tonnes: serde_json::Map<String, serde_json::Value> = Treatment::ALL
-        .iter()
-        .map(|t| {
-            (
-                t.name().to_owned(),
-                serde_json::json!(split.tonnes.get(t).copied().unwrap_or(0.0)),
-            )
-        })
-        .collect();
-    serde_json::json!({
-        "generated_tonnes": split.generated(),
-        "treatment_tonnes": tonnes,
-        "recycling_rate": split.recycling_rate(),
-    })
+/// Tonnes by treatment and the recycling rate of a municipality's period, or of one fraction.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SplitBody {
+    pub generated_tonnes: f64,
+    /// Tonnes by treatment (every treatment, 0 where none).
+    pub treatment_tonnes: BTreeMap<&'static str, f64>,
+    /// Prepared for reuse plus recycled, over generated; none when nothing was generated.
+    pub recycling_rate: Option<f64>,
+}
+
+pub(crate) fn split_body(split: &TreatmentSplit) -> SplitBody {
+    SplitBody {
+        generated_tonnes: split.generated(),
+        treatment_tonnes: Treatment::ALL
+            .iter()
+            .map(|t| (t.name(), split.tonnes.get(t).copied().unwrap_or(0.0)))
+            .collect(),
+        recycling_rate: split.recycling_rate(),
+    }
+}
+
+/// `GET /api/v1/circular/statistics`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatisticsBody {
+    /// year, quarter or month.
+    pub period: String,
+    /// Oldest period first.
+    pub statistics: Vec<PeriodStatistics>,
+}
+
+/// A municipality's period.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PeriodStatistics {
+    /// `2025`, `2025-Q3` or `2025-07`.
+    pub period: String,
+    pub municipality: String,
+    #[serde(flatten)]
+    pub split: SplitBody,
+    /// The change of the recycling rate since the municipality's previous period.
+    pub recycling_rate_change: Option<f64>,
+    pub population: Option<i32>,
+    pub kg_per_capita: Option<f64>,
+    pub fractions: Vec<FractionStatistics>,
+}
+
+/// One waste fraction of a municipality's period.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FractionStatistics {
+    pub waste_code: String,
+    pub waste_name: Option<&'static str>,
+    #[serde(flatten)]
+    pub split: SplitBody,
 }
 
 pub(crate) fn records(rows: &[tidemark_store::circular::FlowRow]) -> Vec<(NaiveDate, FlowRecord)> {
@@ -59,7 +98,7 @@ pub(crate) fn records(rows: &[tidemark_store::circular::FlowRow]) -> Vec<(NaiveD
 /// period (`waste_code` empty) followed by one per fraction.
 #[utoipa::path(get, path = "/api/v1/circular/statistics", tag = "circular", params(FlowQuery),
     responses(
-        (status = 200, description = "Statistics by municipality and period", content(("application/json"), ("text/csv"))),
+        (status = 200, description = "Statistics by municipality and period", content((StatisticsBody = "application/json"), (String = "text/csv"))),
         (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn statistics(
@@ -82,7 +121,7 @@ pub async fn statistics(
             .or_default()
             .push(record);
     }
-    let items: Vec<serde_json::Value> = groups
+    let mut items: Vec<PeriodStatistics> = groups
         .iter()
         .map(|((period, municipality), records)| {
             let mut by_code: BTreeMap<&str, Vec<&FlowRecord>> = BTreeMap::new();
@@ -90,49 +129,50 @@ pub async fn statistics(
                 by_code.entry(r.waste_code.as_str()).or_default().push(r);
             }
             let split = TreatmentSplit::of(records.iter());
-            let mut body = split_body(&split);
-            body["period"] = serde_json::json!(period);
-            body["municipality"] = serde_json::json!(municipality);
             let population = populations.get(municipality).copied();
-            body["population"] = serde_json::json!(population);
-            body["kg_per_capita"] = serde_json::json!(population
-                .and_then(|p| u64::try_from(p).ok())
-                .and_then(|p| split.per_capita_kg(p)));
-            body["fractions"] = by_code
-                .into_iter()
-                .map(|(code, rs)| {
-                    let mut f = split_body(&TreatmentSplit::of(rs));
-                    f["waste_code"] = serde_json::json!(code);
-                    f["waste_name"] = serde_json::json!(waste::lookup(code).map(|w| w.name));
-                    f
-                })
-                .collect();
-            body
+            PeriodStatistics {
+                period: period.clone(),
+                municipality: municipality.clone(),
+                kg_per_capita: population
+                    .and_then(|p| u64::try_from(p).ok())
+                    .and_then(|p| split.per_capita_kg(p)),
+                split: split_body(&split),
+                recycling_rate_change: None,
+                population,
+                fractions: by_code
+                    .into_iter()
+                    .map(|(code, rs)| FractionStatistics {
+                        waste_code: code.to_owned(),
+                        waste_name: waste::lookup(code).map(|w| w.name),
+                        split: split_body(&TreatmentSplit::of(rs)),
+                    })
+                    .collect(),
+            }
         })
         .collect();
     // The trend: each period's recycling rate against the same municipality's previous period.
     let mut previous: BTreeMap<String, f64> = BTreeMap::new();
-    let mut items = items;
     for item in &mut items {
-        let municipality = item["municipality"].as_str().unwrap_or_default().to_owned();
-        let rate = item["recycling_rate"].as_f64();
-        item["recycling_rate_change"] = serde_json::json!(rate
-            .zip(previous.get(&municipality))
-            .map(|(now, before)| now - before));
+        let rate = item.split.recycling_rate;
+        item.recycling_rate_change = rate
+            .zip(previous.get(&item.municipality))
+            .map(|(now, before)| now - before);
         if let Some(rate) = rate {
-            previous.insert(municipality, rate);
+            previous.insert(item.municipality.clone(), rate);
         }
     }
     if format == Format::Csv {
         return Ok(statistics_csv(&items));
     }
-    Ok(json_response(
-        &serde_json::json!({ "period": period, "statistics": items }),
-    ))
+    Ok(json_response(&StatisticsBody {
+        period: period.to_owned(),
+        statistics: items,
+    }))
 }
 
-/// The statistics as a table: a municipality's period, then its fractions.
-pub(crate) fn statistics_csv(items: &[serde_json::Value]) -> Response {
+/// The statistics as a table: a municipality's period, then its fractions. The trend and the
+/// per-capita figures belong to the municipality's whole period, and are empty on its fractions.
+pub(crate) fn statistics_csv(items: &[PeriodStatistics]) -> Response {
     let mut header = vec![
         "period",
         "municipality",
@@ -148,45 +188,38 @@ pub(crate) fn statistics_csv(items: &[serde_json::Value]) -> Response {
         "kg_per_capita",
     ]);
     // Numbers as the other tables write them (100, not 100.0).
-    let text = |v: &serde_json::Value| match v {
-        serde_json::Value::Null => String::new(),
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Number(n) => n.as_f64().map_or_else(|| n.to_string(), |f| f.to_string()),
-        other => other.to_string(),
-    };
-    let row = |item: &serde_json::Value, total: &serde_json::Value| {
+    fn text<T: ToString>(value: Option<T>) -> String {
+        value.map(|v| v.to_string()).unwrap_or_default()
+    }
+    let row = |item: &PeriodStatistics, fraction: Option<&FractionStatistics>| {
+        let split = fraction.map_or(&item.split, |f| &f.split);
         let mut row = vec![
-            text(&total["period"]),
-            text(&total["municipality"]),
-            text(&item["waste_code"]),
-            text(&item["waste_name"]),
-            text(&item["generated_tonnes"]),
+            item.period.clone(),
+            item.municipality.clone(),
+            text(fraction.map(|f| &f.waste_code)),
+            text(fraction.and_then(|f| f.waste_name)),
+            split.generated_tonnes.to_string(),
         ];
         row.extend(
             Treatment::ALL
                 .iter()
-                .map(|t| text(&item["treatment_tonnes"][t.name()])),
+                .map(|t| text(split.treatment_tonnes.get(t.name()))),
         );
-        row.push(text(&item["recycling_rate"]));
-        // The trend and the per-capita figures belong to the municipality's whole period.
-        let whole = std::ptr::eq(item, total);
-        for field in ["recycling_rate_change", "population", "kg_per_capita"] {
-            row.push(if whole {
-                text(&total[field])
-            } else {
-                String::new()
-            });
+        row.push(text(split.recycling_rate));
+        if fraction.is_none() {
+            row.extend([
+                text(item.recycling_rate_change),
+                text(item.population),
+                text(item.kg_per_capita),
+            ]);
+        } else {
+            row.extend([String::new(), String::new(), String::new()]);
         }
         row
     };
-    let rows = items.iter().flat_map(|total| {
-        std::iter::once(row(total, total)).chain(
-            total["fractions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(move |fraction| row(fraction, total)),
-        )
+    let rows = items.iter().flat_map(|item| {
+        std::iter::once(row(item, None))
+            .chain(item.fractions.iter().map(move |f| row(item, Some(f))))
     });
     csv_response(&header, rows)
 }
@@ -195,7 +228,7 @@ pub(crate) fn statistics_csv(items: &[serde_json::Value]) -> Response {
 /// and links of a Sankey diagram (as CSV, the links: source, target, tonnes).
 #[utoipa::path(get, path = "/api/v1/circular/flows", tag = "circular", params(FlowQuery),
     responses(
-        (status = 200, description = "Sankey nodes and links", content(("application/json"), ("text/csv"))),
+        (status = 200, description = "Sankey nodes and links", content((SankeyBody = "application/json"), (String = "text/csv"))),
         (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn sankey(
@@ -222,16 +255,36 @@ pub async fn sankey(
                 .map(|l| vec![l.source.clone(), l.target.clone(), l.tonnes.to_string()]),
         ));
     }
-    let mut nodes: Vec<&str> = links
+    let mut nodes: Vec<String> = links
         .iter()
-        .flat_map(|l| [l.source.as_str(), l.target.as_str()])
+        .flat_map(|l| [l.source.clone(), l.target.clone()])
         .collect();
     nodes.sort_unstable();
     nodes.dedup();
-    Ok(json_response(&serde_json::json!({
-        "nodes": nodes,
-        "links": links.iter().map(|l| serde_json::json!({
-            "source": l.source, "target": l.target, "tonnes": l.tonnes,
-        })).collect::<Vec<_>>(),
-    })))
+    Ok(json_response(&SankeyBody {
+        nodes,
+        links: links
+            .into_iter()
+            .map(|l| SankeyLink {
+                source: l.source,
+                target: l.target,
+                tonnes: l.tonnes,
+            })
+            .collect(),
+    }))
+}
+
+/// The nodes and links of a Sankey diagram: municipality to fraction to treatment.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SankeyBody {
+    /// Every node's name, sorted.
+    pub nodes: Vec<String>,
+    pub links: Vec<SankeyLink>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SankeyLink {
+    pub source: String,
+    pub target: String,
+    pub tonnes: f64,
 }

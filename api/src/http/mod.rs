@@ -1,6 +1,7 @@
 //! What every resource's handlers share: the problem answers (`problem`, RFC 9457), the format a
 //! client asked for, query and parameter parsing, and the CSV, JSON and typed answers.
 
+pub mod geojson;
 pub mod problem;
 
 use axum::body::Body;
@@ -202,12 +203,12 @@ pub fn json_response(value: &impl Serialize) -> Response {
 }
 
 /// A `state` filter of warnings and utility alerts: `in_force` (the default), `lifted` or `all`.
-pub fn state_filter(asked: Option<&str>) -> Result<Option<String>> {
+pub fn state_filter(asked: Option<&str>) -> Result<Option<WarningState>> {
     match asked {
-        None => Ok(Some(WarningState::InForce.name().to_owned())),
+        None => Ok(Some(WarningState::InForce)),
         Some("all") => Ok(None),
         Some(text) => match WarningState::parse(text) {
-            Some(state) => Ok(Some(state.name().to_owned())),
+            Some(state) => Ok(Some(state)),
             None => Err(ApiError::bad(
                 "state",
                 format!("state {text:?} is not one of in_force, lifted, all"),

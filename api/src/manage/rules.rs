@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+use tidemark_model::warning::Severity;
 use tidemark_store::keys::Role;
 use utoipa::ToSchema;
 
@@ -177,10 +178,6 @@ pub(crate) const MAX_RAIN_RULES: usize = 20;
 /// The longest window a rain rule may sum over.
 pub(crate) const MAX_RAIN_WINDOW: Duration = Duration::from_secs(7 * 86_400);
 
-pub(crate) fn severity_code(name: &str) -> Option<i16> {
-    tidemark_model::warning::Severity::parse(name).map(|s| s.level())
-}
-
 /// `PUT /api/v1/rain-rules/{sensor}`: replaces a rainfall sensor's rain rules; running analytics
 /// reload them at once.
 #[utoipa::path(put, path = "/api/v1/rain-rules/{sensor}", tag = "management", request_body = RainRulesUpdate,
@@ -222,7 +219,7 @@ pub async fn put_rain_rules(
                 "more_than_mm is a number of millimetres above 0",
             ));
         }
-        let severity = severity_code(&rule.severity)
+        let severity = Severity::parse(&rule.severity)
             .ok_or_else(|| ApiError::bad("severity", "severity is alert, warning or severe"))?;
         if rows.iter().any(|r| r.window == window) {
             return Err(ApiError::bad(
@@ -271,7 +268,7 @@ pub async fn rain_rules(State(state): State<ApiState>) -> Result<Response> {
         let body = RainRuleBody {
             window: tidemark_model::duration::format(rule.window),
             more_than_mm: rule.more_than_mm,
-            severity: crate::body::severity_key(rule.severity).to_owned(),
+            severity: rule.severity.name().to_owned(),
         };
         match out.last_mut() {
             Some(last) if last.sensor == rule.sensor_key => last.rules.push(body),

@@ -7,7 +7,7 @@ use super::stations::unit_of;
 use crate::http::problem::{ApiError, Result};
 #[cfg(feature = "parquet")]
 use crate::http::PARQUET;
-use crate::http::{rfc3339, typed, Format};
+use crate::http::{json_response, rfc3339, typed, Format};
 use crate::state::ApiState;
 #[cfg(feature = "parquet")]
 use axum::http::{header, HeaderValue};
@@ -151,8 +151,6 @@ pub(crate) async fn aggregated(
         fill,
         query.max_gap.unwrap_or(3),
     );
-    // The answers are written directly rather than through serde_json values: a year of hourly
-    // buckets is thousands of them, and building a map per bucket was most of the request's time.
     let value = |f: &Filled, aggregate: &str| -> Option<f64> {
         match f {
             Filled::Stored(b) if b.count > 0 => Some(match aggregate {
@@ -255,60 +253,90 @@ pub(crate) async fn aggregated(
             }
             typed("text/csv; charset=utf-8", out)
         }
-        _ => {
-            use std::fmt::Write as _;
-            let quoted = |text: &str| serde_json::to_string(text).unwrap_or_default();
-            let mut out = String::with_capacity(128 + filled.len() * (64 + 24 * aggregates.len()));
-            let _ = write!(
-                out,
-                "{{\"sensor\":{},\"quantity\":{},\"unit\":{},\"bucket\":{},\"from\":\"{}\",\"to\":\"{}\",\"buckets\":[",
-                quoted(sensor),
-                quoted(quantity),
-                quoted(unit_of(quantity)),
-                quoted(text),
-                rfc3339(from),
-                rfc3339(to),
-            );
-            for (i, f) in filled.iter().enumerate() {
-                let (start, flagged, quality, kind) = meta(f);
-                if i > 0 {
-                    out.push(',');
-                }
-                let _ = write!(
-                    out,
-                    "{{\"start\":\"{}\",\"flagged\":{flagged},\"quality\":{quality},\"state\":\"{kind}\"",
-                    rfc3339(start)
-                );
-                for a in &aggregates {
-                    let _ = match value(f, a) {
-                        Some(v) => write!(out, ",\"{a}\":{}", number(v)),
-                        None => write!(out, ",\"{a}\":null"),
+        _ => json_response(&BucketPage {
+            sensor: sensor.to_owned(),
+            quantity: quantity.to_owned(),
+            unit: unit_of(quantity),
+            bucket: text.to_owned(),
+            from,
+            to,
+            buckets: filled
+                .iter()
+                .map(|f| {
+                    let (start, flagged, quality, state) = meta(f);
+                    let asked = |aggregate: &str| {
+                        aggregates.contains(&aggregate).then(|| value(f, aggregate))
                     };
-                }
-                out.push('}');
-            }
-            out.push_str("]}");
-            typed("application/json", out)
-        }
+                    BucketItem {
+                        start,
+                        flagged,
+                        quality,
+                        state,
+                        avg: asked("avg"),
+                        min: asked("min"),
+                        max: asked("max"),
+                        sum: asked("sum"),
+                        count: asked("count"),
+                        first: asked("first"),
+                        last: asked("last"),
+                    }
+                })
+                .collect(),
+        }),
     })
+}
+
+/// `GET /api/v1/sensors/{key}/readings` with `bucket`: the readings aggregated into buckets.
+#[derive(Serialize, ToSchema)]
+pub struct BucketPage {
+    pub sensor: String,
+    pub quantity: String,
+    pub unit: &'static str,
+    /// The bucket length as asked for (`1h`).
+    pub bucket: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Oldest first.
+    pub buckets: Vec<BucketItem>,
 }
 
 /// One bucket of aggregated readings; the aggregates asked for (`avg`, `min`, `max`, `sum`, `count`,
 /// `first`, `last`) appear as fields, null where a bucket has no value.
+/// Each aggregate is present only when asked for (`agg`), and null when the bucket has no value.
 #[derive(Serialize, ToSchema)]
 pub struct BucketItem {
-    pub start: String,
+    pub start: DateTime<Utc>,
     /// Readings left out because their quality flags make them unusable.
     pub flagged: i64,
     /// The OR of the quality flags of the readings aggregated.
     pub quality: i16,
     /// measured, flagged (only unusable readings), empty, or interpolated.
-    pub state: String,
-    pub avg: Option<f64>,
-    pub min: Option<f64>,
-    pub max: Option<f64>,
-    pub sum: Option<f64>,
-    pub count: Option<i64>,
-    pub first: Option<f64>,
-    pub last: Option<f64>,
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "number")]
+    pub avg: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "number")]
+    pub min: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "number")]
+    pub max: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "number")]
+    pub sum: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "number")]
+    pub count: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "number")]
+    pub first: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "number")]
+    pub last: Option<Option<f64>>,
+}
+
+/// An aggregate asked for: a whole number as an integer (counts, and sums of whole values), any
+/// other as a float, none as null.
+fn number<S: serde::Serializer>(
+    value: &Option<Option<f64>>,
+    to: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match value.flatten() {
+        Some(v) if v.fract() == 0.0 && v.abs() < 1e15 => to.serialize_i64(v as i64),
+        Some(v) => to.serialize_f64(v),
+        None => to.serialize_none(),
+    }
 }

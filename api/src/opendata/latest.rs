@@ -39,7 +39,7 @@ pub(crate) fn latest_json(rows: Vec<LatestRow>, now: DateTime<Utc>) -> Vec<u8> {
             }
         })
         .collect();
-    serde_json::to_vec(&serde_json::json!({ "sensors": items })).unwrap_or_default()
+    serde_json::to_vec(&LatestList { sensors: items }).unwrap_or_default()
 }
 
 /// A sensor's latest value, with its station.

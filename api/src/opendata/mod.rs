@@ -80,7 +80,7 @@ mod tests {
             sensor_key: key.to_owned(),
             at: Utc::now(),
             value: 1.0,
-            severity,
+            severity: severity.and_then(tidemark_model::warning::Severity::from_level),
             rate_per_hour: None,
             projected: None,
         };

@@ -1,6 +1,8 @@
 //! Municipalities with their stations, warnings and boundary, and the flood areas.
 
 use super::stations::{station_bodies, OneQuery, StationBody, STATION_LIMIT};
+use crate::body::AreaRef;
+use crate::http::geojson::{Feature, FeatureCollection};
 use crate::http::problem::{ApiError, Result};
 use crate::http::{csv_field, format, json_response, parse_query, single_format, typed, Format};
 use crate::state::ApiState;
@@ -8,7 +10,9 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tidemark_model::warning::{WarningKind, WarningState};
 use tidemark_store::opendata::StationFilter;
 use utoipa::{IntoParams, ToSchema};
 
@@ -38,9 +42,39 @@ pub struct MunicipalityDetail {
     pub name: String,
     pub stations: Vec<StationBody>,
     /// The warnings in force for it.
-    pub warnings: Vec<serde_json::Value>,
+    pub warnings: Vec<WarningInForce>,
     /// GeoJSON MultiPolygon.
     pub boundary: serde_json::Value,
+}
+
+/// A warning in force for a municipality, as its page lists it.
+#[derive(Serialize, ToSchema)]
+pub struct WarningInForce {
+    pub id: i64,
+    pub area: AreaRef,
+    /// 1 (Flood Alert) to 3 (Severe Flood Warning).
+    pub severity: i16,
+    pub severity_name: &'static str,
+    pub kind: WarningKind,
+    pub raised_at: DateTime<Utc>,
+    pub changed_at: DateTime<Utc>,
+    pub stale: bool,
+    pub acknowledged_by: Vec<String>,
+    pub links: WarningLinks,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WarningLinks {
+    #[serde(rename = "self")]
+    pub this: String,
+    pub cap: String,
+}
+
+/// A municipality's GeoJSON properties in the list of boundaries.
+#[derive(Serialize)]
+struct Named<'a> {
+    code: &'a str,
+    name: &'a str,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -52,7 +86,7 @@ pub struct MunicipalityQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/municipalities", tag = "open data", params(MunicipalityQuery),
-    responses((status = 200, description = "Municipalities", content((MunicipalityList = "application/json"), (Object = "application/geo+json"), (String = "text/csv")))))]
+    responses((status = 200, description = "Municipalities", content((MunicipalityList = "application/json"), (FeatureCollection = "application/geo+json"), (String = "text/csv")))))]
 /// `GET /api/v1/municipalities`: codes and names (JSON, CSV), or boundaries (GeoJSON).
 pub async fn municipalities(
     State(state): State<ApiState>,
@@ -74,43 +108,33 @@ pub async fn municipalities(
             }
             typed("text/csv; charset=utf-8", out)
         }
-        Format::GeoJson => {
-            let features: Vec<serde_json::Value> = rows
+        Format::GeoJson => rows
+            .iter()
+            .map(|(code, name, boundary)| {
+                let geometry = boundary.clone().unwrap_or_default();
+                Feature::of(code, geometry, &Named { code, name }, &[])
+            })
+            .collect::<FeatureCollection>()
+            .response(),
+        Format::Json | Format::Parquet => json_response(&MunicipalityList {
+            municipalities: rows
                 .into_iter()
-                .map(|(code, name, boundary)| {
-                    serde_json::json!({
-                        "type": "Feature", "id": code, "geometry": boundary,
-                        "properties": {"code": code, "name": name},
-                    })
+                .map(|(code, name, _)| MunicipalitySummary {
+                    links: MunicipalityLinks {
+                        this: format!("{base}/api/v1/municipalities/{code}"),
+                    },
+                    code,
+                    name,
                 })
-                .collect();
-            typed(
-                "application/geo+json",
-                serde_json::to_vec(
-                    &serde_json::json!({"type": "FeatureCollection", "features": features}),
-                )
-                .unwrap_or_default(),
-            )
-        }
-        Format::Json | Format::Parquet => {
-            let items: Vec<serde_json::Value> = rows
-                .into_iter()
-                .map(|(code, name, _)| {
-                    serde_json::json!({
-                        "code": code, "name": name,
-                        "links": {"self": format!("{base}/api/v1/municipalities/{code}")},
-                    })
-                })
-                .collect();
-            json_response(&serde_json::json!({ "municipalities": items }))
-        }
+                .collect(),
+        }),
     })
 }
 
 #[utoipa::path(get, path = "/api/v1/municipalities/{code}", tag = "open data",
     params(("code" = String, Path, description = "Municipality code (kommunekode)"), MunicipalityQuery),
     responses(
-        (status = 200, description = "The municipality", content((MunicipalityDetail = "application/json"), (Object = "application/geo+json"))),
+        (status = 200, description = "The municipality", content((MunicipalityDetail = "application/json"), (Feature = "application/geo+json"))),
         (status = 404, description = "No such municipality", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 /// `GET /api/v1/municipalities/{code}`: the boundary, the stations in it and the warnings in
@@ -139,42 +163,51 @@ pub async fn municipality(
     )
     .await?;
     let base = state.settings.base_url();
-    let warnings: Vec<serde_json::Value> = state
+    let warnings: Vec<WarningInForce> = state
         .store
         .warning_list(&tidemark_store::events::WarningFilter {
-            state: Some("in_force".to_owned()),
+            state: Some(WarningState::InForce),
             municipality: Some(code.clone()),
             limit: 500,
             ..Default::default()
         })
         .await?
         .into_iter()
-        .map(|w| {
-            serde_json::json!({
-                "id": w.id, "area": {"key": w.area_key, "name": w.area_name}, "severity": w.severity,
-                "severity_name": crate::body::severity_name(w.severity), "kind": w.kind,
-                "raised_at": w.raised_at, "changed_at": w.changed_at, "stale": w.stale,
-                "acknowledged_by": w.acknowledged_by,
-                "links": {"self": format!("{base}/api/v1/warnings/{}", w.id), "cap": format!("{base}/api/v1/warnings/{}.cap", w.id)},
-            })
+        .map(|w| WarningInForce {
+            links: WarningLinks {
+                this: format!("{base}/api/v1/warnings/{}", w.id),
+                cap: format!("{base}/api/v1/warnings/{}.cap", w.id),
+            },
+            id: w.id,
+            area: AreaRef {
+                key: w.area_key,
+                name: w.area_name,
+            },
+            severity: w.severity.level(),
+            severity_name: w.severity.public_name(),
+            kind: w.kind,
+            raised_at: w.raised_at,
+            changed_at: w.changed_at,
+            stale: w.stale,
+            acknowledged_by: w.acknowledged_by,
         })
         .collect();
-    let properties = serde_json::json!({
-        "code": code, "name": name, "stations": stations, "warnings": warnings,
-    });
+    let detail = MunicipalityDetail {
+        code,
+        name,
+        stations,
+        warnings,
+        boundary: boundary.unwrap_or_default(),
+    };
     Ok(match format {
-        Format::GeoJson => typed(
-            "application/geo+json",
-            serde_json::to_vec(&serde_json::json!({
-                "type": "Feature", "id": code, "geometry": boundary, "properties": properties,
-            }))
-            .unwrap_or_default(),
-        ),
-        _ => {
-            let mut body = properties;
-            body["boundary"] = boundary.unwrap_or(serde_json::Value::Null);
-            json_response(&body)
-        }
+        Format::GeoJson => Feature::of(
+            &detail.code,
+            detail.boundary.clone(),
+            &detail,
+            &["boundary"],
+        )
+        .response(),
+        _ => json_response(&detail),
     })
 }
 
@@ -202,7 +235,7 @@ pub struct UpstreamBody {
 /// `GET /api/v1/flood-areas`: every flood area, with the severity in force (JSON or GeoJSON).
 #[utoipa::path(get, path = "/api/v1/flood-areas", tag = "open data", params(OneQuery),
     responses((status = 200, description = "Flood areas",
-        content((Vec<FloodAreaBody> = "application/json"), (Object = "application/geo+json")))))]
+        content((Vec<FloodAreaBody> = "application/json"), (FeatureCollection = "application/geo+json")))))]
 pub async fn flood_areas(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -214,7 +247,7 @@ pub async fn flood_areas(
     let in_force = state
         .store
         .warning_list(&tidemark_store::events::WarningFilter {
-            state: Some("in_force".to_owned()),
+            state: Some(WarningState::InForce),
             limit: 10_000,
             ..Default::default()
         })
@@ -235,7 +268,7 @@ pub async fn flood_areas(
             warning_severity: in_force
                 .iter()
                 .find(|w| w.area_key == area.key)
-                .map(|w| w.severity),
+                .map(|w| w.severity.level()),
             key: area.key,
             name: area.name,
             polygon: area.polygon,
@@ -244,27 +277,11 @@ pub async fn flood_areas(
         })
         .collect();
     Ok(match format {
-        Format::GeoJson => {
-            let features: Vec<serde_json::Value> = areas
-                .iter()
-                .map(|a| {
-                    let mut properties = serde_json::to_value(a).unwrap_or_default();
-                    if let Some(p) = properties.as_object_mut() {
-                        p.remove("polygon");
-                    }
-                    serde_json::json!({
-                        "type": "Feature", "id": a.key, "geometry": a.polygon, "properties": properties,
-                    })
-                })
-                .collect();
-            typed(
-                "application/geo+json",
-                serde_json::to_vec(
-                    &serde_json::json!({"type": "FeatureCollection", "features": features}),
-                )
-                .unwrap_or_default(),
-            )
-        }
+        Format::GeoJson => areas
+            .iter()
+            .map(|a| Feature::of(&a.key, a.polygon.clone(), a, &["polygon"]))
+            .collect::<FeatureCollection>()
+            .response(),
         _ => json_response(&areas),
     })
 }

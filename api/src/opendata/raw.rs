@@ -5,6 +5,7 @@ use super::parquet_export;
 use super::query::{
     decode_cursor, encode_cursor, micros, time_range, ReadingsQuery, DEFAULT_PAGE, MAX_PAGE,
 };
+use super::readings::RawItem;
 use super::stations::unit_of;
 use crate::http::problem::{ApiError, Result};
 use crate::http::{rfc3339, time, typed, Format, PARQUET};
@@ -140,6 +141,7 @@ pub(crate) async fn raw(
             Body::from_stream(header.chain(lines).ready_chunks(ROWS_PER_CHUNK).map(joined))
         }
         _ => {
+            // The fields of [`RawPage`], written around the streamed readings.
             let head = format!(
                 "{{\"sensor\":{},\"quantity\":{},\"unit\":{},\"readings\":[",
                 serde_json::to_string(sensor).unwrap_or_default(),
@@ -152,10 +154,13 @@ pub(crate) async fn raw(
             );
             let items = rows.enumerate().map(|(i, row)| {
                 row.map(|r| {
-                    let item = serde_json::json!({
-                        "ts": rfc3339(r.ts), "value": r.value, "quality": r.quality,
-                        "received_at": rfc3339(r.received_at),
-                    });
+                    let item = serde_json::to_string(&RawItem {
+                        ts: r.ts,
+                        value: r.value,
+                        quality: r.quality,
+                        received_at: r.received_at,
+                    })
+                    .unwrap_or_default();
                     format!("{}{item}", if i == 0 { "" } else { "," })
                 })
             });

@@ -1,6 +1,6 @@
 //! `GET /api/v1/sensors/{key}/readings`: raw or aggregated, as the request asks.
 
-use super::aggregate::{aggregated, BucketItem};
+use super::aggregate::{aggregated, BucketPage};
 use super::query::ReadingsQuery;
 use super::raw::raw;
 use crate::http::problem::{ApiError, Result};
@@ -10,6 +10,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -18,7 +19,7 @@ use utoipa::ToSchema;
     params(("key" = String, Path, description = "The sensor's key"), ReadingsQuery),
     responses(
         (status = 200, description = "Raw readings (a page, with `next`), or buckets when `bucket` is given",
-            content((ReadingsPage = "application/json"), (String = "text/csv"),
+            content((ReadingsBody = "application/json"), (String = "text/csv"),
                 (Vec<u8> = "application/vnd.apache.parquet"))),
         (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such sensor", body = crate::http::problem::Problem, content_type = "application/problem+json"),
@@ -62,25 +63,29 @@ pub async fn readings(
 /// One raw reading.
 #[derive(Serialize, ToSchema)]
 pub struct RawItem {
-    pub ts: String,
+    pub ts: DateTime<Utc>,
     pub value: f64,
     /// Quality flags: 0 good, 1 suspect (device), 2 bad (device), 256 spike, 512 stuck, 1024 out of range.
     pub quality: i16,
-    pub received_at: String,
+    pub received_at: DateTime<Utc>,
 }
 
-/// `GET /api/v1/sensors/{key}/readings`: `readings` and `next` for raw readings; `bucket`, `from`,
-/// `to` and `buckets` when aggregated.
+/// `GET /api/v1/sensors/{key}/readings` without `bucket`: a page of raw readings. The page is
+/// streamed from a database cursor as the rows come; `next` follows the readings.
 #[derive(Serialize, ToSchema)]
-pub struct ReadingsPage {
+pub struct RawPage {
     pub sensor: String,
     pub quantity: String,
     pub unit: String,
-    pub readings: Option<Vec<RawItem>>,
+    pub readings: Vec<RawItem>,
     /// The cursor of the next page; null on the last.
     pub next: Option<String>,
-    pub bucket: Option<String>,
-    pub from: Option<String>,
-    pub to: Option<String>,
-    pub buckets: Option<Vec<BucketItem>>,
+}
+
+/// A page of raw readings, or the readings in buckets when `bucket` is given.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ReadingsBody {
+    Raw(RawPage),
+    Buckets(BucketPage),
 }

@@ -1,6 +1,6 @@
 //! Stations with their sensors, latest values and trends (JSON, GeoJSON, CSV), and one station.
 
-use crate::body::severity_key;
+use crate::http::geojson::{point, Feature, FeatureCollection};
 use crate::http::problem::{ApiError, Result};
 use crate::http::{
     csv_field, format, json_response, numbers, parse_bbox, parse_query, single_format, typed,
@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
+use tidemark_model::warning::Severity;
 use tidemark_model::Quantity;
 use tidemark_store::flood::TrendRow;
 use tidemark_store::opendata::{LatestFilter, LatestRow, StationFilter, StationRow};
@@ -85,7 +86,7 @@ pub struct StationBody {
     /// reading.
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub thresholds: Option<Vec<serde_json::Value>>,
+    pub thresholds: Option<Vec<ThresholdBody>>,
     /// The station's level sensors as flood analytics last evaluated them (one station only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trends: Option<Vec<TrendBody>>,
@@ -98,16 +99,31 @@ pub struct TrendBody {
     pub at: DateTime<Utc>,
     pub value: f64,
     /// `alert`, `warning` or `severe` when its thresholds are reached (after their persistence).
-    pub severity: Option<&'static str>,
+    pub severity: Option<Severity>,
     /// In the sensor's unit per hour, by least squares over the thresholds' rate window.
     pub rate_per_hour: Option<f64>,
     /// The next threshold above the current severity that the trend reaches, and when.
     pub projected: Option<ProjectedCrossing>,
 }
 
+/// A level sensor's flood thresholds, in its unit.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ThresholdBody {
+    pub sensor: String,
+    pub alert: f64,
+    pub warning: f64,
+    pub severe: f64,
+    /// How far a level must fall back below a threshold before its severity is let go.
+    pub hysteresis: f64,
+    /// How long a threshold must be exceeded before it counts.
+    pub persistence_seconds: u64,
+    /// Rising at least this fast raises an expected alert.
+    pub rate_alert_per_hour: Option<f64>,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProjectedCrossing {
-    pub severity: &'static str,
+    pub severity: Severity,
     pub at: DateTime<Utc>,
 }
 
@@ -116,12 +132,11 @@ pub(crate) fn trend_body(row: &TrendRow) -> TrendBody {
         sensor: row.sensor_key.clone(),
         at: row.at,
         value: row.value,
-        severity: row.severity.map(severity_key),
+        severity: row.severity,
         rate_per_hour: row.rate_per_hour,
-        projected: row.projected.map(|(severity, at)| ProjectedCrossing {
-            severity: severity_key(severity),
-            at,
-        }),
+        projected: row
+            .projected
+            .map(|(severity, at)| ProjectedCrossing { severity, at }),
     }
 }
 
@@ -152,7 +167,7 @@ pub(crate) fn station_state(
         .iter()
         .filter_map(|s| trends.get(&s.key)?.severity)
         .max()
-        .map_or("normal", severity_key)
+        .map_or("normal", Severity::name)
 }
 
 pub(crate) fn sensor_body(row: LatestRow, now: DateTime<Utc>) -> SensorBody {
@@ -197,18 +212,13 @@ pub(crate) fn station_body(
     }
 }
 
-pub(crate) fn feature(station: &StationBody) -> serde_json::Value {
-    let mut properties = serde_json::to_value(station).unwrap_or_default();
-    if let Some(p) = properties.as_object_mut() {
-        p.remove("lon");
-        p.remove("lat");
-    }
-    serde_json::json!({
-        "type": "Feature",
-        "id": station.key,
-        "geometry": {"type": "Point", "coordinates": [station.lon, station.lat]},
-        "properties": properties,
-    })
+pub(crate) fn feature(station: &StationBody) -> Feature {
+    Feature::of(
+        &station.key,
+        point(station.lon, station.lat),
+        station,
+        &["lon", "lat"],
+    )
 }
 
 /// The stations the filter selects, with their sensors and state, and the evaluated trends of those
@@ -274,7 +284,7 @@ pub(crate) fn station_csv(stations: &[StationBody]) -> String {
 /// Stations, filtered; nearest first with `near`.
 #[utoipa::path(get, path = "/api/v1/stations", tag = "open data", params(StationQuery),
     responses(
-        (status = 200, description = "Stations with their sensors", content((StationList = "application/json"), (Object = "application/geo+json"), (String = "text/csv"))),
+        (status = 200, description = "Stations with their sensors", content((StationList = "application/json"), (FeatureCollection = "application/geo+json"), (String = "text/csv"))),
         (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Past the rate limit", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
@@ -325,15 +335,12 @@ pub async fn stations(
     let (bodies, _) = station_bodies(&state, &filter).await?;
     Ok(match format {
         // format() offers Parquet nowhere but raw readings.
-        Format::Json | Format::Parquet => json_response(&serde_json::json!({ "stations": bodies })),
-        Format::GeoJson => typed(
-            "application/geo+json",
-            serde_json::to_vec(&serde_json::json!({
-                "type": "FeatureCollection",
-                "features": bodies.iter().map(feature).collect::<Vec<_>>(),
-            }))
-            .unwrap_or_default(),
-        ),
+        Format::Json | Format::Parquet => json_response(&StationList { stations: bodies }),
+        Format::GeoJson => bodies
+            .iter()
+            .map(feature)
+            .collect::<FeatureCollection>()
+            .response(),
         Format::Csv => typed("text/csv; charset=utf-8", station_csv(&bodies)),
     })
 }
@@ -349,7 +356,7 @@ pub struct OneQuery {
 #[utoipa::path(get, path = "/api/v1/stations/{key}", tag = "open data",
     params(("key" = String, Path, description = "The station's key"), OneQuery),
     responses(
-        (status = 200, description = "The station", content((StationBody = "application/json"), (Object = "application/geo+json"))),
+        (status = 200, description = "The station", content((StationBody = "application/json"), (Feature = "application/geo+json"))),
         (status = 404, description = "No such station", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 /// `GET /api/v1/stations/{key}`: the station, its sensors with their latest readings, and the
@@ -376,12 +383,14 @@ pub async fn station(
         .thresholds
         .iter()
         .filter(|t| station.sensors.iter().any(|s| s.key == t.sensor_key))
-        .map(|t| {
-            serde_json::json!({
-                "sensor": t.sensor_key, "alert": t.alert, "warning": t.warning, "severe": t.severe,
-                "hysteresis": t.hysteresis, "persistence_seconds": t.persistence.as_secs(),
-                "rate_alert_per_hour": t.rate_alert,
-            })
+        .map(|t| ThresholdBody {
+            sensor: t.sensor_key.clone(),
+            alert: t.alert,
+            warning: t.warning,
+            severe: t.severe,
+            hysteresis: t.hysteresis,
+            persistence_seconds: t.persistence.as_secs(),
+            rate_alert_per_hour: t.rate_alert,
         })
         .collect();
     station.thresholds = Some(thresholds);
@@ -394,10 +403,7 @@ pub async fn station(
             .collect(),
     );
     Ok(match format {
-        Format::GeoJson => typed(
-            "application/geo+json",
-            serde_json::to_vec(&feature(&station)).unwrap_or_default(),
-        ),
+        Format::GeoJson => feature(&station).response(),
         _ => json_response(&station),
     })
 }

@@ -2,7 +2,7 @@
 
 use super::meters::unit;
 use crate::auth::Caller;
-use crate::body::EventBody;
+use crate::body::{AreaRef, EventBody, Messages};
 use crate::http::problem::{ApiError, PathId, Result};
 use crate::http::{csv_response, format, json_response, parse_query, rfc3339, Format};
 use crate::state::ApiState;
@@ -11,8 +11,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
-use chrono::{Duration, NaiveDate, NaiveTime, Utc};
+use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
+use tidemark_model::warning::{Category, WarningState};
 use tidemark_store::keys::Role;
 use tidemark_store::water::{LeakAlertFilter, LeakAlertRow};
 use utoipa::{IntoParams, ToSchema};
@@ -150,7 +151,7 @@ pub struct NightQuery {
 #[utoipa::path(get, path = "/api/v1/utilities/sensors/{key}/night-flow", tag = "utilities",
     params(("key" = String, Path, description = "The district meter's flow sensor"), NightQuery),
     responses(
-        (status = 200, description = "Nights, oldest first", content(("application/json"), ("text/csv"))),
+        (status = 200, description = "Nights, oldest first", content((NightFlowBody = "application/json"), (String = "text/csv"))),
         (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such sensor", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
@@ -193,13 +194,51 @@ pub async fn night_flow(
             }),
         ));
     }
-    Ok(json_response(&serde_json::json!({
-        "sensor": sensor, "unit": unit,
-        "trend": {"per_night": trend, "per_week": trend.map(|t| t * 7.0)},
-        "nights": nights.iter().map(|n| serde_json::json!({
-            "night": n.night.to_string(), "min": n.min_value, "at": rfc3339(n.at), "samples": n.samples,
-        })).collect::<Vec<_>>(),
-    })))
+    Ok(json_response(&NightFlowBody {
+        sensor,
+        unit,
+        trend: NightFlowTrend {
+            per_night: trend,
+            per_week: trend.map(|t| t * 7.0),
+        },
+        nights: nights
+            .iter()
+            .map(|n| Night {
+                night: n.night,
+                min: n.min_value,
+                at: n.at,
+                samples: n.samples,
+            })
+            .collect(),
+    }))
+}
+
+/// A district meter's nights.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NightFlowBody {
+    pub sensor: String,
+    pub unit: &'static str,
+    pub trend: NightFlowTrend,
+    /// Oldest first.
+    pub nights: Vec<Night>,
+}
+
+/// The least-squares slope of the nights' minimum flow; none with fewer than two nights.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NightFlowTrend {
+    pub per_night: Option<f64>,
+    pub per_week: Option<f64>,
+}
+
+/// One night's minimum flow in the meter's night window.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Night {
+    /// The date the night ends on.
+    pub night: NaiveDate,
+    pub min: f64,
+    /// When the minimum was read.
+    pub at: DateTime<Utc>,
+    pub samples: i32,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -215,7 +254,7 @@ pub struct LeakQuery {
 /// `GET /api/v1/utilities/leaks`: suspected leaks, newest first: the first night above the
 /// baseline, the night the rule was met, the baseline and that night's minimum flow.
 #[utoipa::path(get, path = "/api/v1/utilities/leaks", tag = "utilities", params(LeakQuery),
-    responses((status = 200, description = "Suspected leaks", content(("application/json"), ("text/csv")))))]
+    responses((status = 200, description = "Suspected leaks", content((LeakList = "application/json"), (String = "text/csv")))))]
 pub async fn leaks(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -250,13 +289,45 @@ pub async fn leaks(
             }),
         ));
     }
-    Ok(json_response(&serde_json::json!({
-        "leaks": rows.iter().map(|l| serde_json::json!({
-            "sensor": l.sensor_key, "since": l.since.to_string(), "raised_on": l.raised_on.to_string(),
-            "baseline": l.baseline, "night_flow": l.night_flow, "found_at": rfc3339(l.found_at),
-            "ended_on": l.ended_on.map(|d| d.to_string()), "alert": l.warning_id,
-        })).collect::<Vec<_>>(),
-    })))
+    Ok(json_response(&LeakList {
+        leaks: rows
+            .into_iter()
+            .map(|l| Leak {
+                sensor: l.sensor_key,
+                since: l.since,
+                raised_on: l.raised_on,
+                baseline: l.baseline,
+                night_flow: l.night_flow,
+                found_at: l.found_at,
+                ended_on: l.ended_on,
+                alert: l.warning_id,
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LeakList {
+    /// Newest first.
+    pub leaks: Vec<Leak>,
+}
+
+/// A suspected leak at a district meter.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Leak {
+    pub sensor: String,
+    /// The first night above the baseline.
+    pub since: NaiveDate,
+    /// The night the rule was met.
+    pub raised_on: NaiveDate,
+    pub baseline: f64,
+    /// That night's minimum flow.
+    pub night_flow: f64,
+    pub found_at: DateTime<Utc>,
+    /// The first night back under the baseline, once the leak ended.
+    pub ended_on: Option<NaiveDate>,
+    /// The utility alert raised for it.
+    pub alert: Option<i64>,
 }
 
 /// Most alerts in one list.
@@ -276,14 +347,52 @@ pub struct AlertQuery {
     pub format: Option<String>,
 }
 
-pub(crate) fn alert_json(a: &LeakAlertRow) -> serde_json::Value {
-    serde_json::json!({
-        "id": a.id, "category": "leak",
-        "meter": {"key": a.sensor_key, "name": a.meter_name},
-        "state": a.state, "raised_at": rfc3339(a.raised_at), "changed_at": rfc3339(a.changed_at),
-        "lifted_at": a.lifted_at.map(rfc3339), "municipalities": a.municipalities,
-        "message": {"en": a.message_en, "da": a.message_da}, "trigger": a.trigger,
-    })
+/// A utility alert: a suspected leak raised on a district meter.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AlertBody {
+    pub id: i64,
+    /// Always `leak`.
+    pub category: Category,
+    pub meter: AreaRef,
+    pub state: WarningState,
+    pub raised_at: DateTime<Utc>,
+    pub changed_at: DateTime<Utc>,
+    pub lifted_at: Option<DateTime<Utc>>,
+    pub municipalities: Vec<String>,
+    pub message: Messages,
+    /// The suspicion behind it: the nights, the baseline and the margin.
+    pub trigger: serde_json::Value,
+    /// Its events, oldest first, as every delivery channel carries them (one alert only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<EventBody>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AlertList {
+    /// Newest first.
+    pub alerts: Vec<AlertBody>,
+}
+
+pub(crate) fn alert_body(a: LeakAlertRow, history: Option<Vec<EventBody>>) -> AlertBody {
+    AlertBody {
+        id: a.id,
+        category: Category::Leak,
+        meter: AreaRef {
+            key: a.sensor_key,
+            name: a.meter_name,
+        },
+        state: a.state,
+        raised_at: a.raised_at,
+        changed_at: a.changed_at,
+        lifted_at: a.lifted_at,
+        municipalities: a.municipalities,
+        message: Messages {
+            en: a.message_en,
+            da: a.message_da,
+        },
+        trigger: a.trigger,
+        history,
+    }
 }
 
 /// `GET /api/v1/utilities/alerts`: utility alerts (suspected leaks raised on district meters),
@@ -292,7 +401,7 @@ pub(crate) fn alert_json(a: &LeakAlertRow) -> serde_json::Value {
 /// `<prefix>/utility-alerts/<municipality>/<meter>`) and are never listed among them.
 #[utoipa::path(get, path = "/api/v1/utilities/alerts", tag = "utilities", params(AlertQuery),
     responses(
-        (status = 200, description = "Utility alerts", content(("application/json"), ("text/csv"))),
+        (status = 200, description = "Utility alerts", content((AlertList = "application/json"), (String = "text/csv"))),
         (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn alerts(
@@ -331,7 +440,7 @@ pub async fn alerts(
                     "leak".to_owned(),
                     a.sensor_key.clone(),
                     a.meter_name.clone(),
-                    a.state.clone(),
+                    a.state.name().to_owned(),
                     rfc3339(a.raised_at),
                     a.lifted_at.map(rfc3339).unwrap_or_default(),
                     a.municipalities.join(" "),
@@ -340,9 +449,9 @@ pub async fn alerts(
             }),
         ));
     }
-    Ok(json_response(&serde_json::json!({
-        "alerts": rows.iter().map(alert_json).collect::<Vec<_>>(),
-    })))
+    Ok(json_response(&AlertList {
+        alerts: rows.into_iter().map(|a| alert_body(a, None)).collect(),
+    }))
 }
 
 /// `GET /api/v1/utilities/alerts/{id}`: one utility alert with its history, each event as every
@@ -350,10 +459,10 @@ pub async fn alerts(
 #[utoipa::path(get, path = "/api/v1/utilities/alerts/{id}", tag = "utilities",
     params(("id" = i64, Path, description = "The alert's id")),
     responses(
-        (status = 200, description = "The alert with its history", content(("application/json"))),
+        (status = 200, description = "The alert with its history", body = AlertBody),
         (status = 404, description = "No such utility alert", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
-pub async fn alert(State(state): State<ApiState>, PathId(id): PathId) -> Result<Response> {
+pub async fn alert(State(state): State<ApiState>, PathId(id): PathId) -> Result<Json<AlertBody>> {
     let row = state
         .store
         .leak_alerts(&LeakAlertFilter {
@@ -372,7 +481,5 @@ pub async fn alert(State(state): State<ApiState>, PathId(id): PathId) -> Result<
         .iter()
         .map(|e| e.body(base))
         .collect();
-    let mut body = alert_json(&row);
-    body["history"] = serde_json::json!(history);
-    Ok(json_response(&body))
+    Ok(Json(alert_body(row, Some(history))))
 }

@@ -8,9 +8,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use chrono::{DateTime, Duration, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tidemark_model::Quantity;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -59,7 +59,7 @@ pub(crate) async fn unit(state: &ApiState, sensor: &str) -> Result<&'static str>
 #[utoipa::path(get, path = "/api/v1/utilities/sensors/{key}/summary", tag = "utilities",
     params(("key" = String, Path, description = "The sensor's key"), RangeQuery),
     responses(
-        (status = 200, description = "The summary", content(("application/json"), ("text/csv"))),
+        (status = 200, description = "The summary", content((SummaryBody = "application/json"), (String = "text/csv"))),
         (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such sensor", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
@@ -99,11 +99,40 @@ pub async fn summary(
             ]],
         ));
     }
-    Ok(json_response(&serde_json::json!({
-        "sensor": sensor, "unit": unit, "from": rfc3339(from), "to": rfc3339(to),
-        "count": s.count, "flagged": s.flagged, "mean": s.mean, "min": s.min,
-        "peak": s.peak.map(|(at, value)| serde_json::json!({ "at": rfc3339(at), "value": value })),
-    })))
+    Ok(json_response(&SummaryBody {
+        sensor,
+        unit,
+        from,
+        to,
+        count: s.count,
+        flagged: s.flagged,
+        mean: s.mean,
+        min: s.min,
+        peak: s.peak.map(|(at, value)| Peak { at, value }),
+    }))
+}
+
+/// A meter's usable readings in a window, summed up.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SummaryBody {
+    pub sensor: String,
+    pub unit: &'static str,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Usable readings.
+    pub count: i64,
+    /// Readings left out for their quality flags.
+    pub flagged: i64,
+    pub mean: Option<f64>,
+    pub min: Option<f64>,
+    pub peak: Option<Peak>,
+}
+
+/// The highest value and the first time it was reached.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Peak {
+    pub at: DateTime<Utc>,
+    pub value: f64,
 }
 
 /// `GET /api/v1/utilities/sensors/{key}/load-duration`: the usable values from highest to lowest;
@@ -111,7 +140,7 @@ pub async fn summary(
 #[utoipa::path(get, path = "/api/v1/utilities/sensors/{key}/load-duration", tag = "utilities",
     params(("key" = String, Path, description = "The sensor's key"), RangeQuery),
     responses(
-        (status = 200, description = "The curve", content(("application/json"), ("text/csv"))),
+        (status = 200, description = "The curve", content((LoadDurationBody = "application/json"), (String = "text/csv"))),
         (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such sensor", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
@@ -144,11 +173,28 @@ pub async fn load_duration(
             }
             typed("text/csv; charset=utf-8", out)
         }
-        _ => json_response(&serde_json::json!({
-            "sensor": sensor, "unit": unit, "from": rfc3339(from), "to": rfc3339(to),
-            "count": n, "values": curve,
-        })),
+        _ => json_response(&LoadDurationBody {
+            sensor,
+            unit,
+            from,
+            to,
+            count: n,
+            values: curve,
+        }),
     })
+}
+
+/// A load-duration curve: value `i` (from 1) was reached or exceeded during `i` of the `count`
+/// intervals.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoadDurationBody {
+    pub sensor: String,
+    pub unit: &'static str,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub count: usize,
+    /// Highest first.
+    pub values: Vec<f64>,
 }
 
 /// The register quantities consumption is counted from.
@@ -208,7 +254,7 @@ pub(crate) fn register_window(
 /// period without an earlier reading has no starting point and is left out too.
 #[utoipa::path(get, path = "/api/v1/utilities/consumption", tag = "utilities", params(ConsumptionQuery),
     responses(
-        (status = 200, description = "Energy per period", content(("application/json"), ("text/csv"))),
+        (status = 200, description = "Energy per period", content((ConsumptionBody = "application/json"), (String = "text/csv"))),
         (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such sensor", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
@@ -282,13 +328,45 @@ pub async fn consumption(
             }
             typed("text/csv; charset=utf-8", out)
         }
-        _ => json_response(&serde_json::json!({
-            "unit": "kWh", "from": rfc3339(from), "to": rfc3339(to),
-            "periods": rows.iter().map(|r| serde_json::json!({
-                "start": rfc3339(r.start), "kwh": r.used, "meters": r.meters, "resets": r.resets,
-            })).collect::<Vec<_>>(),
-        })),
+        _ => json_response(&ConsumptionBody {
+            unit: KWH,
+            from,
+            to,
+            periods: rows
+                .iter()
+                .map(|r| ConsumptionPeriod {
+                    start: r.start,
+                    kwh: r.used,
+                    meters: r.meters,
+                    resets: r.resets,
+                })
+                .collect(),
+        }),
     })
+}
+
+/// The unit energy is counted in.
+const KWH: &str = "kWh";
+
+/// Energy per period, summed over the meters asked for.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumptionBody {
+    /// Always kWh.
+    pub unit: &'static str,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Oldest first.
+    pub periods: Vec<ConsumptionPeriod>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumptionPeriod {
+    pub start: DateTime<Utc>,
+    pub kwh: f64,
+    /// Meters that counted in this period.
+    pub meters: i64,
+    /// Meters whose register fell (a reset or a replaced meter), left out of this period.
+    pub resets: i64,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -309,14 +387,34 @@ pub struct SelfConsumptionQuery {
     pub format: Option<String>,
 }
 
+/// How much of what a site produced it used itself, per period.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SelfConsumptionBody {
+    /// The generation meter's register.
+    pub production: String,
+    /// The grid connection's export register.
+    pub export: String,
+    /// Always kWh.
+    pub unit: &'static str,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Oldest first; periods where either register fell are left out.
+    pub periods: Vec<SelfConsumed>,
+}
+
 /// One period a producing site's two registers both cover, in kWh.
-pub(crate) struct SelfConsumed {
-    start: DateTime<Utc>,
-    produced: f64,
-    exported: f64,
-    own: f64,
-    /// Self-consumed over produced; None when nothing was produced.
-    share: Option<f64>,
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SelfConsumed {
+    pub start: DateTime<Utc>,
+    #[serde(rename = "produced_kwh")]
+    pub produced: f64,
+    #[serde(rename = "exported_kwh")]
+    pub exported: f64,
+    /// Produced less exported.
+    #[serde(rename = "self_consumed_kwh")]
+    pub own: f64,
+    /// Self-consumed over produced; none when nothing was produced.
+    pub share: Option<f64>,
 }
 
 /// `GET /api/v1/utilities/self-consumption`: how much of what a site produced it used itself, per
@@ -325,7 +423,7 @@ pub(crate) struct SelfConsumed {
 /// produced). Periods where either register fell are left out.
 #[utoipa::path(get, path = "/api/v1/utilities/self-consumption", tag = "utilities", params(SelfConsumptionQuery),
     responses(
-        (status = 200, description = "Self-consumption per period", content(("application/json"), ("text/csv"))),
+        (status = 200, description = "Self-consumption per period", content((SelfConsumptionBody = "application/json"), (String = "text/csv"))),
         (status = 400, description = "A bad parameter", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such sensor", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
@@ -401,17 +499,12 @@ pub async fn self_consumption(
             }),
         ));
     }
-    let periods: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "start": rfc3339(r.start), "produced_kwh": r.produced, "exported_kwh": r.exported,
-                "self_consumed_kwh": r.own, "share": r.share,
-            })
-        })
-        .collect();
-    Ok(json_response(&serde_json::json!({
-        "production": query.production, "export": query.export, "unit": "kWh",
-        "from": rfc3339(from), "to": rfc3339(to), "periods": periods,
-    })))
+    Ok(json_response(&SelfConsumptionBody {
+        production: query.production,
+        export: query.export,
+        unit: KWH,
+        from,
+        to,
+        periods: rows,
+    }))
 }

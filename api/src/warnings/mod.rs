@@ -6,7 +6,7 @@ pub mod sse;
 pub mod webhooks;
 
 use crate::auth::Caller;
-use crate::body::{severity_name, AreaRef, EventBody, Messages};
+use crate::body::{AreaRef, EventBody, Messages};
 use crate::http::problem::{ApiError, PathId, Result};
 use crate::http::state_filter;
 use crate::state::ApiState;
@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tidemark_model::warning::{alert_topic, WarningKind, WarningState};
 use tidemark_store::events::{Acknowledged, WarningFilter, WarningSummary};
 use tidemark_store::keys::Role;
 use utoipa::{IntoParams, ToSchema};
@@ -33,11 +34,12 @@ const NOTE_LIMIT: usize = 2000;
 pub struct WarningBody {
     pub id: i64,
     pub area: AreaRef,
+    /// 1 (Flood Alert) to 3 (Severe Flood Warning).
     pub severity: i16,
     pub severity_name: &'static str,
-    pub kind: String,
-    /// in_force, or lifted ("no longer in force").
-    pub state: String,
+    pub kind: WarningKind,
+    /// In force, or lifted ("no longer in force").
+    pub state: WarningState,
     pub raised_at: DateTime<Utc>,
     pub changed_at: DateTime<Utc>,
     pub lifted_at: Option<DateTime<Utc>>,
@@ -70,8 +72,8 @@ fn warning_body(
             key: summary.area_key,
             name: summary.area_name,
         },
-        severity: summary.severity,
-        severity_name: severity_name(summary.severity),
+        severity: summary.severity.level(),
+        severity_name: summary.severity.public_name(),
         kind: summary.kind,
         state: summary.state,
         raised_at: summary.raised_at,
@@ -114,7 +116,7 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<ApiState>,
     query: std::result::Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<WarningList>> {
     let Query(query) = query.map_err(|e| ApiError::bad("query", e.body_text()))?;
     let wanted = state_filter(query.state.as_deref())?;
     let rows = state
@@ -132,7 +134,7 @@ pub async fn list(
         .into_iter()
         .map(|w| warning_body(w, base, None))
         .collect();
-    Ok(Json(serde_json::json!({ "warnings": warnings })))
+    Ok(Json(WarningList { warnings }))
 }
 
 #[utoipa::path(get, path = "/api/v1/warnings/{id}", operation_id = "get_warning", tag = "warnings",
@@ -232,7 +234,7 @@ pub async fn atom(State(state): State<ApiState>) -> Result<Response> {
     let current = state
         .store
         .warning_list(&WarningFilter {
-            state: Some("in_force".to_owned()),
+            state: Some(WarningState::InForce),
             limit: LIST_LIMIT,
             ..WarningFilter::default()
         })
@@ -311,13 +313,13 @@ pub async fn acknowledge(
         "municipality": municipality,
         "note": note,
     });
-    let prefix = format!("{}/alerts", state.settings.topic_prefix);
+    let prefix = &state.settings.topic_prefix;
     let outcome = state
         .store
         .acknowledge(id, &municipality, &detail, Utc::now(), |area, codes| {
             codes
                 .iter()
-                .map(|code| format!("{prefix}/{code}/{area}"))
+                .map(|code| alert_topic(prefix, code, area))
                 .collect()
         })
         .await?;

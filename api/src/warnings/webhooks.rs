@@ -13,6 +13,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tidemark_model::network::{TargetError, TargetPolicy};
+use tidemark_model::warning::{Category, Severity};
 use tidemark_store::keys::Role;
 use tidemark_store::webhooks::new_secret;
 use tidemark_store::webhooks::{NewWebhook, WebhookRow};
@@ -55,9 +56,6 @@ fn flood_only() -> Vec<String> {
     vec![crate::body::FLOOD.to_owned()]
 }
 
-/// The categories a webhook may receive.
-const CATEGORIES: &[&str] = &["flood", "leak"];
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookBody {
     pub id: i64,
@@ -65,8 +63,9 @@ pub struct WebhookBody {
     pub description: String,
     pub municipalities: Vec<String>,
     pub areas: Vec<String>,
+    /// 1 (Flood Alert) to 3 (Severe Flood Warning).
     pub min_severity: i16,
-    pub categories: Vec<String>,
+    pub categories: Vec<Category>,
     pub created_at: DateTime<Utc>,
     pub disabled_at: Option<DateTime<Utc>>,
     pub disabled_reason: Option<String>,
@@ -86,7 +85,7 @@ impl WebhookBody {
             description: row.description,
             municipalities: row.municipalities,
             areas: row.areas,
-            min_severity: row.min_severity,
+            min_severity: row.min_severity.level(),
             categories: row.categories,
             created_at: row.created_at,
             disabled_at: row.disabled_at,
@@ -133,34 +132,29 @@ pub async fn register(
             "the description may have at most 500 characters",
         ));
     }
-    if !(1..=3).contains(&request.min_severity) {
-        return Err(ApiError::bad(
-            "min_severity",
-            "min_severity must be 1, 2 or 3",
-        ));
-    }
+    let min_severity = Severity::from_level(request.min_severity)
+        .ok_or_else(|| ApiError::bad("min_severity", "min_severity must be 1, 2 or 3"))?;
     if request.municipalities.len() > FILTER_LIMIT || request.areas.len() > FILTER_LIMIT {
         return Err(ApiError::bad(
             "municipalities",
             format!("at most {FILTER_LIMIT} municipalities and {FILTER_LIMIT} areas"),
         ));
     }
-    request.categories.sort();
-    request.categories.dedup();
-    if request.categories.is_empty()
-        || request
-            .categories
-            .iter()
-            .any(|c| !CATEGORIES.contains(&c.as_str()))
-    {
-        return Err(ApiError::bad(
-            "categories",
-            format!(
-                "categories must be one or more of {}",
-                CATEGORIES.join(", ")
-            ),
-        ));
-    }
+    let mut categories = request
+        .categories
+        .iter()
+        .map(|c| Category::parse(c))
+        .collect::<Option<Vec<Category>>>()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| {
+            let all: Vec<&str> = Category::ALL.iter().map(|c| c.name()).collect();
+            ApiError::bad(
+                "categories",
+                format!("categories must be one or more of {}", all.join(", ")),
+            )
+        })?;
+    categories.sort();
+    categories.dedup();
     check_registration(&state.settings.policy, &request.url)
         .await
         .map_err(|refused| ApiError::bad("url", refused.to_string()))?;
@@ -198,7 +192,7 @@ pub async fn register(
         String::new(),
         serde_json::json!({
             "url": request.url, "municipalities": request.municipalities, "areas": request.areas,
-            "min_severity": request.min_severity, "categories": request.categories,
+            "min_severity": request.min_severity, "categories": categories,
         }),
     );
     let row = state
@@ -211,8 +205,8 @@ pub async fn register(
                 description: request.description,
                 municipalities: request.municipalities,
                 areas: request.areas,
-                min_severity: request.min_severity,
-                categories: request.categories,
+                min_severity,
+                categories,
                 secret: new_secret(),
             },
             &audit,
@@ -229,10 +223,7 @@ pub async fn register(
         (status = 401, description = "No valid API key", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 403, description = "The key's role does not allow it", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ))]
-pub async fn list(
-    State(state): State<ApiState>,
-    caller: Caller,
-) -> Result<Json<serde_json::Value>> {
+pub async fn list(State(state): State<ApiState>, caller: Caller) -> Result<Json<WebhookList>> {
     caller.require(MANAGERS)?;
     let rows = state.store.webhooks(caller.municipality.as_deref()).await?;
     let hooks: Vec<WebhookBody> = rows
@@ -240,7 +231,7 @@ pub async fn list(
         .filter(|row| visible(&caller, row))
         .map(|row| WebhookBody::new(row, false))
         .collect();
-    Ok(Json(serde_json::json!({ "webhooks": hooks })))
+    Ok(Json(WebhookList { webhooks: hooks }))
 }
 
 /// The caller's webhook `id`, or 404 (also for someone else's: its existence is not disclosed).

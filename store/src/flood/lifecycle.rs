@@ -2,37 +2,19 @@
 //! lock (with their warnings, outbox rows and threshold crossings), and reading them back.
 
 use super::*;
+use tokio_postgres::{GenericClient, Transaction};
 
 impl Store {
-    /// The time of the area's latest event, and its warning in force if any.
+    /// The area's recorded status: when its last event happened and its warning in force. A
+    /// decision to record events from it belongs under the area's lock: [`Store::decide_area`].
     pub async fn area_status(&self, area_key: &str) -> Result<AreaStatus> {
         let client = self.client().await?;
-        let row = client
-            .query_one(
-                "SELECT max(at), max(id) FROM warning_events WHERE area_key = $1",
-                &[&area_key],
-            )
-            .await
-            .context("reading the last event")?;
-        let (last, last_event_id): (Option<DateTime<Utc>>, Option<i64>) = (row.get(0), row.get(1));
-        // The pooled connection goes back before warnings() takes one: holding one while waiting
-        // for another deadlocks a pool that concurrent callers have drained.
-        drop(client);
-        let current = self
-            .warnings(Some(area_key))
-            .await?
-            .into_iter()
-            .find(|w| w.state == "in_force");
-        Ok(AreaStatus {
-            last_at: last,
-            last_event_id,
-            current,
-        })
+        read_status(&**client, area_key).await
     }
 
     /// Records an area's events in order (each with an MQTT delivery to every one of `mqtt_topics`
     /// and the matching webhooks), the warning rows they change, and the crossings behind them, in
-    /// one transaction, under the area's advisory lock so that one writer at a time owns an area.
+    /// one transaction, under the area's advisory lock, whatever the area's status.
     pub async fn record_area_events(
         &self,
         area_key: &str,
@@ -41,57 +23,88 @@ impl Store {
         mqtt_topics: &[String],
         crossings: &[CrossingRow],
     ) -> Result<Vec<i64>> {
-        self.record_area_events_after(
-            None,
-            area_key,
-            municipalities,
-            events,
-            mqtt_topics,
-            crossings,
-        )
-        .await
+        let decision = AreaDecision {
+            events: events.to_vec(),
+            crossings: crossings.to_vec(),
+        };
+        let (ids, _) = self
+            .decide_area(area_key, municipalities, mqtt_topics, |_| decision)
+            .await?;
+        Ok(ids)
     }
 
-    /// [`Store::record_area_events`] for events worked out from an [`AreaStatus`]: they are
-    /// recorded only if the area's last event is still `seen` (its
-    /// [`AreaStatus::last_event_id`]), checked under the area's lock; otherwise another writer
-    /// has recorded events since, and [`Error::Superseded`] asks for the area to be evaluated
-    /// again. So two analytics processes never record the same change twice.
-    pub async fn record_area_events_after(
+    /// Takes the area's advisory lock, reads the area's status under it, and records what
+    /// `decide` makes of that status (as [`Store::record_area_events`] does), in one
+    /// transaction. A second writer of the same area (another analytics process) waits for the
+    /// lock and then decides from what this one recorded, so no change is ever recorded twice.
+    ///
+    /// `decide` is synchronous: nothing waits for the pool, the network or another lock while
+    /// the area's lock and its connection are held.
+    pub async fn decide_area(
         &self,
-        seen: Option<Option<i64>>,
         area_key: &str,
         municipalities: &[String],
-        events: &[NewEvent],
         mqtt_topics: &[String],
-        crossings: &[CrossingRow],
-    ) -> Result<Vec<i64>> {
+        decide: impl FnOnce(&AreaStatus) -> AreaDecision,
+    ) -> Result<(Vec<i64>, AreaDecision)> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.context("begin warning events")?;
         coordination::lock_area(&tx, area_key).await?;
-        if let Some(seen) = seen {
-            let last: Option<i64> = tx
-                .query_one(
-                    "SELECT max(id) FROM warning_events WHERE area_key = $1",
-                    &[&area_key],
-                )
-                .await
-                .context("reading the area's last event under its lock")?
-                .get(0);
-            if last != seen {
-                return Err(Error::Superseded(area_key.to_owned()));
-            }
-        }
-        let sequence = if events.is_empty() {
-            None
-        } else {
-            Some(coordination::lock_event_sequence(&tx).await?)
-        };
-        let mut ids = Vec::new();
-        for event in events {
-            let severity = event.severity.map(Severity::level);
-            let warning_kind = event.warning_kind.name();
-            let warning_id: Option<i64> = match event.kind {
+        let status = read_status(&*tx, area_key).await?;
+        let decision = decide(&status);
+        let ids = write_decision(&tx, area_key, municipalities, mqtt_topics, &decision).await?;
+        tx.commit().await.context("commit warning events")?;
+        Ok((ids, decision))
+    }
+}
+
+/// The area's status as `client` (a connection, or a transaction holding the area's lock) sees
+/// it.
+async fn read_status(client: &impl GenericClient, area_key: &str) -> Result<AreaStatus> {
+    let last_at: Option<DateTime<Utc>> = client
+        .query_one(
+            "SELECT max(at) FROM warning_events WHERE area_key = $1",
+            &[&area_key],
+        )
+        .await
+        .context("reading the area's last event")?
+        .get(0);
+    let current = client
+        .query_opt(
+            &format!(
+                "SELECT {WARNING_COLUMNS} FROM warnings WHERE category = 'flood' AND area_key = $1 \
+                 AND state = 'in_force' ORDER BY raised_at DESC, id DESC LIMIT 1"
+            ),
+            &[&area_key],
+        )
+        .await
+        .context("reading the area's warning in force")?
+        .as_ref()
+        .map(warning_row)
+        .transpose()?;
+    Ok(AreaStatus { last_at, current })
+}
+
+/// Writes a decision's events, the warnings they change and its crossings, in `tx`, which holds
+/// the area's lock.
+async fn write_decision(
+    tx: &Transaction<'_>,
+    area_key: &str,
+    municipalities: &[String],
+    mqtt_topics: &[String],
+    decision: &AreaDecision,
+) -> Result<Vec<i64>> {
+    let (events, crossings) = (&decision.events, &decision.crossings);
+    let sequence = if events.is_empty() {
+        None
+    } else {
+        Some(coordination::lock_event_sequence(tx).await?)
+    };
+    let mut ids = Vec::new();
+    for event in events {
+        let severity = event.severity.map(Severity::level);
+        let warning_kind = event.warning_kind.name();
+        let warning_id: Option<i64> = match event.kind {
                 EventKind::Raised => tx
                     .query_opt(
                         "INSERT INTO warnings (area_key, severity, kind, state, raised_at, changed_at, \
@@ -148,83 +161,90 @@ impl Store {
                 }
             }
             .map(|r| r.get(0));
-            let warning_id = warning_id.ok_or_else(|| {
-                Error::Inconsistent(format!(
-                    "area {area_key}: a {} event needs a warning in force",
-                    event.kind
-                ))
-            })?;
-            let sequence = sequence
-                .as_ref()
-                .expect("the event sequence is locked when there are events");
-            let event_id = append_event(
-                sequence,
-                &EventInsert {
-                    warning_id,
-                    category: Category::Flood,
-                    area_key: Some(area_key),
-                    sensor_key: None,
-                    kind: event.kind,
-                    severity: event.severity,
-                    warning_kind: event.severity.map(|_| event.warning_kind),
-                    at: event.at,
-                    message_en: &event.message_en,
-                    message_da: &event.message_da,
-                    detail: &event.trigger,
-                },
-                mqtt_topics,
-            )
-            .await?;
-            ids.push(event_id);
-        }
-        for c in crossings {
-            tx.execute(
-                "INSERT INTO threshold_crossings (sensor_key, severity, direction, at, value) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                &[
-                    &c.sensor_key,
-                    &c.severity,
-                    &if c.up { "up" } else { "down" },
-                    &c.at,
-                    &c.value,
-                ],
-            )
-            .await
-            .context("recording a crossing")?;
-        }
-        tx.commit().await.context("commit warning events")?;
-        Ok(ids)
+        let warning_id = warning_id.ok_or_else(|| {
+            Error::Inconsistent(format!(
+                "area {area_key}: a {} event needs a warning in force",
+                event.kind
+            ))
+        })?;
+        let sequence = sequence
+            .as_ref()
+            .expect("the event sequence is locked when there are events");
+        let event_id = append_event(
+            sequence,
+            &EventInsert {
+                warning_id,
+                category: Category::Flood,
+                area_key: Some(area_key),
+                sensor_key: None,
+                kind: event.kind,
+                severity: event.severity,
+                warning_kind: event.severity.map(|_| event.warning_kind),
+                at: event.at,
+                message_en: &event.message_en,
+                message_da: &event.message_da,
+                detail: &event.trigger,
+            },
+            mqtt_topics,
+        )
+        .await?;
+        ids.push(event_id);
     }
+    for c in crossings {
+        tx.execute(
+            "INSERT INTO threshold_crossings (sensor_key, severity, direction, at, value) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            &[
+                &c.sensor_key,
+                &c.severity.level(),
+                &if c.up { "up" } else { "down" },
+                &c.at,
+                &c.value,
+            ],
+        )
+        .await
+        .context("recording a crossing")?;
+    }
+    Ok(ids)
+}
 
+/// The columns of `warnings` that [`warning_row`] reads, in its order.
+const WARNING_COLUMNS: &str =
+    "id, area_key, severity, kind, state, raised_at, changed_at, lifted_at, stale, \
+     municipalities, message_en, message_da";
+
+fn warning_row(r: &tokio_postgres::Row) -> Result<WarningRow> {
+    Ok(WarningRow {
+        id: r.get(0),
+        area_key: r.get(1),
+        severity: severity(r, 2)?,
+        kind: term(r, 3, WarningKind::parse)?,
+        state: term(r, 4, WarningState::parse)?,
+        raised_at: r.get(5),
+        changed_at: r.get(6),
+        lifted_at: r.get(7),
+        stale: r.get(8),
+        municipalities: r.get(9),
+        message_en: r.get(10),
+        message_da: r.get(11),
+    })
+}
+
+impl Store {
     /// Warnings, newest first; all areas or one.
     pub async fn warnings(&self, area_key: Option<&str>) -> Result<Vec<WarningRow>> {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT id, area_key, severity, kind, state, raised_at, changed_at, lifted_at, stale, \
-                 municipalities, message_en, message_da FROM warnings \
-                 WHERE category = 'flood' AND ($1::text IS NULL OR area_key = $1) ORDER BY raised_at DESC, id DESC",
+                &format!(
+                    "SELECT {WARNING_COLUMNS} FROM warnings WHERE category = 'flood' \
+                     AND ($1::text IS NULL OR area_key = $1) ORDER BY raised_at DESC, id DESC"
+                ),
                 &[&area_key],
             )
             .await
             .context("reading warnings")?;
-        Ok(rows
-            .iter()
-            .map(|r| WarningRow {
-                id: r.get(0),
-                area_key: r.get(1),
-                severity: r.get(2),
-                kind: r.get(3),
-                state: r.get(4),
-                raised_at: r.get(5),
-                changed_at: r.get(6),
-                lifted_at: r.get(7),
-                stale: r.get(8),
-                municipalities: r.get(9),
-                message_en: r.get(10),
-                message_da: r.get(11),
-            })
-            .collect())
+        rows.iter().map(warning_row).collect()
     }
 
     /// An area's events in order.
@@ -237,7 +257,7 @@ impl Store {
             )
             .await
             .context("reading warning events")?;
-        Ok(rows.iter().map(event_row).collect())
+        rows.iter().map(event_row).collect()
     }
 
     /// Up-crossings `(sensor, severity, at)` between two instants, for verification.
@@ -245,7 +265,7 @@ impl Store {
         &self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-    ) -> Result<Vec<(String, i16, DateTime<Utc>)>> {
+    ) -> Result<Vec<(String, Severity, DateTime<Utc>)>> {
         let client = self.client().await?;
         let rows = client
             .query(
@@ -255,10 +275,9 @@ impl Store {
             )
             .await
             .context("reading crossings")?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect())
+        rows.iter()
+            .map(|r| Ok((r.get(0), severity(r, 1)?, r.get(2))))
+            .collect()
     }
 
     /// Every area's events between two instants, in order.
@@ -278,7 +297,7 @@ impl Store {
             )
             .await
             .context("reading warning events")?;
-        Ok(rows.iter().map(event_row).collect())
+        rows.iter().map(event_row).collect()
     }
 
     /// Outbox rows `(channel, target)` queued for an event.

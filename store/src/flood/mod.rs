@@ -7,11 +7,12 @@ mod setup;
 
 use crate::coordination::{self, Notice};
 use crate::events::{append_event, EventInsert};
+use crate::terms::{opt_severity, severity, term};
 use crate::{Context, Error, Result, Store};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::time::Duration;
-use tidemark_model::warning::{Category, EventKind, Severity, WarningKind};
+use tidemark_model::warning::{Category, EventKind, Severity, WarningKind, WarningState};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MunicipalityRow {
@@ -62,7 +63,7 @@ pub struct RainRuleRow {
     pub sensor_key: String,
     pub window: Duration,
     pub more_than_mm: f64,
-    pub severity: i16,
+    pub severity: Severity,
 }
 
 /// Everything the flood-risk runner evaluates against.
@@ -79,10 +80,16 @@ pub struct FloodSetup {
 pub struct AreaStatus {
     /// When the area's last event happened (data time).
     pub last_at: Option<DateTime<Utc>>,
-    /// The id of the area's last event: what [`Store::record_area_events_after`] checks.
-    pub last_event_id: Option<i64>,
     /// The warning in force, if any.
     pub current: Option<WarningRow>,
+}
+
+/// What an evaluation records for an area, decided from the [`AreaStatus`] read under the
+/// area's lock ([`Store::decide_area`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AreaDecision {
+    pub events: Vec<NewEvent>,
+    pub crossings: Vec<CrossingRow>,
 }
 
 /// An area's warning as it stands.
@@ -90,9 +97,9 @@ pub struct AreaStatus {
 pub struct WarningRow {
     pub id: i64,
     pub area_key: String,
-    pub severity: i16,
-    pub kind: String,
-    pub state: String,
+    pub severity: Severity,
+    pub kind: WarningKind,
+    pub state: WarningState,
     pub raised_at: DateTime<Utc>,
     pub changed_at: DateTime<Utc>,
     pub lifted_at: Option<DateTime<Utc>>,
@@ -107,8 +114,8 @@ pub struct EventRow {
     pub id: i64,
     pub warning_id: i64,
     pub area_key: String,
-    pub kind: String,
-    pub severity: Option<i16>,
+    pub kind: EventKind,
+    pub severity: Option<Severity>,
     pub at: DateTime<Utc>,
     pub message_en: String,
     pub message_da: String,
@@ -130,7 +137,7 @@ pub struct NewEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CrossingRow {
     pub sensor_key: String,
-    pub severity: i16,
+    pub severity: Severity,
     pub up: bool,
     pub at: DateTime<Utc>,
     pub value: f64,
@@ -142,26 +149,26 @@ pub struct TrendRow {
     pub sensor_key: String,
     pub at: DateTime<Utc>,
     pub value: f64,
-    pub severity: Option<i16>,
+    pub severity: Option<Severity>,
     pub rate_per_hour: Option<f64>,
     /// The next threshold's severity and when the trend reaches it.
-    pub projected: Option<(i16, DateTime<Utc>)>,
+    pub projected: Option<(Severity, DateTime<Utc>)>,
 }
 
 /// The columns of warning_events every event query selects, in this order.
 const EVENT_COLUMNS: &str = "id, warning_id, area_key, kind, severity, at, message_en, message_da";
 
-fn event_row(r: &tokio_postgres::Row) -> EventRow {
-    EventRow {
+fn event_row(r: &tokio_postgres::Row) -> Result<EventRow> {
+    Ok(EventRow {
         id: r.get(0),
         warning_id: r.get(1),
         area_key: r.get(2),
-        kind: r.get(3),
-        severity: r.get(4),
+        kind: term(r, 3, EventKind::parse)?,
+        severity: opt_severity(r, 4)?,
         at: r.get(5),
         message_en: r.get(6),
         message_da: r.get(7),
-    }
+    })
 }
 
 fn secs(d: Duration) -> f64 {

@@ -129,9 +129,9 @@ impl Store {
                         &t.sensor_key,
                         &t.at,
                         &t.value,
-                        &t.severity,
+                        &t.severity.map(Severity::level),
                         &t.rate_per_hour,
-                        &t.projected.map(|p| p.0),
+                        &t.projected.map(|p| p.0.level()),
                         &t.projected.map(|p| p.1),
                     ],
                 )
@@ -153,18 +153,17 @@ impl Store {
             )
             .await
             .context("reading sensor trends")?;
-        Ok(rows
-            .iter()
-            .map(|r| TrendRow {
-                sensor_key: r.get(0),
-                at: r.get(1),
-                value: r.get(2),
-                severity: r.get(3),
-                rate_per_hour: r.get(4),
-                projected: r
-                    .get::<_, Option<i16>>(5)
-                    .zip(r.get::<_, Option<DateTime<Utc>>>(6)),
+        rows.iter()
+            .map(|r| {
+                Ok(TrendRow {
+                    sensor_key: r.get(0),
+                    at: r.get(1),
+                    value: r.get(2),
+                    severity: opt_severity(r, 3)?,
+                    rate_per_hour: r.get(4),
+                    projected: opt_severity(r, 5)?.zip(r.get::<_, Option<DateTime<Utc>>>(6)),
+                })
             })
-            .collect())
+            .collect()
     }
 }

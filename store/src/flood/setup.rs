@@ -116,7 +116,7 @@ impl Store {
                  VALUES ($1, make_interval(secs => $2), $3, $4) \
                  ON CONFLICT (sensor_key, window_length) DO UPDATE SET more_than_mm = EXCLUDED.more_than_mm, \
                  severity = EXCLUDED.severity",
-                &[&r.sensor_key, &secs(r.window), &r.more_than_mm, &r.severity],
+                &[&r.sensor_key, &secs(r.window), &r.more_than_mm, &r.severity.level()],
             )
             .await
             .context("upserting a rain rule")?;
@@ -145,7 +145,12 @@ impl Store {
             tx.execute(
                 "INSERT INTO rain_rules (sensor_key, window_length, more_than_mm, severity) \
                  VALUES ($1, make_interval(secs => $2), $3, $4)",
-                &[&sensor_key, &secs(r.window), &r.more_than_mm, &r.severity],
+                &[
+                    &sensor_key,
+                    &secs(r.window),
+                    &r.more_than_mm,
+                    &r.severity.level(),
+                ],
             )
             .await
             .context("inserting a rain rule")?;
@@ -232,13 +237,15 @@ impl Store {
             .await
             .context("loading rain rules")?
             .iter()
-            .map(|r| RainRuleRow {
-                sensor_key: r.get(0),
-                window: duration(r.get(1)),
-                more_than_mm: r.get(2),
-                severity: r.get(3),
+            .map(|r| {
+                Ok(RainRuleRow {
+                    sensor_key: r.get(0),
+                    window: duration(r.get(1)),
+                    more_than_mm: r.get(2),
+                    severity: severity(r, 3)?,
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(FloodSetup {
             areas,
             links,
