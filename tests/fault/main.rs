@@ -13,6 +13,10 @@
 #[path = "../it/support.rs"]
 mod support;
 
+// The check of answers against the API's document, which the shared harness makes.
+#[path = "../it/schema.rs"]
+mod schema;
+
 use chrono::{DateTime, Utc};
 use rand::{Rng, SeedableRng};
 use std::collections::HashSet;

@@ -52,3 +52,6 @@ mod security;
 // The map dashboard in headless Chromium, with the storm-surge simulator running.
 mod dashboard;
 mod routes;
+
+// Answers checked against the API's OpenAPI document (every JSON answer `Api::call` receives).
+mod schema;

@@ -43,6 +43,7 @@ async fn loaded() -> (Harness, Api) {
     (harness, api)
 }
 
+/// A GET, whose JSON or GeoJSON answer is checked against the API's document.
 async fn get(api: &Api, path: &str) -> (u16, String, String, reqwest::header::HeaderMap) {
     let response = api.http.get(api.url(path)).send().await.unwrap();
     let status = response.status().as_u16();
@@ -52,12 +53,11 @@ async fn get(api: &Api, path: &str) -> (u16, String, String, reqwest::header::He
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    (
-        status,
-        content_type,
-        response.text().await.unwrap(),
-        headers,
-    )
+    let text = response.text().await.unwrap();
+    if let Ok(body) = serde_json::from_str(&text) {
+        crate::schema::assert_documented("GET", path, status, &content_type, &body);
+    }
+    (status, content_type, text, headers)
 }
 
 async fn json(api: &Api, path: &str) -> serde_json::Value {

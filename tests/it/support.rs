@@ -486,13 +486,24 @@ impl Api {
                 .header("content-type", "application/json")
                 .body(body.to_string());
         }
+        let method = request
+            .try_clone()
+            .and_then(|r| r.build().ok())
+            .map(|r| r.method().to_string())
+            .unwrap_or_default();
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         let bytes = response.bytes().await.unwrap();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-        )
+        let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        // Every JSON answer is what the API's document says it is.
+        crate::schema::assert_documented(&method, path, status, &content_type, &body);
+        (status, body)
     }
 
     pub async fn text(&self, path: &str) -> (u16, String, String) {
@@ -504,7 +515,11 @@ impl Api {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        (status, content_type, response.text().await.unwrap())
+        let text = response.text().await.unwrap();
+        if let Ok(body) = serde_json::from_str(&text) {
+            crate::schema::assert_documented("GET", path, status, &content_type, &body);
+        }
+        (status, content_type, text)
     }
 
     /// Registers a webhook for `url` with a key; returns (id, secret).

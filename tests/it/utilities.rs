@@ -147,6 +147,11 @@ async fn the_replayed_2019_load_gives_its_peak_mean_and_load_duration_curve() {
         )
         .await;
     assert_eq!(status, 204);
+    let (_, rules) = api
+        .call(reqwest::Method::GET, "/api/v1/quality-rules", None, None)
+        .await;
+    assert_eq!(rules[0]["sensor"], "dk1.load_forecast", "{rules}");
+    assert_eq!(rules[0]["plausible_high"], 10_000_000.0, "{rules}");
     let forecast_summary = format!("/api/v1/utilities/sensors/dk1.load_forecast/summary?{range}");
     let flagged = wait_for(std::time::Duration::from_secs(60), || async {
         let (_, s) = api
