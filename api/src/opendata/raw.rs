@@ -5,7 +5,6 @@ use super::parquet_export;
 use super::query::{
     decode_cursor, encode_cursor, micros, time_range, ReadingsQuery, DEFAULT_PAGE, MAX_PAGE,
 };
-use super::readings::RawItem;
 use super::stations::unit_of;
 use crate::http::problem::{ApiError, Result};
 use crate::http::{rfc3339, time, typed, Format, PARQUET};
@@ -13,8 +12,11 @@ use crate::state::ApiState;
 use axum::body::Body;
 use axum::http::{header, HeaderValue};
 use axum::response::Response;
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
+use serde::Serialize;
 use tidemark_store::opendata::RawOrder;
+use utoipa::ToSchema;
 
 pub(crate) async fn raw(
     state: &ApiState,
@@ -218,4 +220,26 @@ pub(crate) fn url_escape(text: &str) -> String {
             other => format!("%{other:02X}"),
         })
         .collect()
+}
+
+/// One raw reading.
+#[derive(Serialize, ToSchema)]
+pub struct RawItem {
+    pub ts: DateTime<Utc>,
+    pub value: f64,
+    /// Quality flags: 0 good, 1 suspect (device), 2 bad (device), 256 spike, 512 stuck, 1024 out of range.
+    pub quality: i16,
+    pub received_at: DateTime<Utc>,
+}
+
+/// `GET /api/v1/sensors/{key}/readings` without `bucket`: a page of raw readings. The page is
+/// streamed from a database cursor as the rows come; `next` follows the readings.
+#[derive(Serialize, ToSchema)]
+pub struct RawPage {
+    pub sensor: String,
+    pub quantity: String,
+    pub unit: String,
+    pub readings: Vec<RawItem>,
+    /// The cursor of the next page; null on the last.
+    pub next: Option<String>,
 }

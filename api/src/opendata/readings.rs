@@ -2,7 +2,7 @@
 
 use super::aggregate::{aggregated, BucketPage};
 use super::query::ReadingsQuery;
-use super::raw::raw;
+use super::raw::{raw, RawPage};
 use crate::http::problem::{ApiError, Result};
 use crate::http::{format, parse_query, wants_parquet, Format};
 use crate::state::ApiState;
@@ -10,7 +10,6 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -58,28 +57,6 @@ pub async fn readings(
         }
     }
     raw(&state, &sensor, &quantity, query, format).await
-}
-
-/// One raw reading.
-#[derive(Serialize, ToSchema)]
-pub struct RawItem {
-    pub ts: DateTime<Utc>,
-    pub value: f64,
-    /// Quality flags: 0 good, 1 suspect (device), 2 bad (device), 256 spike, 512 stuck, 1024 out of range.
-    pub quality: i16,
-    pub received_at: DateTime<Utc>,
-}
-
-/// `GET /api/v1/sensors/{key}/readings` without `bucket`: a page of raw readings. The page is
-/// streamed from a database cursor as the rows come; `next` follows the readings.
-#[derive(Serialize, ToSchema)]
-pub struct RawPage {
-    pub sensor: String,
-    pub quantity: String,
-    pub unit: String,
-    pub readings: Vec<RawItem>,
-    /// The cursor of the next page; null on the last.
-    pub next: Option<String>,
 }
 
 /// A page of raw readings, or the readings in buckets when `bucket` is given.
