@@ -252,9 +252,9 @@ fn warning_event(r: &tokio_postgres::Row) -> Result<WarningEvent> {
     })
 }
 
-/// A warning with what a list shows of it.
+/// A flood warning as it stands, with its area's name and its acknowledgements.
 #[derive(Debug, Clone, PartialEq)]
-pub struct WarningSummary {
+pub struct WarningRow {
     pub id: i64,
     pub area_key: String,
     pub area_name: String,
@@ -272,6 +272,35 @@ pub struct WarningSummary {
     pub acknowledged_by: Vec<String>,
     /// Its latest public event.
     pub latest_event: Option<i64>,
+}
+
+/// What [`warning_row`] reads: `warnings w` joined with its flood area `a`, for a WHERE clause to
+/// follow.
+pub(crate) const WARNING_SELECT: &str = "SELECT w.id, w.area_key, a.name, w.severity, w.kind, w.state, \
+     w.raised_at, w.changed_at, w.lifted_at, w.stale, w.municipalities, w.message_en, w.message_da, \
+     ARRAY(SELECT DISTINCT e.detail->>'municipality' FROM warning_events e \
+           WHERE e.warning_id = w.id AND e.kind = 'acknowledged' ORDER BY 1), \
+     (SELECT max(e.id) FROM warning_events e WHERE e.warning_id = w.id AND e.kind <> 'undelivered') \
+     FROM warnings w JOIN flood_areas a ON a.key = w.area_key";
+
+pub(crate) fn warning_row(r: &tokio_postgres::Row) -> Result<WarningRow> {
+    Ok(WarningRow {
+        id: r.get(0),
+        area_key: r.get(1),
+        area_name: r.get(2),
+        severity: severity(r, 3)?,
+        kind: term(r, 4, WarningKind::parse)?,
+        state: term(r, 5, WarningState::parse)?,
+        raised_at: r.get(6),
+        changed_at: r.get(7),
+        lifted_at: r.get(8),
+        stale: r.get(9),
+        municipalities: r.get(10),
+        message_en: r.get(11),
+        message_da: r.get(12),
+        acknowledged_by: r.get(13),
+        latest_event: r.get(14),
+    })
 }
 
 /// Which warnings to list.
@@ -397,19 +426,15 @@ impl Store {
     }
 
     /// Flood warnings, newest first, with their area names and acknowledgements.
-    pub async fn warning_list(&self, filter: &WarningFilter) -> Result<Vec<WarningSummary>> {
+    pub async fn warning_list(&self, filter: &WarningFilter) -> Result<Vec<WarningRow>> {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT w.id, w.area_key, a.name, w.severity, w.kind, w.state, w.raised_at, w.changed_at, \
-                 w.lifted_at, w.stale, w.municipalities, w.message_en, w.message_da, \
-                 ARRAY(SELECT DISTINCT e.detail->>'municipality' FROM warning_events e \
-                       WHERE e.warning_id = w.id AND e.kind = 'acknowledged' ORDER BY 1), \
-                 (SELECT max(e.id) FROM warning_events e WHERE e.warning_id = w.id AND e.kind <> 'undelivered') \
-                 FROM warnings w JOIN flood_areas a ON a.key = w.area_key \
-                 WHERE ($1::text IS NULL OR w.state = $1) AND ($2::text IS NULL OR $2 = ANY (w.municipalities)) \
+                &format!(
+                    "{WARNING_SELECT} WHERE ($1::text IS NULL OR w.state = $1) AND ($2::text IS NULL OR $2 = ANY (w.municipalities)) \
                  AND ($3::text IS NULL OR w.area_key = $3) AND ($4::bigint IS NULL OR w.id = $4) \
-                 ORDER BY w.raised_at DESC, w.id DESC LIMIT $5",
+                 ORDER BY w.raised_at DESC, w.id DESC LIMIT $5"
+                ),
                 &[
                     &filter.state.map(WarningState::name),
                     &filter.municipality,
@@ -420,27 +445,7 @@ impl Store {
             )
             .await
             .context("listing warnings")?;
-        rows.iter()
-            .map(|r| {
-                Ok(WarningSummary {
-                    id: r.get(0),
-                    area_key: r.get(1),
-                    area_name: r.get(2),
-                    severity: severity(r, 3)?,
-                    kind: term(r, 4, WarningKind::parse)?,
-                    state: term(r, 5, WarningState::parse)?,
-                    raised_at: r.get(6),
-                    changed_at: r.get(7),
-                    lifted_at: r.get(8),
-                    stale: r.get(9),
-                    municipalities: r.get(10),
-                    message_en: r.get(11),
-                    message_da: r.get(12),
-                    acknowledged_by: r.get(13),
-                    latest_event: r.get(14),
-                })
-            })
-            .collect()
+        rows.iter().map(warning_row).collect()
     }
 
     /// Acknowledges a flood warning for a municipality: an `acknowledged` event with MQTT

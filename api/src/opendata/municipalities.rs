@@ -1,18 +1,17 @@
 //! Municipalities with their stations, warnings and boundary, and the flood areas.
 
 use super::stations::{station_bodies, OneQuery, StationBody, STATION_LIMIT};
-use crate::body::AreaRef;
 use crate::http::geojson::{Feature, FeatureCollection};
 use crate::http::problem::{ApiError, Result};
 use crate::http::{csv_field, format, json_response, parse_query, single_format, typed, Format};
 use crate::state::ApiState;
+use crate::warnings::{warning_body, WarningBody};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tidemark_model::warning::{WarningKind, WarningState};
+use tidemark_model::warning::WarningState;
 use tidemark_store::opendata::StationFilter;
 use utoipa::{IntoParams, ToSchema};
 
@@ -42,32 +41,9 @@ pub struct MunicipalityDetail {
     pub name: String,
     pub stations: Vec<StationBody>,
     /// The warnings in force for it.
-    pub warnings: Vec<WarningInForce>,
+    pub warnings: Vec<WarningBody>,
     /// GeoJSON MultiPolygon.
     pub boundary: serde_json::Value,
-}
-
-/// A warning in force for a municipality, as its page lists it.
-#[derive(Serialize, ToSchema)]
-pub struct WarningInForce {
-    pub id: i64,
-    pub area: AreaRef,
-    /// 1 (Flood Alert) to 3 (Severe Flood Warning).
-    pub severity: i16,
-    pub severity_name: &'static str,
-    pub kind: WarningKind,
-    pub raised_at: DateTime<Utc>,
-    pub changed_at: DateTime<Utc>,
-    pub stale: bool,
-    pub acknowledged_by: Vec<String>,
-    pub links: WarningLinks,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct WarningLinks {
-    #[serde(rename = "self")]
-    pub this: String,
-    pub cap: String,
 }
 
 /// A municipality's GeoJSON properties in the list of boundaries.
@@ -163,7 +139,7 @@ pub async fn municipality(
     )
     .await?;
     let base = state.settings.base_url();
-    let warnings: Vec<WarningInForce> = state
+    let warnings: Vec<WarningBody> = state
         .store
         .warning_list(&tidemark_store::events::WarningFilter {
             state: Some(WarningState::InForce),
@@ -173,24 +149,7 @@ pub async fn municipality(
         })
         .await?
         .into_iter()
-        .map(|w| WarningInForce {
-            links: WarningLinks {
-                this: format!("{base}/api/v1/warnings/{}", w.id),
-                cap: format!("{base}/api/v1/warnings/{}.cap", w.id),
-            },
-            id: w.id,
-            area: AreaRef {
-                key: w.area_key,
-                name: w.area_name,
-            },
-            severity: w.severity.level(),
-            severity_name: w.severity.public_name(),
-            kind: w.kind,
-            raised_at: w.raised_at,
-            changed_at: w.changed_at,
-            stale: w.stale,
-            acknowledged_by: w.acknowledged_by,
-        })
+        .map(|w| warning_body(w, base, None))
         .collect();
     let detail = MunicipalityDetail {
         code,

@@ -18,7 +18,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tidemark_model::warning::{alert_topic, WarningKind, WarningState};
-use tidemark_store::events::{Acknowledged, WarningFilter, WarningSummary};
+use tidemark_store::events::{Acknowledged, WarningFilter, WarningRow};
 use tidemark_store::keys::Role;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -60,8 +60,8 @@ pub struct Links {
     pub ack: String,
 }
 
-fn warning_body(
-    summary: WarningSummary,
+pub(crate) fn warning_body(
+    summary: WarningRow,
     base: &str,
     history: Option<Vec<EventBody>>,
 ) -> WarningBody {

@@ -72,8 +72,8 @@ async fn read_status(client: &impl GenericClient, area_key: &str) -> Result<Area
     let current = client
         .query_opt(
             &format!(
-                "SELECT {WARNING_COLUMNS} FROM warnings WHERE category = 'flood' AND area_key = $1 \
-                 AND state = 'in_force' ORDER BY raised_at DESC, id DESC LIMIT 1"
+                "{WARNING_SELECT} WHERE w.area_key = $1 AND w.state = 'in_force' \
+                 ORDER BY w.raised_at DESC, w.id DESC LIMIT 1"
             ),
             &[&area_key],
         )
@@ -208,28 +208,6 @@ async fn write_decision(
     Ok(ids)
 }
 
-/// The columns of `warnings` that [`warning_row`] reads, in its order.
-const WARNING_COLUMNS: &str =
-    "id, area_key, severity, kind, state, raised_at, changed_at, lifted_at, stale, \
-     municipalities, message_en, message_da";
-
-fn warning_row(r: &tokio_postgres::Row) -> Result<WarningRow> {
-    Ok(WarningRow {
-        id: r.get(0),
-        area_key: r.get(1),
-        severity: severity(r, 2)?,
-        kind: term(r, 3, WarningKind::parse)?,
-        state: term(r, 4, WarningState::parse)?,
-        raised_at: r.get(5),
-        changed_at: r.get(6),
-        lifted_at: r.get(7),
-        stale: r.get(8),
-        municipalities: r.get(9),
-        message_en: r.get(10),
-        message_da: r.get(11),
-    })
-}
-
 impl Store {
     /// Warnings, newest first; all areas or one.
     pub async fn warnings(&self, area_key: Option<&str>) -> Result<Vec<WarningRow>> {
@@ -237,8 +215,8 @@ impl Store {
         let rows = client
             .query(
                 &format!(
-                    "SELECT {WARNING_COLUMNS} FROM warnings WHERE category = 'flood' \
-                     AND ($1::text IS NULL OR area_key = $1) ORDER BY raised_at DESC, id DESC"
+                    "{WARNING_SELECT} WHERE ($1::text IS NULL OR w.area_key = $1) \
+                     ORDER BY w.raised_at DESC, w.id DESC"
                 ),
                 &[&area_key],
             )

@@ -6,13 +6,13 @@ mod series;
 mod setup;
 
 use crate::coordination::{self, Notice};
-use crate::events::{append_event, EventInsert};
+use crate::events::{append_event, warning_row, EventInsert, WarningRow, WARNING_SELECT};
 use crate::terms::{opt_severity, severity, term};
 use crate::{Context, Error, Result, Store};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::time::Duration;
-use tidemark_model::warning::{Category, EventKind, Severity, WarningKind, WarningState};
+use tidemark_model::warning::{Category, EventKind, Severity, WarningKind};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MunicipalityRow {
@@ -90,23 +90,6 @@ pub struct AreaStatus {
 pub struct AreaDecision {
     pub events: Vec<NewEvent>,
     pub crossings: Vec<CrossingRow>,
-}
-
-/// An area's warning as it stands.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WarningRow {
-    pub id: i64,
-    pub area_key: String,
-    pub severity: Severity,
-    pub kind: WarningKind,
-    pub state: WarningState,
-    pub raised_at: DateTime<Utc>,
-    pub changed_at: DateTime<Utc>,
-    pub lifted_at: Option<DateTime<Utc>>,
-    pub stale: bool,
-    pub municipalities: Vec<String>,
-    pub message_en: String,
-    pub message_da: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
