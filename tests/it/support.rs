@@ -403,6 +403,23 @@ pub fn config(harness: &Harness) -> Config {
     }
 }
 
+/// A response's status, content type and text. Every JSON answer is first checked against what the
+/// API's document says it is.
+async fn checked(method: &str, path: &str, response: reqwest::Response) -> (u16, String, String) {
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let text = response.text().await.unwrap();
+    if let Ok(body) = serde_json::from_str(&text) {
+        crate::schema::assert_documented(method, path, status, &content_type, &body);
+    }
+    (status, content_type, text)
+}
+
 /// The API on a free loopback port, with its event hub.
 pub struct Api {
     pub base: String,
@@ -477,6 +494,7 @@ impl Api {
         key: Option<&str>,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
+        let verb = method.to_string();
         let mut request = self.http.request(method, self.url(path));
         if let Some(key) = key {
             request = request.bearer_auth(key);
@@ -486,40 +504,20 @@ impl Api {
                 .header("content-type", "application/json")
                 .body(body.to_string());
         }
-        let method = request
-            .try_clone()
-            .and_then(|r| r.build().ok())
-            .map(|r| r.method().to_string())
-            .unwrap_or_default();
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let bytes = response.bytes().await.unwrap();
-        let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        // Every JSON answer is what the API's document says it is.
-        crate::schema::assert_documented(&method, path, status, &content_type, &body);
-        (status, body)
+        let (status, _, text) = checked(&verb, path, request.send().await.unwrap()).await;
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     pub async fn text(&self, path: &str) -> (u16, String, String) {
-        let response = self.http.get(self.url(path)).send().await.unwrap();
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let text = response.text().await.unwrap();
-        if let Ok(body) = serde_json::from_str(&text) {
-            crate::schema::assert_documented("GET", path, status, &content_type, &body);
-        }
-        (status, content_type, text)
+        checked(
+            "GET",
+            path,
+            self.http.get(self.url(path)).send().await.unwrap(),
+        )
+        .await
     }
 
     /// Registers a webhook for `url` with a key; returns (id, secret).
