@@ -1,9 +1,11 @@
-//! `tidemark verify`: how the warnings of a period fared against what the gauges measured.
+//! `tidemark verify`: how the warnings of a period fared against the flood events the gauges
+//! measured (`tidemark_model::verification` says how events are found and matched).
 
 use anyhow::Context;
 use chrono::{DateTime, Duration, Utc};
 use std::collections::BTreeMap;
-use tidemark_analytics::verification::{self, IssuedEvent, ObservedCrossing, Score};
+use tidemark_model::verification::{score_area, Score, Tally};
+use tidemark_model::warning::Severity;
 use tidemark_store::{DatabaseConfig, Store};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -45,44 +47,22 @@ impl VerifyArgs {
     }
 }
 
-/// Scores per (area, severity) for a period.
+/// Scores per (area, severity) for a period, from the readings and the recorded warnings.
 pub async fn scores(
     database: &DatabaseConfig,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     grace: Duration,
-) -> anyhow::Result<BTreeMap<(String, i16), Score>> {
+) -> anyhow::Result<BTreeMap<(String, Severity), Score>> {
     anyhow::ensure!(from < to, "the period must start before it ends");
     let store = Store::connect(database).await?;
-    let areas: BTreeMap<String, Vec<String>> = store
-        .flood_setup()
-        .await?
-        .areas
-        .into_iter()
-        .map(|a| (a.key, a.sensors))
-        .collect();
-    let crossings: Vec<ObservedCrossing> = store
-        .up_crossings(from, to)
-        .await?
-        .into_iter()
-        .map(|(sensor, severity, at)| ObservedCrossing {
-            sensor,
-            severity: severity.level(),
-            at,
-        })
-        .collect();
-    let events: Vec<IssuedEvent> = store
-        .events_between(from, to)
-        .await?
-        .into_iter()
-        .map(|e| IssuedEvent {
-            area: e.area_key,
-            kind: e.kind.name().to_owned(),
-            severity: e.severity.map(|s| s.level()),
-            at: e.at,
-        })
-        .collect();
-    Ok(verification::verify(&areas, &crossings, &events, grace, to))
+    let mut scores = BTreeMap::new();
+    for area in store.verification_records(from, to, None).await? {
+        for (severity, score) in score_area(&area.sensors, &area.events, grace, to) {
+            scores.insert((area.key.clone(), severity), score);
+        }
+    }
+    Ok(scores)
 }
 
 pub async fn run(database: &DatabaseConfig, args: &VerifyArgs) -> anyhow::Result<()> {
@@ -90,29 +70,35 @@ pub async fn run(database: &DatabaseConfig, args: &VerifyArgs) -> anyhow::Result
     let scores = scores(database, from, to, grace).await?;
     println!("warning verification {from} to {to} (grace {})", args.grace);
     println!(
-        "{:<24} {:<8} {:>5} {:>7} {:>12} {:>9} {:>15}",
-        "area", "severity", "hits", "misses", "false alarms", "hit rate", "mean lead (min)"
+        "{:<24} {:<8} {:>5} {:>7} {:>12} {:>15}",
+        "area", "severity", "hits", "misses", "false alarms", "mean lead (min)"
     );
+    let mut total = Tally::default();
     for ((area, severity), score) in &scores {
-        let name =
-            tidemark_model::warning::Severity::from_level(*severity).map_or("?", |s| s.name());
+        let tally = score.tally();
+        total = total + tally;
         println!(
-            "{:<24} {:<8} {:>5} {:>7} {:>12} {:>9} {:>15}",
+            "{:<24} {:<8} {:>5} {:>7} {:>12} {:>15}",
             area,
-            name,
-            score.hits,
-            score.misses,
-            score.false_alarms,
-            score
-                .hit_rate()
-                .map_or("-".into(), |r| format!("{:.0} %", r * 100.0)),
+            severity.name(),
+            tally.hits,
+            tally.misses,
+            tally.false_alarms,
             score
                 .mean_lead_minutes()
                 .map_or("-".into(), |m| format!("{m:.0}")),
         );
     }
     if scores.is_empty() {
-        println!("no crossings and no warnings in the period");
+        println!("no flood events and no warnings in the period");
+    } else {
+        let rate = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.2}"));
+        println!(
+            "probability of detection {}, false alarm ratio {}, critical success index {}",
+            rate(total.probability_of_detection()),
+            rate(total.false_alarm_ratio()),
+            rate(total.critical_success_index()),
+        );
     }
     Ok(())
 }

@@ -12,7 +12,6 @@
 //! - [`rain`]: rainfall accumulation over windows, against DMI's definitions.
 //! - [`freshness`]: staleness of a station that has gone silent.
 //! - [`upstream`]: when an upstream crossing reaches a downstream area.
-//! - [`verification`]: hit rate, misses, false alarms and lead time of the warnings.
 //! - [`waste`]: container fill rate, time to full, collections, overflows, collection timing.
 //! - [`utility`]: peaks, load-duration curves, night flow and leak suspicion.
 //!
@@ -41,5 +40,4 @@ pub mod setup;
 pub mod trend;
 pub mod upstream;
 pub mod utility;
-pub mod verification;
 pub mod waste;

@@ -19,6 +19,8 @@
 //!   topics, and [`warning::EventBody`], the JSON of a warning event on every channel.
 //! - [`random`]: [`random::SeededRng`], reproducible uniform draws from a seed.
 //! - [`network`]: networks, and which addresses an outbound request may reach.
+//! - [`verification`]: warnings scored against the flood events the readings show (hits, misses,
+//!   false alarms, lead times, detection and false alarm rates).
 
 pub mod broker;
 pub mod duration;
@@ -33,6 +35,7 @@ pub mod time;
 pub mod topic;
 pub mod unit;
 pub mod validate;
+pub mod verification;
 pub mod warning;
 pub mod waste;
 pub mod wire;

@@ -53,6 +53,7 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("GET", "/api/v1/warnings/{id}"),
     ("POST", "/api/v1/warnings/{id}/ack"),
     ("GET", "/api/v1/warning-events/{file}"),
+    ("GET", "/api/v1/verification"),
     ("GET", "/api/v1/webhooks"),
     ("POST", "/api/v1/webhooks"),
     ("GET", "/api/v1/webhooks/{id}"),

@@ -79,11 +79,13 @@ async fn the_baltic_surge_raises_escalates_and_lifts_flensburg_and_reports_kappe
             .ts
             + shift
     };
-    for (severity, threshold) in [
-        (Severity::Alert, 1.00),
-        (Severity::Warning, 1.50),
-        (Severity::Severe, 2.00),
-    ] {
+    let first_threshold = |severity: Severity| match severity {
+        Severity::Alert => 1.00,
+        Severity::Warning => 1.50,
+        Severity::Severe => 2.00,
+    };
+    for severity in Severity::ALL {
+        let threshold = first_threshold(severity);
         let raised = flensburg
             .iter()
             .find(|e| e.severity >= Some(severity) && e.kind != "lifted")
@@ -152,7 +154,10 @@ async fn the_baltic_surge_raises_escalates_and_lifts_flensburg_and_reports_kappe
         "nothing lifts it while the gauge is silent"
     );
 
-    // Verification over the replayed period: every Flensburg crossing was warned of.
+    // Verification over the replayed period, against the flood events the readings show: every
+    // Flensburg event of every severity was warned of, each event starts at the recording's first
+    // reading at the threshold, and its lead time runs from the first event that put the severity
+    // in force (an expected warning from the rising trend, ahead of the water).
     let scores = tidemark::verify::scores(
         &config.database,
         utc(15, 0, 0) + shift,
@@ -161,17 +166,94 @@ async fn the_baltic_surge_raises_escalates_and_lifts_flensburg_and_reports_kappe
     )
     .await
     .unwrap();
-    for severity in 1..=3 {
+    for severity in Severity::ALL {
         let score = &scores[&("flensburg-fjord".to_owned(), severity)];
+        let tally = score.tally();
         assert!(
-            score.hits >= 1 && score.misses == 0,
-            "severity {severity}: {score:?}"
+            tally.hits >= 1 && tally.misses == 0,
+            "{severity}: {score:?}"
+        );
+        let first = &score.events[0];
+        assert_eq!(
+            first.first_crossing,
+            first_at_or_above(first_threshold(severity)),
+            "{severity}: the event starts at the recording's first reading at the threshold"
+        );
+        let warned = flensburg
+            .iter()
+            .find(|e| e.severity >= Some(severity) && e.kind != EventKind::Lifted)
+            .unwrap();
+        assert_eq!(
+            first.lead_minutes(),
+            Some((first.first_crossing - warned.at).num_minutes()),
+            "{severity}: lead time from {} ({})",
+            warned.at,
+            warned.message_en
         );
     }
-    let kiel_severe = scores.get(&("kiel-fjord".to_owned(), 3));
+    // The same over the API, for one area, as JSON and as CSV.
+    let api = Api::start(&harness, &config).await;
+    let period = format!(
+        "from={}&to={}",
+        (utc(15, 0, 0) + shift).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        (utc(26, 0, 0) + shift).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    let (status, body) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/verification?{period}&area=flensburg-fjord"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let listed: Vec<&str> = body["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["severity"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["alert", "warning", "severe"], "{body}");
+    for (i, severity) in Severity::ALL.into_iter().enumerate() {
+        let score = &scores[&("flensburg-fjord".to_owned(), severity)];
+        let listed = &body["scores"][i];
+        assert_eq!(listed["hits"], score.tally().hits, "{listed}");
+        assert_eq!(
+            listed["events"][0]["lead_minutes"],
+            score.events[0].lead_minutes().unwrap(),
+            "{listed}"
+        );
+    }
+    assert_eq!(body["overall"]["probability_of_detection"], 1.0, "{body}");
+    let (_, _, csv) = api
+        .text(&format!(
+            "/api/v1/verification?{period}&area=flensburg-fjord&severity=severe&format=csv"
+        ))
+        .await;
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(
+        lines[1].starts_with("flensburg-fjord,severe,1,0,0,"),
+        "{csv}"
+    );
+    let (status, _) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/verification?{period}&area=atlantis"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, problem) = api
+        .call(reqwest::Method::GET, "/api/v1/verification", None, None)
+        .await;
+    assert_eq!((status, problem["parameter"].as_str()), (400, Some("from")));
+
+    let kiel_severe = scores.get(&("kiel-fjord".to_owned(), Severity::Severe));
     assert!(
         kiel_severe.is_none(),
-        "no Severe crossing and no Severe warning at Kiel: {kiel_severe:?}"
+        "no Severe event and no Severe warning at Kiel: {kiel_severe:?}"
     );
 
     assert_eq!(analytics.metrics.failures.get(), 0);

@@ -3,6 +3,7 @@
 
 pub mod cap;
 pub mod sse;
+pub mod verification;
 pub mod webhooks;
 
 use crate::auth::Caller;
@@ -372,6 +373,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(one))
         .routes(routes!(acknowledge))
         .routes(routes!(event_cap))
+        .routes(routes!(verification::verification))
         .routes(routes!(webhooks::list, webhooks::register))
         .routes(routes!(webhooks::one, webhooks::delete))
         .routes(routes!(webhooks::rotate))

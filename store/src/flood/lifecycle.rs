@@ -238,46 +238,6 @@ impl Store {
         rows.iter().map(event_row).collect()
     }
 
-    /// Up-crossings `(sensor, severity, at)` between two instants, for verification.
-    pub async fn up_crossings(
-        &self,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<Vec<(String, Severity, DateTime<Utc>)>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT sensor_key, severity, at FROM threshold_crossings \
-                 WHERE direction = 'up' AND at >= $1 AND at < $2 ORDER BY at",
-                &[&from, &to],
-            )
-            .await
-            .context("reading crossings")?;
-        rows.iter()
-            .map(|r| Ok((r.get(0), severity(r, 1)?, r.get(2))))
-            .collect()
-    }
-
-    /// Every area's events between two instants, in order.
-    pub async fn events_between(
-        &self,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<Vec<EventRow>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT {EVENT_COLUMNS} FROM warning_events WHERE category = 'flood' \
-                     AND at >= $1 AND at < $2 ORDER BY area_key, at, id"
-                ),
-                &[&from, &to],
-            )
-            .await
-            .context("reading warning events")?;
-        rows.iter().map(event_row).collect()
-    }
-
     /// Outbox rows `(channel, target)` queued for an event.
     pub async fn outbox_for(&self, event_id: i64) -> Result<Vec<(String, String)>> {
         let client = self.client().await?;

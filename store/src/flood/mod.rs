@@ -4,6 +4,9 @@
 mod lifecycle;
 mod series;
 mod setup;
+mod verification;
+
+pub use verification::AreaRecord;
 
 use crate::coordination::{self, Notice};
 use crate::events::{append_event, warning_row, EventInsert, WarningRow, WARNING_SELECT};
