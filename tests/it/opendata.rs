@@ -46,18 +46,7 @@ async fn loaded() -> (Harness, Api) {
 /// A GET, whose JSON or GeoJSON answer is checked against the API's document.
 async fn get(api: &Api, path: &str) -> (u16, String, String, reqwest::header::HeaderMap) {
     let response = api.http.get(api.url(path)).send().await.unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let content_type = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let text = response.text().await.unwrap();
-    if let Ok(body) = serde_json::from_str(&text) {
-        crate::schema::assert_documented("GET", path, status, &content_type, &body);
-    }
-    (status, content_type, text, headers)
+    checked_with_headers("GET", path, response).await
 }
 
 async fn json(api: &Api, path: &str) -> serde_json::Value {

@@ -403,12 +403,16 @@ pub fn config(harness: &Harness) -> Config {
     }
 }
 
-/// A response's status, content type and text. Every JSON answer is first checked against what the
-/// API's document says it is.
-async fn checked(method: &str, path: &str, response: reqwest::Response) -> (u16, String, String) {
+/// A response's status, content type, text and headers. Every JSON answer is first checked against
+/// what the API's document says it is.
+pub async fn checked_with_headers(
+    method: &str,
+    path: &str,
+    response: reqwest::Response,
+) -> (u16, String, String, reqwest::header::HeaderMap) {
     let status = response.status().as_u16();
-    let content_type = response
-        .headers()
+    let headers = response.headers().clone();
+    let content_type = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
@@ -417,6 +421,11 @@ async fn checked(method: &str, path: &str, response: reqwest::Response) -> (u16,
     if let Ok(body) = serde_json::from_str(&text) {
         crate::schema::assert_documented(method, path, status, &content_type, &body);
     }
+    (status, content_type, text, headers)
+}
+
+async fn checked(method: &str, path: &str, response: reqwest::Response) -> (u16, String, String) {
+    let (status, content_type, text, _) = checked_with_headers(method, path, response).await;
     (status, content_type, text)
 }
 
