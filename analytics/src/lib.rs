@@ -9,6 +9,8 @@
 //!   values, the sensor's own plausible range, and the device's flags.
 //! - [`level`]: threshold severities with persistence and hysteresis, as a state machine.
 //! - [`trend`]: rate of rise by least squares, and the projected time to a threshold.
+//! - [`tide`]: a gauge's astronomical tide from a harmonic analysis of its history (least squares
+//!   over the main constituents), and its prediction.
 //! - [`rain`]: rainfall accumulation over windows, against DMI's definitions.
 //! - [`freshness`]: staleness of a station that has gone silent.
 //! - [`upstream`]: when an upstream crossing reaches a downstream area.
@@ -37,6 +39,7 @@ pub mod rain;
 pub mod runner;
 pub mod series;
 pub mod setup;
+pub mod tide;
 pub mod trend;
 pub mod upstream;
 pub mod utility;
