@@ -14,7 +14,8 @@
 //! **Matching.** An event is a *hit* when a warning period of its severity or higher starts before
 //! the event ends (plus `grace`) and lasts until at least its first crossing; its *lead time* is
 //! the first crossing minus the earliest such period's start, negative when the warning came
-//! after the water. An event without one is a *miss*. A warning period that no event of its
+//! after the water. A later event caught by the same period (a warning kept in force through
+//! several tides) is a hit without a lead time of its own. An event without one is a *miss*. A warning period that no event of its
 //! severity overlaps (up to `grace` after it) is a *false alarm*. Over all areas and severities:
 //! the probability of detection (hits over events), the false alarm ratio (false alarms over
 //! warning periods matched or not) and the critical success index (hits over hits, misses and
@@ -67,12 +68,18 @@ pub struct Observed {
     pub sensor: String,
     /// When the warning that caught it started, for a hit.
     pub warned_at: Option<DateTime<Utc>>,
+    /// The warning that caught it was already in force for an earlier event of the area: a hit,
+    /// but without a lead time of its own.
+    pub continues: bool,
 }
 
 impl Observed {
-    /// First crossing minus the warning's start, in minutes: negative when the warning was late.
+    /// First crossing minus the warning's start, in minutes: negative when the warning was late;
+    /// none for a miss, or when the warning [`continues`](Observed::continues) from an earlier
+    /// event.
     pub fn lead_minutes(&self) -> Option<i64> {
         self.warned_at
+            .filter(|_| !self.continues)
             .map(|warned| (self.first_crossing - warned).num_minutes())
     }
 }
@@ -249,16 +256,22 @@ pub fn score_area(
                     until,
                     sensor: sensor.to_owned(),
                     warned_at: None,
+                    continues: false,
                 }),
             }
         }
         let periods = in_force(events, severity, end);
+        let mut previous: Option<DateTime<Utc>> = None;
         for event in &mut observed {
             event.warned_at = periods
                 .iter()
                 .filter(|(from, to)| *from <= event.until + grace && *to >= event.first_crossing)
                 .map(|(from, _)| *from)
                 .min();
+            event.continues = event.warned_at.is_some() && event.warned_at == previous;
+            if event.warned_at.is_some() {
+                previous = event.warned_at;
+            }
         }
         let false_alarms = periods
             .into_iter()
@@ -388,6 +401,24 @@ mod tests {
         let unwarned = score_area(&sensors, &[], Duration::minutes(30), at(8, 0));
         assert_eq!(unwarned[&Severity::Alert].tally().misses, 1);
         assert_eq!(unwarned[&Severity::Alert].tally().hits, 0);
+    }
+
+    #[test]
+    fn a_warning_kept_in_force_through_two_events_has_one_lead_time() {
+        // Two alert-level events, 00:10-00:40 and 01:10-01:40, under one alert from 00:00.
+        let s = series(&[0.5, 1.2, 1.2, 1.2, 0.5, 0.5, 0.5, 1.2, 1.2, 1.2, 0.5]);
+        let events = [
+            event(EventKind::Raised, Some(Severity::Alert), 0),
+            event(EventKind::Lifted, None, 3),
+        ];
+        let alert = &score_area(&[s], &events, Duration::zero(), at(8, 0))[&Severity::Alert];
+        assert_eq!(alert.tally().hits, 2);
+        assert!(alert.events[1].continues);
+        assert_eq!(
+            alert.lead_minutes(),
+            [10],
+            "only the first event has a lead time"
+        );
     }
 
     #[test]

@@ -190,6 +190,10 @@ async fn the_baltic_surge_raises_escalates_and_lifts_flensburg_and_reports_kappe
             warned.at,
             warned.message_en
         );
+        // Later tides under the same warning are hits without a lead time of their own.
+        for later in &score.events[1..] {
+            assert_eq!(later.continues, later.warned_at == first.warned_at, "{later:?}");
+        }
     }
     // The same over the API, for one area, as JSON and as CSV.
     let api = Api::start(&harness, &config).await;

@@ -74,7 +74,10 @@ pub struct ObservedEvent {
     pub sensor: String,
     /// When a warning of the severity or higher was first in force for it; null for a miss.
     pub warned_at: Option<DateTime<Utc>>,
-    /// First crossing minus the warning's start: negative when the warning came after the water.
+    /// The warning was already in force for an earlier event: a hit without a lead time.
+    pub continues: bool,
+    /// First crossing minus the warning's start: negative when the warning came after the water;
+    /// null for a miss, or when the warning continues from an earlier event.
     pub lead_minutes: Option<i64>,
 }
 
@@ -85,6 +88,7 @@ impl From<&Observed> for ObservedEvent {
             until: e.until,
             sensor: e.sensor.clone(),
             warned_at: e.warned_at,
+            continues: e.continues,
             lead_minutes: e.lead_minutes(),
         }
     }
@@ -105,7 +109,7 @@ pub struct AreaScore {
     pub severity: Severity,
     #[serde(flatten)]
     pub tally: TallyBody,
-    /// The mean lead time of the hits, in minutes.
+    /// The mean lead time of the hits that have one, in minutes.
     pub mean_lead_minutes: Option<f64>,
     pub events: Vec<ObservedEvent>,
     pub false_alarm_periods: Vec<FalseAlarm>,
