@@ -14,6 +14,8 @@
 //! criterion, S2 and K2, or K1 and P1, need about 183 days) are kept, and a small ridge term keeps
 //! the fit determined: their shares of the tide are then not told apart, but the predicted tide
 //! still is. At least [`MIN_DAYS`] of readings are required.
+//!
+//! [`nowcast`] adds the present surge to the predicted tide, decaying with a time scale.
 
 use chrono::{DateTime, Utc};
 use ndarray::{Array1, Array2};
@@ -197,6 +199,31 @@ impl Tide {
     }
 }
 
+/// A gauge's nowcast: the astronomical tide plus the present surge (the latest observation less
+/// the tide then), which decays exponentially with the time scale `decay`, from `observed.0` for
+/// `horizon` in steps of `step`. A surge is weather, which the tide does not know: the nowcast
+/// keeps what is observed now and lets it fade towards the tide, at a pace the caller sets.
+pub fn nowcast(
+    tide: &Tide,
+    observed: (DateTime<Utc>, f64),
+    decay: chrono::Duration,
+    horizon: chrono::Duration,
+    step: chrono::Duration,
+) -> Vec<(DateTime<Utc>, f64)> {
+    let (t0, level) = observed;
+    let surge = level - tide.at(t0);
+    let scale = decay.num_seconds().max(1) as f64;
+    let step = step.max(chrono::Duration::minutes(1));
+    let mut out = Vec::new();
+    let mut t = t0 + step;
+    while t <= t0 + horizon {
+        let factor = (-((t - t0).num_seconds() as f64) / scale).exp();
+        out.push((t, tide.at(t) + surge * factor));
+        t += step;
+    }
+    out
+}
+
 /// Solves `a x = b` for a symmetric positive definite `a` by Cholesky factorisation; None when
 /// `a` is not positive definite.
 fn solve_symmetric(a: Array2<f64>, b: Array1<f64>) -> Option<Array1<f64>> {
@@ -308,6 +335,32 @@ mod tests {
             "{} against {truth}",
             tide.at(later)
         );
+    }
+
+    #[test]
+    fn the_nowcast_starts_at_the_observed_surge_and_decays_to_the_tide() {
+        let record = synthetic(30, &[("M2", 0.4, 10.0)], 0.0);
+        let tide = analyse(&record).unwrap();
+        let now = record.last().unwrap().0;
+        // A 0.8 m surge on top of the tide.
+        let observed = (now, tide.at(now) + 0.8);
+        let hour = Duration::hours(1);
+        let series = nowcast(
+            &tide,
+            observed,
+            Duration::hours(6),
+            Duration::hours(48),
+            hour,
+        );
+        assert_eq!(series.len(), 48);
+        assert_eq!(series[0].0, now + hour);
+        let surge_at = |i: usize| series[i].1 - tide.at(series[i].0);
+        assert!((surge_at(0) - 0.8 * (-1.0f64 / 6.0).exp()).abs() < 1e-9);
+        assert!(
+            (surge_at(5) - 0.8 * (-1.0f64).exp()).abs() < 1e-9,
+            "one time scale: 1/e"
+        );
+        assert!(surge_at(47).abs() < 0.001, "two days on, the tide alone");
     }
 
     #[test]

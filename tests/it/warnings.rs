@@ -192,7 +192,11 @@ async fn the_baltic_surge_raises_escalates_and_lifts_flensburg_and_reports_kappe
         );
         // Later tides under the same warning are hits without a lead time of their own.
         for later in &score.events[1..] {
-            assert_eq!(later.continues, later.warned_at == first.warned_at, "{later:?}");
+            assert_eq!(
+                later.continues,
+                later.warned_at == first.warned_at,
+                "{later:?}"
+            );
         }
     }
     // The same over the API, for one area, as JSON and as CSV.
