@@ -19,11 +19,13 @@
 //!   topics, and [`warning::EventBody`], the JSON of a warning event on every channel.
 //! - [`random`]: [`random::SeededRng`], reproducible uniform draws from a seed.
 //! - [`network`]: networks, and which addresses an outbound request may reach.
+//! - [`forecast`]: forecasts as they arrive (topic, JSON v1) and their validation.
 //! - [`verification`]: warnings scored against the flood events the readings show (hits, misses,
 //!   false alarms, lead times, detection and false alarm rates).
 
 pub mod broker;
 pub mod duration;
+pub mod forecast;
 pub mod id;
 pub mod network;
 pub mod quantity;
