@@ -5,7 +5,9 @@ use crate::auth::Caller;
 use crate::http::check_key;
 use crate::http::geojson::{point, Feature, FeatureCollection};
 use crate::http::problem::{ApiError, Result};
-use crate::http::{csv_field, csv_response, format, json_response, parse_query, typed, Format};
+use crate::http::{
+    csv_field, csv_response, format, json_response, optional, parse_query, typed, Format,
+};
 use crate::state::ApiState;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
@@ -179,45 +181,42 @@ pub async fn containers(
             .map(|b| Feature::of(&b.key, point(b.lon, b.lat), b, &[]))
             .collect::<FeatureCollection>()
             .response(),
-        Format::Csv => {
-            let text = |v: Option<String>| v.unwrap_or_default();
-            csv_response(
-                &[
-                    "key",
-                    "name",
-                    "lon",
-                    "lat",
-                    "capacity_litres",
-                    "waste_code",
-                    "fraction",
-                    "municipality",
-                    "fill_sensor",
-                    "weight_sensor",
-                    "fill_level",
-                    "fill_at",
-                    "fill_rate_per_hour",
-                    "full_at",
-                ],
-                bodies.iter().map(|b| {
-                    vec![
-                        b.key.clone(),
-                        b.name.clone(),
-                        b.lon.to_string(),
-                        b.lat.to_string(),
-                        b.capacity_litres.to_string(),
-                        b.waste_code.clone(),
-                        b.fraction.clone(),
-                        text(b.municipality.clone()),
-                        b.fill_sensor.clone(),
-                        text(b.weight_sensor.clone()),
-                        text(b.fill_level.map(|v| v.to_string())),
-                        text(b.fill_at.map(stamp)),
-                        text(b.fill_rate_per_hour.map(|v| v.to_string())),
-                        text(b.full_at.map(stamp)),
-                    ]
-                }),
-            )
-        }
+        Format::Csv => csv_response(
+            &[
+                "key",
+                "name",
+                "lon",
+                "lat",
+                "capacity_litres",
+                "waste_code",
+                "fraction",
+                "municipality",
+                "fill_sensor",
+                "weight_sensor",
+                "fill_level",
+                "fill_at",
+                "fill_rate_per_hour",
+                "full_at",
+            ],
+            bodies.iter().map(|b| {
+                vec![
+                    b.key.clone(),
+                    b.name.clone(),
+                    b.lon.to_string(),
+                    b.lat.to_string(),
+                    b.capacity_litres.to_string(),
+                    b.waste_code.clone(),
+                    b.fraction.clone(),
+                    optional(b.municipality.as_ref()),
+                    b.fill_sensor.clone(),
+                    optional(b.weight_sensor.as_ref()),
+                    optional(b.fill_level),
+                    optional(b.fill_at.map(stamp)),
+                    optional(b.fill_rate_per_hour),
+                    optional(b.full_at.map(stamp)),
+                ]
+            }),
+        ),
         _ => json_response(&ContainerList { containers: bodies }),
     })
 }

@@ -2,7 +2,7 @@
 
 use super::records::{filter, FlowQuery};
 use crate::http::problem::{ApiError, Result};
-use crate::http::{csv_response, format, json_response, parse_query, Format};
+use crate::http::{csv_response, format, json_response, optional, parse_query, Format};
 use crate::state::ApiState;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -187,30 +187,27 @@ pub(crate) fn statistics_csv(items: &[PeriodStatistics]) -> Response {
         "population",
         "kg_per_capita",
     ]);
-    // Numbers as the other tables write them (100, not 100.0).
-    fn text<T: ToString>(value: Option<T>) -> String {
-        value.map(|v| v.to_string()).unwrap_or_default()
-    }
+    // Numbers as the other tables write them (100, not 100.0), absent ones empty.
     let row = |item: &PeriodStatistics, fraction: Option<&FractionStatistics>| {
         let split = fraction.map_or(&item.split, |f| &f.split);
         let mut row = vec![
             item.period.clone(),
             item.municipality.clone(),
-            text(fraction.map(|f| &f.waste_code)),
-            text(fraction.and_then(|f| f.waste_name)),
+            optional(fraction.map(|f| &f.waste_code)),
+            optional(fraction.and_then(|f| f.waste_name)),
             split.generated_tonnes.to_string(),
         ];
         row.extend(
             Treatment::ALL
                 .iter()
-                .map(|t| text(split.treatment_tonnes.get(t.name()))),
+                .map(|t| optional(split.treatment_tonnes.get(t.name()))),
         );
-        row.push(text(split.recycling_rate));
+        row.push(optional(split.recycling_rate));
         if fraction.is_none() {
             row.extend([
-                text(item.recycling_rate_change),
-                text(item.population),
-                text(item.kg_per_capita),
+                optional(item.recycling_rate_change),
+                optional(item.population),
+                optional(item.kg_per_capita),
             ]);
         } else {
             row.extend([String::new(), String::new(), String::new()]);

@@ -170,6 +170,11 @@ where
     csv_text(writer)
 }
 
+/// An optional value as a CSV field: empty when absent.
+pub fn optional<T: ToString>(value: Option<T>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_default()
+}
+
 /// One field as it stands in a CSV line: quoted where it holds a comma, a quote or a line break,
 /// and otherwise (an empty field too) as it is.
 pub fn csv_field(text: &str) -> String {

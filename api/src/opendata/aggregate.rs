@@ -168,14 +168,8 @@ pub(crate) async fn aggregated(
         }
         .filter(|v| v.is_finite())
     };
-    // A number as JSON and CSV write it (counts are whole numbers and print as such).
-    let number = |v: f64| -> String {
-        if v.fract() == 0.0 && v.abs() < 1e15 {
-            format!("{}", v as i64)
-        } else {
-            format!("{v}")
-        }
-    };
+    // A number as CSV writes it: as JSON does, whole numbers as integers.
+    let number = |v: f64| -> String { whole(v).map_or_else(|| v.to_string(), |n| n.to_string()) };
     let meta = |f: &Filled| -> (DateTime<Utc>, i64, i16, &'static str) {
         match f {
             Filled::Stored(b) => (
@@ -328,15 +322,22 @@ pub struct BucketItem {
     pub last: Option<Option<f64>>,
 }
 
-/// An aggregate asked for: a whole number as an integer (counts, and sums of whole values), any
-/// other as a float, none as null.
+/// A whole number that an integer holds exactly (counts, and sums of whole values): written as
+/// an integer in JSON and CSV alike.
+fn whole(v: f64) -> Option<i64> {
+    (v.fract() == 0.0 && v.abs() < 1e15).then_some(v as i64)
+}
+
+/// An aggregate asked for: a [`whole`] number as an integer, any other as a float, none as null.
 fn number<S: serde::Serializer>(
     value: &Option<Option<f64>>,
     to: S,
 ) -> std::result::Result<S::Ok, S::Error> {
     match value.flatten() {
-        Some(v) if v.fract() == 0.0 && v.abs() < 1e15 => to.serialize_i64(v as i64),
-        Some(v) => to.serialize_f64(v),
+        Some(v) => match whole(v) {
+            Some(n) => to.serialize_i64(n),
+            None => to.serialize_f64(v),
+        },
         None => to.serialize_none(),
     }
 }

@@ -1,7 +1,9 @@
 //! A meter's summary, load-duration curve, register consumption per period and self-consumption.
 
 use crate::http::problem::{ApiError, Result};
-use crate::http::{csv_response, format, json_response, parse_query, rfc3339, typed, Format};
+use crate::http::{
+    csv_response, format, json_response, optional, parse_query, rfc3339, typed, Format,
+};
 use crate::state::ApiState;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -79,7 +81,6 @@ pub async fn summary(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("sensor {sensor}")))?;
     if format == Format::Csv {
-        let number = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
         return Ok(csv_response(
             &[
                 "sensor", "unit", "from", "to", "count", "flagged", "mean", "min", "peak_at",
@@ -92,10 +93,10 @@ pub async fn summary(
                 rfc3339(to),
                 s.count.to_string(),
                 s.flagged.to_string(),
-                number(s.mean),
-                number(s.min),
+                optional(s.mean),
+                optional(s.min),
                 s.peak.map(|(at, _)| rfc3339(at)).unwrap_or_default(),
-                number(s.peak.map(|(_, value)| value)),
+                optional(s.peak.map(|(_, value)| value)),
             ]],
         ));
     }

@@ -3,7 +3,7 @@
 //! events are found and matched).
 
 use crate::http::problem::{ApiError, Result};
-use crate::http::{csv_response, format, json_response, parse_query, time, Format};
+use crate::http::{csv_response, format, json_response, optional, parse_query, time, Format};
 use crate::state::ApiState;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -199,7 +199,6 @@ pub async fn verification(
         }
     }
     if format == Format::Csv {
-        let number = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
         return Ok(csv_response(
             &[
                 "area",
@@ -219,10 +218,10 @@ pub async fn verification(
                     s.tally.hits.to_string(),
                     s.tally.misses.to_string(),
                     s.tally.false_alarms.to_string(),
-                    number(s.mean_lead_minutes),
-                    number(s.tally.probability_of_detection),
-                    number(s.tally.false_alarm_ratio),
-                    number(s.tally.critical_success_index),
+                    optional(s.mean_lead_minutes),
+                    optional(s.tally.probability_of_detection),
+                    optional(s.tally.false_alarm_ratio),
+                    optional(s.tally.critical_success_index),
                 ]
             }),
         ));
