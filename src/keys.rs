@@ -11,12 +11,15 @@ use tidemark_store::{DatabaseConfig, Store};
 pub enum KeysCommand {
     /// Create a key and print it (once).
     Create {
-        /// researcher, utility, municipality or operator.
+        /// researcher, utility, municipality, operator or producer.
         #[arg(long)]
         role: String,
         /// The municipality code a municipality key acts for (e.g. 0751 for Aarhus).
         #[arg(long)]
         municipality: Option<String>,
+        /// The forecast source a producer key posts for (e.g. dmi).
+        #[arg(long)]
+        source: Option<String>,
         /// What the key is for, shown in lists.
         #[arg(long, default_value = "")]
         label: String,
@@ -36,14 +39,25 @@ pub async fn run(database: &DatabaseConfig, command: KeysCommand) -> anyhow::Res
         KeysCommand::Create {
             role,
             municipality,
+            source,
             label,
             expires_in,
         } => {
             let role = Role::parse(&role).with_context(|| {
-                format!("role {role:?} is not one of researcher, utility, municipality, operator")
+                format!(
+                    "role {role:?} is not one of researcher, utility, municipality, operator, producer"
+                )
             })?;
             if (role == Role::Municipality) != municipality.is_some() {
                 anyhow::bail!("--municipality is required for, and only for, a municipality key");
+            }
+            if (role == Role::Producer) != source.is_some() {
+                anyhow::bail!("--source is required for, and only for, a producer key");
+            }
+            if let Some(source) = &source {
+                tidemark_model::DeviceId::parse(source)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("--source {source:?}"))?;
             }
             if let Some(code) = &municipality {
                 let unknown = store
@@ -63,15 +77,26 @@ pub async fn run(database: &DatabaseConfig, command: KeysCommand) -> anyhow::Res
                 }
                 None => None,
             };
-            let (key, row) = tidemark_api::auth::create_key(
-                &store,
-                role,
-                municipality,
-                label,
-                expires_at,
-                &tidemark_api::auth::Actor::cli(),
-            )
-            .await?;
+            let actor = tidemark_api::auth::Actor::cli();
+            let (key, row) = match source {
+                Some(source) => {
+                    tidemark_api::auth::create_producer_key(
+                        &store, source, label, expires_at, &actor,
+                    )
+                    .await?
+                }
+                None => {
+                    tidemark_api::auth::create_key(
+                        &store,
+                        role,
+                        municipality,
+                        label,
+                        expires_at,
+                        &actor,
+                    )
+                    .await?
+                }
+            };
             println!("{key}");
             eprintln!(
                 "created {} key {} (shown once; only its hash is stored){}",

@@ -47,6 +47,15 @@ fn cause_en(t: &Trigger) -> String {
             t.rate.unwrap_or_default(),
             t.threshold
         ),
+        "forecast" => format!(
+            "the {} forecast issued {} expects {} to reach {:.2} m (the {:.2} m threshold) from {}",
+            t.forecast.as_ref().map_or("", |f| f.source.as_str()),
+            t.forecast.as_ref().map(|f| when(f.issued_at)).unwrap_or_default(),
+            t.sensor,
+            t.value,
+            t.threshold,
+            t.expected_at.map(when).unwrap_or_default()
+        ),
         "upstream" => format!(
             "water at upstream gauge {} ({:.2} m) is expected to arrive by {}",
             t.sensor,
@@ -80,6 +89,15 @@ fn cause_da(t: &Trigger) -> String {
             t.value,
             t.rate.unwrap_or_default(),
             t.threshold
+        ),
+        "forecast" => format!(
+            "prognosen fra {} udsendt {} venter at {} når {:.2} m (tærsklen på {:.2} m) fra {}",
+            t.forecast.as_ref().map_or("", |f| f.source.as_str()),
+            t.forecast.as_ref().map(|f| when(f.issued_at)).unwrap_or_default(),
+            t.sensor,
+            t.value,
+            t.threshold,
+            t.expected_at.map(when).unwrap_or_default()
         ),
         "upstream" => format!(
             "vandet ved {} opstrøms ({:.2} m) ventes at nå frem senest {}",
@@ -189,6 +207,7 @@ mod tests {
                 threshold: 2.0,
                 rate: None,
                 expected_at: None,
+                forecast: None,
             }),
         };
         let (en, da) = compose("Flensburg Fjord", &event);

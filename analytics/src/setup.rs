@@ -47,6 +47,9 @@ pub struct AreaSpec {
     /// The exterior ring as `[lon, lat]` pairs, closed.
     pub polygon: Vec<[f64; 2]>,
     pub sensors: Vec<String>,
+    /// How far ahead forecasts are looked at.
+    #[serde(default = "two_days", with = "duration::serde_str")]
+    pub forecast_horizon: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -98,6 +101,12 @@ pub struct RainSpec {
     pub severity: String,
 }
 
+/// An area's forecast horizon unless its file says otherwise.
+pub const DEFAULT_FORECAST_HORIZON: Duration = Duration::from_secs(48 * 3600);
+
+const fn two_days() -> Duration {
+    DEFAULT_FORECAST_HORIZON
+}
 const fn one() -> i32 {
     1
 }
@@ -154,6 +163,7 @@ pub fn load(
                 polygon: polygon_json(&shape),
                 municipality_codes: layer.for_area(&shape, nearest_km),
                 sensors: area.sensors.clone(),
+                forecast_horizon: area.forecast_horizon,
             });
         }
         for t in &file.thresholds {
@@ -237,6 +247,7 @@ pub fn load(
             polygon: polygon_json(&square),
             municipality_codes: layer.for_point(Point::new(lon, lat), nearest_km),
             sensors: vec![sensor],
+            forecast_horizon: DEFAULT_FORECAST_HORIZON,
         });
     }
     Ok(setup)

@@ -77,6 +77,39 @@ pub async fn create_key(
     expires_at: Option<DateTime<Utc>>,
     actor: &Actor,
 ) -> tidemark_store::Result<(String, ApiKeyRow)> {
+    create_scoped_key(store, role, municipality, None, label, expires_at, actor).await
+}
+
+/// [`create_key`] for a producer key, which posts forecasts for `source` only (registered as a
+/// forecast source if new).
+pub async fn create_producer_key(
+    store: &Store,
+    source: String,
+    label: String,
+    expires_at: Option<DateTime<Utc>>,
+    actor: &Actor,
+) -> tidemark_store::Result<(String, ApiKeyRow)> {
+    create_scoped_key(
+        store,
+        Role::Producer,
+        None,
+        Some(source),
+        label,
+        expires_at,
+        actor,
+    )
+    .await
+}
+
+async fn create_scoped_key(
+    store: &Store,
+    role: Role,
+    municipality: Option<String>,
+    source: Option<String>,
+    label: String,
+    expires_at: Option<DateTime<Utc>>,
+    actor: &Actor,
+) -> tidemark_store::Result<(String, ApiKeyRow)> {
     let prefix: String = random_bytes::<6>()
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -87,7 +120,8 @@ pub async fn create_key(
         "key.create",
         format!("key {prefix}"),
         serde_json::json!({
-            "role": role.name(), "municipality": municipality, "label": label, "expires_at": expires_at,
+            "role": role.name(), "municipality": municipality, "source": source, "label": label,
+            "expires_at": expires_at,
         }),
     );
     let row = store
@@ -97,6 +131,7 @@ pub async fn create_key(
                 hash: hash(&key),
                 role,
                 municipality,
+                source,
                 label,
                 expires_at,
             },
@@ -113,6 +148,8 @@ pub struct Caller {
     pub prefix: String,
     pub role: Role,
     pub municipality: Option<String>,
+    /// The forecast source a producer key posts for.
+    pub source: Option<String>,
 }
 
 impl Caller {
@@ -160,6 +197,7 @@ pub async fn authenticate(store: &Store, presented: &str, now: DateTime<Utc>) ->
         prefix: row.prefix,
         role: row.role,
         municipality: row.municipality,
+        source: row.source,
     })
 }
 

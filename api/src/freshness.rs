@@ -43,6 +43,8 @@ fn kinds_of(channel: Channel) -> &'static [Kind] {
         Channel::ReadingsCommitted | Channel::ReadingsFlagged => &[Kind::Readings],
         Channel::ReferenceChanged | Channel::FloodSetupChanged => &[Kind::Reference],
         Channel::WarningsChanged => &[Kind::Warnings],
+        // No route with Last-Modified answers from forecasts.
+        Channel::ForecastsCommitted => &[],
     }
 }
 

@@ -24,15 +24,18 @@ pub enum Channel {
     FloodSetupChanged,
     /// A warning event was recorded.
     WarningsChanged,
+    /// Forecast issues committed.
+    ForecastsCommitted,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 5] = [
+    pub const ALL: [Channel; 6] = [
         Channel::ReadingsCommitted,
         Channel::ReadingsFlagged,
         Channel::ReferenceChanged,
         Channel::FloodSetupChanged,
         Channel::WarningsChanged,
+        Channel::ForecastsCommitted,
     ];
 
     /// The channel's name in PostgreSQL.
@@ -43,6 +46,7 @@ impl Channel {
             Channel::ReferenceChanged => "reference_changed",
             Channel::FloodSetupChanged => "flood_setup_changed",
             Channel::WarningsChanged => "warnings_changed",
+            Channel::ForecastsCommitted => "forecasts_committed",
         }
     }
 
@@ -80,6 +84,10 @@ pub enum Notice {
     WarningsChanged {
         event_id: i64,
     },
+    /// Ids of the sensors with new forecast issues.
+    ForecastsCommitted {
+        sensors: Vec<i32>,
+    },
 }
 
 /// A notification whose payload does not have its channel's shape.
@@ -98,6 +106,7 @@ impl Notice {
             Notice::ReferenceChanged => Channel::ReferenceChanged,
             Notice::FloodSetupChanged => Channel::FloodSetupChanged,
             Notice::WarningsChanged { .. } => Channel::WarningsChanged,
+            Notice::ForecastsCommitted { .. } => Channel::ForecastsCommitted,
         }
     }
 
@@ -110,6 +119,9 @@ impl Notice {
             Notice::ReadingsFlagged { sensor_key } => sensor_key.clone(),
             Notice::ReferenceChanged | Notice::FloodSetupChanged => String::new(),
             Notice::WarningsChanged { event_id } => event_id.to_string(),
+            Notice::ForecastsCommitted { sensors } => {
+                serde_json::to_string(sensors).expect("ids serialise")
+            }
         }
     }
 
@@ -130,6 +142,9 @@ impl Notice {
             Channel::FloodSetupChanged => Notice::FloodSetupChanged,
             Channel::WarningsChanged => Notice::WarningsChanged {
                 event_id: payload.parse().map_err(|_| bad())?,
+            },
+            Channel::ForecastsCommitted => Notice::ForecastsCommitted {
+                sensors: serde_json::from_str(payload).map_err(|_| bad())?,
             },
         })
     }
@@ -246,6 +261,9 @@ mod tests {
             Notice::ReferenceChanged,
             Notice::FloodSetupChanged,
             Notice::WarningsChanged { event_id: 42 },
+            Notice::ForecastsCommitted {
+                sensors: vec![3, 9],
+            },
         ];
         for notice in notices {
             let parsed = Notice::parse(notice.channel().name(), &notice.payload()).unwrap();

@@ -11,6 +11,8 @@ pub enum Role {
     Utility,
     Municipality,
     Operator,
+    /// Posts forecasts for its one source.
+    Producer,
 }
 
 impl Role {
@@ -20,6 +22,7 @@ impl Role {
             Role::Utility => "utility",
             Role::Municipality => "municipality",
             Role::Operator => "operator",
+            Role::Producer => "producer",
         }
     }
 
@@ -29,6 +32,7 @@ impl Role {
             Role::Utility,
             Role::Municipality,
             Role::Operator,
+            Role::Producer,
         ]
         .into_iter()
         .find(|r| r.name() == text)
@@ -42,6 +46,8 @@ pub struct ApiKeyRow {
     pub hash: Vec<u8>,
     pub role: Role,
     pub municipality: Option<String>,
+    /// The forecast source a producer key posts for.
+    pub source: Option<String>,
     pub label: String,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
@@ -55,12 +61,14 @@ pub struct NewApiKey {
     pub hash: Vec<u8>,
     pub role: Role,
     pub municipality: Option<String>,
+    /// Required for, and only for, a producer key; registered as a source if new.
+    pub source: Option<String>,
     pub label: String,
     pub expires_at: Option<DateTime<Utc>>,
 }
 
 const KEY_COLUMNS: &str =
-    "id, prefix, hash, role, municipality, label, created_at, expires_at, revoked_at";
+    "id, prefix, hash, role, municipality, label, created_at, expires_at, revoked_at, source";
 
 fn key_row(r: &tokio_postgres::Row) -> Result<ApiKeyRow> {
     let role: String = r.get(3);
@@ -75,6 +83,7 @@ fn key_row(r: &tokio_postgres::Row) -> Result<ApiKeyRow> {
         created_at: r.get(6),
         expires_at: r.get(7),
         revoked_at: r.get(8),
+        source: r.get(9),
     })
 }
 
@@ -83,11 +92,19 @@ impl Store {
         let mut client = self.client().await?;
         let tx = client.transaction().await.context("begin creating a key")?;
         crate::audit::record(&tx, audit).await?;
+        if let Some(source) = &key.source {
+            tx.execute(
+                "INSERT INTO forecast_sources (name, label) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                &[source, &key.label],
+            )
+            .await
+            .context("registering a forecast source")?;
+        }
         let row = tx
             .query_one(
                 &format!(
-                    "INSERT INTO api_keys (prefix, hash, role, municipality, label, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING {KEY_COLUMNS}"
+                    "INSERT INTO api_keys (prefix, hash, role, municipality, label, expires_at, source) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {KEY_COLUMNS}"
                 ),
                 &[
                     &key.prefix,
@@ -96,6 +113,7 @@ impl Store {
                     &key.municipality,
                     &key.label,
                     &key.expires_at,
+                    &key.source,
                 ],
             )
             .await

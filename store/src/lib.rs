@@ -34,6 +34,7 @@ pub mod config;
 pub mod coordination;
 pub mod events;
 pub mod flood;
+pub mod forecasts;
 pub mod keys;
 pub mod notify;
 pub mod opendata;

@@ -88,6 +88,9 @@ pub struct Batch<'a> {
     /// arrive as messages, whose conflicts are then counted but kept nowhere.
     pub origins: &'a [Origin],
     pub refusals: &'a [Refusal],
+    /// Forecast issues, each with the index of its message in `forecast_messages`.
+    pub forecasts: &'a [crate::forecasts::ForecastRow],
+    pub forecast_messages: &'a [u32],
 }
 
 /// What one batch write did.
@@ -102,13 +105,18 @@ pub struct WriteOutcome {
     pub conflicts: u64,
     /// Rejected messages newly stored.
     pub rejections_stored: u64,
+    /// Forecast issues newly stored, and redelivered ones absorbed.
+    pub forecasts_stored: u64,
+    pub forecasts_duplicate: u64,
+    /// Forecast issues refused as `conflict`: the same key is stored with other values.
+    pub forecasts_conflict: u64,
 }
 
 /// The reason code of a reading whose (sensor, time) is stored with another value.
 pub const CONFLICT: &str = "conflict";
 
 /// Sensor ids per notification, keeping each payload well under PostgreSQL's 8,000-byte limit.
-const SENSORS_PER_NOTIFICATION: usize = 500;
+pub(crate) const SENSORS_PER_NOTIFICATION: usize = 500;
 /// The longest topic kept with a rejection: MQTT allows 65,535 bytes, and an index entry at most
 /// about 2,700.
 const MAX_TOPIC_BYTES: usize = 1024;
@@ -163,6 +171,8 @@ impl Store {
             readings,
             origins: &[],
             refusals: &refusals,
+            forecasts: &[],
+            forecast_messages: &[],
         };
         self.write(batch, received_at).await
     }
@@ -211,6 +221,34 @@ impl Store {
                         reading.value
                     ),
                 });
+            }
+        }
+        if !batch.forecasts.is_empty() {
+            let stored = crate::forecasts::write_forecasts(&tx, batch.forecasts).await?;
+            for ((row, stored), message) in batch
+                .forecasts
+                .iter()
+                .zip(stored)
+                .zip(batch.forecast_messages)
+            {
+                match stored {
+                    crate::forecasts::Stored::New => outcome.forecasts_stored += 1,
+                    crate::forecasts::Stored::Duplicate => outcome.forecasts_duplicate += 1,
+                    crate::forecasts::Stored::Conflict => {
+                        outcome.forecasts_conflict += 1;
+                        conflicts.push(Refusal {
+                        message: *message,
+                        entry: None,
+                        reason_code: CONFLICT,
+                        reason: format!(
+                            "a forecast of sensor {} from {} issued at {} is stored with other values",
+                            row.sensor_id,
+                            row.source,
+                            row.issued_at.to_rfc3339()
+                        ),
+                    })
+                    }
+                }
             }
         }
         if !batch.refusals.is_empty() || !conflicts.is_empty() {

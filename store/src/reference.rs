@@ -26,6 +26,8 @@ pub struct Directory {
     pub devices: HashSet<DeviceId>,
     /// Sensor key to its database id and spec.
     pub sensors: HashMap<SensorKey, (i32, SensorSpec)>,
+    /// The sources that may issue forecasts.
+    pub sources: HashSet<String>,
 }
 
 impl Store {
@@ -130,6 +132,13 @@ impl Store {
                     tracing::warn!(device = %key, %error, "skipping device with an invalid key")
                 }
             }
+        }
+        for row in client
+            .query("SELECT name FROM forecast_sources", &[])
+            .await
+            .context("loading forecast sources")?
+        {
+            directory.sources.insert(row.get(0));
         }
         for row in client
             .query(

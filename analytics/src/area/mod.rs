@@ -30,8 +30,19 @@ pub struct Trigger {
     pub threshold: f64,
     /// Units per hour, where a trend was measured.
     pub rate: Option<f64>,
-    /// For a projection: when the threshold will be reached.
+    /// For a projection or a forecast: when the threshold will be reached.
     pub expected_at: Option<DateTime<Utc>>,
+    /// For a forecast: the issue behind it.
+    pub forecast: Option<ForecastRef>,
+}
+
+/// The forecast issue behind an expected level.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForecastRef {
+    pub source: String,
+    pub issued_at: DateTime<Utc>,
+    /// Tidemark's own nowcast.
+    pub nowcast: bool,
 }
 
 /// One source's (or the area's) state: each entry holds from its time until the next.
@@ -70,6 +81,9 @@ pub struct AreaInput {
     pub levels: Vec<LevelSensor>,
     pub rains: Vec<RainSensor>,
     pub upstream: Vec<Upstream>,
+    /// Each level sensor's forecasts, per source, and how the area uses them.
+    pub forecasts: Vec<forecast::SensorForecasts>,
+    pub forecast_use: forecast::ForecastUse,
     /// A station is stale after this many expected intervals without a reading.
     pub stale_after_intervals: i32,
 }
@@ -161,6 +175,7 @@ fn level_steps(
                     threshold: sensor.rule.threshold(severity),
                     rate: None,
                     expected_at: None,
+                    forecast: None,
                 },
             )
         });
@@ -187,6 +202,7 @@ fn level_steps(
                                 threshold,
                                 rate: Some(rate),
                                 expected_at: Some(at),
+                                forecast: None,
                             },
                         )
                     })
@@ -209,6 +225,7 @@ fn level_steps(
                             threshold: limit,
                             rate: Some(rate),
                             expected_at: None,
+                    forecast: None,
                         },
                     )
                 });
@@ -276,6 +293,7 @@ fn rain_steps(sensor: &RainSensor) -> Steps {
                 threshold: rule.more_than_mm,
                 rate: None,
                 expected_at: None,
+                    forecast: None,
             };
             last = Some((sample.ts, level, trigger));
         }
@@ -364,6 +382,11 @@ pub fn evaluate(area: &AreaInput, now: DateTime<Utc>) -> Evaluation {
         .collect();
     sources.extend(area.rains.iter().map(rain_steps));
     sources.extend(area.upstream.iter().map(upstream_steps));
+    sources.extend(
+        area.forecasts
+            .iter()
+            .map(|f| forecast::steps(f, area.forecast_use)),
+    );
     let mut times: Vec<DateTime<Utc>> = sources
         .iter()
         .flat_map(|s| s.iter().map(|(at, _, _)| *at))
@@ -514,5 +537,6 @@ fn staleness_event(stale: bool, at: DateTime<Utc>, in_force: Option<Level>) -> A
     }
 }
 
+pub mod forecast;
 #[cfg(test)]
 mod tests;

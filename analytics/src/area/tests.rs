@@ -41,6 +41,8 @@ fn area(levels: Vec<LevelSensor>) -> AreaInput {
         levels,
         rains: vec![],
         upstream: vec![],
+        forecasts: Vec::new(),
+        forecast_use: super::forecast::ForecastUse::default(),
         stale_after_intervals: 3,
     }
 }
@@ -229,6 +231,8 @@ fn rain_and_upstream_raise_alerts() {
         levels: vec![],
         rains: vec![rain],
         upstream: vec![upstream],
+        forecasts: Vec::new(),
+        forecast_use: super::forecast::ForecastUse::default(),
         stale_after_intervals: 3,
     };
     let evaluation = evaluate(&input, start() + Duration::hours(3));

@@ -34,6 +34,10 @@ pub struct AnalyticsConfig {
     /// How long a rainfall alert stays after the rain last exceeded a rule.
     #[serde(default = "default_rain_hold", with = "duration::serde_str")]
     pub rain_hold: Duration,
+    /// A forecast issue is current for at most this long (a later issue of its source replaces
+    /// it sooner).
+    #[serde(default = "default_forecast_max_age", with = "duration::serde_str")]
+    pub forecast_max_age: Duration,
     /// Where `tidemark analytics` serves `/metrics`, `/healthz` and `/readyz` (in `tidemark run`
     /// the API serves them).
     #[serde(default = "default_analytics_metrics_listen")]
@@ -51,6 +55,7 @@ impl Default for AnalyticsConfig {
             stale_after_intervals: default_stale_after(),
             debounce: default_debounce(),
             rain_hold: default_rain_hold(),
+            forecast_max_age: default_forecast_max_age(),
             metrics_listen: default_analytics_metrics_listen(),
         }
     }
@@ -86,4 +91,8 @@ pub(crate) fn default_analytics_metrics_listen() -> String {
 
 pub(crate) const fn default_rain_hold() -> Duration {
     Duration::from_secs(3600)
+}
+
+pub(crate) const fn default_forecast_max_age() -> Duration {
+    Duration::from_secs(12 * 3600)
 }

@@ -3,6 +3,7 @@
 
 use super::state::{Metrics, Model, Settings};
 use super::upkeep::{chrono, samples};
+use crate::area::forecast::{ForecastUse, Issue, SensorForecasts};
 use crate::area::{self, AreaInput, Level, LevelSensor, RainSensor, Upstream, WarningKind};
 use crate::level::LevelRule;
 use crate::messages;
@@ -13,6 +14,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 use tidemark_model::warning::alert_topic;
 use tidemark_store::flood::{AreaDecision, AreaStatus, CrossingRow, NewEvent, TrendRow};
+use tidemark_store::forecasts::StoredForecast;
 use tidemark_store::Store;
 
 pub(crate) async fn evaluate_area(
@@ -101,6 +103,12 @@ pub(crate) async fn try_evaluate_area(
         levels: Vec::new(),
         rains: Vec::new(),
         upstream: Vec::new(),
+        forecasts: Vec::new(),
+        forecast_use: ForecastUse {
+            horizon: chrono(area.forecast_horizon),
+            max_age: chrono(settings.analytics.forecast_max_age),
+            until: now,
+        },
         stale_after_intervals: settings.analytics.stale_after_intervals,
     };
     for sensor in &area.sensors {
@@ -141,6 +149,13 @@ pub(crate) async fn try_evaluate_area(
                 travel_time: chrono(link.travel_time),
             });
         }
+    }
+    if !input.levels.is_empty() {
+        let level_keys: Vec<String> = input.levels.iter().map(|l| l.key.clone()).collect();
+        let from = now - chrono(settings.analytics.lookback) - input.forecast_use.max_age;
+        let stored = store.forecasts_since(&level_keys, from).await?;
+        input.forecasts = forecasts_of(&input.levels, stored);
+        input.forecast_use.until = readings_reached(&input, now);
     }
     let evaluation = area::evaluate(&input, now);
     let trends: Vec<TrendRow> = evaluation
@@ -191,6 +206,54 @@ pub(crate) async fn try_evaluate_area(
     Ok(decision.events.len() as u64)
 }
 
+/// The stored issues of the area's level sensors, per sensor and source.
+fn forecasts_of(levels: &[LevelSensor], stored: Vec<StoredForecast>) -> Vec<SensorForecasts> {
+    let mut out: Vec<SensorForecasts> = Vec::new();
+    for issue in stored {
+        let Some(level) = levels.iter().find(|l| l.key == issue.sensor_key) else {
+            continue;
+        };
+        let values = issue.values.iter().map(|v| (v.valid_at, v.value)).collect();
+        let issue_row = Issue {
+            issued_at: issue.issued_at,
+            values,
+        };
+        match out
+            .iter_mut()
+            .find(|f| f.sensor == issue.sensor_key && f.source == issue.source)
+        {
+            Some(forecasts) => forecasts.issues.push(issue_row),
+            None => out.push(SensorForecasts {
+                sensor: issue.sensor_key,
+                source: issue.source,
+                nowcast: issue.builtin,
+                rule: level.rule,
+                issues: vec![issue_row],
+            }),
+        }
+    }
+    out
+}
+
+/// How far in data time the area's forecasts may act: as far as its readings have come (within
+/// one expected interval), so that a forecast committed ahead of readings still on their way (a
+/// replay, a back-fill) does not put events ahead of them. Once the stations are silent, up to
+/// now.
+fn readings_reached(input: &AreaInput, now: DateTime<Utc>) -> DateTime<Utc> {
+    let mut reached: Option<DateTime<Utc>> = None;
+    for sensor in &input.levels {
+        let limit = sensor.expected_interval * input.stale_after_intervals.max(1);
+        let silent = sensor.last_received.is_none_or(|at| now - at > limit);
+        let at = match sensor.samples.last() {
+            _ if silent => now,
+            Some(last) => last.ts + sensor.expected_interval,
+            None => now,
+        };
+        reached = Some(reached.map_or(at, |r| r.max(at)));
+    }
+    reached.unwrap_or(now).min(now)
+}
+
 /// The events that take the area from its recorded status to its evaluation, with the crossings
 /// behind them that came after the area's last event.
 fn decide(area_name: &str, evaluation: &area::Evaluation, status: &AreaStatus) -> AreaDecision {
@@ -219,10 +282,16 @@ fn decide(area_name: &str, evaluation: &area::Evaluation, status: &AreaStatus) -
                 message_en,
                 message_da,
                 trigger: event.trigger.as_ref().map_or(serde_json::json!({}), |t| {
-                    serde_json::json!({
+                    let mut trigger = serde_json::json!({
                         "sensor": t.sensor, "cause": t.cause, "value": t.value, "threshold": t.threshold,
                         "rate": t.rate, "expected_at": t.expected_at,
-                    })
+                    });
+                    if let Some(f) = &t.forecast {
+                        trigger["source"] = serde_json::json!(f.source);
+                        trigger["issued_at"] = serde_json::json!(f.issued_at);
+                        trigger["nowcast"] = serde_json::json!(f.nowcast);
+                    }
+                    trigger
                 }),
             }
         })

@@ -44,7 +44,11 @@ pub async fn run(
         }
     });
     // Listening before the setup is read, so that no change falls between the two.
-    let channels = [Channel::ReadingsCommitted, Channel::FloodSetupChanged];
+    let channels = [
+        Channel::ReadingsCommitted,
+        Channel::FloodSetupChanged,
+        Channel::ForecastsCommitted,
+    ];
     let mut listener = notify::listen(&settings.database, &channels).await?;
     let mut model = Model::load(&store).await?;
     tracing::info!(areas = model.setup.areas.len(), "analytics started");
@@ -137,6 +141,13 @@ pub async fn run(
                     }
                     pending.extend(model.setup.areas.iter().map(|a| a.key.clone()));
                 }
+                let forecast_ids: BTreeSet<i32> = notifications
+                    .iter()
+                    .flat_map(|n| match n {
+                        Notice::ForecastsCommitted { sensors } => sensors.clone(),
+                        _ => Vec::new(),
+                    })
+                    .collect();
                 let batches: Vec<ReadingsCommitted> = notifications
                     .into_iter()
                     .filter_map(|n| match n {
@@ -197,7 +208,7 @@ pub async fn run(
                         tracing::warn!(%error, "night flow failed");
                     }
                 }
-                for id in ids {
+                for id in ids.into_iter().chain(forecast_ids) {
                     if let Some(key) = model.by_id.get(&id) {
                         pending.extend(model.areas_of(key));
                     }

@@ -27,6 +27,9 @@ pub struct FloodAreaUpdate {
     /// Gauges upstream in the same river network, with the flood wave's travel time.
     #[serde(default)]
     pub upstream: Vec<UpstreamUpdate>,
+    /// How far ahead forecasts are looked at, such as `48h` (the default).
+    #[serde(default)]
+    pub forecast_horizon: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -36,6 +39,11 @@ pub struct UpstreamUpdate {
     /// Such as `2h`.
     pub travel_time: String,
 }
+
+/// How far ahead an area looks at forecasts unless told otherwise, and at most.
+pub(crate) const DEFAULT_FORECAST_HORIZON: std::time::Duration =
+    std::time::Duration::from_secs(48 * 3600);
+const MAX_FORECAST_HORIZON: std::time::Duration = std::time::Duration::from_secs(16 * 24 * 3600);
 
 /// Most corners of an area's outline.
 pub(crate) const MAX_POLYGON_POINTS: usize = 10_000;
@@ -127,6 +135,18 @@ pub async fn put_flood_area(
             "upstream": r.upstream.iter().map(|u| serde_json::json!({"sensor": u.sensor, "travel_time": u.travel_time})).collect::<Vec<_>>(),
         }),
     );
+    let forecast_horizon = match &r.forecast_horizon {
+        None => DEFAULT_FORECAST_HORIZON,
+        Some(text) => tidemark_model::duration::parse(text)
+            .ok()
+            .filter(|d| !d.is_zero() && *d <= MAX_FORECAST_HORIZON)
+            .ok_or_else(|| {
+                ApiError::bad(
+                    "forecast_horizon",
+                    "a duration such as 48h, more than zero and at most 16 days",
+                )
+            })?,
+    };
     let setup = tidemark_store::flood::FloodSetup {
         areas: vec![tidemark_store::flood::AreaRow {
             key: key.clone(),
@@ -134,6 +154,7 @@ pub async fn put_flood_area(
             polygon,
             municipality_codes: r.municipalities,
             sensors: r.sensors,
+            forecast_horizon,
         }],
         links,
         ..Default::default()

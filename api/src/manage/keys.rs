@@ -17,10 +17,13 @@ use utoipa::ToSchema;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
-    /// researcher, utility, municipality or operator.
+    /// researcher, utility, municipality, operator or producer.
     pub role: String,
     /// The municipality code a municipality key acts for; required for, and only for, that role.
     pub municipality: Option<String>,
+    /// The forecast source a producer key posts for (an identifier such as `dmi`); required for,
+    /// and only for, that role.
+    pub source: Option<String>,
     #[serde(default)]
     pub label: String,
     /// Lifetime such as `90d`; without it the key lasts until revoked.
@@ -32,6 +35,8 @@ pub struct KeyBody {
     pub prefix: String,
     pub role: String,
     pub municipality: Option<String>,
+    /// A producer key's forecast source.
+    pub source: Option<String>,
     pub label: String,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
@@ -46,6 +51,7 @@ pub(crate) fn key_body(row: tidemark_store::keys::ApiKeyRow, key: Option<String>
         prefix: row.prefix,
         role: row.role.name().to_owned(),
         municipality: row.municipality,
+        source: row.source,
         label: row.label,
         created_at: row.created_at,
         expires_at: row.expires_at,
@@ -73,7 +79,7 @@ pub async fn create_key(
     let role = Role::parse(&request.role).ok_or_else(|| {
         ApiError::bad(
             "role",
-            "role must be researcher, utility, municipality or operator",
+            "role must be researcher, utility, municipality, operator or producer",
         )
     })?;
     if (role == Role::Municipality) != request.municipality.is_some() {
@@ -81,6 +87,17 @@ pub async fn create_key(
             "municipality",
             "municipality is required for, and only for, a municipality key",
         ));
+    }
+    if (role == Role::Producer) != request.source.is_some() {
+        return Err(ApiError::bad(
+            "source",
+            "source is required for, and only for, a producer key",
+        ));
+    }
+    if let Some(source) = &request.source {
+        tidemark_model::DeviceId::parse(source).map_err(|e| {
+            ApiError::bad("source", format!("source {source:?} is not an identifier: {e}"))
+        })?;
     }
     if request.label.chars().count() > 200 {
         return Err(ApiError::bad(
@@ -110,15 +127,29 @@ pub async fn create_key(
         }
         None => None,
     };
-    let (key, row) = crate::auth::create_key(
-        &state.store,
-        role,
-        request.municipality,
-        request.label,
-        expires_at,
-        &caller.actor(),
-    )
-    .await?;
+    let (key, row) = match request.source {
+        Some(source) => {
+            crate::auth::create_producer_key(
+                &state.store,
+                source,
+                request.label,
+                expires_at,
+                &caller.actor(),
+            )
+            .await?
+        }
+        None => {
+            crate::auth::create_key(
+                &state.store,
+                role,
+                request.municipality,
+                request.label,
+                expires_at,
+                &caller.actor(),
+            )
+            .await?
+        }
+    };
     tracing::info!(key = %row.prefix, by = %caller.prefix, role = role.name(), "api key created");
     Ok((StatusCode::CREATED, Json(key_body(row, Some(key)))).into_response())
 }

@@ -113,6 +113,8 @@ fn terms(event: &WarningEvent) -> Terms {
         };
     }
     let observed = event.warning_kind == "observed";
+    // Tidemark's own nowcast is less sure than a forecaster's.
+    let nowcast = event.detail.get("nowcast") == Some(&serde_json::Value::Bool(true));
     Terms {
         msg_type,
         urgency: if observed { "Immediate" } else { "Expected" },
@@ -121,7 +123,11 @@ fn terms(event: &WarningEvent) -> Terms {
             Severity::Warning => "Severe",
             Severity::Alert => "Moderate",
         },
-        certainty: if observed { "Observed" } else { "Likely" },
+        certainty: match (observed, nowcast) {
+            (true, _) => "Observed",
+            (false, false) => "Likely",
+            (false, true) => "Possible",
+        },
         response: match event.severity {
             Severity::Severe => "Execute",
             Severity::Warning => "Prepare",
@@ -449,6 +455,20 @@ mod tests {
         assert_eq!(info.child("urgency").unwrap().text, "Expected");
         assert_eq!(info.child("certainty").unwrap().text, "Likely");
         assert_eq!(info.child("severity").unwrap().text, "Moderate");
+        // Expected from Tidemark's own nowcast: only Possible.
+        let mut nowcast = raised.clone();
+        nowcast.detail = serde_json::json!({"cause": "forecast", "source": "nowcast", "nowcast": true});
+        let root = validate::parse(&alert(
+            &settings(),
+            &nowcast,
+            &[],
+            &square(),
+            &municipalities,
+        ))
+        .unwrap();
+        let info = root.child("info").unwrap();
+        assert_eq!(info.child("urgency").unwrap().text, "Expected");
+        assert_eq!(info.child("certainty").unwrap().text, "Possible");
         let polygon = &info.child("area").unwrap().child("polygon").unwrap().text;
         assert!(
             polygon.starts_with("54.800000,9.400000 ") && polygon.ends_with(" 54.800000,9.400000")

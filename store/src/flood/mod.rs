@@ -33,6 +33,8 @@ pub struct AreaRow {
     pub polygon: serde_json::Value,
     pub municipality_codes: Vec<String>,
     pub sensors: Vec<String>,
+    /// How far ahead the area looks at forecasts.
+    pub forecast_horizon: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

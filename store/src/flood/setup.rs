@@ -40,10 +40,12 @@ impl Store {
         }
         for area in &setup.areas {
             tx.execute(
-                "INSERT INTO flood_areas (key, name, polygon, municipality_codes) VALUES ($1, $2, $3, $4) \
+                "INSERT INTO flood_areas (key, name, polygon, municipality_codes, forecast_horizon) \
+                 VALUES ($1, $2, $3, $4, make_interval(secs => $5)) \
                  ON CONFLICT (key) DO UPDATE SET name = EXCLUDED.name, polygon = EXCLUDED.polygon, \
-                 municipality_codes = EXCLUDED.municipality_codes, updated_at = now()",
-                &[&area.key, &area.name, &area.polygon, &area.municipality_codes],
+                 municipality_codes = EXCLUDED.municipality_codes, \
+                 forecast_horizon = EXCLUDED.forecast_horizon, updated_at = now()",
+                &[&area.key, &area.name, &area.polygon, &area.municipality_codes, &secs(area.forecast_horizon)],
             )
             .await
             .context("upserting a flood area")?;
@@ -173,7 +175,8 @@ impl Store {
         }
         let areas = client
             .query(
-                "SELECT key, name, polygon, municipality_codes FROM flood_areas ORDER BY key",
+                "SELECT key, name, polygon, municipality_codes, \
+                 extract(epoch FROM forecast_horizon)::float8 FROM flood_areas ORDER BY key",
                 &[],
             )
             .await
@@ -185,6 +188,7 @@ impl Store {
                 polygon: r.get(2),
                 municipality_codes: r.get(3),
                 sensors: sensors.remove(r.get::<_, &str>(0)).unwrap_or_default(),
+                forecast_horizon: duration(r.get(4)),
             })
             .collect();
         let links = client

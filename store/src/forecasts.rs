@@ -1,0 +1,314 @@
+//! Forecasts: who may issue them (`forecast_sources`), each issue once (`forecast_issues`, with a
+//! fingerprint that tells a redelivery from a conflicting re-issue), its values (`forecasts`), the
+//! reads analytics and the API need, and retention.
+
+use crate::coordination::{self, Notice};
+use crate::schema::StorageMode;
+use crate::{Context, Result, Store};
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeMap, HashSet};
+use tidemark_model::forecast::ForecastValue;
+use tokio_postgres::Transaction;
+
+/// An issue to store: a validated forecast with its sensor's id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForecastRow {
+    pub sensor_id: i32,
+    pub source: String,
+    pub issued_at: DateTime<Utc>,
+    pub values: Vec<ForecastValue>,
+}
+
+impl ForecastRow {
+    /// A hash of the values (FNV-1a over valid times, values and quantiles), so that a
+    /// redelivered issue is told from another issue with the same key.
+    pub fn fingerprint(&self) -> i64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: [u8; 8]| {
+            for b in bytes {
+                hash ^= u64::from(b);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        for v in &self.values {
+            eat(v.valid_at.timestamp_micros().to_le_bytes());
+            eat(v.value.to_bits().to_le_bytes());
+            for (p, q) in &v.quantiles {
+                eat(p.to_bits().to_le_bytes());
+                eat(q.to_bits().to_le_bytes());
+            }
+        }
+        hash as i64
+    }
+}
+
+/// What storing one issue did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    New,
+    /// The same issue again (a redelivery): nothing changed.
+    Duplicate,
+    /// An issue with the same sensor, source and issue time but other values: refused, the first
+    /// one stands.
+    Conflict,
+}
+
+/// A stored issue, as analytics and the API read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredForecast {
+    pub sensor_key: String,
+    pub source: String,
+    /// Tidemark's own nowcast.
+    pub builtin: bool,
+    pub issued_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub values: Vec<ForecastValue>,
+}
+
+/// Writes issues in the caller's transaction and announces the new ones when it commits.
+pub(crate) async fn write_forecasts(
+    tx: &Transaction<'_>,
+    rows: &[ForecastRow],
+) -> Result<Vec<Stored>> {
+    let mut outcome = Vec::with_capacity(rows.len());
+    let mut sensors = Vec::new();
+    for row in rows {
+        let fingerprint = row.fingerprint();
+        let inserted = tx
+            .execute(
+                "INSERT INTO forecast_issues (sensor_id, source, issued_at, value_count, fingerprint) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[
+                    &row.sensor_id,
+                    &row.source,
+                    &row.issued_at,
+                    &(row.values.len() as i32),
+                    &fingerprint,
+                ],
+            )
+            .await
+            .context("storing a forecast issue")?;
+        if inserted == 0 {
+            let stored: i64 = tx
+                .query_one(
+                    "SELECT fingerprint FROM forecast_issues \
+                     WHERE sensor_id = $1 AND source = $2 AND issued_at = $3",
+                    &[&row.sensor_id, &row.source, &row.issued_at],
+                )
+                .await
+                .context("reading a stored forecast issue")?
+                .get(0);
+            outcome.push(if stored == fingerprint {
+                Stored::Duplicate
+            } else {
+                Stored::Conflict
+            });
+            continue;
+        }
+        let valid: Vec<DateTime<Utc>> = row.values.iter().map(|v| v.valid_at).collect();
+        let values: Vec<f64> = row.values.iter().map(|v| v.value).collect();
+        let quantiles: Vec<Option<serde_json::Value>> = row
+            .values
+            .iter()
+            .map(|v| {
+                (!v.quantiles.is_empty()).then(|| {
+                    v.quantiles
+                        .iter()
+                        .map(|(p, q)| (p.to_string(), serde_json::json!(q)))
+                        .collect::<serde_json::Map<_, _>>()
+                        .into()
+                })
+            })
+            .collect();
+        tx.execute(
+            "INSERT INTO forecasts (sensor_id, source, issued_at, valid_at, value, quantiles) \
+             SELECT $1, $2, $3, v, x, q FROM unnest($4::timestamptz[], $5::float8[], $6::jsonb[]) AS u(v, x, q)",
+            &[&row.sensor_id, &row.source, &row.issued_at, &valid, &values, &quantiles],
+        )
+        .await
+        .context("storing forecast values")?;
+        sensors.push(row.sensor_id);
+        outcome.push(Stored::New);
+    }
+    sensors.sort_unstable();
+    sensors.dedup();
+    for chunk in sensors.chunks(crate::readings::SENSORS_PER_NOTIFICATION) {
+        coordination::notify(
+            tx,
+            &Notice::ForecastsCommitted {
+                sensors: chunk.to_vec(),
+            },
+        )
+        .await?;
+    }
+    Ok(outcome)
+}
+
+fn quantiles_of(value: Option<serde_json::Value>) -> Vec<(f64, f64)> {
+    let mut out: Vec<(f64, f64)> = value
+        .and_then(|v| v.as_object().cloned())
+        .map(|map| {
+            map.iter()
+                .filter_map(|(p, q)| Some((p.parse().ok()?, q.as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+impl Store {
+    /// Stores one issue on its own (the API's path), announcing it when new.
+    pub async fn store_forecast(&self, row: &ForecastRow) -> Result<Stored> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.context("begin forecast")?;
+        let outcome = write_forecasts(&tx, std::slice::from_ref(row)).await?;
+        tx.commit().await.context("commit forecast")?;
+        Ok(outcome[0])
+    }
+
+    /// The sources that may issue forecasts.
+    pub async fn forecast_sources(&self) -> Result<HashSet<String>> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT name FROM forecast_sources", &[])
+            .await
+            .context("listing forecast sources")?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Registers a source (idempotent).
+    pub async fn add_forecast_source(&self, name: &str, label: &str) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO forecast_sources (name, label) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                &[&name, &label],
+            )
+            .await
+            .context("adding a forecast source")?;
+        Ok(())
+    }
+
+    /// Every issue of the sensors issued at or after `from`, by sensor, source and issue time.
+    /// Quantiles are left out: analytics warn on the central value.
+    pub async fn forecasts_since(
+        &self,
+        sensor_keys: &[String],
+        from: DateTime<Utc>,
+    ) -> Result<Vec<StoredForecast>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT s.key, f.source, fs.builtin, f.issued_at, i.received_at, f.valid_at, f.value \
+                 FROM forecast_issues i \
+                 JOIN sensors s ON s.id = i.sensor_id \
+                 JOIN forecast_sources fs ON fs.name = i.source \
+                 JOIN forecasts f ON f.sensor_id = i.sensor_id AND f.source = i.source \
+                   AND f.issued_at = i.issued_at \
+                 WHERE s.key = ANY($1) AND i.issued_at >= $2 \
+                 ORDER BY s.key, f.source, f.issued_at, f.valid_at",
+                &[&sensor_keys, &from],
+            )
+            .await
+            .context("reading forecasts")?;
+        Ok(group(rows.iter().map(|r| {
+            (
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)),
+                ForecastValue {
+                    valid_at: r.get(5),
+                    value: r.get(6),
+                    quantiles: Vec::new(),
+                },
+            )
+        })))
+    }
+
+    /// A sensor's latest issue from each source, or the issue at `issued_at`, with quantiles.
+    pub async fn latest_forecasts(
+        &self,
+        sensor_key: &str,
+        source: Option<&str>,
+        issued_at: Option<DateTime<Utc>>,
+    ) -> Result<Vec<StoredForecast>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "WITH chosen AS ( \
+                   SELECT DISTINCT ON (i.source) i.sensor_id, i.source, i.issued_at, i.received_at \
+                   FROM forecast_issues i JOIN sensors s ON s.id = i.sensor_id \
+                   WHERE s.key = $1 AND ($2::text IS NULL OR i.source = $2) \
+                     AND ($3::timestamptz IS NULL OR i.issued_at = $3) \
+                   ORDER BY i.source, i.issued_at DESC) \
+                 SELECT $1::text, c.source, fs.builtin, c.issued_at, c.received_at, f.valid_at, \
+                   f.value, f.quantiles \
+                 FROM chosen c JOIN forecast_sources fs ON fs.name = c.source \
+                 JOIN forecasts f ON f.sensor_id = c.sensor_id AND f.source = c.source \
+                   AND f.issued_at = c.issued_at \
+                 ORDER BY c.source, f.valid_at",
+                &[&sensor_key, &source, &issued_at],
+            )
+            .await
+            .context("reading the latest forecasts")?;
+        Ok(group(rows.iter().map(|r| {
+            (
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)),
+                ForecastValue {
+                    valid_at: r.get(5),
+                    value: r.get(6),
+                    quantiles: quantiles_of(r.get(7)),
+                },
+            )
+        })))
+    }
+
+    /// Deletes the issues made before `cutoff`; returns how many.
+    pub async fn expire_forecasts(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .context("begin forecast retention")?;
+        let issues = tx
+            .execute(
+                "DELETE FROM forecast_issues WHERE issued_at < $1",
+                &[&cutoff],
+            )
+            .await
+            .context("expiring forecast issues")?;
+        if self.mode == StorageMode::TimescaleDb {
+            tx.query(
+                "SELECT drop_chunks('forecasts', older_than => $1)",
+                &[&cutoff],
+            )
+            .await
+            .context("dropping forecast chunks")?;
+        }
+        tx.execute("DELETE FROM forecasts WHERE issued_at < $1", &[&cutoff])
+            .await
+            .context("expiring forecasts")?;
+        tx.commit().await.context("commit forecast retention")?;
+        Ok(issues)
+    }
+}
+
+type IssueKey = (String, String, bool, DateTime<Utc>, DateTime<Utc>);
+
+/// Rows in issue order into issues.
+fn group(rows: impl Iterator<Item = (IssueKey, ForecastValue)>) -> Vec<StoredForecast> {
+    let mut out: BTreeMap<(String, String, DateTime<Utc>), StoredForecast> = BTreeMap::new();
+    for ((sensor_key, source, builtin, issued_at, received_at), value) in rows {
+        out.entry((sensor_key.clone(), source.clone(), issued_at))
+            .or_insert_with(|| StoredForecast {
+                sensor_key,
+                source,
+                builtin,
+                issued_at,
+                received_at,
+                values: Vec::new(),
+            })
+            .values
+            .push(value);
+    }
+    out.into_values().collect()
+}
