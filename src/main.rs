@@ -137,10 +137,11 @@ async fn execute(
                 tidemark::sim::replay(&config.database, &config.mqtt, &recording, &args, &shutdown)
                     .await?;
             println!(
-                "replayed {}: {} messages, {} readings, timestamps shifted by {} s, {} rows without a value skipped",
+                "replayed {}: {} messages, {} readings, {} forecast issues, timestamps shifted by {} s, {} rows without a value skipped",
                 args.file.display(),
                 report.messages,
                 report.readings,
+                report.forecasts,
                 report.shift.num_seconds(),
                 recording.skipped
             );

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tidemark_model::broker::BrokerConfig;
 use tidemark_model::reference::ReferenceData;
 use tidemark_sensors_sim::engine::{Engine, Report};
+use tidemark_sensors_sim::forecast::ForecastPlan;
 use tidemark_sensors_sim::publish::{self, Fleet, Pace};
 use tidemark_sensors_sim::replay::{self, Recording};
 use tidemark_sensors_sim::scenario::{self, Scenario};
@@ -52,6 +53,63 @@ pub struct ReplayArgs {
     /// A file of `device:password` lines for brokers that require a login.
     #[arg(long)]
     pub passwords: Option<PathBuf>,
+    #[command(flatten)]
+    pub forecasts: ForecastArgs,
+}
+
+/// Simulated forecasts beside a replay (see the README's Forecasts section for the error model).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ForecastArgs {
+    /// Also issue simulated forecasts of every water and sea level in the recording, from the
+    /// recording itself with an error that grows with lead time.
+    #[arg(long = "forecasts")]
+    pub enabled: bool,
+    /// How often a forecast is issued.
+    #[arg(long = "forecast-every", default_value = "6h")]
+    pub every: String,
+    /// How far ahead each forecast runs.
+    #[arg(long = "forecast-horizon", default_value = "48h")]
+    pub horizon: String,
+    /// Seed of the forecast errors.
+    #[arg(long = "forecast-seed", default_value_t = 1)]
+    pub seed: u64,
+    /// The source the forecasts are issued as (registered if new; over MQTT it logs in as this
+    /// user, with its password from `--passwords`).
+    #[arg(long = "forecast-source", default_value = "sim")]
+    pub source: String,
+}
+
+impl Default for ForecastArgs {
+    fn default() -> Self {
+        ForecastArgs {
+            enabled: false,
+            every: "6h".into(),
+            horizon: "48h".into(),
+            seed: 1,
+            source: "sim".into(),
+        }
+    }
+}
+
+impl ForecastArgs {
+    fn plan(&self) -> anyhow::Result<ForecastPlan> {
+        let duration = |text: &str, what: &str| -> anyhow::Result<chrono::Duration> {
+            let parsed = tidemark_model::duration::parse(text)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("--forecast-{what} {text:?}"))?;
+            anyhow::ensure!(
+                !parsed.is_zero(),
+                "--forecast-{what} must be more than zero"
+            );
+            Ok(chrono::Duration::from_std(parsed)?)
+        };
+        Ok(ForecastPlan {
+            every: duration(&self.every, "every")?,
+            horizon: duration(&self.horizon, "horizon")?,
+            seed: self.seed,
+            ..ForecastPlan::default()
+        })
+    }
 }
 
 /// Where a scenario name points: a file as given, or `<config folder>/scenarios/<name>.toml`.
@@ -134,6 +192,8 @@ pub async fn simulate(
 pub struct ReplayReport {
     pub messages: u64,
     pub readings: u64,
+    /// Simulated forecast issues published.
+    pub forecasts: u64,
     pub shift: chrono::Duration,
 }
 
@@ -158,15 +218,38 @@ pub async fn replay(
         replay::align_end(first, last, args.speed, Utc::now())
     };
     register(database, &recording.reference).await?;
-    let messages = recording.messages(shift);
+    let mut messages = recording.messages(shift);
     let readings = messages.iter().map(|m| m.readings as u64).sum();
-    let mut fleet = Fleet::connect(broker, &recording.devices, &passwords(&args.passwords)?)?;
+    let passwords = passwords(&args.passwords)?;
+    let mut fleet = Fleet::connect(broker, &recording.devices, &passwords)?;
+    let mut forecasts = 0;
+    if args.forecasts.enabled {
+        let plan = args.forecasts.plan()?;
+        let source = tidemark_model::DeviceId::parse(&args.forecasts.source)
+            .map_err(anyhow::Error::msg)
+            .context("--forecast-source")?;
+        Store::connect(database)
+            .await?
+            .add_forecast_source(source.as_str(), "simulated forecasts")
+            .await?;
+        let index = fleet.add_source(
+            broker,
+            &source,
+            passwords.get(source.as_str()).map_or("", String::as_str),
+        )?;
+        let issued = recording.forecasts(&plan, index, shift);
+        forecasts = issued.len() as u64;
+        // Each issue after the readings of its time: a forecaster issues from what it has seen.
+        messages.extend(issued);
+        messages.sort_by_key(|m| (m.at, m.device == index));
+    }
     let sent =
         publish::run_timed(messages, &mut fleet, Pace { speed: args.speed }, shutdown).await?;
     fleet.finish(Duration::from_secs(120)).await?;
     Ok(ReplayReport {
         messages: sent,
         readings,
+        forecasts,
         shift,
     })
 }

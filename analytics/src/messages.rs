@@ -47,7 +47,8 @@ fn cause_en(t: &Trigger) -> String {
             t.rate.unwrap_or_default(),
             t.threshold
         ),
-        "forecast" => format!(
+        "forecast" => {
+            format!(
             "the {} forecast issued {} expects {} to reach {:.2} m (the {:.2} m threshold) from {}",
             t.forecast.as_ref().map_or("", |f| f.source.as_str()),
             t.forecast.as_ref().map(|f| when(f.issued_at)).unwrap_or_default(),
@@ -55,7 +56,8 @@ fn cause_en(t: &Trigger) -> String {
             t.value,
             t.threshold,
             t.expected_at.map(when).unwrap_or_default()
-        ),
+        )
+        }
         "upstream" => format!(
             "water at upstream gauge {} ({:.2} m) is expected to arrive by {}",
             t.sensor,
@@ -93,7 +95,10 @@ fn cause_da(t: &Trigger) -> String {
         "forecast" => format!(
             "prognosen fra {} udsendt {} venter at {} når {:.2} m (tærsklen på {:.2} m) fra {}",
             t.forecast.as_ref().map_or("", |f| f.source.as_str()),
-            t.forecast.as_ref().map(|f| when(f.issued_at)).unwrap_or_default(),
+            t.forecast
+                .as_ref()
+                .map(|f| when(f.issued_at))
+                .unwrap_or_default(),
             t.sensor,
             t.value,
             t.threshold,

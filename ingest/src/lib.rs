@@ -12,6 +12,7 @@
 //! broker after a crash or reconnect, and the unique key of `readings` absorbs the copy.
 
 pub mod config;
+pub mod forecast;
 pub mod message;
 pub mod metrics;
 pub mod service;

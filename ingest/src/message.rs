@@ -20,6 +20,7 @@ pub const INGEST_CODES: [&str; 2] = [tidemark_store::readings::CONFLICT, STORAGE
 pub struct Rules {
     pub time: TimeRules,
     pub limits: Limits,
+    pub forecast: tidemark_model::forecast::ForecastLimits,
 }
 
 /// One refusal: of the whole message (`entry: None`) or of one of its entries.
@@ -42,6 +43,8 @@ pub struct Processed {
     /// Some rejection depended on the directory (unknown device or sensor, wrong device), so a
     /// fresher directory might judge the message differently.
     pub depends_on_directory: bool,
+    /// A forecast issue, from a message on a forecast topic.
+    pub forecast: Option<tidemark_store::forecasts::ForecastRow>,
 }
 
 impl Processed {
@@ -69,6 +72,16 @@ pub fn process(
     directory: &Directory,
     rules: Rules,
 ) -> Processed {
+    if topics.is_forecast(topic) {
+        return crate::forecast::process(
+            topic,
+            payload,
+            received_at,
+            topics,
+            directory,
+            rules.forecast,
+        );
+    }
     let mut out = Processed::default();
     let mut refused = Vec::new();
     let mut reject = |rejection: Rejection| {
@@ -175,6 +188,7 @@ mod tests {
                 max_age: Duration::from_secs(86_400),
             },
             limits: Limits::default(),
+            forecast: tidemark_model::forecast::ForecastLimits::default(),
         }
     }
 

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub readings_stored: Counter,
     /// Readings already stored, absorbed by the unique key (redeliveries).
     pub readings_duplicate: Counter,
+    pub forecasts_stored: Counter,
+    pub forecasts_duplicate: Counter,
     /// Rejected messages or entries, by reason code.
     pub rejected: Family<ReasonLabels, Counter>,
     /// Committed batches.
@@ -48,6 +50,8 @@ impl Metrics {
             messages_redelivered: Counter::default(),
             readings_stored: Counter::default(),
             readings_duplicate: Counter::default(),
+            forecasts_stored: Counter::default(),
+            forecasts_duplicate: Counter::default(),
             rejected: Family::default(),
             batches: Counter::default(),
             batch_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
@@ -62,6 +66,7 @@ impl Metrics {
         for code in RejectReason::CODES
             .iter()
             .chain(crate::message::INGEST_CODES.iter())
+            .chain(tidemark_model::forecast::ForecastError::CODES.iter())
         {
             let _ = metrics.rejected.get_or_create(&vec![("reason", code)]);
         }
@@ -85,6 +90,16 @@ impl Metrics {
             "readings_duplicate",
             "Readings already stored, absorbed by the unique key",
             metrics.readings_duplicate.clone(),
+        );
+        ingest.register(
+            "forecasts_stored",
+            "Forecast issues newly stored",
+            metrics.forecasts_stored.clone(),
+        );
+        ingest.register(
+            "forecasts_duplicate",
+            "Forecast issues received again and absorbed",
+            metrics.forecasts_duplicate.clone(),
         );
         ingest.register(
             "rejected",

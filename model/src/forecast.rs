@@ -17,7 +17,7 @@
 //! issue time and within the horizon, quantile probabilities between 0 and 1 with values that do
 //! not decrease as the probability rises, and an issue time neither ahead of the clock nor too old.
 
-use crate::id::{DeviceId, IdError, SensorKey};
+use crate::id::{IdError, SensorKey};
 use crate::quantity::Quantity;
 use crate::unit::Unit;
 use chrono::{DateTime, Duration, Utc};
@@ -89,10 +89,10 @@ pub struct ForecastValue {
 /// Why a forecast is refused; `index` is the value's position in `values`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ForecastError {
-    #[error("topic {0:?} is not <prefix>/forecasts/<source>")]
-    BadTopic(String),
-    #[error("source {name:?} is not a valid identifier: {error}")]
-    BadSource { name: String, error: IdError },
+    #[error("forecast source {0:?} is not registered")]
+    UnknownSource(String),
+    #[error("unknown sensor {0:?}")]
+    UnknownSensor(String),
     #[error("payload is {size} bytes; at most {max} are accepted")]
     TooLarge { size: usize, max: usize },
     #[error("malformed forecast: {0}")]
@@ -140,14 +140,22 @@ pub enum ForecastError {
 }
 
 impl ForecastError {
+    /// The codes forecasts are refused with that readings never are.
+    pub const CODES: [&'static str; 5] = [
+        "too_large",
+        "unknown_source",
+        "unordered",
+        "outside_horizon",
+        "bad_quantile",
+    ];
+
     /// A stable, short code for storage and metrics.
     pub fn code(&self) -> &'static str {
         match self {
-            ForecastError::BadTopic(_) => "bad_topic",
-            ForecastError::BadSource { .. } => "bad_source",
+            ForecastError::UnknownSource(_) => "unknown_source",
             ForecastError::TooLarge { .. } | ForecastError::TooManyValues { .. } => "too_large",
             ForecastError::Malformed(_) | ForecastError::NoValues => "malformed",
-            ForecastError::BadSensor { .. } => "unknown_sensor",
+            ForecastError::BadSensor { .. } | ForecastError::UnknownSensor(_) => "unknown_sensor",
             ForecastError::UnknownUnit(_) => "unknown_unit",
             ForecastError::UnitMismatch { .. } => "unit_mismatch",
             ForecastError::OutOfRange { .. } => "out_of_range",
@@ -158,19 +166,6 @@ impl ForecastError {
             ForecastError::TooOld { .. } => "too_old",
         }
     }
-}
-
-/// The source a forecast topic names: `<prefix>/forecasts/<source>`.
-pub fn source_of<'a>(prefix: &str, topic: &'a str) -> Result<&'a str, ForecastError> {
-    let source = topic
-        .strip_prefix(prefix)
-        .and_then(|rest| rest.strip_prefix("/forecasts/"))
-        .ok_or_else(|| ForecastError::BadTopic(topic.to_owned()))?;
-    DeviceId::parse(source).map_err(|error| ForecastError::BadSource {
-        name: source.to_owned(),
-        error,
-    })?;
-    Ok(source)
 }
 
 /// Reads a forecast's JSON, refusing oversized payloads before parsing them.
@@ -371,21 +366,5 @@ mod tests {
             decode(GOOD.as_bytes(), limits).unwrap_err().code(),
             "too_large"
         );
-    }
-
-    #[test]
-    fn the_topic_names_the_source() {
-        assert_eq!(
-            source_of("tidemark/v1", "tidemark/v1/forecasts/dmi"),
-            Ok("dmi")
-        );
-        for bad in [
-            "tidemark/v1/readings/dmi",
-            "tidemark/v1/forecasts/",
-            "tidemark/v1/forecasts/a/b",
-            "other/forecasts/dmi",
-        ] {
-            assert!(source_of("tidemark/v1", bad).is_err(), "{bad}");
-        }
     }
 }

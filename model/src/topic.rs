@@ -1,5 +1,6 @@
-//! MQTT topic names. A device publishes readings to `<prefix>/readings/<device id>`; the prefix is
-//! `tidemark/v1` unless configured otherwise.
+//! MQTT topic names. A device publishes readings to `<prefix>/readings/<device id>`, a forecast
+//! source its forecasts to `<prefix>/forecasts/<source>`; the prefix is `tidemark/v1` unless
+//! configured otherwise.
 
 use crate::id::{DeviceId, IdError};
 
@@ -22,6 +23,8 @@ pub enum TopicError {
 pub struct ReadingsTopics {
     /// `<prefix>/readings/`, with the trailing slash.
     stem: String,
+    /// `<prefix>/forecasts/`, with the trailing slash.
+    forecast_stem: String,
 }
 
 impl ReadingsTopics {
@@ -38,22 +41,44 @@ impl ReadingsTopics {
         }
         Ok(ReadingsTopics {
             stem: format!("{prefix}/readings/"),
+            forecast_stem: format!("{prefix}/forecasts/"),
         })
     }
 
     /// The filter a subscriber uses: `<prefix>/readings/+`, or `$share/<group>/<prefix>/readings/+`
     /// when several ingest processes split the load.
     pub fn filter(&self, shared_group: Option<&str>) -> Result<String, TopicError> {
-        match shared_group {
-            None => Ok(format!("{}+", self.stem)),
-            Some(group) => {
-                DeviceId::parse(group).map_err(|error| TopicError::BadGroup {
-                    group: group.to_owned(),
-                    error,
+        shared(&self.stem, shared_group)
+    }
+
+    /// The same for forecasts: `<prefix>/forecasts/+`.
+    pub fn forecast_filter(&self, shared_group: Option<&str>) -> Result<String, TopicError> {
+        shared(&self.forecast_stem, shared_group)
+    }
+
+    /// Whether a topic is under `<prefix>/forecasts/`.
+    pub fn is_forecast(&self, topic: &str) -> bool {
+        topic.starts_with(&self.forecast_stem)
+    }
+
+    /// The topic a forecast source publishes to.
+    pub fn for_source(&self, source: &DeviceId) -> String {
+        format!("{}{source}", self.forecast_stem)
+    }
+
+    /// The source a forecast topic names (an identifier, as device ids are).
+    pub fn source_of(&self, topic: &str) -> Result<DeviceId, TopicError> {
+        let source =
+            topic
+                .strip_prefix(&self.forecast_stem)
+                .ok_or_else(|| TopicError::NotReadings {
+                    topic: topic.to_owned(),
+                    expected: format!("{}<source>", self.forecast_stem),
                 })?;
-                Ok(format!("$share/{group}/{}+", self.stem))
-            }
-        }
+        DeviceId::parse(source).map_err(|error| TopicError::BadDevice {
+            topic: topic.to_owned(),
+            error,
+        })
     }
 
     /// The topic a device publishes to.
@@ -73,6 +98,19 @@ impl ReadingsTopics {
             topic: topic.to_owned(),
             error,
         })
+    }
+}
+
+fn shared(stem: &str, shared_group: Option<&str>) -> Result<String, TopicError> {
+    match shared_group {
+        None => Ok(format!("{stem}+")),
+        Some(group) => {
+            DeviceId::parse(group).map_err(|error| TopicError::BadGroup {
+                group: group.to_owned(),
+                error,
+            })?;
+            Ok(format!("$share/{group}/{stem}+"))
+        }
     }
 }
 
@@ -104,6 +142,22 @@ mod tests {
             topics.device_of("other/readings/x"),
             Err(TopicError::NotReadings { .. })
         ));
+        assert_eq!(
+            topics.forecast_filter(Some("ingest")).unwrap(),
+            "$share/ingest/tidemark/v1/forecasts/+"
+        );
+        let dmi = DeviceId::parse("dmi").unwrap();
+        assert_eq!(topics.for_source(&dmi), "tidemark/v1/forecasts/dmi");
+        assert!(topics.is_forecast("tidemark/v1/forecasts/dmi"));
+        assert!(!topics.is_forecast("tidemark/v1/readings/dmi"));
+        assert_eq!(topics.source_of("tidemark/v1/forecasts/dmi"), Ok(dmi));
+        for bad in [
+            "tidemark/v1/readings/dmi",
+            "tidemark/v1/forecasts/",
+            "tidemark/v1/forecasts/a/b",
+        ] {
+            assert!(topics.source_of(bad).is_err(), "{bad}");
+        }
         for prefix in ["", "/a", "a/", "a/+", "a/#", "$SYS"] {
             assert!(ReadingsTopics::new(prefix).is_err(), "{prefix:?}");
         }

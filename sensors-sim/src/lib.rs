@@ -11,6 +11,7 @@
 //! - [`load`]: a load generator for benchmarks and loss tests.
 
 pub mod engine;
+pub mod forecast;
 pub mod load;
 pub mod process;
 pub mod publish;

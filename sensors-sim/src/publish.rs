@@ -72,46 +72,33 @@ impl Fleet {
         let devices = devices
             .iter()
             .map(|device| {
-                let mut options = MqttOptions::new(device.as_str(), &broker.host, broker.port);
-                options
-                    .set_keep_alive(Duration::from_secs(30))
-                    .set_clean_session(false)
-                    .set_inflight(1000)
-                    .set_max_packet_size(broker.max_packet_bytes, broker.max_packet_bytes);
-                if let Some(password) = passwords.get(device.as_str()) {
-                    options.set_credentials(device.as_str(), password);
-                } else {
-                    options.set_credentials(device.as_str(), "");
-                }
-                let (client, mut eventloop) = AsyncClient::new(options, 1000);
-                let acked = Arc::new(AtomicU64::new(0));
-                let counter = acked.clone();
-                let name = device.to_string();
-                let task = tokio::spawn(async move {
-                    loop {
-                        match eventloop.poll().await {
-                            Ok(Event::Incoming(Packet::PubAck(_))) => {
-                                counter.fetch_add(1, Ordering::SeqCst);
-                            }
-                            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
-                            Ok(_) => {}
-                            Err(error) => {
-                                tracing::warn!(device = %name, %error, "simulated device lost its connection");
-                                tokio::time::sleep(Duration::from_millis(500)).await;
-                            }
-                        }
-                    }
-                });
-                DeviceClient {
-                    client,
-                    topic: topics.for_device(device),
-                    published: 0,
-                    acked,
-                    task,
-                }
+                connect_one(
+                    broker,
+                    device.as_str(),
+                    topics.for_device(device),
+                    passwords.get(device.as_str()).map_or("", String::as_str),
+                )
             })
             .collect();
         Ok(Fleet { devices })
+    }
+
+    /// Connects a forecast source as one more member of the fleet, publishing to
+    /// `<prefix>/forecasts/<source>`; returns its index.
+    pub fn add_source(
+        &mut self,
+        broker: &BrokerConfig,
+        source: &DeviceId,
+        password: &str,
+    ) -> Result<usize, Error> {
+        let topics = ReadingsTopics::new(&broker.topic_prefix)?;
+        self.devices.push(connect_one(
+            broker,
+            source.as_str(),
+            topics.for_source(source),
+            password,
+        ));
+        Ok(self.devices.len() - 1)
     }
 
     /// Publishes one message for device `index` at QoS 1.
@@ -156,6 +143,43 @@ impl Fleet {
             let _ = tokio::time::timeout(Duration::from_secs(2), device.task).await;
         }
         Ok(())
+    }
+}
+
+/// One MQTT connection as `user`, publishing to `topic`, counting acknowledgements.
+fn connect_one(broker: &BrokerConfig, user: &str, topic: String, password: &str) -> DeviceClient {
+    let mut options = MqttOptions::new(user, &broker.host, broker.port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(false)
+        .set_inflight(1000)
+        .set_max_packet_size(broker.max_packet_bytes, broker.max_packet_bytes)
+        .set_credentials(user, password);
+    let (client, mut eventloop) = AsyncClient::new(options, 1000);
+    let acked = Arc::new(AtomicU64::new(0));
+    let counter = acked.clone();
+    let name = user.to_owned();
+    let task = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(device = %name, %error, "simulated device lost its connection");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    });
+    DeviceClient {
+        client,
+        topic,
+        published: 0,
+        acked,
+        task,
     }
 }
 

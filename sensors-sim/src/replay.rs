@@ -169,6 +169,51 @@ impl Recording {
     }
 }
 
+impl Recording {
+    /// Simulated forecasts of every water and sea level sensor from the recording itself (its
+    /// good points, in the canonical unit), as publications of fleet member `source`, with
+    /// timestamps moved by `shift`. `at` is the original issue time, for pacing and ordering.
+    pub fn forecasts(
+        &self,
+        plan: &crate::forecast::ForecastPlan,
+        source: usize,
+        shift: chrono::Duration,
+    ) -> Vec<Publication> {
+        let mut rng = tidemark_model::random::SeededRng::seed_from_u64(plan.seed);
+        let mut out = Vec::new();
+        for sensor in &self.reference.sensors {
+            let Ok(quantity) = tidemark_model::Quantity::parse(&sensor.quantity) else {
+                continue;
+            };
+            if !matches!(
+                quantity,
+                tidemark_model::Quantity::WaterLevel | tidemark_model::Quantity::SeaLevel
+            ) {
+                continue;
+            }
+            let canonical = quantity.canonical_unit();
+            let truth: Vec<(DateTime<Utc>, f64)> = self
+                .points
+                .iter()
+                .filter(|p| p.sensor == sensor.key && p.quality.is_none())
+                .filter_map(|p| Some((p.ts, p.unit.convert(p.value, canonical)?)))
+                .collect();
+            for issue in crate::forecast::issues(&sensor.key, &truth, plan, &mut rng) {
+                out.push(Publication {
+                    device: source,
+                    at: issue.issued_at,
+                    payload: issue.payload(canonical.symbol(), shift),
+                    readings: 0,
+                    malformed: false,
+                    duplicate: false,
+                });
+            }
+        }
+        out.sort_by_key(|p| p.at);
+        out
+    }
+}
+
 /// The shift that makes a replay end now: with `speed` recorded seconds per wall second (0: as
 /// fast as possible), every reading is stamped no later than the moment it is published, and at
 /// speed 1 exactly then. Whole seconds (rounded down), so that timestamps keep the recording's

@@ -307,6 +307,17 @@ pub async fn replay_all(
     name: &str,
     path: &str,
 ) -> tidemark::sim::ReplayReport {
+    replay_all_with(harness, format, name, path, Default::default()).await
+}
+
+/// [`replay_all`] with simulated forecasts as `forecasts` says; waits for every issue as well.
+pub async fn replay_all_with(
+    harness: &Harness,
+    format: tidemark_sensors_sim::replay::Format,
+    name: &str,
+    path: &str,
+    forecasts: tidemark::sim::ForecastArgs,
+) -> tidemark::sim::ReplayReport {
     let file = repo(path);
     let recording = tidemark_sensors_sim::replay::read(format, &file).unwrap();
     let args = tidemark::sim::ReplayArgs {
@@ -315,6 +326,7 @@ pub async fn replay_all(
         speed: 0.0,
         no_shift: false,
         passwords: None,
+        forecasts,
     };
     let database = harness.settings(Default::default()).database;
     let report = tidemark::sim::replay(
@@ -332,6 +344,32 @@ pub async fn replay_all(
             .await,
         report.readings
     );
+    if report.forecasts > 0 {
+        let sensors: Vec<String> = recording
+            .reference
+            .sensors
+            .iter()
+            .map(|s| s.key.clone())
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let stored = harness
+                .store
+                .forecasts_since(&sensors, chrono::DateTime::UNIX_EPOCH)
+                .await
+                .unwrap()
+                .len() as u64;
+            if stored >= report.forecasts {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{stored} of {} forecast issues stored",
+                report.forecasts
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     report
 }
 

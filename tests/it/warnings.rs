@@ -4,7 +4,7 @@
 use crate::support::*;
 use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
 use std::time::Duration;
-use tidemark_model::warning::{EventKind, Severity};
+use tidemark_model::warning::{EventKind, Severity, WarningKind};
 use tidemark_sensors_sim::replay::{read, Format};
 use tidemark_store::flood::EventRow;
 
@@ -270,19 +270,126 @@ async fn the_baltic_surge_raises_escalates_and_lifts_flensburg_and_reports_kappe
     harness.finish().await;
 }
 
+/// Simulated forecasts every 6 hours, 48 hours ahead, with the README's error model (0.10 m at
+/// 12 h growing to 0.25 m at 36 h).
+fn simulated_forecasts() -> tidemark::sim::ForecastArgs {
+    tidemark::sim::ForecastArgs {
+        enabled: true,
+        ..Default::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_calder_valley_in_late_summer_raises_nothing() {
+async fn forecasts_warn_flensburg_hours_before_the_surge_and_the_water_takes_over() {
+    let harness = Harness::start().await;
+    let ingest = harness.ingest_ready("ingest-forecasts", None).await;
+    let config = config(&harness);
+    let analytics = start_analytics(&config).await;
+    let path = "tests/fixtures/baltic-surge-2023/sea_level_10min.csv";
+    let report = replay_all_with(
+        &harness,
+        Format::BalticSurge,
+        "baltic-surge",
+        path,
+        simulated_forecasts(),
+    )
+    .await;
+    assert!(report.forecasts > 100, "{report:?}");
+    quiet(&analytics).await;
+    let shift = report.shift;
+    let recording = read(Format::BalticSurge, &repo(path)).unwrap();
+    let first_crossing = recording
+        .points
+        .iter()
+        .find(|p| p.sensor == "flensburg.sea_level" && p.value >= 1.50)
+        .unwrap()
+        .ts
+        + shift;
+    // Verification finds the first Flood Warning event at the recording's first reading at 1.50 m,
+    // and the warning in force then was put in force by the forecasts hours before.
+    let scores = tidemark::verify::scores(
+        &config.database,
+        utc(15, 0, 0) + shift,
+        utc(26, 0, 0) + shift,
+        ChronoDuration::hours(1),
+    )
+    .await
+    .unwrap();
+    let score = &scores[&("flensburg-fjord".to_owned(), Severity::Warning)];
+    let first = &score.events[0];
+    assert_eq!(first.first_crossing, first_crossing, "{score:?}");
+    let warned_at = first.warned_at.expect("warned of");
+    assert_eq!(
+        first.lead_minutes(),
+        Some((first_crossing - warned_at).num_minutes()),
+        "{score:?}"
+    );
+    assert!(
+        warned_at <= first_crossing - ChronoDuration::hours(6),
+        "the Flood Warning came at {warned_at}, the water at {first_crossing}"
+    );
+    let flensburg = harness
+        .store
+        .warning_events("flensburg-fjord")
+        .await
+        .unwrap();
+    let warned = flensburg
+        .iter()
+        .find(|e| e.at == warned_at && e.severity >= Some(Severity::Warning))
+        .expect("the event that put the Flood Warning in force");
+    let history = harness
+        .store
+        .warning_history(warned.warning_id)
+        .await
+        .unwrap();
+    let event = history.iter().find(|e| e.id == warned.id).unwrap();
+    assert_eq!(event.warning_kind, WarningKind::Expected);
+    assert_eq!(event.detail["cause"], "forecast", "{}", event.detail);
+    assert_eq!(event.detail["source"], "sim", "{}", event.detail);
+    assert!(event.detail["issued_at"].is_string(), "{}", event.detail);
+    assert!(
+        event.message_en.contains("forecast"),
+        "{}",
+        event.message_en
+    );
+    // The observed crossing takes the warning over: its kind changes, and it is raised once.
+    assert_eq!(
+        history
+            .iter()
+            .filter(|e| e.kind == EventKind::Raised)
+            .count(),
+        1,
+        "{history:?}"
+    );
+    assert!(
+        history
+            .iter()
+            .any(|e| e.warning_kind == WarningKind::Observed
+                && e.severity >= Severity::Warning
+                && e.at >= first_crossing),
+        "the water takes over: {history:?}"
+    );
+    assert_eq!(analytics.metrics.failures.get(), 0);
+    analytics.stop().await;
+    ingest.stop().await;
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_calder_valley_in_late_summer_raises_nothing_even_with_forecasts() {
     let harness = Harness::start().await;
     let ingest = harness.ingest_ready("ingest-calder", None).await;
     let config = config(&harness);
     let analytics = start_analytics(&config).await;
-    replay_all(
+    let report = replay_all_with(
         &harness,
         Format::Calder,
         "calder",
         "tests/fixtures/calder-2025",
+        simulated_forecasts(),
     )
     .await;
+    assert!(report.forecasts > 0, "{report:?}");
     quiet(&analytics).await;
     assert!(analytics.metrics.evaluations.get() > 0);
     assert_eq!(analytics.metrics.failures.get(), 0);

@@ -225,7 +225,7 @@ fn level_steps(
                             threshold: limit,
                             rate: Some(rate),
                             expected_at: None,
-                    forecast: None,
+                            forecast: None,
                         },
                     )
                 });
@@ -293,7 +293,7 @@ fn rain_steps(sensor: &RainSensor) -> Steps {
                 threshold: rule.more_than_mm,
                 rate: None,
                 expected_at: None,
-                    forecast: None,
+                forecast: None,
             };
             last = Some((sample.ts, level, trigger));
         }

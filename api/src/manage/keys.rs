@@ -96,7 +96,10 @@ pub async fn create_key(
     }
     if let Some(source) = &request.source {
         tidemark_model::DeviceId::parse(source).map_err(|e| {
-            ApiError::bad("source", format!("source {source:?} is not an identifier: {e}"))
+            ApiError::bad(
+                "source",
+                format!("source {source:?} is not an identifier: {e}"),
+            )
         })?;
     }
     if request.label.chars().count() > 200 {

@@ -457,7 +457,8 @@ mod tests {
         assert_eq!(info.child("severity").unwrap().text, "Moderate");
         // Expected from Tidemark's own nowcast: only Possible.
         let mut nowcast = raised.clone();
-        nowcast.detail = serde_json::json!({"cause": "forecast", "source": "nowcast", "nowcast": true});
+        nowcast.detail =
+            serde_json::json!({"cause": "forecast", "source": "nowcast", "nowcast": true});
         let root = validate::parse(&alert(
             &settings(),
             &nowcast,

@@ -111,6 +111,8 @@ impl Committer {
             readings: &[],
             origins: &[],
             refusals: &refusal,
+            forecasts: &[],
+            forecast_messages: &[],
         };
         match self.write(rows, shutdown).await {
             Attempt::Committed(outcome) => {
@@ -166,6 +168,18 @@ impl Committer {
     pub(crate) fn count(&self, rows: Batch<'_>, outcome: WriteOutcome) {
         self.metrics.readings_stored.inc_by(outcome.stored);
         self.metrics.readings_duplicate.inc_by(outcome.duplicates);
+        self.metrics
+            .forecasts_stored
+            .inc_by(outcome.forecasts_stored);
+        self.metrics
+            .forecasts_duplicate
+            .inc_by(outcome.forecasts_duplicate);
+        if outcome.forecasts_conflict > 0 {
+            self.metrics
+                .rejected
+                .get_or_create(&vec![("reason", tidemark_store::readings::CONFLICT)])
+                .inc_by(outcome.forecasts_conflict);
+        }
         if outcome.conflicts > 0 {
             self.metrics
                 .rejected

@@ -29,6 +29,7 @@ pub use shared::{Error, Settings};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
+use tidemark_model::forecast::ForecastLimits;
 use tidemark_model::topic::ReadingsTopics;
 use tidemark_model::validate::TimeRules;
 use tidemark_model::wire::Limits;
@@ -49,7 +50,10 @@ pub async fn run(
     } = settings;
     config.validate().map_err(Error::Config)?;
     let topics = ReadingsTopics::new(&mqtt.topic_prefix)?;
-    let filter = topics.filter(config.shared_group.as_deref())?;
+    let filters = vec![
+        topics.filter(config.shared_group.as_deref())?,
+        topics.forecast_filter(config.shared_group.as_deref())?,
+    ];
     let store = Store::connect(&database).await?;
     let directory = store.directory().await?;
 
@@ -61,7 +65,7 @@ pub async fn run(
     let session = AbortOnDrop(tokio::spawn(session_loop(
         eventloop,
         client.clone(),
-        filter,
+        filters,
         tx,
         buffer,
         config.max_buffered_bytes,
@@ -99,6 +103,14 @@ pub async fn run(
             limits: Limits {
                 max_bytes: config.max_payload_bytes,
                 max_readings: config.max_readings_per_message,
+            },
+            forecast: ForecastLimits {
+                max_bytes: config.max_payload_bytes,
+                future_tolerance: chrono::Duration::from_std(config.future_tolerance)
+                    .unwrap_or(chrono::Duration::MAX),
+                max_age: chrono::Duration::from_std(config.max_age)
+                    .unwrap_or(chrono::Duration::MAX),
+                ..ForecastLimits::default()
             },
         },
         config: config.clone(),

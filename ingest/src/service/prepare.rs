@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use std::collections::VecDeque;
 use std::ops::Range;
 use tidemark_model::topic::ReadingsTopics;
+use tidemark_store::forecasts::ForecastRow;
 use tidemark_store::readings::{Batch, MessageRef, Origin, ReadingRow, Refusal};
 use tidemark_store::reference::Directory;
 use tidemark_store::Store;
@@ -22,6 +23,11 @@ pub(crate) struct Prepared {
     pub(crate) readings: Vec<ReadingRow>,
     pub(crate) origins: Vec<Origin>,
     pub(crate) refusals: Vec<Refusal>,
+    pub(crate) forecasts: Vec<ForecastRow>,
+    /// The message of each forecast, parallel to `forecasts`.
+    pub(crate) forecast_messages: Vec<u32>,
+    /// Where each message's forecasts start in `forecasts`, and one past the end.
+    pub(crate) forecast_starts: Vec<usize>,
     /// Where each message's readings start in `readings` (and `origins`), and one past the end.
     pub(crate) reading_starts: Vec<usize>,
     /// Where each message's refusals start in `refusals`, and one past the end.
@@ -36,6 +42,9 @@ impl Prepared {
             readings: Vec::new(),
             origins: Vec::new(),
             refusals: Vec::new(),
+            forecasts: Vec::new(),
+            forecast_messages: Vec::new(),
+            forecast_starts: vec![0],
             reading_starts: vec![0],
             refusal_starts: vec![0],
         };
@@ -54,6 +63,11 @@ impl Prepared {
                     reason_code: r.reason_code,
                     reason: r.reason,
                 }));
+            if let Some(forecast) = p.forecast {
+                prepared.forecasts.push(forecast);
+                prepared.forecast_messages.push(message);
+            }
+            prepared.forecast_starts.push(prepared.forecasts.len());
             prepared.reading_starts.push(prepared.readings.len());
             prepared.refusal_starts.push(prepared.refusals.len());
         }
@@ -81,11 +95,14 @@ impl Prepared {
     ) -> Batch<'a> {
         let readings = self.reading_starts[part.start]..self.reading_starts[part.end];
         let refusals = self.refusal_starts[part.start]..self.refusal_starts[part.end];
+        let forecasts = self.forecast_starts[part.start]..self.forecast_starts[part.end];
         Batch {
             messages,
             readings: &self.readings[readings.clone()],
             origins: &self.origins[readings],
             refusals: &self.refusals[refusals],
+            forecasts: &self.forecasts[forecasts.clone()],
+            forecast_messages: &self.forecast_messages[forecasts],
         }
     }
 }

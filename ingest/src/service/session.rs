@@ -31,7 +31,7 @@ pub(crate) fn mqtt_options(config: &IngestConfig, mqtt: &BrokerConfig) -> MqttOp
 pub(crate) async fn session_loop(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    filter: String,
+    filters: Vec<String>,
     tx: mpsc::UnboundedSender<Received>,
     buffer: Arc<Semaphore>,
     max_buffered: usize,
@@ -55,8 +55,11 @@ pub(crate) async fn session_loop(
                     "mqtt connected"
                 );
                 // Re-subscribing on a resumed session is harmless and covers a broker that lost it.
-                if let Err(error) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
-                    tracing::error!(%error, "cannot queue the subscription");
+                let subscriptions = filters
+                    .iter()
+                    .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                if let Err(error) = client.try_subscribe_many(subscriptions) {
+                    tracing::error!(%error, "cannot queue the subscriptions");
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -94,7 +97,7 @@ pub(crate) async fn session_loop(
                 if granted {
                     metrics.subscribed.set(1);
                 } else {
-                    tracing::error!(filter = %filter, "the broker refused the readings subscription");
+                    tracing::error!(filters = ?filters, "the broker refused a subscription");
                 }
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
