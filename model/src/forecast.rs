@@ -222,14 +222,18 @@ pub fn validate(
             })
         }
     };
-    let limit = now + limits.future_tolerance;
+    let limit = now
+        .checked_add_signed(limits.future_tolerance)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
     if wire.issued_at > limit {
         return Err(ForecastError::InFuture {
             issued_at: wire.issued_at,
             limit,
         });
     }
-    let limit = now - limits.max_age;
+    let limit = now
+        .checked_sub_signed(limits.max_age)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
     if wire.issued_at < limit {
         return Err(ForecastError::TooOld {
             issued_at: wire.issued_at,
@@ -246,7 +250,11 @@ pub fn validate(
             });
         }
         previous = Some(v.valid_at);
-        if v.valid_at < wire.issued_at || v.valid_at > wire.issued_at + limits.max_horizon {
+        let horizon = wire
+            .issued_at
+            .checked_add_signed(limits.max_horizon)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        if v.valid_at < wire.issued_at || v.valid_at > horizon {
             return Err(ForecastError::OutsideHorizon {
                 index,
                 valid_at: v.valid_at,

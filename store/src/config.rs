@@ -42,6 +42,9 @@ pub struct DatabaseConfig {
     /// plain PostgreSQL). Unset keeps everything.
     #[serde(default, with = "duration::option_str")]
     pub retention: Option<Duration>,
+    /// Delete forecast issues made longer ago than this (both modes).
+    #[serde(default = "default_forecast_retention", with = "duration::serde_str")]
+    pub forecast_retention: Duration,
     /// Plain PostgreSQL: how many monthly partitions to keep created ahead of the current month.
     #[serde(default = "default_partitions_ahead")]
     pub partitions_ahead: u32,
@@ -63,6 +66,9 @@ const fn default_pool_size() -> usize {
 const fn default_compress_after() -> Duration {
     Duration::from_secs(7 * 86_400)
 }
+const fn default_forecast_retention() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
 const fn default_partitions_ahead() -> u32 {
     3
 }
@@ -82,6 +88,7 @@ impl Default for DatabaseConfig {
             timescaledb: TimescaleSetting::default(),
             compress_after: default_compress_after(),
             retention: None,
+            forecast_retention: default_forecast_retention(),
             partitions_ahead: default_partitions_ahead(),
             connect_timeout: default_connect_timeout(),
             rollup_refresh: default_rollup_refresh(),

@@ -236,6 +236,15 @@ impl Store {
     }
 
     /// A sensor's quantity; `None` when there is no such sensor.
+    pub async fn sensor_id(&self, key: &str) -> Result<Option<i32>> {
+        let client = self.client().await?;
+        Ok(client
+            .query_opt("SELECT id FROM sensors WHERE key = $1", &[&key])
+            .await
+            .context("looking up a sensor")?
+            .map(|r| r.get(0)))
+    }
+
     pub async fn sensor_quantity(&self, key: &str) -> Result<Option<String>> {
         let client = self.client().await?;
         Ok(client

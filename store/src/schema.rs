@@ -350,7 +350,7 @@ impl Store {
         Ok(())
     }
 
-    /// Periodic upkeep. Plain mode: partitions for this month and `partitions_ahead` more, and
+    /// Periodic upkeep. Both modes: forecast issues past their retention go. Plain mode: partitions for this month and `partitions_ahead` more, and
     /// retention by dropping whole months older than the retention period. TimescaleDB runs its own
     /// policies in the background; the jobs on `readings` whose scheduled runs fail are run here
     /// instead, and returned (empty in plain mode).
@@ -359,6 +359,15 @@ impl Store {
         now: DateTime<Utc>,
         config: &DatabaseConfig,
     ) -> Result<Vec<JobHealth>> {
+        let cutoff = chrono::Duration::from_std(config.forecast_retention)
+            .ok()
+            .and_then(|kept| now.checked_sub_signed(kept))
+            .unwrap_or(DateTime::UNIX_EPOCH)
+            .max(DateTime::UNIX_EPOCH);
+        let expired = self.expire_forecasts(cutoff).await?;
+        if expired > 0 {
+            tracing::info!(issues = expired, "deleted forecast issues past retention");
+        }
         if self.mode == StorageMode::TimescaleDb {
             return self.run_failing_jobs().await;
         }

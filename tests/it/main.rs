@@ -21,6 +21,8 @@ mod flood;
 
 // Flood warnings from replayed recordings through broker, ingest and analytics.
 mod warnings;
+// Forecasts in, over MQTT and the API.
+mod forecasts;
 
 // Warning delivery: webhooks, Server-Sent Events, MQTT alerts, CAP 1.2, acknowledgement.
 mod delivery;

@@ -54,6 +54,8 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("POST", "/api/v1/warnings/{id}/ack"),
     ("GET", "/api/v1/warning-events/{file}"),
     ("GET", "/api/v1/verification"),
+    ("POST", "/api/v1/forecasts"),
+    ("GET", "/api/v1/sensors/{key}/forecasts"),
     ("GET", "/api/v1/webhooks"),
     ("POST", "/api/v1/webhooks"),
     ("GET", "/api/v1/webhooks/{id}"),

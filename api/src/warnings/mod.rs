@@ -2,6 +2,7 @@
 //! Atom feed of current alerts, and acknowledgement by a municipality.
 
 pub mod cap;
+pub mod forecasts;
 pub mod sse;
 pub mod verification;
 pub mod webhooks;
@@ -374,6 +375,8 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(acknowledge))
         .routes(routes!(event_cap))
         .routes(routes!(verification::verification))
+        .routes(routes!(forecasts::post_forecast))
+        .routes(routes!(forecasts::sensor_forecasts))
         .routes(routes!(webhooks::list, webhooks::register))
         .routes(routes!(webhooks::one, webhooks::delete))
         .routes(routes!(webhooks::rotate))
