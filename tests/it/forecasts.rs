@@ -220,3 +220,124 @@ async fn forecasts_arrive_once_over_mqtt_and_the_api_and_refusals_are_kept() {
 fn sensor_key_other() -> String {
     "nowhere.level".to_owned()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tide_gauge_without_forecasts_gets_tidemarks_nowcast_and_a_possible_warning_from_it() {
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    let api = Api::start(&harness, &config).await;
+    let operator = api.key(Role::Operator, None).await;
+    let put = |path: String, body: serde_json::Value| {
+        let (api, operator) = (&api, &operator);
+        async move {
+            let (status, answer) = api
+                .call(reqwest::Method::PUT, &path, Some(operator), Some(body))
+                .await;
+            assert_eq!(status, 204, "{path}: {answer}");
+        }
+    };
+    let sensor = "testport.sea_level";
+    put(
+        "/api/v1/stations/testport".into(),
+        serde_json::json!({"name": "Testport", "kind": "tide_gauge", "lon": 9.43, "lat": 54.80}),
+    )
+    .await;
+    put(
+        "/api/v1/devices/testport-gauge".into(),
+        serde_json::json!({"name": ""}),
+    )
+    .await;
+    put(
+        format!("/api/v1/sensors/{sensor}"),
+        serde_json::json!({"device": "testport-gauge", "station": "testport",
+            "quantity": "sea_level", "expected_interval": "10m"}),
+    )
+    .await;
+    put(
+        format!("/api/v1/thresholds/{sensor}"),
+        serde_json::json!({"alert": 1.0, "warning": 1.5, "severe": 2.0, "persistence": "20m",
+            "min_readings": 2, "hysteresis": 0.1, "hold": "1h", "rate_window": "1h",
+            "lead_time": "30m", "plausible_low": -3.0, "plausible_high": 4.0, "spike_floor": 0.3}),
+    )
+    .await;
+    put(
+        "/api/v1/flood-areas/testport".into(),
+        serde_json::json!({"name": "Testport harbour", "sensors": [sensor],
+            "polygon": [[9.42, 54.79], [9.44, 54.79], [9.44, 54.81], [9.42, 54.81]],
+            "municipalities": ["0580"], "forecast_horizon": "24h"}),
+    )
+    .await;
+    let analytics = start_analytics(&config).await;
+
+    // Five weeks of an M2 tide of 0.6 m, ending at low water, with a surge building to 0.9 m over
+    // the last three hours: the water never reaches the 1.00 m Flood Alert threshold, but the
+    // tide rising over the surge will, about six hours on.
+    let sensor_id = sensor_id(&harness, sensor).await;
+    let m2_hours = 360.0 / 28.984_104_2;
+    let end = chrono::DateTime::from_timestamp(Utc::now().timestamp() - 60, 0).unwrap();
+    let rows: Vec<tidemark_store::readings::ReadingRow> = (0..35 * 144)
+        .rev()
+        .map(|i| {
+            let before = i as f64 / 6.0;
+            let tide = -0.6 * (2.0 * std::f64::consts::PI * before / m2_hours).cos();
+            let surge = 0.9 * (1.0 - before / 3.0).max(0.0);
+            tidemark_store::readings::ReadingRow {
+                sensor_id,
+                ts: end - ChronoDuration::minutes(10 * i),
+                value: tide + surge,
+                quality: 0,
+            }
+        })
+        .collect();
+    assert!(rows.iter().all(|r| r.value < 1.0));
+    store_readings(&harness, &rows).await;
+
+    let nowcast_warning = || async {
+        let events = harness.store.warning_events("testport").await.unwrap();
+        let raised = events.into_iter().find(|e| e.kind == "raised")?;
+        let history = harness
+            .store
+            .warning_history(raised.warning_id)
+            .await
+            .unwrap();
+        history.into_iter().find(|e| e.id == raised.id)
+    };
+    assert!(
+        wait_for(Duration::from_secs(60), || async {
+            nowcast_warning().await.is_some()
+        })
+        .await,
+        "a warning from the nowcast"
+    );
+    let event = nowcast_warning().await.unwrap();
+    assert_eq!(event.detail["cause"], "forecast", "{}", event.detail);
+    assert_eq!(event.detail["source"], "nowcast", "{}", event.detail);
+    assert_eq!(event.detail["nowcast"], true, "{}", event.detail);
+    assert_eq!(event.severity, tidemark_model::warning::Severity::Alert);
+    assert_eq!(event.at, end, "issued from the latest reading");
+    let expected_at: chrono::DateTime<Utc> =
+        serde_json::from_value(event.detail["expected_at"].clone()).unwrap();
+    let hours = (expected_at - end).num_minutes() as f64 / 60.0;
+    assert!(
+        (3.0..7.0).contains(&hours),
+        "crossing expected {hours} h on"
+    );
+    let (_, _, cap) = api
+        .text(&format!("/api/v1/warning-events/{}.cap", event.id))
+        .await;
+    assert!(cap.contains("<certainty>Possible</certainty>"), "{cap}");
+    assert!(cap.contains("<urgency>Expected</urgency>"), "{cap}");
+    // The nowcast itself is readable like any forecast, in metres.
+    let (_, body) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/sensors/{sensor}/forecasts?source=nowcast"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(body[0]["nowcast"], true, "{body}");
+    assert_eq!(body[0]["values"].as_array().unwrap().len(), 48 * 6);
+    analytics.stop().await;
+    harness.finish().await;
+}

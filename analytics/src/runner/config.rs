@@ -38,6 +38,19 @@ pub struct AnalyticsConfig {
     /// it sooner).
     #[serde(default = "default_forecast_max_age", with = "duration::serde_str")]
     pub forecast_max_age: Duration,
+    /// The nowcast of a tide gauge without another forecast is issued this often (in the time of
+    /// its readings).
+    #[serde(default = "default_nowcast_every", with = "duration::serde_str")]
+    pub nowcast_every: Duration,
+    /// The time scale over which the nowcast lets the present surge fade into the tide.
+    #[serde(default = "default_nowcast_decay", with = "duration::serde_str")]
+    pub nowcast_decay: Duration,
+    /// How much of a gauge's history its harmonic analysis uses (at least 30 days are needed).
+    #[serde(default = "default_nowcast_history", with = "duration::serde_str")]
+    pub nowcast_history: Duration,
+    /// How often a gauge's tide is fitted again.
+    #[serde(default = "default_nowcast_refit", with = "duration::serde_str")]
+    pub nowcast_refit: Duration,
     /// Where `tidemark analytics` serves `/metrics`, `/healthz` and `/readyz` (in `tidemark run`
     /// the API serves them).
     #[serde(default = "default_analytics_metrics_listen")]
@@ -56,6 +69,10 @@ impl Default for AnalyticsConfig {
             debounce: default_debounce(),
             rain_hold: default_rain_hold(),
             forecast_max_age: default_forecast_max_age(),
+            nowcast_every: default_nowcast_every(),
+            nowcast_decay: default_nowcast_decay(),
+            nowcast_history: default_nowcast_history(),
+            nowcast_refit: default_nowcast_refit(),
             metrics_listen: default_analytics_metrics_listen(),
         }
     }
@@ -95,4 +112,20 @@ pub(crate) const fn default_rain_hold() -> Duration {
 
 pub(crate) const fn default_forecast_max_age() -> Duration {
     Duration::from_secs(12 * 3600)
+}
+
+pub(crate) const fn default_nowcast_every() -> Duration {
+    Duration::from_secs(3600)
+}
+
+pub(crate) const fn default_nowcast_decay() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+
+pub(crate) const fn default_nowcast_history() -> Duration {
+    Duration::from_secs(60 * 86_400)
+}
+
+pub(crate) const fn default_nowcast_refit() -> Duration {
+    Duration::from_secs(86_400)
 }

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod evaluation;
+pub mod nowcast;
 pub mod state;
 pub mod upkeep;
 
@@ -69,6 +70,7 @@ pub async fn run(
         tracing::warn!(%error, "night flow failed");
     }
     let mut pending: BTreeSet<String> = model.setup.areas.iter().map(|a| a.key.clone()).collect();
+    let mut nowcasts = nowcast::Nowcasts::default();
     let mut sweep = tokio::time::interval(settings.analytics.sweep_interval);
     sweep.tick().await;
     loop {
@@ -207,6 +209,13 @@ pub async fn run(
                     if let Err(error) = find_night_flow(&store, &metered, earliest, &settings.topic_prefix).await {
                         tracing::warn!(%error, "night flow failed");
                     }
+                }
+                let touched_sensors: Vec<String> =
+                    ids.iter().filter_map(|id| model.by_id.get(id).cloned()).collect();
+                match nowcasts.issue(&store, &model, &settings, &touched_sensors, chrono::Utc::now()).await {
+                    Ok(0) => {}
+                    Ok(issued) => tracing::info!(issued, "nowcasts issued"),
+                    Err(error) => tracing::warn!(%error, "nowcast failed"),
                 }
                 for id in ids.into_iter().chain(forecast_ids) {
                     if let Some(key) = model.by_id.get(&id) {

@@ -1,0 +1,136 @@
+//! Tidemark's own nowcast, for tide gauges no other source forecasts: the astronomical tide from a
+//! harmonic analysis of the gauge's own history (`tide::analyse`, refitted daily in data time),
+//! plus the present surge decaying with `analytics.nowcast_decay`, issued as source `nowcast`
+//! every `analytics.nowcast_every` of readings. Rivers have no nowcast issue of their own: their
+//! expected warnings come from the rate-of-rise projection (`area`).
+
+use super::state::{Model, Settings};
+use super::upkeep::{chrono, samples};
+use crate::quality::{self, QcRules};
+use crate::tide::{self, Tide};
+use chrono::{DateTime, Duration, Utc};
+use std::collections::HashMap;
+use tidemark_model::forecast::ForecastValue;
+use tidemark_store::forecasts::ForecastRow;
+use tidemark_store::Store;
+
+/// The source name of the nowcast (registered by migration V17 as built in).
+pub const SOURCE: &str = "nowcast";
+/// How far ahead, and at what step, a nowcast runs.
+const HORIZON: i64 = 48;
+const STEP_MINUTES: i64 = 10;
+
+/// What the runner keeps between nowcasts: each gauge's fitted tide (and the data time it was fitted
+/// at) and its latest issue.
+#[derive(Default)]
+pub(crate) struct Nowcasts {
+    tides: HashMap<String, (DateTime<Utc>, Option<Tide>)>,
+    issued: HashMap<String, DateTime<Utc>>,
+}
+
+impl Nowcasts {
+    /// Issues a nowcast for each of `sensors` that is a thresholded sea level gauge, is due, has
+    /// the history a harmonic analysis needs, and has no current forecast from another source.
+    /// Returns how many were stored.
+    pub(crate) async fn issue(
+        &mut self,
+        store: &Store,
+        model: &Model,
+        settings: &Settings,
+        sensors: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<usize, tidemark_store::Error> {
+        let every = chrono(settings.analytics.nowcast_every);
+        let mut stored = 0;
+        for key in sensors {
+            let Some(info) = model.sensors.get(key) else {
+                continue;
+            };
+            let Some(threshold) = model.setup.thresholds.iter().find(|t| &t.sensor_key == key)
+            else {
+                continue;
+            };
+            if info.quantity != "sea_level" {
+                continue;
+            }
+            let from = now - chrono(settings.analytics.nowcast_history);
+            let series = store.series(std::slice::from_ref(key), from).await?;
+            let qc = QcRules {
+                spike_floor: threshold.spike_floor,
+                plausible: (threshold.plausible_low, threshold.plausible_high),
+                ..QcRules::default()
+            };
+            let usable = quality::usable(&samples(series.get(key)), &qc);
+            let Some(last) = usable.last().copied() else {
+                continue;
+            };
+            if !self.issued.contains_key(key) {
+                let latest = store.latest_forecasts(key, Some(SOURCE), None).await?;
+                if let Some(issue) = latest.first() {
+                    self.issued.insert(key.clone(), issue.issued_at);
+                }
+            }
+            if self.issued.get(key).is_some_and(|at| last.ts < *at + every) {
+                continue;
+            }
+            let others = store
+                .latest_forecasts(key, None, None)
+                .await?
+                .into_iter()
+                .any(|f| {
+                    !f.builtin
+                        && f.issued_at + chrono(settings.analytics.forecast_max_age) > last.ts
+                });
+            if others {
+                continue;
+            }
+            let refit = chrono(settings.analytics.nowcast_refit);
+            let fitted = self.tides.get(key).filter(|(at, _)| last.ts - *at < refit);
+            let tide = match fitted {
+                Some((_, tide)) => tide.clone(),
+                None => {
+                    let points: Vec<(DateTime<Utc>, f64)> =
+                        usable.iter().map(|s| (s.ts, s.value)).collect();
+                    // Least squares over weeks of readings: off the async executor.
+                    let fit = tokio::task::spawn_blocking(move || tide::analyse(&points))
+                        .await
+                        .ok()
+                        .and_then(Result::ok);
+                    self.tides.insert(key.clone(), (last.ts, fit.clone()));
+                    fit
+                }
+            };
+            let Some(tide) = tide else {
+                continue;
+            };
+            let values = tide::nowcast(
+                &tide,
+                (last.ts, last.value),
+                chrono(settings.analytics.nowcast_decay),
+                Duration::hours(HORIZON),
+                Duration::minutes(STEP_MINUTES),
+            );
+            let row = ForecastRow {
+                sensor_id: info.id,
+                source: SOURCE.to_owned(),
+                issued_at: last.ts,
+                values: values
+                    .into_iter()
+                    .filter(|(_, v)| v.is_finite())
+                    .map(|(valid_at, value)| ForecastValue {
+                        valid_at,
+                        value,
+                        quantiles: Vec::new(),
+                    })
+                    .collect(),
+            };
+            if row.values.is_empty() {
+                continue;
+            }
+            store.store_forecast(&row).await?;
+            self.issued.insert(key.clone(), last.ts);
+            stored += 1;
+        }
+        Ok(stored)
+    }
+}
