@@ -35,6 +35,8 @@ pub struct SimArgs {
     /// A file of `device:password` lines for brokers that require a login.
     #[arg(long)]
     pub passwords: Option<PathBuf>,
+    #[command(flatten)]
+    pub forecasts: ForecastArgs,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -172,19 +174,69 @@ pub async fn simulate(
     let seed = args.seed.unwrap_or(scenario.seed);
     let start = start_for(duration, args.speed, Utc::now());
     let mut engine = Engine::new(scenario, seed, start);
-    let mut fleet = Fleet::connect(broker, &engine.device_ids(), &passwords(&args.passwords)?)?;
+    let passwords = passwords(&args.passwords)?;
+    let mut fleet = Fleet::connect(broker, &engine.device_ids(), &passwords)?;
     tracing::info!(scenario = %scenario.name, seed, %start, speed = args.speed, "simulation started");
     let end = start + chrono::Duration::from_std(duration)?;
+    let mut forecasts = Vec::new();
+    if args.forecasts.enabled {
+        let plan = args.forecasts.plan()?;
+        let index =
+            add_forecast_source(database, broker, &mut fleet, &args.forecasts, &passwords).await?;
+        // The truth the forecasts aim at: the same scenario, seed and start, run ahead.
+        let truth = Engine::new(scenario, seed, start).levels_until(end + plan.horizon);
+        let mut rng = tidemark_model::random::SeededRng::seed_from_u64(plan.seed);
+        for (sensor, series) in truth {
+            for issue in tidemark_sensors_sim::forecast::issues(&sensor, &series, &plan, &mut rng) {
+                if issue.issued_at > end {
+                    continue;
+                }
+                forecasts.push(tidemark_sensors_sim::engine::Publication {
+                    device: index,
+                    at: issue.issued_at,
+                    payload: issue.payload("m", chrono::Duration::zero()),
+                    readings: 0,
+                    malformed: false,
+                    duplicate: false,
+                });
+            }
+        }
+        forecasts.sort_by_key(|f| f.at);
+    }
     let report = publish::run_simulation(
         &mut engine,
         &mut fleet,
         end,
         Pace { speed: args.speed },
+        forecasts,
         shutdown,
     )
     .await?;
     fleet.finish(Duration::from_secs(120)).await?;
     Ok(report)
+}
+
+/// Registers the simulated forecasts' source and connects it as one more member of the fleet;
+/// returns its index.
+async fn add_forecast_source(
+    database: &DatabaseConfig,
+    broker: &BrokerConfig,
+    fleet: &mut Fleet,
+    args: &ForecastArgs,
+    passwords: &HashMap<String, String>,
+) -> anyhow::Result<usize> {
+    let source = tidemark_model::DeviceId::parse(&args.source)
+        .map_err(anyhow::Error::msg)
+        .context("--forecast-source")?;
+    Store::connect(database)
+        .await?
+        .add_forecast_source(source.as_str(), "simulated forecasts")
+        .await?;
+    Ok(fleet.add_source(
+        broker,
+        &source,
+        passwords.get(source.as_str()).map_or("", String::as_str),
+    )?)
 }
 
 /// What a replay published.
@@ -225,18 +277,8 @@ pub async fn replay(
     let mut forecasts = 0;
     if args.forecasts.enabled {
         let plan = args.forecasts.plan()?;
-        let source = tidemark_model::DeviceId::parse(&args.forecasts.source)
-            .map_err(anyhow::Error::msg)
-            .context("--forecast-source")?;
-        Store::connect(database)
-            .await?
-            .add_forecast_source(source.as_str(), "simulated forecasts")
-            .await?;
-        let index = fleet.add_source(
-            broker,
-            &source,
-            passwords.get(source.as_str()).map_or("", String::as_str),
-        )?;
+        let index =
+            add_forecast_source(database, broker, &mut fleet, &args.forecasts, &passwords).await?;
         let issued = recording.forecasts(&plan, index, shift);
         forecasts = issued.len() as u64;
         // Each issue after the readings of its time: a forecaster issues from what it has seen.

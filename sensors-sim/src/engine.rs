@@ -40,6 +40,8 @@ pub struct Report {
     pub spikes: u64,
     /// Readings sent while their device's values were frozen.
     pub stuck: u64,
+    /// Simulated forecast issues published beside the readings.
+    pub forecasts: u64,
 }
 
 /// Per-sensor process state.
@@ -180,6 +182,33 @@ impl Engine {
 
     pub fn report(&self) -> Report {
         self.report
+    }
+
+    /// The true water and sea levels (before any device fault) at every step up to `until`, by
+    /// sensor key, from a fresh engine that publishes nothing: what a forecaster aims at. The
+    /// processes draw the same numbers as when publishing, so these are the values the devices
+    /// report.
+    pub fn levels_until(
+        mut self,
+        until: DateTime<Utc>,
+    ) -> Vec<(String, Vec<(DateTime<Utc>, f64)>)> {
+        let levels: Vec<usize> = (0..self.keys.len())
+            .filter(|&i| matches!(self.keys[i].1, Quantity::WaterLevel | Quantity::SeaLevel))
+            .collect();
+        let mut out: Vec<(String, Vec<(DateTime<Utc>, f64)>)> = levels
+            .iter()
+            .map(|&i| (self.keys[i].0.as_str().to_owned(), Vec::new()))
+            .collect();
+        while self.now + self.step <= until {
+            self.now += self.step;
+            self.steps += 1;
+            self.step_processes();
+            for (slot, &i) in levels.iter().enumerate() {
+                let value = self.sample(i);
+                out[slot].1.push((self.now, value));
+            }
+        }
+        out
     }
 
     /// Steps the processes up to `until` and returns the messages published meanwhile, in order.

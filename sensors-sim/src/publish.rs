@@ -202,13 +202,18 @@ impl Pace {
 }
 
 /// Runs a simulation until `end` (simulated time) or shutdown, publishing as it goes.
+/// `forecasts` (in time order) are published once simulated time has reached them, after the
+/// readings of their time.
 pub async fn run_simulation(
     engine: &mut Engine,
     fleet: &mut Fleet,
     end: DateTime<Utc>,
     pace: Pace,
+    forecasts: Vec<Publication>,
     shutdown: &CancellationToken,
 ) -> Result<Report, Error> {
+    let mut forecasts = forecasts.into_iter().peekable();
+    let mut issued = 0;
     let sim_start = engine.now();
     let wall_start = Instant::now();
     // Simulated time is advanced at most an hour at a time, so that memory stays small at any speed.
@@ -230,6 +235,10 @@ pub async fn run_simulation(
                 .publish(publication.device, publication.payload)
                 .await?;
         }
+        while let Some(forecast) = forecasts.next_if(|f| f.at <= engine.now()) {
+            fleet.publish(forecast.device, forecast.payload).await?;
+            issued += 1;
+        }
         if let Some(wall) = pace.wall(engine.now() - sim_start + chrono::Duration::seconds(1)) {
             let wait = wall
                 .saturating_sub(wall_start.elapsed())
@@ -240,7 +249,9 @@ pub async fn run_simulation(
             }
         }
     }
-    Ok(engine.report())
+    let mut report = engine.report();
+    report.forecasts = issued;
+    Ok(report)
 }
 
 /// Publishes timed messages, each at its time scaled by `pace` from the first one's.

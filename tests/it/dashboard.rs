@@ -186,6 +186,7 @@ async fn the_dashboard_follows_a_storm_surge_live_in_a_real_browser() {
             speed: 2880.0,
             duration: Some("24h".into()),
             passwords: None,
+            forecasts: Default::default(),
         };
         tidemark::sim::simulate(&database, &broker, &surge, &args, &CancellationToken::new())
             .await

@@ -344,32 +344,13 @@ pub async fn replay_all_with(
             .await,
         report.readings
     );
-    if report.forecasts > 0 {
-        let sensors: Vec<String> = recording
-            .reference
-            .sensors
-            .iter()
-            .map(|s| s.key.clone())
-            .collect();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let stored = harness
-                .store
-                .forecasts_since(&sensors, chrono::DateTime::UNIX_EPOCH)
-                .await
-                .unwrap()
-                .len() as u64;
-            if stored >= report.forecasts {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{stored} of {} forecast issues stored",
-                report.forecasts
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    let sensors: Vec<String> = recording
+        .reference
+        .sensors
+        .iter()
+        .map(|s| s.key.clone())
+        .collect();
+    settle_forecasts(harness, &sensors, report.forecasts).await;
     report
 }
 
@@ -380,6 +361,16 @@ pub async fn simulate_all(
     scenario: &str,
     duration: &str,
 ) -> tidemark_sensors_sim::engine::Report {
+    simulate_all_with(harness, scenario, duration, Default::default()).await
+}
+
+/// [`simulate_all`] with simulated forecasts as `forecasts` says; waits for every issue as well.
+pub async fn simulate_all_with(
+    harness: &Harness,
+    scenario: &str,
+    duration: &str,
+    forecasts: tidemark::sim::ForecastArgs,
+) -> tidemark_sensors_sim::engine::Report {
     let path = repo(&format!("config/scenarios/{scenario}.toml"));
     let loaded = tidemark_sensors_sim::scenario::Scenario::from_file(&path).unwrap();
     let args = tidemark::sim::SimArgs {
@@ -388,6 +379,7 @@ pub async fn simulate_all(
         speed: 0.0,
         duration: Some(duration.into()),
         passwords: None,
+        forecasts,
     };
     let database = harness.settings(Default::default()).database;
     let report = tidemark::sim::simulate(
@@ -405,7 +397,30 @@ pub async fn simulate_all(
             .await,
         report.readings
     );
+    let sensors: Vec<String> = loaded.sensors.iter().map(|s| s.key.clone()).collect();
+    settle_forecasts(harness, &sensors, report.forecasts).await;
     report
+}
+
+/// Waits until `expected` forecast issues of `sensors` are stored.
+pub async fn settle_forecasts(harness: &Harness, sensors: &[String], expected: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored = harness
+            .store
+            .forecasts_since(sensors, chrono::DateTime::UNIX_EPOCH)
+            .await
+            .unwrap()
+            .len() as u64;
+        if stored >= expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{stored} of {expected} forecast issues stored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A path in the repository.

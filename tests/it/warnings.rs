@@ -403,6 +403,72 @@ async fn the_calder_valley_in_late_summer_raises_nothing_even_with_forecasts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_week_with_forecasts_raises_nothing_at_copenhagen_harbour() {
+    let harness = Harness::start().await;
+    let ingest = harness
+        .ingest_ready("ingest-baseline-forecasts", None)
+        .await;
+    let config = config(&harness);
+    // The baseline scenario's harbour gauge, with the Baltic storm-surge classes as thresholds.
+    let sensor = "koebenhavn-havn.sea_level";
+    harness
+        .store
+        .apply_flood_setup(&tidemark_store::flood::FloodSetup {
+            areas: vec![tidemark_store::flood::AreaRow {
+                key: "koebenhavn-havn".into(),
+                name: "Københavns Havn".into(),
+                polygon: serde_json::json!({"type": "Polygon", "coordinates": [[[12.58, 55.68], [12.61, 55.68], [12.61, 55.70], [12.58, 55.70], [12.58, 55.68]]]}),
+                municipality_codes: vec!["0101".into()],
+                sensors: vec![sensor.into()],
+                forecast_horizon: Duration::from_secs(48 * 3600),
+            }],
+            thresholds: vec![tidemark_store::flood::ThresholdRow {
+                sensor_key: sensor.into(),
+                alert: 1.0,
+                warning: 1.5,
+                severe: 2.0,
+                persistence: Duration::from_secs(20 * 60),
+                min_readings: 2,
+                hysteresis: 0.1,
+                hold: Duration::from_secs(3600),
+                rate_window: Duration::from_secs(3600),
+                lead_time: Duration::from_secs(1800),
+                plausible_low: -3.0,
+                plausible_high: 4.0,
+                spike_floor: 0.3,
+                rate_alert: None,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let analytics = start_analytics(&config).await;
+    let report = simulate_all_with(&harness, "baseline", "7d", simulated_forecasts()).await;
+    assert!(report.forecasts >= 27, "{report:?}");
+    quiet(&analytics).await;
+    let forecasts = harness
+        .store
+        .forecasts_since(&[sensor.to_owned()], chrono::DateTime::UNIX_EPOCH)
+        .await
+        .unwrap();
+    assert!(forecasts.len() >= 27 && forecasts.iter().all(|f| f.source == "sim"));
+    assert!(analytics.metrics.evaluations.get() > 0);
+    assert_eq!(analytics.metrics.failures.get(), 0);
+    assert!(
+        harness
+            .store
+            .warning_events("koebenhavn-havn")
+            .await
+            .unwrap()
+            .is_empty(),
+        "no warning from a quiet week's forecasts"
+    );
+    analytics.stop().await;
+    ingest.stop().await;
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_cloudburst_raises_a_rain_alert_then_a_river_warning_downstream() {
     let harness = Harness::start().await;
     let ingest = harness.ingest_ready("ingest-cloudburst", None).await;
