@@ -17,15 +17,28 @@ use tidemark_store::flood::{AreaDecision, AreaStatus, CrossingRow, NewEvent, Tre
 use tidemark_store::forecasts::StoredForecast;
 use tidemark_store::Store;
 
+/// What the runner remembers of an area's last evaluation, so that the next one reads only the
+/// forecast issues that can still change anything.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ForecastMemo {
+    /// How far in data time the forecasts acted.
+    until: DateTime<Utc>,
+    /// When the warning then in force was raised (its forecast issues must be read again).
+    in_force_since: Option<DateTime<Utc>>,
+}
+
+pub(crate) type ForecastMemos = std::sync::Mutex<HashMap<String, ForecastMemo>>;
+
 pub(crate) async fn evaluate_area(
     store: &Store,
     model: &Model,
     settings: &Settings,
     key: &str,
     metrics: &Metrics,
+    memos: &ForecastMemos,
 ) {
     let started = Instant::now();
-    match try_evaluate_area(store, model, settings, key).await {
+    match try_evaluate_area(store, model, settings, key, memos).await {
         Ok(recorded) => {
             metrics.evaluations.inc();
             metrics.events.inc_by(recorded);
@@ -45,6 +58,7 @@ pub(crate) async fn try_evaluate_area(
     model: &Model,
     settings: &Settings,
     key: &str,
+    memos: &ForecastMemos,
 ) -> Result<u64, tidemark_store::Error> {
     let Some(area) = model.setup.areas.iter().find(|a| a.key == key) else {
         return Ok(0);
@@ -152,7 +166,19 @@ pub(crate) async fn try_evaluate_area(
     }
     if !input.levels.is_empty() {
         let level_keys: Vec<String> = input.levels.iter().map(|l| l.key.clone()).collect();
-        let from = now - chrono(settings.analytics.lookback) - input.forecast_use.max_age;
+        // An issue matters while it is current. After a quiet evaluation, the issues current
+        // from where it stopped are enough (before that, they changed nothing that was not
+        // recorded); with a warning in force, those since its raise.
+        let max_age = input.forecast_use.max_age;
+        let earliest = now - chrono(settings.analytics.lookback) - max_age;
+        let memo = memos
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied();
+        let from = memo.map_or(earliest, |m| {
+            (m.in_force_since.map_or(m.until, |since| since.min(m.until)) - max_age).max(earliest)
+        });
         let stored = store.forecasts_since(&level_keys, from).await?;
         input.forecasts = forecasts_of(&input.levels, stored);
         input.forecast_use.until = readings_reached(&input, now);
@@ -195,11 +221,31 @@ pub(crate) async fn try_evaluate_area(
     // The area's status is read under its lock, and the events are worked out from it before the
     // lock is let go: a second analytics process evaluating the same area waits, then starts from
     // what this one recorded.
+    let mut in_force_since = None;
     let (_, decision) = store
         .decide_area(key, &area.municipality_codes, &deliveries, |status| {
-            decide(&area.name, &evaluation, status)
+            let decision = decide(&area.name, &evaluation, status);
+            let lifted = decision
+                .events
+                .last()
+                .is_some_and(|e| e.kind == area::EventKind::Lifted);
+            if !lifted {
+                in_force_since = status
+                    .current
+                    .as_ref()
+                    .map(|w| w.raised_at)
+                    .or(decision.events.first().map(|e| e.at));
+            }
+            decision
         })
         .await?;
+    memos.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        key.to_owned(),
+        ForecastMemo {
+            until: input.forecast_use.until,
+            in_force_since,
+        },
+    );
     for event in &decision.events {
         tracing::info!(area = %key, kind = %event.kind, severity = ?event.severity, at = %event.at, "warning event");
     }

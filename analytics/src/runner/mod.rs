@@ -71,14 +71,16 @@ pub async fn run(
     }
     let mut pending: BTreeSet<String> = model.setup.areas.iter().map(|a| a.key.clone()).collect();
     let mut nowcasts = nowcast::Nowcasts::default();
+    let memos = evaluation::ForecastMemos::default();
     let mut sweep = tokio::time::interval(settings.analytics.sweep_interval);
     sweep.tick().await;
     loop {
         // Areas are independent (each has its own advisory lock), so a few are evaluated at once.
         futures_util::stream::iter(std::mem::take(&mut pending))
             .for_each_concurrent(CONCURRENT_EVALUATIONS, |area| {
-                let (store, model, settings, metrics) = (&store, &model, &settings, &metrics);
-                async move { evaluate_area(store, model, settings, &area, metrics).await }
+                let (store, model, settings, metrics, memos) =
+                    (&store, &model, &settings, &metrics, &memos);
+                async move { evaluate_area(store, model, settings, &area, metrics, memos).await }
             })
             .await;
         tokio::select! {
@@ -105,6 +107,8 @@ pub async fn run(
                 }
                 // A changed setup (over the API, or a migrate) is reloaded, and every area looked at.
                 if notifications.contains(&Notice::FloodSetupChanged) {
+                    // Thresholds may have changed what old issues mean: read them all again.
+                    memos.lock().unwrap_or_else(|e| e.into_inner()).clear();
                     match Model::load(&store).await {
                         Ok(fresh) => {
                             // Only new or changed containers and rules are looked at again.
