@@ -33,9 +33,15 @@ pub enum Kind {
     Readings = 0,
     Reference = 1,
     Warnings = 2,
+    Forecasts = 3,
 }
 
-const KINDS: [Kind; 3] = [Kind::Readings, Kind::Reference, Kind::Warnings];
+const KINDS: [Kind; 4] = [
+    Kind::Readings,
+    Kind::Reference,
+    Kind::Warnings,
+    Kind::Forecasts,
+];
 
 /// The kinds a notification channel announces changes to.
 fn kinds_of(channel: Channel) -> &'static [Kind] {
@@ -43,8 +49,7 @@ fn kinds_of(channel: Channel) -> &'static [Kind] {
         Channel::ReadingsCommitted | Channel::ReadingsFlagged => &[Kind::Readings],
         Channel::ReferenceChanged | Channel::FloodSetupChanged => &[Kind::Reference],
         Channel::WarningsChanged => &[Kind::Warnings],
-        // No route with Last-Modified answers from forecasts.
-        Channel::ForecastsCommitted => &[],
+        Channel::ForecastsCommitted => &[Kind::Forecasts],
     }
 }
 
@@ -83,6 +88,11 @@ const DEPENDENCIES: &[(&str, Span, &[Kind])] = {
         ("/api/v1/warnings", Any, &[Warnings, Reference]),
         ("/api/v1/warnings/{id}", Any, &[Warnings, Reference]),
         ("/api/v1/warning-events/{file}", Any, &[Warnings, Reference]),
+        (
+            "/api/v1/sensors/{key}/forecasts",
+            Any,
+            &[Forecasts, Reference],
+        ),
         // Fixed for the life of the process.
         ("/api/v1/openapi.json", Any, &[]),
         ("/api/v1/docs", Any, &[]),
@@ -109,7 +119,7 @@ pub fn depends_on(route: &str, query: Option<&str>) -> Option<&'static [Kind]> {
 #[derive(Debug)]
 pub struct Freshness {
     /// Unix milliseconds, per [`Kind`].
-    changed: [AtomicI64; 3],
+    changed: [AtomicI64; 4],
     started: i64,
     listening: AtomicBool,
 }
@@ -154,7 +164,7 @@ impl Freshness {
     fn new(now: DateTime<Utc>) -> Freshness {
         let at = now.timestamp_millis();
         Freshness {
-            changed: [AtomicI64::new(at), AtomicI64::new(at), AtomicI64::new(at)],
+            changed: std::array::from_fn(|_| AtomicI64::new(at)),
             started: at,
             listening: AtomicBool::new(false),
         }

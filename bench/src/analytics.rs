@@ -64,46 +64,16 @@ async fn measure(
     let store = Store::connect(database).await?;
     let (gauges, background) = register(&store, args.areas).await?;
 
-    let shutdown = CancellationToken::new();
-    let mut registry = Registry::default();
-    let ingest_metrics = Arc::new(tidemark_ingest::Metrics::register(&mut registry));
-    let analytics_metrics = Arc::new(tidemark_analytics::runner::Metrics::register(&mut registry));
-    let ingest = tokio::spawn(tidemark_ingest::run(
-        tidemark_ingest::Settings {
-            ingest: tidemark_ingest::IngestConfig {
-                client_id: "bench-analytics-ingest".into(),
-                ..config.ingest.clone()
-            },
-            mqtt: mqtt.clone(),
-            database: database.clone(),
-        },
-        ingest_metrics.clone(),
-        shutdown.clone(),
-    ));
-    let analytics = tokio::spawn(tidemark_analytics::runner::run(
-        tidemark_analytics::runner::Settings {
-            analytics: config.analytics.clone(),
-            database: database.clone(),
-            topic_prefix: mqtt.topic_prefix.clone(),
-        },
-        analytics_metrics.clone(),
-        shutdown.clone(),
-    ));
+    let stages = Stages::start(config, &mqtt, database, "bench-analytics-ingest").await?;
+    let (ingest_metrics, analytics_metrics) = (
+        stages.ingest_metrics.clone(),
+        stages.analytics_metrics.clone(),
+    );
     let mut listener = notify::listen(
         database,
         &[Channel::ReadingsCommitted, Channel::WarningsChanged],
     )
     .await?;
-    for _ in 0..200 {
-        if ingest_metrics.subscribed.get() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    anyhow::ensure!(
-        ingest_metrics.subscribed.get() == 1,
-        "ingest did not subscribe"
-    );
 
     let stop_listening = CancellationToken::new();
     let stop = stop_listening.clone();
@@ -186,9 +156,7 @@ async fn measure(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    shutdown.cancel();
-    let _ = ingest.await;
-    let _ = analytics.await;
+    stages.stop().await;
     stop_listening.cancel();
     let (commits, event_arrivals) = collector.await.context("the listener task failed")?;
 
@@ -247,7 +215,76 @@ async fn measure(
     Ok(())
 }
 
-async fn register(
+/// Ingest and the analytics runner, running in this process on the bench's broker and database.
+pub(crate) struct Stages {
+    shutdown: CancellationToken,
+    pub(crate) ingest_metrics: Arc<tidemark_ingest::Metrics>,
+    pub(crate) analytics_metrics: Arc<tidemark_analytics::runner::Metrics>,
+    ingest: tokio::task::JoinHandle<Result<(), tidemark_ingest::Error>>,
+    analytics: tokio::task::JoinHandle<Result<(), tidemark_analytics::runner::Error>>,
+}
+
+impl Stages {
+    /// Starts both, and waits until ingest has subscribed.
+    pub(crate) async fn start(
+        config: &Config,
+        mqtt: &BrokerConfig,
+        database: &tidemark_store::DatabaseConfig,
+        client_id: &str,
+    ) -> anyhow::Result<Stages> {
+        let shutdown = CancellationToken::new();
+        let mut registry = Registry::default();
+        let ingest_metrics = Arc::new(tidemark_ingest::Metrics::register(&mut registry));
+        let analytics_metrics =
+            Arc::new(tidemark_analytics::runner::Metrics::register(&mut registry));
+        let ingest = tokio::spawn(tidemark_ingest::run(
+            tidemark_ingest::Settings {
+                ingest: tidemark_ingest::IngestConfig {
+                    client_id: client_id.into(),
+                    ..config.ingest.clone()
+                },
+                mqtt: mqtt.clone(),
+                database: database.clone(),
+            },
+            ingest_metrics.clone(),
+            shutdown.clone(),
+        ));
+        let analytics = tokio::spawn(tidemark_analytics::runner::run(
+            tidemark_analytics::runner::Settings {
+                analytics: config.analytics.clone(),
+                database: database.clone(),
+                topic_prefix: mqtt.topic_prefix.clone(),
+            },
+            analytics_metrics.clone(),
+            shutdown.clone(),
+        ));
+        for _ in 0..200 {
+            if ingest_metrics.subscribed.get() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::ensure!(
+            ingest_metrics.subscribed.get() == 1,
+            "ingest did not subscribe"
+        );
+        Ok(Stages {
+            shutdown,
+            ingest_metrics,
+            analytics_metrics,
+            ingest,
+            analytics,
+        })
+    }
+
+    pub(crate) async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.ingest.await;
+        let _ = self.analytics.await;
+    }
+}
+
+pub(crate) async fn register(
     store: &Store,
     areas: usize,
 ) -> anyhow::Result<(Vec<(String, String)>, Vec<Device>)> {

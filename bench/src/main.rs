@@ -1,10 +1,11 @@
-//! `tidemark-bench`: the four benchmarks, each against private services it starts itself (a
+//! `tidemark-bench`: the five benchmarks, each against private services it starts itself (a
 //! Mosquitto on a free loopback port and a fresh database on the test server), never against the
 //! configured ones. Build with `cargo build --release -p tidemark-bench`.
 
 mod analytics;
 mod api;
 mod delivery;
+mod forecasts;
 mod ingest;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,9 @@ enum Command {
     /// Time from the commit of a threshold-crossing reading to the commit of its warning event,
     /// with ingest loaded at full speed.
     Analytics(analytics::AnalyticsBenchArgs),
+    /// Time from a forecast issue's commit to the commit of the warning event it changes, with
+    /// forecasts for many sensors issued in rounds while ingest is loaded.
+    Forecasts(forecasts::ForecastBenchArgs),
     /// Time from a warning event's commit to its receipt by a webhook receiver, by many
     /// Server-Sent Events clients and by an MQTT subscriber.
     Delivery(delivery::DeliveryBenchArgs),
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
             Command::Ingest(args) => ingest::ingest(&config, &cli.files.config, args).await,
             Command::Analytics(args) => analytics::analytics(&config, args).await,
             Command::Delivery(args) => delivery::delivery(&config, args).await,
+            Command::Forecasts(args) => forecasts::forecasts(&config, args).await,
             Command::Api(args) => api::api(&config, args).await,
             Command::IngestStage => tidemark::app::ingest(&config, shutdown).await,
         }

@@ -44,6 +44,9 @@ pub struct Report {
     pub forecasts: u64,
 }
 
+/// Values in time order.
+pub type Series = Vec<(DateTime<Utc>, f64)>;
+
 /// Per-sensor process state.
 enum State {
     Rain(Rain),
@@ -188,14 +191,11 @@ impl Engine {
     /// sensor key, from a fresh engine that publishes nothing: what a forecaster aims at. The
     /// processes draw the same numbers as when publishing, so these are the values the devices
     /// report.
-    pub fn levels_until(
-        mut self,
-        until: DateTime<Utc>,
-    ) -> Vec<(String, Vec<(DateTime<Utc>, f64)>)> {
+    pub fn levels_until(mut self, until: DateTime<Utc>) -> Vec<(String, Series)> {
         let levels: Vec<usize> = (0..self.keys.len())
             .filter(|&i| matches!(self.keys[i].1, Quantity::WaterLevel | Quantity::SeaLevel))
             .collect();
-        let mut out: Vec<(String, Vec<(DateTime<Utc>, f64)>)> = levels
+        let mut out: Vec<(String, Series)> = levels
             .iter()
             .map(|&i| (self.keys[i].0.as_str().to_owned(), Vec::new()))
             .collect();

@@ -287,6 +287,16 @@ impl Store {
         tx.execute("DELETE FROM forecasts WHERE issued_at < $1", &[&cutoff])
             .await
             .context("expiring forecasts")?;
+        if issues > 0 {
+            // A sensor's latest issue may be among them: answers that show it have changed.
+            coordination::notify(
+                &tx,
+                &Notice::ForecastsCommitted {
+                    sensors: Vec::new(),
+                },
+            )
+            .await?;
+        }
         tx.commit().await.context("commit forecast retention")?;
         Ok(issues)
     }
