@@ -254,6 +254,49 @@ async fn timescaledb_hypertable_compression_retention_round_trip() {
         ["readings_15m", "readings_1d", "readings_1h"]
     );
     rollups_match_raw(&store, sensor_id).await;
+    // Forecasts are a hypertable as well, and retention deletes old issues from it.
+    let (client, connection) = tokio_postgres::connect(&config.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let hypertables: i64 = client
+        .query_one(
+            "SELECT count(*) FROM timescaledb_information.hypertables \
+             WHERE hypertable_name = 'forecasts'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(hypertables, 1);
+    let issued_at = utc(2024, 3, 1);
+    let row = tidemark_store::forecasts::ForecastRow {
+        sensor_id,
+        source: "nowcast".into(),
+        issued_at,
+        values: vec![tidemark_model::forecast::ForecastValue {
+            valid_at: issued_at + chrono::Duration::hours(1),
+            value: 1.0,
+            quantiles: Vec::new(),
+        }],
+    };
+    assert_eq!(
+        store.store_forecast(&row).await.unwrap(),
+        tidemark_store::forecasts::Stored::New
+    );
+    assert_eq!(
+        store
+            .expire_forecasts(issued_at + chrono::Duration::days(1))
+            .await
+            .unwrap(),
+        1
+    );
+    let left: i64 = client
+        .query_one("SELECT count(*) FROM forecasts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
     drop(store);
     database.drop_database().await.unwrap();
 }
