@@ -48,7 +48,7 @@ pub struct AreaSpec {
     pub polygon: Vec<[f64; 2]>,
     pub sensors: Vec<String>,
     /// How far ahead forecasts are looked at.
-    #[serde(default = "two_days", with = "duration::serde_str")]
+    #[serde(default = "one_day", with = "duration::serde_str")]
     pub forecast_horizon: Duration,
 }
 
@@ -102,9 +102,9 @@ pub struct RainSpec {
 }
 
 /// An area's forecast horizon unless its file says otherwise.
-pub const DEFAULT_FORECAST_HORIZON: Duration = Duration::from_secs(48 * 3600);
+pub const DEFAULT_FORECAST_HORIZON: Duration = Duration::from_secs(24 * 3600);
 
-const fn two_days() -> Duration {
+const fn one_day() -> Duration {
     DEFAULT_FORECAST_HORIZON
 }
 const fn one() -> i32 {

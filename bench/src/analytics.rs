@@ -313,7 +313,7 @@ pub(crate) async fn register(
             polygon: serde_json::json!({"type": "Polygon", "coordinates": [[[lon, 56.0], [lon + 0.005, 56.0], [lon + 0.005, 56.005], [lon, 56.005], [lon, 56.0]]]}),
             municipality_codes: vec![],
             sensors: vec![sensor.clone()],
-            forecast_horizon: std::time::Duration::from_secs(48 * 3600),
+            forecast_horizon: std::time::Duration::from_secs(24 * 3600),
         });
         setup.thresholds.push(ThresholdRow {
             sensor_key: sensor.clone(),

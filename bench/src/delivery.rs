@@ -319,7 +319,7 @@ async fn register_areas(store: &Store, areas: usize) -> anyhow::Result<Vec<Strin
             polygon: serde_json::json!({"type": "Polygon", "coordinates": [[[lon, 56.0], [lon + 0.005, 56.0], [lon + 0.005, 56.005], [lon, 56.005], [lon, 56.0]]]}),
             municipality_codes: vec![MUNICIPALITY.to_owned()],
             sensors: vec![],
-            forecast_horizon: std::time::Duration::from_secs(48 * 3600),
+            forecast_horizon: std::time::Duration::from_secs(24 * 3600),
         });
         keys.push(key);
     }

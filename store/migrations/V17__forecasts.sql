@@ -55,5 +55,5 @@ ALTER TABLE api_keys ADD CONSTRAINT api_keys_check
 ALTER TABLE api_keys ADD CONSTRAINT api_keys_source_check
     CHECK ((role = 'producer') = (source IS NOT NULL));
 
--- How far ahead an area looks at forecasts.
-ALTER TABLE flood_areas ADD COLUMN forecast_horizon interval NOT NULL DEFAULT interval '48 hours';
+-- How far ahead an area looks at forecasts (see the README for why a day by default).
+ALTER TABLE flood_areas ADD COLUMN forecast_horizon interval NOT NULL DEFAULT interval '24 hours';

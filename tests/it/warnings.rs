@@ -420,7 +420,7 @@ async fn a_quiet_week_with_forecasts_raises_nothing_at_copenhagen_harbour() {
                 polygon: serde_json::json!({"type": "Polygon", "coordinates": [[[12.58, 55.68], [12.61, 55.68], [12.61, 55.70], [12.58, 55.70], [12.58, 55.68]]]}),
                 municipality_codes: vec!["0101".into()],
                 sensors: vec![sensor.into()],
-                forecast_horizon: Duration::from_secs(48 * 3600),
+                forecast_horizon: Duration::from_secs(24 * 3600),
             }],
             thresholds: vec![tidemark_store::flood::ThresholdRow {
                 sensor_key: sensor.into(),

@@ -40,10 +40,10 @@ pub struct ForecastUse {
 }
 
 impl Default for ForecastUse {
-    /// Two days ahead, issues current for twelve hours, no limit from the readings.
+    /// A day ahead, issues current for twelve hours, no limit from the readings.
     fn default() -> Self {
         ForecastUse {
-            horizon: Duration::hours(48),
+            horizon: Duration::hours(24),
             max_age: Duration::hours(12),
             until: DateTime::<Utc>::MAX_UTC,
         }

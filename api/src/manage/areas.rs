@@ -27,7 +27,7 @@ pub struct FloodAreaUpdate {
     /// Gauges upstream in the same river network, with the flood wave's travel time.
     #[serde(default)]
     pub upstream: Vec<UpstreamUpdate>,
-    /// How far ahead forecasts are looked at, such as `48h` (the default).
+    /// How far ahead forecasts are looked at, such as `24h` (the default).
     #[serde(default)]
     pub forecast_horizon: Option<String>,
 }
@@ -42,7 +42,7 @@ pub struct UpstreamUpdate {
 
 /// How far ahead an area looks at forecasts unless told otherwise, and at most.
 pub(crate) const DEFAULT_FORECAST_HORIZON: std::time::Duration =
-    std::time::Duration::from_secs(48 * 3600);
+    std::time::Duration::from_secs(24 * 3600);
 const MAX_FORECAST_HORIZON: std::time::Duration = std::time::Duration::from_secs(16 * 24 * 3600);
 
 /// Most corners of an area's outline.
