@@ -113,9 +113,11 @@ function recovered() {
   document.getElementById("problem").hidden = true;
 }
 
+// The problem line clears only when everything shown loaded again, the open detail included: a
+// detail that still fails is not hidden by lists that succeeded.
 const refreshAfterEvent = debounce(() => {
-  Promise.all([refreshWarnings(), refreshStations(), refreshUtilityAlerts()]).then(recovered, report);
-  if (state.detail) showDetail(state.detail, { focus: false }).catch(report);
+  const detail = state.detail ? showDetail(state.detail, { focus: false }) : Promise.resolve();
+  Promise.all([refreshWarnings(), refreshStations(), refreshUtilityAlerts(), detail]).then(recovered, report);
 }, 250);
 
 // ---------------------------------------------------------------------------------------------
