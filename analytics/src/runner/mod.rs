@@ -71,6 +71,20 @@ pub async fn run(
     }
     let mut pending: BTreeSet<String> = model.setup.areas.iter().map(|a| a.key.clone()).collect();
     let mut nowcasts = nowcast::Nowcasts::default();
+    // Readings committed before the listener started announce no nowcast: every gauge is looked
+    // at once now (each is issued only when due).
+    let gauges: Vec<String> = model
+        .setup
+        .thresholds
+        .iter()
+        .map(|t| t.sensor_key.clone())
+        .collect();
+    if let Err(error) = nowcasts
+        .issue(&store, &model, &settings, &gauges, chrono::Utc::now())
+        .await
+    {
+        tracing::warn!(%error, "nowcast failed");
+    }
     let memos = evaluation::ForecastMemos::default();
     let mut sweep = tokio::time::interval(settings.analytics.sweep_interval);
     sweep.tick().await;
