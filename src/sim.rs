@@ -191,14 +191,7 @@ pub async fn simulate(
                 if issue.issued_at > end {
                     continue;
                 }
-                forecasts.push(tidemark_sensors_sim::engine::Publication {
-                    device: index,
-                    at: issue.issued_at,
-                    payload: issue.payload("m", chrono::Duration::zero()),
-                    readings: 0,
-                    malformed: false,
-                    duplicate: false,
-                });
+                forecasts.push(issue.publication(index, "m", chrono::Duration::zero()));
             }
         }
         forecasts.sort_by_key(|f| f.at);

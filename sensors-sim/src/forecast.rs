@@ -9,6 +9,7 @@
 //! draws its own `z`, from one generator seeded by `seed`, so the same truth and seed give the
 //! same forecasts.
 
+use crate::engine::Publication;
 use crate::process::gaussian;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use tidemark_model::random::SeededRng;
@@ -78,6 +79,18 @@ impl SimulatedIssue {
         })
         .to_string()
         .into_bytes()
+    }
+
+    /// The issue as a message of fleet member `source`, at its (unshifted) issue time.
+    pub fn publication(&self, source: usize, unit: &str, shift: Duration) -> Publication {
+        Publication {
+            device: source,
+            at: self.issued_at,
+            payload: self.payload(unit, shift),
+            readings: 0,
+            malformed: false,
+            duplicate: false,
+        }
     }
 }
 

@@ -199,14 +199,7 @@ impl Recording {
                 .filter_map(|p| Some((p.ts, p.unit.convert(p.value, canonical)?)))
                 .collect();
             for issue in crate::forecast::issues(&sensor.key, &truth, plan, &mut rng) {
-                out.push(Publication {
-                    device: source,
-                    at: issue.issued_at,
-                    payload: issue.payload(canonical.symbol(), shift),
-                    readings: 0,
-                    malformed: false,
-                    duplicate: false,
-                });
+                out.push(issue.publication(source, canonical.symbol(), shift));
             }
         }
         out.sort_by_key(|p| p.at);
