@@ -244,11 +244,32 @@ await failing.route(`${base}/api/v1/stations/${STATION}`, (route) =>
     body: JSON.stringify({ title: "Service Unavailable", status: 503, detail: "the database is unreachable" }),
   }),
 );
+// A refresh of the lists that was already under way when the detail failed, and succeeds after
+// it, must not clear the line. The page loads the station list once as it starts; hold the next
+// load (the refresh when the live stream opens) until the detail has failed.
+let listLoads = 0;
+let releaseList;
+const listHeld = new Promise((resolve) => (releaseList = resolve));
+await failing.route(`${base}/api/v1/stations?*`, async (route) => {
+  listLoads += 1;
+  if (listLoads === 2) await listHeld;
+  // On to the context's check of every request.
+  return route.fallback();
+});
 await failing.goto(`${base}/`);
 await failing.waitForSelector("body[data-ready=true]", { timeout: 30000 });
 assert.equal(await failing.locator("#problem").isHidden(), true);
+for (let i = 0; listLoads < 2; i++) {
+  assert.ok(i < 150, "the live stream's opening refreshes the station list");
+  await failing.waitForTimeout(100);
+}
 await failing.click(`button.station[data-station="${STATION}"]`);
 await failing.waitForSelector("#problem:not([hidden])");
+const listDone = failing.waitForResponse((r) => r.url().startsWith(`${base}/api/v1/stations?`));
+releaseList();
+await listDone;
+await failing.waitForTimeout(500);
+assert.equal(await failing.locator("#problem").isHidden(), false, "the failed detail's line outlives the lists' refresh");
 assert.equal(await failing.locator("#problem").innerText(), "Could not load: the database is unreachable");
 
 assert.equal(await page.locator("#problem").isHidden(), true, "nothing failed to load");

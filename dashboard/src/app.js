@@ -19,6 +19,8 @@ const state = {
   markers: new Map(),
   /** What the detail pane shows: {kind: "station" | "warning", id}. */
   detail: null,
+  /** Whether the open detail's last load failed: a list refresh that succeeds does not clear that. */
+  detailFailed: false,
   /** What acknowledging each warning from this tab came to, kept however often the pane is redrawn. */
   ackStatus: new Map(),
   returnFocus: null,
@@ -109,12 +111,12 @@ function report(error) {
   problem.hidden = false;
 }
 
+// The problem line clears only when everything shown loaded again, the open detail included: a
+// refresh of the lists that succeeds, even one started before the detail failed, leaves the line.
 function recovered() {
-  document.getElementById("problem").hidden = true;
+  if (!state.detailFailed) document.getElementById("problem").hidden = true;
 }
 
-// The problem line clears only when everything shown loaded again, the open detail included: a
-// detail that still fails is not hidden by lists that succeeded.
 const refreshAfterEvent = debounce(() => {
   const detail = state.detail ? showDetail(state.detail, { focus: false }) : Promise.resolve();
   Promise.all([refreshWarnings(), refreshStations(), refreshUtilityAlerts(), detail]).then(recovered, report);
@@ -361,9 +363,16 @@ async function showDetail(detail, { focus = true } = {}) {
   if (focus) state.returnFocus = document.activeElement;
   state.detail = detail;
   const body = document.getElementById("detail-body");
-  const { content, drawn } =
-    detail.kind === "station" ? await stationDetail(detail.id) : await warningDetail(detail.id, focus);
+  let loaded;
+  try {
+    loaded = detail.kind === "station" ? await stationDetail(detail.id) : await warningDetail(detail.id, focus);
+  } catch (error) {
+    if (state.detail === detail) state.detailFailed = true;
+    throw error;
+  }
   if (state.detail !== detail) return;
+  state.detailFailed = false;
+  const { content, drawn } = loaded;
   body.replaceChildren(...content);
   const pane = document.getElementById("detail");
   pane.hidden = false;
@@ -376,6 +385,7 @@ async function showDetail(detail, { focus = true } = {}) {
 
 function closeDetail() {
   state.detail = null;
+  state.detailFailed = false;
   document.getElementById("detail").hidden = true;
   state.returnFocus?.focus?.();
 }
