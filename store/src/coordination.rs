@@ -160,6 +160,22 @@ pub(crate) async fn notify(tx: &Transaction<'_>, notice: &Notice) -> Result<()> 
     Ok(())
 }
 
+/// Sends the notices in order when `tx` commits, in one statement.
+pub(crate) async fn notify_all(tx: &Transaction<'_>, notices: &[Notice]) -> Result<()> {
+    if notices.is_empty() {
+        return Ok(());
+    }
+    let channels: Vec<&str> = notices.iter().map(|n| n.channel().name()).collect();
+    let payloads: Vec<String> = notices.iter().map(Notice::payload).collect();
+    tx.execute(
+        "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(c, p, n) ORDER BY n",
+        &[&channels, &payloads],
+    )
+    .await
+    .context("sending notifications")?;
+    Ok(())
+}
+
 /// Sends `notice` now, outside any transaction (after the commit of what it announces).
 pub(crate) async fn notify_now(client: &tokio_postgres::Client, notice: &Notice) -> Result<()> {
     client
@@ -217,6 +233,19 @@ pub(crate) async fn lock_area(tx: &Transaction<'_>, area_key: &str) -> Result<()
         "taking the area lock",
     )
     .await
+}
+
+/// [`lock_area`] for many areas, in one statement and one order (by lock key), so that two
+/// transactions locking overlapping sets wait for each other instead of deadlocking.
+pub(crate) async fn lock_areas(tx: &Transaction<'_>, area_keys: &[&str]) -> Result<()> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtext('tidemark.area:' || k) AS h \
+         FROM unnest($1::text[]) k ORDER BY h OFFSET 0) s",
+        &[&area_keys],
+    )
+    .await
+    .context("taking the areas' locks")?;
+    Ok(())
 }
 
 /// Serialises leak decisions about one district meter.

@@ -16,13 +16,15 @@ use tidemark_model::warning::{
 };
 use tokio_postgres::Transaction;
 
-/// Queues the event for every webhook whose filter matches it. A webhook matches when it is
+/// Queues the events for every webhook whose filter matches it. A webhook matches when it is
 /// active, it receives the warning's category, its municipality and area filters (empty = all;
 /// areas filter flood warnings only) meet the warning's, a municipality
 /// owner is among the warning's municipalities, and either the warning's severity at this event
 /// reaches its minimum or an earlier event of the same warning was already queued for it (so a
 /// receiver that heard of a warning also hears how it changed and ended).
-async fn queue_webhooks(tx: &Transaction<'_>, event_id: i64) -> Result<u64> {
+/// `event_ids` may hold at most one event of each warning: whether a webhook hears of an event
+/// depends on the deliveries queued for the warning's earlier events.
+async fn queue_webhooks(tx: &Transaction<'_>, event_ids: &[i64]) -> Result<u64> {
     tx.execute(
         "INSERT INTO outbox (event_id, channel, target) \
          SELECT e.id, 'webhook', wh.id::text \
@@ -30,14 +32,15 @@ async fn queue_webhooks(tx: &Transaction<'_>, event_id: i64) -> Result<u64> {
          CROSS JOIN LATERAL (SELECT p.severity FROM warning_events p WHERE p.warning_id = e.warning_id \
              AND p.id <= e.id AND p.severity IS NOT NULL ORDER BY p.id DESC LIMIT 1) sev \
          JOIN webhooks wh ON wh.deleted_at IS NULL AND wh.disabled_at IS NULL \
-         WHERE e.id = $1 AND w.category = ANY (wh.categories) \
+         WHERE e.id = ANY ($1) AND w.category = ANY (wh.categories) \
            AND (cardinality(wh.municipalities) = 0 OR wh.municipalities && w.municipalities) \
            AND (cardinality(wh.areas) = 0 OR w.category <> 'flood' OR e.area_key = ANY (wh.areas)) \
            AND (wh.owner_municipality IS NULL OR wh.owner_municipality = ANY (w.municipalities)) \
            AND (sev.severity >= wh.min_severity OR EXISTS ( \
                SELECT 1 FROM outbox o JOIN warning_events q ON q.id = o.event_id \
-               WHERE q.warning_id = e.warning_id AND o.channel = 'webhook' AND o.target = wh.id::text))",
-        &[&event_id],
+               WHERE q.warning_id = e.warning_id AND o.channel = 'webhook' AND o.target = wh.id::text)) \
+         ORDER BY e.id, wh.id",
+        &[&event_ids],
     )
     .await
     .context("queueing webhook deliveries")
@@ -67,40 +70,106 @@ pub(crate) async fn append_event(
     event: &EventInsert<'_>,
     mqtt_topics: &[String],
 ) -> Result<i64> {
+    let ids = append_events(sequence, &[(event, mqtt_topics)]).await?;
+    Ok(ids[0])
+}
+
+/// Appends events in order, as [`append_event`] does each, in a few statements whatever their
+/// number: one evaluation of many areas records all its events in one transaction. Returns their
+/// ids, in the order given.
+pub(crate) async fn append_events(
+    sequence: &EventSequence<'_>,
+    events: &[(&EventInsert<'_>, &[String])],
+) -> Result<Vec<i64>> {
+    let mut ids = Vec::with_capacity(events.len());
+    let mut start = 0;
+    while start < events.len() {
+        // A warning's second event starts the next part: its webhook deliveries depend on those
+        // queued for the first.
+        let mut warnings = std::collections::HashSet::new();
+        let end = events[start..]
+            .iter()
+            .position(|(e, _)| !warnings.insert(e.warning_id))
+            .map_or(events.len(), |n| start + n);
+        ids.extend(append_part(sequence, &events[start..end]).await?);
+        start = end;
+    }
+    Ok(ids)
+}
+
+/// Appends events of distinct warnings.
+async fn append_part(
+    sequence: &EventSequence<'_>,
+    events: &[(&EventInsert<'_>, &[String])],
+) -> Result<Vec<i64>> {
     let tx = sequence.tx();
-    let event_id: i64 = tx
-        .query_one(
+    let warning_ids: Vec<i64> = events.iter().map(|(e, _)| e.warning_id).collect();
+    let categories: Vec<&str> = events.iter().map(|(e, _)| e.category.name()).collect();
+    let area_keys: Vec<Option<&str>> = events.iter().map(|(e, _)| e.area_key).collect();
+    let sensor_keys: Vec<Option<&str>> = events.iter().map(|(e, _)| e.sensor_key).collect();
+    let kinds: Vec<&str> = events.iter().map(|(e, _)| e.kind.name()).collect();
+    let severities: Vec<Option<i16>> = events
+        .iter()
+        .map(|(e, _)| e.severity.map(Severity::level))
+        .collect();
+    let ats: Vec<DateTime<Utc>> = events.iter().map(|(e, _)| e.at).collect();
+    let messages_en: Vec<&str> = events.iter().map(|(e, _)| e.message_en).collect();
+    let messages_da: Vec<&str> = events.iter().map(|(e, _)| e.message_da).collect();
+    let details: Vec<&serde_json::Value> = events.iter().map(|(e, _)| e.detail).collect();
+    let warning_kinds: Vec<Option<&str>> = events
+        .iter()
+        .map(|(e, _)| e.warning_kind.map(WarningKind::name))
+        .collect();
+    // Ids are drawn in the order the rows are inserted, which is the order given.
+    let mut ids: Vec<i64> = tx
+        .query(
             "INSERT INTO warning_events (warning_id, category, area_key, sensor_key, kind, severity, at, \
              message_en, message_da, detail, warning_kind) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+             SELECT w, c, a, s, k, v, t, en, da, d, wk FROM unnest($1::bigint[], $2::text[], $3::text[], \
+                 $4::text[], $5::text[], $6::int2[], $7::timestamptz[], $8::text[], $9::text[], \
+                 $10::jsonb[], $11::text[]) WITH ORDINALITY AS x(w, c, a, s, k, v, t, en, da, d, wk, n) \
+             ORDER BY n RETURNING id",
             &[
-                &event.warning_id,
-                &event.category.name(),
-                &event.area_key,
-                &event.sensor_key,
-                &event.kind.name(),
-                &event.severity.map(Severity::level),
-                &event.at,
-                &event.message_en,
-                &event.message_da,
-                event.detail,
-                &event.warning_kind.map(WarningKind::name),
+                &warning_ids,
+                &categories,
+                &area_keys,
+                &sensor_keys,
+                &kinds,
+                &severities,
+                &ats,
+                &messages_en,
+                &messages_da,
+                &details,
+                &warning_kinds,
             ],
         )
         .await
-        .context("recording a warning event")?
-        .get(0);
-    for topic in mqtt_topics {
+        .context("recording warning events")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    ids.sort_unstable();
+    let (outbox_events, outbox_topics): (Vec<i64>, Vec<&str>) = events
+        .iter()
+        .zip(&ids)
+        .flat_map(|((_, topics), id)| topics.iter().map(move |t| (*id, t.as_str())))
+        .unzip();
+    if !outbox_events.is_empty() {
         tx.execute(
-            "INSERT INTO outbox (event_id, channel, target) VALUES ($1, 'mqtt', $2)",
-            &[&event_id, topic],
+            "INSERT INTO outbox (event_id, channel, target) \
+             SELECT e, 'mqtt', t FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS x(e, t, n) ORDER BY n",
+            &[&outbox_events, &outbox_topics],
         )
         .await
-        .context("queueing a delivery")?;
+        .context("queueing deliveries")?;
     }
-    queue_webhooks(tx, event_id).await?;
-    coordination::notify(tx, &Notice::WarningsChanged { event_id }).await?;
-    Ok(event_id)
+    queue_webhooks(tx, &ids).await?;
+    let notices: Vec<Notice> = ids
+        .iter()
+        .map(|&event_id| Notice::WarningsChanged { event_id })
+        .collect();
+    coordination::notify_all(tx, &notices).await?;
+    Ok(ids)
 }
 
 /// Appends an `undelivered` event after `event_id` (a delivery over `channel` was given up), in the

@@ -836,3 +836,148 @@ async fn two_writers_decide_about_an_area_one_after_the_other() {
     assert_eq!(kinds, [EventKind::Raised, EventKind::Stale]);
     harness.finish().await;
 }
+
+/// An evaluation of many areas records them together, in one transaction: each area's events in
+/// order, each with its warning, its MQTT deliveries, the webhooks that match it and its
+/// notification. One area is raised at Flood Warning and changed down to Flood Alert in the same
+/// decision: a webhook for Flood Warnings and up hears both, because it heard of the warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_areas_are_decided_together_each_in_order() {
+    use tidemark_store::coordination::{Channel, Notice};
+    use tidemark_store::flood::{AreaDecision, AreaTarget, NewEvent};
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    tidemark::app::load_flood(&config).await.unwrap();
+    let store = &harness.store;
+    let setup = store.flood_setup().await.unwrap();
+    let areas: Vec<&tidemark_store::flood::AreaRow> = setup.areas.iter().take(3).collect();
+    assert_eq!(areas.len(), 3, "the flood files hold three areas or more");
+    let client = sql(&harness).await;
+    client
+        .batch_execute(
+            "INSERT INTO api_keys (prefix, hash, role) VALUES ('tm_test', '\\x00', 'operator'); \
+             INSERT INTO webhooks (owner_key, url, min_severity, secret) \
+             SELECT id, 'http://127.0.0.1:9/hook', 2, 'whsec_test' FROM api_keys WHERE prefix = 'tm_test'",
+        )
+        .await
+        .unwrap();
+    let at = Utc::now() - ChronoDuration::minutes(10);
+    let event = |kind: EventKind, severity: Option<Severity>, minutes: i64| NewEvent {
+        kind,
+        severity,
+        warning_kind: WarningKind::Observed,
+        at: at + ChronoDuration::minutes(minutes),
+        message_en: format!("{kind}."),
+        message_da: format!("{kind}."),
+        trigger: serde_json::json!({}),
+    };
+    // The third area has a warning in force already.
+    store
+        .record_area_events(
+            &areas[2].key,
+            &areas[2].municipality_codes,
+            &[event(EventKind::Raised, Some(Severity::Warning), 0)],
+            &[],
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut listener =
+        tidemark_store::notify::listen(&config.database, &[Channel::WarningsChanged])
+            .await
+            .unwrap();
+    let topics: Vec<Vec<String>> = (0..3).map(|i| vec![format!("alerts/{i}")]).collect();
+    let targets: Vec<AreaTarget<'_>> = areas
+        .iter()
+        .zip(&topics)
+        .map(|(area, topics)| AreaTarget {
+            key: &area.key,
+            municipalities: &area.municipality_codes,
+            mqtt_topics: topics,
+        })
+        .collect();
+    let decisions = [
+        vec![
+            event(EventKind::Raised, Some(Severity::Warning), 1),
+            event(EventKind::Changed, Some(Severity::Alert), 2),
+        ],
+        vec![event(EventKind::Raised, Some(Severity::Severe), 1)],
+        vec![event(EventKind::Lifted, None, 2)],
+    ];
+    let mut seen = Vec::new();
+    let decided = store
+        .decide_areas(&targets, |i, status| {
+            seen.push((i, status.current.is_some()));
+            AreaDecision {
+                events: decisions[i].clone(),
+                crossings: vec![],
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        seen,
+        [(0, false), (1, false), (2, true)],
+        "each area's status, read under its lock"
+    );
+    let ids: Vec<Vec<i64>> = decided.iter().map(|(ids, _)| ids.clone()).collect();
+    assert_eq!(ids.iter().map(Vec::len).collect::<Vec<_>>(), [2, 1, 1]);
+    assert!(ids[0][0] < ids[0][1], "an area's events in order: {ids:?}");
+
+    for (i, area) in areas.iter().enumerate() {
+        let events = store.warning_events(&area.key).await.unwrap();
+        let recorded: Vec<i64> = events
+            .iter()
+            .map(|e| e.id)
+            .rev()
+            .take(ids[i].len())
+            .rev()
+            .collect();
+        assert_eq!(recorded, ids[i], "area {} holds its events", area.key);
+        for id in &ids[i] {
+            let outbox = store.outbox_for(*id).await.unwrap();
+            assert!(
+                outbox.contains(&("mqtt".to_owned(), format!("alerts/{i}"))),
+                "event {id}: {outbox:?}"
+            );
+            assert!(
+                outbox.iter().any(|(channel, _)| channel == "webhook"),
+                "event {id} of area {i} goes to the webhook: {outbox:?}"
+            );
+        }
+    }
+    let warnings = store.warnings(None).await.unwrap();
+    let state = |key: &str| {
+        warnings
+            .iter()
+            .filter(|w| w.area_key == key)
+            .map(|w| (w.severity, w.state))
+            .collect::<Vec<_>>()
+    };
+    use tidemark_model::warning::WarningState;
+    assert_eq!(
+        state(&areas[0].key),
+        [(Severity::Alert, WarningState::InForce)]
+    );
+    assert_eq!(
+        state(&areas[1].key),
+        [(Severity::Severe, WarningState::InForce)]
+    );
+    assert_eq!(
+        state(&areas[2].key),
+        [(Severity::Warning, WarningState::Lifted)]
+    );
+
+    let mut announced = Vec::new();
+    while announced.len() < 4 {
+        match tokio::time::timeout(Duration::from_secs(5), listener.recv()).await {
+            Ok(Some(Notice::WarningsChanged { event_id })) => announced.push(event_id),
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    let mut all: Vec<i64> = ids.concat();
+    all.sort_unstable();
+    assert_eq!(announced, all, "every event announced once, in id order");
+    harness.finish().await;
+}

@@ -47,135 +47,126 @@ impl Store {
         mqtt_topics: &[String],
         decide: impl FnOnce(&AreaStatus) -> AreaDecision,
     ) -> Result<(Vec<i64>, AreaDecision)> {
+        let target = AreaTarget {
+            key: area_key,
+            municipalities,
+            mqtt_topics,
+        };
+        let mut decide = Some(decide);
+        let mut decided = self
+            .decide_areas(&[target], |_, status| {
+                decide.take().map(|d| d(status)).unwrap_or_default()
+            })
+            .await?;
+        Ok(decided.remove(0))
+    }
+
+    /// [`Store::decide_area`] for many areas at once, in one transaction and a few statements
+    /// whatever their number: every area's lock (taken in one order, so that two writers of
+    /// overlapping sets cannot deadlock), every status, then `decide(i, status)` for the `i`-th
+    /// area, and every event with its warning and deliveries. Returns each area's event ids and
+    /// decision, in the order given. An area may be given once only.
+    pub async fn decide_areas(
+        &self,
+        areas: &[AreaTarget<'_>],
+        mut decide: impl FnMut(usize, &AreaStatus) -> AreaDecision,
+    ) -> Result<Vec<(Vec<i64>, AreaDecision)>> {
+        let keys: Vec<&str> = areas.iter().map(|a| a.key).collect();
         let mut client = self.client().await?;
         let tx = client.transaction().await.context("begin warning events")?;
-        coordination::lock_area(&tx, area_key).await?;
-        let status = read_status(&*tx, area_key).await?;
-        let decision = decide(&status);
-        let ids = write_decision(&tx, area_key, municipalities, mqtt_topics, &decision).await?;
+        coordination::lock_areas(&tx, &keys).await?;
+        let statuses = read_statuses(&*tx, &keys).await?;
+        let decisions: Vec<AreaDecision> = statuses
+            .iter()
+            .enumerate()
+            .map(|(i, status)| decide(i, status))
+            .collect();
+        let ids = write_decisions(&tx, areas, &decisions).await?;
         tx.commit().await.context("commit warning events")?;
-        Ok((ids, decision))
+        Ok(ids.into_iter().zip(decisions).collect())
     }
+}
+
+/// A flood area whose events [`Store::decide_areas`] records, with where they go.
+#[derive(Debug, Clone, Copy)]
+pub struct AreaTarget<'a> {
+    pub key: &'a str,
+    /// The warning's municipalities, set when it is raised.
+    pub municipalities: &'a [String],
+    /// Every event gets an MQTT delivery to each of these.
+    pub mqtt_topics: &'a [String],
 }
 
 /// The area's status as `client` (a connection, or a transaction holding the area's lock) sees
 /// it.
 async fn read_status(client: &impl GenericClient, area_key: &str) -> Result<AreaStatus> {
-    let last_at: Option<DateTime<Utc>> = client
-        .query_one(
-            "SELECT max(at) FROM warning_events WHERE area_key = $1",
-            &[&area_key],
-        )
-        .await
-        .context("reading the area's last event")?
-        .get(0);
-    let current = client
-        .query_opt(
-            &format!(
-                "{WARNING_SELECT} WHERE w.area_key = $1 AND w.state = 'in_force' \
-                 ORDER BY w.raised_at DESC, w.id DESC LIMIT 1"
-            ),
-            &[&area_key],
-        )
-        .await
-        .context("reading the area's warning in force")?
-        .as_ref()
-        .map(warning_row)
-        .transpose()?;
-    Ok(AreaStatus { last_at, current })
+    Ok(read_statuses(client, &[area_key]).await?.remove(0))
 }
 
-/// Writes a decision's events, the warnings they change and its crossings, in `tx`, which holds
-/// the area's lock.
-async fn write_decision(
+/// The areas' statuses, in the order given.
+async fn read_statuses(client: &impl GenericClient, area_keys: &[&str]) -> Result<Vec<AreaStatus>> {
+    let last: HashMap<String, DateTime<Utc>> = client
+        .query(
+            "SELECT k, (SELECT max(at) FROM warning_events e WHERE e.area_key = k) \
+             FROM unnest($1::text[]) k",
+            &[&area_keys],
+        )
+        .await
+        .context("reading the areas' last events")?
+        .iter()
+        .filter_map(|r| Some((r.get(0), r.get::<_, Option<DateTime<Utc>>>(1)?)))
+        .collect();
+    // At most one warning of an area is in force (a unique index holds that).
+    let mut current: HashMap<String, WarningRow> = HashMap::new();
+    let rows = client
+        .query(
+            &format!("{WARNING_SELECT} WHERE w.area_key = ANY ($1) AND w.state = 'in_force'"),
+            &[&area_keys],
+        )
+        .await
+        .context("reading the areas' warnings in force")?;
+    for row in &rows {
+        let warning = warning_row(row)?;
+        current.insert(warning.area_key.clone(), warning);
+    }
+    Ok(area_keys
+        .iter()
+        .map(|key| AreaStatus {
+            last_at: last.get(*key).copied(),
+            current: current.remove(*key),
+        })
+        .collect())
+}
+
+/// Writes the decisions' events, the warnings they change and their crossings, in `tx`, which
+/// holds the areas' locks. Events are written in rounds (every area's first event, then every
+/// second one, ...), so that each statement changes at most one warning of an area.
+async fn write_decisions(
     tx: &Transaction<'_>,
-    area_key: &str,
-    municipalities: &[String],
-    mqtt_topics: &[String],
-    decision: &AreaDecision,
-) -> Result<Vec<i64>> {
-    let (events, crossings) = (&decision.events, &decision.crossings);
-    let sequence = if events.is_empty() {
+    areas: &[AreaTarget<'_>],
+    decisions: &[AreaDecision],
+) -> Result<Vec<Vec<i64>>> {
+    let mut ids = vec![Vec::new(); areas.len()];
+    let rounds = decisions.iter().map(|d| d.events.len()).max().unwrap_or(0);
+    let sequence = if rounds == 0 {
         None
     } else {
         Some(coordination::lock_event_sequence(tx).await?)
     };
-    let mut ids = Vec::new();
-    for event in events {
-        let severity = event.severity.map(Severity::level);
-        let warning_kind = event.warning_kind.name();
-        let warning_id: Option<i64> = match event.kind {
-                EventKind::Raised => tx
-                    .query_opt(
-                        "INSERT INTO warnings (area_key, severity, kind, state, raised_at, changed_at, \
-                         municipalities, trigger, message_en, message_da) \
-                         VALUES ($1, $2, $3, 'in_force', $4, $4, $5, $6, $7, $8) RETURNING id",
-                        &[
-                            &area_key,
-                            &severity,
-                            &warning_kind,
-                            &event.at,
-                            &municipalities,
-                            &event.trigger,
-                            &event.message_en,
-                            &event.message_da,
-                        ],
-                    )
-                    .await
-                    .context("raising a warning")?,
-                EventKind::Changed => tx
-                    .query_opt(
-                        "UPDATE warnings SET severity = $2, kind = $3, changed_at = $4, trigger = $5, \
-                         message_en = $6, message_da = $7 WHERE area_key = $1 AND state = 'in_force' RETURNING id",
-                        &[
-                            &area_key,
-                            &severity,
-                            &warning_kind,
-                            &event.at,
-                            &event.trigger,
-                            &event.message_en,
-                            &event.message_da,
-                        ],
-                    )
-                    .await
-                    .context("changing a warning")?,
-                EventKind::Lifted => tx
-                    .query_opt(
-                        "UPDATE warnings SET state = 'lifted', lifted_at = $2, changed_at = $2, stale = false, \
-                         message_en = $3, message_da = $4 WHERE area_key = $1 AND state = 'in_force' RETURNING id",
-                        &[&area_key, &event.at, &event.message_en, &event.message_da],
-                    )
-                    .await
-                    .context("lifting a warning")?,
-                EventKind::Stale | EventKind::Fresh => tx
-                    .query_opt(
-                        "UPDATE warnings SET stale = $2 WHERE area_key = $1 AND state = 'in_force' RETURNING id",
-                        &[&area_key, &(event.kind == EventKind::Stale)],
-                    )
-                    .await
-                    .context("marking a warning stale or fresh")?,
-                other => {
-                    return Err(Error::Inconsistent(format!(
-                        "analytics do not record {other} events"
-                    )))
-                }
-            }
-            .map(|r| r.get(0));
-        let warning_id = warning_id.ok_or_else(|| {
-            Error::Inconsistent(format!(
-                "area {area_key}: a {} event needs a warning in force",
-                event.kind
-            ))
-        })?;
-        let sequence = sequence
-            .as_ref()
-            .expect("the event sequence is locked when there are events");
-        let event_id = append_event(
-            sequence,
-            &EventInsert {
+    for round in 0..rounds {
+        let entries: Vec<(usize, &NewEvent)> = decisions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| Some((i, d.events.get(round)?)))
+            .collect();
+        let warning_ids = apply_to_warnings(tx, areas, &entries).await?;
+        let inserts: Vec<EventInsert<'_>> = entries
+            .iter()
+            .zip(&warning_ids)
+            .map(|((i, event), &warning_id)| EventInsert {
                 warning_id,
                 category: Category::Flood,
-                area_key: Some(area_key),
+                area_key: Some(areas[*i].key),
                 sensor_key: None,
                 kind: event.kind,
                 severity: event.severity,
@@ -184,28 +175,192 @@ async fn write_decision(
                 message_en: &event.message_en,
                 message_da: &event.message_da,
                 detail: &event.trigger,
-            },
-            mqtt_topics,
-        )
-        .await?;
-        ids.push(event_id);
+            })
+            .collect();
+        let with_topics: Vec<(&EventInsert<'_>, &[String])> = inserts
+            .iter()
+            .zip(&entries)
+            .map(|(insert, (i, _))| (insert, areas[*i].mqtt_topics))
+            .collect();
+        let sequence = sequence
+            .as_ref()
+            .expect("the event sequence is locked when there are events");
+        let event_ids = append_events(sequence, &with_topics).await?;
+        for ((i, _), id) in entries.iter().zip(event_ids) {
+            ids[*i].push(id);
+        }
     }
-    for c in crossings {
+    let crossings: Vec<&CrossingRow> = decisions.iter().flat_map(|d| &d.crossings).collect();
+    if !crossings.is_empty() {
+        let sensors: Vec<&str> = crossings.iter().map(|c| c.sensor_key.as_str()).collect();
+        let severities: Vec<i16> = crossings.iter().map(|c| c.severity.level()).collect();
+        let directions: Vec<&str> = crossings
+            .iter()
+            .map(|c| if c.up { "up" } else { "down" })
+            .collect();
+        let ats: Vec<DateTime<Utc>> = crossings.iter().map(|c| c.at).collect();
+        let values: Vec<f64> = crossings.iter().map(|c| c.value).collect();
         tx.execute(
             "INSERT INTO threshold_crossings (sensor_key, severity, direction, at, value) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            &[
-                &c.sensor_key,
-                &c.severity.level(),
-                &if c.up { "up" } else { "down" },
-                &c.at,
-                &c.value,
-            ],
+             SELECT * FROM unnest($1::text[], $2::int2[], $3::text[], $4::timestamptz[], $5::float8[]) \
+             ON CONFLICT DO NOTHING",
+            &[&sensors, &severities, &directions, &ats, &values],
         )
         .await
-        .context("recording a crossing")?;
+        .context("recording crossings")?;
     }
     Ok(ids)
+}
+
+/// Raises, changes, lifts or marks the warnings the events (one per area) concern; returns each
+/// event's warning id.
+async fn apply_to_warnings(
+    tx: &Transaction<'_>,
+    areas: &[AreaTarget<'_>],
+    entries: &[(usize, &NewEvent)],
+) -> Result<Vec<i64>> {
+    let mut warning_of: HashMap<String, i64> = HashMap::new();
+    let of_kind = |kinds: &[EventKind]| -> Vec<(usize, &NewEvent)> {
+        entries
+            .iter()
+            .filter(|(_, e)| kinds.contains(&e.kind))
+            .copied()
+            .collect()
+    };
+    let keys = |chosen: &[(usize, &NewEvent)]| -> Vec<&str> {
+        chosen.iter().map(|(i, _)| areas[*i].key).collect()
+    };
+    let ats = |chosen: &[(usize, &NewEvent)]| -> Vec<DateTime<Utc>> {
+        chosen.iter().map(|(_, e)| e.at).collect()
+    };
+    let texts = |chosen: &[(usize, &NewEvent)], f: fn(&NewEvent) -> &str| -> Vec<String> {
+        chosen.iter().map(|(_, e)| f(e).to_owned()).collect()
+    };
+    let severities = |chosen: &[(usize, &NewEvent)]| -> Vec<Option<i16>> {
+        chosen
+            .iter()
+            .map(|(_, e)| e.severity.map(Severity::level))
+            .collect()
+    };
+    let triggers = |chosen: &[(usize, &NewEvent)]| -> Vec<serde_json::Value> {
+        chosen.iter().map(|(_, e)| e.trigger.clone()).collect()
+    };
+    let mut note = |rows: Vec<tokio_postgres::Row>| {
+        for row in rows {
+            warning_of.insert(row.get(1), row.get(0));
+        }
+    };
+    let raised = of_kind(&[EventKind::Raised]);
+    if !raised.is_empty() {
+        let municipalities: Vec<serde_json::Value> = raised
+            .iter()
+            .map(|(i, _)| serde_json::json!(areas[*i].municipalities))
+            .collect();
+        note(
+            tx.query(
+                "INSERT INTO warnings (area_key, severity, kind, state, raised_at, changed_at, \
+                 municipalities, trigger, message_en, message_da) \
+                 SELECT a, v, k, 'in_force', t, t, ARRAY(SELECT jsonb_array_elements_text(m)), tr, en, da \
+                 FROM unnest($1::text[], $2::int2[], $3::text[], $4::timestamptz[], $5::jsonb[], \
+                     $6::jsonb[], $7::text[], $8::text[]) AS x(a, v, k, t, m, tr, en, da) \
+                 RETURNING id, area_key",
+                &[
+                    &keys(&raised),
+                    &severities(&raised),
+                    &texts(&raised, |e| e.warning_kind.name()),
+                    &ats(&raised),
+                    &municipalities,
+                    &triggers(&raised),
+                    &texts(&raised, |e| &e.message_en),
+                    &texts(&raised, |e| &e.message_da),
+                ],
+            )
+            .await
+            .context("raising warnings")?,
+        );
+    }
+    let changed = of_kind(&[EventKind::Changed]);
+    if !changed.is_empty() {
+        note(
+            tx.query(
+                "UPDATE warnings w SET severity = x.v, kind = x.k, changed_at = x.t, trigger = x.tr, \
+                 message_en = x.en, message_da = x.da \
+                 FROM unnest($1::text[], $2::int2[], $3::text[], $4::timestamptz[], $5::jsonb[], \
+                     $6::text[], $7::text[]) AS x(a, v, k, t, tr, en, da) \
+                 WHERE w.area_key = x.a AND w.state = 'in_force' RETURNING w.id, w.area_key",
+                &[
+                    &keys(&changed),
+                    &severities(&changed),
+                    &texts(&changed, |e| e.warning_kind.name()),
+                    &ats(&changed),
+                    &triggers(&changed),
+                    &texts(&changed, |e| &e.message_en),
+                    &texts(&changed, |e| &e.message_da),
+                ],
+            )
+            .await
+            .context("changing warnings")?,
+        );
+    }
+    let lifted = of_kind(&[EventKind::Lifted]);
+    if !lifted.is_empty() {
+        note(
+            tx.query(
+                "UPDATE warnings w SET state = 'lifted', lifted_at = x.t, changed_at = x.t, stale = false, \
+                 message_en = x.en, message_da = x.da \
+                 FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[]) AS x(a, t, en, da) \
+                 WHERE w.area_key = x.a AND w.state = 'in_force' RETURNING w.id, w.area_key",
+                &[
+                    &keys(&lifted),
+                    &ats(&lifted),
+                    &texts(&lifted, |e| &e.message_en),
+                    &texts(&lifted, |e| &e.message_da),
+                ],
+            )
+            .await
+            .context("lifting warnings")?,
+        );
+    }
+    let marked = of_kind(&[EventKind::Stale, EventKind::Fresh]);
+    if !marked.is_empty() {
+        let stale: Vec<bool> = marked
+            .iter()
+            .map(|(_, e)| e.kind == EventKind::Stale)
+            .collect();
+        note(
+            tx.query(
+                "UPDATE warnings w SET stale = x.s FROM unnest($1::text[], $2::bool[]) AS x(a, s) \
+                 WHERE w.area_key = x.a AND w.state = 'in_force' RETURNING w.id, w.area_key",
+                &[&keys(&marked), &stale],
+            )
+            .await
+            .context("marking warnings stale or fresh")?,
+        );
+    }
+    entries
+        .iter()
+        .map(|(i, event)| {
+            if !matches!(
+                event.kind,
+                EventKind::Raised
+                    | EventKind::Changed
+                    | EventKind::Lifted
+                    | EventKind::Stale
+                    | EventKind::Fresh
+            ) {
+                return Err(Error::Inconsistent(format!(
+                    "analytics do not record {} events",
+                    event.kind
+                )));
+            }
+            warning_of.get(areas[*i].key).copied().ok_or_else(|| {
+                Error::Inconsistent(format!(
+                    "area {}: a {} event needs a warning in force",
+                    areas[*i].key, event.kind
+                ))
+            })
+        })
+        .collect()
 }
 
 impl Store {

@@ -6,10 +6,11 @@ mod series;
 mod setup;
 mod verification;
 
+pub use lifecycle::AreaTarget;
 pub use verification::AreaRecord;
 
 use crate::coordination::{self, Notice};
-use crate::events::{append_event, warning_row, EventInsert, WarningRow, WARNING_SELECT};
+use crate::events::{append_events, warning_row, EventInsert, WarningRow, WARNING_SELECT};
 use crate::terms::{opt_severity, severity, term};
 use crate::{Context, Error, Result, Store};
 use chrono::{DateTime, Utc};

@@ -83,6 +83,26 @@ impl Store {
             .collect())
     }
 
+    /// Each sensor's newest reading time, from the index alone.
+    pub async fn newest_readings(
+        &self,
+        sensor_keys: &[String],
+    ) -> Result<HashMap<String, DateTime<Utc>>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT s.key, (SELECT max(r.ts) FROM readings r WHERE r.sensor_id = s.id) \
+                 FROM sensors s WHERE s.key = ANY($1)",
+                &[&sensor_keys],
+            )
+            .await
+            .context("reading the newest readings' times")?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| Some((r.get(0), r.get::<_, Option<DateTime<Utc>>>(1)?)))
+            .collect())
+    }
+
     /// When a sensor's reading at `ts` arrived.
     pub async fn received_at(
         &self,
@@ -102,42 +122,59 @@ impl Store {
     }
 
     /// Records each sensor's latest evaluated state, unless one of a newer reading is there (a
-    /// sensor in two areas is evaluated with each).
+    /// sensor in two areas is evaluated with each), in one statement.
     pub async fn record_trends(&self, trends: &[TrendRow]) -> Result<()> {
-        if trends.is_empty() {
+        // One row per sensor, its newest: a statement may not update a row twice.
+        let mut newest: HashMap<&str, &TrendRow> = HashMap::new();
+        for t in trends {
+            let entry = newest.entry(&t.sensor_key).or_insert(t);
+            if t.at >= entry.at {
+                *entry = t;
+            }
+        }
+        if newest.is_empty() {
             return Ok(());
         }
+        let rows: Vec<&TrendRow> = newest.into_values().collect();
+        let keys: Vec<&str> = rows.iter().map(|t| t.sensor_key.as_str()).collect();
+        let ats: Vec<DateTime<Utc>> = rows.iter().map(|t| t.at).collect();
+        let values: Vec<f64> = rows.iter().map(|t| t.value).collect();
+        let severities: Vec<Option<i16>> = rows
+            .iter()
+            .map(|t| t.severity.map(Severity::level))
+            .collect();
+        let rates: Vec<Option<f64>> = rows.iter().map(|t| t.rate_per_hour).collect();
+        let projected: Vec<Option<i16>> = rows
+            .iter()
+            .map(|t| t.projected.map(|p| p.0.level()))
+            .collect();
+        let projected_at: Vec<Option<DateTime<Utc>>> =
+            rows.iter().map(|t| t.projected.map(|p| p.1)).collect();
         let client = self.client().await?;
-        let statement = client
-            .prepare(
+        client
+            .execute(
                 "INSERT INTO level_trends AS t (sensor_key, at, value, severity, rate_per_hour, \
                      projected_severity, projected_at, evaluated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, now()) \
+                 SELECT k, a, v, s, r, ps, pa, now() FROM unnest($1::text[], $2::timestamptz[], \
+                     $3::float8[], $4::int2[], $5::float8[], $6::int2[], $7::timestamptz[]) \
+                     AS x(k, a, v, s, r, ps, pa) \
                  ON CONFLICT (sensor_key) DO UPDATE SET at = EXCLUDED.at, value = EXCLUDED.value, \
                      severity = EXCLUDED.severity, rate_per_hour = EXCLUDED.rate_per_hour, \
                      projected_severity = EXCLUDED.projected_severity, \
                      projected_at = EXCLUDED.projected_at, evaluated_at = now() \
                  WHERE t.at <= EXCLUDED.at",
+                &[
+                    &keys,
+                    &ats,
+                    &values,
+                    &severities,
+                    &rates,
+                    &projected,
+                    &projected_at,
+                ],
             )
             .await
-            .context("preparing the trend upsert")?;
-        for t in trends {
-            client
-                .execute(
-                    &statement,
-                    &[
-                        &t.sensor_key,
-                        &t.at,
-                        &t.value,
-                        &t.severity.map(Severity::level),
-                        &t.rate_per_hour,
-                        &t.projected.map(|p| p.0.level()),
-                        &t.projected.map(|p| p.1),
-                    ],
-                )
-                .await
-                .context("recording a sensor's trend")?;
-        }
+            .context("recording sensors' trends")?;
         Ok(())
     }
 
