@@ -981,3 +981,90 @@ async fn many_areas_are_decided_together_each_in_order() {
     assert_eq!(announced, all, "every event announced once, in id order");
     harness.finish().await;
 }
+
+/// Warnings from the readings alone (no forecasts, and the rising-trend projection turned off, as
+/// before forecasts): each of Flensburg's severities is warned of only once the water has stayed
+/// above its threshold for the 20-minute persistence, and verification, which finds the events in
+/// the readings, reports that as a negative lead time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_forecasts_or_trend_verification_reports_warnings_after_the_water() {
+    let harness = Harness::start().await;
+    let ingest = harness.ingest_ready("ingest-observed-only", None).await;
+    let mut config = config(&harness);
+    let flood = std::fs::read_to_string(repo("config/flood/baltic-2023.toml")).unwrap();
+    assert!(flood.contains("lead_time = \"30m\""));
+    let dir = std::env::temp_dir().join(format!("tidemark-observed-only-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("baltic-2023.toml");
+    std::fs::write(
+        &file,
+        flood.replace("lead_time = \"30m\"", "lead_time = \"0s\""),
+    )
+    .unwrap();
+    config.analytics.flood_files = vec![file];
+    let analytics = start_analytics(&config).await;
+    let path = "tests/fixtures/baltic-surge-2023/sea_level_10min.csv";
+    let shift = replay_all(&harness, Format::BalticSurge, "baltic-surge", path)
+        .await
+        .shift;
+    quiet(&analytics).await;
+    let recording = read(Format::BalticSurge, &repo(path)).unwrap();
+    let first_at_or_above = |threshold: f64| {
+        recording
+            .points
+            .iter()
+            .find(|p| p.sensor == "flensburg.sea_level" && p.value >= threshold)
+            .unwrap()
+            .ts
+            + shift
+    };
+    let scores = tidemark::verify::scores(
+        &config.database,
+        utc(15, 0, 0) + shift,
+        utc(26, 0, 0) + shift,
+        ChronoDuration::hours(1),
+    )
+    .await
+    .unwrap();
+    let flensburg = harness
+        .store
+        .warning_events("flensburg-fjord")
+        .await
+        .unwrap();
+    for (severity, threshold) in Severity::ALL.into_iter().zip([1.0, 1.5, 2.0]) {
+        let score = &scores[&("flensburg-fjord".to_owned(), severity)];
+        let first = &score.events[0];
+        assert_eq!(
+            first.first_crossing,
+            first_at_or_above(threshold),
+            "{severity}"
+        );
+        let warned = flensburg
+            .iter()
+            .find(|e| e.severity >= Some(severity) && e.kind != EventKind::Lifted)
+            .unwrap();
+        assert_eq!(
+            first.warned_at,
+            Some(warned.at),
+            "{severity}: {}",
+            warned.message_en
+        );
+        let lead = first
+            .lead_minutes()
+            .expect("the first event has a lead time");
+        assert_eq!(
+            lead,
+            (first.first_crossing - warned.at).num_minutes(),
+            "{severity}: lead time from {}",
+            warned.at
+        );
+        assert!(
+            lead <= -20,
+            "{severity}: a lead time of {lead} minutes, where the warning should come the 20-minute persistence late"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    analytics.stop().await;
+    ingest.stop().await;
+    harness.finish().await;
+}
