@@ -196,31 +196,145 @@ impl Store {
         sensor_keys: &[String],
         from: DateTime<Utc>,
     ) -> Result<Vec<StoredForecast>> {
+        let starts: Vec<(&str, DateTime<Utc>)> =
+            sensor_keys.iter().map(|k| (k.as_str(), from)).collect();
+        self.forecasts_from(&starts).await
+    }
+
+    /// [`Store::forecasts_since`] with a start of its own for each sensor (each given once), in
+    /// one query.
+    pub async fn forecasts_from(
+        &self,
+        starts: &[(&str, DateTime<Utc>)],
+    ) -> Result<Vec<StoredForecast>> {
+        let keys: Vec<&str> = starts.iter().map(|s| s.0).collect();
+        let froms: Vec<DateTime<Utc>> = starts.iter().map(|s| s.1).collect();
         let client = self.client().await?;
+        // One row per issue, its values as two arrays: a fraction of the rows (and their
+        // decoding) that one row per value takes.
         let rows = client
             .query(
-                "SELECT s.key, f.source, fs.builtin, f.issued_at, i.received_at, f.valid_at, f.value \
-                 FROM forecast_issues i \
-                 JOIN sensors s ON s.id = i.sensor_id \
+                "SELECT s.key, i.source, fs.builtin, i.issued_at, i.received_at, v.at, v.value \
+                 FROM unnest($1::text[], $2::timestamptz[]) AS q(k, from_at) \
+                 JOIN sensors s ON s.key = q.k \
+                 JOIN forecast_issues i ON i.sensor_id = s.id AND i.issued_at >= q.from_at \
                  JOIN forecast_sources fs ON fs.name = i.source \
-                 JOIN forecasts f ON f.sensor_id = i.sensor_id AND f.source = i.source \
-                   AND f.issued_at = i.issued_at \
-                 WHERE s.key = ANY($1) AND i.issued_at >= $2 \
-                 ORDER BY s.key, f.source, f.issued_at, f.valid_at",
-                &[&sensor_keys, &from],
+                 CROSS JOIN LATERAL (SELECT array_agg(f.valid_at ORDER BY f.valid_at) AS at, \
+                     array_agg(f.value ORDER BY f.valid_at) AS value FROM forecasts f \
+                     WHERE f.sensor_id = i.sensor_id AND f.source = i.source \
+                       AND f.issued_at = i.issued_at) v \
+                 ORDER BY s.key, i.source, i.issued_at",
+                &[&keys, &froms],
             )
             .await
             .context("reading forecasts")?;
-        Ok(group(rows.iter().map(|r| {
-            (
-                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)),
-                ForecastValue {
-                    valid_at: r.get(5),
-                    value: r.get(6),
-                    quantiles: Vec::new(),
-                },
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let at: Vec<DateTime<Utc>> = r.get::<_, Option<_>>(5).unwrap_or_default();
+                let value: Vec<f64> = r.get::<_, Option<_>>(6).unwrap_or_default();
+                StoredForecast {
+                    sensor_key: r.get(0),
+                    source: r.get(1),
+                    builtin: r.get(2),
+                    issued_at: r.get(3),
+                    received_at: r.get(4),
+                    values: at
+                        .into_iter()
+                        .zip(value)
+                        .map(|(valid_at, value)| ForecastValue {
+                            valid_at,
+                            value,
+                            quantiles: Vec::new(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect())
+    }
+
+    /// The issues of each sensor issued at or after its start, without their values: `(sensor,
+    /// source, built in, issued at)`, by sensor, source and issue time.
+    pub async fn forecast_issues_from(
+        &self,
+        starts: &[(&str, DateTime<Utc>)],
+    ) -> Result<Vec<(String, String, bool, DateTime<Utc>)>> {
+        let keys: Vec<&str> = starts.iter().map(|s| s.0).collect();
+        let froms: Vec<DateTime<Utc>> = starts.iter().map(|s| s.1).collect();
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT s.key, i.source, fs.builtin, i.issued_at \
+                 FROM unnest($1::text[], $2::timestamptz[]) AS q(k, from_at) \
+                 JOIN sensors s ON s.key = q.k \
+                 JOIN forecast_issues i ON i.sensor_id = s.id AND i.issued_at >= q.from_at \
+                 JOIN forecast_sources fs ON fs.name = i.source \
+                 ORDER BY s.key, i.source, i.issued_at",
+                &[&keys, &froms],
             )
-        })))
+            .await
+            .context("reading forecast issues")?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
+    }
+
+    /// The values `(valid at, value)` of the issues named `(sensor, source, issued at)`, in the
+    /// order named (an issue not stored has none).
+    pub async fn forecast_values(
+        &self,
+        issues: &[(&str, &str, DateTime<Utc>)],
+    ) -> Result<Vec<Vec<(DateTime<Utc>, f64)>>> {
+        let sensors: Vec<&str> = issues.iter().map(|i| i.0).collect();
+        let sources: Vec<&str> = issues.iter().map(|i| i.1).collect();
+        let issued: Vec<DateTime<Utc>> = issues.iter().map(|i| i.2).collect();
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT q.n, v.at, v.value \
+                 FROM unnest($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS q(k, src, iss, n) \
+                 JOIN sensors s ON s.key = q.k \
+                 CROSS JOIN LATERAL (SELECT array_agg(f.valid_at ORDER BY f.valid_at) AS at, \
+                     array_agg(f.value ORDER BY f.valid_at) AS value FROM forecasts f \
+                     WHERE f.sensor_id = s.id AND f.source = q.src AND f.issued_at = q.iss) v",
+                &[&sensors, &sources, &issued],
+            )
+            .await
+            .context("reading forecast values")?;
+        let mut out = vec![Vec::new(); issues.len()];
+        for row in rows {
+            let n: i64 = row.get(0);
+            let at: Vec<DateTime<Utc>> = row.get::<_, Option<_>>(1).unwrap_or_default();
+            let value: Vec<f64> = row.get::<_, Option<_>>(2).unwrap_or_default();
+            if let Some(slot) = usize::try_from(n - 1).ok().and_then(|i| out.get_mut(i)) {
+                *slot = at.into_iter().zip(value).collect();
+            }
+        }
+        Ok(out)
+    }
+
+    /// The time of each sensor's latest issue from each source, without its values: `(sensor,
+    /// source, built in, issued at)`.
+    pub async fn latest_issue_times(
+        &self,
+        sensor_keys: &[String],
+    ) -> Result<Vec<(String, String, bool, DateTime<Utc>)>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT s.key, i.source, fs.builtin, max(i.issued_at) \
+                 FROM forecast_issues i JOIN sensors s ON s.id = i.sensor_id \
+                 JOIN forecast_sources fs ON fs.name = i.source \
+                 WHERE s.key = ANY($1) GROUP BY s.key, i.source, fs.builtin",
+                &[&sensor_keys],
+            )
+            .await
+            .context("reading the latest issues' times")?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
     }
 
     /// A sensor's latest issue from each source, or the issue at `issued_at`, with quantiles.

@@ -11,10 +11,12 @@ use crate::quality::QcRules;
 use crate::rain::{self, RainRule};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 use tidemark_model::warning::alert_topic;
-use tidemark_store::flood::{AreaDecision, AreaStatus, CrossingRow, NewEvent, TrendRow};
-use tidemark_store::forecasts::StoredForecast;
+use tidemark_store::flood::{
+    AreaDecision, AreaRow, AreaStatus, AreaTarget, CrossingRow, NewEvent, TrendRow,
+};
 use tidemark_store::Store;
 
 /// What the runner remembers of an area's last evaluation, so that the next one reads only the
@@ -27,7 +29,123 @@ pub(crate) struct ForecastMemo {
     in_force_since: Option<DateTime<Utc>>,
 }
 
-pub(crate) type ForecastMemos = std::sync::Mutex<HashMap<String, ForecastMemo>>;
+/// What the runner keeps of forecasts between evaluations: each area's [`ForecastMemo`], and the
+/// values of the issues already read (an issue never changes once stored, so each is read once).
+#[derive(Default)]
+pub(crate) struct ForecastMemos {
+    areas: std::sync::Mutex<HashMap<String, ForecastMemo>>,
+    issues: std::sync::Mutex<HashMap<IssueKey, Arc<CachedIssue>>>,
+}
+
+/// An issue: its sensor, source and issue time.
+type IssueKey = (String, String, DateTime<Utc>);
+
+struct CachedIssue {
+    builtin: bool,
+    values: Vec<(DateTime<Utc>, f64)>,
+}
+
+/// At most this many issues' values are kept (about 7 MB per thousand issues of 48 hours at
+/// 10-minute steps); beyond it the oldest are read again when needed.
+const ISSUES_KEPT: usize = 5_000;
+
+impl ForecastMemos {
+    /// Forgets where every area's evaluation left off (thresholds may have changed what old
+    /// issues mean), so that the next evaluations look at every current issue again.
+    pub(crate) fn forget(&self) {
+        self.areas.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// The issues of each sensor from its start, their values read only for the issues not kept
+    /// yet. Keeps none older than `earliest`, which no evaluation reads.
+    async fn issues(
+        &self,
+        store: &Store,
+        starts: &[(&str, DateTime<Utc>)],
+        earliest: DateTime<Utc>,
+    ) -> Result<Vec<(IssueKey, Arc<CachedIssue>)>, tidemark_store::Error> {
+        let listed = store.forecast_issues_from(starts).await?;
+        let missing: Vec<(&str, &str, DateTime<Utc>)> = {
+            let kept = self.issues.lock().unwrap_or_else(|e| e.into_inner());
+            listed
+                .iter()
+                .filter(|(sensor, source, _, at)| {
+                    !kept.contains_key(&(sensor.clone(), source.clone(), *at))
+                })
+                .map(|(sensor, source, _, at)| (sensor.as_str(), source.as_str(), *at))
+                .collect()
+        };
+        let values = if missing.is_empty() {
+            Vec::new()
+        } else {
+            store.forecast_values(&missing).await?
+        };
+        let mut kept = self.issues.lock().unwrap_or_else(|e| e.into_inner());
+        for ((sensor, source, at), values) in missing.iter().zip(values) {
+            let builtin = listed
+                .iter()
+                .any(|l| l.0 == *sensor && l.1 == *source && l.2);
+            kept.insert(
+                ((*sensor).to_owned(), (*source).to_owned(), *at),
+                Arc::new(CachedIssue { builtin, values }),
+            );
+        }
+        let out = listed
+            .into_iter()
+            .filter_map(|(sensor, source, _, at)| {
+                let key = (sensor, source, at);
+                let issue = kept.get(&key)?.clone();
+                Some((key, issue))
+            })
+            .collect();
+        kept.retain(|(_, _, at), _| *at >= earliest);
+        if kept.len() > ISSUES_KEPT {
+            let mut times: Vec<DateTime<Utc>> = kept.keys().map(|k| k.2).collect();
+            times.sort_unstable();
+            let cut = times[kept.len() - ISSUES_KEPT];
+            kept.retain(|(_, _, at), _| *at >= cut);
+        }
+        Ok(out)
+    }
+}
+
+/// How many areas one evaluation takes at most: all their readings are read at once and all
+/// their events recorded in one transaction.
+pub(crate) const AREAS_AT_ONCE: usize = 500;
+
+/// Evaluates the areas and records their events, in parts of [`AREAS_AT_ONCE`]. A part that
+/// fails is evaluated again area by area, so that one area's failure holds up no other.
+pub(crate) async fn evaluate_areas(
+    store: &Store,
+    model: &Model,
+    settings: &Settings,
+    keys: &[String],
+    metrics: &Metrics,
+    memos: &ForecastMemos,
+) {
+    for part in keys.chunks(AREAS_AT_ONCE) {
+        let started = Instant::now();
+        match try_evaluate_areas(store, model, settings, part, memos).await {
+            Ok(recorded) => {
+                metrics.evaluations.inc_by(part.len() as u64);
+                metrics.events.inc_by(recorded);
+                metrics
+                    .evaluation_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            Err(error) if part.len() > 1 => {
+                tracing::warn!(stage = "analytics", areas = part.len(), %error, "evaluation failed; trying each area alone");
+                for key in part {
+                    evaluate_area(store, model, settings, key, metrics, memos).await;
+                }
+            }
+            Err(error) => {
+                metrics.failures.inc();
+                tracing::warn!(stage = "analytics", area = %part[0], %error, "evaluation failed");
+            }
+        }
+    }
+}
 
 pub(crate) async fn evaluate_area(
     store: &Store,
@@ -38,7 +156,7 @@ pub(crate) async fn evaluate_area(
     memos: &ForecastMemos,
 ) {
     let started = Instant::now();
-    match try_evaluate_area(store, model, settings, key, memos).await {
+    match try_evaluate_areas(store, model, settings, &[key.to_owned()], memos).await {
         Ok(recorded) => {
             metrics.evaluations.inc();
             metrics.events.inc_by(recorded);
@@ -53,33 +171,210 @@ pub(crate) async fn evaluate_area(
     }
 }
 
-pub(crate) async fn try_evaluate_area(
+/// Each sensor's readings `(ts, value, quality)`, as [`Store::series`] reads them.
+type Series = HashMap<String, Vec<(DateTime<Utc>, f64, i16)>>;
+
+/// What one area's evaluation reads, besides the model.
+struct Reads<'a> {
+    series: &'a Series,
+    received: &'a HashMap<String, DateTime<Utc>>,
+}
+
+/// Evaluates the areas together: their readings, arrival times and forecasts in one query each,
+/// the evaluations off the async executor, their trends in one statement, and their events in
+/// one transaction. Returns how many events were recorded.
+pub(crate) async fn try_evaluate_areas(
     store: &Store,
     model: &Model,
     settings: &Settings,
-    key: &str,
+    keys: &[String],
     memos: &ForecastMemos,
 ) -> Result<u64, tidemark_store::Error> {
-    let Some(area) = model.setup.areas.iter().find(|a| a.key == key) else {
+    let areas: Vec<&AreaRow> = keys
+        .iter()
+        .filter_map(|key| model.setup.areas.iter().find(|a| &a.key == key))
+        .collect();
+    if areas.is_empty() {
         return Ok(0);
-    };
+    }
     let now = Utc::now();
-    let links: Vec<_> = model
-        .setup
-        .links
+    let started = Instant::now();
+    let mut sensors: Vec<String> = areas
         .iter()
-        .filter(|l| l.downstream_area == key)
+        .flat_map(|area| {
+            area.sensors.iter().cloned().chain(
+                model
+                    .setup
+                    .links
+                    .iter()
+                    .filter(|l| l.downstream_area == area.key)
+                    .map(|l| l.upstream_sensor.clone()),
+            )
+        })
         .collect();
-    let keys: Vec<String> = area
-        .sensors
-        .iter()
-        .cloned()
-        .chain(links.iter().map(|l| l.upstream_sensor.clone()))
-        .collect();
+    sensors.sort_unstable();
+    sensors.dedup();
     let series = store
-        .series(&keys, now - chrono(settings.analytics.lookback))
+        .series(&sensors, now - chrono(settings.analytics.lookback))
         .await?;
-    let received = store.last_received(&keys).await?;
+    let received = store.last_received(&sensors).await?;
+    let reads = Reads {
+        series: &series,
+        received: &received,
+    };
+    let mut inputs: Vec<AreaInput> = areas
+        .iter()
+        .map(|area| area_input(model, settings, area, &reads, now))
+        .collect();
+    // An issue matters while it is current. After a quiet evaluation, the issues current from
+    // where it stopped are enough (before that, they changed nothing that was not recorded);
+    // with a warning in force, those since its raise.
+    let max_age = chrono(settings.analytics.forecast_max_age);
+    let earliest = now - chrono(settings.analytics.lookback) - max_age;
+    let mut starts: HashMap<&str, DateTime<Utc>> = HashMap::new();
+    {
+        let memos = memos.areas.lock().unwrap_or_else(|e| e.into_inner());
+        for input in &inputs {
+            let from = memos.get(&input.key).map_or(earliest, |m| {
+                (m.in_force_since.map_or(m.until, |since| since.min(m.until)) - max_age)
+                    .max(earliest)
+            });
+            for level in &input.levels {
+                let start = starts.entry(level.key.as_str()).or_insert(from);
+                *start = (*start).min(from);
+            }
+        }
+    }
+    let starts: Vec<(&str, DateTime<Utc>)> = starts.into_iter().collect();
+    let stored = if starts.is_empty() {
+        Vec::new()
+    } else {
+        memos.issues(store, &starts, earliest).await?
+    };
+    for input in &mut inputs {
+        if !input.levels.is_empty() {
+            input.forecasts = forecasts_of(&input.levels, &stored);
+            input.forecast_use.until = readings_reached(input, now);
+        }
+    }
+    let read = started.elapsed();
+    // Many areas' evaluations are CPU work: off the async executor.
+    let (inputs, evaluations) = tokio::task::spawn_blocking(move || {
+        let evaluations: Vec<area::Evaluation> = inputs
+            .iter()
+            .map(|input| area::evaluate(input, now))
+            .collect();
+        (inputs, evaluations)
+    })
+    .await
+    .map_err(|e| tidemark_store::Error::Inconsistent(format!("an evaluation panicked: {e}")))?;
+    let evaluated = started.elapsed();
+    let trends: Vec<TrendRow> = evaluations
+        .iter()
+        .flat_map(|evaluation| &evaluation.trends)
+        .map(|t| TrendRow {
+            sensor_key: t.sensor.clone(),
+            at: t.at,
+            value: t.value,
+            severity: t.severity,
+            rate_per_hour: t.rate,
+            projected: t.projected,
+        })
+        .collect();
+    store.record_trends(&trends).await?;
+    let mut flags: HashMap<&str, Vec<(DateTime<Utc>, i16)>> = HashMap::new();
+    for (sensor, ts, quality) in evaluations.iter().flat_map(|e| &e.flags) {
+        let flags = flags.entry(sensor.as_str()).or_default();
+        if !flags.iter().any(|(at, _)| at == ts) {
+            flags.push((*ts, quality.0));
+        }
+    }
+    for (sensor, flags) in flags {
+        let flagged = store.set_quality(sensor, &flags).await?;
+        tracing::info!(
+            stage = "analytics",
+            sensor,
+            flagged,
+            "readings flagged by data-quality checks"
+        );
+    }
+    let deliveries: Vec<Vec<String>> = areas
+        .iter()
+        .map(|area| {
+            area.municipality_codes
+                .iter()
+                .map(|code| alert_topic(&settings.topic_prefix, code, &area.key))
+                .collect()
+        })
+        .collect();
+    let targets: Vec<AreaTarget<'_>> = areas
+        .iter()
+        .zip(&deliveries)
+        .map(|(area, topics)| AreaTarget {
+            key: &area.key,
+            municipalities: &area.municipality_codes,
+            mqtt_topics: topics,
+        })
+        .collect();
+    // The areas' statuses are read under their locks, and the events are worked out from them
+    // before the locks are let go: a second analytics process evaluating the same areas waits,
+    // then starts from what this one recorded.
+    let mut in_force_since = vec![None; areas.len()];
+    let decided = store
+        .decide_areas(&targets, |i, status| {
+            let decision = decide(&areas[i].name, &evaluations[i], status);
+            let lifted = decision
+                .events
+                .last()
+                .is_some_and(|e| e.kind == area::EventKind::Lifted);
+            if !lifted {
+                in_force_since[i] = status
+                    .current
+                    .as_ref()
+                    .map(|w| w.raised_at)
+                    .or(decision.events.first().map(|e| e.at));
+            }
+            decision
+        })
+        .await?;
+    {
+        let mut memos = memos.areas.lock().unwrap_or_else(|e| e.into_inner());
+        for (input, since) in inputs.iter().zip(in_force_since) {
+            memos.insert(
+                input.key.clone(),
+                ForecastMemo {
+                    until: input.forecast_use.until,
+                    in_force_since: since,
+                },
+            );
+        }
+    }
+    tracing::debug!(
+        areas = areas.len(),
+        issues = stored.len(),
+        read_ms = read.as_secs_f64() * 1e3,
+        evaluated_ms = (evaluated - read).as_secs_f64() * 1e3,
+        recorded_ms = (started.elapsed() - evaluated).as_secs_f64() * 1e3,
+        "areas evaluated"
+    );
+    let mut recorded = 0;
+    for (area, (_, decision)) in areas.iter().zip(&decided) {
+        for event in &decision.events {
+            tracing::info!(area = %area.key, kind = %event.kind, severity = ?event.severity, at = %event.at, "warning event");
+        }
+        recorded += decision.events.len() as u64;
+    }
+    Ok(recorded)
+}
+
+/// One area's evaluation input, without its forecasts.
+fn area_input(
+    model: &Model,
+    settings: &Settings,
+    area: &AreaRow,
+    reads: &Reads<'_>,
+    now: DateTime<Utc>,
+) -> AreaInput {
     let level_sensor = |sensor: &str| -> Option<LevelSensor> {
         let t = model
             .setup
@@ -108,12 +403,12 @@ pub(crate) async fn try_evaluate_area(
                 .get(sensor)
                 .map(|s| chrono(s.expected_interval))
                 .unwrap_or(chrono::Duration::minutes(15)),
-            samples: samples(series.get(sensor)),
-            last_received: received.get(sensor).copied(),
+            samples: samples(reads.series.get(sensor)),
+            last_received: reads.received.get(sensor).copied(),
         })
     };
     let mut input = AreaInput {
-        key: key.to_owned(),
+        key: area.key.clone(),
         levels: Vec::new(),
         rains: Vec::new(),
         upstream: Vec::new(),
@@ -150,13 +445,18 @@ pub(crate) async fn try_evaluate_area(
                     configured
                 },
                 hold: chrono(settings.analytics.rain_hold),
-                samples: samples(series.get(sensor)),
+                samples: samples(reads.series.get(sensor)),
             });
         } else if let Some(level) = level_sensor(sensor) {
             input.levels.push(level);
         }
     }
-    for link in links {
+    for link in model
+        .setup
+        .links
+        .iter()
+        .filter(|l| l.downstream_area == area.key)
+    {
         if let Some(sensor) = level_sensor(&link.upstream_sensor) {
             input.upstream.push(Upstream {
                 sensor,
@@ -164,114 +464,31 @@ pub(crate) async fn try_evaluate_area(
             });
         }
     }
-    if !input.levels.is_empty() {
-        let level_keys: Vec<String> = input.levels.iter().map(|l| l.key.clone()).collect();
-        // An issue matters while it is current. After a quiet evaluation, the issues current
-        // from where it stopped are enough (before that, they changed nothing that was not
-        // recorded); with a warning in force, those since its raise.
-        let max_age = input.forecast_use.max_age;
-        let earliest = now - chrono(settings.analytics.lookback) - max_age;
-        let memo = memos
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .copied();
-        let from = memo.map_or(earliest, |m| {
-            (m.in_force_since.map_or(m.until, |since| since.min(m.until)) - max_age).max(earliest)
-        });
-        let stored = store.forecasts_since(&level_keys, from).await?;
-        input.forecasts = forecasts_of(&input.levels, stored);
-        input.forecast_use.until = readings_reached(&input, now);
-    }
-    let evaluation = area::evaluate(&input, now);
-    let trends: Vec<TrendRow> = evaluation
-        .trends
-        .iter()
-        .map(|t| TrendRow {
-            sensor_key: t.sensor.clone(),
-            at: t.at,
-            value: t.value,
-            severity: t.severity,
-            rate_per_hour: t.rate,
-            projected: t.projected,
-        })
-        .collect();
-    store.record_trends(&trends).await?;
-    let mut flags: HashMap<&str, Vec<(DateTime<Utc>, i16)>> = HashMap::new();
-    for (sensor, ts, quality) in &evaluation.flags {
-        flags
-            .entry(sensor.as_str())
-            .or_default()
-            .push((*ts, quality.0));
-    }
-    for (sensor, flags) in flags {
-        let flagged = store.set_quality(sensor, &flags).await?;
-        tracing::info!(
-            stage = "analytics",
-            sensor,
-            flagged,
-            "readings flagged by data-quality checks"
-        );
-    }
-    let deliveries: Vec<String> = area
-        .municipality_codes
-        .iter()
-        .map(|code| alert_topic(&settings.topic_prefix, code, key))
-        .collect();
-    // The area's status is read under its lock, and the events are worked out from it before the
-    // lock is let go: a second analytics process evaluating the same area waits, then starts from
-    // what this one recorded.
-    let mut in_force_since = None;
-    let (_, decision) = store
-        .decide_area(key, &area.municipality_codes, &deliveries, |status| {
-            let decision = decide(&area.name, &evaluation, status);
-            let lifted = decision
-                .events
-                .last()
-                .is_some_and(|e| e.kind == area::EventKind::Lifted);
-            if !lifted {
-                in_force_since = status
-                    .current
-                    .as_ref()
-                    .map(|w| w.raised_at)
-                    .or(decision.events.first().map(|e| e.at));
-            }
-            decision
-        })
-        .await?;
-    memos.lock().unwrap_or_else(|e| e.into_inner()).insert(
-        key.to_owned(),
-        ForecastMemo {
-            until: input.forecast_use.until,
-            in_force_since,
-        },
-    );
-    for event in &decision.events {
-        tracing::info!(area = %key, kind = %event.kind, severity = ?event.severity, at = %event.at, "warning event");
-    }
-    Ok(decision.events.len() as u64)
+    input
 }
 
 /// The stored issues of the area's level sensors, per sensor and source.
-fn forecasts_of(levels: &[LevelSensor], stored: Vec<StoredForecast>) -> Vec<SensorForecasts> {
+fn forecasts_of(
+    levels: &[LevelSensor],
+    stored: &[(IssueKey, Arc<CachedIssue>)],
+) -> Vec<SensorForecasts> {
     let mut out: Vec<SensorForecasts> = Vec::new();
-    for issue in stored {
-        let Some(level) = levels.iter().find(|l| l.key == issue.sensor_key) else {
+    for ((sensor, source, issued_at), issue) in stored {
+        let Some(level) = levels.iter().find(|l| &l.key == sensor) else {
             continue;
         };
-        let values = issue.values.iter().map(|v| (v.valid_at, v.value)).collect();
         let issue_row = Issue {
-            issued_at: issue.issued_at,
-            values,
+            issued_at: *issued_at,
+            values: issue.values.clone(),
         };
         match out
             .iter_mut()
-            .find(|f| f.sensor == issue.sensor_key && f.source == issue.source)
+            .find(|f| &f.sensor == sensor && &f.source == source)
         {
             Some(forecasts) => forecasts.issues.push(issue_row),
             None => out.push(SensorForecasts {
-                sensor: issue.sensor_key,
-                source: issue.source,
+                sensor: sensor.clone(),
+                source: source.clone(),
                 nowcast: issue.builtin,
                 rule: level.rule,
                 issues: vec![issue_row],

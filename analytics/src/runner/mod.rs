@@ -11,9 +11,8 @@ pub mod upkeep;
 pub use config::AnalyticsConfig;
 pub use state::{Error, Metrics, Settings};
 
-use evaluation::evaluate_area;
-use futures_util::StreamExt;
-use state::{Model, CONCURRENT_EVALUATIONS, HISTORY_START};
+use evaluation::evaluate_areas;
+use state::{Model, HISTORY_START};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +70,8 @@ pub async fn run(
     }
     let mut pending: BTreeSet<String> = model.setup.areas.iter().map(|a| a.key.clone()).collect();
     let mut nowcasts = nowcast::Nowcasts::default();
+    // Gauges with new readings since the last look at their nowcasts.
+    let mut nowcast_due: BTreeSet<String> = BTreeSet::new();
     // Readings committed before the listener started announce no nowcast: every gauge is looked
     // at once now (each is issued only when due).
     let gauges: Vec<String> = model
@@ -89,14 +90,22 @@ pub async fn run(
     let mut sweep = tokio::time::interval(settings.analytics.sweep_interval);
     sweep.tick().await;
     loop {
-        // Areas are independent (each has its own advisory lock), so a few are evaluated at once.
-        futures_util::stream::iter(std::mem::take(&mut pending))
-            .for_each_concurrent(CONCURRENT_EVALUATIONS, |area| {
-                let (store, model, settings, metrics, memos) =
-                    (&store, &model, &settings, &metrics, &memos);
-                async move { evaluate_area(store, model, settings, &area, metrics, memos).await }
-            })
-            .await;
+        // The areas touched since the last evaluation are evaluated together: their readings
+        // read at once, their events recorded in one transaction.
+        let areas: Vec<String> = std::mem::take(&mut pending).into_iter().collect();
+        evaluate_areas(&store, &model, &settings, &areas, &metrics, &memos).await;
+        // Nowcasts after the warnings: a new issue announces itself and is evaluated in turn.
+        if !nowcast_due.is_empty() {
+            let gauges: Vec<String> = std::mem::take(&mut nowcast_due).into_iter().collect();
+            match nowcasts
+                .issue(&store, &model, &settings, &gauges, chrono::Utc::now())
+                .await
+            {
+                Ok(0) => {}
+                Ok(issued) => tracing::info!(issued, "nowcasts issued"),
+                Err(error) => tracing::warn!(%error, "nowcast failed"),
+            }
+        }
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = sweep.tick() => {
@@ -122,7 +131,7 @@ pub async fn run(
                 // A changed setup (over the API, or a migrate) is reloaded, and every area looked at.
                 if notifications.contains(&Notice::FloodSetupChanged) {
                     // Thresholds may have changed what old issues mean: read them all again.
-                    memos.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    memos.forget();
                     match Model::load(&store).await {
                         Ok(fresh) => {
                             // Only new or changed containers and rules are looked at again.
@@ -228,13 +237,7 @@ pub async fn run(
                         tracing::warn!(%error, "night flow failed");
                     }
                 }
-                let touched_sensors: Vec<String> =
-                    ids.iter().filter_map(|id| model.by_id.get(id).cloned()).collect();
-                match nowcasts.issue(&store, &model, &settings, &touched_sensors, chrono::Utc::now()).await {
-                    Ok(0) => {}
-                    Ok(issued) => tracing::info!(issued, "nowcasts issued"),
-                    Err(error) => tracing::warn!(%error, "nowcast failed"),
-                }
+                nowcast_due.extend(ids.iter().filter_map(|id| model.by_id.get(id).cloned()));
                 for id in ids.into_iter().chain(forecast_ids) {
                     if let Some(key) = model.by_id.get(&id) {
                         pending.extend(model.areas_of(key));

@@ -41,16 +41,46 @@ impl Nowcasts {
         now: DateTime<Utc>,
     ) -> Result<usize, tidemark_store::Error> {
         let every = chrono(settings.analytics.nowcast_every);
+        let max_age = chrono(settings.analytics.forecast_max_age);
+        let gauges: Vec<String> = sensors
+            .iter()
+            .filter(|key| {
+                model
+                    .sensors
+                    .get(*key)
+                    .is_some_and(|s| s.quantity == "sea_level")
+                    && model.setup.thresholds.iter().any(|t| &t.sensor_key == *key)
+            })
+            .cloned()
+            .collect();
+        if gauges.is_empty() {
+            return Ok(0);
+        }
+        // Two cheap reads first: a gauge whose newest reading is not yet due, or that another
+        // source forecasts, costs nothing more.
+        let newest = store.newest_readings(&gauges).await?;
+        let issues = store.latest_issue_times(&gauges).await?;
+        for (sensor, source, _, at) in &issues {
+            if source == SOURCE {
+                self.issued.entry(sensor.clone()).or_insert(*at);
+            }
+        }
         let mut stored = 0;
-        for key in sensors {
-            let Some(info) = model.sensors.get(key) else {
+        for key in &gauges {
+            let (Some(info), Some(threshold), Some(newest)) = (
+                model.sensors.get(key),
+                model.setup.thresholds.iter().find(|t| &t.sensor_key == key),
+                newest.get(key),
+            ) else {
                 continue;
             };
-            let Some(threshold) = model.setup.thresholds.iter().find(|t| &t.sensor_key == key)
-            else {
+            if self.issued.get(key).is_some_and(|at| *newest < *at + every) {
                 continue;
-            };
-            if info.quantity != "sea_level" {
+            }
+            let others = issues.iter().any(|(sensor, _, builtin, at)| {
+                sensor == key && !builtin && *at + max_age > *newest
+            });
+            if others {
                 continue;
             }
             let from = now - chrono(settings.analytics.nowcast_history);
@@ -64,24 +94,12 @@ impl Nowcasts {
             let Some(last) = usable.last().copied() else {
                 continue;
             };
-            if !self.issued.contains_key(key) {
-                let latest = store.latest_forecasts(key, Some(SOURCE), None).await?;
-                if let Some(issue) = latest.first() {
-                    self.issued.insert(key.clone(), issue.issued_at);
-                }
-            }
             if self.issued.get(key).is_some_and(|at| last.ts < *at + every) {
                 continue;
             }
-            let others = store
-                .latest_forecasts(key, None, None)
-                .await?
-                .into_iter()
-                .any(|f| {
-                    !f.builtin
-                        && f.issued_at + chrono(settings.analytics.forecast_max_age) > last.ts
-                });
-            if others {
+            if issues.iter().any(|(sensor, _, builtin, at)| {
+                sensor == key && !builtin && *at + max_age > last.ts
+            }) {
                 continue;
             }
             let refit = chrono(settings.analytics.nowcast_refit);

@@ -109,8 +109,5 @@ impl Model {
     }
 }
 
-/// Areas evaluated at the same time; each takes a pooled connection.
-pub(crate) const CONCURRENT_EVALUATIONS: usize = 4;
-
 /// Before any reading Tidemark keeps (and well inside what PostgreSQL's timestamps hold).
 pub(crate) const HISTORY_START: DateTime<Utc> = DateTime::UNIX_EPOCH;
