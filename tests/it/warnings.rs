@@ -25,20 +25,45 @@ fn in_force_at(events: &[EventRow], at: DateTime<Utc>) -> Option<Severity> {
     severity
 }
 
+/// The replayed 2023 Baltic surge.
+const BALTIC: &str = "tests/fixtures/baltic-surge-2023/sea_level_10min.csv";
+
+/// When the replayed recording first reached `threshold` at Flensburg.
+fn flensburg_first_at_or_above(threshold: f64, shift: ChronoDuration) -> DateTime<Utc> {
+    read(Format::BalticSurge, &repo(BALTIC))
+        .unwrap()
+        .points
+        .iter()
+        .find(|p| p.sensor == "flensburg.sea_level" && p.value >= threshold)
+        .unwrap()
+        .ts
+        + shift
+}
+
+/// Verification over the replayed surge, with a grace of an hour.
+async fn surge_scores(
+    config: &tidemark::config::Config,
+    shift: ChronoDuration,
+) -> std::collections::BTreeMap<(String, Severity), tidemark_model::verification::Score> {
+    tidemark::verify::scores(
+        &config.database,
+        utc(15, 0, 0) + shift,
+        utc(26, 0, 0) + shift,
+        ChronoDuration::hours(1),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_baltic_surge_raises_escalates_and_lifts_flensburg_and_reports_kappeln_stale() {
     let harness = Harness::start().await;
     let ingest = harness.ingest_ready("ingest-warnings", None).await;
     let config = config(&harness);
     let analytics = start_analytics(&config).await;
-    let shift = replay_all(
-        &harness,
-        Format::BalticSurge,
-        "baltic-surge",
-        "tests/fixtures/baltic-surge-2023/sea_level_10min.csv",
-    )
-    .await
-    .shift;
+    let shift = replay_all(&harness, Format::BalticSurge, "baltic-surge", BALTIC)
+        .await
+        .shift;
     quiet(&analytics).await;
 
     let store = &harness.store;
@@ -65,20 +90,7 @@ async fn the_baltic_surge_raises_escalates_and_lifts_flensburg_and_reports_kappe
     assert_eq!(kinds.last(), Some(&"lifted"), "{kinds:?}");
     // Every severity in turn, each no later than its first sample at or above the threshold plus
     // the 20-minute persistence (the recorded first crossings: 1.00 m, 1.50 m, 2.00 m).
-    let first_at_or_above = |threshold: f64| {
-        let recording = read(
-            Format::BalticSurge,
-            &repo("tests/fixtures/baltic-surge-2023/sea_level_10min.csv"),
-        )
-        .unwrap();
-        recording
-            .points
-            .iter()
-            .find(|p| p.sensor == "flensburg.sea_level" && p.value >= threshold)
-            .unwrap()
-            .ts
-            + shift
-    };
+    let first_at_or_above = |threshold: f64| flensburg_first_at_or_above(threshold, shift);
     let first_threshold = |severity: Severity| match severity {
         Severity::Alert => 1.00,
         Severity::Warning => 1.50,
@@ -158,14 +170,7 @@ async fn the_baltic_surge_raises_escalates_and_lifts_flensburg_and_reports_kappe
     // Flensburg event of every severity was warned of, each event starts at the recording's first
     // reading at the threshold, and its lead time runs from the first event that put the severity
     // in force (an expected warning from the rising trend, ahead of the water).
-    let scores = tidemark::verify::scores(
-        &config.database,
-        utc(15, 0, 0) + shift,
-        utc(26, 0, 0) + shift,
-        ChronoDuration::hours(1),
-    )
-    .await
-    .unwrap();
+    let scores = surge_scores(&config, shift).await;
     for severity in Severity::ALL {
         let score = &scores[&("flensburg-fjord".to_owned(), severity)];
         let tally = score.tally();
@@ -285,7 +290,7 @@ async fn forecasts_warn_flensburg_hours_before_the_surge_and_the_water_takes_ove
     let ingest = harness.ingest_ready("ingest-forecasts", None).await;
     let config = config(&harness);
     let analytics = start_analytics(&config).await;
-    let path = "tests/fixtures/baltic-surge-2023/sea_level_10min.csv";
+    let path = BALTIC;
     let report = replay_all_with(
         &harness,
         Format::BalticSurge,
@@ -297,24 +302,10 @@ async fn forecasts_warn_flensburg_hours_before_the_surge_and_the_water_takes_ove
     assert!(report.forecasts > 100, "{report:?}");
     quiet(&analytics).await;
     let shift = report.shift;
-    let recording = read(Format::BalticSurge, &repo(path)).unwrap();
-    let first_crossing = recording
-        .points
-        .iter()
-        .find(|p| p.sensor == "flensburg.sea_level" && p.value >= 1.50)
-        .unwrap()
-        .ts
-        + shift;
+    let first_crossing = flensburg_first_at_or_above(1.50, shift);
     // Verification finds the first Flood Warning event at the recording's first reading at 1.50 m,
     // and the warning in force then was put in force by the forecasts hours before.
-    let scores = tidemark::verify::scores(
-        &config.database,
-        utc(15, 0, 0) + shift,
-        utc(26, 0, 0) + shift,
-        ChronoDuration::hours(1),
-    )
-    .await
-    .unwrap();
+    let scores = surge_scores(&config, shift).await;
     let score = &scores[&("flensburg-fjord".to_owned(), Severity::Warning)];
     let first = &score.events[0];
     assert_eq!(first.first_crossing, first_crossing, "{score:?}");
@@ -604,13 +595,7 @@ async fn two_analytics_runners_record_every_event_exactly_once() {
     let config = config(&harness);
     let first = start_analytics(&config).await;
     let second = start_analytics(&config).await;
-    replay_all(
-        &harness,
-        Format::BalticSurge,
-        "baltic-surge",
-        "tests/fixtures/baltic-surge-2023/sea_level_10min.csv",
-    )
-    .await;
+    replay_all(&harness, Format::BalticSurge, "baltic-surge", BALTIC).await;
     quiet(&first).await;
     quiet(&second).await;
     let total = assert_one_history_per_area(&harness).await;
@@ -731,13 +716,7 @@ async fn two_analytics_processes_record_every_event_exactly_once() {
         .await;
         assert!(up, "tidemark analytics serves {url}");
     }
-    replay_all(
-        &harness,
-        Format::BalticSurge,
-        "baltic-surge",
-        "tests/fixtures/baltic-surge-2023/sea_level_10min.csv",
-    )
-    .await;
+    replay_all(&harness, Format::BalticSurge, "baltic-surge", BALTIC).await;
     // Settled when neither process has recorded an event for a while (as `quiet` does for one).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let mut last = None;
@@ -1003,29 +982,13 @@ async fn without_forecasts_or_trend_verification_reports_warnings_after_the_wate
     .unwrap();
     config.analytics.flood_files = vec![file];
     let analytics = start_analytics(&config).await;
-    let path = "tests/fixtures/baltic-surge-2023/sea_level_10min.csv";
+    let path = BALTIC;
     let shift = replay_all(&harness, Format::BalticSurge, "baltic-surge", path)
         .await
         .shift;
     quiet(&analytics).await;
-    let recording = read(Format::BalticSurge, &repo(path)).unwrap();
-    let first_at_or_above = |threshold: f64| {
-        recording
-            .points
-            .iter()
-            .find(|p| p.sensor == "flensburg.sea_level" && p.value >= threshold)
-            .unwrap()
-            .ts
-            + shift
-    };
-    let scores = tidemark::verify::scores(
-        &config.database,
-        utc(15, 0, 0) + shift,
-        utc(26, 0, 0) + shift,
-        ChronoDuration::hours(1),
-    )
-    .await
-    .unwrap();
+    let first_at_or_above = |threshold: f64| flensburg_first_at_or_above(threshold, shift);
+    let scores = surge_scores(&config, shift).await;
     let flensburg = harness
         .store
         .warning_events("flensburg-fjord")

@@ -70,7 +70,7 @@ impl Nowcasts {
             let (Some(info), Some(threshold), Some(newest)) = (
                 model.sensors.get(key),
                 model.setup.thresholds.iter().find(|t| &t.sensor_key == key),
-                newest.get(key),
+                newest.get(key).map(|(ts, _)| ts),
             ) else {
                 continue;
             };

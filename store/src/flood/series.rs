@@ -68,38 +68,33 @@ impl Store {
         &self,
         sensor_keys: &[String],
     ) -> Result<HashMap<String, DateTime<Utc>>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT s.key, (SELECT r.received_at FROM readings r WHERE r.sensor_id = s.id \
-                 ORDER BY r.ts DESC LIMIT 1) FROM sensors s WHERE s.key = ANY($1)",
-                &[&sensor_keys],
-            )
-            .await
-            .context("reading arrival times")?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| Some((r.get(0), r.get::<_, Option<DateTime<Utc>>>(1)?)))
+        Ok(self
+            .newest_readings(sensor_keys)
+            .await?
+            .into_iter()
+            .map(|(key, (_, received))| (key, received))
             .collect())
     }
 
-    /// Each sensor's newest reading time, from the index alone.
+    /// Each sensor's newest reading (by timestamp): its time and when it arrived, from the index.
     pub async fn newest_readings(
         &self,
         sensor_keys: &[String],
-    ) -> Result<HashMap<String, DateTime<Utc>>> {
+    ) -> Result<HashMap<String, (DateTime<Utc>, DateTime<Utc>)>> {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT s.key, (SELECT max(r.ts) FROM readings r WHERE r.sensor_id = s.id) \
-                 FROM sensors s WHERE s.key = ANY($1)",
+                "SELECT s.key, n.ts, n.received_at FROM sensors s \
+                 CROSS JOIN LATERAL (SELECT r.ts, r.received_at FROM readings r \
+                     WHERE r.sensor_id = s.id ORDER BY r.ts DESC LIMIT 1) n \
+                 WHERE s.key = ANY($1)",
                 &[&sensor_keys],
             )
             .await
-            .context("reading the newest readings' times")?;
+            .context("reading the newest readings")?;
         Ok(rows
             .iter()
-            .filter_map(|r| Some((r.get(0), r.get::<_, Option<DateTime<Utc>>>(1)?)))
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
             .collect())
     }
 
