@@ -11,7 +11,7 @@ pub mod upkeep;
 pub use config::AnalyticsConfig;
 pub use state::{Error, Metrics, Settings};
 
-use evaluation::evaluate_areas;
+use evaluation::{evaluate_areas, AREAS_AT_ONCE};
 use state::{Model, HISTORY_START};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -68,7 +68,9 @@ pub async fn run(
     {
         tracing::warn!(%error, "night flow failed");
     }
-    let mut pending: BTreeSet<String> = model.setup.areas.iter().map(|a| a.key.clone()).collect();
+    let mut pending: BTreeSet<String> = BTreeSet::new();
+    // Areas of a sweep not evaluated yet: every area at start, then every `sweep_interval`.
+    let mut swept: BTreeSet<String> = model.setup.areas.iter().map(|a| a.key.clone()).collect();
     let mut nowcasts = nowcast::Nowcasts::default();
     // Gauges with new readings since the last look at their nowcasts.
     let mut nowcast_due: BTreeSet<String> = BTreeSet::new();
@@ -91,8 +93,15 @@ pub async fn run(
     sweep.tick().await;
     loop {
         // The areas touched since the last evaluation are evaluated together: their readings
-        // read at once, their events recorded in one transaction.
-        let areas: Vec<String> = std::mem::take(&mut pending).into_iter().collect();
+        // read at once, their events recorded in one transaction. A sweep goes one part at a
+        // time after them, so that new readings never wait behind a whole sweep.
+        let mut areas: Vec<String> = std::mem::take(&mut pending).into_iter().collect();
+        while areas.len() % AREAS_AT_ONCE != 0 || areas.is_empty() {
+            let Some(area) = swept.pop_first() else { break };
+            if !areas.contains(&area) {
+                areas.push(area);
+            }
+        }
         evaluate_areas(&store, &model, &settings, &areas, &metrics, &memos).await;
         // Nowcasts after the warnings: a new issue announces itself and is evaluated in turn.
         if !nowcast_due.is_empty() {
@@ -107,9 +116,10 @@ pub async fn run(
             }
         }
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => break,
             _ = sweep.tick() => {
-                pending.extend(model.setup.areas.iter().map(|a| a.key.clone()));
+                swept.extend(model.setup.areas.iter().map(|a| a.key.clone()));
             }
             notification = listener.recv() => {
                 let Some(first) = notification else {
@@ -244,6 +254,8 @@ pub async fn run(
                     }
                 }
             }
+            // The rest of a sweep, when nothing else is waiting.
+            _ = std::future::ready(()), if !swept.is_empty() => {}
         }
     }
     tracing::info!("analytics stopped");
