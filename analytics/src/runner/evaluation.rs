@@ -2,12 +2,11 @@
 //! lock, the events that take the recorded state to it.
 
 use super::state::{Metrics, Model, Settings};
-use super::upkeep::{chrono, samples};
+use super::upkeep::{chrono, samples, threshold_qc};
 use crate::area::forecast::{ForecastUse, Issue, SensorForecasts};
 use crate::area::{self, AreaInput, Level, LevelSensor, RainSensor, Upstream, WarningKind};
 use crate::level::LevelRule;
 use crate::messages;
-use crate::quality::QcRules;
 use crate::rain::{self, RainRule};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -390,11 +389,7 @@ fn area_input(
                 hysteresis: t.hysteresis,
                 hold: chrono(t.hold),
             },
-            qc: QcRules {
-                spike_floor: t.spike_floor,
-                plausible: (t.plausible_low, t.plausible_high),
-                ..QcRules::default()
-            },
+            qc: threshold_qc(t),
             rate_window: chrono(t.rate_window),
             lead_time: chrono(t.lead_time),
             rate_alert: t.rate_alert,

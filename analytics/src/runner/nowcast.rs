@@ -5,8 +5,8 @@
 //! expected warnings come from the rate-of-rise projection (`area`).
 
 use super::state::{Model, Settings};
-use super::upkeep::{chrono, samples};
-use crate::quality::{self, QcRules};
+use super::upkeep::{chrono, samples, threshold_qc};
+use crate::quality;
 use crate::tide::{self, Tide};
 use chrono::{DateTime, Duration, Utc};
 use std::collections::HashMap;
@@ -85,12 +85,7 @@ impl Nowcasts {
             }
             let from = now - chrono(settings.analytics.nowcast_history);
             let series = store.series(std::slice::from_ref(key), from).await?;
-            let qc = QcRules {
-                spike_floor: threshold.spike_floor,
-                plausible: (threshold.plausible_low, threshold.plausible_high),
-                ..QcRules::default()
-            };
-            let usable = quality::usable(&samples(series.get(key)), &qc);
+            let usable = quality::usable(&samples(series.get(key)), &threshold_qc(threshold));
             let Some(last) = usable.last().copied() else {
                 continue;
             };

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tidemark_model::warning::utility_alert_topic;
 use tidemark_model::Quality;
 use tidemark_store::circular::{CollectionRow, ContainerRow, ContainerState, OverflowRow};
-use tidemark_store::flood::QualityRuleRow;
+use tidemark_store::flood::{QualityRuleRow, ThresholdRow};
 use tidemark_store::water::{AlertText, LeakChange, LeakRow, LeakRuleRow, LeakState, NightFlowRow};
 use tidemark_store::Store;
 
@@ -274,6 +274,16 @@ pub(crate) fn samples(series: Option<&Vec<(DateTime<Utc>, f64, i16)>>) -> Vec<Sa
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The data-quality checks a level sensor's thresholds set (a flood evaluation and a nowcast judge
+/// its readings alike).
+pub(crate) fn threshold_qc(t: &ThresholdRow) -> QcRules {
+    QcRules {
+        spike_floor: t.spike_floor,
+        plausible: (t.plausible_low, t.plausible_high),
+        ..QcRules::default()
+    }
 }
 
 pub(crate) fn chrono(d: Duration) -> chrono::Duration {
