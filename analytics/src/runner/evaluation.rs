@@ -64,29 +64,34 @@ impl ForecastMemos {
         earliest: DateTime<Utc>,
     ) -> Result<Vec<(IssueKey, Arc<CachedIssue>)>, tidemark_store::Error> {
         let listed = store.forecast_issues_from(starts).await?;
-        let missing: Vec<(&str, &str, DateTime<Utc>)> = {
+        // The listed issues whose values are not kept yet, by their place in `listed`.
+        let missing: Vec<usize> = {
             let kept = self.issues.lock().unwrap_or_else(|e| e.into_inner());
-            listed
-                .iter()
-                .filter(|(sensor, source, _, at)| {
+            (0..listed.len())
+                .filter(|&i| {
+                    let (sensor, source, _, at) = &listed[i];
                     !kept.contains_key(&(sensor.clone(), source.clone(), *at))
                 })
-                .map(|(sensor, source, _, at)| (sensor.as_str(), source.as_str(), *at))
                 .collect()
         };
-        let values = if missing.is_empty() {
+        let names: Vec<(&str, &str, DateTime<Utc>)> = missing
+            .iter()
+            .map(|&i| (listed[i].0.as_str(), listed[i].1.as_str(), listed[i].3))
+            .collect();
+        let values = if names.is_empty() {
             Vec::new()
         } else {
-            store.forecast_values(&missing).await?
+            store.forecast_values(&names).await?
         };
         let mut kept = self.issues.lock().unwrap_or_else(|e| e.into_inner());
-        for ((sensor, source, at), values) in missing.iter().zip(values) {
-            let builtin = listed
-                .iter()
-                .any(|l| l.0 == *sensor && l.1 == *source && l.2);
+        for (&i, values) in missing.iter().zip(values) {
+            let (sensor, source, builtin, at) = &listed[i];
             kept.insert(
-                ((*sensor).to_owned(), (*source).to_owned(), *at),
-                Arc::new(CachedIssue { builtin, values }),
+                (sensor.clone(), source.clone(), *at),
+                Arc::new(CachedIssue {
+                    builtin: *builtin,
+                    values,
+                }),
             );
         }
         let out = listed
