@@ -119,6 +119,14 @@ impl DatabaseConfig {
         }
         config.connect_timeout(self.connect_timeout);
         config.application_name("tidemark");
+        // No JIT compilation: Tidemark's queries are many small index lookups, and a planner that
+        // overestimates one (500 sensors at the readings per sensor of the busiest) compiles it
+        // for 100 to 200 ms, every time, which is the whole of a warning's latency budget.
+        let options = match config.get_options() {
+            Some(options) if !options.trim().is_empty() => format!("{options} -c jit=off"),
+            _ => "-c jit=off".to_owned(),
+        };
+        config.options(&options);
         Ok(config)
     }
 
@@ -182,6 +190,25 @@ mod tests {
             .contains("TIDEMARK__DATABASE__PASSWORD"));
         config.url = "postgres://localhost:notaport/db".into();
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn connections_never_compile_queries() {
+        let config = DatabaseConfig::default()
+            .pg_config()
+            .expect("the default URL parses");
+        assert_eq!(config.get_options(), Some("-c jit=off"));
+        // Options of the URL's own are kept.
+        let config = DatabaseConfig {
+            url: "postgres://postgres@127.0.0.1/db?options=-c%20statement_timeout%3D5s".into(),
+            ..DatabaseConfig::default()
+        }
+        .pg_config()
+        .expect("the URL parses");
+        assert_eq!(
+            config.get_options(),
+            Some("-c statement_timeout=5s -c jit=off")
+        );
     }
 
     #[test]

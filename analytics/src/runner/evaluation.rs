@@ -221,7 +221,9 @@ pub(crate) async fn try_evaluate_areas(
     let series = store
         .series(&sensors, now - chrono(settings.analytics.lookback))
         .await?;
+    let series_read = started.elapsed();
     let received = store.last_received(&sensors).await?;
+    let received_read = started.elapsed();
     let reads = Reads {
         series: &series,
         received: &received,
@@ -356,6 +358,8 @@ pub(crate) async fn try_evaluate_areas(
     tracing::debug!(
         areas = areas.len(),
         issues = stored.len(),
+        series_ms = series_read.as_secs_f64() * 1e3,
+        received_ms = (received_read - series_read).as_secs_f64() * 1e3,
         read_ms = read.as_secs_f64() * 1e3,
         evaluated_ms = (evaluated - read).as_secs_f64() * 1e3,
         recorded_ms = (started.elapsed() - evaluated).as_secs_f64() * 1e3,
