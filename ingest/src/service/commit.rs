@@ -2,13 +2,14 @@
 //! good), then acknowledges each message on the connection it arrived on.
 
 use super::prepare::Prepared;
-use super::shared::{Committed, Generation};
+use super::shared::{AbortOnDrop, Committed, Generation};
 use crate::config::IngestConfig;
 use crate::message::STORAGE_REFUSED;
 use crate::metrics::Metrics;
 use chrono::Utc;
 use rumqttc::{AsyncClient, Publish};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,34 +27,42 @@ pub(crate) struct Committer {
     pub(crate) config: IngestConfig,
 }
 
+/// How many batches commit at once, each on a connection of its own. One batch at a time leaves
+/// the database waiting on ingest between transactions; two keep it busy while acknowledgements
+/// still leave in the order the messages came.
+pub(crate) const COMMITS_AT_ONCE: usize = 2;
+
 impl Committer {
-    pub(crate) async fn run(
-        self,
-        mut prepared: mpsc::Receiver<Prepared>,
-        shutdown: CancellationToken,
-    ) {
-        while let Some(batch) = prepared.recv().await {
-            if !self.commit(&batch, &shutdown).await {
-                // Shut down before the batch could be committed: leave it unacknowledged so the
-                // broker delivers it again to the next session.
-                return;
+    pub(crate) async fn run(self, prepared: mpsc::Receiver<Prepared>, shutdown: CancellationToken) {
+        let committer = Arc::new(self);
+        let commit = {
+            let committer = committer.clone();
+            move |batch: Prepared| {
+                let (committer, shutdown) = (committer.clone(), shutdown.clone());
+                async move { committer.commit(&batch, &shutdown).await.then_some(batch) }
             }
-            // Committed: the payloads and their share of the buffer go now, before the
-            // acknowledgements, which may wait for the session task to take them.
-            let committed: Vec<Committed> = batch
-                .messages
-                .into_iter()
-                .map(|m| {
-                    self.metrics.buffered_bytes.dec_by(m.buffered as i64);
-                    Committed {
-                        pkid: m.publish.pkid,
-                        qos: m.publish.qos,
-                        connection: m.connection,
-                    }
-                })
-                .collect();
-            self.acknowledge(committed).await;
-        }
+        };
+        in_order(prepared, COMMITS_AT_ONCE, commit, |batch| {
+            committer.acknowledge(committer.settle(batch))
+        })
+        .await;
+    }
+
+    /// A committed batch: its payloads and their share of the buffer go now, before the
+    /// acknowledgements, which may wait for the session task to take them.
+    fn settle(&self, batch: Prepared) -> Vec<Committed> {
+        batch
+            .messages
+            .into_iter()
+            .map(|m| {
+                self.metrics.buffered_bytes.dec_by(m.buffered as i64);
+                Committed {
+                    pkid: m.publish.pkid,
+                    qos: m.publish.qos,
+                    connection: m.connection,
+                }
+            })
+            .collect()
     }
 
     /// Commits the batch, splitting it around any message the database refuses for good.
@@ -232,6 +241,54 @@ impl Committer {
     }
 }
 
+/// Runs `commit` on up to `at_once` items at a time, each as a task of its own, and hands each
+/// committed item to `settle` in the order the items came: an item whose commit finished early
+/// waits for those before it. The first item that did not commit (`commit` returned `None`, or its
+/// task failed) ends it: neither it nor any later item is settled.
+pub(crate) async fn in_order<T, C, CF, S, SF>(
+    mut items: mpsc::Receiver<T>,
+    at_once: usize,
+    commit: C,
+    mut settle: S,
+) where
+    T: Send + 'static,
+    C: Fn(T) -> CF,
+    CF: Future<Output = Option<T>> + Send + 'static,
+    S: FnMut(T) -> SF,
+    SF: Future<Output = ()>,
+{
+    // The items committing, oldest first.
+    let mut committing: VecDeque<AbortOnDrop<Option<T>>> = VecDeque::new();
+    loop {
+        let room = committing.len() < at_once.max(1);
+        let oldest = async {
+            match committing.front_mut() {
+                Some(task) => (&mut task.0).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            done = oldest => {
+                committing.pop_front();
+                let Ok(Some(item)) = done else { return };
+                settle(item).await;
+            }
+            item = items.recv(), if room => {
+                let Some(item) = item else { break };
+                committing.push_back(AbortOnDrop(tokio::spawn(commit(item))));
+            }
+        }
+    }
+    // No more items: those still committing finish, in order.
+    while let Some(mut task) = committing.pop_front() {
+        match (&mut task.0).await {
+            Ok(Some(item)) => settle(item).await,
+            _ => return,
+        }
+    }
+}
+
 /// How one write of part of a batch ended.
 pub(crate) enum Attempt {
     Committed(WriteOutcome),
@@ -239,4 +296,104 @@ pub(crate) enum Attempt {
     Refused(tidemark_store::Error),
     /// Shut down before it could commit.
     Stopped,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_order;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use tokio::sync::{mpsc, oneshot};
+
+    /// Items whose commits the test finishes by hand: `finish(n, committed)`.
+    #[derive(Clone, Default)]
+    struct Commits {
+        waiting: Arc<Mutex<HashMap<u32, oneshot::Sender<bool>>>>,
+    }
+
+    impl Commits {
+        fn started(&self) -> Vec<u32> {
+            let mut started: Vec<u32> = self.waiting.lock().unwrap().keys().copied().collect();
+            started.sort_unstable();
+            started
+        }
+
+        fn finish(&self, item: u32, committed: bool) {
+            let sender = self.waiting.lock().unwrap().remove(&item).unwrap();
+            sender.send(committed).unwrap();
+        }
+    }
+
+    async fn settle_a_moment() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    /// Waits for `in_order` to end, which it must do by itself.
+    async fn ended(run: tokio::task::JoinHandle<()>) {
+        tokio::time::timeout(std::time::Duration::from_secs(5), run)
+            .await
+            .expect("in_order ended")
+            .unwrap();
+    }
+
+    /// Starts `in_order` over items 1..=count, two at a time; returns what was settled.
+    fn start(count: u32) -> (Commits, Arc<Mutex<Vec<u32>>>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(16);
+        for item in 1..=count {
+            tx.try_send(item).unwrap();
+        }
+        drop(tx);
+        let commits = Commits::default();
+        let settled = Arc::new(Mutex::new(Vec::new()));
+        let run = tokio::spawn({
+            let (commits, settled) = (commits.clone(), settled.clone());
+            in_order(
+                rx,
+                2,
+                move |item| {
+                    let (done_tx, done_rx) = oneshot::channel();
+                    commits.waiting.lock().unwrap().insert(item, done_tx);
+                    async move { done_rx.await.unwrap_or(false).then_some(item) }
+                },
+                move |item| {
+                    settled.lock().unwrap().push(item);
+                    std::future::ready(())
+                },
+            )
+        });
+        (commits, settled, run)
+    }
+
+    #[tokio::test]
+    async fn a_later_commit_waits_for_the_ones_before_it() {
+        let (commits, settled, run) = start(3);
+        settle_a_moment().await;
+        // Two at a time: the third has not started.
+        assert_eq!(commits.started(), vec![1, 2]);
+        commits.finish(2, true);
+        settle_a_moment().await;
+        assert!(settled.lock().unwrap().is_empty(), "2 settled before 1");
+        assert_eq!(commits.started(), vec![1]);
+        commits.finish(1, true);
+        settle_a_moment().await;
+        assert_eq!(*settled.lock().unwrap(), vec![1, 2]);
+        assert_eq!(commits.started(), vec![3]);
+        commits.finish(3, true);
+        ended(run).await;
+        assert_eq!(*settled.lock().unwrap(), vec![1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn nothing_after_an_item_that_did_not_commit_is_settled() {
+        let (commits, settled, run) = start(3);
+        settle_a_moment().await;
+        commits.finish(2, true);
+        commits.finish(1, false);
+        ended(run).await;
+        assert!(settled.lock().unwrap().is_empty());
+        assert!(commits.started().is_empty(), "no later item started");
+    }
 }

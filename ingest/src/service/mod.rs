@@ -1,5 +1,6 @@
-//! The ingest service: an MQTT session task that only moves packets, and a writer task that
-//! batches, commits and then acknowledges.
+//! The ingest service: an MQTT session task that only moves packets, a preparer that batches and
+//! decodes, and a committer that commits two batches at a time and acknowledges each, in order,
+//! once it and every batch before it have committed.
 //!
 //! Memory is bounded by `max_buffered_bytes`: the session task takes a share of that budget for
 //! each message before it polls the connection again, so when the budget is spent it stops reading
@@ -123,8 +124,8 @@ pub async fn run(
         metrics,
         config,
     };
-    // Two stages, so that decoding the next batch overlaps committing this one. The channel holds
-    // one prepared batch: at most two batches wait on the database at any time.
+    // Two stages, so that decoding the next batch overlaps committing. The channel holds one
+    // prepared batch, and the committer commits at most `COMMITS_AT_ONCE` at a time.
     let (prepared_tx, prepared_rx) = mpsc::channel(1);
     let committing = AbortOnDrop(tokio::spawn(committer.run(prepared_rx, shutdown.clone())));
     preparer.run(rx, prepared_tx, &shutdown).await;
