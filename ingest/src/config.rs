@@ -70,7 +70,10 @@ const fn default_batch_linger() -> Duration {
     Duration::from_millis(20)
 }
 const fn default_max_buffered_bytes() -> usize {
-    64 * 1024 * 1024
+    // A batch of 50-reading messages holds about 1.2 MB of payloads, and at most four batches are
+    // in hand (two committing, one prepared, one gathering): 16 MiB leaves room for larger
+    // messages, and keeps ingest's peak RSS working through a backlog near 100 MB.
+    16 * 1024 * 1024
 }
 const fn default_max_payload_bytes() -> usize {
     256 * 1024

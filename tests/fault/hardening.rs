@@ -99,13 +99,13 @@ async fn poison_payloads_are_kept_once_and_stall_no_other_device() {
 const LARGE: usize = 390_000;
 
 /// 2,000 messages of 390 KB in flight while `readings` is locked: ingest stops reading from the
-/// broker once `max_buffered_bytes` (64 MiB, the default) wait for a commit, so its peak memory
-/// stays under the bound plus 64 MiB; once the lock goes, every message is stored.
+/// broker once `max_buffered_bytes` (the default) wait for a commit, so its peak memory stays
+/// under the bound plus 64 MiB; once the lock goes, every message is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_messages_behind_a_locked_table_stay_within_the_memory_bound() {
     let _serial = SERIAL.lock().await;
     let harness = Harness::start().await;
-    let bound: u64 = 64 * 1024 * 1024;
+    let bound = tidemark_ingest::IngestConfig::default().max_buffered_bytes as u64;
     let ingest = IngestProcess::spawn_with(
         &harness,
         free_port().unwrap(),
