@@ -65,6 +65,7 @@ async fn measure(
     let (gauges, background) = register(&store, args.areas).await?;
 
     let stages = Stages::start(config, &mqtt, database, "bench-analytics-ingest").await?;
+    stages.wait_for_start_up(gauges.len()).await?;
     let (ingest_metrics, analytics_metrics) = (
         stages.ingest_metrics.clone(),
         stages.analytics_metrics.clone(),
@@ -275,6 +276,18 @@ impl Stages {
             ingest,
             analytics,
         })
+    }
+
+    /// Waits until the runner has evaluated `areas` areas: its start-up sweep of every area
+    /// is over, so that what follows measures the running state, not the start.
+    pub(crate) async fn wait_for_start_up(&self, areas: usize) -> anyhow::Result<()> {
+        for _ in 0..1200 {
+            if self.analytics_metrics.evaluations.get() >= areas as u64 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("analytics did not evaluate every area within 120 s of its start")
     }
 
     pub(crate) async fn stop(self) {

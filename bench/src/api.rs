@@ -8,7 +8,7 @@
 //! buckets. The same work is then timed directly against the database through the store, and the
 //! year once more from the raw readings alone, to show what the hourly rollup saves.
 
-use crate::ingest::percentile;
+use crate::ingest::{percentile, postgres_cpu_seconds, process_cpu_seconds};
 use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
 use futures_util::StreamExt;
 use std::sync::Arc;
@@ -59,16 +59,22 @@ pub(crate) async fn api(config: &Config, args: ApiBenchArgs) -> anyhow::Result<(
 struct Figures {
     latencies_ms: Vec<f64>,
     per_second: f64,
+    /// CPU-seconds per thousand requests: this process's (for the API lines, the API and its
+    /// clients; for the DB lines, the store's driver and the tasks), and PostgreSQL's.
+    cpu_process: f64,
+    cpu_database: f64,
 }
 
 impl Figures {
     fn line(&self, what: &str) -> String {
         format!(
-            "{what:<44} {:>8.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} requests)",
+            "{what:<44} {:>8.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} requests; CPU-s per 1000: process {:.2}, PostgreSQL {:.2})",
             self.per_second,
             percentile(&self.latencies_ms, 0.50),
             percentile(&self.latencies_ms, 0.99),
-            self.latencies_ms.len()
+            self.latencies_ms.len(),
+            self.cpu_process,
+            self.cpu_database
         )
     }
 }
@@ -80,6 +86,10 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
 {
     let work = Arc::new(work);
+    let cpu_before = (
+        process_cpu_seconds(std::process::id()),
+        postgres_cpu_seconds(),
+    );
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -102,10 +112,15 @@ where
         latencies_ms.extend(task.await??);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let per_thousand = 1000.0 / latencies_ms.len().max(1) as f64;
+    let cpu_process = (process_cpu_seconds(std::process::id()) - cpu_before.0) * per_thousand;
+    let cpu_database = (postgres_cpu_seconds() - cpu_before.1) * per_thousand;
     latencies_ms.sort_by(f64::total_cmp);
     Ok(Figures {
         per_second: latencies_ms.len() as f64 / elapsed,
         latencies_ms,
+        cpu_process,
+        cpu_database,
     })
 }
 

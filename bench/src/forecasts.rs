@@ -1,6 +1,7 @@
 //! `tidemark-bench forecasts`: the time from the commit of a forecast issue to the commit of the
 //! warning event it causes, with forecasts for many sensors (48 hours ahead at 10-minute steps)
-//! issued in rounds while ingest works through a background load.
+//! issued in rounds, each with its share of a background load, so that every round lands while
+//! ingest works at full speed.
 //!
 //! Ingest and the analytics runner run in this process against a private Mosquitto and a fresh
 //! database. Each gauge is a flood area of its own (thresholds without persistence or hold).
@@ -11,7 +12,7 @@
 //! the warning's commit the arrival of the notification naming its event.
 
 use crate::analytics::{register, Stages};
-use crate::ingest::percentile;
+use crate::ingest::{percentile, process_cpu_seconds};
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use std::collections::HashMap;
@@ -35,7 +36,7 @@ pub(crate) struct ForecastBenchArgs {
     /// Time between the starts of two rounds.
     #[arg(long, default_value = "10m")]
     pub every: String,
-    /// Background readings published in messages of 50 meanwhile.
+    /// Background readings, published in messages of 50: each round's share goes out with it.
     #[arg(long, default_value_t = 1_000_000)]
     pub load: usize,
 }
@@ -53,24 +54,6 @@ pub(crate) async fn forecasts(config: &Config, args: ForecastBenchArgs) -> anyho
     let outcome = measure(config, &args, every, &broker, &database.config).await;
     database.drop_database().await?;
     outcome
-}
-
-/// CPU seconds this process has used (user and system).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name (which is in parentheses and may hold spaces).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn issue(sensor: &str, issued_at: DateTime<Utc>, peak: f64) -> Vec<u8> {
@@ -113,6 +96,7 @@ async fn measure(
         .collect();
 
     let stages = Stages::start(config, &mqtt, database, "bench-forecasts-ingest").await?;
+    stages.wait_for_start_up(gauges.len()).await?;
     let (ingest_metrics, analytics_metrics) = (
         stages.ingest_metrics.clone(),
         stages.analytics_metrics.clone(),
@@ -150,20 +134,26 @@ async fn measure(
         (commits, events)
     });
 
-    let load_plan = Plan {
-        devices: background,
-        readings: args.load,
-        per_message: 50,
-        connections: 2,
-        client_prefix: "bench-forecasts-load".into(),
-    };
-    let background_mqtt = mqtt.clone();
-    let cpu_before = cpu_seconds();
+    let cpu_before = process_cpu_seconds(std::process::id());
     let started = std::time::Instant::now();
-    let loading = tokio::spawn(async move { load::publish(&background_mqtt, &load_plan).await });
     let topic = format!("{}/forecasts/{SOURCE}", mqtt.topic_prefix);
     let mut payload_bytes = 0usize;
+    let mut background_readings = 0usize;
     for round in 0..args.rounds {
+        // Each round's share of the background load goes out with the round, so that every
+        // round's issues land while ingest works at full speed.
+        let share = args.load / args.rounds + usize::from(round < args.load % args.rounds);
+        let loading = (share > 0).then(|| {
+            let plan = Plan {
+                devices: background.clone(),
+                readings: share,
+                per_message: 50,
+                connections: 2,
+                client_prefix: format!("bench-forecasts-load-{round}"),
+            };
+            let mqtt = mqtt.clone();
+            tokio::spawn(async move { load::publish(&mqtt, &plan).await })
+        });
         let round_started = std::time::Instant::now();
         let issued_at = Utc::now();
         let peak = if round % 2 == 0 { 1.2 } else { 1.7 };
@@ -178,6 +168,9 @@ async fn measure(
         )
         .await
         .context("a round of forecasts was not acknowledged within 120 s")??;
+        if let Some(loading) = loading {
+            background_readings += loading.await??.readings;
+        }
         eprintln!(
             "bench forecasts: round {} of {} issued in {:.1} s; ingest stored {} readings, {} issues",
             round + 1,
@@ -198,8 +191,7 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu_before;
-    let load_report = loading.await??;
+    let cpu = process_cpu_seconds(std::process::id()) - cpu_before;
     stages.stop().await;
     stop_listening.cancel();
     let (commits, event_arrivals) = collector.await.context("the listener task failed")?;
@@ -224,13 +216,13 @@ async fn measure(
     }
     latencies.sort_by(f64::total_cmp);
     println!(
-        "tidemark-bench forecasts: {} sensors x {} rounds every {} ({} issues of 288 values, {:.1} MB) while {} background readings were ingested",
+        "tidemark-bench forecasts: {} sensors x {} rounds every {} ({} issues of 288 values, {:.1} MB), each round with its share of {} background readings",
         gauges.len(),
         args.rounds,
         args.every,
         expected,
         payload_bytes as f64 / 1e6,
-        load_report.readings,
+        background_readings,
     );
     println!(
         "machine: {} cores",

@@ -1,17 +1,26 @@
 //! `tidemark-bench ingest`: readings through a private Mosquitto into a fresh database, measured
-//! beside the two ceilings that bound it, in the same run.
+//! beside the two ceilings that bound it, in the same run and interleaved with it.
 //!
-//! Per run:
-//! 1. broker ceiling: the single-reading messages published and consumed at QoS 1, no database;
-//! 2. database ceiling: the same number of rows written by binary COPY straight into `readings`;
-//! 3. ingest (a process of its own, `tidemark-bench ingest-stage`, which runs the ingest stage as
-//!    `tidemark ingest` does, so that its peak RSS is its own) with one reading
-//!    per message, then with 50 readings per message.
+//! Per run, with ingest (a process of its own, `tidemark-bench ingest-stage`, which runs the ingest
+//! stage as `tidemark ingest` does, so that its peak RSS and CPU time are its own) started first:
+//! 1. broker ceiling: single-reading messages published and consumed at QoS 1, no database (on
+//!    topics ingest does not subscribe to);
+//! 2. ingest with one reading per message;
+//! 3. the broker ceiling again;
+//! 4. database ceiling: the same number of rows written by binary COPY straight into `readings`;
+//! 5. ingest with 50 readings per message;
+//! 6. the database ceiling again.
+//!
+//! Each ingest phase is compared with the mean of the ceilings measured just before and just
+//! after it, so that a machine that slows down or speeds up during a run moves both alike.
 //!
 //! Throughput runs from the first publish to the commit of the last reading, which the bench sees as
 //! a `readings_committed` notification. Each reading's timestamp is its publication time, and every
 //! row of a batch carries the batch's `received_at`, which the notification names, so
 //! publish-to-commit latency is the notification's arrival minus the reading's timestamp.
+//!
+//! With `--backlog`, each run instead fills the broker with readings for ingest's stopped session
+//! and measures ingest working through them from its start: throughput, peak RSS, CPU.
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
@@ -45,26 +54,56 @@ pub(crate) struct IngestBenchArgs {
     /// Publishing MQTT connections.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
-    /// Readings per message in the batched phase.
+    /// Readings per message in the batched phase (and in the backlog).
     #[arg(long, default_value_t = 50)]
     pub batch: usize,
     /// Runs; the median of each figure is reported.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// Instead of the phases above: fill the broker with this many readings (2,500,000 if no
+    /// number is given) for ingest's session while ingest is stopped, then start it and measure
+    /// it working through them.
+    #[arg(long, num_args = 0..=1, default_missing_value = "2500000")]
+    pub backlog: Option<usize>,
 }
 
 /// The figures of one run.
 #[derive(Debug, Clone, Default)]
 struct RunFigures {
-    broker_msgs_per_s: f64,
-    database_rows_per_s: f64,
-    single_per_s: f64,
-    single_p50_ms: f64,
-    single_p99_ms: f64,
-    batched_per_s: f64,
-    batched_p50_ms: f64,
-    batched_p99_ms: f64,
+    /// The broker ceiling before and after the single-reading phase.
+    broker_msgs_per_s: [f64; 2],
+    /// The database ceiling before and after the batched phase.
+    database_rows_per_s: [f64; 2],
+    single: Phase,
+    batched: Phase,
     ingest_peak_rss_mb: f64,
+}
+
+/// Picks one phase out of a run's figures.
+type PhaseOf = fn(&RunFigures) -> &Phase;
+
+/// One ingest phase.
+#[derive(Debug, Clone, Default)]
+struct Phase {
+    per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// CPU-seconds per million readings stored: ingest's own, and PostgreSQL's and Mosquitto's.
+    cpu: Footprint,
+}
+
+/// CPU-seconds per million readings stored.
+#[derive(Debug, Clone, Copy, Default)]
+struct Footprint {
+    ingest: f64,
+    database: f64,
+    broker: f64,
+}
+
+impl Phase {
+    fn ratio(&self, ceilings: [f64; 2]) -> f64 {
+        self.per_s / ((ceilings[0] + ceilings[1]) / 2.0)
+    }
 }
 
 pub(crate) async fn ingest(
@@ -74,6 +113,9 @@ pub(crate) async fn ingest(
 ) -> anyhow::Result<()> {
     if args.readings == 0 || args.devices == 0 || args.sensors_per_device == 0 || args.runs == 0 {
         bail!("--readings, --devices, --sensors-per-device and --runs must be positive");
+    }
+    if let Some(backlog) = args.backlog {
+        return backlog_runs(config, config_file, &args, backlog).await;
     }
     println!(
         "tidemark-bench ingest: {} readings per phase, {} devices x {} sensors, {} publishing connections, {} run(s)",
@@ -85,63 +127,111 @@ pub(crate) async fn ingest(
         let figures = one_run(config, config_file, &args)
             .await
             .with_context(|| format!("run {run}"))?;
+        let [b0, b1] = figures.broker_msgs_per_s;
+        let [d0, d1] = figures.database_rows_per_s;
         println!(
-            "run {run}: broker {:.0} msg/s | database {:.0} rows/s | ingest 1/msg {:.0} readings/s (p50 {:.1} ms, p99 {:.1} ms) | ingest {}/msg {:.0} readings/s (p50 {:.1} ms, p99 {:.1} ms) | ingest peak RSS {:.1} MB",
-            figures.broker_msgs_per_s,
-            figures.database_rows_per_s,
-            figures.single_per_s,
-            figures.single_p50_ms,
-            figures.single_p99_ms,
+            "run {run}: broker {b0:.0} | ingest 1/msg {:.0} readings/s (p50 {:.1} ms, p99 {:.1} ms) | broker {b1:.0} msg/s => {:.1} % || database {d0:.0} | ingest {}/msg {:.0} readings/s (p50 {:.1} ms, p99 {:.1} ms) | database {d1:.0} rows/s => {:.1} % || ingest peak RSS {:.1} MB",
+            figures.single.per_s,
+            figures.single.p50_ms,
+            figures.single.p99_ms,
+            100.0 * figures.single.ratio(figures.broker_msgs_per_s),
             args.batch,
-            figures.batched_per_s,
-            figures.batched_p50_ms,
-            figures.batched_p99_ms,
+            figures.batched.per_s,
+            figures.batched.p50_ms,
+            figures.batched.p99_ms,
+            100.0 * figures.batched.ratio(figures.database_rows_per_s),
             figures.ingest_peak_rss_mb,
         );
         runs.push(figures);
     }
-    let median = |f: fn(&RunFigures) -> f64| {
-        let mut values: Vec<f64> = runs.iter().map(f).collect();
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
-    let broker = median(|r| r.broker_msgs_per_s);
-    let database = median(|r| r.database_rows_per_s);
-    let single = median(|r| r.single_per_s);
-    let batched = median(|r| r.batched_per_s);
+    let figure = |f: &dyn Fn(&RunFigures) -> f64| Spread::of(runs.iter().map(f).collect());
+    let broker = figure(&|r| (r.broker_msgs_per_s[0] + r.broker_msgs_per_s[1]) / 2.0);
+    let database = figure(&|r| (r.database_rows_per_s[0] + r.database_rows_per_s[1]) / 2.0);
+    let single = figure(&|r| r.single.per_s);
+    let batched = figure(&|r| r.batched.per_s);
+    let single_ratio = figure(&|r| 100.0 * r.single.ratio(r.broker_msgs_per_s));
+    let batched_ratio = figure(&|r| 100.0 * r.batched.ratio(r.database_rows_per_s));
     println!();
     println!(
-        "median of {} run(s)                      | value          | vs ceiling",
+        "median of {} run(s) [lowest, highest]      | value",
         runs.len()
     );
-    println!("-----------------------------------------|----------------|-----------");
-    println!("broker ceiling (QoS 1, no database)      | {broker:>9.0} msg/s |");
-    println!("database ceiling (binary COPY)           | {database:>8.0} rows/s |");
+    println!("-------------------------------------------|------------------------------------");
     println!(
-        "ingest, 1 reading per message            | {single:>6.0} readings/s | {:>5.1} % of broker",
-        100.0 * single / broker
+        "broker ceiling (QoS 1, no database)        | {} msg/s",
+        broker.show(0)
     );
     println!(
-        "ingest, {:>2} readings per message          | {batched:>6.0} readings/s | {:>5.1} % of database",
+        "database ceiling (binary COPY)             | {} rows/s",
+        database.show(0)
+    );
+    println!(
+        "ingest, 1 reading per message              | {} readings/s",
+        single.show(0)
+    );
+    println!(
+        "  of the broker ceiling around it          | {} %",
+        single_ratio.show(1)
+    );
+    println!(
+        "ingest, {:>2} readings per message            | {} readings/s",
         args.batch,
-        100.0 * batched / database
+        batched.show(0)
     );
     println!(
-        "publish-to-commit, 1 per message         | p50 {:.1} ms, p99 {:.1} ms",
-        median(|r| r.single_p50_ms),
-        median(|r| r.single_p99_ms)
+        "  of the database ceiling around it        | {} %",
+        batched_ratio.show(1)
     );
+    let phases: [(String, PhaseOf); 2] = [
+        ("1 reading per message".to_owned(), |r| &r.single),
+        (format!("{} readings per message", args.batch), |r| {
+            &r.batched
+        }),
+    ];
+    for (label, phase) in phases {
+        println!("{label}:");
+        println!(
+            "  publish-to-commit p50, p99               | {} ms, {} ms",
+            figure(&|r| phase(r).p50_ms).show(1),
+            figure(&|r| phase(r).p99_ms).show(1)
+        );
+        println!(
+            "  CPU-seconds per million readings stored  | ingest {}, PostgreSQL {}, Mosquitto {}",
+            figure(&|r| phase(r).cpu.ingest).show(1),
+            figure(&|r| phase(r).cpu.database).show(1),
+            figure(&|r| phase(r).cpu.broker).show(1)
+        );
+    }
     println!(
-        "publish-to-commit, {:>2} per message        | p50 {:.1} ms, p99 {:.1} ms",
-        args.batch,
-        median(|r| r.batched_p50_ms),
-        median(|r| r.batched_p99_ms)
-    );
-    println!(
-        "ingest peak RSS                          | {:.1} MB",
-        median(|r| r.ingest_peak_rss_mb)
+        "ingest peak RSS                            | {} MB",
+        figure(&|r| r.ingest_peak_rss_mb).show(1)
     );
     Ok(())
+}
+
+/// A figure over the runs: its median, lowest and highest.
+struct Spread {
+    median: f64,
+    low: f64,
+    high: f64,
+}
+
+impl Spread {
+    fn of(mut values: Vec<f64>) -> Spread {
+        values.sort_by(f64::total_cmp);
+        Spread {
+            median: values.get(values.len() / 2).copied().unwrap_or(f64::NAN),
+            low: values.first().copied().unwrap_or(f64::NAN),
+            high: values.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+
+    fn show(&self, decimals: usize) -> String {
+        format!(
+            "{:.*} [{:.*}, {:.*}]",
+            decimals, self.median, decimals, self.low, decimals, self.high
+        )
+    }
 }
 
 async fn one_run(
@@ -168,6 +258,11 @@ async fn measure(
         topic_prefix: config.mqtt.topic_prefix.clone(),
         ..broker.config()
     };
+    // The ceiling's messages go where ingest does not listen.
+    let ceiling_config = BrokerConfig {
+        topic_prefix: format!("{}-ceiling", config.mqtt.topic_prefix),
+        ..broker.config()
+    };
     tidemark_store::schema::migrate(database).await?;
     let store = Store::connect(database).await?;
     let devices = register_devices(&store, args).await?;
@@ -179,62 +274,237 @@ async fn measure(
         client_prefix: client_prefix.to_owned(),
     };
 
-    figures.broker_msgs_per_s = broker_ceiling(&broker_config, &plan(1, "bench-broker")).await?;
-    figures.database_rows_per_s = database_ceiling(
-        &store,
-        args.readings,
-        args.devices * args.sensors_per_device,
-    )
-    .await?;
-
-    let mut ingest = spawn_ingest(config_file, database, &broker_config)?;
+    let mut ingest = spawn_ingest(config_file, database, &broker_config, "bench-ingest")?;
     let mut listener = notify::listen(database, &[Channel::ReadingsCommitted]).await?;
     wait_for_subscription(&broker_config, &devices[0], &mut listener).await?;
+    let processes = Processes {
+        ingest: ingest.id(),
+        broker: broker.pid(),
+    };
 
-    for (per_message, prefix) in [(1, "bench-single"), (args.batch, "bench-batched")] {
-        let since = Utc::now();
-        let commits = tokio::spawn(collect_commits(listener, args.readings as u64));
-        let report = load::publish(&broker_config, &plan(per_message, prefix)).await?;
-        let (returned, commit_times) = commits.await??;
-        listener = returned;
-        let last_commit = commit_times
-            .values()
-            .copied()
-            .max()
-            .unwrap_or(report.last_ack);
-        let seconds = (last_commit - report.first_publish)
-            .num_microseconds()
-            .unwrap_or(1) as f64
-            / 1e6;
-        let per_s = report.readings as f64 / seconds;
-        let mut latencies: Vec<f64> = store
-            .received_since(since)
-            .await?
-            .into_iter()
-            .filter_map(|(ts, received_at)| {
-                let commit = commit_times.get(&received_at.timestamp_micros())?;
-                Some((*commit - ts).num_microseconds()? as f64 / 1000.0)
-            })
-            .collect();
-        latencies.sort_by(f64::total_cmp);
-        let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
-        if per_message == 1 {
-            (
-                figures.single_per_s,
-                figures.single_p50_ms,
-                figures.single_p99_ms,
-            ) = (per_s, p50, p99);
-        } else {
-            (
-                figures.batched_per_s,
-                figures.batched_p50_ms,
-                figures.batched_p99_ms,
-            ) = (per_s, p50, p99);
-        }
-    }
+    quiet(&store, &mut listener).await?;
+    figures.broker_msgs_per_s[0] =
+        broker_ceiling(&ceiling_config, &plan(1, "bench-broker-a")).await?;
+    quiet(&store, &mut listener).await?;
+    (listener, figures.single) = ingest_phase(
+        &store,
+        &broker_config,
+        &plan(1, "bench-single"),
+        listener,
+        &processes,
+    )
+    .await?;
+    quiet(&store, &mut listener).await?;
+    figures.broker_msgs_per_s[1] =
+        broker_ceiling(&ceiling_config, &plan(1, "bench-broker-b")).await?;
+    let sensors = args.devices * args.sensors_per_device;
+    quiet(&store, &mut listener).await?;
+    figures.database_rows_per_s[0] = database_ceiling(&store, args.readings, sensors, 1).await?;
+    quiet(&store, &mut listener).await?;
+    (listener, figures.batched) = ingest_phase(
+        &store,
+        &broker_config,
+        &plan(args.batch, "bench-batched"),
+        listener,
+        &processes,
+    )
+    .await?;
+    quiet(&store, &mut listener).await?;
+    figures.database_rows_per_s[1] = database_ceiling(&store, args.readings, sensors, 2).await?;
     figures.ingest_peak_rss_mb = peak_rss_mb(ingest.id()).unwrap_or(f64::NAN);
     let _ = ingest.kill().await;
     Ok(figures)
+}
+
+/// Between phases: the rollups brought up to date (so that no phase inherits the refresh of the
+/// one before), and the commit notifications of the phase before (the database ceiling's too)
+/// taken off the listener.
+async fn quiet(store: &Store, listener: &mut notify::Listener) -> anyhow::Result<()> {
+    store.refresh_all_rollups().await?;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await
+    {
+    }
+    Ok(())
+}
+
+/// The processes whose CPU time a phase counts.
+struct Processes {
+    ingest: Option<u32>,
+    broker: Option<u32>,
+}
+
+impl Processes {
+    fn cpu_seconds(&self) -> [f64; 3] {
+        [
+            self.ingest.map_or(f64::NAN, process_cpu_seconds),
+            postgres_cpu_seconds(),
+            self.broker.map_or(f64::NAN, process_cpu_seconds),
+        ]
+    }
+}
+
+/// Publishes a plan's readings for ingest and measures them stored.
+async fn ingest_phase(
+    store: &Store,
+    broker: &BrokerConfig,
+    plan: &Plan,
+    listener: notify::Listener,
+    processes: &Processes,
+) -> anyhow::Result<(notify::Listener, Phase)> {
+    let since = Utc::now();
+    let cpu_before = processes.cpu_seconds();
+    let commits = tokio::spawn(collect_commits(listener, plan.readings as u64));
+    let report = load::publish(broker, plan).await?;
+    let (listener, commit_times) = commits.await??;
+    let cpu_after = processes.cpu_seconds();
+    let last_commit = commit_times
+        .values()
+        .copied()
+        .max()
+        .unwrap_or(report.last_ack);
+    let seconds = (last_commit - report.first_publish)
+        .num_microseconds()
+        .unwrap_or(1) as f64
+        / 1e6;
+    let mut latencies: Vec<f64> = store
+        .received_since(since)
+        .await?
+        .into_iter()
+        .filter_map(|(ts, received_at)| {
+            let commit = commit_times.get(&received_at.timestamp_micros())?;
+            Some((*commit - ts).num_microseconds()? as f64 / 1000.0)
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let per_million = |i: usize| (cpu_after[i] - cpu_before[i]) * 1e6 / report.readings as f64;
+    Ok((
+        listener,
+        Phase {
+            per_s: report.readings as f64 / seconds,
+            p50_ms: percentile(&latencies, 0.50),
+            p99_ms: percentile(&latencies, 0.99),
+            cpu: Footprint {
+                ingest: per_million(0),
+                database: per_million(1),
+                broker: per_million(2),
+            },
+        },
+    ))
+}
+
+/// `--backlog`: per run, ingest subscribes once and stops; the broker takes `backlog` readings
+/// (in messages of `--batch`) for its session; then ingest starts again and works through them.
+async fn backlog_runs(
+    config: &Config,
+    config_file: &Path,
+    args: &IngestBenchArgs,
+    backlog: usize,
+) -> anyhow::Result<()> {
+    println!(
+        "tidemark-bench ingest --backlog: {backlog} readings in messages of {} waiting in the broker before ingest starts, {} devices x {} sensors, {} run(s)",
+        args.batch, args.devices, args.sensors_per_device, args.runs
+    );
+    println!("machine: {} cores, {}", cores(), memory());
+    let mut runs: Vec<(f64, f64, Footprint)> = Vec::new();
+    for run in 1..=args.runs {
+        let broker = Broker::start().await?;
+        let database = TestDatabase::create(&config.database).await?;
+        let outcome = backlog_run(
+            config,
+            config_file,
+            args,
+            backlog,
+            &broker,
+            &database.config,
+        )
+        .await
+        .with_context(|| format!("run {run}"));
+        database.drop_database().await?;
+        let (per_s, rss, cpu) = outcome?;
+        println!(
+            "run {run}: {per_s:.0} readings/s from ingest's start to the last commit | ingest peak RSS {rss:.1} MB | CPU-seconds per million readings: ingest {:.1}, PostgreSQL {:.1}, Mosquitto {:.1}",
+            cpu.ingest, cpu.database, cpu.broker
+        );
+        runs.push((per_s, rss, cpu));
+    }
+    let figure =
+        |f: &dyn Fn(&(f64, f64, Footprint)) -> f64| Spread::of(runs.iter().map(f).collect());
+    println!();
+    println!("median of {} run(s) [lowest, highest]", runs.len());
+    println!(
+        "ingest working through the backlog        | {} readings/s",
+        figure(&|r| r.0).show(0)
+    );
+    println!(
+        "ingest peak RSS                           | {} MB",
+        figure(&|r| r.1).show(1)
+    );
+    println!(
+        "CPU-seconds per million readings          | ingest {}, PostgreSQL {}, Mosquitto {}",
+        figure(&|r| r.2.ingest).show(1),
+        figure(&|r| r.2.database).show(1),
+        figure(&|r| r.2.broker).show(1)
+    );
+    Ok(())
+}
+
+async fn backlog_run(
+    config: &Config,
+    config_file: &Path,
+    args: &IngestBenchArgs,
+    backlog: usize,
+    broker: &Broker,
+    database: &DatabaseConfig,
+) -> anyhow::Result<(f64, f64, Footprint)> {
+    let broker_config = BrokerConfig {
+        topic_prefix: config.mqtt.topic_prefix.clone(),
+        ..broker.config()
+    };
+    tidemark_store::schema::migrate(database).await?;
+    let store = Store::connect(database).await?;
+    let devices = register_devices(&store, args).await?;
+    let mut listener = notify::listen(database, &[Channel::ReadingsCommitted]).await?;
+    // Ingest's session exists (persistent, subscribed), then ingest goes away.
+    let mut first = spawn_ingest(config_file, database, &broker_config, "bench-backlog")?;
+    wait_for_subscription(&broker_config, &devices[0], &mut listener).await?;
+    first.kill().await?;
+    load::publish(
+        &broker_config,
+        &Plan {
+            devices: devices.clone(),
+            readings: backlog,
+            per_message: args.batch,
+            connections: args.connections,
+            client_prefix: "bench-backlog".to_owned(),
+        },
+    )
+    .await?;
+    let commits = tokio::spawn(collect_commits(listener, backlog as u64));
+    let started = Utc::now();
+    let mut ingest = spawn_ingest(config_file, database, &broker_config, "bench-backlog")?;
+    let processes = Processes {
+        ingest: ingest.id(),
+        broker: broker.pid(),
+    };
+    let before = processes.cpu_seconds();
+    // The ingest process's own CPU time counts from its start: it is new.
+    let before = [0.0, before[1], before[2]];
+    let (_, commit_times) = commits.await??;
+    let after = processes.cpu_seconds();
+    let rss = peak_rss_mb(ingest.id()).unwrap_or(f64::NAN);
+    let _ = ingest.kill().await;
+    let last = commit_times.values().copied().max().unwrap_or(started);
+    let seconds = (last - started).num_microseconds().unwrap_or(1) as f64 / 1e6;
+    let per_million = |i: usize| (after[i] - before[i]) * 1e6 / backlog as f64;
+    Ok((
+        backlog as f64 / seconds,
+        rss,
+        Footprint {
+            ingest: per_million(0),
+            database: per_million(1),
+            broker: per_million(2),
+        },
+    ))
 }
 
 async fn register_devices(store: &Store, args: &IngestBenchArgs) -> anyhow::Result<Vec<Device>> {
@@ -312,8 +582,14 @@ async fn broker_ceiling(broker: &BrokerConfig, plan: &Plan) -> anyhow::Result<f6
 }
 
 /// Rows per second written by binary COPY straight into `readings` (the store's batch write, whose
-/// common path is exactly that), in batches of 50,000 rows.
-async fn database_ceiling(store: &Store, readings: usize, sensors: usize) -> anyhow::Result<f64> {
+/// common path is exactly that), in batches of 50,000 rows, timed `days_back` days back so that
+/// they never collide with the ingest phases' publication times or another ceiling's rows.
+async fn database_ceiling(
+    store: &Store,
+    readings: usize,
+    sensors: usize,
+    days_back: i64,
+) -> anyhow::Result<f64> {
     let sensor_ids: Vec<i32> = store
         .directory()
         .await?
@@ -322,8 +598,7 @@ async fn database_ceiling(store: &Store, readings: usize, sensors: usize) -> any
         .map(|(id, _)| *id)
         .collect();
     anyhow::ensure!(sensor_ids.len() == sensors, "expected {sensors} sensors");
-    // A day back, so that these rows never collide with the ingest phases' publication times.
-    let base = Utc::now() - chrono::Duration::days(1);
+    let base = Utc::now() - chrono::Duration::days(days_back);
     let rows: Vec<ReadingRow> = (0..readings)
         .map(|i| ReadingRow {
             sensor_id: sensor_ids[i % sensor_ids.len()],
@@ -343,6 +618,7 @@ fn spawn_ingest(
     config_file: &Path,
     database: &DatabaseConfig,
     broker: &BrokerConfig,
+    client_id: &str,
 ) -> anyhow::Result<tokio::process::Child> {
     let exe = std::env::current_exe().context("locating the bench binary")?;
     let metrics_port = tidemark_testkit::free_port()?;
@@ -351,7 +627,7 @@ fn spawn_ingest(
         .env("TIDEMARK__DATABASE__URL", &database.url)
         .env("TIDEMARK__MQTT__PORT", broker.port.to_string())
         .env("TIDEMARK__MQTT__HOST", &broker.host)
-        .env("TIDEMARK__INGEST__CLIENT_ID", "bench-ingest")
+        .env("TIDEMARK__INGEST__CLIENT_ID", client_id)
         .env(
             "TIDEMARK__INGEST__METRICS_LISTEN",
             format!("127.0.0.1:{metrics_port}"),
@@ -441,6 +717,53 @@ fn peak_rss_mb(pid: Option<u32>) -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// CPU-seconds (user and system) a process has used, from `/proc/PID/stat`; with `children`,
+/// also those of its children that have ended.
+fn stat_cpu_seconds(stat: &str, children: bool) -> f64 {
+    // The fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime, stime, cutime and cstime are fields 14 to 17 of the line, 12 to 15 after the name.
+    let own = ticks(11) + ticks(12);
+    let ended = if children { ticks(13) + ticks(14) } else { 0.0 };
+    // Clock ticks are 1/100 s on Linux (USER_HZ).
+    (own + ended) / 100.0
+}
+
+/// CPU-seconds a process has used.
+pub(crate) fn process_cpu_seconds(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(f64::NAN, |stat| stat_cpu_seconds(&stat, false))
+}
+
+/// CPU-seconds used by every PostgreSQL process on this machine (the server the benches use, and
+/// through the postmaster's count of its ended children, backends and workers that have gone).
+pub(crate) fn postgres_cpu_seconds() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return f64::NAN;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| stat.contains("(postgres)"))
+        .map(|stat| stat_cpu_seconds(&stat, true))
+        .sum()
 }
 
 fn cores() -> usize {
