@@ -9,7 +9,7 @@ use crate::level::LevelRule;
 use crate::messages;
 use crate::rain::{self, RainRule};
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 use tidemark_model::warning::alert_topic;
@@ -127,7 +127,8 @@ pub(crate) async fn evaluate_areas(
     metrics: &Metrics,
     memos: &ForecastMemos,
 ) {
-    for part in keys.chunks(AREAS_AT_ONCE) {
+    let mut parts: VecDeque<&[String]> = keys.chunks(AREAS_AT_ONCE).collect();
+    while let Some(part) = parts.pop_front() {
         let started = Instant::now();
         match try_evaluate_areas(store, model, settings, part, memos).await {
             Ok(recorded) => {
@@ -139,38 +140,15 @@ pub(crate) async fn evaluate_areas(
             }
             Err(error) if part.len() > 1 => {
                 tracing::warn!(stage = "analytics", areas = part.len(), %error, "evaluation failed; trying each area alone");
-                for key in part {
-                    evaluate_area(store, model, settings, key, metrics, memos).await;
+                // Each area next, in order, before the parts after this one.
+                for key in part.iter().rev() {
+                    parts.push_front(std::slice::from_ref(key));
                 }
             }
             Err(error) => {
                 metrics.failures.inc();
                 tracing::warn!(stage = "analytics", area = %part[0], %error, "evaluation failed");
             }
-        }
-    }
-}
-
-pub(crate) async fn evaluate_area(
-    store: &Store,
-    model: &Model,
-    settings: &Settings,
-    key: &str,
-    metrics: &Metrics,
-    memos: &ForecastMemos,
-) {
-    let started = Instant::now();
-    match try_evaluate_areas(store, model, settings, &[key.to_owned()], memos).await {
-        Ok(recorded) => {
-            metrics.evaluations.inc();
-            metrics.events.inc_by(recorded);
-            metrics
-                .evaluation_seconds
-                .observe(started.elapsed().as_secs_f64());
-        }
-        Err(error) => {
-            metrics.failures.inc();
-            tracing::warn!(stage = "analytics", area = %key, %error, "evaluation failed");
         }
     }
 }
