@@ -196,35 +196,22 @@ impl Store {
         sensor_keys: &[String],
         from: DateTime<Utc>,
     ) -> Result<Vec<StoredForecast>> {
-        let starts: Vec<(&str, DateTime<Utc>)> =
-            sensor_keys.iter().map(|k| (k.as_str(), from)).collect();
-        self.forecasts_from(&starts).await
-    }
-
-    /// [`Store::forecasts_since`] with a start of its own for each sensor (each given once), in
-    /// one query.
-    pub async fn forecasts_from(
-        &self,
-        starts: &[(&str, DateTime<Utc>)],
-    ) -> Result<Vec<StoredForecast>> {
-        let keys: Vec<&str> = starts.iter().map(|s| s.0).collect();
-        let froms: Vec<DateTime<Utc>> = starts.iter().map(|s| s.1).collect();
         let client = self.client().await?;
         // One row per issue, its values as two arrays: a fraction of the rows (and their
         // decoding) that one row per value takes.
         let rows = client
             .query(
                 "SELECT s.key, i.source, fs.builtin, i.issued_at, i.received_at, v.at, v.value \
-                 FROM unnest($1::text[], $2::timestamptz[]) AS q(k, from_at) \
-                 JOIN sensors s ON s.key = q.k \
-                 JOIN forecast_issues i ON i.sensor_id = s.id AND i.issued_at >= q.from_at \
+                 FROM sensors s \
+                 JOIN forecast_issues i ON i.sensor_id = s.id AND i.issued_at >= $2 \
                  JOIN forecast_sources fs ON fs.name = i.source \
                  CROSS JOIN LATERAL (SELECT array_agg(f.valid_at ORDER BY f.valid_at) AS at, \
                      array_agg(f.value ORDER BY f.valid_at) AS value FROM forecasts f \
                      WHERE f.sensor_id = i.sensor_id AND f.source = i.source \
                        AND f.issued_at = i.issued_at) v \
+                 WHERE s.key = ANY($1) \
                  ORDER BY s.key, i.source, i.issued_at",
-                &[&keys, &froms],
+                &[&sensor_keys, &from],
             )
             .await
             .context("reading forecasts")?;
