@@ -24,9 +24,9 @@
 //!
 //! [`Store`] holds the connection pool and is cheap to clone.
 //!
-//! **Invariant:** the relations `readings`, `readings_15m`, `readings_1h`, `readings_1d`, `devices`,
-//! `stations`, `sensors` and `rejected_messages` have the same names and columns in both storage
-//! modes; nothing outside this crate knows which mode is active.
+//! **Invariant:** the relations `readings`, `readings_15m`, `readings_1h`, `readings_1d`,
+//! `readings_1h_days`, `devices`, `stations`, `sensors` and `rejected_messages` have the same names
+//! and columns in both storage modes; nothing outside this crate knows which mode is active.
 
 pub mod audit;
 pub mod circular;

@@ -2,7 +2,7 @@
 //! of every sensor, a sensor's raw readings in pages (by time, or by arrival for pollers), and
 //! server-side aggregation into time buckets.
 
-use crate::rollup::{raw_summary, rollup_for, COMBINE, USABLE};
+use crate::rollup::{raw_summary, rollup_for, COMBINE, ROLLUPS, USABLE};
 use crate::{Context, Result, Store};
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
@@ -225,6 +225,7 @@ impl Store {
             "VACUUM ANALYZE readings_15m",
             "VACUUM ANALYZE readings_1h",
             "VACUUM ANALYZE readings_1d",
+            "VACUUM ANALYZE readings_1h_days",
             "VACUUM ANALYZE rollup_dirty",
         ] {
             client
@@ -349,6 +350,10 @@ impl Store {
     /// widest such rollup for the whole rollup buckets inside the range, and from the raw readings
     /// for the partial buckets at its ends and for the hours (days, from the daily rollup) the
     /// rollup has not caught up with yet (see [`crate::rollup`]). The answer is the same either way.
+    ///
+    /// Hourly buckets over whole days are read from `readings_1h_days` (a row per day, the hours
+    /// in arrays) for the days without a dirty note, and from the raw readings for the rest of the
+    /// range (its partial days at the ends, changed days), all in one snapshot.
     pub async fn aggregate(
         &self,
         sensor: &str,
@@ -357,93 +362,233 @@ impl Store {
         bucket: Duration,
         all_qualities: bool,
     ) -> Result<Vec<BucketRow>> {
-        let client = self.client().await?;
-        let seconds = bucket.as_secs_f64();
-        let whole_seconds = (bucket.subsec_nanos() == 0).then_some(bucket.as_secs() as i64);
-        let rollup = whole_seconds
-            .filter(|_| !all_qualities)
-            .and_then(|secs| rollup_for(secs, from, to));
-        let rows = match rollup {
-            Some(rollup) => {
-                let (inner_from, inner_to) = rollup.inner(from, to);
-                // Rollup rows in a slot with a dirty note are read from the raw readings instead.
-                let slot = rollup.slot_seconds() as f64;
-                let raw = raw_summary(USABLE);
-                // Buckets as wide as the rollup's come each from exactly one part (a rollup row,
-                // an end of the range, or a dirty slot) and need no combining.
-                let combined = if whole_seconds == Some(rollup.seconds) {
-                    "SELECT x.* FROM parts x ORDER BY 1".to_owned()
-                } else {
-                    format!(
-                        "SELECT date_bin(make_interval(secs => $4), x.bucket, 'epoch'::timestamptz), {COMBINE} \
-                         FROM parts x GROUP BY 1 ORDER BY 1"
-                    )
-                };
-                client
-                    .query(
-                        &format!(
-                            "WITH dirty AS (SELECT DISTINCT date_bin(make_interval(secs => $7), d.hour, 'epoch'::timestamptz) AS slot \
-                                 FROM rollup_dirty d WHERE d.sensor_id = {SENSOR_ID} \
-                                   AND d.hour >= date_bin(make_interval(secs => $7), $5, 'epoch'::timestamptz) AND d.hour < $6), \
-                             parts AS ( \
-                                 SELECT x.bucket, x.n, x.total, x.lo, x.hi, x.first_ts, x.first_value, \
-                                        x.last_ts, x.last_value, x.flagged, x.quality \
-                                 FROM {relation} x \
-                                 WHERE x.sensor_id = {SENSOR_ID} AND x.bucket >= $5 AND x.bucket < $6 \
-                                   AND date_bin(make_interval(secs => $7), x.bucket, 'epoch'::timestamptz) \
-                                       NOT IN (SELECT slot FROM dirty) \
-                                 UNION ALL \
-                                 SELECT date_bin(make_interval(secs => $4), r.ts, 'epoch'::timestamptz), {raw} \
-                                 FROM readings r WHERE r.sensor_id = {SENSOR_ID} AND r.ts >= $2 AND r.ts < $5 GROUP BY 1 \
-                                 UNION ALL \
-                                 SELECT date_bin(make_interval(secs => $4), r.ts, 'epoch'::timestamptz), {raw} \
-                                 FROM readings r WHERE r.sensor_id = {SENSOR_ID} AND r.ts >= $6 AND r.ts < $3 GROUP BY 1 \
-                                 UNION ALL \
-                                 SELECT date_bin(make_interval(secs => $4), r.ts, 'epoch'::timestamptz), {raw} \
-                                 FROM dirty d JOIN readings r ON r.sensor_id = {SENSOR_ID} \
-                                   AND r.ts >= greatest(d.slot, $5) AND r.ts < least(d.slot + make_interval(secs => $7), $6) \
-                                 GROUP BY 1) \
-                             {combined}",
-                            relation = rollup.relation,
-                        ),
-                        &[&sensor, &from, &to, &seconds, &inner_from, &inner_to, &slot],
-                    )
-                    .await
-                    .context("aggregating readings from a rollup")?
-            }
-            None => {
-                let filter = if all_qualities { "true" } else { USABLE };
-                client
-                    .query(
-                        &format!(
-                            "SELECT date_bin(make_interval(secs => $4), r.ts, 'epoch'::timestamptz), {} \
-                             FROM readings r WHERE r.sensor_id = {SENSOR_ID} AND r.ts >= $2 AND r.ts < $3 \
-                             GROUP BY 1 ORDER BY 1",
-                            raw_summary(filter)
-                        ),
-                        &[&sensor, &from, &to, &seconds],
-                    )
-                    .await
-                    .context("aggregating readings")?
-            }
-        };
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let count: i64 = r.get(1);
-                let value = |i: usize| r.get::<_, Option<f64>>(i).unwrap_or(f64::NAN);
-                BucketRow {
-                    start: r.get(0),
-                    count,
-                    sum: if count == 0 { 0.0 } else { value(2) },
-                    min: value(3),
-                    max: value(4),
-                    first: value(6),
-                    last: value(8),
-                    flagged: r.get(9),
-                    quality: r.get::<_, Option<i16>>(10).unwrap_or(0),
-                }
-            })
-            .collect())
+        let mut client = self.client().await?;
+        let [daily, ..] = ROLLUPS;
+        let (days_from, days_to) = daily.inner(from, to);
+        if all_qualities || bucket != Duration::from_secs(3_600) || days_from >= days_to {
+            let client: &tokio_postgres::Client = &client;
+            return aggregate_range(client, sensor, from, to, bucket, all_qualities).await;
+        }
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .context("begin reading an hourly series")?;
+        let rows = hourly_by_days(&tx, sensor, from, to, (days_from, days_to)).await?;
+        tx.commit().await.context("end reading an hourly series")?;
+        Ok(rows)
     }
+}
+
+/// Days that are not packed (the ends of the range, dirty days, days without readings) are read
+/// from the raw readings, a query per range between packed days (they are short: less than a day
+/// at each end, and whatever has changed since the last refresh); beyond this many ranges, the
+/// whole range is read as other bucket widths are, in one query.
+const MAX_UNPACKED_RANGES: usize = 8;
+
+/// Hourly buckets over `[from, to)`: the packed rows of the whole days in `days` that have no
+/// dirty note, and [`aggregate_raw`] for the ranges between them.
+async fn hourly_by_days(
+    tx: &tokio_postgres::Transaction<'_>,
+    sensor: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    (days_from, days_to): (DateTime<Utc>, DateTime<Utc>),
+) -> Result<Vec<BucketRow>> {
+    let hour = Duration::from_secs(3_600);
+    let packed = tx
+        .query(
+            &format!(
+                "WITH dirty AS (SELECT DISTINCT date_bin('1 day', d.hour, 'epoch'::timestamptz) AS day \
+                     FROM rollup_dirty d WHERE d.sensor_id = {SENSOR_ID} AND d.hour >= $2 AND d.hour < $3) \
+                 SELECT p.day, p.hours FROM readings_1h_days p \
+                 WHERE p.sensor_id = {SENSOR_ID} AND p.day >= $2 AND p.day < $3 \
+                   AND p.day NOT IN (SELECT day FROM dirty) \
+                 ORDER BY p.day"
+            ),
+            &[&sensor, &days_from, &days_to],
+        )
+        .await
+        .context("reading packed hourly days")?;
+    let day = chrono::Duration::days(1);
+    let mut unpacked = Vec::new();
+    let mut at = from;
+    for row in &packed {
+        let start: DateTime<Utc> = row.get(0);
+        if at < start {
+            unpacked.push((at, start));
+        }
+        at = start + day;
+    }
+    if at < to {
+        unpacked.push((at, to));
+    }
+    if unpacked.len() > MAX_UNPACKED_RANGES {
+        return aggregate_range(tx, sensor, from, to, hour, false).await;
+    }
+    // The ranges' queries go out together on the one connection.
+    let parts = futures_util::future::try_join_all(
+        unpacked
+            .iter()
+            .map(|(start, end)| aggregate_raw(tx, sensor, *start, *end, hour, false)),
+    )
+    .await?;
+    let mut out = Vec::with_capacity(packed.len() * 24 + parts.iter().map(Vec::len).sum::<usize>());
+    for row in &packed {
+        unpack_day(row, &mut out)?;
+    }
+    out.extend(parts.into_iter().flatten());
+    // Runs already in order: the sort only interleaves them.
+    out.sort_by_key(|b| b.start);
+    Ok(out)
+}
+
+/// Bytes per hour in a packed day (see migration V18): hour (int2), n (int4), flagged (int4),
+/// quality (int2), then total, lo, hi, first and last value (float8), big-endian.
+const PACKED_ENTRY: usize = 52;
+
+/// One packed day's hourly buckets, appended to `out`.
+fn unpack_day(row: &tokio_postgres::Row, out: &mut Vec<BucketRow>) -> Result<()> {
+    let day: DateTime<Utc> = row.get(0);
+    let hours: &[u8] = row.get(1);
+    if hours.len() % PACKED_ENTRY != 0 {
+        return Err(crate::Error::Inconsistent(format!(
+            "the packed hours of {day} are {} bytes, not a whole number of entries",
+            hours.len()
+        )));
+    }
+    for entry in hours.chunks_exact(PACKED_ENTRY) {
+        let field = |at: usize, width: usize| &entry[at..at + width];
+        let int2 = |at: usize| i16::from_be_bytes([entry[at], entry[at + 1]]);
+        let int4 = |at: usize| i32::from_be_bytes(field(at, 4).try_into().unwrap_or_default());
+        let float8 = |at: usize| f64::from_be_bytes(field(at, 8).try_into().unwrap_or_default());
+        let count = i64::from(int4(2));
+        out.push(BucketRow {
+            start: day + chrono::Duration::hours(i64::from(int2(0))),
+            count,
+            sum: if count == 0 { 0.0 } else { float8(12) },
+            min: float8(20),
+            max: float8(28),
+            first: float8(36),
+            last: float8(44),
+            flagged: i64::from(int4(6)),
+            quality: int2(10),
+        });
+    }
+    Ok(())
+}
+
+/// [`Store::aggregate`] from the rollup rows and the raw readings, on `client`.
+async fn aggregate_range(
+    client: &impl tokio_postgres::GenericClient,
+    sensor: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    bucket: Duration,
+    all_qualities: bool,
+) -> Result<Vec<BucketRow>> {
+    let seconds = bucket.as_secs_f64();
+    let whole_seconds = (bucket.subsec_nanos() == 0).then_some(bucket.as_secs() as i64);
+    let rollup = whole_seconds
+        .filter(|_| !all_qualities)
+        .and_then(|secs| rollup_for(secs, from, to));
+    let rows = match rollup {
+        Some(rollup) => {
+            let (inner_from, inner_to) = rollup.inner(from, to);
+            // Rollup rows in a slot with a dirty note are read from the raw readings instead.
+            let slot = rollup.slot_seconds() as f64;
+            let raw = raw_summary(USABLE);
+            // Buckets as wide as the rollup's come each from exactly one part (a rollup row,
+            // an end of the range, or a dirty slot) and need no combining.
+            let combined = if whole_seconds == Some(rollup.seconds) {
+                "SELECT x.* FROM parts x ORDER BY 1".to_owned()
+            } else {
+                format!(
+                    "SELECT date_bin(make_interval(secs => $4), x.bucket, 'epoch'::timestamptz), {COMBINE} \
+                     FROM parts x GROUP BY 1 ORDER BY 1"
+                )
+            };
+            client
+                .query(
+                    &format!(
+                        "WITH dirty AS (SELECT DISTINCT date_bin(make_interval(secs => $7), d.hour, 'epoch'::timestamptz) AS slot \
+                             FROM rollup_dirty d WHERE d.sensor_id = {SENSOR_ID} \
+                               AND d.hour >= date_bin(make_interval(secs => $7), $5, 'epoch'::timestamptz) AND d.hour < $6), \
+                         parts AS ( \
+                             SELECT x.bucket, x.n, x.total, x.lo, x.hi, x.first_ts, x.first_value, \
+                                    x.last_ts, x.last_value, x.flagged, x.quality \
+                             FROM {relation} x \
+                             WHERE x.sensor_id = {SENSOR_ID} AND x.bucket >= $5 AND x.bucket < $6 \
+                               AND date_bin(make_interval(secs => $7), x.bucket, 'epoch'::timestamptz) \
+                                   NOT IN (SELECT slot FROM dirty) \
+                             UNION ALL \
+                             SELECT date_bin(make_interval(secs => $4), r.ts, 'epoch'::timestamptz), {raw} \
+                             FROM readings r WHERE r.sensor_id = {SENSOR_ID} AND r.ts >= $2 AND r.ts < $5 GROUP BY 1 \
+                             UNION ALL \
+                             SELECT date_bin(make_interval(secs => $4), r.ts, 'epoch'::timestamptz), {raw} \
+                             FROM readings r WHERE r.sensor_id = {SENSOR_ID} AND r.ts >= $6 AND r.ts < $3 GROUP BY 1 \
+                             UNION ALL \
+                             SELECT date_bin(make_interval(secs => $4), r.ts, 'epoch'::timestamptz), {raw} \
+                             FROM dirty d JOIN readings r ON r.sensor_id = {SENSOR_ID} \
+                               AND r.ts >= greatest(d.slot, $5) AND r.ts < least(d.slot + make_interval(secs => $7), $6) \
+                             GROUP BY 1) \
+                         {combined}",
+                        relation = rollup.relation,
+                    ),
+                    &[&sensor, &from, &to, &seconds, &inner_from, &inner_to, &slot],
+                )
+                .await
+                .context("aggregating readings from a rollup")?
+        }
+        None => return aggregate_raw(client, sensor, from, to, bucket, all_qualities).await,
+    };
+    Ok(bucket_rows(&rows))
+}
+
+/// [`Store::aggregate`] from the raw readings alone, on `client`.
+async fn aggregate_raw(
+    client: &impl tokio_postgres::GenericClient,
+    sensor: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    bucket: Duration,
+    all_qualities: bool,
+) -> Result<Vec<BucketRow>> {
+    let filter = if all_qualities { "true" } else { USABLE };
+    let rows = client
+        .query(
+            &format!(
+                "SELECT date_bin(make_interval(secs => $4), r.ts, 'epoch'::timestamptz), {} \
+                 FROM readings r WHERE r.sensor_id = {SENSOR_ID} AND r.ts >= $2 AND r.ts < $3 \
+                 GROUP BY 1 ORDER BY 1",
+                raw_summary(filter)
+            ),
+            &[&sensor, &from, &to, &bucket.as_secs_f64()],
+        )
+        .await
+        .context("aggregating readings")?;
+    Ok(bucket_rows(&rows))
+}
+
+/// Rows of rollup columns (bucket first) as buckets.
+fn bucket_rows(rows: &[tokio_postgres::Row]) -> Vec<BucketRow> {
+    rows.iter()
+        .map(|r| {
+            let count: i64 = r.get(1);
+            let value = |i: usize| r.get::<_, Option<f64>>(i).unwrap_or(f64::NAN);
+            BucketRow {
+                start: r.get(0),
+                count,
+                sum: if count == 0 { 0.0 } else { value(2) },
+                min: value(3),
+                max: value(4),
+                first: value(6),
+                last: value(8),
+                flagged: r.get(9),
+                quality: r.get::<_, Option<i16>>(10).unwrap_or(0),
+            }
+        })
+        .collect()
 }

@@ -10,6 +10,10 @@
 //!
 //! The hour is the unit of change: a refresh after new readings recomputes the sensor's current
 //! hour in the 15-minute and hourly rollups, and its day in the daily one from the hourly rows.
+//!
+//! `readings_1h_days` (migration V18) packs the hourly rows a day per row, for long hourly series.
+//! It is a table in both modes: the refresh repacks the days of the hours it took, from
+//! `readings_1h`, before their notes are removed, and queries skip a day with a note.
 
 use crate::coordination::ROLLUP_LOCK;
 use crate::{Context, Result, Store};
@@ -304,6 +308,7 @@ impl Store {
                 .await
                 .context("computing rollup rows")?;
         }
+        pack_days(&tx, &day_sensors, &days).await?;
         let more: bool = tx
             .query_one("SELECT EXISTS (SELECT 1 FROM rollup_dirty)", &[])
             .await
@@ -321,7 +326,7 @@ impl Store {
     /// `refresh_continuous_aggregate`, which runs its own transactions, so the notes are removed
     /// afterwards, and only those that were read before the refresh began.
     async fn refresh_continuous(&self, limit: i64) -> Result<RefreshOutcome> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
         let locked: bool = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&ROLLUP_LOCK])
             .await
@@ -364,6 +369,14 @@ impl Store {
                         .context("refreshing a continuous aggregate")?;
                 }
             }
+            // The packed days from the hourly aggregate just refreshed, before the notes that
+            // keep queries off them go.
+            let days: BTreeSet<(i32, DateTime<Utc>)> =
+                pairs.iter().map(|(s, h)| (*s, floor(*h, 86_400))).collect();
+            let (day_sensors, days): (Vec<i32>, Vec<DateTime<Utc>>) = days.into_iter().unzip();
+            let tx = client.transaction().await.context("begin packing days")?;
+            pack_days(&tx, &day_sensors, &days).await?;
+            tx.commit().await.context("commit packing days")?;
             client
                 .execute("DELETE FROM rollup_dirty WHERE id = ANY($1)", &[&ids])
                 .await
@@ -384,6 +397,52 @@ impl Store {
             .await;
         outcome
     }
+}
+
+/// The `hours` of a packed day (see migration V18 and [`crate::opendata`]) from its hourly rows
+/// `x`, the day starting at `p.start`: per hour, oldest first, the hour of the day (int2), n and
+/// flagged (int4), quality (int2), total, lo, hi, first and last value (float8, NaN for NULL), as
+/// the binary send functions write them.
+const PACKED_HOURS: &str = "string_agg( \
+       int2send((date_part('epoch', x.bucket - p.start) / 3600)::smallint) \
+       || int4send(x.n::integer) || int4send(x.flagged::integer) \
+       || int2send(coalesce(x.quality, 0::smallint)) \
+       || float8send(coalesce(x.total, 'NaN')) || float8send(coalesce(x.lo, 'NaN')) \
+       || float8send(coalesce(x.hi, 'NaN')) || float8send(coalesce(x.first_value, 'NaN')) \
+       || float8send(coalesce(x.last_value, 'NaN')), \
+       ''::bytea ORDER BY x.bucket)";
+
+/// Computes again, in `tx`, the packed rows of `readings_1h_days` (migration V18) for the
+/// `(sensors[i], days[i])` pairs, from their hourly rows; a day left without hourly rows loses its
+/// packed row.
+async fn pack_days(tx: &Transaction<'_>, sensors: &[i32], days: &[DateTime<Utc>]) -> Result<()> {
+    if sensors.is_empty() {
+        return Ok(());
+    }
+    let pairs = "unnest($1::int4[], $2::timestamptz[]) AS p(sensor_id, start)";
+    tx.execute(
+        &format!(
+            "DELETE FROM readings_1h_days x USING {pairs} \
+             WHERE x.sensor_id = p.sensor_id AND x.day = p.start"
+        ),
+        &[&sensors, &days],
+    )
+    .await
+    .context("clearing packed days")?;
+    tx.execute(
+        &format!(
+            "INSERT INTO readings_1h_days \
+             SELECT p.sensor_id, p.start, b.hours FROM {pairs} CROSS JOIN LATERAL ( \
+               SELECT {PACKED_HOURS} AS hours \
+               FROM readings_1h x WHERE x.sensor_id = p.sensor_id \
+                 AND x.bucket >= p.start AND x.bucket < p.start + interval '1 day' \
+               HAVING count(*) > 0) b"
+        ),
+        &[&sensors, &days],
+    )
+    .await
+    .context("packing days of hourly rows")?;
+    Ok(())
 }
 
 /// The slots of `seconds` (whole hours or days) that `hours` fall in, merged into contiguous

@@ -252,6 +252,50 @@ async fn rollups_answer_as_the_raw_readings_do_before_and_after_every_change() {
         .await
         .unwrap();
     assert!(max_of_day(hourly) < 4.0);
+
+    // Hourly buckets over whole days come from the packed days: a change made to one behind the
+    // store's back shows, in ranges of whole days and of ragged ends alike.
+    client
+        .execute(
+            "UPDATE readings_1h_days SET hours = overlay(hours PLACING float8send(500) FROM 52 * 2 + 29) WHERE day = $1",
+            &[&t(3, 0, 0)],
+        )
+        .await
+        .unwrap();
+    for (from, to) in [(t(3, 0, 0), t(4, 0, 0)), (t(2, 22, 30), t(4, 0, 0))] {
+        let hourly = store
+            .aggregate(SENSOR, from, to, Duration::from_secs(3_600), false)
+            .await
+            .unwrap();
+        assert_eq!(max_of_day(hourly), 500.0, "{from}..{to}");
+    }
+    // Until a new reading of that day is refreshed, the day is read from the hourly rollup and
+    // the raw readings instead; the refresh packs the day again.
+    let late = ReadingRow {
+        sensor_id: id,
+        ts: t(3, 5, 4),
+        value: 3.5,
+        quality: 0,
+    };
+    store.write_batch(&[late], &[], Utc::now()).await.unwrap();
+    let hourly = || async {
+        store
+            .aggregate(
+                SENSOR,
+                t(3, 0, 0),
+                t(4, 0, 0),
+                Duration::from_secs(3_600),
+                false,
+            )
+            .await
+            .unwrap()
+    };
+    assert_eq!(max_of_day(hourly().await), 3.5);
+    check_all(store, &client).await;
+    assert_eq!(store.refresh_all_rollups().await.unwrap(), 1);
+    assert_eq!(max_of_day(hourly().await), 3.5);
+    check_all(store, &client).await;
+    assert_eq!(count(&client, "readings_1h_days").await, 3);
     harness.finish().await;
 }
 
