@@ -1,5 +1,8 @@
 //! HTTP caching for the public GET endpoints: a weak `ETag` (a hash of the body) on every complete
 //! answer, and `304 Not Modified` when the client already holds that version (`If-None-Match`).
+//! The hash is XXH3's 128 bits: it tells versions of an answer apart, which needs no
+//! cryptographic strength, and a year of hourly buckets (about a megabyte) hashes in well under
+//! a tenth of the time SHA-256 took.
 //! Streamed answers (raw readings, Server-Sent Events) have no known length and pass untouched.
 
 use axum::body::{Body, HttpBody};
@@ -7,7 +10,6 @@ use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
 
 /// Bodies larger than this are sent without an ETag rather than hashed.
 const MAX_HASHED_BYTES: u64 = 16 * 1024 * 1024;
@@ -45,15 +47,8 @@ pub async fn etag(request: Request, next: Next) -> Response {
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         }
     };
-    let digest = Sha256::digest(&bytes);
     // Weak: the same content may be sent gzip-compressed or not.
-    let etag: String = format!(
-        "W/\"{}\"",
-        digest[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
+    let etag = format!("W/\"{:032x}\"", twox_hash::XxHash3_128::oneshot(&bytes));
     if let Ok(value) = HeaderValue::from_str(&etag) {
         parts.headers.insert(header::ETAG, value);
     }
