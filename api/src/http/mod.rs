@@ -207,15 +207,6 @@ pub fn json_response(value: &impl Serialize) -> Response {
     )
 }
 
-/// [`json_response`] for a large answer whose size is about `bytes`.
-pub fn json_response_sized(bytes: usize, value: &impl Serialize) -> Response {
-    let mut body = Vec::with_capacity(bytes);
-    if serde_json::to_writer(&mut body, value).is_err() {
-        body.clear();
-    }
-    typed("application/json", body)
-}
-
 /// A `state` filter of warnings and utility alerts: `in_force` (the default), `lifted` or `all`.
 pub fn state_filter(asked: Option<&str>) -> Result<Option<WarningState>> {
     match asked {
