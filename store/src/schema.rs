@@ -582,6 +582,50 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// Released migrations are never edited or removed: each one's SHA-256 is recorded in
+    /// `migrations.sha256` (in `sha256sum`'s format, so `sha256sum -c` checks it as well), and a
+    /// new migration gets its line when it is added.
+    #[test]
+    fn released_migrations_are_never_edited() {
+        use sha2::{Digest, Sha256};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let recorded: std::collections::BTreeMap<String, String> =
+            std::fs::read_to_string(dir.join("migrations.sha256"))
+                .unwrap()
+                .lines()
+                .filter(|line| !line.trim().is_empty())
+                .map(|line| {
+                    let (sum, name) = line
+                        .split_once("  ")
+                        .unwrap_or_else(|| panic!("not a sha256sum line: {line:?}"));
+                    (name.to_owned(), sum.to_owned())
+                })
+                .collect();
+        let mut present = std::collections::BTreeMap::new();
+        for entry in std::fs::read_dir(dir.join("migrations")).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let digest = Sha256::digest(std::fs::read(&path).unwrap());
+            let sum: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            present.insert(name, sum);
+        }
+        for (name, sum) in &recorded {
+            match present.get(name) {
+                None => panic!("{name} was released and is gone: released migrations stay"),
+                Some(now) => assert_eq!(
+                    now, sum,
+                    "{name} was edited after its release: put the change in a new migration"
+                ),
+            }
+        }
+        for name in present.keys() {
+            assert!(
+                recorded.contains_key(name),
+                "{name} is not in migrations.sha256: add its line (sha256sum {name}) with it"
+            );
+        }
+    }
+
     #[test]
     fn months() {
         let ts = DateTime::parse_from_rfc3339("2023-12-31T23:59:59Z")
