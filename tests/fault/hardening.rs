@@ -61,6 +61,12 @@ async fn poison_payloads_are_kept_once_and_stall_no_other_device() {
         "ingest peaked at {} bytes",
         ingest.peak_rss()
     );
+    // Two batches commit at once, so the good reading's batch may be visible before the poison's:
+    // the rejections are waited for, not assumed to be there already.
+    wait_for(Duration::from_secs(10), || async {
+        harness.store.recent_rejections(100).await.unwrap().len() >= 5
+    })
+    .await;
     let rejections = harness.store.recent_rejections(100).await.unwrap();
     assert_eq!(rejections.len(), 5, "one row per message");
     for (_, payload) in &poisoned {
