@@ -247,12 +247,7 @@ impl Store {
             .context("taking dirty rollup hours")?;
         let sensors: Vec<i32> = taken.iter().map(|r| r.get(0)).collect();
         let hours: Vec<DateTime<Utc>> = taken.iter().map(|r| r.get(1)).collect();
-        let days: BTreeSet<(i32, DateTime<Utc>)> = sensors
-            .iter()
-            .zip(&hours)
-            .map(|(s, h)| (*s, floor(*h, 86_400)))
-            .collect();
-        let (day_sensors, days): (Vec<i32>, Vec<DateTime<Utc>>) = days.into_iter().unzip();
+        let (day_sensors, days) = sensor_days(sensors.iter().copied().zip(hours.iter().copied()));
         // Each pair is worked through its own index range (LATERAL, and nested loops for the
         // deletes), whatever the planner guesses about the unnested arrays or a rollup whose
         // statistics lag behind; and without JIT: many small lookups are never worth compiling.
@@ -371,9 +366,7 @@ impl Store {
             }
             // The packed days from the hourly aggregate just refreshed, before the notes that
             // keep queries off them go.
-            let days: BTreeSet<(i32, DateTime<Utc>)> =
-                pairs.iter().map(|(s, h)| (*s, floor(*h, 86_400))).collect();
-            let (day_sensors, days): (Vec<i32>, Vec<DateTime<Utc>>) = days.into_iter().unzip();
+            let (day_sensors, days) = sensor_days(pairs.iter().copied());
             let tx = client.transaction().await.context("begin packing days")?;
             pack_days(&tx, &day_sensors, &days).await?;
             tx.commit().await.context("commit packing days")?;
@@ -397,6 +390,17 @@ impl Store {
             .await;
         outcome
     }
+}
+
+/// The distinct (sensor, day) pairs that (sensor, hour) pairs fall in, as the parallel arrays the
+/// refresh statements unnest.
+fn sensor_days(
+    hours: impl Iterator<Item = (i32, DateTime<Utc>)>,
+) -> (Vec<i32>, Vec<DateTime<Utc>>) {
+    let days: BTreeSet<(i32, DateTime<Utc>)> = hours
+        .map(|(sensor, hour)| (sensor, floor(hour, 86_400)))
+        .collect();
+    days.into_iter().unzip()
 }
 
 /// The `hours` of a packed day (see migration V18 and [`crate::opendata`]) from its hourly rows
