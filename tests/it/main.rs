@@ -13,6 +13,9 @@ mod ingest;
 // Storage in both modes: plain PostgreSQL always, TimescaleDB where the server offers it.
 mod storage;
 
+// Upgrading a database of every earlier schema version, with rows in every table.
+mod upgrade;
+
 // Simulated scenarios and replays of recorded data through broker and ingest.
 mod sim;
 
