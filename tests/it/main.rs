@@ -16,6 +16,9 @@ mod storage;
 // Upgrading a database of every earlier schema version, with rows in every table.
 mod upgrade;
 
+// Backup and restore with the operators' scripts.
+mod backup;
+
 // Simulated scenarios and replays of recorded data through broker and ingest.
 mod sim;
 
