@@ -90,6 +90,10 @@ WARN
 command -v pg_isready >/dev/null 2>&1 || install_packages postgresql-client
 # The security tests make a throwaway CA and certificates with openssl.
 command -v openssl >/dev/null 2>&1 || install_packages openssl
+# The package test builds a .deb (dpkg-deb, and objdump for the libc it needs) and checks its
+# units with systemd-analyze.
+command -v objdump >/dev/null 2>&1 || install_packages binutils
+command -v systemd-analyze >/dev/null 2>&1 || install_packages systemd
 ensure_postgres
 ensure_mosquitto_binary
 if [ "$want_broker" = yes ]; then ensure_broker; fi

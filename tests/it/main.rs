@@ -19,6 +19,9 @@ mod upgrade;
 // Backup and restore with the operators' scripts.
 mod backup;
 
+// The Debian package: built, installed into a throwaway root, its units verified.
+mod package;
+
 // Simulated scenarios and replays of recorded data through broker and ingest.
 mod sim;
 
