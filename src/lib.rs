@@ -12,6 +12,7 @@
 
 pub mod app;
 pub mod config;
+pub mod import;
 pub mod keys;
 pub mod sim;
 pub mod verify;

@@ -48,6 +48,9 @@ enum Command {
     Replay(tidemark::sim::ReplayArgs),
     /// Score the warnings of a period against the threshold crossings the gauges measured.
     Verify(tidemark::verify::VerifyArgs),
+    /// Import readings from a CSV or Parquet file through ingest's checks and write, exactly
+    /// once however often it runs; refused rows are kept with their reasons.
+    Import(tidemark::import::ImportArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +66,12 @@ fn main() -> ExitCode {
     // A command's own arguments that cannot be used are a usage error too, like a bad
     // configuration: exit code 2, before anything connects.
     if let Command::Verify(args) = &cli.command {
+        if let Err(error) = args.parse() {
+            eprintln!("tidemark: {error:#}");
+            return ExitCode::from(2);
+        }
+    }
+    if let Command::Import(args) = &cli.command {
         if let Err(error) = args.parse() {
             eprintln!("tidemark: {error:#}");
             return ExitCode::from(2);
@@ -98,6 +107,27 @@ async fn execute(
         Command::Analytics => tidemark::app::analytics(&config, shutdown).await,
         Command::Delivery => tidemark::app::delivery(&config, shutdown).await,
         Command::Keys { what } => tidemark::keys::run(&config.database, what).await,
+        Command::Import(args) => {
+            let s = tidemark::import::run(&config, &args).await?;
+            println!(
+                "{}: {} rows, {} readings ({} stored, {} already stored, {} conflicting), \
+                 {} refused, {} empty cells{}",
+                args.file.display(),
+                s.rows,
+                s.readings,
+                s.stored,
+                s.duplicates,
+                s.conflicts,
+                s.rejected,
+                s.empty,
+                if args.dry_run {
+                    "; dry run, nothing written"
+                } else {
+                    ""
+                }
+            );
+            Ok(())
+        }
         Command::Migrate => {
             let mode = tidemark::app::migrate(&config)
                 .await

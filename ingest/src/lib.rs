@@ -6,6 +6,7 @@
 //! - [`message`]: one message to rows and rejections (pure).
 //! - [`metrics`]: [`Metrics`], what ingest counts.
 //! - [`service`]: [`run`], the MQTT session and the batch writer.
+//! - [`import`]: readings from CSV and Parquet files, through the same checks and batch write.
 //!
 //! **Invariant:** a message is acknowledged to the broker only after the transaction holding its
 //! readings (or its rejection) has committed. Anything not yet acknowledged is redelivered by the
@@ -13,6 +14,7 @@
 
 pub mod config;
 pub mod forecast;
+pub mod import;
 pub mod message;
 pub mod metrics;
 pub mod service;

@@ -22,6 +22,9 @@ mod backup;
 // The Debian package: built, installed into a throwaway root, its units verified.
 mod package;
 
+// Importing CSV and Parquet files through ingest's checks and write.
+mod import;
+
 // Simulated scenarios and replays of recorded data through broker and ingest.
 mod sim;
 
