@@ -19,8 +19,11 @@ fn index(severity: Severity) -> usize {
 /// One sensor's level thresholds.
 #[derive(Debug, Clone, Copy)]
 pub struct LevelRule {
-    /// Alert, Warning and Severe thresholds, rising.
+    /// Alert, Warning and Severe thresholds: rising, or falling when `falling` is set.
     pub thresholds: [f64; 3],
+    /// The thresholds point downwards (a drought): a value at or below one reaches it, and
+    /// hysteresis counts upwards.
+    pub falling: bool,
     pub persistence: Duration,
     pub min_readings: u32,
     pub hysteresis: f64,
@@ -28,6 +31,27 @@ pub struct LevelRule {
 }
 
 impl LevelRule {
+    /// 1 for rising thresholds, -1 for falling ones: a value times this is what a rising rule
+    /// compares.
+    pub fn sign(&self) -> f64 {
+        if self.falling {
+            -1.0
+        } else {
+            1.0
+        }
+    }
+
+    /// The same rule on values multiplied by [`LevelRule::sign`]: a falling rule becomes a rising
+    /// one on negated values, so that one machine serves both directions.
+    pub fn oriented(&self) -> LevelRule {
+        let sign = self.sign();
+        LevelRule {
+            thresholds: self.thresholds.map(|t| t * sign),
+            falling: false,
+            ..*self
+        }
+    }
+
     pub fn threshold(&self, severity: Severity) -> f64 {
         self.thresholds[index(severity)]
     }
@@ -42,10 +66,17 @@ impl LevelRule {
 
     pub fn validate(&self) -> Result<(), String> {
         let [a, w, s] = self.thresholds;
-        let rising = a.is_finite() && s.is_finite() && a < w && w < s;
-        if !rising {
+        let finite = a.is_finite() && w.is_finite() && s.is_finite();
+        let (falling, rising) = (finite && a > w && w > s, finite && a < w && w < s);
+        if self.falling && !falling {
             return Err(format!(
-                "thresholds must rise: alert {a} < warning {w} < severe {s}"
+                "falling thresholds must fall: alert {a} > warning {w} > severe {s}"
+            ));
+        }
+        if !self.falling && !rising {
+            return Err(format!(
+                "thresholds must rise: alert {a} < warning {w} < severe {s} (or set direction = \
+                 \"falling\" for thresholds that point downwards)"
             ));
         }
         if self.hysteresis < 0.0
@@ -77,8 +108,10 @@ pub struct LevelState {
 }
 
 impl LevelState {
-    /// Takes one usable reading, in time order, and returns the change it causes, if any.
+    /// Takes one usable reading, in time order, and returns the change it causes, if any. The
+    /// rule rises: a falling one is given [`LevelRule::oriented`], with the values negated.
     pub fn observe(&mut self, rule: &LevelRule, ts: DateTime<Utc>, value: f64) -> Option<Change> {
+        debug_assert!(!rule.falling, "observe takes an oriented rule");
         for severity in Severity::ALL {
             let run = &mut self.above[index(severity)];
             *run = if value >= rule.threshold(severity) {
@@ -126,6 +159,7 @@ mod tests {
     fn rule() -> LevelRule {
         LevelRule {
             thresholds: [1.0, 1.5, 2.0],
+            falling: false,
             persistence: Duration::minutes(20),
             min_readings: 1,
             hysteresis: 0.1,
@@ -211,5 +245,44 @@ mod tests {
             ..rule()
         };
         assert!(bad.validate().is_err());
+        let falling = LevelRule {
+            thresholds: [2.0, 1.5, 1.0],
+            falling: true,
+            ..rule()
+        };
+        assert!(falling.validate().is_ok());
+        assert!(LevelRule {
+            thresholds: [1.0, 1.5, 2.0],
+            ..falling
+        }
+        .validate()
+        .unwrap_err()
+        .contains("must fall"));
+    }
+
+    /// A falling rule is the rising machine on negated values: a groundwater level sinking
+    /// through 2.0, 1.5 and 1.0 m raises alert, warning and severe, and recovering above the
+    /// threshold plus the hysteresis for the hold lowers it.
+    #[test]
+    fn falling_thresholds_mirror_rising_ones() {
+        let falling = LevelRule {
+            thresholds: [2.0, 1.5, 1.0],
+            falling: true,
+            ..rule()
+        }
+        .oriented();
+        let levels = [
+            2.1, 2.0, 1.95, 1.9, 1.5, 1.4, 1.3, 1.3, 1.7, 1.7, 1.7, 1.7, 2.2, 2.2, 2.2, 2.2,
+        ];
+        let negated: Vec<f64> = levels.iter().map(|v| -v).collect();
+        assert_eq!(
+            run(&falling, &negated),
+            vec![
+                (3, Some(Alert)),
+                (6, Some(Warning)),
+                (11, Some(Alert)),
+                (15, None)
+            ]
+        );
     }
 }

@@ -5,34 +5,53 @@ use crate::area::{AreaEvent, EventKind, Trigger};
 use crate::level::Severity;
 use crate::utility::LeakSuspicion;
 use chrono::{DateTime, NaiveDate, Utc};
+use tidemark_model::warning::Category;
 
 fn when(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
-fn title_en(severity: Severity) -> &'static str {
-    match severity {
-        Severity::Alert => "Flood Alert",
-        Severity::Warning => "Flood Warning",
-        Severity::Severe => "Severe Flood Warning",
-    }
+/// How a level moves towards its thresholds: up for a flood, down for a drought.
+#[derive(Clone, Copy)]
+struct Words {
+    moving_en: &'static str,
+    moving_da: &'static str,
+    /// "at or above" / "at or below".
+    reached_en: &'static str,
+    reached_da: &'static str,
+    /// What a forecast expects the level to do.
+    expect_en: &'static str,
+    expect_da: &'static str,
 }
 
-fn title_da(severity: Severity) -> &'static str {
-    match severity {
-        Severity::Alert => "Varsel om mulig oversvømmelse",
-        Severity::Warning => "Oversvømmelsesvarsel",
-        Severity::Severe => "Alvorligt oversvømmelsesvarsel",
-    }
-}
+const RISING: Words = Words {
+    moving_en: "rising",
+    moving_da: "stiger",
+    reached_en: "at or above",
+    reached_da: "på eller over",
+    expect_en: "to reach",
+    expect_da: "når",
+};
 
-fn cause_en(t: &Trigger) -> String {
+const FALLING: Words = Words {
+    moving_en: "falling",
+    moving_da: "falder",
+    reached_en: "at or below",
+    reached_da: "på eller under",
+    expect_en: "to fall to",
+    expect_da: "falder til",
+};
+
+fn cause_en(t: &Trigger, w: Words) -> String {
+    // Rates are told as speeds: "falling 0.05 m/h", not "falling -0.05 m/h".
+    let rate = t.rate.unwrap_or_default().abs();
     match t.cause {
         "projection" => format!(
-            "{} reads {:.2} m and is rising {:.2} m/h; it is expected to reach {:.2} m by {}",
+            "{} reads {:.2} m and is {} {:.2} m/h; it is expected to reach {:.2} m by {}",
             t.sensor,
             t.value,
-            t.rate.unwrap_or_default(),
+            w.moving_en,
+            rate,
             t.threshold,
             t.expected_at.map(when).unwrap_or_default()
         ),
@@ -41,22 +60,27 @@ fn cause_en(t: &Trigger) -> String {
             t.value, t.sensor, t.threshold
         ),
         "rate" => format!(
-            "{} reads {:.2} m and is rising {:.2} m/h, faster than {:.2} m/h",
+            "{} reads {:.2} m and is {} {:.2} m/h, faster than {:.2} m/h",
             t.sensor,
             t.value,
-            t.rate.unwrap_or_default(),
-            t.threshold
+            w.moving_en,
+            rate,
+            t.threshold.abs()
         ),
         "forecast" => {
             format!(
-            "the {} forecast issued {} expects {} to reach {:.2} m (the {:.2} m threshold) from {}",
-            t.forecast.as_ref().map_or("", |f| f.source.as_str()),
-            t.forecast.as_ref().map(|f| when(f.issued_at)).unwrap_or_default(),
-            t.sensor,
-            t.value,
-            t.threshold,
-            t.expected_at.map(when).unwrap_or_default()
-        )
+                "the {} forecast issued {} expects {} {} {:.2} m (the {:.2} m threshold) from {}",
+                t.forecast.as_ref().map_or("", |f| f.source.as_str()),
+                t.forecast
+                    .as_ref()
+                    .map(|f| when(f.issued_at))
+                    .unwrap_or_default(),
+                t.sensor,
+                w.expect_en,
+                t.value,
+                t.threshold,
+                t.expected_at.map(when).unwrap_or_default()
+            )
         }
         "upstream" => format!(
             "water at upstream gauge {} ({:.2} m) is expected to arrive by {}",
@@ -65,19 +89,21 @@ fn cause_en(t: &Trigger) -> String {
             t.expected_at.map(when).unwrap_or_default()
         ),
         _ => format!(
-            "{} reads {:.2} m, at or above the {:.2} m threshold",
-            t.sensor, t.value, t.threshold
+            "{} reads {:.2} m, {} the {:.2} m threshold",
+            t.sensor, t.value, w.reached_en, t.threshold
         ),
     }
 }
 
-fn cause_da(t: &Trigger) -> String {
+fn cause_da(t: &Trigger, w: Words) -> String {
+    let rate = t.rate.unwrap_or_default().abs();
     match t.cause {
         "projection" => format!(
-            "{} måler {:.2} m og stiger {:.2} m/t; ventes at nå {:.2} m senest {}",
+            "{} måler {:.2} m og {} {:.2} m/t; ventes at nå {:.2} m senest {}",
             t.sensor,
             t.value,
-            t.rate.unwrap_or_default(),
+            w.moving_da,
+            rate,
             t.threshold,
             t.expected_at.map(when).unwrap_or_default()
         ),
@@ -86,20 +112,22 @@ fn cause_da(t: &Trigger) -> String {
             t.value, t.sensor, t.threshold
         ),
         "rate" => format!(
-            "{} måler {:.2} m og stiger {:.2} m/t, hurtigere end {:.2} m/t",
+            "{} måler {:.2} m og {} {:.2} m/t, hurtigere end {:.2} m/t",
             t.sensor,
             t.value,
-            t.rate.unwrap_or_default(),
-            t.threshold
+            w.moving_da,
+            rate,
+            t.threshold.abs()
         ),
         "forecast" => format!(
-            "prognosen fra {} udsendt {} venter at {} når {:.2} m (tærsklen på {:.2} m) fra {}",
+            "prognosen fra {} udsendt {} venter at {} {} {:.2} m (tærsklen på {:.2} m) fra {}",
             t.forecast.as_ref().map_or("", |f| f.source.as_str()),
             t.forecast
                 .as_ref()
                 .map(|f| when(f.issued_at))
                 .unwrap_or_default(),
             t.sensor,
+            w.expect_da,
             t.value,
             t.threshold,
             t.expected_at.map(when).unwrap_or_default()
@@ -111,20 +139,27 @@ fn cause_da(t: &Trigger) -> String {
             t.expected_at.map(when).unwrap_or_default()
         ),
         _ => format!(
-            "{} måler {:.2} m, på eller over tærsklen på {:.2} m",
-            t.sensor, t.value, t.threshold
+            "{} måler {:.2} m, {} tærsklen på {:.2} m",
+            t.sensor, t.value, w.reached_da, t.threshold
         ),
     }
 }
 
-/// `(english, danish)` for an event in `area`.
-pub fn compose(area: &str, event: &AreaEvent) -> (String, String) {
+/// `(english, danish)` for an event in `area`, a flood or a drought area (`category`).
+pub fn compose(area: &str, category: Category, event: &AreaEvent) -> (String, String) {
     let severity = event.level.map(|l| l.severity).unwrap_or(Severity::Alert);
     let at = when(event.at);
+    let words = if category == Category::Drought {
+        FALLING
+    } else {
+        RISING
+    };
+    let title_en = |s: Severity| category.severity_name(s);
+    let title_da = |s: Severity| category.severity_name_da(s);
     match event.kind {
         EventKind::Raised | EventKind::Changed => {
             let (en, da) = match &event.trigger {
-                Some(trigger) => (cause_en(trigger), cause_da(trigger)),
+                Some(trigger) => (cause_en(trigger, words), cause_da(trigger, words)),
                 None => (String::new(), String::new()),
             };
             (
@@ -215,7 +250,7 @@ mod tests {
                 forecast: None,
             }),
         };
-        let (en, da) = compose("Flensburg Fjord", &event);
+        let (en, da) = compose("Flensburg Fjord", Category::Flood, &event);
         assert_eq!(
             en,
             "Severe Flood Warning for Flensburg Fjord: flensburg.sea_level reads 2.27 m, at or above the 2.00 m threshold. Since 2023-10-20 21:40 UTC."
@@ -228,10 +263,10 @@ mod tests {
             kind: EventKind::Lifted,
             ..event
         };
-        assert!(compose("Flensburg Fjord", &lifted)
+        assert!(compose("Flensburg Fjord", Category::Flood, &lifted)
             .0
             .contains("no longer in force"));
-        assert!(compose("Flensburg Fjord", &lifted)
+        assert!(compose("Flensburg Fjord", Category::Flood, &lifted)
             .1
             .contains("ikke længere gældende"));
     }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tidemark_model::duration;
-use tidemark_model::warning::Severity;
+use tidemark_model::warning::{Category, Severity};
 use tidemark_store::flood::{
     AreaRow, FloodSetup, LinkRow, MunicipalityRow, RainRuleRow, ThresholdRow,
 };
@@ -50,6 +50,9 @@ pub struct AreaSpec {
     /// How far ahead forecasts are looked at.
     #[serde(default = "one_day", with = "duration::serde_str")]
     pub forecast_horizon: Duration,
+    /// "flood" (the default) or "drought": its sensors' thresholds fall, as groundwater does.
+    #[serde(default = "flood")]
+    pub hazard: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -85,9 +88,13 @@ pub struct ThresholdSpec {
     /// The smallest deviation called a spike.
     #[serde(default = "spike_floor")]
     pub spike_floor: f64,
-    /// Rising at least this fast (units per hour) raises an expected alert whatever the level.
+    /// Rising at least this fast (units per hour) raises an expected alert whatever the level;
+    /// for falling thresholds, falling at least this fast.
     #[serde(default)]
     pub rate_of_rise_alert: Option<f64>,
+    /// "rising" (the default: a flood) or "falling" (alert > warning > severe: a drought).
+    #[serde(default = "rising")]
+    pub direction: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -106,6 +113,12 @@ pub const DEFAULT_FORECAST_HORIZON: Duration = Duration::from_secs(24 * 3600);
 
 const fn one_day() -> Duration {
     DEFAULT_FORECAST_HORIZON
+}
+fn flood() -> String {
+    "flood".to_owned()
+}
+fn rising() -> String {
+    "rising".to_owned()
 }
 const fn one() -> i32 {
     1
@@ -157,6 +170,16 @@ pub fn load(
                     area.key
                 ))
             })?;
+            let hazard = match area.hazard.as_str() {
+                "flood" => Category::Flood,
+                "drought" => Category::Drought,
+                other => {
+                    return Err(invalid(format!(
+                        "area {}: hazard {other:?} is neither flood nor drought",
+                        area.key
+                    )))
+                }
+            };
             setup.areas.push(AreaRow {
                 key: area.key.clone(),
                 name: area.name.clone(),
@@ -164,11 +187,23 @@ pub fn load(
                 municipality_codes: layer.for_area(&shape, nearest_km),
                 sensors: area.sensors.clone(),
                 forecast_horizon: area.forecast_horizon,
+                hazard,
             });
         }
         for t in &file.thresholds {
+            let falling = match t.direction.as_str() {
+                "rising" => false,
+                "falling" => true,
+                other => {
+                    return Err(invalid(format!(
+                        "thresholds of {}: direction {other:?} is neither rising nor falling",
+                        t.sensor
+                    )))
+                }
+            };
             let rule = crate::level::LevelRule {
                 thresholds: [t.alert, t.warning, t.severe],
+                falling,
                 persistence: chrono::Duration::from_std(t.persistence).unwrap_or_default(),
                 min_readings: t.min_readings.max(1) as u32,
                 hysteresis: t.hysteresis,
@@ -191,6 +226,7 @@ pub fn load(
                 plausible_high: t.plausible[1],
                 spike_floor: t.spike_floor,
                 rate_alert: t.rate_of_rise_alert,
+                falling,
             });
         }
         for link in &file.links {
@@ -230,6 +266,10 @@ pub fn load(
         let Some(&(lon, lat)) = positions.get(&sensor) else {
             continue;
         };
+        let falling = setup
+            .thresholds
+            .iter()
+            .any(|t| t.sensor_key == sensor && t.falling);
         let h = STATION_AREA_HALF_SIDE;
         let square = Polygon::new(
             LineString::from(vec![
@@ -248,6 +288,17 @@ pub fn load(
             municipality_codes: layer.for_point(Point::new(lon, lat), nearest_km),
             sensors: vec![sensor],
             forecast_horizon: DEFAULT_FORECAST_HORIZON,
+            hazard: if falling {
+                Category::Drought
+            } else {
+                Category::Flood
+            },
+        });
+    }
+    if let Some(problem) = setup.hazard_problems().into_iter().next() {
+        return Err(SetupError::Invalid {
+            path: files.join(", "),
+            problem,
         });
     }
     Ok(setup)

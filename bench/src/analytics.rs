@@ -327,6 +327,7 @@ pub(crate) async fn register(
             municipality_codes: vec![],
             sensors: vec![sensor.clone()],
             forecast_horizon: std::time::Duration::from_secs(24 * 3600),
+            hazard: tidemark_model::warning::Category::Flood,
         });
         setup.thresholds.push(ThresholdRow {
             sensor_key: sensor.clone(),
@@ -343,6 +344,7 @@ pub(crate) async fn register(
             plausible_high: 10.0,
             spike_floor: 100.0,
             rate_alert: None,
+            falling: false,
         });
         gauges.push((device, sensor));
     }

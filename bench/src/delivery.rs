@@ -320,6 +320,7 @@ async fn register_areas(store: &Store, areas: usize) -> anyhow::Result<Vec<Strin
             municipality_codes: vec![MUNICIPALITY.to_owned()],
             sensors: vec![],
             forecast_horizon: std::time::Duration::from_secs(24 * 3600),
+            hazard: tidemark_model::warning::Category::Flood,
         });
         keys.push(key);
     }

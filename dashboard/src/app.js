@@ -312,12 +312,17 @@ function renderStations() {
 // ---------------------------------------------------------------------------------------------
 // The warnings list
 
-function severityBadge(severity) {
+// A severity's name: a flood's, or a drought's where the thresholds fall.
+function severityName(name, drought) {
+  return t(drought ? `drought_${name}` : `state_${name}`);
+}
+
+function severityBadge(severity, category) {
   const name = severityNames[severity];
   const badge = document.createElement("span");
   badge.className = "badge";
   badge.dataset.state = name;
-  badge.textContent = t(`state_${name}`);
+  badge.textContent = severityName(name, category === "drought");
   return badge;
 }
 
@@ -345,7 +350,7 @@ function renderWarnings() {
     if (w.stale) parts.push(t("stale_warning"));
     if (w.acknowledged_by.length) parts.push(`${t("acknowledged_by")} ${names(w.acknowledged_by)}`);
     meta.textContent = parts.join(" · ");
-    button.append(severityBadge(w.severity), title, meta);
+    button.append(severityBadge(w.severity, w.category), title, meta);
     item.append(button);
     return item;
   });
@@ -428,12 +433,12 @@ async function stationDetail(key) {
     pairs.push([
       t("projected"),
       projected
-        ? `${t(`state_${projected.severity}`)} (${formatNumber(threshold[projected.severity])} ${unit}) ${formatTime(projected.at)}, ${formatSpan(Date.parse(projected.at) - Date.parse(trend.at))} ${t("after_latest")}`
+        ? `${severityName(projected.severity, threshold.direction === "falling")} (${formatNumber(threshold[projected.severity])} ${unit}) ${formatTime(projected.at)}, ${formatSpan(Date.parse(projected.at) - Date.parse(trend.at))} ${t("after_latest")}`
         : t("no_projection"),
     ]);
     pairs.push([
       t("thresholds"),
-      ["alert", "warning", "severe"].map((s) => `${t(`state_${s}`)} ${formatNumber(threshold[s])} ${unit}`).join("; "),
+      ["alert", "warning", "severe"].map((s) => `${severityName(s, threshold.direction === "falling")} ${formatNumber(threshold[s])} ${unit}`).join("; "),
     ]);
   }
   const facts = definitions(pairs);
@@ -465,7 +470,7 @@ async function warningDetail(id, bringIntoView) {
   if (bringIntoView) showArea(w.area.key);
   const title = element("h2", `${w.area.name}`, { tabindex: "-1" });
   const inForce = w.state === "in_force";
-  const out = [title, severityBadge(w.severity), element("p", w.message[language()], { class: "message" })];
+  const out = [title, severityBadge(w.severity, w.category), element("p", w.message[language()], { class: "message" })];
   out.push(
     definitions([
       [t("municipalities"), names(w.municipalities)],

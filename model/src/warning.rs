@@ -119,10 +119,43 @@ spelled! {
 }
 
 spelled! {
-    /// What a warning is about: a flood area, or (a utility alert) a suspected leak at a meter.
+    /// What a warning is about: a flood area, a drought area (levels that fall below their
+    /// thresholds, such as groundwater), or (a utility alert) a suspected leak at a meter.
     Category {
         Flood = "flood",
         Leak = "leak",
+        Drought = "drought",
+    }
+}
+
+impl Category {
+    /// Whether warnings of this category are about an area (flood, drought), not a meter.
+    pub const fn is_area(self) -> bool {
+        !matches!(self, Category::Leak)
+    }
+
+    /// The public name of a warning of this category at `severity`.
+    pub const fn severity_name(self, severity: Severity) -> &'static str {
+        match (self, severity) {
+            (Category::Flood, s) => s.public_name(),
+            (Category::Leak, _) => "Suspected leak",
+            (Category::Drought, Severity::Alert) => "Drought Alert",
+            (Category::Drought, Severity::Warning) => "Drought Warning",
+            (Category::Drought, Severity::Severe) => "Severe Drought Warning",
+        }
+    }
+
+    /// The Danish name of a warning of this category at `severity`.
+    pub const fn severity_name_da(self, severity: Severity) -> &'static str {
+        match (self, severity) {
+            (Category::Flood, Severity::Alert) => "Varsel om mulig oversvømmelse",
+            (Category::Flood, Severity::Warning) => "Oversvømmelsesvarsel",
+            (Category::Flood, Severity::Severe) => "Alvorligt oversvømmelsesvarsel",
+            (Category::Leak, _) => "Mistanke om lækage",
+            (Category::Drought, Severity::Alert) => "Varsel om mulig tørke",
+            (Category::Drought, Severity::Warning) => "Tørkevarsel",
+            (Category::Drought, Severity::Severe) => "Alvorligt tørkevarsel",
+        }
     }
 }
 
@@ -251,6 +284,15 @@ mod tests {
         assert!(Severity::Alert < Severity::Severe);
         assert!(WarningKind::Expected < WarningKind::Observed);
         assert_eq!(Severity::Warning.public_name(), "Flood Warning");
+        assert_eq!(
+            Category::Flood.severity_name(Severity::Severe),
+            "Severe Flood Warning"
+        );
+        assert_eq!(
+            Category::Drought.severity_name_da(Severity::Warning),
+            "Tørkevarsel"
+        );
+        assert!(Category::Drought.is_area() && !Category::Leak.is_area());
         assert_eq!(
             alert_topic("tidemark/v1", "0101", "kbh-havn"),
             "tidemark/v1/alerts/0101/kbh-havn"

@@ -34,7 +34,7 @@ async fn queue_webhooks(tx: &Transaction<'_>, event_ids: &[i64]) -> Result<u64> 
          JOIN webhooks wh ON wh.deleted_at IS NULL AND wh.disabled_at IS NULL \
          WHERE e.id = ANY ($1) AND w.category = ANY (wh.categories) \
            AND (cardinality(wh.municipalities) = 0 OR wh.municipalities && w.municipalities) \
-           AND (cardinality(wh.areas) = 0 OR w.category <> 'flood' OR e.area_key = ANY (wh.areas)) \
+           AND (cardinality(wh.areas) = 0 OR w.area_key IS NULL OR e.area_key = ANY (wh.areas)) \
            AND (wh.owner_municipality IS NULL OR wh.owner_municipality = ANY (w.municipalities)) \
            AND (sev.severity >= wh.min_severity OR EXISTS ( \
                SELECT 1 FROM outbox o JOIN warning_events q ON q.id = o.event_id \
@@ -231,7 +231,7 @@ pub struct WarningEvent {
 impl WarningEvent {
     /// The event as every channel carries it; `public_url` is where its CAP message is served.
     pub fn body(&self, public_url: &str) -> EventBody {
-        let flood = self.category == Category::Flood;
+        let flood = self.category.is_area();
         let subject = AreaRef {
             key: self.subject_key.clone(),
             name: self.subject_name.clone(),
@@ -253,11 +253,7 @@ impl WarningEvent {
             area,
             meter,
             severity: self.severity.level(),
-            severity_name: if flood {
-                self.severity.public_name()
-            } else {
-                "Suspected leak"
-            },
+            severity_name: self.category.severity_name(self.severity),
             warning_kind: self.warning_kind.name().to_owned(),
             in_force: match self.kind {
                 EventKind::Lifted => false,
@@ -321,7 +317,8 @@ fn warning_event(r: &tokio_postgres::Row) -> Result<WarningEvent> {
     })
 }
 
-/// A flood warning as it stands, with its area's name and its acknowledgements.
+/// An area's (flood or drought) warning as it stands, with its area's name and its
+/// acknowledgements.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WarningRow {
     pub id: i64,
@@ -341,6 +338,8 @@ pub struct WarningRow {
     pub acknowledged_by: Vec<String>,
     /// Its latest public event.
     pub latest_event: Option<i64>,
+    /// Flood or drought: the area's hazard.
+    pub category: Category,
 }
 
 /// What [`warning_row`] reads: `warnings w` joined with its flood area `a`, for a WHERE clause to
@@ -349,7 +348,8 @@ pub(crate) const WARNING_SELECT: &str = "SELECT w.id, w.area_key, a.name, w.seve
      w.raised_at, w.changed_at, w.lifted_at, w.stale, w.municipalities, w.message_en, w.message_da, \
      ARRAY(SELECT DISTINCT e.detail->>'municipality' FROM warning_events e \
            WHERE e.warning_id = w.id AND e.kind = 'acknowledged' ORDER BY 1), \
-     (SELECT max(e.id) FROM warning_events e WHERE e.warning_id = w.id AND e.kind <> 'undelivered') \
+     (SELECT max(e.id) FROM warning_events e WHERE e.warning_id = w.id AND e.kind <> 'undelivered'), \
+     w.category \
      FROM warnings w JOIN flood_areas a ON a.key = w.area_key";
 
 pub(crate) fn warning_row(r: &tokio_postgres::Row) -> Result<WarningRow> {
@@ -369,6 +369,7 @@ pub(crate) fn warning_row(r: &tokio_postgres::Row) -> Result<WarningRow> {
         message_da: r.get(12),
         acknowledged_by: r.get(13),
         latest_event: r.get(14),
+        category: term(r, 15, Category::parse)?,
     })
 }
 
@@ -532,7 +533,8 @@ impl Store {
         let tx = client.transaction().await.context("begin acknowledging")?;
         let Some(warning) = tx
             .query_opt(
-                "SELECT area_key, state, municipalities FROM warnings WHERE id = $1 AND category = 'flood'",
+                "SELECT area_key, state, municipalities, category FROM warnings \
+                 WHERE id = $1 AND area_key IS NOT NULL",
                 &[&warning_id],
             )
             .await
@@ -542,6 +544,7 @@ impl Store {
         };
         let (area_key, state, municipalities): (String, String, Vec<String>) =
             (warning.get(0), warning.get(1), warning.get(2));
+        let category = term(&warning, 3, Category::parse)?;
         coordination::lock_area(&tx, &area_key).await?;
         let sequence = coordination::lock_event_sequence(&tx).await?;
         // Read again under the locks: the warning may have been lifted meanwhile.
@@ -581,7 +584,7 @@ impl Store {
             &sequence,
             &EventInsert {
                 warning_id,
-                category: Category::Flood,
+                category,
                 area_key: Some(&area_key),
                 sensor_key: None,
                 kind: EventKind::Acknowledged,

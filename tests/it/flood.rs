@@ -34,6 +34,7 @@ fn gauge(sensor: &str) -> Vec<Sample> {
 fn bsh_rule() -> LevelRule {
     LevelRule {
         thresholds: [1.00, 1.50, 2.00],
+        falling: false,
         persistence: Duration::minutes(20),
         min_readings: 1,
         hysteresis: 0.10,

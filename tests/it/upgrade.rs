@@ -207,8 +207,24 @@ async fn every_earlier_version_upgrades_with_its_data_unchanged() {
         "the suspicion recorded before ends existed ended when the next began"
     );
     let setup = store.flood_setup().await.unwrap();
-    assert_eq!(setup.areas.len(), 1);
-    assert_eq!(setup.thresholds[0].rate_alert, Some(0.3));
+    let hazards: Vec<_> = setup
+        .areas
+        .iter()
+        .map(|a| (a.key.as_str(), a.hazard))
+        .collect();
+    assert_eq!(
+        hazards,
+        [
+            ("up-harbour-area", tidemark_model::warning::Category::Flood),
+            ("up-wellfield", tidemark_model::warning::Category::Drought)
+        ]
+    );
+    let level = setup.thresholds.iter().find(|t| t.sensor_key == "up.level");
+    assert_eq!(
+        level.map(|t| (t.rate_alert, t.falling)),
+        Some((Some(0.3), false))
+    );
+    assert!(setup.hazard_problems().is_empty());
     assert_eq!(setup.rain_rules.len(), 2);
     let rejections = store.recent_rejections(10).await.unwrap();
     assert_eq!(rejections.len(), 3);

@@ -412,6 +412,7 @@ async fn a_quiet_week_with_forecasts_raises_nothing_at_copenhagen_harbour() {
                 municipality_codes: vec!["0101".into()],
                 sensors: vec![sensor.into()],
                 forecast_horizon: Duration::from_secs(24 * 3600),
+                hazard: tidemark_model::warning::Category::Flood,
             }],
             thresholds: vec![tidemark_store::flood::ThresholdRow {
                 sensor_key: sensor.into(),
@@ -428,6 +429,7 @@ async fn a_quiet_week_with_forecasts_raises_nothing_at_copenhagen_harbour() {
                 plausible_high: 4.0,
                 spike_floor: 0.3,
                 rate_alert: None,
+                falling: false,
             }],
             ..Default::default()
         })
@@ -1029,5 +1031,172 @@ async fn without_forecasts_or_trend_verification_reports_warnings_after_the_wate
     std::fs::remove_dir_all(&dir).ok();
     analytics.stop().await;
     ingest.stop().await;
+    harness.finish().await;
+}
+
+/// Groundwater sinking at the example well of `config/reference/groundwater.toml`, with the
+/// falling thresholds of `config/flood/groundwater.toml`: a drought area's warning rises to a
+/// Drought Warning as the level falls below 18 and 17 m, and is served as a drought warning over
+/// the API and in CAP; a flood area's thresholds may not point downwards, nor a drought area's up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinking_groundwater_raises_a_drought_warning() {
+    let harness = Harness::start().await;
+    let mut config = config(&harness);
+    config.reference.files = vec![repo("config/reference/groundwater.toml")];
+    config.analytics.flood_files = vec![repo("config/flood/groundwater.toml")];
+    tidemark::app::load_reference(&config).await.unwrap();
+    let sensor = "beder-grundvand.groundwater_level";
+    let id = sensor_id(&harness, sensor).await;
+    // Hourly, on the hour: 18.6 m falling 0.1 m an hour to 16.6 m (after 20 hours), then level;
+    // the last reading is one to two hours old.
+    let start = Utc
+        .timestamp_opt(
+            (Utc::now() - ChronoDuration::hours(31)).timestamp() / 3600 * 3600,
+            0,
+        )
+        .unwrap();
+    let rows: Vec<tidemark_store::readings::ReadingRow> = (0..31)
+        .map(|h| tidemark_store::readings::ReadingRow {
+            sensor_id: id,
+            ts: start + ChronoDuration::hours(h),
+            value: 18.6 - 0.1 * h.min(20) as f64,
+            quality: 0,
+        })
+        .collect();
+    store_readings(&harness, &rows).await;
+    let analytics = start_analytics(&config).await;
+    quiet(&analytics).await;
+
+    let warnings = harness
+        .store
+        .warnings(Some("beder-kildeplads"))
+        .await
+        .unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let warning = &warnings[0];
+    assert_eq!(
+        (
+            warning.category,
+            warning.severity,
+            warning.kind,
+            warning.state.name()
+        ),
+        (
+            tidemark_model::warning::Category::Drought,
+            Severity::Warning,
+            WarningKind::Observed,
+            "in_force"
+        )
+    );
+    assert!(
+        warning
+            .message_en
+            .starts_with("Drought Warning for Beder kildeplads:")
+            && warning
+                .message_en
+                .contains("at or below the 17.00 m threshold"),
+        "{}",
+        warning.message_en
+    );
+    assert!(
+        warning
+            .message_da
+            .starts_with("Tørkevarsel for Beder kildeplads:")
+            && warning
+                .message_da
+                .contains("på eller under tærsklen på 17.00 m"),
+        "{}",
+        warning.message_da
+    );
+    // Alert when the level had been at or below 18.0 m for six hours (from hour 6), Warning
+    // when at or below 17.0 m for six hours (from hour 16), observed each time.
+    let events = harness
+        .store
+        .warning_events("beder-kildeplads")
+        .await
+        .unwrap();
+    // Expected an hour before each threshold from the falling trend (0.1 m/h, an hour's lead
+    // time), observed once the level has stood at or below it for six hours and three readings:
+    // at or below 18.0 m from hour 6, at or below 17.0 m from hour 16.
+    let history: Vec<(EventKind, Option<Severity>, i64, bool)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.kind,
+                e.severity,
+                (e.at - start).num_hours(),
+                e.message_en.contains("is falling 0.10 m/h"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        history,
+        [
+            (EventKind::Raised, Some(Severity::Alert), 5, true),
+            (EventKind::Changed, Some(Severity::Alert), 12, false),
+            (EventKind::Changed, Some(Severity::Warning), 15, true),
+            (EventKind::Changed, Some(Severity::Warning), 22, false),
+        ]
+    );
+
+    let api = Api::start(&harness, &config).await;
+    let (status, list) = api
+        .call(reqwest::Method::GET, "/api/v1/warnings", None, None)
+        .await;
+    assert_eq!(status, 200);
+    let listed = &list["warnings"][0];
+    assert_eq!(listed["category"], "drought", "{list}");
+    assert_eq!(listed["severity_name"], "Drought Warning");
+    let cap = reqwest::get(listed["links"]["cap"].as_str().unwrap())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        "<event>Drought Warning</event>",
+        "<event>Tørkevarsel</event>",
+        "<senderName>Tidemark drought warnings</senderName>",
+        "Save water",
+    ] {
+        assert!(cap.contains(expected), "{expected} in {cap}");
+    }
+
+    // Rising thresholds for a sensor of a drought area are refused, over the API as in a file.
+    let operator = api.key(tidemark_store::keys::Role::Operator, None).await;
+    let (status, problem) = api
+        .call(
+            reqwest::Method::PUT,
+            &format!("/api/v1/thresholds/{sensor}"),
+            Some(&operator),
+            Some(serde_json::json!({
+                "alert": 16.0, "warning": 17.0, "severe": 18.0, "persistence": "6h",
+                "min_readings": 3, "hysteresis": 0.1, "hold": "24h", "rate_window": "24h",
+                "lead_time": "1h", "plausible_low": 0.0, "plausible_high": 60.0,
+                "spike_floor": 1.0, "rate_alert": null,
+            })),
+        )
+        .await;
+    assert_eq!(status, 400, "{problem}");
+    assert!(problem.to_string().contains("drought area"), "{problem}");
+    let flipped =
+        std::env::temp_dir().join(format!("tidemark-flipped-{}.toml", std::process::id()));
+    std::fs::write(
+        &flipped,
+        std::fs::read_to_string(repo("config/flood/groundwater.toml"))
+            .unwrap()
+            .replace("hazard = \"drought\"", "hazard = \"flood\""),
+    )
+    .unwrap();
+    let mut flipped_config = config.clone();
+    flipped_config.analytics.flood_files = vec![flipped.clone()];
+    let error = tidemark::app::load_flood(&flipped_config)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("its thresholds fall"), "{error}");
+    let _ = std::fs::remove_file(flipped);
+    api.shutdown.cancel();
+    analytics.stop().await;
     harness.finish().await;
 }

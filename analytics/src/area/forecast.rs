@@ -120,7 +120,7 @@ fn level_at(
         Trigger {
             sensor: forecasts.sensor.clone(),
             cause: "forecast",
-            value: run.peak,
+            value: run.peak * forecasts.rule.sign(),
             threshold: forecasts.rule.threshold(run.severity),
             rate: None,
             expected_at: Some(run.start),
@@ -146,7 +146,11 @@ pub fn steps(forecasts: &SensorForecasts, using: ForecastUse) -> Steps {
         if from > using.until || to <= from {
             continue;
         }
-        let runs = runs(&forecasts.rule, &issue.values);
+        // Falling thresholds: the rising runs of the negated values (see `level_steps`).
+        let sign = forecasts.rule.sign();
+        let oriented: Vec<(DateTime<Utc>, f64)> =
+            issue.values.iter().map(|(at, v)| (*at, v * sign)).collect();
+        let runs = runs(&forecasts.rule.oriented(), &oriented);
         let mut times = vec![from];
         for run in &runs {
             times.push(run.start - using.horizon);
@@ -223,6 +227,7 @@ mod tests {
     fn rule() -> LevelRule {
         LevelRule {
             thresholds: [1.0, 1.5, 2.0],
+            falling: false,
             persistence: Duration::minutes(20),
             min_readings: 1,
             hysteresis: 0.05,

@@ -138,12 +138,22 @@ fn level_steps(
     crossings: &mut Vec<Crossing>,
     trends: &mut Vec<SensorTrend>,
 ) -> Steps {
-    let usable = quality::usable(&sensor.samples, &sensor.qc);
+    // Falling thresholds are rising ones on negated values: everything below compares
+    // `oriented` values with the `rule`'s thresholds, and reports natural ones (times `sign`).
+    let sign = sensor.rule.sign();
+    let rule = sensor.rule.oriented();
+    let usable: Vec<Sample> = quality::usable(&sensor.samples, &sensor.qc)
+        .into_iter()
+        .map(|s| Sample {
+            value: s.value * sign,
+            ..s
+        })
+        .collect();
     let mut state = LevelState::default();
     let mut expected: Option<(Level, DateTime<Utc>, Trigger)> = None;
     let mut out = Steps::new();
     for (i, sample) in usable.iter().enumerate() {
-        if let Some(change) = state.observe(&sensor.rule, sample.ts, sample.value) {
+        if let Some(change) = state.observe(&rule, sample.ts, sample.value) {
             let (low, high, up) = if change.to > change.from {
                 (change.from, change.to, true)
             } else {
@@ -158,7 +168,7 @@ fn level_steps(
                     severity,
                     up,
                     at: sample.ts,
-                    value: sample.value,
+                    value: sample.value * sign,
                 });
             }
         }
@@ -171,7 +181,7 @@ fn level_steps(
                 Trigger {
                     sensor: sensor.key.clone(),
                     cause: "level",
-                    value: sample.value,
+                    value: sample.value * sign,
                     threshold: sensor.rule.threshold(severity),
                     rate: None,
                     expected_at: None,
@@ -187,8 +197,8 @@ fn level_steps(
                     if Some(severity) <= state.severity {
                         return None;
                     }
-                    let threshold = sensor.rule.threshold(severity);
-                    let at = trend::time_to(threshold, sample.value, rate, sample.ts)?;
+                    let at =
+                        trend::time_to(rule.threshold(severity), sample.value, rate, sample.ts)?;
                     (at <= sample.ts + sensor.lead_time).then(|| {
                         (
                             Level {
@@ -198,9 +208,9 @@ fn level_steps(
                             Trigger {
                                 sensor: sensor.key.clone(),
                                 cause: "projection",
-                                value: sample.value,
-                                threshold,
-                                rate: Some(rate),
+                                value: sample.value * sign,
+                                threshold: sensor.rule.threshold(severity),
+                                rate: Some(rate * sign),
                                 expected_at: Some(at),
                                 forecast: None,
                             },
@@ -221,9 +231,9 @@ fn level_steps(
                         Trigger {
                             sensor: sensor.key.clone(),
                             cause: "rate",
-                            value: sample.value,
-                            threshold: limit,
-                            rate: Some(rate),
+                            value: sample.value * sign,
+                            threshold: limit * sign,
+                            rate: Some(rate * sign),
                             expected_at: None,
                             forecast: None,
                         },
@@ -239,7 +249,7 @@ fn level_steps(
                     .as_ref()
                     .is_none_or(|(l, until, _)| level >= *l || sample.ts >= *until)
                 {
-                    expected = Some((level, sample.ts + sensor.rule.hold, trigger));
+                    expected = Some((level, sample.ts + rule.hold, trigger));
                 }
             }
             if let Some((level, until, trigger)) = &expected {
@@ -261,16 +271,15 @@ fn level_steps(
                 .into_iter()
                 .filter(|s| Some(*s) > state.severity)
                 .find_map(|s| {
-                    trend::time_to(sensor.rule.threshold(s), last.value, rate, last.ts)
-                        .map(|at| (s, at))
+                    trend::time_to(rule.threshold(s), last.value, rate, last.ts).map(|at| (s, at))
                 })
         });
         trends.push(SensorTrend {
             sensor: sensor.key.clone(),
             at: last.ts,
-            value: last.value,
+            value: last.value * sign,
             severity: state.severity,
-            rate,
+            rate: rate.map(|r| r * sign),
             projected,
         });
     }

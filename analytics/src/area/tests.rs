@@ -20,6 +20,7 @@ fn gauge(key: &str, values: &[f64]) -> LevelSensor {
         key: key.into(),
         rule: LevelRule {
             thresholds: [1.0, 1.5, 2.0],
+            falling: false,
             persistence: Duration::minutes(20),
             min_readings: 1,
             hysteresis: 0.1,

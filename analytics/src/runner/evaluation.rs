@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
-use tidemark_model::warning::alert_topic;
+use tidemark_model::warning::{alert_topic, Category};
 use tidemark_store::flood::{
     AreaDecision, AreaRow, AreaStatus, AreaTarget, CrossingRow, NewEvent, TrendRow,
 };
@@ -306,7 +306,7 @@ pub(crate) async fn try_evaluate_areas(
     let mut in_force_since = vec![None; areas.len()];
     let decided = store
         .decide_areas(&targets, |i, status| {
-            let decision = decide(&areas[i].name, &evaluations[i], status);
+            let decision = decide(&areas[i].name, areas[i].hazard, &evaluations[i], status);
             let lifted = decision
                 .events
                 .last()
@@ -371,6 +371,7 @@ fn area_input(
             key: sensor.to_owned(),
             rule: LevelRule {
                 thresholds: [t.alert, t.warning, t.severe],
+                falling: t.falling,
                 persistence: chrono(t.persistence),
                 min_readings: t.min_readings.max(1) as u32,
                 hysteresis: t.hysteresis,
@@ -402,11 +403,17 @@ fn area_input(
         },
         stale_after_intervals: settings.analytics.stale_after_intervals,
     };
+    // Rain and water from upstream make floods, not droughts: a drought area reads its level
+    // sensors only.
+    let drought = area.hazard == Category::Drought;
     for sensor in &area.sensors {
         let is_rain = model
             .sensors
             .get(sensor)
             .is_some_and(|s| s.quantity == "rainfall");
+        if is_rain && drought {
+            continue;
+        }
         if is_rain {
             let configured: Vec<RainRule> = model
                 .setup
@@ -437,7 +444,7 @@ fn area_input(
         .setup
         .links
         .iter()
-        .filter(|l| l.downstream_area == area.key)
+        .filter(|l| l.downstream_area == area.key && !drought)
     {
         if let Some(sensor) = level_sensor(&link.upstream_sensor) {
             input.upstream.push(Upstream {
@@ -501,7 +508,12 @@ fn readings_reached(input: &AreaInput, now: DateTime<Utc>) -> DateTime<Utc> {
 
 /// The events that take the area from its recorded status to its evaluation, with the crossings
 /// behind them that came after the area's last event.
-fn decide(area_name: &str, evaluation: &area::Evaluation, status: &AreaStatus) -> AreaDecision {
+fn decide(
+    area_name: &str,
+    hazard: Category,
+    evaluation: &area::Evaluation,
+    status: &AreaStatus,
+) -> AreaDecision {
     let in_force = status.current.as_ref().map(|w| Level {
         severity: w.severity,
         kind: w.kind,
@@ -518,7 +530,7 @@ fn decide(area_name: &str, evaluation: &area::Evaluation, status: &AreaStatus) -
     let events = events
         .iter()
         .map(|event| {
-            let (message_en, message_da) = messages::compose(area_name, event);
+            let (message_en, message_da) = messages::compose(area_name, hazard, event);
             NewEvent {
                 kind: event.kind,
                 severity: event.level.map(|l| l.severity),

@@ -10,6 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
+use tidemark_model::warning::Category;
 use tidemark_store::keys::Role;
 use utoipa::ToSchema;
 
@@ -30,6 +31,10 @@ pub struct FloodAreaUpdate {
     /// How far ahead forecasts are looked at, such as `24h` (the default).
     #[serde(default)]
     pub forecast_horizon: Option<String>,
+    /// `flood` (the default) or `drought`: a drought area's sensors have falling thresholds,
+    /// and its warnings are drought warnings.
+    #[serde(default)]
+    pub hazard: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -132,6 +137,7 @@ pub async fn put_flood_area(
         format!("flood area {key}"),
         serde_json::json!({
             "name": r.name, "polygon": polygon, "sensors": r.sensors, "municipalities": r.municipalities,
+            "hazard": r.hazard.as_deref().unwrap_or("flood"),
             "upstream": r.upstream.iter().map(|u| serde_json::json!({"sensor": u.sensor, "travel_time": u.travel_time})).collect::<Vec<_>>(),
         }),
     );
@@ -147,6 +153,11 @@ pub async fn put_flood_area(
                 )
             })?,
     };
+    let hazard = match r.hazard.as_deref() {
+        None | Some("flood") => Category::Flood,
+        Some("drought") => Category::Drought,
+        Some(_) => return Err(ApiError::bad("hazard", "hazard is flood or drought")),
+    };
     let setup = tidemark_store::flood::FloodSetup {
         areas: vec![tidemark_store::flood::AreaRow {
             key: key.clone(),
@@ -155,10 +166,19 @@ pub async fn put_flood_area(
             municipality_codes: r.municipalities,
             sensors: r.sensors,
             forecast_horizon,
+            hazard,
         }],
         links,
         ..Default::default()
     };
+    let mut merged = state.store.flood_setup().await?;
+    merged.areas.retain(|a| a.key != key);
+    merged.areas.extend(setup.areas.iter().cloned());
+    merged.links.retain(|l| l.downstream_area != key);
+    merged.links.extend(setup.links.iter().cloned());
+    if let Some(problem) = merged.hazard_problems().into_iter().next() {
+        return Err(ApiError::bad("hazard", problem));
+    }
     state
         .store
         .apply_flood_setup_audited(&setup, Some(&audit))

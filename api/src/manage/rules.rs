@@ -41,8 +41,13 @@ pub struct ThresholdUpdate {
     pub plausible_high: f64,
     /// The smallest deviation the spike test may flag.
     pub spike_floor: f64,
-    /// Rising at least this fast (units per hour) raises an expected alert.
+    /// Rising at least this fast (units per hour) raises an expected alert; for falling
+    /// thresholds, falling at least this fast.
     pub rate_alert: Option<f64>,
+    /// `rising` (the default: a flood) or `falling` (alert > warning > severe: a drought, such
+    /// as groundwater sinking). A sensor's direction must be its areas' hazard.
+    #[serde(default)]
+    pub direction: Option<String>,
 }
 
 /// `PUT /api/v1/thresholds/{sensor}`: sets a sensor's flood thresholds; running analytics reload
@@ -79,10 +84,23 @@ pub async fn put_threshold(
     if finite.iter().any(|v| !v.is_finite()) || r.rate_alert.is_some_and(|v| !v.is_finite()) {
         return Err(ApiError::bad("body", "every level must be a finite number"));
     }
-    if !(r.alert < r.warning && r.warning < r.severe) {
+    let falling = match r.direction.as_deref() {
+        None | Some("rising") => false,
+        Some("falling") => true,
+        Some(_) => return Err(ApiError::bad("direction", "direction is rising or falling")),
+    };
+    let rises = r.alert < r.warning && r.warning < r.severe;
+    let falls = r.alert > r.warning && r.warning > r.severe;
+    if !falling && !rises {
         return Err(ApiError::bad(
             "warning",
-            "the levels must rise: alert < warning < severe",
+            "the levels must rise: alert < warning < severe (or set direction to falling)",
+        ));
+    }
+    if falling && !falls {
+        return Err(ApiError::bad(
+            "warning",
+            "falling levels must fall: alert > warning > severe",
         ));
     }
     if r.plausible_low >= r.plausible_high {
@@ -122,6 +140,7 @@ pub async fn put_threshold(
         plausible_high: r.plausible_high,
         spike_floor: r.spike_floor,
         rate_alert: r.rate_alert,
+        falling,
     };
     let audit = caller.actor().audit(
         "threshold.put",
@@ -131,8 +150,15 @@ pub async fn put_threshold(
             "min_readings": r.min_readings, "hysteresis": r.hysteresis, "hold": r.hold,
             "rate_window": r.rate_window, "lead_time": r.lead_time, "plausible_low": r.plausible_low,
             "plausible_high": r.plausible_high, "spike_floor": r.spike_floor, "rate_alert": r.rate_alert,
+            "direction": if falling { "falling" } else { "rising" },
         }),
     );
+    let mut merged = state.store.flood_setup().await?;
+    merged.thresholds.retain(|t| t.sensor_key != sensor);
+    merged.thresholds.push(row.clone());
+    if let Some(problem) = merged.hazard_problems().into_iter().next() {
+        return Err(ApiError::bad("direction", problem));
+    }
     let setup = tidemark_store::flood::FloodSetup {
         thresholds: vec![row],
         ..Default::default()

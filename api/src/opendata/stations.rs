@@ -117,8 +117,10 @@ pub struct ThresholdBody {
     pub hysteresis: f64,
     /// How long a threshold must be exceeded before it counts.
     pub persistence_seconds: u64,
-    /// Rising at least this fast raises an expected alert.
+    /// Rising at least this fast raises an expected alert (falling, for falling thresholds).
     pub rate_alert_per_hour: Option<f64>,
+    /// `rising`, or `falling` for thresholds that point downwards (alert > warning > severe).
+    pub direction: &'static str,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -391,6 +393,7 @@ pub async fn station(
             hysteresis: t.hysteresis,
             persistence_seconds: t.persistence.as_secs(),
             rate_alert_per_hour: t.rate_alert,
+            direction: if t.falling { "falling" } else { "rising" },
         })
         .collect();
     station.thresholds = Some(thresholds);

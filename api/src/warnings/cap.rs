@@ -10,7 +10,7 @@
 use chrono::{DateTime, Duration, FixedOffset, Utc};
 use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
 use quick_xml::Writer;
-use tidemark_model::warning::{EventKind, Severity};
+use tidemark_model::warning::{Category, EventKind, Severity};
 use tidemark_store::events::WarningEvent;
 
 pub const CAP_NAMESPACE: &str = "urn:oasis:names:tc:emergency:cap:1.2";
@@ -147,43 +147,74 @@ struct Language {
 
 fn languages(event: &WarningEvent) -> [Language; 2] {
     let lifted = event.kind == "lifted";
-    let (event_en, event_da) = if lifted {
-        (
+    let drought = event.category == Category::Drought;
+    let (event_en, event_da) = match (lifted, drought) {
+        (true, false) => (
             "Flood warning no longer in force".to_owned(),
             "Oversvømmelsesvarsel ophævet".to_owned(),
-        )
-    } else {
-        let da = match event.severity {
-            Severity::Severe => "Alvorligt oversvømmelsesvarsel",
-            Severity::Warning => "Oversvømmelsesvarsel",
-            Severity::Alert => "Oversvømmelsesberedskab",
-        };
-        (event.severity.public_name().to_owned(), da.to_owned())
+        ),
+        (true, true) => (
+            "Drought warning no longer in force".to_owned(),
+            "Tørkevarsel ophævet".to_owned(),
+        ),
+        (false, false) => {
+            let da = match event.severity {
+                Severity::Severe => "Alvorligt oversvømmelsesvarsel",
+                Severity::Warning => "Oversvømmelsesvarsel",
+                Severity::Alert => "Oversvømmelsesberedskab",
+            };
+            (event.severity.public_name().to_owned(), da.to_owned())
+        }
+        (false, true) => (
+            event.category.severity_name(event.severity).to_owned(),
+            event.category.severity_name_da(event.severity).to_owned(),
+        ),
     };
-    let (instruction_en, instruction_da) = match (lifted, event.severity) {
-        (true, _) => (
+    let (instruction_en, instruction_da) = match (lifted, drought, event.severity) {
+        (true, false, _) => (
             "Flooding is no longer expected. Take care: flood water may remain and be contaminated.",
             "Der forventes ikke længere oversvømmelse. Pas på: vandet kan stå endnu og være forurenet.",
         ),
-        (false, Severity::Severe) => (
+        (false, false, Severity::Severe) => (
             "Danger to life. Follow the instructions of the emergency services and leave if told to.",
             "Livsfare. Følg beredskabets anvisninger, og forlad området, hvis I bliver bedt om det.",
         ),
-        (false, Severity::Warning) => (
+        (false, false, Severity::Warning) => (
             "Flooding is expected. Act now: move people, vehicles and valuables to safety.",
             "Der forventes oversvømmelse. Handl nu: bring personer, køretøjer og værdier i sikkerhed.",
         ),
-        (false, _) => (
+        (false, false, _) => (
             "Flooding is possible. Be prepared and follow the water levels.",
             "Oversvømmelse er mulig. Vær forberedt, og følg vandstanden.",
         ),
+        (true, true, _) => (
+            "The water level has recovered. Restrictions may be lifted as the water utility announces.",
+            "Vandstanden er normal igen. Restriktioner kan ophæves, når vandforsyningen melder det.",
+        ),
+        (false, true, Severity::Severe) => (
+            "The water level is very low. Follow the water utility's restrictions; use water for essential needs only.",
+            "Vandstanden er meget lav. Følg vandforsyningens restriktioner, og brug kun vand til det nødvendige.",
+        ),
+        (false, true, Severity::Warning) => (
+            "The water level is low. Save water and follow the water utility's advice.",
+            "Vandstanden er lav. Spar på vandet, og følg vandforsyningens råd.",
+        ),
+        (false, true, _) => (
+            "The water level is falling towards a low. Use water sparingly and follow the water levels.",
+            "Vandstanden falder mod et lavt niveau. Brug vandet med omtanke, og følg vandstanden.",
+        ),
+    };
+    let (sender_en, sender_da) = if drought {
+        ("Tidemark drought warnings", "Tidemark tørkevarsler")
+    } else {
+        ("Tidemark flood warnings", "Tidemark oversvømmelsesvarsler")
     };
     [
         Language {
             code: "en-GB",
             headline: format!("{event_en}: {}", event.subject_name),
             event: event_en,
-            sender_name: "Tidemark flood warnings",
+            sender_name: sender_en,
             description: event.message_en.clone(),
             instruction: instruction_en,
         },
@@ -191,7 +222,7 @@ fn languages(event: &WarningEvent) -> [Language; 2] {
             code: "da-DK",
             headline: format!("{event_da}: {}", event.subject_name),
             event: event_da,
-            sender_name: "Tidemark oversvømmelsesvarsler",
+            sender_name: sender_da,
             description: event.message_da.clone(),
             instruction: instruction_da,
         },

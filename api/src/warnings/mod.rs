@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tidemark_model::warning::{alert_topic, WarningKind, WarningState};
+use tidemark_model::warning::{alert_topic, Category, WarningKind, WarningState};
 use tidemark_store::events::{Acknowledged, WarningFilter, WarningRow};
 use tidemark_store::keys::Role;
 use utoipa::{IntoParams, ToSchema};
@@ -36,9 +36,12 @@ const NOTE_LIMIT: usize = 2000;
 pub struct WarningBody {
     pub id: i64,
     pub area: AreaRef,
-    /// 1 (Flood Alert) to 3 (Severe Flood Warning).
+    /// 1 (Flood Alert) to 3 (Severe Flood Warning); for a drought area, 1 (Drought Alert) to 3
+    /// (Severe Drought Warning).
     pub severity: i16,
     pub severity_name: &'static str,
+    /// `flood`, or `drought` for an area whose levels fall to their thresholds.
+    pub category: Category,
     pub kind: WarningKind,
     /// In force, or lifted ("no longer in force").
     pub state: WarningState,
@@ -75,7 +78,8 @@ pub(crate) fn warning_body(
             name: summary.area_name,
         },
         severity: summary.severity.level(),
-        severity_name: summary.severity.public_name(),
+        severity_name: summary.category.severity_name(summary.severity),
+        category: summary.category,
         kind: summary.kind,
         state: summary.state,
         raised_at: summary.raised_at,
@@ -206,7 +210,7 @@ async fn cap_response(state: &ApiState, event_id: i64) -> Result<Response> {
         .store
         .warning_event(event_id)
         .await?
-        .filter(|e| cap::is_public(e) && e.category == crate::body::FLOOD)
+        .filter(|e| cap::is_public(e) && e.category.is_area())
         .ok_or_else(not_found)?;
     let history = state.store.warning_history(event.warning_id).await?;
     let (polygon, municipalities) = state

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+use tidemark_model::warning::Category;
 use tidemark_store::events::WarningEvent;
 use tokio::sync::{broadcast, mpsc};
 
@@ -84,11 +85,11 @@ pub async fn stream(
     if query
         .category
         .as_deref()
-        .is_some_and(|c| !["flood", "leak", "all"].contains(&c))
+        .is_some_and(|c| c != "all" && Category::parse(c).is_none())
     {
         return Err(ApiError::bad(
             "category",
-            "category must be flood, leak or all",
+            "category must be flood, leak, drought or all",
         ));
     }
     if query.min_severity.is_some_and(|s| !(1..=3).contains(&s)) {

@@ -148,6 +148,24 @@ async fn write_decisions(
 ) -> Result<Vec<Vec<i64>>> {
     let mut ids = vec![Vec::new(); areas.len()];
     let rounds = decisions.iter().map(|d| d.events.len()).max().unwrap_or(0);
+    // A drought area's warnings carry its category; every other area's are flood warnings.
+    let hazards: HashMap<String, Category> = if rounds == 0 {
+        HashMap::new()
+    } else {
+        let keys: Vec<&str> = areas.iter().map(|a| a.key).collect();
+        tx.query(
+            "SELECT key, hazard FROM flood_areas WHERE key = ANY ($1)",
+            &[&keys],
+        )
+        .await
+        .context("reading the areas' hazards")?
+        .iter()
+        .map(|r| {
+            let hazard: &str = r.get(1);
+            (r.get(0), Category::parse(hazard).unwrap_or(Category::Flood))
+        })
+        .collect()
+    };
     let sequence = if rounds == 0 {
         None
     } else {
@@ -165,7 +183,10 @@ async fn write_decisions(
             .zip(&warning_ids)
             .map(|((i, event), &warning_id)| EventInsert {
                 warning_id,
-                category: Category::Flood,
+                category: hazards
+                    .get(areas[*i].key)
+                    .copied()
+                    .unwrap_or(Category::Flood),
                 area_key: Some(areas[*i].key),
                 sensor_key: None,
                 kind: event.kind,
@@ -259,8 +280,9 @@ async fn apply_to_warnings(
         note(
             tx.query(
                 "INSERT INTO warnings (area_key, severity, kind, state, raised_at, changed_at, \
-                 municipalities, trigger, message_en, message_da) \
-                 SELECT a, v, k, 'in_force', t, t, ARRAY(SELECT jsonb_array_elements_text(m)), tr, en, da \
+                 municipalities, trigger, message_en, message_da, category) \
+                 SELECT a, v, k, 'in_force', t, t, ARRAY(SELECT jsonb_array_elements_text(m)), tr, en, da, \
+                     (SELECT hazard FROM flood_areas WHERE key = a) \
                  FROM unnest($1::text[], $2::int2[], $3::text[], $4::timestamptz[], $5::jsonb[], \
                      $6::jsonb[], $7::text[], $8::text[]) AS x(a, v, k, t, m, tr, en, da) \
                  RETURNING id, area_key",

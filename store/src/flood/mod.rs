@@ -36,6 +36,8 @@ pub struct AreaRow {
     pub sensors: Vec<String>,
     /// How far ahead the area looks at forecasts.
     pub forecast_horizon: Duration,
+    /// Flood (levels rise to their thresholds) or drought (they fall to them).
+    pub hazard: Category,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -60,8 +62,51 @@ pub struct ThresholdRow {
     pub plausible_low: f64,
     pub plausible_high: f64,
     pub spike_floor: f64,
-    /// Rising at least this fast (units per hour) raises an expected alert.
+    /// Rising at least this fast (units per hour) raises an expected alert; for falling
+    /// thresholds, falling at least this fast.
     pub rate_alert: Option<f64>,
+    /// The thresholds fall (alert > warning > severe): a level at or below one reaches it.
+    pub falling: bool,
+}
+
+impl FloodSetup {
+    /// What does not fit together: a sensor whose thresholds point against its area's hazard
+    /// (rising in a drought area, falling in a flood area), rain rules or an upstream link for a
+    /// drought area. Empty when all is well.
+    pub fn hazard_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for area in &self.areas {
+            let drought = area.hazard == Category::Drought;
+            for sensor in &area.sensors {
+                if let Some(t) = self.thresholds.iter().find(|t| &t.sensor_key == sensor) {
+                    if t.falling != drought {
+                        problems.push(format!(
+                            "sensor {sensor}: its thresholds {} but area {} is a {} area, whose \
+                             thresholds {}",
+                            if t.falling { "fall" } else { "rise" },
+                            area.key,
+                            area.hazard.name(),
+                            if drought { "fall" } else { "rise" },
+                        ));
+                    }
+                }
+                if drought && self.rain_rules.iter().any(|r| &r.sensor_key == sensor) {
+                    problems.push(format!(
+                        "sensor {sensor}: rain rules raise flood warnings, not drought warnings \
+                         (area {})",
+                        area.key
+                    ));
+                }
+            }
+            if drought && self.links.iter().any(|l| l.downstream_area == area.key) {
+                problems.push(format!(
+                    "area {}: a drought area takes no warnings from upstream",
+                    area.key
+                ));
+            }
+        }
+        problems
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -40,12 +40,19 @@ impl Store {
         }
         for area in &setup.areas {
             tx.execute(
-                "INSERT INTO flood_areas (key, name, polygon, municipality_codes, forecast_horizon) \
-                 VALUES ($1, $2, $3, $4, make_interval(secs => $5)) \
+                "INSERT INTO flood_areas (key, name, polygon, municipality_codes, forecast_horizon, hazard) \
+                 VALUES ($1, $2, $3, $4, make_interval(secs => $5), $6) \
                  ON CONFLICT (key) DO UPDATE SET name = EXCLUDED.name, polygon = EXCLUDED.polygon, \
                  municipality_codes = EXCLUDED.municipality_codes, \
-                 forecast_horizon = EXCLUDED.forecast_horizon, updated_at = now()",
-                &[&area.key, &area.name, &area.polygon, &area.municipality_codes, &secs(area.forecast_horizon)],
+                 forecast_horizon = EXCLUDED.forecast_horizon, hazard = EXCLUDED.hazard, updated_at = now()",
+                &[
+                    &area.key,
+                    &area.name,
+                    &area.polygon,
+                    &area.municipality_codes,
+                    &secs(area.forecast_horizon),
+                    &area.hazard.name(),
+                ],
             )
             .await
             .context("upserting a flood area")?;
@@ -83,15 +90,15 @@ impl Store {
         for t in &setup.thresholds {
             tx.execute(
                 "INSERT INTO level_thresholds (sensor_key, alert, warning, severe, persistence, min_readings, \
-                 hysteresis, hold, rate_window, lead_time, plausible_low, plausible_high, spike_floor, rate_alert) \
+                 hysteresis, hold, rate_window, lead_time, plausible_low, plausible_high, spike_floor, rate_alert, direction) \
                  VALUES ($1, $2, $3, $4, make_interval(secs => $5), $6, $7, make_interval(secs => $8), \
-                 make_interval(secs => $9), make_interval(secs => $10), $11, $12, $13, $14) \
+                 make_interval(secs => $9), make_interval(secs => $10), $11, $12, $13, $14, $15) \
                  ON CONFLICT (sensor_key) DO UPDATE SET alert = EXCLUDED.alert, warning = EXCLUDED.warning, \
                  severe = EXCLUDED.severe, persistence = EXCLUDED.persistence, min_readings = EXCLUDED.min_readings, \
                  hysteresis = EXCLUDED.hysteresis, hold = EXCLUDED.hold, rate_window = EXCLUDED.rate_window, \
                  lead_time = EXCLUDED.lead_time, plausible_low = EXCLUDED.plausible_low, \
                  plausible_high = EXCLUDED.plausible_high, spike_floor = EXCLUDED.spike_floor, \
-                 rate_alert = EXCLUDED.rate_alert",
+                 rate_alert = EXCLUDED.rate_alert, direction = EXCLUDED.direction",
                 &[
                     &t.sensor_key,
                     &t.alert,
@@ -107,6 +114,7 @@ impl Store {
                     &t.plausible_high,
                     &t.spike_floor,
                     &t.rate_alert,
+                    &if t.falling { "falling" } else { "rising" },
                 ],
             )
             .await
@@ -176,7 +184,7 @@ impl Store {
         let areas = client
             .query(
                 "SELECT key, name, polygon, municipality_codes, \
-                 extract(epoch FROM forecast_horizon)::float8 FROM flood_areas ORDER BY key",
+                 extract(epoch FROM forecast_horizon)::float8, hazard FROM flood_areas ORDER BY key",
                 &[],
             )
             .await
@@ -189,6 +197,7 @@ impl Store {
                 municipality_codes: r.get(3),
                 sensors: sensors.remove(r.get::<_, &str>(0)).unwrap_or_default(),
                 forecast_horizon: duration(r.get(4)),
+                hazard: Category::parse(r.get(5)).unwrap_or(Category::Flood),
             })
             .collect();
         let links = client
@@ -209,8 +218,8 @@ impl Store {
             .query(
                 "SELECT sensor_key, alert, warning, severe, extract(epoch FROM persistence)::float8, min_readings, \
                  hysteresis, extract(epoch FROM hold)::float8, extract(epoch FROM rate_window)::float8, \
-                 extract(epoch FROM lead_time)::float8, plausible_low, plausible_high, spike_floor, rate_alert \
-                 FROM level_thresholds",
+                 extract(epoch FROM lead_time)::float8, plausible_low, plausible_high, spike_floor, rate_alert, \
+                 direction = 'falling' FROM level_thresholds",
                 &[],
             )
             .await
@@ -231,6 +240,7 @@ impl Store {
                 plausible_high: r.get(11),
                 spike_floor: r.get(12),
                 rate_alert: r.get(13),
+                falling: r.get(14),
             })
             .collect();
         let rain_rules = client
