@@ -30,7 +30,8 @@ if [[ $tables != 0 ]]; then
     exit 1
 fi
 
-if pg_restore --list "$file" | grep -q ' EXTENSION - timescaledb$'; then
+# pg_restore --list names an extension as "<id>; <oid> <oid> EXTENSION - <name> ".
+if pg_restore --list "$file" | grep -Eq '[0-9] EXTENSION - timescaledb( |$)'; then
     sql "CREATE EXTENSION IF NOT EXISTS timescaledb" >/dev/null
     sql "SELECT timescaledb_pre_restore()" >/dev/null
     trap 'sql "SELECT timescaledb_post_restore()" >/dev/null' EXIT
