@@ -37,6 +37,10 @@ pub(crate) struct ApiBenchArgs {
     /// Seconds each query is run for.
     #[arg(long, default_value_t = 15)]
     pub seconds: u64,
+    /// After the single pass, this many more rounds of the year query (with 1, 4 and
+    /// `--concurrency` clients) and the latest values, interleaved, for the spread of each figure.
+    #[arg(long, default_value_t = 0)]
+    pub rounds: usize,
 }
 
 /// Rows per COPY transaction while loading.
@@ -262,10 +266,11 @@ async fn measure(
     };
     let c = args.concurrency;
     let s = args.seconds;
-    let latest_api = {
+    let latest = {
         let (get, base) = (get.clone(), base.clone());
-        hammer(c, s, move |_| get(format!("{base}/api/v1/latest"))).await?
+        move |_: u64| get(format!("{base}/api/v1/latest"))
     };
+    let latest_api = hammer(c, s, latest.clone()).await?;
     let day_api = {
         let (get, base, keys) = (get.clone(), base.clone(), keys.clone());
         hammer(c, s, move |i| {
@@ -362,6 +367,20 @@ async fn measure(
         })
         .await?
     };
+    // Rounds: each configuration once per round, in the same order, so that a noisy minute on
+    // a shared machine falls on every configuration alike rather than on one.
+    let mut year_clients: Vec<usize> = vec![1, 4, c];
+    year_clients.sort_unstable();
+    year_clients.dedup();
+    let mut year_rounds: Vec<Vec<f64>> = vec![Vec::new(); year_clients.len()];
+    let mut latest_rounds = Vec::new();
+    for _ in 0..args.rounds {
+        for (clients, p99s) in year_clients.iter().zip(&mut year_rounds) {
+            let figures = hammer(*clients, s, year.clone()).await?;
+            p99s.push(percentile(&figures.latencies_ms, 0.99));
+        }
+        latest_rounds.push(hammer(c, s, latest.clone()).await?.per_second);
+    }
     shutdown.cancel();
 
     println!(
@@ -405,5 +424,30 @@ async fn measure(
         "year query p99 through the API: {year_p99} clients (target at most 25 ms); API / database at {c} clients: {ratio:.2}; latest values: {:.0} req/s (target 5,000)",
         latest_api.per_second
     );
+    if args.rounds > 0 {
+        let spread = |values: &[f64], unit: &str, digits: usize| {
+            let mut sorted = values.to_vec();
+            sorted.sort_by(f64::total_cmp);
+            format!(
+                "{:.digits$} {unit} ({:.digits$} to {:.digits$})",
+                sorted[sorted.len() / 2],
+                sorted[0],
+                sorted[sorted.len() - 1]
+            )
+        };
+        for (clients, p99s) in year_clients.iter().zip(&year_rounds) {
+            println!(
+                "rounds: year query p99 with {clients:>2} client{}: median {} over {} rounds",
+                if *clients == 1 { " " } else { "s" },
+                spread(p99s, "ms", 1),
+                args.rounds
+            );
+        }
+        println!(
+            "rounds: latest values with {c} clients: median {} over {} rounds",
+            spread(&latest_rounds, "req/s", 0),
+            args.rounds
+        );
+    }
     Ok(())
 }
