@@ -792,6 +792,90 @@ async fn an_sse_client_resumes_from_last_event_id_with_exactly_what_it_missed() 
     harness.finish().await;
 }
 
+/// `tidemark api` as a process of its own on a free port, against the harness's database and broker.
+async fn api_process(harness: &Harness) -> (tokio::process::Child, String) {
+    let port = tidemark_testkit::free_port().unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .arg("api")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("TIDEMARK_ENV")
+        .env_remove("TIDEMARK_CONFIG")
+        .env(
+            "TIDEMARK__DATABASE__URL",
+            &harness.settings(Default::default()).database.url,
+        )
+        .env("TIDEMARK__MQTT__PORT", harness.broker.port.to_string())
+        .env("TIDEMARK__API__LISTEN", format!("127.0.0.1:{port}"))
+        .env("TIDEMARK__API__SSE_HEARTBEAT", "1s")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let up = wait_for(Duration::from_secs(30), || async {
+        reqwest::get(format!("{base}/healthz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    assert!(up, "tidemark api serves on {base}");
+    (child, base)
+}
+
+/// Two API processes behind one name: a Server-Sent Events client whose process dies moves to the
+/// other with its `Last-Event-ID` and gets every event it missed, in order, then the live ones.
+/// Each process follows the events from the database, not from the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_client_moves_to_another_api_process_without_a_gap() {
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    tidemark::app::load_flood(&config).await.unwrap();
+    let (mut first, first_base) = api_process(&harness).await;
+    let (_second, second_base) = api_process(&harness).await;
+    let http = reqwest::Client::new();
+    let stream = "/api/v1/warnings/stream";
+    let mut client = SseClient::connect(&http, &format!("{first_base}{stream}"), None)
+        .await
+        .unwrap();
+    let raised = record(&harness, "raised", Some(1), false).await;
+    let seen = client
+        .next(Duration::from_secs(10))
+        .await
+        .expect("live event");
+    assert_eq!(seen.id, Some(raised.to_string()));
+
+    // The first process dies; what happens meanwhile waits in the database.
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    let missed = [
+        record(&harness, "changed", Some(2), false).await,
+        record(&harness, "changed", Some(3), false).await,
+    ];
+    assert!(
+        client.next(Duration::from_secs(3)).await.is_none(),
+        "nothing more from a dead process"
+    );
+    let mut client = SseClient::connect(
+        &http,
+        &format!("{second_base}{stream}"),
+        Some(&raised.to_string()),
+    )
+    .await
+    .unwrap();
+    for id in missed {
+        let event = client
+            .next(Duration::from_secs(10))
+            .await
+            .expect("caught up from the other process");
+        assert_eq!(event.id, Some(id.to_string()));
+    }
+    let lifted = record(&harness, "lifted", None, false).await;
+    let event = client.next(Duration::from_secs(10)).await.expect("live");
+    assert_eq!(event.id, Some(lifted.to_string()));
+    assert_eq!(event.event.as_deref(), Some("warning.lifted"));
+    drop(client);
+    harness.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_mqtt_subscriber_gets_the_retained_state_and_the_lift_survives_a_broker_restart() {
     let mut harness = Harness::start().await;
