@@ -41,6 +41,9 @@ root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 chmod 0755 "$root"
 install -D -m 0755 "$binary" "$root/usr/bin/tidemark"
+# Debug information stays out of the package, as Debian's packages do (the release profile
+# keeps it for profiling).
+strip --strip-debug "$root/usr/bin/tidemark"
 for unit in packaging/systemd/*; do
     install -D -m 0644 "$unit" "$root/lib/systemd/system/$(basename "$unit")"
 done
