@@ -18,7 +18,7 @@ use tokio_postgres::Transaction;
 
 /// Queues the events for every webhook whose filter matches it. A webhook matches when it is
 /// active, it receives the warning's category, its municipality and area filters (empty = all;
-/// areas filter flood warnings only) meet the warning's, a municipality
+/// areas filter the warnings of areas only) meet the warning's, a municipality
 /// owner is among the warning's municipalities, and either the warning's severity at this event
 /// reaches its minimum or an earlier event of the same warning was already queued for it (so a
 /// receiver that heard of a warning also hears how it changed and ended).
@@ -231,12 +231,12 @@ pub struct WarningEvent {
 impl WarningEvent {
     /// The event as every channel carries it; `public_url` is where its CAP message is served.
     pub fn body(&self, public_url: &str) -> EventBody {
-        let flood = self.category.is_area();
+        let about_area = self.category.is_area();
         let subject = AreaRef {
             key: self.subject_key.clone(),
             name: self.subject_name.clone(),
         };
-        let (area, meter) = if flood {
+        let (area, meter) = if about_area {
             (Some(subject), None)
         } else {
             (None, Some(subject))
@@ -245,7 +245,11 @@ impl WarningEvent {
             id: self.id,
             kind: format!(
                 "{}.{}",
-                if flood { "warning" } else { "utility_alert" },
+                if about_area {
+                    "warning"
+                } else {
+                    "utility_alert"
+                },
                 self.kind
             ),
             category: self.category.name().to_owned(),
@@ -274,7 +278,7 @@ impl WarningEvent {
                 da: self.message_da.clone(),
             },
             detail: self.detail.clone(),
-            cap: flood.then(|| {
+            cap: about_area.then(|| {
                 format!(
                     "{}/api/v1/warning-events/{}.cap",
                     public_url.trim_end_matches('/'),

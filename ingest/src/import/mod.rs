@@ -314,7 +314,7 @@ impl Reader {
         last: &mut HashMap<String, DateTime<Utc>>,
         batch: &mut Batch,
     ) {
-        let wide = columns.values.len() > 1 || self.mapping.file.layout == Layout::Wide;
+        let wide = self.mapping.file.layout == Layout::Wide;
         for (i, value) in columns.values.iter().enumerate() {
             let entry = wide.then_some(i);
             match self.reading(row, columns, value, last) {
@@ -381,7 +381,7 @@ impl Reader {
         };
         // Within a series, the second of two equal local times in the hour the clocks go back
         // is the later instant; a wide file's series share the row's time.
-        let series = if value.sensor.is_some() && columns.values.len() > 1 {
+        let series = if self.mapping.file.layout == Layout::Wide {
             String::new()
         } else {
             sensor.clone()

@@ -148,23 +148,31 @@ async fn write_decisions(
 ) -> Result<Vec<Vec<i64>>> {
     let mut ids = vec![Vec::new(); areas.len()];
     let rounds = decisions.iter().map(|d| d.events.len()).max().unwrap_or(0);
-    // A drought area's warnings carry its category; every other area's are flood warnings.
-    let hazards: HashMap<String, Category> = if rounds == 0 {
-        HashMap::new()
+    // A drought area's warnings and events carry its category, read once here for both;
+    // every other area's are flood warnings.
+    let categories: Vec<Category> = if rounds == 0 {
+        Vec::new()
     } else {
         let keys: Vec<&str> = areas.iter().map(|a| a.key).collect();
-        tx.query(
-            "SELECT key, hazard FROM flood_areas WHERE key = ANY ($1)",
-            &[&keys],
-        )
-        .await
-        .context("reading the areas' hazards")?
-        .iter()
-        .map(|r| {
-            let hazard: &str = r.get(1);
-            (r.get(0), Category::parse(hazard).unwrap_or(Category::Flood))
-        })
-        .collect()
+        let hazards: HashMap<String, String> = tx
+            .query(
+                "SELECT key, hazard FROM flood_areas WHERE key = ANY ($1)",
+                &[&keys],
+            )
+            .await
+            .context("reading the areas' hazards")?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        areas
+            .iter()
+            .map(|a| {
+                hazards
+                    .get(a.key)
+                    .and_then(|h| Category::parse(h))
+                    .unwrap_or(Category::Flood)
+            })
+            .collect()
     };
     let sequence = if rounds == 0 {
         None
@@ -177,16 +185,13 @@ async fn write_decisions(
             .enumerate()
             .filter_map(|(i, d)| Some((i, d.events.get(round)?)))
             .collect();
-        let warning_ids = apply_to_warnings(tx, areas, &entries).await?;
+        let warning_ids = apply_to_warnings(tx, areas, &categories, &entries).await?;
         let inserts: Vec<EventInsert<'_>> = entries
             .iter()
             .zip(&warning_ids)
             .map(|((i, event), &warning_id)| EventInsert {
                 warning_id,
-                category: hazards
-                    .get(areas[*i].key)
-                    .copied()
-                    .unwrap_or(Category::Flood),
+                category: categories[*i],
                 area_key: Some(areas[*i].key),
                 sensor_key: None,
                 kind: event.kind,
@@ -238,6 +243,7 @@ async fn write_decisions(
 async fn apply_to_warnings(
     tx: &Transaction<'_>,
     areas: &[AreaTarget<'_>],
+    categories: &[Category],
     entries: &[(usize, &NewEvent)],
 ) -> Result<Vec<i64>> {
     let mut warning_of: HashMap<String, i64> = HashMap::new();
@@ -281,10 +287,9 @@ async fn apply_to_warnings(
             tx.query(
                 "INSERT INTO warnings (area_key, severity, kind, state, raised_at, changed_at, \
                  municipalities, trigger, message_en, message_da, category) \
-                 SELECT a, v, k, 'in_force', t, t, ARRAY(SELECT jsonb_array_elements_text(m)), tr, en, da, \
-                     (SELECT hazard FROM flood_areas WHERE key = a) \
+                 SELECT a, v, k, 'in_force', t, t, ARRAY(SELECT jsonb_array_elements_text(m)), tr, en, da, c \
                  FROM unnest($1::text[], $2::int2[], $3::text[], $4::timestamptz[], $5::jsonb[], \
-                     $6::jsonb[], $7::text[], $8::text[]) AS x(a, v, k, t, m, tr, en, da) \
+                     $6::jsonb[], $7::text[], $8::text[], $9::text[]) AS x(a, v, k, t, m, tr, en, da, c) \
                  RETURNING id, area_key",
                 &[
                     &keys(&raised),
@@ -295,6 +300,10 @@ async fn apply_to_warnings(
                     &triggers(&raised),
                     &texts(&raised, |e| &e.message_en),
                     &texts(&raised, |e| &e.message_da),
+                    &raised
+                        .iter()
+                        .map(|(i, _)| categories[*i].name())
+                        .collect::<Vec<_>>(),
                 ],
             )
             .await
