@@ -4,7 +4,8 @@
 //! store's queries the same.
 
 use crate::support::repo;
-use crate::upgrade::{snapshot, sql_client, upgraded_database};
+use crate::support::sql_client;
+use crate::upgrade::{snapshot, upgraded_database};
 use chrono::{Duration as Days, Utc};
 use std::process::Command;
 use std::time::Duration;

@@ -2,6 +2,7 @@
 //! changes of the clocks, its own quality codes, bad rows) and a wide Parquet file, through the
 //! binary, into a database `tidemark migrate` made; twice, to show nothing is stored twice.
 
+use crate::support::sql_client;
 use parquet::data_type::{ByteArray, ByteArrayType, DoubleType, Int64Type};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
@@ -30,10 +31,7 @@ async fn migrated() -> (TestDatabase, tokio_postgres::Client) {
     let database = TestDatabase::create(&test_server()).await.unwrap();
     let migrated = tidemark(&database.config.url, &["migrate"]);
     assert!(migrated.status.success(), "{}", text(&migrated.stderr));
-    let (client, connection) = tokio_postgres::connect(&database.config.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = sql_client(&database.config.url).await;
     (database, client)
 }
 

@@ -3,7 +3,7 @@
 //! `systemd-analyze verify`, warnings counted as failures, and the offline security review) and
 //! that the installed binary migrates a fresh database with the installed configuration.
 
-use crate::support::repo;
+use crate::support::{repo, sql_client};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use tidemark_testkit::{test_server, TestDatabase};
@@ -162,10 +162,7 @@ async fn the_package_installs_verifies_and_migrates() {
         .env("TIDEMARK_CONFIG", root.join("etc/tidemark/tidemark.toml"))
         .env("TIDEMARK__DATABASE__URL", &database.config.url)
         .env_remove("TIDEMARK_ENV"));
-    let (client, connection) = tokio_postgres::connect(&database.config.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = sql_client(&database.config.url).await;
     let counts = client
         .query_one(
             "SELECT (SELECT count(*) FROM stations), (SELECT count(*) FROM flood_areas), \

@@ -1,5 +1,6 @@
 //! Storage in both modes against the real server.
 
+use crate::support::sql_client;
 use chrono::{DateTime, TimeZone, Utc};
 use std::time::Duration;
 use tidemark_store::readings::{ReadingRow, RejectionRow};
@@ -46,15 +47,6 @@ async fn database_at(version: i32, rows: &str) -> (TestDatabase, tokio_postgres:
     let client = sql_client(&database.config.url).await;
     client.batch_execute(rows).await.unwrap();
     (database, client)
-}
-
-/// A plain SQL connection to `url`, for looking behind the store's back.
-async fn sql_client(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
 }
 
 fn rows(sensor_id: i32, times: &[DateTime<Utc>]) -> Vec<ReadingRow> {
@@ -255,10 +247,7 @@ async fn timescaledb_hypertable_compression_retention_round_trip() {
     );
     rollups_match_raw(&store, sensor_id).await;
     // Forecasts are a hypertable as well, and retention deletes old issues from it.
-    let (client, connection) = tokio_postgres::connect(&config.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = sql_client(&config.url).await;
     let hypertables: i64 = client
         .query_one(
             "SELECT count(*) FROM timescaledb_information.hypertables \

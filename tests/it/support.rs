@@ -633,8 +633,12 @@ pub async fn with_stations(harness: &Harness) -> Config {
 
 /// A plain connection to the harness's database, for SQL of the test's own.
 pub async fn sql(harness: &Harness) -> tokio_postgres::Client {
-    let database = harness.settings(Default::default()).database;
-    let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
+    sql_client(&harness.settings(Default::default()).database.url).await
+}
+
+/// A plain SQL connection to `url`, for looking behind the store's back.
+pub async fn sql_client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(connection);

@@ -7,7 +7,7 @@
 //! the tables that version made. A new migration that makes a table needs a file of its own, or
 //! this test fails naming the empty table.
 
-use crate::support::repo;
+use crate::support::{repo, sql_client};
 use chrono::{Duration as Days, Utc};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -88,14 +88,6 @@ pub async fn snapshot(client: &tokio_postgres::Client) -> BTreeMap<String, Table
         snapshot.insert(name, Table { columns, rows });
     }
     snapshot
-}
-
-pub async fn sql_client(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
 }
 
 /// Builds the database version by version to the current one, with the fixture rows; returns it
