@@ -3,6 +3,8 @@
 //! # Layout
 //!
 //! - [`broker`]: [`broker::BrokerConfig`], where the MQTT broker is.
+//! - [`certificate`]: the common name and validity of a device's X.509 client certificate.
+//! - [`dynsec`]: device logins in Mosquitto's dynamic-security plugin (its commands and answers).
 //! - [`id`]: [`DeviceId`] and [`SensorKey`], the identifiers devices use on the wire.
 //! - [`unit`]: [`Unit`], parsed from Tidemark and SenML spellings, and conversion within a [`Dimension`].
 //! - [`quantity`]: [`Quantity`], what a sensor measures, with its canonical unit and physical range.
@@ -24,7 +26,9 @@
 //!   false alarms, lead times, detection and false alarm rates).
 
 pub mod broker;
+pub mod certificate;
 pub mod duration;
+pub mod dynsec;
 pub mod forecast;
 pub mod id;
 pub mod network;

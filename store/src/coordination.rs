@@ -268,6 +268,30 @@ pub(crate) async fn lock_material_flows(tx: &Transaction<'_>, municipality: &str
     .await
 }
 
+/// Key of the transaction lock between changes of device credentials (shared: they may run side
+/// by side, each under its device's row lock) and the reconciliation of the broker's logins with
+/// the record (exclusive: it sees no change half made).
+const CREDENTIALS_LOCK: i64 = 0x7469_6465_6372_6564;
+
+/// Takes the credentials lock, shared ([`CREDENTIALS_LOCK`]).
+pub(crate) async fn lock_credentials_shared(tx: &Transaction<'_>) -> Result<()> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock_shared($1)",
+        &[&CREDENTIALS_LOCK],
+    )
+    .await
+    .context("taking the credentials lock")?;
+    Ok(())
+}
+
+/// Takes the credentials lock, exclusive ([`CREDENTIALS_LOCK`]).
+pub(crate) async fn lock_credentials_exclusive(tx: &Transaction<'_>) -> Result<()> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CREDENTIALS_LOCK])
+        .await
+        .context("taking the credentials lock")?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,6 +32,7 @@ pub mod audit;
 pub mod circular;
 pub mod config;
 pub mod coordination;
+pub mod credentials;
 pub mod events;
 pub mod flood;
 pub mod forecasts;
