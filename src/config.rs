@@ -137,12 +137,14 @@ impl Config {
 
     /// What the `/api/v1` handlers use; valid once [`Config::validate`] passed.
     pub fn api_settings(&self) -> Result<tidemark_api::ApiSettings, String> {
-        tidemark_api::ApiSettings::new(
+        let mut settings = tidemark_api::ApiSettings::new(
             &self.api,
             self.delivery.validate()?,
             self.delivery.rotation_grace,
             &self.mqtt.topic_prefix,
-        )
+        )?;
+        settings.broker_admin = self.api.device_credentials.then(|| self.mqtt.clone());
+        Ok(settings)
     }
 
     pub fn ingest_settings(&self) -> tidemark_ingest::Settings {

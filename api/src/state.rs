@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tidemark_model::duration;
 use tidemark_model::network::{Network, TargetPolicy};
+use tidemark_model::topic::ReadingsTopics;
 use tidemark_store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +52,10 @@ pub struct ApiConfig {
     /// interface, say). Unset: on `listen`, beside the API.
     #[serde(default)]
     pub ops_listen: Option<String>,
+    /// Issue and revoke device credentials over the API (`/api/v1/devices/{key}/credentials`),
+    /// administering the broker's dynamic-security plugin with the `[mqtt]` login.
+    #[serde(default)]
+    pub device_credentials: bool,
 }
 
 const fn default_sse_max_streams() -> usize {
@@ -96,6 +101,7 @@ impl Default for ApiConfig {
             sse_max_streams: default_sse_max_streams(),
             sse_max_streams_per_client: default_sse_max_streams_per_client(),
             ops_listen: None,
+            device_credentials: false,
         }
     }
 }
@@ -160,6 +166,9 @@ pub struct ApiSettings {
     pub trusted_proxies: Vec<Network>,
     pub sse_max_streams: usize,
     pub sse_max_streams_per_client: usize,
+    /// The broker login that administers device credentials; None when the API does not
+    /// (`api.device_credentials` off).
+    pub broker_admin: Option<tidemark_model::broker::BrokerConfig>,
 }
 
 impl ApiSettings {
@@ -172,6 +181,7 @@ impl ApiSettings {
         topic_prefix: &str,
     ) -> Result<ApiSettings, String> {
         api.validate()?;
+        ReadingsTopics::new(topic_prefix).map_err(|e| e.to_string())?;
         let public_url = api.public_url.trim_end_matches('/').to_owned();
         Ok(ApiSettings {
             cap: cap::CapSettings {
@@ -189,6 +199,7 @@ impl ApiSettings {
             trusted_proxies: api.proxies()?,
             sse_max_streams: api.sse_max_streams,
             sse_max_streams_per_client: api.sse_max_streams_per_client,
+            broker_admin: None,
         })
     }
 
@@ -208,6 +219,8 @@ pub struct ApiState {
     pub freshness: Arc<freshness::Freshness>,
     /// The Server-Sent Event streams open, by client.
     pub streams: Arc<sse::Streams>,
+    /// The broker's device logins, when the API administers them.
+    pub broker_admin: Option<crate::manage::broker_admin::BrokerAdmin>,
 }
 
 impl ApiState {
@@ -220,7 +233,7 @@ impl ApiState {
         shutdown: CancellationToken,
     ) -> ApiState {
         let latest = latest_cache::LatestCache::start(database.clone(), shutdown.clone());
-        let freshness = freshness::Freshness::start(database.clone(), shutdown);
+        let freshness = freshness::Freshness::start(database.clone(), shutdown.clone());
         let limiter = Arc::new(rate_limit::RateLimiter::new(
             settings.rate_limit_per_minute,
             settings.keyed_rate_limit_per_minute,
@@ -229,7 +242,17 @@ impl ApiState {
             settings.sse_max_streams,
             settings.sse_max_streams_per_client,
         ));
+        let broker_admin = settings.broker_admin.as_ref().map(|broker| {
+            crate::manage::broker_admin::BrokerAdmin::start(
+                store.clone(),
+                broker,
+                ReadingsTopics::new(&settings.topic_prefix)
+                    .expect("a topic prefix checked by ApiSettings::new"),
+                shutdown.clone(),
+            )
+        });
         ApiState {
+            broker_admin,
             store,
             settings: Arc::new(settings),
             hub,

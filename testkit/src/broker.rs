@@ -57,6 +57,34 @@ pub struct Broker {
     pub device_port: Option<u16>,
     /// The mutual-TLS listener's port, for a broker from `config/mosquitto.conf`.
     pub tls_port: Option<u16>,
+    /// The login that administers the dynamic-security plugin (`tidemark-api`), for a broker from
+    /// `config/mosquitto.conf`.
+    admin: Option<(String, String)>,
+}
+
+/// The API's login in a secure broker when the test names none.
+const ADMIN_PASSWORD: &str = "testkit-admin-password";
+
+/// Mosquitto's dynamic-security plugin on this machine.
+fn dynsec_plugin() -> Result<PathBuf, Error> {
+    let lib = Path::new("/usr/lib");
+    let mut candidates = vec![lib.join("mosquitto_dynamic_security.so")];
+    if let Ok(entries) = std::fs::read_dir(lib) {
+        candidates.extend(
+            entries
+                .flatten()
+                .map(|e| e.path().join("mosquitto_dynamic_security.so")),
+        );
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.exists())
+        .ok_or_else(|| Error::Io {
+            context: "Mosquitto's dynamic-security plugin (mosquitto_dynamic_security.so) is not \
+                      under /usr/lib; install the mosquitto package"
+                .to_owned(),
+            cause: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })
 }
 
 impl Broker {
@@ -74,15 +102,25 @@ impl Broker {
 
     /// Starts Mosquitto from the shipped `config/mosquitto.conf` with its ACL
     /// (`config/mosquitto.acl`), on free loopback ports: the services' listener ([`Broker::port`])
-    /// with a password file of `services`, the devices' TLS password listener
-    /// ([`Broker::device_port`]) with one of `devices` (`(user, password)` each), and the
-    /// mutual-TLS listener ([`Broker::tls_port`]), with a throwaway CA made here
-    /// ([`Broker::ca_file`]) and a broker certificate for 127.0.0.1 signed by it.
+    /// with a password file of `services` (and `tidemark-api`, the plugin's administrator, if
+    /// they do not name it: [`Broker::admin_login`]), the devices' TLS password listener
+    /// ([`Broker::device_port`]), and the mutual-TLS listener ([`Broker::tls_port`]), with a
+    /// throwaway CA made here ([`Broker::ca_file`]) and a broker certificate for 127.0.0.1 signed
+    /// by it. `devices` (`(user, password)` each) get logins in the dynamic-security plugin as
+    /// Tidemark's API makes them.
     pub async fn start_secure(
         services: &[(&str, &str)],
         devices: &[(&str, &str)],
     ) -> Result<Broker, Error> {
         let mut broker = Broker::prepare()?;
+        let mut services = services.to_vec();
+        if !services.iter().any(|(user, _)| *user == "tidemark-api") {
+            services.push(("tidemark-api", ADMIN_PASSWORD));
+        }
+        broker.admin = services
+            .iter()
+            .find(|(user, _)| *user == "tidemark-api")
+            .map(|(user, password)| ((*user).to_owned(), (*password).to_owned()));
         let (device_port, tls_port) = (free_port()?, free_port()?);
         broker.device_port = Some(device_port);
         broker.tls_port = Some(tls_port);
@@ -98,9 +136,7 @@ impl Broker {
         )
         .await?;
         let service_passwords = broker.dir.join("services.passwd");
-        let device_passwords = broker.dir.join("passwd");
-        write_passwords(&service_passwords, services).await?;
-        write_passwords(&device_passwords, devices).await?;
+        write_passwords(&service_passwords, &services).await?;
         let acl = broker.dir.join("acl");
         std::fs::copy(config_dir().join("mosquitto.acl"), &acl)
             .map_err(io("copying the broker ACL"))?;
@@ -116,8 +152,15 @@ impl Broker {
                 format!("password_file {}", service_passwords.display()),
             ),
             (
-                "password_file /etc/mosquitto/tidemark.passwd",
-                format!("password_file {}", device_passwords.display()),
+                "plugin /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+                format!("plugin {}", dynsec_plugin()?.display()),
+            ),
+            (
+                "plugin_opt_config_file /var/lib/mosquitto/tidemark-dynsec.json",
+                format!(
+                    "plugin_opt_config_file {}/dynsec.json",
+                    broker.dir.display()
+                ),
             ),
             (
                 "acl_file /etc/mosquitto/tidemark.acl",
@@ -141,7 +184,99 @@ impl Broker {
         }
         broker.conf = conf;
         broker.launch().await?;
+        for (device, password) in devices {
+            broker.register(device, Some(password)).await?;
+        }
         Ok(broker)
+    }
+
+    /// The login that administers the dynamic-security plugin, for the API's `[mqtt]`.
+    pub fn admin_login(&self) -> Option<(String, String)> {
+        self.admin.clone()
+    }
+
+    /// Gives `device` a login in the dynamic-security plugin, as the API does: with `password`,
+    /// or none for a device with a certificate.
+    pub async fn register(&self, device: &str, password: Option<&str>) -> Result<(), Error> {
+        let id = tidemark_model::DeviceId::parse(device).map_err(|e| Error::Io {
+            context: format!("device {device:?}"),
+            cause: std::io::Error::other(e.to_string()),
+        })?;
+        let topic =
+            tidemark_model::topic::ReadingsTopics::new(tidemark_model::topic::DEFAULT_PREFIX)
+                .map_err(|e| Error::Io {
+                    context: "the readings topics".to_owned(),
+                    cause: std::io::Error::other(e.to_string()),
+                })?
+                .for_device(&id);
+        let answers = self
+            .dynsec(tidemark_model::dynsec::add_device(
+                &id, &topic, password, "testkit",
+            ))
+            .await?;
+        if let Some(error) = answers.iter().find_map(|a| a.error.clone()) {
+            return Err(Error::Io {
+                context: format!("registering {device} in the broker"),
+                cause: std::io::Error::other(error),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends `commands` to the dynamic-security plugin as its administrator and returns the
+    /// answers.
+    pub async fn dynsec(
+        &self,
+        commands: Vec<serde_json::Value>,
+    ) -> Result<Vec<tidemark_model::dynsec::Answer>, Error> {
+        use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+        let failed = |what: String| Error::Io {
+            context: format!("administering the broker: {what}"),
+            cause: std::io::Error::other("dynamic-security plugin"),
+        };
+        let (user, password) = self
+            .admin
+            .clone()
+            .ok_or_else(|| failed("not a secure broker".to_owned()))?;
+        let mut options = MqttOptions::new(
+            format!("testkit-admin-{}", std::process::id()),
+            "127.0.0.1",
+            self.port,
+        );
+        options.set_credentials(user, password);
+        let (client, mut events) = AsyncClient::new(options, 16);
+        let message = tidemark_model::dynsec::message(&commands);
+        let exchange = async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => client
+                        .subscribe(tidemark_model::dynsec::RESPONSE_TOPIC, QoS::AtLeastOnce)
+                        .await
+                        .map_err(|e| failed(e.to_string()))?,
+                    Ok(Event::Incoming(Packet::SubAck(_))) => client
+                        .publish(
+                            tidemark_model::dynsec::CONTROL_TOPIC,
+                            QoS::AtLeastOnce,
+                            false,
+                            message.clone(),
+                        )
+                        .await
+                        .map_err(|e| failed(e.to_string()))?,
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if let Some(answers) = tidemark_model::dynsec::answers(&p.payload) {
+                            return Ok(answers);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(failed(e.to_string())),
+                }
+            }
+        };
+        let answers = tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .map_err(|_| failed("no answer in 10 s".to_owned()))??;
+        let _ = client.disconnect().await;
+        Ok(answers)
     }
 
     /// The CA certificate (PEM) a client trusts the mutual-TLS listener by.
@@ -150,7 +285,8 @@ impl Broker {
     }
 
     /// A client certificate with common name `name` and its key (PEM files), signed by the
-    /// broker's CA, or, with `trusted` false, by a rogue CA the broker does not know.
+    /// broker's CA, or, with `trusted` false, by a rogue CA the broker does not know. The broker
+    /// lets it publish only once the device has a login ([`Broker::register`]).
     pub async fn client_certificate(
         &self,
         name: &str,
@@ -163,6 +299,7 @@ impl Broker {
         }
         let file = format!("{ca}-{name}");
         make_certificate(&certs, ca, &file, name, "extendedKeyUsage=clientAuth\n").await?;
+
         Ok((
             certs.join(format!("{file}.crt")),
             certs.join(format!("{file}.key")),
@@ -187,13 +324,14 @@ impl Broker {
             conf: String::new(),
             device_port: None,
             tls_port: None,
+            admin: None,
         })
     }
 
     async fn launch(&mut self) -> Result<(), Error> {
         let conf_path = self.dir.join("mosquitto.conf");
         std::fs::write(&conf_path, &self.conf).map_err(io("writing the broker configuration"))?;
-        for file in ["passwd", "services.passwd", "acl"] {
+        for file in ["services.passwd", "acl"] {
             let path = self.dir.join(file);
             if path.exists() {
                 use std::os::unix::fs::PermissionsExt;

@@ -295,7 +295,7 @@ async fn every_protected_route_refuses_no_key_a_dead_key_and_the_wrong_role() {
         .unwrap());
     let json = serde_json::json!({});
     // (method, path, a role that may not)
-    let routes: [(Method, &str, &str); 21] = [
+    let routes: [(Method, &str, &str); 24] = [
         (Method::POST, "/api/v1/keys", &utility),
         (Method::GET, "/api/v1/keys", &utility),
         (Method::DELETE, "/api/v1/keys/0123456789ab", &utility),
@@ -317,6 +317,13 @@ async fn every_protected_route_refuses_no_key_a_dead_key_and_the_wrong_role() {
             &researcher,
         ),
         (Method::PUT, "/api/v1/devices/d", &researcher),
+        (Method::POST, "/api/v1/devices/d/credentials", &researcher),
+        (Method::GET, "/api/v1/devices/d/credentials", &researcher),
+        (
+            Method::DELETE,
+            "/api/v1/devices/d/credentials/1",
+            &researcher,
+        ),
         (Method::PUT, "/api/v1/stations/s", &researcher),
         (Method::PUT, "/api/v1/sensors/s.level", &researcher),
         (Method::POST, "/api/v1/webhooks", &researcher),
@@ -355,6 +362,27 @@ async fn every_protected_route_refuses_no_key_a_dead_key_and_the_wrong_role() {
             "{method} {path} with the wrong role: {problem}"
         );
     }
+    // Without api.device_credentials, an operator is told this installation does not issue
+    // device credentials, and nothing is recorded.
+    let operator = api.key(Role::Operator, None).await;
+    let (status, problem) = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/devices/{}/credentials", device(0)),
+            Some(&operator),
+            Some(serde_json::json!({"kind": "password"})),
+        )
+        .await;
+    assert_eq!(status, 409, "{problem}");
+    let (status, list) = api
+        .call(
+            Method::GET,
+            &format!("/api/v1/devices/{}/credentials", device(0)),
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_eq!((status, list), (200, serde_json::json!([])));
     harness.finish().await;
 }
 

@@ -85,14 +85,15 @@ async fn a_device_publishes_only_as_itself_and_reads_no_one_elses_readings() {
     let ingest = harness.ingest_with(settings);
     ingest.subscribed("ingest-secure").await;
 
-    // No login, a wrong password, and a device's name with another's password: refused. A
-    // device's password does not open the services' listener, nor does plain TCP reach the
+    // No login, a wrong password, and a device's name with another's password: refused. On the
+    // services' listener (loopback) a device's login asking for ingest's client id is refused:
+    // the broker ties a device's login to its key as client id. Plain TCP does not reach the
     // devices' listener.
     let (_, mut anonymous) = tls_client(port, "anonymous", &ca, None, None);
     assert!(connect(&mut anonymous).await.is_err());
     let (_, mut wrong) = tls_client(port, "wrong", &ca, None, Some((&a, "password-b")));
     assert!(connect(&mut wrong).await.is_err());
-    let (_, mut services) = client(services_port, "device-a", Some((&a, "password-a")));
+    let (_, mut services) = client(services_port, "tidemark-ingest", Some((&a, "password-a")));
     assert!(connect(&mut services).await.is_err());
     let (_, mut plain) = client(port, "device-a", Some((&a, "password-a")));
     assert!(connect(&mut plain).await.is_err());
@@ -558,6 +559,7 @@ async fn devices_log_in_with_client_certificates_over_mutual_tls() {
     let tls_port = broker.tls_port.expect("a TLS listener");
     let ca = broker.ca_file();
     let device_a = broker.client_certificate(&a, true).await.unwrap();
+    broker.register(&a, None).await.unwrap();
     let rogue_b = broker.client_certificate(&b, false).await.unwrap();
     let harness = Harness::with_broker(broker).await;
     let mut settings = harness.settings(tidemark_ingest::IngestConfig {
@@ -765,5 +767,343 @@ async fn no_device_can_take_over_ingests_session_or_write_alerts() {
         "only the API's alert stands"
     );
     ingest.stop().await;
+    harness.finish().await;
+}
+
+/// Waits until the broker drops the connection; Err if it is still open after 5 s.
+async fn dropped(events: &mut EventLoop) -> Result<(), String> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if events.poll().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+    .map_err(|_| "the connection stayed open".to_owned())
+}
+
+/// Device credentials over the API, against a broker from the shipped configuration whose
+/// dynamic-security plugin the API administers: an issued password and a registered certificate
+/// each let their device publish its own readings and nothing else; a revocation disconnects the
+/// device at once and refuses it from then on; a new password replaces the old; every change is
+/// audited; Tidemark's own logins are unaffected; and the broker's logins are brought back in
+/// line with the record after they drift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_credentials_are_issued_and_revoked_over_the_api_at_once() {
+    use reqwest::Method;
+    use serde_json::json;
+    let (a, b, c) = (device(0), device(1), device(2));
+    let broker = Broker::start_secure(
+        &[
+            ("tidemark-ingest", INGEST_PASSWORD),
+            ("tidemark-api", "api-password"),
+        ],
+        &[],
+    )
+    .await
+    .unwrap();
+    let (device_port, tls_port) = (broker.device_port.unwrap(), broker.tls_port.unwrap());
+    let ca = broker.ca_file();
+    let certificate_a = broker.client_certificate(&a, true).await.unwrap();
+    let certificate_b = broker.client_certificate(&b, true).await.unwrap();
+    let harness = Harness::with_broker(broker).await;
+    let mut settings = harness.settings(tidemark_ingest::IngestConfig {
+        client_id: "ingest-credentials".into(),
+        ..Default::default()
+    });
+    settings.mqtt.username = Some("tidemark-ingest".into());
+    settings.mqtt.password = Some(tidemark_model::secret::Secret::new(INGEST_PASSWORD));
+    let ingest = harness.ingest_with(settings);
+    ingest.subscribed("ingest-credentials").await;
+    let mut config = config(&harness);
+    config.mqtt.username = Some("tidemark-api".into());
+    config.mqtt.password = Some(tidemark_model::secret::Secret::new("api-password"));
+    config.api.device_credentials = true;
+    let api = Api::start(&harness, &config).await;
+    let operator = api.key(tidemark_store::keys::Role::Operator, None).await;
+    let utility = api.key(tidemark_store::keys::Role::Utility, None).await;
+    let researcher = api.key(tidemark_store::keys::Role::Researcher, None).await;
+    let path = |device: &str| format!("/api/v1/devices/{device}/credentials");
+    let password = json!({"kind": "password"});
+    let base = Utc::now() - chrono::Duration::hours(1);
+    let at = |s: i64| base + chrono::Duration::seconds(s);
+
+    // Refusals: a researcher, an unknown device, a bad kind, a certificate whose common name is
+    // another device's, text that is not a certificate.
+    let pem = |file: &std::path::Path| std::fs::read_to_string(file).unwrap();
+    for (key, device, body, expected) in [
+        (&researcher, a.as_str(), password.clone(), 403),
+        (&operator, "no-such-device", password.clone(), 404),
+        (&operator, a.as_str(), json!({"kind": "token"}), 400),
+        (
+            &operator,
+            b.as_str(),
+            json!({"kind": "certificate", "certificate": pem(&certificate_a.0)}),
+            400,
+        ),
+        (
+            &operator,
+            b.as_str(),
+            json!({"kind": "certificate", "certificate": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----"}),
+            400,
+        ),
+    ] {
+        let (status, answer) = api
+            .call(Method::POST, &path(device), Some(key), Some(body))
+            .await;
+        assert_eq!(status, expected, "{device}: {answer}");
+    }
+    // Before any is issued, A's password login and B's certificate publish nothing.
+    let (_, mut guess) = tls_client(device_port, &a, &ca, None, Some((&a, "guess")));
+    assert!(connect(&mut guess).await.is_err());
+
+    // A password for A, shown once: A publishes its own reading (stored) and one on B's topic
+    // (dropped by the broker).
+    let (status, issued) = api
+        .call(
+            Method::POST,
+            &path(&a),
+            Some(&operator),
+            Some(password.clone()),
+        )
+        .await;
+    assert_eq!(status, 201, "{issued}");
+    let first = issued["password"].as_str().unwrap().to_owned();
+    let first_id = issued["id"].as_i64().unwrap();
+    let (client_a, mut events_a) = tls_client(device_port, &a, &ca, None, Some((&a, &first)));
+    connect(&mut events_a).await.unwrap();
+    for (topic_of, sensor_key, s) in [(&b, sensor(1, 0), 1), (&a, sensor(0, 0), 2)] {
+        client_a
+            .publish(
+                topic(topic_of),
+                QoS::AtLeastOnce,
+                false,
+                reading(&sensor_key, at(s)),
+            )
+            .await
+            .unwrap();
+    }
+    acknowledged(&mut events_a, 2).await;
+    assert_eq!(harness.settle(1, Duration::from_secs(20)).await, 1);
+
+    // A new password replaces the first: A's connection drops, the first is refused, the new
+    // one works. The list shows both, without passwords.
+    let (status, second) = api
+        .call(
+            Method::POST,
+            &path(&a),
+            Some(&utility),
+            Some(password.clone()),
+        )
+        .await;
+    assert_eq!(status, 201, "{second}");
+    assert_eq!(second["replaced"].as_i64(), Some(first_id));
+    dropped(&mut events_a).await.unwrap();
+    let (_, mut old) = tls_client(device_port, &a, &ca, None, Some((&a, &first)));
+    assert!(
+        connect(&mut old).await.is_err(),
+        "the replaced password is refused"
+    );
+    let new_password = second["password"].as_str().unwrap().to_owned();
+    let (_, mut events_a) = tls_client(device_port, &a, &ca, None, Some((&a, &new_password)));
+    connect(&mut events_a).await.unwrap();
+    let (status, list) = api
+        .call(Method::GET, &path(&a), Some(&operator), None)
+        .await;
+    assert_eq!(status, 200);
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert!(list.iter().all(|c| c.get("password").is_none()), "{list:?}");
+    assert!(list[0]["revoked_at"].is_null() && !list[1]["revoked_at"].is_null());
+
+    // Revoking it disconnects A at once, and A is refused from then on.
+    let second_id = second["id"].as_i64().unwrap();
+    let revoke = format!("{}/{second_id}", path(&a));
+    let (status, revoked) = api
+        .call(Method::DELETE, &revoke, Some(&operator), None)
+        .await;
+    assert_eq!(status, 200, "{revoked}");
+    assert!(!revoked["revoked_at"].is_null());
+    dropped(&mut events_a).await.unwrap();
+    let (_, mut again) = tls_client(device_port, &a, &ca, None, Some((&a, &new_password)));
+    assert!(
+        connect(&mut again).await.is_err(),
+        "a revoked password is refused"
+    );
+    let (status, _) = api
+        .call(Method::DELETE, &revoke, Some(&operator), None)
+        .await;
+    assert_eq!(status, 404, "a credential is revoked once");
+
+    // B's certificate, registered: B publishes over mutual TLS. Revoked: B is disconnected, and
+    // what it publishes after connecting again is not stored.
+    let (status, registered) = api
+        .call(
+            Method::POST,
+            &path(&b),
+            Some(&operator),
+            Some(json!({"kind": "certificate", "certificate": pem(&certificate_b.0)})),
+        )
+        .await;
+    assert_eq!(status, 201, "{registered}");
+    assert_eq!(registered["username"], b.as_str());
+    assert_eq!(registered["fingerprint"].as_str().unwrap().len(), 64);
+    assert!(registered.get("password").is_none());
+    let (client_b, mut events_b) = tls_client(tls_port, &b, &ca, Some(&certificate_b), None);
+    connect(&mut events_b).await.unwrap();
+    client_b
+        .publish(
+            topic(&b),
+            QoS::AtLeastOnce,
+            false,
+            reading(&sensor(1, 0), at(3)),
+        )
+        .await
+        .unwrap();
+    acknowledged(&mut events_b, 1).await;
+    assert_eq!(harness.settle(2, Duration::from_secs(20)).await, 2);
+    let b_id = registered["id"].as_i64().unwrap();
+    let (status, _) = api
+        .call(
+            Method::DELETE,
+            &format!("{}/{b_id}", path(&b)),
+            Some(&utility),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    dropped(&mut events_b).await.unwrap();
+    let (client_b, mut events_b) = tls_client(tls_port, &b, &ca, Some(&certificate_b), None);
+    if connect(&mut events_b).await.is_ok() {
+        client_b
+            .publish(
+                topic(&b),
+                QoS::AtLeastOnce,
+                false,
+                reading(&sensor(1, 1), at(4)),
+            )
+            .await
+            .unwrap();
+        acknowledged(&mut events_b, 1).await;
+    }
+
+    // Tidemark's own logins are unaffected: ingest never lost its connection and still stores
+    // what a device with a login publishes.
+    let (status, issued_c) = api
+        .call(
+            Method::POST,
+            &path(&c),
+            Some(&operator),
+            Some(password.clone()),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (client_c, mut events_c) = tls_client(
+        device_port,
+        &c,
+        &ca,
+        None,
+        Some((&c, issued_c["password"].as_str().unwrap())),
+    );
+    connect(&mut events_c).await.unwrap();
+    client_c
+        .publish(
+            topic(&c),
+            QoS::AtLeastOnce,
+            false,
+            reading(&sensor(2, 0), at(5)),
+        )
+        .await
+        .unwrap();
+    acknowledged(&mut events_c, 1).await;
+    assert_eq!(
+        harness.settle(3, Duration::from_secs(20)).await,
+        3,
+        "C's reading is stored, B's after its revocation is not"
+    );
+    assert_eq!(ingest.metrics.mqtt_errors.get(), 0);
+
+    // Every change is in the audit log.
+    let (_, audit) = api
+        .call(Method::GET, "/api/v1/audit", Some(&operator), None)
+        .await;
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .filter(|a| a.starts_with("device.credential"))
+        .collect();
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| **a == "device.credential.issue")
+            .count(),
+        4
+    );
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| **a == "device.credential.revoke")
+            .count(),
+        2
+    );
+
+    // Drift: the broker loses C's login behind Tidemark's back... C's password cannot come back,
+    // and is named; a login Tidemark never issued (A, made directly) is removed; B's revoked
+    // certificate stays out; a certificate in force that the broker lost comes back.
+    let harness_broker = &harness.broker;
+    harness_broker
+        .register(&device(3), Some("made-behind-tidemarks-back"))
+        .await
+        .unwrap();
+    let (status, registered_a) = api
+        .call(
+            Method::POST,
+            &path(&a),
+            Some(&operator),
+            Some(json!({"kind": "certificate", "certificate": pem(&certificate_a.0)})),
+        )
+        .await;
+    assert_eq!(status, 201, "{registered_a}");
+    let a_id = tidemark_model::DeviceId::parse(&a).unwrap();
+    let c_id = tidemark_model::DeviceId::parse(&c).unwrap();
+    for id in [&a_id, &c_id] {
+        harness_broker
+            .dynsec(tidemark_model::dynsec::remove_device(id, "test"))
+            .await
+            .unwrap();
+    }
+    let admin = api.state.broker_admin.as_ref().unwrap();
+    let done = tidemark_api::manage::broker_admin::reconcile(admin, &harness.store)
+        .await
+        .unwrap();
+    assert_eq!(done.removed, [device(3)]);
+    assert_eq!(done.restored, std::slice::from_ref(&a));
+    assert_eq!(done.lost_passwords, std::slice::from_ref(&c));
+    let (_, mut stray) = tls_client(
+        device_port,
+        &device(3),
+        &ca,
+        None,
+        Some((&device(3), "made-behind-tidemarks-back")),
+    );
+    assert!(connect(&mut stray).await.is_err());
+    let (client_a, mut events_a) = tls_client(tls_port, &a, &ca, Some(&certificate_a), None);
+    connect(&mut events_a).await.unwrap();
+    client_a
+        .publish(
+            topic(&a),
+            QoS::AtLeastOnce,
+            false,
+            reading(&sensor(0, 1), at(6)),
+        )
+        .await
+        .unwrap();
+    acknowledged(&mut events_a, 1).await;
+    assert_eq!(harness.settle(4, Duration::from_secs(20)).await, 4);
+    ingest.stop().await;
+    api.shutdown.cancel();
     harness.finish().await;
 }

@@ -507,6 +507,8 @@ impl Api {
             "tidemark/v1",
         )
         .unwrap();
+        let mut settings = settings;
+        settings.broker_admin = config.api.device_credentials.then(|| config.mqtt.clone());
         let shutdown = CancellationToken::new();
         let hub = tidemark_api::sse::Hub::start(
             harness.store.clone(),

@@ -1,10 +1,12 @@
-//! Management over the API: API keys (operators), devices, stations and sensors (operators and
-//! utilities), and the audit log (operators). Every change is recorded in the audit log in the
+//! Management over the API: API keys (operators), devices, their credentials, stations and
+//! sensors (operators and utilities), and the audit log (operators). Every change is recorded in the audit log in the
 //! transaction that makes it.
 
 pub mod areas;
 pub mod audit;
+pub mod broker_admin;
 pub mod common;
+pub mod credentials;
 pub mod keys;
 pub mod reference;
 pub mod rules;
@@ -18,6 +20,11 @@ pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(reference::put_station))
         .routes(routes!(reference::put_device))
+        .routes(routes!(
+            credentials::list_credentials,
+            credentials::issue_credential
+        ))
+        .routes(routes!(credentials::revoke_credential))
         .routes(routes!(reference::put_sensor))
         .routes(routes!(keys::list_keys, keys::create_key))
         .routes(routes!(keys::revoke_key))
