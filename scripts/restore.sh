@@ -30,8 +30,11 @@ if [[ $tables != 0 ]]; then
     exit 1
 fi
 
-# pg_restore --list names an extension as "<id>; <oid> <oid> EXTENSION - <name> ".
-if pg_restore --list "$file" | grep -Eq '[0-9] EXTENSION - timescaledb( |$)'; then
+# pg_restore --list names an extension as "<id>; <oid> <oid> EXTENSION - <name> ". grep reads the
+# whole listing (no -q): stopping at the first match would end pg_restore with SIGPIPE, which
+# pipefail takes for a failed test, and a large backup would skip the TimescaleDB branch.
+if pg_restore --list "$file" | grep -E '[0-9] EXTENSION - timescaledb( |$)' >/dev/null; then
+    echo "$file holds TimescaleDB: restoring in the extension's restore mode"
     sql "CREATE EXTENSION IF NOT EXISTS timescaledb" >/dev/null
     sql "SELECT timescaledb_pre_restore()" >/dev/null
     trap 'sql "SELECT timescaledb_post_restore()" >/dev/null' EXIT
