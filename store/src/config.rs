@@ -100,11 +100,19 @@ impl DatabaseConfig {
     /// The same configuration pointed at another database on the same server.
     pub fn with_database(&self, name: &str) -> DatabaseConfig {
         let mut copy = self.clone();
-        let base = match self.url.rfind('/') {
-            Some(slash) if slash > "postgres://".len() => &self.url[..slash],
-            _ => self.url.as_str(),
+        // Parameters after the name (`?target_session_attrs=read-write`) stay.
+        let (url, query) = match self.url.split_once('?') {
+            Some((url, query)) => (url, Some(query)),
+            None => (self.url.as_str(), None),
         };
-        copy.url = format!("{base}/{name}");
+        let base = match url.rfind('/') {
+            Some(slash) if slash > "postgres://".len() => &url[..slash],
+            _ => url,
+        };
+        copy.url = match query {
+            Some(query) => format!("{base}/{name}?{query}"),
+            None => format!("{base}/{name}"),
+        };
         copy
     }
 
@@ -215,5 +223,14 @@ mod tests {
     fn with_database_swaps_the_name() {
         let config = DatabaseConfig::default().with_database("other");
         assert_eq!(config.url, "postgres://postgres@127.0.0.1:5432/other");
+        let several = DatabaseConfig {
+            url: "postgres://tidemark@10.0.0.1:5432,10.0.0.2:5432/tidemark?target_session_attrs=read-write"
+                .to_owned(),
+            ..DatabaseConfig::default()
+        };
+        assert_eq!(
+            several.with_database("other").url,
+            "postgres://tidemark@10.0.0.1:5432,10.0.0.2:5432/other?target_session_attrs=read-write"
+        );
     }
 }

@@ -52,3 +52,12 @@ pub async fn list_databases(server: &DatabaseConfig, prefix: &str) -> Result<Vec
         .map_err(failed("listing databases"))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
+
+/// Runs `sql` (statements without results) against `server`'s database.
+pub async fn execute(server: &DatabaseConfig, sql: &str) -> Result<()> {
+    let client = connect_one(server).await?;
+    client
+        .batch_execute(sql)
+        .await
+        .map_err(failed("running a statement"))
+}

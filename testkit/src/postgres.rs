@@ -182,6 +182,69 @@ impl PrivatePostgres {
         Ok(())
     }
 
+    /// A streaming replica of this cluster (pg_basebackup with `-R`), in a folder of its own on
+    /// a free port, started: a hot standby that follows the primary until
+    /// [`PrivatePostgres::promote`].
+    pub async fn replica(&self) -> Result<PrivatePostgres, Error> {
+        let port = free_port()?;
+        let dir =
+            std::env::temp_dir().join(format!("tidemark-postgres-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        if let Some((uid, gid)) = self.user {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                .map_err(io(format!("giving {} to postgres", dir.display())))?;
+        }
+        let mut replica = PrivatePostgres {
+            port,
+            dir,
+            bin: self.bin.clone(),
+            user: self.user,
+            child: None,
+        };
+        let data = replica.dir.join("data");
+        let output = replica
+            .command("pg_basebackup")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-X",
+                "stream",
+                "-R",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data)
+            .output()
+            .await
+            .map_err(io("running pg_basebackup"))?;
+        if !output.status.success() {
+            return Err(Error::Io {
+                context: format!(
+                    "pg_basebackup ended with {}: {}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr)
+                ),
+                cause: std::io::Error::other("pg_basebackup failed"),
+            });
+        }
+        replica.start_again().await?;
+        Ok(replica)
+    }
+
+    /// Promotes a standby to primary and waits until it takes writes.
+    pub async fn promote(&self) -> Result<(), Error> {
+        admin::execute(&self.config(), "SELECT pg_promote(true, 60)").await
+    }
+
+    /// Runs `sql` against the cluster's `postgres` database.
+    pub async fn execute(&self, sql: &str) -> Result<(), Error> {
+        admin::execute(&self.config(), sql).await
+    }
+
     /// The cluster's `postgres` database, as Tidemark's configuration names a server.
     pub fn config(&self) -> DatabaseConfig {
         DatabaseConfig {

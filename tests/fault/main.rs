@@ -179,6 +179,74 @@ async fn postgres_stopped_for_thirty_seconds_under_load_loses_and_duplicates_not
     harness.finish().await;
 }
 
+/// Scenario: the primary lost under load and its streaming replica promoted. Ingest names both
+/// servers in one URL with `target_session_attrs=read-write`, as a production configuration
+/// would, the standby first: it passes over the standby while the primary lives, and finds the
+/// new primary by itself. Replication is synchronous (the primary's commit
+/// waits for the standby's flush), so every reading ingest acknowledged is on the standby when
+/// the primary goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_lost_under_load_and_its_replica_promoted_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut primary = PrivatePostgres::start()
+        .await
+        .expect("a private PostgreSQL");
+    let replica = primary.replica().await.expect("a streaming replica");
+    for statement in [
+        "ALTER SYSTEM SET synchronous_standby_names = '*'",
+        "SELECT pg_reload_conf()",
+    ] {
+        primary.execute(statement).await.unwrap();
+    }
+    let both = tidemark_store::DatabaseConfig {
+        url: format!(
+            "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
+            replica.port, primary.port
+        ),
+        ..primary.config()
+    };
+    let harness = Harness::start_on(&both).await;
+    let ingest = IngestProcess::spawn(&harness, free_port().unwrap());
+    ingest.wait_subscribed().await;
+    let (messages, keys) = load(Utc::now() - chrono::Duration::days(2));
+    let publisher = paced(
+        harness.broker_config(),
+        messages,
+        Duration::from_millis(300),
+    );
+    let started = wait_for(Duration::from_secs(60), || async {
+        harness.count().await >= 2_000
+    })
+    .await;
+    assert!(started, "ingest stores before the fault");
+    primary.stop_immediate().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let retries = ingest
+        .metric("tidemark_ingest_write_retries_total")
+        .await
+        .unwrap_or(0.0);
+    assert!(retries > 0.0, "ingest noticed the primary had gone");
+    replica.promote().await.unwrap();
+    publisher.await.unwrap();
+    let tally = tally(
+        &harness,
+        &keys,
+        "postgres-failover",
+        &format!(
+            "primary killed, replica promoted after 5 s; {} write retries",
+            ingest
+                .metric("tidemark_ingest_write_retries_total")
+                .await
+                .unwrap_or(retries)
+        ),
+    )
+    .await;
+    assert_exactly_once(&tally);
+    ingest.kill().await;
+    harness.finish().await;
+    drop(primary);
+}
+
 /// `tidemark ingest` as its own process, against the harness's database and broker.
 struct IngestProcess {
     child: Child,
