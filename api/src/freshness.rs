@@ -11,6 +11,9 @@
 //! `304` answered on it, until the second of the latest change has passed. While the listening
 //! connection is down the process cannot know what changed, and gives neither.
 //!
+//! When the open-data reads come from a standby (`database.read_url`), no `Last-Modified` is given
+//! at all: the standby may lag the primary whose notifications this follows.
+//!
 //! Routes whose answer is kept in a cache of its own (`/api/v1/latest`), that need a key, or whose
 //! answer also depends on the clock carry only the `ETag` of [`crate::caching`].
 
@@ -129,6 +132,13 @@ impl Freshness {
     /// is lost, no `Last-Modified` is given.
     pub fn start(database: DatabaseConfig, shutdown: CancellationToken) -> Arc<Freshness> {
         let freshness = Arc::new(Freshness::new(Utc::now()));
+        if database.read_url.is_some() {
+            // Answers come from a standby, which may lag the primary whose notifications this
+            // would follow: a Last-Modified could claim data the answer does not hold yet. Never
+            // listening, the process gives none; ETags, hashes of the bodies, stay right.
+            tracing::info!("reads come from a standby: no Last-Modified, ETags only");
+            return freshness;
+        }
         let listener = freshness.clone();
         tokio::spawn(async move {
             let channels = Channel::ALL;

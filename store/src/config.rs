@@ -25,6 +25,11 @@ pub struct DatabaseConfig {
     /// Connection URL without a password: `postgres://user@host:port/database`.
     #[serde(default = "default_url")]
     pub url: String,
+    /// A streaming standby the API's open-data reads (stations, latest values, readings and
+    /// aggregates) may go to, sparing the primary; everything else stays on `url`. Same database
+    /// name, password and options.
+    #[serde(default)]
+    pub read_url: Option<String>,
     /// The password, if the server asks for one. Only from the environment:
     /// `TIDEMARK__DATABASE__PASSWORD`.
     #[serde(default)]
@@ -83,6 +88,7 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
             url: default_url(),
+            read_url: None,
             password: None,
             pool_size: default_pool_size(),
             timescaledb: TimescaleSetting::default(),
@@ -138,8 +144,22 @@ impl DatabaseConfig {
         Ok(config)
     }
 
+    /// The configuration of the standby reads go to, if `read_url` names one.
+    pub fn reads(&self) -> Option<DatabaseConfig> {
+        self.read_url.as_ref().map(|url| DatabaseConfig {
+            url: url.clone(),
+            read_url: None,
+            ..self.clone()
+        })
+    }
+
     /// Pure checks, before any connection is made.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(reads) = self.reads() {
+            reads
+                .validate()
+                .map_err(|e| e.replace("database.url", "database.read_url"))?;
+        }
         let config = tokio_postgres::Config::from_str(&self.url)
             .map_err(|e| format!("database.url {:?} is not a PostgreSQL URL: {e}", self.url))?;
         if config.get_password().is_some() {
@@ -217,6 +237,27 @@ mod tests {
             config.get_options(),
             Some("-c statement_timeout=5s -c jit=off")
         );
+    }
+
+    #[test]
+    fn a_read_url_is_checked_like_the_url() {
+        let config = DatabaseConfig {
+            read_url: Some("postgres://tidemark:secret@standby:5432/tidemark".to_owned()),
+            ..DatabaseConfig::default()
+        };
+        let error = config.validate().unwrap_err();
+        assert!(
+            error.starts_with("database.read_url must not contain a password"),
+            "{error}"
+        );
+        let reads = DatabaseConfig {
+            read_url: Some("postgres://tidemark@standby:5432/tidemark".to_owned()),
+            ..DatabaseConfig::default()
+        }
+        .reads()
+        .unwrap();
+        assert_eq!(reads.url, "postgres://tidemark@standby:5432/tidemark");
+        assert!(reads.read_url.is_none());
     }
 
     #[test]

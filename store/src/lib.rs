@@ -163,10 +163,30 @@ const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// The standby's pool, when reads go to one (`database.read_url`).
+    read_pool: Option<Pool>,
     mode: StorageMode,
     /// Whether the rollups are continuous aggregates; tables otherwise.
     continuous_rollups: bool,
     partitions: Arc<schema::PartitionCache>,
+}
+
+/// A pool of connections made with `config`. A bounded wait turns an exhausted pool into an error
+/// that is logged and retried, never a silent hang.
+fn new_pool(config: tokio_postgres::Config, size: usize) -> Result<Pool> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT))
+        .build()
+        .map_err(|e| Error::PoolBuild(e.to_string()))
 }
 
 impl Store {
@@ -177,23 +197,14 @@ impl Store {
         let mode = schema::detect_mode(&probe).await?;
         let continuous_rollups = rollup::continuous(&probe).await?;
         drop(probe);
-        let manager = Manager::from_config(
-            pg_config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        // A bounded wait turns an exhausted pool into an error that is logged and retried,
-        // never a silent hang.
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(POOL_WAIT))
-            .build()
-            .map_err(|e| Error::PoolBuild(e.to_string()))?;
+        let pool = new_pool(pg_config, config.pool_size)?;
+        let read_pool = match config.reads() {
+            Some(reads) => Some(new_pool(reads.pg_config()?, reads.pool_size)?),
+            None => None,
+        };
         Ok(Store {
             pool,
+            read_pool,
             mode,
             continuous_rollups,
             partitions: Arc::default(),
@@ -206,6 +217,12 @@ impl Store {
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object> {
         Ok(self.pool.get().await?)
+    }
+
+    /// A connection for the API's open-data reads: from the standby of `database.read_url` if
+    /// there is one, else the primary's. Never for anything that must see its own writes.
+    pub(crate) async fn read_client(&self) -> Result<deadpool_postgres::Object> {
+        Ok(self.read_pool.as_ref().unwrap_or(&self.pool).get().await?)
     }
 
     /// True when a query round-trips, for readiness checks.

@@ -105,7 +105,7 @@ const SENSOR_ID: &str = "(SELECT id FROM sensors WHERE key = $1)";
 impl Store {
     /// Stations, by key, or nearest first when a point is given.
     pub async fn stations(&self, filter: &StationFilter) -> Result<Vec<StationRow>> {
-        let client = self.client().await?;
+        let client = self.read_client().await?;
         let (near_lon, near_lat, radius) = match filter.near {
             Some((lon, lat, km)) => (Some(lon), Some(lat), Some(km)),
             None => (None, None, None),
@@ -168,7 +168,7 @@ impl Store {
         code: Option<&str>,
         with_boundary: bool,
     ) -> Result<Vec<(String, String, Option<serde_json::Value>)>> {
-        let client = self.client().await?;
+        let client = self.read_client().await?;
         let rows = client
             .query(
                 "SELECT code, name, CASE WHEN $2 THEN boundary END FROM municipalities \
@@ -185,7 +185,7 @@ impl Store {
 
     /// Every sensor (filtered) with its latest reading, by sensor key.
     pub async fn latest(&self, filter: &LatestFilter) -> Result<Vec<LatestRow>> {
-        let client = self.client().await?;
+        let client = self.read_client().await?;
         let rows = client
             .query(
                 "SELECT se.key, st.key, se.quantity, se.name, extract(epoch FROM se.expected_interval)::float8, \
@@ -247,12 +247,12 @@ impl Store {
     }
 
     pub async fn sensor_quantity(&self, key: &str) -> Result<Option<String>> {
-        let client = self.client().await?;
-        Ok(client
-            .query_opt("SELECT quantity FROM sensors WHERE key = $1", &[&key])
-            .await
-            .context("looking up a sensor")?
-            .map(|r| r.get(0)))
+        quantity_of(&*self.client().await?, key).await
+    }
+
+    /// [`Store::sensor_quantity`] for the open-data reads: from the standby, if reads go to one.
+    pub async fn open_sensor_quantity(&self, key: &str) -> Result<Option<String>> {
+        quantity_of(&*self.read_client().await?, key).await
     }
 
     /// A sensor's raw readings in `order`, at most `limit`, streamed from the database as they
@@ -273,7 +273,7 @@ impl Store {
         limit: i64,
         offset: i64,
     ) -> Result<impl Stream<Item = Result<RawReading>> + Send + 'static> {
-        let client = self.client().await?;
+        let client = self.read_client().await?;
         let sensor = sensor.to_owned();
         let statement = match order {
             RawOrder::Time { .. } => {
@@ -362,7 +362,7 @@ impl Store {
         bucket: Duration,
         all_qualities: bool,
     ) -> Result<Vec<BucketRow>> {
-        let mut client = self.client().await?;
+        let mut client = self.read_client().await?;
         let [daily, ..] = ROLLUPS;
         let (days_from, days_to) = daily.inner(from, to);
         if all_qualities || bucket != Duration::from_secs(3_600) || days_from >= days_to {
@@ -591,4 +591,12 @@ fn bucket_rows(rows: &[tokio_postgres::Row]) -> Vec<BucketRow> {
             }
         })
         .collect()
+}
+
+async fn quantity_of(client: &tokio_postgres::Client, key: &str) -> Result<Option<String>> {
+    Ok(client
+        .query_opt("SELECT quantity FROM sensors WHERE key = $1", &[&key])
+        .await
+        .context("looking up a sensor")?
+        .map(|r| r.get(0)))
 }

@@ -19,6 +19,9 @@ mod upgrade;
 // Backup and restore with the operators' scripts.
 mod backup;
 
+// Open-data reads from a streaming standby.
+mod replication;
+
 // The Debian package: built, installed into a throwaway root, its units verified.
 mod package;
 

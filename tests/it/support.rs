@@ -515,13 +515,14 @@ impl Api {
             config.database.clone(),
             shutdown.clone(),
         );
-        let state = ApiState::new(
-            harness.store.clone(),
-            settings,
-            hub,
-            &config.database,
-            shutdown.clone(),
-        );
+        // With reads from a standby, a store of the API's own that sends them there.
+        let store = match config.database.read_url {
+            Some(_) => tidemark_store::Store::connect(&config.database)
+                .await
+                .unwrap(),
+            None => harness.store.clone(),
+        };
+        let state = ApiState::new(store, settings, hub, &config.database, shutdown.clone());
         let router = tidemark_api::api_router(state.clone());
         tokio::spawn(tidemark_api::serve(listener, router, shutdown.clone()));
         Api {

@@ -37,7 +37,7 @@ pub async fn readings(
     };
     let quantity = state
         .store
-        .sensor_quantity(&sensor)
+        .open_sensor_quantity(&sensor)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("sensor {sensor}")))?;
     if query.bucket.is_some() {

@@ -179,7 +179,7 @@ impl Store {
 
     /// The evaluated state of the given level sensors (all of them with `None`).
     pub async fn trends(&self, sensors: Option<&[String]>) -> Result<Vec<TrendRow>> {
-        let client = self.client().await?;
+        let client = self.read_client().await?;
         let rows = client
             .query(
                 "SELECT sensor_key, at, value, severity, rate_per_hour, projected_severity, \
