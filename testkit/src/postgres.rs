@@ -61,11 +61,6 @@ fn postgres_user() -> Result<(u32, u32), Error> {
 impl PrivatePostgres {
     /// Makes a new cluster (trust authentication for the `postgres` role) and starts it.
     pub async fn start() -> Result<PrivatePostgres, Error> {
-        let bin = postgres_bin()?;
-        let port = free_port()?;
-        let dir =
-            std::env::temp_dir().join(format!("tidemark-postgres-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
         // /proc/self belongs to the process's effective user.
         let root = {
             use std::os::unix::fs::MetadataExt;
@@ -75,17 +70,7 @@ impl PrivatePostgres {
                 == 0
         };
         let user = if root { Some(postgres_user()?) } else { None };
-        if let Some((uid, gid)) = user {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
-                .map_err(io(format!("giving {} to postgres", dir.display())))?;
-        }
-        let mut cluster = PrivatePostgres {
-            port,
-            dir,
-            bin,
-            user,
-            child: None,
-        };
+        let mut cluster = PrivatePostgres::unstarted(postgres_bin()?, user)?;
         let data = cluster.dir.join("data");
         let status = cluster
             .command("initdb")
@@ -112,6 +97,25 @@ impl PrivatePostgres {
         }
         cluster.start_again().await?;
         Ok(cluster)
+    }
+
+    /// A cluster not yet made: a free port and a folder of its own, owned by `user` if given.
+    fn unstarted(bin: PathBuf, user: Option<(u32, u32)>) -> Result<PrivatePostgres, Error> {
+        let port = free_port()?;
+        let dir =
+            std::env::temp_dir().join(format!("tidemark-postgres-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                .map_err(io(format!("giving {} to postgres", dir.display())))?;
+        }
+        Ok(PrivatePostgres {
+            port,
+            dir,
+            bin,
+            user,
+            child: None,
+        })
     }
 
     fn command(&self, program: &str) -> Command {
@@ -186,21 +190,7 @@ impl PrivatePostgres {
     /// a free port, started: a hot standby that follows the primary until
     /// [`PrivatePostgres::promote`].
     pub async fn replica(&self) -> Result<PrivatePostgres, Error> {
-        let port = free_port()?;
-        let dir =
-            std::env::temp_dir().join(format!("tidemark-postgres-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-        if let Some((uid, gid)) = self.user {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
-                .map_err(io(format!("giving {} to postgres", dir.display())))?;
-        }
-        let mut replica = PrivatePostgres {
-            port,
-            dir,
-            bin: self.bin.clone(),
-            user: self.user,
-            child: None,
-        };
+        let mut replica = PrivatePostgres::unstarted(self.bin.clone(), self.user)?;
         let data = replica.dir.join("data");
         let output = replica
             .command("pg_basebackup")
