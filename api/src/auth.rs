@@ -22,6 +22,11 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     bytes
 }
 
+/// `bytes` as lower-case hexadecimal.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn hash(key: &str) -> Vec<u8> {
     Sha256::digest(key.as_bytes()).to_vec()
 }
@@ -110,10 +115,7 @@ async fn create_scoped_key(
     expires_at: Option<DateTime<Utc>>,
     actor: &Actor,
 ) -> tidemark_store::Result<(String, ApiKeyRow)> {
-    let prefix: String = random_bytes::<6>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let prefix = hex(&random_bytes::<6>());
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>());
     let key = format!("tmk_{prefix}_{secret}");
     let audit = actor.audit(

@@ -213,9 +213,7 @@ fn check<'a>(mut answers: impl Iterator<Item = &'a Answer>) -> Result<(), AdminE
 }
 
 fn random_tag() -> String {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).expect("the operating system's random number generator");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::auth::hex(&crate::auth::random_bytes::<8>())
 }
 
 async fn administer(

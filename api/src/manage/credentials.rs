@@ -104,9 +104,7 @@ fn failed(error: CredentialError<AdminError>) -> ApiError {
 
 /// A new password: 24 random bytes, URL-safe base64 (32 characters).
 fn new_password() -> String {
-    let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes).expect("the operating system's random number generator");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(crate::auth::random_bytes::<24>())
 }
 
 /// Issues a device a password or registers its certificate; the credential in force before is
@@ -175,10 +173,7 @@ pub async fn issue_credential(
                     format!("the certificate expired at {}", certificate.not_after),
                 ));
             }
-            let fingerprint = Sha256::digest(&certificate.der)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let fingerprint = crate::auth::hex(&Sha256::digest(&certificate.der));
             (
                 NewCredential {
                     kind,
