@@ -102,8 +102,8 @@ impl Broker {
 
     /// Starts Mosquitto from the shipped `config/mosquitto.conf` with its ACL
     /// (`config/mosquitto.acl`), on free loopback ports: the services' listener ([`Broker::port`])
-    /// with a password file of `services` (and `tidemark-api`, the plugin's administrator, if
-    /// they do not name it: [`Broker::admin_login`]), the devices' TLS password listener
+    /// with a password file of `services` (and `tidemark-api`, the plugin's administrator that
+    /// [`Broker::dynsec`] logs in as, if they do not name it), the devices' TLS password listener
     /// ([`Broker::device_port`]), and the mutual-TLS listener ([`Broker::tls_port`]), with a
     /// throwaway CA made here ([`Broker::ca_file`]) and a broker certificate for 127.0.0.1 signed
     /// by it. `devices` (`(user, password)` each) get logins in the dynamic-security plugin as
@@ -188,11 +188,6 @@ impl Broker {
             broker.register(device, Some(password)).await?;
         }
         Ok(broker)
-    }
-
-    /// The login that administers the dynamic-security plugin, for the API's `[mqtt]`.
-    pub fn admin_login(&self) -> Option<(String, String)> {
-        self.admin.clone()
     }
 
     /// Gives `device` a login in the dynamic-security plugin, as the API does: with `password`,

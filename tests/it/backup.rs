@@ -4,7 +4,7 @@
 //! store's queries the same.
 
 use crate::support::repo;
-use crate::support::sql_client;
+use crate::support::{is_hypertable, sql_client};
 use crate::upgrade::{snapshot, upgraded_database};
 use chrono::{Duration as Days, Utc};
 use std::process::Command;
@@ -256,16 +256,10 @@ async fn a_timescaledb_backup_restores_its_hypertables_and_answers() {
         sql_client(&target.config.url).await,
     );
     for client in [&source_client, &target_client] {
-        let hypertables: i64 = client
-            .query_one(
-                "SELECT count(*) FROM timescaledb_information.hypertables \
-                 WHERE hypertable_name = 'readings'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(hypertables, 1, "readings is a hypertable");
+        assert!(
+            is_hypertable(client, "readings").await,
+            "readings is a hypertable"
+        );
     }
     // The extension's catalog comes back as it was: chunks, continuous aggregates and jobs.
     assert_eq!(

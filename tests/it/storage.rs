@@ -1,6 +1,6 @@
 //! Storage in both modes against the real server.
 
-use crate::support::sql_client;
+use crate::support::{is_hypertable, sql_client};
 use chrono::{DateTime, TimeZone, Utc};
 use std::time::Duration;
 use tidemark_store::readings::{ReadingRow, RejectionRow};
@@ -248,16 +248,7 @@ async fn timescaledb_hypertable_compression_retention_round_trip() {
     rollups_match_raw(&store, sensor_id).await;
     // Forecasts are a hypertable as well, and retention deletes old issues from it.
     let client = sql_client(&config.url).await;
-    let hypertables: i64 = client
-        .query_one(
-            "SELECT count(*) FROM timescaledb_information.hypertables \
-             WHERE hypertable_name = 'forecasts'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(hypertables, 1);
+    assert!(is_hypertable(&client, "forecasts").await);
     let issued_at = utc(2024, 3, 1);
     let row = tidemark_store::forecasts::ForecastRow {
         sensor_id,

@@ -640,6 +640,20 @@ pub async fn sql(harness: &Harness) -> tokio_postgres::Client {
 }
 
 /// A plain SQL connection to `url`, for looking behind the store's back.
+/// Whether TimescaleDB holds `table` as a hypertable, on the database `client` is connected to.
+pub async fn is_hypertable(client: &tokio_postgres::Client, table: &str) -> bool {
+    client
+        .query_one(
+            "SELECT count(*) FROM timescaledb_information.hypertables \
+             WHERE hypertable_name = $1",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 1
+}
+
 pub async fn sql_client(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
