@@ -178,8 +178,11 @@ async fn a_timescaledb_backup_restores_its_hypertables_and_answers() {
         return;
     }
     let source = TestDatabase::create(&test_server()).await.unwrap();
+    // Compression after 30 days: the ten days of readings below stay uncompressed, so that the
+    // scheduler's compression job cannot change a chunk between the backup and the comparison.
     let config = DatabaseConfig {
         timescaledb: TimescaleSetting::Required,
+        compress_after: Duration::from_secs(30 * 86_400),
         ..source.config.clone()
     };
     assert_eq!(migrate(&config).await.unwrap(), StorageMode::TimescaleDb);
@@ -274,6 +277,7 @@ async fn a_timescaledb_backup_restores_its_hypertables_and_answers() {
     // and raw) as from the original.
     let target_config = DatabaseConfig {
         timescaledb: TimescaleSetting::Required,
+        compress_after: config.compress_after,
         ..target.config.clone()
     };
     assert_eq!(
