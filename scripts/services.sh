@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Brings up what Tidemark needs on a Debian-like machine: PostgreSQL (and, with --broker, a
-# Mosquitto on 127.0.0.1:1883) and the mosquitto binary the tests start privately. Installs from
+# Mosquitto on 127.0.0.1:1883) and the mosquitto and nats-server binaries the tests start privately. Installs from
 # the distribution's packages only what is missing; starts only what is stopped. Safe to rerun.
 set -euo pipefail
 
@@ -94,6 +94,8 @@ command -v openssl >/dev/null 2>&1 || install_packages openssl
 # units with systemd-analyze.
 command -v objdump >/dev/null 2>&1 || install_packages binutils
 command -v systemd-analyze >/dev/null 2>&1 || install_packages systemd
+# The JetStream tests start their own nats-server nodes (one, or a cluster of three).
+[ -x /usr/sbin/nats-server ] || command -v nats-server >/dev/null 2>&1 || install_packages nats-server
 ensure_postgres
 ensure_mosquitto_binary
 if [ "$want_broker" = yes ]; then ensure_broker; fi

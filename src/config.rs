@@ -47,7 +47,7 @@ pub struct ReferenceConfig {
     pub files: Vec<PathBuf>,
 }
 
-const SECRET_KEYS: [&str; 2] = ["database.password", "mqtt.password"];
+const SECRET_KEYS: [&str; 3] = ["database.password", "mqtt.password", "ingest.nats.password"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

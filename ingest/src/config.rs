@@ -55,6 +55,135 @@ pub struct IngestConfig {
     /// API serves them).
     #[serde(default = "default_metrics_listen")]
     pub metrics_listen: String,
+    /// Where readings come from: `"mqtt"` (a subscription on the `[mqtt]` broker) or `"nats"` (a
+    /// durable JetStream pull consumer, `[ingest.nats]`).
+    #[serde(default)]
+    pub source: Source,
+    /// The JetStream side, used when `source = "nats"`.
+    #[serde(default)]
+    pub nats: NatsConfig,
+}
+
+/// Where ingest takes readings from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// An MQTT subscription (shared with `shared_group`), acknowledged per message.
+    #[default]
+    Mqtt,
+    /// A durable JetStream pull consumer on NATS; devices still publish MQTT, to NATS's MQTT
+    /// listener, and a stream keeps their messages.
+    Nats,
+}
+
+/// The `[ingest.nats]` section: the NATS servers, the stream that keeps device messages and the
+/// durable consumer that every ingest process shares.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// NATS client URLs (`nats://host:4222`), any node of the cluster; the client moves to
+    /// another when one is lost.
+    #[serde(default = "default_nats_servers")]
+    pub servers: Vec<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<tidemark_model::secret::Secret>,
+    /// The stream holding the readings and forecasts subjects; made if missing.
+    #[serde(default = "default_nats_stream")]
+    pub stream: String,
+    /// Copies of the stream (and the consumer) in a cluster: 1, or 3 to survive losing a node.
+    #[serde(default = "default_nats_replicas")]
+    pub replicas: usize,
+    /// The durable consumer's name. Ingest processes that name the same consumer split the
+    /// messages between them.
+    #[serde(default = "default_nats_consumer")]
+    pub consumer: String,
+    /// How long JetStream waits for a message's acknowledgement before it delivers it again. A
+    /// message is acknowledged only after its batch commits, so this must outlast a commit,
+    /// database retries included.
+    #[serde(default = "default_nats_ack_wait", with = "duration::serde_str")]
+    pub ack_wait: Duration,
+    /// Most messages delivered to all ingest processes and not yet acknowledged: the in-flight
+    /// window, at least twice `batch_max_messages` so that the next batch fills while one commits.
+    #[serde(default = "default_nats_max_ack_pending")]
+    pub max_ack_pending: usize,
+}
+
+fn default_nats_servers() -> Vec<String> {
+    vec!["nats://127.0.0.1:4222".to_owned()]
+}
+fn default_nats_stream() -> String {
+    "TIDEMARK_DEVICES".to_owned()
+}
+const fn default_nats_replicas() -> usize {
+    1
+}
+fn default_nats_consumer() -> String {
+    "tidemark-ingest".to_owned()
+}
+const fn default_nats_ack_wait() -> Duration {
+    Duration::from_secs(60)
+}
+const fn default_nats_max_ack_pending() -> usize {
+    10_000
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            servers: default_nats_servers(),
+            username: None,
+            password: None,
+            stream: default_nats_stream(),
+            replicas: default_nats_replicas(),
+            consumer: default_nats_consumer(),
+            ack_wait: default_nats_ack_wait(),
+            max_ack_pending: default_nats_max_ack_pending(),
+        }
+    }
+}
+
+/// A JetStream stream or consumer name: no whitespace, `.`, `*`, `>`, path separators or control
+/// characters (the server refuses them).
+fn check_nats_name(what: &str, name: &str) -> Result<(), String> {
+    let bad = name.is_empty()
+        || name.len() > 64
+        || name.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>' | '/' | '\\')
+        });
+    if bad {
+        return Err(format!(
+            "ingest.nats.{what} {name:?} must be 1 to 64 characters without whitespace, '.', '*', '>', '/' or '\\'"
+        ));
+    }
+    Ok(())
+}
+
+impl NatsConfig {
+    fn validate(&self, batch_max_messages: usize) -> Result<(), String> {
+        if self.servers.is_empty() {
+            return Err("ingest.nats.servers must name at least one server".into());
+        }
+        check_nats_name("stream", &self.stream)?;
+        check_nats_name("consumer", &self.consumer)?;
+        if !(1..=5).contains(&self.replicas) {
+            return Err(format!(
+                "ingest.nats.replicas is {}; JetStream keeps 1 to 5 copies",
+                self.replicas
+            ));
+        }
+        if self.ack_wait < Duration::from_secs(1) {
+            return Err("ingest.nats.ack_wait must be at least 1s".into());
+        }
+        if self.max_ack_pending < 2 * batch_max_messages {
+            return Err(format!(
+                "ingest.nats.max_ack_pending ({}) must be at least twice ingest.batch_max_messages ({batch_max_messages})",
+                self.max_ack_pending
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn default_client_id() -> String {
@@ -117,6 +246,8 @@ impl Default for IngestConfig {
             retry_max: default_retry_max(),
             keep_alive: default_keep_alive(),
             metrics_listen: default_metrics_listen(),
+            source: Source::default(),
+            nats: NatsConfig::default(),
         }
     }
 }
@@ -145,6 +276,67 @@ impl IngestConfig {
         if self.keep_alive < Duration::from_secs(1) {
             return Err("ingest.keep_alive must be at least 1s".into());
         }
+        if self.source == Source::Nats {
+            self.nats.validate(self.batch_max_messages)?;
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<IngestConfig, String> {
+        let config: IngestConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn mqtt_is_the_source_unless_nats_is_named() {
+        assert_eq!(parse("").unwrap().source, Source::Mqtt);
+        let config = parse(
+            r#"
+            source = "nats"
+            [nats]
+            servers = ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]
+            replicas = 3
+            ack_wait = "2m"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.source, Source::Nats);
+        assert_eq!(config.nats.servers.len(), 2);
+        assert_eq!(config.nats.replicas, 3);
+        assert_eq!(config.nats.ack_wait, Duration::from_secs(120));
+        assert_eq!(config.nats.consumer, "tidemark-ingest");
+        assert!(parse(r#"source = "kafka""#).is_err());
+        assert!(
+            parse("[nats]\nstreams = \"x\"").is_err(),
+            "unknown keys are refused"
+        );
+    }
+
+    #[test]
+    fn nats_settings_are_checked_only_for_the_nats_source() {
+        let refused = [
+            "[nats]\nservers = []",
+            "[nats]\nstream = \"a.b\"",
+            "[nats]\nconsumer = \"a b\"",
+            "[nats]\nconsumer = \"\"",
+            "[nats]\nreplicas = 0",
+            "[nats]\nreplicas = 7",
+            "[nats]\nack_wait = \"500ms\"",
+            "batch_max_messages = 1000\n[nats]\nmax_ack_pending = 1999",
+        ];
+        for text in refused {
+            assert!(
+                parse(text).is_ok(),
+                "ignored while the source is MQTT: {text}"
+            );
+            let error = parse(&format!("source = \"nats\"\n{text}")).unwrap_err();
+            assert!(error.contains("ingest.nats."), "{text}: {error}");
+        }
     }
 }

@@ -1,11 +1,12 @@
-//! MQTT ingest: subscribe, decode, validate, batch, write once, acknowledge after commit.
+//! Ingest: take device messages (an MQTT subscription, or a JetStream pull consumer), decode,
+//! validate, batch, write once, acknowledge after commit.
 //!
 //! # Layout
 //!
 //! - [`config`]: [`IngestConfig`], the `[ingest]` section.
 //! - [`message`]: one message to rows and rejections (pure).
 //! - [`metrics`]: [`Metrics`], what ingest counts.
-//! - [`service`]: [`run`], the MQTT session and the batch writer.
+//! - [`service`]: [`run`], the MQTT session or JetStream puller, and the batch writer.
 //! - [`import`]: readings from CSV and Parquet files, through the same checks and batch write.
 //!
 //! **Invariant:** a message is acknowledged to the broker only after the transaction holding its

@@ -7,6 +7,7 @@
 //! - [`cap`]: the CAP 1.2 rules a message is checked against.
 //! - [`broker`]: [`Broker`], a private Mosquitto (test, or production configuration with TLS).
 //! - [`database`]: [`TestDatabase`] on [`test_server`].
+//! - [`nats`]: [`Nats`], private nats-server nodes with JetStream and MQTT, one or a cluster.
 //! - [`postgres`]: [`PrivatePostgres`], a cluster of the test's own to stop and start.
 //! - [`proxy`]: [`TcpProxy`] and [`CommitCutter`].
 //! - [`peers`]: webhook receiver, SSE client, MQTT subscriber.
@@ -15,12 +16,14 @@ pub mod admin;
 pub mod broker;
 pub mod cap;
 pub mod database;
+pub mod nats;
 pub mod peers;
 pub mod postgres;
 pub mod proxy;
 
 pub use broker::Broker;
 pub use database::{test_server, TestDatabase};
+pub use nats::Nats;
 pub use postgres::PrivatePostgres;
 pub use proxy::{CommitCutter, TcpProxy};
 

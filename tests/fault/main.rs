@@ -247,6 +247,90 @@ async fn the_primary_lost_under_load_and_its_replica_promoted_loses_nothing() {
     drop(primary);
 }
 
+/// Scenario: three nats-server nodes with JetStream (stream and consumer in three copies), devices
+/// publishing MQTT to one node, two `tidemark ingest` processes sharing the durable consumer. Under
+/// load, a node that holds a copy of the stream (not its leader: see docs/SCALING.md) is killed
+/// with SIGKILL and started again, and one ingest process is killed with SIGKILL for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_node_and_an_ingest_process_killed_under_load_lose_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut nats = tidemark_testkit::Nats::cluster(3)
+        .await
+        .expect("a three-node nats cluster");
+    let harness = Harness::start().await;
+    let servers = format!(
+        "[{}]",
+        nats.urls()
+            .iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let settings = [
+        ("TIDEMARK__INGEST__SOURCE", "nats"),
+        ("TIDEMARK__INGEST__NATS__SERVERS", servers.as_str()),
+        ("TIDEMARK__INGEST__NATS__REPLICAS", "3"),
+        ("TIDEMARK__INGEST__NATS__ACK_WAIT", "5s"),
+    ];
+    let first = IngestProcess::spawn_with(&harness, free_port().unwrap(), &settings);
+    first.wait_subscribed().await;
+    let second = IngestProcess::spawn_with(&harness, free_port().unwrap(), &settings);
+    second.wait_subscribed().await;
+
+    let (messages, keys) = load(Utc::now() - chrono::Duration::days(2));
+    // Devices resend a chunk the node did not acknowledge: while the cluster moves the leaders
+    // of what the lost node led (MQTT sessions among them), a connection can be refused.
+    let publisher = resending(nats.mqtt(0), messages, Duration::from_millis(250));
+    let started = wait_for(Duration::from_secs(60), || async {
+        harness.count().await >= 2_000
+    })
+    .await;
+    assert!(started, "ingest stores before the faults");
+    let stream = tidemark_ingest::config::NatsConfig::default().stream;
+    let leader = nats
+        .stream_leader(0, &stream)
+        .await
+        .expect("a stream leader");
+    let victim = (1..3)
+        .find(|&i| nats.nodes[i].name != leader)
+        .expect("a follower beside the devices' node");
+    nats.kill(victim).await.unwrap();
+    let killed = nats.nodes[victim].name.clone();
+    let at_kill = harness.count().await;
+    let moved_on = wait_for(Duration::from_secs(60), || async {
+        harness.count().await >= at_kill + 1_000
+    })
+    .await;
+    assert!(
+        moved_on,
+        "ingest goes on with a node down; the nodes' logs:\n{}",
+        (0..3).map(|i| nats.log(i)).collect::<Vec<_>>().join("\n")
+    );
+    first.kill().await;
+    let ingest_killed_at = harness.count().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    nats.start_again(victim).await.unwrap();
+    let resent = publisher.await.unwrap();
+    let tally = tally(
+        &harness,
+        &keys,
+        "nats-cluster",
+        &format!(
+            "node {killed} (stream leader {leader}) killed at {at_kill} stored and started again, \
+             one of two ingest processes killed at {ingest_killed_at}; devices resent {resent} \
+             chunks; {} redelivered to the other ingest",
+            second
+                .metric("tidemark_ingest_messages_redelivered_total")
+                .await
+                .unwrap_or(0.0)
+        ),
+    )
+    .await;
+    assert_exactly_once(&tally);
+    second.kill().await;
+    harness.finish().await;
+}
+
 /// `tidemark ingest` as its own process, against the harness's database and broker.
 struct IngestProcess {
     child: Child,

@@ -23,9 +23,19 @@ const AARHUS: &str = "0751";
 static ALERT_CLIENTS: AtomicU32 = AtomicU32::new(0);
 
 fn dispatcher(harness: &Harness, config: &Config, api: &Api) -> (Dispatcher, Arc<Metrics>) {
+    dispatcher_to(&harness.broker_config(), harness, config, api)
+}
+
+/// A dispatcher whose MQTT alerts go to `broker`.
+fn dispatcher_to(
+    broker: &tidemark_model::broker::BrokerConfig,
+    harness: &Harness,
+    config: &Config,
+    api: &Api,
+) -> (Dispatcher, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::register(&mut Registry::default()));
     let alerts = AlertPublisher::start(
-        &harness.broker_config(),
+        broker,
         &format!("alerts-{}", ALERT_CLIENTS.fetch_add(1, Ordering::SeqCst)),
         Duration::from_secs(5),
         api.shutdown.clone(),
@@ -927,6 +937,52 @@ async fn a_late_mqtt_subscriber_gets_the_retained_state_and_the_lift_survives_a_
         state["in_force"], false,
         "the lift is delivered after the broker restart"
     );
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_are_retained_on_the_mqtt_listener_of_nats_as_on_mosquitto() {
+    let nats = tidemark_testkit::Nats::start().await.unwrap();
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    let api = Api::start(&harness, &config).await;
+    let (dispatcher, _) = dispatcher_to(&nats.mqtt(0), &harness, &config, &api);
+    let shutdown = api.shutdown.clone();
+    let database = config.database.clone();
+    tokio::spawn(async move { dispatcher.run(&database, shutdown).await });
+    let topic = format!("tidemark/v1/alerts/{AABENRAA}/{AREA}");
+    let raised = record(&harness, "raised", Some(2), true).await;
+    let delivered = wait_for(Duration::from_secs(30), || async {
+        harness.store.outbox("mqtt").await.unwrap()[0]
+            .delivered_at
+            .is_some()
+    })
+    .await;
+    assert!(delivered, "nats acknowledged the alert");
+    let mut late = MqttSubscriber::start(&nats.mqtt(0), "late-siren", "tidemark/v1/alerts/#")
+        .await
+        .unwrap();
+    let (got_topic, state, retained) = late.next(Duration::from_secs(10)).await.expect("retained");
+    assert_eq!(got_topic, topic);
+    assert!(retained, "a later subscriber gets the state at once");
+    assert_eq!(state["id"], raised);
+    assert_eq!(state["in_force"], true);
+    drop(late);
+
+    record(&harness, "lifted", None, true).await;
+    let all_delivered = wait_for(Duration::from_secs(30), || async {
+        let rows = harness.store.outbox("mqtt").await.unwrap();
+        rows.len() == 2 && rows.iter().all(|row| row.delivered_at.is_some())
+    })
+    .await;
+    assert!(all_delivered);
+    let mut later = MqttSubscriber::start(&nats.mqtt(0), "later-sign", &topic)
+        .await
+        .unwrap();
+    let (_, state, retained) = later.next(Duration::from_secs(10)).await.expect("retained");
+    assert!(retained);
+    assert_eq!(state["in_force"], false, "the lift replaced the raise");
+    assert_eq!(later.next(Duration::from_millis(500)).await, None);
     harness.finish().await;
 }
 

@@ -19,6 +19,9 @@ mod upgrade;
 // Backup and restore with the operators' scripts.
 mod backup;
 
+// Ingest from NATS JetStream, devices publishing MQTT to nats-server.
+mod nats;
+
 // Open-data reads from a streaming standby.
 mod replication;
 

@@ -2,10 +2,11 @@
 //! good), then acknowledges each message on the connection it arrived on.
 
 use super::prepare::Prepared;
-use super::shared::{AbortOnDrop, Committed, Generation};
+use super::shared::{AbortOnDrop, Ack, Generation};
 use crate::config::IngestConfig;
 use crate::message::STORAGE_REFUSED;
 use crate::metrics::Metrics;
+use bytes::Bytes;
 use chrono::Utc;
 use rumqttc::{AsyncClient, Publish};
 use std::collections::VecDeque;
@@ -21,8 +22,7 @@ use tokio_util::sync::CancellationToken;
 /// Second stage: commits each prepared batch, then acknowledges its messages.
 pub(crate) struct Committer {
     pub(crate) store: Store,
-    pub(crate) client: AsyncClient,
-    pub(crate) connection: Arc<Generation>,
+    pub(crate) acks: Acknowledger,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) config: IngestConfig,
 }
@@ -50,17 +50,13 @@ impl Committer {
 
     /// A committed batch: its payloads and their share of the buffer go now, before the
     /// acknowledgements, which may wait for the session task to take them.
-    fn settle(&self, batch: Prepared) -> Vec<Committed> {
+    fn settle(&self, batch: Prepared) -> Vec<Ack> {
         batch
             .messages
             .into_iter()
             .map(|m| {
                 self.metrics.buffered_bytes.dec_by(m.buffered as i64);
-                Committed {
-                    pkid: m.publish.pkid,
-                    qos: m.publish.qos,
-                    connection: m.connection,
-                }
+                m.ack
             })
             .collect()
     }
@@ -221,24 +217,60 @@ impl Committer {
         }
     }
 
-    pub(crate) async fn acknowledge(&self, messages: Vec<Committed>) {
-        for message in messages {
-            let generation = self.connection.0.read().unwrap_or_else(|e| e.into_inner());
-            // A message from an earlier connection will be (or has been) redelivered with the
-            // same packet id; acking the old copy could acknowledge another message.
-            if message.connection != *generation {
-                continue;
+    pub(crate) async fn acknowledge(&self, messages: Vec<Ack>) {
+        match &self.acks {
+            Acknowledger::Mqtt { client, connection } => {
+                for message in messages {
+                    let Ack::Mqtt {
+                        pkid,
+                        qos,
+                        connection: arrived_on,
+                    } = message
+                    else {
+                        continue;
+                    };
+                    let generation = connection.0.read().unwrap_or_else(|e| e.into_inner());
+                    // A message from an earlier connection will be (or has been) redelivered with
+                    // the same packet id; acking the old copy could acknowledge another message.
+                    if arrived_on != *generation {
+                        continue;
+                    }
+                    let mut ack = Publish::new("", qos, Vec::<u8>::new());
+                    ack.pkid = pkid;
+                    // The queue has room for every packet id of a connection (REQUEST_QUEUE).
+                    // Should an acknowledgement still not be queued, the broker sends the message
+                    // again and the unique key absorbs it.
+                    if let Err(error) = client.try_ack(&ack) {
+                        tracing::warn!(%error, "cannot queue an acknowledgement");
+                    }
+                }
             }
-            let mut ack = Publish::new("", message.qos, Vec::<u8>::new());
-            ack.pkid = message.pkid;
-            // The queue has room for every packet id of a connection (REQUEST_QUEUE). Should an
-            // acknowledgement still not be queued, the broker sends the message again and the
-            // unique key absorbs it.
-            if let Err(error) = self.client.try_ack(&ack) {
-                tracing::warn!(%error, "cannot queue an acknowledgement");
+            Acknowledger::Nats(client) => {
+                for message in messages {
+                    let Ack::Nats { reply } = message else {
+                        continue;
+                    };
+                    // An acknowledgement that is lost (the connection drops before it leaves)
+                    // only means a redelivery after the ack wait, which the unique key absorbs.
+                    if let Err(error) = client.publish(reply, Bytes::new()).await {
+                        tracing::warn!(%error, "cannot send a JetStream acknowledgement");
+                    }
+                }
             }
         }
     }
+}
+
+/// Where acknowledgements go.
+#[derive(Clone)]
+pub(crate) enum Acknowledger {
+    /// To the MQTT session, on the connection each message arrived on.
+    Mqtt {
+        client: AsyncClient,
+        connection: Arc<Generation>,
+    },
+    /// To JetStream, on the NATS connection.
+    Nats(async_nats::Client),
 }
 
 /// Runs `commit` on up to `at_once` items at a time, each as a task of its own, and hands each

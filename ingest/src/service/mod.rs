@@ -1,5 +1,5 @@
-//! The ingest service: an MQTT session task that only moves packets, a preparer that batches and
-//! decodes, and a committer that commits two batches at a time and acknowledges each, in order,
+//! The ingest service: a source task that only moves messages (the MQTT session, or the JetStream
+//! puller of `nats`), a preparer that batches and decodes, and a committer that commits two batches at a time and acknowledges each, in order,
 //! once it and every batch before it have committed.
 //!
 //! Memory is bounded by `max_buffered_bytes`: the session task takes a share of that budget for
@@ -14,14 +14,16 @@
 //! connection, a serialization failure) are retried with backoff, acknowledging nothing.
 
 pub mod commit;
+pub mod nats;
 pub mod prepare;
 pub mod session;
 pub mod shared;
 
+use crate::config::Source;
 use crate::message::Rules;
 use crate::metrics::Metrics;
 use chrono::Utc;
-use commit::Committer;
+use commit::{Acknowledger, Committer};
 use prepare::Preparer;
 use rumqttc::AsyncClient;
 use session::{maintenance_loop, mqtt_options, session_loop};
@@ -58,22 +60,41 @@ pub async fn run(
     let store = Store::connect(&database).await?;
     let directory = store.directory().await?;
 
-    let (client, eventloop) = AsyncClient::new(mqtt_options(&config, &mqtt), REQUEST_QUEUE);
-    let connection = Arc::new(Generation::default());
     let (tx, rx) = mpsc::unbounded_channel();
     let buffer = Arc::new(Semaphore::new(config.max_buffered_bytes));
     let session_stop = CancellationToken::new();
-    let session = AbortOnDrop(tokio::spawn(session_loop(
-        eventloop,
-        client.clone(),
-        filters,
-        tx,
-        buffer,
-        config.max_buffered_bytes,
-        connection.clone(),
-        metrics.clone(),
-        session_stop.clone(),
-    )));
+    let (session, acks) = match config.source {
+        Source::Mqtt => {
+            let (client, eventloop) = AsyncClient::new(mqtt_options(&config, &mqtt), REQUEST_QUEUE);
+            let connection = Arc::new(Generation::default());
+            let session = AbortOnDrop(tokio::spawn(session_loop(
+                eventloop,
+                client.clone(),
+                filters,
+                tx,
+                buffer,
+                config.max_buffered_bytes,
+                connection.clone(),
+                metrics.clone(),
+                session_stop.clone(),
+            )));
+            (session, Acknowledger::Mqtt { client, connection })
+        }
+        Source::Nats => {
+            let client = nats::connect(&config.nats).await.map_err(Error::Config)?;
+            let session = AbortOnDrop(tokio::spawn(nats::session_loop(
+                client.clone(),
+                config.clone(),
+                nats::stream_subjects(&topics)?,
+                tx,
+                buffer,
+                config.max_buffered_bytes,
+                metrics.clone(),
+                session_stop.clone(),
+            )));
+            (session, Acknowledger::Nats(client))
+        }
+    };
     let _rollups = AbortOnDrop(tokio::spawn({
         let (store, stop) = (store.clone(), shutdown.clone());
         let every = database.rollup_refresh;
@@ -89,7 +110,12 @@ pub async fn run(
         metrics.clone(),
         shutdown.clone(),
     )));
-    tracing::info!(client_id = %config.client_id, mode = %store.mode(), "ingest started");
+    tracing::info!(
+        client_id = %config.client_id,
+        source = ?config.source,
+        mode = %store.mode(),
+        "ingest started"
+    );
 
     let preparer = Preparer {
         store: store.clone(),
@@ -117,10 +143,10 @@ pub async fn run(
         config: config.clone(),
         carried: VecDeque::new(),
     };
+    let closing = acks.clone();
     let committer = Committer {
         store,
-        client: client.clone(),
-        connection,
+        acks,
         metrics,
         config,
     };
@@ -132,12 +158,28 @@ pub async fn run(
     committing.join().await;
 
     // Acknowledgements queued by the writer go out before the disconnect, in request order.
-    let _ = client.disconnect().await;
-    if tokio::time::timeout(Duration::from_secs(5), session.join())
-        .await
-        .is_err()
-    {
-        tracing::warn!("mqtt session did not close within 5s");
+    match &closing {
+        Acknowledger::Mqtt { client, .. } => {
+            let _ = client.disconnect().await;
+            if tokio::time::timeout(Duration::from_secs(5), session.join())
+                .await
+                .is_err()
+            {
+                tracing::warn!("mqtt session did not close within 5s");
+            }
+        }
+        Acknowledger::Nats(client) => {
+            // The session stops pulling; what it pulled and did not hand on is delivered again
+            // after the ack wait.
+            session_stop.cancel();
+            session.join().await;
+            if tokio::time::timeout(Duration::from_secs(5), client.flush())
+                .await
+                .map_or(true, |flushed| flushed.is_err())
+            {
+                tracing::warn!("nats acknowledgements not flushed within 5s");
+            }
+        }
     }
     session_stop.cancel();
     tracing::info!("ingest stopped");

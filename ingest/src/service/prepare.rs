@@ -80,9 +80,9 @@ impl Prepared {
             .zip(&self.devices)
             .map(|(m, device)| MessageRef {
                 received_at: m.received_at,
-                topic: &m.publish.topic,
+                topic: &m.topic,
                 device: device.as_deref(),
-                payload: &m.publish.payload,
+                payload: &m.payload,
             })
             .collect()
     }
@@ -153,7 +153,7 @@ impl Preparer {
         // Payload bytes stand in for readings (a reading takes about 64 bytes of JSON), so that a
         // batch is bounded before anything is decoded.
         let max_bytes = self.config.batch_max_readings * 64;
-        let mut bytes = batch[0].publish.payload.len();
+        let mut bytes = batch[0].payload.len();
         while batch.len() < self.config.batch_max_messages && bytes < max_bytes {
             let next = if let Some(next) = self.carried.pop_front() {
                 next
@@ -168,7 +168,7 @@ impl Preparer {
                     },
                 }
             };
-            bytes += next.publish.payload.len();
+            bytes += next.payload.len();
             batch.push(next);
         }
         Some(batch)
@@ -179,8 +179,8 @@ impl Preparer {
             .iter()
             .map(|m| {
                 message::process(
-                    &m.publish.topic,
-                    &m.publish.payload,
+                    &m.topic,
+                    &m.payload,
                     m.received_at,
                     &self.topics,
                     &self.directory,
@@ -213,7 +213,7 @@ impl Preparer {
         let mut rejection_bytes = 0;
         let mut keep = processed.len();
         for (index, (m, p)) in messages.iter().zip(&processed).enumerate() {
-            rejection_bytes += p.rejection_bytes(m.publish.payload.len());
+            rejection_bytes += p.rejection_bytes(m.payload.len());
             if index > 0 && rejection_bytes > REJECTION_BYTES_PER_BATCH {
                 keep = index;
                 break;

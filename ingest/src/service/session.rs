@@ -1,7 +1,7 @@
 //! The MQTT session: connection options, the loop that polls the connection and takes a message's
 //! share of the buffer before polling again, and the periodic storage maintenance.
 
-use super::shared::{Generation, Received, MAINTENANCE_INTERVAL};
+use super::shared::{Ack, Generation, Received, MAINTENANCE_INTERVAL};
 use crate::config::IngestConfig;
 use crate::metrics::Metrics;
 use chrono::Utc;
@@ -79,9 +79,14 @@ pub(crate) async fn session_loop(
                 };
                 metrics.buffered_bytes.inc_by(size as i64);
                 let received = Received {
-                    publish,
+                    ack: Ack::Mqtt {
+                        pkid: publish.pkid,
+                        qos: publish.qos,
+                        connection: connection.current(),
+                    },
+                    topic: publish.topic,
+                    payload: publish.payload,
                     received_at: Utc::now(),
-                    connection: connection.current(),
                     buffered: size,
                     _buffer: permit,
                 };

@@ -2,8 +2,9 @@
 //! way, the connection generation acknowledgements are checked against, and the bounds.
 
 use crate::config::IngestConfig;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use rumqttc::{Publish, QoS};
+use rumqttc::QoS;
 use std::sync::RwLock;
 use std::time::Duration;
 use tidemark_model::broker::BrokerConfig;
@@ -31,21 +32,30 @@ pub struct Settings {
 
 /// A message received and not yet committed.
 pub(crate) struct Received {
-    pub(crate) publish: Publish,
+    /// Its MQTT topic (for a JetStream message, the device's topic its subject stands for).
+    pub(crate) topic: String,
+    pub(crate) payload: Bytes,
     pub(crate) received_at: DateTime<Utc>,
-    /// The MQTT connection it arrived on; an ack is only valid on that connection.
-    pub(crate) connection: u64,
+    /// How it is acknowledged once committed.
+    pub(crate) ack: Ack,
     /// Bytes this message holds of the `max_buffered_bytes` budget, given back when it is dropped.
     pub(crate) buffered: usize,
     pub(crate) _buffer: OwnedSemaphorePermit,
 }
 
-/// What is left of a committed message until it is acknowledged: no payload, no share of the
-/// buffer.
-pub(crate) struct Committed {
-    pub(crate) pkid: u16,
-    pub(crate) qos: QoS,
-    pub(crate) connection: u64,
+/// What acknowledges a message: all that is left of it once committed (no payload, no share of
+/// the buffer).
+pub(crate) enum Ack {
+    /// An MQTT message: its packet id, valid only on the connection it arrived on.
+    Mqtt {
+        pkid: u16,
+        qos: QoS,
+        connection: u64,
+    },
+    /// A JetStream message: the subject its acknowledgement is published to. Any connection will
+    /// do, and one that comes too late (after the ack wait) only leads to a redelivery, which the
+    /// unique key absorbs.
+    Nats { reply: async_nats::Subject },
 }
 
 /// The MQTT connection generation. It moves on every connection error, under the write lock, and
