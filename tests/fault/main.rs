@@ -188,23 +188,7 @@ async fn postgres_stopped_for_thirty_seconds_under_load_loses_and_duplicates_not
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_primary_lost_under_load_and_its_replica_promoted_loses_nothing() {
     let _serial = SERIAL.lock().await;
-    let mut primary = PrivatePostgres::start()
-        .await
-        .expect("a private PostgreSQL");
-    let replica = primary.replica().await.expect("a streaming replica");
-    for statement in [
-        "ALTER SYSTEM SET synchronous_standby_names = '*'",
-        "SELECT pg_reload_conf()",
-    ] {
-        primary.execute(statement).await.unwrap();
-    }
-    let both = tidemark_store::DatabaseConfig {
-        url: format!(
-            "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
-            replica.port, primary.port
-        ),
-        ..primary.config()
-    };
+    let (mut primary, replica, both) = primary_with_synchronous_standby().await;
     let harness = Harness::start_on(&both).await;
     let ingest = IngestProcess::spawn(&harness, free_port().unwrap());
     ingest.wait_subscribed().await;
@@ -245,6 +229,169 @@ async fn the_primary_lost_under_load_and_its_replica_promoted_loses_nothing() {
     ingest.kill().await;
     harness.finish().await;
     drop(primary);
+}
+
+/// A private primary with a synchronous streaming standby, and the server configuration that names
+/// both, the standby first, with `target_session_attrs=read-write`.
+async fn primary_with_synchronous_standby() -> (
+    PrivatePostgres,
+    PrivatePostgres,
+    tidemark_store::DatabaseConfig,
+) {
+    let primary = PrivatePostgres::start()
+        .await
+        .expect("a private PostgreSQL");
+    let replica = primary.replica().await.expect("a streaming replica");
+    for statement in [
+        "ALTER SYSTEM SET synchronous_standby_names = '*'",
+        "SELECT pg_reload_conf()",
+    ] {
+        primary.execute(statement).await.unwrap();
+    }
+    let both = tidemark_store::DatabaseConfig {
+        url: format!(
+            "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
+            replica.port, primary.port
+        ),
+        ..primary.config()
+    };
+    (primary, replica, both)
+}
+
+/// The Baltic surge of October 2023 as recorded.
+const BALTIC: &str = "tests/fixtures/baltic-surge-2023/sea_level_10min.csv";
+
+/// The areas of the Baltic surge.
+const BALTIC_AREAS: [&str; 3] = ["flensburg-fjord", "kiel-fjord", "schlei-kappeln"];
+
+/// Every warning event of the Baltic areas, by area, as `(id, kind, severity, at)`.
+async fn baltic_events(harness: &Harness) -> Vec<(i64, String, Option<i16>, DateTime<Utc>)> {
+    let mut all = Vec::new();
+    for area in BALTIC_AREAS {
+        for e in harness.store.warning_events(area).await.unwrap() {
+            all.push((
+                e.id,
+                format!("{area} {:?}", e.kind),
+                e.severity.map(|s| s.level()),
+                e.at,
+            ));
+        }
+    }
+    all.sort();
+    all
+}
+
+/// Scenario: the Baltic surge replayed through ingest, analytics and delivery (all three on the
+/// multi-host URL), the primary killed by immediate shutdown once analytics has raised the first
+/// warning, and its synchronous standby promoted 5 s later. Every reading is stored once, every
+/// event recorded before the loss is still there, analytics goes on to tell the rest of the
+/// surge (the lift included) on the new primary, and delivery delivers every alert, those queued
+/// before the loss among them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_and_delivery_follow_the_primary_to_its_promoted_replica() {
+    let _serial = SERIAL.lock().await;
+    let (mut primary, replica, both) = primary_with_synchronous_standby().await;
+    let harness = Harness::start_on(&both).await;
+    let ingest = harness.ingest("fault-failover-stages", None);
+    ingest.subscribed("fault-failover-stages").await;
+    let config = config(&harness);
+    let analytics = start_analytics(&config).await;
+    let delivery_metrics = std::sync::Arc::new(tidemark_delivery::Metrics::register(
+        &mut prometheus_client::registry::Registry::default(),
+    ));
+    let delivery_stop = tokio_util::sync::CancellationToken::new();
+    let delivery = tokio::spawn(tidemark_delivery::run(
+        config.delivery_settings(),
+        delivery_metrics.clone(),
+        delivery_stop.clone(),
+    ));
+
+    let replay = tokio::spawn({
+        let harness_broker = harness.broker_config();
+        let database = config.database.clone();
+        async move {
+            let file = repo(BALTIC);
+            let recording = tidemark_sensors_sim::replay::read(
+                tidemark_sensors_sim::replay::Format::BalticSurge,
+                &file,
+            )
+            .unwrap();
+            let args = tidemark::sim::ReplayArgs {
+                file,
+                format: "baltic-surge".into(),
+                // Fast, yet slow enough that the primary goes in the middle of the surge.
+                speed: 20_000.0,
+                no_shift: false,
+                passwords: None,
+                forecasts: Default::default(),
+            };
+            tidemark::sim::replay(
+                &database,
+                &harness_broker,
+                &recording,
+                &args,
+                &tokio_util::sync::CancellationToken::new(),
+            )
+            .await
+            .unwrap()
+        }
+    });
+    let raised = wait_for(Duration::from_secs(120), || async {
+        analytics.metrics.events.get() > 0
+    })
+    .await;
+    assert!(raised, "analytics raises a warning before the fault");
+    let before = baltic_events(&harness).await;
+    let readings_before = harness.count().await;
+    primary.stop_immediate().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    replica.promote().await.unwrap();
+    let report = replay.await.unwrap();
+    assert_eq!(
+        harness
+            .settle(report.readings, Duration::from_secs(120))
+            .await,
+        report.readings,
+        "every reading stored once"
+    );
+    quiet(&analytics).await;
+    let after = baltic_events(&harness).await;
+    for event in &before {
+        assert!(
+            after.contains(event),
+            "{event:?} survived the failover: {after:?}"
+        );
+    }
+    let kinds: Vec<&str> = after.iter().map(|e| e.1.as_str()).collect();
+    let (raises, lifts) = (
+        kinds.iter().filter(|k| k.ends_with("Raised")).count(),
+        kinds.iter().filter(|k| k.ends_with("Lifted")).count(),
+    );
+    assert!(
+        after.len() > before.len() && raises > 0 && raises == lifts,
+        "analytics told the rest of the surge on the new primary, every warning lifted: {after:?}"
+    );
+    let delivered = wait_for(Duration::from_secs(60), || async {
+        let rows = harness.store.outbox("mqtt").await.unwrap_or_default();
+        !rows.is_empty() && rows.iter().all(|row| row.delivered_at.is_some())
+    })
+    .await;
+    let rows = harness.store.outbox("mqtt").await.unwrap();
+    assert!(delivered, "every alert delivered: {} rows", rows.len());
+    println!(
+        "fault stages-failover: {} readings stored ({readings_before} before the primary went), \
+         {} warning events ({} before), {} alerts delivered; analytics evaluations failed {} times",
+        report.readings,
+        after.len(),
+        before.len(),
+        rows.len(),
+        analytics.metrics.failures.get()
+    );
+    delivery_stop.cancel();
+    delivery.await.unwrap().unwrap();
+    analytics.stop().await;
+    ingest.stop().await;
+    harness.finish().await;
 }
 
 /// Scenario: three nats-server nodes with JetStream (stream and consumer in three copies), devices
