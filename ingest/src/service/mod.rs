@@ -27,7 +27,7 @@ use commit::{Acknowledger, Committer};
 use prepare::Preparer;
 use rumqttc::AsyncClient;
 use session::{maintenance_loop, mqtt_options, session_loop};
-use shared::{AbortOnDrop, Generation, REQUEST_QUEUE};
+use shared::{AbortOnDrop, Generation, Intake, REQUEST_QUEUE};
 pub use shared::{Error, Settings};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -61,7 +61,12 @@ pub async fn run(
     let directory = store.directory().await?;
 
     let (tx, rx) = mpsc::unbounded_channel();
-    let buffer = Arc::new(Semaphore::new(config.max_buffered_bytes));
+    let intake = Intake {
+        tx,
+        buffer: Arc::new(Semaphore::new(config.max_buffered_bytes)),
+        max_buffered: config.max_buffered_bytes,
+        metrics: metrics.clone(),
+    };
     let session_stop = CancellationToken::new();
     let (session, acks) = match config.source {
         Source::Mqtt => {
@@ -71,11 +76,8 @@ pub async fn run(
                 eventloop,
                 client.clone(),
                 filters,
-                tx,
-                buffer,
-                config.max_buffered_bytes,
+                intake,
                 connection.clone(),
-                metrics.clone(),
                 session_stop.clone(),
             )));
             (session, Acknowledger::Mqtt { client, connection })
@@ -86,10 +88,7 @@ pub async fn run(
                 client.clone(),
                 config.clone(),
                 nats::stream_subjects(&topics)?,
-                tx,
-                buffer,
-                config.max_buffered_bytes,
-                metrics.clone(),
+                intake,
                 session_stop.clone(),
             )));
             (session, Acknowledger::Nats(client))

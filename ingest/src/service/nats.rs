@@ -7,16 +7,12 @@
 //! nats-server 2.10) a `.` inside a level `//`. [`topic_to_subject`] and [`subject_to_topic`] are
 //! that mapping and its inverse, so the rest of ingest sees the topic the device published to.
 
-use super::shared::{Ack, Received};
+use super::shared::{Ack, Intake};
 use crate::config::{IngestConfig, NatsConfig};
-use crate::metrics::Metrics;
 use async_nats::jetstream::{self, consumer, stream};
-use chrono::Utc;
 use futures_util::StreamExt;
-use std::sync::Arc;
 use std::time::Duration;
 use tidemark_model::topic::{ReadingsTopics, TopicError};
-use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// The NATS subject that NATS's MQTT listener publishes a message on `topic` to.
@@ -169,17 +165,15 @@ async fn consumer(
 /// Pulls messages and hands them on, each with its share of the buffer taken before the next is
 /// pulled, until `stop`. Any failure (NATS unreachable, the stream or consumer gone) is retried
 /// with backoff, making the stream and consumer again if need be.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn session_loop(
     client: async_nats::Client,
     config: IngestConfig,
     subjects: Vec<String>,
-    tx: mpsc::UnboundedSender<Received>,
-    buffer: Arc<Semaphore>,
-    max_buffered: usize,
-    metrics: Arc<Metrics>,
+    intake: Intake,
     stop: CancellationToken,
 ) {
+    let metrics = intake.metrics.clone();
+    let max_buffered = intake.max_buffered;
     let mut backoff = Duration::from_millis(100);
     loop {
         let pulled = async {
@@ -248,24 +242,11 @@ pub(crate) async fn session_loop(
                 tracing::warn!(subject = %message.subject, "a jetstream message without a reply subject");
                 continue;
             };
-            let size = message.payload.len().clamp(1, max_buffered);
-            let permit = tokio::select! {
-                _ = stop.cancelled() => return,
-                permit = buffer.clone().acquire_many_owned(size as u32) => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => return,
-                },
-            };
-            metrics.buffered_bytes.inc_by(size as i64);
-            let received = Received {
-                topic: subject_to_topic(&message.subject),
-                payload: message.payload,
-                received_at: Utc::now(),
-                ack: Ack::Nats { reply },
-                buffered: size,
-                _buffer: permit,
-            };
-            if tx.send(received).is_err() {
+            let topic = subject_to_topic(&message.subject);
+            if !intake
+                .take(topic, message.payload, Ack::Nats { reply }, &stop)
+                .await
+            {
                 return;
             }
         }

@@ -1,7 +1,7 @@
 //! The MQTT session: connection options, the loop that polls the connection and takes a message's
 //! share of the buffer before polling again, and the periodic storage maintenance.
 
-use super::shared::{Ack, Generation, Received, MAINTENANCE_INTERVAL};
+use super::shared::{Ack, Generation, Intake, MAINTENANCE_INTERVAL};
 use crate::config::IngestConfig;
 use crate::metrics::Metrics;
 use chrono::Utc;
@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tidemark_model::broker::BrokerConfig;
 use tidemark_store::{DatabaseConfig, Store};
-use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) fn mqtt_options(config: &IngestConfig, mqtt: &BrokerConfig) -> MqttOptions {
@@ -32,13 +31,11 @@ pub(crate) async fn session_loop(
     mut eventloop: EventLoop,
     client: AsyncClient,
     filters: Vec<String>,
-    tx: mpsc::UnboundedSender<Received>,
-    buffer: Arc<Semaphore>,
-    max_buffered: usize,
+    intake: Intake,
     connection: Arc<Generation>,
-    metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
+    let metrics = intake.metrics.clone();
     let mut backoff = Duration::from_millis(100);
     loop {
         let event = tokio::select! {
@@ -67,30 +64,17 @@ pub(crate) async fn session_loop(
                 if publish.dup {
                     metrics.messages_redelivered.inc();
                 }
-                let size = publish.payload.len().clamp(1, max_buffered);
+                let ack = Ack::Mqtt {
+                    pkid: publish.pkid,
+                    qos: publish.qos,
+                    connection: connection.current(),
+                };
                 // The message's share of the buffer, before the connection is polled again: while
                 // there is no room, nothing reads the socket, and the broker holds the rest.
-                let permit = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    permit = buffer.clone().acquire_many_owned(size as u32) => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => return,
-                    },
-                };
-                metrics.buffered_bytes.inc_by(size as i64);
-                let received = Received {
-                    ack: Ack::Mqtt {
-                        pkid: publish.pkid,
-                        qos: publish.qos,
-                        connection: connection.current(),
-                    },
-                    topic: publish.topic,
-                    payload: publish.payload,
-                    received_at: Utc::now(),
-                    buffered: size,
-                    _buffer: permit,
-                };
-                if tx.send(received).is_err() {
+                if !intake
+                    .take(publish.topic, publish.payload, ack, &stop)
+                    .await
+                {
                     return;
                 }
             }

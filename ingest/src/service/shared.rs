@@ -2,15 +2,18 @@
 //! way, the connection generation acknowledgements are checked against, and the bounds.
 
 use crate::config::IngestConfig;
+use crate::metrics::Metrics;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use rumqttc::QoS;
+use std::sync::Arc;
 use std::sync::RwLock;
 use std::time::Duration;
 use tidemark_model::broker::BrokerConfig;
 use tidemark_model::topic::TopicError;
 use tidemark_store::DatabaseConfig;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -98,5 +101,45 @@ impl<T> AbortOnDrop<T> {
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Where a source hands its messages on, each with its share of the `max_buffered_bytes` budget.
+pub(crate) struct Intake {
+    pub(crate) tx: mpsc::UnboundedSender<Received>,
+    pub(crate) buffer: Arc<Semaphore>,
+    pub(crate) max_buffered: usize,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl Intake {
+    /// Takes the message's share of the buffer, waiting while there is no room (the source reads
+    /// nothing more meanwhile, so the broker holds the rest), and hands the message on. False when
+    /// ingest is stopping.
+    pub(crate) async fn take(
+        &self,
+        topic: String,
+        payload: Bytes,
+        ack: Ack,
+        stop: &CancellationToken,
+    ) -> bool {
+        let size = payload.len().clamp(1, self.max_buffered);
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return false,
+            permit = self.buffer.clone().acquire_many_owned(size as u32) => match permit {
+                Ok(permit) => permit,
+                Err(_) => return false,
+            },
+        };
+        self.metrics.buffered_bytes.inc_by(size as i64);
+        let received = Received {
+            topic,
+            payload,
+            received_at: Utc::now(),
+            ack,
+            buffered: size,
+            _buffer: permit,
+        };
+        self.tx.send(received).is_ok()
     }
 }
