@@ -20,7 +20,10 @@
 //! publish-to-commit latency is the notification's arrival minus the reading's timestamp.
 //!
 //! With `--backlog`, each run instead fills the broker with readings for ingest's stopped session
-//! and measures ingest working through them from its start: throughput, peak RSS, CPU.
+//! and measures ingest working through them from its start: throughput, peak RSS, CPU. With
+//! `--nats` as well, each run does the same a second time with a private nats-server in place of
+//! Mosquitto (devices publishing to its MQTT listener, ingest pulling from JetStream), so that the
+//! two sources are compared in the same run.
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
@@ -65,6 +68,10 @@ pub(crate) struct IngestBenchArgs {
     /// it working through them.
     #[arg(long, num_args = 0..=1, default_missing_value = "2500000")]
     pub backlog: Option<usize>,
+    /// With `--backlog`: also measure each run with nats-server in place of Mosquitto and ingest
+    /// pulling from JetStream (`ingest.source = "nats"`), right after the Mosquitto measurement.
+    #[arg(long, requires = "backlog")]
+    pub nats: bool,
 }
 
 /// The figures of one run.
@@ -274,7 +281,7 @@ async fn measure(
         client_prefix: client_prefix.to_owned(),
     };
 
-    let mut ingest = spawn_ingest(config_file, database, &broker_config, "bench-ingest")?;
+    let mut ingest = spawn_ingest(config_file, database, &broker_config, "bench-ingest", &[])?;
     let mut listener = notify::listen(database, &[Channel::ReadingsCommitted]).await?;
     wait_for_subscription(&broker_config, &devices[0], &mut listener).await?;
     let processes = Processes {
@@ -406,46 +413,108 @@ async fn backlog_runs(
     );
     println!("machine: {} cores, {}", cores(), memory());
     let mut runs: Vec<(f64, f64, Footprint)> = Vec::new();
+    let mut nats_runs: Vec<(f64, f64, Footprint)> = Vec::new();
     for run in 1..=args.runs {
-        let broker = Broker::start().await?;
-        let database = TestDatabase::create(&config.database).await?;
-        let outcome = backlog_run(
-            config,
-            config_file,
-            args,
-            backlog,
-            &broker,
-            &database.config,
-        )
-        .await
-        .with_context(|| format!("run {run}"));
-        database.drop_database().await?;
-        let (per_s, rss, cpu) = outcome?;
-        println!(
-            "run {run}: {per_s:.0} readings/s from ingest's start to the last commit | ingest peak RSS {rss:.1} MB | CPU-seconds per million readings: ingest {:.1}, PostgreSQL {:.1}, Mosquitto {:.1}",
-            cpu.ingest, cpu.database, cpu.broker
-        );
-        runs.push((per_s, rss, cpu));
+        let mut brokers = vec![BacklogBroker::Mosquitto(Box::new(Broker::start().await?))];
+        if args.nats {
+            brokers.push(BacklogBroker::Nats(tidemark_testkit::Nats::start().await?));
+        }
+        for broker in &brokers {
+            let database = TestDatabase::create(&config.database).await?;
+            let outcome = backlog_run(config, config_file, args, backlog, broker, &database.config)
+                .await
+                .with_context(|| format!("run {run} through {}", broker.name()));
+            database.drop_database().await?;
+            let (per_s, rss, cpu) = outcome?;
+            println!(
+                "run {run} ({}): {per_s:.0} readings/s from ingest's start to the last commit | ingest peak RSS {rss:.1} MB | CPU-seconds per million readings: ingest {:.1}, PostgreSQL {:.1}, {} {:.1}",
+                broker.name(),
+                cpu.ingest,
+                cpu.database,
+                broker.name(),
+                cpu.broker
+            );
+            match broker {
+                BacklogBroker::Mosquitto(_) => runs.push((per_s, rss, cpu)),
+                BacklogBroker::Nats(_) => nats_runs.push((per_s, rss, cpu)),
+            }
+        }
     }
-    let figure =
-        |f: &dyn Fn(&(f64, f64, Footprint)) -> f64| Spread::of(runs.iter().map(f).collect());
     println!();
     println!("median of {} run(s) [lowest, highest]", runs.len());
-    println!(
-        "ingest working through the backlog        | {} readings/s",
-        figure(&|r| r.0).show(0)
-    );
-    println!(
-        "ingest peak RSS                           | {} MB",
-        figure(&|r| r.1).show(1)
-    );
-    println!(
-        "CPU-seconds per million readings          | ingest {}, PostgreSQL {}, Mosquitto {}",
-        figure(&|r| r.2.ingest).show(1),
-        figure(&|r| r.2.database).show(1),
-        figure(&|r| r.2.broker).show(1)
-    );
+    for (name, runs) in [("Mosquitto", &runs), ("nats-server", &nats_runs)] {
+        if runs.is_empty() {
+            continue;
+        }
+        let figure =
+            |f: &dyn Fn(&(f64, f64, Footprint)) -> f64| Spread::of(runs.iter().map(f).collect());
+        let source = if name == "Mosquitto" {
+            "an MQTT subscription"
+        } else {
+            "a JetStream consumer"
+        };
+        println!("{name}, ingest on {source}:");
+        println!(
+            "  ingest working through the backlog      | {} readings/s",
+            figure(&|r| r.0).show(0)
+        );
+        println!(
+            "  ingest peak RSS                         | {} MB",
+            figure(&|r| r.1).show(1)
+        );
+        println!(
+            "  CPU-seconds per million readings        | ingest {}, PostgreSQL {}, {name} {}",
+            figure(&|r| r.2.ingest).show(1),
+            figure(&|r| r.2.database).show(1),
+            figure(&|r| r.2.broker).show(1)
+        );
+    }
     Ok(())
+}
+
+/// Where a backlog waits: Mosquitto, holding ingest's persistent session, or nats-server, holding
+/// the stream and ingest's durable consumer.
+enum BacklogBroker {
+    Mosquitto(Box<Broker>),
+    Nats(tidemark_testkit::Nats),
+}
+
+impl BacklogBroker {
+    fn name(&self) -> &'static str {
+        match self {
+            BacklogBroker::Mosquitto(_) => "Mosquitto",
+            BacklogBroker::Nats(_) => "nats-server",
+        }
+    }
+
+    /// Where devices publish.
+    fn mqtt(&self) -> BrokerConfig {
+        match self {
+            BacklogBroker::Mosquitto(broker) => broker.config(),
+            BacklogBroker::Nats(nats) => nats.mqtt(0),
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        match self {
+            BacklogBroker::Mosquitto(broker) => broker.pid(),
+            BacklogBroker::Nats(nats) => nats.pid(0),
+        }
+    }
+
+    /// The settings that point ingest at it.
+    fn ingest_env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            BacklogBroker::Mosquitto(_) => Vec::new(),
+            BacklogBroker::Nats(nats) => vec![
+                ("TIDEMARK__INGEST__SOURCE", "nats".to_owned()),
+                (
+                    "TIDEMARK__INGEST__NATS__SERVERS",
+                    format!("[\"{}\"]", nats.url(0)),
+                ),
+            ],
+        }
+    }
 }
 
 async fn backlog_run(
@@ -453,19 +522,20 @@ async fn backlog_run(
     config_file: &Path,
     args: &IngestBenchArgs,
     backlog: usize,
-    broker: &Broker,
+    broker: &BacklogBroker,
     database: &DatabaseConfig,
 ) -> anyhow::Result<(f64, f64, Footprint)> {
     let broker_config = BrokerConfig {
         topic_prefix: config.mqtt.topic_prefix.clone(),
-        ..broker.config()
+        ..broker.mqtt()
     };
+    let env = broker.ingest_env();
     tidemark_store::schema::migrate(database).await?;
     let store = Store::connect(database).await?;
     let devices = register_devices(&store, args).await?;
     let mut listener = notify::listen(database, &[Channel::ReadingsCommitted]).await?;
     // Ingest's session exists (persistent, subscribed), then ingest goes away.
-    let mut first = spawn_ingest(config_file, database, &broker_config, "bench-backlog")?;
+    let mut first = spawn_ingest(config_file, database, &broker_config, "bench-backlog", &env)?;
     wait_for_subscription(&broker_config, &devices[0], &mut listener).await?;
     first.kill().await?;
     load::publish(
@@ -481,7 +551,7 @@ async fn backlog_run(
     .await?;
     let commits = tokio::spawn(collect_commits(listener, backlog as u64));
     let started = Utc::now();
-    let mut ingest = spawn_ingest(config_file, database, &broker_config, "bench-backlog")?;
+    let mut ingest = spawn_ingest(config_file, database, &broker_config, "bench-backlog", &env)?;
     let processes = Processes {
         ingest: ingest.id(),
         broker: broker.pid(),
@@ -619,6 +689,7 @@ fn spawn_ingest(
     database: &DatabaseConfig,
     broker: &BrokerConfig,
     client_id: &str,
+    env: &[(&str, String)],
 ) -> anyhow::Result<tokio::process::Child> {
     let exe = std::env::current_exe().context("locating the bench binary")?;
     let metrics_port = tidemark_testkit::free_port()?;
@@ -633,6 +704,7 @@ fn spawn_ingest(
             format!("127.0.0.1:{metrics_port}"),
         )
         .env("TIDEMARK__REFERENCE__FILES", "[]")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", "warn")
         .env_remove("TIDEMARK_ENV")
         .arg("--config")

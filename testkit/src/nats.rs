@@ -182,26 +182,34 @@ impl Nats {
         }
     }
 
-    /// The name of the node leading `stream` (the one that orders its writes), asked through
-    /// node `through`.
-    pub async fn stream_leader(&self, through: usize, stream: &str) -> Option<String> {
+    /// The process id of node `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().and_then(Child::id)
+    }
+
+    /// What `stream` says of itself, asked through node `through`; None if it cannot be asked.
+    async fn stream_info(
+        &self,
+        through: usize,
+        stream: &str,
+    ) -> Option<async_nats::jetstream::stream::Info> {
         let client = async_nats::connect(self.url(through)).await.ok()?;
         let mut stream = async_nats::jetstream::new(client)
             .get_stream(stream)
             .await
             .ok()?;
-        let info = stream.info().await.ok()?;
-        info.cluster.as_ref()?.leader.clone()
+        stream.info().await.ok().cloned()
+    }
+
+    /// The name of the node leading `stream` (the one that orders its writes), asked through
+    /// node `through`.
+    pub async fn stream_leader(&self, through: usize, stream: &str) -> Option<String> {
+        self.stream_info(through, stream).await?.cluster?.leader
     }
 
     /// How many messages `stream` holds, asked through node `through`; None if it cannot be asked.
     pub async fn stream_messages(&self, through: usize, stream: &str) -> Option<u64> {
-        let client = async_nats::connect(self.url(through)).await.ok()?;
-        let mut stream = async_nats::jetstream::new(client)
-            .get_stream(stream)
-            .await
-            .ok()?;
-        Some(stream.info().await.ok()?.state.messages)
+        Some(self.stream_info(through, stream).await?.state.messages)
     }
 
     /// Kills node `i` with SIGKILL and waits for it to exit.
