@@ -99,9 +99,10 @@ pub struct NatsConfig {
     /// messages between them.
     #[serde(default = "default_nats_consumer")]
     pub consumer: String,
-    /// How long JetStream waits for a message's acknowledgement before it delivers it again. A
-    /// message is acknowledged only after its batch commits, so this must outlast a commit,
-    /// database retries included.
+    /// How long JetStream waits for a message's acknowledgement before it delivers it again: how
+    /// soon a crashed process's messages go to another. While a message waits for its commit
+    /// (a database outage, say), ingest marks it in progress every third of this, which starts
+    /// the wait again.
     #[serde(default = "default_nats_ack_wait", with = "duration::serde_str")]
     pub ack_wait: Duration,
     /// Most messages delivered to all ingest processes and not yet acknowledged: the in-flight

@@ -160,3 +160,44 @@ async fn messages_pulled_by_a_crashed_ingest_are_delivered_again_after_the_ack_w
     next.stop().await;
     harness.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_held_while_commits_wait_are_not_delivered_again() {
+    let nats = Nats::start().await.unwrap();
+    let harness = Harness::start().await;
+    // Commits wait behind a lock for four ack waits.
+    let locker = sql(&harness).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE readings IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut settings = from_nats(&harness, &nats, "it-nats-held");
+    settings.ingest.nats.ack_wait = Duration::from_secs(2);
+    let ingest = harness.ingest_with(settings);
+    ingest.subscribed("held").await;
+    publish(
+        &nats.mqtt(0),
+        mixed_messages(Utc::now() - chrono::Duration::days(30)),
+    )
+    .await;
+    let pulled = wait_for(Duration::from_secs(20), || async {
+        ingest.metrics.messages_received.get() > 0
+    })
+    .await;
+    assert!(pulled);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        ingest.metrics.messages_redelivered.get(),
+        0,
+        "messages in hand were marked in progress, not delivered again"
+    );
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        harness.settle(TEN_THOUSAND, Duration::from_secs(60)).await,
+        TEN_THOUSAND
+    );
+    assert_eq!(ingest.metrics.messages_redelivered.get(), 0);
+    assert_eq!(ingest.metrics.readings_duplicate.get(), 0);
+    ingest.stop().await;
+    harness.finish().await;
+}

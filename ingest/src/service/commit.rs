@@ -245,11 +245,12 @@ impl Committer {
                     }
                 }
             }
-            Acknowledger::Nats(client) => {
+            Acknowledger::Nats { client, in_hand } => {
                 for message in messages {
                     let Ack::Nats { reply } = message else {
                         continue;
                     };
+                    in_hand.remove(&reply);
                     // An acknowledgement that is lost (the connection drops before it leaves)
                     // only means a redelivery after the ack wait, which the unique key absorbs.
                     if let Err(error) = client.publish(reply, Bytes::new()).await {
@@ -269,8 +270,11 @@ pub(crate) enum Acknowledger {
         client: AsyncClient,
         connection: Arc<Generation>,
     },
-    /// To JetStream, on the NATS connection.
-    Nats(async_nats::Client),
+    /// To JetStream, on the NATS connection; an acknowledged message is no longer in hand.
+    Nats {
+        client: async_nats::Client,
+        in_hand: Arc<super::nats::InHand>,
+    },
 }
 
 /// Runs `commit` on up to `at_once` items at a time, each as a task of its own, and hands each

@@ -68,7 +68,9 @@ pub async fn run(
         metrics: metrics.clone(),
     };
     let session_stop = CancellationToken::new();
-    let (session, acks) = match config.source {
+    // With JetStream, `_in_progress` keeps the messages in hand from being delivered again while
+    // their commits wait.
+    let (session, acks, _in_progress) = match config.source {
         Source::Mqtt => {
             let (client, eventloop) = AsyncClient::new(mqtt_options(&config, &mqtt), REQUEST_QUEUE);
             let connection = Arc::new(Generation::default());
@@ -80,18 +82,30 @@ pub async fn run(
                 connection.clone(),
                 session_stop.clone(),
             )));
-            (session, Acknowledger::Mqtt { client, connection })
+            (session, Acknowledger::Mqtt { client, connection }, None)
         }
         Source::Nats => {
             let client = nats::connect(&config.nats).await.map_err(Error::Config)?;
+            let in_hand = Arc::new(nats::InHand::default());
             let session = AbortOnDrop(tokio::spawn(nats::session_loop(
                 client.clone(),
                 config.clone(),
                 nats::stream_subjects(&topics)?,
                 intake,
+                in_hand.clone(),
                 session_stop.clone(),
             )));
-            (session, Acknowledger::Nats(client))
+            let in_progress = AbortOnDrop(tokio::spawn(nats::keep_in_progress(
+                client.clone(),
+                in_hand.clone(),
+                config.nats.ack_wait,
+                session_stop.clone(),
+            )));
+            (
+                session,
+                Acknowledger::Nats { client, in_hand },
+                Some(in_progress),
+            )
         }
     };
     let _rollups = AbortOnDrop(tokio::spawn({
@@ -167,7 +181,7 @@ pub async fn run(
                 tracing::warn!("mqtt session did not close within 5s");
             }
         }
-        Acknowledger::Nats(client) => {
+        Acknowledger::Nats { client, .. } => {
             // The session stops pulling; what it pulled and did not hand on is delivered again
             // after the ack wait.
             session_stop.cancel();

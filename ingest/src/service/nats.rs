@@ -11,6 +11,8 @@ use super::shared::{Ack, Intake};
 use crate::config::{IngestConfig, NatsConfig};
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tidemark_model::topic::{ReadingsTopics, TopicError};
 use tokio_util::sync::CancellationToken;
@@ -162,6 +164,65 @@ async fn consumer(
         .map_err(|e| format!("consumer {}: {e}", config.consumer))
 }
 
+/// The JetStream messages ingest holds and has not acknowledged, by the subject their
+/// acknowledgement goes to. While a database outage holds up commits, [`keep_in_progress`] tells
+/// JetStream that each is still being worked on, so that none is delivered again after the ack
+/// wait while it waits in ingest's own buffer.
+#[derive(Default)]
+pub(crate) struct InHand(Mutex<HashSet<String>>);
+
+impl InHand {
+    pub(crate) fn insert(&self, reply: &async_nats::Subject) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(reply.to_string());
+    }
+
+    pub(crate) fn remove(&self, reply: &async_nats::Subject) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(reply.as_str());
+    }
+
+    fn all(&self) -> Vec<async_nats::Subject> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|reply| async_nats::Subject::from(reply.as_str()))
+            .collect()
+    }
+}
+
+/// Every third of the ack wait, marks every message in hand as in progress (`+WPI`), which starts
+/// its ack wait again; until `stop`. A message held longer than that is one whose commit waits for
+/// the database, and JetStream would otherwise give it to another ingest process meanwhile.
+pub(crate) async fn keep_in_progress(
+    client: async_nats::Client,
+    in_hand: Arc<InHand>,
+    ack_wait: Duration,
+    stop: CancellationToken,
+) {
+    let every = ack_wait / 3;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        for reply in in_hand.all() {
+            if let Err(error) = client
+                .publish(reply, bytes::Bytes::from_static(b"+WPI"))
+                .await
+            {
+                tracing::warn!(%error, "cannot mark a jetstream message in progress");
+                break;
+            }
+        }
+    }
+}
+
 /// Pulls messages and hands them on, each with its share of the buffer taken before the next is
 /// pulled, until `stop`. Any failure (NATS unreachable, the stream or consumer gone) is retried
 /// with backoff, making the stream and consumer again if need be.
@@ -170,6 +231,7 @@ pub(crate) async fn session_loop(
     config: IngestConfig,
     subjects: Vec<String>,
     intake: Intake,
+    in_hand: Arc<InHand>,
     stop: CancellationToken,
 ) {
     let metrics = intake.metrics.clone();
@@ -243,6 +305,7 @@ pub(crate) async fn session_loop(
                 continue;
             };
             let topic = subject_to_topic(&message.subject);
+            in_hand.insert(&reply);
             if !intake
                 .take(topic, message.payload, Ack::Nats { reply }, &stop)
                 .await
