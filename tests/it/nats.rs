@@ -120,30 +120,41 @@ async fn readings_published_to_nats_are_stored_once_and_acknowledged_after_commi
     harness.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_pulled_by_a_crashed_ingest_are_delivered_again_after_the_ack_wait() {
-    let nats = Nats::start().await.unwrap();
-    let harness = Harness::start().await;
-    // Hold the readings table so that the first ingest pulls and cannot commit.
-    let locker = sql(&harness).await;
+/// Ten thousand readings pulled by an ingest on `consumer` (ack wait 2 s) whose commits wait
+/// behind a lock on `readings`, which the returned client holds until it rolls back.
+async fn pulled_behind_a_lock(
+    harness: &Harness,
+    nats: &Nats,
+    consumer: &str,
+) -> (tokio_postgres::Client, IngestHandle, Settings) {
+    let locker = sql(harness).await;
     locker
         .batch_execute("BEGIN; LOCK TABLE readings IN EXCLUSIVE MODE")
         .await
         .unwrap();
-    let mut settings = from_nats(&harness, &nats, "it-nats-crash");
+    let mut settings = from_nats(harness, nats, consumer);
     settings.ingest.nats.ack_wait = Duration::from_secs(2);
-    let crashing = harness.ingest_with(settings.clone());
-    crashing.subscribed("crashing").await;
+    let ingest = harness.ingest_with(settings.clone());
+    ingest.subscribed(consumer).await;
     publish(
         &nats.mqtt(0),
         mixed_messages(Utc::now() - chrono::Duration::days(30)),
     )
     .await;
     let pulled = wait_for(Duration::from_secs(20), || async {
-        crashing.metrics.messages_received.get() > 0
+        ingest.metrics.messages_received.get() > 0
     })
     .await;
-    assert!(pulled);
+    assert!(pulled, "ingest pulled messages");
+    (locker, ingest, settings)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_pulled_by_a_crashed_ingest_are_delivered_again_after_the_ack_wait() {
+    let nats = Nats::start().await.unwrap();
+    let harness = Harness::start().await;
+    // The first ingest pulls and cannot commit.
+    let (locker, crashing, settings) = pulled_behind_a_lock(&harness, &nats, "it-nats-crash").await;
     // Crash with messages pulled and uncommitted; no acknowledgement may have left for them.
     crashing.abort().await;
     locker.batch_execute("ROLLBACK").await.unwrap();
@@ -166,25 +177,7 @@ async fn messages_held_while_commits_wait_are_not_delivered_again() {
     let nats = Nats::start().await.unwrap();
     let harness = Harness::start().await;
     // Commits wait behind a lock for four ack waits.
-    let locker = sql(&harness).await;
-    locker
-        .batch_execute("BEGIN; LOCK TABLE readings IN EXCLUSIVE MODE")
-        .await
-        .unwrap();
-    let mut settings = from_nats(&harness, &nats, "it-nats-held");
-    settings.ingest.nats.ack_wait = Duration::from_secs(2);
-    let ingest = harness.ingest_with(settings);
-    ingest.subscribed("held").await;
-    publish(
-        &nats.mqtt(0),
-        mixed_messages(Utc::now() - chrono::Duration::days(30)),
-    )
-    .await;
-    let pulled = wait_for(Duration::from_secs(20), || async {
-        ingest.metrics.messages_received.get() > 0
-    })
-    .await;
-    assert!(pulled);
+    let (locker, ingest, _) = pulled_behind_a_lock(&harness, &nats, "it-nats-held").await;
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(
         ingest.metrics.messages_redelivered.get(),
