@@ -137,36 +137,71 @@ async fn postgres_stopped_for_thirty_seconds_under_load_loses_and_duplicates_not
         .await
         .expect("a private PostgreSQL");
     let harness = Harness::start_on(&postgres.config()).await;
-    // `tidemark ingest` as its own process, as it runs in production.
-    let ingest = IngestProcess::spawn(&harness, free_port().unwrap());
+    // 100 chunks of 100, 0.45 s apart: about 45 s of load.
+    let tally = database_lost_under_load(
+        &harness,
+        &mut postgres,
+        Recovery::StartAgain,
+        Duration::from_millis(450),
+        1_000,
+        Duration::from_secs(30),
+        "postgres-immediate-shutdown",
+        "30 s down",
+    )
+    .await;
+    assert_exactly_once(&tally);
+    harness.finish().await;
+}
+
+/// How the database a scenario stopped comes back.
+enum Recovery<'a> {
+    /// Started again from its own data.
+    StartAgain,
+    /// Replaced by this standby, promoted.
+    Promote(&'a PrivatePostgres),
+}
+
+/// Runs `tidemark ingest` as its own process (as in production) under `READINGS` readings
+/// published `pause` apart per chunk, stops `lost` by immediate shutdown once `stored_first` are
+/// stored, checks that ingest noticed after `down`, recovers, and returns the tally.
+#[allow(clippy::too_many_arguments)]
+async fn database_lost_under_load(
+    harness: &Harness,
+    lost: &mut PrivatePostgres,
+    recovery: Recovery<'_>,
+    pause: Duration,
+    stored_first: u64,
+    down: Duration,
+    scenario: &str,
+    fault: &str,
+) -> Tally {
+    let ingest = IngestProcess::spawn(harness, free_port().unwrap());
     ingest.wait_subscribed().await;
     let (messages, keys) = load(Utc::now() - chrono::Duration::days(2));
-    // 100 chunks of 100, 0.45 s apart: about 45 s of load.
-    let publisher = paced(
-        harness.broker_config(),
-        messages,
-        Duration::from_millis(450),
-    );
+    let publisher = paced(harness.broker_config(), messages, pause);
     let started = wait_for(Duration::from_secs(60), || async {
-        harness.count().await >= 1_000
+        harness.count().await >= stored_first
     })
     .await;
     assert!(started, "ingest stores before the fault");
-    postgres.stop_immediate().await.unwrap();
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    lost.stop_immediate().await.unwrap();
+    tokio::time::sleep(down).await;
     let retries = ingest
         .metric("tidemark_ingest_write_retries_total")
         .await
         .unwrap_or(0.0);
     assert!(retries > 0.0, "ingest noticed the database had gone");
-    postgres.start_again().await.unwrap();
+    match recovery {
+        Recovery::StartAgain => lost.start_again().await.unwrap(),
+        Recovery::Promote(standby) => standby.promote().await.unwrap(),
+    }
     publisher.await.unwrap();
     let tally = tally(
-        &harness,
+        harness,
         &keys,
-        "postgres-immediate-shutdown",
+        scenario,
         &format!(
-            "30 s down; {} write retries",
+            "{fault}; {} write retries",
             ingest
                 .metric("tidemark_ingest_write_retries_total")
                 .await
@@ -174,9 +209,8 @@ async fn postgres_stopped_for_thirty_seconds_under_load_loses_and_duplicates_not
         ),
     )
     .await;
-    assert_exactly_once(&tally);
     ingest.kill().await;
-    harness.finish().await;
+    tally
 }
 
 /// Scenario: the primary lost under load and its streaming replica promoted. Ingest names both
@@ -190,43 +224,18 @@ async fn the_primary_lost_under_load_and_its_replica_promoted_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let (mut primary, replica, both) = primary_with_synchronous_standby().await;
     let harness = Harness::start_on(&both).await;
-    let ingest = IngestProcess::spawn(&harness, free_port().unwrap());
-    ingest.wait_subscribed().await;
-    let (messages, keys) = load(Utc::now() - chrono::Duration::days(2));
-    let publisher = paced(
-        harness.broker_config(),
-        messages,
-        Duration::from_millis(300),
-    );
-    let started = wait_for(Duration::from_secs(60), || async {
-        harness.count().await >= 2_000
-    })
-    .await;
-    assert!(started, "ingest stores before the fault");
-    primary.stop_immediate().await.unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let retries = ingest
-        .metric("tidemark_ingest_write_retries_total")
-        .await
-        .unwrap_or(0.0);
-    assert!(retries > 0.0, "ingest noticed the primary had gone");
-    replica.promote().await.unwrap();
-    publisher.await.unwrap();
-    let tally = tally(
+    let tally = database_lost_under_load(
         &harness,
-        &keys,
+        &mut primary,
+        Recovery::Promote(&replica),
+        Duration::from_millis(300),
+        2_000,
+        Duration::from_secs(5),
         "postgres-failover",
-        &format!(
-            "primary killed, replica promoted after 5 s; {} write retries",
-            ingest
-                .metric("tidemark_ingest_write_retries_total")
-                .await
-                .unwrap_or(retries)
-        ),
+        "primary killed, replica promoted after 5 s",
     )
     .await;
     assert_exactly_once(&tally);
-    ingest.kill().await;
     harness.finish().await;
     drop(primary);
 }

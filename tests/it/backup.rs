@@ -3,8 +3,8 @@
 //! with `scripts/restore.sh` holds the same rows, the same sequence positions, and answers the
 //! store's queries the same.
 
-use crate::support::repo;
 use crate::support::{is_hypertable, sql_client};
+use crate::support::{repo, timescale_database};
 use crate::upgrade::{snapshot, upgraded_database};
 use chrono::{Duration as Days, Utc};
 use std::process::Command;
@@ -170,23 +170,12 @@ async fn a_backup_restores_every_row_into_an_empty_database() {
 async fn a_timescaledb_backup_restores_its_hypertables_and_answers() {
     use tidemark_store::reference::{DeviceRecord, ReferenceData, SensorRecord};
     use tidemark_store::{DatabaseConfig, StorageMode, TimescaleSetting};
-    if !tidemark_store::schema::server_offers_timescaledb(&test_server())
-        .await
-        .unwrap()
-    {
-        eprintln!("TimescaleDB is not offered by this server (pg_available_extensions): skipped");
-        return;
-    }
-    let source = TestDatabase::create(&test_server()).await.unwrap();
     // Compression after 30 days: the ten days of readings below stay uncompressed, so that the
     // scheduler's compression job cannot change a chunk between the backup and the comparison.
-    let config = DatabaseConfig {
-        timescaledb: TimescaleSetting::Required,
-        compress_after: Duration::from_secs(30 * 86_400),
-        ..source.config.clone()
+    let Some((source, config, store)) = timescale_database(Duration::from_secs(30 * 86_400)).await
+    else {
+        return;
     };
-    assert_eq!(migrate(&config).await.unwrap(), StorageMode::TimescaleDb);
-    let store = Store::connect(&config).await.unwrap();
     store
         .apply_reference(&ReferenceData {
             devices: vec![DeviceRecord {

@@ -1,6 +1,6 @@
 //! Storage in both modes against the real server.
 
-use crate::support::{is_hypertable, sql_client};
+use crate::support::{is_hypertable, sql_client, timescale_database};
 use chrono::{DateTime, TimeZone, Utc};
 use std::time::Duration;
 use tidemark_store::readings::{ReadingRow, RejectionRow};
@@ -462,18 +462,10 @@ async fn timescaledb_offered_but_not_preloaded_falls_back_to_plain_or_says_why()
 /// `/readyz` says the jobs are fine. Skipped where the server offers no TimescaleDB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_timescaledb_jobs_are_reported_and_run_by_maintenance() {
-    if !server_offers_timescaledb(&test_server()).await.unwrap() {
-        eprintln!("TimescaleDB is not offered by this server (pg_available_extensions): skipped");
+    let Some((database, config, store)) = timescale_database(Duration::from_secs(7 * 86_400)).await
+    else {
         return;
-    }
-    let database = TestDatabase::create(&test_server()).await.unwrap();
-    let config = DatabaseConfig {
-        timescaledb: TimescaleSetting::Required,
-        compress_after: Duration::from_secs(7 * 86_400),
-        ..database.config.clone()
     };
-    assert_eq!(migrate(&config).await.unwrap(), StorageMode::TimescaleDb);
-    let store = Store::connect(&config).await.unwrap();
     let sensor_id = one_sensor(&store).await;
     let old = Utc::now() - chrono::Duration::days(30);
     store

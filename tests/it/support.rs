@@ -654,6 +654,33 @@ pub async fn is_hypertable(client: &tokio_postgres::Client, table: &str) -> bool
         == 1
 }
 
+/// A fresh database migrated with TimescaleDB required, chunks compressed after `compress_after`,
+/// and a store on it. None, after saying so, where the server offers no TimescaleDB.
+pub async fn timescale_database(
+    compress_after: Duration,
+) -> Option<(TestDatabase, tidemark_store::DatabaseConfig, Store)> {
+    use tidemark_store::{StorageMode, TimescaleSetting};
+    if !tidemark_store::schema::server_offers_timescaledb(&test_server())
+        .await
+        .unwrap()
+    {
+        eprintln!("TimescaleDB is not offered by this server (pg_available_extensions): skipped");
+        return None;
+    }
+    let database = TestDatabase::create(&test_server()).await.unwrap();
+    let config = tidemark_store::DatabaseConfig {
+        timescaledb: TimescaleSetting::Required,
+        compress_after,
+        ..database.config.clone()
+    };
+    assert_eq!(
+        tidemark_store::schema::migrate(&config).await.unwrap(),
+        StorageMode::TimescaleDb
+    );
+    let store = Store::connect(&config).await.unwrap();
+    Some((database, config, store))
+}
+
 pub async fn sql_client(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
