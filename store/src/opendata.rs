@@ -366,8 +366,7 @@ impl Store {
         let [daily, ..] = ROLLUPS;
         let (days_from, days_to) = daily.inner(from, to);
         if all_qualities || bucket != Duration::from_secs(3_600) || days_from >= days_to {
-            let client: &tokio_postgres::Client = &client;
-            return aggregate_range(client, sensor, from, to, bucket, all_qualities).await;
+            return aggregate_range(&client, sensor, from, to, bucket, all_qualities).await;
         }
         let tx = client
             .build_transaction()
@@ -391,25 +390,27 @@ const MAX_UNPACKED_RANGES: usize = 8;
 /// Hourly buckets over `[from, to)`: the packed rows of the whole days in `days` that have no
 /// dirty note, and [`aggregate_raw`] for the ranges between them.
 async fn hourly_by_days(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     sensor: &str,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     (days_from, days_to): (DateTime<Utc>, DateTime<Utc>),
 ) -> Result<Vec<BucketRow>> {
     let hour = Duration::from_secs(3_600);
-    let packed = tx
-        .query(
-            &format!(
+    let sql = format!(
                 "WITH dirty AS (SELECT DISTINCT date_bin('1 day', d.hour, 'epoch'::timestamptz) AS day \
                      FROM rollup_dirty d WHERE d.sensor_id = {SENSOR_ID} AND d.hour >= $2 AND d.hour < $3) \
                  SELECT p.day, p.hours FROM readings_1h_days p \
                  WHERE p.sensor_id = {SENSOR_ID} AND p.day >= $2 AND p.day < $3 \
                    AND p.day NOT IN (SELECT day FROM dirty) \
                  ORDER BY p.day"
-            ),
-            &[&sensor, &days_from, &days_to],
-        )
+    );
+    let statement = tx
+        .prepare_cached(&sql)
+        .await
+        .context("preparing the read of packed hourly days")?;
+    let packed = tx
+        .query(&statement, &[&sensor, &days_from, &days_to])
         .await
         .context("reading packed hourly days")?;
     let day = chrono::Duration::days(1);
@@ -482,7 +483,7 @@ fn unpack_day(row: &tokio_postgres::Row, out: &mut Vec<BucketRow>) -> Result<()>
 
 /// [`Store::aggregate`] from the rollup rows and the raw readings, on `client`.
 async fn aggregate_range(
-    client: &impl tokio_postgres::GenericClient,
+    client: &impl deadpool_postgres::GenericClient,
     sensor: &str,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
@@ -549,7 +550,7 @@ async fn aggregate_range(
 
 /// [`Store::aggregate`] from the raw readings alone, on `client`.
 async fn aggregate_raw(
-    client: &impl tokio_postgres::GenericClient,
+    client: &impl deadpool_postgres::GenericClient,
     sensor: &str,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
@@ -557,16 +558,17 @@ async fn aggregate_raw(
     all_qualities: bool,
 ) -> Result<Vec<BucketRow>> {
     let filter = if all_qualities { "true" } else { USABLE };
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT date_bin(make_interval(secs => $4), r.ts, 'epoch'::timestamptz), {} \
+             FROM readings r WHERE r.sensor_id = {SENSOR_ID} AND r.ts >= $2 AND r.ts < $3 \
+             GROUP BY 1 ORDER BY 1",
+            raw_summary(filter)
+        ))
+        .await
+        .context("preparing an aggregation of readings")?;
     let rows = client
-        .query(
-            &format!(
-                "SELECT date_bin(make_interval(secs => $4), r.ts, 'epoch'::timestamptz), {} \
-                 FROM readings r WHERE r.sensor_id = {SENSOR_ID} AND r.ts >= $2 AND r.ts < $3 \
-                 GROUP BY 1 ORDER BY 1",
-                raw_summary(filter)
-            ),
-            &[&sensor, &from, &to, &bucket.as_secs_f64()],
-        )
+        .query(&statement, &[&sensor, &from, &to, &bucket.as_secs_f64()])
         .await
         .context("aggregating readings")?;
     Ok(bucket_rows(&rows))
