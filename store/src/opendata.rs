@@ -252,7 +252,16 @@ impl Store {
 
     /// [`Store::sensor_quantity`] for the open-data reads: from the standby, if reads go to one.
     pub async fn open_sensor_quantity(&self, key: &str) -> Result<Option<String>> {
-        quantity_of(&*self.read_client().await?, key).await
+        let client = self.read_client().await?;
+        let statement = client
+            .prepare_cached("SELECT quantity FROM sensors WHERE key = $1")
+            .await
+            .context("preparing a sensor look-up")?;
+        Ok(client
+            .query_opt(&statement, &[&key])
+            .await
+            .context("looking up a sensor")?
+            .map(|r| r.get(0)))
     }
 
     /// A sensor's raw readings in `order`, at most `limit`, streamed from the database as they
@@ -296,9 +305,13 @@ impl Store {
                     (*since, after.map(|(r, _)| r), after.map(|(_, ts)| ts))
                 }
             };
+        let statement = client
+            .prepare_cached(statement)
+            .await
+            .context("preparing a read of raw readings")?;
         let stream = client
             .query_raw(
-                statement,
+                &statement,
                 [
                     &sensor as &(dyn tokio_postgres::types::ToSql + Sync),
                     &start,
