@@ -247,21 +247,12 @@ impl Store {
     }
 
     pub async fn sensor_quantity(&self, key: &str) -> Result<Option<String>> {
-        quantity_of(&*self.client().await?, key).await
+        quantity_of(&self.client().await?, key).await
     }
 
     /// [`Store::sensor_quantity`] for the open-data reads: from the standby, if reads go to one.
     pub async fn open_sensor_quantity(&self, key: &str) -> Result<Option<String>> {
-        let client = self.read_client().await?;
-        let statement = client
-            .prepare_cached("SELECT quantity FROM sensors WHERE key = $1")
-            .await
-            .context("preparing a sensor look-up")?;
-        Ok(client
-            .query_opt(&statement, &[&key])
-            .await
-            .context("looking up a sensor")?
-            .map(|r| r.get(0)))
+        quantity_of(&self.read_client().await?, key).await
     }
 
     /// A sensor's raw readings in `order`, at most `limit`, streamed from the database as they
@@ -608,9 +599,16 @@ fn bucket_rows(rows: &[tokio_postgres::Row]) -> Vec<BucketRow> {
         .collect()
 }
 
-async fn quantity_of(client: &tokio_postgres::Client, key: &str) -> Result<Option<String>> {
+async fn quantity_of(
+    client: &impl deadpool_postgres::GenericClient,
+    key: &str,
+) -> Result<Option<String>> {
+    let statement = client
+        .prepare_cached("SELECT quantity FROM sensors WHERE key = $1")
+        .await
+        .context("preparing a sensor look-up")?;
     Ok(client
-        .query_opt("SELECT quantity FROM sensors WHERE key = $1", &[&key])
+        .query_opt(&statement, &[&key])
         .await
         .context("looking up a sensor")?
         .map(|r| r.get(0)))
