@@ -402,12 +402,12 @@ async fn hourly_by_days(
 ) -> Result<Vec<BucketRow>> {
     let hour = Duration::from_secs(3_600);
     let sql = format!(
-                "WITH dirty AS (SELECT DISTINCT date_bin('1 day', d.hour, 'epoch'::timestamptz) AS day \
-                     FROM rollup_dirty d WHERE d.sensor_id = {SENSOR_ID} AND d.hour >= $2 AND d.hour < $3) \
-                 SELECT p.day, p.hours FROM readings_1h_days p \
-                 WHERE p.sensor_id = {SENSOR_ID} AND p.day >= $2 AND p.day < $3 \
-                   AND p.day NOT IN (SELECT day FROM dirty) \
-                 ORDER BY p.day"
+        "WITH dirty AS (SELECT DISTINCT date_bin('1 day', d.hour, 'epoch'::timestamptz) AS day \
+             FROM rollup_dirty d WHERE d.sensor_id = {SENSOR_ID} AND d.hour >= $2 AND d.hour < $3) \
+         SELECT p.day, p.hours FROM readings_1h_days p \
+         WHERE p.sensor_id = {SENSOR_ID} AND p.day >= $2 AND p.day < $3 \
+           AND p.day NOT IN (SELECT day FROM dirty) \
+         ORDER BY p.day"
     );
     let statement = tx
         .prepare_cached(&sql)
