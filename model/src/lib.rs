@@ -21,6 +21,7 @@
 //!   topics, and [`warning::EventBody`], the JSON of a warning event on every channel.
 //! - [`random`]: [`random::SeededRng`], reproducible uniform draws from a seed.
 //! - [`network`]: networks, and which addresses an outbound request may reach.
+//! - [`odata`]: the SensorThings query language (`$filter`, `$expand`, ...), parsed.
 //! - [`forecast`]: forecasts as they arrive (topic, JSON v1) and their validation.
 //! - [`verification`]: warnings scored against the flood events the readings show (hits, misses,
 //!   false alarms, lead times, detection and false alarm rates).
@@ -32,6 +33,7 @@ pub mod dynsec;
 pub mod forecast;
 pub mod id;
 pub mod network;
+pub mod odata;
 pub mod quantity;
 pub mod random;
 pub mod reading;

@@ -72,6 +72,28 @@ impl Quantity {
             .ok_or_else(|| UnknownQuantity(name.to_owned()))
     }
 
+    /// What the quantity is, in a sentence.
+    pub fn description(self) -> &'static str {
+        match self {
+            Quantity::WaterLevel => "River or lake stage above the gauge datum.",
+            Quantity::SeaLevel => "Sea level above the national datum.",
+            Quantity::GroundwaterLevel => {
+                "Groundwater head above the national datum (negative below it)."
+            }
+            Quantity::SewerLevel => "Water level in a sewer or storm drain above its invert.",
+            Quantity::RiverFlow => "Discharge of a river.",
+            Quantity::Rainfall => "Rainfall depth in the reporting interval.",
+            Quantity::EnergyImport => "Cumulative imported electrical energy (meter register).",
+            Quantity::EnergyExport => "Cumulative exported electrical energy (meter register).",
+            Quantity::Power => "Electrical power; negative when exporting.",
+            Quantity::HeatEnergy => "Cumulative heat energy (district heating meter register).",
+            Quantity::WaterFlow => "Volume flow in a water supply network (district meter).",
+            Quantity::FillLevel => "Fill level of a waste container.",
+            Quantity::Weight => "Weight (of a waste container's contents, a collection).",
+            Quantity::Temperature => "Temperature of air, water or a heating flow.",
+        }
+    }
+
     /// The unit values are stored in.
     pub fn canonical_unit(self) -> Unit {
         self.spec().1

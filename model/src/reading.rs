@@ -38,6 +38,32 @@ impl Quality {
     pub fn is_good(self) -> bool {
         self.0 == 0
     }
+
+    /// The flags set, by name (`["good"]` for none); unknown bits as their numbers.
+    pub fn names(self) -> Vec<String> {
+        const NAMES: [(Quality, &str); 5] = [
+            (Quality::DEVICE_SUSPECT, "device_suspect"),
+            (Quality::DEVICE_BAD, "device_bad"),
+            (Quality::SPIKE, "spike"),
+            (Quality::STUCK, "stuck"),
+            (Quality::OUT_OF_RANGE, "out_of_range"),
+        ];
+        if self.is_good() {
+            return vec!["good".to_owned()];
+        }
+        let mut names = Vec::new();
+        for bit in 0..16 {
+            let flag = Quality(((1u16 << bit) as i16) & self.0);
+            if flag.0 == 0 {
+                continue;
+            }
+            match NAMES.iter().find(|(q, _)| *q == flag) {
+                Some((_, name)) => names.push((*name).to_owned()),
+                None => names.push(format!("flag_{}", 1u32 << bit)),
+            }
+        }
+        names
+    }
 }
 
 /// One accepted reading.
@@ -48,4 +74,19 @@ pub struct Reading {
     /// In the sensor's quantity's canonical unit.
     pub value: f64,
     pub quality: Quality,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Quality;
+
+    #[test]
+    fn flags_are_named() {
+        assert_eq!(Quality::GOOD.names(), ["good"]);
+        assert_eq!(
+            Quality::DEVICE_SUSPECT.with(Quality::SPIKE).names(),
+            ["device_suspect", "spike"]
+        );
+        assert_eq!(Quality(1 << 4).names(), ["flag_16"]);
+    }
 }

@@ -107,6 +107,36 @@ impl Unit {
         Ok(unit)
     }
 
+    /// The unit's name in English and its QUDT unit URI, for catalogues that describe units
+    /// (SensorThings' `unitOfMeasurement`).
+    pub fn description(self) -> (&'static str, &'static str) {
+        let (name, qudt) = match self {
+            Unit::Metre => ("metre", "M"),
+            Unit::Centimetre => ("centimetre", "CentiM"),
+            Unit::Millimetre => ("millimetre", "MilliM"),
+            Unit::CubicMetrePerSecond => ("cubic metre per second", "M3-PER-SEC"),
+            Unit::CubicMetrePerHour => ("cubic metre per hour", "M3-PER-HR"),
+            Unit::LitrePerSecond => ("litre per second", "L-PER-SEC"),
+            Unit::WattHour => ("watt hour", "W-HR"),
+            Unit::KilowattHour => ("kilowatt hour", "KiloW-HR"),
+            Unit::MegawattHour => ("megawatt hour", "MegaW-HR"),
+            Unit::Joule => ("joule", "J"),
+            Unit::Megajoule => ("megajoule", "MegaJ"),
+            Unit::Gigajoule => ("gigajoule", "GigaJ"),
+            Unit::Watt => ("watt", "W"),
+            Unit::Kilowatt => ("kilowatt", "KiloW"),
+            Unit::Megawatt => ("megawatt", "MegaW"),
+            Unit::Percent => ("percent", "PERCENT"),
+            Unit::Fraction => ("ratio", "UNITLESS"),
+            Unit::Gram => ("gram", "GM"),
+            Unit::Kilogram => ("kilogram", "KiloGM"),
+            Unit::Tonne => ("tonne", "TONNE"),
+            Unit::Celsius => ("degree Celsius", "DEG_C"),
+            Unit::Kelvin => ("kelvin", "K"),
+        };
+        (name, qudt)
+    }
+
     /// The canonical symbol (the SenML one where SenML has it).
     pub fn symbol(self) -> &'static str {
         match self {
