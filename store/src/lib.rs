@@ -44,6 +44,7 @@ pub mod readings;
 pub mod reference;
 pub mod rollup;
 pub mod schema;
+pub mod sta;
 mod terms;
 pub mod utility;
 pub mod water;
