@@ -7,6 +7,7 @@
 //!   middleware, and the map dashboard; [`ops_router`]: `/healthz`, `/readyz`, `/metrics`.
 //! - Resources, each a folder with its `routes()`: [`opendata`], [`warnings`] (with [`cap`],
 //!   [`sse`] and [`webhooks`]), [`manage`], [`circular`], [`utilities`].
+//! - [`sta`]: the OGC SensorThings API v1.1 (read) under `/sta/v1.1`.
 //! - [`http`]: formats, query parsing, CSV and JSON answers; [`http::problem`] the
 //!   `application/problem+json` errors.
 //! - [`body`]: the warning vocabulary as the API spells it.
@@ -31,6 +32,7 @@ pub mod openapi;
 pub mod opendata;
 pub mod ops;
 pub mod rate_limit;
+pub mod sta;
 pub mod state;
 pub mod utilities;
 pub mod warnings;

@@ -103,6 +103,7 @@ pub fn documented_routes() -> OpenApiRouter<ApiState> {
         .merge(crate::manage::routes())
         .merge(crate::circular::routes())
         .merge(crate::utilities::routes())
+        .merge(crate::sta::routes())
 }
 
 /// The document of every route, assembled from the routers that serve them: a route and its

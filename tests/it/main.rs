@@ -22,6 +22,9 @@ mod backup;
 // Ingest from NATS JetStream, devices publishing MQTT to nats-server.
 mod nats;
 
+// The OGC SensorThings API v1.1 over the same relations.
+mod sta;
+
 // Open-data reads from a streaming standby.
 mod replication;
 

@@ -64,6 +64,8 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("GET", "/api/v1/webhooks/{id}"),
     ("DELETE", "/api/v1/webhooks/{id}"),
     ("POST", "/api/v1/webhooks/{id}/rotate-secret"),
+    ("GET", "/sta/v1.1"),
+    ("GET", "/sta/v1.1/{path}"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -119,8 +121,9 @@ async fn every_operation_is_documented_and_served_and_the_document_offers_no_oth
         let concrete = path
             .replace("{file}", "1.cap")
             .replace("{id}", "1")
+            .replace("{path}", "Things(1)/Datastreams")
             .replace(['{', '}'], "");
-        let base = if path.starts_with("/api/") {
+        let base = if path.starts_with("/api/") || path.starts_with("/sta/") {
             &api.base
         } else {
             &ops_base

@@ -29,6 +29,12 @@ pub enum ApiError {
         "this client already has {0} event streams open; close one, or wait as Retry-After says"
     )]
     TooManyStreams(usize),
+    /// A well-formed request for something this server does not implement (501).
+    #[error("{detail}")]
+    NotImplemented {
+        parameter: Option<String>,
+        detail: String,
+    },
     #[error("the database is unavailable")]
     Store(tidemark_store::Error),
     /// A fault of this server; the cause is logged, not shown.
@@ -72,6 +78,7 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
         }
     }
 }
@@ -103,7 +110,9 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let parameter = match &self {
-            ApiError::BadRequest { parameter, .. } => parameter.clone(),
+            ApiError::BadRequest { parameter, .. } | ApiError::NotImplemented { parameter, .. } => {
+                parameter.clone()
+            }
             _ => None,
         };
         let problem = Problem {

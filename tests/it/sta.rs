@@ -1,0 +1,631 @@
+//! The OGC SensorThings API v1.1 (`/sta/v1.1`) over real HTTP against the real database: entity
+//! shapes and links, navigation, every query option, keyset paging checked against the open data
+//! API's raw readings, the Data Array extension, and errors (400 and 501 naming the option).
+
+use crate::support::*;
+use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
+use serde_json::Value;
+use tidemark_store::readings::ReadingRow;
+
+const SENSOR: &str = "flensburg.sea_level";
+/// Readings every 10 minutes for two days.
+const READINGS: i64 = 288;
+const SPIKE_INDEX: i64 = 100;
+
+fn start() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2023, 10, 19, 0, 0, 0).unwrap()
+}
+
+/// A time as the API writes it.
+fn api_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+fn value_at(i: i64) -> f64 {
+    if i == SPIKE_INDEX {
+        16.71
+    } else {
+        ((i * 37) % 200) as f64 / 100.0
+    }
+}
+
+/// The API with the reference stations, two days of Flensburg readings (one a flagged spike) and
+/// three of Kappeln's.
+async fn loaded() -> (Harness, Api, i32) {
+    let harness = Harness::start().await;
+    let config = with_stations(&harness).await;
+    let api = Api::start(&harness, &config).await;
+    let id = sensor_id(&harness, SENSOR).await;
+    let mut rows: Vec<ReadingRow> = (0..READINGS)
+        .map(|i| ReadingRow {
+            sensor_id: id,
+            ts: start() + ChronoDuration::minutes(10 * i),
+            value: value_at(i),
+            quality: if i == SPIKE_INDEX { 256 } else { 0 },
+        })
+        .collect();
+    let kappeln = sensor_id(&harness, "kappeln.sea_level").await;
+    rows.extend((0..3).map(|i| ReadingRow {
+        sensor_id: kappeln,
+        ts: start() + ChronoDuration::minutes(10 * i),
+        value: 0.5,
+        quality: 0,
+    }));
+    store_readings(&harness, &rows).await;
+    (harness, api, id)
+}
+
+async fn get(api: &Api, path: &str) -> (u16, Value) {
+    let url = if path.starts_with("http") {
+        path.to_owned()
+    } else {
+        api.url(path)
+    };
+    let response = api.http.get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
+async fn ok(api: &Api, path: &str) -> Value {
+    let (status, body) = get(api, path).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    body
+}
+
+/// Every entity of a collection, following `@iot.nextLink` to the end.
+async fn all(api: &Api, path: &str) -> (Vec<Value>, usize) {
+    let mut values = Vec::new();
+    let mut pages = 0;
+    let mut next = Some(path.to_owned());
+    while let Some(link) = next {
+        let page = ok(api, &link).await;
+        pages += 1;
+        values.extend(page["value"].as_array().unwrap().iter().cloned());
+        next = page["@iot.nextLink"].as_str().map(str::to_owned);
+        assert!(pages < 1_000, "paging does not end");
+    }
+    (values, pages)
+}
+
+fn names(values: &[Value]) -> Vec<&str> {
+    values.iter().map(|v| v["name"].as_str().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entities_carry_their_links_and_navigation_reaches_related_entities() {
+    let (_harness, api, sensor) = loaded().await;
+    let base = format!("{}/sta/v1.1", api.base);
+
+    let landing = ok(&api, "/sta/v1.1").await;
+    let sets: Vec<&str> = landing["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    for set in [
+        "Things",
+        "Locations",
+        "HistoricalLocations",
+        "Datastreams",
+        "Sensors",
+        "Observations",
+        "ObservedProperties",
+        "FeaturesOfInterest",
+    ] {
+        assert!(sets.contains(&set), "{set} missing from {sets:?}");
+    }
+    let conformance = landing["serverSettings"]["conformance"].to_string();
+    assert!(conformance.contains("/req/request-data"), "{conformance}");
+    assert!(conformance.contains("/req/data-array/data-array"));
+
+    let things = ok(&api, "/sta/v1.1/Things").await;
+    let flensburg = things["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "Flensburg")
+        .unwrap()
+        .clone();
+    let thing_id = flensburg["@iot.id"].as_i64().unwrap();
+    assert_eq!(
+        flensburg["@iot.selfLink"],
+        format!("{base}/Things({thing_id})")
+    );
+    assert_eq!(flensburg["properties"]["key"], "flensburg");
+    for nav in ["Locations", "HistoricalLocations", "Datastreams"] {
+        assert_eq!(
+            flensburg[format!("{nav}@iot.navigationLink")],
+            format!("{base}/Things({thing_id})/{nav}")
+        );
+    }
+    // The self link gives the same entity.
+    assert_eq!(
+        ok(&api, flensburg["@iot.selfLink"].as_str().unwrap()).await,
+        flensburg
+    );
+
+    // Its location, as GeoJSON.
+    let locations = ok(
+        &api,
+        flensburg["Locations@iot.navigationLink"].as_str().unwrap(),
+    )
+    .await;
+    let location = &locations["value"][0];
+    assert_eq!(location["encodingType"], "application/geo+json");
+    assert_eq!(location["location"]["type"], "Point");
+    assert_eq!(location["location"]["coordinates"][0], 9.434);
+    assert_eq!(location["location"]["coordinates"][1], 54.796);
+
+    // Its datastream: unit, type, extents from the readings.
+    let datastreams = ok(
+        &api,
+        flensburg["Datastreams@iot.navigationLink"]
+            .as_str()
+            .unwrap(),
+    )
+    .await;
+    let datastream = &datastreams["value"][0];
+    assert_eq!(datastreams["value"].as_array().unwrap().len(), 1);
+    assert_eq!(datastream["@iot.id"], sensor);
+    assert_eq!(datastream["unitOfMeasurement"]["symbol"], "m");
+    assert_eq!(datastream["unitOfMeasurement"]["name"], "metre");
+    assert!(datastream["observationType"]
+        .as_str()
+        .unwrap()
+        .ends_with("OM_Measurement"));
+    let last = start() + ChronoDuration::minutes(10 * (READINGS - 1));
+    assert_eq!(
+        datastream["phenomenonTime"],
+        format!("{}/{}", api_time(start()), api_time(last))
+    );
+    assert_eq!(datastream["observedArea"]["coordinates"][0], 9.434);
+
+    // To-one navigation, a property and its raw value, association links.
+    let thing = ok(&api, &format!("/sta/v1.1/Datastreams({sensor})/Thing")).await;
+    assert_eq!(thing["@iot.id"], thing_id);
+    assert_eq!(
+        ok(&api, &format!("/sta/v1.1/Datastreams({sensor})/Thing/name")).await,
+        serde_json::json!({"name": "Flensburg"})
+    );
+    assert_eq!(
+        ok(
+            &api,
+            &format!("/sta/v1.1/Datastreams({sensor})/Thing/name/$value")
+        )
+        .await,
+        "Flensburg"
+    );
+    let refs = ok(
+        &api,
+        &format!("/sta/v1.1/Things({thing_id})/Datastreams/$ref"),
+    )
+    .await;
+    assert_eq!(
+        refs["value"],
+        serde_json::json!([{"@iot.selfLink": format!("{base}/Datastreams({sensor})")}])
+    );
+    let sensor_entity = ok(&api, &format!("/sta/v1.1/Datastreams({sensor})/Sensor")).await;
+    assert_eq!(sensor_entity["metadata"], "flensburg-gauge");
+    let property = ok(
+        &api,
+        &format!("/sta/v1.1/Datastreams({sensor})/ObservedProperty"),
+    )
+    .await;
+    assert_eq!(property["@iot.id"], "sea_level");
+    assert_eq!(
+        property["@iot.selfLink"],
+        format!("{base}/ObservedProperties('sea_level')")
+    );
+    assert!(property["definition"]
+        .as_str()
+        .unwrap()
+        .contains("sea_level"));
+    let streams = ok(
+        &api,
+        "/sta/v1.1/ObservedProperties('sea_level')/Datastreams",
+    )
+    .await;
+    assert_eq!(streams["value"].as_array().unwrap().len(), 3);
+
+    // An observation: its id, its links, its datastream and feature of interest.
+    let first = ok(
+        &api,
+        &format!("/sta/v1.1/Datastreams({sensor})/Observations?$top=1&$orderby=phenomenonTime"),
+    )
+    .await["value"][0]
+        .clone();
+    assert_eq!(first["phenomenonTime"], api_time(start()));
+    assert_eq!(first["result"], value_at(0));
+    assert_eq!(first["resultQuality"], serde_json::json!(["good"]));
+    let self_link = first["@iot.selfLink"].as_str().unwrap();
+    assert_eq!(ok(&api, self_link).await, first);
+    let datastream_of = ok(&api, &format!("{self_link}/Datastream")).await;
+    assert_eq!(datastream_of["@iot.id"], sensor);
+    let feature = ok(&api, &format!("{self_link}/FeatureOfInterest")).await;
+    assert_eq!(feature["@iot.id"], thing_id);
+    assert_eq!(feature["feature"]["type"], "Point");
+    let at_feature = ok(
+        &api,
+        &format!("/sta/v1.1/FeaturesOfInterest({thing_id})/Observations?$count=true&$top=1"),
+    )
+    .await;
+    assert_eq!(at_feature["@iot.count"], READINGS);
+
+    // What is not there.
+    for (path, status) in [
+        ("/sta/v1.1/Things(999999)", 404),
+        ("/sta/v1.1/Things(999999)/Datastreams", 404),
+        ("/sta/v1.1/Widgets", 404),
+        ("/sta/v1.1/Things('x')", 400),
+        ("/sta/v1.1/Observations('1-x')", 400),
+        ("/sta/v1.1/Things/Datastreams", 400),
+        ("/sta/v1.1/Observations('999-0')", 404),
+    ] {
+        let (got, body) = get(&api, path).await;
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(body["detail"].is_string(), "{path}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observations_page_by_keyset_and_equal_the_raw_readings() {
+    let (_harness, api, sensor) = loaded().await;
+
+    // The open data API's raw readings, every page.
+    let mut raw = Vec::new();
+    let mut next = Some(format!(
+        "/api/v1/sensors/{SENSOR}/readings?from=2023-10-01T00:00:00Z&to=2023-11-01T00:00:00Z&limit=100"
+    ));
+    while let Some(path) = next {
+        let page = ok(&api, &path).await;
+        for r in page["readings"].as_array().unwrap() {
+            raw.push((
+                r["ts"].as_str().unwrap().to_owned(),
+                r["value"].as_f64().unwrap(),
+            ));
+        }
+        next = page["next"].as_str().map(|cursor| {
+            format!("/api/v1/sensors/{SENSOR}/readings?from=2023-10-01T00:00:00Z&to=2023-11-01T00:00:00Z&limit=100&cursor={cursor}")
+        });
+    }
+    assert_eq!(raw.len() as i64, READINGS);
+
+    let (observations, pages) = all(
+        &api,
+        &format!("/sta/v1.1/Datastreams({sensor})/Observations?$orderby=phenomenonTime&$top=50"),
+    )
+    .await;
+    assert_eq!(pages, 6);
+    let got: Vec<(String, f64)> = observations
+        .iter()
+        .map(|o| {
+            (
+                o["phenomenonTime"].as_str().unwrap().to_owned(),
+                o["result"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, raw);
+    // The pages continue from a key, not an offset.
+    let second = ok(
+        &api,
+        &format!("/sta/v1.1/Datastreams({sensor})/Observations?$orderby=phenomenonTime&$top=50"),
+    )
+    .await;
+    let link = second["@iot.nextLink"].as_str().unwrap();
+    assert!(link.contains("%24skiptoken="), "{link}");
+    assert!(!link.contains("%24skip="), "{link}");
+
+    // Newest first, and the flagged spike.
+    let (newest_first, _) = all(
+        &api,
+        &format!(
+            "/sta/v1.1/Datastreams({sensor})/Observations?$orderby=phenomenonTime desc&$top=100"
+        ),
+    )
+    .await;
+    let mut reversed = got.clone();
+    reversed.reverse();
+    let newest: Vec<(String, f64)> = newest_first
+        .iter()
+        .map(|o| {
+            (
+                o["phenomenonTime"].as_str().unwrap().to_owned(),
+                o["result"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(newest, reversed);
+    let spike = &observations[SPIKE_INDEX as usize];
+    assert_eq!(spike["resultQuality"], serde_json::json!(["spike"]));
+    assert!(spike["parameters"]["receivedAt"].is_string());
+
+    // All Observations, by id across datastreams: every reading once.
+    let (every, _) = all(&api, "/sta/v1.1/Observations?$top=70&$select=id,result").await;
+    assert_eq!(every.len() as i64, READINGS + 3);
+    let mut ids: Vec<&str> = every
+        .iter()
+        .map(|o| o["@iot.id"].as_str().unwrap())
+        .collect();
+    ids.dedup();
+    assert_eq!(ids.len() as i64, READINGS + 3);
+    assert_eq!(every[0].as_object().unwrap().len(), 2, "{}", every[0]);
+
+    // An order by value pages by offset, and still returns each once.
+    let (by_value, _) = all(
+        &api,
+        &format!(
+            "/sta/v1.1/Datastreams({sensor})/Observations?$orderby=result desc&$top=40&$count=true"
+        ),
+    )
+    .await;
+    assert_eq!(by_value.len() as i64, READINGS);
+    assert_eq!(by_value[0]["result"], 16.71);
+    let counted = ok(
+        &api,
+        &format!("/sta/v1.1/Datastreams({sensor})/Observations?$count=true&$top=1"),
+    )
+    .await;
+    assert_eq!(counted["@iot.count"], READINGS);
+
+    // The Data Array extension: the same values, grouped under their datastream.
+    let array = ok(
+        &api,
+        &format!("/sta/v1.1/Datastreams({sensor})/Observations?$resultFormat=dataArray&$select=phenomenonTime,result&$orderby=phenomenonTime&$top=1000"),
+    )
+    .await;
+    let group = &array["value"][0];
+    assert_eq!(array["value"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        group["components"],
+        serde_json::json!(["phenomenonTime", "result"])
+    );
+    assert_eq!(group["dataArray@iot.count"], READINGS);
+    assert!(group["Datastream@iot.navigationLink"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("/Datastreams({sensor})")));
+    let arrayed: Vec<(String, f64)> = group["dataArray"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row[0].as_str().unwrap().to_owned(),
+                row[1].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(arrayed, raw);
+    let both = ok(
+        &api,
+        "/sta/v1.1/Observations?$resultFormat=dataArray&$top=1000",
+    )
+    .await;
+    assert_eq!(
+        both["value"].as_array().unwrap().len(),
+        2,
+        "two datastreams"
+    );
+    assert_eq!(both["value"][0]["components"][0], "id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_select_expand_and_order_as_odata_says_and_errors_name_the_option() {
+    let (harness, api, sensor) = loaded().await;
+    let count = |values: &[Value]| values.len();
+    let observations = |filter: &str| {
+        format!("/sta/v1.1/Datastreams({sensor})/Observations?$top=1000&$filter={filter}")
+    };
+    let expected =
+        |keep: &dyn Fn(i64, f64) -> bool| (0..READINGS).filter(|i| keep(*i, value_at(*i))).count();
+
+    // Comparison, logical and arithmetic operators.
+    let (over, _) = all(&api, &observations("result gt 1.5")).await;
+    assert_eq!(count(&over), expected(&|_, v| v > 1.5));
+    assert!(over.iter().all(|o| o["result"].as_f64().unwrap() > 1.5));
+    let (scaled, _) = all(
+        &api,
+        &observations("result mul 100 ge 150 and not (result eq 16.71)"),
+    )
+    .await;
+    assert_eq!(count(&scaled), expected(&|_, v| v >= 1.5 && v != 16.71));
+    let (either, _) = all(&api, &observations("result lt 0.1 or result sub 16 gt 0")).await;
+    assert_eq!(count(&either), expected(&|_, v| !(0.1..=16.0).contains(&v)));
+    let (modulo, _) = all(&api, &observations("round(result mul 100) mod 2 eq 1")).await;
+    assert_eq!(
+        count(&modulo),
+        expected(&|_, v| ((v * 100.0).round() as i64) % 2 == 1)
+    );
+
+    // Times and the time functions.
+    let day_two = start() + ChronoDuration::days(1);
+    let (second_day, _) = all(
+        &api,
+        &observations(&format!(
+            "phenomenonTime ge {} and resultTime lt {}",
+            api_time(day_two),
+            api_time(day_two + ChronoDuration::days(1))
+        )),
+    )
+    .await;
+    assert_eq!(count(&second_day), 144);
+    let (on_the_hour, _) = all(
+        &api,
+        &observations("minute(phenomenonTime) eq 0 and hour(phenomenonTime) eq 3"),
+    )
+    .await;
+    assert_eq!(count(&on_the_hour), 2);
+    let (by_date, _) = all(&api, &observations("date(phenomenonTime) eq 2023-10-20 and day(phenomenonTime) eq 20 and month(phenomenonTime) eq 10 and year(phenomenonTime) eq 2023")).await;
+    assert_eq!(count(&by_date), 144);
+
+    // Through navigation properties.
+    let (via_thing, _) = all(
+        &api,
+        "/sta/v1.1/Observations?$top=1000&$filter=Datastream/Thing/name eq 'Kappeln'",
+    )
+    .await;
+    assert_eq!(count(&via_thing), 3);
+
+    // String functions on Things.
+    for (filter, want) in [
+        ("startswith(name, 'Kiel')", vec!["Kiel-Holtenau"]),
+        ("endswith(name, 'peln')", vec!["Kappeln"]),
+        ("substringof('lens', name)", vec!["Flensburg"]),
+        ("tolower(name) eq 'kappeln'", vec!["Kappeln"]),
+        ("toupper(name) eq 'KAPPELN'", vec!["Kappeln"]),
+        (
+            "length(name) eq 9 and indexof(name, 'burg') eq 5",
+            vec!["Flensburg"],
+        ),
+        ("substring(name, 1, 3) eq 'iel'", vec!["Kiel-Holtenau"]),
+        ("concat(name, '!') eq 'Kappeln!'", vec!["Kappeln"]),
+        ("trim(' Kappeln ') eq name", vec!["Kappeln"]),
+        ("properties/key eq 'flensburg'", vec!["Flensburg"]),
+        ("name eq 'O''Brien''; DROP TABLE readings; --'", vec![]),
+    ] {
+        let page = ok(
+            &api,
+            &format!("/sta/v1.1/Things?$filter={filter}&$orderby=name"),
+        )
+        .await;
+        let values = page["value"].as_array().unwrap();
+        assert_eq!(names(values), want, "{filter}");
+    }
+    // The injection attempt above was a value, nothing more.
+    let client = sql(&harness).await;
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM readings", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, READINGS + 3);
+
+    // Geometry: a box around Flensburg, and a point.
+    let flensburg_box = "geography'POLYGON((9.3 54.7, 9.5 54.7, 9.5 54.9, 9.3 54.9, 9.3 54.7))'";
+    for filter in [
+        format!("st_within(location, {flensburg_box})"),
+        format!("geo.intersects(location, {flensburg_box})"),
+        format!("st_contains({flensburg_box}, location)"),
+        "st_equals(location, geography'POINT(9.434 54.796)')".to_owned(),
+    ] {
+        let page = ok(&api, &format!("/sta/v1.1/Locations?$filter={filter}")).await;
+        assert_eq!(
+            names(page["value"].as_array().unwrap()),
+            ["Flensburg"],
+            "{filter}"
+        );
+    }
+    let page = ok(
+        &api,
+        &format!("/sta/v1.1/Locations?$filter=st_disjoint(location, {flensburg_box})"),
+    )
+    .await;
+    assert_eq!(page["value"].as_array().unwrap().len(), 2);
+    let near = ok(
+        &api,
+        "/sta/v1.1/FeaturesOfInterest?$filter=geo.distance(feature, geography'POINT(9.434 54.796)') lt 0.5",
+    )
+    .await;
+    // Kappeln lies 0.52 degrees away.
+    assert_eq!(names(near["value"].as_array().unwrap()), ["Flensburg"]);
+
+    // $select, $orderby, $top, $skip.
+    let selected = ok(&api, "/sta/v1.1/Things?$select=name&$orderby=name desc").await;
+    assert_eq!(
+        selected["value"],
+        serde_json::json!([{"name": "Kiel-Holtenau"}, {"name": "Kappeln"}, {"name": "Flensburg"}])
+    );
+    let skipped = ok(
+        &api,
+        "/sta/v1.1/Things?$orderby=name&$top=1&$skip=1&$count=true",
+    )
+    .await;
+    assert_eq!(names(skipped["value"].as_array().unwrap()), ["Kappeln"]);
+    assert_eq!(skipped["@iot.count"], 3);
+    let next = skipped["@iot.nextLink"].as_str().unwrap();
+    assert!(next.contains("%24skip=2"), "{next}");
+    assert_eq!(
+        names(ok(&api, next).await["value"].as_array().unwrap()),
+        ["Kiel-Holtenau"]
+    );
+
+    // $expand, nested, with options at each level.
+    let expanded = ok(
+        &api,
+        "/sta/v1.1/Things?$filter=name eq 'Flensburg'&$expand=Locations,Datastreams($select=name,unitOfMeasurement;$expand=Observations($top=2;$orderby=phenomenonTime desc;$select=result;$count=true))",
+    )
+    .await;
+    let thing = &expanded["value"][0];
+    assert_eq!(thing["Locations"][0]["location"]["type"], "Point");
+    let datastream = &thing["Datastreams"][0];
+    assert_eq!(datastream["name"], "flensburg.sea_level");
+    assert_eq!(datastream["Observations@iot.count"], READINGS);
+    assert_eq!(
+        datastream["Observations"],
+        serde_json::json!([{"result": value_at(READINGS - 1)}, {"result": value_at(READINGS - 2)}])
+    );
+    let more = datastream["Observations@iot.nextLink"].as_str().unwrap();
+    let rest = ok(&api, more).await;
+    assert_eq!(
+        rest["value"][0],
+        serde_json::json!({"result": value_at(READINGS - 3)})
+    );
+    let path_expand = ok(
+        &api,
+        &format!("/sta/v1.1/Observations?$top=1&$filter=Datastream/id eq {sensor}&$expand=Datastream/Thing"),
+    )
+    .await;
+    assert_eq!(
+        path_expand["value"][0]["Datastream"]["Thing"]["name"],
+        "Flensburg"
+    );
+
+    // Errors: a malformed option is 400, an unsupported one 501, each naming the option.
+    for (path, status, option) in [
+        ("/sta/v1.1/Things?$filter=name eq", 400, "$filter"),
+        ("/sta/v1.1/Things?$filter=name gt 3", 400, "$filter"),
+        ("/sta/v1.1/Things?$filter=nosuch eq 1", 400, "$filter"),
+        ("/sta/v1.1/Things?$top=-1", 400, "$top"),
+        ("/sta/v1.1/Things?$count=maybe", 400, "$count"),
+        ("/sta/v1.1/Things?$select=colour", 400, "$select"),
+        ("/sta/v1.1/Things?$expand=Widgets", 400, "$expand"),
+        ("/sta/v1.1/Things?$orderby=name sideways", 400, "$orderby"),
+        (
+            "/sta/v1.1/Things?$resultFormat=dataArray",
+            400,
+            "$resultFormat",
+        ),
+        ("/sta/v1.1/Things?$skiptoken=nonsense", 400, "$skiptoken"),
+        (
+            "/sta/v1.1/Things?$filter=Datastreams/name eq 'x'",
+            501,
+            "$filter",
+        ),
+        ("/sta/v1.1/Things?$filter=fancy(name)", 501, "$filter"),
+        (
+            "/sta/v1.1/Locations?$filter=st_within(location, geography'LINESTRING(1 2, 3 4)')",
+            501,
+            "$filter",
+        ),
+        ("/sta/v1.1/Things?$search=x", 501, "$search"),
+    ] {
+        let (got, body) = get(&api, path).await;
+        assert_eq!(got, status, "{path}: {body}");
+        assert_eq!(body["parameter"], option, "{path}: {body}");
+        assert!(
+            body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{path}: {body}"
+        );
+    }
+    // Asking for more than a page holds is cut to the maximum and continues by link.
+    let capped = ok(
+        &api,
+        &format!("/sta/v1.1/Datastreams({sensor})/Observations?$top=1000000"),
+    )
+    .await;
+    assert_eq!(capped["value"].as_array().unwrap().len() as i64, READINGS);
+}
