@@ -13,6 +13,11 @@ if ! python3 -c "import openapi_spec_validator" 2>/dev/null; then
     python3 -m pip install --quiet --user openapi-spec-validator \
         || python3 -m pip install --quiet --user --break-system-packages openapi-spec-validator
 fi
+# The SensorThings test reads the API with frost-sta-client, the FROST project's Python client.
+if ! python3 -c "import frost_sta_client" 2>/dev/null; then
+    python3 -m pip install --quiet --user "frost-sta-client==1.1.53" \
+        || python3 -m pip install --quiet --user --break-system-packages "frost-sta-client==1.1.53"
+fi
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 set +e

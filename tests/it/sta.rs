@@ -629,3 +629,66 @@ async fn filters_select_expand_and_order_as_odata_says_and_errors_name_the_optio
     .await;
     assert_eq!(capped["value"].as_array().unwrap().len() as i64, READINGS);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frost_sta_client_reads_the_replayed_baltic_surge_as_the_open_data_api_serves_it() {
+    let harness = Harness::start().await;
+    let ingest = harness.ingest_ready("ingest-sta", None).await;
+    let fixture = "tests/fixtures/baltic-surge-2023/sea_level_10min.csv";
+    let format = tidemark_sensors_sim::replay::Format::BalticSurge;
+    let gauges = tidemark_sensors_sim::replay::read(format, &repo(fixture))
+        .unwrap()
+        .reference
+        .sensors
+        .len();
+    replay_all(&harness, format, "baltic-surge", fixture).await;
+    let config = config(&harness);
+    let api = Api::start(&harness, &config).await;
+
+    // What the open data API serves for Flensburg.
+    let from = api_time(Utc::now() - ChronoDuration::days(60));
+    let to = api_time(Utc::now() + ChronoDuration::days(1));
+    let readings = ok(
+        &api,
+        &format!("/api/v1/sensors/flensburg.sea_level/readings?from={from}&to={to}&limit=100000"),
+    )
+    .await;
+    let expected: Vec<Value> = readings["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::json!([r["ts"], r["value"]]))
+        .collect();
+    assert_eq!(expected.len(), 1584);
+
+    let output = tokio::process::Command::new("python3")
+        .arg(repo("tests/clients/sta_frost.py"))
+        .arg(format!("{}/sta/v1.1", api.base))
+        .arg("flensburg.sea_level")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "frost-sta-client failed (scripts/test.sh installs it): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let read: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let stations: Vec<&str> = read["things"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(stations.contains(&"Flensburg"), "{stations:?}");
+    assert_eq!(
+        read["datastreams"].as_array().unwrap().len(),
+        gauges,
+        "one datastream per replayed gauge"
+    );
+    assert_eq!(read["unit"], "m");
+    // Every value at its time, in order, across the client's pages of 500.
+    assert_eq!(read["observations"].as_array().unwrap(), &expected);
+    ingest.stop().await;
+    harness.finish().await;
+}
