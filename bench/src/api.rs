@@ -5,7 +5,9 @@
 //! (`--readings` in all; the default 50 million is 1,000 sensors of about 347 days each). Then,
 //! for `--seconds` each, `--concurrency` clients ask the API (in this process, over loopback) for:
 //! the latest value of every sensor; one sensor's day of raw readings; one sensor's year in hourly
-//! buckets (and that once more with 1 and 4 clients). The same work is then timed directly against
+//! buckets (and that once more with 1 and 4 clients); one sensor's whole series, 10,000 readings a
+//! page, each page's link taken from the answer before, from the raw readings endpoint and as
+//! SensorThings Observations. The same work is then timed directly against
 //! the database through the store, and the year once more from the raw readings alone, to show
 //! what the hourly rollup saves.
 
@@ -18,7 +20,7 @@ use tidemark::config::Config;
 use tidemark_api::{ApiSettings, ApiState};
 use tidemark_store::opendata::RawOrder;
 use tidemark_store::readings::ReadingRow;
-use tidemark_store::reference::{DeviceRecord, ReferenceData, SensorRecord};
+use tidemark_store::reference::{DeviceRecord, ReferenceData, SensorRecord, StationRecord};
 use tidemark_store::Store;
 use tidemark_testkit::TestDatabase;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +43,21 @@ pub(crate) struct ApiBenchArgs {
     /// `--concurrency` clients) and the latest values, interleaved, for the spread of each figure.
     #[arg(long, default_value_t = 0)]
     pub rounds: usize,
+}
+
+/// Readings per page in the paging comparison.
+const PAGE: u64 = 10_000;
+
+/// How [`hammer`] numbers requests: task `t`'s requests are `t * TASK_STRIDE + n`.
+const TASK_STRIDE: u64 = 1_000_003;
+
+/// The `@iot.nextLink` of a SensorThings collection, which the API writes before the values.
+fn next_link(body: &[u8]) -> Option<String> {
+    const KEY: &[u8] = b"\"@iot.nextLink\":";
+    let head = &body[..body.len().min(4096)];
+    let start = head.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let mut stream = serde_json::Deserializer::from_slice(&head[start..]).into_iter::<String>();
+    stream.next()?.ok()
 }
 
 /// Rows per COPY transaction while loading.
@@ -102,7 +119,7 @@ where
         let work = work.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            let mut i = task as u64 * 1_000_003;
+            let mut i = task as u64 * TASK_STRIDE;
             while Instant::now() < deadline {
                 let begun = Instant::now();
                 work(i).await?;
@@ -129,21 +146,31 @@ where
     })
 }
 
-async fn load(store: &Store, args: &ApiBenchArgs) -> anyhow::Result<Vec<String>> {
+/// Loads the readings; returns the sensors' keys and ids.
+async fn load(store: &Store, args: &ApiBenchArgs) -> anyhow::Result<(Vec<String>, Vec<i32>)> {
     let mut reference = ReferenceData::default();
     let keys: Vec<String> = (0..args.sensors)
         .map(|s| format!("bench-api-{s}.level"))
         .collect();
     for (s, key) in keys.iter().enumerate() {
         let device = format!("bench-api-{s}");
+        // A station each, so that every sensor is also a SensorThings Datastream.
+        reference.stations.push(StationRecord {
+            key: device.clone(),
+            name: format!("Bench station {s}"),
+            kind: "river_gauge".into(),
+            lon: 8.0 + (s % 100) as f64 * 0.05,
+            lat: 54.5 + (s / 100) as f64 * 0.01,
+            municipality_code: None,
+        });
         reference.devices.push(DeviceRecord {
             key: device.clone(),
             name: String::new(),
         });
         reference.sensors.push(SensorRecord {
             key: key.clone(),
+            station: Some(device.clone()),
             device,
-            station: None,
             quantity: "water_level".into(),
             name: String::new(),
             expected_interval: Duration::from_secs(600),
@@ -198,7 +225,7 @@ async fn load(store: &Store, args: &ApiBenchArgs) -> anyhow::Result<Vec<String>>
         refreshing.elapsed().as_secs_f64()
     );
     store.analyze_readings().await?;
-    Ok(keys)
+    Ok((keys, ids))
 }
 
 async fn measure(
@@ -212,7 +239,8 @@ async fn measure(
         ..database.clone()
     })
     .await?;
-    let keys = Arc::new(load(&store, args).await?);
+    let (keys, ids) = load(&store, args).await?;
+    let (keys, ids) = (Arc::new(keys), Arc::new(ids));
     let per_sensor = args.readings / args.sensors;
     let last_ts = first_ts() + ChronoDuration::minutes(10 * per_sensor as i64);
 
@@ -305,6 +333,56 @@ async fn measure(
             year_api_fewer_figures.push((clients, hammer(clients, s, work).await?));
         }
     }
+    // One sensor's whole series, 10,000 readings a page, each page's link taken from the answer
+    // before: the raw readings endpoint (its `Link` header, a cursor) beside SensorThings
+    // (`@iot.nextLink`, a keyset token). A client whose series ends starts on another sensor.
+    let pages = |sta: bool| {
+        let (http, base, keys, ids) = (http.clone(), base.clone(), keys.clone(), ids.clone());
+        let links: Arc<std::sync::Mutex<std::collections::HashMap<u64, String>>> =
+            Default::default();
+        move |i: u64| {
+            let (http, links) = (http.clone(), links.clone());
+            let task = i / TASK_STRIDE;
+            let first = if sta {
+                format!(
+                    "{base}/sta/v1.1/Datastreams({})/Observations?$orderby=phenomenonTime&$top={PAGE}",
+                    ids[(i % ids.len() as u64) as usize]
+                )
+            } else {
+                format!(
+                    "{base}/api/v1/sensors/{}/readings?from={}&to={}&limit={PAGE}",
+                    sensor(&keys, i),
+                    rfc(year_from),
+                    rfc(year_to)
+                )
+            };
+            async move {
+                let url = links
+                    .lock()
+                    .expect("the links' lock is never poisoned")
+                    .remove(&task)
+                    .unwrap_or(first);
+                let response = http.get(url).send().await?;
+                anyhow::ensure!(response.status().is_success(), "HTTP {}", response.status());
+                let link = response
+                    .headers()
+                    .get(reqwest::header::LINK)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| Some(v.get(v.find('<')? + 1..v.find('>')?)?.to_owned()));
+                let body = response.bytes().await?;
+                let next = if sta { next_link(&body) } else { link };
+                if let Some(next) = next {
+                    links
+                        .lock()
+                        .expect("the links' lock is never poisoned")
+                        .insert(task, next);
+                }
+                anyhow::Ok(())
+            }
+        }
+    };
+    let raw_pages = hammer(c, s, pages(false)).await?;
+    let sta_pages = hammer(c, s, pages(true)).await?;
     let latest_db = {
         let store = store.clone();
         hammer(c, s, move |_| {
@@ -374,7 +452,14 @@ async fn measure(
     year_clients.dedup();
     let mut year_rounds: Vec<Vec<f64>> = vec![Vec::new(); year_clients.len()];
     let mut latest_rounds = Vec::new();
+    let mut paging_rounds: Vec<(f64, f64)> = Vec::new();
     for _ in 0..args.rounds {
+        let raw = hammer(c, s, pages(false)).await?;
+        let sta = hammer(c, s, pages(true)).await?;
+        paging_rounds.push((
+            percentile(&raw.latencies_ms, 0.99),
+            percentile(&sta.latencies_ms, 0.99),
+        ));
         for (clients, p99s) in year_clients.iter().zip(&mut year_rounds) {
             let figures = hammer(*clients, s, year.clone()).await?;
             p99s.push(percentile(&figures.latencies_ms, 0.99));
@@ -414,12 +499,26 @@ async fn measure(
         "{}",
         year_raw.line("DB   the same year from raw readings only")
     );
+    println!(
+        "{}",
+        raw_pages.line("API  a sensor's series, 10,000 a page, by link")
+    );
+    println!(
+        "{}",
+        sta_pages.line("API  the same as SensorThings Observations")
+    );
     let ratio = percentile(&year_api.latencies_ms, 0.99) / percentile(&year_db.latencies_ms, 0.99);
     let year_p99 = std::iter::once((c, &year_api))
         .chain(year_api_fewer_figures.iter().map(|(n, f)| (*n, f)))
         .map(|(n, f)| format!("{:.1} ms with {n}", percentile(&f.latencies_ms, 0.99)))
         .collect::<Vec<_>>()
         .join(", ");
+    println!(
+        "10,000-reading pages p99: SensorThings {:.1} ms, raw readings {:.1} ms: {:.2} times (target at most 2)",
+        percentile(&sta_pages.latencies_ms, 0.99),
+        percentile(&raw_pages.latencies_ms, 0.99),
+        percentile(&sta_pages.latencies_ms, 0.99) / percentile(&raw_pages.latencies_ms, 0.99)
+    );
     println!(
         "year query p99 through the API: {year_p99} clients (target at most 25 ms); API / database at {c} clients: {ratio:.2}; latest values: {:.0} req/s (target 5,000)",
         latest_api.per_second
@@ -443,6 +542,16 @@ async fn measure(
                 args.rounds
             );
         }
+        let raw: Vec<f64> = paging_rounds.iter().map(|r| r.0).collect();
+        let sta: Vec<f64> = paging_rounds.iter().map(|r| r.1).collect();
+        let ratios: Vec<f64> = paging_rounds.iter().map(|r| r.1 / r.0).collect();
+        println!(
+            "rounds: 10,000-reading pages p99 with {c} clients: raw readings median {}, SensorThings median {}; SensorThings / raw {} over {} rounds (target at most 2)",
+            spread(&raw, "ms", 1),
+            spread(&sta, "ms", 1),
+            spread(&ratios, "", 2),
+            args.rounds
+        );
         println!(
             "rounds: latest values with {c} clients: median {} over {} rounds",
             spread(&latest_rounds, "req/s", 0),

@@ -537,13 +537,18 @@ impl Ctx<'_> {
             let link = self.self_link(entity, &row.id);
             out.push('{');
             let mut first = true;
-            let mut member = |out: &mut String, name: &str, value: &str| {
+            // Member names are this module's own identifiers: nothing in them needs escaping.
+            let mut key = |out: &mut String, name: &str| {
                 if !first {
                     out.push(',');
                 }
                 first = false;
-                out.push_str(&json_string(name));
-                out.push(':');
+                out.push('"');
+                out.push_str(name);
+                out.push_str("\":");
+            };
+            let mut member = |out: &mut String, name: &str, value: &str| {
+                key(out, name);
                 out.push_str(value);
             };
             if selection.id {
@@ -557,7 +562,8 @@ impl Ctx<'_> {
                 member(out, "@iot.selfLink", &json_string(&link));
             }
             for (name, cell) in selection.props.iter().zip(&row.cells) {
-                member(out, name, &cell_json(cell));
+                member(out, name, "");
+                write_cell(out, cell);
             }
             for nav in &selection.navs {
                 member(
@@ -740,7 +746,7 @@ fn write_data_array(
                     out.push(',');
                 }
                 first = false;
-                out.push_str(&cell_json(cell));
+                write_cell(out, cell);
             }
             out.push(']');
         }
@@ -782,24 +788,52 @@ fn json_string(text: &str) -> String {
 }
 
 fn cell_json(cell: &Cell) -> String {
+    let mut out = String::new();
+    write_cell(&mut out, cell);
+    out
+}
+
+/// Writes a cell's JSON value.
+fn write_cell(out: &mut String, cell: &Cell) {
+    let time = |out: &mut String, t: &DateTime<chrono::Utc>| {
+        out.push('"');
+        out.push_str(&rfc3339(*t));
+        out.push('"');
+    };
     match cell {
-        Cell::Null => "null".to_owned(),
-        Cell::Int(n) => n.to_string(),
-        Cell::Float(x) if x.is_finite() => {
-            serde_json::Number::from_f64(*x).map_or_else(|| "null".to_owned(), |n| n.to_string())
+        Cell::Null | Cell::Extent(None) => out.push_str("null"),
+        Cell::Int(n) => {
+            let _ = write!(out, "{n}");
         }
-        Cell::Float(_) => "null".to_owned(),
-        Cell::Text(t) => json_string(t),
-        Cell::Time(t) => json_string(&rfc3339(*t)),
-        Cell::Json(v) => v.to_string(),
-        Cell::Bool(b) => b.to_string(),
-        Cell::Extent(None) => "null".to_owned(),
-        Cell::Extent(Some((start, end))) => {
-            json_string(&format!("{}/{}", rfc3339(*start), rfc3339(*end)))
+        Cell::Float(x) => match serde_json::Number::from_f64(*x) {
+            Some(n) => {
+                let _ = write!(out, "{n}");
+            }
+            None => out.push_str("null"),
+        },
+        Cell::Text(t) => out.push_str(&json_string(t)),
+        Cell::Time(t) => time(out, t),
+        Cell::Json(v) => {
+            let _ = write!(out, "{v}");
         }
-        Cell::Quality(q) => serde_json::to_string(&tidemark_model::Quality(*q).names())
-            .unwrap_or_else(|_| "[]".to_owned()),
-        Cell::Received(t) => format!("{{\"receivedAt\":{}}}", json_string(&rfc3339(*t))),
+        Cell::Bool(b) => {
+            let _ = write!(out, "{b}");
+        }
+        Cell::Extent(Some((start, end))) => out.push_str(&json_string(&format!(
+            "{}/{}",
+            rfc3339(*start),
+            rfc3339(*end)
+        ))),
+        Cell::Quality(0) => out.push_str("[\"good\"]"),
+        Cell::Quality(q) => out.push_str(
+            &serde_json::to_string(&tidemark_model::Quality(*q).names())
+                .unwrap_or_else(|_| "[]".to_owned()),
+        ),
+        Cell::Received(t) => {
+            out.push_str("{\"receivedAt\":");
+            time(out, t);
+            out.push('}');
+        }
     }
 }
 
