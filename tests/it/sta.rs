@@ -621,6 +621,48 @@ async fn filters_select_expand_and_order_as_odata_says_and_errors_name_the_optio
             "{path}: {body}"
         );
     }
+    // Expansions are bounded: in entities held (288 observations, each expanding its feature's
+    // 288 again, is over 50,000), and in reads (each of 2,500 observations read once more).
+    let (status, body) = get(
+        &api,
+        "/sta/v1.1/FeaturesOfInterest?$expand=Observations($top=10000;$expand=FeatureOfInterest($expand=Observations($top=10000)))",
+    )
+    .await;
+    assert_eq!(
+        (status, &body["parameter"]),
+        (400, &Value::from("$expand")),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().unwrap().contains("50000 entities"),
+        "{body}"
+    );
+    let kiel = sensor_id(&harness, "kiel-holtenau.sea_level").await;
+    let more: Vec<ReadingRow> = (0..2_500)
+        .map(|i| ReadingRow {
+            sensor_id: kiel,
+            ts: start() + ChronoDuration::minutes(i),
+            value: 0.1,
+            quality: 0,
+        })
+        .collect();
+    store_readings(&harness, &more).await;
+    let (status, body) = get(
+        &api,
+        &format!(
+            "/sta/v1.1/Observations?$top=2500&$filter=Datastream/id eq {kiel}&$expand=Datastream"
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["parameter"]),
+        (400, &Value::from("$expand")),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().unwrap().contains("2000 times"),
+        "{body}"
+    );
     // Asking for more than a page holds is cut to the maximum and continues by link.
     let capped = ok(
         &api,

@@ -32,6 +32,9 @@ pub const MAX_TOP: u64 = 10_000;
 const DEFAULT_TOP: u64 = 100;
 /// The most reads one request's `$expand` may make (one per expanded entity and navigation).
 const MAX_READS: usize = 2_000;
+/// The most entities one answer may hold, expansions included (the top-level page alone holds at
+/// most [`MAX_TOP`]), so that nested expansions cannot build an answer without bound.
+const MAX_ENTITIES: usize = 50_000;
 
 /// The conformance classes served.
 pub const CONFORMANCE: [&str; 4] = [
@@ -114,6 +117,7 @@ pub async fn resource(
         state: &state,
         base: format!("{}{PREFIX}", state.settings.base_url()),
         reads: AtomicUsize::new(0),
+        entities: AtomicUsize::new(0),
     };
     let target = resolve(&ctx, &path).await?;
     if target.single {
@@ -441,6 +445,7 @@ struct Ctx<'a> {
     state: &'a ApiState,
     base: String,
     reads: AtomicUsize,
+    entities: AtomicUsize,
 }
 
 impl Ctx<'_> {
@@ -511,6 +516,12 @@ impl Ctx<'_> {
         let mut rows = self.state.store.sta_page(&query).await?;
         let more = rows.len() as u64 > top;
         rows.truncate(usize::try_from(top).unwrap_or(usize::MAX));
+        if self.entities.fetch_add(rows.len(), Ordering::Relaxed) + rows.len() > MAX_ENTITIES {
+            return Err(ApiError::bad(
+                "$expand",
+                format!("this answer would hold more than {MAX_ENTITIES} entities; lower $top inside $expand"),
+            ));
+        }
         let next = match (more, query.keyset(), rows.last()) {
             (false, ..) => None,
             (true, Some(by_time), Some(last)) => Some(Next::Token(token(&last.id, by_time))),
