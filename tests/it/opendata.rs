@@ -7,17 +7,17 @@ use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
 use std::collections::BTreeMap;
 use tidemark_store::readings::ReadingRow;
 
-const SENSOR: &str = "flensburg.sea_level";
+pub(crate) const SENSOR: &str = "flensburg.sea_level";
 /// Readings every 10 minutes for two days.
-const READINGS: i64 = 288;
+pub(crate) const READINGS: i64 = 288;
 /// The one reading flagged as a spike.
-const SPIKE_INDEX: i64 = 100;
+pub(crate) const SPIKE_INDEX: i64 = 100;
 
-fn start() -> DateTime<Utc> {
+pub(crate) fn start() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2023, 10, 19, 0, 0, 0).unwrap()
 }
 
-fn value_at(i: i64) -> f64 {
+pub(crate) fn value_at(i: i64) -> f64 {
     if i == SPIKE_INDEX {
         16.71
     } else {
@@ -26,7 +26,7 @@ fn value_at(i: i64) -> f64 {
 }
 
 /// The API with the reference stations and two days of Flensburg readings (one a flagged spike).
-async fn loaded() -> (Harness, Api) {
+pub(crate) async fn loaded() -> (Harness, Api) {
     let harness = Harness::start().await;
     let config = with_stations(&harness).await;
     let api = Api::start(&harness, &config).await;

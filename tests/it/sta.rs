@@ -3,56 +3,46 @@
 //! API's raw readings, the Data Array extension, and errors (400 and 501 naming the option).
 
 use crate::support::*;
-use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde_json::Value;
 use tidemark_store::readings::ReadingRow;
 
-const SENSOR: &str = "flensburg.sea_level";
-/// Readings every 10 minutes for two days.
-const READINGS: i64 = 288;
-const SPIKE_INDEX: i64 = 100;
-
-fn start() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2023, 10, 19, 0, 0, 0).unwrap()
-}
+use crate::opendata::{start, value_at, READINGS, SENSOR, SPIKE_INDEX};
 
 /// A time as the API writes it.
 fn api_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
-fn value_at(i: i64) -> f64 {
-    if i == SPIKE_INDEX {
-        16.71
-    } else {
-        ((i * 37) % 200) as f64 / 100.0
-    }
-}
-
-/// The API with the reference stations, two days of Flensburg readings (one a flagged spike) and
-/// three of Kappeln's.
+/// The open data tests' two days of Flensburg readings (one a flagged spike), and three of
+/// Kappeln's.
 async fn loaded() -> (Harness, Api, i32) {
-    let harness = Harness::start().await;
-    let config = with_stations(&harness).await;
-    let api = Api::start(&harness, &config).await;
-    let id = sensor_id(&harness, SENSOR).await;
-    let mut rows: Vec<ReadingRow> = (0..READINGS)
+    let (harness, api) = crate::opendata::loaded().await;
+    let kappeln = sensor_id(&harness, "kappeln.sea_level").await;
+    let rows: Vec<ReadingRow> = (0..3)
         .map(|i| ReadingRow {
-            sensor_id: id,
+            sensor_id: kappeln,
             ts: start() + ChronoDuration::minutes(10 * i),
-            value: value_at(i),
-            quality: if i == SPIKE_INDEX { 256 } else { 0 },
+            value: 0.5,
+            quality: 0,
         })
         .collect();
-    let kappeln = sensor_id(&harness, "kappeln.sea_level").await;
-    rows.extend((0..3).map(|i| ReadingRow {
-        sensor_id: kappeln,
-        ts: start() + ChronoDuration::minutes(10 * i),
-        value: 0.5,
-        quality: 0,
-    }));
     store_readings(&harness, &rows).await;
+    let id = sensor_id(&harness, SENSOR).await;
     (harness, api, id)
+}
+
+/// Each observation's time and result.
+fn series(observations: &[Value]) -> Vec<(String, f64)> {
+    observations
+        .iter()
+        .map(|o| {
+            (
+                o["phenomenonTime"].as_str().unwrap().to_owned(),
+                o["result"].as_f64().unwrap(),
+            )
+        })
+        .collect()
 }
 
 async fn get(api: &Api, path: &str) -> (u16, Value) {
@@ -299,15 +289,7 @@ async fn observations_page_by_keyset_and_equal_the_raw_readings() {
     )
     .await;
     assert_eq!(pages, 6);
-    let got: Vec<(String, f64)> = observations
-        .iter()
-        .map(|o| {
-            (
-                o["phenomenonTime"].as_str().unwrap().to_owned(),
-                o["result"].as_f64().unwrap(),
-            )
-        })
-        .collect();
+    let got = series(&observations);
     assert_eq!(got, raw);
     // The pages continue from a key, not an offset.
     let second = ok(
@@ -329,16 +311,7 @@ async fn observations_page_by_keyset_and_equal_the_raw_readings() {
     .await;
     let mut reversed = got.clone();
     reversed.reverse();
-    let newest: Vec<(String, f64)> = newest_first
-        .iter()
-        .map(|o| {
-            (
-                o["phenomenonTime"].as_str().unwrap().to_owned(),
-                o["result"].as_f64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(newest, reversed);
+    assert_eq!(series(&newest_first), reversed);
     let spike = &observations[SPIKE_INDEX as usize];
     assert_eq!(spike["resultQuality"], serde_json::json!(["spike"]));
     assert!(spike["parameters"]["receivedAt"].is_string());
