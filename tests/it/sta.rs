@@ -343,6 +343,14 @@ async fn observations_page_by_keyset_and_equal_the_raw_readings() {
     )
     .await;
     assert_eq!(counted["@iot.count"], READINGS);
+    let only_counted = ok(
+        &api,
+        &format!("/sta/v1.1/Datastreams({sensor})/Observations?$count=true&$top=0"),
+    )
+    .await;
+    assert_eq!(only_counted["@iot.count"], READINGS);
+    assert_eq!(only_counted["value"], serde_json::json!([]));
+    assert!(only_counted["@iot.nextLink"].is_null(), "{only_counted}");
 
     // The Data Array extension: the same values, grouped under their datastream.
     let array = ok(

@@ -514,7 +514,8 @@ impl Ctx<'_> {
             None
         };
         let mut rows = self.state.store.sta_page(&query).await?;
-        let more = rows.len() as u64 > top;
+        // `$top=0` asks for no entities (a count, say): there is no next page of nothing.
+        let more = top > 0 && rows.len() as u64 > top;
         rows.truncate(usize::try_from(top).unwrap_or(usize::MAX));
         if self.entities.fetch_add(rows.len(), Ordering::Relaxed) + rows.len() > MAX_ENTITIES {
             return Err(ApiError::bad(
