@@ -1510,14 +1510,19 @@ impl Store {
     pub async fn sta_page(&self, query: &Query<'_>) -> Result<Vec<EntityRow>, StaError> {
         let (text, values) = page_sql(query)?;
         let client = self.read_client().await?;
-        let statement = client
-            .prepare_cached(&text)
-            .await
-            .context("preparing a SensorThings read")?;
-        let rows = client
-            .query(&statement, &params(&values))
-            .await
-            .context("reading SensorThings entities")?;
+        // Statements of a few shapes (no filter, paged by key) are kept prepared on the
+        // connection, as the open data reads are; a filter's shape is the client's to choose,
+        // and keeping every one would grow the cache without bound.
+        let rows = if query.filter.is_none() && query.keyset().is_some() {
+            let statement = client
+                .prepare_cached(&text)
+                .await
+                .context("preparing a SensorThings read")?;
+            client.query(&statement, &params(&values)).await
+        } else {
+            client.query(&text, &params(&values)).await
+        }
+        .context("reading SensorThings entities")?;
         let spec = query.entity.spec();
         let kinds: Vec<Kind> = query
             .select
