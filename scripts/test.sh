@@ -8,15 +8,24 @@ bash scripts/services.sh
 # The dashboard is embedded in the API when it is compiled, and its tests run in Chromium.
 bash scripts/dashboard.sh
 bash scripts/browser.sh
-# The OpenAPI test validates the document with openapi-spec-validator, from PyPI.
+# Python packages from PyPI, for the user (where the system's Python refuses, past its guard).
+pip_user() {
+    python3 -m pip install --quiet --user "$@" \
+        || python3 -m pip install --quiet --user --break-system-packages "$@"
+}
+# The OpenAPI test validates the document with openapi-spec-validator.
 if ! python3 -c "import openapi_spec_validator" 2>/dev/null; then
-    python3 -m pip install --quiet --user openapi-spec-validator \
-        || python3 -m pip install --quiet --user --break-system-packages openapi-spec-validator
+    pip_user openapi-spec-validator
 fi
-# The SensorThings test reads the API with frost-sta-client, the FROST project's Python client.
+# The SensorThings test reads the API with two clients: frost-sta-client, the FROST project's,
+# and stapy. stapy's release pins old versions of requests and others for its command line;
+# its library needs only thefuzz besides what frost-sta-client brings.
 if ! python3 -c "import frost_sta_client" 2>/dev/null; then
-    python3 -m pip install --quiet --user "frost-sta-client==1.1.53" \
-        || python3 -m pip install --quiet --user --break-system-packages "frost-sta-client==1.1.53"
+    pip_user "frost-sta-client==1.1.53"
+fi
+if ! python3 -c "import stapy" 2>/dev/null; then
+    pip_user --no-deps "stapy==0.3.1"
+    pip_user "thefuzz>=0.19"
 fi
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -654,7 +654,7 @@ async fn filters_select_expand_and_order_as_odata_says_and_errors_name_the_optio
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn frost_sta_client_reads_the_replayed_baltic_surge_as_the_open_data_api_serves_it() {
+async fn third_party_clients_read_the_replayed_baltic_surge_as_the_open_data_api_serves_it() {
     let harness = Harness::start().await;
     let ingest = harness.ingest_ready("ingest-sta", None).await;
     let fixture = "tests/fixtures/baltic-surge-2023/sea_level_10min.csv";
@@ -712,6 +712,28 @@ async fn frost_sta_client_reads_the_replayed_baltic_surge_as_the_open_data_api_s
     assert_eq!(read["unit"], "m");
     // Every value at its time, in order, across the client's pages of 500.
     assert_eq!(read["observations"].as_array().unwrap(), &expected);
+
+    // A second, independent client reads the same (from a directory of its own, where it keeps
+    // its settings).
+    let workdir = std::env::temp_dir().join(format!("tidemark-stapy-{}", std::process::id()));
+    std::fs::create_dir_all(&workdir).unwrap();
+    let output = tokio::process::Command::new("python3")
+        .arg(repo("tests/clients/sta_stapy.py"))
+        .arg(format!("{}/sta/v1.1", api.base))
+        .arg("flensburg.sea_level")
+        .current_dir(&workdir)
+        .output()
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&workdir).unwrap();
+    assert!(
+        output.status.success(),
+        "stapy failed (scripts/test.sh installs it): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let second: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(second["datastreams"], read["datastreams"]);
+    assert_eq!(second["observations"].as_array().unwrap(), &expected);
     ingest.stop().await;
     harness.finish().await;
 }
