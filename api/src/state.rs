@@ -56,6 +56,10 @@ pub struct ApiConfig {
     /// administering the broker's dynamic-security plugin with the `[mqtt]` login.
     #[serde(default)]
     pub device_credentials: bool,
+    /// The longest one SensorThings read may run in the database; past it the read is cancelled
+    /// and the client told to narrow its query.
+    #[serde(default = "default_sta_query_timeout", with = "duration::serde_str")]
+    pub sta_query_timeout: Duration,
 }
 
 const fn default_sse_max_streams() -> usize {
@@ -80,6 +84,9 @@ const fn default_cap_expires() -> Duration {
 const fn default_sse_heartbeat() -> Duration {
     Duration::from_secs(15)
 }
+const fn default_sta_query_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 const fn default_rate_limit() -> u32 {
     600
 }
@@ -102,6 +109,7 @@ impl Default for ApiConfig {
             sse_max_streams_per_client: default_sse_max_streams_per_client(),
             ops_listen: None,
             device_credentials: false,
+            sta_query_timeout: default_sta_query_timeout(),
         }
     }
 }
@@ -123,6 +131,9 @@ impl ApiConfig {
         }
         if self.sse_heartbeat.is_zero() {
             return Err("api.sse_heartbeat must be positive".to_owned());
+        }
+        if self.sta_query_timeout.as_millis() == 0 {
+            return Err("api.sta_query_timeout must be at least 1ms".to_owned());
         }
         if self.rate_limit_per_minute == 0 || self.keyed_rate_limit_per_minute == 0 {
             return Err(
@@ -169,6 +180,7 @@ pub struct ApiSettings {
     /// The broker login that administers device credentials; None when the API does not
     /// (`api.device_credentials` off).
     pub broker_admin: Option<tidemark_model::broker::BrokerConfig>,
+    pub sta_query_timeout: Duration,
 }
 
 impl ApiSettings {
@@ -191,6 +203,7 @@ impl ApiSettings {
             },
             public_url,
             sse_heartbeat: api.sse_heartbeat,
+            sta_query_timeout: api.sta_query_timeout,
             topic_prefix: topic_prefix.to_owned(),
             policy: Arc::new(policy),
             rotation_grace,

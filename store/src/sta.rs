@@ -578,6 +578,8 @@ pub struct Query<'a> {
     pub limit: i64,
     pub offset: i64,
     pub after: Option<After>,
+    /// The longest the read may run in the database (`statement_timeout`).
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Query<'_> {
@@ -1498,6 +1500,26 @@ fn cell(row: &tokio_postgres::Row, i: usize, kind: Kind) -> Result<Cell, tokio_p
     })
 }
 
+/// Cancels the transaction's statements that run longer than `timeout`.
+async fn limit_time(
+    tx: &deadpool_postgres::Transaction<'_>,
+    timeout: Option<std::time::Duration>,
+) -> StoreResult<()> {
+    if let Some(timeout) = timeout {
+        // A number of this module's own making, never text from the request.
+        let millis = timeout.as_millis().max(1);
+        tx.batch_execute(&format!("SET LOCAL statement_timeout = {millis}"))
+            .await
+            .context("limiting a SensorThings read's time")?;
+    }
+    Ok(())
+}
+
+/// Whether `error` is a statement cancelled by its time limit.
+pub fn timed_out(error: &crate::Error) -> bool {
+    error.sqlstate() == Some("57014")
+}
+
 fn params(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
     params
         .iter()
@@ -1509,20 +1531,26 @@ impl Store {
     /// One page of a SensorThings read, from the standby when there is one.
     pub async fn sta_page(&self, query: &Query<'_>) -> Result<Vec<EntityRow>, StaError> {
         let (text, values) = page_sql(query)?;
-        let client = self.read_client().await?;
+        let mut client = self.read_client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .context("beginning a SensorThings read")?;
+        limit_time(&tx, query.timeout).await?;
         // Statements of a few shapes (no filter, paged by key) are kept prepared on the
         // connection, as the open data reads are; a filter's shape is the client's to choose,
         // and keeping every one would grow the cache without bound.
         let rows = if query.filter.is_none() && query.keyset().is_some() {
-            let statement = client
+            let statement = tx
                 .prepare_cached(&text)
                 .await
                 .context("preparing a SensorThings read")?;
-            client.query(&statement, &params(&values)).await
+            tx.query(&statement, &params(&values)).await
         } else {
-            client.query(&text, &params(&values)).await
+            tx.query(&text, &params(&values)).await
         }
         .context("reading SensorThings entities")?;
+        tx.commit().await.context("ending a SensorThings read")?;
         let spec = query.entity.spec();
         let kinds: Vec<Kind> = query
             .select
@@ -1559,11 +1587,17 @@ impl Store {
     /// How many entities `query` ranges over, without paging.
     pub async fn sta_count(&self, query: &Query<'_>) -> Result<i64, StaError> {
         let (text, values) = count_sql(query)?;
-        let client = self.read_client().await?;
-        let row = client
+        let mut client = self.read_client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .context("beginning a SensorThings count")?;
+        limit_time(&tx, query.timeout).await?;
+        let row = tx
             .query_one(&text, &params(&values))
             .await
             .context("counting SensorThings entities")?;
+        tx.commit().await.context("ending a SensorThings count")?;
         Ok(row.try_get(0).context("reading a count")?)
     }
 
@@ -1578,6 +1612,7 @@ impl Store {
             limit: 1,
             offset: 0,
             after: None,
+            timeout: None,
         };
         match self.sta_page(&query).await {
             Ok(rows) => Ok(!rows.is_empty()),
@@ -1603,6 +1638,7 @@ mod tests {
             limit: 10,
             offset: 0,
             after: None,
+            timeout: None,
         };
         page_sql(&query).map(|(text, params)| (text, params.len()))
     }

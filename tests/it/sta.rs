@@ -737,3 +737,43 @@ async fn third_party_clients_read_the_replayed_baltic_surge_as_the_open_data_api
     ingest.stop().await;
     harness.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_past_its_time_limit_is_cancelled_with_an_answer_that_says_so() {
+    let harness = Harness::start().await;
+    let config = with_stations(&harness).await;
+    let config = tidemark::config::Config {
+        api: tidemark_api::ApiConfig {
+            sta_query_timeout: std::time::Duration::from_millis(1),
+            ..config.api.clone()
+        },
+        ..config
+    };
+    let api = Api::start(&harness, &config).await;
+    let id = sensor_id(&harness, SENSOR).await;
+    let rows: Vec<ReadingRow> = (0..300_000)
+        .map(|i| ReadingRow {
+            sensor_id: id,
+            ts: start() + ChronoDuration::seconds(i),
+            value: (i % 1000) as f64 / 1000.0,
+            quality: 0,
+        })
+        .collect();
+    store_readings(&harness, &rows).await;
+    // No index serves a filter on the result: it reads through the readings, past 1 ms.
+    let (status, body) = get(
+        &api,
+        "/sta/v1.1/Observations?$filter=result mul 2 gt 5&$count=true",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("time limit"),
+        "{body}"
+    );
+    // The limit is SensorThings' alone, and the pool's connections are fine after it.
+    let (status, _) = get(&api, &format!("/api/v1/sensors/{SENSOR}/readings?from=2023-10-19T00:00:00Z&to=2023-10-20T00:00:00Z&limit=10")).await;
+    assert_eq!(status, 200);
+    api.shutdown.cancel();
+    harness.finish().await;
+}

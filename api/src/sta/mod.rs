@@ -275,6 +275,13 @@ impl From<StaError> for ApiError {
     fn from(error: StaError) -> ApiError {
         match error {
             StaError::Query(e) => query_error(e),
+            StaError::Store(e) if tidemark_store::sta::timed_out(&e) => ApiError::BadRequest {
+                parameter: None,
+                detail: "this query ran past the time limit of a SensorThings read; narrow it \
+                         (a $filter on a Datastream, a time range, or an order by time within one \
+                         Datastream)"
+                    .to_owned(),
+            },
             StaError::Store(e) => e.into(),
         }
     }
@@ -507,6 +514,7 @@ impl Ctx<'_> {
             limit: i64::try_from(top + 1).unwrap_or(i64::MAX),
             offset: i64::try_from(skip).map_err(|_| ApiError::bad("$skip", "too large"))?,
             after,
+            timeout: Some(self.state.settings.sta_query_timeout),
         };
         let count = if options.count == Some(true) {
             Some(self.state.store.sta_count(&query).await?)
