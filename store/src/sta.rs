@@ -588,10 +588,15 @@ impl Query<'_> {
     pub fn keyset(&self) -> Option<bool> {
         match self.orderby {
             [] => Some(false),
+            [one] if is_id(&one.expr) && !one.descending => Some(false),
             [one] if self.entity == Entity::Observation && is_time(&one.expr) => Some(true),
             _ => None,
         }
     }
+}
+
+fn is_id(expr: &Expr) -> bool {
+    matches!(expr, Expr::Property(path) if path.len() == 1 && (path[0] == "id" || path[0] == "@iot.id"))
 }
 
 fn is_time(expr: &Expr) -> bool {
@@ -1390,6 +1395,18 @@ fn page_sql(query: &Query<'_>) -> Result<(String, Vec<Param>), QueryError> {
         let dir = if term.descending { "DESC" } else { "ASC" };
         if entity == Entity::Observation && is_time(&term.expr) {
             order.push(format!("{a}.ts {dir}"));
+            continue;
+        }
+        if is_id(&term.expr) {
+            // The key itself: an Observation's is its sensor and time.
+            let collate = if entity == Entity::ObservedProperty {
+                " COLLATE \"C\""
+            } else {
+                ""
+            };
+            for column in &key {
+                order.push(format!("{column}{collate} {dir}"));
+            }
             continue;
         }
         let typed = sql.expr(entity, a, &term.expr, ORDERBY)?;

@@ -326,6 +326,26 @@ async fn observations_page_by_keyset_and_equal_the_raw_readings() {
     ids.dedup();
     assert_eq!(ids.len() as i64, READINGS + 3);
     assert_eq!(every[0].as_object().unwrap().len(), 2, "{}", every[0]);
+    // Ordered by id, the same, continuing from a key; newest id first by offset.
+    let (by_id, _) = all(
+        &api,
+        "/sta/v1.1/Observations?$top=70&$orderby=id&$select=id,result",
+    )
+    .await;
+    assert_eq!(by_id, every);
+    let first_page = ok(&api, "/sta/v1.1/Observations?$top=70&$orderby=id").await;
+    assert!(first_page["@iot.nextLink"]
+        .as_str()
+        .unwrap()
+        .contains("%24skiptoken="));
+    let (by_id_desc, _) = all(
+        &api,
+        "/sta/v1.1/Observations?$top=70&$orderby=id desc&$select=id,result",
+    )
+    .await;
+    let mut reversed_ids = every.clone();
+    reversed_ids.reverse();
+    assert_eq!(by_id_desc, reversed_ids);
 
     // An order by value pages by offset, and still returns each once.
     let (by_value, _) = all(
