@@ -199,22 +199,11 @@ pub async fn resource(
     let page = ctx
         .read(target.entity, target.scope.clone(), &options, after)
         .await?;
-    let next = page.next.as_ref().map(|next| {
-        let mut link = format!("{}/{}?", ctx.base, path.trim_end_matches('/'));
-        let mut first = true;
-        for (name, value) in &pairs {
-            if matches!(name.as_str(), "$skip" | "$skiptoken" | "$top") {
-                continue;
-            }
-            push_pair(&mut link, &mut first, name, value);
-        }
-        push_pair(&mut link, &mut first, "$top", &page.top.to_string());
-        match next {
-            Next::Skip(skip) => push_pair(&mut link, &mut first, "$skip", &skip.to_string()),
-            Next::Token(token) => push_pair(&mut link, &mut first, "$skiptoken", token),
-        }
-        link
-    });
+    let next = next_link(
+        &format!("{}/{}", ctx.base, path.trim_end_matches('/')),
+        &pairs,
+        &page,
+    );
     let mut out = String::from("{");
     if let Some(count) = page.count {
         let _ = write!(out, "\"@iot.count\":{count},");
@@ -248,6 +237,25 @@ pub async fn resource(
     }
     out.push_str("]}");
     Ok(typed("application/json", out))
+}
+
+/// The link to the page after `page` of the collection at `url`: the options `given` for it,
+/// with `$top` and where the next page starts in place of the given ones.
+fn next_link(url: &str, given: &[(String, String)], page: &Page) -> Option<String> {
+    let next = page.next.as_ref()?;
+    let mut link = format!("{url}?");
+    let mut first = true;
+    for (name, value) in given {
+        if !matches!(name.as_str(), "$skip" | "$skiptoken" | "$top") {
+            push_pair(&mut link, &mut first, name, value);
+        }
+    }
+    push_pair(&mut link, &mut first, "$top", &page.top.to_string());
+    match next {
+        Next::Skip(skip) => push_pair(&mut link, &mut first, "$skip", &skip.to_string()),
+        Next::Token(token) => push_pair(&mut link, &mut first, "$skiptoken", token),
+    }
+    Some(link)
 }
 
 fn push_pair(link: &mut String, first: &mut bool, name: &str, value: &str) {
@@ -621,36 +629,8 @@ impl Ctx<'_> {
                     if let Some(count) = page.count {
                         member(out, &format!("{name}@iot.count"), &count.to_string());
                     }
-                    if let Some(next) = &page.next {
-                        let mut next_link = format!("{link}/{name}?");
-                        let mut first_pair = true;
-                        for (k, v) in &item.given {
-                            if k != "$skip" && k != "$top" {
-                                push_pair(&mut next_link, &mut first_pair, k, v);
-                            }
-                        }
-                        push_pair(
-                            &mut next_link,
-                            &mut first_pair,
-                            "$top",
-                            &page.top.to_string(),
-                        );
-                        match next {
-                            Next::Skip(skip) => push_pair(
-                                &mut next_link,
-                                &mut first_pair,
-                                "$skip",
-                                &skip.to_string(),
-                            ),
-                            Next::Token(t) => {
-                                push_pair(&mut next_link, &mut first_pair, "$skiptoken", t)
-                            }
-                        }
-                        member(
-                            out,
-                            &format!("{name}@iot.nextLink"),
-                            &json_string(&next_link),
-                        );
+                    if let Some(next) = next_link(&format!("{link}/{name}"), &item.given, &page) {
+                        member(out, &format!("{name}@iot.nextLink"), &json_string(&next));
                     }
                     member(out, name, &value);
                 } else if let Some(r) = page.rows.first() {
