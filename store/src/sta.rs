@@ -624,7 +624,6 @@ type Param = Box<dyn ToSql + Sync + Send>;
 struct Sql {
     params: Vec<Param>,
     aliases: usize,
-    quantities: String,
 }
 
 impl Sql {
@@ -632,7 +631,6 @@ impl Sql {
         Sql {
             params: Vec::new(),
             aliases: 0,
-            quantities: quantities_sql(),
         }
     }
 
@@ -648,7 +646,7 @@ impl Sql {
 
     fn fill(&self, template: &str, alias: &str) -> String {
         template
-            .replace("{quantities}", &self.quantities)
+            .replace("{quantities}", quantities_sql())
             .replace("{a}", alias)
     }
 
@@ -678,7 +676,13 @@ impl Sql {
 }
 
 /// The quantities as a relation of constants: name, description, unit name, symbol, definition.
-fn quantities_sql() -> String {
+/// Made once: it depends on nothing but the model.
+fn quantities_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(quantities_values)
+}
+
+fn quantities_values() -> String {
     let mut values = String::from("(VALUES ");
     for (i, q) in Quantity::ALL.into_iter().enumerate() {
         let unit = q.canonical_unit();

@@ -508,17 +508,12 @@ impl Ctx<'_> {
         } else {
             options.skip.unwrap_or(0)
         };
-        let selection = Selection::of(entity, options)?;
-        let mut select = selection.props.clone();
-        if options.result_format.as_deref() == Some("dataArray") && options.select.is_none() {
-            select = entity.properties().collect();
-        }
         let query = Query {
             entity,
             scope,
             filter: options.filter.as_ref(),
             orderby: &options.orderby,
-            select,
+            select: Selection::of(entity, options)?.props,
             limit: i64::try_from(top + 1).unwrap_or(i64::MAX),
             offset: i64::try_from(skip).map_err(|_| ApiError::bad("$skip", "too large"))?,
             after,
@@ -693,18 +688,14 @@ fn write_data_array(
     rows: &[EntityRow],
     options: &QueryOptions,
 ) -> Result<()> {
+    // Without `$select`, the selection is every property and the id.
     let selection = Selection::of(Entity::Observation, options)?;
-    let props: Vec<&str> = if options.select.is_some() {
-        selection.props.clone()
-    } else {
-        Entity::Observation.properties().collect()
-    };
-    let with_id = options.select.is_none() || selection.id;
+    let with_id = selection.id;
     let mut components: Vec<String> = Vec::new();
     if with_id {
         components.push("\"id\"".to_owned());
     }
-    components.extend(props.iter().map(|p| json_string(p)));
+    components.extend(selection.props.iter().map(|p| json_string(p)));
     let mut start = 0;
     let mut groups = 0;
     while start < rows.len() {
