@@ -6,35 +6,22 @@
 use crate::unit::Unit;
 use std::fmt;
 
+/// What each one is, in a sentence: [`Quantity::description`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Quantity {
-    /// River or lake stage above the gauge datum.
     WaterLevel,
-    /// Sea level above the national datum.
     SeaLevel,
-    /// Groundwater head above the national datum (negative below it).
     GroundwaterLevel,
-    /// Water level in a sewer or storm drain above its invert.
     SewerLevel,
-    /// Discharge of a river.
     RiverFlow,
-    /// Rainfall depth in the reporting interval.
     Rainfall,
-    /// Cumulative imported electrical energy (meter register).
     EnergyImport,
-    /// Cumulative exported electrical energy (meter register).
     EnergyExport,
-    /// Electrical power; negative when exporting.
     Power,
-    /// Cumulative heat energy (district heating meter register).
     HeatEnergy,
-    /// Volume flow in a water supply network (district meter).
     WaterFlow,
-    /// Fill level of a waste container.
     FillLevel,
-    /// Weight (of a waste container's contents, a collection).
     Weight,
-    /// Temperature of air, water or a heating flow.
     Temperature,
 }
 
