@@ -79,6 +79,17 @@ async fn all(api: &Api, path: &str) -> (Vec<Value>, usize) {
     (values, pages)
 }
 
+/// Asserts that `path` is refused with a 400 naming `$expand` whose detail says `says`.
+async fn expansion_refused(api: &Api, path: &str, says: &str) {
+    let (status, body) = get(api, path).await;
+    assert_eq!(
+        (status, &body["parameter"]),
+        (400, &Value::from("$expand")),
+        "{body}"
+    );
+    assert!(body["detail"].as_str().unwrap().contains(says), "{body}");
+}
+
 fn names(values: &[Value]) -> Vec<&str> {
     values.iter().map(|v| v["name"].as_str().unwrap()).collect()
 }
@@ -624,20 +635,12 @@ async fn filters_select_expand_and_order_as_odata_says_and_errors_name_the_optio
     }
     // Expansions are bounded: in entities held (288 observations, each expanding its feature's
     // 288 again, is over 50,000), and in reads (each of 2,500 observations read once more).
-    let (status, body) = get(
+    expansion_refused(
         &api,
         "/sta/v1.1/FeaturesOfInterest?$expand=Observations($top=10000;$expand=FeatureOfInterest($expand=Observations($top=10000)))",
+        "50000 entities",
     )
     .await;
-    assert_eq!(
-        (status, &body["parameter"]),
-        (400, &Value::from("$expand")),
-        "{body}"
-    );
-    assert!(
-        body["detail"].as_str().unwrap().contains("50000 entities"),
-        "{body}"
-    );
     let kiel = sensor_id(&harness, "kiel-holtenau.sea_level").await;
     let more: Vec<ReadingRow> = (0..2_500)
         .map(|i| ReadingRow {
@@ -648,22 +651,14 @@ async fn filters_select_expand_and_order_as_odata_says_and_errors_name_the_optio
         })
         .collect();
     store_readings(&harness, &more).await;
-    let (status, body) = get(
+    expansion_refused(
         &api,
         &format!(
             "/sta/v1.1/Observations?$top=2500&$filter=Datastream/id eq {kiel}&$expand=Datastream"
         ),
+        "2000 times",
     )
     .await;
-    assert_eq!(
-        (status, &body["parameter"]),
-        (400, &Value::from("$expand")),
-        "{body}"
-    );
-    assert!(
-        body["detail"].as_str().unwrap().contains("2000 times"),
-        "{body}"
-    );
     // Asking for more than a page holds is cut to the maximum and continues by link.
     let capped = ok(
         &api,
