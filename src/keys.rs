@@ -11,7 +11,7 @@ use tidemark_store::{DatabaseConfig, Store};
 pub enum KeysCommand {
     /// Create a key and print it (once).
     Create {
-        /// researcher, utility, municipality, operator or producer.
+        /// researcher, utility, municipality, operator, producer or device.
         #[arg(long)]
         role: String,
         /// The municipality code a municipality key acts for (e.g. 0751 for Aarhus).
@@ -20,6 +20,10 @@ pub enum KeysCommand {
         /// The forecast source a producer key posts for (e.g. dmi).
         #[arg(long)]
         source: Option<String>,
+        /// The device a device key posts SensorThings Observations for (its key, e.g.
+        /// gauge-aarhus-01).
+        #[arg(long)]
+        device: Option<String>,
         /// What the key is for, shown in lists.
         #[arg(long, default_value = "")]
         label: String,
@@ -40,12 +44,13 @@ pub async fn run(database: &DatabaseConfig, command: KeysCommand) -> anyhow::Res
             role,
             municipality,
             source,
+            device,
             label,
             expires_in,
         } => {
             let role = Role::parse(&role).with_context(|| {
                 format!(
-                    "role {role:?} is not one of researcher, utility, municipality, operator, producer"
+                    "role {role:?} is not one of researcher, utility, municipality, operator, producer, device"
                 )
             })?;
             if (role == Role::Municipality) != municipality.is_some() {
@@ -53,6 +58,15 @@ pub async fn run(database: &DatabaseConfig, command: KeysCommand) -> anyhow::Res
             }
             if (role == Role::Producer) != source.is_some() {
                 anyhow::bail!("--source is required for, and only for, a producer key");
+            }
+            if (role == Role::Device) != device.is_some() {
+                anyhow::bail!("--device is required for, and only for, a device key");
+            }
+            if let Some(device) = &device {
+                anyhow::ensure!(
+                    store.device_enabled(device).await?.is_some(),
+                    "device {device} is not registered (config/reference or the API)"
+                );
             }
             if let Some(source) = &source {
                 tidemark_model::DeviceId::parse(source)
@@ -78,14 +92,18 @@ pub async fn run(database: &DatabaseConfig, command: KeysCommand) -> anyhow::Res
                 None => None,
             };
             let actor = tidemark_api::auth::Actor::cli();
-            let (key, row) = match source {
-                Some(source) => {
+            let (key, row) = match (source, device) {
+                (Some(source), _) => {
                     tidemark_api::auth::create_producer_key(
                         &store, source, label, expires_at, &actor,
                     )
                     .await?
                 }
-                None => {
+                (None, Some(device)) => {
+                    tidemark_api::auth::create_device_key(&store, device, label, expires_at, &actor)
+                        .await?
+                }
+                (None, None) => {
                     tidemark_api::auth::create_key(
                         &store,
                         role,
@@ -119,7 +137,12 @@ pub async fn run(database: &DatabaseConfig, command: KeysCommand) -> anyhow::Res
                     "{}\t{}\t{}\t{}\t{}",
                     key.prefix,
                     key.role.name(),
-                    key.municipality.as_deref().unwrap_or("-"),
+                    // What the key acts for: a municipality, a forecast source or a device.
+                    key.municipality
+                        .as_deref()
+                        .or(key.source.as_deref())
+                        .or(key.device.as_deref())
+                        .unwrap_or("-"),
                     state,
                     key.label
                 );

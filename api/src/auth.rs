@@ -3,7 +3,7 @@
 //!
 //! A key reads `tmk_<prefix>_<secret>`: the prefix (12 hex digits) names the key in lists and logs;
 //! the secret (32 random bytes, base64url) is what proves it. Clients send it as
-//! `Authorization: Bearer <key>`.
+//! `Authorization: Bearer <key>`, or as the password of `Basic` credentials.
 
 use crate::http::problem::{ApiError, Result};
 use axum::extract::{FromRef, FromRequestParts};
@@ -72,6 +72,15 @@ impl Actor {
     }
 }
 
+/// What a key acts for besides its role: a municipality key's municipality, a producer key's
+/// forecast source, a device key's device.
+#[derive(Debug, Clone, Default)]
+pub struct KeyScope {
+    pub municipality: Option<String>,
+    pub source: Option<String>,
+    pub device: Option<String>,
+}
+
 /// Makes a key and stores its hash (with an audit entry by `actor`); returns the key (to show
 /// once) and the stored row.
 pub async fn create_key(
@@ -82,7 +91,11 @@ pub async fn create_key(
     expires_at: Option<DateTime<Utc>>,
     actor: &Actor,
 ) -> tidemark_store::Result<(String, ApiKeyRow)> {
-    create_scoped_key(store, role, municipality, None, label, expires_at, actor).await
+    let scope = KeyScope {
+        municipality,
+        ..KeyScope::default()
+    };
+    create_scoped_key(store, role, scope, label, expires_at, actor).await
 }
 
 /// [`create_key`] for a producer key, which posts forecasts for `source` only (registered as a
@@ -94,23 +107,33 @@ pub async fn create_producer_key(
     expires_at: Option<DateTime<Utc>>,
     actor: &Actor,
 ) -> tidemark_store::Result<(String, ApiKeyRow)> {
-    create_scoped_key(
-        store,
-        Role::Producer,
-        None,
-        Some(source),
-        label,
-        expires_at,
-        actor,
-    )
-    .await
+    let scope = KeyScope {
+        source: Some(source),
+        ..KeyScope::default()
+    };
+    create_scoped_key(store, Role::Producer, scope, label, expires_at, actor).await
+}
+
+/// [`create_key`] for a device key, which posts SensorThings Observations for the registered
+/// device `device` only.
+pub async fn create_device_key(
+    store: &Store,
+    device: String,
+    label: String,
+    expires_at: Option<DateTime<Utc>>,
+    actor: &Actor,
+) -> tidemark_store::Result<(String, ApiKeyRow)> {
+    let scope = KeyScope {
+        device: Some(device),
+        ..KeyScope::default()
+    };
+    create_scoped_key(store, Role::Device, scope, label, expires_at, actor).await
 }
 
 async fn create_scoped_key(
     store: &Store,
     role: Role,
-    municipality: Option<String>,
-    source: Option<String>,
+    scope: KeyScope,
     label: String,
     expires_at: Option<DateTime<Utc>>,
     actor: &Actor,
@@ -122,8 +145,8 @@ async fn create_scoped_key(
         "key.create",
         format!("key {prefix}"),
         serde_json::json!({
-            "role": role.name(), "municipality": municipality, "source": source, "label": label,
-            "expires_at": expires_at,
+            "role": role.name(), "municipality": scope.municipality, "source": scope.source,
+            "device": scope.device, "label": label, "expires_at": expires_at,
         }),
     );
     let row = store
@@ -132,8 +155,9 @@ async fn create_scoped_key(
                 prefix,
                 hash: hash(&key),
                 role,
-                municipality,
-                source,
+                municipality: scope.municipality,
+                source: scope.source,
+                device: scope.device,
                 label,
                 expires_at,
             },
@@ -152,6 +176,8 @@ pub struct Caller {
     pub municipality: Option<String>,
     /// The forecast source a producer key posts for.
     pub source: Option<String>,
+    /// The device a device key posts for.
+    pub device: Option<String>,
 }
 
 impl Caller {
@@ -200,6 +226,7 @@ pub async fn authenticate(store: &Store, presented: &str, now: DateTime<Utc>) ->
         role: row.role,
         municipality: row.municipality,
         source: row.source,
+        device: row.device,
     })
 }
 
@@ -215,16 +242,33 @@ where
         let header = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or(
             ApiError::Unauthenticated("send an API key as `Authorization: Bearer <key>`"),
         )?;
-        let presented = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or(ApiError::Unauthenticated(
-                "the Authorization header must read `Bearer <key>`",
-            ))?;
-        authenticate(&Store::from_ref(state), presented, Utc::now()).await
+        let presented =
+            header
+                .to_str()
+                .ok()
+                .and_then(presented_key)
+                .ok_or(ApiError::Unauthenticated(
+                    "the Authorization header must read `Bearer <key>` (or Basic, with the key as \
+                 the password)",
+                ))?;
+        authenticate(&Store::from_ref(state), &presented, Utc::now()).await
     }
+}
+
+/// The key in an `Authorization` header: `Bearer <key>`, or `Basic` credentials whose password
+/// is the key (the user name is not looked at), for tools that only speak Basic, as many
+/// SensorThings clients do.
+fn presented_key(header: &str) -> Option<String> {
+    if let Some(key) = header.strip_prefix("Bearer ") {
+        return Some(key.trim().to_owned());
+    }
+    let encoded = header.strip_prefix("Basic ")?.trim();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let credentials = String::from_utf8(decoded).ok()?;
+    let (_, password) = credentials.split_once(':')?;
+    Some(password.to_owned())
 }
 
 #[cfg(test)]
@@ -244,6 +288,29 @@ mod tests {
             "tmk_0123456789ab",
         ] {
             assert_eq!(prefix_of(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_is_read_from_bearer_or_basic_credentials() {
+        let key = "tmk_0123456789ab_secret";
+        assert_eq!(
+            presented_key(&format!("Bearer {key}")).as_deref(),
+            Some(key)
+        );
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("gauge-7:{key}"));
+        assert_eq!(
+            presented_key(&format!("Basic {basic}")).as_deref(),
+            Some(key)
+        );
+        let no_password = base64::engine::general_purpose::STANDARD.encode("gauge-7");
+        for bad in [
+            key.to_owned(),
+            format!("Basic {no_password}"),
+            "Basic not base64!".to_owned(),
+            format!("Digest {key}"),
+        ] {
+            assert_eq!(presented_key(&bad), None, "{bad:?}");
         }
     }
 

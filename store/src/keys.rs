@@ -13,6 +13,8 @@ pub enum Role {
     Operator,
     /// Posts forecasts for its one source.
     Producer,
+    /// Posts SensorThings Observations for its one device.
+    Device,
 }
 
 impl Role {
@@ -23,6 +25,7 @@ impl Role {
             Role::Municipality => "municipality",
             Role::Operator => "operator",
             Role::Producer => "producer",
+            Role::Device => "device",
         }
     }
 
@@ -33,6 +36,7 @@ impl Role {
             Role::Municipality,
             Role::Operator,
             Role::Producer,
+            Role::Device,
         ]
         .into_iter()
         .find(|r| r.name() == text)
@@ -48,6 +52,8 @@ pub struct ApiKeyRow {
     pub municipality: Option<String>,
     /// The forecast source a producer key posts for.
     pub source: Option<String>,
+    /// The device (its key) a device key posts for.
+    pub device: Option<String>,
     pub label: String,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
@@ -63,12 +69,14 @@ pub struct NewApiKey {
     pub municipality: Option<String>,
     /// Required for, and only for, a producer key; registered as a source if new.
     pub source: Option<String>,
+    /// Required for, and only for, a device key: a registered device's key.
+    pub device: Option<String>,
     pub label: String,
     pub expires_at: Option<DateTime<Utc>>,
 }
 
 const KEY_COLUMNS: &str =
-    "id, prefix, hash, role, municipality, label, created_at, expires_at, revoked_at, source";
+    "id, prefix, hash, role, municipality, label, created_at, expires_at, revoked_at, source, device";
 
 fn key_row(r: &tokio_postgres::Row) -> Result<ApiKeyRow> {
     let role: String = r.get(3);
@@ -84,6 +92,7 @@ fn key_row(r: &tokio_postgres::Row) -> Result<ApiKeyRow> {
         expires_at: r.get(7),
         revoked_at: r.get(8),
         source: r.get(9),
+        device: r.get(10),
     })
 }
 
@@ -103,8 +112,8 @@ impl Store {
         let row = tx
             .query_one(
                 &format!(
-                    "INSERT INTO api_keys (prefix, hash, role, municipality, label, expires_at, source) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {KEY_COLUMNS}"
+                    "INSERT INTO api_keys (prefix, hash, role, municipality, label, expires_at, source, device) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {KEY_COLUMNS}"
                 ),
                 &[
                     &key.prefix,
@@ -114,6 +123,7 @@ impl Store {
                     &key.label,
                     &key.expires_at,
                     &key.source,
+                    &key.device,
                 ],
             )
             .await

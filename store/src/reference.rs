@@ -114,6 +114,16 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the device with this key is enabled; `None` when there is no such device.
+    pub async fn device_enabled(&self, key: &str) -> Result<Option<bool>> {
+        let client = self.client().await?;
+        Ok(client
+            .query_opt("SELECT enabled FROM devices WHERE key = $1", &[&key])
+            .await
+            .context("looking up a device")?
+            .map(|r| r.get(0)))
+    }
+
     /// Every enabled device and every sensor with its device and quantity.
     pub async fn directory(&self) -> Result<Directory> {
         let client = self.client().await?;

@@ -202,6 +202,36 @@ async fn keys_are_shown_once_listed_by_prefix_and_revocable() {
         stderr(&output)
     );
 
+    // A device key names a registered device, whose Observations it posts.
+    let output = keys(&["create", "--role", "device"]);
+    assert!(stderr(&output).contains("--device"), "{}", stderr(&output));
+    let output = keys(&["create", "--role", "device", "--device", "no-such-gauge"]);
+    assert!(
+        stderr(&output).contains("not registered"),
+        "{}",
+        stderr(&output)
+    );
+    sql(&harness)
+        .await
+        .execute(
+            "INSERT INTO devices (key) VALUES ('gauge-7') ON CONFLICT DO NOTHING",
+            &[],
+        )
+        .await
+        .unwrap();
+    let output = keys(&["create", "--role", "device", "--device", "gauge-7"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let device_key = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let caller = tidemark_api::auth::authenticate(&harness.store, &device_key, chrono::Utc::now())
+        .await
+        .expect("the printed key authenticates");
+    assert_eq!(
+        (caller.role, caller.device.as_deref()),
+        (tidemark_store::keys::Role::Device, Some("gauge-7"))
+    );
+    let listed = String::from_utf8_lossy(&keys(&["list"]).stdout).into_owned();
+    assert!(listed.contains("device\tgauge-7"), "{listed}");
+
     let output = keys(&[
         "create",
         "--role",

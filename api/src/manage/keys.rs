@@ -17,13 +17,16 @@ use utoipa::ToSchema;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
-    /// researcher, utility, municipality, operator or producer.
+    /// researcher, utility, municipality, operator, producer or device.
     pub role: String,
     /// The municipality code a municipality key acts for; required for, and only for, that role.
     pub municipality: Option<String>,
     /// The forecast source a producer key posts for (an identifier such as `dmi`); required for,
     /// and only for, that role.
     pub source: Option<String>,
+    /// The registered device (its key) a device key posts SensorThings Observations for;
+    /// required for, and only for, that role.
+    pub device: Option<String>,
     #[serde(default)]
     pub label: String,
     /// Lifetime such as `90d`; without it the key lasts until revoked.
@@ -37,6 +40,8 @@ pub struct KeyBody {
     pub municipality: Option<String>,
     /// A producer key's forecast source.
     pub source: Option<String>,
+    /// A device key's device.
+    pub device: Option<String>,
     pub label: String,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
@@ -52,6 +57,7 @@ pub(crate) fn key_body(row: tidemark_store::keys::ApiKeyRow, key: Option<String>
         role: row.role.name().to_owned(),
         municipality: row.municipality,
         source: row.source,
+        device: row.device,
         label: row.label,
         created_at: row.created_at,
         expires_at: row.expires_at,
@@ -79,7 +85,7 @@ pub async fn create_key(
     let role = Role::parse(&request.role).ok_or_else(|| {
         ApiError::bad(
             "role",
-            "role must be researcher, utility, municipality, operator or producer",
+            "role must be researcher, utility, municipality, operator, producer or device",
         )
     })?;
     if (role == Role::Municipality) != request.municipality.is_some() {
@@ -93,6 +99,17 @@ pub async fn create_key(
             "source",
             "source is required for, and only for, a producer key",
         ));
+    }
+    if (role == Role::Device) != request.device.is_some() {
+        return Err(ApiError::bad(
+            "device",
+            "device is required for, and only for, a device key",
+        ));
+    }
+    if let Some(device) = &request.device {
+        if state.store.device_enabled(device).await?.is_none() {
+            return Err(ApiError::bad("device", format!("unknown device {device}")));
+        }
     }
     if let Some(source) = &request.source {
         tidemark_model::DeviceId::parse(source).map_err(|e| {
@@ -130,8 +147,8 @@ pub async fn create_key(
         }
         None => None,
     };
-    let (key, row) = match request.source {
-        Some(source) => {
+    let (key, row) = match (request.source, request.device) {
+        (Some(source), _) => {
             crate::auth::create_producer_key(
                 &state.store,
                 source,
@@ -141,7 +158,17 @@ pub async fn create_key(
             )
             .await?
         }
-        None => {
+        (None, Some(device)) => {
+            crate::auth::create_device_key(
+                &state.store,
+                device,
+                request.label,
+                expires_at,
+                &caller.actor(),
+            )
+            .await?
+        }
+        (None, None) => {
             crate::auth::create_key(
                 &state.store,
                 role,
