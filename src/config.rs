@@ -144,6 +144,7 @@ impl Config {
             &self.mqtt.topic_prefix,
         )?;
         settings.broker_admin = self.api.device_credentials.then(|| self.mqtt.clone());
+        settings.time_rules = self.ingest.time_rules();
         Ok(settings)
     }
 

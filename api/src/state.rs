@@ -181,6 +181,9 @@ pub struct ApiSettings {
     /// (`api.device_credentials` off).
     pub broker_admin: Option<tidemark_model::broker::BrokerConfig>,
     pub sta_query_timeout: Duration,
+    /// The time bounds on Observations created over SensorThings: ingest's (`[ingest]`
+    /// `future_tolerance` and `max_age`), so that a reading is judged alike on either way in.
+    pub time_rules: tidemark_model::validate::TimeRules,
 }
 
 impl ApiSettings {
@@ -213,6 +216,7 @@ impl ApiSettings {
             sse_max_streams: api.sse_max_streams,
             sse_max_streams_per_client: api.sse_max_streams_per_client,
             broker_admin: None,
+            time_rules: tidemark_model::validate::TimeRules::DEFAULT,
         })
     }
 

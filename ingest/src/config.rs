@@ -3,6 +3,7 @@
 use serde::Deserialize;
 use std::time::Duration;
 use tidemark_model::duration;
+use tidemark_model::validate::TimeRules;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -212,10 +213,10 @@ const fn default_max_readings_per_message() -> usize {
     1000
 }
 const fn default_future_tolerance() -> Duration {
-    Duration::from_secs(10 * 60)
+    TimeRules::DEFAULT.future_tolerance
 }
 const fn default_max_age() -> Duration {
-    Duration::from_secs(400 * 86_400)
+    TimeRules::DEFAULT.max_age
 }
 const fn default_retry_initial() -> Duration {
     Duration::from_millis(100)
@@ -254,6 +255,14 @@ impl Default for IngestConfig {
 }
 
 impl IngestConfig {
+    /// The time bounds on accepted readings, which the API's SensorThings create applies too.
+    pub fn time_rules(&self) -> TimeRules {
+        TimeRules {
+            future_tolerance: self.future_tolerance,
+            max_age: self.max_age,
+        }
+    }
+
     /// Pure checks, before anything connects.
     pub fn validate(&self) -> Result<(), String> {
         tidemark_model::DeviceId::parse(&self.client_id)

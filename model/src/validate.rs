@@ -21,6 +21,14 @@ pub struct TimeRules {
     pub max_age: Duration,
 }
 
+impl TimeRules {
+    /// Ten minutes of clock skew; readings up to 400 days old (a year and some, for back-fill).
+    pub const DEFAULT: TimeRules = TimeRules {
+        future_tolerance: Duration::from_secs(10 * 60),
+        max_age: Duration::from_secs(400 * 86_400),
+    };
+}
+
 /// What the validator knows about a sensor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SensorSpec {

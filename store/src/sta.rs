@@ -1548,6 +1548,18 @@ fn params(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
         .collect()
 }
 
+/// What creating an Observation needs of its Datastream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatastreamTarget {
+    pub sensor_id: i32,
+    pub sensor: String,
+    /// The key of the device the sensor belongs to.
+    pub device: String,
+    pub quantity: String,
+    /// Its station: the Thing, and the Observations' FeatureOfInterest.
+    pub station_id: i32,
+}
+
 impl Store {
     /// One page of a SensorThings read, from the standby when there is one.
     pub async fn sta_page(&self, query: &Query<'_>) -> Result<Vec<EntityRow>, StaError> {
@@ -1620,6 +1632,48 @@ impl Store {
             .context("counting SensorThings entities")?;
         tx.commit().await.context("ending a SensorThings count")?;
         Ok(row.try_get(0).context("reading a count")?)
+    }
+
+    /// The Datastream `id` for a new Observation, read from the primary (which the write goes
+    /// to); `None` when there is no such Datastream.
+    pub async fn sta_datastream(&self, id: i64) -> StoreResult<Option<DatastreamTarget>> {
+        let Ok(id) = i32::try_from(id) else {
+            return Ok(None);
+        };
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT s.id, s.key, d.key, s.quantity, s.station_id FROM sensors s \
+                 JOIN devices d ON d.id = s.device_id WHERE s.id = $1 AND s.station_id IS NOT NULL",
+                &[&id],
+            )
+            .await
+            .context("looking up a Datastream")?;
+        Ok(row.map(|r| DatastreamTarget {
+            sensor_id: r.get(0),
+            sensor: r.get(1),
+            device: r.get(2),
+            quantity: r.get(3),
+            station_id: r.get(4),
+        }))
+    }
+
+    /// The stored reading of `sensor_id` at `ts`, `(value, quality, received_at)`, from the
+    /// primary.
+    pub async fn reading_at(
+        &self,
+        sensor_id: i32,
+        ts: DateTime<Utc>,
+    ) -> StoreResult<Option<(f64, i16, DateTime<Utc>)>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT value, quality, received_at FROM readings WHERE sensor_id = $1 AND ts = $2",
+                &[&sensor_id, &ts],
+            )
+            .await
+            .context("reading one reading")?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
     }
 
     /// Whether the entity exists (for a 404 on a path through it).

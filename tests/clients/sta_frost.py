@@ -3,7 +3,11 @@ client, as a researcher's notebook would, and prints what it read as JSON on sta
 the names of the Things and Datastreams, and every Observation of one Datastream (found by its
 sensor key), oldest first, each as [phenomenonTime, result].
 
-Usage: python3 sta_frost.py <service url> <sensor key>
+Given a device's API key, a time and a value, it first creates an Observation of that Datastream
+as a device would, with the client's own Basic authentication (the key as the password), and
+prints the id the service gave it as "created".
+
+Usage: python3 sta_frost.py <service url> <sensor key> [<device key> <time> <value>]
 """
 
 import json
@@ -26,6 +30,15 @@ def main():
     if len(found) != 1:
         raise SystemExit("expected one datastream for {}, found {}".format(sensor, len(found)))
     datastream = found[0]
+    created = None
+    if len(sys.argv) == 6:
+        key, time, value = sys.argv[3], sys.argv[4], float(sys.argv[5])
+        device = fsc.SensorThingsService(
+            url, auth_handler=fsc.service.auth_handler.AuthHandler(username="device", password=key)
+        )
+        observation = fsc.Observation(phenomenon_time=time, result=value, datastream=datastream)
+        device.create(observation)
+        created = observation.id
     observations = (
         datastream.get_observations()
         .query()
@@ -41,6 +54,7 @@ def main():
             "datastreams": datastreams,
             "unit": unit.symbol if unit is not None else None,
             "observations": series,
+            "created": created,
         },
         sys.stdout,
     )

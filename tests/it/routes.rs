@@ -66,6 +66,7 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("POST", "/api/v1/webhooks/{id}/rotate-secret"),
     ("GET", "/sta/v1.1"),
     ("GET", "/sta/v1.1/{path}"),
+    ("POST", "/sta/v1.1/{path}"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),

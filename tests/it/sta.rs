@@ -683,7 +683,41 @@ async fn third_party_clients_read_the_replayed_baltic_surge_as_the_open_data_api
     let config = config(&harness);
     let api = Api::start(&harness, &config).await;
 
-    // What the open data API serves for Flensburg.
+    // Flensburg's gauge posts one Observation through the client, with a device key.
+    let device: String = sql(&harness)
+        .await
+        .query_one(
+            "SELECT d.key FROM sensors s JOIN devices d ON d.id = s.device_id WHERE s.key = $1",
+            &[&"flensburg.sea_level"],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (key, _) = tidemark_api::auth::create_device_key(
+        &api.state.store,
+        device,
+        "test".to_owned(),
+        None,
+        &tidemark_api::auth::Actor::cli(),
+    )
+    .await
+    .unwrap();
+    let posted_at = DateTime::from_timestamp(Utc::now().timestamp() - 187, 0).unwrap();
+    let output = tokio::process::Command::new("python3")
+        .arg(repo("tests/clients/sta_frost.py"))
+        .arg(format!("{}/sta/v1.1", api.base))
+        .arg("flensburg.sea_level")
+        .args([key, api_time(posted_at), "0.625".to_owned()])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "frost-sta-client failed (scripts/test.sh installs it): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // What the open data API serves for Flensburg: the replay's readings and the posted one.
     let from = api_time(Utc::now() - ChronoDuration::days(60));
     let to = api_time(Utc::now() + ChronoDuration::days(1));
     let readings = ok(
@@ -697,20 +731,8 @@ async fn third_party_clients_read_the_replayed_baltic_surge_as_the_open_data_api
         .iter()
         .map(|r| serde_json::json!([r["ts"], r["value"]]))
         .collect();
-    assert_eq!(expected.len(), 1584);
-
-    let output = tokio::process::Command::new("python3")
-        .arg(repo("tests/clients/sta_frost.py"))
-        .arg(format!("{}/sta/v1.1", api.base))
-        .arg("flensburg.sea_level")
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "frost-sta-client failed (scripts/test.sh installs it): {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_eq!(expected.len(), 1585);
+    assert!(expected.contains(&serde_json::json!([api_time(posted_at), 0.625])));
     let read: Value = serde_json::from_slice(&output.stdout).unwrap();
     let stations: Vec<&str> = read["things"]
         .as_array()
@@ -725,6 +747,11 @@ async fn third_party_clients_read_the_replayed_baltic_surge_as_the_open_data_api
         "one datastream per replayed gauge"
     );
     assert_eq!(read["unit"], "m");
+    let flensburg = sensor_id(&harness, "flensburg.sea_level").await;
+    assert_eq!(
+        read["created"],
+        Value::from(format!("{flensburg}-{}", posted_at.timestamp_micros()))
+    );
     // Every value at its time, in order, across the client's pages of 500.
     assert_eq!(read["observations"].as_array().unwrap(), &expected);
 
@@ -789,6 +816,259 @@ async fn a_read_past_its_time_limit_is_cancelled_with_an_answer_that_says_so() {
     // The limit is SensorThings' alone, and the pool's connections are fine after it.
     let (status, _) = get(&api, &format!("/api/v1/sensors/{SENSOR}/readings?from=2023-10-19T00:00:00Z&to=2023-10-20T00:00:00Z&limit=10")).await;
     assert_eq!(status, 200);
+    api.shutdown.cancel();
+    harness.finish().await;
+}
+
+/// Posts `body` (raw text) to `path` with `auth` as the Authorization header; returns the status,
+/// the `Location` header and the body.
+async fn post(
+    api: &Api,
+    path: &str,
+    auth: Option<&str>,
+    body: &str,
+) -> (u16, Option<String>, Value) {
+    let mut request = api
+        .http
+        .post(api.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(auth) = auth {
+        request = request.header("authorization", auth);
+    }
+    sent(request).await
+}
+
+/// The status, `Location` header and body of a create.
+async fn sent(request: reqwest::RequestBuilder) -> (u16, Option<String>, Value) {
+    let (status, _, text, headers) = checked_with_headers(
+        "POST",
+        "/sta/v1.1/Observations",
+        request.send().await.unwrap(),
+    )
+    .await;
+    let location = headers
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_owned());
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, location, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_key_creates_observations_through_the_ingest_write_path_and_refusals_are_kept() {
+    let (harness, api, flensburg) = loaded().await;
+    let kappeln = sensor_id(&harness, "kappeln.sea_level").await;
+    let operator = api.key(tidemark_store::keys::Role::Operator, None).await;
+    let researcher = api.key(tidemark_store::keys::Role::Researcher, None).await;
+
+    // An operator makes a device key for Flensburg's gauge; a device key names a registered device.
+    let keys = "/api/v1/keys";
+    let (status, made) = api
+        .call(
+            reqwest::Method::POST,
+            keys,
+            Some(&operator),
+            Some(serde_json::json!({"role": "device", "device": "flensburg-gauge"})),
+        )
+        .await;
+    assert_eq!(
+        (status, &made["device"]),
+        (201, &Value::from("flensburg-gauge")),
+        "{made}"
+    );
+    let key = made["key"].as_str().unwrap().to_owned();
+    let bearer = format!("Bearer {key}");
+    for (body, parameter) in [
+        (serde_json::json!({"role": "device"}), "device"),
+        (
+            serde_json::json!({"role": "device", "device": "no-such-gauge"}),
+            "device",
+        ),
+        (
+            serde_json::json!({"role": "researcher", "device": "flensburg-gauge"}),
+            "device",
+        ),
+    ] {
+        let (status, refused) = api
+            .call(reqwest::Method::POST, keys, Some(&operator), Some(body))
+            .await;
+        assert_eq!(
+            (status, &refused["parameter"]),
+            (400, &Value::from(parameter)),
+            "{refused}"
+        );
+    }
+
+    let at = |minutes: i64| {
+        let t = Utc::now() - ChronoDuration::minutes(minutes);
+        DateTime::from_timestamp(t.timestamp(), 0).unwrap()
+    };
+    let observation = |t: DateTime<Utc>, result: f64, datastream: i32| {
+        serde_json::json!({
+            "phenomenonTime": api_time(t), "result": result,
+            "Datastream": {"@iot.id": datastream},
+        })
+        .to_string()
+    };
+
+    // Created: 201, the new Observation's address, and the Observation as a read gives it.
+    let t1 = at(30);
+    let (status, location, created) = post(
+        &api,
+        "/sta/v1.1/Observations",
+        Some(&bearer),
+        &observation(t1, 1.25, flensburg),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let location = location.expect("a Location header");
+    assert_eq!(
+        location,
+        api.url(&format!(
+            "/sta/v1.1/Observations('{flensburg}-{}')",
+            t1.timestamp_micros()
+        ))
+    );
+    assert_eq!(created["@iot.selfLink"], Value::from(location.clone()));
+    assert_eq!(ok(&api, &location).await, created);
+    assert_eq!(
+        (&created["result"], &created["resultQuality"]),
+        (&Value::from(1.25), &serde_json::json!(["good"]))
+    );
+    // It is a reading like any other: the open data API serves it.
+    let from = api_time(t1);
+    let raw = ok(
+        &api,
+        &format!("/api/v1/sensors/{SENSOR}/readings?from={from}&limit=10"),
+    )
+    .await;
+    assert_eq!(raw["readings"][0]["value"], Value::from(1.25), "{raw}");
+    assert_eq!(raw["readings"].as_array().unwrap().len(), 1, "{raw}");
+
+    // The same again is found stored (200, the same address); another value at that time is a
+    // conflict.
+    let (status, again, body) = post(
+        &api,
+        "/sta/v1.1/Observations",
+        Some(&bearer),
+        &observation(t1, 1.25, flensburg),
+    )
+    .await;
+    assert_eq!(
+        (status, again.as_deref()),
+        (200, Some(location.as_str())),
+        "{body}"
+    );
+    assert_eq!(body, created);
+    let conflicting = observation(t1, 1.5, flensburg);
+    let (status, _, body) = post(&api, "/sta/v1.1/Observations", Some(&bearer), &conflicting).await;
+    assert_eq!(status, 409, "{body}");
+
+    // Through the Datastream's own collection, with a quality flag, and with Basic credentials
+    // whose password is the key (as many SensorThings clients send them); without a time, the
+    // time of receipt.
+    let before = Utc::now();
+    let (status, _, body) = sent(
+        api.http
+            .post(api.url(&format!("/sta/v1.1/Datastreams({flensburg})/Observations")))
+            .basic_auth("flensburg-gauge", Some(&key))
+            .body(r#"{"result": 0.75, "resultQuality": "suspect"}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["resultQuality"], serde_json::json!(["device_suspect"]));
+    let time: DateTime<Utc> = body["phenomenonTime"].as_str().unwrap().parse().unwrap();
+    assert!(time >= before && time <= Utc::now(), "{body}");
+
+    // Refused, each answered with its reason and kept with the device's rejections, as a
+    // refused MQTT message is.
+    let old = Utc::now() - ChronoDuration::days(500);
+    let refusals: Vec<(String, u16, &str)> = vec![
+        ("{\"result\": ".to_owned(), 400, "malformed"),
+        (observation(at(20), 1e6, flensburg), 400, "out_of_range"),
+        (observation(old, 1.0, flensburg), 400, "too_old"),
+        (observation(at(-60), 1.0, flensburg), 400, "future"),
+        (observation(at(20), 1.0, 999_999), 400, "unknown_sensor"),
+        (observation(at(20), 1.0, kappeln), 403, "wrong_device"),
+        (
+            format!("{{\"result\": 1, \"validTime\": \"{}\", \"Datastream\": {{\"@iot.id\": {flensburg}}}}}", api_time(at(5))),
+            501,
+            "unsupported",
+        ),
+    ];
+    for (body, status, _) in &refusals {
+        let (got, _, answer) = post(&api, "/sta/v1.1/Observations", Some(&bearer), body).await;
+        assert_eq!(got, *status, "{body}: {answer}");
+        assert!(answer["detail"].is_string(), "{answer}");
+    }
+    let kept = harness.store.recent_rejections(100).await.unwrap();
+    let mut expected: Vec<(String, &str)> = refusals
+        .iter()
+        .map(|(body, _, code)| (body.clone(), *code))
+        .chain([(conflicting.clone(), "conflict")])
+        .collect();
+    let mut stored: Vec<(String, &str)> = kept
+        .iter()
+        .map(|r| {
+            assert_eq!(r.device.as_deref(), Some("flensburg-gauge"));
+            assert_eq!(r.topic, "/sta/v1.1/Observations");
+            (
+                String::from_utf8(r.payload.clone()).unwrap(),
+                r.reason_code.as_str(),
+            )
+        })
+        .collect();
+    expected.sort();
+    stored.sort();
+    assert_eq!(stored, expected);
+
+    // Not a device's request: nothing is kept.
+    let body = observation(at(10), 1.0, flensburg);
+    let researcher = format!("Bearer {researcher}");
+    for (auth, status) in [
+        (None, 401),
+        (Some(researcher.as_str()), 403),
+        (Some("Bearer tmk_000000000000_x"), 401),
+    ] {
+        let (got, _, answer) = post(&api, "/sta/v1.1/Observations", auth, &body).await;
+        assert_eq!(got, status, "{answer}");
+    }
+    // Only Observations are created; a body past 64 KiB is refused before it is read whole.
+    let (status, _, answer) = post(&api, "/sta/v1.1/Things", Some(&bearer), "{}").await;
+    assert_eq!(
+        (status, &answer["parameter"]),
+        (501, &Value::from("path")),
+        "{answer}"
+    );
+    let (status, _, answer) = post(
+        &api,
+        "/sta/v1.1/Datastreams(999999)/Observations",
+        Some(&bearer),
+        &body,
+    )
+    .await;
+    assert_eq!(status, 404, "{answer}");
+    let huge = format!("{{\"result\": 1, \"pad\": \"{}\"}}", "x".repeat(70_000));
+    let (status, _, answer) = post(&api, "/sta/v1.1/Observations", Some(&bearer), &huge).await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(
+        harness.store.recent_rejections(100).await.unwrap().len(),
+        kept.len()
+    );
+
+    // A disabled device's key posts nothing.
+    sql(&harness)
+        .await
+        .execute(
+            "UPDATE devices SET enabled = false WHERE key = 'flensburg-gauge'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (status, _, answer) = post(&api, "/sta/v1.1/Observations", Some(&bearer), &body).await;
+    assert_eq!(status, 403, "{answer}");
+    let latest = &harness.store.recent_rejections(1).await.unwrap()[0];
+    assert_eq!(latest.reason_code, "unknown_device");
     api.shutdown.cancel();
     harness.finish().await;
 }

@@ -509,6 +509,7 @@ impl Api {
         .unwrap();
         let mut settings = settings;
         settings.broker_admin = config.api.device_credentials.then(|| config.mqtt.clone());
+        settings.time_rules = config.ingest.time_rules();
         let shutdown = CancellationToken::new();
         let hub = tidemark_api::sse::Hub::start(
             harness.store.clone(),

@@ -35,6 +35,8 @@ pub enum ApiError {
         parameter: Option<String>,
         detail: String,
     },
+    #[error("the body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
     #[error("the database is unavailable")]
     Store(tidemark_store::Error),
     /// A fault of this server; the cause is logged, not shown.
@@ -79,6 +81,7 @@ impl ApiError {
             }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 }

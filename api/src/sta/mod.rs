@@ -1,5 +1,6 @@
-//! The OGC SensorThings API v1.1, sensing part, read only, under `/sta/v1.1`: for researchers'
-//! tools that speak it (FROST clients, QGIS plugins, notebooks).
+//! The OGC SensorThings API v1.1, sensing part, under `/sta/v1.1`: for researchers' tools that
+//! speak it (FROST clients, QGIS plugins, notebooks). Everything is read only, except that a
+//! device's key creates Observations ([`create`]).
 //!
 //! Entities are views of the existing relations (`tidemark_store::sta` says which); the query
 //! options are parsed by `tidemark_model::odata` and compiled to SQL in the store. A malformed
@@ -10,6 +11,8 @@
 //! continues). Pages continue from the last row's key (`$skiptoken`) when the order allows it (by
 //! id, or Observations by `phenomenonTime` or `resultTime`), so that page 1,000 of a long series
 //! costs what page 1 does; other orders continue by `$skip`.
+
+pub mod create;
 
 use crate::http::problem::{ApiError, Result};
 use crate::http::{rfc3339, typed};
@@ -45,14 +48,20 @@ pub const CONFORMANCE: [&str; 4] = [
 ];
 
 #[derive(OpenApi)]
-#[openapi(paths(resource), tags((name = "sensorthings", description = "OGC SensorThings API v1.1 (sensing, read; data array)")))]
+#[openapi(paths(resource, create::create), tags((name = "sensorthings", description = "OGC SensorThings API v1.1 (sensing, read; data array; creating Observations with a device key)")))]
 struct StaDoc;
 
 /// The routes: the landing page (documented with the rest) and every resource path below it.
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(StaDoc::openapi())
         .routes(routes!(landing))
-        .route("/sta/v1.1/{*path}", axum::routing::get(resource))
+        .route(
+            "/sta/v1.1/{*path}",
+            axum::routing::get(resource).merge(
+                axum::routing::post(create::create)
+                    .layer(axum::extract::DefaultBodyLimit::max(create::MAX_BODY)),
+            ),
+        )
 }
 
 /// The landing page: the entity sets, and the conformance classes served.

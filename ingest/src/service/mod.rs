@@ -34,7 +34,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tidemark_model::forecast::ForecastLimits;
 use tidemark_model::topic::ReadingsTopics;
-use tidemark_model::validate::TimeRules;
 use tidemark_model::wire::Limits;
 use tidemark_store::Store;
 use tokio::sync::{mpsc, Semaphore};
@@ -136,10 +135,7 @@ pub async fn run(
         directory,
         directory_loaded: Utc::now(),
         rules: Rules {
-            time: TimeRules {
-                future_tolerance: config.future_tolerance,
-                max_age: config.max_age,
-            },
+            time: config.time_rules(),
             limits: Limits {
                 max_bytes: config.max_payload_bytes,
                 max_readings: config.max_readings_per_message,
