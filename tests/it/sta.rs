@@ -702,7 +702,8 @@ async fn third_party_clients_read_the_replayed_baltic_surge_as_the_open_data_api
     )
     .await
     .unwrap();
-    let posted_at = DateTime::from_timestamp(Utc::now().timestamp() - 187, 0).unwrap();
+    // Off the replay's whole-minute times, so that it is a new reading.
+    let posted_at = DateTime::from_timestamp(Utc::now().timestamp() - 187, 123_000_000).unwrap();
     let output = tokio::process::Command::new("python3")
         .arg(repo("tests/clients/sta_frost.py"))
         .arg(format!("{}/sta/v1.1", api.base))
