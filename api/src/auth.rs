@@ -242,15 +242,13 @@ where
         let header = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or(
             ApiError::Unauthenticated("send an API key as `Authorization: Bearer <key>`"),
         )?;
-        let presented =
-            header
-                .to_str()
-                .ok()
-                .and_then(presented_key)
-                .ok_or(ApiError::Unauthenticated(
-                    "the Authorization header must read `Bearer <key>` (or Basic, with the key as \
-                 the password)",
-                ))?;
+        const SHAPE: &str =
+            "the Authorization header must read `Bearer <key>` (or Basic, the key as password)";
+        let presented = header
+            .to_str()
+            .ok()
+            .and_then(presented_key)
+            .ok_or(ApiError::Unauthenticated(SHAPE))?;
         authenticate(&Store::from_ref(state), &presented, Utc::now()).await
     }
 }
@@ -258,7 +256,7 @@ where
 /// The key in an `Authorization` header: `Bearer <key>`, or `Basic` credentials whose password
 /// is the key (the user name is not looked at), for tools that only speak Basic, as many
 /// SensorThings clients do.
-fn presented_key(header: &str) -> Option<String> {
+pub(crate) fn presented_key(header: &str) -> Option<String> {
     if let Some(key) = header.strip_prefix("Bearer ") {
         return Some(key.trim().to_owned());
     }

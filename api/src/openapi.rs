@@ -19,7 +19,7 @@ impl Modify for ApiKeyScheme {
         let components = openapi.components.get_or_insert_with(Default::default);
         let mut scheme = Http::new(HttpAuthScheme::Bearer);
         scheme.description =
-            Some("An API key from `tidemark keys create`: `Bearer tmk_...`".to_owned());
+            Some("An API key from `tidemark keys create`: `Bearer tmk_...` (or the password of Basic credentials, for clients that speak only Basic)".to_owned());
         components.add_security_scheme("api_key", SecurityScheme::Http(scheme));
     }
 }

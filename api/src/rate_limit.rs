@@ -229,12 +229,11 @@ pub struct Limits {
 }
 
 pub async fn limit(State(state): State<Limits>, request: Request, next: Next) -> Response {
-    let bearer = request
+    let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|v| v.trim().to_owned());
+        .and_then(crate::auth::presented_key);
     let peer = counted_client(
         request.extensions(),
         request.headers(),
@@ -243,7 +242,7 @@ pub async fn limit(State(state): State<Limits>, request: Request, next: Next) ->
     let now = Instant::now();
     let limiter = &state.limiter;
     let anonymous = || peer.map_or(Client::Unknown, Client::Address);
-    let decision = match bearer {
+    let decision = match presented {
         None => limiter.take(anonymous(), now),
         Some(key) => {
             // A key costs a database lookup: the address pays for it first.

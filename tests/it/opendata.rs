@@ -807,6 +807,16 @@ async fn past_the_limit_a_client_gets_429_with_retry_after_and_a_key_gets_more()
         .unwrap();
     assert_eq!(keyed.status().as_u16(), 200);
     assert_eq!(keyed.headers()["ratelimit-limit"], "100");
+    // The same key as the password of Basic credentials counts as the key.
+    let basic = api
+        .http
+        .get(api.url("/api/v1/latest"))
+        .basic_auth("researcher", Some(&key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status().as_u16(), 200);
+    assert_eq!(basic.headers()["ratelimit-limit"], "100");
     harness.finish().await;
 }
 
