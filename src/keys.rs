@@ -53,27 +53,29 @@ pub async fn run(database: &DatabaseConfig, command: KeysCommand) -> anyhow::Res
                     "role {role:?} is not one of researcher, utility, municipality, operator, producer, device"
                 )
             })?;
-            if (role == Role::Municipality) != municipality.is_some() {
-                anyhow::bail!("--municipality is required for, and only for, a municipality key");
+            let scope = tidemark_api::auth::KeyScope {
+                municipality,
+                source,
+                device,
+            };
+            if let Some((field, owner)) = scope.mismatch(role) {
+                anyhow::bail!(
+                    "--{field} is required for, and only for, a {} key",
+                    owner.name()
+                );
             }
-            if (role == Role::Producer) != source.is_some() {
-                anyhow::bail!("--source is required for, and only for, a producer key");
-            }
-            if (role == Role::Device) != device.is_some() {
-                anyhow::bail!("--device is required for, and only for, a device key");
-            }
-            if let Some(device) = &device {
+            if let Some(device) = &scope.device {
                 anyhow::ensure!(
                     store.device_enabled(device).await?.is_some(),
                     "device {device} is not registered (config/reference or the API)"
                 );
             }
-            if let Some(source) = &source {
+            if let Some(source) = &scope.source {
                 tidemark_model::DeviceId::parse(source)
                     .map_err(anyhow::Error::msg)
                     .with_context(|| format!("--source {source:?}"))?;
             }
-            if let Some(code) = &municipality {
+            if let Some(code) = &scope.municipality {
                 let unknown = store
                     .unknown_municipalities(std::slice::from_ref(code))
                     .await?;
@@ -92,29 +94,10 @@ pub async fn run(database: &DatabaseConfig, command: KeysCommand) -> anyhow::Res
                 None => None,
             };
             let actor = tidemark_api::auth::Actor::cli();
-            let (key, row) = match (source, device) {
-                (Some(source), _) => {
-                    tidemark_api::auth::create_producer_key(
-                        &store, source, label, expires_at, &actor,
-                    )
-                    .await?
-                }
-                (None, Some(device)) => {
-                    tidemark_api::auth::create_device_key(&store, device, label, expires_at, &actor)
-                        .await?
-                }
-                (None, None) => {
-                    tidemark_api::auth::create_key(
-                        &store,
-                        role,
-                        municipality,
-                        label,
-                        expires_at,
-                        &actor,
-                    )
-                    .await?
-                }
-            };
+            let (key, row) = tidemark_api::auth::create_scoped_key(
+                &store, role, scope, label, expires_at, &actor,
+            )
+            .await?;
             println!("{key}");
             eprintln!(
                 "created {} key {} (shown once; only its hash is stored){}",

@@ -81,6 +81,25 @@ pub struct KeyScope {
     pub device: Option<String>,
 }
 
+impl KeyScope {
+    /// The first field given for a role that does not take it, or missing for the role that
+    /// needs it, with that role: each of the three belongs to exactly one role.
+    pub fn mismatch(&self, role: Role) -> Option<(&'static str, Role)> {
+        [
+            (
+                "municipality",
+                Role::Municipality,
+                self.municipality.is_some(),
+            ),
+            ("source", Role::Producer, self.source.is_some()),
+            ("device", Role::Device, self.device.is_some()),
+        ]
+        .into_iter()
+        .find(|(_, owner, given)| (role == *owner) != *given)
+        .map(|(field, owner, _)| (field, owner))
+    }
+}
+
 /// Makes a key and stores its hash (with an audit entry by `actor`); returns the key (to show
 /// once) and the stored row.
 pub async fn create_key(
@@ -98,39 +117,9 @@ pub async fn create_key(
     create_scoped_key(store, role, scope, label, expires_at, actor).await
 }
 
-/// [`create_key`] for a producer key, which posts forecasts for `source` only (registered as a
-/// forecast source if new).
-pub async fn create_producer_key(
-    store: &Store,
-    source: String,
-    label: String,
-    expires_at: Option<DateTime<Utc>>,
-    actor: &Actor,
-) -> tidemark_store::Result<(String, ApiKeyRow)> {
-    let scope = KeyScope {
-        source: Some(source),
-        ..KeyScope::default()
-    };
-    create_scoped_key(store, Role::Producer, scope, label, expires_at, actor).await
-}
-
-/// [`create_key`] for a device key, which posts SensorThings Observations for the registered
-/// device `device` only.
-pub async fn create_device_key(
-    store: &Store,
-    device: String,
-    label: String,
-    expires_at: Option<DateTime<Utc>>,
-    actor: &Actor,
-) -> tidemark_store::Result<(String, ApiKeyRow)> {
-    let scope = KeyScope {
-        device: Some(device),
-        ..KeyScope::default()
-    };
-    create_scoped_key(store, Role::Device, scope, label, expires_at, actor).await
-}
-
-async fn create_scoped_key(
+/// [`create_key`] with the scope a municipality, producer or device key needs; `role` and
+/// `scope` must go together ([`KeyScope::mismatch`]), as the database also checks.
+pub async fn create_scoped_key(
     store: &Store,
     role: Role,
     scope: KeyScope,

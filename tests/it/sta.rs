@@ -693,9 +693,14 @@ async fn third_party_clients_read_the_replayed_baltic_surge_as_the_open_data_api
         .await
         .unwrap()
         .get(0);
-    let (key, _) = tidemark_api::auth::create_device_key(
+    let scope = tidemark_api::auth::KeyScope {
+        device: Some(device),
+        ..Default::default()
+    };
+    let (key, _) = tidemark_api::auth::create_scoped_key(
         &api.state.store,
-        device,
+        tidemark_store::keys::Role::Device,
+        scope,
         "test".to_owned(),
         None,
         &tidemark_api::auth::Actor::cli(),

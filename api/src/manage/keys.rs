@@ -1,7 +1,7 @@
 //! API keys over the API: create (shown once), list, revoke.
 
 use super::common::body;
-use crate::auth::Caller;
+use crate::auth::{Caller, KeyScope};
 use crate::http::problem::{ApiError, Result};
 use crate::state::ApiState;
 use axum::extract::rejection::JsonRejection;
@@ -88,30 +88,26 @@ pub async fn create_key(
             "role must be researcher, utility, municipality, operator, producer or device",
         )
     })?;
-    if (role == Role::Municipality) != request.municipality.is_some() {
+    let scope = KeyScope {
+        municipality: request.municipality,
+        source: request.source,
+        device: request.device,
+    };
+    if let Some((field, owner)) = scope.mismatch(role) {
         return Err(ApiError::bad(
-            "municipality",
-            "municipality is required for, and only for, a municipality key",
+            field,
+            format!(
+                "{field} is required for, and only for, a {} key",
+                owner.name()
+            ),
         ));
     }
-    if (role == Role::Producer) != request.source.is_some() {
-        return Err(ApiError::bad(
-            "source",
-            "source is required for, and only for, a producer key",
-        ));
-    }
-    if (role == Role::Device) != request.device.is_some() {
-        return Err(ApiError::bad(
-            "device",
-            "device is required for, and only for, a device key",
-        ));
-    }
-    if let Some(device) = &request.device {
+    if let Some(device) = &scope.device {
         if state.store.device_enabled(device).await?.is_none() {
             return Err(ApiError::bad("device", format!("unknown device {device}")));
         }
     }
-    if let Some(source) = &request.source {
+    if let Some(source) = &scope.source {
         tidemark_model::DeviceId::parse(source).map_err(|e| {
             ApiError::bad(
                 "source",
@@ -125,7 +121,7 @@ pub async fn create_key(
             "the label may have at most 200 characters",
         ));
     }
-    if let Some(code) = &request.municipality {
+    if let Some(code) = &scope.municipality {
         let unknown = state
             .store
             .unknown_municipalities(std::slice::from_ref(code))
@@ -147,39 +143,15 @@ pub async fn create_key(
         }
         None => None,
     };
-    let (key, row) = match (request.source, request.device) {
-        (Some(source), _) => {
-            crate::auth::create_producer_key(
-                &state.store,
-                source,
-                request.label,
-                expires_at,
-                &caller.actor(),
-            )
-            .await?
-        }
-        (None, Some(device)) => {
-            crate::auth::create_device_key(
-                &state.store,
-                device,
-                request.label,
-                expires_at,
-                &caller.actor(),
-            )
-            .await?
-        }
-        (None, None) => {
-            crate::auth::create_key(
-                &state.store,
-                role,
-                request.municipality,
-                request.label,
-                expires_at,
-                &caller.actor(),
-            )
-            .await?
-        }
-    };
+    let (key, row) = crate::auth::create_scoped_key(
+        &state.store,
+        role,
+        scope,
+        request.label,
+        expires_at,
+        &caller.actor(),
+    )
+    .await?;
     tracing::info!(key = %row.prefix, by = %caller.prefix, role = role.name(), "api key created");
     Ok((StatusCode::CREATED, Json(key_body(row, Some(key)))).into_response())
 }
