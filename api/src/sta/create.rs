@@ -11,14 +11,14 @@
 use super::{Ctx, Selection, Target, PREFIX};
 use crate::auth::Caller;
 use crate::http::problem::{ApiError, Result};
+use crate::http::typed;
 use crate::state::ApiState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::{DateTime, SubsecRound, Utc};
-use std::sync::atomic::AtomicUsize;
 use tidemark_model::odata::QueryOptions;
 use tidemark_model::validate::{self, RejectReason, SensorSpec};
 use tidemark_model::wire::WireReading;
@@ -300,12 +300,7 @@ pub async fn create(
         .device
         .clone()
         .ok_or_else(|| ApiError::Forbidden("this device key names no device".into()))?;
-    let ctx = Ctx {
-        state: &state,
-        base: format!("{}{PREFIX}", state.settings.base_url()),
-        reads: AtomicUsize::new(0),
-        entities: AtomicUsize::new(0),
-    };
+    let ctx = Ctx::new(&state);
     let path_datastream = match super::resolve(&ctx, &path).await? {
         Target {
             entity: Entity::Observation,
@@ -349,7 +344,7 @@ pub async fn create(
         payload: &body,
     };
     let checked = check(&state, &device, &body, path_datastream, received_at).await?;
-    let (row, datastream) = match checked {
+    let row = match checked {
         Ok(accepted) => accepted,
         Err(refused) => {
             keep(&state, message, refused.code, &refused.detail).await?;
@@ -378,8 +373,10 @@ pub async fn create(
     } else if outcome.duplicates == 1 {
         StatusCode::OK
     } else {
+        // A Datastream's id is its sensor's.
         return Err(ApiError::Conflict(format!(
-            "Datastream {datastream} has another result at {}; the refusal is kept",
+            "Datastream {} has another result at {}; the refusal is kept",
+            row.sensor_id,
             row.ts.to_rfc3339()
         )));
     };
@@ -410,29 +407,22 @@ pub async fn create(
     ctx.write_entity(&mut out, Entity::Observation, &entity, &selection, &[])
         .await?;
     let location = ctx.self_link(Entity::Observation, &id);
-    let mut response = (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        out,
-    )
-        .into_response();
+    let mut response = typed("application/json", out);
+    *response.status_mut() = status;
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
     }
     Ok(response)
 }
 
-/// The reading a posted Observation is, and its Datastream's id; or why it is refused.
+/// The reading a posted Observation is, or why it is refused.
 async fn check(
     state: &ApiState,
     device: &str,
     body: &[u8],
     path_datastream: Option<i64>,
     received_at: DateTime<Utc>,
-) -> Result<Result<(ReadingRow, i64), Refused>> {
+) -> Result<Result<ReadingRow, Refused>> {
     let device_id = match (
         state.store.device_enabled(device).await?,
         DeviceId::parse(device),
@@ -499,16 +489,11 @@ async fn check(
         received_at,
         state.settings.time_rules,
     )
-    .map(|reading| {
-        (
-            ReadingRow {
-                sensor_id: target.sensor_id,
-                ts: reading.ts,
-                value: reading.value,
-                quality: reading.quality.0,
-            },
-            posted.datastream,
-        )
+    .map(|reading| ReadingRow {
+        sensor_id: target.sensor_id,
+        ts: reading.ts,
+        value: reading.value,
+        quality: reading.quality.0,
     })
     .map_err(Refused::of))
 }

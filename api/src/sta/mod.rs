@@ -122,12 +122,7 @@ pub async fn resource(
             .collect();
     let options = QueryOptions::parse(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .map_err(query_error)?;
-    let ctx = Ctx {
-        state: &state,
-        base: format!("{}{PREFIX}", state.settings.base_url()),
-        reads: AtomicUsize::new(0),
-        entities: AtomicUsize::new(0),
-    };
+    let ctx = Ctx::new(&state);
     let target = resolve(&ctx, &path).await?;
     if target.single {
         let mut query_options = QueryOptions {
@@ -472,7 +467,17 @@ struct Ctx<'a> {
     entities: AtomicUsize,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// A request's context, with nothing read yet.
+    fn new(state: &'a ApiState) -> Ctx<'a> {
+        Ctx {
+            state,
+            base: format!("{}{PREFIX}", state.settings.base_url()),
+            reads: AtomicUsize::new(0),
+            entities: AtomicUsize::new(0),
+        }
+    }
+
     fn self_link(&self, entity: Entity, id: &Id) -> String {
         format!("{}/{}({})", self.base, entity.set(), id.url())
     }
