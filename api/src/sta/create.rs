@@ -120,13 +120,9 @@ pub fn decode(body: &[u8], path_datastream: Option<i64>) -> Result<Posted, Refus
             "the body must be one Observation, a JSON object",
         ));
     };
-    let mut posted = Posted {
-        datastream: 0,
-        phenomenon_time: None,
-        result: f64::NAN,
-        quality: Quality::GOOD,
-        feature_of_interest: None,
-    };
+    let mut phenomenon_time = None;
+    let mut quality = Quality::GOOD;
+    let mut feature_of_interest = None;
     let mut datastream = None;
     let mut result = None;
     let mut result_time = None;
@@ -135,18 +131,16 @@ pub fn decode(body: &[u8], path_datastream: Option<i64>) -> Result<Posted, Refus
             continue;
         }
         match name.as_str() {
-            "phenomenonTime" => posted.phenomenon_time = Some(time(value, "phenomenonTime")?),
+            "phenomenonTime" => phenomenon_time = Some(time(value, "phenomenonTime")?),
             "resultTime" => result_time = Some(time(value, "resultTime")?),
             "result" => {
                 result = Some(value.as_f64().ok_or_else(|| {
                     Refused::malformed("result", "result must be a number (a measurement)")
                 })?)
             }
-            "resultQuality" => posted.quality = quality(value)?,
+            "resultQuality" => quality = quality_of(value)?,
             "Datastream" => datastream = Some(link(value, "Datastream")?),
-            "FeatureOfInterest" => {
-                posted.feature_of_interest = Some(link(value, "FeatureOfInterest")?)
-            }
+            "FeatureOfInterest" => feature_of_interest = Some(link(value, "FeatureOfInterest")?),
             "parameters" if value.as_object().is_some_and(|o| o.is_empty()) => {}
             "parameters" => {
                 return Err(Refused::unsupported(
@@ -181,9 +175,9 @@ pub fn decode(body: &[u8], path_datastream: Option<i64>) -> Result<Posted, Refus
             }
         }
     }
-    posted.result = result.ok_or_else(|| Refused::malformed("result", "result is missing"))?;
-    if let (Some(result_time), phenomenon) = (result_time, posted.phenomenon_time) {
-        if phenomenon != Some(result_time) {
+    let result = result.ok_or_else(|| Refused::malformed("result", "result is missing"))?;
+    if let Some(result_time) = result_time {
+        if phenomenon_time != Some(result_time) {
             return Err(Refused::unsupported(
                 "resultTime",
                 "an Observation here has one time: give resultTime equal to phenomenonTime, \
@@ -191,7 +185,7 @@ pub fn decode(body: &[u8], path_datastream: Option<i64>) -> Result<Posted, Refus
             ));
         }
     }
-    posted.datastream = match (datastream, path_datastream) {
+    let datastream = match (datastream, path_datastream) {
         (Some(given), Some(path)) if given != path => {
             return Err(Refused::malformed(
                 "Datastream",
@@ -206,7 +200,13 @@ pub fn decode(body: &[u8], path_datastream: Option<i64>) -> Result<Posted, Refus
             ))
         }
     };
-    Ok(posted)
+    Ok(Posted {
+        datastream,
+        phenomenon_time,
+        result,
+        quality,
+        feature_of_interest,
+    })
 }
 
 fn time(value: &serde_json::Value, member: &'static str) -> Result<DateTime<Utc>, Refused> {
@@ -225,7 +225,7 @@ fn time(value: &serde_json::Value, member: &'static str) -> Result<DateTime<Utc>
 }
 
 /// A device's own quality flags, as one name or a list of names.
-fn quality(value: &serde_json::Value) -> Result<Quality, Refused> {
+fn quality_of(value: &serde_json::Value) -> Result<Quality, Refused> {
     let bad = || {
         Refused::malformed(
             "resultQuality",
