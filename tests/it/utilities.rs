@@ -676,10 +676,16 @@ async fn the_simulated_odense_leak_is_suspected_and_the_sound_district_raises_no
     .await;
     assert!(found, "a month of nights is found for both districts");
 
-    // The first night whose window (02:00 Danish time) starts after the leak is its first night
-    // above the baseline; the rule's third such night raises the suspicion.
+    // The first night whose window (02:00 to 04:00 Danish time) holds no reading from before the
+    // leak is its first night above the baseline (a night's flow is its window's minimum); the
+    // rule's third such night raises the suspicion. The leak starts on a reading's time, so a
+    // window starting less than one interval before it already holds only leaking readings:
+    // what counts is where the window's first reading falls, not the window's start.
+    let interval = ChronoDuration::minutes(15);
     let mut night = tidemark_model::time::to_local(leak_start, 1).date();
-    while tidemark_model::time::from_local(night.and_hms_opt(2, 0, 0).unwrap(), 1) < leak_start {
+    while tidemark_model::time::from_local(night.and_hms_opt(2, 0, 0).unwrap(), 1)
+        <= leak_start - interval
+    {
         night = night.succ_opt().unwrap();
     }
     let (_, leaks) = api
