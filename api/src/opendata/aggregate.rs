@@ -151,23 +151,10 @@ pub(crate) async fn aggregated(
         fill,
         query.max_gap.unwrap_or(3),
     );
-    let value = |f: &Filled, aggregate: &str| -> Option<f64> {
-        match f {
-            Filled::Stored(b) if b.count > 0 => Some(match aggregate {
-                "avg" => b.sum / b.count as f64,
-                "min" => b.min,
-                "max" => b.max,
-                "sum" => b.sum,
-                "count" => b.count as f64,
-                "first" => b.first,
-                _ => b.last,
-            }),
-            Filled::Stored(_) | Filled::Empty(_) if aggregate == "count" => Some(0.0),
-            Filled::Interpolated(_, v) if aggregate == "avg" => Some(*v),
-            _ => None,
-        }
-        .filter(|v| v.is_finite())
-    };
+    // The aggregates asked for, as indices into `AGGREGATES` (the order of `BucketItem`'s fields).
+    let asked: [bool; 7] = AGGREGATES.map(|a| aggregates.contains(&a));
+    let index = |aggregate: &str| AGGREGATES.iter().position(|a| *a == aggregate).unwrap_or(6);
+    let value = |f: &Filled, aggregate: &str| values(f)[index(aggregate)];
     // A number as CSV writes it: as JSON does, whole numbers as integers.
     let number = |v: f64| -> String { whole(v).map_or_else(|| v.to_string(), |n| n.to_string()) };
     let meta = |f: &Filled| -> (DateTime<Utc>, i64, i16, &'static str) {
@@ -260,21 +247,20 @@ pub(crate) async fn aggregated(
                     .iter()
                     .map(|f| {
                         let (start, flagged, quality, state) = meta(f);
-                        let asked = |aggregate: &str| {
-                            aggregates.contains(&aggregate).then(|| value(f, aggregate))
-                        };
+                        let values = values(f);
+                        let field = |i: usize| asked[i].then_some(values[i]);
                         BucketItem {
                             start,
                             flagged,
                             quality,
                             state,
-                            avg: asked("avg"),
-                            min: asked("min"),
-                            max: asked("max"),
-                            sum: asked("sum"),
-                            count: asked("count"),
-                            first: asked("first"),
-                            last: asked("last"),
+                            avg: field(0),
+                            min: field(1),
+                            max: field(2),
+                            sum: field(3),
+                            count: field(4),
+                            first: field(5),
+                            last: field(6),
                         }
                     })
                     .collect(),
@@ -283,12 +269,32 @@ pub(crate) async fn aggregated(
     })
 }
 
+/// A bucket's aggregates in the order of `AGGREGATES`, each `None` where the bucket has no
+/// finite value for it: the average only where interpolated, a count of 0 where empty.
+fn values(f: &Filled) -> [Option<f64>; 7] {
+    let all = match f {
+        Filled::Stored(b) if b.count > 0 => [
+            Some(b.sum / b.count as f64),
+            Some(b.min),
+            Some(b.max),
+            Some(b.sum),
+            Some(b.count as f64),
+            Some(b.first),
+            Some(b.last),
+        ],
+        Filled::Stored(_) | Filled::Empty(_) => [None, None, None, None, Some(0.0), None, None],
+        Filled::Interpolated(_, v) => [Some(*v), None, None, None, None, None, None],
+    };
+    all.map(|v| v.filter(|v| v.is_finite()))
+}
+
 /// A page of buckets as JSON, the same bytes `serde_json` writes for it (a test holds them equal),
 /// but with the buckets written directly: a year of hourly buckets is about a megabyte, and
-/// going through `Serialize` per field was most of the API's CPU for it.
+/// going through `Serialize` per field was most of the API's CPU for it. Each bucket is built on
+/// the stack ([`Line`]) and appended to the page whole.
 fn page_json(mut page: BucketPage) -> Vec<u8> {
     let buckets = std::mem::take(&mut page.buckets);
-    let mut out = Vec::with_capacity(256 + buckets.len() * 120);
+    let mut out = Vec::with_capacity(256);
     // Everything around the buckets through serde, ending in `"buckets":[]}`.
     if serde_json::to_writer(&mut out, &page).is_err() || !out.ends_with(b"[]}") {
         page.buckets = buckets;
@@ -297,52 +303,143 @@ fn page_json(mut page: BucketPage) -> Vec<u8> {
     out.truncate(out.len() - 2);
     let mut numbers = serde_json::ser::CompactFormatter;
     use serde_json::ser::Formatter;
+    let mut starts = Starts::default();
+    let mut line = Line::new();
     for (i, b) in buckets.iter().enumerate() {
+        line.len = 0;
         if i > 0 {
-            out.push(b',');
+            line.put(b",");
         }
-        out.extend_from_slice(b"{\"start\":");
-        match start_text(&b.start) {
+        line.put(b"{\"start\":");
+        match starts.text(&b.start) {
             Some(text) => {
-                out.push(b'"');
-                out.extend_from_slice(&text);
-                out.push(b'"');
+                line.put(b"\"");
+                line.put(&text);
+                line.put(b"\"");
             }
             None => {
-                let _ = serde_json::to_writer(&mut out, &b.start);
+                let _ = serde_json::to_writer(&mut line, &b.start);
             }
         }
-        out.extend_from_slice(b",\"flagged\":");
-        let _ = numbers.write_i64(&mut out, b.flagged);
-        out.extend_from_slice(b",\"quality\":");
-        let _ = numbers.write_i16(&mut out, b.quality);
-        out.extend_from_slice(b",\"state\":");
-        let _ = serde_json::to_writer(&mut out, b.state);
+        line.put(b",\"flagged\":");
+        let _ = numbers.write_i64(&mut line, b.flagged);
+        line.put(b",\"quality\":");
+        let _ = numbers.write_i16(&mut line, b.quality);
+        let state: &[u8] = match b.state {
+            "measured" => b",\"state\":\"measured\"",
+            "flagged" => b",\"state\":\"flagged\"",
+            "empty" => b",\"state\":\"empty\"",
+            "interpolated" => b",\"state\":\"interpolated\"",
+            _ => b"",
+        };
+        if state.is_empty() {
+            line.put(b",\"state\":");
+            let _ = serde_json::to_writer(&mut line, b.state);
+        } else {
+            line.put(state);
+        }
         for (name, value) in [
-            ("avg", b.avg),
-            ("min", b.min),
-            ("max", b.max),
-            ("sum", b.sum),
-            ("count", b.count),
-            ("first", b.first),
-            ("last", b.last),
+            (&b",\"avg\":"[..], b.avg),
+            (b",\"min\":", b.min),
+            (b",\"max\":", b.max),
+            (b",\"sum\":", b.sum),
+            (b",\"count\":", b.count),
+            (b",\"first\":", b.first),
+            (b",\"last\":", b.last),
         ] {
             let Some(value) = value else { continue };
-            out.extend_from_slice(b",\"");
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b"\":");
+            line.put(name);
             let _ = match value.filter(|v| v.is_finite()) {
                 Some(v) => match whole(v) {
-                    Some(n) => numbers.write_i64(&mut out, n),
-                    None => numbers.write_f64(&mut out, v),
+                    Some(n) => numbers.write_i64(&mut line, n),
+                    None => numbers.write_f64(&mut line, v),
                 },
-                None => numbers.write_null(&mut out),
+                None => numbers.write_null(&mut line),
             };
         }
-        out.push(b'}');
+        line.put(b"}");
+        if i == 0 {
+            // The rest are about as long as the first.
+            out.reserve((line.len + 24) * buckets.len());
+        }
+        out.extend_from_slice(line.bytes());
     }
     out.extend_from_slice(b"]}");
     out
+}
+
+/// One bucket's JSON, written on the stack. The longest a bucket can be is about 370 bytes: its
+/// start (at most 35 through chrono), flagged (an i64), quality, the longest state and seven
+/// aggregates of at most 24 characters each with their names.
+struct Line {
+    bytes: [u8; 512],
+    len: usize,
+}
+
+impl Line {
+    fn new() -> Self {
+        Self {
+            bytes: [0; 512],
+            len: 0,
+        }
+    }
+
+    /// Appends `bytes`. The pieces of a bucket are short, and a call to `memcpy` for each cost
+    /// more than writing it: up to 32 bytes are copied as two overlapping fixed-size blocks,
+    /// which compile to a few moves.
+    #[inline(always)]
+    fn put(&mut self, bytes: &[u8]) {
+        let (at, n) = (self.len, bytes.len());
+        match n {
+            0 => {}
+            1..=3 => {
+                self.bytes[at] = bytes[0];
+                self.bytes[at + n / 2] = bytes[n / 2];
+                self.bytes[at + n - 1] = bytes[n - 1];
+            }
+            4..=7 => {
+                self.block::<4>(at, &bytes[..4]);
+                self.block::<4>(at + n - 4, &bytes[n - 4..]);
+            }
+            8..=16 => {
+                self.block::<8>(at, &bytes[..8]);
+                self.block::<8>(at + n - 8, &bytes[n - 8..]);
+            }
+            17..=32 => {
+                self.block::<16>(at, &bytes[..16]);
+                self.block::<16>(at + n - 16, &bytes[n - 16..]);
+            }
+            _ => self.bytes[at..at + n].copy_from_slice(bytes),
+        }
+        self.len = at + n;
+    }
+
+    /// Copies `from`, exactly `N` bytes long, to `at`.
+    #[inline(always)]
+    fn block<const N: usize>(&mut self, at: usize, from: &[u8]) {
+        if let (Ok(to), Ok(from)) = (
+            <&mut [u8; N]>::try_from(&mut self.bytes[at..at + N]),
+            <&[u8; N]>::try_from(from),
+        ) {
+            *to = *from;
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl std::io::Write for Line {
+    #[inline(always)]
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.put(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// `GET /api/v1/sensors/{key}/readings` with `bucket`: the readings aggregated into buckets.
@@ -397,15 +494,45 @@ fn whole(v: f64) -> Option<i64> {
 /// years 0 to 9999); `None` otherwise. Written without chrono's general formatter, for the whole
 /// seconds every bucket starts on: tens of thousands of them made up much of the cost of a long
 /// series.
-fn start_text(start: &DateTime<Utc>) -> Option<[u8; 20]> {
-    use chrono::Timelike;
-    if start.nanosecond() != 0 {
-        return None;
+/// Writes bucket starts as `YYYY-MM-DDTHH:MM:SSZ` where that is how chrono writes them (whole
+/// seconds in the years 0 to 9999; `None` otherwise), without chrono's general formatter: tens of
+/// thousands of them made up much of the cost of a long series. It keeps the date of the last
+/// day written, since a series' buckets come day by day.
+#[derive(Default)]
+struct Starts {
+    last: Option<(i64, Option<[u8; 10]>)>,
+}
+
+impl Starts {
+    fn text(&mut self, start: &DateTime<Utc>) -> Option<[u8; 20]> {
+        use chrono::Timelike;
+        if start.nanosecond() != 0 {
+            return None;
+        }
+        let seconds = start.timestamp();
+        let (days, of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+        let date = match self.last {
+            Some((day, date)) if day == days => date,
+            _ => {
+                let date = civil_date(days);
+                self.last = Some((days, date));
+                date
+            }
+        }?;
+        let mut text = *b"0000-00-00T00:00:00Z";
+        text[..10].copy_from_slice(&date);
+        put_digits(&mut text[11..13], of_day / 3_600);
+        put_digits(&mut text[14..16], of_day / 60 % 60);
+        put_digits(&mut text[17..19], of_day % 60);
+        Some(text)
     }
-    let seconds = start.timestamp();
-    let (days, of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (the proleptic Gregorian calendar, in eras of 400
-    // years), as in Howard Hinnant's `civil_from_days`.
+}
+
+/// `YYYY-MM-DD` of the day `days` after 1970-01-01, in the proleptic Gregorian calendar; `None`
+/// outside the years 0 to 9999.
+fn civil_date(days: i64) -> Option<[u8; 10]> {
+    // Civil date from days since 1970-01-01 (in eras of 400 years), as in Howard Hinnant's
+    // `civil_from_days`.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
@@ -423,21 +550,19 @@ fn start_text(start: &DateTime<Utc>) -> Option<[u8; 20]> {
     if !(0..=9999).contains(&year) {
         return None;
     }
-    let mut text = *b"0000-00-00T00:00:00Z";
-    let mut put = |at: usize, value: i64, digits: usize| {
-        let mut value = value;
-        for i in (0..digits).rev() {
-            text[at + i] = b'0' + (value % 10) as u8;
-            value /= 10;
-        }
-    };
-    put(0, year, 4);
-    put(5, month, 2);
-    put(8, day, 2);
-    put(11, of_day / 3_600, 2);
-    put(14, of_day / 60 % 60, 2);
-    put(17, of_day % 60, 2);
+    let mut text = *b"0000-00-00";
+    put_digits(&mut text[0..4], year);
+    put_digits(&mut text[5..7], month);
+    put_digits(&mut text[8..10], day);
     Some(text)
+}
+
+/// `value` in decimal, zero-padded to the width of `to`.
+fn put_digits(to: &mut [u8], mut value: i64) {
+    for digit in to.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 /// An aggregate asked for: a [`whole`] number as an integer, any other as a float, none as null.
@@ -480,9 +605,11 @@ mod tests {
             (0..1440)
                 .map(|m| year + ChronoDuration::minutes(m) + ChronoDuration::seconds(m * 7 % 60)),
         );
+        // One writer for all, as for a page: its remembered date must never leak into another day.
+        let mut starts = Starts::default();
         for t in times {
             let chrono = serde_json::to_string(&t).unwrap();
-            match start_text(&t) {
+            match starts.text(&t) {
                 Some(text) => {
                     assert_eq!(
                         format!("\"{}\"", std::str::from_utf8(&text).unwrap()),
