@@ -151,10 +151,17 @@ pub(crate) async fn aggregated(
         fill,
         query.max_gap.unwrap_or(3),
     );
-    // The aggregates asked for, as indices into `AGGREGATES` (the order of `BucketItem`'s fields).
+    // Which of `AGGREGATES` (the order of `BucketItem`'s fields) were asked for, for JSON.
     let asked: [bool; 7] = AGGREGATES.map(|a| aggregates.contains(&a));
-    let index = |aggregate: &str| AGGREGATES.iter().position(|a| *a == aggregate).unwrap_or(6);
-    let value = |f: &Filled, aggregate: &str| values(f)[index(aggregate)];
+    // The CSV and Parquet columns, in the order asked for (every name is known: checked above).
+    let columns: Vec<usize> = aggregates
+        .iter()
+        .filter_map(|a| AGGREGATES.iter().position(|known| known == a))
+        .collect();
+    let picked = |f: &Filled| {
+        let all = values(f);
+        columns.iter().map(move |&i| all[i])
+    };
     // A number as CSV writes it: as JSON does, whole numbers as integers.
     let number = |v: f64| -> String { whole(v).map_or_else(|| v.to_string(), |n| n.to_string()) };
     let meta = |f: &Filled| -> (DateTime<Utc>, i64, i16, &'static str) {
@@ -178,7 +185,7 @@ pub(crate) async fn aggregated(
                     let (start, flagged, quality, state) = meta(f);
                     parquet_export::BucketRecord {
                         start,
-                        values: aggregates.iter().map(|a| value(f, a)).collect(),
+                        values: picked(f).collect(),
                         flagged,
                         quality,
                         state,
@@ -222,9 +229,8 @@ pub(crate) async fn aggregated(
             let mut out = format!("start,{},flagged,quality,state\n", aggregates.join(","));
             for f in &filled {
                 let (start, flagged, quality, kind) = meta(f);
-                let values: Vec<String> = aggregates
-                    .iter()
-                    .map(|a| value(f, a).map(number).unwrap_or_default())
+                let values: Vec<String> = picked(f)
+                    .map(|v| v.map(number).unwrap_or_default())
                     .collect();
                 out.push_str(&format!(
                     "{},{},{flagged},{quality},{kind}\n",
@@ -325,18 +331,15 @@ fn page_json(mut page: BucketPage) -> Vec<u8> {
         let _ = numbers.write_i64(&mut line, b.flagged);
         line.put(b",\"quality\":");
         let _ = numbers.write_i16(&mut line, b.quality);
-        let state: &[u8] = match b.state {
-            "measured" => b",\"state\":\"measured\"",
-            "flagged" => b",\"state\":\"flagged\"",
-            "empty" => b",\"state\":\"empty\"",
-            "interpolated" => b",\"state\":\"interpolated\"",
-            _ => b"",
-        };
-        if state.is_empty() {
-            line.put(b",\"state\":");
-            let _ = serde_json::to_writer(&mut line, b.state);
-        } else {
-            line.put(state);
+        match b.state {
+            "measured" => line.put(b",\"state\":\"measured\""),
+            "flagged" => line.put(b",\"state\":\"flagged\""),
+            "empty" => line.put(b",\"state\":\"empty\""),
+            "interpolated" => line.put(b",\"state\":\"interpolated\""),
+            other => {
+                line.put(b",\"state\":");
+                let _ = serde_json::to_writer(&mut line, other);
+            }
         }
         for (name, value) in [
             (&b",\"avg\":"[..], b.avg),
@@ -490,10 +493,6 @@ fn whole(v: f64) -> Option<i64> {
     (v.fract() == 0.0 && v.abs() < 1e15).then_some(v as i64)
 }
 
-/// `start` as `YYYY-MM-DDTHH:MM:SSZ` where that is how chrono writes it (whole seconds in the
-/// years 0 to 9999); `None` otherwise. Written without chrono's general formatter, for the whole
-/// seconds every bucket starts on: tens of thousands of them made up much of the cost of a long
-/// series.
 /// Writes bucket starts as `YYYY-MM-DDTHH:MM:SSZ` where that is how chrono writes them (whole
 /// seconds in the years 0 to 9999; `None` otherwise), without chrono's general formatter: tens of
 /// thousands of them made up much of the cost of a long series. It keeps the date of the last
