@@ -164,18 +164,6 @@ pub(crate) async fn aggregated(
     };
     // A number as CSV writes it: as JSON does, whole numbers as integers.
     let number = |v: f64| -> String { whole(v).map_or_else(|| v.to_string(), |n| n.to_string()) };
-    let meta = |f: &Filled| -> (DateTime<Utc>, i64, i16, &'static str) {
-        match f {
-            Filled::Stored(b) => (
-                b.start,
-                b.flagged,
-                b.quality,
-                if b.count > 0 { "measured" } else { "flagged" },
-            ),
-            Filled::Empty(s) => (*s, 0, 0, "empty"),
-            Filled::Interpolated(s, _) => (*s, 0, 0, "interpolated"),
-        }
-    };
     Ok(match format {
         #[cfg(feature = "parquet")]
         Format::Parquet => {
@@ -242,37 +230,55 @@ pub(crate) async fn aggregated(
         }
         _ => typed(
             "application/json",
-            page_json(BucketPage {
-                sensor: sensor.to_owned(),
-                quantity: quantity.to_owned(),
-                unit: unit_of(quantity),
-                bucket: text.to_owned(),
-                from,
-                to,
-                buckets: filled
-                    .iter()
-                    .map(|f| {
-                        let (start, flagged, quality, state) = meta(f);
-                        let values = values(f);
-                        let field = |i: usize| asked[i].then_some(values[i]);
-                        BucketItem {
-                            start,
-                            flagged,
-                            quality,
-                            state,
-                            avg: field(0),
-                            min: field(1),
-                            max: field(2),
-                            sum: field(3),
-                            count: field(4),
-                            first: field(5),
-                            last: field(6),
-                        }
-                    })
-                    .collect(),
-            }),
+            page_json(
+                BucketPage {
+                    sensor: sensor.to_owned(),
+                    quantity: quantity.to_owned(),
+                    unit: unit_of(quantity),
+                    bucket: text.to_owned(),
+                    from,
+                    to,
+                    buckets: Vec::new(),
+                },
+                &filled,
+                asked,
+            ),
         ),
     })
+}
+
+/// A bucket's start, flagged count, quality and state.
+fn meta(f: &Filled) -> (DateTime<Utc>, i64, i16, &'static str) {
+    match f {
+        Filled::Stored(b) => (
+            b.start,
+            b.flagged,
+            b.quality,
+            if b.count > 0 { "measured" } else { "flagged" },
+        ),
+        Filled::Empty(s) => (*s, 0, 0, "empty"),
+        Filled::Interpolated(s, _) => (*s, 0, 0, "interpolated"),
+    }
+}
+
+/// A bucket as its JSON item, with the aggregates `asked` for (in the order of `AGGREGATES`).
+fn bucket_item(f: &Filled, asked: [bool; 7]) -> BucketItem {
+    let (start, flagged, quality, state) = meta(f);
+    let values = values(f);
+    let field = |i: usize| asked[i].then_some(values[i]);
+    BucketItem {
+        start,
+        flagged,
+        quality,
+        state,
+        avg: field(0),
+        min: field(1),
+        max: field(2),
+        sum: field(3),
+        count: field(4),
+        first: field(5),
+        last: field(6),
+    }
 }
 
 /// A bucket's aggregates in the order of `AGGREGATES`, each `None` where the bucket has no
@@ -294,44 +300,56 @@ fn values(f: &Filled) -> [Option<f64>; 7] {
     all.map(|v| v.filter(|v| v.is_finite()))
 }
 
-/// A page of buckets as JSON, the same bytes `serde_json` writes for it (a test holds them equal),
-/// but with the buckets written directly: a year of hourly buckets is about a megabyte, and
-/// going through `Serialize` per field was most of the API's CPU for it. Each bucket is built on
-/// the stack ([`Line`]) and appended to the page whole.
-fn page_json(mut page: BucketPage) -> Vec<u8> {
-    let buckets = std::mem::take(&mut page.buckets);
+/// A page of buckets as JSON: `page` (its `buckets` empty) around `filled`, each with the
+/// aggregates `asked` for. The same bytes `serde_json` writes for the page with
+/// [`bucket_item`]s (a test holds them equal), but written directly from the buckets: a year of
+/// hourly buckets is about a megabyte, and going through `Serialize` per field was most of the
+/// API's CPU for it. Each bucket is built on the stack ([`Line`]) and appended to the page whole;
+/// numbers are formatted by the crates `serde_json` uses, without its writer in between.
+fn page_json(mut page: BucketPage, filled: &[Filled], asked: [bool; 7]) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     // Everything around the buckets through serde, ending in `"buckets":[]}`.
-    if serde_json::to_writer(&mut out, &page).is_err() || !out.ends_with(b"[]}") {
-        page.buckets = buckets;
+    if !page.buckets.is_empty()
+        || serde_json::to_writer(&mut out, &page).is_err()
+        || !out.ends_with(b"[]}")
+    {
+        page.buckets = filled.iter().map(|f| bucket_item(f, asked)).collect();
         return serde_json::to_vec(&page).unwrap_or_default();
     }
     out.truncate(out.len() - 2);
-    let mut numbers = serde_json::ser::CompactFormatter;
-    use serde_json::ser::Formatter;
+    const NAMES: [&[u8]; 7] = [
+        b",\"avg\":",
+        b",\"min\":",
+        b",\"max\":",
+        b",\"sum\":",
+        b",\"count\":",
+        b",\"first\":",
+        b",\"last\":",
+    ];
     let mut starts = Starts::default();
     let mut line = Line::new();
-    for (i, b) in buckets.iter().enumerate() {
+    for (i, f) in filled.iter().enumerate() {
+        let (start, flagged, quality, state) = meta(f);
         line.len = 0;
         if i > 0 {
             line.put(b",");
         }
         line.put(b"{\"start\":");
-        match starts.text(&b.start) {
+        match starts.text(&start) {
             Some(text) => {
                 line.put(b"\"");
                 line.put(&text);
                 line.put(b"\"");
             }
             None => {
-                let _ = serde_json::to_writer(&mut line, &b.start);
+                let _ = serde_json::to_writer(&mut line, &start);
             }
         }
         line.put(b",\"flagged\":");
-        let _ = numbers.write_i64(&mut line, b.flagged);
+        line.put(itoa::Buffer::new().format(flagged).as_bytes());
         line.put(b",\"quality\":");
-        let _ = numbers.write_i16(&mut line, b.quality);
-        match b.state {
+        line.put(itoa::Buffer::new().format(quality).as_bytes());
+        match state {
             "measured" => line.put(b",\"state\":\"measured\""),
             "flagged" => line.put(b",\"state\":\"flagged\""),
             "empty" => line.put(b",\"state\":\"empty\""),
@@ -341,29 +359,26 @@ fn page_json(mut page: BucketPage) -> Vec<u8> {
                 let _ = serde_json::to_writer(&mut line, other);
             }
         }
-        for (name, value) in [
-            (&b",\"avg\":"[..], b.avg),
-            (b",\"min\":", b.min),
-            (b",\"max\":", b.max),
-            (b",\"sum\":", b.sum),
-            (b",\"count\":", b.count),
-            (b",\"first\":", b.first),
-            (b",\"last\":", b.last),
-        ] {
-            let Some(value) = value else { continue };
+        for ((name, value), _) in NAMES
+            .iter()
+            .zip(values(f))
+            .zip(asked)
+            .filter(|(_, asked)| *asked)
+        {
             line.put(name);
-            let _ = match value.filter(|v| v.is_finite()) {
+            // `values` leaves only finite numbers.
+            match value {
                 Some(v) => match whole(v) {
-                    Some(n) => numbers.write_i64(&mut line, n),
-                    None => numbers.write_f64(&mut line, v),
+                    Some(n) => line.put(itoa::Buffer::new().format(n).as_bytes()),
+                    None => line.put(zmij::Buffer::new().format_finite(v).as_bytes()),
                 },
-                None => numbers.write_null(&mut line),
-            };
+                None => line.put(b"null"),
+            }
         }
         line.put(b"}");
         if i == 0 {
             // The rest are about as long as the first.
-            out.reserve((line.len + 24) * buckets.len());
+            out.reserve((line.len + 24) * filled.len());
         }
         out.extend_from_slice(line.bytes());
     }
@@ -629,84 +644,61 @@ mod tests {
     #[test]
     fn a_page_is_written_as_serde_writes_it() {
         let at = |h: i64| DateTime::UNIX_EPOCH + ChronoDuration::hours(490_000 + h);
-        let item = |h: i64, state: &'static str, values: [Option<Option<f64>>; 7]| BucketItem {
-            start: at(h),
-            flagged: h * 3 - 7,
-            quality: (h * 37 % 300) as i16,
-            state,
-            avg: values[0],
-            min: values[1],
-            max: values[2],
-            sum: values[3],
-            count: values[4],
-            first: values[5],
-            last: values[6],
+        let row = |h: i64, count: i64, v: f64| {
+            Filled::Stored(BucketRow {
+                start: at(h),
+                count,
+                sum: v * count as f64,
+                min: v - 0.5,
+                max: v.trunc(),
+                first: -v,
+                last: v / 3.0,
+                flagged: h * 3 - 7,
+                quality: (h * 37 % 300) as i16,
+            })
         };
-        let all = |v: f64| [Some(Some(v)); 7];
-        let mut buckets = vec![
-            item(0, "measured", all(1.5)),
-            item(1, "measured", all(-2.0)),
-            item(2, "measured", all(1e20)),
-            item(3, "measured", all(0.1 + 0.2)),
-            item(4, "measured", all(-1e-7)),
-            item(
-                5,
-                "empty",
-                [Some(None), None, None, None, Some(Some(0.0)), None, None],
-            ),
-            item(
-                6,
-                "interpolated",
-                [Some(Some(2.25)), None, None, None, None, None, None],
-            ),
-            item(
-                7,
-                "flagged",
-                [None, Some(None), Some(None), None, None, None, None],
-            ),
-            item(8, "measured", all(f64::NAN)),
+        let mut filled = vec![
+            row(0, 2, 1.5),
+            row(1, 1, -2.0),
+            row(2, 3, 1e20),
+            row(3, 7, 0.1 + 0.2),
+            row(4, 1, -1e-7),
+            Filled::Empty(at(5)),
+            Filled::Interpolated(at(6), 2.25),
+            // Only unusable readings: flagged, without aggregates.
+            row(7, 0, 4.0),
+            row(8, 2, f64::NAN),
+            row(9, 1, f64::INFINITY),
+            Filled::Interpolated(at(10), f64::NAN),
         ];
         // A start with a fraction of a second goes through chrono.
-        let mut odd = item(9, "measured", all(3.0));
-        odd.start += ChronoDuration::milliseconds(5);
-        buckets.push(odd);
-        buckets.extend((0..500).map(|h| {
-            let v = (h as f64 * 0.731).sin() * 1000.0;
-            item(
-                10 + h,
-                "measured",
-                [
-                    Some(Some(v)),
-                    Some(Some(v - 1.0)),
-                    Some(Some(v.trunc())),
-                    None,
-                    None,
-                    None,
-                    None,
-                ],
-            )
-        }));
-        for buckets in [Vec::new(), buckets] {
-            let page = || BucketPage {
-                sensor: "k\u{f8}ge.\"level\"".into(),
-                quantity: "water_level".into(),
-                unit: "m",
-                bucket: "1h".into(),
-                from: at(0),
-                to: at(600),
-                buckets: buckets
-                    .iter()
-                    .map(|b| BucketItem {
-                        start: b.start,
-                        state: b.state,
-                        ..*b
-                    })
-                    .collect(),
-            };
-            assert_eq!(
-                String::from_utf8(page_json(page())).unwrap(),
-                serde_json::to_string(&page()).unwrap()
-            );
+        let mut odd = row(11, 4, 3.0);
+        if let Filled::Stored(b) = &mut odd {
+            b.start += ChronoDuration::milliseconds(5);
+        }
+        filled.push(odd);
+        filled.extend((0..500).map(|h| row(12 + h, 1 + h % 6, (h as f64 * 0.731).sin() * 1e3)));
+        let every: Vec<[bool; 7]> = (0..128u8)
+            .map(|m| std::array::from_fn(|i| m >> i & 1 == 1))
+            .collect();
+        for filled in [Vec::new(), filled] {
+            for &asked in &every {
+                let page = |buckets| BucketPage {
+                    sensor: "k\u{f8}ge.\"level\"".into(),
+                    quantity: "water_level".into(),
+                    unit: "m",
+                    bucket: "1h".into(),
+                    from: at(0),
+                    to: at(600),
+                    buckets,
+                };
+                let items = filled.iter().map(|f| bucket_item(f, asked)).collect();
+                assert_eq!(
+                    String::from_utf8(page_json(page(Vec::new()), &filled, asked)).unwrap(),
+                    serde_json::to_string(&page(items)).unwrap(),
+                    "aggregates {asked:?}"
+                );
+            }
         }
     }
 }
