@@ -464,6 +464,19 @@ fn unpack_day(row: &tokio_postgres::Row, out: &mut Vec<BucketRow>) -> Result<()>
             hours.len()
         )));
     }
+    // A day starts at midnight UTC, so an hour's start is the day's date at that hour, without
+    // date arithmetic for each of a year's 8,760 hours.
+    let (date, midnight) = (day.date_naive(), day.time() == chrono::NaiveTime::MIN);
+    let start = |hour: i16| {
+        u32::try_from(hour)
+            .ok()
+            .filter(|_| midnight)
+            .and_then(|h| date.and_hms_opt(h, 0, 0))
+            .map_or_else(
+                || day + chrono::Duration::hours(i64::from(hour)),
+                |t| t.and_utc(),
+            )
+    };
     for entry in hours.chunks_exact(PACKED_ENTRY) {
         let field = |at: usize, width: usize| &entry[at..at + width];
         let int2 = |at: usize| i16::from_be_bytes([entry[at], entry[at + 1]]);
@@ -471,7 +484,7 @@ fn unpack_day(row: &tokio_postgres::Row, out: &mut Vec<BucketRow>) -> Result<()>
         let float8 = |at: usize| f64::from_be_bytes(field(at, 8).try_into().unwrap_or_default());
         let count = i64::from(int4(2));
         out.push(BucketRow {
-            start: day + chrono::Duration::hours(i64::from(int2(0))),
+            start: start(int2(0)),
             count,
             sum: if count == 0 { 0.0 } else { float8(12) },
             min: float8(20),
