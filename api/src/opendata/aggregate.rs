@@ -309,10 +309,7 @@ fn values(f: &Filled) -> [Option<f64>; 7] {
 fn page_json(mut page: BucketPage, filled: &[Filled], asked: [bool; 7]) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     // Everything around the buckets through serde, ending in `"buckets":[]}`.
-    if !page.buckets.is_empty()
-        || serde_json::to_writer(&mut out, &page).is_err()
-        || !out.ends_with(b"[]}")
-    {
+    if serde_json::to_writer(&mut out, &page).is_err() || !out.ends_with(b"[]}") {
         page.buckets = filled.iter().map(|f| bucket_item(f, asked)).collect();
         return serde_json::to_vec(&page).unwrap_or_default();
     }
