@@ -285,9 +285,20 @@ async fn measure(
         move |url: String| {
             let http = http.clone();
             async move {
-                let response = http.get(url).send().await?;
+                let mut response = http.get(url).send().await?;
                 anyhow::ensure!(response.status().is_success(), "HTTP {}", response.status());
-                response.bytes().await?;
+                // Read to the end and count, without gathering the body into one buffer: the
+                // clients share the machine's cores with the API, and copying a megabyte a year
+                // together is their cost, not the API's.
+                let expected = response.content_length();
+                let mut received = 0;
+                while let Some(chunk) = response.chunk().await? {
+                    received += chunk.len() as u64;
+                }
+                anyhow::ensure!(
+                    expected.is_none_or(|n| n == received),
+                    "{received} bytes received of {expected:?}"
+                );
                 anyhow::Ok(())
             }
         }
