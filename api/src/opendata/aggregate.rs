@@ -18,10 +18,11 @@ use std::collections::BTreeMap;
 use tidemark_store::opendata::BucketRow;
 use utoipa::ToSchema;
 
-/// One output bucket: a stored bucket, an empty one, or one interpolated across a gap.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Filled {
-    Stored(BucketRow),
+/// One output bucket: a stored bucket, an empty one, or one interpolated across a gap. A stored
+/// one is borrowed from the rows read, so that a year of them is not copied once more.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Filled<'a> {
+    Stored(&'a BucketRow),
     Empty(DateTime<Utc>),
     Interpolated(DateTime<Utc>, f64),
 }
@@ -29,21 +30,21 @@ pub(crate) enum Filled {
 /// Fills the buckets between `from` and `to` that have no readings, as asked: omitted, empty, or
 /// (for the average) interpolated linearly between the neighbouring buckets when the gap spans
 /// at most `max_gap` buckets.
-pub(crate) fn fill_buckets(
-    stored: Vec<BucketRow>,
+pub(crate) fn fill_buckets<'a>(
+    stored: &'a [BucketRow],
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     bucket: ChronoDuration,
     mode: &str,
     max_gap: u32,
-) -> Vec<Filled> {
+) -> Vec<Filled<'a>> {
     if mode == "omit" {
-        return stored.into_iter().map(Filled::Stored).collect();
+        return stored.iter().map(Filled::Stored).collect();
     }
     let step = bucket.num_microseconds().unwrap_or(1).max(1);
     let first = from.timestamp_micros().div_euclid(step) * step;
-    let mut by_start: BTreeMap<i64, BucketRow> = stored
-        .into_iter()
+    let mut by_start: BTreeMap<i64, &BucketRow> = stored
+        .iter()
         .map(|b| (b.start.timestamp_micros(), b))
         .collect();
     let mut out = Vec::new();
@@ -144,7 +145,7 @@ pub(crate) async fn aggregated(
     };
     let stored = state.store.aggregate(sensor, from, to, bucket, all).await?;
     let filled = fill_buckets(
-        stored,
+        &stored,
         from,
         to,
         chrono_bucket,
@@ -304,8 +305,9 @@ fn values(f: &Filled) -> [Option<f64>; 7] {
 /// aggregates `asked` for. The same bytes `serde_json` writes for the page with
 /// [`bucket_item`]s (a test holds them equal), but written directly from the buckets: a year of
 /// hourly buckets is about a megabyte, and going through `Serialize` per field was most of the
-/// API's CPU for it. Each bucket is built on the stack ([`Line`]) and appended to the page whole;
-/// numbers are formatted by the crates `serde_json` uses, without its writer in between.
+/// API's CPU for it. The buckets are written into a buffer on the stack ([`Lines`]), which goes
+/// to the page whenever it is nearly full; numbers are formatted by the crates `serde_json`
+/// uses, without its writer in between.
 fn page_json(mut page: BucketPage, filled: &[Filled], asked: [bool; 7]) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     // Everything around the buckets through serde, ending in `"buckets":[]}`.
@@ -323,78 +325,82 @@ fn page_json(mut page: BucketPage, filled: &[Filled], asked: [bool; 7]) -> Vec<u
         b",\"first\":",
         b",\"last\":",
     ];
+    // The aggregates asked for, by their place in `AGGREGATES`.
+    let columns: Vec<usize> = (0..asked.len()).filter(|&i| asked[i]).collect();
     let mut starts = Starts::default();
-    let mut line = Line::new();
+    let mut lines = Lines::new();
     for (i, f) in filled.iter().enumerate() {
-        let (start, flagged, quality, state) = meta(f);
-        line.len = 0;
-        if i > 0 {
-            line.put(b",");
+        if lines.len > Lines::FULL {
+            if out.capacity() - out.len() < lines.len {
+                // The rest are about as long as those written so far.
+                out.reserve(lines.len + lines.len * (filled.len() - i) / i + 64);
+            }
+            out.extend_from_slice(lines.bytes());
+            lines.len = 0;
         }
-        line.put(b"{\"start\":");
+        if i > 0 {
+            lines.put(b",");
+        }
+        let (start, flagged, quality, state): (_, _, _, &[u8]) = match f {
+            Filled::Stored(b) if b.count > 0 => {
+                (b.start, b.flagged, b.quality, b",\"state\":\"measured\"")
+            }
+            Filled::Stored(b) => (b.start, b.flagged, b.quality, b",\"state\":\"flagged\""),
+            Filled::Empty(s) => (*s, 0, 0, b",\"state\":\"empty\""),
+            Filled::Interpolated(s, _) => (*s, 0, 0, b",\"state\":\"interpolated\""),
+        };
+        lines.put(b"{\"start\":");
         match starts.text(&start) {
             Some(text) => {
-                line.put(b"\"");
-                line.put(&text);
-                line.put(b"\"");
+                lines.put(b"\"");
+                lines.put(&text);
+                lines.put(b"\"");
             }
             None => {
-                let _ = serde_json::to_writer(&mut line, &start);
+                let _ = serde_json::to_writer(&mut lines, &start);
             }
         }
-        line.put(b",\"flagged\":");
-        line.put(itoa::Buffer::new().format(flagged).as_bytes());
-        line.put(b",\"quality\":");
-        line.put(itoa::Buffer::new().format(quality).as_bytes());
-        match state {
-            "measured" => line.put(b",\"state\":\"measured\""),
-            "flagged" => line.put(b",\"state\":\"flagged\""),
-            "empty" => line.put(b",\"state\":\"empty\""),
-            "interpolated" => line.put(b",\"state\":\"interpolated\""),
-            other => {
-                line.put(b",\"state\":");
-                let _ = serde_json::to_writer(&mut line, other);
-            }
-        }
-        for ((name, value), _) in NAMES
-            .iter()
-            .zip(values(f))
-            .zip(asked)
-            .filter(|(_, asked)| *asked)
-        {
-            line.put(name);
+        lines.put(b",\"flagged\":");
+        lines.put(itoa::Buffer::new().format(flagged).as_bytes());
+        lines.put(b",\"quality\":");
+        lines.put(itoa::Buffer::new().format(quality).as_bytes());
+        lines.put(state);
+        let values = values(f);
+        for &column in &columns {
+            lines.put(NAMES[column]);
             // `values` leaves only finite numbers.
-            match value {
+            match values[column] {
                 Some(v) => match whole(v) {
-                    Some(n) => line.put(itoa::Buffer::new().format(n).as_bytes()),
-                    None => line.put(zmij::Buffer::new().format_finite(v).as_bytes()),
+                    Some(n) => lines.put(itoa::Buffer::new().format(n).as_bytes()),
+                    None => lines.put(zmij::Buffer::new().format_finite(v).as_bytes()),
                 },
-                None => line.put(b"null"),
+                None => lines.put(b"null"),
             }
         }
-        line.put(b"}");
-        if i == 0 {
-            // The rest are about as long as the first.
-            out.reserve((line.len + 24) * filled.len());
-        }
-        out.extend_from_slice(line.bytes());
+        lines.put(b"}");
     }
+    out.extend_from_slice(lines.bytes());
     out.extend_from_slice(b"]}");
     out
 }
 
-/// One bucket's JSON, written on the stack. The longest a bucket can be is about 370 bytes: its
-/// start (at most 35 through chrono), flagged (an i64), quality, the longest state and seven
-/// aggregates of at most 24 characters each with their names.
-struct Line {
-    bytes: [u8; 512],
+/// Buckets' JSON, written on the stack and appended to the page some kilobytes at a time rather
+/// than a bucket (about a hundred bytes) at a time.
+struct Lines {
+    bytes: [u8; Lines::SIZE],
     len: usize,
 }
 
-impl Line {
+impl Lines {
+    const SIZE: usize = 16 * 1024;
+    /// Past this, the buffer is emptied before the next bucket. The longest a bucket can be is
+    /// about 370 bytes: its start (at most 35 through chrono), flagged (an i64), quality, the
+    /// longest state and seven aggregates of at most 24 characters each with their names.
+    const FULL: usize = Self::SIZE - 512;
+
     fn new() -> Self {
         Self {
-            bytes: [0; 512],
+            bytes: [0; Self::SIZE],
             len: 0,
         }
     }
@@ -445,7 +451,7 @@ impl Line {
     }
 }
 
-impl std::io::Write for Line {
+impl std::io::Write for Lines {
     #[inline(always)]
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         self.put(bytes);
@@ -502,7 +508,10 @@ pub struct BucketItem {
 /// A whole number that an integer holds exactly (counts, and sums of whole values): written as
 /// an integer in JSON and CSV alike.
 fn whole(v: f64) -> Option<i64> {
-    (v.fract() == 0.0 && v.abs() < 1e15).then_some(v as i64)
+    // Not `v.fract() == 0.0`: that calls out to `trunc` on the baseline x86-64, for every number
+    // of a page. The cast saturates and sends NaN to 0, neither of which passes both tests.
+    let n = v as i64;
+    (v.abs() < 1e15 && n as f64 == v).then_some(n)
 }
 
 /// Writes bucket starts as `YYYY-MM-DDTHH:MM:SSZ` where that is how chrono writes them (whole
@@ -516,8 +525,8 @@ struct Starts {
 
 impl Starts {
     fn text(&mut self, start: &DateTime<Utc>) -> Option<[u8; 20]> {
-        use chrono::Timelike;
-        if start.nanosecond() != 0 {
+        // Not `nanosecond()`, which goes by the local time: an addition of the zero offset.
+        if start.timestamp_subsec_nanos() != 0 {
             return None;
         }
         let seconds = start.timestamp();
@@ -641,40 +650,46 @@ mod tests {
     #[test]
     fn a_page_is_written_as_serde_writes_it() {
         let at = |h: i64| DateTime::UNIX_EPOCH + ChronoDuration::hours(490_000 + h);
-        let row = |h: i64, count: i64, v: f64| {
-            Filled::Stored(BucketRow {
-                start: at(h),
-                count,
-                sum: v * count as f64,
-                min: v - 0.5,
-                max: v.trunc(),
-                first: -v,
-                last: v / 3.0,
-                flagged: h * 3 - 7,
-                quality: (h * 37 % 300) as i16,
-            })
+        let row = |h: i64, count: i64, v: f64| BucketRow {
+            start: at(h),
+            count,
+            sum: v * count as f64,
+            min: v - 0.5,
+            max: v.trunc(),
+            first: -v,
+            last: v / 3.0,
+            flagged: h * 3 - 7,
+            quality: (h * 37 % 300) as i16,
         };
-        let mut filled = vec![
+        // A start with a fraction of a second goes through chrono.
+        let mut odd = row(11, 4, 3.0);
+        odd.start += ChronoDuration::milliseconds(5);
+        let rows: Vec<BucketRow> = [
             row(0, 2, 1.5),
             row(1, 1, -2.0),
             row(2, 3, 1e20),
             row(3, 7, 0.1 + 0.2),
             row(4, 1, -1e-7),
-            Filled::Empty(at(5)),
-            Filled::Interpolated(at(6), 2.25),
             // Only unusable readings: flagged, without aggregates.
             row(7, 0, 4.0),
             row(8, 2, f64::NAN),
             row(9, 1, f64::INFINITY),
+            odd,
+            // The largest whole numbers written as integers, and the first that are not.
+            row(12, 1, 999_999_999_999_999.0),
+            row(13, 1, 1e15),
+        ]
+        .into_iter()
+        .chain((0..500).map(|h| row(14 + h, 1 + h % 6, (h as f64 * 0.731).sin() * 1e3)))
+        .collect();
+        let mut filled: Vec<Filled> = rows.iter().map(Filled::Stored).collect();
+        filled.extend([
+            Filled::Empty(at(5)),
+            Filled::Interpolated(at(6), 2.25),
             Filled::Interpolated(at(10), f64::NAN),
-        ];
-        // A start with a fraction of a second goes through chrono.
-        let mut odd = row(11, 4, 3.0);
-        if let Filled::Stored(b) = &mut odd {
-            b.start += ChronoDuration::milliseconds(5);
-        }
-        filled.push(odd);
-        filled.extend((0..500).map(|h| row(12 + h, 1 + h % 6, (h as f64 * 0.731).sin() * 1e3)));
+        ]);
+        // Every place a page's buffer can be emptied at.
+        filled.rotate_left(7);
         let every: Vec<[bool; 7]> = (0..128u8)
             .map(|m| std::array::from_fn(|i| m >> i & 1 == 1))
             .collect();
@@ -696,6 +711,36 @@ mod tests {
                     "aggregates {asked:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn whole_numbers_are_those_an_integer_holds_exactly_below_1e15() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -7.0,
+            0.5,
+            -0.5,
+            999_999_999_999_999.0,
+            -999_999_999_999_999.0,
+            999_999_999_999_999.5,
+            1e15,
+            -1e15,
+            1e300,
+            -1e300,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ];
+        values.extend((0..10_000).map(|i| (i as f64 * 0.37).sin() * 10f64.powi(i % 20)));
+        values.extend((0..10_000).map(|i| ((i as f64 * 0.37).sin() * 10f64.powi(i % 20)).round()));
+        for v in values {
+            let expected = (v.fract() == 0.0 && v.abs() < 1e15).then_some(v as i64);
+            assert_eq!(whole(v), expected, "{v:e}");
         }
     }
 }
