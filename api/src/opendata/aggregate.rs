@@ -688,8 +688,8 @@ mod tests {
             Filled::Interpolated(at(6), 2.25),
             Filled::Interpolated(at(10), f64::NAN),
         ]);
-        // Every place a page's buffer can be emptied at.
-        filled.rotate_left(7);
+        // About 500 buckets of 70 to 250 bytes: the page's buffer is emptied several times, after
+        // a different bucket for each choice of aggregates.
         let every: Vec<[bool; 7]> = (0..128u8)
             .map(|m| std::array::from_fn(|i| m >> i & 1 == 1))
             .collect();
