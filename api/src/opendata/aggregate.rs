@@ -177,7 +177,7 @@ pub(crate) async fn aggregated(
                         values: picked(f).collect(),
                         flagged,
                         quality,
-                        state,
+                        state: state.name(),
                     }
                 })
                 .collect();
@@ -222,9 +222,10 @@ pub(crate) async fn aggregated(
                     .map(|v| v.map(number).unwrap_or_default())
                     .collect();
                 out.push_str(&format!(
-                    "{},{},{flagged},{quality},{kind}\n",
+                    "{},{},{flagged},{quality},{}\n",
                     rfc3339(start),
-                    values.join(",")
+                    values.join(","),
+                    kind.name()
                 ));
             }
             typed("text/csv; charset=utf-8", out)
@@ -248,17 +249,52 @@ pub(crate) async fn aggregated(
     })
 }
 
+/// What a bucket holds: readings, only unusable readings, none, or an interpolated average.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    Measured,
+    Flagged,
+    Empty,
+    Interpolated,
+}
+
+impl State {
+    /// The state's name in every format.
+    fn name(self) -> &'static str {
+        match self {
+            State::Measured => "measured",
+            State::Flagged => "flagged",
+            State::Empty => "empty",
+            State::Interpolated => "interpolated",
+        }
+    }
+
+    /// The state as the JSON page writes it after a bucket's quality, ready to copy.
+    fn json_field(self) -> &'static [u8] {
+        match self {
+            State::Measured => b",\"state\":\"measured\"",
+            State::Flagged => b",\"state\":\"flagged\"",
+            State::Empty => b",\"state\":\"empty\"",
+            State::Interpolated => b",\"state\":\"interpolated\"",
+        }
+    }
+}
+
 /// A bucket's start, flagged count, quality and state.
-fn meta(f: &Filled) -> (DateTime<Utc>, i64, i16, &'static str) {
+fn meta(f: &Filled) -> (DateTime<Utc>, i64, i16, State) {
     match f {
         Filled::Stored(b) => (
             b.start,
             b.flagged,
             b.quality,
-            if b.count > 0 { "measured" } else { "flagged" },
+            if b.count > 0 {
+                State::Measured
+            } else {
+                State::Flagged
+            },
         ),
-        Filled::Empty(s) => (*s, 0, 0, "empty"),
-        Filled::Interpolated(s, _) => (*s, 0, 0, "interpolated"),
+        Filled::Empty(s) => (*s, 0, 0, State::Empty),
+        Filled::Interpolated(s, _) => (*s, 0, 0, State::Interpolated),
     }
 }
 
@@ -271,7 +307,7 @@ fn bucket_item(f: &Filled, asked: [bool; 7]) -> BucketItem {
         start,
         flagged,
         quality,
-        state,
+        state: state.name(),
         avg: field(0),
         min: field(1),
         max: field(2),
@@ -332,8 +368,9 @@ fn page_json(mut page: BucketPage, filled: &[Filled], asked: [bool; 7]) -> Vec<u
     for (i, f) in filled.iter().enumerate() {
         if lines.len > Lines::FULL {
             if out.capacity() - out.len() < lines.len {
-                // The rest are about as long as those written so far.
-                out.reserve(lines.len + lines.len * (filled.len() - i) / i + 64);
+                // The rest are about as long as the `i` written so far (the page's head is short).
+                let written = out.len() + lines.len;
+                out.reserve(lines.len + written * (filled.len() - i) / i + 64);
             }
             out.extend_from_slice(lines.bytes());
             lines.len = 0;
@@ -341,14 +378,7 @@ fn page_json(mut page: BucketPage, filled: &[Filled], asked: [bool; 7]) -> Vec<u
         if i > 0 {
             lines.put(b",");
         }
-        let (start, flagged, quality, state): (_, _, _, &[u8]) = match f {
-            Filled::Stored(b) if b.count > 0 => {
-                (b.start, b.flagged, b.quality, b",\"state\":\"measured\"")
-            }
-            Filled::Stored(b) => (b.start, b.flagged, b.quality, b",\"state\":\"flagged\""),
-            Filled::Empty(s) => (*s, 0, 0, b",\"state\":\"empty\""),
-            Filled::Interpolated(s, _) => (*s, 0, 0, b",\"state\":\"interpolated\""),
-        };
+        let (start, flagged, quality, state) = meta(f);
         lines.put(b"{\"start\":");
         match starts.text(&start) {
             Some(text) => {
@@ -364,7 +394,7 @@ fn page_json(mut page: BucketPage, filled: &[Filled], asked: [bool; 7]) -> Vec<u
         lines.put(itoa::Buffer::new().format(flagged).as_bytes());
         lines.put(b",\"quality\":");
         lines.put(itoa::Buffer::new().format(quality).as_bytes());
-        lines.put(state);
+        lines.put(state.json_field());
         let values = values(f);
         for &column in &columns {
             lines.put(NAMES[column]);
