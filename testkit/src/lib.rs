@@ -68,11 +68,90 @@ pub fn config_dir() -> PathBuf {
         .join("config")
 }
 
-/// A free TCP port on loopback, as the kernel hands it out.
+/// A free TCP port on loopback, for another process to listen on.
+///
+/// The port is not one the kernel hands out for port 0: those come from its ephemeral range,
+/// which is also where every outgoing connection's source port comes from, so a connection made
+/// in the meantime (a nats-server routing to the node started before this one, say) could take
+/// the port before its listener binds it. It is taken below that range instead, at a random place,
+/// and no port is handed out twice by one test process.
 pub fn free_port() -> Result<u16, Error> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("binding port 0"))?;
-    Ok(listener
-        .local_addr()
-        .map_err(io("reading the bound port"))?
-        .port())
+    use std::collections::HashSet;
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    const FLOOR: u16 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_start.saturating_sub(FLOOR);
+    if span < 1_000 {
+        // Too little room below the ephemeral range: leave it to the kernel.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("binding port 0"))?;
+        return Ok(listener
+            .local_addr()
+            .map_err(io("reading the bound port"))?
+            .port());
+    }
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos()),
+    );
+    let start = (hasher.finish() % u64::from(span)) as u16;
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    for step in 0..span {
+        let port = FLOOR + (start + step) % span;
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return Ok(port);
+        }
+    }
+    Err(Error::Io {
+        context: format!("no free loopback port between {FLOOR} and {ephemeral_start}"),
+        cause: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_port;
+    use std::collections::HashSet;
+
+    #[test]
+    fn free_ports_lie_below_the_ephemeral_range_and_are_never_handed_out_twice() {
+        let ephemeral_start: u16 =
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+                .expect("the kernel's port range")
+                .split_whitespace()
+                .next()
+                .and_then(|start| start.parse().ok())
+                .expect("its start");
+        // Held, as the processes they are for would hold them.
+        let mut held = Vec::new();
+        let mut seen = HashSet::new();
+        for _ in 0..200 {
+            let port = free_port().expect("a port");
+            assert!(port < ephemeral_start, "{port} in the ephemeral range");
+            assert!(seen.insert(port), "{port} handed out twice");
+            held.push(std::net::TcpListener::bind(("127.0.0.1", port)).expect("bindable"));
+        }
+        // Released again, they are still not handed out a second time (without the record of
+        // what was given, 2,000 random places below the range would meet one of them).
+        drop(held);
+        for _ in 0..2_000 {
+            assert!(
+                seen.insert(free_port().expect("a port")),
+                "a port handed out twice"
+            );
+        }
+    }
 }
