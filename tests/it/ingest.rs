@@ -172,10 +172,7 @@ async fn a_crash_mid_stream_loses_and_duplicates_nothing() {
         harness.broker_config(),
         single_messages(Utc::now() - chrono::Duration::days(30)),
     );
-    let midway = wait_for(Duration::from_secs(60), || async {
-        harness.count().await >= 2_000
-    })
-    .await;
+    let midway = harness.wait_for_count(2_000, Duration::from_secs(60)).await;
     assert!(midway, "ingest stored part of the stream");
     first.abort().await;
     let stored_at_crash = harness.count().await;
@@ -295,10 +292,7 @@ async fn a_database_outage_holds_acknowledgements_and_loses_nothing() {
         harness.broker_config(),
         single_messages(Utc::now() - chrono::Duration::days(30)),
     );
-    let midway = wait_for(Duration::from_secs(60), || async {
-        harness.count().await >= 2_000
-    })
-    .await;
+    let midway = harness.wait_for_count(2_000, Duration::from_secs(60)).await;
     assert!(midway, "ingest stored part of the stream before the outage");
     proxy.cut();
     let failing = wait_for(Duration::from_secs(20), || async {

@@ -137,9 +137,32 @@ impl Harness {
         self.store.count_readings().await.unwrap()
     }
 
-    /// Waits until `expected` readings are stored and stay so, then returns the count.
-    pub async fn settle(&self, expected: u64, timeout: Duration) -> u64 {
-        wait_for(timeout, || async { self.count().await >= expected }).await;
+    /// Waits until `expected` readings are stored, for as long as their number keeps growing:
+    /// gives up once it has not grown for `stall`. A busy machine stores slowly, and a test
+    /// should not take that for a loss; an ingest that has stopped storing grows nothing.
+    /// Returns whether `expected` were reached.
+    pub async fn wait_for_count(&self, expected: u64, stall: Duration) -> bool {
+        let mut last = self.count().await;
+        let mut grew = tokio::time::Instant::now();
+        loop {
+            if last >= expected {
+                return true;
+            }
+            if grew.elapsed() >= stall {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = self.count().await;
+            if now > last {
+                (last, grew) = (now, tokio::time::Instant::now());
+            }
+        }
+    }
+
+    /// Waits until `expected` readings are stored (or their number has not grown for `stall`),
+    /// then, after time for a duplicate to land, returns the count.
+    pub async fn settle(&self, expected: u64, stall: Duration) -> u64 {
+        self.wait_for_count(expected, stall).await;
         // Give any duplicate (which would be a bug) time to land before counting.
         tokio::time::sleep(Duration::from_millis(500)).await;
         self.count().await
