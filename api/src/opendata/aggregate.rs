@@ -578,7 +578,7 @@ impl Starts {
     /// The characters go straight into `lines`. Built in an array first, the text was read back
     /// in 16-byte blocks just after being written a byte or two at a time, and the processor
     /// cannot forward such stores to a wider read: it waited for them to reach the cache, for
-    /// every bucket (a third of the page writer's time in a profile of the year query).
+    /// every bucket (as for the numbers: see [`page_json`]).
     fn write(&mut self, start: &DateTime<Utc>, lines: &mut Lines) -> bool {
         // Not `nanosecond()`, which goes by the local time: an addition of the zero offset.
         if start.timestamp_subsec_nanos() != 0 {
