@@ -76,15 +76,12 @@ pub fn config_dir() -> PathBuf {
 /// the port before its listener binds it. It is taken below that range instead, at a random place,
 /// and no port is handed out twice by one test process.
 pub fn free_port() -> Result<u16, Error> {
-    use std::collections::HashSet;
-    use std::hash::{BuildHasher, Hasher};
+    use std::collections::BTreeSet;
+    use std::hash::BuildHasher;
     use std::sync::Mutex;
-    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     const FLOOR: u16 = 10_000;
-    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
+    let ephemeral_start = ephemeral_start().unwrap_or(32_768);
     let span = ephemeral_start.saturating_sub(FLOOR);
     if span < 1_000 {
         // Too little room below the ephemeral range: leave it to the kernel.
@@ -94,17 +91,12 @@ pub fn free_port() -> Result<u16, Error> {
             .map_err(io("reading the bound port"))?
             .port());
     }
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_nanos()),
-    );
-    let start = (hasher.finish() % u64::from(span)) as u16;
+    // Each `RandomState` has keys of its own, so the hash of nothing is a random number.
+    let random = std::collections::hash_map::RandomState::new().hash_one(());
+    let start = (random % u64::from(span)) as u16;
     let mut given = GIVEN
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let given = given.get_or_insert_with(HashSet::new);
     for step in 0..span {
         let port = FLOOR + (start + step) % span;
         if given.contains(&port) {
@@ -121,20 +113,24 @@ pub fn free_port() -> Result<u16, Error> {
     })
 }
 
+/// The first port of the kernel's ephemeral range (Linux), where it can be read.
+fn ephemeral_start() -> Option<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::free_port;
+    use super::{ephemeral_start, free_port};
     use std::collections::HashSet;
 
     #[test]
     fn free_ports_lie_below_the_ephemeral_range_and_are_never_handed_out_twice() {
-        let ephemeral_start: u16 =
-            std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-                .expect("the kernel's port range")
-                .split_whitespace()
-                .next()
-                .and_then(|start| start.parse().ok())
-                .expect("its start");
+        let ephemeral_start = ephemeral_start().expect("the kernel's ephemeral port range");
         // Held, as the processes they are for would hold them.
         let mut held = Vec::new();
         let mut seen = HashSet::new();
