@@ -296,6 +296,16 @@ async fn rollups_answer_as_the_raw_readings_do_before_and_after_every_change() {
     assert_eq!(max_of_day(hourly().await), 3.5);
     check_all(store, &client).await;
     assert_eq!(count(&client, "readings_1h_days").await, 3);
+
+    // A day without a packed row and without a note is read from the raw readings: between
+    // packed days, and at the start of the range.
+    for day in [t(2, 0, 0), t(1, 0, 0)] {
+        client
+            .execute("DELETE FROM readings_1h_days WHERE day = $1", &[&day])
+            .await
+            .unwrap();
+        check_all(store, &client).await;
+    }
     harness.finish().await;
 }
 
