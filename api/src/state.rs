@@ -60,6 +60,11 @@ pub struct ApiConfig {
     /// and the client told to narrow its query.
     #[serde(default = "default_sta_query_timeout", with = "duration::serde_str")]
     pub sta_query_timeout: Duration,
+    /// Aggregated (bucketed) reads of readings served at once, in all. Each holds a series' rows
+    /// and its answer in memory and keeps a core busy while it is written; past this many, a
+    /// request waits its turn, first come first served. Unset: twice the machine's cores.
+    #[serde(default)]
+    pub bucket_reads: Option<usize>,
 }
 
 const fn default_sse_max_streams() -> usize {
@@ -110,6 +115,7 @@ impl Default for ApiConfig {
             ops_listen: None,
             device_credentials: false,
             sta_query_timeout: default_sta_query_timeout(),
+            bucket_reads: None,
         }
     }
 }
@@ -142,6 +148,9 @@ impl ApiConfig {
             );
         }
         self.proxies()?;
+        if self.bucket_reads == Some(0) {
+            return Err("api.bucket_reads must be positive".to_owned());
+        }
         if self.sse_max_streams == 0 || self.sse_max_streams_per_client == 0 {
             return Err(
                 "api.sse_max_streams and api.sse_max_streams_per_client must be positive"
@@ -181,6 +190,8 @@ pub struct ApiSettings {
     /// (`api.device_credentials` off).
     pub broker_admin: Option<tidemark_model::broker::BrokerConfig>,
     pub sta_query_timeout: Duration,
+    /// Aggregated reads served at once (`api.bucket_reads`, or twice the cores).
+    pub bucket_reads: usize,
     /// The time bounds on Observations created over SensorThings: ingest's (`[ingest]`
     /// `future_tolerance` and `max_age`), so that a reading is judged alike on either way in.
     pub time_rules: tidemark_model::validate::TimeRules,
@@ -215,6 +226,9 @@ impl ApiSettings {
             trusted_proxies: api.proxies()?,
             sse_max_streams: api.sse_max_streams,
             sse_max_streams_per_client: api.sse_max_streams_per_client,
+            bucket_reads: api.bucket_reads.unwrap_or_else(|| {
+                2 * std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            }),
             broker_admin: None,
             time_rules: tidemark_model::validate::TimeRules::DEFAULT,
         })
@@ -238,6 +252,8 @@ pub struct ApiState {
     pub streams: Arc<sse::Streams>,
     /// The broker's device logins, when the API administers them.
     pub broker_admin: Option<crate::manage::broker_admin::BrokerAdmin>,
+    /// Turns for aggregated reads (`ApiSettings::bucket_reads` at once), handed out in order.
+    pub bucket_reads: Arc<tokio::sync::Semaphore>,
 }
 
 impl ApiState {
@@ -269,6 +285,7 @@ impl ApiState {
             )
         });
         ApiState {
+            bucket_reads: Arc::new(tokio::sync::Semaphore::new(settings.bucket_reads)),
             broker_admin,
             store,
             settings: Arc::new(settings),
@@ -284,5 +301,26 @@ impl ApiState {
 impl axum::extract::FromRef<ApiState> for Store {
     fn from_ref(state: &ApiState) -> Store {
         state.store.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(api: &ApiConfig) -> Result<ApiSettings, String> {
+        ApiSettings::new(api, TargetPolicy::default(), Duration::ZERO, "tidemark")
+    }
+
+    #[test]
+    fn aggregated_reads_at_once_are_twice_the_cores_unless_set_and_never_none() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let mut api = ApiConfig::default();
+        assert_eq!(settings(&api).unwrap().bucket_reads, 2 * cores);
+        api.bucket_reads = Some(3);
+        assert_eq!(settings(&api).unwrap().bucket_reads, 3);
+        api.bucket_reads = Some(0);
+        let refused = settings(&api).unwrap_err();
+        assert!(refused.contains("api.bucket_reads"), "{refused}");
     }
 }

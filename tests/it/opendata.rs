@@ -431,6 +431,46 @@ async fn aggregation_equals_the_readings_and_fills_gaps_as_asked() {
     harness.finish().await;
 }
 
+/// Aggregated reads take turns (`api.bucket_reads` at once, twice the cores unless set): while
+/// every turn is taken, a bucketed read waits, and the latest values and raw readings do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregated_reads_wait_their_turn_and_nothing_else_waits_with_them() {
+    let (harness, api) = loaded().await;
+    let turns = api.state.settings.bucket_reads;
+    assert_eq!(
+        turns,
+        2 * std::thread::available_parallelism().unwrap().get()
+    );
+    let range = "from=2023-10-19T00:00:00Z&to=2023-10-21T00:00:00Z";
+    let bucketed = format!("/api/v1/sensors/{SENSOR}/readings?{range}&bucket=1h&agg=avg");
+    let taken = api
+        .state
+        .bucket_reads
+        .acquire_many(turns as u32)
+        .await
+        .unwrap();
+    let waiting = tokio::spawn({
+        let (http, url) = (api.http.clone(), api.url(&bucketed));
+        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    });
+    for path in [
+        "/api/v1/latest".to_owned(),
+        format!("/api/v1/sensors/{SENSOR}/readings?{range}&limit=10"),
+    ] {
+        let (status, _, body, _) = get(&api, &path).await;
+        assert_eq!(status, 200, "{path} while every turn is taken: {body}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a bucketed read was answered while every turn was taken"
+    );
+    drop(taken);
+    assert_eq!(waiting.await.unwrap(), 200);
+    assert_eq!(api.state.bucket_reads.available_permits(), turns);
+    harness.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_a_problem_naming_the_parameter() {
     let (harness, api) = loaded().await;

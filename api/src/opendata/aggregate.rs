@@ -143,6 +143,16 @@ pub(crate) async fn aggregated(
         Some("all") => true,
         Some(_) => return Err(ApiError::bad("quality", "quality must be usable or all")),
     };
+    // A year of hourly buckets is about a megabyte of rows and as much of answer, and a few
+    // milliseconds of a core to write: at most `api.bucket_reads` are read and written at once,
+    // the rest wait in order, holding no connection and no rows, so that long series asked for
+    // by many clients at once cannot take every pooled connection from the other reads. The
+    // latest values and other reads do not wait here.
+    let _turn = state
+        .bucket_reads
+        .acquire()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let stored = state.store.aggregate(sensor, from, to, bucket, all).await?;
     let filled = fill_buckets(
         &stored,
