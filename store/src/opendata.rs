@@ -236,7 +236,7 @@ impl Store {
         Ok(())
     }
 
-    /// A sensor's quantity; `None` when there is no such sensor.
+    /// A sensor's id; `None` when there is no such sensor.
     pub async fn sensor_id(&self, key: &str) -> Result<Option<i32>> {
         let client = self.client().await?;
         Ok(client
@@ -355,9 +355,9 @@ impl Store {
     /// for the partial buckets at its ends and for the hours (days, from the daily rollup) the
     /// rollup has not caught up with yet (see [`crate::rollup`]). The answer is the same either way.
     ///
-    /// Hourly buckets over whole days are read from `readings_1h_days` (a row per day, the hours
-    /// in arrays) for the days without a dirty note, and from the raw readings for the rest of the
-    /// range (its partial days at the ends, changed days), all in one snapshot.
+    /// Hourly buckets over whole days are read from `readings_1h_days` (a row per day, its hours
+    /// packed in one `bytea`) for the days without a dirty note, and from the raw readings for the
+    /// rest of the range (its partial days at the ends, changed days), all in one snapshot.
     pub async fn aggregate(
         &self,
         sensor: &str,
