@@ -113,7 +113,7 @@ pub async fn publish(broker: &BrokerConfig, plan: &Plan) -> Result<Report, Error
 fn options(broker: &BrokerConfig, client_id: &str) -> MqttOptions {
     let mut options = MqttOptions::new(client_id, &broker.host, broker.port);
     options
-        .set_keep_alive(Duration::from_secs(30))
+        .set_keep_alive(Duration::from_secs(FLUSH_TIMEOUT_SECS))
         .set_clean_session(true)
         .set_inflight(1000)
         .set_request_channel_capacity(1000)
@@ -168,6 +168,12 @@ pub async fn publish_messages(
     .await
 }
 
+/// How long one write to the broker may wait, in seconds (also the connection's timeout), and
+/// the keep-alive: a broker slow to read large messages does not answer a ping in time either
+/// (under two busy loops on the cores, the test of large messages behind a locked table then
+/// ended in `AwaitPingResp` with a 30 s keep-alive).
+const FLUSH_TIMEOUT_SECS: u64 = 120;
+
 /// Publishes `count` messages made by `next` and waits for every acknowledgement; returns when the
 /// last one arrived.
 async fn publish_generated(
@@ -176,6 +182,13 @@ async fn publish_generated(
     mut next: impl FnMut() -> (String, Vec<u8>),
 ) -> Result<DateTime<Utc>, Error> {
     let (client, mut eventloop) = AsyncClient::new(options, 1000);
+    // A broker that takes a while to read what is written to it is back-pressure, not a failure:
+    // with large messages queued for a subscriber that does not read, Mosquitto on a busy machine
+    // can leave a write waiting longer than the client's default of 5 s, and the load would end
+    // in `FlushTimeout` instead of waiting.
+    let mut network = eventloop.network_options();
+    network.set_connection_timeout(FLUSH_TIMEOUT_SECS);
+    eventloop.set_network_options(network);
     // The event loop runs beside the publisher and counts acknowledgements.
     let acks = tokio::spawn(async move {
         let mut acked = 0;
