@@ -366,99 +366,169 @@ impl Store {
         bucket: Duration,
         all_qualities: bool,
     ) -> Result<Vec<BucketRow>> {
-        let mut client = self.read_client().await?;
+        let client = self.read_client().await?;
         let [daily, ..] = ROLLUPS;
         let (days_from, days_to) = daily.inner(from, to);
         if all_qualities || bucket != Duration::from_secs(3_600) || days_from >= days_to {
             return aggregate_range(&client, sensor, from, to, bucket, all_qualities).await;
         }
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .context("begin reading an hourly series")?;
-        // The partial days are read from the raw readings, which are partitioned: PostgreSQL
-        // would plan those statements again on every execution (a plan for all partitions looks
-        // dearer to it than one for the partition asked for), which cost twice what running them
-        // does. The generic plan prunes the partitions when it starts. Sent ahead of the packed
-        // days' read, and so before the raw reads that follow it.
-        let generic = async {
-            tx.batch_execute("SET LOCAL plan_cache_mode = force_generic_plan")
-                .await
-                .context("asking for generic plans")
-        };
-        let (_, rows) = futures_util::future::try_join(
-            generic,
-            hourly_by_days(&tx, sensor, from, to, (days_from, days_to)),
-        )
-        .await?;
-        tx.commit().await.context("end reading an hourly series")?;
+        let reading = InTransaction(Some(client));
+        let rows = hourly_by_days(reading.client(), sensor, from, to, (days_from, days_to)).await?;
+        reading.ended();
         Ok(rows)
     }
 }
 
-/// Days that are not packed (the ends of the range, dirty days, days without readings) are read
-/// from the raw readings, a query per range between packed days (they are short: less than a day
-/// at each end, and whatever has changed since the last refresh); beyond this many ranges, the
-/// whole range is read as other bucket widths are, in one query.
+/// A pooled connection inside a transaction that [`hourly_by_days`] begins and ends itself, so
+/// that its statements can follow the `BEGIN` without waiting for it. If it is dropped before
+/// [`InTransaction::ended`] (the request was cancelled, or a statement failed), the connection
+/// is taken out of the pool and closed, which rolls the transaction back: the pool does not
+/// check the connections it gets back, and the next reader would be left inside this one's
+/// snapshot.
+struct InTransaction(Option<deadpool_postgres::Object>);
+
+impl InTransaction {
+    fn client(&self) -> &deadpool_postgres::Object {
+        self.0.as_ref().expect("held until ended or dropped")
+    }
+
+    /// The transaction is over: the connection goes back to the pool.
+    fn ended(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for InTransaction {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
+/// Days that are not packed (dirty days, days without readings) are read from the raw readings,
+/// a query per range between packed days (whatever has changed since the last refresh); beyond
+/// this many ranges (with the partial days at the ends), the whole range is read as other bucket
+/// widths are, in one query.
 const MAX_UNPACKED_RANGES: usize = 8;
 
-/// Hourly buckets over `[from, to)`: the packed rows of the whole days in `days` that have no
-/// dirty note, and [`aggregate_raw`] for the ranges between them.
+/// Hourly buckets over `[from, to)` in one read-only snapshot: the packed rows of the whole days
+/// in `days` that have no dirty note, and the raw readings for the partial days at the ends and
+/// for the days between packed ones. The caller ends the transaction if this fails.
+///
+/// Two round trips: the `BEGIN`, the packed days and the ends (which are never packed) go out
+/// together; then the days between packed ones, if any, with the `COMMIT`. Both statements are
+/// prepared first, so that nothing waits on a `Parse` and lands after the `COMMIT`.
 async fn hourly_by_days(
-    tx: &deadpool_postgres::Transaction<'_>,
+    client: &deadpool_postgres::Object,
     sensor: &str,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     (days_from, days_to): (DateTime<Utc>, DateTime<Utc>),
 ) -> Result<Vec<BucketRow>> {
-    let hour = Duration::from_secs(3_600);
-    let sql = format!(
-        "WITH dirty AS (SELECT DISTINCT date_bin('1 day', d.hour, 'epoch'::timestamptz) AS day \
-             FROM rollup_dirty d WHERE d.sensor_id = {SENSOR_ID} AND d.hour >= $2 AND d.hour < $3) \
-         SELECT p.day, p.hours FROM readings_1h_days p \
-         WHERE p.sensor_id = {SENSOR_ID} AND p.day >= $2 AND p.day < $3 \
-           AND p.day NOT IN (SELECT day FROM dirty) \
-         ORDER BY p.day"
-    );
-    let statement = tx
-        .prepare_cached(&sql)
+    let packed_days = client
+        .prepare_cached(&format!(
+            "WITH dirty AS (SELECT DISTINCT date_bin('1 day', d.hour, 'epoch'::timestamptz) AS day \
+                 FROM rollup_dirty d WHERE d.sensor_id = {SENSOR_ID} AND d.hour >= $2 AND d.hour < $3) \
+             SELECT p.day, p.hours FROM readings_1h_days p \
+             WHERE p.sensor_id = {SENSOR_ID} AND p.day >= $2 AND p.day < $3 \
+               AND p.day NOT IN (SELECT day FROM dirty) \
+             ORDER BY p.day"
+        ))
         .await
         .context("preparing the read of packed hourly days")?;
-    let packed = tx
-        .query(&statement, &[&sensor, &days_from, &days_to])
+    let raw_hours = client
+        .prepare_cached(&raw_aggregation(USABLE))
         .await
-        .context("reading packed hourly days")?;
+        .context("preparing an hourly aggregation of readings")?;
+    let hours = |(start, end): (DateTime<Utc>, DateTime<Utc>)| {
+        let raw_hours = &raw_hours;
+        async move {
+            let rows = client
+                .query(raw_hours, &[&sensor, &start, &end, &3_600f64])
+                .await
+                .context("aggregating readings by the hour")?;
+            Ok::<_, crate::Error>(bucket_rows(&rows))
+        }
+    };
+    // The partial days are read from the raw readings, which are partitioned: PostgreSQL would
+    // plan those statements again on every execution (a plan for all partitions looks dearer to
+    // it than one for the partition asked for), which cost twice what running them does. The
+    // generic plan prunes the partitions when it starts.
+    let begin = async {
+        client
+            .batch_execute(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
+                 SET LOCAL plan_cache_mode = force_generic_plan",
+            )
+            .await
+            .context("beginning to read an hourly series")
+    };
+    let packed = async {
+        client
+            .query(&packed_days, &[&sensor, &days_from, &days_to])
+            .await
+            .context("reading packed hourly days")
+    };
+    let (head, tail) = (
+        (from < days_from).then_some((from, days_from)),
+        (days_to < to).then_some((days_to, to)),
+    );
+    // Polled in this order, and each sends its statement when first polled.
+    let ((), packed, ends) = futures_util::future::try_join3(
+        begin,
+        packed,
+        futures_util::future::try_join_all(head.into_iter().chain(tail).map(hours)),
+    )
+    .await?;
+
     let day = chrono::Duration::days(1);
-    let mut unpacked = Vec::new();
-    let mut at = from;
+    let mut between = Vec::new();
+    let mut at = days_from;
     for row in &packed {
         let start: DateTime<Utc> = row.get(0);
         if at < start {
-            unpacked.push((at, start));
+            between.push((at, start));
         }
         at = start + day;
     }
-    if at < to {
-        unpacked.push((at, to));
+    if at < days_to {
+        between.push((at, days_to));
     }
-    if unpacked.len() > MAX_UNPACKED_RANGES {
-        return aggregate_range(tx, sensor, from, to, hour, false).await;
+    let commit = async {
+        client
+            .batch_execute("COMMIT")
+            .await
+            .context("ending the read of an hourly series")
+    };
+    if between.len() + ends.len() > MAX_UNPACKED_RANGES {
+        let rows =
+            aggregate_range(client, sensor, from, to, Duration::from_secs(3_600), false).await?;
+        commit.await?;
+        return Ok(rows);
     }
-    // The ranges' queries go out together on the one connection.
-    let parts = futures_util::future::try_join_all(
-        unpacked
-            .iter()
-            .map(|(start, end)| aggregate_raw(tx, sensor, *start, *end, hour, false)),
+    let (between, ()) = futures_util::future::try_join(
+        futures_util::future::try_join_all(between.into_iter().map(hours)),
+        commit,
     )
     .await?;
-    let mut out = Vec::with_capacity(packed.len() * 24 + parts.iter().map(Vec::len).sum::<usize>());
+
+    let mut ends = ends.into_iter();
+    let head = head.and_then(|_| ends.next()).unwrap_or_default();
+    let size = packed.len() * 24
+        + head.len()
+        + between
+            .iter()
+            .chain(ends.as_slice())
+            .map(Vec::len)
+            .sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.extend(head);
     for row in &packed {
         unpack_day(row, &mut out)?;
     }
-    out.extend(parts.into_iter().flatten());
+    out.extend(between.into_iter().flatten());
+    out.extend(ends.flatten());
     // Each part is in order, and most often they follow one another: then there is nothing to
     // sort (a stable sort would still take a buffer half the size of a year's rows to find that
     // out). Otherwise the sort only interleaves the runs.
@@ -594,12 +664,7 @@ async fn aggregate_raw(
 ) -> Result<Vec<BucketRow>> {
     let filter = if all_qualities { "true" } else { USABLE };
     let statement = client
-        .prepare_cached(&format!(
-            "SELECT date_bin(make_interval(secs => $4), r.ts, 'epoch'::timestamptz), {} \
-             FROM readings r WHERE r.sensor_id = {SENSOR_ID} AND r.ts >= $2 AND r.ts < $3 \
-             GROUP BY 1 ORDER BY 1",
-            raw_summary(filter)
-        ))
+        .prepare_cached(&raw_aggregation(filter))
         .await
         .context("preparing an aggregation of readings")?;
     let rows = client
@@ -607,6 +672,17 @@ async fn aggregate_raw(
         .await
         .context("aggregating readings")?;
     Ok(bucket_rows(&rows))
+}
+
+/// The statement that aggregates a sensor's (`$1`) readings in `[$2, $3)` whose quality passes
+/// `filter` into buckets of `$4` seconds, in order.
+fn raw_aggregation(filter: &str) -> String {
+    format!(
+        "SELECT date_bin(make_interval(secs => $4), r.ts, 'epoch'::timestamptz), {} \
+         FROM readings r WHERE r.sensor_id = {SENSOR_ID} AND r.ts >= $2 AND r.ts < $3 \
+         GROUP BY 1 ORDER BY 1",
+        raw_summary(filter)
+    )
 }
 
 /// Rows of rollup columns (bucket first) as buckets.

@@ -340,3 +340,97 @@ async fn a_running_ingest_keeps_the_rollups_caught_up() {
     ingest.stop().await;
     harness.finish().await;
 }
+
+/// An hourly read runs its statements in a transaction it begins and ends itself. Cancelled in
+/// the middle (a client that goes away), it must not hand its connection back to the pool still
+/// inside that transaction: the next read on it would see the old snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_hourly_read_leaves_no_transaction_behind() {
+    let harness = Harness::start().await;
+    with_stations(&harness).await;
+    let client = sql(&harness).await;
+    let id = sensor_id(&harness, SENSOR).await;
+    let reading = |ts: DateTime<Utc>, value: f64| ReadingRow {
+        sensor_id: id,
+        ts,
+        value,
+        quality: 0,
+    };
+    let rows: Vec<ReadingRow> = (0..3 * 24)
+        .map(|h| reading(t(1, 0, 0) + ChronoDuration::hours(h), h as f64))
+        .collect();
+    harness
+        .store
+        .write_batch(&rows, &[], Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(harness.store.refresh_all_rollups().await.unwrap(), 3 * 24);
+    // One connection, so that the next read gets the one the cancelled read had, if it went back.
+    let config = harness.database.as_ref().unwrap().config.clone();
+    let one = Store::connect(&tidemark_store::DatabaseConfig {
+        pool_size: 1,
+        ..config
+    })
+    .await
+    .unwrap();
+    // A partial day at each end and a packed day between them.
+    let (from, to) = (t(1, 12, 0), t(3, 12, 0));
+    let hourly = |store: Store| async move {
+        store
+            .aggregate(SENSOR, from, to, Duration::from_secs(3_600), false)
+            .await
+    };
+    assert_eq!(hourly(one.clone()).await.unwrap().len(), 48);
+
+    // The packed days are locked, so the read waits inside its transaction; then it is cancelled.
+    let locker = sql(&harness).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE readings_1h_days IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let waiting = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    let blocked = tokio::spawn(hourly(one.clone()));
+    let locks_waited_on = || async {
+        client
+            .query_one(waiting, &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || async {
+            locks_waited_on().await == 1
+        })
+        .await,
+        "the read waits for the lock"
+    );
+    blocked.abort();
+    assert!(blocked.await.unwrap_err().is_cancelled());
+    locker.batch_execute("COMMIT").await.unwrap();
+    assert!(
+        wait_for(Duration::from_secs(30), || async {
+            locks_waited_on().await == 0
+        })
+        .await,
+        "the cancelled read's statements have run"
+    );
+
+    // A reading written now, in the partial day at the end, must be in the next read.
+    let new = reading(t(3, 5, 30), 1_000.0);
+    harness
+        .store
+        .write_batch(&[new], &[], Utc::now())
+        .await
+        .unwrap();
+    let fresh = hourly(harness.store.clone()).await.unwrap();
+    assert_eq!(fresh.iter().map(|b| b.count).sum::<i64>(), 48 + 1);
+    let after = hourly(one.clone()).await.unwrap();
+    assert_eq!(
+        after.iter().map(|b| b.count).sum::<i64>(),
+        48 + 1,
+        "the read after the cancelled one sees the reading written since"
+    );
+    assert_eq!(after, fresh);
+    harness.finish().await;
+}
