@@ -366,16 +366,39 @@ impl Store {
         bucket: Duration,
         all_qualities: bool,
     ) -> Result<Vec<BucketRow>> {
+        Ok(self
+            .sensor_aggregate(sensor, from, to, bucket, all_qualities)
+            .await?
+            .map(|(_, rows)| rows)
+            .unwrap_or_default())
+    }
+
+    /// [`Store::aggregate`] with the sensor's quantity, looked up on the same connection (for
+    /// hourly buckets over whole days, in the same snapshot and round trip); `None` for a sensor
+    /// that does not exist. From the standby, if reads go to one.
+    pub async fn sensor_aggregate(
+        &self,
+        sensor: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        bucket: Duration,
+        all_qualities: bool,
+    ) -> Result<Option<(String, Vec<BucketRow>)>> {
         let client = self.read_client().await?;
         let [daily, ..] = ROLLUPS;
         let (days_from, days_to) = daily.inner(from, to);
         if all_qualities || bucket != Duration::from_secs(3_600) || days_from >= days_to {
-            return aggregate_range(&client, sensor, from, to, bucket, all_qualities).await;
+            let Some(quantity) = quantity_of(&client, sensor).await? else {
+                return Ok(None);
+            };
+            let rows = aggregate_range(&client, sensor, from, to, bucket, all_qualities).await?;
+            return Ok(Some((quantity, rows)));
         }
         let reading = InTransaction(Some(client));
-        let rows = hourly_by_days(reading.client(), sensor, from, to, (days_from, days_to)).await?;
+        let found =
+            hourly_by_days(reading.client(), sensor, from, to, (days_from, days_to)).await?;
         reading.ended();
-        Ok(rows)
+        Ok(found)
     }
 }
 
@@ -412,20 +435,26 @@ impl Drop for InTransaction {
 /// widths are, in one query.
 const MAX_UNPACKED_RANGES: usize = 8;
 
-/// Hourly buckets over `[from, to)` in one read-only snapshot: the packed rows of the whole days
-/// in `days` that have no dirty note, and the raw readings for the partial days at the ends and
-/// for the days between packed ones. The caller ends the transaction if this fails.
+/// The sensor's quantity and its hourly buckets over `[from, to)` in one read-only snapshot
+/// (`None` if there is no such sensor): the packed rows of the whole days in `days` that have no
+/// dirty note, and the raw readings for the partial days at the ends and for the days between
+/// packed ones. The caller ends the transaction if this fails.
 ///
-/// Two round trips: the `BEGIN`, the packed days and the ends (which are never packed) go out
-/// together; then the days between packed ones, if any, with the `COMMIT`. Both statements are
-/// prepared first, so that nothing waits on a `Parse` and lands after the `COMMIT`.
+/// Two round trips: the `BEGIN`, the quantity, the packed days and the ends (which are never
+/// packed) go out together; then the days between packed ones, if any, with the `COMMIT`. The
+/// statements are prepared first, so that nothing waits on a `Parse` and lands after the
+/// `COMMIT`.
 async fn hourly_by_days(
     client: &deadpool_postgres::Object,
     sensor: &str,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     (days_from, days_to): (DateTime<Utc>, DateTime<Utc>),
-) -> Result<Vec<BucketRow>> {
+) -> Result<Option<(String, Vec<BucketRow>)>> {
+    let quantity_of = client
+        .prepare_cached(QUANTITY_OF)
+        .await
+        .context("preparing a sensor look-up")?;
     let packed_days = client
         .prepare_cached(&format!(
             "WITH dirty AS (SELECT DISTINCT date_bin('1 day', d.hour, 'epoch'::timestamptz) AS day \
@@ -464,6 +493,12 @@ async fn hourly_by_days(
             .await
             .context("beginning to read an hourly series")
     };
+    let quantity = async {
+        client
+            .query_opt(&quantity_of, &[&sensor])
+            .await
+            .context("looking up a sensor")
+    };
     let packed = async {
         client
             .query(&packed_days, &[&sensor, &days_from, &days_to])
@@ -475,12 +510,23 @@ async fn hourly_by_days(
         (days_to < to).then_some((days_to, to)),
     );
     // Polled in this order, and each sends its statement when first polled.
-    let ((), packed, ends) = futures_util::future::try_join3(
+    let ((), quantity, packed, ends) = futures_util::future::try_join4(
         begin,
+        quantity,
         packed,
         futures_util::future::try_join_all(head.into_iter().chain(tail).map(hours)),
     )
     .await?;
+    let commit = async {
+        client
+            .batch_execute("COMMIT")
+            .await
+            .context("ending the read of an hourly series")
+    };
+    let Some(quantity) = quantity.map(|row| row.get::<_, String>(0)) else {
+        commit.await?;
+        return Ok(None);
+    };
 
     let day = chrono::Duration::days(1);
     let mut between = Vec::new();
@@ -495,17 +541,11 @@ async fn hourly_by_days(
     if at < days_to {
         between.push((at, days_to));
     }
-    let commit = async {
-        client
-            .batch_execute("COMMIT")
-            .await
-            .context("ending the read of an hourly series")
-    };
     if between.len() + ends.len() > MAX_UNPACKED_RANGES {
         let rows =
             aggregate_range(client, sensor, from, to, Duration::from_secs(3_600), false).await?;
         commit.await?;
-        return Ok(rows);
+        return Ok(Some((quantity, rows)));
     }
     let (between, ()) = futures_util::future::try_join(
         futures_util::future::try_join_all(between.into_iter().map(hours)),
@@ -535,7 +575,7 @@ async fn hourly_by_days(
     if !out.is_sorted_by_key(|b| b.start) {
         out.sort_by_key(|b| b.start);
     }
-    Ok(out)
+    Ok(Some((quantity, out)))
 }
 
 /// Bytes per hour in a packed day (see migration V18): hour (int2), n (int4), flagged (int4),
@@ -706,12 +746,15 @@ fn bucket_rows(rows: &[tokio_postgres::Row]) -> Vec<BucketRow> {
         .collect()
 }
 
+/// A sensor's quantity, by its key.
+const QUANTITY_OF: &str = "SELECT quantity FROM sensors WHERE key = $1";
+
 async fn quantity_of(
     client: &impl deadpool_postgres::GenericClient,
     key: &str,
 ) -> Result<Option<String>> {
     let statement = client
-        .prepare_cached("SELECT quantity FROM sensors WHERE key = $1")
+        .prepare_cached(QUANTITY_OF)
         .await
         .context("preparing a sensor look-up")?;
     Ok(client

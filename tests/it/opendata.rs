@@ -345,6 +345,15 @@ async fn aggregation_equals_the_readings_and_fills_gaps_as_asked() {
     for i in (0..READINGS).filter(|i| *i != SPIKE_INDEX) {
         hours.entry(i / 6).or_default().push(value_at(i));
     }
+    // The sensor's quantity and unit come with the buckets, as they do with raw readings.
+    let raw = json(
+        &api,
+        &format!("/api/v1/sensors/{SENSOR}/readings?{range}&limit=1"),
+    )
+    .await;
+    assert!(raw["quantity"].as_str().is_some_and(|q| !q.is_empty()));
+    assert_eq!(body["quantity"], raw["quantity"]);
+    assert_eq!(body["unit"], "m");
     let buckets = body["buckets"].as_array().unwrap();
     assert_eq!(buckets.len(), 48);
     for (hour, values) in &hours {
@@ -517,6 +526,15 @@ async fn bad_requests_get_a_problem_naming_the_parameter() {
     }
     let (status, _, _, _) = get(&api, "/api/v1/sensors/no.such_sensor/readings").await;
     assert_eq!(status, 404);
+    // Buckets look the sensor up with the read: hourly over whole days, and other widths.
+    for bucket in ["1h", "15m"] {
+        let path = format!(
+            "/api/v1/sensors/no.such_sensor/readings\
+             ?from=2023-10-19T00:00:00Z&to=2023-10-21T00:00:00Z&bucket={bucket}"
+        );
+        let (status, _, body, _) = get(&api, &path).await;
+        assert_eq!(status, 404, "{bucket}: {body}");
+    }
     let (status, _, _, _) = get(&api, "/api/v1/sensors/..%2F..%2Fetc%2Fpasswd/readings").await;
     assert_eq!(status, 404);
     assert_eq!(

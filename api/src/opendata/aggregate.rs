@@ -89,7 +89,6 @@ pub(crate) fn fill_buckets<'a>(
 pub(crate) async fn aggregated(
     state: &ApiState,
     sensor: &str,
-    quantity: &str,
     query: ReadingsQuery,
     format: Format,
 ) -> Result<Response> {
@@ -153,7 +152,12 @@ pub(crate) async fn aggregated(
         .acquire()
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let stored = state.store.aggregate(sensor, from, to, bucket, all).await?;
+    let (quantity, stored) = state
+        .store
+        .sensor_aggregate(sensor, from, to, bucket, all)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("sensor {sensor}")))?;
+    let quantity = quantity.as_str();
     let filled = fill_buckets(
         &stored,
         from,

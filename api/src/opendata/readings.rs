@@ -35,14 +35,15 @@ pub async fn readings(
     } else {
         format(query.format.as_deref(), &headers, false)?
     };
+    if query.bucket.is_some() {
+        // Looks the sensor up itself, with the buckets.
+        return aggregated(&state, &sensor, query, format).await;
+    }
     let quantity = state
         .store
         .open_sensor_quantity(&sensor)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("sensor {sensor}")))?;
-    if query.bucket.is_some() {
-        return aggregated(&state, &sensor, &quantity, query, format).await;
-    }
     for (name, given) in [
         ("agg", query.agg.is_some()),
         ("fill", query.fill.is_some()),
