@@ -470,16 +470,8 @@ async fn hourly_by_days(
         .prepare_cached(&raw_aggregation(USABLE))
         .await
         .context("preparing an hourly aggregation of readings")?;
-    let hours = |(start, end): (DateTime<Utc>, DateTime<Utc>)| {
-        let raw_hours = &raw_hours;
-        async move {
-            let rows = client
-                .query(raw_hours, &[&sensor, &start, &end, &3_600f64])
-                .await
-                .context("aggregating readings by the hour")?;
-            Ok::<_, crate::Error>(bucket_rows(&rows))
-        }
-    };
+    let hour = Duration::from_secs(3_600);
+    let hours = |(start, end)| run_aggregation(client, &raw_hours, sensor, start, end, hour);
     // The partial days are read from the raw readings, which are partitioned: PostgreSQL would
     // plan those statements again on every execution (a plan for all partitions looks dearer to
     // it than one for the partition asked for), which cost twice what running them does. The
@@ -707,8 +699,21 @@ async fn aggregate_raw(
         .prepare_cached(&raw_aggregation(filter))
         .await
         .context("preparing an aggregation of readings")?;
+    run_aggregation(client, &statement, sensor, from, to, bucket).await
+}
+
+/// Runs `statement`, a [`raw_aggregation`] already prepared on `client`, for a sensor's buckets
+/// over `[from, to)`.
+async fn run_aggregation(
+    client: &impl deadpool_postgres::GenericClient,
+    statement: &tokio_postgres::Statement,
+    sensor: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    bucket: Duration,
+) -> Result<Vec<BucketRow>> {
     let rows = client
-        .query(&statement, &[&sensor, &from, &to, &bucket.as_secs_f64()])
+        .query(statement, &[&sensor, &from, &to, &bucket.as_secs_f64()])
         .await
         .context("aggregating readings")?;
     Ok(bucket_rows(&rows))
