@@ -132,6 +132,19 @@ impl LevelSensor {
     }
 }
 
+/// The readings of `before` (ending with the reading a rate is worked out at) that can be in its
+/// rate window: the last ones, found by bisection, when `before` is `in_order`; else all of them.
+/// Either way `trend::rate_of_rise` gives the same rate for them as for all of `before`.
+fn rate_window(before: &[Sample], in_order: bool, window: Duration) -> &[Sample] {
+    match before.last() {
+        Some(last) if in_order => {
+            let from = last.ts - window;
+            &before[before.partition_point(|s| s.ts <= from)..]
+        }
+        _ => before,
+    }
+}
+
 fn level_steps(
     sensor: &LevelSensor,
     observed_only: bool,
@@ -152,6 +165,10 @@ fn level_steps(
     let mut state = LevelState::default();
     let mut expected: Option<(Level, DateTime<Utc>, Trigger)> = None;
     let mut out = Steps::new();
+    // The rate at each reading looks only at the readings in its window: in time order (as
+    // series are read) they are the last few before it, found by bisection, rather than all
+    // the readings before it, which made a look-back of two weeks cost quadratic time.
+    let in_order = usable.windows(2).all(|w| w[0].ts <= w[1].ts);
     for (i, sample) in usable.iter().enumerate() {
         if let Some(change) = state.observe(&rule, sample.ts, sample.value) {
             let (low, high, up) = if change.to > change.from {
@@ -191,7 +208,8 @@ fn level_steps(
         });
         let mut best = observed;
         if !observed_only {
-            let rate = trend::rate_of_rise(&usable[..=i], sample.ts, sensor.rate_window);
+            let window = rate_window(&usable[..=i], in_order, sensor.rate_window);
+            let rate = trend::rate_of_rise(window, sample.ts, sensor.rate_window);
             let projected = rate.and_then(|rate| {
                 Severity::ALL.into_iter().rev().find_map(|severity| {
                     if Some(severity) <= state.severity {

@@ -260,3 +260,32 @@ fn rain_and_upstream_raise_alerts() {
     );
     assert_eq!(from_upstream.level.unwrap().kind, Expected);
 }
+
+#[test]
+fn the_rate_at_each_reading_is_the_same_from_its_window_as_from_all_before_it() {
+    // Irregular steps (1 to 12 minutes, some readings at the window's very edge) over two weeks.
+    let mut ts = start();
+    let mut series = Vec::new();
+    for i in 0..3_000u32 {
+        ts += Duration::minutes(i64::from(1 + (i * 7 + i / 13) % 12));
+        let value = 1.0 + (f64::from(i) / 40.0).sin() + f64::from(i % 5) * 0.01;
+        series.push(Sample::good(ts, value));
+    }
+    for window in [
+        Duration::minutes(30),
+        Duration::hours(1),
+        Duration::hours(6),
+    ] {
+        let mut compared = 0;
+        for i in 0..series.len() {
+            let before = &series[..=i];
+            let part = rate_window(before, true, window);
+            assert!(part.len() <= before.len());
+            let at = series[i].ts;
+            let whole = trend::rate_of_rise(before, at, window);
+            assert_eq!(trend::rate_of_rise(part, at, window), whole, "reading {i}");
+            compared += usize::from(whole.is_some());
+        }
+        assert!(compared > 2_000, "rates were worked out ({compared})");
+    }
+}
