@@ -42,6 +42,8 @@ mod flood;
 
 // Flood warnings from replayed recordings through broker, ingest and analytics.
 mod warnings;
+// The readings analytics keeps between evaluations, against whole reads.
+mod kept_series;
 // Forecasts in, over MQTT and the API.
 mod forecasts;
 

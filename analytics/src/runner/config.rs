@@ -22,6 +22,12 @@ pub struct AnalyticsConfig {
     /// How far back an evaluation reads.
     #[serde(default = "default_lookback", with = "duration::serde_str")]
     pub lookback: Duration,
+    /// At most this many readings are kept between evaluations (see [`super::series_cache`]).
+    #[serde(default = "default_series_cache_readings")]
+    pub series_cache_readings: usize,
+    /// A kept sensor's readings are read whole again after this long.
+    #[serde(default = "default_series_refresh", with = "duration::serde_str")]
+    pub series_refresh: Duration,
     /// How often every area is evaluated, new readings or not.
     #[serde(default = "default_sweep", with = "duration::serde_str")]
     pub sweep_interval: Duration,
@@ -64,6 +70,8 @@ impl Default for AnalyticsConfig {
             municipalities: default_municipalities(),
             nearest_municipality_km: default_nearest_km(),
             lookback: default_lookback(),
+            series_cache_readings: default_series_cache_readings(),
+            series_refresh: default_series_refresh(),
             sweep_interval: default_sweep(),
             stale_after_intervals: default_stale_after(),
             debounce: default_debounce(),
@@ -88,6 +96,15 @@ pub(crate) const fn default_nearest_km() -> f64 {
 
 pub(crate) const fn default_lookback() -> Duration {
     Duration::from_secs(14 * 86_400)
+}
+
+/// About 100 MB: two weeks of 10-minute readings of about 2,000 sensors.
+pub(crate) const fn default_series_cache_readings() -> usize {
+    4_000_000
+}
+
+pub(crate) const fn default_series_refresh() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 
 pub(crate) const fn default_sweep() -> Duration {

@@ -1,6 +1,7 @@
 //! One flood area's evaluation: its readings into a severity timeline, then, under the area's
 //! lock, the events that take the recorded state to it.
 
+use super::series_cache::SeriesCache;
 use super::state::{Metrics, Model, Settings};
 use super::upkeep::{chrono, samples, threshold_qc};
 use crate::area::forecast::{ForecastUse, Issue, SensorForecasts};
@@ -126,11 +127,20 @@ pub(crate) async fn evaluate_areas(
     keys: &[String],
     metrics: &Metrics,
     memos: &ForecastMemos,
+    kept: &mut SeriesCache,
 ) {
     let mut parts: VecDeque<&[String]> = keys.chunks(AREAS_AT_ONCE).collect();
     while let Some(part) = parts.pop_front() {
         let started = Instant::now();
-        match try_evaluate_areas(store, model, settings, part, memos).await {
+        let read_before = kept.readings_read();
+        let outcome = try_evaluate_areas(store, model, settings, part, memos, kept).await;
+        metrics
+            .series_readings_read
+            .inc_by(kept.readings_read() - read_before);
+        metrics
+            .series_readings_kept
+            .set(i64::try_from(kept.readings_held()).unwrap_or(i64::MAX));
+        match outcome {
             Ok(recorded) => {
                 metrics.evaluations.inc_by(part.len() as u64);
                 metrics.events.inc_by(recorded);
@@ -171,6 +181,7 @@ pub(crate) async fn try_evaluate_areas(
     settings: &Settings,
     keys: &[String],
     memos: &ForecastMemos,
+    kept: &mut SeriesCache,
 ) -> Result<u64, tidemark_store::Error> {
     let areas: Vec<&AreaRow> = keys
         .iter()
@@ -196,8 +207,14 @@ pub(crate) async fn try_evaluate_areas(
         .collect();
     sensors.sort_unstable();
     sensors.dedup();
-    let series = store
-        .series(&sensors, now - chrono(settings.analytics.lookback))
+    // The readings kept from earlier evaluations, with what changed since read again.
+    let series = kept
+        .series(
+            store,
+            &sensors,
+            now - chrono(settings.analytics.lookback),
+            now,
+        )
         .await?;
     let series_read = started.elapsed();
     let received = store.last_received(&sensors).await?;
@@ -274,6 +291,9 @@ pub(crate) async fn try_evaluate_areas(
         }
     }
     for (sensor, flags) in flags {
+        if let Some(earliest) = flags.iter().map(|f| f.0).min() {
+            kept.changed(sensor, earliest);
+        }
         let flagged = store.set_quality(sensor, &flags).await?;
         tracing::info!(
             stage = "analytics",

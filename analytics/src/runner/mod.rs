@@ -5,6 +5,7 @@
 pub mod config;
 pub mod evaluation;
 pub mod nowcast;
+pub mod series_cache;
 pub mod state;
 pub mod upkeep;
 
@@ -50,6 +51,7 @@ pub async fn run(
     // Listening before the setup is read, so that no change falls between the two.
     let channels = [
         Channel::ReadingsCommitted,
+        Channel::ReadingsFlagged,
         Channel::FloodSetupChanged,
         Channel::ForecastsCommitted,
     ];
@@ -93,6 +95,12 @@ pub async fn run(
         tracing::warn!(%error, "nowcast failed");
     }
     let memos = evaluation::ForecastMemos::default();
+    // Each sensor's readings over the look-back, kept from one evaluation to the next: only what
+    // the notifications say changed is read again.
+    let mut kept = series_cache::SeriesCache::new(
+        settings.analytics.series_cache_readings,
+        settings.analytics.series_refresh,
+    );
     let mut sweep = tokio::time::interval(settings.analytics.sweep_interval);
     sweep.tick().await;
     loop {
@@ -107,7 +115,10 @@ pub async fn run(
                 areas.push(area);
             }
         }
-        evaluate_areas(&store, &model, &settings, &areas, &metrics, &memos).await;
+        evaluate_areas(
+            &store, &model, &settings, &areas, &metrics, &memos, &mut kept,
+        )
+        .await;
         // Nowcasts after the warnings: a new issue announces itself and is evaluated in turn.
         if !nowcast_due.is_empty() {
             let gauges: Vec<String> = std::mem::take(&mut nowcast_due).into_iter().collect();
@@ -134,7 +145,8 @@ pub async fn run(
                         Ok(fresh) => listener = fresh,
                         Err(error) => tracing::warn!(%error, "cannot listen for readings"),
                     }
-                    // Readings may have been missed meanwhile: look at everything.
+                    // Readings may have been missed meanwhile: look at everything, read whole.
+                    kept.clear();
                     pending.extend(model.setup.areas.iter().map(|a| a.key.clone()));
                     continue;
                 };
@@ -147,6 +159,8 @@ pub async fn run(
                 if notifications.contains(&Notice::FloodSetupChanged) {
                     // Thresholds may have changed what old issues mean: read them all again.
                     memos.forget();
+                    // Sensors may have been renamed or replaced: their readings are read whole.
+                    kept.clear();
                     match Model::load(&store).await {
                         Ok(fresh) => {
                             // Only new or changed containers and rules are looked at again.
@@ -192,6 +206,12 @@ pub async fn run(
                         _ => Vec::new(),
                     })
                     .collect();
+                // Flags set elsewhere (another analytics process) are not dated: read whole.
+                for notice in &notifications {
+                    if let Notice::ReadingsFlagged { sensor_key } = notice {
+                        kept.forget(sensor_key);
+                    }
+                }
                 let batches: Vec<ReadingsCommitted> = notifications
                     .into_iter()
                     .filter_map(|n| match n {
@@ -209,6 +229,14 @@ pub async fn run(
                         Err(error) => tracing::warn!(%error, "cannot reload the flood setup"),
                     }
                 }
+                // A batch's readings, late ones too, are read again from its earliest.
+                for batch in &batches {
+                    for id in &batch.sensors {
+                        if let Some(key) = model.by_id.get(id) {
+                            kept.changed(key, batch.from);
+                        }
+                    }
+                }
                 // Sensors with a quality rule are checked from a day before the earliest new reading,
                 // so that a reading is judged again once its later neighbours have come.
                 let earliest = batches.iter().map(|b| b.from).min();
@@ -220,6 +248,10 @@ pub async fn run(
                     .collect();
                 if let (Some(earliest), false) = (earliest, ruled.is_empty()) {
                     let from = earliest - chrono::Duration::days(1);
+                    // The checks may flag readings from `from` on.
+                    for rule in &ruled {
+                        kept.changed(&rule.sensor_key, from);
+                    }
                     if let Err(error) = check_rule_sensors(&store, &ruled, from).await {
                         tracing::warn!(%error, "quality checks failed");
                     }

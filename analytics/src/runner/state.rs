@@ -4,6 +4,7 @@
 use super::config::AnalyticsConfig;
 use chrono::{DateTime, Utc};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
@@ -24,6 +25,9 @@ pub struct Metrics {
     pub events: Counter,
     pub failures: Counter,
     pub evaluation_seconds: Histogram,
+    /// Readings read from the database for evaluations, and those kept between them.
+    pub series_readings_read: Counter,
+    pub series_readings_kept: Gauge,
 }
 
 impl Metrics {
@@ -33,6 +37,8 @@ impl Metrics {
             events: Counter::default(),
             failures: Counter::default(),
             evaluation_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
+            series_readings_read: Counter::default(),
+            series_readings_kept: Gauge::default(),
         };
         let sub = registry.sub_registry_with_prefix("tidemark_analytics");
         sub.register(
@@ -50,6 +56,16 @@ impl Metrics {
             "evaluation_seconds",
             "Time to evaluate an area and record its events",
             metrics.evaluation_seconds.clone(),
+        );
+        sub.register(
+            "series_readings_read",
+            "Readings read from the database for evaluations",
+            metrics.series_readings_read.clone(),
+        );
+        sub.register(
+            "series_readings_kept",
+            "Readings kept between evaluations",
+            metrics.series_readings_kept.clone(),
         );
         metrics
     }

@@ -32,6 +32,36 @@ impl Store {
         Ok(out)
     }
 
+    /// Each sensor's readings from its own start, `starts` naming `(sensor key, start)`, read as
+    /// [`Store::series`] reads them: what an evaluation that kept earlier readings still needs.
+    pub async fn series_from(
+        &self,
+        starts: &[(&str, DateTime<Utc>)],
+    ) -> Result<HashMap<String, Vec<(DateTime<Utc>, f64, i16)>>> {
+        let keys: Vec<&str> = starts.iter().map(|s| s.0).collect();
+        let froms: Vec<DateTime<Utc>> = starts.iter().map(|s| s.1).collect();
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT s.key, r.ts, r.value, r.quality \
+                 FROM unnest($1::text[], $2::timestamptz[]) AS q(k, from_at) \
+                 JOIN sensors s ON s.key = q.k \
+                 CROSS JOIN LATERAL (SELECT r.ts, r.value, r.quality FROM readings r \
+                     WHERE r.sensor_id = s.id AND r.ts >= q.from_at ORDER BY r.ts) r \
+                 ORDER BY s.key, r.ts",
+                &[&keys, &froms],
+            )
+            .await
+            .context("loading series")?;
+        let mut out: HashMap<String, Vec<(DateTime<Utc>, f64, i16)>> = HashMap::new();
+        for row in rows {
+            out.entry(row.get(0))
+                .or_default()
+                .push((row.get(1), row.get(2), row.get(3)));
+        }
+        Ok(out)
+    }
+
     /// Sets the quality flags of one sensor's readings (data-quality findings from analytics), and
     /// notes the hours whose flags changed for the rollups, in one statement; then announces the
     /// change (`readings_flagged`). Returns how many readings changed.
