@@ -37,6 +37,14 @@ pub(crate) struct AnalyticsBenchArgs {
     /// Pause between two triggering readings.
     #[arg(long, default_value = "20ms")]
     pub interval: String,
+    /// Quiet 10-minute readings (a tide below the alert level) each gauge holds before the run,
+    /// up to 10 minutes ago (an evaluation reads up to `analytics.lookback` of them).
+    #[arg(long, default_value = "0s")]
+    pub history: String,
+    /// Overrides `analytics.series_cache_readings`; 0 keeps nothing between evaluations, so
+    /// that each reads its sensors' whole look-back window.
+    #[arg(long)]
+    pub keep_readings: Option<usize>,
 }
 
 pub(crate) async fn analytics(config: &Config, args: AnalyticsBenchArgs) -> anyhow::Result<()> {
@@ -63,12 +71,24 @@ async fn measure(
     tidemark_store::schema::migrate(database).await?;
     let store = Store::connect(database).await?;
     let (gauges, background) = register(&store, args.areas).await?;
+    let history = tidemark_model::duration::parse(&args.history)?;
+    let held = fill_history(&store, &gauges, history).await?;
 
+    let mut config = config.clone();
+    if let Some(keep) = args.keep_readings {
+        config.analytics.series_cache_readings = keep;
+    }
+    let config = &config;
     let stages = Stages::start(config, &mqtt, database, "bench-analytics-ingest").await?;
     stages.wait_for_start_up(gauges.len()).await?;
     let (ingest_metrics, analytics_metrics) = (
         stages.ingest_metrics.clone(),
         stages.analytics_metrics.clone(),
+    );
+    // What evaluations read from here on, beside how many ran.
+    let (read_before, evaluations_before) = (
+        analytics_metrics.series_readings_read.get(),
+        analytics_metrics.evaluations.get(),
     );
     let mut listener = notify::listen(
         database,
@@ -183,7 +203,14 @@ async fn measure(
             (Some(c), Some(w)) => {
                 latencies.push((w - c).num_microseconds().unwrap_or(0) as f64 / 1000.0)
             }
-            _ => unmatched += 1,
+            (committed, warned) => {
+                eprintln!(
+                    "bench analytics: unmatched trigger of area {area} at {ts}: commit seen {}, event found {}",
+                    committed.is_some(),
+                    warned.is_some()
+                );
+                unmatched += 1
+            }
         }
     }
     latencies.sort_by(f64::total_cmp);
@@ -196,8 +223,10 @@ async fn measure(
         load_report.readings as f64 / load_seconds,
     );
     println!(
-        "machine: {} cores",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        "machine: {} cores; history {} of 10-minute readings per gauge ({held} in all), analytics.series_cache_readings {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        args.history,
+        config.analytics.series_cache_readings,
     );
     println!(
         "reading commit to warning commit: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} events ({} unmatched)",
@@ -212,6 +241,12 @@ async fn measure(
         ingest_metrics.readings_stored.get(),
         analytics_metrics.evaluations.get(),
         analytics_metrics.failures.get()
+    );
+    let evaluations = analytics_metrics.evaluations.get() - evaluations_before;
+    let read = analytics_metrics.series_readings_read.get() - read_before;
+    println!(
+        "readings read from the database for evaluations after start-up: {read} ({:.1} per area evaluated)",
+        read as f64 / evaluations.max(1) as f64
     );
     Ok(())
 }
@@ -295,6 +330,49 @@ impl Stages {
         let _ = self.ingest.await;
         let _ = self.analytics.await;
     }
+}
+
+/// Gives each gauge `history` of quiet 10-minute readings, up to 10 minutes ago; returns how
+/// many readings that is in all.
+async fn fill_history(
+    store: &Store,
+    gauges: &[(String, String)],
+    history: Duration,
+) -> anyhow::Result<usize> {
+    let per_gauge = (history.as_secs() / 600) as i64;
+    if per_gauge == 0 {
+        return Ok(0);
+    }
+    let catalog = store.sensor_catalog().await?;
+    let now = Utc::now();
+    let mut batch = Vec::new();
+    let mut written = 0;
+    for (_, sensor) in gauges {
+        let sensor_id = catalog
+            .iter()
+            .find(|s| &s.key == sensor)
+            .map(|s| s.id)
+            .context("a bench gauge is not registered")?;
+        for i in 1..=per_gauge {
+            batch.push(tidemark_store::readings::ReadingRow {
+                sensor_id,
+                ts: now - chrono::Duration::minutes(10 * i),
+                // A tide between 0.3 and 0.7 m, below the alert level (a constant level would be
+                // flagged as a stuck sensor).
+                value: 0.5 + 0.2 * (i as f64 / 74.5 * std::f64::consts::TAU).sin(),
+                quality: 0,
+            });
+        }
+        if batch.len() >= 200_000 {
+            written += batch.len();
+            store.write_batch(&batch, &[], Utc::now()).await?;
+            batch.clear();
+        }
+    }
+    written += batch.len();
+    store.write_batch(&batch, &[], Utc::now()).await?;
+    store.analyze_readings().await?;
+    Ok(written)
 }
 
 pub(crate) async fn register(
