@@ -58,6 +58,12 @@ async fn kept_readings_equal_a_whole_read_after_new_late_and_flagged_readings() 
         .await
         .unwrap();
     assert_eq!(first, whole(start).await);
+    // A sensor named twice is read once.
+    let twice = [keys[0].clone(), keys[0].clone()];
+    assert_eq!(
+        harness.store.series(&twice, start).await.unwrap()[&keys[0]],
+        first[&keys[0]]
+    );
     assert_eq!(first[&keys[0]].len(), 48);
     assert!(
         !first.contains_key(&keys[2]),

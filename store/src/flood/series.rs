@@ -10,39 +10,29 @@ impl Store {
         sensor_keys: &[String],
         from: DateTime<Utc>,
     ) -> Result<HashMap<String, Vec<(DateTime<Utc>, f64, i16)>>> {
+        let starts: Vec<(&str, DateTime<Utc>)> =
+            sensor_keys.iter().map(|key| (key.as_str(), from)).collect();
+        self.series_from(&starts).await
+    }
+
+    /// Each sensor's readings from its own start, `starts` naming `(sensor key, start)`, in time
+    /// order: what an evaluation that kept earlier readings still needs. A sensor named twice is
+    /// read once, from the earlier start.
+    pub async fn series_from(
+        &self,
+        starts: &[(&str, DateTime<Utc>)],
+    ) -> Result<HashMap<String, Vec<(DateTime<Utc>, f64, i16)>>> {
+        let mut earliest: HashMap<&str, DateTime<Utc>> = HashMap::new();
+        for &(key, from) in starts {
+            let start = earliest.entry(key).or_insert(from);
+            *start = (*start).min(from);
+        }
+        let (keys, froms): (Vec<&str>, Vec<DateTime<Utc>>) = earliest.into_iter().unzip();
         let client = self.client().await?;
         let rows = client
             .query(
                 // One index range scan per sensor: joined the other way round, the planner may
                 // scan every recent reading of every sensor, which under load costs 100 ms and more.
-                "SELECT s.key, r.ts, r.value, r.quality FROM sensors s \
-                 CROSS JOIN LATERAL (SELECT r.ts, r.value, r.quality FROM readings r \
-                     WHERE r.sensor_id = s.id AND r.ts >= $2 ORDER BY r.ts) r \
-                 WHERE s.key = ANY($1) ORDER BY s.key, r.ts",
-                &[&sensor_keys, &from],
-            )
-            .await
-            .context("loading series")?;
-        let mut out: HashMap<String, Vec<(DateTime<Utc>, f64, i16)>> = HashMap::new();
-        for row in rows {
-            out.entry(row.get(0))
-                .or_default()
-                .push((row.get(1), row.get(2), row.get(3)));
-        }
-        Ok(out)
-    }
-
-    /// Each sensor's readings from its own start, `starts` naming `(sensor key, start)`, read as
-    /// [`Store::series`] reads them: what an evaluation that kept earlier readings still needs.
-    pub async fn series_from(
-        &self,
-        starts: &[(&str, DateTime<Utc>)],
-    ) -> Result<HashMap<String, Vec<(DateTime<Utc>, f64, i16)>>> {
-        let keys: Vec<&str> = starts.iter().map(|s| s.0).collect();
-        let froms: Vec<DateTime<Utc>> = starts.iter().map(|s| s.1).collect();
-        let client = self.client().await?;
-        let rows = client
-            .query(
                 "SELECT s.key, r.ts, r.value, r.quality \
                  FROM unnest($1::text[], $2::timestamptz[]) AS q(k, from_at) \
                  JOIN sensors s ON s.key = q.k \
