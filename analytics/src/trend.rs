@@ -2,30 +2,38 @@
 
 use crate::series::{hours_between, Sample};
 use chrono::{DateTime, Duration, Utc};
-use ndarray::Array1;
 
 /// The least-squares slope of the samples in `(now - window, now]`, in units per hour. `None` with
-/// fewer than three samples or no spread in time.
+/// fewer than three samples or no spread in time. Worked out in two passes over the samples
+/// without gathering them: it runs at every reading of a level sensor's timeline.
 pub fn rate_of_rise(samples: &[Sample], now: DateTime<Utc>, window: Duration) -> Option<f64> {
     let from = now - window;
-    let (times, values): (Vec<f64>, Vec<f64>) = samples
-        .iter()
-        .filter(|s| s.ts > from && s.ts <= now)
-        .map(|s| (hours_between(from, s.ts), s.value))
-        .unzip();
-    if times.len() < 3 {
+    let points = || {
+        samples
+            .iter()
+            .filter(move |s| s.ts > from && s.ts <= now)
+            .map(move |s| (hours_between(from, s.ts), s.value))
+    };
+    let (mut n, mut t_sum, mut y_sum) = (0usize, 0.0, 0.0);
+    for (t, y) in points() {
+        n += 1;
+        t_sum += t;
+        y_sum += y;
+    }
+    if n < 3 {
         return None;
     }
-    let t = Array1::from(times);
-    let y = Array1::from(values);
-    let t_mean = t.mean()?;
-    let y_mean = y.mean()?;
-    let dt = &t - t_mean;
-    let spread = dt.dot(&dt);
+    let (t_mean, y_mean) = (t_sum / n as f64, y_sum / n as f64);
+    let (mut spread, mut covariance) = (0.0, 0.0);
+    for (t, y) in points() {
+        let dt = t - t_mean;
+        spread += dt * dt;
+        covariance += dt * (y - y_mean);
+    }
     if spread <= f64::EPSILON {
         return None;
     }
-    Some(dt.dot(&(&y - y_mean)) / spread)
+    Some(covariance / spread)
 }
 
 /// When a value rising at `rate` per hour from `value` at `now` reaches `threshold`; `None` if it
