@@ -57,21 +57,27 @@ pub fn check(samples: &[Sample], rules: &QcRules) -> Vec<Quality> {
     }
     let usable =
         |i: usize| flags_usable(samples[i].quality) && (low..=high).contains(&samples[i].value);
+    // The neighbours and their deviations, in buffers used again for every sample (a series of
+    // two weeks has thousands).
+    let (mut neighbours, mut deviations) = (Vec::new(), Vec::new());
     for i in 0..samples.len() {
         if !usable(i) {
             continue;
         }
         let from = i.saturating_sub(rules.spike_half_window);
         let to = (i + rules.spike_half_window + 1).min(samples.len());
-        let mut neighbours: Vec<f64> = (from..to)
-            .filter(|&j| j != i && usable(j))
-            .map(|j| samples[j].value)
-            .collect();
+        neighbours.clear();
+        neighbours.extend(
+            (from..to)
+                .filter(|&j| j != i && usable(j))
+                .map(|j| samples[j].value),
+        );
         if neighbours.len() < 2 {
             continue;
         }
         let centre = median(&mut neighbours);
-        let mut deviations: Vec<f64> = neighbours.iter().map(|v| (v - centre).abs()).collect();
+        deviations.clear();
+        deviations.extend(neighbours.iter().map(|v| (v - centre).abs()));
         let scale = MAD_TO_SIGMA * median(&mut deviations);
         let limit = (rules.spike_sigmas * scale).max(rules.spike_floor);
         if (samples[i].value - centre).abs() > limit {
