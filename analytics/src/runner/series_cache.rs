@@ -9,7 +9,7 @@
 //! whole again: a sensor it has not kept, or kept for longer than `analytics.series_refresh`, and
 //! every sensor after its notifications may have been missed.
 //!
-//! What it keeps is bounded: at most `analytics.series_cache_rows` readings, the sensors used
+//! What it keeps is bounded: at most `analytics.series_cache_readings` readings, the sensors used
 //! least recently let go first (they are read whole when next needed).
 
 use chrono::{DateTime, Utc};
