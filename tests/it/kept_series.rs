@@ -7,18 +7,6 @@ use std::time::Duration;
 use tidemark_analytics::runner::series_cache::SeriesCache;
 use tidemark_store::readings::ReadingRow;
 
-async fn sensor_id(harness: &Harness, key: &str) -> i32 {
-    harness
-        .store
-        .sensor_catalog()
-        .await
-        .unwrap()
-        .iter()
-        .find(|s| s.key == key)
-        .unwrap()
-        .id
-}
-
 fn rows(sensor_id: i32, times: impl Iterator<Item = DateTime<Utc>>, value: f64) -> Vec<ReadingRow> {
     times
         .map(|ts| ReadingRow {
@@ -162,30 +150,7 @@ async fn the_runner_reads_only_new_readings_after_the_first_evaluation() {
     let harness = Harness::start().await;
     let key = sensor(0, 0);
     let id = sensor_id(&harness, &key).await;
-    let flood_file =
-        std::env::temp_dir().join(format!("tidemark-kept-{}.toml", std::process::id()));
-    std::fs::write(
-        &flood_file,
-        format!(
-            r#"
-[[areas]]
-key = "harbour"
-name = "Harbour"
-polygon = [[9.40, 54.78], [9.47, 54.78], [9.47, 54.82], [9.40, 54.82], [9.40, 54.78]]
-sensors = ["{key}"]
-
-[[thresholds]]
-sensor = "{key}"
-alert = 1.0
-warning = 1.5
-severe = 2.0
-persistence = "20m"
-hysteresis = 0.1
-hold = "1h"
-"#
-        ),
-    )
-    .unwrap();
+    let flood_file = harbour_flood_file("kept", &key);
     // Thirteen days of quiet 10-minute readings, up to an hour ago.
     let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
     let history: Vec<DateTime<Utc>> = (6..13 * 144)

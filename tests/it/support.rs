@@ -633,6 +633,36 @@ impl Drop for Api {
     }
 }
 
+/// A flood file of one area, `harbour` (Flensburg's harbour), holding `sensor` with thresholds
+/// of 1.0, 1.5 and 2.0 m (persistence 20 minutes, hysteresis 0.1 m, hold an hour), written to a
+/// temporary file named after `name` and this process.
+pub fn harbour_flood_file(name: &str, sensor: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("tidemark-{name}-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[[areas]]
+key = "harbour"
+name = "Harbour"
+polygon = [[9.40, 54.78], [9.47, 54.78], [9.47, 54.82], [9.40, 54.82], [9.40, 54.78]]
+sensors = ["{sensor}"]
+
+[[thresholds]]
+sensor = "{sensor}"
+alert = 1.0
+warning = 1.5
+severe = 2.0
+persistence = "20m"
+hysteresis = 0.1
+hold = "1h"
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
 /// The database id of a sensor.
 pub async fn sensor_id(harness: &Harness, key: &str) -> i32 {
     harness

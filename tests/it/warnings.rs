@@ -511,31 +511,8 @@ async fn a_simulated_cloudburst_raises_a_rain_alert_then_a_river_warning_downstr
 async fn a_spike_flagged_good_by_the_device_is_flagged_on_the_reading_and_raises_nothing() {
     let harness = Harness::start().await;
     let ingest = harness.ingest_ready("ingest-spike", None).await;
-    let flood_file =
-        std::env::temp_dir().join(format!("tidemark-spike-{}.toml", std::process::id()));
     let sensor = sensor(0, 0);
-    std::fs::write(
-        &flood_file,
-        format!(
-            r#"
-[[areas]]
-key = "harbour"
-name = "Harbour"
-polygon = [[9.40, 54.78], [9.47, 54.78], [9.47, 54.82], [9.40, 54.82], [9.40, 54.78]]
-sensors = ["{sensor}"]
-
-[[thresholds]]
-sensor = "{sensor}"
-alert = 1.0
-warning = 1.5
-severe = 2.0
-persistence = "20m"
-hysteresis = 0.1
-hold = "1h"
-"#
-        ),
-    )
-    .unwrap();
+    let flood_file = harbour_flood_file("spike", &sensor);
     let mut config = config(&harness);
     config.analytics.flood_files = vec![flood_file.clone()];
     let analytics = start_analytics(&config).await;
