@@ -270,38 +270,6 @@ pub(crate) async fn try_evaluate_areas(
     .await
     .map_err(|e| tidemark_store::Error::Inconsistent(format!("an evaluation panicked: {e}")))?;
     let evaluated = started.elapsed();
-    let trends: Vec<TrendRow> = evaluations
-        .iter()
-        .flat_map(|evaluation| &evaluation.trends)
-        .map(|t| TrendRow {
-            sensor_key: t.sensor.clone(),
-            at: t.at,
-            value: t.value,
-            severity: t.severity,
-            rate_per_hour: t.rate,
-            projected: t.projected,
-        })
-        .collect();
-    store.record_trends(&trends).await?;
-    let mut flags: HashMap<&str, Vec<(DateTime<Utc>, i16)>> = HashMap::new();
-    for (sensor, ts, quality) in evaluations.iter().flat_map(|e| &e.flags) {
-        let flags = flags.entry(sensor.as_str()).or_default();
-        if !flags.iter().any(|(at, _)| at == ts) {
-            flags.push((*ts, quality.0));
-        }
-    }
-    for (sensor, flags) in flags {
-        if let Some(earliest) = flags.iter().map(|f| f.0).min() {
-            kept.changed(sensor, earliest);
-        }
-        let flagged = store.set_quality(sensor, &flags).await?;
-        tracing::info!(
-            stage = "analytics",
-            sensor,
-            flagged,
-            "readings flagged by data-quality checks"
-        );
-    }
     let deliveries: Vec<Vec<String>> = areas
         .iter()
         .map(|area| {
@@ -341,6 +309,41 @@ pub(crate) async fn try_evaluate_areas(
             decision
         })
         .await?;
+    // The trends and the data-quality flags after the warnings: they wait on no commit of their
+    // own before the warning events are recorded (each commit waits for its WAL flush, behind
+    // ingest's).
+    let trends: Vec<TrendRow> = evaluations
+        .iter()
+        .flat_map(|evaluation| &evaluation.trends)
+        .map(|t| TrendRow {
+            sensor_key: t.sensor.clone(),
+            at: t.at,
+            value: t.value,
+            severity: t.severity,
+            rate_per_hour: t.rate,
+            projected: t.projected,
+        })
+        .collect();
+    store.record_trends(&trends).await?;
+    let mut flags: HashMap<&str, Vec<(DateTime<Utc>, i16)>> = HashMap::new();
+    for (sensor, ts, quality) in evaluations.iter().flat_map(|e| &e.flags) {
+        let flags = flags.entry(sensor.as_str()).or_default();
+        if !flags.iter().any(|(at, _)| at == ts) {
+            flags.push((*ts, quality.0));
+        }
+    }
+    for (sensor, flags) in flags {
+        if let Some(earliest) = flags.iter().map(|f| f.0).min() {
+            kept.changed(sensor, earliest);
+        }
+        let flagged = store.set_quality(sensor, &flags).await?;
+        tracing::info!(
+            stage = "analytics",
+            sensor,
+            flagged,
+            "readings flagged by data-quality checks"
+        );
+    }
     {
         let mut memos = memos.areas.lock().unwrap_or_else(|e| e.into_inner());
         for (input, since) in inputs.iter().zip(in_force_since) {
