@@ -107,9 +107,15 @@ fn flags_usable(quality: Quality) -> bool {
 
 /// The samples that may drive a decision, with their flags applied.
 pub fn usable(samples: &[Sample], rules: &QcRules) -> Vec<Sample> {
+    usable_with(samples, &check(samples, rules))
+}
+
+/// The samples that may drive a decision, given the flags [`check`] gave them (in order).
+pub fn usable_with(samples: &[Sample], flags: &[Quality]) -> Vec<Sample> {
+    debug_assert_eq!(samples.len(), flags.len());
     samples
         .iter()
-        .zip(check(samples, rules))
+        .zip(flags.iter().copied())
         .filter(|(_, flag)| flag.is_usable())
         .map(|(s, flag)| Sample {
             quality: flag,

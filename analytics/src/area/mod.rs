@@ -132,21 +132,69 @@ impl LevelSensor {
     }
 }
 
-/// The readings of `before` (ending with the reading a rate is worked out at) that can be in its
-/// rate window: the last ones, found by bisection, when `before` is `in_order`; else all of them.
-/// Either way `trend::rate_of_rise` gives the same rate for them as for all of `before`.
-fn rate_window(before: &[Sample], in_order: bool, window: Duration) -> &[Sample] {
-    match before.last() {
-        Some(last) if in_order => {
-            let from = last.ts - window;
-            &before[before.partition_point(|s| s.ts <= from)..]
+/// The rate of rise at each reading of a level sensor's timeline in turn, each from the readings in
+/// its own window. In time order (as series are read) the window's first reading only moves
+/// forward, and each reading's time is counted in microseconds once, so a look-back of two weeks
+/// costs no calendar arithmetic per reading in its window. Out of order (or with times finer than a
+/// microsecond), each rate looks at all the readings before it. Either way the rate is the one
+/// [`trend::rate_of_rise`] gives for the readings up to the one it is worked out at.
+struct RateWalk<'a> {
+    usable: &'a [Sample],
+    window: Duration,
+    /// Each reading's time in microseconds since the epoch, and the window's length likewise,
+    /// when the walk can count in them.
+    counted: Option<(Vec<i64>, i64)>,
+    /// The first reading inside the window of the reading last asked for.
+    first: usize,
+}
+
+impl<'a> RateWalk<'a> {
+    fn new(usable: &'a [Sample], window: Duration) -> Self {
+        let whole_micros = |d: Duration| d.subsec_nanos() % 1_000 == 0;
+        let counted = window
+            .num_microseconds()
+            .filter(|_| whole_micros(window))
+            .filter(|_| {
+                usable.windows(2).all(|w| w[0].ts <= w[1].ts)
+                    && usable
+                        .iter()
+                        .all(|s| s.ts.timestamp_subsec_nanos() % 1_000 == 0)
+            })
+            .map(|window| {
+                (
+                    usable.iter().map(|s| s.ts.timestamp_micros()).collect(),
+                    window,
+                )
+            });
+        RateWalk {
+            usable,
+            window,
+            counted,
+            first: 0,
         }
-        _ => before,
+    }
+
+    /// The rate at reading `i`. Asked for readings in order, each once.
+    fn at(&mut self, i: usize) -> Option<f64> {
+        match &self.counted {
+            Some((times, window)) => {
+                let from = times[i].saturating_sub(*window);
+                while self.first < i && times[self.first] <= from {
+                    self.first += 1;
+                }
+                let (first, upto) = (self.first, i + 1);
+                trend::rate_in_window(&times[first..upto], &self.usable[first..upto], from)
+            }
+            None => trend::rate_of_rise(&self.usable[..=i], self.usable[i].ts, self.window),
+        }
     }
 }
 
+/// A level sensor's timeline, from its readings and the data-quality flags [`quality::check`] gave
+/// them (worked out once per evaluation: the flags are reported too).
 fn level_steps(
     sensor: &LevelSensor,
+    flags: &[Quality],
     observed_only: bool,
     crossings: &mut Vec<Crossing>,
     trends: &mut Vec<SensorTrend>,
@@ -155,7 +203,7 @@ fn level_steps(
     // `oriented` values with the `rule`'s thresholds, and reports natural ones (times `sign`).
     let sign = sensor.rule.sign();
     let rule = sensor.rule.oriented();
-    let usable: Vec<Sample> = quality::usable(&sensor.samples, &sensor.qc)
+    let usable: Vec<Sample> = quality::usable_with(&sensor.samples, flags)
         .into_iter()
         .map(|s| Sample {
             value: s.value * sign,
@@ -165,10 +213,9 @@ fn level_steps(
     let mut state = LevelState::default();
     let mut expected: Option<(Level, DateTime<Utc>, Trigger)> = None;
     let mut out = Steps::new();
-    // The rate at each reading looks only at the readings in its window: in time order (as
-    // series are read) they are the last few before it, found by bisection, rather than all
-    // the readings before it, which made a look-back of two weeks cost quadratic time.
-    let in_order = usable.windows(2).all(|w| w[0].ts <= w[1].ts);
+    // The rate at each reading looks only at the readings in its window, rather than all the
+    // readings before it, which made a look-back of two weeks cost quadratic time.
+    let mut rates = RateWalk::new(&usable, sensor.rate_window);
     for (i, sample) in usable.iter().enumerate() {
         if let Some(change) = state.observe(&rule, sample.ts, sample.value) {
             let (low, high, up) = if change.to > change.from {
@@ -208,16 +255,15 @@ fn level_steps(
         });
         let mut best = observed;
         if !observed_only {
-            let window = rate_window(&usable[..=i], in_order, sensor.rate_window);
-            let rate = trend::rate_of_rise(window, sample.ts, sensor.rate_window);
+            let rate = rates.at(i);
             let projected = rate.and_then(|rate| {
                 Severity::ALL.into_iter().rev().find_map(|severity| {
                     if Some(severity) <= state.severity {
                         return None;
                     }
-                    let at =
-                        trend::time_to(rule.threshold(severity), sample.value, rate, sample.ts)?;
-                    (at <= sample.ts + sensor.lead_time).then(|| {
+                    // Compared as a span first: the time itself only for a projection kept.
+                    let ahead = trend::time_ahead(rule.threshold(severity), sample.value, rate)?;
+                    (ahead <= sensor.lead_time).then(|| {
                         (
                             Level {
                                 severity,
@@ -229,7 +275,7 @@ fn level_steps(
                                 value: sample.value * sign,
                                 threshold: sensor.rule.threshold(severity),
                                 rate: Some(rate * sign),
-                                expected_at: Some(at),
+                                expected_at: Some(sample.ts + ahead),
                                 forecast: None,
                             },
                         )
@@ -336,22 +382,28 @@ fn rain_steps(sensor: &RainSensor) -> Steps {
     out
 }
 
-fn upstream_steps(upstream: &Upstream) -> Steps {
-    level_steps(&upstream.sensor, true, &mut Vec::new(), &mut Vec::new())
-        .into_iter()
-        .map(|(at, level, trigger)| {
-            let level = level.map(|_| Level {
-                severity: Severity::Alert,
-                kind: WarningKind::Expected,
-            });
-            let trigger = trigger.map(|t| Trigger {
-                cause: "upstream",
-                expected_at: Some(at + upstream.travel_time),
-                ..t
-            });
-            (at + upstream.travel_time, level, trigger)
-        })
-        .collect()
+fn upstream_steps(upstream: &Upstream, flags: &[Quality]) -> Steps {
+    level_steps(
+        &upstream.sensor,
+        flags,
+        true,
+        &mut Vec::new(),
+        &mut Vec::new(),
+    )
+    .into_iter()
+    .map(|(at, level, trigger)| {
+        let level = level.map(|_| Level {
+            severity: Severity::Alert,
+            kind: WarningKind::Expected,
+        });
+        let trigger = trigger.map(|t| Trigger {
+            cause: "upstream",
+            expected_at: Some(at + upstream.travel_time),
+            ..t
+        });
+        (at + upstream.travel_time, level, trigger)
+    })
+    .collect()
 }
 
 fn value_at(steps: &Steps, t: DateTime<Utc>) -> Option<(Level, Trigger)> {
@@ -402,13 +454,31 @@ fn stale_changes(area: &AreaInput, now: DateTime<Utc>) -> Vec<(DateTime<Utc>, bo
 pub fn evaluate(area: &AreaInput, now: DateTime<Utc>) -> Evaluation {
     let mut crossings = Vec::new();
     let mut trends = Vec::new();
+    // Each level sensor's data-quality flags, once: its timeline leaves the flagged readings out,
+    // and the flags that differ from the stored ones are reported.
+    let level_flags: Vec<Vec<Quality>> = area
+        .levels
+        .iter()
+        .map(|s| quality::check(&s.samples, &s.qc))
+        .collect();
+    let upstream_flags: Vec<Vec<Quality>> = area
+        .upstream
+        .iter()
+        .map(|u| quality::check(&u.sensor.samples, &u.sensor.qc))
+        .collect();
     let mut sources: Vec<Steps> = area
         .levels
         .iter()
-        .map(|s| level_steps(s, false, &mut crossings, &mut trends))
+        .zip(&level_flags)
+        .map(|(s, flags)| level_steps(s, flags, false, &mut crossings, &mut trends))
         .collect();
     sources.extend(area.rains.iter().map(rain_steps));
-    sources.extend(area.upstream.iter().map(upstream_steps));
+    sources.extend(
+        area.upstream
+            .iter()
+            .zip(&upstream_flags)
+            .map(|(u, flags)| upstream_steps(u, flags)),
+    );
     sources.extend(
         area.forecasts
             .iter()
@@ -444,10 +514,12 @@ pub fn evaluate(area: &AreaInput, now: DateTime<Utc>) -> Evaluation {
     let flags = area
         .levels
         .iter()
-        .chain(area.upstream.iter().map(|u| &u.sensor))
-        .flat_map(|sensor| {
-            quality::check(&sensor.samples, &sensor.qc)
-                .into_iter()
+        .zip(&level_flags)
+        .chain(area.upstream.iter().map(|u| &u.sensor).zip(&upstream_flags))
+        .flat_map(|(sensor, flags)| {
+            flags
+                .iter()
+                .copied()
                 .zip(&sensor.samples)
                 .filter(|(flag, sample)| *flag != sample.quality)
                 .map(|(flag, sample)| (sensor.key.clone(), sample.ts, flag))

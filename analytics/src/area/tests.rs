@@ -263,29 +263,46 @@ fn rain_and_upstream_raise_alerts() {
 
 #[test]
 fn the_rate_at_each_reading_is_the_same_from_its_window_as_from_all_before_it() {
-    // Irregular steps (1 to 12 minutes, some readings at the window's very edge) over two weeks.
+    // Irregular steps (1 to 12 minutes and some odd microseconds, some readings at the window's
+    // very edge) over two weeks.
     let mut ts = start();
     let mut series = Vec::new();
     for i in 0..3_000u32 {
         ts += Duration::minutes(i64::from(1 + (i * 7 + i / 13) % 12));
+        let odd = if i % 17 == 0 {
+            Duration::microseconds(i64::from(i % 997))
+        } else {
+            Duration::zero()
+        };
         let value = 1.0 + (f64::from(i) / 40.0).sin() + f64::from(i % 5) * 0.01;
-        series.push(Sample::good(ts, value));
+        series.push(Sample::good(ts + odd, value));
     }
-    for window in [
-        Duration::minutes(30),
-        Duration::hours(1),
-        Duration::hours(6),
+    // The same readings with a few out of order, and with one time finer than a microsecond: the
+    // walk then looks at all the readings before each one.
+    let mut shuffled = series.clone();
+    shuffled.swap(100, 101);
+    let mut fine = series.clone();
+    fine[7].ts += Duration::nanoseconds(1);
+    for (name, series) in [
+        ("in order", &series),
+        ("out of order", &shuffled),
+        ("finer", &fine),
     ] {
-        let mut compared = 0;
-        for i in 0..series.len() {
-            let before = &series[..=i];
-            let part = rate_window(before, true, window);
-            assert!(part.len() <= before.len());
-            let at = series[i].ts;
-            let whole = trend::rate_of_rise(before, at, window);
-            assert_eq!(trend::rate_of_rise(part, at, window), whole, "reading {i}");
-            compared += usize::from(whole.is_some());
+        for window in [
+            Duration::minutes(30),
+            Duration::hours(1),
+            Duration::hours(6),
+            Duration::microseconds(3_600_000_123),
+        ] {
+            let mut walk = RateWalk::new(series, window);
+            assert_eq!(walk.counted.is_some(), name == "in order");
+            let mut compared = 0;
+            for i in 0..series.len() {
+                let whole = trend::rate_of_rise(&series[..=i], series[i].ts, window);
+                assert_eq!(walk.at(i), whole, "{name}, window {window}, reading {i}");
+                compared += usize::from(whole.is_some());
+            }
+            assert!(compared > 2_000, "rates were worked out ({compared})");
         }
-        assert!(compared > 2_000, "rates were worked out ({compared})");
     }
 }
