@@ -9,6 +9,7 @@
 use crate::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
 /// A LISTEN/NOTIFY channel between the stages.
@@ -154,9 +155,15 @@ const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
 /// Sends `notice` when (and only if) the transaction commits.
 pub(crate) async fn notify(tx: &Transaction<'_>, notice: &Notice) -> Result<()> {
-    tx.execute(NOTIFY, &[&notice.channel().name(), &notice.payload()])
-        .await
-        .context("sending a notification")?;
+    tx.execute_typed(
+        NOTIFY,
+        &[
+            (&notice.channel().name(), Type::TEXT),
+            (&notice.payload(), Type::TEXT),
+        ],
+    )
+    .await
+    .context("sending a notification")?;
     Ok(())
 }
 
@@ -167,9 +174,9 @@ pub(crate) async fn notify_all(tx: &Transaction<'_>, notices: &[Notice]) -> Resu
     }
     let channels: Vec<&str> = notices.iter().map(|n| n.channel().name()).collect();
     let payloads: Vec<String> = notices.iter().map(Notice::payload).collect();
-    tx.execute(
+    tx.execute_typed(
         "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(c, p, n) ORDER BY n",
-        &[&channels, &payloads],
+        &[(&channels, Type::TEXT_ARRAY), (&payloads, Type::TEXT_ARRAY)],
     )
     .await
     .context("sending notifications")?;
@@ -193,9 +200,12 @@ pub(crate) const PARTITION_LOCK: i64 = 0x7469_6465_7061_7274;
 pub(crate) const ROLLUP_LOCK: i64 = 0x7469_6465_726f_6c6c;
 
 async fn lock_named(tx: &Transaction<'_>, name: &str, what: &'static str) -> Result<()> {
-    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&name])
-        .await
-        .context(what)?;
+    tx.execute_typed(
+        "SELECT pg_advisory_xact_lock(hashtext($1))",
+        &[(&name, Type::TEXT)],
+    )
+    .await
+    .context(what)?;
     Ok(())
 }
 
@@ -238,10 +248,10 @@ pub(crate) async fn lock_area(tx: &Transaction<'_>, area_key: &str) -> Result<()
 /// [`lock_area`] for many areas, in one statement and one order (by lock key), so that two
 /// transactions locking overlapping sets wait for each other instead of deadlocking.
 pub(crate) async fn lock_areas(tx: &Transaction<'_>, area_keys: &[&str]) -> Result<()> {
-    tx.execute(
+    tx.execute_typed(
         "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtext('tidemark.area:' || k) AS h \
          FROM unnest($1::text[]) k ORDER BY h OFFSET 0) s",
-        &[&area_keys],
+        &[(&area_keys, Type::TEXT_ARRAY)],
     )
     .await
     .context("taking the areas' locks")?;

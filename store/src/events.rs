@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use tidemark_model::warning::{
     AreaRef, Category, EventBody, EventKind, Messages, Severity, WarningKind, WarningState,
 };
+use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
 /// Queues the events for every webhook whose filter matches it. A webhook matches when it is
@@ -25,7 +26,7 @@ use tokio_postgres::Transaction;
 /// `event_ids` may hold at most one event of each warning: whether a webhook hears of an event
 /// depends on the deliveries queued for the warning's earlier events.
 async fn queue_webhooks(tx: &Transaction<'_>, event_ids: &[i64]) -> Result<u64> {
-    tx.execute(
+    tx.execute_typed(
         "INSERT INTO outbox (event_id, channel, target) \
          SELECT e.id, 'webhook', wh.id::text \
          FROM warning_events e JOIN warnings w ON w.id = e.warning_id \
@@ -40,7 +41,7 @@ async fn queue_webhooks(tx: &Transaction<'_>, event_ids: &[i64]) -> Result<u64> 
                SELECT 1 FROM outbox o JOIN warning_events q ON q.id = o.event_id \
                WHERE q.warning_id = e.warning_id AND o.channel = 'webhook' AND o.target = wh.id::text)) \
          ORDER BY e.id, wh.id",
-        &[&event_ids],
+        &[(&event_ids, Type::INT8_ARRAY)],
     )
     .await
     .context("queueing webhook deliveries")
@@ -122,7 +123,7 @@ async fn append_part(
         .collect();
     // Ids are drawn in the order the rows are inserted, which is the order given.
     let mut ids: Vec<i64> = tx
-        .query(
+        .query_typed(
             "INSERT INTO warning_events (warning_id, category, area_key, sensor_key, kind, severity, at, \
              message_en, message_da, detail, warning_kind) \
              SELECT w, c, a, s, k, v, t, en, da, d, wk FROM unnest($1::bigint[], $2::text[], $3::text[], \
@@ -130,17 +131,17 @@ async fn append_part(
                  $10::jsonb[], $11::text[]) WITH ORDINALITY AS x(w, c, a, s, k, v, t, en, da, d, wk, n) \
              ORDER BY n RETURNING id",
             &[
-                &warning_ids,
-                &categories,
-                &area_keys,
-                &sensor_keys,
-                &kinds,
-                &severities,
-                &ats,
-                &messages_en,
-                &messages_da,
-                &details,
-                &warning_kinds,
+                (&warning_ids, Type::INT8_ARRAY),
+                (&categories, Type::TEXT_ARRAY),
+                (&area_keys, Type::TEXT_ARRAY),
+                (&sensor_keys, Type::TEXT_ARRAY),
+                (&kinds, Type::TEXT_ARRAY),
+                (&severities, Type::INT2_ARRAY),
+                (&ats, Type::TIMESTAMPTZ_ARRAY),
+                (&messages_en, Type::TEXT_ARRAY),
+                (&messages_da, Type::TEXT_ARRAY),
+                (&details, Type::JSONB_ARRAY),
+                (&warning_kinds, Type::TEXT_ARRAY),
             ],
         )
         .await
@@ -155,10 +156,13 @@ async fn append_part(
         .flat_map(|((_, topics), id)| topics.iter().map(move |t| (*id, t.as_str())))
         .unzip();
     if !outbox_events.is_empty() {
-        tx.execute(
+        tx.execute_typed(
             "INSERT INTO outbox (event_id, channel, target) \
              SELECT e, 'mqtt', t FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS x(e, t, n) ORDER BY n",
-            &[&outbox_events, &outbox_topics],
+            &[
+                (&outbox_events, Type::INT8_ARRAY),
+                (&outbox_topics, Type::TEXT_ARRAY),
+            ],
         )
         .await
         .context("queueing deliveries")?;

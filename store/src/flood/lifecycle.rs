@@ -2,6 +2,7 @@
 //! lock (with their warnings, outbox rows and threshold crossings), and reading them back.
 
 use super::*;
+use tokio_postgres::types::Type;
 use tokio_postgres::{GenericClient, Transaction};
 
 impl Store {
@@ -106,10 +107,10 @@ async fn read_status(client: &impl GenericClient, area_key: &str) -> Result<Area
 /// The areas' statuses, in the order given.
 async fn read_statuses(client: &impl GenericClient, area_keys: &[&str]) -> Result<Vec<AreaStatus>> {
     let last: HashMap<String, DateTime<Utc>> = client
-        .query(
+        .query_typed(
             "SELECT k, (SELECT max(at) FROM warning_events e WHERE e.area_key = k) \
              FROM unnest($1::text[]) k",
-            &[&area_keys],
+            &[(&area_keys, Type::TEXT_ARRAY)],
         )
         .await
         .context("reading the areas' last events")?
@@ -119,9 +120,9 @@ async fn read_statuses(client: &impl GenericClient, area_keys: &[&str]) -> Resul
     // At most one warning of an area is in force (a unique index holds that).
     let mut current: HashMap<String, WarningRow> = HashMap::new();
     let rows = client
-        .query(
+        .query_typed(
             &format!("{WARNING_SELECT} WHERE w.area_key = ANY ($1) AND w.state = 'in_force'"),
-            &[&area_keys],
+            &[(&area_keys, Type::TEXT_ARRAY)],
         )
         .await
         .context("reading the areas' warnings in force")?;
@@ -155,9 +156,9 @@ async fn write_decisions(
     } else {
         let keys: Vec<&str> = areas.iter().map(|a| a.key).collect();
         let hazards: HashMap<String, String> = tx
-            .query(
+            .query_typed(
                 "SELECT key, hazard FROM flood_areas WHERE key = ANY ($1)",
-                &[&keys],
+                &[(&keys, Type::TEXT_ARRAY)],
             )
             .await
             .context("reading the areas' hazards")?
@@ -226,11 +227,17 @@ async fn write_decisions(
             .collect();
         let ats: Vec<DateTime<Utc>> = crossings.iter().map(|c| c.at).collect();
         let values: Vec<f64> = crossings.iter().map(|c| c.value).collect();
-        tx.execute(
+        tx.execute_typed(
             "INSERT INTO threshold_crossings (sensor_key, severity, direction, at, value) \
              SELECT * FROM unnest($1::text[], $2::int2[], $3::text[], $4::timestamptz[], $5::float8[]) \
              ON CONFLICT DO NOTHING",
-            &[&sensors, &severities, &directions, &ats, &values],
+            &[
+                (&sensors, Type::TEXT_ARRAY),
+                (&severities, Type::INT2_ARRAY),
+                (&directions, Type::TEXT_ARRAY),
+                (&ats, Type::TIMESTAMPTZ_ARRAY),
+                (&values, Type::FLOAT8_ARRAY),
+            ],
         )
         .await
         .context("recording crossings")?;
@@ -284,7 +291,7 @@ async fn apply_to_warnings(
             .map(|(i, _)| serde_json::json!(areas[*i].municipalities))
             .collect();
         note(
-            tx.query(
+            tx.query_typed(
                 "INSERT INTO warnings (area_key, severity, kind, state, raised_at, changed_at, \
                  municipalities, trigger, message_en, message_da, category) \
                  SELECT a, v, k, 'in_force', t, t, ARRAY(SELECT jsonb_array_elements_text(m)), tr, en, da, c \
@@ -292,18 +299,21 @@ async fn apply_to_warnings(
                      $6::jsonb[], $7::text[], $8::text[], $9::text[]) AS x(a, v, k, t, m, tr, en, da, c) \
                  RETURNING id, area_key",
                 &[
-                    &keys(&raised),
-                    &severities(&raised),
-                    &texts(&raised, |e| e.warning_kind.name()),
-                    &ats(&raised),
-                    &municipalities,
-                    &triggers(&raised),
-                    &texts(&raised, |e| &e.message_en),
-                    &texts(&raised, |e| &e.message_da),
-                    &raised
-                        .iter()
-                        .map(|(i, _)| categories[*i].name())
-                        .collect::<Vec<_>>(),
+                    (&keys(&raised), Type::TEXT_ARRAY),
+                    (&severities(&raised), Type::INT2_ARRAY),
+                    (&texts(&raised, |e| e.warning_kind.name()), Type::TEXT_ARRAY),
+                    (&ats(&raised), Type::TIMESTAMPTZ_ARRAY),
+                    (&municipalities, Type::JSONB_ARRAY),
+                    (&triggers(&raised), Type::JSONB_ARRAY),
+                    (&texts(&raised, |e| &e.message_en), Type::TEXT_ARRAY),
+                    (&texts(&raised, |e| &e.message_da), Type::TEXT_ARRAY),
+                    (
+                        &raised
+                            .iter()
+                            .map(|(i, _)| categories[*i].name())
+                            .collect::<Vec<_>>(),
+                        Type::TEXT_ARRAY,
+                    ),
                 ],
             )
             .await
@@ -313,20 +323,20 @@ async fn apply_to_warnings(
     let changed = of_kind(&[EventKind::Changed]);
     if !changed.is_empty() {
         note(
-            tx.query(
+            tx.query_typed(
                 "UPDATE warnings w SET severity = x.v, kind = x.k, changed_at = x.t, trigger = x.tr, \
                  message_en = x.en, message_da = x.da \
                  FROM unnest($1::text[], $2::int2[], $3::text[], $4::timestamptz[], $5::jsonb[], \
                      $6::text[], $7::text[]) AS x(a, v, k, t, tr, en, da) \
                  WHERE w.area_key = x.a AND w.state = 'in_force' RETURNING w.id, w.area_key",
                 &[
-                    &keys(&changed),
-                    &severities(&changed),
-                    &texts(&changed, |e| e.warning_kind.name()),
-                    &ats(&changed),
-                    &triggers(&changed),
-                    &texts(&changed, |e| &e.message_en),
-                    &texts(&changed, |e| &e.message_da),
+                    (&keys(&changed), Type::TEXT_ARRAY),
+                    (&severities(&changed), Type::INT2_ARRAY),
+                    (&texts(&changed, |e| e.warning_kind.name()), Type::TEXT_ARRAY),
+                    (&ats(&changed), Type::TIMESTAMPTZ_ARRAY),
+                    (&triggers(&changed), Type::JSONB_ARRAY),
+                    (&texts(&changed, |e| &e.message_en), Type::TEXT_ARRAY),
+                    (&texts(&changed, |e| &e.message_da), Type::TEXT_ARRAY),
                 ],
             )
             .await
@@ -336,16 +346,16 @@ async fn apply_to_warnings(
     let lifted = of_kind(&[EventKind::Lifted]);
     if !lifted.is_empty() {
         note(
-            tx.query(
+            tx.query_typed(
                 "UPDATE warnings w SET state = 'lifted', lifted_at = x.t, changed_at = x.t, stale = false, \
                  message_en = x.en, message_da = x.da \
                  FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[]) AS x(a, t, en, da) \
                  WHERE w.area_key = x.a AND w.state = 'in_force' RETURNING w.id, w.area_key",
                 &[
-                    &keys(&lifted),
-                    &ats(&lifted),
-                    &texts(&lifted, |e| &e.message_en),
-                    &texts(&lifted, |e| &e.message_da),
+                    (&keys(&lifted), Type::TEXT_ARRAY),
+                    (&ats(&lifted), Type::TIMESTAMPTZ_ARRAY),
+                    (&texts(&lifted, |e| &e.message_en), Type::TEXT_ARRAY),
+                    (&texts(&lifted, |e| &e.message_da), Type::TEXT_ARRAY),
                 ],
             )
             .await
@@ -359,10 +369,13 @@ async fn apply_to_warnings(
             .map(|(_, e)| e.kind == EventKind::Stale)
             .collect();
         note(
-            tx.query(
+            tx.query_typed(
                 "UPDATE warnings w SET stale = x.s FROM unnest($1::text[], $2::bool[]) AS x(a, s) \
                  WHERE w.area_key = x.a AND w.state = 'in_force' RETURNING w.id, w.area_key",
-                &[&keys(&marked), &stale],
+                &[
+                    (&keys(&marked), Type::TEXT_ARRAY),
+                    (&stale, Type::BOOL_ARRAY),
+                ],
             )
             .await
             .context("marking warnings stale or fresh")?,
