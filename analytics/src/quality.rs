@@ -45,18 +45,38 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// The flags these checks own (the device's own flags, in the low byte, are never cleared).
+pub const CHECK_FLAGS: i16 = Quality::SPIKE.0 | Quality::STUCK.0 | Quality::OUT_OF_RANGE.0;
+
+/// The device's own flags of a stored quality, without those an earlier check set.
+fn device_flags(quality: Quality) -> Quality {
+    Quality(quality.0 & !CHECK_FLAGS)
+}
+
 /// The flags each sample earns, in order. Spikes are judged against the neighbours on both sides
 /// where they exist, so the newest sample is judged against the ones before it.
+///
+/// Flags these checks set before are judged afresh from the samples as they are now: a reading
+/// flagged stuck or a spike when it was the newest is cleared once the readings around it
+/// (arrived since, or late) disprove it. Only the device's own flags carry over, but at the start:
+/// the first samples' runs and neighbours may reach before the samples given (a window of a longer
+/// series), so the flags an earlier check gave them, with more of the series in view, stand.
 pub fn check(samples: &[Sample], rules: &QcRules) -> Vec<Quality> {
-    let mut flags: Vec<Quality> = samples.iter().map(|s| s.quality).collect();
+    let edge = rules
+        .stuck_run
+        .saturating_sub(1)
+        .max(rules.spike_half_window)
+        .min(samples.len());
+    let mut flags: Vec<Quality> = samples.iter().map(|s| device_flags(s.quality)).collect();
     let (low, high) = rules.plausible;
     for (flag, sample) in flags.iter_mut().zip(samples) {
         if !(low..=high).contains(&sample.value) {
             *flag = flag.with(Quality::OUT_OF_RANGE);
         }
     }
-    let usable =
-        |i: usize| flags_usable(samples[i].quality) && (low..=high).contains(&samples[i].value);
+    let usable = |i: usize| {
+        flags_usable(device_flags(samples[i].quality)) && (low..=high).contains(&samples[i].value)
+    };
     // The neighbours and their deviations, in buffers used again for every sample (a series of
     // two weeks has thousands).
     let (mut neighbours, mut deviations) = (Vec::new(), Vec::new());
@@ -97,6 +117,9 @@ pub fn check(samples: &[Sample], rules: &QcRules) -> Vec<Quality> {
                 run_start = i;
             }
         }
+    }
+    for (flag, sample) in flags[..edge].iter_mut().zip(samples) {
+        *flag = flag.with(Quality(sample.quality.0 & CHECK_FLAGS));
     }
     flags
 }
@@ -191,6 +214,31 @@ mod tests {
             flagged(&[1.0, 3.5, 1.0], &ranged, Quality::OUT_OF_RANGE),
             vec![1]
         );
+    }
+
+    /// Flags an earlier check set (when the readings around were not yet known) are judged
+    /// afresh; the device's own are kept, and so are the earlier flags of the first samples, whose
+    /// runs and neighbours may reach before them.
+    #[test]
+    fn earlier_check_flags_are_judged_afresh_and_device_flags_kept() {
+        let values: Vec<f64> = (0..16).map(|i| 1.0 + 0.1 * i as f64).collect();
+        let mut samples = series(&values);
+        samples[12].quality = Quality::STUCK;
+        samples[13].quality = Quality::SPIKE.with(Quality::DEVICE_SUSPECT);
+        samples[14].quality = Quality::OUT_OF_RANGE.with(Quality::DEVICE_BAD);
+        // Within the first stuck run's length: an earlier check saw what came before.
+        samples[10].quality = Quality::STUCK;
+        let mut expected = vec![Quality::GOOD; 16];
+        expected[10] = Quality::STUCK;
+        expected[13] = Quality::DEVICE_SUSPECT;
+        expected[14] = Quality::DEVICE_BAD;
+        assert_eq!(check(&samples, &QcRules::default()), expected);
+        // The twelfth equal value in a row was stuck; a late reading before it breaks the run.
+        let mut values = vec![0.4; 11];
+        values.extend([1.7, 0.4]);
+        let mut samples = series(&values);
+        samples[12].quality = Quality::STUCK;
+        assert_eq!(check(&samples, &QcRules::default())[12], Quality::GOOD);
     }
 
     #[test]

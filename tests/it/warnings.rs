@@ -1177,3 +1177,114 @@ async fn sinking_groundwater_raises_a_drought_warning() {
     analytics.stop().await;
     harness.finish().await;
 }
+
+/// Two batches of one station's readings that commit in the opposite order to their times (as two
+/// batches committing at once can): the later, quiet readings first, then the earlier ones that
+/// rose to Flood Warning and fell back. The area records the same events, with the same times, as
+/// an area whose station's batches committed in time order: the warning raised at the water and
+/// lifted after it fell, none lost for having been evaluated after the readings that follow it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_committed_out_of_time_order_record_the_events_of_batches_in_order() {
+    let harness = Harness::start().await;
+    let (in_order, out_of_order) = (sensor(0, 0), sensor(0, 1));
+    let flood_file =
+        std::env::temp_dir().join(format!("tidemark-out-of-order-{}.toml", std::process::id()));
+    let mut areas = String::new();
+    for (key, sensor) in [("in-order", &in_order), ("out-of-order", &out_of_order)] {
+        areas.push_str(&format!(
+            r#"
+[[areas]]
+key = "{key}"
+name = "{key}"
+polygon = [[9.40, 54.78], [9.47, 54.78], [9.47, 54.82], [9.40, 54.82], [9.40, 54.78]]
+sensors = ["{sensor}"]
+
+[[thresholds]]
+sensor = "{sensor}"
+alert = 1.0
+warning = 1.5
+severe = 2.0
+persistence = "20m"
+hysteresis = 0.1
+hold = "1h"
+"#
+        ));
+    }
+    std::fs::write(&flood_file, areas).unwrap();
+    let ids = [
+        sensor_id(&harness, &in_order).await,
+        sensor_id(&harness, &out_of_order).await,
+    ];
+    // Whole seconds, as stored. Ten-minute readings: a quiet day up to three hours ago, then
+    // (batch A) fifty minutes at Flood Warning level, then (batch B) quiet again up to now.
+    let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    let at = |minutes_ago: i64| now - ChronoDuration::minutes(minutes_ago);
+    let rows = |id: i32, minutes_ago: std::ops::RangeInclusive<i64>, value: f64| {
+        minutes_ago
+            .rev()
+            .step_by(10)
+            .map(|m| tidemark_store::readings::ReadingRow {
+                sensor_id: id,
+                ts: at(m),
+                value,
+                quality: 0,
+            })
+            .collect::<Vec<_>>()
+    };
+    for id in ids {
+        store_readings(&harness, &rows(id, 180..=24 * 60, 0.4)).await;
+    }
+    let mut config = config(&harness);
+    config.analytics.flood_files = vec![flood_file.clone()];
+    let analytics = start_analytics(&config).await;
+    quiet(&analytics).await;
+    let batch_a = |id| rows(id, 120..=170, 1.7);
+    let batch_b = |id| rows(id, 0..=110, 0.4);
+    store_readings(&harness, &batch_a(ids[0])).await;
+    store_readings(&harness, &batch_b(ids[0])).await;
+    store_readings(&harness, &batch_b(ids[1])).await;
+    // Batch B is evaluated alone before batch A commits: nothing to record yet.
+    quiet(&analytics).await;
+    let events = |area: &'static str| {
+        let store = harness.store.clone();
+        async move {
+            store
+                .warning_events(area)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.kind, e.severity, e.at))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        events("out-of-order").await,
+        [],
+        "quiet readings alone raise nothing"
+    );
+    store_readings(&harness, &batch_a(ids[1])).await;
+    quiet(&analytics).await;
+    let expected = events("in-order").await;
+    let kinds: Vec<(EventKind, Option<Severity>)> =
+        expected.iter().map(|(k, s, _)| (*k, *s)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (EventKind::Raised, Some(Severity::Warning)),
+            (EventKind::Lifted, Some(Severity::Warning))
+        ],
+        "batches in order: raised at the water and lifted after the hold: {expected:?}"
+    );
+    assert!(
+        (at(170)..=at(120)).contains(&expected[0].2),
+        "raised at the water: {expected:?}"
+    );
+    assert!(
+        (at(110)..=now).contains(&expected[1].2),
+        "lifted after the water fell: {expected:?}"
+    );
+    assert_eq!(events("out-of-order").await, expected);
+    let _ = std::fs::remove_file(flood_file);
+    analytics.stop().await;
+    harness.finish().await;
+}

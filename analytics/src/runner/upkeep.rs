@@ -16,9 +16,6 @@ use tidemark_store::flood::{QualityRuleRow, ThresholdRow};
 use tidemark_store::water::{AlertText, LeakChange, LeakRow, LeakRuleRow, LeakState, NightFlowRow};
 use tidemark_store::Store;
 
-/// The flags data-quality checks own; the device's own flags are never cleared.
-pub(crate) const CHECK_FLAGS: i16 = Quality::SPIKE.0 | Quality::STUCK.0 | Quality::OUT_OF_RANGE.0;
-
 /// Runs the data-quality checks of sensors with a quality rule over their readings from `from` on,
 /// and writes the flags that changed. Flags set earlier by these checks are judged afresh, so a
 /// reading at the edge of an earlier batch loses a flag its later neighbours disprove.
@@ -41,7 +38,7 @@ pub(crate) async fn check_rule_sensors(
             .map(|(ts, value, q)| Sample {
                 ts: *ts,
                 value: *value,
-                quality: Quality(q & !CHECK_FLAGS),
+                quality: Quality(*q),
             })
             .collect();
         let qc = QcRules {
