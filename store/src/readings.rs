@@ -185,6 +185,18 @@ impl Store {
         batch: Batch<'_>,
         received_at: DateTime<Utc>,
     ) -> Result<WriteOutcome> {
+        self.write_in_turn(batch, received_at, std::future::ready(()))
+            .await
+    }
+
+    /// [`Store::write`], with everything written but the commit, which waits for `turn`: so that
+    /// batches written at once still commit (and notify) in the order they came.
+    pub async fn write_in_turn(
+        &self,
+        batch: Batch<'_>,
+        received_at: DateTime<Utc>,
+        turn: impl std::future::Future<Output = ()>,
+    ) -> Result<WriteOutcome> {
         let readings = batch.readings;
         if let (Some(first), Some(last)) = (
             readings.iter().map(|r| r.ts).min(),
@@ -255,6 +267,7 @@ impl Store {
             let refusals = batch.refusals.iter().chain(&conflicts);
             outcome.rejections_stored = write_rejections(&tx, batch.messages, refusals).await?;
         }
+        turn.await;
         tx.commit().await.context("commit batch")?;
         Ok(outcome)
     }

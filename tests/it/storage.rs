@@ -213,6 +213,52 @@ async fn plain_postgresql_partitions_round_trip_and_retention() {
     database.drop_database().await.unwrap();
 }
 
+/// A write in turn writes everything but waits for its turn to commit: until then nothing of it is
+/// visible (nor, in the same transaction, notified), and once the turn comes it commits.
+#[tokio::test]
+async fn a_write_in_turn_commits_only_once_its_turn_has_come() {
+    let database = TestDatabase::create(&test_server()).await.unwrap();
+    let config = DatabaseConfig {
+        timescaledb: TimescaleSetting::Off,
+        ..database.config.clone()
+    };
+    migrate(&config).await.unwrap();
+    let store = Store::connect(&config).await.unwrap();
+    let sensor_id = one_sensor(&store).await;
+    let readings = rows(sensor_id, &[utc(2024, 1, 15), utc(2024, 1, 16)]);
+    let (turn, wait) = tokio::sync::oneshot::channel::<()>();
+    let write = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let batch = tidemark_store::readings::Batch {
+                messages: &[],
+                readings: &readings,
+                origins: &[],
+                refusals: &[],
+                forecasts: &[],
+                forecast_messages: &[],
+            };
+            let turn = async {
+                let _ = wait.await;
+            };
+            store.write_in_turn(batch, Utc::now(), turn).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!write.is_finished(), "the write waits for its turn");
+    assert_eq!(
+        store.count_readings().await.unwrap(),
+        0,
+        "nothing committed"
+    );
+    turn.send(()).unwrap();
+    let outcome = write.await.unwrap().unwrap();
+    assert_eq!(outcome.stored, 2);
+    assert_eq!(store.count_readings().await.unwrap(), 2);
+    drop(store);
+    database.drop_database().await.unwrap();
+}
+
 #[tokio::test]
 async fn timescaledb_hypertable_compression_retention_round_trip() {
     if !server_offers_timescaledb(&test_server()).await.unwrap() {

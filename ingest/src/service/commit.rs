@@ -12,11 +12,11 @@ use rumqttc::{AsyncClient, Publish};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::ops::Range;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tidemark_store::readings::{Batch, MessageRef, Refusal, WriteOutcome};
 use tidemark_store::Store;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Second stage: commits each prepared batch, then acknowledges its messages.
@@ -32,14 +32,69 @@ pub(crate) struct Committer {
 /// still leave in the order the messages came.
 pub(crate) const COMMITS_AT_ONCE: usize = 2;
 
+/// How long a batch's commit waits for the batch before it to finish. The wait holds the batch's
+/// transaction open; should the batch before be waiting on this one's rows (a message redelivered
+/// into both), the wait ends here and the two commit out of order, as they could without it.
+pub(crate) const TURN_WAIT: Duration = Duration::from_secs(1);
+
+/// The order batches commit in, though written at once: each batch's commit waits its turn, after
+/// the batch before it, so that their commit notifications come in the order the readings did
+/// and analytics never sees a station's later readings without the earlier ones.
+#[derive(Default)]
+pub(crate) struct CommitOrder {
+    last: Mutex<Option<watch::Receiver<bool>>>,
+}
+
+impl CommitOrder {
+    /// The next batch's turn (after the batch handed the last turn), and what ends it.
+    pub(crate) fn next(&self) -> (Turn, Finished) {
+        let (finished, done) = watch::channel(false);
+        let before = self
+            .last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(done);
+        (Turn(before), Finished(finished))
+    }
+}
+
+/// A batch's wait for the batch before it.
+pub(crate) struct Turn(Option<watch::Receiver<bool>>);
+
+impl Turn {
+    /// Until the batch before has finished (committed, refused, stopped or aborted), or for
+    /// [`TURN_WAIT`]; after that, never again.
+    pub(crate) async fn wait(&mut self) {
+        if let Some(before) = &mut self.0 {
+            let _ = tokio::time::timeout(TURN_WAIT, before.wait_for(|done| *done)).await;
+        }
+        self.0 = None;
+    }
+}
+
+/// Ends a batch's turn when dropped, however its commit ended.
+pub(crate) struct Finished(watch::Sender<bool>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
+}
+
 impl Committer {
     pub(crate) async fn run(self, prepared: mpsc::Receiver<Prepared>, shutdown: CancellationToken) {
         let committer = Arc::new(self);
+        let order = CommitOrder::default();
         let commit = {
             let committer = committer.clone();
             move |batch: Prepared| {
                 let (committer, shutdown) = (committer.clone(), shutdown.clone());
-                async move { committer.commit(&batch, &shutdown).await.then_some(batch) }
+                let (mut turn, finished) = order.next();
+                async move {
+                    let committed = committer.commit(&batch, &mut turn, &shutdown).await;
+                    drop(finished);
+                    committed.then_some(batch)
+                }
             }
         };
         in_order(prepared, COMMITS_AT_ONCE, commit, |batch| {
@@ -63,13 +118,18 @@ impl Committer {
 
     /// Commits the batch, splitting it around any message the database refuses for good.
     /// Returns false if shut down first.
-    pub(crate) async fn commit(&self, batch: &Prepared, shutdown: &CancellationToken) -> bool {
+    pub(crate) async fn commit(
+        &self,
+        batch: &Prepared,
+        turn: &mut Turn,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let messages = batch.message_refs();
         let mut parts: VecDeque<Range<usize>> = VecDeque::new();
         parts.push_back(0..batch.messages.len());
         while let Some(part) = parts.pop_front() {
             let rows = batch.part(&messages, &part);
-            match self.write(rows, shutdown).await {
+            match self.write(rows, turn, shutdown).await {
                 Attempt::Committed(outcome) => self.count(rows, outcome),
                 Attempt::Stopped => return false,
                 Attempt::Refused(error) if part.len() > 1 => {
@@ -84,7 +144,10 @@ impl Committer {
                     parts.push_front(part.start..middle);
                 }
                 Attempt::Refused(error) => {
-                    if !self.refuse(&messages, part.start, &error, shutdown).await {
+                    if !self
+                        .refuse(&messages, part.start, &error, turn, shutdown)
+                        .await
+                    {
                         return false;
                     }
                 }
@@ -100,6 +163,7 @@ impl Committer {
         messages: &[MessageRef<'_>],
         index: usize,
         error: &tidemark_store::Error,
+        turn: &mut Turn,
         shutdown: &CancellationToken,
     ) -> bool {
         let refusal = [Refusal {
@@ -119,7 +183,7 @@ impl Committer {
             forecasts: &[],
             forecast_messages: &[],
         };
-        match self.write(rows, shutdown).await {
+        match self.write(rows, turn, shutdown).await {
             Attempt::Committed(outcome) => {
                 self.count(rows, outcome);
                 true
@@ -143,11 +207,20 @@ impl Committer {
 
     /// Writes rows, retrying with backoff until they commit, the database refuses them for good,
     /// or ingest shuts down.
-    pub(crate) async fn write(&self, rows: Batch<'_>, shutdown: &CancellationToken) -> Attempt {
+    pub(crate) async fn write(
+        &self,
+        rows: Batch<'_>,
+        turn: &mut Turn,
+        shutdown: &CancellationToken,
+    ) -> Attempt {
         let mut backoff = self.config.retry_initial;
         loop {
             let started = Instant::now();
-            match self.store.write(rows, Utc::now()).await {
+            match self
+                .store
+                .write_in_turn(rows, Utc::now(), turn.wait())
+                .await
+            {
                 Ok(outcome) => {
                     self.metrics
                         .batch_seconds
@@ -420,6 +493,54 @@ mod tests {
         commits.finish(3, true);
         ended(run).await;
         assert_eq!(*settled.lock().unwrap(), vec![1, 2, 3]);
+    }
+
+    /// Whether `wait` is still waiting after a moment.
+    async fn still_waiting(turn: &mut super::Turn) -> bool {
+        tokio::time::timeout(std::time::Duration::from_millis(100), turn.wait())
+            .await
+            .is_err()
+    }
+
+    #[tokio::test]
+    async fn each_turn_comes_once_the_batch_before_has_finished() {
+        let order = super::CommitOrder::default();
+        let (mut first, first_done) = order.next();
+        let (mut second, second_done) = order.next();
+        let (mut third, _third_done) = order.next();
+        assert!(
+            !still_waiting(&mut first).await,
+            "the first batch waits for none"
+        );
+        assert!(still_waiting(&mut second).await);
+        assert!(still_waiting(&mut third).await);
+        drop(first_done);
+        assert!(
+            !still_waiting(&mut second).await,
+            "its turn after the first"
+        );
+        assert!(
+            still_waiting(&mut third).await,
+            "not before the second's end"
+        );
+        drop(second_done);
+        assert!(!still_waiting(&mut third).await);
+    }
+
+    #[tokio::test]
+    async fn a_turn_is_waited_for_at_most_turn_wait_and_once() {
+        let order = super::CommitOrder::default();
+        let (_first, _first_done) = order.next();
+        let (mut second, _second_done) = order.next();
+        let started = std::time::Instant::now();
+        tokio::time::timeout(super::TURN_WAIT * 5, second.wait())
+            .await
+            .expect("the wait ends although the batch before has not");
+        assert!(started.elapsed() >= super::TURN_WAIT, "it waited its while");
+        assert!(
+            !still_waiting(&mut second).await,
+            "a retry does not wait again"
+        );
     }
 
     #[tokio::test]
