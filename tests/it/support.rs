@@ -637,14 +637,20 @@ impl Drop for Api {
 /// of 1.0, 1.5 and 2.0 m (persistence 20 minutes, hysteresis 0.1 m, hold an hour), written to a
 /// temporary file named after `name` and this process.
 pub fn harbour_flood_file(name: &str, sensor: &str) -> PathBuf {
+    flood_file(name, &[("harbour", "Harbour", sensor)])
+}
+
+/// A flood file of areas `(key, name, sensor)` in Flensburg harbour, each with one level sensor at
+/// 1.0 / 1.5 / 2.0 m, 20 minutes' persistence, 0.1 m hysteresis and an hour's hold.
+pub fn flood_file(name: &str, areas: &[(&str, &str, &str)]) -> PathBuf {
     let path = std::env::temp_dir().join(format!("tidemark-{name}-{}.toml", std::process::id()));
-    std::fs::write(
-        &path,
-        format!(
+    let mut text = String::new();
+    for (key, name, sensor) in areas {
+        text.push_str(&format!(
             r#"
 [[areas]]
-key = "harbour"
-name = "Harbour"
+key = "{key}"
+name = "{name}"
 polygon = [[9.40, 54.78], [9.47, 54.78], [9.47, 54.82], [9.40, 54.82], [9.40, 54.78]]
 sensors = ["{sensor}"]
 
@@ -657,9 +663,9 @@ persistence = "20m"
 hysteresis = 0.1
 hold = "1h"
 "#
-        ),
-    )
-    .unwrap();
+        ));
+    }
+    std::fs::write(&path, text).unwrap();
     path
 }
 

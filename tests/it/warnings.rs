@@ -1187,30 +1187,13 @@ async fn sinking_groundwater_raises_a_drought_warning() {
 async fn batches_committed_out_of_time_order_record_the_events_of_batches_in_order() {
     let harness = Harness::start().await;
     let (in_order, out_of_order) = (sensor(0, 0), sensor(0, 1));
-    let flood_file =
-        std::env::temp_dir().join(format!("tidemark-out-of-order-{}.toml", std::process::id()));
-    let mut areas = String::new();
-    for (key, sensor) in [("in-order", &in_order), ("out-of-order", &out_of_order)] {
-        areas.push_str(&format!(
-            r#"
-[[areas]]
-key = "{key}"
-name = "{key}"
-polygon = [[9.40, 54.78], [9.47, 54.78], [9.47, 54.82], [9.40, 54.82], [9.40, 54.78]]
-sensors = ["{sensor}"]
-
-[[thresholds]]
-sensor = "{sensor}"
-alert = 1.0
-warning = 1.5
-severe = 2.0
-persistence = "20m"
-hysteresis = 0.1
-hold = "1h"
-"#
-        ));
-    }
-    std::fs::write(&flood_file, areas).unwrap();
+    let flood_file = flood_file(
+        "out-of-order",
+        &[
+            ("in-order", "In order", &in_order),
+            ("out-of-order", "Out of order", &out_of_order),
+        ],
+    );
     let ids = [
         sensor_id(&harness, &in_order).await,
         sensor_id(&harness, &out_of_order).await,
