@@ -33,14 +33,7 @@ pub(crate) async fn check_rule_sensors(
         let Some(rows) = series.get(&rule.sensor_key) else {
             continue;
         };
-        let fresh: Vec<Sample> = rows
-            .iter()
-            .map(|(ts, value, q)| Sample {
-                ts: *ts,
-                value: *value,
-                quality: Quality(*q),
-            })
-            .collect();
+        let fresh = samples(Some(rows));
         let qc = QcRules {
             plausible: (rule.plausible_low, rule.plausible_high),
             spike_floor: rule.spike_floor,
