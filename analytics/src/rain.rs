@@ -51,17 +51,135 @@ pub fn exceeded(
     now: DateTime<Utc>,
     rules: &[RainRule],
 ) -> Option<(RainRule, f64)> {
-    rules
-        .iter()
-        .map(|rule| (*rule, accumulation(samples, now, rule.window)))
+    strongest(
+        rules
+            .iter()
+            .map(|rule| (*rule, accumulation(samples, now, rule.window))),
+    )
+}
+
+/// Of the rules with their accumulations, the highest-severity one exceeded.
+fn strongest(accumulated: impl Iterator<Item = (RainRule, f64)>) -> Option<(RainRule, f64)> {
+    accumulated
         .filter(|(rule, mm)| *mm > rule.more_than_mm)
         .max_by(|a, b| a.0.severity.cmp(&b.0.severity).then(a.1.total_cmp(&b.1)))
+}
+
+/// At each sample in turn, what [`exceeded`] gives for the samples up to it at its time.
+///
+/// In time order (as series are read), each rule's window over the samples only moves forward,
+/// so each sample's accumulations sum only the samples in their windows: over a look-back of two
+/// weeks of 5-minute rain, 72 additions per sample for a 6-hour window, not thousands. The sums are the same,
+/// bit for bit, as [`accumulation`]'s: the same samples added in the same order. Out of order,
+/// each sample's accumulations look at every sample before it.
+pub fn exceeded_at_each(samples: &[Sample], rules: &[RainRule]) -> Vec<Option<(RainRule, f64)>> {
+    if !samples.windows(2).all(|w| w[0].ts <= w[1].ts) {
+        return (0..samples.len())
+            .map(|i| exceeded(&samples[..=i], samples[i].ts, rules))
+            .collect();
+    }
+    // Each rule's first sample inside its window at the sample last looked at.
+    let mut firsts = vec![0usize; rules.len()];
+    let mut out = Vec::with_capacity(samples.len());
+    for (i, sample) in samples.iter().enumerate() {
+        for (first, rule) in firsts.iter_mut().zip(rules) {
+            let from = sample.ts - rule.window;
+            while *first <= i && samples[*first].ts <= from {
+                *first += 1;
+            }
+        }
+        out.push(strongest(rules.iter().zip(&firsts).map(
+            |(rule, &first)| {
+                // From +0.0, as `accumulation` sums.
+                let mm = samples[first..=i].iter().fold(0.0, |sum, s| sum + s.value);
+                (*rule, mm)
+            },
+        )));
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    /// A small deterministic generator, so that the series below are the same on every run.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn next(&mut self, below: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % below
+        }
+    }
+
+    #[test]
+    fn the_walk_gives_what_each_prefix_gives() {
+        let start = Utc.with_ymd_and_hms(2026, 7, 2, 17, 0, 0).unwrap();
+        let rules = vec![
+            dmi_rules()[0],
+            dmi_rules()[1],
+            RainRule {
+                window: Duration::minutes(10),
+                more_than_mm: 0.7,
+                severity: Severity::Alert,
+            },
+            RainRule {
+                window: Duration::zero(),
+                more_than_mm: -1.0,
+                severity: Severity::Alert,
+            },
+            RainRule {
+                window: Duration::hours(2),
+                more_than_mm: 20.0,
+                severity: Severity::Warning,
+            },
+        ];
+        let mut random = Lcg(7);
+        let mut strongest_by_window = std::collections::BTreeMap::new();
+        for case in 0..40 {
+            // Irregular steps (some of them none: equal times), depths in tenths of a millimetre
+            // (sums of which round differently in different orders), bursts of heavy rain.
+            let mut ts = start;
+            let samples: Vec<Sample> = (0..600)
+                .map(|_| {
+                    ts += Duration::seconds(random.next(4) as i64 * 150);
+                    let heavy = random.next(20) == 0;
+                    let depth = random.next(if heavy { 90 } else { 6 }) as f64 / 10.0;
+                    Sample::good(ts, depth)
+                })
+                .collect();
+            let mut samples = samples;
+            if case % 4 == 3 {
+                // Out of order: a late sample among earlier ones.
+                let i = 1 + random.next(598) as usize;
+                samples.swap(i, i + 1);
+                samples[i].ts += Duration::minutes(1);
+            }
+            let walked = exceeded_at_each(&samples, &rules);
+            for (i, got) in walked.iter().enumerate() {
+                let want = exceeded(&samples[..=i], samples[i].ts, &rules);
+                assert_eq!(
+                    got.map(|(r, mm)| (r, mm.to_bits())),
+                    want.map(|(r, mm)| (r, mm.to_bits())),
+                    "case {case}, sample {i}"
+                );
+            }
+            for (r, _) in walked.iter().flatten() {
+                *strongest_by_window.entry(r.window).or_insert(0) += 1;
+            }
+        }
+        // Each rule was the strongest somewhere: the series test them all.
+        assert_eq!(
+            strongest_by_window.len(),
+            rules.len(),
+            "{strongest_by_window:?}"
+        );
+    }
 
     fn every_5_minutes(depths: &[f64]) -> Vec<Sample> {
         let start = Utc.with_ymd_and_hms(2026, 7, 2, 17, 0, 0).unwrap();

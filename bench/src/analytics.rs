@@ -45,6 +45,11 @@ pub(crate) struct AnalyticsBenchArgs {
     /// that each reads its sensors' whole look-back window.
     #[arg(long)]
     pub keep_readings: Option<usize>,
+    /// Gives each area a rain gauge as well (judged by DMI's cloudburst and heavy-rain rules),
+    /// with the same history of 10-minute readings as its water-level gauge: light rain, below
+    /// either rule.
+    #[arg(long)]
+    pub rain_gauges: bool,
 }
 
 pub(crate) async fn analytics(config: &Config, args: AnalyticsBenchArgs) -> anyhow::Result<()> {
@@ -70,9 +75,9 @@ async fn measure(
     };
     tidemark_store::schema::migrate(database).await?;
     let store = Store::connect(database).await?;
-    let (gauges, background) = register(&store, args.areas).await?;
+    let (gauges, background) = register(&store, args.areas, args.rain_gauges).await?;
     let history = tidemark_model::duration::parse(&args.history)?;
-    let held = fill_history(&store, &gauges, history).await?;
+    let held = fill_history(&store, &gauges, args.rain_gauges, history).await?;
 
     let mut config = config.clone();
     if let Some(keep) = args.keep_readings {
@@ -223,9 +228,10 @@ async fn measure(
         load_report.readings as f64 / load_seconds,
     );
     println!(
-        "machine: {} cores; history {} of 10-minute readings per gauge ({held} in all), analytics.series_cache_readings {}",
+        "machine: {} cores; history {} of 10-minute readings per gauge ({held} in all){}, analytics.series_cache_readings {}",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         args.history,
+        if args.rain_gauges { "; a rain gauge in each area" } else { "" },
         config.analytics.series_cache_readings,
     );
     println!(
@@ -332,11 +338,12 @@ impl Stages {
     }
 }
 
-/// Gives each gauge `history` of quiet 10-minute readings, up to 10 minutes ago; returns how
-/// many readings that is in all.
+/// Gives each gauge (and each area's rain gauge, with `rain`) `history` of quiet 10-minute
+/// readings, up to 10 minutes ago; returns how many readings that is in all.
 async fn fill_history(
     store: &Store,
     gauges: &[(String, String)],
+    rain: bool,
     history: Duration,
 ) -> anyhow::Result<usize> {
     let per_gauge = (history.as_secs() / 600) as i64;
@@ -347,19 +354,34 @@ async fn fill_history(
     let now = Utc::now();
     let mut batch = Vec::new();
     let mut written = 0;
-    for (_, sensor) in gauges {
+    let sensors = gauges.iter().flat_map(|(device, level)| {
+        let rain = rain.then(|| (rain_gauge(device), true));
+        std::iter::once((level.clone(), false)).chain(rain)
+    });
+    for (sensor, is_rain) in sensors {
         let sensor_id = catalog
             .iter()
-            .find(|s| &s.key == sensor)
+            .find(|s| s.key == sensor)
             .map(|s| s.id)
             .context("a bench gauge is not registered")?;
         for i in 1..=per_gauge {
+            let value = if is_rain {
+                // A shower of 0.2 to 1.2 mm per 10 minutes every four hours: at most 3.0 mm in
+                // 30 minutes and 8.4 mm in 6 hours, well below DMI's 15 and 24 mm.
+                if i % 24 < 6 {
+                    0.2 * (i % 24 + 1) as f64
+                } else {
+                    0.0
+                }
+            } else {
+                // A tide between 0.3 and 0.7 m, below the alert level (a constant level would be
+                // flagged as a stuck sensor).
+                0.5 + 0.2 * (i as f64 / 74.5 * std::f64::consts::TAU).sin()
+            };
             batch.push(tidemark_store::readings::ReadingRow {
                 sensor_id,
                 ts: now - chrono::Duration::minutes(10 * i),
-                // A tide between 0.3 and 0.7 m, below the alert level (a constant level would be
-                // flagged as a stuck sensor).
-                value: 0.5 + 0.2 * (i as f64 / 74.5 * std::f64::consts::TAU).sin(),
+                value,
                 quality: 0,
             });
         }
@@ -375,9 +397,18 @@ async fn fill_history(
     Ok(written)
 }
 
+/// The rain gauge of the bench device `device`.
+fn rain_gauge(device: &str) -> String {
+    format!("{device}.rain")
+}
+
+/// Registers `areas` flood areas, each with a water-level gauge (and, with `rain`, a rain gauge
+/// on the same device), and the background load's devices. Returns each area's device and level
+/// sensor, and the background devices.
 pub(crate) async fn register(
     store: &Store,
     areas: usize,
+    rain: bool,
 ) -> anyhow::Result<(Vec<(String, String)>, Vec<Device>)> {
     let mut reference = ReferenceData::default();
     let mut setup = FloodSetup::default();
@@ -397,13 +428,25 @@ pub(crate) async fn register(
             name: String::new(),
             expected_interval: Duration::from_secs(3600),
         });
+        let mut sensors = vec![sensor.clone()];
+        if rain {
+            reference.sensors.push(SensorRecord {
+                key: rain_gauge(&device),
+                device: device.clone(),
+                station: None,
+                quantity: "rainfall".into(),
+                name: String::new(),
+                expected_interval: Duration::from_secs(600),
+            });
+            sensors.push(rain_gauge(&device));
+        }
         let lon = 10.0 + a as f64 * 0.01;
         setup.areas.push(AreaRow {
             key: format!("bench-area-{a}"),
             name: format!("bench area {a}"),
             polygon: serde_json::json!({"type": "Polygon", "coordinates": [[[lon, 56.0], [lon + 0.005, 56.0], [lon + 0.005, 56.005], [lon, 56.005], [lon, 56.0]]]}),
             municipality_codes: vec![],
-            sensors: vec![sensor.clone()],
+            sensors,
             forecast_horizon: std::time::Duration::from_secs(24 * 3600),
             hazard: tidemark_model::warning::Category::Flood,
         });

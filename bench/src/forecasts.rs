@@ -86,7 +86,7 @@ async fn measure(
     };
     tidemark_store::schema::migrate(database).await?;
     let store = Store::connect(database).await?;
-    let (gauges, background) = register(&store, args.sensors).await?;
+    let (gauges, background) = register(&store, args.sensors, false).await?;
     store.add_forecast_source(SOURCE, "benchmark").await?;
     let ids: HashMap<String, i32> = store
         .sensor_catalog()

@@ -353,8 +353,9 @@ fn level_steps(
 fn rain_steps(sensor: &RainSensor) -> Steps {
     let mut out = Steps::new();
     let mut last: Option<(DateTime<Utc>, Level, Trigger)> = None;
-    for (i, sample) in sensor.samples.iter().enumerate() {
-        if let Some((rule, mm)) = rain::exceeded(&sensor.samples[..=i], sample.ts, &sensor.rules) {
+    let exceeded = rain::exceeded_at_each(&sensor.samples, &sensor.rules);
+    for (sample, exceeded) in sensor.samples.iter().zip(exceeded) {
+        if let Some((rule, mm)) = exceeded {
             let level = Level {
                 severity: rule.severity,
                 kind: WarningKind::Observed,
