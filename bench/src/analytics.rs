@@ -365,19 +365,7 @@ async fn fill_history(
             .map(|s| s.id)
             .context("a bench gauge is not registered")?;
         for i in 1..=per_gauge {
-            let value = if is_rain {
-                // A shower of 0.2 to 1.2 mm per 10 minutes every four hours: at most 3.0 mm in
-                // 30 minutes and 8.4 mm in 6 hours, well below DMI's 15 and 24 mm.
-                if i % 24 < 6 {
-                    0.2 * (i % 24 + 1) as f64
-                } else {
-                    0.0
-                }
-            } else {
-                // A tide between 0.3 and 0.7 m, below the alert level (a constant level would be
-                // flagged as a stuck sensor).
-                0.5 + 0.2 * (i as f64 / 74.5 * std::f64::consts::TAU).sin()
-            };
+            let value = if is_rain { shower(i) } else { tide(i) };
             batch.push(tidemark_store::readings::ReadingRow {
                 sensor_id,
                 ts: now - chrono::Duration::minutes(10 * i),
@@ -395,6 +383,23 @@ async fn fill_history(
     store.write_batch(&batch, &[], Utc::now()).await?;
     store.analyze_readings().await?;
     Ok(written)
+}
+
+/// A gauge's quiet history `i` readings of 10 minutes back: a tide between 0.3 and 0.7 m, below
+/// the alert level (a constant level would be flagged as a stuck sensor).
+pub(crate) fn tide(i: i64) -> f64 {
+    0.5 + 0.2 * (i as f64 / 74.5 * std::f64::consts::TAU).sin()
+}
+
+/// A rain gauge's history `i` readings of 10 minutes back: a shower of 0.2 to 1.2 mm per 10
+/// minutes every four hours, at most 3.0 mm in 30 minutes and 8.4 mm in 6 hours, well below DMI's
+/// 15 and 24 mm.
+pub(crate) fn shower(i: i64) -> f64 {
+    if i % 24 < 6 {
+        0.2 * (i % 24 + 1) as f64
+    } else {
+        0.0
+    }
 }
 
 /// The rain gauge of the bench device `device`.

@@ -1,10 +1,11 @@
-//! `tidemark-bench`: the five benchmarks, each against private services it starts itself (a
+//! `tidemark-bench`: the benchmarks, each against private services it starts itself (a
 //! Mosquitto on a free loopback port and a fresh database on the test server), never against the
-//! configured ones. Build with `cargo build --release -p tidemark-bench`.
+//! configured ones (`evaluation` needs none). Build with `cargo build --release -p tidemark-bench`.
 
 mod analytics;
 mod api;
 mod delivery;
+mod evaluation;
 mod forecasts;
 mod ingest;
 
@@ -32,6 +33,9 @@ enum Command {
     /// Time from the commit of a threshold-crossing reading to the commit of its warning event,
     /// with ingest loaded at full speed.
     Analytics(analytics::AnalyticsBenchArgs),
+    /// What one flood area's evaluation costs on one thread, apart from the database and the
+    /// other stages, with a look-back of history.
+    Evaluation(evaluation::EvaluationBenchArgs),
     /// Time from a forecast issue's commit to the commit of the warning event it changes, with
     /// forecasts for many sensors issued in rounds while ingest is loaded.
     Forecasts(forecasts::ForecastBenchArgs),
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Ingest(args) => ingest::ingest(&config, &cli.files.config, args).await,
             Command::Analytics(args) => analytics::analytics(&config, args).await,
+            Command::Evaluation(args) => evaluation::evaluation(args),
             Command::Delivery(args) => delivery::delivery(&config, args).await,
             Command::Forecasts(args) => forecasts::forecasts(&config, args).await,
             Command::Api(args) => api::api(&config, args).await,
