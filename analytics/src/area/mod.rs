@@ -326,7 +326,7 @@ fn level_steps(
             Some((level, trigger)) => (Some(level), Some(trigger)),
             None => (None, None),
         };
-        out.push((sample.ts, level, trigger));
+        push_step(&mut out, (sample.ts, level, trigger));
     }
     if let Some(last) = usable.last() {
         let rate = trend::rate_of_rise(&usable, last.ts, sensor.rate_window);
@@ -376,8 +376,8 @@ fn rain_steps(sensor: &RainSensor) -> Steps {
             .filter(|(at, _, _)| sample.ts < *at + sensor.hold)
             .map(|(_, level, trigger)| (*level, trigger.clone()));
         match held {
-            Some((level, trigger)) => out.push((sample.ts, Some(level), Some(trigger))),
-            None => out.push((sample.ts, None, None)),
+            Some((level, trigger)) => push_step(&mut out, (sample.ts, Some(level), Some(trigger))),
+            None => push_step(&mut out, (sample.ts, None, None)),
         }
     }
     out
@@ -405,6 +405,22 @@ fn upstream_steps(upstream: &Upstream, flags: &[Quality]) -> Steps {
         (at + upstream.travel_time, level, trigger)
     })
     .collect()
+}
+
+/// Adds a source's state at a reading to its timeline, but for a quiet one after a quiet one.
+///
+/// A quiet entry after a quiet entry changes nothing [`combine`] makes of the timelines: the
+/// source is quiet either way until its next entry, and no other source changes at that time
+/// unless it has an entry there itself. Leaving them out keeps a source's timeline to its
+/// changes (two weeks of quiet readings are one entry, not thousands of entries each the size of
+/// a [`Trigger`]), and the area's timeline the same, as a test holds.
+fn push_step(out: &mut Steps, step: (DateTime<Utc>, Option<Level>, Option<Trigger>)) {
+    let quiet =
+        |s: &(DateTime<Utc>, Option<Level>, Option<Trigger>)| s.1.is_none() && s.2.is_none();
+    if quiet(&step) && out.last().is_some_and(quiet) {
+        return;
+    }
+    out.push(step);
 }
 
 fn value_at(steps: &Steps, t: DateTime<Utc>) -> Option<(Level, Trigger)> {
@@ -451,6 +467,32 @@ fn stale_changes(area: &AreaInput, now: DateTime<Utc>) -> Vec<(DateTime<Utc>, bo
     out
 }
 
+/// The area's timeline from its sources': at each time any source changes (up to `now`), the
+/// highest level among them, with its trigger, wherever that level changes.
+fn combine(sources: &[Steps], now: DateTime<Utc>) -> Steps {
+    let mut times: Vec<DateTime<Utc>> = sources
+        .iter()
+        .flat_map(|s| s.iter().map(|(at, _, _)| *at))
+        .filter(|at| *at <= now)
+        .collect();
+    times.sort_unstable();
+    times.dedup();
+    let mut steps = Steps::new();
+    let mut current: Option<Level> = None;
+    for t in times {
+        let best = sources
+            .iter()
+            .filter_map(|s| value_at(s, t))
+            .max_by(|a, b| a.0.cmp(&b.0));
+        let level = best.as_ref().map(|(l, _)| *l);
+        if level != current || steps.is_empty() {
+            steps.push((t, level, best.map(|(_, trigger)| trigger)));
+            current = level;
+        }
+    }
+    steps
+}
+
 /// Evaluates an area at `now` from its readings.
 pub fn evaluate(area: &AreaInput, now: DateTime<Utc>) -> Evaluation {
     let mut crossings = Vec::new();
@@ -485,26 +527,7 @@ pub fn evaluate(area: &AreaInput, now: DateTime<Utc>) -> Evaluation {
             .iter()
             .map(|f| forecast::steps(f, area.forecast_use)),
     );
-    let mut times: Vec<DateTime<Utc>> = sources
-        .iter()
-        .flat_map(|s| s.iter().map(|(at, _, _)| *at))
-        .filter(|at| *at <= now)
-        .collect();
-    times.sort();
-    times.dedup();
-    let mut steps = Steps::new();
-    let mut current: Option<Level> = None;
-    for t in times {
-        let best = sources
-            .iter()
-            .filter_map(|s| value_at(s, t))
-            .max_by(|a, b| a.0.cmp(&b.0));
-        let level = best.as_ref().map(|(l, _)| *l);
-        if level != current || steps.is_empty() {
-            steps.push((t, level, best.map(|(_, trigger)| trigger)));
-            current = level;
-        }
-    }
+    let steps = combine(&sources, now);
     let latest = area
         .levels
         .iter()

@@ -306,3 +306,74 @@ fn the_rate_at_each_reading_is_the_same_from_its_window_as_from_all_before_it() 
         }
     }
 }
+
+#[test]
+fn leaving_out_quiet_entries_after_quiet_ones_changes_no_area_timeline() {
+    // A small deterministic generator, so that the timelines are the same on every run.
+    let mut seed = 11u64;
+    let mut random = move |below: u64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % below
+    };
+    let levels = [
+        None,
+        Some(Level {
+            severity: Severity::Alert,
+            kind: WarningKind::Expected,
+        }),
+        Some(Level {
+            severity: Severity::Alert,
+            kind: WarningKind::Observed,
+        }),
+        Some(Level {
+            severity: Severity::Warning,
+            kind: WarningKind::Observed,
+        }),
+    ];
+    let mut left_out = 0;
+    for case in 0..200 {
+        // Three sources, mostly quiet, with runs of levels; times on a coarse grid so that
+        // sources often share them, and a trigger whose value differs at every entry.
+        let sources: Vec<Steps> = (0..3)
+            .map(|source| {
+                let mut at = start();
+                let mut level = None;
+                (0..60)
+                    .map(|i| {
+                        at += Duration::minutes(random(3) as i64 * 10);
+                        if random(6) == 0 {
+                            level = levels[random(4) as usize];
+                        }
+                        let trigger = level.map(|_| Trigger {
+                            sensor: format!("s{source}"),
+                            cause: "level",
+                            value: i as f64,
+                            threshold: 1.0,
+                            rate: None,
+                            expected_at: None,
+                            forecast: None,
+                        });
+                        (at, level, trigger)
+                    })
+                    .collect()
+            })
+            .collect();
+        let kept: Vec<Steps> = sources
+            .iter()
+            .map(|steps| {
+                let mut kept = Steps::new();
+                for step in steps {
+                    push_step(&mut kept, step.clone());
+                }
+                kept
+            })
+            .collect();
+        left_out +=
+            sources.iter().map(Vec::len).sum::<usize>() - kept.iter().map(Vec::len).sum::<usize>();
+        let now = start() + Duration::minutes(random(1200) as i64);
+        assert_eq!(combine(&kept, now), combine(&sources, now), "case {case}");
+    }
+    assert!(left_out > 1000, "{left_out} entries left out");
+}

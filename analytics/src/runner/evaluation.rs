@@ -183,10 +183,7 @@ pub(crate) async fn try_evaluate_areas(
     memos: &ForecastMemos,
     kept: &mut SeriesCache,
 ) -> Result<u64, tidemark_store::Error> {
-    let areas: Vec<&AreaRow> = keys
-        .iter()
-        .filter_map(|key| model.setup.areas.iter().find(|a| &a.key == key))
-        .collect();
+    let areas: Vec<&AreaRow> = keys.iter().filter_map(|key| model.area(key)).collect();
     if areas.is_empty() {
         return Ok(0);
     }
@@ -197,10 +194,7 @@ pub(crate) async fn try_evaluate_areas(
         .flat_map(|area| {
             area.sensors.iter().cloned().chain(
                 model
-                    .setup
-                    .links
-                    .iter()
-                    .filter(|l| l.downstream_area == area.key)
+                    .links_into(&area.key)
                     .map(|l| l.upstream_sensor.clone()),
             )
         })
@@ -385,11 +379,7 @@ fn area_input(
     now: DateTime<Utc>,
 ) -> AreaInput {
     let level_sensor = |sensor: &str| -> Option<LevelSensor> {
-        let t = model
-            .setup
-            .thresholds
-            .iter()
-            .find(|t| t.sensor_key == sensor)?;
+        let t = model.thresholds(sensor)?;
         Some(LevelSensor {
             key: sensor.to_owned(),
             rule: LevelRule {
@@ -463,12 +453,7 @@ fn area_input(
             input.levels.push(level);
         }
     }
-    for link in model
-        .setup
-        .links
-        .iter()
-        .filter(|l| l.downstream_area == area.key && !drought)
-    {
+    for link in model.links_into(&area.key).filter(|_| !drought) {
         if let Some(sensor) = level_sensor(&link.upstream_sensor) {
             input.upstream.push(Upstream {
                 sensor,

@@ -49,7 +49,7 @@ impl Nowcasts {
                     .sensors
                     .get(*key)
                     .is_some_and(|s| s.quantity == "sea_level")
-                    && model.setup.thresholds.iter().any(|t| &t.sensor_key == *key)
+                    && model.thresholds(key).is_some()
             })
             .cloned()
             .collect();
@@ -69,7 +69,7 @@ impl Nowcasts {
         for key in &gauges {
             let (Some(info), Some(threshold), Some(newest)) = (
                 model.sensors.get(key),
-                model.setup.thresholds.iter().find(|t| &t.sensor_key == key),
+                model.thresholds(key),
                 newest.get(key).map(|(ts, _)| ts),
             ) else {
                 continue;

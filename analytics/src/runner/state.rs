@@ -9,7 +9,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use tidemark_store::circular::ContainerRow;
-use tidemark_store::flood::{FloodSetup, QualityRuleRow};
+use tidemark_store::flood::{AreaRow, FloodSetup, LinkRow, QualityRuleRow, ThresholdRow};
 use tidemark_store::reference::SensorInfo;
 use tidemark_store::water::LeakRuleRow;
 use tidemark_store::{DatabaseConfig, Store};
@@ -91,6 +91,57 @@ pub(crate) struct Model {
     pub(crate) setup: FloodSetup,
     pub(crate) sensors: HashMap<String, SensorInfo>,
     pub(crate) by_id: HashMap<i32, String>,
+    /// Look-ups into `setup`, so that an evaluation of many areas of a national network does not
+    /// search every area's, threshold's and link's list for each of them.
+    index: SetupIndex,
+}
+
+/// Where in the flood setup each area, threshold and link is.
+#[derive(Default)]
+struct SetupIndex {
+    /// Each area's place in `setup.areas` (the first, should a key repeat).
+    area: HashMap<String, usize>,
+    /// Each level sensor's thresholds' place in `setup.thresholds` (the first).
+    threshold: HashMap<String, usize>,
+    /// Each area's upstream links' places in `setup.links`, in order.
+    links_into: HashMap<String, Vec<usize>>,
+    /// The areas each sensor's readings affect, as [`Model::areas_of`] gives them.
+    areas_of: HashMap<String, Vec<String>>,
+}
+
+impl SetupIndex {
+    fn of(setup: &FloodSetup) -> SetupIndex {
+        let mut index = SetupIndex::default();
+        for (i, area) in setup.areas.iter().enumerate() {
+            index.area.entry(area.key.clone()).or_insert(i);
+            for sensor in &area.sensors {
+                let areas = index.areas_of.entry(sensor.clone()).or_default();
+                // Once per area, however often the area lists the sensor.
+                if areas.last() != Some(&area.key) {
+                    areas.push(area.key.clone());
+                }
+            }
+        }
+        for (i, threshold) in setup.thresholds.iter().enumerate() {
+            index
+                .threshold
+                .entry(threshold.sensor_key.clone())
+                .or_insert(i);
+        }
+        for (i, link) in setup.links.iter().enumerate() {
+            index
+                .links_into
+                .entry(link.downstream_area.clone())
+                .or_default()
+                .push(i);
+            index
+                .areas_of
+                .entry(link.upstream_sensor.clone())
+                .or_default()
+                .push(link.downstream_area.clone());
+        }
+        index
+    }
 }
 
 impl Model {
@@ -98,6 +149,7 @@ impl Model {
         let setup = store.flood_setup().await?;
         let catalog = store.sensor_catalog().await?;
         Ok(Model {
+            index: SetupIndex::of(&setup),
             setup,
             quality_rules: store.quality_rules().await?,
             containers: store.containers().await?,
@@ -109,21 +161,151 @@ impl Model {
 
     /// The areas a sensor's readings affect: those holding it, and those downstream of it.
     pub(crate) fn areas_of(&self, sensor: &str) -> Vec<String> {
-        self.setup
-            .areas
-            .iter()
-            .filter(|a| a.sensors.iter().any(|s| s == sensor))
-            .map(|a| a.key.clone())
-            .chain(
-                self.setup
-                    .links
-                    .iter()
-                    .filter(|l| l.upstream_sensor == sensor)
-                    .map(|l| l.downstream_area.clone()),
-            )
-            .collect()
+        self.index.areas_of.get(sensor).cloned().unwrap_or_default()
+    }
+
+    /// The flood area with this key.
+    pub(crate) fn area(&self, key: &str) -> Option<&AreaRow> {
+        self.index.area.get(key).map(|&i| &self.setup.areas[i])
+    }
+
+    /// A level sensor's thresholds.
+    pub(crate) fn thresholds(&self, sensor: &str) -> Option<&ThresholdRow> {
+        self.index
+            .threshold
+            .get(sensor)
+            .map(|&i| &self.setup.thresholds[i])
+    }
+
+    /// The links from upstream sensors into the area, in the setup's order.
+    pub(crate) fn links_into<'a>(&'a self, area: &str) -> impl Iterator<Item = &'a LinkRow> {
+        self.index
+            .links_into
+            .get(area)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.setup.links[i])
     }
 }
 
 /// Before any reading Tidemark keeps (and well inside what PostgreSQL's timestamps hold).
 pub(crate) const HISTORY_START: DateTime<Utc> = DateTime::UNIX_EPOCH;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn area(key: &str, sensors: &[&str]) -> AreaRow {
+        AreaRow {
+            key: key.into(),
+            name: key.into(),
+            polygon: serde_json::Value::Null,
+            municipality_codes: vec![],
+            sensors: sensors.iter().map(|s| s.to_string()).collect(),
+            forecast_horizon: Duration::from_secs(3600),
+            hazard: tidemark_model::warning::Category::Flood,
+        }
+    }
+
+    fn threshold(sensor: &str, alert: f64) -> ThresholdRow {
+        ThresholdRow {
+            sensor_key: sensor.into(),
+            alert,
+            warning: alert + 1.0,
+            severe: alert + 2.0,
+            persistence: Duration::ZERO,
+            min_readings: 1,
+            hysteresis: 0.0,
+            hold: Duration::ZERO,
+            rate_window: Duration::from_secs(3600),
+            lead_time: Duration::ZERO,
+            plausible_low: -10.0,
+            plausible_high: 10.0,
+            spike_floor: 1.0,
+            rate_alert: None,
+            falling: false,
+        }
+    }
+
+    fn link(sensor: &str, area: &str) -> LinkRow {
+        LinkRow {
+            upstream_sensor: sensor.into(),
+            downstream_area: area.into(),
+            travel_time: Duration::from_secs(600),
+        }
+    }
+
+    #[test]
+    fn the_look_ups_find_what_searching_the_setup_finds() {
+        let setup = FloodSetup {
+            areas: vec![
+                area("a", &["g1", "r1", "g1"]),
+                area("b", &["g2", "r1"]),
+                area("c", &[]),
+            ],
+            links: vec![
+                link("g1", "b"),
+                link("u1", "c"),
+                link("u2", "c"),
+                link("g2", "a"),
+            ],
+            thresholds: vec![
+                threshold("g1", 1.0),
+                threshold("g2", 2.0),
+                threshold("g1", 3.0),
+            ],
+            rain_rules: vec![],
+        };
+        let model = Model {
+            quality_rules: vec![],
+            containers: vec![],
+            leak_rules: vec![],
+            index: SetupIndex::of(&setup),
+            setup,
+            sensors: HashMap::new(),
+            by_id: HashMap::new(),
+        };
+        for sensor in ["g1", "g2", "r1", "u1", "u2", "nowhere"] {
+            let searched: Vec<String> = model
+                .setup
+                .areas
+                .iter()
+                .filter(|a| a.sensors.iter().any(|s| s == sensor))
+                .map(|a| a.key.clone())
+                .chain(
+                    model
+                        .setup
+                        .links
+                        .iter()
+                        .filter(|l| l.upstream_sensor == sensor)
+                        .map(|l| l.downstream_area.clone()),
+                )
+                .collect();
+            assert_eq!(model.areas_of(sensor), searched, "{sensor}");
+            assert_eq!(
+                model.thresholds(sensor),
+                model
+                    .setup
+                    .thresholds
+                    .iter()
+                    .find(|t| t.sensor_key == sensor),
+                "{sensor}"
+            );
+        }
+        assert_eq!(model.areas_of("g1"), ["a", "b"]);
+        for key in ["a", "b", "c", "nowhere"] {
+            assert_eq!(
+                model.area(key),
+                model.setup.areas.iter().find(|a| a.key == key)
+            );
+            let searched: Vec<&LinkRow> = model
+                .setup
+                .links
+                .iter()
+                .filter(|l| l.downstream_area == key)
+                .collect();
+            assert_eq!(model.links_into(key).collect::<Vec<_>>(), searched, "{key}");
+        }
+    }
+}
