@@ -11,7 +11,7 @@
 //! the database through the store, and the year once more from the raw readings alone, to show
 //! what the hourly rollup saves.
 
-use crate::ingest::{percentile, postgres_cpu_seconds, process_cpu_seconds};
+use crate::ingest::{percentile, postgres_cpu_seconds, process_cpu_seconds, spread};
 use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
 use futures_util::StreamExt;
 use std::sync::Arc;
@@ -535,16 +535,6 @@ async fn measure(
         latest_api.per_second
     );
     if args.rounds > 0 {
-        let spread = |values: &[f64], unit: &str, digits: usize| {
-            let mut sorted = values.to_vec();
-            sorted.sort_by(f64::total_cmp);
-            format!(
-                "{:.digits$} {unit} ({:.digits$} to {:.digits$})",
-                sorted[sorted.len() / 2],
-                sorted[0],
-                sorted[sorted.len() - 1]
-            )
-        };
         for (clients, p99s) in year_clients.iter().zip(&year_rounds) {
             println!(
                 "rounds: year query p99 with {clients:>2} client{}: median {} over {} rounds",

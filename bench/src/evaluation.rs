@@ -8,7 +8,7 @@
 //! evaluation timed on its own.
 
 use crate::analytics::{shower, tide};
-use crate::ingest::{percentile, process_cpu_seconds};
+use crate::ingest::{percentile, process_cpu_seconds, spread};
 use chrono::{DateTime, Duration, Utc};
 use std::time::Instant;
 use tidemark_analytics::area::forecast::ForecastUse;
@@ -124,20 +124,11 @@ pub(crate) fn evaluation(args: EvaluationBenchArgs) -> anyhow::Result<()> {
         p99s.push(p99);
         cpus.push(cpu_ms);
     }
-    let spread = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        format!(
-            "median {:.3} ms ({:.3} to {:.3})",
-            v[v.len() / 2],
-            v[0],
-            v[v.len() - 1]
-        )
-    };
     println!(
-        "p50: {}; p99: {}; CPU an evaluation: {}",
-        spread(p50s),
-        spread(p99s),
-        spread(cpus)
+        "p50: median {}; p99: median {}; CPU an evaluation: median {}",
+        spread(&p50s, "ms", 3),
+        spread(&p99s, "ms", 3),
+        spread(&cpus, "ms", 3)
     );
     Ok(())
 }

@@ -784,6 +784,21 @@ pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[index]
 }
 
+/// The median of `values` with their lowest and highest: "1.2 ms (1.0 to 1.5)".
+pub(crate) fn spread(values: &[f64], unit: &str, digits: usize) -> String {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return "none".into();
+    }
+    format!(
+        "{:.digits$} {unit} ({:.digits$} to {:.digits$})",
+        sorted[sorted.len() / 2],
+        sorted[0],
+        sorted[sorted.len() - 1]
+    )
+}
+
 fn peak_rss_mb(pid: Option<u32>) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
