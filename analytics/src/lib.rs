@@ -44,3 +44,6 @@ pub mod trend;
 pub mod upstream;
 pub mod utility;
 pub mod waste;
+
+#[cfg(test)]
+mod testing;

@@ -69,9 +69,9 @@ fn strongest(accumulated: impl Iterator<Item = (RainRule, f64)>) -> Option<(Rain
 ///
 /// In time order (as series are read), each rule's window over the samples only moves forward,
 /// so each sample's accumulations sum only the samples in their windows: over a look-back of two
-/// weeks of 5-minute rain, 72 additions per sample for a 6-hour window, not thousands. The sums are the same,
-/// bit for bit, as [`accumulation`]'s: the same samples added in the same order. Out of order,
-/// each sample's accumulations look at every sample before it.
+/// weeks of 5-minute rain, 72 additions per sample for a 6-hour window, not thousands. The sums
+/// are the same, bit for bit, as [`accumulation`]'s: the same samples added in the same order.
+/// Out of order, each sample's accumulations look at every sample before it.
 pub fn exceeded_at_each(samples: &[Sample], rules: &[RainRule]) -> Vec<Option<(RainRule, f64)>> {
     if !samples.windows(2).all(|w| w[0].ts <= w[1].ts) {
         return (0..samples.len())
@@ -102,20 +102,8 @@ pub fn exceeded_at_each(samples: &[Sample], rules: &[RainRule]) -> Vec<Option<(R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::Lcg;
     use chrono::TimeZone;
-
-    /// A small deterministic generator, so that the series below are the same on every run.
-    struct Lcg(u64);
-
-    impl Lcg {
-        fn next(&mut self, below: u64) -> u64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (self.0 >> 33) % below
-        }
-    }
 
     #[test]
     fn the_walk_gives_what_each_prefix_gives() {
@@ -145,7 +133,7 @@ mod tests {
             // Irregular steps (some of them none: equal times), depths in tenths of a millimetre
             // (sums of which round differently in different orders), bursts of heavy rain.
             let mut ts = start;
-            let samples: Vec<Sample> = (0..600)
+            let mut samples: Vec<Sample> = (0..600)
                 .map(|_| {
                     ts += Duration::seconds(random.next(4) as i64 * 150);
                     let heavy = random.next(20) == 0;
@@ -153,7 +141,6 @@ mod tests {
                     Sample::good(ts, depth)
                 })
                 .collect();
-            let mut samples = samples;
             if case % 4 == 3 {
                 // Out of order: a late sample among earlier ones.
                 let i = 1 + random.next(598) as usize;

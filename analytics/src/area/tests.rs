@@ -309,14 +309,9 @@ fn the_rate_at_each_reading_is_the_same_from_its_window_as_from_all_before_it() 
 
 #[test]
 fn leaving_out_quiet_entries_after_quiet_ones_changes_no_area_timeline() {
-    // A small deterministic generator, so that the timelines are the same on every run.
-    let mut seed = 11u64;
-    let mut random = move |below: u64| {
-        seed = seed
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (seed >> 33) % below
-    };
+    // The same timelines on every run.
+    let mut lcg = crate::testing::Lcg(11);
+    let mut random = move |below: u64| lcg.next(below);
     let levels = [
         None,
         Some(Level {
