@@ -17,7 +17,7 @@ fn index(severity: Severity) -> usize {
 }
 
 /// One sensor's level thresholds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LevelRule {
     /// Alert, Warning and Severe thresholds: rising, or falling when `falling` is set.
     pub thresholds: [f64; 3],

@@ -5,7 +5,7 @@ use crate::series::Sample;
 use tidemark_model::Quality;
 
 /// How the checks are tuned for one sensor.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QcRules {
     /// Neighbours on each side that a value is compared with (a Hampel filter's half-window).
     pub spike_half_window: usize,
@@ -29,6 +29,21 @@ impl Default for QcRules {
             stuck_run: 12,
             plausible: (f64::NEG_INFINITY, f64::INFINITY),
         }
+    }
+}
+
+impl QcRules {
+    /// How many samples before a sample its flags depend on: a stuck run's, or a spike's
+    /// neighbours. [`check`] on a series from this many samples before a sample flags it as on
+    /// the whole series.
+    pub fn looks_back(&self) -> usize {
+        self.stuck_run.saturating_sub(1).max(self.spike_half_window)
+    }
+
+    /// How many samples after a sample its flags depend on (a spike's neighbours): a sample's
+    /// flags are final once this many have come after it.
+    pub fn looks_ahead(&self) -> usize {
+        self.spike_half_window
     }
 }
 
@@ -62,11 +77,7 @@ fn device_flags(quality: Quality) -> Quality {
 /// the first samples' runs and neighbours may reach before the samples given (a window of a longer
 /// series), so the flags an earlier check gave them, with more of the series in view, stand.
 pub fn check(samples: &[Sample], rules: &QcRules) -> Vec<Quality> {
-    let edge = rules
-        .stuck_run
-        .saturating_sub(1)
-        .max(rules.spike_half_window)
-        .min(samples.len());
+    let edge = rules.looks_back().min(samples.len());
     let mut flags: Vec<Quality> = samples.iter().map(|s| device_flags(s.quality)).collect();
     let (low, high) = rules.plausible;
     for (flag, sample) in flags.iter_mut().zip(samples) {

@@ -5,7 +5,11 @@
 //! The area is the analytics benchmark's: a water-level gauge whose thresholds switch on every
 //! reading, with a history of quiet 10-minute readings (and, with `--rain-gauges`, a rain gauge
 //! with light showers), up to now. It is evaluated over and over on one thread, in rounds, each
-//! evaluation timed on its own.
+//! evaluation timed on its own. Before each, every gauge gets a new reading 10 minutes after its
+//! last (the level gauge's above and below its thresholds in turn, as the analytics benchmark's
+//! triggers are), and the look-back moves on with them. Each evaluation works its timeline out
+//! anew from the readings, or with `--carry-over` goes on from what the one before carried over,
+//! as the analytics runner does.
 
 use crate::analytics::{shower, tide};
 use crate::ingest::{percentile, process_cpu_seconds, spread};
@@ -32,6 +36,10 @@ pub(crate) struct EvaluationBenchArgs {
     /// Rounds.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
+    /// Each evaluation goes on from what the one before carried over, rather than working the
+    /// timeline out anew from the readings.
+    #[arg(long)]
+    pub carry_over: bool,
 }
 
 pub(crate) fn evaluation(args: EvaluationBenchArgs) -> anyhow::Result<()> {
@@ -50,7 +58,7 @@ pub(crate) fn evaluation(args: EvaluationBenchArgs) -> anyhow::Result<()> {
             .map(|i| Sample::good(now - Duration::minutes(10 * i), value(i)))
             .collect()
     };
-    let input = AreaInput {
+    let mut input = AreaInput {
         key: "bench-area".into(),
         levels: vec![LevelSensor {
             key: "bench-gauge.level".into(),
@@ -95,20 +103,43 @@ pub(crate) fn evaluation(args: EvaluationBenchArgs) -> anyhow::Result<()> {
         stale_after_intervals: 3,
     };
     println!(
-        "tidemark-bench evaluation: one area, {} of 10-minute readings ({readings} a gauge){}, {} evaluations x {} rounds on one thread",
+        "tidemark-bench evaluation: one area, {} of 10-minute readings ({readings} a gauge){}, {} evaluations x {} rounds on one thread, {}",
         args.history,
         if args.rain_gauges { ", a level and a rain gauge" } else { ", a level gauge" },
         args.evaluations,
         args.rounds,
+        if args.carry_over { "each going on from the one before" } else { "each anew" },
     );
+    let look_back = Duration::minutes(10 * readings);
+    let mut carried = area::Progress::new();
+    let mut next = 0i64;
     let (mut p50s, mut p99s, mut cpus) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=args.rounds {
         let mut times = Vec::with_capacity(args.evaluations);
         let cpu_before = process_cpu_seconds(std::process::id());
         let mut steps = 0;
         for _ in 0..args.evaluations {
+            // A new reading for each gauge, and the look-back moved on (as the kept readings
+            // are), outside the time measured.
+            next += 1;
+            let now = now + Duration::minutes(10 * next);
+            let level = &mut input.levels[0].samples;
+            level.push(Sample::good(now, if next % 2 == 0 { 2.5 } else { 0.2 }));
+            let from = now - look_back;
+            let old = level.partition_point(|s| s.ts < from);
+            level.drain(..old);
+            input.levels[0].last_received = Some(now);
+            for rain in &mut input.rains {
+                rain.samples.push(Sample::good(now, shower(next)));
+                let old = rain.samples.partition_point(|s| s.ts < from);
+                rain.samples.drain(..old);
+            }
             let started = Instant::now();
-            let evaluation = area::evaluate(&input, now);
+            let evaluation = if args.carry_over {
+                area::evaluate_carried(&input, now, from, &mut carried)
+            } else {
+                area::evaluate(&input, now)
+            };
             times.push(started.elapsed().as_secs_f64() * 1e3);
             steps += evaluation.steps.len();
         }

@@ -190,3 +190,58 @@ async fn the_runner_reads_only_new_readings_after_the_first_evaluation() {
     analytics.stop().await;
     harness.finish().await;
 }
+
+/// Through the runner: once an area's gauge has been evaluated, each later evaluation goes on
+/// from the gauge's timeline as the one before left it, taking the new readings (and the last few
+/// again, whose flags their next neighbours decide), not the two weeks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_goes_on_from_each_timeline_with_the_new_readings() {
+    let harness = Harness::start().await;
+    let key = sensor(0, 0);
+    let id = sensor_id(&harness, &key).await;
+    let flood_file = harbour_flood_file("carried", &key);
+    // Thirteen days of quiet 10-minute readings (a few centimetres' ripple, no runs of equal
+    // values, no spikes), up to an hour ago.
+    let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    let at = |i: i64| now - ChronoDuration::minutes(10 * i);
+    let ripple = |i: i64| ReadingRow {
+        sensor_id: id,
+        ts: at(i),
+        value: 0.4 + 0.01 * (i % 7) as f64,
+        quality: 0,
+    };
+    let history: Vec<ReadingRow> = (6..13 * 144).rev().map(ripple).collect();
+    store_readings(&harness, &history).await;
+    let mut config = config(&harness);
+    config.analytics.flood_files = vec![flood_file.clone()];
+    let analytics = start_analytics(&config).await;
+    quiet(&analytics).await;
+    let metrics = &analytics.metrics;
+    let first = metrics.readings_evaluated.get();
+    assert!(
+        first >= history.len() as u64,
+        "the first evaluation takes the two weeks ({first} readings taken)"
+    );
+    let (taken_before, evaluations_before) = (first, metrics.evaluations.get());
+    // Six more, one at a time, each evaluated before the next.
+    for i in (0..6).rev() {
+        let evaluated = metrics.evaluations.get();
+        store_readings(&harness, &[ripple(i)]).await;
+        let done = wait_for(Duration::from_secs(30), || async {
+            metrics.evaluations.get() > evaluated
+        })
+        .await;
+        assert!(done, "the new reading is evaluated");
+    }
+    quiet(&analytics).await;
+    let taken = metrics.readings_evaluated.get() - taken_before;
+    let evaluations = metrics.evaluations.get() - evaluations_before;
+    // At most the new reading and the three before it (the spike check's neighbours) each time.
+    assert!(
+        taken <= 4 * evaluations,
+        "{evaluations} evaluations took {taken} readings for 6 new ones"
+    );
+    let _ = std::fs::remove_file(flood_file);
+    analytics.stop().await;
+    harness.finish().await;
+}

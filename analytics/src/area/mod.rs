@@ -1,6 +1,9 @@
 //! A flood area's warning timeline: the highest severity among its stations and rules at every
 //! moment the data changes it, when it is stale, and the events that take a recorded warning state
-//! to the evaluated one. Evaluation starts from the readings every time, so late and out-of-order
+//! to the evaluated one. An evaluation goes on from each sensor's timeline as the last one left it
+//! ([`SensorProgress`]), taking only the readings after it. Where the readings it took may have
+//! changed (a late reading among them, flags set: [`SensorProgress::changed`]), or the last of
+//! them is no longer there as it was, it starts over from the readings, so late and out-of-order
 //! readings are simply part of the window they fall into.
 
 use crate::level::{LevelRule, LevelState, Severity};
@@ -9,6 +12,7 @@ use crate::rain::{self, RainRule};
 use crate::series::Sample;
 use crate::trend;
 use chrono::{DateTime, Duration, Utc};
+use std::collections::HashMap;
 use tidemark_model::Quality;
 
 pub use tidemark_model::warning::{EventKind, WarningKind};
@@ -45,8 +49,11 @@ pub struct ForecastRef {
     pub nowcast: bool,
 }
 
+/// One source's (or the area's) state from a time until the next entry's.
+pub type Step = (DateTime<Utc>, Option<Level>, Option<Trigger>);
+
 /// One source's (or the area's) state: each entry holds from its time until the next.
-pub type Steps = Vec<(DateTime<Utc>, Option<Level>, Option<Trigger>)>;
+pub type Steps = Vec<Step>;
 
 pub struct LevelSensor {
     pub key: String,
@@ -110,6 +117,9 @@ pub struct Evaluation {
     pub flags: Vec<(String, DateTime<Utc>, Quality)>,
     /// Each level sensor's state at its newest usable reading.
     pub trends: Vec<SensorTrend>,
+    /// The readings the sources' timelines took anew, rather than carried over from an earlier
+    /// evaluation (the last few of a level sensor, whose flags are not final, count each time).
+    pub taken: usize,
 }
 
 /// A level sensor at its newest usable reading: the severity its thresholds give (with their
@@ -190,33 +200,42 @@ impl<'a> RateWalk<'a> {
     }
 }
 
-/// A level sensor's timeline, from its readings and the data-quality flags [`quality::check`] gave
-/// them (worked out once per evaluation: the flags are reported too).
-fn level_steps(
+/// What a level sensor's timeline carries from one reading to the next.
+#[derive(Debug, Clone, Default)]
+struct LevelFold {
+    state: LevelState,
+    /// The expected level a projection holds, until when, and why.
+    expected: Option<(Level, DateTime<Utc>, Trigger)>,
+    /// The usable readings (values oriented) in the rate window up to the last one taken, that
+    /// one last: the rate at the next reading looks at no older one.
+    recent: Vec<Sample>,
+}
+
+/// Takes a level sensor's `usable` readings (in time order, values oriented) into `fold`, adding
+/// its states at them to `steps` (which go on from `before`) and its threshold crossings to
+/// `crossings`.
+fn take_level(
     sensor: &LevelSensor,
-    flags: &[Quality],
     observed_only: bool,
+    fold: &mut LevelFold,
+    usable: &[Sample],
+    (before, steps): (Option<&Step>, &mut Steps),
     crossings: &mut Vec<Crossing>,
-    trends: &mut Vec<SensorTrend>,
-) -> Steps {
+) {
     // Falling thresholds are rising ones on negated values: everything below compares
     // `oriented` values with the `rule`'s thresholds, and reports natural ones (times `sign`).
     let sign = sensor.rule.sign();
     let rule = sensor.rule.oriented();
-    let usable: Vec<Sample> = quality::usable_with(&sensor.samples, flags)
-        .into_iter()
-        .map(|s| Sample {
-            value: s.value * sign,
-            ..s
-        })
-        .collect();
-    let mut state = LevelState::default();
-    let mut expected: Option<(Level, DateTime<Utc>, Trigger)> = None;
-    let mut out = Steps::new();
+    let mut window = std::mem::take(&mut fold.recent);
+    let first_new = window.len();
+    window.extend_from_slice(usable);
+    let LevelFold {
+        state, expected, ..
+    } = fold;
     // The rate at each reading looks only at the readings in its window, rather than all the
     // readings before it, which made a look-back of two weeks cost quadratic time.
-    let mut rates = RateWalk::new(&usable, sensor.rate_window);
-    for (i, sample) in usable.iter().enumerate() {
+    let mut rates = RateWalk::new(&window, sensor.rate_window);
+    for (i, sample) in window.iter().enumerate().skip(first_new) {
         if let Some(change) = state.observe(&rule, sample.ts, sample.value) {
             let (low, high, up) = if change.to > change.from {
                 (change.from, change.to, true)
@@ -313,7 +332,7 @@ fn level_steps(
                     .as_ref()
                     .is_none_or(|(l, until, _)| level >= *l || sample.ts >= *until)
                 {
-                    expected = Some((level, sample.ts + rule.hold, trigger));
+                    *expected = Some((level, sample.ts + rule.hold, trigger));
                 }
             }
             if let Some((level, until, trigger)) = &expected {
@@ -326,14 +345,221 @@ fn level_steps(
             Some((level, trigger)) => (Some(level), Some(trigger)),
             None => (None, None),
         };
-        push_step(&mut out, (sample.ts, level, trigger));
+        push_step(steps, before, (sample.ts, level, trigger));
     }
-    if let Some(last) = usable.last() {
-        let rate = trend::rate_of_rise(&usable, last.ts, sensor.rate_window);
+    // What the next reading's rate looks at: the readings after `last - rate_window` (in time
+    // order, as what is carried is), and the last one whatever the window.
+    if let Some(last) = window.last() {
+        let from = last.ts - sensor.rate_window;
+        let cut = window.partition_point(|s| s.ts <= from);
+        window.drain(..cut.min(window.len() - 1));
+    }
+    fold.recent = window;
+}
+
+/// A level sensor's settings its timeline depends on.
+#[derive(Debug, Clone, PartialEq)]
+struct LevelSettings {
+    rule: LevelRule,
+    qc: QcRules,
+    rate_window: Duration,
+    lead_time: Duration,
+    rate_alert: Option<f64>,
+    observed_only: bool,
+}
+
+impl LevelSettings {
+    fn of(sensor: &LevelSensor, observed_only: bool) -> LevelSettings {
+        LevelSettings {
+            rule: sensor.rule,
+            qc: sensor.qc,
+            rate_window: sensor.rate_window,
+            lead_time: sensor.lead_time,
+            rate_alert: sensor.rate_alert,
+            observed_only,
+        }
+    }
+}
+
+/// A level sensor's timeline worked out up to a reading whose flags are final, to go on from.
+#[derive(Debug, Clone)]
+struct LevelProgress {
+    settings: LevelSettings,
+    /// The last reading taken, as it was given; `None` where the next evaluation may not go on
+    /// from it (the readings were out of order).
+    through: Option<Sample>,
+    fold: LevelFold,
+    /// The timeline up to `through`, from the last entry at or before the window's start.
+    steps: Steps,
+    /// The threshold crossings up to `through`, from the window's start.
+    crossings: Vec<Crossing>,
+}
+
+/// A rain gauge's timeline worked out up to a reading, to go on from.
+#[derive(Debug, Clone)]
+struct RainProgress {
+    rules: Vec<RainRule>,
+    hold: Duration,
+    /// As a [`LevelProgress`]'s.
+    through: Option<Sample>,
+    /// The readings in the longest rule's window up to `through`.
+    recent: Vec<Sample>,
+    /// The last time a rule was exceeded, with the level and trigger it gave.
+    last: Option<(DateTime<Utc>, Level, Trigger)>,
+    steps: Steps,
+}
+
+/// What one sensor's timelines carry over from one evaluation to the next: its evaluation as a
+/// level sensor of its area, as an upstream sensor, or as a rain gauge.
+///
+/// A timeline is worked out from the first reading after what it carries, so an evaluation
+/// looks only at new readings, and at the last few again whose data-quality flags their
+/// neighbours still decide. Whatever the readings it was worked out from may have changed
+/// ([`SensorProgress::changed`]), or the sensor's settings, is worked out again from the
+/// readings given.
+#[derive(Debug, Clone, Default)]
+pub struct SensorProgress {
+    levels: Vec<LevelProgress>,
+    rain: Option<RainProgress>,
+}
+
+impl SensorProgress {
+    /// The stored readings at or after `from` may differ from those given before: what was
+    /// worked out from any of them is worked out again.
+    pub fn changed(&mut self, from: DateTime<Utc>) {
+        let holds = |through: &Option<Sample>| through.is_some_and(|t| t.ts < from);
+        self.levels.retain(|p| holds(&p.through));
+        if self.rain.as_ref().is_some_and(|p| !holds(&p.through)) {
+            self.rain = None;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.levels.is_empty() && self.rain.is_none()
+    }
+}
+
+/// Each sensor's [`SensorProgress`], by key.
+pub type Progress = HashMap<String, SensorProgress>;
+
+/// Where `through` is in `samples` (in time order), if it is there as it was.
+fn position_of(samples: &[Sample], through: Option<Sample>) -> Option<usize> {
+    let through = through?;
+    let after = samples.partition_point(|s| s.ts <= through.ts);
+    let i = after.checked_sub(1)?;
+    let same = samples[i].ts == through.ts
+        && samples[i].value.to_bits() == through.value.to_bits()
+        && samples[i].quality == through.quality;
+    same.then_some(i)
+}
+
+/// Keeps a timeline from its last entry at or before `from` (the state then).
+fn trim_steps(steps: &mut Steps, from: DateTime<Utc>) {
+    let at_or_before = steps.partition_point(|(at, _, _)| *at <= from);
+    if at_or_before > 1 {
+        steps.drain(..at_or_before - 1);
+    }
+}
+
+fn in_order(samples: &[Sample]) -> bool {
+    samples.windows(2).all(|w| w[0].ts < w[1].ts)
+}
+
+/// A level sensor's timeline, going on from what `carried` holds of it where that still holds,
+/// and carrying forward what the next evaluation may go on from: the timeline up to its last
+/// reading with final flags is left in `carried` (see [`carried_steps`]), and the entries after
+/// it are returned. Its data-quality flags that differ from those given are added to `flags`
+/// (for the readings it took anew), its crossings from `from` on to `crossings`, and its state at
+/// its newest usable reading to `trends`, and how many readings it took anew to `taken`.
+#[allow(clippy::too_many_arguments)]
+fn level_steps(
+    sensor: &LevelSensor,
+    observed_only: bool,
+    from: DateTime<Utc>,
+    carried: &mut SensorProgress,
+    crossings: &mut Vec<Crossing>,
+    trends: &mut Vec<SensorTrend>,
+    flags: &mut Vec<(String, DateTime<Utc>, Quality)>,
+    taken: &mut usize,
+) -> Steps {
+    let settings = LevelSettings::of(sensor, observed_only);
+    let samples = &sensor.samples;
+    let found = carried.levels.iter().position(|p| p.settings == settings);
+    let progress = found.map(|i| carried.levels.swap_remove(i));
+    // Where to go on from: after the reading carried, if it is still there as it was.
+    let (start, progress) = match progress.and_then(|p| Some((position_of(samples, p.through)?, p)))
+    {
+        Some((i, p)) => (i + 1, p),
+        None => (
+            0,
+            LevelProgress {
+                settings,
+                through: None,
+                fold: LevelFold::default(),
+                steps: Steps::new(),
+                crossings: Vec::new(),
+            },
+        ),
+    };
+    let mut progress = progress;
+    // The flags of the readings from `start` on, as a check of the whole series gives them: a
+    // check from `looks_back` readings before sees all they depend on.
+    let checked_from = start.saturating_sub(sensor.qc.looks_back());
+    let checked = quality::check(&samples[checked_from..], &sensor.qc);
+    let new_flags = &checked[start - checked_from..];
+    let new = &samples[start..];
+    *taken += new.len();
+    flags.extend(
+        new.iter()
+            .zip(new_flags)
+            .filter(|(sample, flag)| **flag != sample.quality)
+            .map(|(sample, flag)| (sensor.key.clone(), sample.ts, *flag)),
+    );
+    let sign = sensor.rule.sign();
+    let oriented = |samples: &[Sample], flags: &[Quality]| -> Vec<Sample> {
+        quality::usable_with(samples, flags)
+            .into_iter()
+            .map(|s| Sample {
+                value: s.value * sign,
+                ..s
+            })
+            .collect()
+    };
+    // The readings whose flags are final (their later neighbours have come) are taken into what
+    // is carried; the newest few into a copy of it.
+    let settled = new.len().saturating_sub(sensor.qc.looks_ahead());
+    take_level(
+        sensor,
+        observed_only,
+        &mut progress.fold,
+        &oriented(&new[..settled], &new_flags[..settled]),
+        (None, &mut progress.steps),
+        &mut progress.crossings,
+    );
+    trim_steps(&mut progress.steps, from);
+    progress.crossings.retain(|c| c.at >= from);
+    let mut fold = progress.fold.clone();
+    let mut after = Steps::new();
+    let first_crossing = crossings.len();
+    crossings.extend(progress.crossings.iter().cloned());
+    take_level(
+        sensor,
+        observed_only,
+        &mut fold,
+        &oriented(&new[settled..], &new_flags[settled..]),
+        (progress.steps.last(), &mut after),
+        crossings,
+    );
+    if observed_only {
+        crossings.truncate(first_crossing);
+    }
+    if let Some(last) = fold.recent.last().filter(|_| !observed_only) {
+        let rate = trend::rate_of_rise(&fold.recent, last.ts, sensor.rate_window);
+        let rule = sensor.rule.oriented();
         let projected = rate.and_then(|rate| {
             Severity::ALL
                 .into_iter()
-                .filter(|s| Some(*s) > state.severity)
+                .filter(|s| Some(*s) > fold.state.severity)
                 .find_map(|s| {
                     trend::time_to(rule.threshold(s), last.value, rate, last.ts).map(|at| (s, at))
                 })
@@ -342,19 +568,46 @@ fn level_steps(
             sensor: sensor.key.clone(),
             at: last.ts,
             value: last.value * sign,
-            severity: state.severity,
+            severity: fold.state.severity,
             rate: rate.map(|r| r * sign),
             projected,
         });
     }
-    out
+    // The next evaluation goes on from the last reading taken, where the readings come in time
+    // order (as they are read).
+    if settled > 0 {
+        progress.through = Some(new[settled - 1]).filter(|_| in_order(samples));
+    } else if !in_order(samples) {
+        progress.through = None;
+    }
+    carried.levels.push(progress);
+    after
 }
 
-fn rain_steps(sensor: &RainSensor) -> Steps {
-    let mut out = Steps::new();
-    let mut last: Option<(DateTime<Utc>, Level, Trigger)> = None;
-    let exceeded = rain::exceeded_at_each(&sensor.samples, &sensor.rules);
-    for (sample, exceeded) in sensor.samples.iter().zip(exceeded) {
+/// The timeline [`level_steps`] left in `carried` for `sensor` in its role.
+fn carried_steps<'a>(
+    carried: &'a SensorProgress,
+    sensor: &LevelSensor,
+    observed_only: bool,
+) -> &'a [Step] {
+    let settings = LevelSettings::of(sensor, observed_only);
+    (carried.levels.iter())
+        .find(|p| p.settings == settings)
+        .map_or(&[], |p| &p.steps)
+}
+
+/// Takes a rain gauge's `samples` (in time order, after those in `recent`) into its timeline.
+fn take_rain(
+    sensor: &RainSensor,
+    recent: &mut Vec<Sample>,
+    last: &mut Option<(DateTime<Utc>, Level, Trigger)>,
+    samples: &[Sample],
+    steps: &mut Steps,
+) {
+    let first_new = recent.len();
+    recent.extend_from_slice(samples);
+    let exceeded = rain::exceeded_at_each(recent, &sensor.rules);
+    for (sample, exceeded) in recent.iter().zip(exceeded).skip(first_new) {
         if let Some((rule, mm)) = exceeded {
             let level = Level {
                 severity: rule.severity,
@@ -369,64 +622,146 @@ fn rain_steps(sensor: &RainSensor) -> Steps {
                 expected_at: None,
                 forecast: None,
             };
-            last = Some((sample.ts, level, trigger));
+            *last = Some((sample.ts, level, trigger));
         }
         let held = last
             .as_ref()
             .filter(|(at, _, _)| sample.ts < *at + sensor.hold)
             .map(|(_, level, trigger)| (*level, trigger.clone()));
         match held {
-            Some((level, trigger)) => push_step(&mut out, (sample.ts, Some(level), Some(trigger))),
-            None => push_step(&mut out, (sample.ts, None, None)),
+            Some((level, trigger)) => {
+                push_step(steps, None, (sample.ts, Some(level), Some(trigger)))
+            }
+            None => push_step(steps, None, (sample.ts, None, None)),
         }
     }
-    out
+    // What the next reading's accumulations look at: the readings in the longest window.
+    if let Some(newest) = recent.last() {
+        let longest = sensor.rules.iter().map(|r| r.window).max();
+        let from = newest.ts - longest.unwrap_or_else(Duration::zero);
+        let cut = recent.partition_point(|s| s.ts <= from);
+        recent.drain(..cut);
+    }
 }
 
-fn upstream_steps(upstream: &Upstream, flags: &[Quality]) -> Steps {
-    level_steps(
+/// A rain gauge's timeline, going on from what `carried` holds of it where that still holds, left
+/// in `carried` (a rain gauge's readings need no later ones: all of them are carried).
+/// Returns how many readings it took anew.
+fn rain_steps(sensor: &RainSensor, from: DateTime<Utc>, carried: &mut SensorProgress) -> usize {
+    let samples = &sensor.samples;
+    let progress = (carried.rain.take())
+        .filter(|p| p.rules == sensor.rules && p.hold == sensor.hold)
+        .and_then(|p| Some((position_of(samples, p.through)?, p)));
+    let (start, mut progress) = match progress {
+        Some((i, p)) => (i + 1, p),
+        None => (
+            0,
+            RainProgress {
+                rules: sensor.rules.clone(),
+                hold: sensor.hold,
+                through: None,
+                recent: Vec::new(),
+                last: None,
+                steps: Steps::new(),
+            },
+        ),
+    };
+    take_rain(
+        sensor,
+        &mut progress.recent,
+        &mut progress.last,
+        &samples[start..],
+        &mut progress.steps,
+    );
+    trim_steps(&mut progress.steps, from);
+    if let Some(newest) = samples.last() {
+        progress.through = Some(*newest).filter(|_| in_order(samples));
+    }
+    carried.rain = Some(progress);
+    samples.len() - start
+}
+
+fn upstream_steps(
+    upstream: &Upstream,
+    from: DateTime<Utc>,
+    carried: &mut SensorProgress,
+    flags: &mut Vec<(String, DateTime<Utc>, Quality)>,
+    taken: &mut usize,
+) -> Steps {
+    let after = level_steps(
         &upstream.sensor,
-        flags,
         true,
+        from,
+        carried,
         &mut Vec::new(),
         &mut Vec::new(),
-    )
-    .into_iter()
-    .map(|(at, level, trigger)| {
-        let level = level.map(|_| Level {
-            severity: Severity::Alert,
-            kind: WarningKind::Expected,
-        });
-        let trigger = trigger.map(|t| Trigger {
-            cause: "upstream",
-            expected_at: Some(at + upstream.travel_time),
-            ..t
-        });
-        (at + upstream.travel_time, level, trigger)
-    })
-    .collect()
+        flags,
+        taken,
+    );
+    (carried_steps(carried, &upstream.sensor, true).iter())
+        .chain(&after)
+        .map(|(at, level, trigger)| {
+            let level = level.map(|_| Level {
+                severity: Severity::Alert,
+                kind: WarningKind::Expected,
+            });
+            let trigger = trigger.as_ref().map(|t| Trigger {
+                cause: "upstream",
+                expected_at: Some(*at + upstream.travel_time),
+                ..t.clone()
+            });
+            (*at + upstream.travel_time, level, trigger)
+        })
+        .collect()
 }
 
-/// Adds a source's state at a reading to its timeline, but for a quiet one after a quiet one.
+/// Adds a source's state at a reading to its timeline (which goes on from `before`), but for a
+/// quiet one after a quiet one.
 ///
 /// A quiet entry after a quiet entry changes nothing [`combine`] makes of the timelines: the
 /// source is quiet either way until its next entry, and no other source changes at that time
 /// unless it has an entry there itself. Leaving them out keeps a source's timeline to its
 /// changes (two weeks of quiet readings are one entry, not thousands of entries each the size of
 /// a [`Trigger`]), and the area's timeline the same, as a test holds.
-fn push_step(out: &mut Steps, step: (DateTime<Utc>, Option<Level>, Option<Trigger>)) {
-    let quiet =
-        |s: &(DateTime<Utc>, Option<Level>, Option<Trigger>)| s.1.is_none() && s.2.is_none();
-    if quiet(&step) && out.last().is_some_and(quiet) {
+fn push_step(out: &mut Steps, before: Option<&Step>, step: Step) {
+    let quiet = |s: &Step| s.1.is_none() && s.2.is_none();
+    if quiet(&step) && out.last().or(before).is_some_and(quiet) {
         return;
     }
     out.push(step);
 }
 
-fn value_at(steps: &Steps, t: DateTime<Utc>) -> Option<(Level, Trigger)> {
-    let index = steps.partition_point(|(at, _, _)| *at <= t);
-    let (_, level, trigger) = steps.get(index.checked_sub(1)?)?;
-    Some(((*level)?, trigger.clone()?))
+/// A source's timeline in two parts: what is carried over, then the entries after it.
+#[derive(Clone, Copy)]
+struct Timeline<'a> {
+    carried: &'a [Step],
+    after: &'a [Step],
+}
+
+impl<'a> Timeline<'a> {
+    fn whole(steps: &'a [Step]) -> Timeline<'a> {
+        Timeline {
+            carried: steps,
+            after: &[],
+        }
+    }
+
+    fn times(self) -> impl Iterator<Item = DateTime<Utc>> + 'a {
+        self.carried.iter().chain(self.after).map(|(at, _, _)| *at)
+    }
+
+    /// The level in force at `t`, with its trigger.
+    fn at(self, t: DateTime<Utc>) -> Option<(Level, &'a Trigger)> {
+        let in_after = self.after.partition_point(|(at, _, _)| *at <= t);
+        let step = match in_after.checked_sub(1) {
+            Some(i) => &self.after[i],
+            None => {
+                let i = self.carried.partition_point(|(at, _, _)| *at <= t);
+                &self.carried[i.checked_sub(1)?]
+            }
+        };
+        Some((step.1?, step.2.as_ref()?))
+    }
 }
 
 fn stale_changes(area: &AreaInput, now: DateTime<Utc>) -> Vec<(DateTime<Utc>, bool)> {
@@ -467,12 +802,13 @@ fn stale_changes(area: &AreaInput, now: DateTime<Utc>) -> Vec<(DateTime<Utc>, bo
     out
 }
 
-/// The area's timeline from its sources': at each time any source changes (up to `now`), the
-/// highest level among them, with its trigger, wherever that level changes.
-fn combine(sources: &[Steps], now: DateTime<Utc>) -> Steps {
+/// The area's timeline from its sources': at each time any source changes (after `from`, up to
+/// `now`), the highest level among them, with its trigger, wherever that level changes; and at
+/// `from`, where a source has an entry at or before it (its state then).
+fn combine(sources: &[Timeline], from: DateTime<Utc>, now: DateTime<Utc>) -> Steps {
     let mut times: Vec<DateTime<Utc>> = sources
         .iter()
-        .flat_map(|s| s.iter().map(|(at, _, _)| *at))
+        .flat_map(|s| s.times().map(|at| at.max(from)))
         .filter(|at| *at <= now)
         .collect();
     times.sort_unstable();
@@ -482,11 +818,11 @@ fn combine(sources: &[Steps], now: DateTime<Utc>) -> Steps {
     for t in times {
         let best = sources
             .iter()
-            .filter_map(|s| value_at(s, t))
+            .filter_map(|s| s.at(t))
             .max_by(|a, b| a.0.cmp(&b.0));
-        let level = best.as_ref().map(|(l, _)| *l);
+        let level = best.map(|(l, _)| l);
         if level != current || steps.is_empty() {
-            steps.push((t, level, best.map(|(_, trigger)| trigger)));
+            steps.push((t, level, best.map(|(_, trigger)| trigger.clone())));
             current = level;
         }
     }
@@ -495,39 +831,78 @@ fn combine(sources: &[Steps], now: DateTime<Utc>) -> Steps {
 
 /// Evaluates an area at `now` from its readings.
 pub fn evaluate(area: &AreaInput, now: DateTime<Utc>) -> Evaluation {
+    evaluate_carried(area, now, DateTime::<Utc>::MIN_UTC, &mut Progress::new())
+}
+
+/// Evaluates an area at `now` from its readings, going on from what `carried` holds of its
+/// sensors' timelines where that still holds, and carrying forward what the next evaluation may
+/// go on from. The timeline is the same as [`evaluate`] gives from the readings since what is
+/// carried began, from `from` on (the state at `from` first); crossings are kept from `from` on.
+pub fn evaluate_carried(
+    area: &AreaInput,
+    now: DateTime<Utc>,
+    from: DateTime<Utc>,
+    carried: &mut Progress,
+) -> Evaluation {
     let mut crossings = Vec::new();
     let mut trends = Vec::new();
-    // Each level sensor's data-quality flags, once: its timeline leaves the flagged readings out,
-    // and the flags that differ from the stored ones are reported.
-    let level_flags: Vec<Vec<Quality>> = area
-        .levels
-        .iter()
-        .map(|s| quality::check(&s.samples, &s.qc))
+    let mut flags = Vec::new();
+    let mut readings_taken = 0;
+    // Each sensor's progress once, however many times the area names it.
+    let keys = (area.levels.iter().map(|s| s.key.as_str()))
+        .chain(area.rains.iter().map(|s| s.key.as_str()))
+        .chain(area.upstream.iter().map(|u| u.sensor.key.as_str()));
+    let mut taken: HashMap<&str, SensorProgress> = HashMap::new();
+    for key in keys {
+        if !taken.contains_key(key) {
+            taken.insert(key, carried.remove(key).unwrap_or_default());
+        }
+    }
+    // Each source's timeline: what is carried (left in `taken`) and the entries after it.
+    let mut after: Vec<Steps> = Vec::new();
+    for sensor in &area.levels {
+        after.push(level_steps(
+            sensor,
+            false,
+            from,
+            taken.entry(&sensor.key).or_default(),
+            &mut crossings,
+            &mut trends,
+            &mut flags,
+            &mut readings_taken,
+        ));
+    }
+    for sensor in &area.rains {
+        readings_taken += rain_steps(sensor, from, taken.entry(&sensor.key).or_default());
+    }
+    let mut whole: Vec<Steps> = (area.upstream.iter())
+        .map(|upstream| {
+            let carried = taken.entry(&upstream.sensor.key).or_default();
+            upstream_steps(upstream, from, carried, &mut flags, &mut readings_taken)
+        })
         .collect();
-    let upstream_flags: Vec<Vec<Quality>> = area
-        .upstream
-        .iter()
-        .map(|u| quality::check(&u.sensor.samples, &u.sensor.qc))
-        .collect();
-    let mut sources: Vec<Steps> = area
-        .levels
-        .iter()
-        .zip(&level_flags)
-        .map(|(s, flags)| level_steps(s, flags, false, &mut crossings, &mut trends))
-        .collect();
-    sources.extend(area.rains.iter().map(rain_steps));
-    sources.extend(
-        area.upstream
-            .iter()
-            .zip(&upstream_flags)
-            .map(|(u, flags)| upstream_steps(u, flags)),
-    );
-    sources.extend(
+    whole.extend(
         area.forecasts
             .iter()
             .map(|f| forecast::steps(f, area.forecast_use)),
     );
-    let steps = combine(&sources, now);
+    let carried_of = |key: &str| taken.get(key);
+    let mut sources: Vec<Timeline> = Vec::new();
+    for (sensor, after) in area.levels.iter().zip(&after) {
+        let carried = carried_of(&sensor.key).map_or(&[][..], |c| carried_steps(c, sensor, false));
+        sources.push(Timeline { carried, after });
+    }
+    for sensor in &area.rains {
+        let carried = carried_of(&sensor.key).and_then(|c| c.rain.as_ref());
+        sources.push(Timeline::whole(carried.map_or(&[][..], |r| &r.steps)));
+    }
+    sources.extend(whole.iter().map(|steps| Timeline::whole(steps)));
+    let steps = combine(&sources, from, now);
+    for (key, progress) in taken {
+        if !progress.is_empty() {
+            carried.insert(key.to_owned(), progress);
+        }
+    }
     let latest = area
         .levels
         .iter()
@@ -535,21 +910,6 @@ pub fn evaluate(area: &AreaInput, now: DateTime<Utc>) -> Evaluation {
         .chain(area.rains.iter().map(|s| &s.samples))
         .filter_map(|samples| samples.last().map(|s| s.ts))
         .max();
-    let flags = area
-        .levels
-        .iter()
-        .zip(&level_flags)
-        .chain(area.upstream.iter().map(|u| &u.sensor).zip(&upstream_flags))
-        .flat_map(|(sensor, flags)| {
-            flags
-                .iter()
-                .copied()
-                .zip(&sensor.samples)
-                .filter(|(flag, sample)| *flag != sample.quality)
-                .map(|(flag, sample)| (sensor.key.clone(), sample.ts, flag))
-                .collect::<Vec<_>>()
-        })
-        .collect();
     Evaluation {
         latest,
         steps,
@@ -557,6 +917,7 @@ pub fn evaluate(area: &AreaInput, now: DateTime<Utc>) -> Evaluation {
         crossings,
         flags,
         trends,
+        taken: readings_taken,
     }
 }
 

@@ -307,6 +307,10 @@ fn the_rate_at_each_reading_is_the_same_from_its_window_as_from_all_before_it() 
     }
 }
 
+fn timelines(steps: &[Steps]) -> Vec<Timeline<'_>> {
+    steps.iter().map(|s| Timeline::whole(s)).collect()
+}
+
 #[test]
 fn leaving_out_quiet_entries_after_quiet_ones_changes_no_area_timeline() {
     // The same timelines on every run.
@@ -360,7 +364,7 @@ fn leaving_out_quiet_entries_after_quiet_ones_changes_no_area_timeline() {
             .map(|steps| {
                 let mut kept = Steps::new();
                 for step in steps {
-                    push_step(&mut kept, step.clone());
+                    push_step(&mut kept, None, step.clone());
                 }
                 kept
             })
@@ -368,7 +372,270 @@ fn leaving_out_quiet_entries_after_quiet_ones_changes_no_area_timeline() {
         left_out +=
             sources.iter().map(Vec::len).sum::<usize>() - kept.iter().map(Vec::len).sum::<usize>();
         let now = start() + Duration::minutes(random(1200) as i64);
-        assert_eq!(combine(&kept, now), combine(&sources, now), "case {case}");
+        let since = DateTime::<Utc>::MIN_UTC;
+        assert_eq!(
+            combine(&timelines(&kept), since, now),
+            combine(&timelines(&sources), since, now),
+            "case {case}"
+        );
     }
     assert!(left_out > 1000, "{left_out} entries left out");
+}
+
+/// The area with each sensor's first `n` readings.
+fn first_readings(area: &AreaInput, n: usize) -> AreaInput {
+    let level = |s: &LevelSensor| LevelSensor {
+        key: s.key.clone(),
+        samples: s.samples[..n].to_vec(),
+        ..*s
+    };
+    AreaInput {
+        key: area.key.clone(),
+        levels: area.levels.iter().map(level).collect(),
+        rains: (area.rains.iter())
+            .map(|r| RainSensor {
+                key: r.key.clone(),
+                rules: r.rules.clone(),
+                hold: r.hold,
+                samples: r.samples[..n].to_vec(),
+            })
+            .collect(),
+        upstream: (area.upstream.iter())
+            .map(|u| Upstream {
+                sensor: level(&u.sensor),
+                travel_time: u.travel_time,
+            })
+            .collect(),
+        forecasts: Vec::new(),
+        forecast_use: area.forecast_use,
+        stale_after_intervals: area.stale_after_intervals,
+    }
+}
+
+/// The area's timeline worked out in one pass over each source's readings, its timelines whole.
+fn one_pass(area: &AreaInput, now: DateTime<Utc>) -> Steps {
+    let level = |sensor: &LevelSensor, observed_only: bool| -> Steps {
+        let flags = quality::check(&sensor.samples, &sensor.qc);
+        let usable: Vec<Sample> = quality::usable_with(&sensor.samples, &flags)
+            .into_iter()
+            .map(|s| Sample {
+                value: s.value * sensor.rule.sign(),
+                ..s
+            })
+            .collect();
+        let mut steps = Steps::new();
+        let mut fold = LevelFold::default();
+        let lists = (None, &mut steps);
+        take_level(
+            sensor,
+            observed_only,
+            &mut fold,
+            &usable,
+            lists,
+            &mut Vec::new(),
+        );
+        steps
+    };
+    let mut sources: Vec<Steps> = area.levels.iter().map(|s| level(s, false)).collect();
+    for rain in &area.rains {
+        let mut steps = Steps::new();
+        take_rain(rain, &mut Vec::new(), &mut None, &rain.samples, &mut steps);
+        sources.push(steps);
+    }
+    for upstream in &area.upstream {
+        let travel = upstream.travel_time;
+        let steps = level(&upstream.sensor, true)
+            .into_iter()
+            .map(|(at, level, trigger)| {
+                let level = level.map(|_| Level {
+                    severity: Severity::Alert,
+                    kind: WarningKind::Expected,
+                });
+                let trigger = trigger.map(|t| Trigger {
+                    cause: "upstream",
+                    expected_at: Some(at + travel),
+                    ..t
+                });
+                (at + travel, level, trigger)
+            });
+        sources.push(steps.collect());
+    }
+    combine(&timelines(&sources), DateTime::<Utc>::MIN_UTC, now)
+}
+
+/// A random series every 10 minutes (now and then a gap): a random walk through the thresholds,
+/// with spikes, stuck runs, readings the device marks bad and values out of range.
+fn wandering(random: &mut impl FnMut(u64) -> u64, len: usize, rain: bool) -> Vec<Sample> {
+    let mut at = start();
+    let mut value: f64 = if rain { 0.0 } else { 0.8 };
+    let mut stuck = 0;
+    (0..len)
+        .map(|_| {
+            at += Duration::minutes(if random(30) == 0 { 70 } else { 10 });
+            if rain {
+                let heavy = random(15) == 0;
+                return Sample::good(at, random(if heavy { 90 } else { 4 }) as f64 / 10.0);
+            }
+            if stuck > 0 {
+                stuck -= 1;
+                return Sample::good(at, value);
+            }
+            if random(60) == 0 {
+                stuck = 14;
+            }
+            value = (value + (random(21) as f64 - 10.0) / 40.0).clamp(0.0, 2.6);
+            let mut sample = Sample::good(at, value);
+            match random(40) {
+                0 => sample.value += 3.0,
+                1 => sample.quality = Quality::DEVICE_BAD,
+                2 => sample.value = 40.0,
+                _ => {}
+            }
+            sample
+        })
+        .collect()
+}
+
+#[test]
+fn carrying_timelines_over_gives_what_evaluating_the_readings_gives() {
+    let mut lcg = crate::testing::Lcg(23);
+    let mut random = move |below: u64| lcg.next(below);
+    let (mut compared, mut carried_on, mut flags_seen) = (0, 0, 0);
+    for case in 0..24 {
+        let len = 260;
+        let mut level = gauge("level", &[]);
+        level.samples = wandering(&mut random, len, false);
+        level.rule.persistence = Duration::minutes(random(3) as i64 * 10);
+        level.rule.hold = Duration::minutes(random(4) as i64 * 10);
+        level.rule.hysteresis = random(3) as f64 * 0.05;
+        level.rate_alert = (random(2) == 0).then_some(0.9);
+        level.qc.plausible = (-5.0, 10.0);
+        let mut falling = gauge("falling", &[]);
+        falling.samples = wandering(&mut random, len, false);
+        falling.rule.thresholds = [1.2, 0.8, 0.3];
+        falling.rule.falling = true;
+        let mut up = gauge("up", &[]);
+        up.samples = wandering(&mut random, len, false);
+        let rain = RainSensor {
+            key: "rain".into(),
+            rules: crate::rain::dmi_rules(),
+            hold: Duration::hours(1),
+            samples: wandering(&mut random, len, true),
+        };
+        let mut whole = AreaInput {
+            rains: vec![rain],
+            upstream: vec![Upstream {
+                sensor: up,
+                travel_time: Duration::minutes(40),
+            }],
+            ..area(vec![level, falling])
+        };
+        // The readings arrive a few at a time; now and then one already taken is changed (the
+        // progress is told, as the readings' cache tells it).
+        let mut carried = Progress::new();
+        let mut reported: Vec<(String, DateTime<Utc>, Quality)> = Vec::new();
+        let mut upto = 0;
+        while upto < len {
+            if upto > 0 && random(15) == 0 {
+                let changed = &mut whole.levels[0].samples[random(upto as u64) as usize];
+                changed.value += 0.5;
+                if let Some(progress) = carried.get_mut("level") {
+                    progress.changed(changed.ts);
+                }
+            }
+            upto = (upto + 1 + random(12) as usize).min(len);
+            let input = first_readings(&whole, upto);
+            let now = input.levels[0].samples[upto - 1].ts + Duration::minutes(5);
+            carried_on += usize::from(carried.values().any(|p| !p.is_empty()));
+            let fresh = evaluate(&input, now);
+            let going_on = evaluate_carried(&input, now, DateTime::<Utc>::MIN_UTC, &mut carried);
+            assert_eq!(going_on.steps, fresh.steps, "case {case}, {upto} readings");
+            assert_eq!(going_on.steps, one_pass(&input, now), "case {case}, {upto}");
+            assert_eq!(going_on.crossings, fresh.crossings, "case {case}, {upto}");
+            assert_eq!(going_on.trends, fresh.trends, "case {case}, {upto}");
+            assert_eq!(going_on.stale, fresh.stale, "case {case}, {upto}");
+            assert_eq!(going_on.latest, fresh.latest, "case {case}, {upto}");
+            for flag in &going_on.flags {
+                assert!(fresh.flags.contains(flag), "case {case}, {upto}: {flag:?}");
+            }
+            reported.extend(going_on.flags);
+            compared += 1;
+        }
+        // Every flag the readings end with was reported once its neighbours had come.
+        let end = whole.levels[0].samples[len - 1].ts;
+        for flag in &evaluate(&whole, end).flags {
+            assert!(
+                reported.contains(flag),
+                "case {case}: {flag:?} never reported"
+            );
+            flags_seen += 1;
+        }
+    }
+    assert!(compared > 500, "{compared} evaluations compared");
+    assert!(
+        carried_on > 450,
+        "{carried_on} evaluations went on from what was carried"
+    );
+    assert!(flags_seen > 100, "{flags_seen} flags");
+}
+
+#[test]
+fn a_moving_window_keeps_the_timeline_from_its_start_and_no_more() {
+    let mut lcg = crate::testing::Lcg(31);
+    let mut random = move |below: u64| lcg.next(below);
+    let mut compared = 0;
+    for case in 0..12 {
+        let len = 400;
+        let mut level = gauge("level", &[]);
+        level.samples = wandering(&mut random, len, false);
+        let rain = RainSensor {
+            key: "rain".into(),
+            rules: crate::rain::dmi_rules(),
+            hold: Duration::hours(1),
+            samples: wandering(&mut random, len, true),
+        };
+        let whole = AreaInput {
+            rains: vec![rain],
+            ..area(vec![level])
+        };
+        let mut carried = Progress::new();
+        let mut upto = 0;
+        while upto < len {
+            upto = (upto + 1 + random(12) as usize).min(len);
+            let input = first_readings(&whole, upto);
+            let now = input.levels[0].samples[upto - 1].ts + Duration::minutes(5);
+            let from = now - Duration::hours(8);
+            let fresh = evaluate(&input, now);
+            let windowed = evaluate_carried(&input, now, from, &mut carried);
+            // The same level at every time from the window's start on, and the same changes
+            // after it. (The state at the start is given with the trigger then, where the
+            // whole timeline gives the one that raised it.)
+            let times =
+                (fresh.steps.iter().chain(&windowed.steps)).map(|(at, _, _)| (*at).max(from));
+            let level = |steps: &Steps, t| Timeline::whole(steps).at(t).map(|(level, _)| level);
+            for t in times {
+                assert_eq!(
+                    level(&windowed.steps, t),
+                    level(&fresh.steps, t),
+                    "case {case}, {upto} readings, at {t}"
+                );
+                compared += 1;
+            }
+            assert!(windowed.steps.iter().all(|(at, _, _)| *at >= from));
+            for step in windowed.steps.iter().filter(|(at, _, _)| *at > from) {
+                assert!(fresh.steps.contains(step), "case {case}, {upto}: {step:?}");
+            }
+            let recent: Vec<&Crossing> = fresh.crossings.iter().filter(|c| c.at >= from).collect();
+            assert_eq!(windowed.crossings.iter().collect::<Vec<_>>(), recent);
+            // What is carried reaches back no further than the window.
+            for progress in carried.values() {
+                for steps in (progress.levels.iter().map(|p| &p.steps))
+                    .chain(progress.rain.as_ref().map(|p| &p.steps))
+                {
+                    assert!(steps.iter().skip(1).all(|(at, _, _)| *at > from));
+                }
+            }
+        }
+    }
+    assert!(compared > 1_000, "{compared} states compared");
 }

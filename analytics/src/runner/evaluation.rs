@@ -141,7 +141,8 @@ pub(crate) async fn evaluate_areas(
             .series_readings_kept
             .set(i64::try_from(kept.readings_held()).unwrap_or(i64::MAX));
         match outcome {
-            Ok(recorded) => {
+            Ok((recorded, taken)) => {
+                metrics.readings_evaluated.inc_by(taken);
                 metrics.evaluations.inc_by(part.len() as u64);
                 metrics.events.inc_by(recorded);
                 metrics
@@ -174,7 +175,8 @@ struct Reads<'a> {
 
 /// Evaluates the areas together: their readings, arrival times and forecasts in one query each,
 /// the evaluations off the async executor, their trends in one statement, and their events in
-/// one transaction. Returns how many events were recorded.
+/// one transaction. Returns how many events were recorded, and how many readings the evaluations
+/// took anew.
 pub(crate) async fn try_evaluate_areas(
     store: &Store,
     model: &Model,
@@ -182,10 +184,10 @@ pub(crate) async fn try_evaluate_areas(
     keys: &[String],
     memos: &ForecastMemos,
     kept: &mut SeriesCache,
-) -> Result<u64, tidemark_store::Error> {
+) -> Result<(u64, u64), tidemark_store::Error> {
     let areas: Vec<&AreaRow> = keys.iter().filter_map(|key| model.area(key)).collect();
     if areas.is_empty() {
-        return Ok(0);
+        return Ok((0, 0));
     }
     let now = Utc::now();
     let started = Instant::now();
@@ -253,16 +255,20 @@ pub(crate) async fn try_evaluate_areas(
         }
     }
     let read = started.elapsed();
-    // Many areas' evaluations are CPU work: off the async executor.
-    let (inputs, evaluations) = tokio::task::spawn_blocking(move || {
+    // Many areas' evaluations are CPU work: off the async executor. Each goes on from what the
+    // last evaluations of its sensors worked out, and leaves what the next may go on from.
+    let mut progress = kept.take_progress(&sensors);
+    let from = now - chrono(settings.analytics.lookback);
+    let (inputs, evaluations, progress) = tokio::task::spawn_blocking(move || {
         let evaluations: Vec<area::Evaluation> = inputs
             .iter()
-            .map(|input| area::evaluate(input, now))
+            .map(|input| area::evaluate_carried(input, now, from, &mut progress))
             .collect();
-        (inputs, evaluations)
+        (inputs, evaluations, progress)
     })
     .await
     .map_err(|e| tidemark_store::Error::Inconsistent(format!("an evaluation panicked: {e}")))?;
+    kept.keep_progress(progress);
     let evaluated = started.elapsed();
     let deliveries: Vec<Vec<String>> = areas
         .iter()
@@ -367,7 +373,8 @@ pub(crate) async fn try_evaluate_areas(
         }
         recorded += decision.events.len() as u64;
     }
-    Ok(recorded)
+    let taken = evaluations.iter().map(|e| e.taken as u64).sum();
+    Ok((recorded, taken))
 }
 
 /// One area's evaluation input, without its forecasts.

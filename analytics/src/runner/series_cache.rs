@@ -9,9 +9,15 @@
 //! whole again: a sensor it has not kept, or kept for longer than `analytics.series_refresh`, and
 //! every sensor after its notifications may have been missed.
 //!
+//! With each sensor's readings it keeps what evaluations worked out from them
+//! ([`SensorProgress`]: its timelines up to a reading), so that the next evaluation goes on from
+//! there. Whatever re-reads readings the progress was worked out from lets that progress go, and
+//! so does letting go of the sensor.
+//!
 //! What it keeps is bounded: at most `analytics.series_cache_readings` readings, the sensors used
 //! least recently let go first (they are read whole when next needed).
 
+use crate::area::{Progress, SensorProgress};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use tidemark_store::Store;
@@ -32,6 +38,8 @@ struct Kept {
     read_whole_at: DateTime<Utc>,
     /// The [`SeriesCache::uses`] count when it was last asked for, to let go of the least used.
     used: u64,
+    /// What evaluations worked out from the readings held.
+    progress: SensorProgress,
 }
 
 /// See the module documentation.
@@ -141,6 +149,7 @@ impl SeriesCache {
                     kept.readings.truncate(cut);
                     kept.readings.extend(readings);
                     kept.changed = None;
+                    kept.progress.changed(from);
                 }
                 None => {
                     self.sensors.insert(
@@ -151,6 +160,7 @@ impl SeriesCache {
                             changed: None,
                             read_whole_at: now,
                             used: 0,
+                            progress: SensorProgress::default(),
                         },
                     );
                 }
@@ -173,6 +183,29 @@ impl SeriesCache {
         }
         self.let_go();
         Ok(out)
+    }
+
+    /// What evaluations worked out from the readings of those of `sensors` held, taken out to
+    /// go on from (and given back with [`SeriesCache::keep_progress`]).
+    pub fn take_progress(&mut self, sensors: &[String]) -> Progress {
+        sensors
+            .iter()
+            .filter_map(|sensor| {
+                let kept = self.sensors.get_mut(sensor)?;
+                let progress = std::mem::take(&mut kept.progress);
+                (!progress.is_empty()).then(|| (sensor.clone(), progress))
+            })
+            .collect()
+    }
+
+    /// Keeps what evaluations worked out from the readings [`SeriesCache::series`] gave last, for
+    /// the sensors still held.
+    pub fn keep_progress(&mut self, progress: Progress) {
+        for (sensor, progress) in progress {
+            if let Some(kept) = self.sensors.get_mut(&sensor) {
+                kept.progress = progress;
+            }
+        }
     }
 
     /// Lets go of the least recently used sensors until at most `max_held` readings are held.

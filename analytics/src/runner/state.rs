@@ -28,6 +28,8 @@ pub struct Metrics {
     /// Readings read from the database for evaluations, and those kept between them.
     pub series_readings_read: Counter,
     pub series_readings_kept: Gauge,
+    /// Readings evaluations took anew, rather than going on from an earlier evaluation.
+    pub readings_evaluated: Counter,
 }
 
 impl Metrics {
@@ -39,6 +41,7 @@ impl Metrics {
             evaluation_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
             series_readings_read: Counter::default(),
             series_readings_kept: Gauge::default(),
+            readings_evaluated: Counter::default(),
         };
         let sub = registry.sub_registry_with_prefix("tidemark_analytics");
         sub.register(
@@ -66,6 +69,11 @@ impl Metrics {
             "series_readings_kept",
             "Readings kept between evaluations",
             metrics.series_readings_kept.clone(),
+        );
+        sub.register(
+            "readings_evaluated",
+            "Readings evaluations took anew, rather than going on from an earlier evaluation",
+            metrics.readings_evaluated.clone(),
         );
         metrics
     }
