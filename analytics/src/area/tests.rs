@@ -382,6 +382,16 @@ fn leaving_out_quiet_entries_after_quiet_ones_changes_no_area_timeline() {
     assert!(left_out > 1000, "{left_out} entries left out");
 }
 
+/// A rain gauge with DMI's rules, held an hour.
+fn rain_gauge(samples: Vec<Sample>) -> RainSensor {
+    RainSensor {
+        key: "rain".into(),
+        rules: crate::rain::dmi_rules(),
+        hold: Duration::hours(1),
+        samples,
+    }
+}
+
 /// The area with each sensor's first `n` readings.
 fn first_readings(area: &AreaInput, n: usize) -> AreaInput {
     let level = |s: &LevelSensor| LevelSensor {
@@ -516,12 +526,7 @@ fn carrying_timelines_over_gives_what_evaluating_the_readings_gives() {
         falling.rule.falling = true;
         let mut up = gauge("up", &[]);
         up.samples = wandering(&mut random, len, false);
-        let rain = RainSensor {
-            key: "rain".into(),
-            rules: crate::rain::dmi_rules(),
-            hold: Duration::hours(1),
-            samples: wandering(&mut random, len, true),
-        };
+        let rain = rain_gauge(wandering(&mut random, len, true));
         let mut whole = AreaInput {
             rains: vec![rain],
             upstream: vec![Upstream {
@@ -588,12 +593,7 @@ fn a_moving_window_keeps_the_timeline_from_its_start_and_no_more() {
         let len = 400;
         let mut level = gauge("level", &[]);
         level.samples = wandering(&mut random, len, false);
-        let rain = RainSensor {
-            key: "rain".into(),
-            rules: crate::rain::dmi_rules(),
-            hold: Duration::hours(1),
-            samples: wandering(&mut random, len, true),
-        };
+        let rain = rain_gauge(wandering(&mut random, len, true));
         let whole = AreaInput {
             rains: vec![rain],
             ..area(vec![level])
