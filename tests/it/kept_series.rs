@@ -245,3 +245,86 @@ async fn the_runner_goes_on_from_each_timeline_with_the_new_readings() {
     analytics.stop().await;
     harness.finish().await;
 }
+
+/// Through the runner: an evaluation whose findings cannot be recorded carries nothing forward,
+/// so that the flags of the readings it took are still set once recording works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_recording_carries_nothing_forward() {
+    let harness = Harness::start().await;
+    let key = sensor(0, 0);
+    let id = sensor_id(&harness, &key).await;
+    let flood_file = harbour_flood_file("failed", &key);
+    let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    let at = |i: i64| now - ChronoDuration::minutes(10 * i);
+    let reading = |i: i64, value: f64| ReadingRow {
+        sensor_id: id,
+        ts: at(i),
+        value,
+        quality: 0,
+    };
+    let ripple = |i: i64| reading(i, 0.4 + 0.01 * (i % 7) as f64);
+    let history: Vec<ReadingRow> = (6..2 * 144).rev().map(ripple).collect();
+    store_readings(&harness, &history).await;
+    let mut config = config(&harness);
+    config.analytics.flood_files = vec![flood_file.clone()];
+    let analytics = start_analytics(&config).await;
+    quiet(&analytics).await;
+    let metrics = &analytics.metrics;
+    // Recording fails (every evaluation records its gauges' trends) while a spike and the
+    // readings after it, which settle its flag, are evaluated.
+    let client = sql(&harness).await;
+    client
+        .batch_execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'refused'; END $$; \
+             CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON level_trends \
+                 FOR EACH ROW EXECUTE FUNCTION refuse();",
+        )
+        .await
+        .unwrap();
+    let spike = 4;
+    let rows: Vec<ReadingRow> = (0..6)
+        .rev()
+        .map(|i| {
+            if i == spike {
+                reading(i, 3.0)
+            } else {
+                ripple(i)
+            }
+        })
+        .collect();
+    store_readings(&harness, &rows).await;
+    let failed = wait_for(Duration::from_secs(30), || async {
+        metrics.failures.get() > 0
+    })
+    .await;
+    assert!(failed, "the evaluation fails to record");
+    client
+        .batch_execute("DROP TRIGGER refuse ON level_trends")
+        .await
+        .unwrap();
+    // The next reading is evaluated and recorded.
+    let evaluations = metrics.evaluations.get();
+    store_readings(&harness, &[ripple(-1)]).await;
+    let recorded = wait_for(Duration::from_secs(30), || async {
+        metrics.evaluations.get() > evaluations
+    })
+    .await;
+    assert!(recorded, "the next evaluation is recorded");
+    let quality: i16 = client
+        .query_one(
+            "SELECT quality FROM readings WHERE sensor_id = $1 AND ts = $2",
+            &[&id, &at(spike)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        quality & tidemark_model::Quality::SPIKE.0,
+        tidemark_model::Quality::SPIKE.0,
+        "the spike is flagged ({quality})"
+    );
+    let _ = std::fs::remove_file(flood_file);
+    analytics.stop().await;
+    harness.finish().await;
+}

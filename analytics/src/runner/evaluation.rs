@@ -268,7 +268,6 @@ pub(crate) async fn try_evaluate_areas(
     })
     .await
     .map_err(|e| tidemark_store::Error::Inconsistent(format!("an evaluation panicked: {e}")))?;
-    kept.keep_progress(progress);
     let evaluated = started.elapsed();
     let deliveries: Vec<Vec<String>> = areas
         .iter()
@@ -344,6 +343,10 @@ pub(crate) async fn try_evaluate_areas(
             "readings flagged by data-quality checks"
         );
     }
+    // What the evaluations carried forward is kept only now that all they found is recorded:
+    // the flags of the readings they took anew are reported once, so after a failure the
+    // sensors start over from their readings (what was taken out is dropped with the error).
+    kept.keep_progress(progress);
     {
         let mut memos = memos.areas.lock().unwrap_or_else(|e| e.into_inner());
         for (input, since) in inputs.iter().zip(in_force_since) {
