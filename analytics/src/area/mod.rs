@@ -469,8 +469,8 @@ fn in_order(samples: &[Sample]) -> bool {
 /// and carrying forward what the next evaluation may go on from: the timeline up to its last
 /// reading with final flags is left in `carried` (see [`carried_steps`]), and the entries after
 /// it are returned. Its data-quality flags that differ from those given are added to `flags`
-/// (for the readings it took anew), its crossings from `from` on to `crossings`, and its state at
-/// its newest usable reading to `trends`, and how many readings it took anew to `taken`.
+/// (for the readings it took anew), its crossings from `from` on to `crossings`, its state at its
+/// newest usable reading to `trends`, and the number of readings it took anew to `taken`.
 #[allow(clippy::too_many_arguments)]
 fn level_steps(
     sensor: &LevelSensor,
@@ -487,21 +487,20 @@ fn level_steps(
     let found = carried.levels.iter().position(|p| p.settings == settings);
     let progress = found.map(|i| carried.levels.swap_remove(i));
     // Where to go on from: after the reading carried, if it is still there as it was.
-    let (start, progress) = match progress.and_then(|p| Some((position_of(samples, p.through)?, p)))
-    {
-        Some((i, p)) => (i + 1, p),
-        None => (
-            0,
-            LevelProgress {
-                settings,
-                through: None,
-                fold: LevelFold::default(),
-                steps: Steps::new(),
-                crossings: Vec::new(),
-            },
-        ),
-    };
-    let mut progress = progress;
+    let (start, mut progress) =
+        match progress.and_then(|p| Some((position_of(samples, p.through)?, p))) {
+            Some((i, p)) => (i + 1, p),
+            None => (
+                0,
+                LevelProgress {
+                    settings,
+                    through: None,
+                    fold: LevelFold::default(),
+                    steps: Steps::new(),
+                    crossings: Vec::new(),
+                },
+            ),
+        };
     // The flags of the readings from `start` on, as a check of the whole series gives them: a
     // check from `looks_back` readings before sees all they depend on.
     let checked_from = start.saturating_sub(sensor.qc.looks_back());
