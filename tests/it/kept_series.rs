@@ -191,88 +191,113 @@ async fn the_runner_reads_only_new_readings_after_the_first_evaluation() {
     harness.finish().await;
 }
 
+/// A quiet reading of sensor `id`, `i` intervals of 10 minutes before `now`: a centimetre's
+/// ripple, so no runs of equal values and no spikes.
+fn ripple(id: i32, now: DateTime<Utc>, i: i64) -> ReadingRow {
+    ReadingRow {
+        sensor_id: id,
+        ts: now - ChronoDuration::minutes(10 * i),
+        value: 0.4 + 0.01 * (i % 7) as f64,
+        quality: 0,
+    }
+}
+
+/// A gauge in a harbour area of its own with `days` of quiet 10-minute readings up to an hour
+/// ago, and the analytics runner started on it and done with its first evaluation.
+struct QuietGauge {
+    harness: Harness,
+    id: i32,
+    now: DateTime<Utc>,
+    flood_file: std::path::PathBuf,
+    analytics: Running,
+    history: usize,
+}
+
+impl QuietGauge {
+    async fn start(name: &str, days: i64) -> QuietGauge {
+        let harness = Harness::start().await;
+        let key = sensor(0, 0);
+        let id = sensor_id(&harness, &key).await;
+        let flood_file = harbour_flood_file(name, &key);
+        let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+        let history: Vec<ReadingRow> = (6..days * 144).rev().map(|i| ripple(id, now, i)).collect();
+        store_readings(&harness, &history).await;
+        let mut config = config(&harness);
+        config.analytics.flood_files = vec![flood_file.clone()];
+        let analytics = start_analytics(&config).await;
+        quiet(&analytics).await;
+        QuietGauge {
+            harness,
+            id,
+            now,
+            flood_file,
+            analytics,
+            history: history.len(),
+        }
+    }
+
+    /// The reading `i` intervals before now, of `value`.
+    fn reading(&self, i: i64, value: f64) -> ReadingRow {
+        ReadingRow {
+            value,
+            ..self.ripple(i)
+        }
+    }
+
+    fn ripple(&self, i: i64) -> ReadingRow {
+        ripple(self.id, self.now, i)
+    }
+
+    async fn finish(self) {
+        let _ = std::fs::remove_file(&self.flood_file);
+        self.analytics.stop().await;
+        self.harness.finish().await;
+    }
+}
+
 /// Through the runner: once an area's gauge has been evaluated, each later evaluation goes on
 /// from the gauge's timeline as the one before left it, taking the new readings (and the last few
 /// again, whose flags their next neighbours decide), not the two weeks again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_runner_goes_on_from_each_timeline_with_the_new_readings() {
-    let harness = Harness::start().await;
-    let key = sensor(0, 0);
-    let id = sensor_id(&harness, &key).await;
-    let flood_file = harbour_flood_file("carried", &key);
-    // Thirteen days of quiet 10-minute readings (a few centimetres' ripple, no runs of equal
-    // values, no spikes), up to an hour ago.
-    let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
-    let at = |i: i64| now - ChronoDuration::minutes(10 * i);
-    let ripple = |i: i64| ReadingRow {
-        sensor_id: id,
-        ts: at(i),
-        value: 0.4 + 0.01 * (i % 7) as f64,
-        quality: 0,
-    };
-    let history: Vec<ReadingRow> = (6..13 * 144).rev().map(ripple).collect();
-    store_readings(&harness, &history).await;
-    let mut config = config(&harness);
-    config.analytics.flood_files = vec![flood_file.clone()];
-    let analytics = start_analytics(&config).await;
-    quiet(&analytics).await;
-    let metrics = &analytics.metrics;
+    let gauge = QuietGauge::start("carried", 13).await;
+    let metrics = &gauge.analytics.metrics;
     let first = metrics.readings_evaluated.get();
     assert!(
-        first >= history.len() as u64,
+        first >= gauge.history as u64,
         "the first evaluation takes the two weeks ({first} readings taken)"
     );
-    let (taken_before, evaluations_before) = (first, metrics.evaluations.get());
+    let evaluations_before = metrics.evaluations.get();
     // Six more, one at a time, each evaluated before the next.
     for i in (0..6).rev() {
         let evaluated = metrics.evaluations.get();
-        store_readings(&harness, &[ripple(i)]).await;
+        store_readings(&gauge.harness, &[gauge.ripple(i)]).await;
         let done = wait_for(Duration::from_secs(30), || async {
             metrics.evaluations.get() > evaluated
         })
         .await;
         assert!(done, "the new reading is evaluated");
     }
-    quiet(&analytics).await;
-    let taken = metrics.readings_evaluated.get() - taken_before;
+    quiet(&gauge.analytics).await;
+    let taken = metrics.readings_evaluated.get() - first;
     let evaluations = metrics.evaluations.get() - evaluations_before;
     // At most the new reading and the three before it (the spike check's neighbours) each time.
     assert!(
         taken <= 4 * evaluations,
         "{evaluations} evaluations took {taken} readings for 6 new ones"
     );
-    let _ = std::fs::remove_file(flood_file);
-    analytics.stop().await;
-    harness.finish().await;
+    gauge.finish().await;
 }
 
 /// Through the runner: an evaluation whose findings cannot be recorded carries nothing forward,
 /// so that the flags of the readings it took are still set once recording works again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_recording_carries_nothing_forward() {
-    let harness = Harness::start().await;
-    let key = sensor(0, 0);
-    let id = sensor_id(&harness, &key).await;
-    let flood_file = harbour_flood_file("failed", &key);
-    let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
-    let at = |i: i64| now - ChronoDuration::minutes(10 * i);
-    let reading = |i: i64, value: f64| ReadingRow {
-        sensor_id: id,
-        ts: at(i),
-        value,
-        quality: 0,
-    };
-    let ripple = |i: i64| reading(i, 0.4 + 0.01 * (i % 7) as f64);
-    let history: Vec<ReadingRow> = (6..2 * 144).rev().map(ripple).collect();
-    store_readings(&harness, &history).await;
-    let mut config = config(&harness);
-    config.analytics.flood_files = vec![flood_file.clone()];
-    let analytics = start_analytics(&config).await;
-    quiet(&analytics).await;
-    let metrics = &analytics.metrics;
+    let gauge = QuietGauge::start("failed", 2).await;
+    let metrics = &gauge.analytics.metrics;
     // Recording fails (every evaluation records its gauges' trends) while a spike and the
     // readings after it, which settle its flag, are evaluated.
-    let client = sql(&harness).await;
+    let client = sql(&gauge.harness).await;
     client
         .batch_execute(
             "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
@@ -287,13 +312,13 @@ async fn a_failed_recording_carries_nothing_forward() {
         .rev()
         .map(|i| {
             if i == spike {
-                reading(i, 3.0)
+                gauge.reading(i, 3.0)
             } else {
-                ripple(i)
+                gauge.ripple(i)
             }
         })
         .collect();
-    store_readings(&harness, &rows).await;
+    store_readings(&gauge.harness, &rows).await;
     let failed = wait_for(Duration::from_secs(30), || async {
         metrics.failures.get() > 0
     })
@@ -305,7 +330,7 @@ async fn a_failed_recording_carries_nothing_forward() {
         .unwrap();
     // The next reading is evaluated and recorded.
     let evaluations = metrics.evaluations.get();
-    store_readings(&harness, &[ripple(-1)]).await;
+    store_readings(&gauge.harness, &[gauge.ripple(-1)]).await;
     let recorded = wait_for(Duration::from_secs(30), || async {
         metrics.evaluations.get() > evaluations
     })
@@ -314,7 +339,7 @@ async fn a_failed_recording_carries_nothing_forward() {
     let quality: i16 = client
         .query_one(
             "SELECT quality FROM readings WHERE sensor_id = $1 AND ts = $2",
-            &[&id, &at(spike)],
+            &[&gauge.id, &gauge.reading(spike, 0.0).ts],
         )
         .await
         .unwrap()
@@ -324,7 +349,5 @@ async fn a_failed_recording_carries_nothing_forward() {
         tidemark_model::Quality::SPIKE.0,
         "the spike is flagged ({quality})"
     );
-    let _ = std::fs::remove_file(flood_file);
-    analytics.stop().await;
-    harness.finish().await;
+    gauge.finish().await;
 }
