@@ -393,6 +393,20 @@ struct LevelProgress {
     steps: Steps,
     /// The threshold crossings up to `through`, from the window's start.
     crossings: Vec<Crossing>,
+    /// The gaps longer than `.0` between consecutive readings up to `through`, from those after
+    /// the window's start.
+    gaps: (Duration, Vec<Gap>),
+}
+
+/// A gap between two consecutive readings: the reading before and the one after.
+type Gap = (DateTime<Utc>, DateTime<Utc>);
+
+/// The gaps longer than `limit` between consecutive readings of `samples`.
+fn gaps(samples: &[Sample], limit: Duration) -> impl Iterator<Item = Gap> + '_ {
+    samples
+        .windows(2)
+        .filter(move |w| w[1].ts - w[0].ts > limit)
+        .map(|w| (w[0].ts, w[1].ts))
 }
 
 /// A rain gauge's timeline worked out up to a reading, to go on from.
@@ -442,7 +456,9 @@ impl SensorProgress {
 /// Each sensor's [`SensorProgress`], by key.
 pub type Progress = HashMap<String, SensorProgress>;
 
-/// Where `through` is in `samples` (in time order), if it is there as it was.
+/// Where `through` is in `samples`, if it is there as it was and the readings from it on are in
+/// time order (those before it were when it was taken). Readings out of order are worked out anew
+/// from all of them: what is carried holds only the readings a window in time order needs.
 fn position_of(samples: &[Sample], through: Option<Sample>) -> Option<usize> {
     let through = through?;
     let after = samples.partition_point(|s| s.ts <= through.ts);
@@ -450,7 +466,7 @@ fn position_of(samples: &[Sample], through: Option<Sample>) -> Option<usize> {
     let same = samples[i].ts == through.ts
         && samples[i].value.to_bits() == through.value.to_bits()
         && samples[i].quality == through.quality;
-    same.then_some(i)
+    (same && in_order(&samples[i..])).then_some(i)
 }
 
 /// Keeps a timeline from its last entry at or before `from` (the state then).
@@ -470,18 +486,20 @@ fn in_order(samples: &[Sample]) -> bool {
 /// reading with final flags is left in `carried` (see [`carried_steps`]), and the entries after
 /// it are returned. Its data-quality flags that differ from those given are added to `flags`
 /// (for the readings it took anew), its crossings from `from` on to `crossings`, its state at its
-/// newest usable reading to `trends`, and the number of readings it took anew to `taken`.
+/// newest usable reading to `trends`, and the number of readings it took anew to `taken`. Also
+/// returns its gaps longer than `stale_limit` between readings from `from` on, for
+/// [`stale_changes`].
 #[allow(clippy::too_many_arguments)]
 fn level_steps(
     sensor: &LevelSensor,
     observed_only: bool,
-    from: DateTime<Utc>,
+    (from, stale_limit): (DateTime<Utc>, Duration),
     carried: &mut SensorProgress,
     crossings: &mut Vec<Crossing>,
     trends: &mut Vec<SensorTrend>,
     flags: &mut Vec<(String, DateTime<Utc>, Quality)>,
     taken: &mut usize,
-) -> Steps {
+) -> (Steps, Vec<Gap>) {
     let settings = LevelSettings::of(sensor, observed_only);
     let samples = &sensor.samples;
     let found = carried.levels.iter().position(|p| p.settings == settings);
@@ -498,6 +516,7 @@ fn level_steps(
                     fold: LevelFold::default(),
                     steps: Steps::new(),
                     crossings: Vec::new(),
+                    gaps: (stale_limit, Vec::new()),
                 },
             ),
         };
@@ -572,15 +591,30 @@ fn level_steps(
             projected,
         });
     }
+    // The gaps: those up to the last reading taken are carried (found again from the readings
+    // if the limit changed), those after it found again.
+    let through = start + settled;
+    let known = &mut progress.gaps;
+    if known.0 != stale_limit {
+        *known = (stale_limit, gaps(&samples[..start], stale_limit).collect());
+    }
+    (known.1).extend(gaps(
+        &samples[start.saturating_sub(1)..through],
+        stale_limit,
+    ));
+    (known.1).retain(|(before, _)| *before >= from);
+    let mut all_gaps = known.1.clone();
+    all_gaps.extend(gaps(&samples[through.saturating_sub(1)..], stale_limit));
     // The next evaluation goes on from the last reading taken, where the readings come in time
-    // order (as they are read).
+    // order (as they are read): those after what was carried were checked, the rest are now.
+    let ordered = start > 0 || in_order(samples);
     if settled > 0 {
-        progress.through = Some(new[settled - 1]).filter(|_| in_order(samples));
-    } else if !in_order(samples) {
+        progress.through = Some(new[settled - 1]).filter(|_| ordered);
+    } else if !ordered {
         progress.through = None;
     }
     carried.levels.push(progress);
-    after
+    (after, all_gaps)
 }
 
 /// The timeline [`level_steps`] left in `carried` for `sensor` in its role.
@@ -674,7 +708,8 @@ fn rain_steps(sensor: &RainSensor, from: DateTime<Utc>, carried: &mut SensorProg
     );
     trim_steps(&mut progress.steps, from);
     if let Some(newest) = samples.last() {
-        progress.through = Some(*newest).filter(|_| in_order(samples));
+        let ordered = start > 0 || in_order(samples);
+        progress.through = Some(*newest).filter(|_| ordered);
     }
     carried.rain = Some(progress);
     samples.len() - start
@@ -687,10 +722,10 @@ fn upstream_steps(
     flags: &mut Vec<(String, DateTime<Utc>, Quality)>,
     taken: &mut usize,
 ) -> Steps {
-    let after = level_steps(
+    let (after, _) = level_steps(
         &upstream.sensor,
         true,
-        from,
+        (from, Duration::MAX),
         carried,
         &mut Vec::new(),
         &mut Vec::new(),
@@ -763,22 +798,27 @@ impl<'a> Timeline<'a> {
     }
 }
 
-fn stale_changes(area: &AreaInput, now: DateTime<Utc>) -> Vec<(DateTime<Utc>, bool)> {
+/// How long a level sensor may go without a reading before the area is stale.
+fn stale_limit(area: &AreaInput, sensor: &LevelSensor) -> Duration {
+    sensor.expected_interval * area.stale_after_intervals.max(1)
+}
+
+/// When the area's stations became stale and fresh again, from each level sensor's gaps longer
+/// than its [`stale_limit`] (in `area.levels`' order) and how long it has been silent now.
+fn stale_changes(
+    area: &AreaInput,
+    gaps: &[Vec<Gap>],
+    now: DateTime<Utc>,
+) -> Vec<(DateTime<Utc>, bool)> {
     // Per sensor, the periods without data; the area is stale while any sensor is.
     let mut marks: Vec<(DateTime<Utc>, i32)> = Vec::new();
-    for sensor in &area.levels {
-        let limit = sensor.expected_interval * area.stale_after_intervals.max(1);
-        let mut previous: Option<DateTime<Utc>> = None;
-        for sample in &sensor.samples {
-            if let Some(prev) = previous {
-                if sample.ts - prev > limit {
-                    marks.push((prev + limit, 1));
-                    marks.push((sample.ts, -1));
-                }
-            }
-            previous = Some(sample.ts);
+    for (sensor, gaps) in area.levels.iter().zip(gaps) {
+        let limit = stale_limit(area, sensor);
+        for (before, after) in gaps {
+            marks.push((*before + limit, 1));
+            marks.push((*after, -1));
         }
-        if let Some(last) = previous {
+        if let Some(last) = sensor.samples.last().map(|s| s.ts) {
             let silent = sensor
                 .last_received
                 .is_none_or(|received| now - received > limit);
@@ -859,17 +899,20 @@ pub fn evaluate_carried(
     }
     // Each source's timeline: what is carried (left in `taken`) and the entries after it.
     let mut after: Vec<Steps> = Vec::new();
+    let mut gaps: Vec<Vec<Gap>> = Vec::new();
     for sensor in &area.levels {
-        after.push(level_steps(
+        let (steps, sensor_gaps) = level_steps(
             sensor,
             false,
-            from,
+            (from, stale_limit(area, sensor)),
             taken.entry(&sensor.key).or_default(),
             &mut crossings,
             &mut trends,
             &mut flags,
             &mut readings_taken,
-        ));
+        );
+        after.push(steps);
+        gaps.push(sensor_gaps);
     }
     for sensor in &area.rains {
         readings_taken += rain_steps(sensor, from, taken.entry(&sensor.key).or_default());
@@ -912,7 +955,7 @@ pub fn evaluate_carried(
     Evaluation {
         latest,
         steps,
-        stale: stale_changes(area, now),
+        stale: stale_changes(area, &gaps, now),
         crossings,
         flags,
         trends,

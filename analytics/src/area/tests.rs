@@ -382,6 +382,14 @@ fn leaving_out_quiet_entries_after_quiet_ones_changes_no_area_timeline() {
     assert!(left_out > 1000, "{left_out} entries left out");
 }
 
+/// The area's stale changes from a scan of every level sensor's readings.
+fn stale_by_scan(area: &AreaInput, now: DateTime<Utc>) -> Vec<(DateTime<Utc>, bool)> {
+    let gaps: Vec<Vec<Gap>> = (area.levels.iter())
+        .map(|sensor| gaps(&sensor.samples, stale_limit(area, sensor)).collect())
+        .collect();
+    stale_changes(area, &gaps, now)
+}
+
 /// A rain gauge with DMI's rules, held an hour.
 fn rain_gauge(samples: Vec<Sample>) -> RainSensor {
     RainSensor {
@@ -473,15 +481,20 @@ fn one_pass(area: &AreaInput, now: DateTime<Utc>) -> Steps {
     combine(&timelines(&sources), DateTime::<Utc>::MIN_UTC, now)
 }
 
-/// A random series every 10 minutes (now and then a gap): a random walk through the thresholds,
-/// with spikes, stuck runs, readings the device marks bad and values out of range.
+/// A random series every 10 minutes (now and then a gap of 40 or 70 minutes): a random walk
+/// through the thresholds, with spikes, stuck runs, readings the device marks bad and values out
+/// of range.
 fn wandering(random: &mut impl FnMut(u64) -> u64, len: usize, rain: bool) -> Vec<Sample> {
     let mut at = start();
     let mut value: f64 = if rain { 0.0 } else { 0.8 };
     let mut stuck = 0;
     (0..len)
         .map(|_| {
-            at += Duration::minutes(if random(30) == 0 { 70 } else { 10 });
+            at += Duration::minutes(match random(30) {
+                0 => 70,
+                1 => 40,
+                _ => 10,
+            });
             if rain {
                 let heavy = random(15) == 0;
                 return Sample::good(at, random(if heavy { 90 } else { 4 }) as f64 / 10.0);
@@ -548,6 +561,10 @@ fn carrying_timelines_over_gives_what_evaluating_the_readings_gives() {
                     progress.changed(changed.ts);
                 }
             }
+            // Now and then the stations' stale limit changes.
+            if random(25) == 0 {
+                whole.stale_after_intervals = 2 + random(4) as i32;
+            }
             upto = (upto + 1 + random(12) as usize).min(len);
             let input = first_readings(&whole, upto);
             let now = input.levels[0].samples[upto - 1].ts + Duration::minutes(5);
@@ -559,6 +576,11 @@ fn carrying_timelines_over_gives_what_evaluating_the_readings_gives() {
             assert_eq!(going_on.crossings, fresh.crossings, "case {case}, {upto}");
             assert_eq!(going_on.trends, fresh.trends, "case {case}, {upto}");
             assert_eq!(going_on.stale, fresh.stale, "case {case}, {upto}");
+            assert_eq!(
+                going_on.stale,
+                stale_by_scan(&input, now),
+                "case {case}, {upto}"
+            );
             assert_eq!(going_on.latest, fresh.latest, "case {case}, {upto}");
             for flag in &going_on.flags {
                 assert!(fresh.flags.contains(flag), "case {case}, {upto}: {flag:?}");
@@ -625,6 +647,16 @@ fn a_moving_window_keeps_the_timeline_from_its_start_and_no_more() {
             for step in windowed.steps.iter().filter(|(at, _, _)| *at > from) {
                 assert!(fresh.steps.contains(step), "case {case}, {upto}: {step:?}");
             }
+            // The stale changes of the readings in the window, as the runner reads them.
+            let mut in_window = first_readings(&whole, upto);
+            for level in &mut in_window.levels {
+                level.samples.retain(|s| s.ts >= from);
+            }
+            assert_eq!(
+                windowed.stale,
+                stale_by_scan(&in_window, now),
+                "case {case}, {upto}"
+            );
             let recent: Vec<&Crossing> = fresh.crossings.iter().filter(|c| c.at >= from).collect();
             assert_eq!(windowed.crossings.iter().collect::<Vec<_>>(), recent);
             // What is carried reaches back no further than the window.
@@ -638,4 +670,39 @@ fn a_moving_window_keeps_the_timeline_from_its_start_and_no_more() {
         }
     }
     assert!(compared > 1_000, "{compared} states compared");
+}
+
+#[test]
+fn readings_out_of_time_order_are_evaluated_anew_each_time() {
+    let mut lcg = crate::testing::Lcg(41);
+    let mut random = move |below: u64| lcg.next(below);
+    let mut compared = 0;
+    for case in 0..20 {
+        let len = 120;
+        let mut level = gauge("level", &[]);
+        level.samples = wandering(&mut random, len, false);
+        let mut rain = rain_gauge(wandering(&mut random, len, true));
+        // A reading out of place in each: a late one stored after its successors.
+        for samples in [&mut level.samples, &mut rain.samples] {
+            let i = 20 + random(60) as usize;
+            samples[i..i + 5].rotate_left(1);
+        }
+        let whole = AreaInput {
+            rains: vec![rain],
+            ..area(vec![level])
+        };
+        let mut carried = Progress::new();
+        let mut upto = 0;
+        while upto < len {
+            upto = (upto + 1 + random(8) as usize).min(len);
+            let input = first_readings(&whole, upto);
+            let now = input.levels[0].samples[upto - 1].ts + Duration::hours(2);
+            let going_on = evaluate_carried(&input, now, DateTime::<Utc>::MIN_UTC, &mut carried);
+            let fresh = evaluate(&input, now);
+            assert_eq!(going_on.steps, fresh.steps, "case {case}, {upto} readings");
+            assert_eq!(going_on.stale, fresh.stale, "case {case}, {upto}");
+            compared += 1;
+        }
+    }
+    assert!(compared > 300, "{compared} evaluations compared");
 }
