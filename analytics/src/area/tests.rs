@@ -390,6 +390,13 @@ fn stale_by_scan(area: &AreaInput, now: DateTime<Utc>) -> Vec<(DateTime<Utc>, bo
     stale_changes(area, &gaps, now)
 }
 
+/// A level gauge and a rain gauge with `len` readings each of [`wandering`].
+fn wandering_pair(random: &mut impl FnMut(u64) -> u64, len: usize) -> (LevelSensor, RainSensor) {
+    let mut level = gauge("level", &[]);
+    level.samples = wandering(random, len, false);
+    (level, rain_gauge(wandering(random, len, true)))
+}
+
 /// A rain gauge with DMI's rules, held an hour.
 fn rain_gauge(samples: Vec<Sample>) -> RainSensor {
     RainSensor {
@@ -613,9 +620,7 @@ fn a_moving_window_keeps_the_timeline_from_its_start_and_no_more() {
     let mut compared = 0;
     for case in 0..12 {
         let len = 400;
-        let mut level = gauge("level", &[]);
-        level.samples = wandering(&mut random, len, false);
-        let rain = rain_gauge(wandering(&mut random, len, true));
+        let (level, rain) = wandering_pair(&mut random, len);
         let whole = AreaInput {
             rains: vec![rain],
             ..area(vec![level])
@@ -679,9 +684,7 @@ fn readings_out_of_time_order_are_evaluated_anew_each_time() {
     let mut compared = 0;
     for case in 0..20 {
         let len = 120;
-        let mut level = gauge("level", &[]);
-        level.samples = wandering(&mut random, len, false);
-        let mut rain = rain_gauge(wandering(&mut random, len, true));
+        let (mut level, mut rain) = wandering_pair(&mut random, len);
         // A reading out of place in each: a late one stored after its successors.
         for samples in [&mut level.samples, &mut rain.samples] {
             let i = 20 + random(60) as usize;
