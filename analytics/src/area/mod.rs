@@ -558,8 +558,14 @@ fn level_steps(
     progress.crossings.retain(|c| c.at >= from);
     let mut fold = progress.fold.clone();
     let mut after = Steps::new();
-    let first_crossing = crossings.len();
-    crossings.extend(progress.crossings.iter().cloned());
+    // An upstream sensor's crossings are its own area's to report.
+    let mut unreported = Vec::new();
+    let crossings = if observed_only {
+        &mut unreported
+    } else {
+        crossings.extend(progress.crossings.iter().cloned());
+        crossings
+    };
     take_level(
         sensor,
         observed_only,
@@ -568,9 +574,6 @@ fn level_steps(
         (progress.steps.last(), &mut after),
         crossings,
     );
-    if observed_only {
-        crossings.truncate(first_crossing);
-    }
     if let Some(last) = fold.recent.last().filter(|_| !observed_only) {
         let rate = trend::rate_of_rise(&fold.recent, last.ts, sensor.rate_window);
         let rule = sensor.rule.oriented();
@@ -734,19 +737,23 @@ fn upstream_steps(
     );
     (carried_steps(carried, &upstream.sensor, true).iter())
         .chain(&after)
-        .map(|(at, level, trigger)| {
-            let level = level.map(|_| Level {
-                severity: Severity::Alert,
-                kind: WarningKind::Expected,
-            });
-            let trigger = trigger.as_ref().map(|t| Trigger {
-                cause: "upstream",
-                expected_at: Some(*at + upstream.travel_time),
-                ..t.clone()
-            });
-            (*at + upstream.travel_time, level, trigger)
-        })
+        .map(|step| downstream(step, upstream.travel_time))
         .collect()
+}
+
+/// An upstream sensor's observed state at a reading as its downstream area sees it: an expected
+/// alert, once the water has had `travel_time` to arrive.
+fn downstream((at, level, trigger): &Step, travel_time: Duration) -> Step {
+    let level = level.map(|_| Level {
+        severity: Severity::Alert,
+        kind: WarningKind::Expected,
+    });
+    let trigger = trigger.as_ref().map(|t| Trigger {
+        cause: "upstream",
+        expected_at: Some(*at + travel_time),
+        ..t.clone()
+    });
+    (*at + travel_time, level, trigger)
 }
 
 /// Adds a source's state at a reading to its timeline (which goes on from `before`), but for a

@@ -468,21 +468,10 @@ fn one_pass(area: &AreaInput, now: DateTime<Utc>) -> Steps {
         sources.push(steps);
     }
     for upstream in &area.upstream {
-        let travel = upstream.travel_time;
-        let steps = level(&upstream.sensor, true)
-            .into_iter()
-            .map(|(at, level, trigger)| {
-                let level = level.map(|_| Level {
-                    severity: Severity::Alert,
-                    kind: WarningKind::Expected,
-                });
-                let trigger = trigger.map(|t| Trigger {
-                    cause: "upstream",
-                    expected_at: Some(at + travel),
-                    ..t
-                });
-                (at + travel, level, trigger)
-            });
+        let observed = level(&upstream.sensor, true);
+        let steps = observed
+            .iter()
+            .map(|step| downstream(step, upstream.travel_time));
         sources.push(steps.collect());
     }
     combine(&timelines(&sources), DateTime::<Utc>::MIN_UTC, now)
