@@ -19,6 +19,12 @@ impl Listener {
     pub async fn recv(&mut self) -> Option<Notice> {
         self.receiver.recv().await
     }
+
+    /// The notifications already received, without waiting; empty when there are none (or the
+    /// connection has closed, which the next [`Listener::recv`] reports).
+    pub fn ready(&mut self) -> Vec<Notice> {
+        std::iter::from_fn(|| self.receiver.try_recv().ok()).collect()
+    }
 }
 
 /// Opens a connection and LISTENs on `channels`.

@@ -203,26 +203,6 @@ pub(crate) async fn try_evaluate_areas(
         .collect();
     sensors.sort_unstable();
     sensors.dedup();
-    // The readings kept from earlier evaluations, with what changed since read again.
-    let series = kept
-        .series(
-            store,
-            &sensors,
-            now - chrono(settings.analytics.lookback),
-            now,
-        )
-        .await?;
-    let series_read = started.elapsed();
-    let received = store.last_received(&sensors).await?;
-    let received_read = started.elapsed();
-    let reads = Reads {
-        series: &series,
-        received: &received,
-    };
-    let mut inputs: Vec<AreaInput> = areas
-        .iter()
-        .map(|area| area_input(model, settings, area, &reads, now))
-        .collect();
     // An issue matters while it is current. After a quiet evaluation, the issues current from
     // where it stopped are enough (before that, they changed nothing that was not recorded);
     // with a warning in force, those since its raise.
@@ -231,23 +211,51 @@ pub(crate) async fn try_evaluate_areas(
     let mut starts: HashMap<&str, DateTime<Utc>> = HashMap::new();
     {
         let memos = memos.areas.lock().unwrap_or_else(|e| e.into_inner());
-        for input in &inputs {
-            let from = memos.get(&input.key).map_or(earliest, |m| {
+        for area in &areas {
+            let from = memos.get(&area.key).map_or(earliest, |m| {
                 (m.in_force_since.map_or(m.until, |since| since.min(m.until)) - max_age)
                     .max(earliest)
             });
-            for level in &input.levels {
-                let start = starts.entry(level.key.as_str()).or_insert(from);
+            for level in area.sensors.iter().filter(|s| is_level(model, s)) {
+                let start = starts.entry(level.as_str()).or_insert(from);
                 *start = (*start).min(from);
             }
         }
     }
     let starts: Vec<(&str, DateTime<Utc>)> = starts.into_iter().collect();
-    let stored = if starts.is_empty() {
-        Vec::new()
-    } else {
-        memos.issues(store, &starts, earliest).await?
+    // The three reads go at once, each on a connection of its own: under ingest's load each
+    // round trip waits its turn for the database, and one after another they added up.
+    let series = async {
+        // The readings kept from earlier evaluations, with what changed since read again.
+        let series = kept
+            .series(
+                store,
+                &sensors,
+                now - chrono(settings.analytics.lookback),
+                now,
+            )
+            .await;
+        (series, started.elapsed())
     };
+    let received = async { (store.last_received(&sensors).await, started.elapsed()) };
+    let stored = async {
+        if starts.is_empty() {
+            Ok(Vec::new())
+        } else {
+            memos.issues(store, &starts, earliest).await
+        }
+    };
+    let ((series, series_read), (received, received_read), stored) =
+        tokio::join!(series, received, stored);
+    let (series, received, stored) = (series?, received?, stored?);
+    let reads = Reads {
+        series: &series,
+        received: &received,
+    };
+    let mut inputs: Vec<AreaInput> = areas
+        .iter()
+        .map(|area| area_input(model, settings, area, &reads, now))
+        .collect();
     for input in &mut inputs {
         if !input.levels.is_empty() {
             input.forecasts = forecasts_of(&input.levels, &stored);
@@ -308,6 +316,7 @@ pub(crate) async fn try_evaluate_areas(
             decision
         })
         .await?;
+    let decided_at = started.elapsed();
     // The trends and the data-quality flags after the warnings: they wait on no commit of their
     // own before the warning events are recorded (each commit waits for its WAL flush, behind
     // ingest's).
@@ -363,9 +372,10 @@ pub(crate) async fn try_evaluate_areas(
         areas = areas.len(),
         issues = stored.len(),
         series_ms = series_read.as_secs_f64() * 1e3,
-        received_ms = (received_read - series_read).as_secs_f64() * 1e3,
+        received_ms = received_read.as_secs_f64() * 1e3,
         read_ms = read.as_secs_f64() * 1e3,
         evaluated_ms = (evaluated - read).as_secs_f64() * 1e3,
+        decided_ms = (decided_at - evaluated).as_secs_f64() * 1e3,
         recorded_ms = (started.elapsed() - evaluated).as_secs_f64() * 1e3,
         "areas evaluated"
     );
@@ -378,6 +388,20 @@ pub(crate) async fn try_evaluate_areas(
     }
     let taken = evaluations.iter().map(|e| e.taken as u64).sum();
     Ok((recorded, taken))
+}
+
+/// Whether the sensor measures rainfall: an area's rain rules read it.
+fn is_rain(model: &Model, sensor: &str) -> bool {
+    model
+        .sensors
+        .get(sensor)
+        .is_some_and(|s| s.quantity == "rainfall")
+}
+
+/// Whether the sensor is one of its area's level sensors (as [`area_input`] finds them): not rain,
+/// and with thresholds.
+fn is_level(model: &Model, sensor: &str) -> bool {
+    !is_rain(model, sensor) && model.thresholds(sensor).is_some()
 }
 
 /// One area's evaluation input, without its forecasts.
@@ -430,10 +454,7 @@ fn area_input(
     // sensors only.
     let drought = area.hazard == Category::Drought;
     for sensor in &area.sensors {
-        let is_rain = model
-            .sensors
-            .get(sensor)
-            .is_some_and(|s| s.quantity == "rainfall");
+        let is_rain = is_rain(model, sensor);
         if is_rain && drought {
             continue;
         }

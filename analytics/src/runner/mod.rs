@@ -131,12 +131,17 @@ pub async fn run(
                 Err(error) => tracing::warn!(%error, "nowcast failed"),
             }
         }
-        tokio::select! {
+        // Notifications that came while the turn above ran were gathered for as long as it took:
+        // they are taken at once, without waiting `debounce` for more.
+        let queued = listener.ready();
+        let notifications = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             _ = sweep.tick() => {
                 swept.extend(model.setup.areas.iter().map(|a| a.key.clone()));
+                (!queued.is_empty()).then_some(queued)
             }
+            _ = std::future::ready(()), if !queued.is_empty() => Some(queued),
             notification = listener.recv() => {
                 let Some(first) = notification else {
                     tracing::warn!("the readings listener closed; reconnecting");
@@ -155,144 +160,166 @@ pub async fn run(
                 while let Ok(Some(more)) = tokio::time::timeout_at(deadline, listener.recv()).await {
                     notifications.push(more);
                 }
-                // A changed setup (over the API, or a migrate) is reloaded, and every area looked at.
-                if notifications.contains(&Notice::FloodSetupChanged) {
-                    // Thresholds may have changed what old issues mean: read them all again.
-                    memos.forget();
-                    // Sensors may have been renamed or replaced: their readings are read whole.
-                    kept.clear();
-                    match Model::load(&store).await {
-                        Ok(fresh) => {
-                            // Only new or changed containers and rules are looked at again.
-                            let changed: Vec<ContainerRow> = fresh
-                                .containers
-                                .iter()
-                                .filter(|c| !model.containers.contains(c))
-                                .cloned()
-                                .collect();
-                            let changed_quality: Vec<QualityRuleRow> = fresh
-                                .quality_rules
-                                .iter()
-                                .filter(|r| !model.quality_rules.contains(r))
-                                .cloned()
-                                .collect();
-                            let changed_rules: Vec<LeakRuleRow> = fresh
-                                .leak_rules
-                                .iter()
-                                .filter(|r| !model.leak_rules.contains(r))
-                                .cloned()
-                                .collect();
-                            model = fresh;
-                            tracing::info!(areas = model.setup.areas.len(), "flood setup reloaded");
-                            // A new or changed quality rule applies to the whole history.
-                            if let Err(error) = check_rule_sensors(&store, &changed_quality, HISTORY_START).await {
-                                tracing::warn!(%error, "quality checks failed");
-                            }
-                            if let Err(error) = find_container_events(&store, &changed, HISTORY_START).await {
-                                tracing::warn!(%error, "container events failed");
-                            }
-                            if let Err(error) = find_night_flow(&store, &changed_rules, HISTORY_START, &settings.topic_prefix).await {
-                                tracing::warn!(%error, "night flow failed");
-                            }
-                        }
-                        Err(error) => tracing::warn!(%error, "cannot reload the flood setup"),
-                    }
-                    pending.extend(model.setup.areas.iter().map(|a| a.key.clone()));
-                }
-                let forecast_ids: BTreeSet<i32> = notifications
-                    .iter()
-                    .flat_map(|n| match n {
-                        Notice::ForecastsCommitted { sensors } => sensors.clone(),
-                        _ => Vec::new(),
-                    })
-                    .collect();
-                // Flags set elsewhere (another analytics process) are not dated: read whole.
-                for notice in &notifications {
-                    if let Notice::ReadingsFlagged { sensor_key } = notice {
-                        kept.forget(sensor_key);
-                    }
-                }
-                let batches: Vec<ReadingsCommitted> = notifications
-                    .into_iter()
-                    .filter_map(|n| match n {
-                        Notice::ReadingsCommitted(batch) => Some(batch),
-                        _ => None,
-                    })
-                    .collect();
-                let ids: BTreeSet<i32> = batches
-                    .iter()
-                    .flat_map(|b| b.sensors.iter().copied())
-                    .collect();
-                if ids.iter().any(|id| !model.by_id.contains_key(id)) {
-                    match Model::load(&store).await {
-                        Ok(fresh) => model = fresh,
-                        Err(error) => tracing::warn!(%error, "cannot reload the flood setup"),
-                    }
-                }
-                // A batch's readings, late ones too, are read again from its earliest.
-                for batch in &batches {
-                    for id in &batch.sensors {
-                        if let Some(key) = model.by_id.get(id) {
-                            kept.changed(key, batch.from);
-                        }
-                    }
-                }
-                // Sensors with a quality rule are checked from a day before the earliest new reading,
-                // so that a reading is judged again once its later neighbours have come.
-                let earliest = batches.iter().map(|b| b.from).min();
-                let ruled: Vec<QualityRuleRow> = model
-                    .quality_rules
-                    .iter()
-                    .filter(|r| ids.iter().any(|id| model.by_id.get(id) == Some(&r.sensor_key)))
-                    .cloned()
-                    .collect();
-                if let (Some(earliest), false) = (earliest, ruled.is_empty()) {
-                    let from = earliest - chrono::Duration::days(1);
-                    // The checks may flag readings from `from` on.
-                    for rule in &ruled {
-                        kept.changed(&rule.sensor_key, from);
-                    }
-                    if let Err(error) = check_rule_sensors(&store, &ruled, from).await {
+                Some(notifications)
+            }
+            // The rest of a sweep, when nothing else is waiting.
+            _ = std::future::ready(()), if !swept.is_empty() => None,
+        };
+        let Some(notifications) = notifications else {
+            continue;
+        };
+        // A changed setup (over the API, or a migrate) is reloaded, and every area looked at.
+        if notifications.contains(&Notice::FloodSetupChanged) {
+            // Thresholds may have changed what old issues mean: read them all again.
+            memos.forget();
+            // Sensors may have been renamed or replaced: their readings are read whole.
+            kept.clear();
+            match Model::load(&store).await {
+                Ok(fresh) => {
+                    // Only new or changed containers and rules are looked at again.
+                    let changed: Vec<ContainerRow> = fresh
+                        .containers
+                        .iter()
+                        .filter(|c| !model.containers.contains(c))
+                        .cloned()
+                        .collect();
+                    let changed_quality: Vec<QualityRuleRow> = fresh
+                        .quality_rules
+                        .iter()
+                        .filter(|r| !model.quality_rules.contains(r))
+                        .cloned()
+                        .collect();
+                    let changed_rules: Vec<LeakRuleRow> = fresh
+                        .leak_rules
+                        .iter()
+                        .filter(|r| !model.leak_rules.contains(r))
+                        .cloned()
+                        .collect();
+                    model = fresh;
+                    tracing::info!(areas = model.setup.areas.len(), "flood setup reloaded");
+                    // A new or changed quality rule applies to the whole history.
+                    if let Err(error) =
+                        check_rule_sensors(&store, &changed_quality, HISTORY_START).await
+                    {
                         tracing::warn!(%error, "quality checks failed");
                     }
-                }
-                let touched: Vec<ContainerRow> = model
-                    .containers
-                    .iter()
-                    .filter(|c| {
-                        ids.iter().any(|id| {
-                            model.by_id.get(id).is_some_and(|key| {
-                                key == &c.fill_sensor || c.weight_sensor.as_ref() == Some(key)
-                            })
-                        })
-                    })
-                    .cloned()
-                    .collect();
-                if let (Some(earliest), false) = (earliest, touched.is_empty()) {
-                    if let Err(error) = find_container_events(&store, &touched, earliest).await {
+                    if let Err(error) = find_container_events(&store, &changed, HISTORY_START).await
+                    {
                         tracing::warn!(%error, "container events failed");
                     }
-                }
-                let metered: Vec<LeakRuleRow> = model
-                    .leak_rules
-                    .iter()
-                    .filter(|r| ids.iter().any(|id| model.by_id.get(id) == Some(&r.sensor_key)))
-                    .cloned()
-                    .collect();
-                if let (Some(earliest), false) = (earliest, metered.is_empty()) {
-                    if let Err(error) = find_night_flow(&store, &metered, earliest, &settings.topic_prefix).await {
+                    if let Err(error) = find_night_flow(
+                        &store,
+                        &changed_rules,
+                        HISTORY_START,
+                        &settings.topic_prefix,
+                    )
+                    .await
+                    {
                         tracing::warn!(%error, "night flow failed");
                     }
                 }
-                nowcast_due.extend(ids.iter().filter_map(|id| model.by_id.get(id).cloned()));
-                for id in ids.into_iter().chain(forecast_ids) {
-                    if let Some(key) = model.by_id.get(&id) {
-                        pending.extend(model.areas_of(key));
-                    }
+                Err(error) => tracing::warn!(%error, "cannot reload the flood setup"),
+            }
+            pending.extend(model.setup.areas.iter().map(|a| a.key.clone()));
+        }
+        let forecast_ids: BTreeSet<i32> = notifications
+            .iter()
+            .flat_map(|n| match n {
+                Notice::ForecastsCommitted { sensors } => sensors.clone(),
+                _ => Vec::new(),
+            })
+            .collect();
+        // Flags set elsewhere (another analytics process) are not dated: read whole.
+        for notice in &notifications {
+            if let Notice::ReadingsFlagged { sensor_key } = notice {
+                kept.forget(sensor_key);
+            }
+        }
+        let batches: Vec<ReadingsCommitted> = notifications
+            .into_iter()
+            .filter_map(|n| match n {
+                Notice::ReadingsCommitted(batch) => Some(batch),
+                _ => None,
+            })
+            .collect();
+        let ids: BTreeSet<i32> = batches
+            .iter()
+            .flat_map(|b| b.sensors.iter().copied())
+            .collect();
+        if ids.iter().any(|id| !model.by_id.contains_key(id)) {
+            match Model::load(&store).await {
+                Ok(fresh) => model = fresh,
+                Err(error) => tracing::warn!(%error, "cannot reload the flood setup"),
+            }
+        }
+        // A batch's readings, late ones too, are read again from its earliest.
+        for batch in &batches {
+            for id in &batch.sensors {
+                if let Some(key) = model.by_id.get(id) {
+                    kept.changed(key, batch.from);
                 }
             }
-            // The rest of a sweep, when nothing else is waiting.
-            _ = std::future::ready(()), if !swept.is_empty() => {}
+        }
+        // Sensors with a quality rule are checked from a day before the earliest new reading,
+        // so that a reading is judged again once its later neighbours have come.
+        let earliest = batches.iter().map(|b| b.from).min();
+        let ruled: Vec<QualityRuleRow> = model
+            .quality_rules
+            .iter()
+            .filter(|r| {
+                ids.iter()
+                    .any(|id| model.by_id.get(id) == Some(&r.sensor_key))
+            })
+            .cloned()
+            .collect();
+        if let (Some(earliest), false) = (earliest, ruled.is_empty()) {
+            let from = earliest - chrono::Duration::days(1);
+            // The checks may flag readings from `from` on.
+            for rule in &ruled {
+                kept.changed(&rule.sensor_key, from);
+            }
+            if let Err(error) = check_rule_sensors(&store, &ruled, from).await {
+                tracing::warn!(%error, "quality checks failed");
+            }
+        }
+        let touched: Vec<ContainerRow> = model
+            .containers
+            .iter()
+            .filter(|c| {
+                ids.iter().any(|id| {
+                    model.by_id.get(id).is_some_and(|key| {
+                        key == &c.fill_sensor || c.weight_sensor.as_ref() == Some(key)
+                    })
+                })
+            })
+            .cloned()
+            .collect();
+        if let (Some(earliest), false) = (earliest, touched.is_empty()) {
+            if let Err(error) = find_container_events(&store, &touched, earliest).await {
+                tracing::warn!(%error, "container events failed");
+            }
+        }
+        let metered: Vec<LeakRuleRow> = model
+            .leak_rules
+            .iter()
+            .filter(|r| {
+                ids.iter()
+                    .any(|id| model.by_id.get(id) == Some(&r.sensor_key))
+            })
+            .cloned()
+            .collect();
+        if let (Some(earliest), false) = (earliest, metered.is_empty()) {
+            if let Err(error) =
+                find_night_flow(&store, &metered, earliest, &settings.topic_prefix).await
+            {
+                tracing::warn!(%error, "night flow failed");
+            }
+        }
+        nowcast_due.extend(ids.iter().filter_map(|id| model.by_id.get(id).cloned()));
+        for id in ids.into_iter().chain(forecast_ids) {
+            if let Some(key) = model.by_id.get(&id) {
+                pending.extend(model.areas_of(key));
+            }
         }
     }
     tracing::info!("analytics stopped");
