@@ -6,10 +6,11 @@
 //! one definition of each payload. Locks are taken through the functions here; the one that
 //! orders warning events returns an [`EventSequence`] guard, which appending an event requires.
 
+use crate::pipeline;
 use crate::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Transaction;
 
 /// A LISTEN/NOTIFY channel between the stages.
@@ -167,20 +168,17 @@ pub(crate) async fn notify(tx: &Transaction<'_>, notice: &Notice) -> Result<()> 
     Ok(())
 }
 
-/// Sends the notices in order when `tx` commits, in one statement.
-pub(crate) async fn notify_all(tx: &Transaction<'_>, notices: &[Notice]) -> Result<()> {
-    if notices.is_empty() {
-        return Ok(());
-    }
-    let channels: Vec<&str> = notices.iter().map(|n| n.channel().name()).collect();
-    let payloads: Vec<String> = notices.iter().map(Notice::payload).collect();
-    tx.execute_typed(
-        "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(c, p, n) ORDER BY n",
-        &[(&channels, Type::TEXT_ARRAY), (&payloads, Type::TEXT_ARRAY)],
-    )
-    .await
-    .context("sending notifications")?;
-    Ok(())
+/// Sends notices when the transaction it runs in commits, in the order given: `$1` their
+/// channels and `$2` their payloads, as [`notify_params`] makes them.
+pub(crate) const NOTIFY_ALL: &str =
+    "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(c, p, n) ORDER BY n";
+
+/// The channels and payloads of `notices`, for [`NOTIFY_ALL`].
+pub(crate) fn notify_params(notices: &[Notice]) -> (Vec<&'static str>, Vec<String>) {
+    notices
+        .iter()
+        .map(|n| (n.channel().name(), n.payload()))
+        .unzip()
 }
 
 /// Sends `notice` now, outside any transaction (after the commit of what it announces).
@@ -199,13 +197,13 @@ pub(crate) const PARTITION_LOCK: i64 = 0x7469_6465_7061_7274;
 /// Key of the session lock that lets one rollup refresh run at a time.
 pub(crate) const ROLLUP_LOCK: i64 = 0x7469_6465_726f_6c6c;
 
+/// Takes the transaction-scoped advisory lock named `$1` (`text`).
+const LOCK_NAMED: &str = "SELECT pg_advisory_xact_lock(hashtext($1))";
+
 async fn lock_named(tx: &Transaction<'_>, name: &str, what: &'static str) -> Result<()> {
-    tx.execute_typed(
-        "SELECT pg_advisory_xact_lock(hashtext($1))",
-        &[(&name, Type::TEXT)],
-    )
-    .await
-    .context(what)?;
+    tx.execute_typed(LOCK_NAMED, &[(&name, Type::TEXT)])
+        .await
+        .context(what)?;
     Ok(())
 }
 
@@ -235,6 +233,22 @@ pub(crate) async fn lock_event_sequence<'a>(tx: &'a Transaction<'a>) -> Result<E
     Ok(EventSequence { tx })
 }
 
+/// [`lock_event_sequence`], the statements `before` (which write no events) sent ahead of it in
+/// the same round trip.
+pub(crate) async fn lock_event_sequence_after<'a>(
+    tx: &'a Transaction<'a>,
+    before: &[(&str, &pipeline::Params<'_>)],
+) -> Result<EventSequence<'a>> {
+    let name = "tidemark.warning_events";
+    let lock: [(&(dyn ToSql + Sync), Type); 1] = [(&name, Type::TEXT)];
+    let mut statements = before.to_vec();
+    statements.push((LOCK_NAMED, &lock));
+    pipeline::in_one_flight(tx, &statements)
+        .await
+        .context("taking the warning event lock")?;
+    Ok(EventSequence { tx })
+}
+
 /// Serialises evaluations of one flood area (and acknowledgements of its warnings).
 pub(crate) async fn lock_area(tx: &Transaction<'_>, area_key: &str) -> Result<()> {
     lock_named(
@@ -245,18 +259,12 @@ pub(crate) async fn lock_area(tx: &Transaction<'_>, area_key: &str) -> Result<()
     .await
 }
 
-/// [`lock_area`] for many areas, in one statement and one order (by lock key), so that two
-/// transactions locking overlapping sets wait for each other instead of deadlocking.
-pub(crate) async fn lock_areas(tx: &Transaction<'_>, area_keys: &[&str]) -> Result<()> {
-    tx.execute_typed(
-        "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtext('tidemark.area:' || k) AS h \
-         FROM unnest($1::text[]) k ORDER BY h OFFSET 0) s",
-        &[(&area_keys, Type::TEXT_ARRAY)],
-    )
-    .await
-    .context("taking the areas' locks")?;
-    Ok(())
-}
+/// Locks many flood areas in one statement and one order (by lock key), `$1` the area keys
+/// (`text[]`): [`lock_area`] for each, so that two transactions locking overlapping sets wait
+/// for each other instead of deadlocking.
+pub(crate) const LOCK_AREAS: &str =
+    "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtext('tidemark.area:' || k) AS h \
+     FROM unnest($1::text[]) k ORDER BY h OFFSET 0) s";
 
 /// Serialises leak decisions about one district meter.
 pub(crate) async fn lock_meter(tx: &Transaction<'_>, sensor_key: &str) -> Result<()> {

@@ -8,14 +8,14 @@
 //! lets a Server-Sent Events client resume from `Last-Event-ID`.
 
 use crate::coordination::{self, EventSequence, Notice};
+use crate::pipeline;
 use crate::terms::{severity, term};
 use crate::{Context, Result, Store};
 use chrono::{DateTime, Utc};
 use tidemark_model::warning::{
     AreaRef, Category, EventBody, EventKind, Messages, Severity, WarningKind, WarningState,
 };
-use tokio_postgres::types::Type;
-use tokio_postgres::Transaction;
+use tokio_postgres::types::{ToSql, Type};
 
 /// Queues the events for every webhook whose filter matches it. A webhook matches when it is
 /// active, it receives the warning's category, its municipality and area filters (empty = all;
@@ -24,28 +24,21 @@ use tokio_postgres::Transaction;
 /// reaches its minimum or an earlier event of the same warning was already queued for it (so a
 /// receiver that heard of a warning also hears how it changed and ended).
 /// `event_ids` may hold at most one event of each warning: whether a webhook hears of an event
-/// depends on the deliveries queued for the warning's earlier events.
-async fn queue_webhooks(tx: &Transaction<'_>, event_ids: &[i64]) -> Result<u64> {
-    tx.execute_typed(
-        "INSERT INTO outbox (event_id, channel, target) \
-         SELECT e.id, 'webhook', wh.id::text \
-         FROM warning_events e JOIN warnings w ON w.id = e.warning_id \
-         CROSS JOIN LATERAL (SELECT p.severity FROM warning_events p WHERE p.warning_id = e.warning_id \
-             AND p.id <= e.id AND p.severity IS NOT NULL ORDER BY p.id DESC LIMIT 1) sev \
-         JOIN webhooks wh ON wh.deleted_at IS NULL AND wh.disabled_at IS NULL \
-         WHERE e.id = ANY ($1) AND w.category = ANY (wh.categories) \
-           AND (cardinality(wh.municipalities) = 0 OR wh.municipalities && w.municipalities) \
-           AND (cardinality(wh.areas) = 0 OR w.area_key IS NULL OR e.area_key = ANY (wh.areas)) \
-           AND (wh.owner_municipality IS NULL OR wh.owner_municipality = ANY (w.municipalities)) \
-           AND (sev.severity >= wh.min_severity OR EXISTS ( \
-               SELECT 1 FROM outbox o JOIN warning_events q ON q.id = o.event_id \
-               WHERE q.warning_id = e.warning_id AND o.channel = 'webhook' AND o.target = wh.id::text)) \
-         ORDER BY e.id, wh.id",
-        &[(&event_ids, Type::INT8_ARRAY)],
-    )
-    .await
-    .context("queueing webhook deliveries")
-}
+/// depends on the deliveries queued for the warning's earlier events. `$1` the event ids (`bigint[]`).
+const QUEUE_WEBHOOKS: &str = "INSERT INTO outbox (event_id, channel, target) \
+     SELECT e.id, 'webhook', wh.id::text \
+     FROM warning_events e JOIN warnings w ON w.id = e.warning_id \
+     CROSS JOIN LATERAL (SELECT p.severity FROM warning_events p WHERE p.warning_id = e.warning_id \
+         AND p.id <= e.id AND p.severity IS NOT NULL ORDER BY p.id DESC LIMIT 1) sev \
+     JOIN webhooks wh ON wh.deleted_at IS NULL AND wh.disabled_at IS NULL \
+     WHERE e.id = ANY ($1) AND w.category = ANY (wh.categories) \
+       AND (cardinality(wh.municipalities) = 0 OR wh.municipalities && w.municipalities) \
+       AND (cardinality(wh.areas) = 0 OR w.area_key IS NULL OR e.area_key = ANY (wh.areas)) \
+       AND (wh.owner_municipality IS NULL OR wh.owner_municipality = ANY (w.municipalities)) \
+       AND (sev.severity >= wh.min_severity OR EXISTS ( \
+           SELECT 1 FROM outbox o JOIN warning_events q ON q.id = o.event_id \
+           WHERE q.warning_id = e.warning_id AND o.channel = 'webhook' AND o.target = wh.id::text)) \
+     ORDER BY e.id, wh.id";
 
 /// A warning event to append, with what it concerns: a flood area, or a district meter for a leak.
 pub(crate) struct EventInsert<'a> {
@@ -155,24 +148,32 @@ async fn append_part(
         .zip(&ids)
         .flat_map(|((_, topics), id)| topics.iter().map(move |t| (*id, t.as_str())))
         .unzip();
-    if !outbox_events.is_empty() {
-        tx.execute_typed(
-            "INSERT INTO outbox (event_id, channel, target) \
-             SELECT e, 'mqtt', t FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS x(e, t, n) ORDER BY n",
-            &[
-                (&outbox_events, Type::INT8_ARRAY),
-                (&outbox_topics, Type::TEXT_ARRAY),
-            ],
-        )
-        .await
-        .context("queueing deliveries")?;
-    }
-    queue_webhooks(tx, &ids).await?;
     let notices: Vec<Notice> = ids
         .iter()
         .map(|&event_id| Notice::WarningsChanged { event_id })
         .collect();
-    coordination::notify_all(tx, &notices).await?;
+    let (channels, payloads) = coordination::notify_params(&notices);
+    // The deliveries and the announcements in one round trip.
+    let mqtt: [(&(dyn ToSql + Sync), Type); 2] = [
+        (&outbox_events, Type::INT8_ARRAY),
+        (&outbox_topics, Type::TEXT_ARRAY),
+    ];
+    let webhooks: [(&(dyn ToSql + Sync), Type); 1] = [(&ids, Type::INT8_ARRAY)];
+    let notify: [(&(dyn ToSql + Sync), Type); 2] =
+        [(&channels, Type::TEXT_ARRAY), (&payloads, Type::TEXT_ARRAY)];
+    let mut statements: Vec<(&str, &pipeline::Params<'_>)> = Vec::with_capacity(3);
+    if !outbox_events.is_empty() {
+        statements.push((
+            "INSERT INTO outbox (event_id, channel, target) \
+             SELECT e, 'mqtt', t FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS x(e, t, n) ORDER BY n",
+            &mqtt,
+        ));
+    }
+    statements.push((QUEUE_WEBHOOKS, &webhooks));
+    statements.push((coordination::NOTIFY_ALL, &notify));
+    pipeline::in_one_flight(tx, &statements)
+        .await
+        .context("queueing deliveries and announcing the events")?;
     Ok(ids)
 }
 

@@ -40,6 +40,7 @@ pub mod keys;
 pub mod notify;
 pub mod opendata;
 pub mod outbox;
+mod pipeline;
 pub mod readings;
 pub mod reference;
 pub mod rollup;

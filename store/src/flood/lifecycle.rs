@@ -2,7 +2,8 @@
 //! lock (with their warnings, outbox rows and threshold crossings), and reading them back.
 
 use super::*;
-use tokio_postgres::types::Type;
+use crate::pipeline;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{GenericClient, Transaction};
 
 impl Store {
@@ -75,14 +76,29 @@ impl Store {
         let keys: Vec<&str> = areas.iter().map(|a| a.key).collect();
         let mut client = self.client().await?;
         let tx = client.transaction().await.context("begin warning events")?;
-        coordination::lock_areas(&tx, &keys).await?;
-        let statuses = read_statuses(&*tx, &keys).await?;
+        // The locks first, then what they guard, in one round trip (the server runs them in
+        // order); and the areas' hazards, which their events' category needs.
+        let in_force = in_force_query();
+        let params: [(&(dyn ToSql + Sync), Type); 1] = [(&keys, Type::TEXT_ARRAY)];
+        let answers = pipeline::in_one_flight(
+            &tx,
+            &[
+                (coordination::LOCK_AREAS, &params),
+                (LAST_EVENTS, &params),
+                (&in_force, &params),
+                (HAZARDS, &params),
+            ],
+        )
+        .await
+        .context("taking the areas' locks and reading their statuses")?;
+        let statuses = statuses(&keys, &answers[1], &answers[2])?;
+        let categories = categories(&keys, &answers[3]);
         let decisions: Vec<AreaDecision> = statuses
             .iter()
             .enumerate()
             .map(|(i, status)| decide(i, status))
             .collect();
-        let ids = write_decisions(&tx, areas, &decisions).await?;
+        let ids = write_decisions(&tx, areas, &categories, &decisions).await?;
         tx.commit().await.context("commit warning events")?;
         Ok(ids.into_iter().zip(decisions).collect())
     }
@@ -104,29 +120,45 @@ async fn read_status(client: &impl GenericClient, area_key: &str) -> Result<Area
     Ok(read_statuses(client, &[area_key]).await?.remove(0))
 }
 
+/// Each area's time of its last event, by [`statuses`].
+const LAST_EVENTS: &str =
+    "SELECT k, (SELECT max(at) FROM warning_events e WHERE e.area_key = k) FROM unnest($1::text[]) k";
+
+/// The areas' warnings in force, by [`statuses`].
+fn in_force_query() -> String {
+    format!("{WARNING_SELECT} WHERE w.area_key = ANY ($1) AND w.state = 'in_force'")
+}
+
+/// Each area's hazard, by [`categories`].
+const HAZARDS: &str = "SELECT key, hazard FROM flood_areas WHERE key = ANY ($1)";
+
 /// The areas' statuses, in the order given.
 async fn read_statuses(client: &impl GenericClient, area_keys: &[&str]) -> Result<Vec<AreaStatus>> {
-    let last: HashMap<String, DateTime<Utc>> = client
-        .query_typed(
-            "SELECT k, (SELECT max(at) FROM warning_events e WHERE e.area_key = k) \
-             FROM unnest($1::text[]) k",
-            &[(&area_keys, Type::TEXT_ARRAY)],
-        )
+    let last = client
+        .query_typed(LAST_EVENTS, &[(&area_keys, Type::TEXT_ARRAY)])
         .await
-        .context("reading the areas' last events")?
+        .context("reading the areas' last events")?;
+    let in_force = client
+        .query_typed(&in_force_query(), &[(&area_keys, Type::TEXT_ARRAY)])
+        .await
+        .context("reading the areas' warnings in force")?;
+    statuses(area_keys, &last, &in_force)
+}
+
+/// The areas' statuses, in the order given, from the answers of [`LAST_EVENTS`] and
+/// [`in_force_query`].
+fn statuses(
+    area_keys: &[&str],
+    last: &[tokio_postgres::Row],
+    in_force: &[tokio_postgres::Row],
+) -> Result<Vec<AreaStatus>> {
+    let last: HashMap<String, DateTime<Utc>> = last
         .iter()
         .filter_map(|r| Some((r.get(0), r.get::<_, Option<DateTime<Utc>>>(1)?)))
         .collect();
     // At most one warning of an area is in force (a unique index holds that).
     let mut current: HashMap<String, WarningRow> = HashMap::new();
-    let rows = client
-        .query_typed(
-            &format!("{WARNING_SELECT} WHERE w.area_key = ANY ($1) AND w.state = 'in_force'"),
-            &[(&area_keys, Type::TEXT_ARRAY)],
-        )
-        .await
-        .context("reading the areas' warnings in force")?;
-    for row in &rows {
+    for row in in_force {
         let warning = warning_row(row)?;
         current.insert(warning.area_key.clone(), warning);
     }
@@ -139,46 +171,66 @@ async fn read_statuses(client: &impl GenericClient, area_keys: &[&str]) -> Resul
         .collect())
 }
 
+/// Each area's category, in the order given, from the answer of [`HAZARDS`]: a drought area's
+/// warnings and events carry its category; every other area's are flood warnings.
+fn categories(area_keys: &[&str], hazards: &[tokio_postgres::Row]) -> Vec<Category> {
+    let hazards: HashMap<String, String> = hazards.iter().map(|r| (r.get(0), r.get(1))).collect();
+    area_keys
+        .iter()
+        .map(|key| {
+            hazards
+                .get(*key)
+                .and_then(|h| Category::parse(h))
+                .unwrap_or(Category::Flood)
+        })
+        .collect()
+}
+
 /// Writes the decisions' events, the warnings they change and their crossings, in `tx`, which
 /// holds the areas' locks. Events are written in rounds (every area's first event, then every
 /// second one, ...), so that each statement changes at most one warning of an area.
 async fn write_decisions(
     tx: &Transaction<'_>,
     areas: &[AreaTarget<'_>],
+    categories: &[Category],
     decisions: &[AreaDecision],
 ) -> Result<Vec<Vec<i64>>> {
     let mut ids = vec![Vec::new(); areas.len()];
     let rounds = decisions.iter().map(|d| d.events.len()).max().unwrap_or(0);
-    // A drought area's warnings and events carry its category, read once here for both;
-    // every other area's are flood warnings.
-    let categories: Vec<Category> = if rounds == 0 {
-        Vec::new()
+    // The crossings go in the round trip that takes the event lock (or on their own).
+    let crossings: Vec<&CrossingRow> = decisions.iter().flat_map(|d| &d.crossings).collect();
+    let sensors: Vec<&str> = crossings.iter().map(|c| c.sensor_key.as_str()).collect();
+    let severities: Vec<i16> = crossings.iter().map(|c| c.severity.level()).collect();
+    let directions: Vec<&str> = crossings
+        .iter()
+        .map(|c| if c.up { "up" } else { "down" })
+        .collect();
+    let ats: Vec<DateTime<Utc>> = crossings.iter().map(|c| c.at).collect();
+    let values: Vec<f64> = crossings.iter().map(|c| c.value).collect();
+    let crossing_params: [(&(dyn ToSql + Sync), Type); 5] = [
+        (&sensors, Type::TEXT_ARRAY),
+        (&severities, Type::INT2_ARRAY),
+        (&directions, Type::TEXT_ARRAY),
+        (&ats, Type::TIMESTAMPTZ_ARRAY),
+        (&values, Type::FLOAT8_ARRAY),
+    ];
+    let record_crossings: &[(&str, &pipeline::Params<'_>)] = if crossings.is_empty() {
+        &[]
     } else {
-        let keys: Vec<&str> = areas.iter().map(|a| a.key).collect();
-        let hazards: HashMap<String, String> = tx
-            .query_typed(
-                "SELECT key, hazard FROM flood_areas WHERE key = ANY ($1)",
-                &[(&keys, Type::TEXT_ARRAY)],
-            )
-            .await
-            .context("reading the areas' hazards")?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        areas
-            .iter()
-            .map(|a| {
-                hazards
-                    .get(a.key)
-                    .and_then(|h| Category::parse(h))
-                    .unwrap_or(Category::Flood)
-            })
-            .collect()
+        &[(
+            "INSERT INTO threshold_crossings (sensor_key, severity, direction, at, value) \
+             SELECT * FROM unnest($1::text[], $2::int2[], $3::text[], $4::timestamptz[], $5::float8[]) \
+             ON CONFLICT DO NOTHING",
+            &crossing_params,
+        )]
     };
     let sequence = if rounds == 0 {
+        pipeline::in_one_flight(tx, record_crossings)
+            .await
+            .context("recording crossings")?;
         None
     } else {
-        Some(coordination::lock_event_sequence(tx).await?)
+        Some(coordination::lock_event_sequence_after(tx, record_crossings).await?)
     };
     for round in 0..rounds {
         let entries: Vec<(usize, &NewEvent)> = decisions
@@ -186,7 +238,7 @@ async fn write_decisions(
             .enumerate()
             .filter_map(|(i, d)| Some((i, d.events.get(round)?)))
             .collect();
-        let warning_ids = apply_to_warnings(tx, areas, &categories, &entries).await?;
+        let warning_ids = apply_to_warnings(tx, areas, categories, &entries).await?;
         let inserts: Vec<EventInsert<'_>> = entries
             .iter()
             .zip(&warning_ids)
@@ -216,31 +268,6 @@ async fn write_decisions(
         for ((i, _), id) in entries.iter().zip(event_ids) {
             ids[*i].push(id);
         }
-    }
-    let crossings: Vec<&CrossingRow> = decisions.iter().flat_map(|d| &d.crossings).collect();
-    if !crossings.is_empty() {
-        let sensors: Vec<&str> = crossings.iter().map(|c| c.sensor_key.as_str()).collect();
-        let severities: Vec<i16> = crossings.iter().map(|c| c.severity.level()).collect();
-        let directions: Vec<&str> = crossings
-            .iter()
-            .map(|c| if c.up { "up" } else { "down" })
-            .collect();
-        let ats: Vec<DateTime<Utc>> = crossings.iter().map(|c| c.at).collect();
-        let values: Vec<f64> = crossings.iter().map(|c| c.value).collect();
-        tx.execute_typed(
-            "INSERT INTO threshold_crossings (sensor_key, severity, direction, at, value) \
-             SELECT * FROM unnest($1::text[], $2::int2[], $3::text[], $4::timestamptz[], $5::float8[]) \
-             ON CONFLICT DO NOTHING",
-            &[
-                (&sensors, Type::TEXT_ARRAY),
-                (&severities, Type::INT2_ARRAY),
-                (&directions, Type::TEXT_ARRAY),
-                (&ats, Type::TIMESTAMPTZ_ARRAY),
-                (&values, Type::FLOAT8_ARRAY),
-            ],
-        )
-        .await
-        .context("recording crossings")?;
     }
     Ok(ids)
 }
