@@ -56,10 +56,13 @@ impl Nowcasts {
         if gauges.is_empty() {
             return Ok(0);
         }
-        // Two cheap reads first: a gauge whose newest reading is not yet due, or that another
-        // source forecasts, costs nothing more.
-        let newest = store.newest_readings(&gauges).await?;
-        let issues = store.latest_issue_times(&gauges).await?;
+        // Two cheap reads first, at once: a gauge whose newest reading is not yet due, or that
+        // another source forecasts, costs nothing more. (They run after every evaluation with new
+        // readings, and the next evaluation waits for them.)
+        let (newest, issues) = tokio::try_join!(
+            store.newest_readings(&gauges),
+            store.latest_issue_times(&gauges)
+        )?;
         for (sensor, source, _, at) in &issues {
             if source == SOURCE {
                 self.issued.entry(sensor.clone()).or_insert(*at);
