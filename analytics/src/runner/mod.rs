@@ -177,24 +177,10 @@ pub async fn run(
             match Model::load(&store).await {
                 Ok(fresh) => {
                     // Only new or changed containers and rules are looked at again.
-                    let changed: Vec<ContainerRow> = fresh
-                        .containers
-                        .iter()
-                        .filter(|c| !model.containers.contains(c))
-                        .cloned()
-                        .collect();
-                    let changed_quality: Vec<QualityRuleRow> = fresh
-                        .quality_rules
-                        .iter()
-                        .filter(|r| !model.quality_rules.contains(r))
-                        .cloned()
-                        .collect();
-                    let changed_rules: Vec<LeakRuleRow> = fresh
-                        .leak_rules
-                        .iter()
-                        .filter(|r| !model.leak_rules.contains(r))
-                        .cloned()
-                        .collect();
+                    let changed = new_or_changed(&fresh.containers, &model.containers);
+                    let changed_quality =
+                        new_or_changed(&fresh.quality_rules, &model.quality_rules);
+                    let changed_rules = new_or_changed(&fresh.leak_rules, &model.leak_rules);
                     model = fresh;
                     tracing::info!(areas = model.setup.areas.len(), "flood setup reloaded");
                     // A new or changed quality rule applies to the whole history.
@@ -260,16 +246,18 @@ pub async fn run(
                 }
             }
         }
+        // The sensors with new readings.
+        let keys: BTreeSet<&str> = ids
+            .iter()
+            .filter_map(|id| model.by_id.get(id).map(String::as_str))
+            .collect();
         // Sensors with a quality rule are checked from a day before the earliest new reading,
         // so that a reading is judged again once its later neighbours have come.
         let earliest = batches.iter().map(|b| b.from).min();
         let ruled: Vec<QualityRuleRow> = model
             .quality_rules
             .iter()
-            .filter(|r| {
-                ids.iter()
-                    .any(|id| model.by_id.get(id) == Some(&r.sensor_key))
-            })
+            .filter(|r| keys.contains(r.sensor_key.as_str()))
             .cloned()
             .collect();
         if let (Some(earliest), false) = (earliest, ruled.is_empty()) {
@@ -286,11 +274,8 @@ pub async fn run(
             .containers
             .iter()
             .filter(|c| {
-                ids.iter().any(|id| {
-                    model.by_id.get(id).is_some_and(|key| {
-                        key == &c.fill_sensor || c.weight_sensor.as_ref() == Some(key)
-                    })
-                })
+                keys.contains(c.fill_sensor.as_str())
+                    || c.weight_sensor.as_deref().is_some_and(|w| keys.contains(w))
             })
             .cloned()
             .collect();
@@ -302,10 +287,7 @@ pub async fn run(
         let metered: Vec<LeakRuleRow> = model
             .leak_rules
             .iter()
-            .filter(|r| {
-                ids.iter()
-                    .any(|id| model.by_id.get(id) == Some(&r.sensor_key))
-            })
+            .filter(|r| keys.contains(r.sensor_key.as_str()))
             .cloned()
             .collect();
         if let (Some(earliest), false) = (earliest, metered.is_empty()) {
@@ -315,7 +297,7 @@ pub async fn run(
                 tracing::warn!(%error, "night flow failed");
             }
         }
-        nowcast_due.extend(ids.iter().filter_map(|id| model.by_id.get(id).cloned()));
+        nowcast_due.extend(keys.iter().map(|key| key.to_string()));
         for id in ids.into_iter().chain(forecast_ids) {
             if let Some(key) = model.by_id.get(&id) {
                 pending.extend(model.areas_of(key));
@@ -324,4 +306,13 @@ pub async fn run(
     }
     tracing::info!("analytics stopped");
     Ok(())
+}
+
+/// The entries of `fresh` that `before` does not hold as they are: new ones and changed ones.
+fn new_or_changed<T: Clone + PartialEq>(fresh: &[T], before: &[T]) -> Vec<T> {
+    fresh
+        .iter()
+        .filter(|x| !before.contains(x))
+        .cloned()
+        .collect()
 }
