@@ -795,6 +795,100 @@ async fn two_writers_decide_about_an_area_one_after_the_other() {
     harness.finish().await;
 }
 
+/// A statement that fails inside a warning's recording (here its MQTT delivery, refused by a
+/// trigger) fails the whole recording with the reason of the statement that failed, not of those
+/// sent after it in the same round trip; nothing of it is left behind, and the connection serves
+/// the next recording.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_statement_records_nothing_and_says_why() {
+    use tidemark_store::flood::{CrossingRow, NewEvent};
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    tidemark::app::load_flood(&config).await.unwrap();
+    // One connection: the second recording gets the one the first failed on.
+    let store = tidemark_store::Store::connect(&tidemark_store::DatabaseConfig {
+        pool_size: 1,
+        ..config.database.clone()
+    })
+    .await
+    .unwrap();
+    let area = "flensburg-fjord";
+    let municipalities = ["0580".to_owned()];
+    let topics = ["tidemark/alerts/0580/flensburg-fjord".to_owned()];
+    let sensor = store.flood_setup().await.unwrap().thresholds[0]
+        .sensor_key
+        .clone();
+    let at = Utc::now() - ChronoDuration::minutes(5);
+    let raised = [NewEvent {
+        kind: EventKind::Raised,
+        severity: Some(Severity::Warning),
+        warning_kind: WarningKind::Observed,
+        at,
+        message_en: "Raised.".to_owned(),
+        message_da: "Udsendt.".to_owned(),
+        trigger: serde_json::json!({}),
+    }];
+    let crossing = [CrossingRow {
+        sensor_key: sensor,
+        severity: Severity::Warning,
+        up: true,
+        at,
+        value: 1.6,
+    }];
+    let client = sql(&harness).await;
+    client
+        .batch_execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'deliveries refused by the test'; END $$; \
+             CREATE TRIGGER refuse BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION refuse();",
+        )
+        .await
+        .unwrap();
+    let error = store
+        .record_area_events(area, &municipalities, &raised, &topics, &crossing)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("deliveries refused by the test"), "{error}");
+    let count = |table: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    for table in [
+        "warnings",
+        "warning_events",
+        "outbox",
+        "threshold_crossings",
+    ] {
+        assert_eq!(count(table).await, 0, "nothing is left in {table}");
+    }
+
+    client
+        .batch_execute("DROP TRIGGER refuse ON outbox")
+        .await
+        .unwrap();
+    let ids = store
+        .record_area_events(area, &municipalities, &raised, &topics, &crossing)
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 1);
+    for table in [
+        "warnings",
+        "warning_events",
+        "outbox",
+        "threshold_crossings",
+    ] {
+        assert_eq!(count(table).await, 1, "one row in {table}");
+    }
+    harness.finish().await;
+}
+
 /// An evaluation of many areas records them together, in one transaction: each area's events in
 /// order, each with its warning, its MQTT deliveries, the webhooks that match it and its
 /// notification. One area is raised at Flood Warning and changed down to Flood Alert in the same
