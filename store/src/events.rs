@@ -23,8 +23,8 @@ use tokio_postgres::types::{ToSql, Type};
 /// owner is among the warning's municipalities, and either the warning's severity at this event
 /// reaches its minimum or an earlier event of the same warning was already queued for it (so a
 /// receiver that heard of a warning also hears how it changed and ended).
-/// `event_ids` may hold at most one event of each warning: whether a webhook hears of an event
-/// depends on the deliveries queued for the warning's earlier events. `$1` the event ids (`bigint[]`).
+/// `$1` holds the event ids (`bigint[]`), at most one event of each warning: whether a webhook
+/// hears of an event depends on the deliveries queued for the warning's earlier events.
 const QUEUE_WEBHOOKS: &str = "INSERT INTO outbox (event_id, channel, target) \
      SELECT e.id, 'webhook', wh.id::text \
      FROM warning_events e JOIN warnings w ON w.id = e.warning_id \
