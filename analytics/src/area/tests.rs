@@ -390,11 +390,15 @@ fn stale_by_scan(area: &AreaInput, now: DateTime<Utc>) -> Vec<(DateTime<Utc>, bo
     stale_changes(area, &gaps, now)
 }
 
-/// A level gauge and a rain gauge with `len` readings each of [`wandering`].
-fn wandering_pair(random: &mut impl FnMut(u64) -> u64, len: usize) -> (LevelSensor, RainSensor) {
+/// An area of a level gauge and a rain gauge with `len` readings each of [`wandering`].
+fn wandering_area(random: &mut impl FnMut(u64) -> u64, len: usize) -> AreaInput {
     let mut level = gauge("level", &[]);
     level.samples = wandering(random, len, false);
-    (level, rain_gauge(wandering(random, len, true)))
+    let rain = rain_gauge(wandering(random, len, true));
+    AreaInput {
+        rains: vec![rain],
+        ..area(vec![level])
+    }
 }
 
 /// A rain gauge with DMI's rules, held an hour.
@@ -609,11 +613,7 @@ fn a_moving_window_keeps_the_timeline_from_its_start_and_no_more() {
     let mut compared = 0;
     for case in 0..12 {
         let len = 400;
-        let (level, rain) = wandering_pair(&mut random, len);
-        let whole = AreaInput {
-            rains: vec![rain],
-            ..area(vec![level])
-        };
+        let whole = wandering_area(&mut random, len);
         let mut carried = Progress::new();
         let mut upto = 0;
         while upto < len {
@@ -673,16 +673,12 @@ fn readings_out_of_time_order_are_evaluated_anew_each_time() {
     let mut compared = 0;
     for case in 0..20 {
         let len = 120;
-        let (mut level, mut rain) = wandering_pair(&mut random, len);
+        let mut whole = wandering_area(&mut random, len);
         // A reading out of place in each: a late one stored after its successors.
-        for samples in [&mut level.samples, &mut rain.samples] {
+        for samples in [&mut whole.levels[0].samples, &mut whole.rains[0].samples] {
             let i = 20 + random(60) as usize;
             samples[i..i + 5].rotate_left(1);
         }
-        let whole = AreaInput {
-            rains: vec![rain],
-            ..area(vec![level])
-        };
         let mut carried = Progress::new();
         let mut upto = 0;
         while upto < len {
