@@ -433,7 +433,7 @@ async function stationDetail(key) {
     pairs.push([
       t("projected"),
       projected
-        ? `${severityName(projected.severity, threshold.direction === "falling")} (${formatNumber(threshold[projected.severity])} ${unit}) ${formatTime(projected.at)}, ${formatSpan(Date.parse(projected.at) - Date.parse(trend.at))} ${t("after_latest")}`
+        ? `${severityName(projected.severity, threshold.direction === "falling")} (${formatNumber(threshold[projected.severity])} ${unit}) ${formatTime(projected.at)}, ${formatSpan(Date.parse(projected.at) - Date.parse(trend.at))} ${t("after_reading")} ${formatTime(trend.at)}`
         : t("no_projection"),
     ]);
     pairs.push([
