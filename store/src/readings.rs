@@ -18,6 +18,7 @@
 //! that is stored with another value is refused as a `conflict`, with both values.
 
 use crate::coordination::{self, Notice, ReadingsCommitted};
+use crate::pipeline::{self, Params};
 use crate::{Context, Result, Store};
 use chrono::{DateTime, Utc};
 use futures_util::pin_mut;
@@ -215,8 +216,7 @@ impl Store {
             outcome.conflicts = written.conflicts.len() as u64;
             outcome.duplicates =
                 (readings.len() - written.stored.len() - written.conflicts.len()) as u64;
-            crate::rollup::mark_dirty(&tx, written.stored.iter().copied()).await?;
-            notify_committed(&tx, &written.stored, received_at).await?;
+            record_stored(&tx, &written.stored, received_at).await?;
             for (index, stored_value) in written.conflicts {
                 let Some(origin) = batch.origins.get(index) else {
                     continue;
@@ -283,7 +283,7 @@ struct Written {
 }
 
 async fn write_readings(
-    tx: &Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     readings: &[ReadingRow],
     received_at: DateTime<Utc>,
 ) -> Result<Written> {
@@ -299,10 +299,8 @@ async fn write_readings(
     )
     .await
     {
+        // The savepoint is released with what the batch records next (`record_stored`).
         Ok(_) => {
-            tx.batch_execute("RELEASE SAVEPOINT fast_copy")
-                .await
-                .context("release savepoint")?;
             return Ok(Written {
                 stored: readings.iter().map(|r| (r.sensor_id, r.ts)).collect(),
                 conflicts: Vec::new(),
@@ -372,13 +370,15 @@ async fn write_readings(
 }
 
 async fn copy_rows(
-    tx: &Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     statement: &str,
     readings: &[ReadingRow],
     received_at: DateTime<Utc>,
     with_place: bool,
 ) -> Result<u64, tokio_postgres::Error> {
-    let sink = tx.copy_in(statement).await?;
+    // Prepared once per pooled connection: a round trip less for every batch.
+    let statement = tx.prepare_cached(statement).await?;
+    let sink = tx.copy_in(&statement).await?;
     let columns: &[Type] = if with_place {
         &STAGING_COLUMNS
     } else {
@@ -410,35 +410,59 @@ async fn copy_rows(
     writer.finish().await
 }
 
-async fn notify_committed(
+/// Releases the savepoint of the readings' write, notes the hours `stored` changed for the
+/// rollups and queues the notifications of their commit, in one round trip.
+async fn record_stored(
     tx: &Transaction<'_>,
     stored: &[(i32, DateTime<Utc>)],
     received_at: DateTime<Utc>,
 ) -> Result<()> {
+    let (sensors, hours) = crate::rollup::dirty_notes(stored.iter().copied());
+    let notices = committed_notices(stored, received_at);
+    let (channels, payloads) = coordination::notify_params(&notices);
+    let notes: &Params = &[
+        (&sensors, Type::INT4_ARRAY),
+        (&hours, Type::TIMESTAMPTZ_ARRAY),
+    ];
+    let notify: &Params = &[(&channels, Type::TEXT_ARRAY), (&payloads, Type::TEXT_ARRAY)];
+    let mut statements: Vec<(&str, &Params)> = vec![("RELEASE SAVEPOINT fast_copy", &[])];
+    if !sensors.is_empty() {
+        statements.push((crate::rollup::MARK_DIRTY, notes));
+    }
+    if !notices.is_empty() {
+        statements.push((coordination::NOTIFY_ALL, notify));
+    }
+    pipeline::in_one_flight(tx, &statements)
+        .await
+        .context("noting the stored readings for the rollups and notifying their commit")?;
+    Ok(())
+}
+
+/// The notices of `stored`'s commit: one per `SENSORS_PER_NOTIFICATION` sensors.
+fn committed_notices(stored: &[(i32, DateTime<Utc>)], received_at: DateTime<Utc>) -> Vec<Notice> {
     let (Some(from), Some(to)) = (
         stored.iter().map(|s| s.1).min(),
         stored.iter().map(|s| s.1).max(),
     ) else {
-        return Ok(());
+        return Vec::new();
     };
     let mut rows_per_sensor: BTreeMap<i32, u64> = BTreeMap::new();
     for (sensor, _) in stored {
         *rows_per_sensor.entry(*sensor).or_default() += 1;
     }
     let sensors: Vec<(i32, u64)> = rows_per_sensor.into_iter().collect();
-    for chunk in sensors.chunks(SENSORS_PER_NOTIFICATION) {
-        let ids: Vec<i32> = chunk.iter().map(|(id, _)| *id).collect();
-        let rows: u64 = chunk.iter().map(|(_, n)| n).sum();
-        let notice = Notice::ReadingsCommitted(ReadingsCommitted {
-            sensors: ids,
-            rows,
-            from,
-            to,
-            received_at,
-        });
-        coordination::notify(tx, &notice).await?;
-    }
-    Ok(())
+    sensors
+        .chunks(SENSORS_PER_NOTIFICATION)
+        .map(|chunk| {
+            Notice::ReadingsCommitted(ReadingsCommitted {
+                sensors: chunk.iter().map(|(id, _)| *id).collect(),
+                rows: chunk.iter().map(|(_, n)| n).sum(),
+                from,
+                to,
+                received_at,
+            })
+        })
+        .collect()
 }
 
 /// Text as PostgreSQL takes it: no NUL characters, and at most `max` bytes (cut at a character

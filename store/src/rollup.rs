@@ -95,23 +95,17 @@ pub(crate) fn hour_of(ts: DateTime<Utc>) -> DateTime<Utc> {
     floor(ts, 3_600)
 }
 
-/// Notes the (sensor, hour) pairs of `rows` as dirty, in the writer's transaction.
-pub(crate) async fn mark_dirty(
-    tx: &Transaction<'_>,
+/// Notes (sensor, hour) pairs as dirty, in the writer's transaction: `$1` the sensors and `$2`
+/// the hours, as [`dirty_notes`] makes them.
+pub(crate) const MARK_DIRTY: &str =
+    "INSERT INTO rollup_dirty (sensor_id, hour) SELECT * FROM unnest($1::int4[], $2::timestamptz[])";
+
+/// The distinct (sensor, hour) pairs of `rows`, for [`MARK_DIRTY`].
+pub(crate) fn dirty_notes(
     rows: impl Iterator<Item = (i32, DateTime<Utc>)>,
-) -> Result<()> {
+) -> (Vec<i32>, Vec<DateTime<Utc>>) {
     let pairs: BTreeSet<(i32, DateTime<Utc>)> = rows.map(|(id, ts)| (id, hour_of(ts))).collect();
-    if pairs.is_empty() {
-        return Ok(());
-    }
-    let (sensors, hours): (Vec<i32>, Vec<DateTime<Utc>>) = pairs.into_iter().unzip();
-    tx.execute(
-        "INSERT INTO rollup_dirty (sensor_id, hour) SELECT * FROM unnest($1::int4[], $2::timestamptz[])",
-        &[&sensors, &hours],
-    )
-    .await
-    .context("noting changed hours for the rollups")?;
-    Ok(())
+    pairs.into_iter().unzip()
 }
 
 /// The widest rollup a request for `bucket_seconds` buckets can be answered from: one whose width
