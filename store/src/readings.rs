@@ -4,9 +4,9 @@
 //! Binary COPY straight into `readings` runs at about 2.5 times the rate of
 //! `INSERT ... ON CONFLICT DO NOTHING`, and duplicates only arise when the broker redelivers a
 //! message whose batch had committed before its acknowledgement was sent. So the common path is a
-//! COPY inside a savepoint; a unique violation rolls back to the savepoint and the batch goes again
-//! through a staging table and `INSERT ... ON CONFLICT DO NOTHING`, which keeps the rows that are new
-//! and drops the rest. Either way a batch lands exactly once.
+//! COPY, the transaction's first statement; a unique violation rolls the transaction back and the
+//! batch goes again, in a new one, through a staging table and `INSERT ... ON CONFLICT DO NOTHING`,
+//! which keeps the rows that are new and drops the rest. Either way a batch lands exactly once.
 //!
 //! The notification's payload is JSON: `{"sensors": [ids], "rows": n, "from": ts, "to": ts,
 //! "received_at": ts}`: the newly stored rows' sensors, how many rows of those sensors, the time range
@@ -206,12 +206,23 @@ impl Store {
             self.ensure_partitions(first, last).await?;
         }
         let mut client = self.client().await?;
-        let tx = client.transaction().await.context("begin batch")?;
+        let mut tx = client.transaction().await.context("begin batch")?;
         let mut outcome = WriteOutcome::default();
         // The batch's refusals, and those the write finds (conflicts).
         let mut conflicts: Vec<Refusal> = Vec::new();
         if !readings.is_empty() {
-            let written = write_readings(&tx, readings, received_at).await?;
+            // The readings are the transaction's first statement: when some are stored already,
+            // the transaction has nothing else to lose, and the batch starts over through staging.
+            let written = match copy_readings(&tx, readings, received_at).await? {
+                Some(written) => written,
+                None => {
+                    tx.rollback()
+                        .await
+                        .context("rolling back the batch's COPY")?;
+                    tx = client.transaction().await.context("begin batch again")?;
+                    write_through_staging(&tx, readings, received_at).await?
+                }
+            };
             outcome.stored = written.stored.len() as u64;
             outcome.conflicts = written.conflicts.len() as u64;
             outcome.duplicates =
@@ -282,14 +293,13 @@ struct Written {
     conflicts: Vec<(usize, f64)>,
 }
 
-async fn write_readings(
+/// Copies `readings` straight into `readings`, or returns `None` (the transaction aborted) when
+/// some of them are stored already.
+async fn copy_readings(
     tx: &deadpool_postgres::Transaction<'_>,
     readings: &[ReadingRow],
     received_at: DateTime<Utc>,
-) -> Result<Written> {
-    tx.batch_execute("SAVEPOINT fast_copy")
-        .await
-        .context("savepoint before COPY")?;
+) -> Result<Option<Written>> {
     match copy_rows(
         tx,
         "COPY readings (sensor_id, ts, value, quality, received_at) FROM STDIN (FORMAT binary)",
@@ -299,25 +309,25 @@ async fn write_readings(
     )
     .await
     {
-        // The savepoint is released with what the batch records next (`record_stored`).
-        Ok(_) => {
-            return Ok(Written {
-                stored: readings.iter().map(|r| (r.sensor_id, r.ts)).collect(),
-                conflicts: Vec::new(),
-            });
-        }
-        Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            tx.batch_execute("ROLLBACK TO SAVEPOINT fast_copy")
-                .await
-                .context("rollback to savepoint")?;
-        }
-        Err(cause) => {
-            return Err(crate::Error::Query {
-                context: "copying readings",
-                cause,
-            })
-        }
+        Ok(_) => Ok(Some(Written {
+            stored: readings.iter().map(|r| (r.sensor_id, r.ts)).collect(),
+            conflicts: Vec::new(),
+        })),
+        Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(None),
+        Err(cause) => Err(crate::Error::Query {
+            context: "copying readings",
+            cause,
+        }),
     }
+}
+
+/// Writes `readings` through a staging table: the first of each (sensor, time) that is new is
+/// stored, and those stored with another value are found.
+async fn write_through_staging(
+    tx: &deadpool_postgres::Transaction<'_>,
+    readings: &[ReadingRow],
+    received_at: DateTime<Utc>,
+) -> Result<Written> {
     // Some rows are stored already: through a staging table that keeps each row's place in the
     // batch, store the first of each (sensor, time) that is new, and find those stored with
     // another value.
@@ -410,8 +420,8 @@ async fn copy_rows(
     writer.finish().await
 }
 
-/// Releases the savepoint of the readings' write, notes the hours `stored` changed for the
-/// rollups and queues the notifications of their commit, in one round trip.
+/// Notes the hours `stored` changed for the rollups and queues the notifications of their
+/// commit, in one round trip.
 async fn record_stored(
     tx: &Transaction<'_>,
     stored: &[(i32, DateTime<Utc>)],
@@ -425,7 +435,7 @@ async fn record_stored(
         (&hours, Type::TIMESTAMPTZ_ARRAY),
     ];
     let notify: &Params = &[(&channels, Type::TEXT_ARRAY), (&payloads, Type::TEXT_ARRAY)];
-    let mut statements: Vec<(&str, &Params)> = vec![("RELEASE SAVEPOINT fast_copy", &[])];
+    let mut statements: Vec<(&str, &Params)> = Vec::new();
     if !sensors.is_empty() {
         statements.push((crate::rollup::MARK_DIRTY, notes));
     }
