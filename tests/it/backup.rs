@@ -59,7 +59,7 @@ async fn timescale_catalog(client: &tokio_postgres::Client) -> Vec<String> {
          FROM timescaledb_information.chunks ORDER BY 1",
         "SELECT view_name::text FROM timescaledb_information.continuous_aggregates ORDER BY 1",
         "SELECT proc_name || ' ' || coalesce(hypertable_name::text, '') || ' ' || \
-         schedule_interval::text || ' ' || config::text \
+         schedule_interval::text || ' ' || coalesce(config::text, '') \
          FROM timescaledb_information.jobs ORDER BY 1",
     ] {
         for row in client.query(query, &[]).await.unwrap() {
