@@ -1365,3 +1365,91 @@ async fn batches_committed_out_of_time_order_record_the_events_of_batches_in_ord
     analytics.stop().await;
     harness.finish().await;
 }
+
+/// Readings committed while the runner is busy are evaluated as soon as its turn ends, not after
+/// another `analytics.debounce`: their notifications were gathered for as long as the turn took.
+/// The runner's first turn waits for its area's lock, held here, while readings at Flood Warning
+/// level commit; with a debounce of ten minutes and no sweep due, the warning still comes at once
+/// after the lock is let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_committed_during_a_turn_are_evaluated_as_soon_as_it_ends() {
+    let harness = Harness::start().await;
+    let key = sensor(0, 0);
+    let id = sensor_id(&harness, &key).await;
+    let flood_file = harbour_flood_file("busy-turn", &key);
+    // Whole seconds, as stored. A quiet day of 10-minute readings up to an hour ago.
+    let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    let rows = |minutes_ago: std::ops::RangeInclusive<i64>, value: f64| {
+        minutes_ago
+            .rev()
+            .step_by(10)
+            .map(|m| tidemark_store::readings::ReadingRow {
+                sensor_id: id,
+                ts: now - ChronoDuration::minutes(m),
+                value,
+                quality: 0,
+            })
+            .collect::<Vec<_>>()
+    };
+    store_readings(&harness, &rows(60..=24 * 60, 0.4)).await;
+    let mut config = config(&harness);
+    config.analytics.flood_files = vec![flood_file.clone()];
+    config.analytics.debounce = Duration::from_secs(600);
+    config.analytics.sweep_interval = Duration::from_secs(3600);
+
+    // The area's lock, as the runner takes it to record its evaluation.
+    let mut locker = sql(&harness).await;
+    let lock = locker.transaction().await.unwrap();
+    lock.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('tidemark.area:' || 'harbour'))",
+        &[],
+    )
+    .await
+    .unwrap();
+    let analytics = start_analytics(&config).await;
+    let watcher = sql(&harness).await;
+    let waiting = wait_for(Duration::from_secs(60), || async {
+        let waiters: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND wait_event = 'advisory' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        waiters > 0
+    })
+    .await;
+    assert!(waiting, "the runner's first turn waits for the area's lock");
+    assert!(harness.store.warnings(None).await.unwrap().is_empty());
+
+    // The water rises over the last fifty minutes, while the turn waits. The commit's
+    // notification reaches every listener at once: once this one has it, so has the runner's.
+    let mut listener = tidemark_store::notify::listen(
+        &harness.settings(Default::default()).database,
+        &[tidemark_store::coordination::Channel::ReadingsCommitted],
+    )
+    .await
+    .unwrap();
+    store_readings(&harness, &rows(0..=50, 1.7)).await;
+    let notified = tokio::time::timeout(Duration::from_secs(30), listener.recv()).await;
+    assert!(
+        matches!(notified, Ok(Some(_))),
+        "the readings' commit is announced"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    lock.rollback().await.unwrap();
+
+    let raised = wait_for(Duration::from_secs(60), || async {
+        !harness.store.warnings(None).await.unwrap().is_empty()
+    })
+    .await;
+    assert!(
+        raised,
+        "the readings committed during the turn raise their warning without a debounce of 10 minutes"
+    );
+    let _ = std::fs::remove_file(flood_file);
+    analytics.stop().await;
+    harness.finish().await;
+}
