@@ -12,6 +12,26 @@ fn utc(d: u32, h: u32, m: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2023, 10, d, h, m, 0).unwrap()
 }
 
+/// Sensor `id`'s readings of `value`, one every 10 minutes over `minutes_ago` (counted back from
+/// `now`), oldest first.
+fn ten_minute_rows(
+    id: i32,
+    now: DateTime<Utc>,
+    minutes_ago: std::ops::RangeInclusive<i64>,
+    value: f64,
+) -> Vec<tidemark_store::readings::ReadingRow> {
+    minutes_ago
+        .rev()
+        .step_by(10)
+        .map(|m| tidemark_store::readings::ReadingRow {
+            sensor_id: id,
+            ts: now - ChronoDuration::minutes(m),
+            value,
+            quality: 0,
+        })
+        .collect()
+}
+
 /// The severity in force after the events up to `at`.
 fn in_force_at(events: &[EventRow], at: DateTime<Utc>) -> Option<Severity> {
     let mut severity = None;
@@ -1296,18 +1316,7 @@ async fn batches_committed_out_of_time_order_record_the_events_of_batches_in_ord
     // (batch A) fifty minutes at Flood Warning level, then (batch B) quiet again up to now.
     let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
     let at = |minutes_ago: i64| now - ChronoDuration::minutes(minutes_ago);
-    let rows = |id: i32, minutes_ago: std::ops::RangeInclusive<i64>, value: f64| {
-        minutes_ago
-            .rev()
-            .step_by(10)
-            .map(|m| tidemark_store::readings::ReadingRow {
-                sensor_id: id,
-                ts: at(m),
-                value,
-                quality: 0,
-            })
-            .collect::<Vec<_>>()
-    };
+    let rows = |id: i32, minutes_ago, value| ten_minute_rows(id, now, minutes_ago, value);
     for id in ids {
         store_readings(&harness, &rows(id, 180..=24 * 60, 0.4)).await;
     }
@@ -1379,18 +1388,7 @@ async fn readings_committed_during_a_turn_are_evaluated_as_soon_as_it_ends() {
     let flood_file = harbour_flood_file("busy-turn", &key);
     // Whole seconds, as stored. A quiet day of 10-minute readings up to an hour ago.
     let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
-    let rows = |minutes_ago: std::ops::RangeInclusive<i64>, value: f64| {
-        minutes_ago
-            .rev()
-            .step_by(10)
-            .map(|m| tidemark_store::readings::ReadingRow {
-                sensor_id: id,
-                ts: now - ChronoDuration::minutes(m),
-                value,
-                quality: 0,
-            })
-            .collect::<Vec<_>>()
-    };
+    let rows = |minutes_ago, value| ten_minute_rows(id, now, minutes_ago, value);
     store_readings(&harness, &rows(60..=24 * 60, 0.4)).await;
     let mut config = config(&harness);
     config.analytics.flood_files = vec![flood_file.clone()];
