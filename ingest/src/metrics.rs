@@ -35,6 +35,9 @@ pub struct Metrics {
     pub buffered_bytes: Gauge,
     /// MQTT connection errors (each followed by a reconnect).
     pub mqtt_errors: Counter,
+    /// MQTT acknowledgements written, and the writes (flushes) that carried them.
+    pub mqtt_acks_sent: Counter,
+    pub mqtt_ack_writes: Counter,
     /// 1 while the broker has confirmed the readings subscription on the current connection.
     pub subscribed: Gauge,
     /// TimescaleDB jobs on `readings` whose last run by the scheduler failed.
@@ -59,6 +62,8 @@ impl Metrics {
             rejections_unstored: Counter::default(),
             buffered_bytes: Gauge::default(),
             mqtt_errors: Counter::default(),
+            mqtt_acks_sent: Counter::default(),
+            mqtt_ack_writes: Counter::default(),
             subscribed: Gauge::default(),
             timescaledb_jobs_failing: Gauge::default(),
             timescaledb_jobs_run_here: Counter::default(),
@@ -131,6 +136,16 @@ impl Metrics {
             "mqtt_errors",
             "MQTT connection errors",
             metrics.mqtt_errors.clone(),
+        );
+        ingest.register(
+            "mqtt_acks_sent",
+            "MQTT acknowledgements written after their messages committed",
+            metrics.mqtt_acks_sent.clone(),
+        );
+        ingest.register(
+            "mqtt_ack_writes",
+            "Writes to the MQTT connection that carried acknowledgements (all queued at the time)",
+            metrics.mqtt_ack_writes.clone(),
         );
         ingest.register(
             "timescaledb_jobs_failing",

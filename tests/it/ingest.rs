@@ -513,9 +513,15 @@ struct AckWatch {
     /// Per connection, in order: acknowledgements for a packet id beyond the publishes of that id
     /// on the same connection (an acknowledgement meant for another connection).
     excess: std::sync::Arc<std::sync::Mutex<Vec<u32>>>,
+    /// Per connection: the QoS 1 packet ids the broker published, and those the client
+    /// acknowledged, each in the order they passed.
+    order: std::sync::Arc<std::sync::Mutex<Vec<PacketOrder>>>,
     tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
     accept: tokio::task::JoinHandle<()>,
 }
+
+/// One connection's QoS 1 packet ids: published by the broker, and acknowledged by the client.
+type PacketOrder = (Vec<u16>, Vec<u16>);
 
 /// Complete MQTT packets at the front of `buffer`, removed from it: (first byte, body).
 fn mqtt_packets(buffer: &mut Vec<u8>) -> Vec<(u8, Vec<u8>)> {
@@ -551,9 +557,10 @@ impl AckWatch {
         let port = listener.local_addr().unwrap().port();
         let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let excess = Arc::new(Mutex::new(Vec::new()));
+        let order: Arc<Mutex<Vec<PacketOrder>>> = Arc::default();
         let tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let (accept_down, accept_excess, accept_tasks) =
-            (down.clone(), excess.clone(), tasks.clone());
+        let (accept_down, accept_excess, accept_order, accept_tasks) =
+            (down.clone(), excess.clone(), order.clone(), tasks.clone());
         let accept = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 if accept_down.load(std::sync::atomic::Ordering::SeqCst) {
@@ -566,8 +573,10 @@ impl AckWatch {
                 let connection = {
                     let mut excess = accept_excess.lock().unwrap();
                     excess.push(0);
+                    accept_order.lock().unwrap().push((Vec::new(), Vec::new()));
                     excess.len() - 1
                 };
+                let (published_order, acked_order) = (accept_order.clone(), accept_order.clone());
                 let published: Arc<Mutex<HashMap<u16, u32>>> = Arc::default();
                 let (mut client_read, mut client_write) = inbound.into_split();
                 let (mut broker_read, mut broker_write) = outbound.into_split();
@@ -581,6 +590,7 @@ impl AckWatch {
                                 let topic = u16::from_be_bytes([body[0], body[1]]) as usize;
                                 let pkid = u16::from_be_bytes([body[2 + topic], body[3 + topic]]);
                                 *seen.lock().unwrap().entry(pkid).or_default() += 1;
+                                published_order.lock().unwrap()[connection].0.push(pkid);
                             }
                         }
                         if client_write.write_all(&chunk[..n]).await.is_err() {
@@ -597,6 +607,7 @@ impl AckWatch {
                         for (first, body) in mqtt_packets(&mut buffer) {
                             if first >> 4 == 4 {
                                 let pkid = u16::from_be_bytes([body[0], body[1]]);
+                                acked_order.lock().unwrap()[connection].1.push(pkid);
                                 let acks = acked.entry(pkid).or_default();
                                 *acks += 1;
                                 let publishes =
@@ -620,6 +631,7 @@ impl AckWatch {
             port,
             down,
             excess,
+            order,
             tasks,
             accept,
         }
@@ -638,6 +650,11 @@ impl AckWatch {
 
     fn excess(&self) -> Vec<u32> {
         self.excess.lock().unwrap().clone()
+    }
+
+    /// A connection's published and acknowledged packet ids, in order.
+    fn order(&self, connection: usize) -> (Vec<u16>, Vec<u16>) {
+        self.order.lock().unwrap()[connection].clone()
     }
 }
 
@@ -712,6 +729,70 @@ async fn acknowledgements_of_a_lost_connection_are_never_sent_on_the_next() {
         "acknowledgements sent for packets not published on their connection: {excess:?}"
     );
     assert_eq!(harness.count().await, 50);
+    ingest.stop().await;
+    harness.finish().await;
+}
+
+/// Acknowledgements leave in the order their messages arrived (as MQTT asks of QoS 1), each once,
+/// and those of messages committed together leave together: a few writes to the socket for a few
+/// batches, not one per message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_leave_in_arrival_order_a_batch_at_a_time() {
+    let harness = Harness::start().await;
+    let watch = AckWatch::start(harness.broker.port).await;
+    let mut settings = harness.settings(tidemark_ingest::IngestConfig {
+        client_id: "ingest-ack-order".into(),
+        ..Default::default()
+    });
+    settings.mqtt.port = watch.port;
+    let ingest = harness.ingest_with(settings);
+    ingest.subscribed("ingest-ack-order").await;
+    // The readings table is locked while the messages arrive, so that they wait together.
+    let mut locker = sql(&harness).await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let base = chrono::DateTime::from_timestamp(Utc::now().timestamp() - 3600, 0).unwrap();
+    let count = 300i64;
+    let messages: Vec<_> = (0..count)
+        .map(|i| {
+            let d = (i % 9) as usize;
+            let ts = base + chrono::Duration::seconds(i);
+            (topic(&device(d)), level(&sensor(d, 3), ts, 2.0))
+        })
+        .collect();
+    publish(&harness.broker_config(), messages).await;
+    let in_hand = wait_for(Duration::from_secs(20), || async {
+        ingest.metrics.messages_received.get() >= count as u64
+    })
+    .await;
+    assert!(in_hand, "ingest holds the messages, unacknowledged");
+    assert_eq!(ingest.metrics.mqtt_acks_sent.get(), 0);
+    lock.rollback().await.unwrap();
+    let acknowledged = wait_for(Duration::from_secs(20), || async {
+        watch.order(0).1.len() >= count as usize
+    })
+    .await;
+    assert!(acknowledged, "every message is acknowledged once committed");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (published, acked) = watch.order(0);
+    assert_eq!(
+        published.len(),
+        count as usize,
+        "one connection, no redelivery"
+    );
+    assert_eq!(
+        acked, published,
+        "acknowledgements in the order the broker published"
+    );
+    assert_eq!(ingest.metrics.mqtt_acks_sent.get(), count as u64);
+    let writes = ingest.metrics.mqtt_ack_writes.get();
+    assert!(
+        (1..=10).contains(&writes),
+        "{count} acknowledgements of a few batches went out in {writes} writes"
+    );
+    assert_eq!(harness.count().await, count as u64);
     ingest.stop().await;
     harness.finish().await;
 }

@@ -2,13 +2,13 @@
 //! good), then acknowledges each message on the connection it arrived on.
 
 use super::prepare::Prepared;
-use super::shared::{AbortOnDrop, Ack, Generation};
+use super::shared::{AbortOnDrop, Ack, AckQueue, Generation};
 use crate::config::IngestConfig;
 use crate::message::STORAGE_REFUSED;
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use chrono::Utc;
-use rumqttc::{AsyncClient, Publish};
+use rumqttc::QoS;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::ops::Range;
@@ -292,31 +292,21 @@ impl Committer {
 
     pub(crate) async fn acknowledge(&self, messages: Vec<Ack>) {
         match &self.acks {
-            Acknowledger::Mqtt { client, connection } => {
-                for message in messages {
-                    let Ack::Mqtt {
+            Acknowledger::Mqtt {
+                queue, connection, ..
+            } => {
+                let generation = connection.0.read().unwrap_or_else(|e| e.into_inner());
+                // A message from an earlier connection will be (or has been) redelivered with the
+                // same packet id; acking the old copy could acknowledge another message. The read
+                // lock is held while queuing, so the generation cannot move meanwhile.
+                queue.push(messages.into_iter().filter_map(|message| match message {
+                    Ack::Mqtt {
                         pkid,
                         qos,
                         connection: arrived_on,
-                    } = message
-                    else {
-                        continue;
-                    };
-                    let generation = connection.0.read().unwrap_or_else(|e| e.into_inner());
-                    // A message from an earlier connection will be (or has been) redelivered with
-                    // the same packet id; acking the old copy could acknowledge another message.
-                    if arrived_on != *generation {
-                        continue;
-                    }
-                    let mut ack = Publish::new("", qos, Vec::<u8>::new());
-                    ack.pkid = pkid;
-                    // The queue has room for every packet id of a connection (REQUEST_QUEUE).
-                    // Should an acknowledgement still not be queued, the broker sends the message
-                    // again and the unique key absorbs it.
-                    if let Err(error) = client.try_ack(&ack) {
-                        tracing::warn!(%error, "cannot queue an acknowledgement");
-                    }
-                }
+                    } if arrived_on == *generation && qos != QoS::AtMostOnce => Some((pkid, qos)),
+                    _ => None,
+                }));
             }
             Acknowledger::Nats { client, in_hand } => {
                 for message in messages {
@@ -338,9 +328,11 @@ impl Committer {
 /// Where acknowledgements go.
 #[derive(Clone)]
 pub(crate) enum Acknowledger {
-    /// To the MQTT session, on the connection each message arrived on.
+    /// To the MQTT session, which writes them on the connection each message arrived on. The
+    /// client is for the disconnect at the end.
     Mqtt {
-        client: AsyncClient,
+        client: rumqttc::AsyncClient,
+        queue: Arc<AckQueue>,
         connection: Arc<Generation>,
     },
     /// To JetStream, on the NATS connection; an acknowledged message is no longer in hand.

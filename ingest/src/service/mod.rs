@@ -27,7 +27,7 @@ use commit::{Acknowledger, Committer};
 use prepare::Preparer;
 use rumqttc::AsyncClient;
 use session::{maintenance_loop, mqtt_options, session_loop};
-use shared::{AbortOnDrop, Generation, Intake, REQUEST_QUEUE};
+use shared::{AbortOnDrop, AckQueue, Generation, Intake, REQUEST_QUEUE};
 pub use shared::{Error, Settings};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -73,15 +73,22 @@ pub async fn run(
         Source::Mqtt => {
             let (client, eventloop) = AsyncClient::new(mqtt_options(&config, &mqtt), REQUEST_QUEUE);
             let connection = Arc::new(Generation::default());
+            let queue = Arc::new(AckQueue::default());
             let session = AbortOnDrop(tokio::spawn(session_loop(
                 eventloop,
                 client.clone(),
                 filters,
                 intake,
                 connection.clone(),
+                queue.clone(),
                 session_stop.clone(),
             )));
-            (session, Acknowledger::Mqtt { client, connection }, None)
+            let acks = Acknowledger::Mqtt {
+                client,
+                queue,
+                connection,
+            };
+            (session, acks, None)
         }
         Source::Nats => {
             let client = nats::connect(&config.nats).await.map_err(Error::Config)?;
@@ -166,7 +173,8 @@ pub async fn run(
     preparer.run(rx, prepared_tx, &shutdown).await;
     committing.join().await;
 
-    // Acknowledgements queued by the writer go out before the disconnect, in request order.
+    // Acknowledgements queued by the committer go out before the disconnect: the session task
+    // writes what is queued before it polls for the next request.
     match &closing {
         Acknowledger::Mqtt { client, .. } => {
             let _ = client.disconnect().await;

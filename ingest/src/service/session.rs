@@ -1,11 +1,13 @@
 //! The MQTT session: connection options, the loop that polls the connection and takes a message's
 //! share of the buffer before polling again, and the periodic storage maintenance.
 
-use super::shared::{Ack, Generation, Intake, MAINTENANCE_INTERVAL};
+use super::shared::{Ack, AckQueue, Generation, Intake, MAINTENANCE_INTERVAL};
 use crate::config::IngestConfig;
 use crate::metrics::Metrics;
 use chrono::Utc;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, PubAck, PubRec, QoS,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tidemark_model::broker::BrokerConfig;
@@ -26,6 +28,13 @@ pub(crate) fn mqtt_options(config: &IngestConfig, mqtt: &BrokerConfig) -> MqttOp
     options
 }
 
+/// What the session loop does next.
+enum Step {
+    Stop,
+    WriteAcks,
+    Polled(Result<Event, ConnectionError>),
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn session_loop(
     mut eventloop: EventLoop,
@@ -33,14 +42,29 @@ pub(crate) async fn session_loop(
     filters: Vec<String>,
     intake: Intake,
     connection: Arc<Generation>,
+    acks: Arc<AckQueue>,
     stop: CancellationToken,
 ) {
     let metrics = intake.metrics.clone();
     let mut backoff = Duration::from_millis(100);
     loop {
-        let event = tokio::select! {
-            _ = stop.cancelled() => return,
-            event = eventloop.poll() => event,
+        // Queued acknowledgements go first. Polling is given up for them where it waits: on the
+        // socket or the request queue, which lose nothing when dropped (rumqttc's reads and
+        // flushes keep their progress in its buffers), or in the middle of a flush, which the
+        // acknowledgements' own flush completes.
+        let step = tokio::select! {
+            biased;
+            _ = stop.cancelled() => Step::Stop,
+            _ = acks.ready() => Step::WriteAcks,
+            event = eventloop.poll() => Step::Polled(event),
+        };
+        let event = match step {
+            Step::Stop => return,
+            Step::WriteAcks => match write_acks(&mut eventloop, &acks, &metrics).await {
+                Ok(()) => continue,
+                Err(error) => Err(error),
+            },
+            Step::Polled(event) => event,
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -94,11 +118,11 @@ pub(crate) async fn session_loop(
             Err(error) => {
                 {
                     // The connection is gone: its generation ends now, not at the next CONNACK.
-                    // Acknowledgements queued before this point are dropped from the request
-                    // queue (rumqttc keeps no PUBACK across a reconnect); none can be queued for
-                    // the old generation after it.
+                    // Acknowledgements queued before this point are dropped; none can be queued
+                    // for the old generation after it.
                     let mut generation = connection.0.write().unwrap_or_else(|e| e.into_inner());
                     *generation += 1;
+                    acks.clear();
                     eventloop.clean();
                 }
                 metrics.mqtt_errors.inc();
@@ -111,6 +135,43 @@ pub(crate) async fn session_loop(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Writes every queued acknowledgement on the connection and flushes them at once. Without a
+/// connection there is nothing to write: the queue was emptied when the last one went, and
+/// nothing is queued for a connection that is gone.
+async fn write_acks(
+    eventloop: &mut EventLoop,
+    acks: &AckQueue,
+    metrics: &Metrics,
+) -> Result<(), ConnectionError> {
+    let queued = acks.take();
+    let timeout = Duration::from_secs(eventloop.network_options().connection_timeout());
+    let Some(network) = eventloop.network.as_mut() else {
+        return Ok(());
+    };
+    let written = queued.len() as u64;
+    let write = async {
+        for (pkid, qos) in queued {
+            let packet = match qos {
+                QoS::AtLeastOnce => Packet::PubAck(PubAck::new(pkid)),
+                // Not expected (the subscriptions are at QoS 1), but answered as MQTT asks.
+                QoS::ExactlyOnce => Packet::PubRec(PubRec::new(pkid)),
+                QoS::AtMostOnce => continue,
+            };
+            network.write(packet).await?;
+        }
+        network.flush().await
+    };
+    match tokio::time::timeout(timeout, write).await {
+        Ok(Ok(())) => {
+            metrics.mqtt_acks_sent.inc_by(written);
+            metrics.mqtt_ack_writes.inc();
+            Ok(())
+        }
+        Ok(Err(error)) => Err(ConnectionError::MqttState(error)),
+        Err(_) => Err(ConnectionError::FlushTimeout),
     }
 }
 
