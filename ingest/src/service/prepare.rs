@@ -15,6 +15,9 @@ use tidemark_store::Store;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// How often a batch that is gathering looks for more messages once it has taken all there were.
+const GATHER_TICK: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// A batch decoded and validated, waiting to be committed. Rows are kept in message order, so
 /// that any run of messages maps to one run of readings and one of refusals.
 pub(crate) struct Prepared {
@@ -141,37 +144,7 @@ impl Preparer {
         rx: &mut mpsc::UnboundedReceiver<Received>,
         shutdown: &CancellationToken,
     ) -> Option<Vec<Received>> {
-        let first = match self.carried.pop_front() {
-            Some(first) => first,
-            None => tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                first = rx.recv() => first?,
-            },
-        };
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + self.config.batch_linger;
-        // Payload bytes stand in for readings (a reading takes about 64 bytes of JSON), so that a
-        // batch is bounded before anything is decoded.
-        let max_bytes = self.config.batch_max_readings * 64;
-        let mut bytes = batch[0].payload.len();
-        while batch.len() < self.config.batch_max_messages && bytes < max_bytes {
-            let next = if let Some(next) = self.carried.pop_front() {
-                next
-            } else {
-                match rx.try_recv() {
-                    Ok(next) => next,
-                    Err(_) => tokio::select! {
-                        biased;
-                        next = rx.recv() => match next { Some(next) => next, None => break },
-                        _ = tokio::time::sleep_until(deadline) => break,
-                        _ = shutdown.cancelled() => break,
-                    },
-                }
-            };
-            bytes += next.payload.len();
-            batch.push(next);
-        }
-        Some(batch)
+        gather(&mut self.carried, &self.config, rx, shutdown).await
     }
 
     pub(crate) fn process_all(&self, batch: &[Received]) -> Vec<Processed> {
@@ -226,5 +199,168 @@ impl Preparer {
             }
         }
         Prepared::new(messages, processed)
+    }
+}
+
+/// Takes the messages carried over first, then waits for a first message, then takes more until
+/// the batch holds `batch_max_messages` or about `batch_max_readings` readings' worth of payload,
+/// or `batch_linger` has passed since its first message. `None` when ingest is stopping (or the
+/// source is gone) before a first message.
+async fn gather(
+    carried: &mut VecDeque<Received>,
+    config: &IngestConfig,
+    rx: &mut mpsc::UnboundedReceiver<Received>,
+    shutdown: &CancellationToken,
+) -> Option<Vec<Received>> {
+    let first = match carried.pop_front() {
+        Some(first) => first,
+        None => tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            first = rx.recv() => first?,
+        },
+    };
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + config.batch_linger;
+    // Payload bytes stand in for readings (a reading takes about 64 bytes of JSON), so that a
+    // batch is bounded before anything is decoded.
+    let max_bytes = config.batch_max_readings * 64;
+    let mut bytes = batch[0].payload.len();
+    while batch.len() < config.batch_max_messages && bytes < max_bytes {
+        let next = if let Some(next) = carried.pop_front() {
+            next
+        } else {
+            match rx.try_recv() {
+                Ok(next) => next,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                // Nothing waiting: look again after a tick, rather than have the source wake this
+                // task for each message as it trickles in (at one reading per message, a thread
+                // woken per message cost more CPU than the message).
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    let now = tokio::time::Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep_until((now + GATHER_TICK).min(deadline)) => {}
+                    }
+                    continue;
+                }
+            }
+        };
+        bytes += next.payload.len();
+        batch.push(next);
+    }
+    Some(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::shared::Ack;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::sync::Semaphore;
+    use tokio::time::Instant;
+
+    fn message(n: u16) -> Received {
+        let budget = Arc::new(Semaphore::new(1));
+        Received {
+            topic: format!("tidemark/v1/readings/d{n}"),
+            payload: bytes::Bytes::from_static(b"{}"),
+            received_at: Utc::now(),
+            ack: Ack::Mqtt {
+                pkid: n,
+                qos: rumqttc::QoS::AtLeastOnce,
+                connection: 0,
+            },
+            buffered: 2,
+            _buffer: budget.try_acquire_owned().unwrap(),
+        }
+    }
+
+    fn ids(batch: &[Received]) -> Vec<u16> {
+        batch
+            .iter()
+            .map(|m| match m.ack {
+                Ack::Mqtt { pkid, .. } => pkid,
+                Ack::Nats { .. } => unreachable!(),
+            })
+            .collect()
+    }
+
+    /// A batch takes what arrives within the linger after its first message, however it
+    /// trickles in, ends when the linger is over, and leaves later messages to the next batch.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_takes_what_arrives_within_its_linger() {
+        let config = IngestConfig {
+            batch_linger: Duration::from_millis(20),
+            ..Default::default()
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let mut carried = VecDeque::new();
+        let start = Instant::now();
+        tokio::spawn(async move {
+            for (at, n) in [(0, 1), (0, 2), (3, 3), (7, 4), (19, 5), (25, 6), (60, 7)] {
+                tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+                tx.send(message(n)).unwrap();
+            }
+        });
+        let first = gather(&mut carried, &config, &mut rx, &shutdown)
+            .await
+            .unwrap();
+        assert_eq!(ids(&first), [1, 2, 3, 4, 5]);
+        let over = start.elapsed();
+        assert!(
+            over >= Duration::from_millis(20) && over <= Duration::from_millis(21),
+            "{over:?}"
+        );
+        let second = gather(&mut carried, &config, &mut rx, &shutdown)
+            .await
+            .unwrap();
+        assert_eq!(ids(&second), [6]);
+        let third = gather(&mut carried, &config, &mut rx, &shutdown)
+            .await
+            .unwrap();
+        assert_eq!(ids(&third), [7]);
+        // The source is gone: nothing more.
+        assert!(gather(&mut carried, &config, &mut rx, &shutdown)
+            .await
+            .is_none());
+    }
+
+    /// A full batch goes at once, and a stop ends the linger with what the batch holds.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_does_not_linger_and_a_stop_ends_the_linger() {
+        let config = IngestConfig {
+            batch_linger: Duration::from_secs(10),
+            batch_max_messages: 3,
+            ..Default::default()
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let mut carried = VecDeque::new();
+        for n in 1..=4 {
+            tx.send(message(n)).unwrap();
+        }
+        let start = Instant::now();
+        let full = gather(&mut carried, &config, &mut rx, &shutdown)
+            .await
+            .unwrap();
+        assert_eq!(ids(&full), [1, 2, 3]);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            stop.cancel();
+        });
+        let rest = gather(&mut carried, &config, &mut rx, &shutdown)
+            .await
+            .unwrap();
+        assert_eq!(ids(&rest), [4]);
+        assert_eq!(start.elapsed(), Duration::from_millis(50));
+        drop(tx);
     }
 }
