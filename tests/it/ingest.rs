@@ -665,33 +665,46 @@ impl Drop for AckWatch {
     }
 }
 
+/// An ingest instance connected through an [`AckWatch`], subscribed.
+async fn ingest_behind_a_watch(harness: &Harness, client_id: &str) -> (AckWatch, IngestHandle) {
+    let watch = AckWatch::start(harness.broker.port).await;
+    let mut settings = harness.settings(tidemark_ingest::IngestConfig {
+        client_id: client_id.into(),
+        ..Default::default()
+    });
+    settings.mqtt.port = watch.port;
+    let ingest = harness.ingest_with(settings);
+    ingest.subscribed(client_id).await;
+    (watch, ingest)
+}
+
+/// `count` single-reading messages from nine devices, a second apart from an hour ago.
+fn an_hour_ago(count: i64, sensor_index: usize, value: f64) -> Vec<(String, Vec<u8>)> {
+    let base = chrono::DateTime::from_timestamp(Utc::now().timestamp() - 3600, 0).unwrap();
+    (0..count)
+        .map(|i| {
+            let d = (i % 9) as usize;
+            let ts = base + chrono::Duration::seconds(i);
+            (
+                topic(&device(d)),
+                level(&sensor(d, sensor_index), ts, value),
+            )
+        })
+        .collect()
+}
+
 /// Messages committed while the connection they came on is gone are not acknowledged on the next
 /// connection: the broker sends them again there, and each packet id it sends is acknowledged once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledgements_of_a_lost_connection_are_never_sent_on_the_next() {
     let harness = Harness::start().await;
-    let watch = AckWatch::start(harness.broker.port).await;
-    let mut settings = harness.settings(tidemark_ingest::IngestConfig {
-        client_id: "ingest-generations".into(),
-        ..Default::default()
-    });
-    settings.mqtt.port = watch.port;
-    let ingest = harness.ingest_with(settings);
-    ingest.subscribed("ingest-generations").await;
+    let (watch, ingest) = ingest_behind_a_watch(&harness, "ingest-generations").await;
     let mut locker = sql(&harness).await;
     let lock = locker.transaction().await.unwrap();
     lock.batch_execute("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
-    let base = chrono::DateTime::from_timestamp(Utc::now().timestamp() - 3600, 0).unwrap();
-    let messages: Vec<_> = (0..50i64)
-        .map(|i| {
-            let d = (i % 9) as usize;
-            let ts = base + chrono::Duration::seconds(i);
-            (topic(&device(d)), level(&sensor(d, 2), ts, 1.0))
-        })
-        .collect();
-    publish(&harness.broker_config(), messages).await;
+    publish(&harness.broker_config(), an_hour_ago(50, 2, 1.0)).await;
     let in_hand = wait_for(Duration::from_secs(20), || async {
         ingest.metrics.messages_received.get() >= 50
     })
@@ -739,30 +752,15 @@ async fn acknowledgements_of_a_lost_connection_are_never_sent_on_the_next() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledgements_leave_in_arrival_order_a_batch_at_a_time() {
     let harness = Harness::start().await;
-    let watch = AckWatch::start(harness.broker.port).await;
-    let mut settings = harness.settings(tidemark_ingest::IngestConfig {
-        client_id: "ingest-ack-order".into(),
-        ..Default::default()
-    });
-    settings.mqtt.port = watch.port;
-    let ingest = harness.ingest_with(settings);
-    ingest.subscribed("ingest-ack-order").await;
+    let (watch, ingest) = ingest_behind_a_watch(&harness, "ingest-ack-order").await;
     // The readings table is locked while the messages arrive, so that they wait together.
     let mut locker = sql(&harness).await;
     let lock = locker.transaction().await.unwrap();
     lock.batch_execute("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
-    let base = chrono::DateTime::from_timestamp(Utc::now().timestamp() - 3600, 0).unwrap();
     let count = 300i64;
-    let messages: Vec<_> = (0..count)
-        .map(|i| {
-            let d = (i % 9) as usize;
-            let ts = base + chrono::Duration::seconds(i);
-            (topic(&device(d)), level(&sensor(d, 3), ts, 2.0))
-        })
-        .collect();
-    publish(&harness.broker_config(), messages).await;
+    publish(&harness.broker_config(), an_hour_ago(count, 3, 2.0)).await;
     let in_hand = wait_for(Duration::from_secs(20), || async {
         ingest.metrics.messages_received.get() >= count as u64
     })
