@@ -113,6 +113,28 @@ impl Phase {
     }
 }
 
+/// The most messages the benchmark's broker queues for one client (`max_queued_messages` in
+/// `config/mosquitto-test.conf`). Beyond it Mosquitto drops QoS 1 messages for a client that is
+/// behind, and a phase would wait for messages that never come.
+const BROKER_QUEUE: usize = 1_000_000;
+
+/// Refuses a run whose largest phase publishes more messages than the broker queues: the phases'
+/// single-reading messages, or the backlog's messages of `--batch` readings.
+fn check_broker_queue(args: &IngestBenchArgs) -> anyhow::Result<()> {
+    let (messages, what) = match args.backlog {
+        Some(backlog) => (backlog.div_ceil(args.batch.max(1)), "--backlog"),
+        None => (args.readings, "--readings"),
+    };
+    if messages > BROKER_QUEUE {
+        bail!(
+            "{what} asks for {messages} messages in one phase; the benchmark's broker queues at most \
+             {BROKER_QUEUE} for a client that is behind (max_queued_messages in \
+             config/mosquitto-test.conf) and drops the rest, so the phase would never end"
+        );
+    }
+    Ok(())
+}
+
 pub(crate) async fn ingest(
     config: &Config,
     config_file: &Path,
@@ -121,6 +143,7 @@ pub(crate) async fn ingest(
     if args.readings == 0 || args.devices == 0 || args.sensors_per_device == 0 || args.runs == 0 {
         bail!("--readings, --devices, --sensors-per-device and --runs must be positive");
     }
+    check_broker_queue(&args)?;
     if let Some(backlog) = args.backlog {
         return backlog_runs(config, config_file, &args, backlog).await;
     }
@@ -865,4 +888,38 @@ fn memory() -> String {
             Some(format!("{:.1} GiB memory", kb / 1024.0 / 1024.0))
         })
         .unwrap_or_else(|| "unknown memory".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: IngestBenchArgs,
+    }
+
+    fn args(line: &[&str]) -> IngestBenchArgs {
+        Cli::try_parse_from(std::iter::once("ingest").chain(line.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn a_phase_larger_than_the_broker_queue_is_refused() {
+        assert!(check_broker_queue(&args(&[])).is_ok());
+        assert!(check_broker_queue(&args(&["--readings", "1000000"])).is_ok());
+        let refused = check_broker_queue(&args(&["--readings", "1000001"])).unwrap_err();
+        assert!(
+            refused.to_string().contains("max_queued_messages"),
+            "{refused}"
+        );
+        // The backlog counts messages of --batch readings.
+        assert!(check_broker_queue(&args(&["--backlog"])).is_ok());
+        assert!(check_broker_queue(&args(&["--backlog", "50000000"])).is_ok());
+        assert!(check_broker_queue(&args(&["--backlog", "50000001"])).is_err());
+        assert!(check_broker_queue(&args(&["--backlog", "2000000", "--batch", "1"])).is_err());
+    }
 }
