@@ -51,7 +51,11 @@ pub(crate) async fn session_loop(
         // Queued acknowledgements go first. Polling is given up for them where it waits: on the
         // socket or the request queue, which lose nothing when dropped (rumqttc's reads and
         // flushes keep their progress in its buffers), or in the middle of a flush, which the
-        // acknowledgements' own flush completes.
+        // acknowledgements' own flush completes. It never waits while putting a request it has
+        // taken into its write buffer (giving that up would lose the request): that waits only
+        // on a buffer already holding 8 KiB, and the buffer is empty whenever a poll begins (a
+        // finished poll flushes it, and so does every write of acknowledgements, which is what
+        // follows a poll given up).
         let step = tokio::select! {
             biased;
             _ = stop.cancelled() => Step::Stop,
