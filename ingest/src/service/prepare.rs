@@ -129,22 +129,13 @@ impl Preparer {
         prepared: mpsc::Sender<Prepared>,
         shutdown: &CancellationToken,
     ) {
-        while let Some(batch) = self.gather(&mut rx, shutdown).await {
+        while let Some(batch) = gather(&mut self.carried, &self.config, &mut rx, shutdown).await {
             let batch = self.prepare(batch).await;
             if prepared.send(batch).await.is_err() {
                 return;
             }
         }
         // Returning drops the sender: the committer finishes what it holds and stops.
-    }
-
-    /// Waits for a first message, then takes more until the batch is full or has lingered.
-    pub(crate) async fn gather(
-        &mut self,
-        rx: &mut mpsc::UnboundedReceiver<Received>,
-        shutdown: &CancellationToken,
-    ) -> Option<Vec<Received>> {
-        gather(&mut self.carried, &self.config, rx, shutdown).await
     }
 
     pub(crate) fn process_all(&self, batch: &[Received]) -> Vec<Processed> {
