@@ -181,13 +181,15 @@ async fn serve_stages(
         let settings = config.api_settings().map_err(anyhow::Error::msg)?;
         let hub =
             tidemark_api::sse::Hub::start(store.clone(), config.database.clone(), shutdown.clone());
-        api_routes = Some(tidemark_api::api_router(ApiState::new(
+        let state = ApiState::new(
             store.clone(),
             settings,
             hub,
             &config.database,
             shutdown.clone(),
-        )));
+        );
+        state.written.register(&mut registry);
+        api_routes = Some(tidemark_api::api_router(state));
     }
     let ops = tidemark_api::ops_router(OpsState {
         store,

@@ -65,6 +65,14 @@ pub struct ApiConfig {
     /// request waits its turn, first come first served. Unset: twice the machine's cores.
     #[serde(default)]
     pub bucket_reads: Option<usize>,
+    /// Bytes of aggregated buckets' JSON kept for answers that ask for them again (a day of
+    /// hourly buckets at a time, by what it was written from); 0 keeps none.
+    #[serde(default = "default_bucket_cache_bytes")]
+    pub bucket_cache_bytes: usize,
+}
+
+const fn default_bucket_cache_bytes() -> usize {
+    128 * 1024 * 1024
 }
 
 const fn default_sse_max_streams() -> usize {
@@ -116,6 +124,7 @@ impl Default for ApiConfig {
             device_credentials: false,
             sta_query_timeout: default_sta_query_timeout(),
             bucket_reads: None,
+            bucket_cache_bytes: default_bucket_cache_bytes(),
         }
     }
 }
@@ -192,6 +201,8 @@ pub struct ApiSettings {
     pub sta_query_timeout: Duration,
     /// Aggregated reads served at once (`api.bucket_reads`, or twice the cores).
     pub bucket_reads: usize,
+    /// Bytes of written buckets kept (`api.bucket_cache_bytes`).
+    pub bucket_cache_bytes: usize,
     /// The time bounds on Observations created over SensorThings: ingest's (`[ingest]`
     /// `future_tolerance` and `max_age`), so that a reading is judged alike on either way in.
     pub time_rules: tidemark_model::validate::TimeRules,
@@ -229,6 +240,7 @@ impl ApiSettings {
             bucket_reads: api.bucket_reads.unwrap_or_else(|| {
                 2 * std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
             }),
+            bucket_cache_bytes: api.bucket_cache_bytes,
             broker_admin: None,
             time_rules: tidemark_model::validate::TimeRules::DEFAULT,
         })
@@ -254,6 +266,8 @@ pub struct ApiState {
     pub broker_admin: Option<crate::manage::broker_admin::BrokerAdmin>,
     /// Turns for aggregated reads (`ApiSettings::bucket_reads` at once), handed out in order.
     pub bucket_reads: Arc<tokio::sync::Semaphore>,
+    /// Aggregated buckets already written as JSON (`ApiSettings::bucket_cache_bytes` at most).
+    pub written: Arc<crate::opendata::written::WrittenBuckets>,
 }
 
 impl ApiState {
@@ -286,6 +300,9 @@ impl ApiState {
         });
         ApiState {
             bucket_reads: Arc::new(tokio::sync::Semaphore::new(settings.bucket_reads)),
+            written: Arc::new(crate::opendata::written::WrittenBuckets::new(
+                settings.bucket_cache_bytes,
+            )),
             broker_admin,
             store,
             settings: Arc::new(settings),

@@ -260,13 +260,9 @@ async fn measure(
     )
     .map_err(anyhow::Error::msg)?;
     let hub = tidemark_api::sse::Hub::start(store.clone(), database.clone(), shutdown.clone());
-    let router = tidemark_api::api_router(ApiState::new(
-        store.clone(),
-        settings,
-        hub,
-        database,
-        shutdown.clone(),
-    ));
+    let state = ApiState::new(store.clone(), settings, hub, database, shutdown.clone());
+    let written = state.written.clone();
+    let router = tidemark_api::api_router(state);
     tokio::spawn(tidemark_api::serve(listener, router, shutdown.clone()));
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
@@ -529,6 +525,13 @@ async fn measure(
         percentile(&sta_pages.latencies_ms, 0.99),
         percentile(&raw_pages.latencies_ms, 0.99),
         percentile(&sta_pages.latencies_ms, 0.99) / percentile(&raw_pages.latencies_ms, 0.99)
+    );
+    let (found, not_found, kept) = written.figures();
+    println!(
+        "written buckets (api.bucket_cache_bytes {:.0} MiB): groups found {found}, written afresh {not_found} ({:.1} % found), {:.1} MiB kept",
+        api_config.bucket_cache_bytes as f64 / 1_048_576.0,
+        100.0 * found as f64 / (found + not_found).max(1) as f64,
+        kept as f64 / 1_048_576.0
     );
     println!(
         "year query p99 through the API: {year_p99} clients (target at most 25 ms); API / database at {c} clients: {ratio:.2}; latest values: {:.0} req/s (target 5,000)",

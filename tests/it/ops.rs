@@ -172,6 +172,14 @@ async fn operational_routes_can_have_an_address_of_their_own() {
     let (status, body) = get(ops_port, "/metrics").await;
     assert_eq!(status, 200);
     assert!(body.contains("tidemark_"), "{body}");
+    // The API's own figures are there too: the written buckets it keeps, none yet.
+    for line in [
+        "tidemark_api_written_buckets_hits_total 0",
+        "tidemark_api_written_buckets_misses_total 0",
+        "tidemark_api_written_buckets_bytes 0",
+    ] {
+        assert!(body.contains(line), "/metrics has {line}:\n{body}");
+    }
     assert_eq!(get(ops_port, "/readyz").await.0, 200);
     assert_eq!(get(ops_port, "/healthz").await.0, 200);
     assert_eq!(get(ops_port, "/api/v1/stations").await.0, 404);

@@ -4,6 +4,7 @@
 use super::parquet_export;
 use super::query::{time_range, ReadingsQuery, AGGREGATES, MAX_BUCKETS, MIN_BUCKET};
 use super::stations::unit_of;
+use super::written::{self, WrittenBuckets};
 use crate::http::problem::{ApiError, Result};
 #[cfg(feature = "parquet")]
 use crate::http::PARQUET;
@@ -15,6 +16,7 @@ use axum::response::Response;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use tidemark_store::opendata::BucketRow;
 use utoipa::ToSchema;
 
@@ -258,6 +260,8 @@ pub(crate) async fn aggregated(
                 },
                 &filled,
                 asked,
+                chrono_bucket,
+                &state.written,
             ),
         ),
     })
@@ -358,7 +362,17 @@ fn values(f: &Filled) -> [Option<f64>; 7] {
 /// API's CPU for it. The buckets are written into a buffer on the stack ([`Lines`]), which goes
 /// to the page whenever it is nearly full; numbers are formatted by the crates `serde_json`
 /// uses, without its writer in between.
-fn page_json(mut page: BucketPage, filled: &[Filled], asked: [bool; 7]) -> Vec<u8> {
+///
+/// The buckets go in groups of [`written::GROUP`] consecutive ones within an aligned span of that
+/// many buckets of `step` (a UTC day of hourly buckets). A group already written from the same
+/// inputs is copied from `written`; one that is not is written and kept there.
+fn page_json(
+    mut page: BucketPage,
+    filled: &[Filled],
+    asked: [bool; 7],
+    step: ChronoDuration,
+    written: &WrittenBuckets,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     // Everything around the buckets through serde, ending in `"buckets":[]}`.
     if serde_json::to_writer(&mut out, &page).is_err() || !out.ends_with(b"[]}") {
@@ -366,6 +380,114 @@ fn page_json(mut page: BucketPage, filled: &[Filled], asked: [bool; 7]) -> Vec<u
         return serde_json::to_vec(&page).unwrap_or_default();
     }
     out.truncate(out.len() - 2);
+    // The aggregates asked for, by their place in `AGGREGATES`.
+    let columns: Vec<usize> = (0..asked.len()).filter(|&i| asked[i]).collect();
+    let span = step
+        .num_microseconds()
+        .unwrap_or(i64::MAX / written::GROUP)
+        .max(1)
+        * written::GROUP;
+    let group_of = |f: &Filled| meta(f).0.timestamp_micros().div_euclid(span);
+    // Where each group ends, and (when groups are kept) its key and what was kept under it.
+    let mut ends = Vec::new();
+    let mut keys = Vec::new();
+    let mut inputs = Vec::new();
+    let mut at = 0;
+    while at < filled.len() {
+        let group = group_of(&filled[at]);
+        let end = at
+            + filled[at..]
+                .iter()
+                .take(written::GROUP as usize)
+                .take_while(|f| group_of(f) == group)
+                .count();
+        if written.enabled() {
+            inputs.clear();
+            inputs.push(columns.iter().fold(0u8, |mask, &c| mask | 1 << c));
+            for f in &filled[at..end] {
+                writer_inputs(f, &columns, &mut inputs);
+            }
+            keys.push(written.key(&inputs));
+        }
+        ends.push(end);
+        at = end;
+    }
+    let found = written.find(&keys);
+    let mut fresh: Vec<(u128, Arc<[u8]>)> = Vec::new();
+    let mut starts = Starts::default();
+    let mut lines = Lines::new();
+    let mut at = 0;
+    for (i, &end) in ends.iter().enumerate() {
+        if lines.len > Lines::FULL {
+            spill(&mut out, &mut lines, at, filled.len());
+        }
+        if at > 0 {
+            lines.put(b",");
+        }
+        match found.get(i) {
+            Some(Some(bytes)) => {
+                spill(&mut out, &mut lines, at, filled.len());
+                out.extend_from_slice(bytes);
+            }
+            _ => {
+                let from = lines.len;
+                for (j, f) in filled[at..end].iter().enumerate() {
+                    if j > 0 {
+                        lines.put(b",");
+                    }
+                    write_bucket(f, &columns, &mut starts, &mut lines);
+                }
+                if let Some(&key) = keys.get(i) {
+                    fresh.push((key, Arc::from(&lines.bytes()[from..])));
+                }
+            }
+        }
+        at = end;
+    }
+    if !fresh.is_empty() {
+        written.keep(fresh);
+    }
+    out.extend_from_slice(lines.bytes());
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// Moves what `lines` holds to the end of `out`, making room first for the rest of the page
+/// (about as long per bucket as the `done` buckets of `all` written so far).
+fn spill(out: &mut Vec<u8>, lines: &mut Lines, done: usize, all: usize) {
+    if out.capacity() - out.len() < lines.len && done > 0 {
+        let written = out.len() + lines.len;
+        out.reserve(lines.len + written * (all - done) / done + 64);
+    }
+    out.extend_from_slice(lines.bytes());
+    lines.len = 0;
+}
+
+/// Appends what [`write_bucket`] writes `f` from, the key of a group in [`WrittenBuckets`]. The
+/// layout can be read back field by field (after the group's first byte, which says which
+/// aggregates are asked for), so two different groups never lay out alike.
+fn writer_inputs(f: &Filled, columns: &[usize], to: &mut Vec<u8>) {
+    let (start, flagged, quality, state) = meta(f);
+    to.extend_from_slice(&start.timestamp().to_le_bytes());
+    to.extend_from_slice(&start.timestamp_subsec_nanos().to_le_bytes());
+    to.extend_from_slice(&flagged.to_le_bytes());
+    to.extend_from_slice(&quality.to_le_bytes());
+    to.push(state as u8);
+    let values = values(f);
+    for &column in columns {
+        match values[column] {
+            Some(v) => {
+                to.push(1);
+                to.extend_from_slice(&v.to_bits().to_le_bytes());
+            }
+            None => to.push(0),
+        }
+    }
+}
+
+/// Writes one bucket's JSON object with the aggregates in `columns` (places in `AGGREGATES`).
+#[inline(always)]
+fn write_bucket(f: &Filled, columns: &[usize], starts: &mut Starts, lines: &mut Lines) {
     const NAMES: [&[u8]; 7] = [
         b",\"avg\":",
         b",\"min\":",
@@ -375,65 +497,44 @@ fn page_json(mut page: BucketPage, filled: &[Filled], asked: [bool; 7]) -> Vec<u
         b",\"first\":",
         b",\"last\":",
     ];
-    // The aggregates asked for, by their place in `AGGREGATES`.
-    let columns: Vec<usize> = (0..asked.len()).filter(|&i| asked[i]).collect();
-    let mut starts = Starts::default();
-    let mut lines = Lines::new();
-    for (i, f) in filled.iter().enumerate() {
-        if lines.len > Lines::FULL {
-            if out.capacity() - out.len() < lines.len {
-                // The rest are about as long as the `i` written so far (the page's head is short).
-                let written = out.len() + lines.len;
-                out.reserve(lines.len + written * (filled.len() - i) / i + 64);
-            }
-            out.extend_from_slice(lines.bytes());
-            lines.len = 0;
+    // The numbers are formatted first and copied last, with the rest of the bucket written
+    // in between. A formatter writes its digits a few bytes at a time and shifts them to
+    // place the decimal point; a wider read of them just after cannot be served from those
+    // stores and waits for them to reach the cache. Copied right away, that wait was the
+    // page writer's single largest cost in a profile of the year query.
+    let values = values(f);
+    let mut floats: [zmij::Buffer; 7] = std::array::from_fn(|_| zmij::Buffer::new());
+    let mut integers: [itoa::Buffer; 7] = std::array::from_fn(|_| itoa::Buffer::new());
+    let mut numbers: [&[u8]; 7] = [b"null"; 7];
+    for (((&column, float), integer), number) in columns
+        .iter()
+        .zip(&mut floats)
+        .zip(&mut integers)
+        .zip(&mut numbers)
+    {
+        // `values` leaves only finite numbers.
+        if let Some(v) = values[column] {
+            *number = match whole(v) {
+                Some(n) => integer.format(n).as_bytes(),
+                None => float.format_finite(v).as_bytes(),
+            };
         }
-        // The numbers are formatted first and copied last, with the rest of the bucket written
-        // in between. A formatter writes its digits a few bytes at a time and shifts them to
-        // place the decimal point; a wider read of them just after cannot be served from those
-        // stores and waits for them to reach the cache. Copied right away, that wait was the
-        // page writer's single largest cost in a profile of the year query.
-        let values = values(f);
-        let mut floats: [zmij::Buffer; 7] = std::array::from_fn(|_| zmij::Buffer::new());
-        let mut integers: [itoa::Buffer; 7] = std::array::from_fn(|_| itoa::Buffer::new());
-        let mut numbers: [&[u8]; 7] = [b"null"; 7];
-        for (((&column, float), integer), number) in columns
-            .iter()
-            .zip(&mut floats)
-            .zip(&mut integers)
-            .zip(&mut numbers)
-        {
-            // `values` leaves only finite numbers.
-            if let Some(v) = values[column] {
-                *number = match whole(v) {
-                    Some(n) => integer.format(n).as_bytes(),
-                    None => float.format_finite(v).as_bytes(),
-                };
-            }
-        }
-        if i > 0 {
-            lines.put(b",");
-        }
-        let (start, flagged, quality, state) = meta(f);
-        lines.put(b"{\"start\":");
-        if !starts.write(&start, &mut lines) {
-            let _ = serde_json::to_writer(&mut lines, &start);
-        }
-        lines.put(b",\"flagged\":");
-        lines.put(itoa::Buffer::new().format(flagged).as_bytes());
-        lines.put(b",\"quality\":");
-        lines.put(itoa::Buffer::new().format(quality).as_bytes());
-        lines.put(state.json_field());
-        for (&column, number) in columns.iter().zip(numbers) {
-            lines.put(NAMES[column]);
-            lines.put(number);
-        }
-        lines.put(b"}");
     }
-    out.extend_from_slice(lines.bytes());
-    out.extend_from_slice(b"]}");
-    out
+    let (start, flagged, quality, state) = meta(f);
+    lines.put(b"{\"start\":");
+    if !starts.write(&start, lines) {
+        let _ = serde_json::to_writer(&mut *lines, &start);
+    }
+    lines.put(b",\"flagged\":");
+    lines.put(itoa::Buffer::new().format(flagged).as_bytes());
+    lines.put(b",\"quality\":");
+    lines.put(itoa::Buffer::new().format(quality).as_bytes());
+    lines.put(state.json_field());
+    for (&column, number) in columns.iter().zip(numbers) {
+        lines.put(NAMES[column]);
+        lines.put(number);
+    }
+    lines.put(b"}");
 }
 
 /// Buckets' JSON, written on the stack and appended to the page some kilobytes at a time rather
@@ -445,10 +546,11 @@ struct Lines {
 
 impl Lines {
     const SIZE: usize = 16 * 1024;
-    /// Past this, the buffer is emptied before the next bucket. The longest a bucket can be is
-    /// about 370 bytes: its start (at most 35 through chrono), flagged (an i64), quality, the
-    /// longest state and seven aggregates of at most 24 characters each with their names.
-    const FULL: usize = Self::SIZE - 512;
+    /// Past this, the buffer is emptied before the next group of buckets. The longest a bucket
+    /// can be is about 370 bytes: its start (at most 35 through chrono), flagged (an i64),
+    /// quality, the longest state and seven aggregates of at most 24 characters each with their
+    /// names; a group is at most [`written::GROUP`] of them with their commas.
+    const FULL: usize = Self::SIZE - 384 * written::GROUP as usize;
 
     fn new() -> Self {
         Self {
@@ -758,6 +860,21 @@ mod tests {
         .into_iter()
         .chain((0..500).map(|h| row(14 + h, 1 + h % 6, (h as f64 * 0.731).sin() * 1e3)))
         .collect();
+        // The same rows but for one field each in a few of them, as a late reading or a new
+        // rollup would change them: a group holding one of them must be written afresh.
+        let mut changed_rows = rows.clone();
+        changed_rows[3].sum += 1e-9;
+        changed_rows[40].flagged += 1;
+        changed_rows[90].quality ^= 4;
+        changed_rows[130].count += 1;
+        changed_rows[170].last = -changed_rows[170].last;
+        changed_rows[210].start += ChronoDuration::seconds(1);
+        let mut changed: Vec<Filled> = changed_rows.iter().map(Filled::Stored).collect();
+        changed.extend([
+            Filled::Empty(at(5)),
+            Filled::Interpolated(at(6), 2.5),
+            Filled::Interpolated(at(10), f64::NAN),
+        ]);
         let mut filled: Vec<Filled> = rows.iter().map(Filled::Stored).collect();
         filled.extend([
             Filled::Empty(at(5)),
@@ -769,23 +886,51 @@ mod tests {
         let every: Vec<[bool; 7]> = (0..128u8)
             .map(|m| std::array::from_fn(|i| m >> i & 1 == 1))
             .collect();
+        let page = |buckets| BucketPage {
+            sensor: "k\u{f8}ge.\"level\"".into(),
+            quantity: "water_level".into(),
+            unit: "m",
+            bucket: "1h".into(),
+            from: at(0),
+            to: at(600),
+            buckets,
+        };
+        let serde = |filled: &[Filled], asked| {
+            let items = filled.iter().map(|f| bucket_item(f, asked)).collect();
+            serde_json::to_string(&page(items)).unwrap()
+        };
+        let write = |filled: &[Filled], asked, step, written: &WrittenBuckets| {
+            String::from_utf8(page_json(page(Vec::new()), filled, asked, step, written)).unwrap()
+        };
+        // Groups of a minute's buckets hold one hourly bucket each, of an hour's a day's, of a
+        // day's 24 (the most a group holds).
+        let steps = [1, 60, 1440].map(ChronoDuration::minutes);
+        let none = WrittenBuckets::new(0);
         for filled in [Vec::new(), filled] {
             for &asked in &every {
-                let page = |buckets| BucketPage {
-                    sensor: "k\u{f8}ge.\"level\"".into(),
-                    quantity: "water_level".into(),
-                    unit: "m",
-                    bucket: "1h".into(),
-                    from: at(0),
-                    to: at(600),
-                    buckets,
-                };
-                let items = filled.iter().map(|f| bucket_item(f, asked)).collect();
-                assert_eq!(
-                    String::from_utf8(page_json(page(Vec::new()), &filled, asked)).unwrap(),
-                    serde_json::to_string(&page(items)).unwrap(),
-                    "aggregates {asked:?}"
-                );
+                let expected = serde(&filled, asked);
+                let changed_expected = serde(&changed, asked);
+                for step in steps {
+                    assert_eq!(
+                        write(&filled, asked, step, &none),
+                        expected,
+                        "{asked:?} {step}"
+                    );
+                    // Written and kept, then copied; then the changed rows; then both again in a
+                    // cache too small for all of them.
+                    for budget in [64 << 20, 32 << 10] {
+                        let written = WrittenBuckets::new(budget);
+                        for _ in 0..2 {
+                            assert_eq!(write(&filled, asked, step, &written), expected);
+                            if !filled.is_empty() {
+                                let again = write(&changed, asked, step, &written);
+                                assert_eq!(again, changed_expected, "{asked:?} {step} {budget}");
+                            }
+                        }
+                        let (found, _, _) = written.figures();
+                        assert!(filled.is_empty() || found > 0, "{asked:?} {step} {budget}");
+                    }
+                }
             }
         }
     }

@@ -15,6 +15,7 @@ pub mod query;
 pub mod raw;
 pub mod readings;
 pub mod stations;
+pub mod written;
 
 use crate::state::ApiState;
 use utoipa_axum::router::OpenApiRouter;
