@@ -388,7 +388,7 @@ fn page_json(
         .max(1)
         * written::GROUP;
     let group_of = |f: &Filled| meta(f).0.timestamp_micros().div_euclid(span);
-    // Where each group ends, and (when groups are kept) its key and what was kept under it.
+    // Where each group ends, and (when groups are kept) its key.
     let mut ends = Vec::new();
     let mut keys = Vec::new();
     let mut inputs = Vec::new();

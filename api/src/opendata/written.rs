@@ -33,6 +33,11 @@ pub const GROUP: i64 = 24;
 /// counts and the allocator's rounding, roughly.
 const ENTRY_OVERHEAD: usize = 96;
 
+/// What keeping `written` counts against the budget.
+fn entry_cost(written: &[u8]) -> usize {
+    written.len() + ENTRY_OVERHEAD
+}
+
 /// Written groups by key; see the module documentation.
 pub struct WrittenBuckets {
     budget: usize,
@@ -85,6 +90,9 @@ impl WrittenBuckets {
     /// looked up together: locking, counting and sharing each group apart cost more than copying
     /// it, each atomic operation waiting for the copies before it to be written).
     pub fn find(&self, keys: &[u128]) -> Vec<Option<Arc<[u8]>>> {
+        if keys.is_empty() {
+            return Vec::new();
+        }
         let found: Vec<Option<Arc<[u8]>>> = {
             let kept = self.lock();
             keys.iter()
@@ -103,7 +111,7 @@ impl WrittenBuckets {
     pub fn keep(&self, groups: impl IntoIterator<Item = (u128, Arc<[u8]>)>) {
         let mut kept = self.lock();
         for (key, written) in groups {
-            let cost = written.len() + ENTRY_OVERHEAD;
+            let cost = entry_cost(&written);
             if cost > self.budget / 16 || kept.by_key.contains_key(&key) {
                 continue;
             }
@@ -117,7 +125,7 @@ impl WrittenBuckets {
                 let at = (x % kept.keys.len() as u64) as usize;
                 let gone = kept.keys.swap_remove(at);
                 if let Some(bytes) = kept.by_key.remove(&gone) {
-                    kept.bytes -= bytes.len() + ENTRY_OVERHEAD;
+                    kept.bytes -= entry_cost(&bytes);
                 }
             }
             kept.by_key.insert(key, written);
