@@ -227,7 +227,10 @@ impl Store {
             outcome.conflicts = written.conflicts.len() as u64;
             outcome.duplicates =
                 (readings.len() - written.stored.len() - written.conflicts.len()) as u64;
-            record_stored(&tx, &written.stored, received_at).await?;
+            // Tables kept by Tidemark take what the batch added to each 15-minute bucket;
+            // TimescaleDB's continuous aggregates are recomputed from the raw readings anyway.
+            let deltas = (written.all_new && !self.continuous_rollups).then_some(readings);
+            record_stored(&tx, &written.stored, deltas, received_at).await?;
             for (index, stored_value) in written.conflicts {
                 let Some(origin) = batch.origins.get(index) else {
                     continue;
@@ -291,6 +294,8 @@ struct Written {
     /// Index in the batch and stored value of each reading whose (sensor, time) is stored with
     /// another value.
     conflicts: Vec<(usize, f64)>,
+    /// Every reading of the batch was newly stored (COPY straight into `readings`).
+    all_new: bool,
 }
 
 /// Copies `readings` straight into `readings`, or returns `None` (the transaction aborted) when
@@ -312,6 +317,7 @@ async fn copy_readings(
         Ok(_) => Ok(Some(Written {
             stored: readings.iter().map(|r| (r.sensor_id, r.ts)).collect(),
             conflicts: Vec::new(),
+            all_new: true,
         })),
         Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(None),
         Err(cause) => Err(crate::Error::Query {
@@ -376,6 +382,7 @@ async fn write_through_staging(
             .iter()
             .map(|row| (row.get::<_, i32>(0) as usize, row.get(1)))
             .collect(),
+        all_new: false,
     })
 }
 
@@ -421,13 +428,25 @@ async fn copy_rows(
 }
 
 /// Notes the hours `stored` changed for the rollups and queues the notifications of their
-/// commit, in one round trip.
+/// commit, in one round trip. With `deltas` (the readings, every one of them among `stored`), the
+/// notes carry what they add to each 15-minute bucket.
 async fn record_stored(
     tx: &Transaction<'_>,
     stored: &[(i32, DateTime<Utc>)],
+    deltas: Option<&[ReadingRow]>,
     received_at: DateTime<Utc>,
 ) -> Result<()> {
-    let (sensors, hours) = crate::rollup::dirty_notes(stored.iter().copied());
+    let (sensors, hours) = match deltas {
+        Some(_) => Default::default(),
+        None => crate::rollup::dirty_notes(stored.iter().copied()),
+    };
+    let deltas = crate::rollup::DeltaColumns::new(&crate::rollup::quarter_deltas(
+        deltas
+            .unwrap_or_default()
+            .iter()
+            .map(|r| (r.sensor_id, r.ts, r.value, r.quality)),
+    ));
+    let delta_params = deltas.params();
     let notices = committed_notices(stored, received_at);
     let (channels, payloads) = coordination::notify_params(&notices);
     let notes: &Params = &[
@@ -438,6 +457,9 @@ async fn record_stored(
     let mut statements: Vec<(&str, &Params)> = Vec::new();
     if !sensors.is_empty() {
         statements.push((crate::rollup::MARK_DIRTY, notes));
+    }
+    if !deltas.is_empty() {
+        statements.push((crate::rollup::MARK_DELTAS, &delta_params));
     }
     if !notices.is_empty() {
         statements.push((coordination::NOTIFY_ALL, notify));

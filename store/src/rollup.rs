@@ -19,6 +19,8 @@ use crate::coordination::ROLLUP_LOCK;
 use crate::{Context, Result, Store};
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use std::collections::BTreeSet;
+use tokio_postgres::types::Type;
+use tokio_postgres::IsolationLevel;
 use tokio_postgres::Transaction;
 
 /// A rollup relation and its bucket width in seconds.
@@ -106,6 +108,156 @@ pub(crate) fn dirty_notes(
 ) -> (Vec<i32>, Vec<DateTime<Utc>>) {
     let pairs: BTreeSet<(i32, DateTime<Utc>)> = rows.map(|(id, ts)| (id, hour_of(ts))).collect();
     pairs.into_iter().unzip()
+}
+
+/// What one transaction added to one sensor's 15-minute bucket: the rollup columns of the
+/// readings it stored there (see migration V22). Kept as a note, it lets the refresh add it to the
+/// bucket's row instead of reading the hour's raw readings again.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Delta {
+    sensor_id: i32,
+    quarter: DateTime<Utc>,
+    /// Usable readings, their sum, smallest and largest value.
+    n: i64,
+    total: Option<f64>,
+    lo: Option<f64>,
+    hi: Option<f64>,
+    /// The earliest and latest usable reading.
+    first: Option<(DateTime<Utc>, f64)>,
+    last: Option<(DateTime<Utc>, f64)>,
+    /// Readings left out for their quality flags.
+    flagged: i64,
+    /// The usable readings' flags, or-ed.
+    quality: Option<i16>,
+}
+
+impl Delta {
+    fn empty(sensor_id: i32, quarter: DateTime<Utc>) -> Self {
+        Delta {
+            sensor_id,
+            quarter,
+            n: 0,
+            total: None,
+            lo: None,
+            hi: None,
+            first: None,
+            last: None,
+            flagged: 0,
+            quality: None,
+        }
+    }
+
+    /// Takes one reading in, as [`raw_summary`] counts it with [`USABLE`].
+    fn add(&mut self, ts: DateTime<Utc>, value: f64, quality: i16) {
+        if quality & !1 != 0 {
+            self.flagged += 1;
+            return;
+        }
+        self.n += 1;
+        self.total = Some(self.total.map_or(value, |t| t + value));
+        self.lo = Some(self.lo.map_or(value, |lo| lo.min(value)));
+        self.hi = Some(self.hi.map_or(value, |hi| hi.max(value)));
+        if self.first.is_none_or(|(at, _)| ts < at) {
+            self.first = Some((ts, value));
+        }
+        if self.last.is_none_or(|(at, _)| ts > at) {
+            self.last = Some((ts, value));
+        }
+        self.quality = Some(self.quality.unwrap_or(0) | quality);
+    }
+}
+
+/// The rollup deltas of readings that were all newly stored, one per (sensor, 15-minute bucket).
+pub(crate) fn quarter_deltas(
+    rows: impl Iterator<Item = (i32, DateTime<Utc>, f64, i16)>,
+) -> Vec<Delta> {
+    // By whole seconds: `timestamp()` rounds towards the past, as the bucket does. A hash map and
+    // one sort at the end: this runs for every reading ingest stores.
+    let mut deltas: std::collections::HashMap<(i32, i64), Delta> = Default::default();
+    for (sensor_id, ts, value, quality) in rows {
+        let quarter = ts.timestamp().div_euclid(900) * 900;
+        deltas
+            .entry((sensor_id, quarter))
+            .or_insert_with(|| {
+                let start = DateTime::from_timestamp(quarter, 0).unwrap_or(ts);
+                Delta::empty(sensor_id, start)
+            })
+            .add(ts, value, quality);
+    }
+    let mut deltas: Vec<Delta> = deltas.into_values().collect();
+    deltas.sort_unstable_by_key(|d| (d.sensor_id, d.quarter));
+    deltas
+}
+
+/// Notes deltas as dirty, in the writer's transaction: the parameters as [`DeltaColumns`] holds
+/// them.
+pub(crate) const MARK_DELTAS: &str = "INSERT INTO rollup_dirty (sensor_id, hour, quarter, n, \
+     total, lo, hi, first_ts, first_value, last_ts, last_value, flagged, quality) \
+     SELECT * FROM unnest($1::int4[], $2::timestamptz[], $3::timestamptz[], $4::int8[], \
+     $5::float8[], $6::float8[], $7::float8[], $8::timestamptz[], $9::float8[], \
+     $10::timestamptz[], $11::float8[], $12::int8[], $13::int2[])";
+
+/// Deltas as the parallel arrays [`MARK_DELTAS`] unnests.
+#[derive(Debug, Default)]
+pub(crate) struct DeltaColumns {
+    sensors: Vec<i32>,
+    hours: Vec<DateTime<Utc>>,
+    quarters: Vec<DateTime<Utc>>,
+    n: Vec<i64>,
+    total: Vec<Option<f64>>,
+    lo: Vec<Option<f64>>,
+    hi: Vec<Option<f64>>,
+    first_ts: Vec<Option<DateTime<Utc>>>,
+    first_value: Vec<Option<f64>>,
+    last_ts: Vec<Option<DateTime<Utc>>>,
+    last_value: Vec<Option<f64>>,
+    flagged: Vec<i64>,
+    quality: Vec<Option<i16>>,
+}
+
+impl DeltaColumns {
+    pub(crate) fn new(deltas: &[Delta]) -> Self {
+        let mut c = DeltaColumns::default();
+        for d in deltas {
+            c.sensors.push(d.sensor_id);
+            c.hours.push(hour_of(d.quarter));
+            c.quarters.push(d.quarter);
+            c.n.push(d.n);
+            c.total.push(d.total);
+            c.lo.push(d.lo);
+            c.hi.push(d.hi);
+            c.first_ts.push(d.first.map(|f| f.0));
+            c.first_value.push(d.first.map(|f| f.1));
+            c.last_ts.push(d.last.map(|l| l.0));
+            c.last_value.push(d.last.map(|l| l.1));
+            c.flagged.push(d.flagged);
+            c.quality.push(d.quality);
+        }
+        c
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.sensors.is_empty()
+    }
+
+    /// The parameters of [`MARK_DELTAS`].
+    pub(crate) fn params(&self) -> [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 13] {
+        [
+            (&self.sensors, Type::INT4_ARRAY),
+            (&self.hours, Type::TIMESTAMPTZ_ARRAY),
+            (&self.quarters, Type::TIMESTAMPTZ_ARRAY),
+            (&self.n, Type::INT8_ARRAY),
+            (&self.total, Type::FLOAT8_ARRAY),
+            (&self.lo, Type::FLOAT8_ARRAY),
+            (&self.hi, Type::FLOAT8_ARRAY),
+            (&self.first_ts, Type::TIMESTAMPTZ_ARRAY),
+            (&self.first_value, Type::FLOAT8_ARRAY),
+            (&self.last_ts, Type::TIMESTAMPTZ_ARRAY),
+            (&self.last_value, Type::FLOAT8_ARRAY),
+            (&self.flagged, Type::INT8_ARRAY),
+            (&self.quality, Type::INT2_ARRAY),
+        ]
+    }
 }
 
 /// The widest rollup a request for `bucket_seconds` buckets can be answered from: one whose width
@@ -204,11 +356,14 @@ impl Store {
         }
     }
 
-    /// How many dirty (sensor, hour) notes wait for a refresh.
+    /// How many dirty (sensor, hour) pairs wait for a refresh (a pair may have several notes).
     pub async fn dirty_rollup_hours(&self) -> Result<i64> {
         let client = self.client().await?;
         Ok(client
-            .query_one("SELECT count(*) FROM rollup_dirty", &[])
+            .query_one(
+                "SELECT count(*) FROM (SELECT DISTINCT sensor_id, hour FROM rollup_dirty) d",
+                &[],
+            )
             .await
             .context("counting dirty rollup hours")?
             .get(0))
@@ -219,97 +374,29 @@ impl Store {
     /// those, and the row of each day concerned from its hourly rows.
     async fn refresh_tables(&self, limit: i64) -> Result<RefreshOutcome> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.context("begin rollup refresh")?;
-        let locked: bool = tx
-            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&ROLLUP_LOCK])
+        // One snapshot for the whole refresh: the notes it takes, the raw readings it reads and
+        // the rows it adds deltas to must agree. Under read committed a batch committing between
+        // two statements would have its readings counted from the raw rows while its delta note
+        // stays behind, to be added a second time by the next refresh.
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .start()
             .await
-            .context("taking the rollup lock")?
-            .get(0);
-        if !locked {
-            return Ok(RefreshOutcome::BUSY);
-        }
-        let taken = tx
-            .query(
-                "WITH pick AS (SELECT DISTINCT sensor_id, hour FROM \
-                     (SELECT sensor_id, hour FROM rollup_dirty ORDER BY id LIMIT $1) p), \
-                 gone AS (DELETE FROM rollup_dirty d USING pick \
-                     WHERE d.sensor_id = pick.sensor_id AND d.hour = pick.hour RETURNING d.id) \
-                 SELECT sensor_id, hour FROM pick",
-                &[&limit],
-            )
-            .await
-            .context("taking dirty rollup hours")?;
-        let sensors: Vec<i32> = taken.iter().map(|r| r.get(0)).collect();
-        let hours: Vec<DateTime<Utc>> = taken.iter().map(|r| r.get(1)).collect();
-        let (day_sensors, days) = sensor_days(sensors.iter().copied().zip(hours.iter().copied()));
-        // Each pair is worked through its own index range (LATERAL, and nested loops for the
-        // deletes), whatever the planner guesses about the unnested arrays or a rollup whose
-        // statistics lag behind; and without JIT: many small lookups are never worth compiling.
-        tx.batch_execute("SET LOCAL jit = off; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
-            .await
-            .context("setting up the rollup refresh")?;
-        let [daily, hourly, quarter] = ROLLUPS;
-        let pairs = "unnest($1::int4[], $2::timestamptz[]) AS p(sensor_id, start)";
-        // (rollup, the finer rollup it is combined from, the pairs, the span of one pair)
-        let steps = [
-            (quarter, None, (&sensors, &hours), "1 hour"),
-            (hourly, Some(quarter), (&sensors, &hours), "1 hour"),
-            (daily, Some(hourly), (&day_sensors, &days), "1 day"),
-        ];
-        for (rollup, finer, (ids, starts), span) in steps {
-            if ids.is_empty() {
-                break;
+            .context("begin rollup refresh")?;
+        match refresh_in(&tx, limit).await {
+            Ok(outcome) => {
+                if outcome != RefreshOutcome::BUSY {
+                    tx.commit().await.context("commit rollup refresh")?;
+                }
+                Ok(outcome)
             }
-            tx.execute(
-                &format!(
-                    "DELETE FROM {} x USING {pairs} WHERE x.sensor_id = p.sensor_id \
-                     AND x.bucket >= p.start AND x.bucket < p.start + interval '{span}'",
-                    rollup.relation
-                ),
-                &[ids, starts],
-            )
-            .await
-            .context("clearing rollup rows")?;
-            let insert = match finer {
-                // Up to four 15-minute rows per hour, from the raw readings.
-                None => format!(
-                    "INSERT INTO {} ({COLUMNS}) \
-                     SELECT p.sensor_id, b.* FROM {pairs} CROSS JOIN LATERAL ( \
-                       SELECT date_bin(interval '{}', r.ts, 'epoch'::timestamptz), {} \
-                       FROM readings r WHERE r.sensor_id = p.sensor_id \
-                         AND r.ts >= p.start AND r.ts < p.start + interval '{span}' \
-                       GROUP BY 1) b",
-                    rollup.relation,
-                    rollup.interval,
-                    raw_summary(USABLE),
-                ),
-                // One row per pair: the span is exactly one bucket of this rollup.
-                Some(finer) => format!(
-                    "INSERT INTO {} ({COLUMNS}) \
-                     SELECT p.sensor_id, p.start, b.* FROM {pairs} CROSS JOIN LATERAL ( \
-                       SELECT {COMBINE} FROM {} x WHERE x.sensor_id = p.sensor_id \
-                         AND x.bucket >= p.start AND x.bucket < p.start + interval '{span}' \
-                       HAVING count(*) > 0) b",
-                    rollup.relation, finer.relation,
-                ),
-            };
-            tx.execute(&insert, &[ids, starts])
-                .await
-                .context("computing rollup rows")?;
+            // The snapshot was taken just before the refresh that held the lock committed: what
+            // it saw is gone. The next refresh starts afresh.
+            Err(error) if error.sqlstate() == Some("40001") => Ok(RefreshOutcome::BUSY),
+            Err(error) => Err(error),
         }
-        pack_days(&tx, &day_sensors, &days).await?;
-        let more: bool = tx
-            .query_one("SELECT EXISTS (SELECT 1 FROM rollup_dirty)", &[])
-            .await
-            .context("looking for more dirty rollup hours")?
-            .get(0);
-        tx.commit().await.context("commit rollup refresh")?;
-        Ok(RefreshOutcome {
-            refreshed: sensors.len() as u64,
-            more,
-        })
     }
-
     /// TimescaleDB mode: the continuous aggregates are refreshed over the dirty hours (days, for
     /// the daily one) with
     /// `refresh_continuous_aggregate`, which runs its own transactions, so the notes are removed
@@ -384,6 +471,187 @@ impl Store {
             .await;
         outcome
     }
+}
+
+/// Plain mode's refresh in `tx` (repeatable read), committed by the caller unless it returns
+/// [`RefreshOutcome::BUSY`]: the dirty pairs are taken; an hour with a note that carries no delta
+/// has its 15-minute rows computed again from the raw readings, and an hour whose notes all carry
+/// deltas has them added to its 15-minute rows; then each hour's row is computed from its
+/// 15-minute rows and each day's from its hourly rows.
+async fn refresh_in(tx: &Transaction<'_>, limit: i64) -> Result<RefreshOutcome> {
+    let locked: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&ROLLUP_LOCK])
+        .await
+        .context("taking the rollup lock")?
+        .get(0);
+    if !locked {
+        return Ok(RefreshOutcome::BUSY);
+    }
+    // Every note of a picked pair goes, and the deltas among them come back summed per
+    // 15-minute bucket; notes without a delta come back as one row per pair, quarter NULL.
+    let taken = tx
+        .query(
+            &format!(
+                "WITH pick AS (SELECT DISTINCT sensor_id, hour FROM \
+                     (SELECT sensor_id, hour FROM rollup_dirty ORDER BY id LIMIT $1) p), \
+                 gone AS (DELETE FROM rollup_dirty d USING pick \
+                     WHERE d.sensor_id = pick.sensor_id AND d.hour = pick.hour RETURNING d.*) \
+                 SELECT x.sensor_id, x.hour, x.quarter, {COMBINE} FROM gone x \
+                 GROUP BY x.sensor_id, x.hour, x.quarter"
+            ),
+            &[&limit],
+        )
+        .await
+        .context("taking dirty rollup hours")?;
+    let mut pairs: BTreeSet<(i32, DateTime<Utc>)> = BTreeSet::new();
+    let mut whole: BTreeSet<(i32, DateTime<Utc>)> = BTreeSet::new();
+    let mut deltas: Vec<Delta> = Vec::new();
+    for row in &taken {
+        let pair = (row.get(0), row.get(1));
+        pairs.insert(pair);
+        match row.get::<_, Option<DateTime<Utc>>>(2) {
+            None => {
+                whole.insert(pair);
+            }
+            Some(quarter) => {
+                let at = |ts: usize, value: usize| {
+                    row.get::<_, Option<DateTime<Utc>>>(ts)
+                        .zip(row.get::<_, Option<f64>>(value))
+                };
+                deltas.push(Delta {
+                    sensor_id: pair.0,
+                    quarter,
+                    n: row.get(3),
+                    total: row.get(4),
+                    lo: row.get(5),
+                    hi: row.get(6),
+                    first: at(7, 8),
+                    last: at(9, 10),
+                    flagged: row.get(11),
+                    quality: row.get(12),
+                })
+            }
+        }
+    }
+    // An hour recomputed from the raw readings has its deltas in it already.
+    deltas.retain(|d| !whole.contains(&(d.sensor_id, hour_of(d.quarter))));
+    let (sensors, hours): (Vec<i32>, Vec<DateTime<Utc>>) = pairs.iter().copied().unzip();
+    let (whole_sensors, whole_hours): (Vec<i32>, Vec<DateTime<Utc>>) =
+        whole.iter().copied().unzip();
+    let (day_sensors, days) = sensor_days(pairs.iter().copied());
+    // Each pair is worked through its own index range (LATERAL, and nested loops for the
+    // deletes), whatever the planner guesses about the unnested arrays or a rollup whose
+    // statistics lag behind; and without JIT: many small lookups are never worth compiling.
+    tx.batch_execute(
+        "SET LOCAL jit = off; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off",
+    )
+    .await
+    .context("setting up the rollup refresh")?;
+    let [daily, hourly, quarter] = ROLLUPS;
+    let unnested = "unnest($1::int4[], $2::timestamptz[]) AS p(sensor_id, start)";
+    // (rollup, the finer rollup it is combined from, the pairs, the span of one pair)
+    let steps = [
+        (quarter, None, (&whole_sensors, &whole_hours), "1 hour"),
+        (hourly, Some(quarter), (&sensors, &hours), "1 hour"),
+        (daily, Some(hourly), (&day_sensors, &days), "1 day"),
+    ];
+    for (rollup, finer, (ids, starts), span) in steps {
+        if finer == Some(quarter) && !deltas.is_empty() {
+            add_deltas(tx, &deltas).await?;
+        }
+        if ids.is_empty() {
+            continue;
+        }
+        tx.execute(
+            &format!(
+                "DELETE FROM {} x USING {unnested} WHERE x.sensor_id = p.sensor_id \
+                 AND x.bucket >= p.start AND x.bucket < p.start + interval '{span}'",
+                rollup.relation
+            ),
+            &[ids, starts],
+        )
+        .await
+        .context("clearing rollup rows")?;
+        let insert = match finer {
+            // Up to four 15-minute rows per hour, from the raw readings.
+            None => format!(
+                "INSERT INTO {} ({COLUMNS}) \
+                 SELECT p.sensor_id, b.* FROM {unnested} CROSS JOIN LATERAL ( \
+                   SELECT date_bin(interval '{}', r.ts, 'epoch'::timestamptz), {} \
+                   FROM readings r WHERE r.sensor_id = p.sensor_id \
+                     AND r.ts >= p.start AND r.ts < p.start + interval '{span}' \
+                   GROUP BY 1) b",
+                rollup.relation,
+                rollup.interval,
+                raw_summary(USABLE),
+            ),
+            // One row per pair: the span is exactly one bucket of this rollup.
+            Some(finer) => format!(
+                "INSERT INTO {} ({COLUMNS}) \
+                 SELECT p.sensor_id, p.start, b.* FROM {unnested} CROSS JOIN LATERAL ( \
+                   SELECT {COMBINE} FROM {} x WHERE x.sensor_id = p.sensor_id \
+                     AND x.bucket >= p.start AND x.bucket < p.start + interval '{span}' \
+                   HAVING count(*) > 0) b",
+                rollup.relation, finer.relation,
+            ),
+        };
+        tx.execute(&insert, &[ids, starts])
+            .await
+            .context("computing rollup rows")?;
+    }
+    pack_days(tx, &day_sensors, &days).await?;
+    let more: bool = tx
+        .query_one("SELECT EXISTS (SELECT 1 FROM rollup_dirty)", &[])
+        .await
+        .context("looking for more dirty rollup hours")?
+        .get(0);
+    Ok(RefreshOutcome {
+        refreshed: pairs.len() as u64,
+        more,
+    })
+}
+
+/// Adds deltas to their 15-minute rows (made if missing), as [`COMBINE`] would combine the two.
+async fn add_deltas(tx: &Transaction<'_>, deltas: &[Delta]) -> Result<()> {
+    let columns = DeltaColumns::new(deltas);
+    let params = columns.params();
+    // Without the hour ($2), which the rollup row does not keep.
+    let values: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 1)
+        .map(|(_, (value, _))| *value)
+        .collect();
+    let relation = ROLLUPS[2].relation;
+    tx.execute(
+        &format!(
+            "INSERT INTO {relation} AS x ({COLUMNS}) \
+             SELECT * FROM unnest($1::int4[], $2::timestamptz[], $3::int8[], $4::float8[], \
+                 $5::float8[], $6::float8[], $7::timestamptz[], $8::float8[], \
+                 $9::timestamptz[], $10::float8[], $11::int8[], $12::int2[]) \
+             ON CONFLICT (sensor_id, bucket) DO UPDATE SET \
+               n = x.n + excluded.n, \
+               total = CASE WHEN x.total IS NULL THEN excluded.total \
+                 WHEN excluded.total IS NULL THEN x.total ELSE x.total + excluded.total END, \
+               lo = least(x.lo, excluded.lo), \
+               hi = greatest(x.hi, excluded.hi), \
+               first_ts = CASE WHEN x.first_ts IS NULL OR excluded.first_ts < x.first_ts \
+                 THEN excluded.first_ts ELSE x.first_ts END, \
+               first_value = CASE WHEN x.first_ts IS NULL OR excluded.first_ts < x.first_ts \
+                 THEN excluded.first_value ELSE x.first_value END, \
+               last_ts = CASE WHEN x.last_ts IS NULL OR excluded.last_ts > x.last_ts \
+                 THEN excluded.last_ts ELSE x.last_ts END, \
+               last_value = CASE WHEN x.last_ts IS NULL OR excluded.last_ts > x.last_ts \
+                 THEN excluded.last_value ELSE x.last_value END, \
+               flagged = x.flagged + excluded.flagged, \
+               quality = CASE WHEN x.quality IS NULL THEN excluded.quality \
+                 WHEN excluded.quality IS NULL THEN x.quality ELSE x.quality | excluded.quality END"
+        ),
+        &values,
+    )
+    .await
+    .context("adding deltas to the 15-minute rollup")?;
+    Ok(())
 }
 
 /// The distinct (sensor, day) pairs that (sensor, hour) pairs fall in, as the parallel arrays the
@@ -536,6 +804,69 @@ mod tests {
 
     fn t(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn deltas_summarise_each_quarter_as_the_raw_summary_does() {
+        let rows = [
+            // Out of order within the quarter, one flagged (left out), one only suspected (kept).
+            (7, "2024-01-01T10:14:00Z", 3.0, 0),
+            (7, "2024-01-01T10:01:00Z", 5.0, 1),
+            (7, "2024-01-01T10:05:00Z", 99.0, 256),
+            (7, "2024-01-01T10:09:00Z", -2.0, 0),
+            // The next quarter of the same hour, and another sensor.
+            (7, "2024-01-01T10:15:00Z", 1.5, 0),
+            (8, "2024-01-01T10:01:00Z", 4.0, 0),
+            // Only flagged readings: counted, nothing usable.
+            (9, "2024-01-01T10:20:00Z", 7.0, 512),
+        ];
+        let deltas = quarter_deltas(
+            rows.iter()
+                .map(|&(sensor, ts, value, quality)| (sensor, t(ts), value, quality)),
+        );
+        let keys: Vec<(i32, DateTime<Utc>)> =
+            deltas.iter().map(|d| (d.sensor_id, d.quarter)).collect();
+        assert_eq!(
+            keys,
+            [
+                (7, t("2024-01-01T10:00:00Z")),
+                (7, t("2024-01-01T10:15:00Z")),
+                (8, t("2024-01-01T10:00:00Z")),
+                (9, t("2024-01-01T10:15:00Z")),
+            ]
+        );
+        assert_eq!(
+            deltas[0],
+            Delta {
+                sensor_id: 7,
+                quarter: t("2024-01-01T10:00:00Z"),
+                n: 3,
+                total: Some(6.0),
+                lo: Some(-2.0),
+                hi: Some(5.0),
+                first: Some((t("2024-01-01T10:01:00Z"), 5.0)),
+                last: Some((t("2024-01-01T10:14:00Z"), 3.0)),
+                flagged: 1,
+                quality: Some(1),
+            }
+        );
+        assert_eq!(
+            deltas[3],
+            Delta {
+                flagged: 1,
+                ..Delta::empty(9, t("2024-01-01T10:15:00Z"))
+            }
+        );
+        let columns = DeltaColumns::new(&deltas);
+        assert_eq!(columns.hours, vec![t("2024-01-01T10:00:00Z"); 4]);
+        assert_eq!(columns.total[3], None);
+        // Before 1970 the bucket is still the one the time falls in, not the one after it.
+        let before = quarter_deltas([(1, t("1969-12-31T23:59:59.5Z"), 1.0, 0)].into_iter());
+        assert_eq!(before[0].quarter, t("1969-12-31T23:45:00Z"));
+        assert_eq!(
+            DeltaColumns::new(&before).hours,
+            [t("1969-12-31T23:00:00Z")]
+        );
     }
 
     #[test]

@@ -309,6 +309,236 @@ async fn rollups_answer_as_the_raw_readings_do_before_and_after_every_change() {
     harness.finish().await;
 }
 
+/// The 15-minute rollup row of `SENSOR` at `bucket`: n, total, lo, hi, first, last, flagged.
+async fn quarter_row(
+    client: &tokio_postgres::Client,
+    id: i32,
+    bucket: DateTime<Utc>,
+) -> (i64, f64, f64, f64, f64, f64, i64) {
+    let row = client
+        .query_one(
+            "SELECT n, total, lo, hi, first_value, last_value, flagged FROM readings_15m \
+             WHERE sensor_id = $1 AND bucket = $2",
+            &[&id, &bucket],
+        )
+        .await
+        .unwrap();
+    (
+        row.get(0),
+        row.get(1),
+        row.get(2),
+        row.get(3),
+        row.get(4),
+        row.get(5),
+        row.get(6),
+    )
+}
+
+/// New readings in a refreshed hour are added to its rollup rows, not read again with the hour:
+/// a reading removed behind the store's back stays counted after they are added. Readings that
+/// go through staging (some were stored already) and a changed quality flag have the hour
+/// computed again from the raw readings, which the removal then shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_readings_are_added_to_the_rollups_without_reading_the_hour_again() {
+    let harness = Harness::start().await;
+    with_stations(&harness).await;
+    let store = &harness.store;
+    let client = sql(&harness).await;
+    let id = sensor_id(&harness, SENSOR).await;
+    let reading = |minute: u32, value: f64, quality: i16| ReadingRow {
+        sensor_id: id,
+        ts: t(5, 10, minute),
+        value,
+        quality,
+    };
+    store
+        .write_batch(
+            &[
+                reading(1, 2.0, 0),
+                reading(4, 6.0, 0),
+                reading(7, 50.0, 256),
+            ],
+            &[],
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.refresh_all_rollups().await.unwrap(), 1);
+    let quarter = t(5, 10, 0);
+    assert_eq!(
+        quarter_row(&client, id, quarter).await,
+        (2, 8.0, 2.0, 6.0, 2.0, 6.0, 1)
+    );
+    // Gone behind the store's back: no note, the rollup row still counts it.
+    client
+        .execute(
+            "DELETE FROM readings WHERE sensor_id = $1 AND ts = $2",
+            &[&id, &t(5, 10, 4)],
+        )
+        .await
+        .unwrap();
+    // Two batches before the next refresh: earlier, later, a new minimum, a flagged one, and
+    // one in the next quarter of the hour.
+    store
+        .write_batch(&[reading(0, 3.0, 0), reading(9, 1.0, 0)], &[], Utc::now())
+        .await
+        .unwrap();
+    store
+        .write_batch(
+            &[
+                reading(12, 4.0, 1),
+                reading(13, 80.0, 512),
+                reading(20, 9.0, 0),
+            ],
+            &[],
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.dirty_rollup_hours().await.unwrap(), 1);
+    assert_eq!(store.refresh_all_rollups().await.unwrap(), 1);
+    assert_eq!(
+        quarter_row(&client, id, quarter).await,
+        (5, 16.0, 1.0, 6.0, 3.0, 4.0, 2),
+        "the deleted 6.0 still counted: the new readings were added to the row"
+    );
+    assert_eq!(
+        quarter_row(&client, id, t(5, 10, 15)).await,
+        (1, 9.0, 9.0, 9.0, 9.0, 9.0, 0)
+    );
+    let hour: (i64, f64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT n, total, flagged FROM readings_1h WHERE sensor_id = $1 AND bucket = $2",
+                &[&id, &t(5, 10, 0)],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!(hour, (6, 25.0, 2), "the hour from its 15-minute rows");
+
+    // One reading stored already and one new: the batch goes through staging, and its note
+    // has the hour read again, without the deleted reading.
+    store
+        .write_batch(&[reading(0, 3.0, 0), reading(10, 2.5, 0)], &[], Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(store.refresh_all_rollups().await.unwrap(), 1);
+    assert_eq!(
+        quarter_row(&client, id, quarter).await,
+        (5, 12.5, 1.0, 4.0, 3.0, 4.0, 2)
+    );
+    for seconds in [900, 3_600, 86_400] {
+        check(store, &client, seconds, t(5, 0, 0), t(6, 0, 0), false).await;
+    }
+
+    // A changed flag has the hour read again as well, deltas beside it or not.
+    client
+        .execute(
+            "DELETE FROM readings WHERE sensor_id = $1 AND ts = $2",
+            &[&id, &t(5, 10, 20)],
+        )
+        .await
+        .unwrap();
+    store
+        .write_batch(&[reading(30, 7.0, 0)], &[], Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .set_quality(SENSOR, &[(t(5, 10, 1), 256)])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.refresh_all_rollups().await.unwrap(), 1);
+    let quarters: i64 = client
+        .query_one(
+            "SELECT count(*) FROM readings_15m WHERE sensor_id = $1 AND bucket >= $2 AND bucket < $3",
+            &[&id, &t(5, 10, 0), &t(5, 11, 0)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        quarters, 2,
+        "the emptied quarter is gone, the new one is there"
+    );
+    assert_eq!(
+        quarter_row(&client, id, quarter).await,
+        (4, 10.5, 1.0, 4.0, 3.0, 4.0, 3)
+    );
+    harness.finish().await;
+}
+
+/// Refreshes running while batches commit and flags change never count a reading twice or miss
+/// one: what the rollups say at the end is what the raw readings say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshes_beside_committing_batches_count_every_reading_once() {
+    let harness = Harness::start().await;
+    with_stations(&harness).await;
+    let store = harness.store.clone();
+    let client = sql(&harness).await;
+    let id = sensor_id(&harness, SENSOR).await;
+    let batches = 500;
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for b in 0..batches {
+                // Readings every 3 s over two hours, ten a batch, interleaved across batches so
+                // that every batch lands in quarters others have written to.
+                let rows: Vec<ReadingRow> = (0..10)
+                    .map(|k| {
+                        let i = k * batches + b;
+                        ReadingRow {
+                            sensor_id: id,
+                            ts: t(2, 9, 0) + ChronoDuration::seconds(3 * i),
+                            value: ((i * 37) % 101) as f64 / 10.0,
+                            quality: if i % 17 == 0 { 256 } else { 0 },
+                        }
+                    })
+                    .collect();
+                store.write_batch(&rows, &[], Utc::now()).await.unwrap();
+                if b % 10 == 5 {
+                    // A flag set, or taken off again, on a reading already stored: an hour read
+                    // again from the raw readings while deltas keep coming.
+                    let (i, quality) = if b % 20 == 5 {
+                        (b - 5, 256)
+                    } else {
+                        (b - 15, 0)
+                    };
+                    let ts = t(2, 9, 0) + ChronoDuration::seconds(3 * i);
+                    store.set_quality(SENSOR, &[(ts, quality)]).await.unwrap();
+                }
+            }
+        })
+    };
+    let refresher = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut refreshes = 0;
+            while !writer.is_finished() {
+                store.refresh_rollups(10_000).await.unwrap();
+                refreshes += 1;
+            }
+            writer.await.unwrap();
+            refreshes
+        })
+    };
+    let refreshes = refresher.await.unwrap();
+    assert!(
+        refreshes > 10,
+        "only {refreshes} refreshes ran beside the writer"
+    );
+    store.refresh_all_rollups().await.unwrap();
+    assert_eq!(store.dirty_rollup_hours().await.unwrap(), 0);
+    for seconds in [900, 3_600, 86_400] {
+        check(&store, &client, seconds, t(1, 0, 0), t(4, 0, 0), false).await;
+    }
+    harness.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_ingest_keeps_the_rollups_caught_up() {
     let harness = Harness::start().await;
