@@ -334,6 +334,12 @@ async fn quarter_row(
     )
 }
 
+/// The start of the current hour: readings there (and in the hour before) are noted with deltas.
+fn this_hour() -> DateTime<Utc> {
+    let now = Utc::now().timestamp();
+    DateTime::from_timestamp(now - now.rem_euclid(3_600), 0).unwrap()
+}
+
 /// New readings in a refreshed hour are added to its rollup rows, not read again with the hour:
 /// a reading removed behind the store's back stays counted after they are added. Readings that
 /// go through staging (some were stored already) and a changed quality flag have the hour
@@ -345,9 +351,14 @@ async fn new_readings_are_added_to_the_rollups_without_reading_the_hour_again() 
     let store = &harness.store;
     let client = sql(&harness).await;
     let id = sensor_id(&harness, SENSOR).await;
-    let reading = |minute: u32, value: f64, quality: i16| ReadingRow {
+    // The current hour, as live readings arrive (some of them ahead of the clock: the store does
+    // not check that).
+    let hour = this_hour();
+    let day = hour - ChronoDuration::seconds(hour.timestamp().rem_euclid(86_400));
+    let at = |minute: i64| hour + ChronoDuration::minutes(minute);
+    let reading = |minute: i64, value: f64, quality: i16| ReadingRow {
         sensor_id: id,
-        ts: t(5, 10, minute),
+        ts: at(minute),
         value,
         quality,
     };
@@ -357,14 +368,34 @@ async fn new_readings_are_added_to_the_rollups_without_reading_the_hour_again() 
                 reading(1, 2.0, 0),
                 reading(4, 6.0, 0),
                 reading(7, 50.0, 256),
+                // A back-filled reading, years old: its hour is noted to be read again.
+                ReadingRow {
+                    ts: t(5, 10, 0),
+                    ..reading(0, 1.0, 0)
+                },
             ],
             &[],
             Utc::now(),
         )
         .await
         .unwrap();
-    assert_eq!(store.refresh_all_rollups().await.unwrap(), 1);
-    let quarter = t(5, 10, 0);
+    let notes: Vec<(DateTime<Utc>, bool)> = client
+        .query(
+            "SELECT hour, quarter IS NOT NULL FROM rollup_dirty ORDER BY hour",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(notes, [(t(5, 10, 0), false), (hour, true)]);
+    assert_eq!(store.refresh_all_rollups().await.unwrap(), 2);
+    assert_eq!(
+        quarter_row(&client, id, t(5, 10, 0)).await,
+        (1, 1.0, 1.0, 1.0, 1.0, 1.0, 0)
+    );
+    let quarter = at(0);
     assert_eq!(
         quarter_row(&client, id, quarter).await,
         (2, 8.0, 2.0, 6.0, 2.0, 6.0, 1)
@@ -373,7 +404,7 @@ async fn new_readings_are_added_to_the_rollups_without_reading_the_hour_again() 
     client
         .execute(
             "DELETE FROM readings WHERE sensor_id = $1 AND ts = $2",
-            &[&id, &t(5, 10, 4)],
+            &[&id, &at(4)],
         )
         .await
         .unwrap();
@@ -403,14 +434,14 @@ async fn new_readings_are_added_to_the_rollups_without_reading_the_hour_again() 
         "the deleted 6.0 still counted: the new readings were added to the row"
     );
     assert_eq!(
-        quarter_row(&client, id, t(5, 10, 15)).await,
+        quarter_row(&client, id, at(15)).await,
         (1, 9.0, 9.0, 9.0, 9.0, 9.0, 0)
     );
     let hour: (i64, f64, i64) = {
         let row = client
             .query_one(
                 "SELECT n, total, flagged FROM readings_1h WHERE sensor_id = $1 AND bucket = $2",
-                &[&id, &t(5, 10, 0)],
+                &[&id, &at(0)],
             )
             .await
             .unwrap();
@@ -430,14 +461,22 @@ async fn new_readings_are_added_to_the_rollups_without_reading_the_hour_again() 
         (5, 12.5, 1.0, 4.0, 3.0, 4.0, 2)
     );
     for seconds in [900, 3_600, 86_400] {
-        check(store, &client, seconds, t(5, 0, 0), t(6, 0, 0), false).await;
+        check(
+            store,
+            &client,
+            seconds,
+            day,
+            day + ChronoDuration::days(1),
+            false,
+        )
+        .await;
     }
 
     // A changed flag has the hour read again as well, deltas beside it or not.
     client
         .execute(
             "DELETE FROM readings WHERE sensor_id = $1 AND ts = $2",
-            &[&id, &t(5, 10, 20)],
+            &[&id, &at(20)],
         )
         .await
         .unwrap();
@@ -445,18 +484,12 @@ async fn new_readings_are_added_to_the_rollups_without_reading_the_hour_again() 
         .write_batch(&[reading(30, 7.0, 0)], &[], Utc::now())
         .await
         .unwrap();
-    assert_eq!(
-        store
-            .set_quality(SENSOR, &[(t(5, 10, 1), 256)])
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(store.set_quality(SENSOR, &[(at(1), 256)]).await.unwrap(), 1);
     assert_eq!(store.refresh_all_rollups().await.unwrap(), 1);
     let quarters: i64 = client
         .query_one(
             "SELECT count(*) FROM readings_15m WHERE sensor_id = $1 AND bucket >= $2 AND bucket < $3",
-            &[&id, &t(5, 10, 0), &t(5, 11, 0)],
+            &[&id, &at(0), &at(60)],
         )
         .await
         .unwrap()
@@ -481,35 +514,36 @@ async fn refreshes_beside_committing_batches_count_every_reading_once() {
     let store = harness.store.clone();
     let client = sql(&harness).await;
     let id = sensor_id(&harness, SENSOR).await;
-    let batches = 500;
+    let batches = 800;
+    // From the hour before the current one: live readings, noted with deltas.
+    let base = this_hour() - ChronoDuration::hours(1);
+    let day = base - ChronoDuration::seconds(base.timestamp().rem_euclid(86_400));
     let writer = {
         let store = store.clone();
         tokio::spawn(async move {
             for b in 0..batches {
-                // Readings every 3 s over two hours, ten a batch, interleaved across batches so
-                // that every batch lands in quarters others have written to.
+                // A reading a minute over five and a half days, ten a batch, interleaved across
+                // batches: reading i goes in batch i % 800, so an hour's readings arrive in 60
+                // batches in a row, as a live hour's do.
                 let rows: Vec<ReadingRow> = (0..10)
                     .map(|k| {
                         let i = k * batches + b;
                         ReadingRow {
                             sensor_id: id,
-                            ts: t(2, 9, 0) + ChronoDuration::seconds(3 * i),
+                            ts: base + ChronoDuration::minutes(i),
                             value: ((i * 37) % 101) as f64 / 10.0,
                             quality: if i % 17 == 0 { 256 } else { 0 },
                         }
                     })
                     .collect();
                 store.write_batch(&rows, &[], Utc::now()).await.unwrap();
-                if b % 10 == 5 {
-                    // A flag set, or taken off again, on a reading already stored: an hour read
-                    // again from the raw readings while deltas keep coming.
-                    let (i, quality) = if b % 20 == 5 {
-                        (b - 5, 256)
-                    } else {
-                        (b - 15, 0)
-                    };
-                    let ts = t(2, 9, 0) + ChronoDuration::seconds(3 * i);
-                    store.set_quality(SENSOR, &[(ts, quality)]).await.unwrap();
+                if b >= 2 && b % 2 == 0 {
+                    // A flag set on a reading stored two batches ago, in an hour whose readings
+                    // are still arriving: that hour is read again from the raw readings while
+                    // its deltas keep coming, about once for each hour.
+                    let i = (b / 2 % 10) * batches + b - 2;
+                    let ts = base + ChronoDuration::minutes(i);
+                    store.set_quality(SENSOR, &[(ts, 256)]).await.unwrap();
                 }
             }
         })
@@ -534,7 +568,15 @@ async fn refreshes_beside_committing_batches_count_every_reading_once() {
     store.refresh_all_rollups().await.unwrap();
     assert_eq!(store.dirty_rollup_hours().await.unwrap(), 0);
     for seconds in [900, 3_600, 86_400] {
-        check(&store, &client, seconds, t(1, 0, 0), t(4, 0, 0), false).await;
+        check(
+            &store,
+            &client,
+            seconds,
+            day,
+            day + ChronoDuration::days(7),
+            false,
+        )
+        .await;
     }
     harness.finish().await;
 }
