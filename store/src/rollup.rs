@@ -386,9 +386,7 @@ impl Store {
             .context("begin rollup refresh")?;
         match refresh_in(&tx, limit).await {
             Ok(outcome) => {
-                if outcome != RefreshOutcome::BUSY {
-                    tx.commit().await.context("commit rollup refresh")?;
-                }
+                tx.commit().await.context("commit rollup refresh")?;
                 Ok(outcome)
             }
             // The snapshot was taken just before the refresh that held the lock committed: what
@@ -473,11 +471,10 @@ impl Store {
     }
 }
 
-/// Plain mode's refresh in `tx` (repeatable read), committed by the caller unless it returns
-/// [`RefreshOutcome::BUSY`]: the dirty pairs are taken; an hour with a note that carries no delta
-/// has its 15-minute rows computed again from the raw readings, and an hour whose notes all carry
-/// deltas has them added to its 15-minute rows; then each hour's row is computed from its
-/// 15-minute rows and each day's from its hourly rows.
+/// Plain mode's refresh in `tx` (repeatable read), committed by the caller: the dirty pairs are
+/// taken; an hour with a note that carries no delta has its 15-minute rows computed again from the
+/// raw readings, and an hour whose notes all carry deltas has them added to its 15-minute rows;
+/// then each hour's row is computed from its 15-minute rows and each day's from its hourly rows.
 async fn refresh_in(tx: &Transaction<'_>, limit: i64) -> Result<RefreshOutcome> {
     let locked: bool = tx
         .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&ROLLUP_LOCK])
