@@ -453,14 +453,9 @@ impl Store {
                 .execute("DELETE FROM rollup_dirty WHERE id = ANY($1)", &[&ids])
                 .await
                 .context("removing refreshed rollup notes")?;
-            let more: bool = client
-                .query_one("SELECT EXISTS (SELECT 1 FROM rollup_dirty)", &[])
-                .await
-                .context("looking for more dirty rollup hours")?
-                .get(0);
             Ok(RefreshOutcome {
                 refreshed: pairs.len() as u64,
-                more,
+                more: more_waiting(&**client).await?,
             })
         }
         .await;
@@ -597,15 +592,19 @@ async fn refresh_in(tx: &Transaction<'_>, limit: i64) -> Result<RefreshOutcome> 
             .context("computing rollup rows")?;
     }
     pack_days(tx, &day_sensors, &days).await?;
-    let more: bool = tx
+    Ok(RefreshOutcome {
+        refreshed: pairs.len() as u64,
+        more: more_waiting(tx).await?,
+    })
+}
+
+/// Whether dirty notes wait (as `client` sees them): what [`RefreshOutcome::more`] tells.
+async fn more_waiting(client: &impl tokio_postgres::GenericClient) -> Result<bool> {
+    Ok(client
         .query_one("SELECT EXISTS (SELECT 1 FROM rollup_dirty)", &[])
         .await
         .context("looking for more dirty rollup hours")?
-        .get(0);
-    Ok(RefreshOutcome {
-        refreshed: pairs.len() as u64,
-        more,
-    })
+        .get(0))
 }
 
 /// Adds deltas to their 15-minute rows (made if missing), as [`COMBINE`] would combine the two.
