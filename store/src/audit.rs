@@ -36,7 +36,7 @@ pub(crate) async fn commit_change(
     notice: Notice,
 ) -> Result<()> {
     record(&tx, audit).await?;
-    coordination::notify(&tx, &notice).await?;
+    coordination::notify(tx.client(), &notice).await?;
     tx.commit().await.context("committing a change")
 }
 

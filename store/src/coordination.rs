@@ -155,7 +155,7 @@ impl Notice {
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
 /// Sends `notice` when (and only if) the transaction commits.
-pub(crate) async fn notify(tx: &Transaction<'_>, notice: &Notice) -> Result<()> {
+pub(crate) async fn notify(tx: &tokio_postgres::Client, notice: &Notice) -> Result<()> {
     tx.execute_typed(
         NOTIFY,
         &[
@@ -212,12 +212,12 @@ async fn lock_named(tx: &Transaction<'_>, name: &str, what: &'static str) -> Res
 /// reader that has seen event N and later asks for events after N misses nothing. Only
 /// [`lock_event_sequence`] makes one.
 pub(crate) struct EventSequence<'a> {
-    tx: &'a Transaction<'a>,
+    tx: &'a tokio_postgres::Client,
 }
 
 impl<'a> EventSequence<'a> {
-    /// The transaction that holds the lock.
-    pub(crate) fn tx(&self) -> &'a Transaction<'a> {
+    /// The connection whose transaction holds the lock.
+    pub(crate) fn tx(&self) -> &'a tokio_postgres::Client {
         self.tx
     }
 }
@@ -230,23 +230,32 @@ pub(crate) async fn lock_event_sequence<'a>(tx: &'a Transaction<'a>) -> Result<E
         "taking the warning event lock",
     )
     .await?;
-    Ok(EventSequence { tx })
+    Ok(EventSequence { tx: tx.client() })
 }
 
-/// [`lock_event_sequence`], the statements `before` (which write no events) sent ahead of it in
-/// the same round trip.
-pub(crate) async fn lock_event_sequence_after<'a>(
-    tx: &'a Transaction<'a>,
+/// [`lock_event_sequence`] in the transaction `client` is in, with the statements `before`
+/// (which write no events) sent ahead of it and `after` (which write none either) behind it, in
+/// the same round trip; returns the rows each of `after` returned.
+pub(crate) async fn lock_event_sequence_between<'a>(
+    client: &'a tokio_postgres::Client,
     before: &[(&str, &pipeline::Params<'_>)],
-) -> Result<EventSequence<'a>> {
+    after: &[(&str, &pipeline::Params<'_>)],
+) -> Result<(EventSequence<'a>, Vec<Vec<tokio_postgres::Row>>)> {
     let name = "tidemark.warning_events";
     let lock: [(&(dyn ToSql + Sync), Type); 1] = [(&name, Type::TEXT)];
     let mut statements = before.to_vec();
     statements.push((LOCK_NAMED, &lock));
-    pipeline::in_one_flight(tx, &statements)
-        .await
-        .context("taking the warning event lock")?;
-    Ok(EventSequence { tx })
+    statements.extend_from_slice(after);
+    let mut answers =
+        pipeline::in_one_flight(client, &statements)
+            .await
+            .context(if after.is_empty() {
+                "taking the warning event lock"
+            } else {
+                "taking the warning event lock and changing warnings"
+            })?;
+    let after = answers.split_off(before.len() + 1);
+    Ok((EventSequence { tx: client }, after))
 }
 
 /// Serialises evaluations of one flood area (and acknowledgements of its warnings).

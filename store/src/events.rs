@@ -64,17 +64,24 @@ pub(crate) async fn append_event(
     event: &EventInsert<'_>,
     mqtt_topics: &[String],
 ) -> Result<i64> {
-    let ids = append_events(sequence, &[(event, mqtt_topics)]).await?;
+    let ids = append_events(sequence, &[(event, mqtt_topics)], &[]).await?;
     Ok(ids[0])
 }
 
 /// Appends events in order, as [`append_event`] does each, in a few statements whatever their
-/// number: one evaluation of many areas records all its events in one transaction. Returns their
-/// ids, in the order given.
+/// number: one evaluation of many areas records all its events in one transaction. The statements
+/// `then` (a `COMMIT`, say) follow the last of them in its round trip. Returns their ids, in the
+/// order given.
 pub(crate) async fn append_events(
     sequence: &EventSequence<'_>,
     events: &[(&EventInsert<'_>, &[String])],
+    then: &[(&str, &pipeline::Params<'_>)],
 ) -> Result<Vec<i64>> {
+    if events.is_empty() && !then.is_empty() {
+        pipeline::in_one_flight(sequence.tx(), then)
+            .await
+            .context("ending the recording of warning events")?;
+    }
     let mut ids = Vec::with_capacity(events.len());
     let mut start = 0;
     while start < events.len() {
@@ -85,16 +92,20 @@ pub(crate) async fn append_events(
             .iter()
             .position(|(e, _)| !warnings.insert(e.warning_id))
             .map_or(events.len(), |n| start + n);
-        ids.extend(append_part(sequence, &events[start..end]).await?);
+        let last = end == events.len();
+        ids.extend(
+            append_part(sequence, &events[start..end], if last { then } else { &[] }).await?,
+        );
         start = end;
     }
     Ok(ids)
 }
 
-/// Appends events of distinct warnings.
+/// Appends events of distinct warnings, `then` behind them.
 async fn append_part(
     sequence: &EventSequence<'_>,
     events: &[(&EventInsert<'_>, &[String])],
+    then: &[(&str, &pipeline::Params<'_>)],
 ) -> Result<Vec<i64>> {
     let tx = sequence.tx();
     let warning_ids: Vec<i64> = events.iter().map(|(e, _)| e.warning_id).collect();
@@ -161,7 +172,7 @@ async fn append_part(
     let webhooks: [(&(dyn ToSql + Sync), Type); 1] = [(&ids, Type::INT8_ARRAY)];
     let notify: [(&(dyn ToSql + Sync), Type); 2] =
         [(&channels, Type::TEXT_ARRAY), (&payloads, Type::TEXT_ARRAY)];
-    let mut statements: Vec<(&str, &pipeline::Params<'_>)> = Vec::with_capacity(3);
+    let mut statements: Vec<(&str, &pipeline::Params<'_>)> = Vec::with_capacity(3 + then.len());
     if !outbox_events.is_empty() {
         statements.push((
             "INSERT INTO outbox (event_id, channel, target) \
@@ -171,6 +182,7 @@ async fn append_part(
     }
     statements.push((QUEUE_WEBHOOKS, &webhooks));
     statements.push((coordination::NOTIFY_ALL, &notify));
+    statements.extend_from_slice(then);
     pipeline::in_one_flight(tx, &statements)
         .await
         .context("queueing deliveries and announcing the events")?;

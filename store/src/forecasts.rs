@@ -133,7 +133,7 @@ pub(crate) async fn write_forecasts(
     sensors.dedup();
     for chunk in sensors.chunks(crate::readings::SENSORS_PER_NOTIFICATION) {
         coordination::notify(
-            tx,
+            tx.client(),
             &Notice::ForecastsCommitted {
                 sensors: chunk.to_vec(),
             },
@@ -384,7 +384,7 @@ impl Store {
         if issues > 0 {
             // A sensor's latest issue may be among them: answers that show it have changed.
             coordination::notify(
-                &tx,
+                tx.client(),
                 &Notice::ForecastsCommitted {
                     sensors: Vec::new(),
                 },

@@ -394,38 +394,11 @@ impl Store {
             let rows = aggregate_range(&client, sensor, from, to, bucket, all_qualities).await?;
             return Ok(Some((quantity, rows)));
         }
-        let reading = InTransaction(Some(client));
+        let reading = crate::pipeline::OwnTransaction::new(client);
         let found =
             hourly_by_days(reading.client(), sensor, from, to, (days_from, days_to)).await?;
         reading.ended();
         Ok(found)
-    }
-}
-
-/// A pooled connection inside a transaction that [`hourly_by_days`] begins and ends itself, so
-/// that its statements can follow the `BEGIN` without waiting for it. If it is dropped before
-/// [`InTransaction::ended`] (the request was cancelled, or a statement failed), the connection
-/// is taken out of the pool and closed, which rolls the transaction back: the pool does not
-/// check the connections it gets back, and the next reader would be left inside this one's
-/// snapshot.
-struct InTransaction(Option<deadpool_postgres::Object>);
-
-impl InTransaction {
-    fn client(&self) -> &deadpool_postgres::Object {
-        self.0.as_ref().expect("held until ended or dropped")
-    }
-
-    /// The transaction is over: the connection goes back to the pool.
-    fn ended(mut self) {
-        drop(self.0.take());
-    }
-}
-
-impl Drop for InTransaction {
-    fn drop(&mut self) {
-        if let Some(client) = self.0.take() {
-            drop(deadpool_postgres::Object::take(client));
-        }
     }
 }
 

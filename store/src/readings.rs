@@ -475,7 +475,7 @@ async fn record_stored(
     if !notices.is_empty() {
         statements.push((coordination::NOTIFY_ALL, notify));
     }
-    pipeline::in_one_flight(tx, &statements)
+    pipeline::in_one_flight(tx.client(), &statements)
         .await
         .context("noting the stored readings for the rollups and notifying their commit")?;
     Ok(())

@@ -109,7 +109,7 @@ impl Store {
                 .into());
             }
         }
-        coordination::notify(&tx, &Notice::ReferenceChanged).await?;
+        coordination::notify(tx.client(), &Notice::ReferenceChanged).await?;
         tx.commit().await.context("commit reference data")?;
         Ok(())
     }

@@ -909,6 +909,86 @@ async fn a_refused_statement_records_nothing_and_says_why() {
     harness.finish().await;
 }
 
+/// A decision found inconsistent after some of its statements ran (a change to a warning that is
+/// not in force) fails before its commit, and nothing of it is left: not on the connection the
+/// next recording gets either, which a transaction left open on it would commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_that_fails_before_its_commit_leaves_nothing_behind() {
+    use tidemark_store::flood::{CrossingRow, NewEvent};
+    let harness = Harness::start().await;
+    let config = config(&harness);
+    tidemark::app::load_flood(&config).await.unwrap();
+    // One connection: the second recording gets the one the first failed on, unless it was let go.
+    let store = tidemark_store::Store::connect(&tidemark_store::DatabaseConfig {
+        pool_size: 1,
+        ..config.database.clone()
+    })
+    .await
+    .unwrap();
+    let area = "flensburg-fjord";
+    let municipalities = ["0580".to_owned()];
+    let sensor = store.flood_setup().await.unwrap().thresholds[0]
+        .sensor_key
+        .clone();
+    let at = Utc::now() - ChronoDuration::minutes(5);
+    let event = |kind| NewEvent {
+        kind,
+        severity: Some(Severity::Warning),
+        warning_kind: WarningKind::Observed,
+        at,
+        message_en: "Event.".to_owned(),
+        message_da: "Hændelse.".to_owned(),
+        trigger: serde_json::json!({}),
+    };
+    let crossing = |value| CrossingRow {
+        sensor_key: sensor.clone(),
+        severity: Severity::Warning,
+        up: true,
+        at,
+        value,
+    };
+    // No warning is in force, so there is none to change: the area's lock, the crossing and the
+    // change have run when the decision is found wrong.
+    let error = store
+        .record_area_events(
+            area,
+            &municipalities,
+            &[event(EventKind::Changed)],
+            &[],
+            &[crossing(1.1)],
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("needs a warning in force"), "{error}");
+    store
+        .record_area_events(
+            area,
+            &municipalities,
+            &[event(EventKind::Raised)],
+            &[],
+            &[crossing(1.2)],
+        )
+        .await
+        .unwrap();
+    let client = sql(&harness).await;
+    let values: Vec<f64> = client
+        .query("SELECT value FROM threshold_crossings ORDER BY value", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(values, [1.2], "only the recording that committed is kept");
+    let events: i64 = client
+        .query_one("SELECT count(*) FROM warning_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(events, 1);
+    harness.finish().await;
+}
+
 /// An evaluation of many areas records them together, in one transaction: each area's events in
 /// order, each with its warning, its MQTT deliveries, the webhooks that match it and its
 /// notification. One area is raised at Flood Warning and changed down to Flood Alert in the same

@@ -4,7 +4,7 @@
 use super::*;
 use crate::pipeline;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{GenericClient, Transaction};
+use tokio_postgres::GenericClient;
 
 impl Store {
     /// The area's recorded status: when its last event happened and its warning in force. A
@@ -74,15 +74,18 @@ impl Store {
         mut decide: impl FnMut(usize, &AreaStatus) -> AreaDecision,
     ) -> Result<Vec<(Vec<i64>, AreaDecision)>> {
         let keys: Vec<&str> = areas.iter().map(|a| a.key).collect();
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.context("begin warning events")?;
+        // The transaction is begun and committed by statements sent with others: under load
+        // each round trip waits for the backend and then this process to be scheduled again.
+        let own = pipeline::OwnTransaction::new(self.client().await?);
+        let client: &tokio_postgres::Client = own.client();
         // The locks first, then what they guard, in one round trip (the server runs them in
         // order); and the areas' hazards, which their events' category needs.
         let in_force = in_force_query();
         let params: [(&(dyn ToSql + Sync), Type); 1] = [(&keys, Type::TEXT_ARRAY)];
         let answers = pipeline::in_one_flight(
-            &tx,
+            client,
             &[
+                ("BEGIN", &[]),
                 (coordination::LOCK_AREAS, &params),
                 (LAST_EVENTS, &params),
                 (&in_force, &params),
@@ -91,15 +94,15 @@ impl Store {
         )
         .await
         .context("taking the areas' locks and reading their statuses")?;
-        let statuses = statuses(&keys, &answers[1], &answers[2])?;
-        let categories = categories(&keys, &answers[3]);
+        let statuses = statuses(&keys, &answers[2], &answers[3])?;
+        let categories = categories(&keys, &answers[4]);
         let decisions: Vec<AreaDecision> = statuses
             .iter()
             .enumerate()
             .map(|(i, status)| decide(i, status))
             .collect();
-        let ids = write_decisions(&tx, areas, &categories, &decisions).await?;
-        tx.commit().await.context("commit warning events")?;
+        let ids = write_decisions_and_commit(client, areas, &categories, &decisions).await?;
+        own.ended();
         Ok(ids.into_iter().zip(decisions).collect())
     }
 }
@@ -186,11 +189,14 @@ fn categories(area_keys: &[&str], hazards: &[tokio_postgres::Row]) -> Vec<Catego
         .collect()
 }
 
-/// Writes the decisions' events, the warnings they change and their crossings, in `tx`, which
-/// holds the areas' locks. Events are written in rounds (every area's first event, then every
-/// second one, ...), so that each statement changes at most one warning of an area.
-async fn write_decisions(
-    tx: &Transaction<'_>,
+/// Writes the decisions' events, the warnings they change and their crossings in the transaction
+/// `client` is in, which holds the areas' locks, and commits it. Events are written in rounds
+/// (every area's first event, then every second one, ...), so that each statement changes at
+/// most one warning of an area. The event lock goes with the crossings and the first round's
+/// warnings, and the `COMMIT` with the last round's deliveries: a raised warning takes four round
+/// trips in all, a decision without events two.
+async fn write_decisions_and_commit(
+    client: &tokio_postgres::Client,
     areas: &[AreaTarget<'_>],
     categories: &[Category],
     decisions: &[AreaDecision],
@@ -224,21 +230,46 @@ async fn write_decisions(
             &crossing_params,
         )]
     };
-    let sequence = if rounds == 0 {
-        pipeline::in_one_flight(tx, record_crossings)
+    let commit: &[(&str, &pipeline::Params<'_>)] = &[("COMMIT", &[])];
+    if rounds == 0 {
+        let statements: Vec<(&str, &pipeline::Params<'_>)> =
+            record_crossings.iter().chain(commit).copied().collect();
+        pipeline::in_one_flight(client, &statements)
             .await
             .context("recording crossings")?;
-        None
-    } else {
-        Some(coordination::lock_event_sequence_after(tx, record_crossings).await?)
-    };
+        return Ok(ids);
+    }
+    let mut sequence = None;
     for round in 0..rounds {
         let entries: Vec<(usize, &NewEvent)> = decisions
             .iter()
             .enumerate()
             .filter_map(|(i, d)| Some((i, d.events.get(round)?)))
             .collect();
-        let warning_ids = apply_to_warnings(tx, areas, categories, &entries).await?;
+        let changes = WarningChanges::new(areas, categories, &entries);
+        let params = changes.params();
+        let statements: Vec<(&str, &pipeline::Params<'_>)> = changes
+            .statements
+            .iter()
+            .zip(&params)
+            .map(|((sql, _), params)| (*sql, params.as_slice()))
+            .collect();
+        let changed = match &sequence {
+            None => {
+                let (locked, changed) = coordination::lock_event_sequence_between(
+                    client,
+                    record_crossings,
+                    &statements,
+                )
+                .await?;
+                sequence = Some(locked);
+                changed
+            }
+            Some(_) => pipeline::in_one_flight(client, &statements)
+                .await
+                .context("changing the areas' warnings")?,
+        };
+        let warning_ids = warning_ids(areas, &entries, &changed)?;
         let inserts: Vec<EventInsert<'_>> = entries
             .iter()
             .zip(&warning_ids)
@@ -263,8 +294,9 @@ async fn write_decisions(
             .collect();
         let sequence = sequence
             .as_ref()
-            .expect("the event sequence is locked when there are events");
-        let event_ids = append_events(sequence, &with_topics).await?;
+            .expect("the event sequence is locked in the first round");
+        let then = if round + 1 == rounds { commit } else { &[] };
+        let event_ids = append_events(sequence, &with_topics, then).await?;
         for ((i, _), id) in entries.iter().zip(event_ids) {
             ids[*i].push(id);
         }
@@ -272,142 +304,164 @@ async fn write_decisions(
     Ok(ids)
 }
 
-/// Raises, changes, lifts or marks the warnings the events (one per area) concern; returns each
-/// event's warning id.
-async fn apply_to_warnings(
-    tx: &Transaction<'_>,
-    areas: &[AreaTarget<'_>],
-    categories: &[Category],
-    entries: &[(usize, &NewEvent)],
-) -> Result<Vec<i64>> {
-    let mut warning_of: HashMap<String, i64> = HashMap::new();
-    let of_kind = |kinds: &[EventKind]| -> Vec<(usize, &NewEvent)> {
-        entries
-            .iter()
-            .filter(|(_, e)| kinds.contains(&e.kind))
-            .copied()
-            .collect()
-    };
-    let keys = |chosen: &[(usize, &NewEvent)]| -> Vec<&str> {
-        chosen.iter().map(|(i, _)| areas[*i].key).collect()
-    };
-    let ats = |chosen: &[(usize, &NewEvent)]| -> Vec<DateTime<Utc>> {
-        chosen.iter().map(|(_, e)| e.at).collect()
-    };
-    let texts = |chosen: &[(usize, &NewEvent)], f: fn(&NewEvent) -> &str| -> Vec<String> {
-        chosen.iter().map(|(_, e)| f(e).to_owned()).collect()
-    };
-    let severities = |chosen: &[(usize, &NewEvent)]| -> Vec<Option<i16>> {
-        chosen
-            .iter()
-            .map(|(_, e)| e.severity.map(Severity::level))
-            .collect()
-    };
-    let triggers = |chosen: &[(usize, &NewEvent)]| -> Vec<serde_json::Value> {
-        chosen.iter().map(|(_, e)| e.trigger.clone()).collect()
-    };
-    let mut note = |rows: Vec<tokio_postgres::Row>| {
-        for row in rows {
-            warning_of.insert(row.get(1), row.get(0));
+/// A statement's parameters, owned.
+type OwnedParams = Vec<(Box<dyn ToSql + Sync + Send>, Type)>;
+
+/// The statements that raise, change, lift or mark the warnings the events (one per area)
+/// concern, each returning `(id, area_key)` of the warnings it touched. Each area appears in one
+/// of them at most, so they need none of each other's answers.
+struct WarningChanges {
+    statements: Vec<(&'static str, OwnedParams)>,
+}
+
+impl WarningChanges {
+    fn new(
+        areas: &[AreaTarget<'_>],
+        categories: &[Category],
+        entries: &[(usize, &NewEvent)],
+    ) -> WarningChanges {
+        let of_kind = |kinds: &[EventKind]| -> Vec<(usize, &NewEvent)> {
+            entries
+                .iter()
+                .filter(|(_, e)| kinds.contains(&e.kind))
+                .copied()
+                .collect()
+        };
+        let keys = |chosen: &[(usize, &NewEvent)]| -> Vec<String> {
+            chosen
+                .iter()
+                .map(|(i, _)| areas[*i].key.to_owned())
+                .collect()
+        };
+        let ats = |chosen: &[(usize, &NewEvent)]| -> Vec<DateTime<Utc>> {
+            chosen.iter().map(|(_, e)| e.at).collect()
+        };
+        let texts = |chosen: &[(usize, &NewEvent)], f: fn(&NewEvent) -> &str| -> Vec<String> {
+            chosen.iter().map(|(_, e)| f(e).to_owned()).collect()
+        };
+        let severities = |chosen: &[(usize, &NewEvent)]| -> Vec<Option<i16>> {
+            chosen
+                .iter()
+                .map(|(_, e)| e.severity.map(Severity::level))
+                .collect()
+        };
+        let triggers = |chosen: &[(usize, &NewEvent)]| -> Vec<serde_json::Value> {
+            chosen.iter().map(|(_, e)| e.trigger.clone()).collect()
+        };
+        fn param<T: ToSql + Sync + Send + 'static>(
+            value: T,
+            ty: Type,
+        ) -> (Box<dyn ToSql + Sync + Send>, Type) {
+            (Box::new(value), ty)
         }
-    };
-    let raised = of_kind(&[EventKind::Raised]);
-    if !raised.is_empty() {
-        let municipalities: Vec<serde_json::Value> = raised
-            .iter()
-            .map(|(i, _)| serde_json::json!(areas[*i].municipalities))
-            .collect();
-        note(
-            tx.query_typed(
+        let mut statements: Vec<(&'static str, OwnedParams)> = Vec::new();
+        let raised = of_kind(&[EventKind::Raised]);
+        if !raised.is_empty() {
+            let municipalities: Vec<serde_json::Value> = raised
+                .iter()
+                .map(|(i, _)| serde_json::json!(areas[*i].municipalities))
+                .collect();
+            let categories: Vec<String> = raised
+                .iter()
+                .map(|(i, _)| categories[*i].name().to_owned())
+                .collect();
+            statements.push((
                 "INSERT INTO warnings (area_key, severity, kind, state, raised_at, changed_at, \
                  municipalities, trigger, message_en, message_da, category) \
                  SELECT a, v, k, 'in_force', t, t, ARRAY(SELECT jsonb_array_elements_text(m)), tr, en, da, c \
                  FROM unnest($1::text[], $2::int2[], $3::text[], $4::timestamptz[], $5::jsonb[], \
                      $6::jsonb[], $7::text[], $8::text[], $9::text[]) AS x(a, v, k, t, m, tr, en, da, c) \
                  RETURNING id, area_key",
-                &[
-                    (&keys(&raised), Type::TEXT_ARRAY),
-                    (&severities(&raised), Type::INT2_ARRAY),
-                    (&texts(&raised, |e| e.warning_kind.name()), Type::TEXT_ARRAY),
-                    (&ats(&raised), Type::TIMESTAMPTZ_ARRAY),
-                    (&municipalities, Type::JSONB_ARRAY),
-                    (&triggers(&raised), Type::JSONB_ARRAY),
-                    (&texts(&raised, |e| &e.message_en), Type::TEXT_ARRAY),
-                    (&texts(&raised, |e| &e.message_da), Type::TEXT_ARRAY),
-                    (
-                        &raised
-                            .iter()
-                            .map(|(i, _)| categories[*i].name())
-                            .collect::<Vec<_>>(),
-                        Type::TEXT_ARRAY,
-                    ),
+                vec![
+                    param(keys(&raised), Type::TEXT_ARRAY),
+                    param(severities(&raised), Type::INT2_ARRAY),
+                    param(texts(&raised, |e| e.warning_kind.name()), Type::TEXT_ARRAY),
+                    param(ats(&raised), Type::TIMESTAMPTZ_ARRAY),
+                    param(municipalities, Type::JSONB_ARRAY),
+                    param(triggers(&raised), Type::JSONB_ARRAY),
+                    param(texts(&raised, |e| &e.message_en), Type::TEXT_ARRAY),
+                    param(texts(&raised, |e| &e.message_da), Type::TEXT_ARRAY),
+                    param(categories, Type::TEXT_ARRAY),
                 ],
-            )
-            .await
-            .context("raising warnings")?,
-        );
-    }
-    let changed = of_kind(&[EventKind::Changed]);
-    if !changed.is_empty() {
-        note(
-            tx.query_typed(
+            ));
+        }
+        let changed = of_kind(&[EventKind::Changed]);
+        if !changed.is_empty() {
+            statements.push((
                 "UPDATE warnings w SET severity = x.v, kind = x.k, changed_at = x.t, trigger = x.tr, \
                  message_en = x.en, message_da = x.da \
                  FROM unnest($1::text[], $2::int2[], $3::text[], $4::timestamptz[], $5::jsonb[], \
                      $6::text[], $7::text[]) AS x(a, v, k, t, tr, en, da) \
                  WHERE w.area_key = x.a AND w.state = 'in_force' RETURNING w.id, w.area_key",
-                &[
-                    (&keys(&changed), Type::TEXT_ARRAY),
-                    (&severities(&changed), Type::INT2_ARRAY),
-                    (&texts(&changed, |e| e.warning_kind.name()), Type::TEXT_ARRAY),
-                    (&ats(&changed), Type::TIMESTAMPTZ_ARRAY),
-                    (&triggers(&changed), Type::JSONB_ARRAY),
-                    (&texts(&changed, |e| &e.message_en), Type::TEXT_ARRAY),
-                    (&texts(&changed, |e| &e.message_da), Type::TEXT_ARRAY),
+                vec![
+                    param(keys(&changed), Type::TEXT_ARRAY),
+                    param(severities(&changed), Type::INT2_ARRAY),
+                    param(texts(&changed, |e| e.warning_kind.name()), Type::TEXT_ARRAY),
+                    param(ats(&changed), Type::TIMESTAMPTZ_ARRAY),
+                    param(triggers(&changed), Type::JSONB_ARRAY),
+                    param(texts(&changed, |e| &e.message_en), Type::TEXT_ARRAY),
+                    param(texts(&changed, |e| &e.message_da), Type::TEXT_ARRAY),
                 ],
-            )
-            .await
-            .context("changing warnings")?,
-        );
-    }
-    let lifted = of_kind(&[EventKind::Lifted]);
-    if !lifted.is_empty() {
-        note(
-            tx.query_typed(
+            ));
+        }
+        let lifted = of_kind(&[EventKind::Lifted]);
+        if !lifted.is_empty() {
+            statements.push((
                 "UPDATE warnings w SET state = 'lifted', lifted_at = x.t, changed_at = x.t, stale = false, \
                  message_en = x.en, message_da = x.da \
                  FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[]) AS x(a, t, en, da) \
                  WHERE w.area_key = x.a AND w.state = 'in_force' RETURNING w.id, w.area_key",
-                &[
-                    (&keys(&lifted), Type::TEXT_ARRAY),
-                    (&ats(&lifted), Type::TIMESTAMPTZ_ARRAY),
-                    (&texts(&lifted, |e| &e.message_en), Type::TEXT_ARRAY),
-                    (&texts(&lifted, |e| &e.message_da), Type::TEXT_ARRAY),
+                vec![
+                    param(keys(&lifted), Type::TEXT_ARRAY),
+                    param(ats(&lifted), Type::TIMESTAMPTZ_ARRAY),
+                    param(texts(&lifted, |e| &e.message_en), Type::TEXT_ARRAY),
+                    param(texts(&lifted, |e| &e.message_da), Type::TEXT_ARRAY),
                 ],
-            )
-            .await
-            .context("lifting warnings")?,
-        );
-    }
-    let marked = of_kind(&[EventKind::Stale, EventKind::Fresh]);
-    if !marked.is_empty() {
-        let stale: Vec<bool> = marked
-            .iter()
-            .map(|(_, e)| e.kind == EventKind::Stale)
-            .collect();
-        note(
-            tx.query_typed(
+            ));
+        }
+        let marked = of_kind(&[EventKind::Stale, EventKind::Fresh]);
+        if !marked.is_empty() {
+            let stale: Vec<bool> = marked
+                .iter()
+                .map(|(_, e)| e.kind == EventKind::Stale)
+                .collect();
+            statements.push((
                 "UPDATE warnings w SET stale = x.s FROM unnest($1::text[], $2::bool[]) AS x(a, s) \
                  WHERE w.area_key = x.a AND w.state = 'in_force' RETURNING w.id, w.area_key",
-                &[
-                    (&keys(&marked), Type::TEXT_ARRAY),
-                    (&stale, Type::BOOL_ARRAY),
+                vec![
+                    param(keys(&marked), Type::TEXT_ARRAY),
+                    param(stale, Type::BOOL_ARRAY),
                 ],
-            )
-            .await
-            .context("marking warnings stale or fresh")?,
-        );
+            ));
+        }
+        WarningChanges { statements }
     }
+
+    /// Each statement's parameters, borrowed as a flight takes them.
+    fn params(&self) -> Vec<Vec<(&(dyn ToSql + Sync), Type)>> {
+        self.statements
+            .iter()
+            .map(|(_, params)| {
+                params
+                    .iter()
+                    .map(|(value, ty)| (&**value as &(dyn ToSql + Sync), ty.clone()))
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// Each event's warning id, from the rows the [`WarningChanges`] returned.
+fn warning_ids(
+    areas: &[AreaTarget<'_>],
+    entries: &[(usize, &NewEvent)],
+    changed: &[Vec<tokio_postgres::Row>],
+) -> Result<Vec<i64>> {
+    let warning_of: HashMap<String, i64> = changed
+        .iter()
+        .flatten()
+        .map(|row| (row.get(1), row.get(0)))
+        .collect();
     entries
         .iter()
         .map(|(i, event)| {

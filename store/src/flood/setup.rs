@@ -17,7 +17,7 @@ impl Store {
             .await
             .context("upserting a municipality")?;
         }
-        coordination::notify(&tx, &Notice::ReferenceChanged).await?;
+        coordination::notify(tx.client(), &Notice::ReferenceChanged).await?;
         tx.commit().await.context("commit municipalities")
     }
 
@@ -131,7 +131,7 @@ impl Store {
             .await
             .context("upserting a rain rule")?;
         }
-        coordination::notify(&tx, &Notice::FloodSetupChanged).await?;
+        coordination::notify(tx.client(), &Notice::FloodSetupChanged).await?;
         tx.commit().await.context("commit flood setup")
     }
 
