@@ -815,6 +815,23 @@ async fn two_writers_decide_about_an_area_one_after_the_other() {
     harness.finish().await;
 }
 
+/// The flood setup loaded, and a store of one pooled connection, with the key of the first
+/// threshold's sensor: every recording gets the connection the one before it used.
+async fn one_connection_store(harness: &Harness) -> (tidemark_store::Store, String) {
+    let config = config(harness);
+    tidemark::app::load_flood(&config).await.unwrap();
+    let store = tidemark_store::Store::connect(&tidemark_store::DatabaseConfig {
+        pool_size: 1,
+        ..config.database.clone()
+    })
+    .await
+    .unwrap();
+    let sensor = store.flood_setup().await.unwrap().thresholds[0]
+        .sensor_key
+        .clone();
+    (store, sensor)
+}
+
 /// A statement that fails inside a warning's recording (here its MQTT delivery, refused by a
 /// trigger) fails the whole recording with the reason of the statement that failed, not of those
 /// sent after it in the same round trip; nothing of it is left behind, and the connection serves
@@ -823,21 +840,11 @@ async fn two_writers_decide_about_an_area_one_after_the_other() {
 async fn a_refused_statement_records_nothing_and_says_why() {
     use tidemark_store::flood::{CrossingRow, NewEvent};
     let harness = Harness::start().await;
-    let config = config(&harness);
-    tidemark::app::load_flood(&config).await.unwrap();
     // One connection: the second recording gets the one the first failed on.
-    let store = tidemark_store::Store::connect(&tidemark_store::DatabaseConfig {
-        pool_size: 1,
-        ..config.database.clone()
-    })
-    .await
-    .unwrap();
+    let (store, sensor) = one_connection_store(&harness).await;
     let area = "flensburg-fjord";
     let municipalities = ["0580".to_owned()];
     let topics = ["tidemark/alerts/0580/flensburg-fjord".to_owned()];
-    let sensor = store.flood_setup().await.unwrap().thresholds[0]
-        .sensor_key
-        .clone();
     let at = Utc::now() - ChronoDuration::minutes(5);
     let raised = [NewEvent {
         kind: EventKind::Raised,
@@ -916,20 +923,10 @@ async fn a_refused_statement_records_nothing_and_says_why() {
 async fn a_decision_that_fails_before_its_commit_leaves_nothing_behind() {
     use tidemark_store::flood::{CrossingRow, NewEvent};
     let harness = Harness::start().await;
-    let config = config(&harness);
-    tidemark::app::load_flood(&config).await.unwrap();
     // One connection: the second recording gets the one the first failed on, unless it was let go.
-    let store = tidemark_store::Store::connect(&tidemark_store::DatabaseConfig {
-        pool_size: 1,
-        ..config.database.clone()
-    })
-    .await
-    .unwrap();
+    let (store, sensor) = one_connection_store(&harness).await;
     let area = "flensburg-fjord";
     let municipalities = ["0580".to_owned()];
-    let sensor = store.flood_setup().await.unwrap().thresholds[0]
-        .sensor_key
-        .clone();
     let at = Utc::now() - ChronoDuration::minutes(5);
     let event = |kind| NewEvent {
         kind,
