@@ -5,6 +5,8 @@
 use crate::support::*;
 use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
 use std::collections::BTreeMap;
+use std::time::Duration;
+use tidemark_store::opendata::PackedDay;
 use tidemark_store::readings::ReadingRow;
 
 pub(crate) const SENSOR: &str = "flensburg.sea_level";
@@ -503,6 +505,128 @@ async fn a_bucketed_answer_asked_again_shows_every_change_since() {
     let now = json(&api, &path).await;
     assert_eq!(hour(&now, 5)["max"], hour(&first, 5)["max"]);
     assert_eq!(hour(&now, 5)["flagged"], 1);
+    harness.finish().await;
+}
+
+/// A packed day whose JSON the API holds is found by the digest of its hours, before they are
+/// read, and its hours are not read; a day packed again from other hours has another digest and
+/// is written afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packed_day_held_is_not_read_again_until_its_hours_change() {
+    let (harness, api) = loaded().await;
+    harness.store.refresh_all_rollups().await.unwrap();
+    let (from, to) = (
+        Utc.with_ymd_and_hms(2023, 10, 18, 12, 0, 0).unwrap(),
+        Utc.with_ymd_and_hms(2023, 10, 21, 12, 0, 0).unwrap(),
+    );
+    let (day1, day2) = (start(), start() + ChronoDuration::days(1));
+    let hour = Duration::from_secs(3_600);
+    // The store shows the caller the packed days (the two days with readings), and leaves out
+    // the buckets of those it holds.
+    let whole = harness
+        .store
+        .sensor_aggregate_holding(
+            SENSOR,
+            from,
+            to,
+            hour,
+            false,
+            Some(|days: &[PackedDay]| vec![false; days.len()]),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let days: Vec<_> = whole.packed.iter().map(|(d, _)| d.day).collect();
+    assert_eq!(days, [day1, day2]);
+    assert_eq!(whole.rows.len(), 48);
+    let second_held = harness
+        .store
+        .sensor_aggregate_holding(
+            SENSOR,
+            from,
+            to,
+            hour,
+            false,
+            Some(|days: &[PackedDay]| days.iter().map(|d| d.day == day2).collect()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second_held.rows, whole.rows[..24]);
+    assert_eq!(second_held.packed[1], (whole.packed[1].0.clone(), true));
+    let both_held = harness
+        .store
+        .sensor_aggregate_holding(
+            SENSOR,
+            from,
+            to,
+            hour,
+            false,
+            Some(|days: &[PackedDay]| vec![true; days.len()]),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(both_held.rows.is_empty(), "{:?}", both_held.rows);
+    // Without a caller that holds anything, the hours come with the digests.
+    let (_, read) = harness
+        .store
+        .sensor_aggregate(SENSOR, from, to, hour, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read, whole.rows);
+
+    for fill in ["omit", "null"] {
+        let path = format!(
+            "/api/v1/sensors/{SENSOR}/readings?from=2023-10-18T12:00:00Z&to=2023-10-21T12:00:00Z\
+             &bucket=1h&fill={fill}"
+        );
+        let first = json(&api, &path).await;
+        let (found_before, _, _) = api.state.written.figures();
+        assert_eq!(
+            json(&api, &path).await,
+            first,
+            "{fill}: the same answer again"
+        );
+        let (found, _, _) = api.state.written.figures();
+        assert!(found - found_before >= 2, "{fill}: both packed days held");
+    }
+
+    // A reading back-filled into the first day, and the day packed again: its hours, and so
+    // their digest, changed.
+    let path = format!(
+        "/api/v1/sensors/{SENSOR}/readings?from=2023-10-18T12:00:00Z&to=2023-10-21T12:00:00Z\
+         &bucket=1h&agg=max,count"
+    );
+    let before = json(&api, &path).await;
+    let late = ReadingRow {
+        sensor_id: sensor_id(&harness, SENSOR).await,
+        ts: start() + ChronoDuration::minutes(5 * 60 + 4),
+        value: 42.5,
+        quality: 0,
+    };
+    store_readings(&harness, std::slice::from_ref(&late)).await;
+    harness.store.refresh_all_rollups().await.unwrap();
+    let after = json(&api, &path).await;
+    let at_five = |body: &serde_json::Value| {
+        body["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["start"] == "2023-10-19T05:00:00Z")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(at_five(&after)["max"], 42.5);
+    assert_eq!(
+        at_five(&after)["count"],
+        at_five(&before)["count"].as_i64().unwrap() + 1
+    );
+    assert_eq!(
+        after["buckets"].as_array().unwrap().len(),
+        before["buckets"].as_array().unwrap().len()
+    );
     harness.finish().await;
 }
 

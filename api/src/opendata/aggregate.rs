@@ -17,31 +17,49 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tidemark_store::opendata::BucketRow;
+use tidemark_store::opendata::{BucketRow, PackedDay};
 use utoipa::ToSchema;
 
 /// One output bucket: a stored bucket, an empty one, or one interpolated across a gap. A stored
-/// one is borrowed from the rows read, so that a year of them is not copied once more.
+/// one is borrowed from the rows read, so that a year of them is not copied once more. Or, in
+/// JSON only, a whole packed day of hourly buckets (starting at the given time) whose JSON was
+/// found written for the digest of its hours, and whose hours were therefore not read.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Filled<'a> {
     Stored(&'a BucketRow),
     Empty(DateTime<Utc>),
     Interpolated(DateTime<Utc>, f64),
+    Held(DateTime<Utc>, &'a [u8]),
 }
 
 /// Fills the buckets between `from` and `to` that have no readings, as asked: omitted, empty, or
 /// (for the average) interpolated linearly between the neighbouring buckets when the gap spans
 /// at most `max_gap` buckets.
+///
+/// The `held` days are each a [`Filled::Held`] in its place, standing for its [`written::GROUP`]
+/// buckets (none of `stored` falls in them). Held days come only with `omit` or `null`:
+/// interpolation would need their buckets.
 pub(crate) fn fill_buckets<'a>(
     stored: &'a [BucketRow],
+    held: &[(DateTime<Utc>, &'a [u8])],
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     bucket: ChronoDuration,
     mode: &str,
     max_gap: u32,
 ) -> Vec<Filled<'a>> {
+    let mut held = held.iter().peekable();
     if mode == "omit" {
-        return stored.iter().map(Filled::Stored).collect();
+        let mut out = Vec::with_capacity(stored.len() + held.len());
+        for row in stored {
+            while let Some(&&(day, bytes)) = held.peek().filter(|(day, _)| *day < row.start) {
+                out.push(Filled::Held(day, bytes));
+                held.next();
+            }
+            out.push(Filled::Stored(row));
+        }
+        out.extend(held.map(|&(day, bytes)| Filled::Held(day, bytes)));
+        return out;
     }
     let step = bucket.num_microseconds().unwrap_or(1).max(1);
     let first = from.timestamp_micros().div_euclid(step) * step;
@@ -53,6 +71,14 @@ pub(crate) fn fill_buckets<'a>(
     let mut at = first;
     while at < to.timestamp_micros() {
         let start = DateTime::from_timestamp_micros(at).unwrap_or(from);
+        // A held day stands for its buckets, which start where the walk is (days of hourly
+        // buckets start at midnight, hours from the range's start land on it).
+        if let Some(&&(day, bytes)) = held.peek().filter(|(day, _)| *day <= start) {
+            out.push(Filled::Held(day, bytes));
+            held.next();
+            at = day.timestamp_micros() + step * written::GROUP;
+            continue;
+        }
         match by_start.remove(&at) {
             Some(row) => out.push(Filled::Stored(row)),
             None => out.push(Filled::Empty(start)),
@@ -154,22 +180,60 @@ pub(crate) async fn aggregated(
         .acquire()
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let (quantity, stored) = state
+    // Which of `AGGREGATES` (the order of `BucketItem`'s fields) were asked for, for JSON.
+    let asked: [bool; 7] = AGGREGATES.map(|a| aggregates.contains(&a));
+    // In JSON, a packed day of hourly buckets is written the same from the same hours, whatever
+    // else the page holds (unless interpolated across days): what was written for a day whose
+    // hours have the same digest is found before its hours are read, and they are not read.
+    let written = &state.written;
+    let by_digest = written.enabled()
+        && fill != "interpolate"
+        && !matches!(format, Format::Csv | Format::Parquet);
+    let shape = written::Shape {
+        asked,
+        nulls: fill == "null",
+    };
+    let mut found: Vec<Option<Arc<[u8]>>> = Vec::new();
+    let read = state
         .store
-        .sensor_aggregate(sensor, from, to, bucket, all)
+        .sensor_aggregate_holding(
+            sensor,
+            from,
+            to,
+            bucket,
+            all,
+            by_digest.then_some(|days: &[PackedDay]| {
+                let keys: Vec<u128> = days
+                    .iter()
+                    .map(|d| written.day_key(d.day, &d.digest, shape))
+                    .collect();
+                found = written.find(&keys);
+                found.iter().map(Option::is_some).collect()
+            }),
+        )
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("sensor {sensor}")))?;
-    let quantity = quantity.as_str();
+    let quantity = read.quantity.as_str();
+    let mut held = Vec::new();
+    let mut day_keys = Vec::new();
+    for (i, (day, was_held)) in read.packed.iter().enumerate() {
+        match found.get(i).and_then(Option::as_deref) {
+            Some(bytes) if *was_held => held.push((day.day, bytes)),
+            _ if by_digest => {
+                day_keys.push((day.day, written.day_key(day.day, &day.digest, shape)))
+            }
+            _ => {}
+        }
+    }
     let filled = fill_buckets(
-        &stored,
+        &read.rows,
+        &held,
         from,
         to,
         chrono_bucket,
         fill,
         query.max_gap.unwrap_or(3),
     );
-    // Which of `AGGREGATES` (the order of `BucketItem`'s fields) were asked for, for JSON.
-    let asked: [bool; 7] = AGGREGATES.map(|a| aggregates.contains(&a));
     // The CSV and Parquet columns, in the order asked for (every name is known: checked above).
     let columns: Vec<usize> = aggregates
         .iter()
@@ -261,8 +325,9 @@ pub(crate) async fn aggregated(
                 &filled,
                 asked,
                 chrono_bucket,
-                &state.written,
-            ),
+                written,
+                &day_keys,
+            )?,
         ),
     })
 }
@@ -313,6 +378,8 @@ fn meta(f: &Filled) -> (DateTime<Utc>, i64, i16, State) {
         ),
         Filled::Empty(s) => (*s, 0, 0, State::Empty),
         Filled::Interpolated(s, _) => (*s, 0, 0, State::Interpolated),
+        // Written already: only its start is used, to place it in its group.
+        Filled::Held(s, _) => (*s, 0, 0, State::Measured),
     }
 }
 
@@ -351,6 +418,7 @@ fn values(f: &Filled) -> [Option<f64>; 7] {
         ],
         Filled::Stored(_) | Filled::Empty(_) => [None, None, None, None, Some(0.0), None, None],
         Filled::Interpolated(_, v) => [Some(*v), None, None, None, None, None, None],
+        Filled::Held(..) => [None; 7],
     };
     all.map(|v| v.filter(|v| v.is_finite()))
 }
@@ -364,20 +432,28 @@ fn values(f: &Filled) -> [Option<f64>; 7] {
 /// uses, without its writer in between.
 ///
 /// The buckets go in groups of [`written::GROUP`] consecutive ones within an aligned span of that
-/// many buckets of `step` (a UTC day of hourly buckets). A group already written from the same
-/// inputs is copied from `written`; one that is not is written and kept there.
+/// many buckets of `step` (a UTC day of hourly buckets). A [`Filled::Held`] day is a group found
+/// written already, and copied. A group of a packed day is kept in `written` under its key in
+/// `day_keys` (by the digest of the day's hours); any other group already written from the same
+/// inputs is copied from `written`, and one that is not is written and kept there.
 fn page_json(
     mut page: BucketPage,
     filled: &[Filled],
     asked: [bool; 7],
     step: ChronoDuration,
     written: &WrittenBuckets,
-) -> Vec<u8> {
+    day_keys: &[(DateTime<Utc>, u128)],
+) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(256);
     // Everything around the buckets through serde, ending in `"buckets":[]}`.
     if serde_json::to_writer(&mut out, &page).is_err() || !out.ends_with(b"[]}") {
+        if filled.iter().any(|f| matches!(f, Filled::Held(..))) {
+            return Err(ApiError::Internal(
+                "a page of buckets could not be written".to_owned(),
+            ));
+        }
         page.buckets = filled.iter().map(|f| bucket_item(f, asked)).collect();
-        return serde_json::to_vec(&page).unwrap_or_default();
+        return serde_json::to_vec(&page).map_err(|e| ApiError::Internal(e.to_string()));
     }
     out.truncate(out.len() - 2);
     // The aggregates asked for, by their place in `AGGREGATES`.
@@ -388,48 +464,72 @@ fn page_json(
         .max(1)
         * written::GROUP;
     let group_of = |f: &Filled| meta(f).0.timestamp_micros().div_euclid(span);
-    // Where each group ends, and (when groups are kept) its key.
-    let mut ends = Vec::new();
-    let mut keys = Vec::new();
+    let mut day_keys = day_keys
+        .iter()
+        .map(|(day, key)| (day.timestamp_micros().div_euclid(span), *key))
+        .peekable();
+    // Where each group ends, how it is found, and which are looked up by their inputs.
+    let mut groups: Vec<(usize, Group)> = Vec::new();
+    let mut lookups = Vec::new();
     let mut inputs = Vec::new();
     let mut at = 0;
     while at < filled.len() {
         let group = group_of(&filled[at]);
+        if let Filled::Held(_, bytes) = filled[at] {
+            groups.push((at + 1, Group::Held(bytes)));
+            at += 1;
+            continue;
+        }
         let end = at
             + filled[at..]
                 .iter()
                 .take(written::GROUP as usize)
-                .take_while(|f| group_of(f) == group)
+                .take_while(|f| group_of(f) == group && !matches!(f, Filled::Held(..)))
                 .count();
-        if written.enabled() {
+        while day_keys.next_if(|(day, _)| *day < group).is_some() {}
+        let how = if let Some((_, key)) = day_keys.next_if(|(day, _)| *day == group) {
+            Group::Keep(key)
+        } else if written.enabled() {
             inputs.clear();
             inputs.push(columns.iter().fold(0u8, |mask, &c| mask | 1 << c));
             for f in &filled[at..end] {
                 writer_inputs(f, &columns, &mut inputs);
             }
-            keys.push(written.key(&inputs));
-        }
-        ends.push(end);
+            lookups.push(written.key(&inputs));
+            Group::Look(lookups.len() - 1)
+        } else {
+            Group::Write
+        };
+        groups.push((end, how));
         at = end;
     }
-    let found = written.find(&keys);
+    let found = written.find(&lookups);
     let mut fresh: Vec<(u128, Arc<[u8]>)> = Vec::new();
     let mut starts = Starts::default();
     let mut lines = Lines::new();
     let mut at = 0;
-    for (i, &end) in ends.iter().enumerate() {
+    for (end, how) in groups {
         if lines.len > Lines::FULL {
             spill(&mut out, &mut lines, at, filled.len());
         }
         if at > 0 {
             lines.put(b",");
         }
-        match found.get(i) {
-            Some(Some(bytes)) => {
+        let (copy, keep) = match how {
+            Group::Held(bytes) => (Some(bytes), None),
+            Group::Look(i) => match found.get(i).and_then(Option::as_deref) {
+                Some(bytes) => (Some(bytes), None),
+                None => (None, lookups.get(i).copied()),
+            },
+            Group::Keep(key) => (None, Some(key)),
+            Group::Write => (None, None),
+        };
+        match copy {
+            Some(bytes) => {
                 spill(&mut out, &mut lines, at, filled.len());
                 out.extend_from_slice(bytes);
             }
-            _ => {
+            None => {
                 let from = lines.len;
                 for (j, f) in filled[at..end].iter().enumerate() {
                     if j > 0 {
@@ -437,7 +537,7 @@ fn page_json(
                     }
                     write_bucket(f, &columns, &mut starts, &mut lines);
                 }
-                if let Some(&key) = keys.get(i) {
+                if let Some(key) = keep {
                     fresh.push((key, Arc::from(&lines.bytes()[from..])));
                 }
             }
@@ -449,7 +549,19 @@ fn page_json(
     }
     out.extend_from_slice(lines.bytes());
     out.extend_from_slice(b"]}");
-    out
+    Ok(out)
+}
+
+/// How [`page_json`] comes by a group's JSON.
+enum Group<'a> {
+    /// Found written for a packed day's digest before its hours were read.
+    Held(&'a [u8]),
+    /// Looked up by the key of its inputs (the `i`-th looked up), and kept under it if not found.
+    Look(usize),
+    /// A packed day's, not found: written, and kept under this key.
+    Keep(u128),
+    /// Written; nothing is kept.
+    Write,
 }
 
 /// Moves what `lines` holds to the end of `out`, making room first for the rest of the page
@@ -900,7 +1012,8 @@ mod tests {
             serde_json::to_string(&page(items)).unwrap()
         };
         let write = |filled: &[Filled], asked, step, written: &WrittenBuckets| {
-            String::from_utf8(page_json(page(Vec::new()), filled, asked, step, written)).unwrap()
+            let page = page_json(page(Vec::new()), filled, asked, step, written, &[]).unwrap();
+            String::from_utf8(page).unwrap()
         };
         // Groups of a minute's buckets hold one hourly bucket each, of an hour's a day's, of a
         // day's 24 (the most a group holds).
@@ -931,6 +1044,88 @@ mod tests {
                         assert!(filled.is_empty() || found > 0, "{asked:?} {step} {budget}");
                     }
                 }
+            }
+        }
+    }
+
+    /// Packed days: a page written with their keys keeps each day's JSON under the digest key, and
+    /// the same page with those days held (their buckets not read) is the same, byte for byte, as
+    /// serde writes it from every bucket; with `fill=null` too, and with the page's ends and a
+    /// day between packed ones read from the buckets.
+    #[test]
+    fn held_days_write_the_page_the_buckets_would() {
+        let day0 = Utc.with_ymd_and_hms(2024, 3, 1, 0, 0, 0).unwrap();
+        let hour = |h: i64| day0 + ChronoDuration::hours(h);
+        // Five days and a bit either side; hours missing here and there (empty with `null`).
+        let rows: Vec<BucketRow> = (-5..5 * 24 + 7)
+            .filter(|h| h % 7 != 3)
+            .map(|h| BucketRow {
+                start: hour(h),
+                count: 1 + h.rem_euclid(4),
+                sum: (h as f64 * 0.37).sin() * 40.0,
+                min: -1.5,
+                max: h as f64 * 0.5,
+                first: 0.25,
+                last: 2.0,
+                flagged: h.rem_euclid(3),
+                quality: (h.rem_euclid(5) * 64) as i16,
+            })
+            .collect();
+        let (from, to) = (hour(-5), hour(5 * 24 + 7));
+        // Days 0, 1, 3 and 4 packed; day 2 read from the readings, as a dirty day is.
+        let packed = [0, 1, 3, 4].map(|d| (day0 + ChronoDuration::days(d), [d as u8 + 1; 32]));
+        let step = ChronoDuration::hours(1);
+        let page = || BucketPage {
+            sensor: "s".into(),
+            quantity: "water_level".into(),
+            unit: "m",
+            bucket: "1h".into(),
+            from,
+            to,
+            buckets: Vec::new(),
+        };
+        for nulls in [false, true] {
+            let mode = if nulls { "null" } else { "omit" };
+            for asked in [[true, true, true, false, true, false, false], [true; 7]] {
+                let shape = written::Shape { asked, nulls };
+                let written = WrittenBuckets::new(64 << 20);
+                let keys: Vec<(DateTime<Utc>, u128)> = packed
+                    .iter()
+                    .map(|(day, digest)| (*day, written.day_key(*day, digest, shape)))
+                    .collect();
+                let all = fill_buckets(&rows, &[], from, to, step, mode, 3);
+                let mut expected = page();
+                expected.buckets = all.iter().map(|f| bucket_item(f, asked)).collect();
+                let expected = serde_json::to_string(&expected).unwrap();
+                let first = page_json(page(), &all, asked, step, &written, &keys).unwrap();
+                assert_eq!(String::from_utf8(first).unwrap(), expected, "{mode}");
+                // Every packed day was kept under its key.
+                let found = written.find(&keys.iter().map(|k| k.1).collect::<Vec<_>>());
+                assert!(found.iter().all(Option::is_some), "{mode}");
+                let held: Vec<(DateTime<Utc>, &[u8])> = keys
+                    .iter()
+                    .zip(&found)
+                    .map(|((day, _), bytes)| (*day, bytes.as_deref().unwrap()))
+                    .collect();
+                let unpacked: Vec<BucketRow> = rows
+                    .iter()
+                    .filter(|r| {
+                        !packed
+                            .iter()
+                            .any(|(d, _)| r.start >= *d && r.start < *d + ChronoDuration::days(1))
+                    })
+                    .cloned()
+                    .collect();
+                let filled = fill_buckets(&unpacked, &held, from, to, step, mode, 3);
+                assert_eq!(
+                    filled
+                        .iter()
+                        .filter(|f| matches!(f, Filled::Held(..)))
+                        .count(),
+                    4
+                );
+                let again = page_json(page(), &filled, asked, step, &written, &[]).unwrap();
+                assert_eq!(String::from_utf8(again).unwrap(), expected, "{mode} held");
             }
         }
     }

@@ -140,11 +140,14 @@ mod tests {
         let to = from + ChronoDuration::minutes(10);
         let bucket = ChronoDuration::minutes(1);
         let stored = vec![row(0, 1.0), row(3, 4.0), row(9, 10.0)];
-        assert_eq!(fill_buckets(&stored, from, to, bucket, "omit", 3).len(), 3);
-        let nulls = fill_buckets(&stored, from, to, bucket, "null", 3);
+        assert_eq!(
+            fill_buckets(&stored, &[], from, to, bucket, "omit", 3).len(),
+            3
+        );
+        let nulls = fill_buckets(&stored, &[], from, to, bucket, "null", 3);
         assert_eq!(nulls.len(), 10);
         assert!(matches!(nulls[1], Filled::Empty(_)));
-        let filled = fill_buckets(&stored, from, to, bucket, "interpolate", 3);
+        let filled = fill_buckets(&stored, &[], from, to, bucket, "interpolate", 3);
         let interpolated: Vec<f64> = filled
             .iter()
             .filter_map(|f| match f {

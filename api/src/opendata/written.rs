@@ -7,6 +7,10 @@
 //! group's bytes here, under a hash of everything the writer reads to write them: each bucket's
 //! start, counts, quality, state and the numbers asked for.
 //!
+//! A group of a packed day of hourly buckets (`readings_1h_days`) is kept instead under the digest
+//! of the day's hours, which the database keeps with them, so that the API reads a held day's
+//! 32-byte digest rather than its hours ([`WrittenBuckets::day_key`]).
+//!
 //! Nothing is ever invalidated: a group whose rows changed (a late reading, a new rollup) hashes to
 //! a new key and is written afresh, and its old bytes are never asked for again and go when room is
 //! needed. The hash is XXH3's 128 bits with a seed drawn when the process starts, so no one can
@@ -17,6 +21,7 @@
 //! (every sensor's year in turn) still finds a share of its groups, where evicting the oldest would
 //! find none.
 
+use chrono::{DateTime, Utc};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -36,6 +41,21 @@ const ENTRY_OVERHEAD: usize = 96;
 /// What keeping `written` counts against the budget.
 fn entry_cost(written: &[u8]) -> usize {
     written.len() + ENTRY_OVERHEAD
+}
+
+/// What a day's JSON is written with besides its buckets: the aggregates asked for (in the order
+/// of the API's `AGGREGATES`), and whether hours without readings are written as empty buckets
+/// (`fill=null`) or left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub asked: [bool; 7],
+    pub nulls: bool,
+}
+
+impl Shape {
+    fn mask(self) -> u8 {
+        (0..7).fold(0u8, |mask, i| mask | u8::from(self.asked[i]) << i)
+    }
 }
 
 /// Written groups by key; see the module documentation.
@@ -84,6 +104,20 @@ impl WrittenBuckets {
     /// The key of a group written from `inputs` (the writer's inputs, in a fixed layout).
     pub fn key(&self, inputs: &[u8]) -> u128 {
         twox_hash::XxHash3_128::oneshot_with_seed(self.seed, inputs)
+    }
+
+    /// The key of the group written for a packed day of hourly buckets (starting at `day`) from
+    /// hours whose SHA-256 is `digest` (see `tidemark_store::opendata::PackedDay`), in `shape`.
+    /// Its first byte is one no key from [`WrittenBuckets::key`]'s inputs starts with (those start
+    /// with the mask of the aggregates asked for, below 128), so the two kinds never meet.
+    pub fn day_key(&self, day: DateTime<Utc>, digest: &[u8; 32], shape: Shape) -> u128 {
+        let mut inputs = [0u8; 3 + 8 + 32];
+        inputs[0] = 0xff;
+        inputs[1] = shape.mask();
+        inputs[2] = u8::from(shape.nulls);
+        inputs[3..11].copy_from_slice(&day.timestamp_micros().to_le_bytes());
+        inputs[11..].copy_from_slice(digest);
+        self.key(&inputs)
     }
 
     /// The bytes kept under each of `keys`, where any, found under one lock (a page's groups are
