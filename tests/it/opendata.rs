@@ -523,50 +523,31 @@ async fn a_packed_day_held_is_not_read_again_until_its_hours_change() {
     let hour = Duration::from_secs(3_600);
     // The store shows the caller the packed days (the two days with readings), and leaves out
     // the buckets of those it holds.
-    let whole = harness
-        .store
-        .sensor_aggregate_holding(
-            SENSOR,
-            from,
-            to,
-            hour,
-            false,
-            Some(|days: &[PackedDay]| vec![false; days.len()]),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    let read_holding = |holds: fn(&[PackedDay], DateTime<Utc>) -> Vec<bool>| {
+        let store = harness.store.clone();
+        async move {
+            store
+                .sensor_aggregate_holding(
+                    SENSOR,
+                    from,
+                    to,
+                    hour,
+                    false,
+                    Some(|days: &[PackedDay]| holds(days, day2)),
+                )
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let whole = read_holding(|days, _| vec![false; days.len()]).await;
     let days: Vec<_> = whole.packed.iter().map(|(d, _)| d.day).collect();
     assert_eq!(days, [day1, day2]);
     assert_eq!(whole.rows.len(), 48);
-    let second_held = harness
-        .store
-        .sensor_aggregate_holding(
-            SENSOR,
-            from,
-            to,
-            hour,
-            false,
-            Some(|days: &[PackedDay]| days.iter().map(|d| d.day == day2).collect()),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    let second_held = read_holding(|days, day2| days.iter().map(|d| d.day == day2).collect()).await;
     assert_eq!(second_held.rows, whole.rows[..24]);
     assert_eq!(second_held.packed[1], (whole.packed[1].0.clone(), true));
-    let both_held = harness
-        .store
-        .sensor_aggregate_holding(
-            SENSOR,
-            from,
-            to,
-            hour,
-            false,
-            Some(|days: &[PackedDay]| vec![true; days.len()]),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    let both_held = read_holding(|days, _| vec![true; days.len()]).await;
     assert!(both_held.rows.is_empty(), "{:?}", both_held.rows);
     // Without a caller that holds anything, the hours come with the digests.
     let (_, read) = harness
