@@ -193,6 +193,8 @@ pub(crate) async fn aggregated(
         asked,
         nulls: fill == "null",
     };
+    // The packed days' keys, and what was found under them.
+    let mut keys: Vec<u128> = Vec::new();
     let mut found: Vec<Option<Arc<[u8]>>> = Vec::new();
     let read = state
         .store
@@ -203,7 +205,7 @@ pub(crate) async fn aggregated(
             bucket,
             all,
             by_digest.then_some(|days: &[PackedDay]| {
-                let keys: Vec<u128> = days
+                keys = days
                     .iter()
                     .map(|d| written.day_key(d.day, &d.digest, shape))
                     .collect();
@@ -217,11 +219,9 @@ pub(crate) async fn aggregated(
     let mut held = Vec::new();
     let mut day_keys = Vec::new();
     for (i, (day, was_held)) in read.packed.iter().enumerate() {
-        match found.get(i).and_then(Option::as_deref) {
-            Some(bytes) if *was_held => held.push((day.day, bytes)),
-            _ if by_digest => {
-                day_keys.push((day.day, written.day_key(day.day, &day.digest, shape)))
-            }
+        match (found.get(i).and_then(Option::as_deref), keys.get(i)) {
+            (Some(bytes), _) if *was_held => held.push((day.day, bytes)),
+            (_, Some(&key)) => day_keys.push((day.day, key)),
             _ => {}
         }
     }
