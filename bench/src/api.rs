@@ -263,304 +263,318 @@ async fn measure(
     let state = ApiState::new(store.clone(), settings, hub, database, shutdown.clone());
     let written = state.written.clone();
     let router = tidemark_api::api_router(state);
-    tokio::spawn(tidemark_api::serve(listener, router, shutdown.clone()));
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .build()?;
+    let server = tokio::spawn(tidemark_api::serve(listener, router, shutdown.clone()));
+    // The queries, in a block of their own: the HTTP clients and everything holding them end
+    // with it.
+    let outcome = async {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(args.concurrency)
+            .build()?;
 
-    // Whole days inside the loaded data.
-    let days = (per_sensor / 144).max(1);
-    let day_start = move |i: u64| first_ts() + ChronoDuration::days((i % days) as i64);
-    let sensor = |keys: &[String], i: u64| keys[(i % keys.len() as u64) as usize].clone();
-    let year_from = first_ts();
-    let year_to = last_ts;
-    let rfc = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        // Whole days inside the loaded data.
+        let days = (per_sensor / 144).max(1);
+        let day_start = move |i: u64| first_ts() + ChronoDuration::days((i % days) as i64);
+        let sensor = |keys: &[String], i: u64| keys[(i % keys.len() as u64) as usize].clone();
+        let year_from = first_ts();
+        let year_to = last_ts;
+        let rfc = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
 
-    let get = {
-        let http = http.clone();
-        move |url: String| {
+        let get = {
             let http = http.clone();
-            async move {
-                let mut response = http.get(url).send().await?;
-                anyhow::ensure!(response.status().is_success(), "HTTP {}", response.status());
-                // Read to the end and count, without gathering the body into one buffer: the
-                // clients share the machine's cores with the API, and copying a megabyte a year
-                // together is their cost, not the API's.
-                let expected = response.content_length();
-                let mut received = 0;
-                while let Some(chunk) = response.chunk().await? {
-                    received += chunk.len() as u64;
+            move |url: String| {
+                let http = http.clone();
+                async move {
+                    let mut response = http.get(url).send().await?;
+                    anyhow::ensure!(response.status().is_success(), "HTTP {}", response.status());
+                    // Read to the end and count, without gathering the body into one buffer: the
+                    // clients share the machine's cores with the API, and copying a megabyte a year
+                    // together is their cost, not the API's.
+                    let expected = response.content_length();
+                    let mut received = 0;
+                    while let Some(chunk) = response.chunk().await? {
+                        received += chunk.len() as u64;
+                    }
+                    anyhow::ensure!(
+                        expected.is_none_or(|n| n == received),
+                        "{received} bytes received of {expected:?}"
+                    );
+                    anyhow::Ok(())
                 }
-                anyhow::ensure!(
-                    expected.is_none_or(|n| n == received),
-                    "{received} bytes received of {expected:?}"
-                );
-                anyhow::Ok(())
             }
-        }
-    };
-    let c = args.concurrency;
-    let s = args.seconds;
-    let latest = {
-        let (get, base) = (get.clone(), base.clone());
-        move |_: u64| get(format!("{base}/api/v1/latest"))
-    };
-    let latest_api = hammer(c, s, latest.clone()).await?;
-    let day_api = {
-        let (get, base, keys) = (get.clone(), base.clone(), keys.clone());
-        hammer(c, s, move |i| {
-            let from = day_start(i);
-            get(format!(
-                "{base}/api/v1/sensors/{}/readings?from={}&to={}&limit=1000",
-                sensor(&keys, i),
-                rfc(from),
-                rfc(from + ChronoDuration::days(1))
-            ))
-        })
-        .await?
-    };
-    let year = {
-        let (get, base, keys) = (get.clone(), base.clone(), keys.clone());
-        move |i: u64| {
-            get(format!(
-                "{base}/api/v1/sensors/{}/readings?from={}&to={}&bucket=1h&agg=avg,min,max",
-                sensor(&keys, i),
-                rfc(year_from),
-                rfc(year_to)
-            ))
-        }
-    };
-    let year_api = hammer(c, s, year.clone()).await?;
-    // The same with fewer clients: the latency one request takes when the machine is not
-    // saturated, beside the queueing of `c` clients on its cores.
-    let year_api_fewer = [1, 4].map(|clients| (clients, year.clone()));
-    let mut year_api_fewer_figures = Vec::new();
-    for (clients, work) in year_api_fewer {
-        if clients < c {
-            year_api_fewer_figures.push((clients, hammer(clients, s, work).await?));
-        }
-    }
-    // One sensor's whole series, 10,000 readings a page, each page's link taken from the answer
-    // before: the raw readings endpoint (its `Link` header, a cursor) beside SensorThings
-    // (`@iot.nextLink`, a keyset token). A client whose series ends starts on another sensor.
-    let pages = |sta: bool| {
-        let (http, base, keys, ids) = (http.clone(), base.clone(), keys.clone(), ids.clone());
-        let links: Arc<std::sync::Mutex<std::collections::HashMap<u64, String>>> =
-            Default::default();
-        move |i: u64| {
-            let (http, links) = (http.clone(), links.clone());
-            let task = i / TASK_STRIDE;
-            let first = if sta {
-                format!(
-                    "{base}/sta/v1.1/Datastreams({})/Observations?$orderby=phenomenonTime&$top={PAGE}",
-                    ids[(i % ids.len() as u64) as usize]
-                )
-            } else {
-                format!(
-                    "{base}/api/v1/sensors/{}/readings?from={}&to={}&limit={PAGE}",
+        };
+        let c = args.concurrency;
+        let s = args.seconds;
+        let latest = {
+            let (get, base) = (get.clone(), base.clone());
+            move |_: u64| get(format!("{base}/api/v1/latest"))
+        };
+        let latest_api = hammer(c, s, latest.clone()).await?;
+        let day_api = {
+            let (get, base, keys) = (get.clone(), base.clone(), keys.clone());
+            hammer(c, s, move |i| {
+                let from = day_start(i);
+                get(format!(
+                    "{base}/api/v1/sensors/{}/readings?from={}&to={}&limit=1000",
+                    sensor(&keys, i),
+                    rfc(from),
+                    rfc(from + ChronoDuration::days(1))
+                ))
+            })
+            .await?
+        };
+        let year = {
+            let (get, base, keys) = (get.clone(), base.clone(), keys.clone());
+            move |i: u64| {
+                get(format!(
+                    "{base}/api/v1/sensors/{}/readings?from={}&to={}&bucket=1h&agg=avg,min,max",
                     sensor(&keys, i),
                     rfc(year_from),
                     rfc(year_to)
-                )
-            };
-            async move {
-                let url = links
-                    .lock()
-                    .expect("the links' lock is never poisoned")
-                    .remove(&task)
-                    .unwrap_or(first);
-                let response = http.get(url).send().await?;
-                anyhow::ensure!(response.status().is_success(), "HTTP {}", response.status());
-                let link = response
-                    .headers()
-                    .get(reqwest::header::LINK)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| Some(v.get(v.find('<')? + 1..v.find('>')?)?.to_owned()));
-                let body = response.bytes().await?;
-                let next = if sta { next_link(&body) } else { link };
-                if let Some(next) = next {
-                    links
+                ))
+            }
+        };
+        let year_api = hammer(c, s, year.clone()).await?;
+        // The same with fewer clients: the latency one request takes when the machine is not
+        // saturated, beside the queueing of `c` clients on its cores.
+        let year_api_fewer = [1, 4].map(|clients| (clients, year.clone()));
+        let mut year_api_fewer_figures = Vec::new();
+        for (clients, work) in year_api_fewer {
+            if clients < c {
+                year_api_fewer_figures.push((clients, hammer(clients, s, work).await?));
+            }
+        }
+        // One sensor's whole series, 10,000 readings a page, each page's link taken from the answer
+        // before: the raw readings endpoint (its `Link` header, a cursor) beside SensorThings
+        // (`@iot.nextLink`, a keyset token). A client whose series ends starts on another sensor.
+        let pages = |sta: bool| {
+            let (http, base, keys, ids) = (http.clone(), base.clone(), keys.clone(), ids.clone());
+            let links: Arc<std::sync::Mutex<std::collections::HashMap<u64, String>>> =
+                Default::default();
+            move |i: u64| {
+                let (http, links) = (http.clone(), links.clone());
+                let task = i / TASK_STRIDE;
+                let first = if sta {
+                    format!(
+                        "{base}/sta/v1.1/Datastreams({})/Observations?$orderby=phenomenonTime&$top={PAGE}",
+                        ids[(i % ids.len() as u64) as usize]
+                    )
+                } else {
+                    format!(
+                        "{base}/api/v1/sensors/{}/readings?from={}&to={}&limit={PAGE}",
+                        sensor(&keys, i),
+                        rfc(year_from),
+                        rfc(year_to)
+                    )
+                };
+                async move {
+                    let url = links
                         .lock()
                         .expect("the links' lock is never poisoned")
-                        .insert(task, next);
+                        .remove(&task)
+                        .unwrap_or(first);
+                    let response = http.get(url).send().await?;
+                    anyhow::ensure!(response.status().is_success(), "HTTP {}", response.status());
+                    let link = response
+                        .headers()
+                        .get(reqwest::header::LINK)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| Some(v.get(v.find('<')? + 1..v.find('>')?)?.to_owned()));
+                    let body = response.bytes().await?;
+                    let next = if sta { next_link(&body) } else { link };
+                    if let Some(next) = next {
+                        links
+                            .lock()
+                            .expect("the links' lock is never poisoned")
+                            .insert(task, next);
+                    }
+                    anyhow::Ok(())
                 }
-                anyhow::Ok(())
             }
-        }
-    };
-    let raw_pages = hammer(c, s, pages(false)).await?;
-    let sta_pages = hammer(c, s, pages(true)).await?;
-    let latest_db = {
-        let store = store.clone();
-        hammer(c, s, move |_| {
+        };
+        let raw_pages = hammer(c, s, pages(false)).await?;
+        let sta_pages = hammer(c, s, pages(true)).await?;
+        let latest_db = {
             let store = store.clone();
-            async move {
-                store.latest(&Default::default()).await?;
-                anyhow::Ok(())
+            hammer(c, s, move |_| {
+                let store = store.clone();
+                async move {
+                    store.latest(&Default::default()).await?;
+                    anyhow::Ok(())
+                }
+            })
+            .await?
+        };
+        let day_db = {
+            let (store, keys) = (store.clone(), keys.clone());
+            hammer(c, s, move |i| {
+                let (store, key) = (store.clone(), sensor(&keys, i));
+                async move {
+                    let from = day_start(i);
+                    let order = RawOrder::Time {
+                        from,
+                        to: from + ChronoDuration::days(1),
+                        after: None,
+                    };
+                    let rows = store.raw_readings(&key, &order, 1000).await?;
+                    let rows: Vec<_> = rows.collect().await;
+                    anyhow::ensure!(
+                        rows.len() == 144,
+                        "a day has 144 readings, got {}",
+                        rows.len()
+                    );
+                    anyhow::Ok(())
+                }
+            })
+            .await?
+        };
+        let year_db = {
+            let (store, keys) = (store.clone(), keys.clone());
+            hammer(c, s, move |i| {
+                let (store, key) = (store.clone(), sensor(&keys, i));
+                async move {
+                    store
+                        .aggregate(&key, year_from, year_to, Duration::from_secs(3600), false)
+                        .await?;
+                    anyhow::Ok(())
+                }
+            })
+            .await?
+        };
+        // The same year with every reading, flagged or not: no rollup holds that, so it is computed
+        // from the raw readings, as every aggregate was before the rollups.
+        let year_raw = {
+            let (store, keys) = (store.clone(), keys.clone());
+            hammer(c, s, move |i| {
+                let (store, key) = (store.clone(), sensor(&keys, i));
+                async move {
+                    store
+                        .aggregate(&key, year_from, year_to, Duration::from_secs(3600), true)
+                        .await?;
+                    anyhow::Ok(())
+                }
+            })
+            .await?
+        };
+        // Rounds: each configuration once per round, in the same order, so that a noisy minute on
+        // a shared machine falls on every configuration alike rather than on one.
+        let mut year_clients: Vec<usize> = vec![1, 4, c];
+        year_clients.sort_unstable();
+        year_clients.dedup();
+        let mut year_rounds: Vec<Vec<f64>> = vec![Vec::new(); year_clients.len()];
+        let mut latest_rounds = Vec::new();
+        let mut paging_rounds: Vec<(f64, f64)> = Vec::new();
+        for _ in 0..args.rounds {
+            let raw = hammer(c, s, pages(false)).await?;
+            let sta = hammer(c, s, pages(true)).await?;
+            paging_rounds.push((
+                percentile(&raw.latencies_ms, 0.99),
+                percentile(&sta.latencies_ms, 0.99),
+            ));
+            for (clients, p99s) in year_clients.iter().zip(&mut year_rounds) {
+                let figures = hammer(*clients, s, year.clone()).await?;
+                p99s.push(percentile(&figures.latencies_ms, 0.99));
             }
-        })
-        .await?
-    };
-    let day_db = {
-        let (store, keys) = (store.clone(), keys.clone());
-        hammer(c, s, move |i| {
-            let (store, key) = (store.clone(), sensor(&keys, i));
-            async move {
-                let from = day_start(i);
-                let order = RawOrder::Time {
-                    from,
-                    to: from + ChronoDuration::days(1),
-                    after: None,
-                };
-                let rows = store.raw_readings(&key, &order, 1000).await?;
-                let rows: Vec<_> = rows.collect().await;
-                anyhow::ensure!(
-                    rows.len() == 144,
-                    "a day has 144 readings, got {}",
-                    rows.len()
-                );
-                anyhow::Ok(())
-            }
-        })
-        .await?
-    };
-    let year_db = {
-        let (store, keys) = (store.clone(), keys.clone());
-        hammer(c, s, move |i| {
-            let (store, key) = (store.clone(), sensor(&keys, i));
-            async move {
-                store
-                    .aggregate(&key, year_from, year_to, Duration::from_secs(3600), false)
-                    .await?;
-                anyhow::Ok(())
-            }
-        })
-        .await?
-    };
-    // The same year with every reading, flagged or not: no rollup holds that, so it is computed
-    // from the raw readings, as every aggregate was before the rollups.
-    let year_raw = {
-        let (store, keys) = (store.clone(), keys.clone());
-        hammer(c, s, move |i| {
-            let (store, key) = (store.clone(), sensor(&keys, i));
-            async move {
-                store
-                    .aggregate(&key, year_from, year_to, Duration::from_secs(3600), true)
-                    .await?;
-                anyhow::Ok(())
-            }
-        })
-        .await?
-    };
-    // Rounds: each configuration once per round, in the same order, so that a noisy minute on
-    // a shared machine falls on every configuration alike rather than on one.
-    let mut year_clients: Vec<usize> = vec![1, 4, c];
-    year_clients.sort_unstable();
-    year_clients.dedup();
-    let mut year_rounds: Vec<Vec<f64>> = vec![Vec::new(); year_clients.len()];
-    let mut latest_rounds = Vec::new();
-    let mut paging_rounds: Vec<(f64, f64)> = Vec::new();
-    for _ in 0..args.rounds {
-        let raw = hammer(c, s, pages(false)).await?;
-        let sta = hammer(c, s, pages(true)).await?;
-        paging_rounds.push((
-            percentile(&raw.latencies_ms, 0.99),
-            percentile(&sta.latencies_ms, 0.99),
-        ));
-        for (clients, p99s) in year_clients.iter().zip(&mut year_rounds) {
-            let figures = hammer(*clients, s, year.clone()).await?;
-            p99s.push(percentile(&figures.latencies_ms, 0.99));
+            latest_rounds.push(hammer(c, s, latest.clone()).await?.per_second);
         }
-        latest_rounds.push(hammer(c, s, latest.clone()).await?.per_second);
-    }
-    shutdown.cancel();
 
-    println!(
-        "tidemark-bench api: {} readings over {} sensors (10-minute data, {} per sensor), {} clients, {} s per query",
-        args.readings, args.sensors, per_sensor, args.concurrency, args.seconds
-    );
-    println!(
-        "machine: {} cores",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
-    println!("{}", latest_api.line("API  latest values of all sensors"));
-    println!(
-        "{}",
-        latest_db.line("DB   the same query through the store")
-    );
-    println!("{}", day_api.line("API  one sensor's day of raw readings"));
-    println!("{}", day_db.line("DB   the same query through the store"));
-    println!(
-        "{}",
-        year_api.line("API  one sensor's year in hourly buckets")
-    );
-    for (clients, figures) in &year_api_fewer_figures {
-        let what = format!(
-            "API  the same with {clients} client{}",
-            if *clients == 1 { "" } else { "s" }
+        println!(
+            "tidemark-bench api: {} readings over {} sensors (10-minute data, {} per sensor), {} clients, {} s per query",
+            args.readings, args.sensors, per_sensor, args.concurrency, args.seconds
         );
-        println!("{}", figures.line(&what));
-    }
-    println!("{}", year_db.line("DB   the same query through the store"));
-    println!(
-        "{}",
-        year_raw.line("DB   the same year from raw readings only")
-    );
-    println!(
-        "{}",
-        raw_pages.line("API  a sensor's series, 10,000 a page, by link")
-    );
-    println!(
-        "{}",
-        sta_pages.line("API  the same as SensorThings Observations")
-    );
-    let ratio = percentile(&year_api.latencies_ms, 0.99) / percentile(&year_db.latencies_ms, 0.99);
-    let year_p99 = std::iter::once((c, &year_api))
-        .chain(year_api_fewer_figures.iter().map(|(n, f)| (*n, f)))
-        .map(|(n, f)| format!("{:.1} ms with {n}", percentile(&f.latencies_ms, 0.99)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    println!(
-        "10,000-reading pages p99: SensorThings {:.1} ms, raw readings {:.1} ms: {:.2} times (target at most 2)",
-        percentile(&sta_pages.latencies_ms, 0.99),
-        percentile(&raw_pages.latencies_ms, 0.99),
-        percentile(&sta_pages.latencies_ms, 0.99) / percentile(&raw_pages.latencies_ms, 0.99)
-    );
-    let (found, not_found, kept) = written.figures();
-    println!(
-        "written buckets (api.bucket_cache_bytes {:.0} MiB): groups found {found}, written afresh {not_found} ({:.1} % found), {:.1} MiB kept",
-        api_config.bucket_cache_bytes as f64 / 1_048_576.0,
-        100.0 * found as f64 / (found + not_found).max(1) as f64,
-        kept as f64 / 1_048_576.0
-    );
-    println!(
-        "year query p99 through the API: {year_p99} clients (target at most 25 ms); API / database at {c} clients: {ratio:.2}; latest values: {:.0} req/s (target 5,000)",
-        latest_api.per_second
-    );
-    if args.rounds > 0 {
-        for (clients, p99s) in year_clients.iter().zip(&year_rounds) {
+        println!(
+            "machine: {} cores",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
+        println!("{}", latest_api.line("API  latest values of all sensors"));
+        println!(
+            "{}",
+            latest_db.line("DB   the same query through the store")
+        );
+        println!("{}", day_api.line("API  one sensor's day of raw readings"));
+        println!("{}", day_db.line("DB   the same query through the store"));
+        println!(
+            "{}",
+            year_api.line("API  one sensor's year in hourly buckets")
+        );
+        for (clients, figures) in &year_api_fewer_figures {
+            let what = format!(
+                "API  the same with {clients} client{}",
+                if *clients == 1 { "" } else { "s" }
+            );
+            println!("{}", figures.line(&what));
+        }
+        println!("{}", year_db.line("DB   the same query through the store"));
+        println!(
+            "{}",
+            year_raw.line("DB   the same year from raw readings only")
+        );
+        println!(
+            "{}",
+            raw_pages.line("API  a sensor's series, 10,000 a page, by link")
+        );
+        println!(
+            "{}",
+            sta_pages.line("API  the same as SensorThings Observations")
+        );
+        let ratio = percentile(&year_api.latencies_ms, 0.99) / percentile(&year_db.latencies_ms, 0.99);
+        let year_p99 = std::iter::once((c, &year_api))
+            .chain(year_api_fewer_figures.iter().map(|(n, f)| (*n, f)))
+            .map(|(n, f)| format!("{:.1} ms with {n}", percentile(&f.latencies_ms, 0.99)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!(
+            "10,000-reading pages p99: SensorThings {:.1} ms, raw readings {:.1} ms: {:.2} times (target at most 2)",
+            percentile(&sta_pages.latencies_ms, 0.99),
+            percentile(&raw_pages.latencies_ms, 0.99),
+            percentile(&sta_pages.latencies_ms, 0.99) / percentile(&raw_pages.latencies_ms, 0.99)
+        );
+        let (found, not_found, kept) = written.figures();
+        println!(
+            "written buckets (api.bucket_cache_bytes {:.0} MiB): groups found {found}, written afresh {not_found} ({:.1} % found), {:.1} MiB kept",
+            api_config.bucket_cache_bytes as f64 / 1_048_576.0,
+            100.0 * found as f64 / (found + not_found).max(1) as f64,
+            kept as f64 / 1_048_576.0
+        );
+        println!(
+            "year query p99 through the API: {year_p99} clients (target at most 25 ms); API / database at {c} clients: {ratio:.2}; latest values: {:.0} req/s (target 5,000)",
+            latest_api.per_second
+        );
+        if args.rounds > 0 {
+            for (clients, p99s) in year_clients.iter().zip(&year_rounds) {
+                println!(
+                    "rounds: year query p99 with {clients:>2} client{}: median {} over {} rounds",
+                    if *clients == 1 { " " } else { "s" },
+                    spread(p99s, "ms", 1),
+                    args.rounds
+                );
+            }
+            let raw: Vec<f64> = paging_rounds.iter().map(|r| r.0).collect();
+            let sta: Vec<f64> = paging_rounds.iter().map(|r| r.1).collect();
+            let ratios: Vec<f64> = paging_rounds.iter().map(|r| r.1 / r.0).collect();
             println!(
-                "rounds: year query p99 with {clients:>2} client{}: median {} over {} rounds",
-                if *clients == 1 { " " } else { "s" },
-                spread(p99s, "ms", 1),
+                "rounds: 10,000-reading pages p99 with {c} clients: raw readings median {}, SensorThings median {}; SensorThings / raw {} over {} rounds (target at most 2)",
+                spread(&raw, "ms", 1),
+                spread(&sta, "ms", 1),
+                spread(&ratios, "", 2),
+                args.rounds
+            );
+            println!(
+                "rounds: latest values with {c} clients: median {} over {} rounds",
+                spread(&latest_rounds, "req/s", 0),
                 args.rounds
             );
         }
-        let raw: Vec<f64> = paging_rounds.iter().map(|r| r.0).collect();
-        let sta: Vec<f64> = paging_rounds.iter().map(|r| r.1).collect();
-        let ratios: Vec<f64> = paging_rounds.iter().map(|r| r.1 / r.0).collect();
-        println!(
-            "rounds: 10,000-reading pages p99 with {c} clients: raw readings median {}, SensorThings median {}; SensorThings / raw {} over {} rounds (target at most 2)",
-            spread(&raw, "ms", 1),
-            spread(&sta, "ms", 1),
-            spread(&ratios, "", 2),
-            args.rounds
-        );
-        println!(
-            "rounds: latest values with {c} clients: median {} over {} rounds",
-            spread(&latest_rounds, "req/s", 0),
-            args.rounds
-        );
+        anyhow::Ok(())
     }
-    Ok(())
+    .await;
+    // Every client of the API is gone with the queries: the server ends, and with it the pooled
+    // connections it holds, so that none is open (and killed) when the database is dropped.
+    shutdown.cancel();
+    if tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .is_err()
+    {
+        eprintln!("bench api: the API did not stop within 10 s");
+    }
+    outcome
 }
