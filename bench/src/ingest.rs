@@ -7,12 +7,14 @@
 //!    topics ingest does not subscribe to);
 //! 2. ingest with one reading per message;
 //! 3. the broker ceiling again;
-//! 4. database ceiling: the same number of rows written by binary COPY straight into `readings`;
-//! 5. ingest with 50 readings per message;
+//! 4. database ceiling: `--batched-readings` rows written by binary COPY straight into `readings`;
+//! 5. ingest with 50 readings per message, as many readings;
 //! 6. the database ceiling again.
 //!
 //! Each ingest phase is compared with the mean of the ceilings measured just before and just
 //! after it, so that a machine that slows down or speeds up during a run moves both alike.
+//! Between phases the rollups are brought up to date and the database checkpoints, so that each
+//! phase starts from the same state.
 //!
 //! Throughput runs from the first publish to the commit of the last reading, which the bench sees as
 //! a `readings_committed` notification. Each reading's timestamp is its publication time, and every
@@ -45,9 +47,16 @@ use tidemark_testkit::{Broker, TestDatabase};
 
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct IngestBenchArgs {
-    /// Readings published in each phase.
+    /// Readings published in the phase of one reading per message (one message each), and
+    /// messages in each broker ceiling around it.
     #[arg(long, default_value_t = 200_000)]
     pub readings: usize,
+    /// Readings published in the phase of `--batch` readings per message, and rows written in
+    /// each database ceiling around it. Larger than `--readings`: at 50 a message, 200,000
+    /// readings went through in about half a second, less than their own publish-to-commit
+    /// latency, so a phase measured mostly its start and end.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub batched_readings: usize,
     /// Simulated devices.
     #[arg(long, default_value_t = 100)]
     pub devices: usize,
@@ -123,6 +132,10 @@ const BROKER_QUEUE: usize = 1_000_000;
 fn check_broker_queue(args: &IngestBenchArgs) -> anyhow::Result<()> {
     let (messages, what) = match args.backlog {
         Some(backlog) => (backlog.div_ceil(args.batch.max(1)), "--backlog"),
+        None if args.batched_readings.div_ceil(args.batch.max(1)) > args.readings => (
+            args.batched_readings.div_ceil(args.batch.max(1)),
+            "--batched-readings",
+        ),
         None => (args.readings, "--readings"),
     };
     if messages > BROKER_QUEUE {
@@ -140,16 +153,27 @@ pub(crate) async fn ingest(
     config_file: &Path,
     args: IngestBenchArgs,
 ) -> anyhow::Result<()> {
-    if args.readings == 0 || args.devices == 0 || args.sensors_per_device == 0 || args.runs == 0 {
-        bail!("--readings, --devices, --sensors-per-device and --runs must be positive");
+    if args.readings == 0
+        || args.batched_readings == 0
+        || args.devices == 0
+        || args.sensors_per_device == 0
+        || args.runs == 0
+    {
+        bail!("--readings, --batched-readings, --devices, --sensors-per-device and --runs must be positive");
     }
     check_broker_queue(&args)?;
     if let Some(backlog) = args.backlog {
         return backlog_runs(config, config_file, &args, backlog).await;
     }
     println!(
-        "tidemark-bench ingest: {} readings per phase, {} devices x {} sensors, {} publishing connections, {} run(s)",
-        args.readings, args.devices, args.sensors_per_device, args.connections, args.runs
+        "tidemark-bench ingest: {} readings a phase at 1 a message, {} at {} a message, {} devices x {} sensors, {} publishing connections, {} run(s)",
+        args.readings,
+        args.batched_readings,
+        args.batch,
+        args.devices,
+        args.sensors_per_device,
+        args.connections,
+        args.runs
     );
     println!("machine: {} cores, {}", cores(), memory());
     let mut runs = Vec::new();
@@ -296,14 +320,16 @@ async fn measure(
     tidemark_store::schema::migrate(database).await?;
     let store = Store::connect(database).await?;
     let devices = register_devices(&store, args).await?;
-    let plan = |per_message: usize, client_prefix: &str| Plan {
+    let plan = |readings: usize, per_message: usize, client_prefix: &str| Plan {
         devices: devices.clone(),
-        readings: args.readings,
+        readings,
         per_message,
         connections: args.connections,
         client_prefix: client_prefix.to_owned(),
     };
 
+    // Before every reading the phases publish: the database ceilings' rows go just before it.
+    let started = Utc::now();
     let mut ingest = spawn_ingest(config_file, database, &broker_config, "bench-ingest", &[])?;
     let mut listener = notify::listen(database, &[Channel::ReadingsCommitted]).await?;
     wait_for_subscription(&broker_config, &devices[0], &mut listener).await?;
@@ -312,45 +338,59 @@ async fn measure(
         broker: broker.pid(),
     };
 
-    quiet(&store, &mut listener).await?;
+    quiet(&store, database, &mut listener).await?;
     figures.broker_msgs_per_s[0] =
-        broker_ceiling(&ceiling_config, &plan(1, "bench-broker-a")).await?;
-    quiet(&store, &mut listener).await?;
+        broker_ceiling(&ceiling_config, &plan(args.readings, 1, "bench-broker-a")).await?;
+    quiet(&store, database, &mut listener).await?;
     (listener, figures.single) = ingest_phase(
         &store,
         &broker_config,
-        &plan(1, "bench-single"),
+        &plan(args.readings, 1, "bench-single"),
         listener,
         &processes,
     )
     .await?;
-    quiet(&store, &mut listener).await?;
+    quiet(&store, database, &mut listener).await?;
     figures.broker_msgs_per_s[1] =
-        broker_ceiling(&ceiling_config, &plan(1, "bench-broker-b")).await?;
+        broker_ceiling(&ceiling_config, &plan(args.readings, 1, "bench-broker-b")).await?;
     let sensors = args.devices * args.sensors_per_device;
-    quiet(&store, &mut listener).await?;
-    figures.database_rows_per_s[0] = database_ceiling(&store, args.readings, sensors, 1).await?;
-    quiet(&store, &mut listener).await?;
+    quiet(&store, database, &mut listener).await?;
+    let rows = args.batched_readings;
+    figures.database_rows_per_s[0] = database_ceiling(&store, rows, sensors, started, 1).await?;
+    quiet(&store, database, &mut listener).await?;
     (listener, figures.batched) = ingest_phase(
         &store,
         &broker_config,
-        &plan(args.batch, "bench-batched"),
+        &plan(args.batched_readings, args.batch, "bench-batched"),
         listener,
         &processes,
     )
     .await?;
-    quiet(&store, &mut listener).await?;
-    figures.database_rows_per_s[1] = database_ceiling(&store, args.readings, sensors, 2).await?;
+    quiet(&store, database, &mut listener).await?;
+    figures.database_rows_per_s[1] = database_ceiling(&store, rows, sensors, started, 2).await?;
     figures.ingest_peak_rss_mb = peak_rss_mb(ingest.id()).unwrap_or(f64::NAN);
     let _ = ingest.kill().await;
     Ok(figures)
 }
 
 /// Between phases: the rollups brought up to date (so that no phase inherits the refresh of the
-/// one before), and the commit notifications of the phase before (the database ceiling's too)
-/// taken off the listener.
-async fn quiet(store: &Store, listener: &mut notify::Listener) -> anyhow::Result<()> {
+/// one before), a checkpoint (so that none falls inside a phase, and every phase starts from the
+/// same state of the write-ahead log), and the commit notifications of the phase before (the
+/// database ceiling's too) taken off the listener.
+async fn quiet(
+    store: &Store,
+    database: &DatabaseConfig,
+    listener: &mut notify::Listener,
+) -> anyhow::Result<()> {
     store.refresh_all_rollups().await?;
+    // CHECKPOINT needs a superuser or the pg_checkpoint role: without either the phases still
+    // run, with checkpoints wherever the server puts them.
+    static CHECKPOINT_REFUSED: std::sync::Once = std::sync::Once::new();
+    if let Err(error) = tidemark_testkit::admin::execute(database, "CHECKPOINT").await {
+        CHECKPOINT_REFUSED.call_once(|| {
+            eprintln!("bench ingest: no checkpoint between phases ({error})");
+        });
+    }
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await
     {
     }
@@ -675,13 +715,18 @@ async fn broker_ceiling(broker: &BrokerConfig, plan: &Plan) -> anyhow::Result<f6
 }
 
 /// Rows per second written by binary COPY straight into `readings` (the store's batch write, whose
-/// common path is exactly that), in batches of 50,000 rows, timed `days_back` days back so that
-/// they never collide with the ingest phases' publication times or another ceiling's rows.
+/// common path is exactly that), in batches of 50,000 rows. The `nth` ceiling's rows are timed
+/// just before `before` (the run's start), each ceiling's before the last's, so that they never
+/// collide with the ingest phases' publication times or another ceiling's rows, and yet are as
+/// recent as ingest's readings: the store notes them for the rollups as it notes ingest's (see
+/// `record_stored`), and the rollup refresh that ingest runs meanwhile costs what it does for
+/// ingest's own readings, not the reading again of whole hours that older rows would cost.
 async fn database_ceiling(
     store: &Store,
     readings: usize,
     sensors: usize,
-    days_back: i64,
+    before: DateTime<Utc>,
+    nth: i32,
 ) -> anyhow::Result<f64> {
     let sensor_ids: Vec<i32> = store
         .directory()
@@ -691,7 +736,7 @@ async fn database_ceiling(
         .map(|(id, _)| *id)
         .collect();
     anyhow::ensure!(sensor_ids.len() == sensors, "expected {sensors} sensors");
-    let base = Utc::now() - chrono::Duration::days(days_back);
+    let base = ceiling_start(before, readings, sensor_ids.len(), nth);
     let rows: Vec<ReadingRow> = (0..readings)
         .map(|i| ReadingRow {
             sensor_id: sensor_ids[i % sensor_ids.len()],
@@ -705,6 +750,20 @@ async fn database_ceiling(
         store.write_batch(chunk, &[], Utc::now()).await?;
     }
     Ok(readings as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Where the `nth` database ceiling's rows begin: each sensor's rows are a microsecond apart, and
+/// each ceiling's end at least a second before the next one's start, the last one's before
+/// `before`.
+fn ceiling_start(
+    before: DateTime<Utc>,
+    readings: usize,
+    sensors: usize,
+    nth: i32,
+) -> DateTime<Utc> {
+    let span = chrono::Duration::microseconds(readings.div_ceil(sensors.max(1)) as i64)
+        + chrono::Duration::seconds(1);
+    before - span * nth
 }
 
 fn spawn_ingest(
@@ -921,5 +980,44 @@ mod tests {
         assert!(check_broker_queue(&args(&["--backlog", "50000000"])).is_ok());
         assert!(check_broker_queue(&args(&["--backlog", "50000001"])).is_err());
         assert!(check_broker_queue(&args(&["--backlog", "2000000", "--batch", "1"])).is_err());
+        // So does the batched phase.
+        let batched = |n: &str| check_broker_queue(&args(&["--batched-readings", n]));
+        assert!(batched("50000000").is_ok());
+        let refused = batched("50000001").unwrap_err();
+        assert!(
+            refused.to_string().contains("--batched-readings"),
+            "{refused}"
+        );
+        assert!(
+            check_broker_queue(&args(&["--batched-readings", "2000000", "--batch", "1"])).is_err()
+        );
+    }
+
+    #[test]
+    fn the_database_ceilings_rows_are_recent_and_never_meet() {
+        let before = Utc::now();
+        for (readings, sensors) in [(1_000_000, 1_000), (5_000_000, 3), (7, 10)] {
+            // The rows of the nth ceiling, first and last.
+            let rows = |nth| {
+                let start = ceiling_start(before, readings, sensors, nth);
+                let per_sensor = readings.div_ceil(sensors) as i64;
+                (
+                    start,
+                    start + chrono::Duration::microseconds(per_sensor - 1),
+                )
+            };
+            let (first, second) = (rows(1), rows(2));
+            assert!(first.1 < before, "{readings} over {sensors}: {first:?}");
+            assert!(
+                second.1 < first.0,
+                "{readings} over {sensors}: {second:?} {first:?}"
+            );
+            // Recent: in a run shorter than an hour, within the hours whose readings the store
+            // notes as deltas (the hour of arrival and the one before).
+            assert!(
+                before - second.0 < chrono::Duration::minutes(1),
+                "{second:?}"
+            );
+        }
     }
 }
