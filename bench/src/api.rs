@@ -427,34 +427,23 @@ async fn measure(
             })
             .await?
         };
-        let year_db = {
+        // The year through the store: of usable readings, or of `all` readings.
+        let year_through_store = |all: bool| {
             let (store, keys) = (store.clone(), keys.clone());
             hammer(c, s, move |i| {
                 let (store, key) = (store.clone(), sensor(&keys, i));
                 async move {
                     store
-                        .aggregate(&key, year_from, year_to, Duration::from_secs(3600), false)
+                        .aggregate(&key, year_from, year_to, Duration::from_secs(3600), all)
                         .await?;
                     anyhow::Ok(())
                 }
             })
-            .await?
         };
+        let year_db = year_through_store(false).await?;
         // The same year with every reading, flagged or not: no rollup holds that, so it is computed
         // from the raw readings, as every aggregate was before the rollups.
-        let year_raw = {
-            let (store, keys) = (store.clone(), keys.clone());
-            hammer(c, s, move |i| {
-                let (store, key) = (store.clone(), sensor(&keys, i));
-                async move {
-                    store
-                        .aggregate(&key, year_from, year_to, Duration::from_secs(3600), true)
-                        .await?;
-                    anyhow::Ok(())
-                }
-            })
-            .await?
-        };
+        let year_raw = year_through_store(true).await?;
         // Rounds: each configuration once per round, in the same order, so that a noisy minute on
         // a shared machine falls on every configuration alike rather than on one.
         let mut year_clients: Vec<usize> = vec![1, 4, c];
