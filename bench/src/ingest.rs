@@ -53,8 +53,8 @@ pub(crate) struct IngestBenchArgs {
     pub readings: usize,
     /// Readings published in the phase of `--batch` readings per message, and rows written in
     /// each database ceiling around it. Larger than `--readings`: at 50 a message, 200,000
-    /// readings went through in about half a second, less than their own publish-to-commit
-    /// latency, so a phase measured mostly its start and end.
+    /// readings went through in about half a second, not even twice their own publish-to-commit
+    /// p50, so a phase measured mostly its start and end.
     #[arg(long, default_value_t = 1_000_000)]
     pub batched_readings: usize,
     /// Simulated devices.
