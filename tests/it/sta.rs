@@ -96,7 +96,7 @@ fn names(values: &[Value]) -> Vec<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entities_carry_their_links_and_navigation_reaches_related_entities() {
-    let (_harness, api, sensor) = loaded().await;
+    let (harness, api, sensor) = loaded().await;
     let base = format!("{}/sta/v1.1", api.base);
 
     let landing = ok(&api, "/sta/v1.1").await;
@@ -269,11 +269,12 @@ async fn entities_carry_their_links_and_navigation_reaches_related_entities() {
         assert_eq!(got, status, "{path}: {body}");
         assert!(body["detail"].is_string(), "{path}: {body}");
     }
+    harness.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observations_page_by_keyset_and_equal_the_raw_readings() {
-    let (_harness, api, sensor) = loaded().await;
+    let (harness, api, sensor) = loaded().await;
 
     // The open data API's raw readings, every page.
     let mut raw = Vec::new();
@@ -423,6 +424,7 @@ async fn observations_page_by_keyset_and_equal_the_raw_readings() {
         "two datastreams"
     );
     assert_eq!(both["value"][0]["components"][0], "id");
+    harness.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -666,6 +668,7 @@ async fn filters_select_expand_and_order_as_odata_says_and_errors_name_the_optio
     )
     .await;
     assert_eq!(capped["value"].as_array().unwrap().len() as i64, READINGS);
+    harness.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
