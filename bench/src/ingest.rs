@@ -99,6 +99,8 @@ impl IngestBenchArgs {
 struct RunFigures {
     /// The broker ceiling before and after the single-reading phase.
     broker_msgs_per_s: [f64; 2],
+    /// Mosquitto's CPU-seconds per million messages in those two ceilings.
+    broker_ceiling_cpu: [f64; 2],
     /// The database ceiling before and after the batched phase.
     database_rows_per_s: [f64; 2],
     single: Phase,
@@ -227,6 +229,10 @@ pub(crate) async fn ingest(
         broker.show(0)
     );
     println!(
+        "  Mosquitto CPU-seconds per million msgs   | {}",
+        figure(&|r| (r.broker_ceiling_cpu[0] + r.broker_ceiling_cpu[1]) / 2.0).show(1)
+    );
+    println!(
         "database ceiling (binary COPY)             | {} rows/s",
         database.show(0)
     );
@@ -350,8 +356,12 @@ async fn measure(
     };
 
     quiet(&store, database, &mut listener).await?;
-    figures.broker_msgs_per_s[0] =
-        broker_ceiling(&ceiling_config, &plan(args.readings, 1, "bench-broker-a")).await?;
+    (figures.broker_msgs_per_s[0], figures.broker_ceiling_cpu[0]) = broker_ceiling(
+        &ceiling_config,
+        &plan(args.readings, 1, "bench-broker-a"),
+        &processes,
+    )
+    .await?;
     quiet(&store, database, &mut listener).await?;
     (listener, figures.single) = ingest_phase(
         &store,
@@ -362,8 +372,12 @@ async fn measure(
     )
     .await?;
     quiet(&store, database, &mut listener).await?;
-    figures.broker_msgs_per_s[1] =
-        broker_ceiling(&ceiling_config, &plan(args.readings, 1, "bench-broker-b")).await?;
+    (figures.broker_msgs_per_s[1], figures.broker_ceiling_cpu[1]) = broker_ceiling(
+        &ceiling_config,
+        &plan(args.readings, 1, "bench-broker-b"),
+        &processes,
+    )
+    .await?;
     let sensors = args.devices * args.sensors_per_device;
     quiet(&store, database, &mut listener).await?;
     let rows = args.batched_readings;
@@ -415,11 +429,15 @@ struct Processes {
 }
 
 impl Processes {
+    fn broker_cpu_seconds(&self) -> f64 {
+        self.broker.map_or(f64::NAN, process_cpu_seconds)
+    }
+
     fn cpu_seconds(&self) -> [f64; 3] {
         [
             self.ingest.map_or(f64::NAN, process_cpu_seconds),
             postgres_cpu_seconds(),
-            self.broker.map_or(f64::NAN, process_cpu_seconds),
+            self.broker_cpu_seconds(),
         ]
     }
 }
@@ -682,9 +700,13 @@ async fn register_devices(store: &Store, args: &IngestBenchArgs) -> anyhow::Resu
     Ok(devices)
 }
 
-/// Messages per second through the broker alone: published and consumed at QoS 1, each
-/// acknowledged by the consumer as it arrives.
-async fn broker_ceiling(broker: &BrokerConfig, plan: &Plan) -> anyhow::Result<f64> {
+/// Messages per second through the broker alone (published and consumed at QoS 1, each
+/// acknowledged by the consumer as it arrives), and Mosquitto's CPU-seconds per million of them.
+async fn broker_ceiling(
+    broker: &BrokerConfig,
+    plan: &Plan,
+    processes: &Processes,
+) -> anyhow::Result<(f64, f64)> {
     let topics = ReadingsTopics::new(&broker.topic_prefix)?;
     let mut options = MqttOptions::new("bench-broker-consumer", &broker.host, broker.port);
     options
@@ -714,15 +736,17 @@ async fn broker_ceiling(broker: &BrokerConfig, plan: &Plan) -> anyhow::Result<f6
         let _ = client.disconnect().await;
         anyhow::Ok(last)
     });
+    let cpu_before = processes.broker_cpu_seconds();
     let report = load::publish(broker, plan).await?;
     let last = tokio::time::timeout(Duration::from_secs(300), consumer)
         .await
         .context("the broker-ceiling consumer did not receive every message in 300s")???;
+    let cpu = (processes.broker_cpu_seconds() - cpu_before) * 1e6 / report.messages as f64;
     let seconds = (last - report.first_publish)
         .num_microseconds()
         .unwrap_or(1) as f64
         / 1e6;
-    Ok(report.messages as f64 / seconds)
+    Ok((report.messages as f64 / seconds, cpu))
 }
 
 /// Rows per second written by binary COPY straight into `readings` (the store's batch write, whose
