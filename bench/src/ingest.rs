@@ -7,7 +7,8 @@
 //!    topics ingest does not subscribe to);
 //! 2. ingest with one reading per message;
 //! 3. the broker ceiling again;
-//! 4. database ceiling: `--batched-readings` rows written by binary COPY straight into `readings`;
+//! 4. database ceiling: `--batched-readings` rows written by binary COPY straight into `readings`
+//!    (on one connection unless `--ceiling-connections` says more);
 //! 5. ingest with 50 readings per message, as many readings;
 //! 6. the database ceiling again.
 //!
@@ -66,6 +67,12 @@ pub(crate) struct IngestBenchArgs {
     /// Publishing MQTT connections.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
+    /// Connections the database ceiling writes on at once, each taking every so many of its
+    /// transactions. One, a single COPY stream, is the ceiling the target is set against; ingest
+    /// commits two batches at once on two connections, and `--ceiling-connections 2` shows what
+    /// the database takes that way.
+    #[arg(long, default_value_t = 1)]
+    pub ceiling_connections: usize,
     /// Readings per message in the batched phase (and in the backlog).
     #[arg(long, default_value_t = 50)]
     pub batch: usize,
@@ -171,21 +178,23 @@ pub(crate) async fn ingest(
         || args.devices == 0
         || args.sensors_per_device == 0
         || args.runs() == 0
+        || args.ceiling_connections == 0
     {
-        bail!("--readings, --batched-readings, --devices, --sensors-per-device and --runs must be positive");
+        bail!("--readings, --batched-readings, --devices, --sensors-per-device, --runs and --ceiling-connections must be positive");
     }
     check_broker_queue(&args)?;
     if let Some(backlog) = args.backlog {
         return backlog_runs(config, config_file, &args, backlog).await;
     }
     println!(
-        "tidemark-bench ingest: {} readings a phase at 1 a message, {} at {} a message, {} devices x {} sensors, {} publishing connections, {} run(s)",
+        "tidemark-bench ingest: {} readings a phase at 1 a message, {} at {} a message, {} devices x {} sensors, {} publishing connections, database ceiling on {} connection(s), {} run(s)",
         args.readings,
         args.batched_readings,
         args.batch,
         args.devices,
         args.sensors_per_device,
         args.connections,
+        args.ceiling_connections,
         args.runs()
     );
     println!("machine: {} cores, {}", cores(), memory());
@@ -381,7 +390,8 @@ async fn measure(
     let sensors = args.devices * args.sensors_per_device;
     quiet(&store, database, &mut listener).await?;
     let rows = args.batched_readings;
-    figures.database_rows_per_s[0] = database_ceiling(&store, rows, sensors, started, 1).await?;
+    figures.database_rows_per_s[0] =
+        database_ceiling(&store, rows, sensors, started, 1, args.ceiling_connections).await?;
     quiet(&store, database, &mut listener).await?;
     (listener, figures.batched) = ingest_phase(
         &store,
@@ -392,7 +402,8 @@ async fn measure(
     )
     .await?;
     quiet(&store, database, &mut listener).await?;
-    figures.database_rows_per_s[1] = database_ceiling(&store, rows, sensors, started, 2).await?;
+    figures.database_rows_per_s[1] =
+        database_ceiling(&store, rows, sensors, started, 2, args.ceiling_connections).await?;
     figures.ingest_peak_rss_mb = peak_rss_mb(ingest.id()).unwrap_or(f64::NAN);
     let _ = ingest.kill().await;
     Ok(figures)
@@ -750,18 +761,20 @@ async fn broker_ceiling(
 }
 
 /// Rows per second written by binary COPY straight into `readings` (the store's batch write, whose
-/// common path is exactly that), in batches of 50,000 rows. The `nth` ceiling's rows are timed
-/// just before `before` (the run's start), each ceiling's before the last's, so that they never
-/// collide with the ingest phases' publication times or another ceiling's rows, and yet are as
-/// recent as ingest's readings: the store notes them for the rollups as it notes ingest's (see
-/// `record_stored`), and the rollup refresh that ingest runs meanwhile costs what it does for
-/// ingest's own readings, not the reading again of whole hours that older rows would cost.
+/// common path is exactly that), in batches of 50,000 rows, on `connections` connections at once
+/// (`--ceiling-connections`). The `nth` ceiling's rows are timed just before `before` (the run's
+/// start), each ceiling's before the last's, so that they never collide with the ingest phases'
+/// publication times or another ceiling's rows, and yet are as recent as ingest's readings: the
+/// store notes them for the rollups as it notes ingest's (see `record_stored`), and the rollup
+/// refresh that ingest runs meanwhile costs what it does for ingest's own readings, not the
+/// reading again of whole hours that older rows would cost.
 async fn database_ceiling(
     store: &Store,
     readings: usize,
     sensors: usize,
     before: DateTime<Utc>,
     nth: i32,
+    connections: usize,
 ) -> anyhow::Result<f64> {
     let sensor_ids: Vec<i32> = store
         .directory()
@@ -780,10 +793,18 @@ async fn database_ceiling(
             quality: 0,
         })
         .collect();
+    let chunks: Vec<&[ReadingRow]> = rows.chunks(50_000).collect();
     let started = Instant::now();
-    for chunk in rows.chunks(50_000) {
-        store.write_batch(chunk, &[], Utc::now()).await?;
-    }
+    futures_util::future::try_join_all((0..connections).map(|first| {
+        let chunks = &chunks;
+        async move {
+            for chunk in chunks.iter().skip(first).step_by(connections) {
+                store.write_batch(chunk, &[], Utc::now()).await?;
+            }
+            anyhow::Ok(())
+        }
+    }))
+    .await?;
     Ok(readings as f64 / started.elapsed().as_secs_f64())
 }
 
@@ -1035,6 +1056,41 @@ mod tests {
         assert_eq!(args(&["--backlog", "1000", "--nats"]).runs(), 3);
         assert_eq!(args(&["--runs", "1"]).runs(), 1);
         assert_eq!(args(&["--backlog", "--runs", "5"]).runs(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_database_ceiling_writes_every_row_once_on_any_number_of_connections() {
+        let database = TestDatabase::create(&tidemark_testkit::test_server())
+            .await
+            .unwrap();
+        tidemark_store::schema::migrate(&database.config)
+            .await
+            .unwrap();
+        let store = Store::connect(&database.config).await.unwrap();
+        register_devices(
+            &store,
+            &args(&["--devices", "3", "--sensors-per-device", "2"]),
+        )
+        .await
+        .unwrap();
+        // To the microsecond, as PostgreSQL keeps the rows' times.
+        let before = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+        // 170,001 rows are four transactions (the last of 20,001 rows): one connection takes
+        // them all, three take two, one and one, and five leave one connection without any.
+        let rows = 170_001;
+        for (nth, connections) in [(1, 1), (2, 3), (3, 5)] {
+            let since = Utc::now();
+            let rate = database_ceiling(&store, rows, 6, before, nth, connections)
+                .await
+                .unwrap();
+            assert!(rate > 0.0, "{rate}");
+            let written = store.received_since(since).await.unwrap();
+            assert_eq!(written.len(), rows, "{connections} connection(s)");
+            let (first, last) = (ceiling_start(before, rows, 6, nth), before);
+            assert!(written.iter().all(|(ts, _)| (first..last).contains(ts)));
+        }
+        drop(store);
+        database.drop_database().await.unwrap();
     }
 
     #[test]
