@@ -77,9 +77,8 @@ pub(crate) struct IngestBenchArgs {
     #[arg(long, default_value_t = 50)]
     pub batch: usize,
     /// Runs; the median of each figure is reported. By default 7 for the phases and 3 for
-    /// `--backlog`: on a shared two-core machine single runs' ratios to the ceilings spread by
-    /// 20 points and more, and the medians of four invocations of 3 runs each lay 11 to 13 points
-    /// apart, of 7 runs each 5 to 9.
+    /// `--backlog`: on a shared two-core machine a single run's ratio to its ceilings moved by up
+    /// to 30 points, and the medians of 7 runs repeated better than those of 3 (README).
     #[arg(long)]
     pub runs: Option<usize>,
     /// Instead of the phases above: fill the broker with this many readings (2,500,000 if no
