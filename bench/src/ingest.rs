@@ -318,7 +318,7 @@ async fn one_run(
     config_file: &Path,
     args: &IngestBenchArgs,
 ) -> anyhow::Result<RunFigures> {
-    let broker = Broker::start().await?;
+    let broker = Broker::start_saving_as_deployed().await?;
     let database = TestDatabase::create(&config.database).await?;
     let outcome = measure(config, config_file, args, &broker, &database.config).await;
     database.drop_database().await?;
@@ -517,7 +517,9 @@ async fn backlog_runs(
     let mut runs: Vec<(f64, f64, Footprint)> = Vec::new();
     let mut nats_runs: Vec<(f64, f64, Footprint)> = Vec::new();
     for run in 1..=args.runs() {
-        let mut brokers = vec![BacklogBroker::Mosquitto(Box::new(Broker::start().await?))];
+        let mut brokers = vec![BacklogBroker::Mosquitto(Box::new(
+            Broker::start_saving_as_deployed().await?,
+        ))];
         if args.nats {
             brokers.push(BacklogBroker::Nats(tidemark_testkit::Nats::start().await?));
         }

@@ -91,8 +91,24 @@ impl Broker {
     /// Starts Mosquitto with `config/mosquitto-test.conf` on a free port with its own persistence
     /// folder.
     pub async fn start() -> Result<Broker, Error> {
+        Broker::start_from(read_config("mosquitto-test.conf")?).await
+    }
+
+    /// Starts Mosquitto as [`Broker::start`] does, but saving its persistence file as often as the
+    /// shipped `config/mosquitto.conf` does (`autosave_interval`), not every second as the tests'
+    /// configuration does for the fault tests. For the benchmarks: a save writes every message
+    /// the broker holds, and a client that is behind has it hold thousands, so saves ten times as
+    /// frequent as deployed would tax the broker beside ingest more than in production.
+    pub async fn start_saving_as_deployed() -> Result<Broker, Error> {
+        let template = saving_as(
+            &read_config("mosquitto-test.conf")?,
+            &read_config("mosquitto.conf")?,
+        )?;
+        Broker::start_from(template).await
+    }
+
+    async fn start_from(template: String) -> Result<Broker, Error> {
         let mut broker = Broker::prepare()?;
-        let template = read_config("mosquitto-test.conf")?;
         broker.conf = template
             .replace("@PORT@", &broker.port.to_string())
             .replace("@DIR@", &format!("{}/", broker.dir.display()));
@@ -409,6 +425,30 @@ impl Broker {
     }
 }
 
+/// `template` with its `autosave_interval` line set to `deployed`'s.
+fn saving_as(template: &str, deployed: &str) -> Result<String, Error> {
+    let interval = |conf: &str| {
+        conf.lines()
+            .filter_map(|line| line.trim().strip_prefix("autosave_interval"))
+            .map(str::trim)
+            .find(|value| !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()))
+            .map(str::to_owned)
+    };
+    let missing = |which: &str| Error::Io {
+        context: format!("{which} has no autosave_interval line"),
+        cause: std::io::Error::from(std::io::ErrorKind::InvalidData),
+    };
+    let wanted = interval(deployed).ok_or_else(|| missing("config/mosquitto.conf"))?;
+    interval(template).ok_or_else(|| missing("config/mosquitto-test.conf"))?;
+    Ok(template
+        .lines()
+        .map(|line| match line.trim().strip_prefix("autosave_interval") {
+            Some(_) => format!("autosave_interval {wanted}\n"),
+            None => format!("{line}\n"),
+        })
+        .collect())
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
@@ -538,4 +578,39 @@ fn world_readable(path: &Path) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
         .map_err(io(format!("opening {} to the broker", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broker_saving_as_deployed_takes_the_shipped_interval_and_keeps_the_rest() {
+        let test = read_config("mosquitto-test.conf").unwrap();
+        let deployed = read_config("mosquitto.conf").unwrap();
+        let conf = saving_as(&test, &deployed).unwrap();
+        let saves: Vec<&str> = conf
+            .lines()
+            .filter(|l| l.starts_with("autosave_interval"))
+            .collect();
+        let shipped: Vec<&str> = deployed
+            .lines()
+            .filter(|l| l.starts_with("autosave_interval"))
+            .collect();
+        assert_eq!(saves, shipped);
+        assert_ne!(
+            saves,
+            ["autosave_interval 1"],
+            "the shipped file saves less often"
+        );
+        let others = |c: &str| -> Vec<String> {
+            c.lines()
+                .filter(|l| !l.starts_with("autosave_interval"))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(others(&conf), others(&test));
+        assert!(saving_as("persistence true\n", &deployed).is_err());
+        assert!(saving_as(&test, "# autosave_interval 10\n").is_err());
+    }
 }
