@@ -149,12 +149,10 @@ const BROKER_QUEUE: usize = 1_000_000;
 /// Refuses a run whose largest phase publishes more messages than the broker queues: the phases'
 /// single-reading messages, or the backlog's messages of `--batch` readings.
 fn check_broker_queue(args: &IngestBenchArgs) -> anyhow::Result<()> {
+    let batched = args.batched_readings.div_ceil(args.batch.max(1));
     let (messages, what) = match args.backlog {
         Some(backlog) => (backlog.div_ceil(args.batch.max(1)), "--backlog"),
-        None if args.batched_readings.div_ceil(args.batch.max(1)) > args.readings => (
-            args.batched_readings.div_ceil(args.batch.max(1)),
-            "--batched-readings",
-        ),
+        None if batched > args.readings => (batched, "--batched-readings"),
         None => (args.readings, "--readings"),
     };
     if messages > BROKER_QUEUE {
