@@ -754,10 +754,10 @@ async fn broker_ceiling(
 
 /// Receives `expected` messages and acknowledges each as it arrives, and returns when the last
 /// arrived. The acknowledgements of the messages one read of the socket brought (rumqttc reads up
-/// to ten at a time) go out in one write, as ingest writes its own in one write per commit:
-/// through `AsyncClient::ack` each would go in a system call and a TCP segment of its own, which
-/// the consumer and the broker on the same two cores would pay for once per message, and the
-/// ceiling would be the slow consumer's, not the broker's.
+/// to ten at a time) go out in one write, through ingest's own writer of them, which it calls
+/// once per commit: through `AsyncClient::ack` each would go in a system call and a TCP segment
+/// of its own, which the consumer and the broker on the same two cores would pay for once per
+/// message, and the ceiling would be the slow consumer's, not the broker's.
 async fn consume_acknowledging(
     eventloop: &mut rumqttc::EventLoop,
     expected: usize,
@@ -771,16 +771,10 @@ async fn consume_acknowledging(
         }
         // The events of that read are all taken: acknowledge what they brought.
         if eventloop.state.events.is_empty() && !unacknowledged.is_empty() {
-            let network = eventloop
-                .network
-                .as_mut()
-                .context("the broker-ceiling consumer lost its connection")?;
-            for pkid in unacknowledged.drain(..) {
-                network
-                    .write(Packet::PubAck(rumqttc::PubAck::new(pkid)))
-                    .await?;
-            }
-            network.flush().await?;
+            let acks = unacknowledged
+                .drain(..)
+                .map(|pkid| (pkid, QoS::AtLeastOnce));
+            tidemark_ingest::service::write_acknowledgements(eventloop, acks).await?;
         }
     }
     Ok(Utc::now())

@@ -26,6 +26,7 @@ use chrono::Utc;
 use commit::{Acknowledger, Committer};
 use prepare::Preparer;
 use rumqttc::AsyncClient;
+pub use session::write_acknowledgements;
 use session::{maintenance_loop, mqtt_options, session_loop};
 use shared::{AbortOnDrop, AckQueue, Generation, Intake, REQUEST_QUEUE};
 pub use shared::{Error, Settings};

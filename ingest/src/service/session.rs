@@ -152,23 +152,11 @@ async fn write_acks(
 ) -> Result<(), ConnectionError> {
     let queued = acks.take();
     let timeout = Duration::from_secs(eventloop.network_options().connection_timeout());
-    let Some(network) = eventloop.network.as_mut() else {
+    if eventloop.network.is_none() {
         return Ok(());
-    };
+    }
     let written = queued.len() as u64;
-    let write = async {
-        for (pkid, qos) in queued {
-            let packet = match qos {
-                QoS::AtLeastOnce => Packet::PubAck(PubAck::new(pkid)),
-                // Not expected (the subscriptions are at QoS 1), but answered as MQTT asks.
-                QoS::ExactlyOnce => Packet::PubRec(PubRec::new(pkid)),
-                QoS::AtMostOnce => continue,
-            };
-            network.write(packet).await?;
-        }
-        network.flush().await
-    };
-    match tokio::time::timeout(timeout, write).await {
+    match tokio::time::timeout(timeout, write_acknowledgements(eventloop, queued)).await {
         Ok(Ok(())) => {
             metrics.mqtt_acks_sent.inc_by(written);
             metrics.mqtt_ack_writes.inc();
@@ -177,6 +165,30 @@ async fn write_acks(
         Ok(Err(error)) => Err(ConnectionError::MqttState(error)),
         Err(_) => Err(ConnectionError::FlushTimeout),
     }
+}
+
+/// Writes acknowledgements (packet id and QoS of the message each answers) into the connection's
+/// buffer and flushes them in one write: one system call for them all, where rumqttc's
+/// `AsyncClient::ack` makes one for each. Nothing is written without a connection. For a client
+/// that polls `eventloop` itself and has set manual acknowledgements: the buffer is empty whenever
+/// a poll has finished (a finished poll flushes it).
+pub async fn write_acknowledgements(
+    eventloop: &mut EventLoop,
+    acks: impl IntoIterator<Item = (u16, QoS)>,
+) -> Result<(), rumqttc::StateError> {
+    let Some(network) = eventloop.network.as_mut() else {
+        return Ok(());
+    };
+    for (pkid, qos) in acks {
+        let packet = match qos {
+            QoS::AtLeastOnce => Packet::PubAck(PubAck::new(pkid)),
+            // Not expected (the subscriptions are at QoS 1), but answered as MQTT asks.
+            QoS::ExactlyOnce => Packet::PubRec(PubRec::new(pkid)),
+            QoS::AtMostOnce => continue,
+        };
+        network.write(packet).await?;
+    }
+    network.flush().await
 }
 
 pub(crate) async fn maintenance_loop(
