@@ -1080,8 +1080,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_broker_ceilings_consumer_acknowledges_every_message() {
-        // Three times the broker's in-flight window (max_inflight_messages 2000 in
-        // config/mosquitto-test.conf): without acknowledgements it would stop sending at 2,000.
+        // Three times the broker's in-flight window (max_inflight_messages 8000 in
+        // config/mosquitto-test.conf): without acknowledgements it would stop sending at 8,000.
         let broker = Broker::start().await.unwrap();
         let config = broker.config();
         let devices = (0..6)
@@ -1094,7 +1094,7 @@ mod tests {
             .collect();
         let plan = Plan {
             devices,
-            readings: 6_000,
+            readings: 24_000,
             per_message: 1,
             connections: 2,
             client_prefix: "ceiling-test".to_owned(),

@@ -18,7 +18,10 @@ pub struct IngestConfig {
     pub shared_group: Option<String>,
     /// Most messages in one database transaction. Messages are acknowledged only after their batch
     /// commits, so the broker's in-flight window for this client (`max_inflight_messages`) must be
-    /// at least twice this, or the next batch cannot fill while one commits.
+    /// at least twice this, or the next batch cannot fill while one commits. Each transaction has
+    /// a cost of its own in the database (its COPY, commit and notification, and a rollup note for
+    /// each sensor and 15-minute bucket it touches), so at one reading a message larger batches
+    /// cost it less per reading (README, benchmarks).
     #[serde(default = "default_batch_max_messages")]
     pub batch_max_messages: usize,
     /// Most readings in one transaction.
@@ -192,7 +195,7 @@ fn default_client_id() -> String {
     "tidemark-ingest".to_owned()
 }
 const fn default_batch_max_messages() -> usize {
-    1000
+    4000
 }
 const fn default_batch_max_readings() -> usize {
     20_000
@@ -296,6 +299,7 @@ impl IngestConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn parse(text: &str) -> Result<IngestConfig, String> {
         let config: IngestConfig = toml::from_str(text).map_err(|e| e.to_string())?;
@@ -347,6 +351,41 @@ mod tests {
             );
             let error = parse(&format!("source = \"nats\"\n{text}")).unwrap_err();
             assert!(error.contains("ingest.nats."), "{text}: {error}");
+        }
+    }
+
+    /// The batch a default ingest gathers, and the in-flight window of each Mosquitto
+    /// configuration the project ships: the window must hold two batches, or the next batch
+    /// cannot fill while one commits.
+    #[test]
+    fn every_shipped_broker_window_holds_two_default_batches() {
+        let config_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let shipped: toml::Value =
+            toml::from_str(&std::fs::read_to_string(config_dir.join("default.toml")).unwrap())
+                .unwrap();
+        let batch = IngestConfig::default().batch_max_messages;
+        assert_eq!(
+            shipped["ingest"]["batch_max_messages"].as_integer(),
+            Some(batch as i64),
+            "config/default.toml names the built-in default"
+        );
+        for file in [
+            "mosquitto.conf",
+            "mosquitto-local.conf",
+            "mosquitto-test.conf",
+        ] {
+            let text = std::fs::read_to_string(config_dir.join(file)).unwrap();
+            let window: Vec<usize> = text
+                .lines()
+                .filter_map(|line| line.trim().strip_prefix("max_inflight_messages "))
+                .map(|value| value.trim().parse().unwrap())
+                .collect();
+            assert_eq!(window.len(), 1, "{file} sets max_inflight_messages once");
+            assert!(
+                window[0] >= 2 * batch,
+                "{file}: a window of {} does not hold two batches of {batch}",
+                window[0]
+            );
         }
     }
 }
