@@ -1083,8 +1083,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_broker_ceilings_consumer_acknowledges_every_message() {
-        // Three times the broker's in-flight window (max_inflight_messages 8000 in
-        // config/mosquitto-test.conf): without acknowledgements it would stop sending at 8,000.
+        // Three times the broker's in-flight window: without acknowledgements it would stop
+        // sending there.
+        let readings = 3 * Broker::in_flight_window().unwrap();
         let broker = Broker::start().await.unwrap();
         let config = broker.config();
         let devices = (0..6)
@@ -1097,7 +1098,7 @@ mod tests {
             .collect();
         let plan = Plan {
             devices,
-            readings: 24_000,
+            readings,
             per_message: 1,
             connections: 2,
             client_prefix: "ceiling-test".to_owned(),

@@ -299,7 +299,6 @@ impl IngestConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     fn parse(text: &str) -> Result<IngestConfig, String> {
         let config: IngestConfig = toml::from_str(text).map_err(|e| e.to_string())?;
@@ -359,7 +358,7 @@ mod tests {
     /// cannot fill while one commits.
     #[test]
     fn every_shipped_broker_window_holds_two_default_batches() {
-        let config_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let config_dir = tidemark_testkit::config_dir();
         let shipped: toml::Value =
             toml::from_str(&std::fs::read_to_string(config_dir.join("default.toml")).unwrap())
                 .unwrap();
@@ -375,11 +374,10 @@ mod tests {
             "mosquitto-test.conf",
         ] {
             let text = std::fs::read_to_string(config_dir.join(file)).unwrap();
-            let window: Vec<usize> = text
-                .lines()
-                .filter_map(|line| line.trim().strip_prefix("max_inflight_messages "))
-                .map(|value| value.trim().parse().unwrap())
-                .collect();
+            let window: Vec<usize> =
+                tidemark_testkit::broker::numeric_settings(&text, "max_inflight_messages")
+                    .map(|value| value.parse().unwrap())
+                    .collect();
             assert_eq!(window.len(), 1, "{file} sets max_inflight_messages once");
             assert!(
                 window[0] >= 2 * batch,

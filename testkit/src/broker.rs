@@ -107,6 +107,20 @@ impl Broker {
         Broker::start_from(template).await
     }
 
+    /// The in-flight window of the tests' broker (`max_inflight_messages` in
+    /// `config/mosquitto-test.conf`): how many unacknowledged messages it sends one client.
+    pub fn in_flight_window() -> Result<usize, Error> {
+        let conf = read_config("mosquitto-test.conf")?;
+        match numeric_settings(&conf, "max_inflight_messages").collect::<Vec<_>>()[..] {
+            [window] => Ok(window.parse().expect("a run of ASCII digits")),
+            _ => Err(Error::Io {
+                context: "config/mosquitto-test.conf sets max_inflight_messages other than once"
+                    .into(),
+                cause: std::io::Error::from(std::io::ErrorKind::InvalidData),
+            }),
+        }
+    }
+
     async fn start_from(template: String) -> Result<Broker, Error> {
         let mut broker = Broker::prepare()?;
         broker.conf = template
@@ -425,13 +439,19 @@ impl Broker {
     }
 }
 
+/// The values of a Mosquitto configuration's lines that set `name` to a number, in order.
+pub fn numeric_settings<'a>(conf: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    conf.lines()
+        .filter_map(move |line| line.trim().strip_prefix(name))
+        .map(str::trim)
+        .filter(|value| !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// `template` with its `autosave_interval` line set to `deployed`'s.
 fn saving_as(template: &str, deployed: &str) -> Result<String, Error> {
     let interval = |conf: &str| {
-        conf.lines()
-            .filter_map(|line| line.trim().strip_prefix("autosave_interval"))
-            .map(str::trim)
-            .find(|value| !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()))
+        numeric_settings(conf, "autosave_interval")
+            .next()
             .map(str::to_owned)
     };
     let missing = |which: &str| Error::Io {
