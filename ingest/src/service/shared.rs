@@ -12,7 +12,7 @@ use std::time::Duration;
 use tidemark_model::broker::BrokerConfig;
 use tidemark_model::topic::TopicError;
 use tidemark_store::DatabaseConfig;
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -167,11 +167,17 @@ impl Intake {
         stop: &CancellationToken,
     ) -> bool {
         let size = payload.len().clamp(1, self.max_buffered);
-        let permit = tokio::select! {
-            _ = stop.cancelled() => return false,
-            permit = self.buffer.clone().acquire_many_owned(size as u32) => match permit {
-                Ok(permit) => permit,
-                Err(_) => return false,
+        // While there is room, the share is taken at once, without arming a wait for it and for
+        // the stop: that was a few percent of ingest's CPU at one reading per message.
+        let permit = match self.buffer.clone().try_acquire_many_owned(size as u32) {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return false,
+            Err(TryAcquireError::NoPermits) => tokio::select! {
+                _ = stop.cancelled() => return false,
+                permit = self.buffer.clone().acquire_many_owned(size as u32) => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return false,
+                },
             },
         };
         self.metrics.buffered_bytes.inc_by(size as i64);
