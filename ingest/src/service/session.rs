@@ -68,7 +68,10 @@ pub(crate) async fn session_loop(
         // taken into its write buffer (giving that up would lose the request): that waits only
         // on a buffer already holding 8 KiB, and the buffer is empty whenever a poll begins (a
         // finished poll flushes it, and so does every write of acknowledgements, which is what
-        // follows a poll given up). A poll given up because nothing was waiting is the same.
+        // follows a poll given up). A poll given up because nothing was waiting (for the tick)
+        // is the same, except that no write of acknowledgements need follow it: a flush it gave
+        // up can only hold what a poll writes itself (a ping, the subscriptions), far below
+        // 8 KiB, and the next write of acknowledgements or poll that reads or writes sends it.
         let step = tokio::select! {
             biased;
             _ = &mut stopped => Step::Stop,
