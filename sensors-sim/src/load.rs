@@ -3,9 +3,10 @@
 //! Every reading is unique: a sensor's timestamps strictly increase, and each is the wall-clock time
 //! of its publication, so that a consumer can measure publish-to-commit latency from the stored row.
 
-use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, Duration as ChronoDuration, Timelike, Utc};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::time::Duration;
 use tidemark_model::broker::BrokerConfig;
 use tidemark_model::topic::ReadingsTopics;
@@ -226,37 +227,58 @@ struct SensorClock(HashMap<SensorKey, DateTime<Utc>>);
 impl SensorClock {
     fn next(&mut self, sensor: &SensorKey) -> DateTime<Utc> {
         let now = Utc::now();
-        let ts = match self.0.get(sensor) {
-            Some(last) if *last >= now => *last + ChronoDuration::microseconds(1),
-            _ => now,
-        };
         // Whole microseconds, as PostgreSQL stores them.
-        let ts = DateTime::from_timestamp_micros(ts.timestamp_micros()).unwrap_or(ts);
-        let ts = match self.0.get(sensor) {
-            Some(last) if ts <= *last => *last + ChronoDuration::microseconds(1),
-            _ => ts,
-        };
-        self.0.insert(sensor.clone(), ts);
-        ts
+        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        match self.0.get_mut(sensor) {
+            Some(last) => {
+                *last = if now <= *last {
+                    *last + ChronoDuration::microseconds(1)
+                } else {
+                    now
+                };
+                *last
+            }
+            None => {
+                self.0.insert(sensor.clone(), now);
+                now
+            }
+        }
     }
 }
 
+/// A message of `count` readings from `device` (a single reading's object when `single` and
+/// `count` is 1), written straight into one buffer: the generator shares the machine with what
+/// it measures, so what it spends on a reading is kept small.
 fn payload(device: &Device, count: usize, single: bool, clock: &mut SensorClock) -> Vec<u8> {
-    let mut readings = Vec::with_capacity(count);
+    let batch = !(single && count == 1);
+    let mut out = String::with_capacity(count * 96 + 16);
+    if batch {
+        out.push_str(r#"{"readings":["#);
+    }
     for k in 0..count {
         let sensor = &device.sensors[k % device.sensors.len()];
         let ts = clock.next(sensor);
         let value = 0.5 + (ts.timestamp_subsec_micros() % 1000) as f64 / 1000.0;
-        readings.push(format!(
-            r#"{{"sensor":"{sensor}","ts":"{}","value":{value},"unit":"m"}}"#,
-            ts.to_rfc3339_opts(SecondsFormat::Micros, true)
-        ));
+        if k > 0 {
+            out.push(',');
+        }
+        // Infallible: writing to a String.
+        let _ = write!(
+            out,
+            r#"{{"sensor":"{sensor}","ts":"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z","value":{value},"unit":"m"}}"#,
+            ts.year(),
+            ts.month(),
+            ts.day(),
+            ts.hour(),
+            ts.minute(),
+            ts.second(),
+            ts.timestamp_subsec_micros(),
+        );
     }
-    if single && count == 1 {
-        readings.remove(0).into_bytes()
-    } else {
-        format!(r#"{{"readings":[{}]}}"#, readings.join(",")).into_bytes()
+    if batch {
+        out.push_str("]}");
     }
+    out.into_bytes()
 }
 
 #[cfg(test)]
@@ -274,6 +296,41 @@ mod tests {
             assert_eq!(next.timestamp_subsec_nanos() % 1000, 0);
             last = next;
         }
+    }
+
+    /// The payload is written by hand; it must read exactly as Tidemark JSON with RFC 3339
+    /// timestamps in whole microseconds, one object for a single reading and a batch otherwise.
+    #[test]
+    fn payloads_are_written_exactly() {
+        let device = Device {
+            id: DeviceId::parse("d").unwrap(),
+            sensors: vec![
+                SensorKey::parse("a").unwrap(),
+                SensorKey::parse("b").unwrap(),
+            ],
+        };
+        let mut clock = SensorClock::default();
+        // Last readings in the future, so that the clock counts on from them by a microsecond.
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        clock
+            .0
+            .insert(device.sensors[0].clone(), at("2999-01-02T03:04:05.000009Z"));
+        clock
+            .0
+            .insert(device.sensors[1].clone(), at("2999-12-31T23:59:59.999999Z"));
+        let single = payload(&device, 1, true, &mut clock);
+        assert_eq!(
+            String::from_utf8(single).unwrap(),
+            r#"{"sensor":"a","ts":"2999-01-02T03:04:05.000010Z","value":0.51,"unit":"m"}"#
+        );
+        let batch = payload(&device, 2, false, &mut clock);
+        assert_eq!(
+            String::from_utf8(batch).unwrap(),
+            concat!(
+                r#"{"readings":[{"sensor":"a","ts":"2999-01-02T03:04:05.000011Z","value":0.511,"unit":"m"},"#,
+                r#"{"sensor":"b","ts":"3000-01-01T00:00:00.000000Z","value":0.5,"unit":"m"}]}"#
+            )
+        );
     }
 
     #[test]
