@@ -298,17 +298,22 @@ mod tests {
         }
     }
 
-    /// The payload is written by hand; it must read exactly as Tidemark JSON with RFC 3339
-    /// timestamps in whole microseconds, one object for a single reading and a batch otherwise.
-    #[test]
-    fn payloads_are_written_exactly() {
-        let device = Device {
+    /// Device `d` with sensors `a` and `b`.
+    fn two_sensors() -> Device {
+        Device {
             id: DeviceId::parse("d").unwrap(),
             sensors: vec![
                 SensorKey::parse("a").unwrap(),
                 SensorKey::parse("b").unwrap(),
             ],
-        };
+        }
+    }
+
+    /// The payload is written by hand; it must read exactly as Tidemark JSON with RFC 3339
+    /// timestamps in whole microseconds, one object for a single reading and a batch otherwise.
+    #[test]
+    fn payloads_are_written_exactly() {
+        let device = two_sensors();
         let mut clock = SensorClock::default();
         // Last readings in the future, so that the clock counts on from them by a microsecond.
         let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
@@ -335,13 +340,7 @@ mod tests {
 
     #[test]
     fn payloads_decode_as_tidemark_json() {
-        let device = Device {
-            id: DeviceId::parse("d").unwrap(),
-            sensors: vec![
-                SensorKey::parse("a").unwrap(),
-                SensorKey::parse("b").unwrap(),
-            ],
-        };
+        let device = two_sensors();
         let mut clock = SensorClock::default();
         for (count, single) in [(1, true), (50, false)] {
             let bytes = payload(&device, count, single, &mut clock);
