@@ -24,7 +24,11 @@ pub struct IngestConfig {
     /// cost it less per reading (README, benchmarks).
     #[serde(default = "default_batch_max_messages")]
     pub batch_max_messages: usize,
-    /// Most readings in one transaction.
+    /// Most readings in one transaction, estimated from the payloads' size (64 bytes a reading)
+    /// before anything is decoded. As with `batch_max_messages`, each transaction costs the
+    /// database something of its own, a rollup note for each sensor and 15-minute bucket it
+    /// touches above all, so under load larger batches cost it less per reading (README,
+    /// benchmarks).
     #[serde(default = "default_batch_max_readings")]
     pub batch_max_readings: usize,
     /// How long a batch waits for more messages once it has one.
@@ -198,15 +202,16 @@ const fn default_batch_max_messages() -> usize {
     4000
 }
 const fn default_batch_max_readings() -> usize {
-    20_000
+    40_000
 }
 const fn default_batch_linger() -> Duration {
     Duration::from_millis(20)
 }
 const fn default_max_buffered_bytes() -> usize {
-    // A batch of 50-reading messages holds about 1.2 MB of payloads, and at most four batches are
-    // in hand (two committing, one prepared, one gathering): 16 MiB leaves room for larger
-    // messages, and keeps ingest's peak RSS working through a backlog near 100 MB.
+    // A full batch holds about 2.6 MB of payloads (`batch_max_readings` at 64 bytes a reading),
+    // and at most four batches are in hand (two committing, one prepared, one gathering): 16 MiB
+    // leaves room for larger messages, and keeps ingest's peak RSS working through a backlog
+    // under 100 MB.
     16 * 1024 * 1024
 }
 const fn default_max_payload_bytes() -> usize {
